@@ -1,0 +1,1 @@
+//! mig-parted config format (being written).
