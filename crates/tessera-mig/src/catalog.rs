@@ -18,17 +18,10 @@ pub const CATALOG_YAML: &str = include_str!("../data/catalog.yaml");
 pub enum CatalogError {
     /// No GPU model matches the name, product name or PCI device id.
     #[error("unknown GPU model '{query}'{}", did_you_mean(.suggestions))]
-    UnknownModel {
-        query: String,
-        suggestions: Vec<String>,
-    },
+    UnknownModel { query: String, suggestions: Vec<String> },
     /// The model has no profile of that name or id.
     #[error("unknown MIG profile '{query}' for {model}{}", did_you_mean(.suggestions))]
-    UnknownProfile {
-        model: String,
-        query: String,
-        suggestions: Vec<String>,
-    },
+    UnknownProfile { model: String, query: String, suggestions: Vec<String> },
 }
 
 pub(crate) fn did_you_mean(suggestions: &[String]) -> String {
@@ -229,16 +222,17 @@ impl GpuModel {
         let q = query.trim();
         let lower = q.to_ascii_lowercase();
         let lower = lower.strip_prefix("mig ").unwrap_or(&lower).trim();
-        if let Some(p) = self.profiles.iter().find(|p| {
-            p.name.eq_ignore_ascii_case(lower)
-                || p.aka.iter().any(|a| a.eq_ignore_ascii_case(lower))
-        }) {
+        if let Some(p) = self
+            .profiles
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(lower) || p.aka.iter().any(|a| a.eq_ignore_ascii_case(lower)))
+        {
             return Ok(p);
         }
-        if let Ok(id) = lower.parse::<u32>() {
-            if let Some(p) = self.profile_by_id(id) {
-                return Ok(p);
-            }
+        if let Ok(id) = lower.parse::<u32>()
+            && let Some(p) = self.profile_by_id(id)
+        {
+            return Ok(p);
         }
         let names: Vec<&str> = self.profiles.iter().map(|p| p.name.as_str()).collect();
         Err(CatalogError::UnknownProfile {
@@ -260,17 +254,10 @@ impl GpuModel {
 
     /// The compute-instance profiles of a GPU instance with `gi_compute_slices` slices.
     pub fn compute_instance_profiles(&self, gi_compute_slices: u8) -> &[ComputeInstanceProfile] {
-        if !self
-            .compute_instance_profile_sets
-            .contains(&gi_compute_slices)
-        {
+        if !self.compute_instance_profile_sets.contains(&gi_compute_slices) {
             return &[];
         }
-        catalog()
-            .compute_instance_profiles
-            .get(&gi_compute_slices)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        catalog().compute_instance_profiles.get(&gi_compute_slices).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// PCI device ids as numbers.
@@ -280,18 +267,13 @@ impl GpuModel {
 
     /// The first product name, or the short name.
     pub fn display_product_name(&self) -> &str {
-        self.product_names
-            .first()
-            .map_or(self.name.as_str(), String::as_str)
+        self.product_names.first().map_or(self.name.as_str(), String::as_str)
     }
 }
 
 fn parse_hex_u16(s: &str) -> Option<u16> {
     let t = s.trim();
-    let t = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
+    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
     u16::from_str_radix(t, 16).ok()
 }
 
@@ -335,10 +317,10 @@ impl Catalog {
         if let Some(m) = by_name {
             return Ok(m);
         }
-        if let Some(id) = parse_pci_query(query) {
-            if let Some(m) = self.model_by_pci_device_id(id) {
-                return Ok(m);
-            }
+        if let Some(id) = parse_pci_query(query)
+            && let Some(m) = self.model_by_pci_device_id(id)
+        {
+            return Ok(m);
         }
         let mut names: Vec<&str> = Vec::new();
         for m in &self.models {
@@ -346,17 +328,12 @@ impl Catalog {
             names.extend(m.short_names.iter().map(String::as_str));
             names.extend(m.product_names.iter().map(String::as_str));
         }
-        Err(CatalogError::UnknownModel {
-            query: query.trim().to_string(),
-            suggestions: closest(&q, &names),
-        })
+        Err(CatalogError::UnknownModel { query: query.trim().to_string(), suggestions: closest(&q, &names) })
     }
 
     /// The model with this PCI device id.
     pub fn model_by_pci_device_id(&self, device_id: u16) -> Option<&GpuModel> {
-        self.models
-            .iter()
-            .find(|m| m.pci_device_id_values().any(|d| d == device_id))
+        self.models.iter().find(|m| m.pci_device_id_values().any(|d| d == device_id))
     }
 
     /// Every model's short name, in catalog order.
@@ -368,21 +345,13 @@ impl Catalog {
 fn normalize_model_name(s: &str) -> String {
     let lower = s.trim().to_ascii_lowercase();
     let lower = lower.strip_prefix("nvidia").unwrap_or(&lower);
-    lower
-        .chars()
-        .map(|c| if c == ' ' || c == '_' { '-' } else { c })
-        .collect::<String>()
-        .trim_matches('-')
-        .to_string()
+    lower.chars().map(|c| if c == ' ' || c == '_' { '-' } else { c }).collect::<String>().trim_matches('-').to_string()
 }
 
 /// `0x20B0`, `20B0`, `0x20B010DE` (device + vendor, as mig-parted's `device-filter` writes it).
 fn parse_pci_query(q: &str) -> Option<u16> {
     let t = q.trim();
-    let hex = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
+    let hex = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
     if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
@@ -409,9 +378,11 @@ pub fn closest(query: &str, candidates: &[&str]) -> Vec<String> {
         .collect();
     scored.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
     let limit = (q.chars().count() / 2).max(3);
+    // Only the best matches: a clear winner alone, ties together.
+    let best = scored.first().map_or(0, |(d, _)| *d);
     let mut out: Vec<String> = Vec::new();
     for (d, c) in scored {
-        if d > limit || out.len() == 3 {
+        if d > limit || d > best || out.len() == 3 {
             break;
         }
         if !out.iter().any(|o| o == c) {
@@ -447,10 +418,7 @@ mod tests {
 
     #[test]
     fn closest_names() {
-        assert_eq!(
-            closest("3g.20g", &["1g.5gb", "3g.20gb", "4g.20gb"])[0],
-            "3g.20gb"
-        );
+        assert_eq!(closest("3g.20g", &["1g.5gb", "3g.20gb", "4g.20gb"])[0], "3g.20gb");
         assert!(closest("zzzzzzzzzz", &["1g.5gb"]).is_empty());
     }
 
@@ -459,6 +427,6 @@ mod tests {
         assert_eq!(parse_pci_query("0x20B0"), Some(0x20b0));
         assert_eq!(parse_pci_query("20b0"), Some(0x20b0));
         assert_eq!(parse_pci_query("0x20B010DE"), Some(0x20b0));
-        assert_eq!(parse_pci_query("A100"), None);
+        assert_eq!(parse_pci_query("H100"), None);
     }
 }

@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{GpuModel, Profile, ProfileKind};
 
 /// How the compute side of a GPU instance is split, as far as Tessera plans it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ComputeShape {
     /// One compute instance spanning the whole GPU instance (what `nvidia-smi mig -cgi … -C` makes).
@@ -40,11 +38,7 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(profile_id: u32, start: u8) -> Self {
-        Instance {
-            profile_id,
-            start,
-            compute: ComputeShape::Full,
-        }
+        Instance { profile_id, start, compute: ComputeShape::Full }
     }
 }
 
@@ -58,19 +52,13 @@ pub struct WantedInstance {
 
 impl WantedInstance {
     pub fn new(profile_id: u32) -> Self {
-        WantedInstance {
-            profile_id,
-            compute: ComputeShape::Full,
-        }
+        WantedInstance { profile_id, compute: ComputeShape::Full }
     }
 }
 
 impl From<Instance> for WantedInstance {
     fn from(i: Instance) -> Self {
-        WantedInstance {
-            profile_id: i.profile_id,
-            compute: i.compute,
-        }
+        WantedInstance { profile_id: i.profile_id, compute: i.compute }
     }
 }
 
@@ -90,37 +78,19 @@ pub enum Violation {
     /// The model has no profile with this id.
     UnknownProfile { profile_id: u32 },
     /// The start is not one of the profile's legal placements.
-    IllegalStart {
-        profile: String,
-        start: u8,
-        legal: Vec<u8>,
-    },
+    IllegalStart { profile: String, start: u8, legal: Vec<u8> },
     /// Two instances share placement units.
-    Overlap {
-        first: String,
-        second: String,
-        units: Vec<u8>,
-    },
+    Overlap { first: String, second: String, units: Vec<u8> },
     /// More instances of a profile than the GPU allows.
-    TooManyOfProfile {
-        profile: String,
-        count: usize,
-        max: u8,
-    },
+    TooManyOfProfile { profile: String, count: usize, max: u8 },
     /// More GPU instances than the GPU allows.
     TooManyInstances { count: usize, max: u8 },
     /// More compute slices than the GPU has.
     TooManyComputeSlices { used: u32, max: u8 },
     /// The media engines (OFA) are over-committed: at most this many `+me`-style instances.
-    MediaEngines {
-        instances: Vec<String>,
-        ofa_engines: u8,
-    },
+    MediaEngines { instances: Vec<String>, ofa_engines: u8 },
     /// A `+me.all` instance shares the GPU with instances that want media engines.
-    MediaExclusive {
-        exclusive: String,
-        others: Vec<String>,
-    },
+    MediaExclusive { exclusive: String, others: Vec<String> },
     /// A compute split the GPU instance does not offer.
     IllegalComputeShape { profile: String, compute_slices: u8 },
 }
@@ -131,33 +101,13 @@ impl fmt::Display for Violation {
             Violation::UnknownProfile { profile_id } => {
                 write!(f, "no profile with id {profile_id}")
             }
-            Violation::IllegalStart {
-                profile,
-                start,
-                legal,
-            } => {
-                write!(
-                    f,
-                    "{profile} cannot start at unit {start}; legal starts are {}",
-                    fmt_units(legal)
-                )
+            Violation::IllegalStart { profile, start, legal } => {
+                write!(f, "{profile} cannot start at unit {start}; legal starts are {}", fmt_units(legal))
             }
-            Violation::Overlap {
-                first,
-                second,
-                units,
-            } => {
-                write!(
-                    f,
-                    "{first} and {second} overlap on placement unit(s) {}",
-                    fmt_units(units)
-                )
+            Violation::Overlap { first, second, units } => {
+                write!(f, "{first} and {second} overlap on placement unit(s) {}", fmt_units(units))
             }
-            Violation::TooManyOfProfile {
-                profile,
-                count,
-                max,
-            } => {
+            Violation::TooManyOfProfile { profile, count, max } => {
                 write!(f, "{count} × {profile} but at most {max} per GPU")
             }
             Violation::TooManyInstances { count, max } => {
@@ -166,10 +116,7 @@ impl fmt::Display for Violation {
             Violation::TooManyComputeSlices { used, max } => {
                 write!(f, "{used} compute slices used but the GPU has {max}")
             }
-            Violation::MediaEngines {
-                instances,
-                ofa_engines,
-            } => write!(
+            Violation::MediaEngines { instances, ofa_engines } => write!(
                 f,
                 "{} each need the GPU's optical-flow engine but it has {ofa_engines} (at most one +me instance per GPU)",
                 instances.join(" and ")
@@ -179,14 +126,8 @@ impl fmt::Display for Violation {
                 "{exclusive} takes every media engine, so only -me profiles may share the GPU, not {}",
                 others.join(", ")
             ),
-            Violation::IllegalComputeShape {
-                profile,
-                compute_slices,
-            } => {
-                write!(
-                    f,
-                    "{profile} has no compute-instance profile of {compute_slices} slice(s)"
-                )
+            Violation::IllegalComputeShape { profile, compute_slices } => {
+                write!(f, "{profile} has no compute-instance profile of {compute_slices} slice(s)")
             }
         }
     }
@@ -224,9 +165,7 @@ pub fn validate(model: &GpuModel, layout: &[Instance]) -> Vec<Violation> {
     let mut known: Vec<(&Instance, &Profile)> = Vec::new();
     for inst in layout {
         match model.profile_by_id(inst.profile_id) {
-            None => out.push(Violation::UnknownProfile {
-                profile_id: inst.profile_id,
-            }),
+            None => out.push(Violation::UnknownProfile { profile_id: inst.profile_id }),
             Some(p) => {
                 if !p.placements.contains(&inst.start) {
                     out.push(Violation::IllegalStart {
@@ -237,15 +176,9 @@ pub fn validate(model: &GpuModel, layout: &[Instance]) -> Vec<Violation> {
                 }
                 if let ComputeShape::Slices(c) = inst.compute {
                     let legal = c == p.compute_slices
-                        || model
-                            .compute_instance_profiles(p.compute_slices)
-                            .iter()
-                            .any(|ci| ci.compute_slices == c);
+                        || model.compute_instance_profiles(p.compute_slices).iter().any(|ci| ci.compute_slices == c);
                     if !legal {
-                        out.push(Violation::IllegalComputeShape {
-                            profile: p.name.clone(),
-                            compute_slices: c,
-                        });
+                        out.push(Violation::IllegalComputeShape { profile: p.name.clone(), compute_slices: c });
                     }
                 }
                 known.push((inst, p));
@@ -254,8 +187,7 @@ pub fn validate(model: &GpuModel, layout: &[Instance]) -> Vec<Violation> {
     }
     for (i, (a, pa)) in known.iter().enumerate() {
         for (b, pb) in &known[i + 1..] {
-            let overlap =
-                unit_mask(a.start, pa.placement_size) & unit_mask(b.start, pb.placement_size);
+            let overlap = unit_mask(a.start, pa.placement_size) & unit_mask(b.start, pb.placement_size);
             if overlap != 0 {
                 out.push(Violation::Overlap {
                     first: instance_label(model, a),
@@ -268,34 +200,20 @@ pub fn validate(model: &GpuModel, layout: &[Instance]) -> Vec<Violation> {
     for p in &model.profiles {
         let count = known.iter().filter(|(_, q)| q.id == p.id).count();
         if count > usize::from(p.max_count) {
-            out.push(Violation::TooManyOfProfile {
-                profile: p.name.clone(),
-                count,
-                max: p.max_count,
-            });
+            out.push(Violation::TooManyOfProfile { profile: p.name.clone(), count, max: p.max_count });
         }
     }
     if layout.len() > usize::from(model.max_gpu_instances) {
-        out.push(Violation::TooManyInstances {
-            count: layout.len(),
-            max: model.max_gpu_instances,
-        });
+        out.push(Violation::TooManyInstances { count: layout.len(), max: model.max_gpu_instances });
     }
     let used: u32 = known.iter().map(|(_, p)| u32::from(p.compute_slices)).sum();
     if used > u32::from(model.compute_slices) {
-        out.push(Violation::TooManyComputeSlices {
-            used,
-            max: model.compute_slices,
-        });
+        out.push(Violation::TooManyComputeSlices { used, max: model.compute_slices });
     }
     let ofa: u32 = known.iter().map(|(_, p)| u32::from(p.ofa_engines)).sum();
     if ofa > u32::from(model.ofa_engines) {
         out.push(Violation::MediaEngines {
-            instances: known
-                .iter()
-                .filter(|(_, p)| p.ofa_engines > 0)
-                .map(|(i, _)| instance_label(model, i))
-                .collect(),
+            instances: known.iter().filter(|(_, p)| p.ofa_engines > 0).map(|(i, _)| instance_label(model, i)).collect(),
             ofa_engines: model.ofa_engines,
         });
     }
@@ -307,10 +225,7 @@ pub fn validate(model: &GpuModel, layout: &[Instance]) -> Vec<Violation> {
                 .map(|(o, _)| instance_label(model, o))
                 .collect();
             if !others.is_empty() {
-                out.push(Violation::MediaExclusive {
-                    exclusive: instance_label(model, inst),
-                    others,
-                });
+                out.push(Violation::MediaExclusive { exclusive: instance_label(model, inst), others });
             }
         }
     }

@@ -14,6 +14,6 @@ pub mod planner;
 pub use catalog::{CatalogError, GpuModel, Profile, ProfileKind, catalog};
 pub use layout::{ComputeShape, Instance, Violation, WantedInstance, validate};
 pub use planner::{
-    CurrentInstance, FragmentationReport, PlaceError, Placement, Planner, ProfileFit,
-    ReconfigureError, ReconfigurePlan, Step, Wanted,
+    CurrentInstance, FragmentationReport, PlaceError, Placement, Planner, ProfileFit, ReconfigureError,
+    ReconfigurePlan, Step, Wanted, place, planner_for, reconfigure,
 };

@@ -17,8 +17,7 @@ use serde::Serialize;
 
 use crate::catalog::{GpuModel, Profile, ProfileKind};
 use crate::layout::{
-    ComputeShape, Instance, Violation, WantedInstance, instance_label, mask_units, unit_mask,
-    validate,
+    ComputeShape, Instance, Violation, WantedInstance, instance_label, mask_units, unit_mask, validate,
 };
 
 /// A legal `(profile, start)` pair with its unit mask.
@@ -49,6 +48,8 @@ const MAX_PROFILES: usize = 24;
 pub struct Planner<'m> {
     model: &'m GpuModel,
     candidates: Vec<Candidate>,
+    /// The same candidates grouped by profile index, each group ordered by start.
+    by_profile: Vec<Vec<Candidate>>,
     /// `usable[occupied]`: most compute slices that can still be added (standard shapes).
     usable: Vec<u8>,
     /// `largest[occupied]`: (compute, memory) of the largest shape that still fits.
@@ -74,17 +75,14 @@ pub enum PlaceError {
     UnknownProfile { model: String, profile_id: u32 },
     /// The existing layout itself breaks the rules.
     #[error("the existing layout on {model} is not valid: {}", join_violations(.violations))]
-    InvalidExisting {
-        model: String,
-        violations: Vec<Violation>,
-    },
+    InvalidExisting { model: String, violations: Vec<Violation> },
     /// The wish does not fit.
     #[error("{reason}{}", alternative_text(.alternative))]
     Infeasible {
         model: String,
         reason: String,
         /// The nearest feasible wish, as profile names, with its placements.
-        alternative: Option<Alternative>,
+        alternative: Option<Box<Alternative>>,
     },
 }
 
@@ -99,17 +97,12 @@ pub struct Alternative {
     pub summary: String,
 }
 
-fn alternative_text(alt: &Option<Alternative>) -> String {
-    alt.as_ref()
-        .map(|a| format!("; {}", a.summary))
-        .unwrap_or_default()
+fn alternative_text(alt: &Option<Box<Alternative>>) -> String {
+    alt.as_ref().map(|a| format!("; {}", a.summary)).unwrap_or_default()
 }
 
 fn join_violations(v: &[Violation]) -> String {
-    v.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// An instance on the GPU now, and whether work is running on it.
@@ -136,10 +129,7 @@ pub enum Wanted {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Step {
     /// Destroy the compute instances of this GPU instance, then the GPU instance.
-    Destroy {
-        instance: Instance,
-        gpu_instance_id: Option<u32>,
-    },
+    Destroy { instance: Instance, gpu_instance_id: Option<u32> },
     /// Create this GPU instance at its placement, then its compute instance.
     Create { instance: Instance },
 }
@@ -179,11 +169,7 @@ pub enum ReconfigureError {
     Infeasible { model: String, reason: String },
     /// Busy instances would have to be destroyed or moved.
     #[error("busy instance(s) block the wanted layout on {model}: {}; {reason}", blocker_list(.blockers))]
-    BusyInstancesBlock {
-        model: String,
-        blockers: Vec<Blocker>,
-        reason: String,
-    },
+    BusyInstancesBlock { model: String, blockers: Vec<Blocker>, reason: String },
 }
 
 fn blocker_list(b: &[Blocker]) -> String {
@@ -229,6 +215,9 @@ struct Want {
     numa: Option<u8>,
 }
 
+/// A feasible alternative wish during the search: its size key, the wish, and its placement.
+type AltCandidate = ((u32, u32, usize), Vec<Want>, Vec<(Want, Candidate)>);
+
 /// Score of the free space a layout leaves; larger is better.
 type Score = (u8, (u8, u8), u8);
 
@@ -238,9 +227,7 @@ impl<'m> Planner<'m> {
         let mut candidates = Vec::new();
         for (pidx, p) in model.profiles.iter().enumerate().take(MAX_PROFILES) {
             for &start in &p.placements {
-                if u32::from(start) + u32::from(p.placement_size)
-                    <= u32::from(model.placement_units)
-                {
+                if u32::from(start) + u32::from(p.placement_size) <= u32::from(model.placement_units) {
                     candidates.push(Candidate {
                         pidx: u8::try_from(pidx).unwrap_or(u8::MAX),
                         start,
@@ -253,10 +240,7 @@ impl<'m> Planner<'m> {
         candidates.sort_by(|a, b| {
             let pa = &model.profiles[usize::from(a.pidx)];
             let pb = &model.profiles[usize::from(b.pidx)];
-            pb.placement_size
-                .cmp(&pa.placement_size)
-                .then(a.pidx.cmp(&b.pidx))
-                .then(a.start.cmp(&b.start))
+            pb.placement_size.cmp(&pa.placement_size).then(a.pidx.cmp(&b.pidx)).then(a.start.cmp(&b.start))
         });
         let units = u32::from(model.placement_units.min(16));
         let size = 1usize << units;
@@ -265,10 +249,7 @@ impl<'m> Planner<'m> {
             .iter()
             .copied()
             .filter(|c| {
-                matches!(
-                    model.profiles[usize::from(c.pidx)].kind,
-                    ProfileKind::Standard | ProfileKind::Graphics
-                )
+                matches!(model.profiles[usize::from(c.pidx)].kind, ProfileKind::Standard | ProfileKind::Graphics)
             })
             .collect();
         let mut usable = vec![0u8; size];
@@ -306,13 +287,11 @@ impl<'m> Planner<'m> {
             }
             fit_sum[mask] = sum;
         }
-        Planner {
-            model,
-            candidates,
-            usable,
-            largest,
-            fit_sum,
+        let mut by_profile = vec![Vec::new(); model.profiles.len()];
+        for c in &candidates {
+            by_profile[usize::from(c.pidx)].push(*c);
         }
+        Planner { model, candidates, by_profile, usable, largest, fit_sum }
     }
 
     /// The model this planner plans for.
@@ -325,21 +304,11 @@ impl<'m> Planner<'m> {
     }
 
     fn pidx_of(&self, profile_id: u32) -> Option<u8> {
-        self.model
-            .profile_index(profile_id)
-            .and_then(|i| u8::try_from(i).ok())
+        self.model.profile_index(profile_id).and_then(|i| u8::try_from(i).ok())
     }
 
     fn empty_state(&self) -> State {
-        State {
-            mask: 0,
-            counts: [0; MAX_PROFILES],
-            instances: 0,
-            compute: 0,
-            ofa: 0,
-            media_users: 0,
-            media_all: false,
-        }
+        State { mask: 0, counts: [0; MAX_PROFILES], instances: 0, compute: 0, ofa: 0, media_users: 0, media_all: false }
     }
 
     fn can_add(&self, s: &State, c: &Candidate) -> bool {
@@ -391,16 +360,11 @@ impl<'m> Planner<'m> {
         }
         let mut s = self.empty_state();
         for inst in layout {
-            let pidx = self.pidx_of(inst.profile_id).ok_or_else(|| {
-                vec![Violation::UnknownProfile {
-                    profile_id: inst.profile_id,
-                }]
-            })?;
-            let c = Candidate {
-                pidx,
-                start: inst.start,
-                mask: unit_mask(inst.start, self.profile(pidx).placement_size),
-            };
+            let pidx = self
+                .pidx_of(inst.profile_id)
+                .ok_or_else(|| vec![Violation::UnknownProfile { profile_id: inst.profile_id }])?;
+            let c =
+                Candidate { pidx, start: inst.start, mask: unit_mask(inst.start, self.profile(pidx).placement_size) };
             s = self.add(&s, &c);
         }
         Ok(s)
@@ -409,11 +373,7 @@ impl<'m> Planner<'m> {
     fn fits_numa(&self, c: &Candidate, numa: Option<u8>) -> bool {
         match numa {
             None => true,
-            Some(n) => {
-                self.model
-                    .gpu_numa_node(c.start, self.profile(c.pidx).placement_size)
-                    == Some(n)
-            }
+            Some(n) => self.model.gpu_numa_node(c.start, self.profile(c.pidx).placement_size) == Some(n),
         }
     }
 
@@ -441,22 +401,21 @@ impl<'m> Planner<'m> {
             return;
         };
         // Identical consecutive wishes take increasing starts: no permutations of the same set.
-        let min_start = match (
-            i.checked_sub(1).and_then(|j| chosen.get(j)),
-            wants.get(i.wrapping_sub(1)),
-        ) {
+        let min_start = match (i.checked_sub(1).and_then(|j| chosen.get(j)), wants.get(i.wrapping_sub(1))) {
             (Some((pw, pc)), Some(_)) if pw == w => Some(pc.start),
             _ => None,
         };
-        for c in self.candidates.iter().filter(|c| c.pidx == w.pidx) {
-            if min_start.is_some_and(|m| c.start <= m)
-                || !self.fits_numa(c, w.numa)
-                || !self.can_add(s, c)
-            {
+        // How many identical wishes, this one included, still need a later start.
+        let run = wants[i..].iter().take_while(|x| *x == w).count();
+        let group = &self.by_profile[usize::from(w.pidx)];
+        for (j, c) in group.iter().enumerate() {
+            if group.len() - j < run {
+                break; // not enough later starts left for the identical wishes
+            }
+            if min_start.is_some_and(|m| c.start <= m) || !self.fits_numa(c, w.numa) || !self.can_add(s, c) {
                 continue;
             }
             let n = self.add(s, c);
-            // Prune: nothing can beat a perfect score already found with the same remaining work.
             chosen.push((*w, *c));
             self.dfs(&n, wants, i + 1, chosen, best);
             chosen.pop();
@@ -467,10 +426,7 @@ impl<'m> Planner<'m> {
         wants.sort_by(|a, b| {
             let pa = self.profile(a.pidx);
             let pb = self.profile(b.pidx);
-            pb.placement_size
-                .cmp(&pa.placement_size)
-                .then(pa.placements.len().cmp(&pb.placements.len()))
-                .then(a.cmp(b))
+            pb.placement_size.cmp(&pa.placement_size).then(pa.placements.len().cmp(&pb.placements.len())).then(a.cmp(b))
         });
     }
 
@@ -478,13 +434,7 @@ impl<'m> Planner<'m> {
         wanted
             .iter()
             .map(|w| {
-                self.pidx_of(w.profile_id)
-                    .map(|pidx| Want {
-                        pidx,
-                        compute: w.compute,
-                        numa: None,
-                    })
-                    .ok_or(w.profile_id)
+                self.pidx_of(w.profile_id).map(|pidx| Want { pidx, compute: w.compute, numa: None }).ok_or(w.profile_id)
             })
             .collect()
     }
@@ -492,17 +442,9 @@ impl<'m> Planner<'m> {
     fn assemble(&self, existing: &[Instance], chosen: &[(Want, Candidate)]) -> Placement {
         let placed: Vec<Instance> = chosen
             .iter()
-            .map(|(w, c)| Instance {
-                profile_id: self.profile(c.pidx).id,
-                start: c.start,
-                compute: w.compute,
-            })
+            .map(|(w, c)| Instance { profile_id: self.profile(c.pidx).id, start: c.start, compute: w.compute })
             .collect();
-        let mut layout: Vec<Instance> = existing
-            .iter()
-            .copied()
-            .chain(placed.iter().copied())
-            .collect();
+        let mut layout: Vec<Instance> = existing.iter().copied().chain(placed.iter().copied()).collect();
         layout.sort_by_key(|i| (i.start, i.profile_id));
         let mut placed = placed;
         placed.sort_by_key(|i| (i.start, i.profile_id));
@@ -510,23 +452,13 @@ impl<'m> Planner<'m> {
     }
 
     /// Place `wanted` next to `existing` without moving anything that exists.
-    pub fn place(
-        &self,
-        wanted: &[WantedInstance],
-        existing: &[Instance],
-    ) -> Result<Placement, PlaceError> {
+    pub fn place(&self, wanted: &[WantedInstance], existing: &[Instance]) -> Result<Placement, PlaceError> {
         let base = self
             .state_of(existing)
-            .map_err(|violations| PlaceError::InvalidExisting {
-                model: self.model.name.clone(),
-                violations,
-            })?;
+            .map_err(|violations| PlaceError::InvalidExisting { model: self.model.name.clone(), violations })?;
         let mut wants = self
             .wants_of(wanted)
-            .map_err(|profile_id| PlaceError::UnknownProfile {
-                model: self.model.name.clone(),
-                profile_id,
-            })?;
+            .map_err(|profile_id| PlaceError::UnknownProfile { model: self.model.name.clone(), profile_id })?;
         self.sort_wants(&mut wants);
         if let Some(chosen) = self.search(&base, &wants) {
             return Ok(self.assemble(existing, &chosen));
@@ -539,41 +471,24 @@ impl<'m> Planner<'m> {
     }
 
     /// NVIDIA's NUMA localisation: one instance of `profile_id` inside each GPU-internal NUMA node.
-    pub fn place_per_gpu_numa(
-        &self,
-        profile_id: u32,
-        existing: &[Instance],
-    ) -> Result<Placement, PlaceError> {
+    pub fn place_per_gpu_numa(&self, profile_id: u32, existing: &[Instance]) -> Result<Placement, PlaceError> {
         let model = self.model.name.clone();
-        let pidx = self.pidx_of(profile_id).ok_or(PlaceError::UnknownProfile {
-            model: model.clone(),
-            profile_id,
-        })?;
+        let pidx = self.pidx_of(profile_id).ok_or(PlaceError::UnknownProfile { model: model.clone(), profile_id })?;
         let Some(numa) = self.model.gpu_numa.as_ref() else {
             return Err(PlaceError::Infeasible {
                 model: model.clone(),
-                reason: format!(
-                    "{model} has no known GPU-internal NUMA nodes, so there is nothing to localise to"
-                ),
+                reason: format!("{model} has no known GPU-internal NUMA nodes, so there is nothing to localise to"),
                 alternative: None,
             });
         };
         let p = self.profile(pidx);
-        if !p
-            .placements
-            .iter()
-            .any(|&s| self.model.gpu_numa_node(s, p.placement_size).is_some())
-        {
+        if !p.placements.iter().any(|&s| self.model.gpu_numa_node(s, p.placement_size).is_some()) {
             let fitting: Vec<&str> = self
                 .model
                 .profiles
                 .iter()
                 .filter(|q| q.kind == ProfileKind::Standard)
-                .filter(|q| {
-                    q.placements
-                        .iter()
-                        .any(|&s| self.model.gpu_numa_node(s, q.placement_size).is_some())
-                })
+                .filter(|q| q.placements.iter().any(|&s| self.model.gpu_numa_node(s, q.placement_size).is_some()))
                 .map(|q| q.name.as_str())
                 .collect();
             return Err(PlaceError::Infeasible {
@@ -588,64 +503,44 @@ impl<'m> Planner<'m> {
         }
         let base = self
             .state_of(existing)
-            .map_err(|violations| PlaceError::InvalidExisting {
-                model: model.clone(),
-                violations,
-            })?;
-        let mut wants: Vec<Want> = (0..numa.nodes)
-            .map(|n| Want {
-                pidx,
-                compute: ComputeShape::Full,
-                numa: Some(n),
+            .map_err(|violations| PlaceError::InvalidExisting { model: model.clone(), violations })?;
+        if let Some(placement) = self.per_numa_search(&base, existing, pidx, numa.nodes) {
+            return Ok(placement);
+        }
+        let mut reason = format!("cannot place one {} in each of the {} GPU NUMA nodes of {model}", p.name, numa.nodes);
+        if p.max_count < numa.nodes {
+            reason.push_str(&format!(": at most {} per GPU", p.max_count));
+        } else if !existing.is_empty() {
+            reason.push_str(": the existing instances leave no free placement inside every node");
+        }
+        // Nearest alternative: the largest strictly smaller standard profile that fits per node.
+        let mut smaller: Vec<(usize, &Profile)> = self
+            .model
+            .profiles
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| {
+                q.kind == ProfileKind::Standard
+                    && (q.compute_slices, q.memory_slices) < (p.compute_slices, p.memory_slices)
             })
             .collect();
+        smaller.sort_by_key(|q| std::cmp::Reverse((q.1.compute_slices, q.1.memory_slices)));
+        let alternative = smaller.into_iter().find_map(|(qidx, q)| {
+            let qidx = u8::try_from(qidx).ok()?;
+            self.per_numa_search(&base, existing, qidx, numa.nodes).map(|placement| Alternative {
+                profiles: vec![q.name.clone(); usize::from(numa.nodes)],
+                summary: format!("one {} per GPU NUMA node fits", q.name),
+                placement,
+            })
+        });
+        Err(PlaceError::Infeasible { model, reason, alternative: alternative.map(Box::new) })
+    }
+
+    fn per_numa_search(&self, base: &State, existing: &[Instance], pidx: u8, nodes: u8) -> Option<Placement> {
+        let mut wants: Vec<Want> =
+            (0..nodes).map(|n| Want { pidx, compute: ComputeShape::Full, numa: Some(n) }).collect();
         self.sort_wants(&mut wants);
-        match self.search(&base, &wants) {
-            Some(chosen) => Ok(self.assemble(existing, &chosen)),
-            None => {
-                let mut reason = format!(
-                    "cannot place one {} in each of the {} GPU NUMA nodes of {model}",
-                    p.name, numa.nodes
-                );
-                if p.max_count < numa.nodes {
-                    reason.push_str(&format!(": at most {} per GPU", p.max_count));
-                } else if !existing.is_empty() {
-                    reason.push_str(
-                        ": the existing instances leave no free placement inside every node",
-                    );
-                }
-                // Nearest alternative: the largest smaller standard profile that does fit per node.
-                let mut alt = None;
-                let mut smaller: Vec<&Profile> = self
-                    .model
-                    .profiles
-                    .iter()
-                    .filter(|q| {
-                        q.kind == ProfileKind::Standard
-                            && q.compute_slices <= p.compute_slices
-                            && q.id != p.id
-                    })
-                    .collect();
-                smaller.sort_by(|a, b| {
-                    (b.compute_slices, b.memory_slices).cmp(&(a.compute_slices, a.memory_slices))
-                });
-                for q in smaller {
-                    if let Ok(pl) = self.place_per_gpu_numa(q.id, existing) {
-                        alt = Some(Alternative {
-                            profiles: vec![q.name.clone(); usize::from(numa.nodes)],
-                            summary: format!("one {} per GPU NUMA node fits", q.name),
-                            placement: pl,
-                        });
-                        break;
-                    }
-                }
-                Err(PlaceError::Infeasible {
-                    model,
-                    reason,
-                    alternative: alt,
-                })
-            }
-        }
+        self.search(base, &wants).map(|chosen| self.assemble(existing, &chosen))
     }
 
     /// Say, in the domain's words, why `wants` cannot join `existing`.
@@ -659,11 +554,7 @@ impl<'m> Planner<'m> {
             let p = self.profile(pidx);
             let have = usize::from(base.counts[usize::from(pidx)]);
             if n + have > usize::from(p.max_count) {
-                let already = if have > 0 {
-                    format!(" ({have} already exist)")
-                } else {
-                    String::new()
-                };
+                let already = if have > 0 { format!(" ({have} already exist)") } else { String::new() };
                 if p.placements.len() == 1 && p.max_count == 1 {
                     return format!(
                         "{} {} both need start {} (its only placement){already}",
@@ -679,39 +570,25 @@ impl<'m> Planner<'m> {
             }
         }
         // 2. Media engines.
-        let ofa: u32 = wants
-            .iter()
-            .map(|w| u32::from(self.profile(w.pidx).ofa_engines))
-            .sum::<u32>()
-            + u32::from(base.ofa);
+        let ofa: u32 =
+            wants.iter().map(|w| u32::from(self.profile(w.pidx).ofa_engines)).sum::<u32>() + u32::from(base.ofa);
         if ofa > u32::from(self.model.ofa_engines) {
             return format!(
                 "{} has {} optical-flow engine(s) and each +me (or full) instance takes one: at most one +me instance per GPU",
                 self.model.name, self.model.ofa_engines
             );
         }
-        let media_all = wants
-            .iter()
-            .any(|w| self.profile(w.pidx).kind == ProfileKind::MediaAll)
-            || base.media_all;
-        let media_users = wants
-            .iter()
-            .filter(|w| !self.profile(w.pidx).is_no_media())
-            .count()
-            + usize::from(base.media_users);
+        let media_all = wants.iter().any(|w| self.profile(w.pidx).kind == ProfileKind::MediaAll) || base.media_all;
+        let media_users =
+            wants.iter().filter(|w| !self.profile(w.pidx).is_no_media()).count() + usize::from(base.media_users);
         if media_all && media_users > 1 {
-            return "a +me.all instance takes every media engine; only -me profiles can share the GPU with it".to_string();
+            return "a +me.all instance takes every media engine; only -me profiles can share the GPU with it"
+                .to_string();
         }
         // 3. Capacity.
-        let need_compute: u32 = wants
-            .iter()
-            .map(|w| u32::from(self.profile(w.pidx).compute_slices))
-            .sum();
+        let need_compute: u32 = wants.iter().map(|w| u32::from(self.profile(w.pidx).compute_slices)).sum();
         let free_compute = u32::from(self.model.compute_slices.saturating_sub(base.compute));
-        let need_units: u32 = wants
-            .iter()
-            .map(|w| u32::from(self.profile(w.pidx).placement_size))
-            .sum();
+        let need_units: u32 = wants.iter().map(|w| u32::from(self.profile(w.pidx).placement_size)).sum();
         let free_units = u32::from(self.model.placement_units) - base.mask.count_ones();
         if need_compute > free_compute {
             return format!(
@@ -727,17 +604,11 @@ impl<'m> Planner<'m> {
         }
         let instances = wants.len() + usize::from(base.instances);
         if instances > usize::from(self.model.max_gpu_instances) {
-            return format!(
-                "{instances} GPU instances but at most {} per GPU",
-                self.model.max_gpu_instances
-            );
+            return format!("{instances} GPU instances but at most {} per GPU", self.model.max_gpu_instances);
         }
         // 4. Placement conflict: find the first wish that cannot be placed after the others.
         let mut placed_state = *base;
-        let mut placed_names: Vec<String> = existing
-            .iter()
-            .map(|i| instance_label(self.model, i))
-            .collect();
+        let mut placed_names: Vec<String> = existing.iter().map(|i| instance_label(self.model, i)).collect();
         for (i, w) in wants.iter().enumerate() {
             let rest = &wants[i..];
             match self.search(&placed_state, &rest[..1]) {
@@ -752,17 +623,9 @@ impl<'m> Planner<'m> {
                     return format!(
                         "{} needs start {} (size {}), but those units are taken by {}",
                         p.name,
-                        p.placements
-                            .iter()
-                            .map(u8::to_string)
-                            .collect::<Vec<_>>()
-                            .join(" or "),
+                        p.placements.iter().map(u8::to_string).collect::<Vec<_>>().join(" or "),
                         p.placement_size,
-                        if blocking.is_empty() {
-                            "nothing else".to_string()
-                        } else {
-                            blocking.join(", ")
-                        }
+                        if blocking.is_empty() { "nothing else".to_string() } else { blocking.join(", ") }
                     );
                 }
             }
@@ -772,12 +635,7 @@ impl<'m> Planner<'m> {
 
     /// The nearest feasible wish: drop or shrink as few instances as possible, keeping as many
     /// compute slices as possible.
-    fn alternative(
-        &self,
-        base: &State,
-        existing: &[Instance],
-        wants: &[Want],
-    ) -> Option<Alternative> {
+    fn alternative(&self, base: &State, existing: &[Instance], wants: &[Want]) -> Option<Box<Alternative>> {
         let mut frontier: Vec<Vec<Want>> = vec![wants.to_vec()];
         let mut seen: std::collections::BTreeSet<Vec<Want>> = std::collections::BTreeSet::new();
         for _depth in 0..3 {
@@ -799,16 +657,12 @@ impl<'m> Planner<'m> {
                     }
                 }
             }
-            let mut best: Option<((u32, u32, usize), Vec<Want>, Vec<(Want, Candidate)>)> = None;
+            let mut best: Option<AltCandidate> = None;
             for ws in &next {
                 if let Some(ch) = self.search(base, ws) {
                     let key = (
-                        ws.iter()
-                            .map(|w| u32::from(self.profile(w.pidx).compute_slices))
-                            .sum::<u32>(),
-                        ws.iter()
-                            .map(|w| u32::from(self.profile(w.pidx).memory_slices))
-                            .sum::<u32>(),
+                        ws.iter().map(|w| u32::from(self.profile(w.pidx).compute_slices)).sum::<u32>(),
+                        ws.iter().map(|w| u32::from(self.profile(w.pidx).memory_slices)).sum::<u32>(),
                         ws.len(),
                     );
                     if best.as_ref().is_none_or(|(k, _, _)| key > *k) {
@@ -817,25 +671,15 @@ impl<'m> Planner<'m> {
                 }
             }
             if let Some((_, ws, ch)) = best {
-                let names: Vec<String> = ws
-                    .iter()
-                    .map(|w| self.profile(w.pidx).name.clone())
-                    .collect();
-                let mut all: Vec<String> = existing
-                    .iter()
-                    .map(|i| instance_label(self.model, i))
-                    .collect();
+                let names: Vec<String> = ws.iter().map(|w| self.profile(w.pidx).name.clone()).collect();
+                let mut all: Vec<String> = existing.iter().map(|i| instance_label(self.model, i)).collect();
                 all.extend(names.iter().cloned());
                 let summary = if existing.is_empty() {
                     format!("{} fits", names.join(" + "))
                 } else {
                     format!("{} fits next to the existing instances", names.join(" + "))
                 };
-                return Some(Alternative {
-                    profiles: names,
-                    placement: self.assemble(existing, &ch),
-                    summary,
-                });
+                return Some(Box::new(Alternative { profiles: names, placement: self.assemble(existing, &ch), summary }));
             }
             frontier = next;
             if frontier.len() > 4096 {
@@ -859,13 +703,7 @@ impl<'m> Planner<'m> {
                     && q.compute_slices + 1 >= p.compute_slices.min(q.compute_slices + 1)
             })
             .filter_map(|(i, _)| u8::try_from(i).ok())
-            .map(|pidx| {
-                Some(Want {
-                    pidx,
-                    compute: ComputeShape::Full,
-                    numa: w.numa,
-                })
-            })
+            .map(|pidx| Some(Want { pidx, compute: ComputeShape::Full, numa: w.numa }))
             .collect();
         out.push(None);
         out
@@ -907,10 +745,7 @@ impl<'m> Planner<'m> {
         let model = self.model.name.clone();
         let violations = validate(self.model, target);
         if !violations.is_empty() {
-            return Err(ReconfigureError::Infeasible {
-                model,
-                reason: join_violations(&violations),
-            });
+            return Err(ReconfigureError::Infeasible { model, reason: join_violations(&violations) });
         }
         let mut remaining: Vec<Instance> = target.to_vec();
         let mut unchanged = Vec::new();
@@ -930,9 +765,7 @@ impl<'m> Planner<'m> {
             return Err(ReconfigureError::BusyInstancesBlock {
                 model,
                 blockers,
-                reason:
-                    "they are not part of the wanted layout and busy instances are never destroyed"
-                        .into(),
+                reason: "they are not part of the wanted layout and busy instances are never destroyed".into(),
             });
         }
         Ok(self.make_plan(destroys, remaining, unchanged))
@@ -944,11 +777,7 @@ impl<'m> Planner<'m> {
         creates: Vec<Instance>,
         unchanged: Vec<Instance>,
     ) -> ReconfigurePlan {
-        let size = |i: &Instance| {
-            self.model
-                .profile_by_id(i.profile_id)
-                .map_or(0, |p| p.placement_size)
-        };
+        let size = |i: &Instance| self.model.profile_by_id(i.profile_id).map_or(0, |p| p.placement_size);
         let mut destroys = destroys;
         destroys.sort_by_key(|c| (std::cmp::Reverse(size(&c.instance)), c.instance.start));
         let mut creates = creates;
@@ -959,17 +788,10 @@ impl<'m> Planner<'m> {
         unchanged.sort_by_key(|i| (i.start, i.profile_id));
         let steps = destroys
             .iter()
-            .map(|c| Step::Destroy {
-                instance: c.instance,
-                gpu_instance_id: c.gpu_instance_id,
-            })
+            .map(|c| Step::Destroy { instance: c.instance, gpu_instance_id: c.gpu_instance_id })
             .chain(creates.iter().map(|i| Step::Create { instance: *i }))
             .collect();
-        ReconfigurePlan {
-            steps,
-            target,
-            unchanged,
-        }
+        ReconfigurePlan { steps, target, unchanged }
     }
 
     fn reconfigure_to_profiles(
@@ -980,20 +802,15 @@ impl<'m> Planner<'m> {
         let model = self.model.name.clone();
         for w in wanted {
             if self.pidx_of(w.profile_id).is_none() {
-                return Err(ReconfigureError::UnknownProfile {
-                    model,
-                    profile_id: w.profile_id,
-                });
+                return Err(ReconfigureError::UnknownProfile { model, profile_id: w.profile_id });
             }
         }
         // The wish on its own must be possible.
         if let Err(e) = self.place(wanted, &[]) {
             let reason = match e {
-                PlaceError::Infeasible {
-                    reason,
-                    alternative,
-                    ..
-                } => format!("{reason}{}", alternative_text(&alternative)),
+                PlaceError::Infeasible { reason, alternative, .. } => {
+                    format!("{reason}{}", alternative_text(&alternative))
+                }
                 other => other.to_string(),
             };
             return Err(ReconfigureError::Infeasible { model, reason });
@@ -1016,16 +833,13 @@ impl<'m> Planner<'m> {
             return Err(ReconfigureError::BusyInstancesBlock {
                 model,
                 blockers: extra_busy,
-                reason:
-                    "the wanted profiles do not include them and busy instances are never destroyed"
-                        .into(),
+                reason: "the wanted profiles do not include them and busy instances are never destroyed".into(),
             });
         }
         let busy_layout: Vec<Instance> = busy.iter().map(|c| c.instance).collect();
         // Keep as many idle instances as possible (fewest steps), then the most useful free space.
-        let keepable: Vec<usize> = (0..idle.len())
-            .filter(|&i| rest.contains(&WantedInstance::from(idle[i].instance)))
-            .collect();
+        let keepable: Vec<usize> =
+            (0..idle.len()).filter(|&i| rest.contains(&WantedInstance::from(idle[i].instance))).collect();
         let n = keepable.len().min(16);
         for keep_n in (0..=n).rev() {
             let mut best: Option<(Score, Vec<usize>, Placement)> = None;
@@ -1056,10 +870,8 @@ impl<'m> Planner<'m> {
                 }
             }
             if let Some((_, kept, pl)) = best {
-                let destroys: Vec<CurrentInstance> = (0..idle.len())
-                    .filter(|i| !kept.contains(i))
-                    .map(|i| *idle[i])
-                    .collect();
+                let destroys: Vec<CurrentInstance> =
+                    (0..idle.len()).filter(|i| !kept.contains(i)).map(|i| *idle[i]).collect();
                 let mut unchanged = busy_layout.clone();
                 unchanged.extend(kept.iter().map(|&k| idle[k].instance));
                 return Ok(self.make_plan(destroys, pl.placed, unchanged));
@@ -1068,10 +880,8 @@ impl<'m> Planner<'m> {
         // Not possible around the busy instances: name the fewest that block it.
         for size in 1..=busy.len() {
             for subset in subsets_of_size(busy.len(), size) {
-                let fixed: Vec<Instance> = (0..busy.len())
-                    .filter(|i| !subset.contains(i))
-                    .map(|i| busy[i].instance)
-                    .collect();
+                let fixed: Vec<Instance> =
+                    (0..busy.len()).filter(|i| !subset.contains(i)).map(|i| busy[i].instance).collect();
                 let mut still = wanted.to_vec();
                 for f in &fixed {
                     if let Some(pos) = still.iter().position(|r| *r == WantedInstance::from(*f)) {
@@ -1079,12 +889,12 @@ impl<'m> Planner<'m> {
                     }
                 }
                 if self.place(&still, &fixed).is_ok() {
-                    let blockers: Vec<Blocker> =
-                        subset.iter().map(|&i| self.blocker(busy[i])).collect();
+                    let blockers: Vec<Blocker> = subset.iter().map(|&i| self.blocker(busy[i])).collect();
                     return Err(ReconfigureError::BusyInstancesBlock {
                         model,
                         blockers,
-                        reason: "the wanted profiles fit only if these were moved, and busy instances are never moved".into(),
+                        reason: "the wanted profiles fit only if these were moved, and busy instances are never moved"
+                            .into(),
                     });
                 }
             }
@@ -1096,10 +906,7 @@ impl<'m> Planner<'m> {
     }
 
     /// Free and unusable capacity of `layout`.
-    pub fn fragmentation(
-        &self,
-        layout: &[Instance],
-    ) -> Result<FragmentationReport, Vec<Violation>> {
+    pub fn fragmentation(&self, layout: &[Instance]) -> Result<FragmentationReport, Vec<Violation>> {
         let s = self.state_of(layout)?;
         let all = unit_mask(0, self.model.placement_units);
         let free_mask = all & !s.mask;
@@ -1118,21 +925,13 @@ impl<'m> Planner<'m> {
             .map(|(pidx, p)| {
                 let mut st = s;
                 let mut n = 0u8;
-                for c in self
-                    .candidates
-                    .iter()
-                    .filter(|c| usize::from(c.pidx) == pidx)
-                {
+                for c in self.candidates.iter().filter(|c| usize::from(c.pidx) == pidx) {
                     if self.can_add(&st, c) {
                         st = self.add(&st, c);
                         n += 1;
                     }
                 }
-                ProfileFit {
-                    profile: p.name.clone(),
-                    profile_id: p.id,
-                    count: n,
-                }
+                ProfileFit { profile: p.name.clone(), profile_id: p.id, count: n }
             })
             .collect();
         let free_compute = self.model.compute_slices.saturating_sub(s.compute);
@@ -1203,10 +1002,8 @@ impl<'m> Planner<'m> {
             chosen.pop();
         }
         if !extended && !chosen.is_empty() {
-            let mut layout: Vec<Instance> = chosen
-                .iter()
-                .map(|c| Instance::new(self.profile(c.pidx).id, c.start))
-                .collect();
+            let mut layout: Vec<Instance> =
+                chosen.iter().map(|c| Instance::new(self.profile(c.pidx).id, c.start)).collect();
             layout.sort_by_key(|i| (i.start, i.profile_id));
             out.push(layout);
         }
@@ -1242,4 +1039,32 @@ fn subsets_of_size(n: usize, k: usize) -> Vec<Vec<usize>> {
     }
     go(0, n, k, &mut cur, &mut out);
     out
+}
+
+/// The planner of a catalog model, built once and kept for the life of the process; `None` for a
+/// model from outside the embedded catalog (a test fixture, an NVML-discovered one).
+pub fn planner_for(model: &GpuModel) -> Option<&'static Planner<'static>> {
+    static PLANNERS: std::sync::OnceLock<Vec<Planner<'static>>> = std::sync::OnceLock::new();
+    let all = PLANNERS.get_or_init(|| crate::catalog().models.iter().map(Planner::new).collect());
+    all.iter().find(|p| std::ptr::eq(p.model, model))
+}
+
+/// [`Planner::place`], with the cached planner for catalog models.
+pub fn place(model: &GpuModel, wanted: &[WantedInstance], existing: &[Instance]) -> Result<Placement, PlaceError> {
+    match planner_for(model) {
+        Some(p) => p.place(wanted, existing),
+        None => Planner::new(model).place(wanted, existing),
+    }
+}
+
+/// [`Planner::reconfigure`], with the cached planner for catalog models.
+pub fn reconfigure(
+    model: &GpuModel,
+    current: &[CurrentInstance],
+    wanted: &Wanted,
+) -> Result<ReconfigurePlan, ReconfigureError> {
+    match planner_for(model) {
+        Some(p) => p.reconfigure(current, wanted),
+        None => Planner::new(model).reconfigure(current, wanted),
+    }
 }
