@@ -142,6 +142,28 @@ def _represent_dict(dumper, data):
 CatalogDumper.add_representer(list, _represent_list)
 CatalogDumper.add_representer(dict, _represent_dict)
 
+def derived_named_configs(profiles, compute_slices):
+    """mig-parted's naming pattern (config-default.yaml) for models the reference lists no configs for:
+    all-<profile> fills the GPU with one profile (all-<profile>.me takes the single +me instance) and
+    all-balanced is 2x1g + 1x2g (+ 1x3g on 7-slice GPUs)."""
+    out = {}
+    by_shape = {}
+    for p in profiles:
+        name = p["name"]
+        if name.endswith("+me"):
+            out["all-" + name[:-3] + ".me"] = {name: 1}
+        elif "+" not in name and not name.endswith("-me"):
+            out["all-" + name] = {name: p["max_count"]}
+            if p["memory_slices"] == p["compute_slices"] or p["compute_slices"] > 1:
+                by_shape.setdefault(p["compute_slices"], name)
+    if 1 in by_shape and 2 in by_shape:
+        bal = {by_shape[1]: 2, by_shape[2]: 1}
+        if compute_slices == 7 and 3 in by_shape:
+            bal[by_shape[3]] = 1
+        out["all-balanced"] = bal
+    return out
+
+
 out_models = []
 for ref_name, (canon, shorts) in MODELS.items():
     g = by_name[ref_name]
@@ -183,7 +205,8 @@ for ref_name, (canon, shorts) in MODELS.items():
         "compute_instance_profile_sets": [int(r.rsplit("_", 1)[1]) for r in ci_refs],
         "compute_instance_profiles_inferred": bool(src_ci.get("inferred", True)),
         "profiles": [profile_entry(g, p, units, copied_from) for p in profiles],
-        "named_configs": g.get("named_configs_mig_parted") or {},
+        "named_configs": g.get("named_configs_mig_parted") or derived_named_configs(profiles, g.get("compute_slices", 7)),
+        "named_configs_inferred": not g.get("named_configs_mig_parted"),
     }
     notes = [g[k] for k in ("note", "alias_note", "naming_warning", "doc_note", "pci_ids_note") if g.get(k)]
     if copied_from:

@@ -201,6 +201,9 @@ pub struct GpuModel {
     /// mig-parted's named configurations for this model (`all-1g.10gb`, `all-balanced`, …).
     #[serde(default)]
     pub named_configs: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The named configurations follow mig-parted's pattern but were not read for this model.
+    #[serde(default)]
+    pub named_configs_inferred: bool,
     #[serde(default)]
     pub notes: Vec<String>,
 }
