@@ -1,1 +1,27 @@
-//! The GPU backend seam (being written).
+//! The GPU backend seam: the [`MigBackend`] trait (shaped after NVML's MIG API), the simulated
+//! GPU node ([`SimBackend`]), the read model the CLI and daemon show ([`view`]), the plan
+//! executor ([`executor`]) and the conformance suite every backend must pass ([`conformance`]).
+//!
+//! **Architecture invariant:** this is the only crate that knows NVML. Everything above it talks
+//! to `&dyn MigBackend`; plans come from the pure `tessera-mig` crate and are executed here at
+//! explicit placements, never at the driver's default placement.
+
+pub mod backend;
+pub mod conformance;
+pub mod executor;
+pub mod ids;
+pub mod sim;
+pub mod spec;
+pub mod view;
+
+#[cfg(test)]
+mod testing;
+
+pub use backend::{
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuRef,
+    MigBackend, MigMode, PlacementRange, ProcessInfo,
+};
+pub use executor::{ExecutionError, ExecutionReport, ensure_mig_mode, execute_plan};
+pub use sim::SimBackend;
+pub use spec::{GpuGroup, NodeSpec, SpecError};
+pub use view::{GpuView, LiveInstance, gpu_view, node_view};

@@ -679,7 +679,11 @@ impl<'m> Planner<'m> {
                 } else {
                     format!("{} fits next to the existing instances", names.join(" + "))
                 };
-                return Some(Box::new(Alternative { profiles: names, placement: self.assemble(existing, &ch), summary }));
+                return Some(Box::new(Alternative {
+                    profiles: names,
+                    placement: self.assemble(existing, &ch),
+                    summary,
+                }));
             }
             frontier = next;
             if frontier.len() > 4096 {

@@ -1,0 +1,368 @@
+//! The backend seam: one trait shaped after NVML's MIG API, so the simulated node and the real
+//! NVML backend are interchangeable behind `&dyn MigBackend`.
+//!
+//! The trait speaks NVML's two id spaces as NVML does: GPU-instance and compute-instance
+//! *profile ids* (`nvmlGpuInstanceProfileInfo_t.id`, the numbers `nvidia-smi mig -lgip` prints),
+//! and driver-assigned *instance ids* (the live key). Placements are in placement units for GPU
+//! instances and in compute slices for compute instances. Every method takes `&self`;
+//! implementations do their own locking so one backend can be shared across threads.
+//!
+//! Errors mirror NVML's return codes (`NVML_ERROR_NO_PERMISSION`, `…_NOT_SUPPORTED`,
+//! `…_INSUFFICIENT_RESOURCES`, `…_IN_USE`, `…_NOT_FOUND`, `…_INVALID_ARGUMENT`, `…_GPU_IS_LOST`)
+//! plus the simulated node's own state-file failures, and name the GPU by index and UUID.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tessera_mig::{GpuModel, catalog};
+
+/// Which implementation stands behind a [`MigBackend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackendKind {
+    /// The simulated node ([`crate::SimBackend`]).
+    #[serde(rename = "sim")]
+    Simulated,
+    /// NVIDIA's NVML library.
+    #[serde(rename = "nvml")]
+    Nvml,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Simulated => "sim",
+            BackendKind::Nvml => "nvml",
+        })
+    }
+}
+
+/// A GPU's MIG mode: what is in force now and what was last asked for.
+///
+/// They differ while a mode change waits for the GPU to become idle (or to be reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MigMode {
+    pub current: bool,
+    pub pending: bool,
+}
+
+impl fmt::Display for MigMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = |on: bool| if on { "enabled" } else { "disabled" };
+        if self.current == self.pending {
+            f.write_str(word(self.current))
+        } else {
+            write!(f, "{} ({} pending)", word(self.current), word(self.pending))
+        }
+    }
+}
+
+/// One GPU as the driver describes it (`nvmlDeviceGet*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// NVML index.
+    pub index: u32,
+    /// `/dev/nvidia<minor>`.
+    pub minor_number: u32,
+    /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    pub uuid: String,
+    /// NVML product name (`nvmlDeviceGetName`), e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// `00000000:18:00.0`.
+    pub pci_bus_id: String,
+    /// PCI device id, e.g. `0x2330`.
+    pub pci_device_id: u16,
+    /// Host NUMA node, `None` where the platform does not say (sysfs `numa_node` = -1).
+    pub numa_node: Option<u32>,
+    /// Host CPUs local to the GPU.
+    pub local_cpus: Vec<u32>,
+    pub memory_total_mib: u64,
+}
+
+impl DeviceInfo {
+    /// The catalog model of this GPU: by PCI device id, then by product name.
+    pub fn model(&self) -> Option<&'static GpuModel> {
+        let cat = catalog();
+        cat.model_by_pci_device_id(self.pci_device_id).or_else(|| cat.model(&self.name).ok())
+    }
+
+    /// How errors name this GPU.
+    pub fn gpu_ref(&self) -> GpuRef {
+        GpuRef { index: self.index, uuid: Some(self.uuid.clone()) }
+    }
+}
+
+/// A GPU-instance profile as the driver reports it (`nvmlGpuInstanceProfileInfo_v3_t`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuInstanceProfileInfo {
+    /// Profile id (`info.id`, what `nvidia-smi mig -lgip` prints).
+    pub id: u32,
+    /// `3g.20gb`, `1g.5gb+me`, …
+    pub name: String,
+    pub compute_slices: u8,
+    pub memory_slices: u8,
+    pub memory_mib: u64,
+    /// Most instances of this profile on the GPU (`instanceCount`).
+    pub max_count: u8,
+    /// Width of a placement in placement units.
+    pub placement_size: u8,
+    pub sm_count: u32,
+    pub copy_engines: u32,
+    pub decoders: u32,
+    pub encoders: u32,
+    pub jpegs: u32,
+    pub ofas: u32,
+}
+
+/// A placement: `[start, start + size)` in placement units (GPU instances) or compute slices
+/// (compute instances).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PlacementRange {
+    pub start: u8,
+    pub size: u8,
+}
+
+impl fmt::Display for PlacementRange {
+    /// `nvidia-smi`'s `start:size`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.start, self.size)
+    }
+}
+
+/// A GPU instance that exists (`nvmlGpuInstanceInfo_t`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuInstanceInfo {
+    /// Driver-assigned GPU instance id.
+    pub id: u32,
+    pub profile_id: u32,
+    pub placement: PlacementRange,
+    /// Minor of `/dev/nvidia-caps/nvidia-cap<minor>` granting access to this GPU instance.
+    pub caps_minor: u32,
+}
+
+/// A compute instance that exists (`nvmlComputeInstanceInfo_t`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ComputeInstanceInfo {
+    /// Driver-assigned compute instance id, unique within its GPU instance.
+    pub id: u32,
+    pub gpu_instance_id: u32,
+    /// Compute-instance profile id.
+    pub profile_id: u32,
+    /// Placement in compute slices of the GPU instance.
+    pub placement: PlacementRange,
+    /// `MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`: what `CUDA_VISIBLE_DEVICES` takes.
+    pub uuid: String,
+    /// Minor of `/dev/nvidia-caps/nvidia-cap<minor>` granting access to this compute instance.
+    pub caps_minor: u32,
+}
+
+/// A process using a GPU (`nvmlProcessInfo_t`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub name: String,
+    /// The GPU instance it runs in, when MIG is on.
+    pub gpu_instance_id: Option<u32>,
+    /// The compute instance it runs in, when MIG is on.
+    pub compute_instance_id: Option<u32>,
+    pub used_memory_mib: u64,
+}
+
+impl fmt::Display for ProcessInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.name)
+    }
+}
+
+/// How an error names a GPU: its index, and its UUID where known.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GpuRef {
+    pub index: u32,
+    pub uuid: Option<String>,
+}
+
+impl GpuRef {
+    /// A GPU known only by index (e.g. an index with no GPU behind it).
+    pub fn index(index: u32) -> Self {
+        GpuRef { index, uuid: None }
+    }
+}
+
+impl fmt::Display for GpuRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.uuid {
+            Some(uuid) => write!(f, "GPU {} ({uuid})", self.index),
+            None => write!(f, "GPU {}", self.index),
+        }
+    }
+}
+
+/// What went wrong in a backend call. Each variant matches an NVML return code, except `State`
+/// and `Io`, which belong to the simulated node's state file.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// `NVML_ERROR_NO_PERMISSION`: the caller may not do this (MIG changes need root or the
+    /// `mig/config` capability).
+    #[error("no permission to {op} (needs root or the mig/config capability)")]
+    NoPermission { op: String },
+    /// `NVML_ERROR_NOT_SUPPORTED`: e.g. a GPU without MIG, or MIG disabled.
+    #[error("{gpu}: not supported: {what}")]
+    NotSupported { gpu: GpuRef, what: String },
+    /// `NVML_ERROR_INSUFFICIENT_RESOURCES`, worded like `nvidia-smi`.
+    #[error("{gpu}: unable to create {profile}{}: Insufficient Resources ({detail})", at_placement(.placement))]
+    InsufficientResources { gpu: GpuRef, profile: String, placement: Option<u8>, detail: String },
+    /// `NVML_ERROR_IN_USE`: names the instance and the processes.
+    #[error("{gpu}: in use: {what}")]
+    InUse { gpu: GpuRef, what: String },
+    /// `NVML_ERROR_NOT_FOUND`.
+    #[error("{gpu}: not found: {what}")]
+    NotFound { gpu: GpuRef, what: String },
+    /// `NVML_ERROR_INVALID_ARGUMENT`.
+    #[error("invalid argument: {what}")]
+    InvalidArgument { what: String },
+    /// `NVML_ERROR_GPU_IS_LOST`: the GPU fell off the bus.
+    #[error("{gpu} is lost (fell off the bus or stopped responding)")]
+    GpuLost { gpu: GpuRef },
+    /// The simulated node's state file is unreadable, corrupt, for another node, or locked.
+    #[error("simulated node state {}: {detail}", .path.display())]
+    State { path: PathBuf, detail: String },
+    /// An I/O error on a file the backend needs.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn at_placement(p: &Option<u8>) -> String {
+    p.map(|s| format!(" at placement {s}")).unwrap_or_default()
+}
+
+impl BackendError {
+    /// A stable, machine-readable name of the variant (`in_use`, `insufficient_resources`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::NoPermission { .. } => "no_permission",
+            BackendError::NotSupported { .. } => "not_supported",
+            BackendError::InsufficientResources { .. } => "insufficient_resources",
+            BackendError::InUse { .. } => "in_use",
+            BackendError::NotFound { .. } => "not_found",
+            BackendError::InvalidArgument { .. } => "invalid_argument",
+            BackendError::GpuLost { .. } => "gpu_lost",
+            BackendError::State { .. } => "state",
+            BackendError::Io { .. } => "io",
+        }
+    }
+}
+
+/// Serialized as `{"kind": "in_use", "message": "GPU 0 (GPU-…): in use: …"}`.
+impl Serialize for BackendError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("BackendError", 2)?;
+        s.serialize_field("kind", self.kind())?;
+        s.serialize_field("message", &self.to_string())?;
+        s.end()
+    }
+}
+
+/// The MIG operations Tessera needs, shaped after NVML. Object-safe; `&self` everywhere.
+pub trait MigBackend: Send + Sync + fmt::Debug {
+    /// Which implementation this is.
+    fn kind(&self) -> BackendKind;
+    /// Every GPU of the node, by index.
+    fn devices(&self) -> Result<Vec<DeviceInfo>, BackendError>;
+    /// The GPU's MIG mode.
+    fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError>;
+    /// Ask for MIG on or off. Takes effect at once on an idle GPU; otherwise the change stays
+    /// pending and `InUse` is returned.
+    fn set_mig_mode(&self, gpu: u32, enabled: bool) -> Result<MigMode, BackendError>;
+    /// The GPU-instance profiles, as the driver reports them.
+    fn gpu_instance_profiles(&self, gpu: u32) -> Result<Vec<GpuInstanceProfileInfo>, BackendError>;
+    /// Every legal placement of a profile, occupied or not
+    /// (`nvmlDeviceGetGpuInstancePossiblePlacements_v2`).
+    fn possible_placements(&self, gpu: u32, profile_id: u32) -> Result<Vec<PlacementRange>, BackendError>;
+    /// Create a GPU instance; `placement` `None` lets the driver choose (avoid that).
+    fn create_gpu_instance(
+        &self,
+        gpu: u32,
+        profile_id: u32,
+        placement: Option<u8>,
+    ) -> Result<GpuInstanceInfo, BackendError>;
+    /// Create a compute instance of a compute-instance profile inside a GPU instance.
+    fn create_compute_instance(
+        &self,
+        gpu: u32,
+        gpu_instance_id: u32,
+        ci_profile_id: u32,
+    ) -> Result<ComputeInstanceInfo, BackendError>;
+    /// Destroy a compute instance; refused while processes use it.
+    fn destroy_compute_instance(
+        &self,
+        gpu: u32,
+        gpu_instance_id: u32,
+        compute_instance_id: u32,
+    ) -> Result<(), BackendError>;
+    /// Destroy a GPU instance; refused while it has compute instances or processes.
+    fn destroy_gpu_instance(&self, gpu: u32, gpu_instance_id: u32) -> Result<(), BackendError>;
+    /// The GPU instances that exist, by id.
+    fn gpu_instances(&self, gpu: u32) -> Result<Vec<GpuInstanceInfo>, BackendError>;
+    /// The compute instances of one GPU instance, by id.
+    fn compute_instances(&self, gpu: u32, gpu_instance_id: u32) -> Result<Vec<ComputeInstanceInfo>, BackendError>;
+    /// Processes running on the GPU.
+    fn processes(&self, gpu: u32) -> Result<Vec<ProcessInfo>, BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_and_mode_display() {
+        assert_eq!(BackendKind::Simulated.to_string(), "sim");
+        assert_eq!(BackendKind::Nvml.to_string(), "nvml");
+        assert_eq!(serde_json::to_string(&BackendKind::Simulated).unwrap(), "\"sim\"");
+        assert_eq!(MigMode { current: true, pending: true }.to_string(), "enabled");
+        assert_eq!(MigMode { current: false, pending: true }.to_string(), "disabled (enabled pending)");
+    }
+
+    #[test]
+    fn errors_name_the_gpu_and_serialize() {
+        let gpu = GpuRef { index: 2, uuid: Some("GPU-1234".into()) };
+        let e = BackendError::InsufficientResources {
+            gpu,
+            profile: "3g.20gb (profile 9)".into(),
+            placement: Some(4),
+            detail: "overlaps 1g.5gb@4".into(),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("GPU 2 (GPU-1234)"), "{msg}");
+        assert!(msg.contains("Insufficient Resources"), "{msg}");
+        assert!(msg.contains("at placement 4"), "{msg}");
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["kind"], "insufficient_resources");
+        assert_eq!(json["message"], msg);
+        assert!(BackendError::GpuLost { gpu: GpuRef::index(7) }.to_string().starts_with("GPU 7 is lost"));
+    }
+
+    #[test]
+    fn device_model_by_pci_id_then_name() {
+        let mut d = DeviceInfo {
+            index: 0,
+            minor_number: 0,
+            uuid: "GPU-x".into(),
+            name: "NVIDIA A30".into(),
+            pci_bus_id: "00000000:18:00.0".into(),
+            pci_device_id: 0x2330,
+            numa_node: None,
+            local_cpus: vec![],
+            memory_total_mib: 0,
+        };
+        assert_eq!(d.model().map(|m| m.name.as_str()), Some("H100-80GB"));
+        d.pci_device_id = 0xffff;
+        assert_eq!(d.model().map(|m| m.name.as_str()), Some("A30-24GB"));
+        d.name = "Some Other GPU".into();
+        assert!(d.model().is_none());
+    }
+}

@@ -1,0 +1,589 @@
+//! The conformance suite: one set of behavioural checks every [`MigBackend`] must pass, so the
+//! simulated node and NVML (over the stand-in `libnvidia-ml`, and on real GPUs) cannot drift
+//! apart.
+//!
+//! A backend joins by implementing [`Harness`] for a node that presents [`SPEC`] fresh: MIG on,
+//! no instances, no processes. [`run_all`] runs every [`Case`] on its own fresh harness and
+//! collects the failures, so one run reports them all. Cases never panic on a wrong answer;
+//! they return `Err` with what was expected and what came back.
+
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use tessera_mig::{GpuModel, Instance, Planner, catalog};
+
+use crate::backend::{BackendError, DeviceInfo, MigBackend, MigMode, PlacementRange};
+use crate::ids::{ci_caps_minor, gi_caps_minor, is_uuid_with_prefix};
+use crate::sim::SimBackend;
+use crate::spec::NodeSpec;
+
+/// The node every harness must present, fresh, to every case.
+pub const SPEC: &str = "1xA100-40GB+1xH100-80GB+1xA30-24GB+1xRTX-PRO-6000,numa=2,mig=on";
+
+/// A backend under test, plus the few things only a test rig can do.
+pub trait Harness {
+    /// The backend under test, presenting [`SPEC`].
+    fn backend(&self) -> &dyn MigBackend;
+    /// Start a process in compute instance `ci` of GPU instance `gi` (it makes them busy).
+    fn attach_process(&self, gpu: u32, gi: u32, ci: u32, pid: u32) -> Result<(), String>;
+    /// End that process.
+    fn detach_process(&self, gpu: u32, pid: u32) -> Result<(), String>;
+}
+
+/// One check.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn(&dyn Harness) -> Result<(), String>,
+}
+
+/// A case that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseFailure {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for CaseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+/// The simulated node is a harness of itself.
+impl Harness for SimBackend {
+    fn backend(&self) -> &dyn MigBackend {
+        self
+    }
+
+    fn attach_process(&self, gpu: u32, gi: u32, ci: u32, pid: u32) -> Result<(), String> {
+        SimBackend::attach_process(self, gpu, gi, ci, pid, "conformance").map_err(|e| e.to_string())
+    }
+
+    fn detach_process(&self, gpu: u32, pid: u32) -> Result<(), String> {
+        SimBackend::detach_process(self, gpu, pid).map_err(|e| e.to_string())
+    }
+}
+
+/// Every case, in a stable order.
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case { name: "devices_match_catalog", run: devices_match_catalog },
+        Case { name: "unknown_gpu_and_profile", run: unknown_gpu_and_profile },
+        Case { name: "mig_mode_get_and_set", run: mig_mode_get_and_set },
+        Case { name: "profiles_and_placements_match_catalog", run: profiles_and_placements_match_catalog },
+        Case { name: "explicit_placements_list_back", run: explicit_placements_list_back },
+        Case { name: "gpu_instance_ids_follow_driver_ranges", run: gpu_instance_ids_follow_driver_ranges },
+        Case { name: "placement_rules_give_insufficient_resources", run: placement_rules_give_insufficient_resources },
+        Case { name: "default_placement_follows_driver", run: default_placement_follows_driver },
+        Case { name: "compute_instances_uuids_and_caps", run: compute_instances_uuids_and_caps },
+        Case { name: "destroy_order_and_not_found", run: destroy_order_and_not_found },
+        Case { name: "busy_instances_are_not_destroyed", run: busy_instances_are_not_destroyed },
+        Case { name: "every_maximal_layout_round_trips", run: every_maximal_layout_round_trips },
+    ]
+}
+
+/// Run every case on a fresh harness from `fresh`; the failures, in case order.
+pub fn run_all<H: Harness>(mut fresh: impl FnMut() -> Result<H, String>) -> Vec<CaseFailure> {
+    let mut failures = Vec::new();
+    for case in cases() {
+        let outcome = match fresh() {
+            Ok(h) => catch_unwind(AssertUnwindSafe(|| (case.run)(&h)))
+                .unwrap_or_else(|_| Err("the case panicked".to_string())),
+            Err(e) => Err(format!("could not build a fresh harness: {e}")),
+        };
+        if let Err(message) = outcome {
+            failures.push(CaseFailure { name: case.name, message });
+        }
+    }
+    failures
+}
+
+/// (profile name, start, the GPU-instance id the driver gives it).
+type IdSteps = &'static [(&'static str, u8, u32)];
+/// (profile id, where the driver's default placement puts it; `None`: Insufficient Resources).
+type CgiSteps = &'static [(u32, Option<u8>)];
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+fn ok<T>(r: Result<T, BackendError>, doing: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{doing}: unexpected error: {e}"))
+}
+
+/// Expect an error of `kind` (see [`BackendError::kind`]); return its message.
+fn expect_err<T: std::fmt::Debug>(r: Result<T, BackendError>, kind: &str, doing: &str) -> Result<String, String> {
+    match r {
+        Ok(v) => Err(format!("{doing}: expected a {kind} error, got Ok({v:?})")),
+        Err(e) if e.kind() == kind => Ok(e.to_string()),
+        Err(e) => Err(format!("{doing}: expected a {kind} error, got {} ({e})", e.kind())),
+    }
+}
+
+/// The GPU of the node that is a `model`.
+fn gpu_of(h: &dyn Harness, model: &str) -> Result<(DeviceInfo, &'static GpuModel), String> {
+    let want = catalog().model(model).map_err(|e| e.to_string())?;
+    ok(h.backend().devices(), "devices")?
+        .into_iter()
+        .find(|d| d.model().is_some_and(|m| m.name == want.name))
+        .map(|d| (d, want))
+        .ok_or_else(|| format!("the node has no {model}"))
+}
+
+fn profile_id(model: &GpuModel, name: &str) -> Result<u32, String> {
+    model.profile(name).map(|p| p.id).map_err(|e| e.to_string())
+}
+
+/// (profile id, start, size) of every GPU instance, sorted.
+fn listed(h: &dyn Harness, gpu: u32) -> Result<Vec<(u32, u8, u8)>, String> {
+    let mut v: Vec<(u32, u8, u8)> = ok(h.backend().gpu_instances(gpu), "list GPU instances")?
+        .iter()
+        .map(|g| (g.profile_id, g.placement.start, g.placement.size))
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Destroy every compute and GPU instance of a GPU.
+fn clear(h: &dyn Harness, gpu: u32) -> Result<(), String> {
+    let b = h.backend();
+    for gi in ok(b.gpu_instances(gpu), "list GPU instances")? {
+        for ci in ok(b.compute_instances(gpu, gi.id), "list compute instances")? {
+            ok(b.destroy_compute_instance(gpu, gi.id, ci.id), "destroy compute instance")?;
+        }
+        ok(b.destroy_gpu_instance(gpu, gi.id), "destroy GPU instance")?;
+    }
+    ensure!(listed(h, gpu)?.is_empty(), "GPU {gpu} still has GPU instances after destroying them all");
+    Ok(())
+}
+
+fn devices_match_catalog(h: &dyn Harness) -> Result<(), String> {
+    let spec = NodeSpec::parse(SPEC).map_err(|e| e.to_string())?;
+    let devices = ok(h.backend().devices(), "devices")?;
+    let models = spec.models();
+    ensure!(devices.len() == models.len(), "expected {} GPUs, got {}", models.len(), devices.len());
+    let mut uuids = BTreeSet::new();
+    let mut minors = BTreeSet::new();
+    let mut buses = BTreeSet::new();
+    for (i, (d, want)) in devices.iter().zip(&models).enumerate() {
+        ensure!(d.index as usize == i, "device {i} reports index {}", d.index);
+        ensure!(is_uuid_with_prefix(&d.uuid, "GPU-"), "GPU {i} UUID '{}' is not GPU-<uuid>", d.uuid);
+        ensure!(uuids.insert(d.uuid.clone()), "GPU {i} repeats UUID {}", d.uuid);
+        ensure!(minors.insert(d.minor_number), "GPU {i} repeats minor number {}", d.minor_number);
+        ensure!(buses.insert(d.pci_bus_id.clone()), "GPU {i} repeats PCI bus id {}", d.pci_bus_id);
+        let model = d
+            .model()
+            .ok_or_else(|| format!("GPU {i} ('{}', 0x{:04X}) is not in the catalog", d.name, d.pci_device_id))?;
+        ensure!(model.name == want.name, "GPU {i} is a {}, expected {}", model.name, want.name);
+        ensure!(
+            model.pci_device_id_values().any(|id| id == d.pci_device_id),
+            "GPU {i} PCI device id 0x{:04X} is not one of {}'s {:?}",
+            d.pci_device_id,
+            model.name,
+            model.pci_device_ids
+        );
+        ensure!(
+            model.product_names.contains(&d.name) || (model.product_names.is_empty() && d.name == model.name),
+            "GPU {i} name '{}' is not one of {}'s product names {:?}",
+            d.name,
+            model.name,
+            model.product_names
+        );
+        ensure!(d.memory_total_mib > 0, "GPU {i} reports no memory");
+    }
+    Ok(())
+}
+
+fn unknown_gpu_and_profile(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let n = u32::try_from(ok(b.devices(), "devices")?.len()).map_err(|e| e.to_string())?;
+    expect_err(b.mig_mode(n + 7), "not_found", "MIG mode of a GPU index past the end")?;
+    expect_err(b.gpu_instances(n + 7), "not_found", "GPU instances of a GPU index past the end")?;
+    let (d, _) = gpu_of(h, "A100-40GB")?;
+    expect_err(b.possible_placements(d.index, 999), "invalid_argument", "placements of profile 999")?;
+    expect_err(b.create_gpu_instance(d.index, 999, None), "invalid_argument", "create profile 999")?;
+    ensure!(listed(h, d.index)?.is_empty(), "a failed create left a GPU instance behind");
+    Ok(())
+}
+
+fn mig_mode_get_and_set(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let on = MigMode { current: true, pending: true };
+    let off = MigMode { current: false, pending: false };
+    for d in ok(b.devices(), "devices")? {
+        let m = ok(b.mig_mode(d.index), "get MIG mode")?;
+        ensure!(m == on, "GPU {} starts with MIG {m}, expected enabled", d.index);
+    }
+    let (a30, m30) = gpu_of(h, "A30-24GB")?;
+    let g = a30.index;
+    let got = ok(b.set_mig_mode(g, false), "disable MIG")?;
+    ensure!(got == off, "disabling MIG on an idle GPU returned {got}");
+    ensure!(ok(b.mig_mode(g), "get MIG mode")? == off, "MIG mode does not read back as disabled");
+    let me = profile_id(m30, "1g.6gb")?;
+    expect_err(b.create_gpu_instance(g, me, Some(0)), "not_supported", "create with MIG disabled")?;
+    expect_err(b.gpu_instances(g), "not_supported", "list GPU instances with MIG disabled")?;
+    ensure!(ok(b.set_mig_mode(g, false), "disable MIG again")? == off, "disabling twice changed something");
+    ensure!(ok(b.set_mig_mode(g, true), "enable MIG")? == on, "enabling MIG on an idle GPU did not take effect");
+    ensure!(ok(b.mig_mode(g), "get MIG mode")? == on, "MIG mode does not read back as enabled");
+
+    // Disabling with GPU instances present is refused and changes nothing.
+    let (a100, m100) = gpu_of(h, "A100-40GB")?;
+    let gi = ok(b.create_gpu_instance(a100.index, profile_id(m100, "3g.20gb")?, Some(4)), "create 3g.20gb@4")?;
+    let msg = expect_err(b.set_mig_mode(a100.index, false), "in_use", "disable MIG with a GPU instance")?;
+    ensure!(msg.contains("3g.20gb"), "the refusal does not name the instance: {msg}");
+    ensure!(ok(b.mig_mode(a100.index), "get MIG mode")? == on, "a refused disable changed the MIG mode");
+    ok(b.destroy_gpu_instance(a100.index, gi.id), "destroy 3g.20gb@4")?;
+    ensure!(ok(b.set_mig_mode(a100.index, false), "disable MIG")? == off, "disable after destroy failed");
+    ensure!(ok(b.set_mig_mode(a100.index, true), "enable MIG")? == on, "re-enable failed");
+    Ok(())
+}
+
+fn profiles_and_placements_match_catalog(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    for d in ok(b.devices(), "devices")? {
+        let model = d.model().ok_or_else(|| format!("GPU {} is not in the catalog", d.index))?;
+        let reported = ok(b.gpu_instance_profiles(d.index), "list GPU instance profiles")?;
+        let got: BTreeSet<(u32, String, u8, u8, u8, u8)> = reported
+            .iter()
+            .map(|p| (p.id, p.name.clone(), p.compute_slices, p.memory_slices, p.placement_size, p.max_count))
+            .collect();
+        let want: BTreeSet<(u32, String, u8, u8, u8, u8)> = model
+            .profiles
+            .iter()
+            .map(|p| (p.id, p.name.clone(), p.compute_slices, p.memory_slices, p.placement_size, p.max_count))
+            .collect();
+        ensure!(
+            got == want,
+            "GPU {} ({}) profiles differ from the catalog:\n got  {got:?}\n want {want:?}",
+            d.index,
+            model.name
+        );
+        ensure!(reported.len() == model.profiles.len(), "GPU {} lists a profile twice", d.index);
+        for p in &reported {
+            ensure!(p.memory_mib > 0 && p.sm_count > 0, "GPU {} profile {} reports no memory or SMs", d.index, p.name);
+        }
+        for p in &model.profiles {
+            let mut got = ok(b.possible_placements(d.index, p.id), "possible placements")?;
+            got.sort_unstable();
+            let mut want: Vec<PlacementRange> =
+                p.placements.iter().map(|&start| PlacementRange { start, size: p.placement_size }).collect();
+            want.sort_unstable();
+            ensure!(got == want, "GPU {} {} placements {got:?}, catalog {want:?}", d.index, p.name);
+        }
+    }
+    Ok(())
+}
+
+/// Create `layout` at explicit placements (in the given order) and check it lists back.
+fn create_and_check(h: &dyn Harness, gpu: u32, model: &GpuModel, layout: &[(&str, u8)]) -> Result<(), String> {
+    let b = h.backend();
+    let mut want = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (name, start) in layout {
+        let p = model.profile(name).map_err(|e| e.to_string())?;
+        let gi =
+            ok(b.create_gpu_instance(gpu, p.id, Some(*start)), &format!("create {name}@{start} on {}", model.name))?;
+        ensure!(
+            gi.profile_id == p.id && gi.placement == PlacementRange { start: *start, size: p.placement_size },
+            "create {name}@{start} returned {gi:?}"
+        );
+        ensure!(ids.insert(gi.id), "GPU instance id {} handed out twice", gi.id);
+        want.push((p.id, *start, p.placement_size));
+    }
+    want.sort_unstable();
+    let got = listed(h, gpu)?;
+    ensure!(got == want, "{}: listed {got:?}, created {want:?}", model.name);
+    Ok(())
+}
+
+fn explicit_placements_list_back(h: &dyn Harness) -> Result<(), String> {
+    let table: [(&str, &[(&str, u8)]); 4] = [
+        ("A100-40GB", &[("3g.20gb", 4), ("2g.10gb", 0), ("1g.5gb", 2), ("1g.5gb", 3)]),
+        ("H100-80GB", &[("1g.10gb", 6), ("2g.20gb", 4), ("4g.40gb", 0)]),
+        ("A30-24GB", &[("1g.6gb", 1), ("2g.12gb", 2), ("1g.6gb+me", 0)]),
+        ("RTX-PRO-6000", &[("1g.24gb", 9), ("2g.48gb", 0), ("1g.24gb+gfx", 6)]),
+    ];
+    for (model, layout) in table {
+        let (d, m) = gpu_of(h, model)?;
+        create_and_check(h, d.index, m, layout)?;
+        clear(h, d.index)?;
+    }
+    Ok(())
+}
+
+fn gpu_instance_ids_follow_driver_ranges(h: &dyn Harness) -> Result<(), String> {
+    // (model, [(profile, start, GPU instance id)]): NVIDIA's examples and the driver's id ranges.
+    let table: [(&str, IdSteps); 4] = [
+        ("A100-40GB", &[("1g.5gb", 6, 13), ("2g.10gb", 4, 5), ("4g.20gb", 0, 1)]),
+        ("H100-80GB", &[("3g.40gb", 0, 1), ("3g.40gb", 4, 2)]),
+        ("A30-24GB", &[("1g.6gb", 0, 3), ("1g.6gb", 1, 4), ("2g.12gb", 2, 2)]),
+        ("RTX-PRO-6000", &[("1g.24gb", 0, 3), ("1g.24gb", 3, 4), ("1g.24gb", 6, 5), ("1g.24gb", 9, 6)]),
+    ];
+    let b = h.backend();
+    for (model, steps) in table {
+        let (d, m) = gpu_of(h, model)?;
+        for (name, start, id) in steps {
+            let gi = ok(b.create_gpu_instance(d.index, profile_id(m, name)?, Some(*start)), "create")?;
+            ensure!(gi.id == *id, "{model} {name}@{start} got GPU instance id {}, the driver gives {id}", gi.id);
+        }
+        clear(h, d.index)?;
+    }
+    let (d, m) = gpu_of(h, "H100-80GB")?;
+    let full = ok(b.create_gpu_instance(d.index, profile_id(m, "7g.80gb")?, Some(0)), "create 7g.80gb")?;
+    ensure!(full.id == 0, "the full GPU instance got id {}, the driver gives 0", full.id);
+    Ok(())
+}
+
+fn placement_rules_give_insufficient_resources(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let ir = "insufficient_resources";
+    let (a100, m) = gpu_of(h, "A100-40GB")?;
+    let g = a100.index;
+    ok(b.create_gpu_instance(g, profile_id(m, "3g.20gb")?, Some(4)), "create 3g.20gb@4")?;
+    let msg = expect_err(b.create_gpu_instance(g, profile_id(m, "1g.5gb")?, Some(5)), ir, "1g.5gb@5 over 3g.20gb@4")?;
+    ensure!(msg.contains("Insufficient Resources"), "message lacks 'Insufficient Resources': {msg}");
+    expect_err(b.create_gpu_instance(g, profile_id(m, "3g.20gb")?, Some(2)), ir, "3g.20gb at illegal start 2")?;
+    expect_err(b.create_gpu_instance(g, profile_id(m, "7g.40gb")?, Some(0)), ir, "7g.40gb next to 3g.20gb")?;
+    ok(b.create_gpu_instance(g, profile_id(m, "1g.5gb+me")?, Some(0)), "create 1g.5gb+me@0")?;
+    expect_err(b.create_gpu_instance(g, profile_id(m, "1g.5gb+me")?, Some(1)), ir, "a second 1g.5gb+me")?;
+    ensure!(listed(h, g)?.len() == 2, "failed creations left GPU instances behind: {:?}", listed(h, g)?);
+
+    let (h100, m) = gpu_of(h, "H100-80GB")?;
+    let one = profile_id(m, "1g.10gb")?;
+    for start in 0..7 {
+        ok(b.create_gpu_instance(h100.index, one, Some(start)), "create 1g.10gb")?;
+    }
+    expect_err(b.create_gpu_instance(h100.index, one, Some(7)), ir, "an eighth 1g.10gb (start 7 is not legal)")?;
+
+    let (rtx, m) = gpu_of(h, "RTX-PRO-6000")?;
+    let g = rtx.index;
+    ok(b.create_gpu_instance(g, profile_id(m, "1g.24gb+me.all")?, Some(0)), "create 1g.24gb+me.all@0")?;
+    expect_err(b.create_gpu_instance(g, profile_id(m, "1g.24gb")?, Some(3)), ir, "1g.24gb next to +me.all")?;
+    expect_err(b.create_gpu_instance(g, profile_id(m, "1g.24gb+me")?, Some(3)), ir, "1g.24gb+me next to +me.all")?;
+    ok(b.create_gpu_instance(g, profile_id(m, "1g.24gb-me")?, Some(3)), "create 1g.24gb-me next to +me.all")?;
+    let (a30, m) = gpu_of(h, "A30-24GB")?;
+    ok(b.create_gpu_instance(a30.index, profile_id(m, "2g.12gb+me")?, Some(0)), "create 2g.12gb+me@0")?;
+    expect_err(b.create_gpu_instance(a30.index, profile_id(m, "1g.6gb+me")?, Some(2)), ir, "two +me on an A30")?;
+    Ok(())
+}
+
+fn default_placement_follows_driver(h: &dyn Harness) -> Result<(), String> {
+    // NVIDIA's documented `nvidia-smi mig -cgi` examples: profile ids and where each landed
+    // (`None`: Insufficient Resources).
+    let table: [(&str, CgiSteps); 6] = [
+        ("A100-40GB", &[(19, Some(6)), (19, Some(4)), (14, Some(0)), (9, None)]),
+        ("A100-40GB", &[(9, Some(4)), (19, Some(0)), (14, Some(2)), (19, Some(1))]),
+        ("A100-40GB", &[(14, Some(4)), (19, Some(6)), (19, Some(0)), (19, Some(1)), (19, Some(2)), (19, Some(3))]),
+        ("A100-40GB", &[(19, Some(6)), (14, Some(4)), (5, Some(0))]),
+        ("RTX-PRO-6000", &[(14, Some(0)), (14, Some(3)), (14, Some(6)), (14, Some(9))]),
+        ("RTX-PRO-6000", &[(5, Some(0)), (14, Some(6)), (14, Some(9))]),
+    ];
+    let b = h.backend();
+    for (model, steps) in table {
+        let (d, _) = gpu_of(h, model)?;
+        let order: Vec<String> = steps.iter().map(|(p, _)| p.to_string()).collect();
+        let cgi = format!("{model} -cgi {}", order.join(","));
+        for (profile, want) in steps {
+            let got = b.create_gpu_instance(d.index, *profile, None);
+            match (got, want) {
+                (Ok(gi), Some(start)) => {
+                    ensure!(
+                        gi.placement.start == *start,
+                        "{cgi}: profile {profile} landed at {}, the driver puts it at {start}",
+                        gi.placement.start
+                    )
+                }
+                (Err(e), None) => ensure!(
+                    e.kind() == "insufficient_resources",
+                    "{cgi}: profile {profile} failed with {e}, expected Insufficient Resources"
+                ),
+                (Ok(gi), None) => {
+                    return Err(format!(
+                        "{cgi}: profile {profile} was created at {}, the driver refuses it",
+                        gi.placement
+                    ));
+                }
+                (Err(e), Some(start)) => {
+                    return Err(format!("{cgi}: profile {profile} failed ({e}), the driver puts it at {start}"));
+                }
+            }
+        }
+        clear(h, d.index)?;
+    }
+    Ok(())
+}
+
+fn compute_instances_uuids_and_caps(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let (d, m) = gpu_of(h, "A100-40GB")?;
+    let g = d.index;
+    let gi = ok(b.create_gpu_instance(g, profile_id(m, "3g.20gb")?, Some(4)), "create 3g.20gb@4")?;
+    ensure!(
+        gi.caps_minor == gi_caps_minor(d.minor_number, gi.id),
+        "GPU instance caps minor {} is not 3 + 135·{} + 9·{}",
+        gi.caps_minor,
+        d.minor_number,
+        gi.id
+    );
+    let full = ok(b.create_compute_instance(g, gi.id, 2), "create the 3c compute instance")?;
+    ensure!(
+        full.id == 0 && full.gpu_instance_id == gi.id && full.profile_id == 2,
+        "unexpected compute instance {full:?}"
+    );
+    ensure!(full.placement == PlacementRange { start: 0, size: 3 }, "3c compute instance at {}", full.placement);
+    ensure!(is_uuid_with_prefix(&full.uuid, "MIG-"), "compute instance UUID '{}' is not MIG-<uuid>", full.uuid);
+    ensure!(
+        full.caps_minor == ci_caps_minor(d.minor_number, gi.id, full.id),
+        "compute instance caps minor {}",
+        full.caps_minor
+    );
+    let listed_cis = ok(b.compute_instances(g, gi.id), "list compute instances")?;
+    ensure!(listed_cis == vec![full.clone()], "listed {listed_cis:?}, created {full:?}");
+    expect_err(b.create_compute_instance(g, gi.id, 0), "insufficient_resources", "a 1c next to the 3c")?;
+    expect_err(b.create_compute_instance(g, gi.id, 3), "invalid_argument", "a 4c compute instance in a 3g")?;
+    expect_err(b.create_compute_instance(g, 14, 0), "not_found", "a compute instance in GPU instance 14")?;
+
+    // Three 1c compute instances in a 3g at 0: placements 0, 1, 2; ids 0, 1, 2.
+    let gi0 = ok(b.create_gpu_instance(g, profile_id(m, "3g.20gb")?, Some(0)), "create 3g.20gb@0")?;
+    let mut uuids: BTreeSet<String> = BTreeSet::from([full.uuid.clone()]);
+    for i in 0..3u8 {
+        let ci = ok(b.create_compute_instance(g, gi0.id, 0), "create a 1c compute instance")?;
+        ensure!(ci.id == u32::from(i) && ci.placement == PlacementRange { start: i, size: 1 }, "1c number {i}: {ci:?}");
+        ensure!(uuids.insert(ci.uuid.clone()), "MIG UUID {} handed out twice", ci.uuid);
+    }
+    expect_err(b.create_compute_instance(g, gi0.id, 0), "insufficient_resources", "a fourth 1c in a 3g")?;
+    // A recreated compute instance reuses the id and placement but gets a new UUID.
+    ok(b.destroy_compute_instance(g, gi0.id, 1), "destroy compute instance 1")?;
+    let again = ok(b.create_compute_instance(g, gi0.id, 0), "recreate a 1c compute instance")?;
+    ensure!(again.id == 1 && again.placement.start == 1, "recreated 1c: {again:?}");
+    ensure!(uuids.insert(again.uuid.clone()), "a recreated compute instance kept its old UUID {}", again.uuid);
+    Ok(())
+}
+
+fn destroy_order_and_not_found(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let (d, m) = gpu_of(h, "H100-80GB")?;
+    let g = d.index;
+    let gi = ok(b.create_gpu_instance(g, profile_id(m, "2g.20gb")?, Some(2)), "create 2g.20gb@2")?;
+    let ci = ok(b.create_compute_instance(g, gi.id, 1), "create its 2c compute instance")?;
+    let msg = expect_err(b.destroy_gpu_instance(g, gi.id), "in_use", "destroy a GPU instance with a compute instance")?;
+    ensure!(msg.contains(&gi.id.to_string()), "the refusal does not name GPU instance {}: {msg}", gi.id);
+    ensure!(listed(h, g)?.len() == 1, "a refused destroy removed the GPU instance");
+    expect_err(b.destroy_compute_instance(g, gi.id, ci.id + 1), "not_found", "destroy an unknown compute instance")?;
+    expect_err(b.destroy_gpu_instance(g, gi.id + 1), "not_found", "destroy an unknown GPU instance")?;
+    expect_err(b.compute_instances(g, gi.id + 1), "not_found", "list compute instances of an unknown GPU instance")?;
+    ok(b.destroy_compute_instance(g, gi.id, ci.id), "destroy the compute instance")?;
+    ok(b.destroy_gpu_instance(g, gi.id), "destroy the GPU instance")?;
+    expect_err(b.destroy_gpu_instance(g, gi.id), "not_found", "destroy it twice")?;
+    ensure!(listed(h, g)?.is_empty(), "GPU instances left: {:?}", listed(h, g)?);
+    Ok(())
+}
+
+fn busy_instances_are_not_destroyed(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let (d, m) = gpu_of(h, "H100-80GB")?;
+    let g = d.index;
+    let gi = ok(b.create_gpu_instance(g, profile_id(m, "2g.20gb")?, Some(0)), "create 2g.20gb@0")?;
+    let ci = ok(b.create_compute_instance(g, gi.id, 1), "create its compute instance")?;
+    h.attach_process(g, gi.id, ci.id, 4242)?;
+    let procs = ok(b.processes(g), "list processes")?;
+    ensure!(
+        procs.len() == 1
+            && procs[0].pid == 4242
+            && procs[0].gpu_instance_id == Some(gi.id)
+            && procs[0].compute_instance_id == Some(ci.id),
+        "processes: {procs:?}"
+    );
+    let msg = expect_err(b.destroy_compute_instance(g, gi.id, ci.id), "in_use", "destroy a busy compute instance")?;
+    ensure!(msg.contains("4242"), "the refusal does not name the process: {msg}");
+    let msg = expect_err(b.destroy_gpu_instance(g, gi.id), "in_use", "destroy a busy GPU instance")?;
+    ensure!(msg.contains("4242") || msg.contains("compute instance"), "the refusal does not say why: {msg}");
+    expect_err(b.set_mig_mode(g, false), "in_use", "disable MIG under a process")?;
+    ensure!(ok(b.mig_mode(g), "MIG mode")?.current, "MIG was disabled under a running process");
+    h.detach_process(g, 4242)?;
+    ensure!(ok(b.processes(g), "list processes")?.is_empty(), "the process is still listed after it ended");
+    ok(b.destroy_compute_instance(g, gi.id, ci.id), "destroy the idle compute instance")?;
+    ok(b.destroy_gpu_instance(g, gi.id), "destroy the idle GPU instance")?;
+    Ok(())
+}
+
+fn every_maximal_layout_round_trips(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    for d in ok(b.devices(), "devices")? {
+        let model = d.model().ok_or_else(|| format!("GPU {} is not in the catalog", d.index))?;
+        let layouts = Planner::new(model).maximal_layouts(None);
+        ensure!(!layouts.is_empty(), "{} has no maximal layouts", model.name);
+        for layout in layouts {
+            round_trip(h, d.index, model, &layout)?;
+        }
+    }
+    Ok(())
+}
+
+/// Create `layout` at explicit placements with a full compute instance each, read it back,
+/// and destroy it again.
+fn round_trip(h: &dyn Harness, gpu: u32, model: &GpuModel, layout: &[Instance]) -> Result<(), String> {
+    let b = h.backend();
+    let name = || {
+        let parts: Vec<String> = layout.iter().map(|i| tessera_mig::layout::instance_label(model, i)).collect();
+        format!("{} [{}]", model.name, parts.join(", "))
+    };
+    let mut uuids = BTreeSet::new();
+    for inst in layout {
+        let p = model.profile_by_id(inst.profile_id).ok_or_else(|| format!("{}: unknown profile", name()))?;
+        let gi = b
+            .create_gpu_instance(gpu, inst.profile_id, Some(inst.start))
+            .map_err(|e| format!("{}: create {}@{}: {e}", name(), p.name, inst.start))?;
+        let ci_profile = model
+            .compute_instance_profiles(p.compute_slices)
+            .iter()
+            .find(|c| c.compute_slices == p.compute_slices)
+            .ok_or_else(|| format!("{}: {} offers no full compute instance", name(), p.name))?;
+        let ci = b
+            .create_compute_instance(gpu, gi.id, ci_profile.id)
+            .map_err(|e| format!("{}: compute instance in {}@{}: {e}", name(), p.name, inst.start))?;
+        ensure!(uuids.insert(ci.uuid.clone()), "{}: MIG UUID {} handed out twice", name(), ci.uuid);
+    }
+    let mut want: Vec<(u32, u8)> = layout.iter().map(|i| (i.profile_id, i.start)).collect();
+    want.sort_unstable();
+    let gis = ok(b.gpu_instances(gpu), "list GPU instances")?;
+    let mut got: Vec<(u32, u8)> = gis.iter().map(|g| (g.profile_id, g.placement.start)).collect();
+    got.sort_unstable();
+    ensure!(got == want, "{}: listed {got:?}", name());
+    for gi in &gis {
+        let cis = ok(b.compute_instances(gpu, gi.id), "list compute instances")?;
+        ensure!(cis.len() == 1, "{}: GPU instance {} has {} compute instances", name(), gi.id, cis.len());
+    }
+    clear(h, gpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_names_are_unique() {
+        let names: BTreeSet<&str> = cases().iter().map(|c| c.name).collect();
+        assert_eq!(names.len(), cases().len());
+    }
+
+    #[test]
+    fn in_memory_sim_passes() {
+        let spec = NodeSpec::parse(SPEC).unwrap();
+        let failures = run_all(|| Ok(SimBackend::in_memory(&spec)));
+        assert!(failures.is_empty(), "{}", failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+    }
+
+    /// A backend that breaks one rule must be caught.
+    #[test]
+    fn a_wrong_spec_fails_cases() {
+        let wrong = NodeSpec::parse("1xA100-40GB,numa=2").unwrap();
+        let failures = run_all(|| Ok(SimBackend::in_memory(&wrong)));
+        assert!(failures.iter().any(|f| f.name == "devices_match_catalog"), "{failures:?}");
+    }
+}

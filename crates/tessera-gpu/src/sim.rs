@@ -1,0 +1,841 @@
+//! The simulated GPU node: a [`MigBackend`] that behaves like NVML on real MIG GPUs, so the CLI,
+//! the daemon and the tests can run the whole stack on a machine without GPUs.
+//!
+//! **State outlives the process**, as GPU instances outlive a daemon: it lives in a JSON file.
+//! Every operation takes an exclusive lock on a sibling `<file>.lock` (`File::try_lock`, waiting
+//! up to [`LOCK_TIMEOUT`]), reads the state, applies the change, and writes it back atomically
+//! (temporary file + rename), so several processes can share one node. [`SimBackend::in_memory`]
+//! runs the same code on a mutex-guarded state for fast tests.
+//!
+//! What is reproduced, and from where (`shared/research/mig-hardware.md`):
+//! * profiles and placements from the catalog; explicit-placement creation obeys
+//!   [`tessera_mig::validate`] (legal start, overlap, per-profile and per-GPU counts, the single
+//!   OFA for `+me`, `+me.all` exclusivity) and fails with "Insufficient Resources" otherwise;
+//! * the driver's default placement ([`default_placement`], whose header states the rule);
+//! * GPU-instance ids: size classes in descending order get consecutive id ranges,
+//!   `id = offset(size) + start / size` (A100: full 0, halves 1–2, quarters 3–6, eighths 7–14),
+//!   the lowest free id if that one is taken;
+//! * compute instances: lowest free legal placement, lowest free id, a fresh `MIG-` UUID per
+//!   creation (a per-node generation counter goes into it, so a recreated instance differs);
+//! * caps minors: GI = 3 + 135·minor + 9·gi, CI = GI + 1 + ci;
+//! * destroy order (compute instances first), and nothing busy is destroyed (`In use`);
+//! * MIG mode: changes at once on an idle GPU; with processes present the change stays pending
+//!   and `InUse` is returned; disabling with GPU instances present is refused.
+//!
+//! Processes are simulated too (not part of the trait): [`SimBackend::attach_process`] marks a
+//! compute instance busy, [`SimBackend::attach_gpu_process`] holds a GPU whose MIG mode is off,
+//! and [`SimBackend::detach_process`] ends either.
+
+pub mod default_placement;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tessera_mig::{GpuModel, Instance, Profile, catalog::ComputeInstanceProfile, validate};
+
+use crate::backend::{
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuRef,
+    MigBackend, MigMode, PlacementRange, ProcessInfo,
+};
+use crate::ids;
+use crate::spec::{NodeSpec, gb_from_name};
+
+/// How long an operation waits for another process's lock before giving up.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The state file's format tag.
+const FORMAT: &str = "tessera-sim-node/1";
+/// GPU-instance ids the driver hands out (`gi0` … `gi14` in `mig-minors`).
+const MAX_GI_IDS: u32 = 15;
+/// Compute-instance ids per GPU instance (`ci0` … `ci7`).
+const MAX_CI_IDS: u32 = 8;
+
+/// The whole node's mutable state, as stored in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SimState {
+    format: String,
+    /// The node, in canonical form; devices are derived from it.
+    spec: NodeSpec,
+    /// Bumped for every compute instance created; part of its UUID.
+    generation: u64,
+    gpus: Vec<SimGpu>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SimGpu {
+    mig: MigMode,
+    gpu_instances: Vec<SimGi>,
+    processes: Vec<ProcessInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SimGi {
+    id: u32,
+    profile_id: u32,
+    start: u8,
+    compute_instances: Vec<SimCi>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SimCi {
+    id: u32,
+    profile_id: u32,
+    start: u8,
+    size: u8,
+    uuid: String,
+}
+
+impl SimState {
+    fn fresh(spec: &NodeSpec) -> SimState {
+        let mode = MigMode { current: spec.mig_enabled(), pending: spec.mig_enabled() };
+        SimState {
+            format: FORMAT.to_string(),
+            spec: spec.clone(),
+            generation: 0,
+            gpus: (0..spec.gpu_count())
+                .map(|_| SimGpu { mig: mode, gpu_instances: Vec::new(), processes: Vec::new() })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Store {
+    Memory(Mutex<SimState>),
+    File { path: PathBuf, lock_path: PathBuf },
+}
+
+/// A simulated GPU node. Cheap to open; every call goes to the shared state.
+#[derive(Debug)]
+pub struct SimBackend {
+    store: Store,
+    spec: NodeSpec,
+    devices: Vec<DeviceInfo>,
+    models: Vec<&'static GpuModel>,
+}
+
+/// One GPU inside an operation: what it is, and its mutable state.
+struct Gpu<'a> {
+    dev: &'a DeviceInfo,
+    model: &'static GpuModel,
+    state: &'a mut SimGpu,
+}
+
+impl Gpu<'_> {
+    fn gref(&self) -> GpuRef {
+        self.dev.gpu_ref()
+    }
+
+    fn require_mig(&self, doing: &str) -> Result<(), BackendError> {
+        if self.state.mig.current {
+            Ok(())
+        } else {
+            Err(BackendError::NotSupported {
+                gpu: self.gref(),
+                what: format!("MIG mode is disabled, so it cannot {doing}; enable MIG first"),
+            })
+        }
+    }
+
+    fn profile(&self, profile_id: u32) -> Result<&'static Profile, BackendError> {
+        self.model.profile_by_id(profile_id).ok_or_else(|| BackendError::InvalidArgument {
+            what: format!(
+                "{} has no GPU instance profile {profile_id}; the profiles of {} are {}",
+                self.gref(),
+                self.model.name,
+                self.model.profiles.iter().map(|p| format!("{} ({})", p.id, p.name)).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    fn layout(&self) -> Vec<Instance> {
+        self.state.gpu_instances.iter().map(|g| Instance::new(g.profile_id, g.start)).collect()
+    }
+
+    fn gi_label(&self, gi: &SimGi) -> String {
+        match self.model.profile_by_id(gi.profile_id) {
+            Some(p) => format!("GPU instance {} ({}@{})", gi.id, p.name, gi.start),
+            None => format!("GPU instance {} (profile {}@{})", gi.id, gi.profile_id, gi.start),
+        }
+    }
+
+    fn gi_index(&self, gpu_instance_id: u32) -> Result<usize, BackendError> {
+        self.state.gpu_instances.iter().position(|g| g.id == gpu_instance_id).ok_or_else(|| {
+            let have: Vec<String> = self.state.gpu_instances.iter().map(|g| g.id.to_string()).collect();
+            BackendError::NotFound {
+                gpu: self.gref(),
+                what: format!(
+                    "no GPU instance {gpu_instance_id} (existing: {})",
+                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                ),
+            }
+        })
+    }
+
+    fn gi_info(&self, gi: &SimGi) -> GpuInstanceInfo {
+        let size = self.model.profile_by_id(gi.profile_id).map_or(0, |p| p.placement_size);
+        GpuInstanceInfo {
+            id: gi.id,
+            profile_id: gi.profile_id,
+            placement: PlacementRange { start: gi.start, size },
+            caps_minor: ids::gi_caps_minor(self.dev.minor_number, gi.id),
+        }
+    }
+
+    fn ci_info(&self, gi: &SimGi, ci: &SimCi) -> ComputeInstanceInfo {
+        ComputeInstanceInfo {
+            id: ci.id,
+            gpu_instance_id: gi.id,
+            profile_id: ci.profile_id,
+            placement: PlacementRange { start: ci.start, size: ci.size },
+            uuid: ci.uuid.clone(),
+            caps_minor: ids::ci_caps_minor(self.dev.minor_number, gi.id, ci.id),
+        }
+    }
+
+    fn processes_on(&self, gpu_instance_id: u32, compute_instance_id: Option<u32>) -> Vec<&ProcessInfo> {
+        self.state
+            .processes
+            .iter()
+            .filter(|p| {
+                p.gpu_instance_id == Some(gpu_instance_id)
+                    && compute_instance_id.is_none_or(|ci| p.compute_instance_id == Some(ci))
+            })
+            .collect()
+    }
+}
+
+fn list_processes(p: &[&ProcessInfo]) -> String {
+    p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The driver's GPU-instance id for a placement: `offset(size) + start / size`, where size
+/// classes in descending order take consecutive ranges; the lowest free id if that one is taken.
+fn assign_gi_id(model: &GpuModel, start: u8, size: u8, taken: &[u32]) -> Option<u32> {
+    let mut sizes: Vec<u8> = model.profiles.iter().map(|p| p.placement_size).filter(|&s| s > 0).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    sizes.dedup();
+    let units = u32::from(model.placement_units);
+    let offset: u32 = sizes.iter().filter(|&&s| s > size).map(|&s| units / u32::from(s)).sum();
+    let preferred = offset + u32::from(start) / u32::from(size.max(1));
+    if preferred < MAX_GI_IDS && !taken.contains(&preferred) {
+        return Some(preferred);
+    }
+    (0..MAX_GI_IDS).find(|id| !taken.contains(id))
+}
+
+fn profile_info(model: &GpuModel, p: &Profile) -> GpuInstanceProfileInfo {
+    let share = |total: Option<u64>, part: u8, whole: u8| {
+        total.map(|t| t * u64::from(part) / u64::from(whole.max(1))).unwrap_or(0)
+    };
+    let memory_mib = p
+        .memory_mib
+        .or_else(|| gb_from_name(&p.name).map(|gb| gb * 1024))
+        .unwrap_or_else(|| share(model.memory_total_mib, p.memory_slices, model.memory_slices));
+    let sm_count = p.sm_count.unwrap_or_else(|| {
+        u32::try_from(share(model.sm_count.map(u64::from), p.compute_slices, model.compute_slices)).unwrap_or(0)
+    });
+    let media = p.media;
+    GpuInstanceProfileInfo {
+        id: p.id,
+        name: p.name.clone(),
+        compute_slices: p.compute_slices,
+        memory_slices: p.memory_slices,
+        memory_mib,
+        max_count: p.max_count,
+        placement_size: p.placement_size,
+        sm_count,
+        copy_engines: media.map_or(u32::from(p.compute_slices), |m| m.copy_engines),
+        decoders: media.map_or(0, |m| m.nvdec),
+        encoders: media.map_or(0, |m| m.nvenc),
+        jpegs: media.map_or(0, |m| m.jpeg),
+        ofas: media.map_or(u32::from(p.ofa_engines), |m| m.ofa),
+    }
+}
+
+fn ci_name(ci: &ComputeInstanceProfile, gi: &Profile) -> String {
+    format!("{}c.{}", ci.compute_slices, gi.name)
+}
+
+impl SimBackend {
+    /// Open the node whose state lives at `path`, creating it from `spec` (the default node when
+    /// `None`) if the file does not exist. An existing file made from a different spec is an
+    /// error: use another state file for another node.
+    pub fn open(path: &Path, spec: Option<&NodeSpec>) -> Result<SimBackend, BackendError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|source| BackendError::Io { path: parent.to_path_buf(), source })?;
+        }
+        let lock_path = sibling(path, ".lock");
+        let _lock = lock(&lock_path, path)?;
+        let state = match fs::metadata(path) {
+            Ok(_) => {
+                let state = read_state(path)?;
+                if let Some(wanted) = spec
+                    && *wanted != state.spec
+                {
+                    return Err(BackendError::State {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "this file simulates the node '{}', not '{wanted}'; use another state file for that \
+                             node (or remove this one to start over)",
+                            state.spec
+                        ),
+                    });
+                }
+                state
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let state = SimState::fresh(spec.unwrap_or(&NodeSpec::default()));
+                write_state(path, &state)?;
+                state
+            }
+            Err(source) => return Err(BackendError::Io { path: path.to_path_buf(), source }),
+        };
+        Ok(SimBackend::with_store(&state.spec.clone(), Store::File { path: path.to_path_buf(), lock_path }))
+    }
+
+    /// A node that lives only in this process (same behaviour, no file).
+    pub fn in_memory(spec: &NodeSpec) -> SimBackend {
+        SimBackend::with_store(spec, Store::Memory(Mutex::new(SimState::fresh(spec))))
+    }
+
+    fn with_store(spec: &NodeSpec, store: Store) -> SimBackend {
+        SimBackend { store, spec: spec.clone(), devices: spec.devices(), models: spec.models() }
+    }
+
+    /// The node this simulates.
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    /// The state file, for a file-backed node.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.store {
+            Store::File { path, .. } => Some(path),
+            Store::Memory(_) => None,
+        }
+    }
+
+    /// Run `f` on the locked, freshly read state; write it back if `f` changed it (whether or not
+    /// `f` succeeded: a refused MIG-mode change still records the pending mode).
+    fn with_state<T>(&self, f: impl FnOnce(&mut SimState) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        match &self.store {
+            Store::Memory(m) => {
+                let mut guard = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                f(&mut guard)
+            }
+            Store::File { path, lock_path } => {
+                let _lock = lock(lock_path, path)?;
+                let mut state = read_state(path)?;
+                if state.spec != self.spec || state.gpus.len() != self.devices.len() {
+                    return Err(BackendError::State {
+                        path: path.clone(),
+                        detail: format!(
+                            "the file was replaced: it now simulates '{}' instead of '{}'; open it again",
+                            state.spec, self.spec
+                        ),
+                    });
+                }
+                let before = state.clone();
+                let result = f(&mut state);
+                if state != before {
+                    write_state(path, &state)?;
+                }
+                result
+            }
+        }
+    }
+
+    /// Run `f` on one GPU.
+    fn with_gpu<T>(
+        &self,
+        gpu: u32,
+        f: impl FnOnce(&mut Gpu<'_>) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let dev = self.device(gpu)?;
+        let model = self.models[dev.index as usize];
+        self.with_state(|state| {
+            let Some(g) = state.gpus.get_mut(dev.index as usize) else {
+                return Err(self.no_gpu(gpu));
+            };
+            f(&mut Gpu { dev, model, state: g })
+        })
+    }
+
+    /// Like [`Self::with_gpu`], with access to the node's generation counter.
+    fn with_gpu_gen<T>(
+        &self,
+        gpu: u32,
+        f: impl FnOnce(&mut Gpu<'_>, &mut u64) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let dev = self.device(gpu)?;
+        let model = self.models[dev.index as usize];
+        self.with_state(|state| {
+            let Some(g) = state.gpus.get_mut(dev.index as usize) else {
+                return Err(self.no_gpu(gpu));
+            };
+            f(&mut Gpu { dev, model, state: g }, &mut state.generation)
+        })
+    }
+
+    fn device(&self, gpu: u32) -> Result<&DeviceInfo, BackendError> {
+        self.devices.get(gpu as usize).ok_or_else(|| self.no_gpu(gpu))
+    }
+
+    fn no_gpu(&self, gpu: u32) -> BackendError {
+        BackendError::NotFound {
+            gpu: GpuRef::index(gpu),
+            what: format!("no GPU with index {gpu}; the node has {} GPU(s)", self.devices.len()),
+        }
+    }
+
+    /// Simulate a process running in compute instance `compute_instance_id` of GPU instance
+    /// `gpu_instance_id`: the instance is busy until [`Self::detach_process`].
+    pub fn attach_process(
+        &self,
+        gpu: u32,
+        gpu_instance_id: u32,
+        compute_instance_id: u32,
+        pid: u32,
+        name: &str,
+    ) -> Result<(), BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("run a process in a MIG device (use attach_gpu_process for a non-MIG GPU)")?;
+            let gi = g.gi_index(gpu_instance_id)?;
+            let gi = &g.state.gpu_instances[gi];
+            if !gi.compute_instances.iter().any(|c| c.id == compute_instance_id) {
+                return Err(BackendError::NotFound {
+                    gpu: g.gref(),
+                    what: format!("no compute instance {compute_instance_id} in {}", g.gi_label(gi)),
+                });
+            }
+            g.push_process(ProcessInfo {
+                pid,
+                name: name.to_string(),
+                gpu_instance_id: Some(gpu_instance_id),
+                compute_instance_id: Some(compute_instance_id),
+                used_memory_mib: 0,
+            })
+        })
+    }
+
+    /// Simulate a process using a GPU whose MIG mode is off (it blocks MIG-mode changes).
+    pub fn attach_gpu_process(&self, gpu: u32, pid: u32, name: &str) -> Result<(), BackendError> {
+        self.with_gpu(gpu, |g| {
+            if g.state.mig.current {
+                return Err(BackendError::NotSupported {
+                    gpu: g.gref(),
+                    what: "MIG is enabled, so processes run in MIG devices; use attach_process".into(),
+                });
+            }
+            g.push_process(ProcessInfo {
+                pid,
+                name: name.to_string(),
+                gpu_instance_id: None,
+                compute_instance_id: None,
+                used_memory_mib: 0,
+            })
+        })
+    }
+
+    /// End a simulated process.
+    pub fn detach_process(&self, gpu: u32, pid: u32) -> Result<(), BackendError> {
+        self.with_gpu(gpu, |g| match g.state.processes.iter().position(|p| p.pid == pid) {
+            Some(i) => {
+                g.state.processes.remove(i);
+                Ok(())
+            }
+            None => Err(BackendError::NotFound { gpu: g.gref(), what: format!("no process with pid {pid}") }),
+        })
+    }
+}
+
+impl Gpu<'_> {
+    fn push_process(&mut self, p: ProcessInfo) -> Result<(), BackendError> {
+        if let Some(old) = self.state.processes.iter().find(|q| q.pid == p.pid) {
+            return Err(BackendError::InvalidArgument { what: format!("{} already runs {old}", self.gref()) });
+        }
+        self.state.processes.push(p);
+        self.state.processes.sort_by_key(|p| p.pid);
+        Ok(())
+    }
+}
+
+impl MigBackend for SimBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Simulated
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceInfo>, BackendError> {
+        Ok(self.devices.clone())
+    }
+
+    fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError> {
+        self.with_gpu(gpu, |g| Ok(g.state.mig))
+    }
+
+    fn set_mig_mode(&self, gpu: u32, enabled: bool) -> Result<MigMode, BackendError> {
+        self.with_gpu(gpu, |g| {
+            let word = if enabled { "enabled" } else { "disabled" };
+            if g.state.mig.current == enabled {
+                g.state.mig.pending = enabled;
+                return Ok(g.state.mig);
+            }
+            if !enabled && !g.state.gpu_instances.is_empty() {
+                let names: Vec<String> = g.state.gpu_instances.iter().map(|gi| g.gi_label(gi)).collect();
+                return Err(BackendError::InUse {
+                    gpu: g.gref(),
+                    what: format!(
+                        "cannot disable MIG while GPU instances exist: {}; destroy them first",
+                        names.join(", ")
+                    ),
+                });
+            }
+            if !g.state.processes.is_empty() {
+                g.state.mig.pending = enabled;
+                let procs: Vec<&ProcessInfo> = g.state.processes.iter().collect();
+                return Err(BackendError::InUse {
+                    gpu: g.gref(),
+                    what: format!(
+                        "MIG mode stays {} ({word} pending): the GPU is in use by {}; stop them and set the mode again",
+                        if enabled { "disabled" } else { "enabled" },
+                        list_processes(&procs)
+                    ),
+                });
+            }
+            g.state.mig = MigMode { current: enabled, pending: enabled };
+            Ok(g.state.mig)
+        })
+    }
+
+    fn gpu_instance_profiles(&self, gpu: u32) -> Result<Vec<GpuInstanceProfileInfo>, BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("list GPU instance profiles")?;
+            Ok(g.model.profiles.iter().map(|p| profile_info(g.model, p)).collect())
+        })
+    }
+
+    fn possible_placements(&self, gpu: u32, profile_id: u32) -> Result<Vec<PlacementRange>, BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("list placements")?;
+            let p = g.profile(profile_id)?;
+            let units = u32::from(g.model.placement_units);
+            Ok(p.placements
+                .iter()
+                .filter(|&&s| u32::from(s) + u32::from(p.placement_size) <= units)
+                .map(|&start| PlacementRange { start, size: p.placement_size })
+                .collect())
+        })
+    }
+
+    fn create_gpu_instance(
+        &self,
+        gpu: u32,
+        profile_id: u32,
+        placement: Option<u8>,
+    ) -> Result<GpuInstanceInfo, BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("create GPU instances")?;
+            let p = g.profile(profile_id)?;
+            let layout = g.layout();
+            let insufficient = |detail: String| BackendError::InsufficientResources {
+                gpu: g.gref(),
+                profile: format!("{} (profile {})", p.name, p.id),
+                placement,
+                detail,
+            };
+            let start = match placement {
+                Some(start) => {
+                    let mut with = layout.clone();
+                    with.push(Instance::new(profile_id, start));
+                    let violations = validate(g.model, &with);
+                    if !violations.is_empty() {
+                        let why: Vec<String> = violations.iter().map(ToString::to_string).collect();
+                        return Err(insufficient(why.join("; ")));
+                    }
+                    start
+                }
+                None => default_placement::default_placement(g.model, &layout, p).ok_or_else(|| {
+                    insufficient(if layout.is_empty() {
+                        "no legal placement".to_string()
+                    } else {
+                        format!(
+                            "no free legal placement next to {}",
+                            g.state.gpu_instances.iter().map(|gi| g.gi_label(gi)).collect::<Vec<_>>().join(", ")
+                        )
+                    })
+                })?,
+            };
+            let taken: Vec<u32> = g.state.gpu_instances.iter().map(|gi| gi.id).collect();
+            let id = assign_gi_id(g.model, start, p.placement_size, &taken)
+                .ok_or_else(|| insufficient(format!("all {MAX_GI_IDS} GPU instance ids are in use")))?;
+            let gi = SimGi { id, profile_id, start, compute_instances: Vec::new() };
+            let info = g.gi_info(&gi);
+            g.state.gpu_instances.push(gi);
+            g.state.gpu_instances.sort_by_key(|gi| gi.id);
+            Ok(info)
+        })
+    }
+
+    fn create_compute_instance(
+        &self,
+        gpu: u32,
+        gpu_instance_id: u32,
+        ci_profile_id: u32,
+    ) -> Result<ComputeInstanceInfo, BackendError> {
+        self.with_gpu_gen(gpu, |g, generation| {
+            g.require_mig("create compute instances")?;
+            let gi_idx = g.gi_index(gpu_instance_id)?;
+            let gi = &g.state.gpu_instances[gi_idx];
+            let gi_label = g.gi_label(gi);
+            let gp = g.profile(gi.profile_id)?;
+            let offered = g.model.compute_instance_profiles(gp.compute_slices);
+            let Some(cp) = offered.iter().find(|c| c.id == ci_profile_id) else {
+                let list: Vec<String> = offered.iter().map(|c| format!("{} ({})", c.id, ci_name(c, gp))).collect();
+                return Err(BackendError::InvalidArgument {
+                    what: format!(
+                        "{}: {gi_label} has no compute instance profile {ci_profile_id}; it offers {}",
+                        g.gref(),
+                        if list.is_empty() { "none".to_string() } else { list.join(", ") }
+                    ),
+                });
+            };
+            let insufficient = |detail: String| BackendError::InsufficientResources {
+                gpu: g.gref(),
+                profile: format!("compute instance {} (profile {}) in {gi_label}", ci_name(cp, gp), cp.id),
+                placement: None,
+                detail,
+            };
+            let same = gi.compute_instances.iter().filter(|c| c.profile_id == cp.id).count();
+            if same >= usize::from(cp.max_count) {
+                return Err(insufficient(format!("at most {} of this profile per GPU instance", cp.max_count)));
+            }
+            let used: u32 = gi.compute_instances.iter().map(|c| u32::from(c.size)).sum();
+            if used + u32::from(cp.compute_slices) > u32::from(gp.compute_slices) {
+                return Err(insufficient(format!("{used} of {} compute slices are already used", gp.compute_slices)));
+            }
+            let occupied =
+                gi.compute_instances.iter().fold(0u32, |m, c| m | tessera_mig::layout::unit_mask(c.start, c.size));
+            let mut starts = cp.placements.clone();
+            starts.sort_unstable();
+            let start = starts
+                .into_iter()
+                .filter(|&s| u32::from(s) + u32::from(cp.placement_size) <= u32::from(gp.compute_slices))
+                .find(|&s| tessera_mig::layout::unit_mask(s, cp.placement_size) & occupied == 0)
+                .ok_or_else(|| insufficient("no free placement for it among the compute slices".to_string()))?;
+            let Some(id) = (0..MAX_CI_IDS).find(|id| !gi.compute_instances.iter().any(|c| c.id == *id)) else {
+                return Err(insufficient(format!("all {MAX_CI_IDS} compute instance ids are in use")));
+            };
+            *generation += 1;
+            let ci = SimCi {
+                id,
+                profile_id: cp.id,
+                start,
+                size: cp.placement_size,
+                uuid: ids::mig_uuid(&g.dev.uuid, gpu_instance_id, id, *generation),
+            };
+            let gi = &mut g.state.gpu_instances[gi_idx];
+            gi.compute_instances.push(ci);
+            gi.compute_instances.sort_by_key(|c| c.id);
+            let gi = &g.state.gpu_instances[gi_idx];
+            let ci = gi.compute_instances.iter().find(|c| c.id == id).ok_or_else(|| g.vanished(gpu_instance_id))?;
+            Ok(g.ci_info(gi, ci))
+        })
+    }
+
+    fn destroy_compute_instance(
+        &self,
+        gpu: u32,
+        gpu_instance_id: u32,
+        compute_instance_id: u32,
+    ) -> Result<(), BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("destroy compute instances")?;
+            let gi_idx = g.gi_index(gpu_instance_id)?;
+            let gi = &g.state.gpu_instances[gi_idx];
+            let Some(ci_idx) = gi.compute_instances.iter().position(|c| c.id == compute_instance_id) else {
+                return Err(BackendError::NotFound {
+                    gpu: g.gref(),
+                    what: format!("no compute instance {compute_instance_id} in {}", g.gi_label(gi)),
+                });
+            };
+            let procs = g.processes_on(gpu_instance_id, Some(compute_instance_id));
+            if !procs.is_empty() {
+                return Err(BackendError::InUse {
+                    gpu: g.gref(),
+                    what: format!(
+                        "compute instance {compute_instance_id} of {} ({}) is used by {}",
+                        g.gi_label(gi),
+                        gi.compute_instances[ci_idx].uuid,
+                        list_processes(&procs)
+                    ),
+                });
+            }
+            g.state.gpu_instances[gi_idx].compute_instances.remove(ci_idx);
+            Ok(())
+        })
+    }
+
+    fn destroy_gpu_instance(&self, gpu: u32, gpu_instance_id: u32) -> Result<(), BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("destroy GPU instances")?;
+            let gi_idx = g.gi_index(gpu_instance_id)?;
+            let gi = &g.state.gpu_instances[gi_idx];
+            let procs = g.processes_on(gpu_instance_id, None);
+            if !procs.is_empty() {
+                return Err(BackendError::InUse {
+                    gpu: g.gref(),
+                    what: format!("{} is used by {}", g.gi_label(gi), list_processes(&procs)),
+                });
+            }
+            if !gi.compute_instances.is_empty() {
+                let cis: Vec<String> = gi.compute_instances.iter().map(|c| c.id.to_string()).collect();
+                return Err(BackendError::InUse {
+                    gpu: g.gref(),
+                    what: format!(
+                        "{} still has compute instance(s) {}; destroy them first",
+                        g.gi_label(gi),
+                        cis.join(", ")
+                    ),
+                });
+            }
+            g.state.gpu_instances.remove(gi_idx);
+            Ok(())
+        })
+    }
+
+    fn gpu_instances(&self, gpu: u32) -> Result<Vec<GpuInstanceInfo>, BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("list GPU instances")?;
+            Ok(g.state.gpu_instances.iter().map(|gi| g.gi_info(gi)).collect())
+        })
+    }
+
+    fn compute_instances(&self, gpu: u32, gpu_instance_id: u32) -> Result<Vec<ComputeInstanceInfo>, BackendError> {
+        self.with_gpu(gpu, |g| {
+            g.require_mig("list compute instances")?;
+            let gi = &g.state.gpu_instances[g.gi_index(gpu_instance_id)?];
+            Ok(gi.compute_instances.iter().map(|ci| g.ci_info(gi, ci)).collect())
+        })
+    }
+
+    fn processes(&self, gpu: u32) -> Result<Vec<ProcessInfo>, BackendError> {
+        self.with_gpu(gpu, |g| Ok(g.state.processes.clone()))
+    }
+}
+
+impl Gpu<'_> {
+    fn vanished(&self, gpu_instance_id: u32) -> BackendError {
+        BackendError::NotFound { gpu: self.gref(), what: format!("GPU instance {gpu_instance_id} vanished") }
+    }
+}
+
+/// `<path><suffix>`, e.g. `node.json.lock`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Take the exclusive lock on `lock_path`, waiting up to [`LOCK_TIMEOUT`].
+fn lock(lock_path: &Path, state_path: &Path) -> Result<File, BackendError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(|source| BackendError::Io { path: lock_path.to_path_buf(), source })?;
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if Instant::now() >= deadline {
+                    return Err(BackendError::State {
+                        path: state_path.to_path_buf(),
+                        detail: format!(
+                            "locked by another process for more than {} s ({})",
+                            LOCK_TIMEOUT.as_secs(),
+                            lock_path.display()
+                        ),
+                    });
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(BackendError::Io { path: lock_path.to_path_buf(), source });
+            }
+        }
+    }
+}
+
+fn read_state(path: &Path) -> Result<SimState, BackendError> {
+    let text = fs::read_to_string(path).map_err(|source| match source.kind() {
+        ErrorKind::InvalidData => BackendError::State {
+            path: path.to_path_buf(),
+            detail: "unreadable: not UTF-8 text, so not a Tessera simulated-node state file".into(),
+        },
+        _ => BackendError::Io { path: path.to_path_buf(), source },
+    })?;
+    let corrupt = |detail: String| BackendError::State { path: path.to_path_buf(), detail };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| corrupt(format!("corrupt: not a Tessera simulated-node state file ({e})")))?;
+    match value.get("format").and_then(serde_json::Value::as_str) {
+        Some(FORMAT) => {}
+        Some(other) => return Err(corrupt(format!("unsupported format '{other}' (this build reads '{FORMAT}')"))),
+        None => return Err(corrupt("corrupt: not a Tessera simulated-node state file (no 'format')".into())),
+    }
+    let state: SimState =
+        serde_json::from_value(value).map_err(|e| corrupt(format!("corrupt simulated-node state: {e}")))?;
+    check_state(&state).map_err(corrupt)?;
+    Ok(state)
+}
+
+/// The invariants the rest of the code relies on.
+fn check_state(state: &SimState) -> Result<(), String> {
+    if state.gpus.len() != state.spec.gpu_count() as usize {
+        return Err(format!(
+            "corrupt: {} GPU entries for a node of {} GPUs ('{}')",
+            state.gpus.len(),
+            state.spec.gpu_count(),
+            state.spec
+        ));
+    }
+    for (i, (gpu, model)) in state.gpus.iter().zip(state.spec.models()).enumerate() {
+        let layout: Vec<Instance> = gpu.gpu_instances.iter().map(|g| Instance::new(g.profile_id, g.start)).collect();
+        let violations = validate(model, &layout);
+        if let Some(v) = violations.first() {
+            return Err(format!("corrupt: the layout of GPU {i} is impossible on {}: {v}", model.name));
+        }
+        if !gpu.mig.current && !gpu.gpu_instances.is_empty() {
+            return Err(format!("corrupt: GPU {i} has GPU instances but MIG disabled"));
+        }
+    }
+    Ok(())
+}
+
+/// Write the state atomically: readers see the old file or the new one, never a torn one, and a
+/// process killed mid-write leaves the old one. (No `fsync`: a simulated node need not survive a
+/// power cut, and syncing every call would make it a hundred times slower.)
+fn write_state(path: &Path, state: &SimState) -> Result<(), BackendError> {
+    let tmp = sibling(path, ".tmp");
+    let text = serde_json::to_string_pretty(state)
+        .map_err(|e| BackendError::State { path: path.to_path_buf(), detail: format!("cannot serialize: {e}") })?;
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| BackendError::Io { path: p, source }
+    };
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    f.write_all(b"\n").map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! Unit tests of the simulated node: the state file, processes and MIG mode, and details the
+//! conformance suite does not pin down.
+
+use std::sync::Arc;
+
+use super::*;
+
+fn spec(s: &str) -> NodeSpec {
+    NodeSpec::parse(s).unwrap()
+}
+
+#[test]
+fn state_persists_across_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/node.json");
+    let s = spec("1xA100-40GB+1xH100-80GB,numa=2");
+    let (gi, ci) = {
+        let b = SimBackend::open(&path, Some(&s)).unwrap();
+        assert_eq!(b.path(), Some(path.as_path()));
+        let gi = b.create_gpu_instance(1, 9, Some(4)).unwrap();
+        let ci = b.create_compute_instance(1, gi.id, 2).unwrap();
+        b.attach_process(1, gi.id, ci.id, 77, "trainer").unwrap();
+        (gi, ci)
+    };
+    // Reopen with the same spec, and with none (the file says which node it is).
+    for reopened in [SimBackend::open(&path, Some(&s)).unwrap(), SimBackend::open(&path, None).unwrap()] {
+        assert_eq!(reopened.spec(), &s);
+        assert_eq!(reopened.gpu_instances(1).unwrap(), vec![gi.clone()]);
+        assert_eq!(reopened.compute_instances(1, gi.id).unwrap(), vec![ci.clone()]);
+        assert_eq!(reopened.processes(1).unwrap()[0].pid, 77);
+        assert_eq!(reopened.devices().unwrap(), s.devices());
+    }
+    // The generation counter persists too: a recreated compute instance gets a new UUID.
+    let b = SimBackend::open(&path, None).unwrap();
+    b.detach_process(1, 77).unwrap();
+    b.destroy_compute_instance(1, gi.id, ci.id).unwrap();
+    let again = b.create_compute_instance(1, gi.id, 2).unwrap();
+    assert_eq!(again.id, ci.id);
+    assert_ne!(again.uuid, ci.uuid);
+}
+
+#[test]
+fn open_without_spec_creates_the_default_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SimBackend::open(&dir.path().join("n.json"), None).unwrap();
+    assert_eq!(b.spec(), &NodeSpec::default());
+    assert_eq!(b.devices().unwrap().len(), 8);
+    assert_eq!(b.kind(), BackendKind::Simulated);
+}
+
+#[test]
+fn two_handles_share_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let s = spec("1xH100-80GB");
+    let a = SimBackend::open(&path, Some(&s)).unwrap();
+    let b = SimBackend::open(&path, Some(&s)).unwrap();
+    let gi = a.create_gpu_instance(0, 19, Some(6)).unwrap();
+    assert_eq!(b.gpu_instances(0).unwrap(), vec![gi.clone()]);
+    let ci = b.create_compute_instance(0, gi.id, 0).unwrap();
+    assert_eq!(a.compute_instances(0, gi.id).unwrap(), vec![ci]);
+    // b now sees the placement as taken.
+    let e = b.create_gpu_instance(0, 19, Some(6)).unwrap_err();
+    assert_eq!(e.kind(), "insufficient_resources");
+}
+
+#[test]
+fn concurrent_handles_do_not_lose_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Arc::new(dir.path().join("node.json"));
+    let s = spec("1xH100-80GB");
+    SimBackend::open(&path, Some(&s)).unwrap();
+    let threads: Vec<_> = (0..7u8)
+        .map(|start| {
+            let path = Arc::clone(&path);
+            std::thread::spawn(move || {
+                let b = SimBackend::open(&path, None).unwrap();
+                let gi = b.create_gpu_instance(0, 19, Some(start)).unwrap();
+                b.create_compute_instance(0, gi.id, 0).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let b = SimBackend::open(&path, None).unwrap();
+    let mut starts: Vec<u8> = b.gpu_instances(0).unwrap().iter().map(|g| g.placement.start).collect();
+    starts.sort_unstable();
+    assert_eq!(starts, [0, 1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn spec_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    SimBackend::open(&path, Some(&spec("2xA30"))).unwrap();
+    let e = SimBackend::open(&path, Some(&spec("2xA100-40GB"))).unwrap_err();
+    assert_eq!(e.kind(), "state");
+    let msg = e.to_string();
+    for needle in ["node.json", "'2xA30-24GB,numa=1'", "'2xA100-40GB,numa=1'", "another state file"] {
+        assert!(msg.contains(needle), "{msg} lacks {needle}");
+    }
+}
+
+#[test]
+fn a_replaced_file_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let a = SimBackend::open(&path, Some(&spec("2xA30"))).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    SimBackend::open(&path, Some(&spec("1xH100-80GB"))).unwrap();
+    let e = a.gpu_instances(0).unwrap_err();
+    assert!(e.to_string().contains("replaced"), "{e}");
+}
+
+#[test]
+fn corrupt_state_files_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &str); 5] = [
+        ("garbage.json", "this is { not json", "corrupt"),
+        ("other.json", r#"{"hello": "world"}"#, "no 'format'"),
+        ("future.json", r#"{"format": "tessera-sim-node/99"}"#, "unsupported format"),
+        (
+            "fields.json",
+            r#"{"format": "tessera-sim-node/1", "spec": "1xA30", "generation": 0, "gpus": "x"}"#,
+            "corrupt simulated-node state",
+        ),
+        (
+            "overlap.json",
+            r#"{"format": "tessera-sim-node/1", "spec": "1xA30", "generation": 0, "gpus": [
+                {"mig": {"current": true, "pending": true}, "processes": [], "gpu_instances": [
+                  {"id": 0, "profile_id": 0, "start": 0, "compute_instances": []},
+                  {"id": 3, "profile_id": 14, "start": 0, "compute_instances": []}]}]}"#,
+            "impossible",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let e = SimBackend::open(&path, None).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.kind(), "state", "{name}: {msg}");
+        assert!(msg.contains(&path.display().to_string()), "{name}: {msg}");
+        assert!(msg.contains(needle), "{name}: {msg} lacks {needle}");
+    }
+    // A file that is not UTF-8.
+    let path = dir.path().join("binary.json");
+    std::fs::write(&path, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    let e = SimBackend::open(&path, None).unwrap_err();
+    assert_eq!(e.kind(), "state", "{e}");
+    // Corruption after opening is reported by the next operation.
+    let path = dir.path().join("later.json");
+    let b = SimBackend::open(&path, Some(&spec("1xA30"))).unwrap();
+    std::fs::write(&path, "{").unwrap();
+    let e = b.mig_mode(0).unwrap_err();
+    assert!(e.to_string().contains("later.json"), "{e}");
+}
+
+#[test]
+fn a_path_that_cannot_be_created_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = SimBackend::open(&file.join("node.json"), None).unwrap_err();
+    assert_eq!(e.kind(), "io", "{e}");
+    assert!(e.to_string().contains("plain-file"), "{e}");
+}
+
+#[test]
+fn mig_mode_change_stays_pending_while_the_gpu_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let b = SimBackend::open(&path, Some(&spec("1xH100-80GB,mig=off"))).unwrap();
+    assert_eq!(b.mig_mode(0).unwrap(), MigMode { current: false, pending: false });
+    assert_eq!(b.attach_process(0, 0, 0, 5, "x").unwrap_err().kind(), "not_supported");
+    b.attach_gpu_process(0, 5, "nvidia-persistenced").unwrap();
+    let e = b.set_mig_mode(0, true).unwrap_err();
+    assert_eq!(e.kind(), "in_use");
+    assert!(e.to_string().contains("pid 5 (nvidia-persistenced)"), "{e}");
+    // The pending mode is recorded, and outlives the process that asked.
+    let again = SimBackend::open(&path, None).unwrap();
+    assert_eq!(again.mig_mode(0).unwrap(), MigMode { current: false, pending: true });
+    // Withdrawing the request clears it; asking again once idle applies it.
+    assert_eq!(again.set_mig_mode(0, false).unwrap(), MigMode { current: false, pending: false });
+    again.detach_process(0, 5).unwrap();
+    assert_eq!(again.set_mig_mode(0, true).unwrap(), MigMode { current: true, pending: true });
+    assert_eq!(again.attach_gpu_process(0, 6, "x").unwrap_err().kind(), "not_supported");
+}
+
+#[test]
+fn process_bookkeeping_errors() {
+    let b = SimBackend::in_memory(&spec("1xA100-40GB"));
+    let gi = b.create_gpu_instance(0, 19, Some(0)).unwrap();
+    assert_eq!(b.attach_process(0, gi.id, 0, 1, "x").unwrap_err().kind(), "not_found");
+    assert_eq!(b.attach_process(0, 99, 0, 1, "x").unwrap_err().kind(), "not_found");
+    let ci = b.create_compute_instance(0, gi.id, 0).unwrap();
+    b.attach_process(0, gi.id, ci.id, 1, "x").unwrap();
+    assert_eq!(b.attach_process(0, gi.id, ci.id, 1, "y").unwrap_err().kind(), "invalid_argument");
+    assert_eq!(b.detach_process(0, 2).unwrap_err().kind(), "not_found");
+    assert_eq!(b.attach_process(3, gi.id, ci.id, 9, "x").unwrap_err().kind(), "not_found");
+    b.detach_process(0, 1).unwrap();
+    assert!(b.processes(0).unwrap().is_empty());
+}
+
+#[test]
+fn default_placement_gives_documented_gi_ids() {
+    let b = SimBackend::in_memory(&spec("1xA100-40GB"));
+    let ids: Vec<(u8, u32)> = [19, 19, 14]
+        .iter()
+        .map(|&p| {
+            let gi = b.create_gpu_instance(0, p, None).unwrap();
+            (gi.placement.start, gi.id)
+        })
+        .collect();
+    assert_eq!(ids, [(6, 13), (4, 11), (0, 3)]);
+    let e = b.create_gpu_instance(0, 9, None).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("Insufficient Resources") && msg.contains("3g.20gb (profile 9)"), "{msg}");
+    assert!(msg.contains("GPU instance 13 (1g.5gb@6)"), "{msg}");
+}
+
+#[test]
+fn gi_ids_fall_back_to_the_lowest_free() {
+    let m = tessera_mig::catalog().model("A100-40GB").unwrap();
+    assert_eq!(assign_gi_id(m, 6, 1, &[]), Some(13));
+    assert_eq!(assign_gi_id(m, 6, 1, &[13]), Some(0));
+    assert_eq!(assign_gi_id(m, 6, 1, &[0, 1, 13]), Some(2));
+    assert_eq!(assign_gi_id(m, 6, 1, &(0..15).collect::<Vec<_>>()), None);
+    let rtx = tessera_mig::catalog().model("RTX-PRO-6000").unwrap();
+    assert_eq!(assign_gi_id(rtx, 6, 6, &[]), Some(2));
+    assert_eq!(assign_gi_id(rtx, 0, 12, &[]), Some(0));
+}
+
+#[test]
+fn profile_info_is_what_lgip_prints() {
+    let b = SimBackend::in_memory(&spec("1xA100-40GB+1xB300"));
+    let p = b.gpu_instance_profiles(0).unwrap();
+    let three = p.iter().find(|p| p.id == 9).unwrap();
+    assert_eq!(
+        (three.name.as_str(), three.compute_slices, three.memory_mib, three.max_count, three.sm_count, three.ofas),
+        ("3g.20gb", 3, 19968, 2, 42, 0)
+    );
+    // B300's catalog entry lacks memory and SM counts: memory comes from the profile name.
+    let p = b.gpu_instance_profiles(1).unwrap();
+    let one = p.iter().find(|p| p.id == 19).unwrap();
+    assert_eq!(one.memory_mib, 34 * 1024);
+}
+
+#[test]
+fn compute_instance_limits() {
+    let b = SimBackend::in_memory(&spec("1xA100-40GB"));
+    let gi = b.create_gpu_instance(0, 0, Some(0)).unwrap();
+    // 7g: 3c at 0, then 3c at 4 (placements {0,4}), then a 1c fills slice 3.
+    let a = b.create_compute_instance(0, gi.id, 2).unwrap();
+    let c = b.create_compute_instance(0, gi.id, 2).unwrap();
+    assert_eq!((a.placement.start, c.placement.start), (0, 4));
+    let e = b.create_compute_instance(0, gi.id, 2).unwrap_err();
+    assert!(e.to_string().contains("at most 2"), "{e}");
+    let d = b.create_compute_instance(0, gi.id, 0).unwrap();
+    assert_eq!(d.placement.start, 3);
+    let e = b.create_compute_instance(0, gi.id, 0).unwrap_err();
+    assert!(e.to_string().contains("7 of 7 compute slices"), "{e}");
+}
+
+#[test]
+fn unknown_gpu_everywhere() {
+    let b = SimBackend::in_memory(&spec("1xA30"));
+    let e = b.create_gpu_instance(4, 0, None).unwrap_err();
+    assert_eq!(e.to_string(), "GPU 4: not found: no GPU with index 4; the node has 1 GPU(s)");
+    assert_eq!(b.processes(1).unwrap_err().kind(), "not_found");
+    assert_eq!(b.set_mig_mode(1, true).unwrap_err().kind(), "not_found");
+}

@@ -1,0 +1,224 @@
+//! The read model: what is on a GPU now, joined up from the backend's separate lists (GPU
+//! instances, their compute instances, processes) into the planner's terms.
+//!
+//! The CLI shows it, and the daemon reconciles against it: [`GpuView::current`] is exactly the
+//! `current` argument of [`tessera_mig::Planner::reconfigure`], with busy instances marked and the
+//! driver's GPU-instance ids attached (the live key).
+
+use serde::Serialize;
+use tessera_mig::{ComputeShape, CurrentInstance, GpuModel, Instance};
+
+use crate::backend::{BackendError, ComputeInstanceInfo, DeviceInfo, GpuRef, MigBackend, MigMode, ProcessInfo};
+
+/// One GPU as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuView {
+    pub device: DeviceInfo,
+    pub mig: MigMode,
+    /// The catalog model, when the GPU is one Tessera knows.
+    #[serde(serialize_with = "model_name")]
+    pub model: Option<&'static GpuModel>,
+    /// The GPU instances, by start. Empty when MIG is off.
+    pub instances: Vec<LiveInstance>,
+}
+
+fn model_name<S: serde::Serializer>(m: &Option<&'static GpuModel>, s: S) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => s.serialize_some(&m.name),
+        None => s.serialize_none(),
+    }
+}
+
+/// One GPU instance as it is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveInstance {
+    /// Its spec key. `compute` is `Full` when exactly one compute instance spans the GPU
+    /// instance, `Slices(c)` when exactly one smaller one exists, and `Other` otherwise.
+    pub instance: Instance,
+    pub gpu_instance_id: u32,
+    /// `3g.20gb`: from the catalog, else from the driver, else `profile#<id>`.
+    pub profile_name: String,
+    /// Width in placement units.
+    pub placement_size: u8,
+    pub compute_instances: Vec<ComputeInstanceInfo>,
+    /// Processes running in it.
+    pub processes: Vec<ProcessInfo>,
+    /// Whether any process runs in it.
+    pub busy: bool,
+}
+
+impl LiveInstance {
+    /// `3g.20gb@4`, or `1c.3g.20gb@4` for a smaller compute instance.
+    pub fn label(&self) -> String {
+        match self.instance.compute {
+            ComputeShape::Full => format!("{}@{}", self.profile_name, self.instance.start),
+            ComputeShape::Slices(c) => format!("{c}c.{}@{}", self.profile_name, self.instance.start),
+            ComputeShape::Other => format!("{}@{} (custom compute instances)", self.profile_name, self.instance.start),
+        }
+    }
+}
+
+impl GpuView {
+    /// The instances in the planner's terms: busy marks and GPU-instance ids included.
+    pub fn current(&self) -> Vec<CurrentInstance> {
+        self.instances
+            .iter()
+            .map(|i| CurrentInstance { instance: i.instance, busy: i.busy, gpu_instance_id: Some(i.gpu_instance_id) })
+            .collect()
+    }
+
+    /// The layout: every instance, by start.
+    pub fn layout(&self) -> Vec<Instance> {
+        self.instances.iter().map(|i| i.instance).collect()
+    }
+}
+
+/// Read one GPU.
+pub fn gpu_view(backend: &dyn MigBackend, gpu: u32) -> Result<GpuView, BackendError> {
+    let devices = backend.devices()?;
+    let n = devices.len();
+    let Some(device) = devices.into_iter().find(|d| d.index == gpu) else {
+        return Err(BackendError::NotFound {
+            gpu: GpuRef::index(gpu),
+            what: format!("no GPU with index {gpu}; the node has {n} GPU(s)"),
+        });
+    };
+    view_of(backend, device)
+}
+
+/// Read every GPU of the node, by index.
+pub fn node_view(backend: &dyn MigBackend) -> Result<Vec<GpuView>, BackendError> {
+    let mut devices = backend.devices()?;
+    devices.sort_by_key(|d| d.index);
+    devices.into_iter().map(|d| view_of(backend, d)).collect()
+}
+
+fn view_of(backend: &dyn MigBackend, device: DeviceInfo) -> Result<GpuView, BackendError> {
+    let gpu = device.index;
+    let mig = backend.mig_mode(gpu)?;
+    let model = device.model();
+    let mut instances = Vec::new();
+    if mig.current {
+        let driver_profiles = backend.gpu_instance_profiles(gpu)?;
+        let processes = backend.processes(gpu)?;
+        for gi in backend.gpu_instances(gpu)? {
+            let catalog_profile = model.and_then(|m| m.profile_by_id(gi.profile_id));
+            let driver_profile = driver_profiles.iter().find(|p| p.id == gi.profile_id);
+            let profile_name = catalog_profile
+                .map(|p| p.name.clone())
+                .or_else(|| driver_profile.map(|p| p.name.clone()))
+                .unwrap_or_else(|| format!("profile#{}", gi.profile_id));
+            let gi_slices =
+                driver_profile.map(|p| p.compute_slices).or_else(|| catalog_profile.map(|p| p.compute_slices));
+            let mut cis = backend.compute_instances(gpu, gi.id)?;
+            cis.sort_by_key(|c| c.id);
+            let compute = match (cis.as_slice(), gi_slices) {
+                ([one], Some(slices)) if one.placement.size == slices => ComputeShape::Full,
+                ([one], _) => ComputeShape::Slices(one.placement.size),
+                _ => ComputeShape::Other,
+            };
+            let procs: Vec<ProcessInfo> =
+                processes.iter().filter(|p| p.gpu_instance_id == Some(gi.id)).cloned().collect();
+            instances.push(LiveInstance {
+                instance: Instance { profile_id: gi.profile_id, start: gi.placement.start, compute },
+                gpu_instance_id: gi.id,
+                profile_name,
+                placement_size: gi.placement.size,
+                compute_instances: cis,
+                busy: !procs.is_empty(),
+                processes: procs,
+            });
+        }
+        instances.sort_by_key(|i| (i.instance.start, i.instance.profile_id, i.gpu_instance_id));
+    }
+    Ok(GpuView { device, mig, model, instances })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeSpec, SimBackend};
+
+    fn a100() -> SimBackend {
+        SimBackend::in_memory(&NodeSpec::parse("1xA100-40GB+1xA30,mig=on").unwrap())
+    }
+
+    #[test]
+    fn shapes_busy_marks_and_current() {
+        let b = a100();
+        // 3g@4 with its full CI; 2g@0 with one 1c CI; 1g@2 with no CI; 1g@3 with its CI, busy.
+        let g3 = b.create_gpu_instance(0, 9, Some(4)).unwrap();
+        b.create_compute_instance(0, g3.id, 2).unwrap();
+        let g2 = b.create_gpu_instance(0, 14, Some(0)).unwrap();
+        b.create_compute_instance(0, g2.id, 0).unwrap();
+        let g1 = b.create_gpu_instance(0, 19, Some(2)).unwrap();
+        let g1b = b.create_gpu_instance(0, 19, Some(3)).unwrap();
+        let ci = b.create_compute_instance(0, g1b.id, 0).unwrap();
+        b.attach_process(0, g1b.id, ci.id, 4242, "python").unwrap();
+
+        let v = gpu_view(&b, 0).unwrap();
+        assert_eq!(v.model.map(|m| m.name.as_str()), Some("A100-40GB"));
+        assert!(v.mig.current);
+        let summary: Vec<(String, ComputeShape, bool)> =
+            v.instances.iter().map(|i| (i.label(), i.instance.compute, i.busy)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("1c.2g.10gb@0".to_string(), ComputeShape::Slices(1), false),
+                ("1g.5gb@2 (custom compute instances)".to_string(), ComputeShape::Other, false),
+                ("1g.5gb@3".to_string(), ComputeShape::Full, true),
+                ("3g.20gb@4".to_string(), ComputeShape::Full, false),
+            ]
+        );
+        let busy = &v.instances[2];
+        assert_eq!(busy.processes[0].pid, 4242);
+        assert_eq!(busy.gpu_instance_id, g1b.id);
+        let current = v.current();
+        assert_eq!(current.len(), 4);
+        assert_eq!(current[2].gpu_instance_id, Some(g1b.id));
+        assert!(current[2].busy);
+        assert_eq!(current[1].gpu_instance_id, Some(g1.id));
+        assert_eq!(v.layout().iter().map(|i| i.start).collect::<Vec<_>>(), [0, 2, 3, 4]);
+        // The planner accepts it as the current layout.
+        let m = v.model.unwrap();
+        let plan =
+            tessera_mig::Planner::new(m).reconfigure(&current, &tessera_mig::Wanted::Layout(v.layout())).unwrap();
+        assert!(plan.is_empty());
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["model"], "A100-40GB");
+    }
+
+    #[test]
+    fn gpus_unknown_to_the_catalog_are_still_listed() {
+        let w = crate::testing::Wrapped {
+            disguise: Some(|d| {
+                d.pci_device_id = 0xbeef;
+                d.name = "NVIDIA Future GPU".into();
+            }),
+            ..crate::testing::Wrapped::new(a100())
+        };
+        let g = w.inner.create_gpu_instance(0, 9, Some(0)).unwrap();
+        w.inner.create_compute_instance(0, g.id, 2).unwrap();
+        let g = w.inner.create_gpu_instance(0, 14, Some(4)).unwrap();
+        w.inner.create_compute_instance(0, g.id, 0).unwrap();
+        let v = gpu_view(&w, 0).unwrap();
+        assert!(v.model.is_none());
+        let labels: Vec<String> = v.instances.iter().map(LiveInstance::label).collect();
+        // Names and the compute split come from the driver's profile list.
+        assert_eq!(labels, ["3g.20gb@0", "1c.2g.10gb@4"]);
+        assert_eq!(v.instances[0].placement_size, 4);
+        assert_eq!(v.current().len(), 2);
+    }
+
+    #[test]
+    fn node_view_covers_mig_off_gpus_and_unknown_index() {
+        let b = a100();
+        b.set_mig_mode(1, false).unwrap();
+        let all = node_view(&b).unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(!all[1].mig.current);
+        assert!(all[1].instances.is_empty());
+        let e = gpu_view(&b, 7).unwrap_err();
+        assert!(matches!(e, BackendError::NotFound { .. }), "{e}");
+    }
+}

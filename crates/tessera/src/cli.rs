@@ -1,0 +1,130 @@
+//! The command line: every subcommand, flag and environment variable of `tessera`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Partition NVIDIA GPUs with MIG, place work on the slice that fits, share them fairly.",
+    long_about = "Tessera partitions NVIDIA GPUs with MIG and plans layouts exactly, by the driver's own placement \
+                  rules. Without GPUs it runs on a simulated node whose state is kept in a file."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Hardware of the simulated node, e.g. `8xH100-80GB,numa=2` (the default) or `2xA100-40GB+1xA30`.
+    #[arg(long = "sim", global = true, env = "TESSERA_SIM", value_name = "SPEC")]
+    pub sim: Option<String>,
+    /// File holding the simulated node's state [default: $XDG_STATE_HOME/tessera/sim-node.json].
+    #[arg(long = "sim-state", global = true, env = "TESSERA_SIM_STATE", value_name = "PATH")]
+    pub sim_state: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned tables for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// MIG: GPUs, profiles, plans, layouts, and mig-parted-compatible apply/assert/export.
+    #[command(subcommand)]
+    Mig(MigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigCommand {
+    /// The node's GPUs: MIG mode, instances and a slice map.
+    Gpus,
+    /// GPU-instance profiles and placements of a model (like `nvidia-smi mig -lgip` / `-lgipp`).
+    Profiles {
+        /// GPU model: short name (`A100-40GB`), NVML name (`NVIDIA A100-SXM4-40GB`) or PCI id (`0x20B0`).
+        #[arg(long, value_name = "MODEL")]
+        gpu: String,
+    },
+    /// Plan explicit placements for profiles on a GPU model, without touching any hardware.
+    ///
+    /// Exit 0 when the profiles fit, 1 with the reason and the nearest alternative when not.
+    Plan {
+        #[arg(long, value_name = "MODEL")]
+        gpu: String,
+        /// Instances already on the GPU, which never move: `3g.40gb@0,1g.10gb@6`.
+        #[arg(long, value_name = "PROFILE@START,...", value_delimiter = ',')]
+        existing: Vec<String>,
+        /// Place the profile once in each GPU-internal NUMA node (NVIDIA's NUMA localisation).
+        #[arg(long)]
+        per_gpu_numa: bool,
+        /// Profiles to place (names or ids), e.g. `3g.40gb 2g.20gb 1g.10gb`.
+        #[arg(required = true, value_name = "PROFILE")]
+        profiles: Vec<String>,
+    },
+    /// Every maximal layout of a GPU model (no further instance fits).
+    Layouts {
+        #[arg(long, value_name = "MODEL")]
+        gpu: String,
+        /// Only these profiles (names or ids), e.g. `--profiles 1g.10gb,2g.20gb,3g.40gb`.
+        #[arg(long, value_name = "PROFILE,...", value_delimiter = ',')]
+        profiles: Vec<String>,
+    },
+    /// Apply a mig-parted config to the node: only what differs changes, at explicit placements.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Exit 0 if the node matches a mig-parted config, 1 (listing the differences) if not.
+    Assert {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print the node's current MIG state as a mig-parted config.
+    Export {
+        /// Name of the config in the output.
+        #[arg(short = 'c', long = "config-name", default_value = "current")]
+        config_name: String,
+    },
+    /// Simulated node only: mark a GPU instance as in use by a (simulated) process.
+    Busy {
+        /// `GPU:GI`, e.g. `0:2` for GPU instance 2 of GPU 0.
+        #[arg(value_name = "GPU:GI")]
+        target: String,
+        /// Process id to record.
+        #[arg(long, default_value_t = 4242)]
+        pid: u32,
+    },
+    /// Simulated node only: end the (simulated) processes on a GPU instance.
+    Idle {
+        #[arg(value_name = "GPU:GI")]
+        target: String,
+    },
+}
+
+/// mig-parted's `-f` / `-c`, with its environment variables.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// mig-parted config file (`version: v1`); without it, the built-in named configs
+    /// (`all-disabled`, `all-1g.10gb`, `all-balanced`, …) are used.
+    #[arg(short = 'f', long = "config-file", env = "MIG_PARTED_CONFIG_FILE", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Name of the config in the file.
+    #[arg(short = 'c', long = "selected-config", env = "MIG_PARTED_SELECTED_CONFIG", value_name = "NAME")]
+    pub name: String,
+}

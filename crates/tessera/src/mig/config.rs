@@ -1,0 +1,335 @@
+//! `tessera mig apply|assert|export`: mig-parted's config workflow, made incremental.
+//!
+//! mig-parted wipes every instance on a GPU whose layout differs and retries creation orders
+//! (NVIDIA/mig-parted#119). Here every selected GPU is planned first, with explicit placements
+//! and without touching busy instances; only if every GPU can be planned does anything change,
+//! and then only what differs. A failed step is rolled back on its GPU, and the report says
+//! exactly what changed.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use serde_json::json;
+use tessera_gpu::executor::{ensure_mig_mode, execute_plan};
+use tessera_gpu::view::{GpuView, node_view};
+use tessera_mig::layout::{device_type_name, instance_label};
+use tessera_mig::{GpuModel, ReconfigurePlan, Step, Wanted, reconfigure};
+use tessera_migparted::{DeviceSummary, DeviceTarget, ExportDevice, MigConfigFile};
+
+use super::{human, print_json};
+use crate::Refusal;
+use crate::cli::{ConfigArgs, Global};
+use crate::node;
+
+/// What one GPU needs.
+#[derive(Debug)]
+struct GpuPlan {
+    index: u32,
+    model: Option<&'static GpuModel>,
+    enable_mig: Option<bool>,
+    plan: Option<ReconfigurePlan>,
+    disable_after: bool,
+}
+
+impl GpuPlan {
+    fn is_noop(&self) -> bool {
+        self.enable_mig.is_none() && !self.disable_after && self.plan.as_ref().is_none_or(ReconfigurePlan::is_empty)
+    }
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<(MigConfigFile, String)> {
+    match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let origin = path.display().to_string();
+            Ok((tessera_migparted::parse(&text, &origin)?, origin))
+        }
+        None => Ok((tessera_migparted::builtin_config(), "built-in configs".into())),
+    }
+}
+
+fn summaries(views: &[GpuView]) -> Vec<DeviceSummary> {
+    views
+        .iter()
+        .map(|v| DeviceSummary { index: v.device.index, pci_device_id: v.device.pci_device_id, model: v.model })
+        .collect()
+}
+
+fn step_line(m: &GpuModel, s: &Step) -> String {
+    match s {
+        Step::Destroy { instance, gpu_instance_id } => match gpu_instance_id {
+            Some(id) => format!("destroy {} (GPU instance {id})", instance_label(m, instance)),
+            None => format!("destroy {}", instance_label(m, instance)),
+        },
+        Step::Create { instance } => {
+            let p = m.profile_by_id(instance.profile_id);
+            format!(
+                "create  {} at {}:{}",
+                p.map_or_else(|| instance.profile_id.to_string(), |p| device_type_name(p, instance.compute)),
+                instance.start,
+                p.map_or(0, |p| p.placement_size)
+            )
+        }
+    }
+}
+
+/// Plan every targeted GPU; collect every failure rather than stopping at the first.
+fn plan_all(views: &[GpuView], targets: &[DeviceTarget]) -> Result<Vec<GpuPlan>, Vec<String>> {
+    let mut plans = Vec::new();
+    let mut errors = Vec::new();
+    for t in targets {
+        let Some(v) = views.iter().find(|v| v.device.index == t.index) else {
+            errors.push(format!("GPU {}: not on this node", t.index));
+            continue;
+        };
+        let Some(m) = v.model else {
+            errors.push(format!("GPU {} ({}): not in the GPU catalog", t.index, v.device.name));
+            continue;
+        };
+        let current = v.current();
+        if t.mig_enabled {
+            let enable = (!v.mig.current || !v.mig.pending).then_some(true);
+            match reconfigure(m, &current, &Wanted::Profiles(t.wanted.clone())) {
+                Ok(plan) => plans.push(GpuPlan {
+                    index: t.index,
+                    model: Some(m),
+                    enable_mig: enable,
+                    plan: Some(plan),
+                    disable_after: false,
+                }),
+                Err(e) => errors.push(format!("GPU {} ({}): {e}", t.index, m.name)),
+            }
+        } else if v.mig.current || v.mig.pending {
+            match reconfigure(m, &current, &Wanted::Layout(Vec::new())) {
+                Ok(plan) => plans.push(GpuPlan {
+                    index: t.index,
+                    model: Some(m),
+                    enable_mig: None,
+                    plan: Some(plan),
+                    disable_after: true,
+                }),
+                Err(e) => errors.push(format!("GPU {} ({}): cannot disable MIG: {e}", t.index, m.name)),
+            }
+        } else {
+            plans.push(GpuPlan { index: t.index, model: Some(m), enable_mig: None, plan: None, disable_after: false });
+        }
+    }
+    if errors.is_empty() { Ok(plans) } else { Err(errors) }
+}
+
+fn plan_json(p: &GpuPlan) -> serde_json::Value {
+    let steps: Vec<String> = match (p.model, &p.plan) {
+        (Some(m), Some(plan)) => plan.steps.iter().map(|s| step_line(m, s)).collect(),
+        _ => Vec::new(),
+    };
+    json!({
+        "gpu": p.index,
+        "model": p.model.map(|m| m.name.clone()),
+        "enable_mig": p.enable_mig == Some(true),
+        "disable_mig": p.disable_after,
+        "steps": steps,
+        "target": p.model.zip(p.plan.as_ref()).map(|(m, plan)| plan.target.iter().map(|i| instance_label(m, i)).collect::<Vec<_>>()),
+        "unchanged": p.plan.as_ref().map_or(0, |plan| plan.unchanged.len()),
+    })
+}
+
+fn print_plan(p: &GpuPlan) {
+    let name = p.model.map_or("?", |m| m.name.as_str());
+    if p.is_noop() {
+        println!("GPU {} ({name}): already as configured", p.index);
+        return;
+    }
+    println!("GPU {} ({name}):", p.index);
+    if p.enable_mig == Some(true) {
+        println!("  enable MIG mode");
+    }
+    if let (Some(m), Some(plan)) = (p.model, &p.plan) {
+        for s in &plan.steps {
+            println!("  {}", step_line(m, s));
+        }
+        if !plan.unchanged.is_empty() {
+            let kept: Vec<String> = plan.unchanged.iter().map(|i| instance_label(m, i)).collect();
+            println!("  keep    {}", kept.join(" "));
+        }
+    }
+    if p.disable_after {
+        println!("  disable MIG mode");
+    }
+}
+
+pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Result<()> {
+    let (file, origin) = load(args)?;
+    let node = node::open(global)?;
+    let backend = node.backend();
+    let views = node_view(backend)?;
+    let targets = tessera_migparted::resolve(&file, &args.name, &summaries(&views))?;
+    let plans = match plan_all(&views, &targets) {
+        Ok(p) => p,
+        Err(errors) => {
+            return Err(Refusal(format!(
+                "cannot apply '{}' from {origin}; nothing was changed:\n  {}",
+                args.name,
+                errors.join("\n  ")
+            ))
+            .into());
+        }
+    };
+    if human(global.output) {
+        println!(
+            "{} '{}' from {origin} on {}:",
+            if dry_run { "Plan for" } else { "Applying" },
+            args.name,
+            node.description
+        );
+        for p in &plans {
+            print_plan(p);
+        }
+    }
+    if dry_run {
+        if !human(global.output) {
+            print_json(
+                &json!({"config": args.name, "dry_run": true, "gpus": plans.iter().map(plan_json).collect::<Vec<_>>()}),
+            );
+        }
+        return Ok(());
+    }
+    let mut done: Vec<String> = Vec::new();
+    for p in &plans {
+        if p.is_noop() {
+            continue;
+        }
+        let result: anyhow::Result<Vec<String>> = (|| {
+            let mut lines = Vec::new();
+            if let Some(enable) = p.enable_mig
+                && ensure_mig_mode(backend, p.index, enable)?
+            {
+                lines.push("enabled MIG mode".to_string());
+            }
+            if let Some(plan) = &p.plan
+                && !plan.is_empty()
+            {
+                let report = execute_plan(backend, p.index, plan)?;
+                lines.extend(report.steps_done);
+            }
+            if p.disable_after && ensure_mig_mode(backend, p.index, false)? {
+                lines.push("disabled MIG mode".to_string());
+            }
+            Ok(lines)
+        })();
+        match result {
+            Ok(lines) => done.extend(lines.into_iter().map(|l| format!("GPU {}: {l}", p.index))),
+            Err(e) => {
+                let before = if done.is_empty() {
+                    "No other GPU was changed.".to_string()
+                } else {
+                    format!("Changes that remain on GPUs done before it:\n  {}", done.join("\n  "))
+                };
+                return Err(Refusal(format!("apply '{}' failed on GPU {}: {e:#}\n{before}", args.name, p.index)).into());
+            }
+        }
+    }
+    if human(global.output) {
+        if done.is_empty() {
+            println!("Nothing to change: the node already matches '{}'.", args.name);
+        } else {
+            println!("Done:");
+            for l in &done {
+                println!("  {l}");
+            }
+        }
+    } else {
+        print_json(
+            &json!({"config": args.name, "dry_run": false, "gpus": plans.iter().map(plan_json).collect::<Vec<_>>(), "done": done}),
+        );
+    }
+    Ok(())
+}
+
+/// Device types on a GPU as mig-parted counts them: `{"1g.10gb": 2, "3g.40gb": 1}`.
+fn device_types(v: &GpuView) -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    for i in &v.instances {
+        let name = match v.model.and_then(|m| m.profile_by_id(i.instance.profile_id)) {
+            Some(p) => device_type_name(p, i.instance.compute),
+            None => i.profile_name.clone(),
+        };
+        *out.entry(name).or_insert(0) += 1;
+    }
+    out
+}
+
+pub fn assert(global: &Global, args: &ConfigArgs) -> anyhow::Result<()> {
+    let (file, origin) = load(args)?;
+    let node = node::open(global)?;
+    let views = node_view(node.backend())?;
+    let targets = tessera_migparted::resolve(&file, &args.name, &summaries(&views))?;
+    let mut differences = Vec::new();
+    for t in &targets {
+        let Some(v) = views.iter().find(|v| v.device.index == t.index) else { continue };
+        if v.mig.current != t.mig_enabled {
+            differences.push(format!(
+                "GPU {}: MIG mode is {} but the config wants it {}",
+                t.index,
+                v.mig,
+                if t.mig_enabled { "enabled" } else { "disabled" }
+            ));
+            continue;
+        }
+        if !t.mig_enabled {
+            continue;
+        }
+        let mut want: BTreeMap<String, u32> = BTreeMap::new();
+        if let Some(m) = t.model {
+            for w in &t.wanted {
+                if let Some(p) = m.profile_by_id(w.profile_id) {
+                    *want.entry(device_type_name(p, w.compute)).or_insert(0) += 1;
+                }
+            }
+        }
+        let have = device_types(v);
+        if have != want {
+            let fmt = |m: &BTreeMap<String, u32>| {
+                if m.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    m.iter().map(|(k, n)| format!("{n}×{k}")).collect::<Vec<_>>().join(", ")
+                }
+            };
+            differences.push(format!("GPU {}: has {} but the config wants {}", t.index, fmt(&have), fmt(&want)));
+        }
+    }
+    if !human(global.output) {
+        print_json(&json!({"config": args.name, "matches": differences.is_empty(), "differences": differences}));
+    }
+    if differences.is_empty() {
+        if human(global.output) {
+            println!("The node matches '{}' from {origin} ({} GPU(s) checked).", args.name, targets.len());
+        }
+        Ok(())
+    } else {
+        Err(Refusal(format!("The node does not match '{}' from {origin}:\n  {}", args.name, differences.join("\n  ")))
+            .into())
+    }
+}
+
+pub fn export(global: &Global, config_name: &str) -> anyhow::Result<()> {
+    let node = node::open(global)?;
+    let views = node_view(node.backend())?;
+    let devices: Vec<ExportDevice> = views
+        .iter()
+        .map(|v| ExportDevice {
+            index: v.device.index,
+            mig_enabled: v.mig.current,
+            device_types: device_types(v).into_iter().collect(),
+        })
+        .collect();
+    if human(global.output) {
+        print!("{}", tessera_migparted::export(&devices, config_name));
+    } else {
+        print_json(&json!({
+            "config": config_name,
+            "gpus": devices.iter().map(|d| json!({"index": d.index, "mig-enabled": d.mig_enabled, "mig-devices": d.device_types.iter().cloned().collect::<BTreeMap<_, _>>()})).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! `tessera mig gpus`: the node's GPUs, their MIG mode, instances and a slice map.
+
+use serde_json::json;
+use tessera_gpu::view::{GpuView, node_view};
+use tessera_mig::planner_for;
+
+use super::{human, plan::fragmentation_lines, plan::layout_map, print_json};
+use crate::cli::Global;
+use crate::node;
+use crate::render::{Table, ranges};
+
+pub fn run(global: &Global) -> anyhow::Result<()> {
+    let node = node::open(global)?;
+    let views = node_view(node.backend())?;
+    if !human(global.output) {
+        print_json(&json!({
+            "backend": node.backend().kind().to_string(),
+            "node": node.description,
+            "gpus": views.iter().map(gpu_json).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!("{}: {} GPU(s)", node.description, views.len());
+    for v in &views {
+        println!();
+        print_gpu(v);
+    }
+    Ok(())
+}
+
+fn layout_of(v: &GpuView) -> Vec<tessera_mig::Instance> {
+    v.instances.iter().map(|i| i.instance).collect()
+}
+
+pub fn gpu_json(v: &GpuView) -> serde_json::Value {
+    let frag = v.model.and_then(planner_for).and_then(|p| p.fragmentation(&layout_of(v)).ok());
+    json!({
+        "index": v.device.index,
+        "uuid": v.device.uuid,
+        "name": v.device.name,
+        "model": v.model.map(|m| m.name.clone()),
+        "pci_bus_id": v.device.pci_bus_id,
+        "pci_device_id": format!("0x{:04X}", v.device.pci_device_id),
+        "numa_node": v.device.numa_node,
+        "local_cpus": ranges(&v.device.local_cpus),
+        "memory_total_mib": v.device.memory_total_mib,
+        "mig": {"current": v.mig.current, "pending": v.mig.pending},
+        "instances": v.instances.iter().map(|i| json!({
+            "gpu_instance_id": i.gpu_instance_id,
+            "profile": i.profile_name,
+            "profile_id": i.instance.profile_id,
+            "start": i.instance.start,
+            "size": i.placement_size,
+            "gpu_numa_node": v.model.and_then(|m| m.gpu_numa_node(i.instance.start, i.placement_size)),
+            "busy": i.busy,
+            "compute_instances": i.compute_instances.iter().map(|c| json!({
+                "id": c.id, "profile_id": c.profile_id, "placement": c.placement.to_string(),
+                "uuid": c.uuid, "caps_minor": c.caps_minor,
+            })).collect::<Vec<_>>(),
+            "processes": i.processes.iter().map(|p| json!({"pid": p.pid, "name": p.name})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "free_units": frag.as_ref().map(|r| r.free_units.clone()),
+        "unusable_compute_slices": frag.as_ref().map(|r| r.unusable_compute_slices),
+    })
+}
+
+fn print_gpu(v: &GpuView) {
+    let d = &v.device;
+    println!("GPU {}  {}  ({})  {}", d.index, d.name, v.model.map_or("unknown model", |m| m.name.as_str()), d.uuid);
+    println!(
+        "  bus {}  NUMA {}  CPUs {}  MIG {}",
+        d.pci_bus_id,
+        d.numa_node.map_or("-".to_string(), |n| n.to_string()),
+        ranges(&d.local_cpus),
+        v.mig
+    );
+    if !v.mig.current {
+        return;
+    }
+    let Some(m) = v.model else {
+        println!("  (no catalog entry for this GPU: instances listed without a slice map)");
+        return;
+    };
+    let layout = layout_of(v);
+    println!();
+    print!(
+        "{}",
+        layout_map(
+            m,
+            &layout,
+            |inst| {
+                let live = v.instances.iter().find(|l| l.instance == *inst);
+                match live {
+                    Some(l) => format!("{} GI{}{}", l.profile_name, l.gpu_instance_id, if l.busy { " ●" } else { "" }),
+                    None => "?".into(),
+                }
+            },
+            2
+        )
+    );
+    if v.instances.is_empty() {
+        println!("  no GPU instances");
+    } else {
+        let mut t = Table::new(&["GI", "CI", "PROFILE", "PLACEMENT", "GPU NUMA", "MIG DEVICE", "CAPS", "STATE"]);
+        for i in &v.instances {
+            let state = if i.busy {
+                format!("busy: {}", i.processes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            } else {
+                "idle".into()
+            };
+            let numa = m.gpu_numa_node(i.instance.start, i.placement_size).map_or("both".into(), |n| n.to_string());
+            if i.compute_instances.is_empty() {
+                t.row(vec![
+                    i.gpu_instance_id.to_string(),
+                    "-".into(),
+                    i.profile_name.clone(),
+                    format!("{}:{}", i.instance.start, i.placement_size),
+                    numa.clone(),
+                    "(no compute instance)".into(),
+                    "-".into(),
+                    state.clone(),
+                ]);
+            }
+            for c in &i.compute_instances {
+                t.row(vec![
+                    i.gpu_instance_id.to_string(),
+                    c.id.to_string(),
+                    i.profile_name.clone(),
+                    format!("{}:{}", i.instance.start, i.placement_size),
+                    numa.clone(),
+                    c.uuid.clone(),
+                    c.caps_minor.to_string(),
+                    state.clone(),
+                ]);
+            }
+        }
+        println!();
+        print!("{}", t.render(2));
+    }
+    if let Some(r) = planner_for(m).and_then(|p| p.fragmentation(&layout).ok()) {
+        println!();
+        for line in fragmentation_lines(&r).lines() {
+            println!("  {line}");
+        }
+    }
+}

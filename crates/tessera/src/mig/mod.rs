@@ -1,0 +1,72 @@
+//! `tessera mig …`: the MIG commands. Each file is one command or a family of them.
+
+mod config;
+mod gpus;
+mod layouts;
+mod plan;
+mod profiles;
+mod sim;
+
+use anyhow::{Context as _, bail};
+use tessera_mig::{ComputeShape, GpuModel, Instance, WantedInstance, catalog};
+
+use crate::cli::{Global, MigCommand, Output};
+
+pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
+    match cmd {
+        MigCommand::Gpus => gpus::run(global),
+        MigCommand::Profiles { gpu } => profiles::run(global.output, &gpu),
+        MigCommand::Plan { gpu, existing, per_gpu_numa, profiles } => {
+            plan::run(global.output, &gpu, &existing, per_gpu_numa, &profiles)
+        }
+        MigCommand::Layouts { gpu, profiles } => layouts::run(global.output, &gpu, &profiles),
+        MigCommand::Apply { config, dry_run } => config::apply(global, &config, dry_run),
+        MigCommand::Assert { config } => config::assert(global, &config),
+        MigCommand::Export { config_name } => config::export(global, &config_name),
+        MigCommand::Busy { target, pid } => sim::busy(global, &target, pid),
+        MigCommand::Idle { target } => sim::idle(global, &target),
+    }
+}
+
+/// The catalog model named on the command line (`--gpu`).
+pub fn model_arg(query: &str) -> anyhow::Result<&'static GpuModel> {
+    catalog().model(query).with_context(|| format!("--gpu '{query}'"))
+}
+
+/// A profile on the command line: a name (`3g.40gb`), an id (`9`), or a compute split of a
+/// profile in mig-parted's terms (`1c.3g.40gb`).
+pub fn wanted_arg(model: &GpuModel, text: &str) -> anyhow::Result<WantedInstance> {
+    if let Ok(p) = model.profile(text) {
+        return Ok(WantedInstance::new(p.id));
+    }
+    if let Some((c, rest)) = text.split_once("c.")
+        && let Ok(slices) = c.parse::<u8>()
+        && let Ok(p) = model.profile(rest)
+    {
+        return Ok(WantedInstance { profile_id: p.id, compute: ComputeShape::Slices(slices) });
+    }
+    Ok(model.profile(text).map(|p| WantedInstance::new(p.id))?)
+}
+
+/// `PROFILE@START` on the command line.
+pub fn instance_arg(model: &GpuModel, text: &str) -> anyhow::Result<Instance> {
+    let Some((name, start)) = text.split_once('@') else {
+        bail!("--existing '{text}': write PROFILE@START, e.g. 3g.40gb@4");
+    };
+    let wanted = wanted_arg(model, name.trim()).with_context(|| format!("--existing '{text}'"))?;
+    let start: u8 = start
+        .trim()
+        .parse()
+        .with_context(|| format!("--existing '{text}': the start '{start}' is not a placement unit number"))?;
+    Ok(Instance { profile_id: wanted.profile_id, start, compute: wanted.compute })
+}
+
+/// Print JSON (for `-o json`).
+pub fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+/// Whether the human form is wanted.
+pub fn human(output: Output) -> bool {
+    output == Output::Table
+}

@@ -1,0 +1,64 @@
+//! `tessera mig busy|idle GPU:GI`: put a (simulated) process on a GPU instance of the simulated
+//! node, or end it, to see that busy instances are never touched.
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+use tessera_gpu::view::gpu_view;
+
+use super::{human, print_json};
+use crate::cli::Global;
+use crate::node;
+
+fn target(text: &str) -> anyhow::Result<(u32, u32)> {
+    let Some((gpu, gi)) = text.split_once(':') else {
+        bail!("'{text}': write GPU:GI, e.g. 0:2 for GPU instance 2 of GPU 0");
+    };
+    let gpu = gpu.trim().parse().with_context(|| format!("'{text}': GPU index '{gpu}' is not a number"))?;
+    let gi = gi.trim().parse().with_context(|| format!("'{text}': GPU instance id '{gi}' is not a number"))?;
+    Ok((gpu, gi))
+}
+
+pub fn busy(global: &Global, text: &str, pid: u32) -> anyhow::Result<()> {
+    let (gpu, gi) = target(text)?;
+    let node = node::open(global)?;
+    let view = gpu_view(node.backend(), gpu)?;
+    let Some(inst) = view.instances.iter().find(|i| i.gpu_instance_id == gi) else {
+        let ids: Vec<String> = view.instances.iter().map(|i| i.gpu_instance_id.to_string()).collect();
+        bail!(
+            "GPU {gpu} has no GPU instance {gi} (it has: {})",
+            if ids.is_empty() { "none".into() } else { ids.join(", ") }
+        );
+    };
+    let Some(ci) = inst.compute_instances.first() else {
+        bail!("GPU {gpu} GPU instance {gi} has no compute instance for a process to run in");
+    };
+    node.sim.attach_process(gpu, gi, ci.id, pid, "simulated-job")?;
+    if human(global.output) {
+        println!("GPU {gpu} GPU instance {gi} ({}) is now busy: pid {pid}", inst.profile_name);
+    } else {
+        print_json(&json!({"gpu": gpu, "gpu_instance_id": gi, "pid": pid, "busy": true}));
+    }
+    Ok(())
+}
+
+pub fn idle(global: &Global, text: &str) -> anyhow::Result<()> {
+    let (gpu, gi) = target(text)?;
+    let node = node::open(global)?;
+    let view = gpu_view(node.backend(), gpu)?;
+    let Some(inst) = view.instances.iter().find(|i| i.gpu_instance_id == gi) else {
+        bail!("GPU {gpu} has no GPU instance {gi}");
+    };
+    for p in &inst.processes {
+        node.sim.detach_process(gpu, p.pid)?;
+    }
+    if human(global.output) {
+        println!(
+            "GPU {gpu} GPU instance {gi} ({}) is idle ({} process(es) ended)",
+            inst.profile_name,
+            inst.processes.len()
+        );
+    } else {
+        print_json(&json!({"gpu": gpu, "gpu_instance_id": gi, "busy": false, "ended": inst.processes.len()}));
+    }
+    Ok(())
+}
