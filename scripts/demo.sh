@@ -36,5 +36,5 @@ run mig apply -f examples/mig-config.yaml -c inference-plus-training --dry-run
 run mig idle 1:7
 run mig apply -f examples/mig-config.yaml -c inference-plus-training
 run mig assert -f examples/mig-config.yaml -c inference-plus-training
-run mig gpus -o json
+run mig gpus
 run mig export

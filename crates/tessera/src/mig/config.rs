@@ -133,27 +133,79 @@ fn plan_json(p: &GpuPlan) -> serde_json::Value {
     })
 }
 
-fn print_plan(p: &GpuPlan) {
-    let name = p.model.map_or("?", |m| m.name.as_str());
+/// The plan of one GPU in a few lines: steps of one kind and profile share a line.
+fn plan_lines(p: &GpuPlan) -> Vec<String> {
+    let mut lines = Vec::new();
     if p.is_noop() {
-        println!("GPU {} ({name}): already as configured", p.index);
-        return;
+        return vec!["already as configured".to_string()];
     }
-    println!("GPU {} ({name}):", p.index);
     if p.enable_mig == Some(true) {
-        println!("  enable MIG mode");
+        lines.push("enable MIG mode".to_string());
     }
     if let (Some(m), Some(plan)) = (p.model, &p.plan) {
+        // (verb, profile name) -> placements, in step order.
+        let mut groups: Vec<((&str, String), Vec<String>)> = Vec::new();
         for s in &plan.steps {
-            println!("  {}", step_line(m, s));
+            let (verb, inst, gi) = match s {
+                Step::Destroy { instance, gpu_instance_id } => ("destroy", instance, *gpu_instance_id),
+                Step::Create { instance } => ("create ", instance, None),
+            };
+            let prof = m.profile_by_id(inst.profile_id);
+            let name = prof.map_or_else(|| inst.profile_id.to_string(), |p| device_type_name(p, inst.compute));
+            let size = prof.map_or(0, |p| p.placement_size);
+            let at = match gi {
+                Some(id) => format!("{}:{size} (GI {id})", inst.start),
+                None => format!("{}:{size}", inst.start),
+            };
+            match groups.last_mut() {
+                Some((key, v)) if key.0 == verb && key.1 == name => v.push(at),
+                _ => groups.push(((verb, name), vec![at])),
+            }
+        }
+        for ((verb, name), at) in groups {
+            let count = if at.len() > 1 { format!("{}× ", at.len()) } else { String::new() };
+            lines.push(format!("{verb} {count}{name} at {}", at.join(", ")));
         }
         if !plan.unchanged.is_empty() {
             let kept: Vec<String> = plan.unchanged.iter().map(|i| instance_label(m, i)).collect();
-            println!("  keep    {}", kept.join(" "));
+            lines.push(format!("keep    {}", kept.join(" ")));
         }
     }
     if p.disable_after {
-        println!("  disable MIG mode");
+        lines.push("disable MIG mode".to_string());
+    }
+    lines
+}
+
+/// Print every GPU's plan; neighbouring GPUs with the same model and plan share one heading.
+fn print_plans(plans: &[GpuPlan]) {
+    let mut i = 0;
+    while i < plans.len() {
+        let lines = plan_lines(&plans[i]);
+        let model = plans[i].model.map(|m| m.name.as_str());
+        let mut j = i;
+        while j + 1 < plans.len()
+            && plans[j + 1].index == plans[j].index + 1
+            && plans[j + 1].model.map(|m| m.name.as_str()) == model
+            && plan_lines(&plans[j + 1]) == lines
+        {
+            j += 1;
+        }
+        let gpus = if i == j {
+            format!("GPU {}", plans[i].index)
+        } else {
+            format!("GPUs {}-{}", plans[i].index, plans[j].index)
+        };
+        let model = model.unwrap_or("?");
+        if let [one] = lines.as_slice() {
+            println!("{gpus} ({model}): {one}");
+        } else {
+            println!("{gpus} ({model}):");
+            for l in &lines {
+                println!("  {l}");
+            }
+        }
+        i = j + 1;
     }
 }
 
@@ -181,9 +233,7 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
             args.name,
             node.description
         );
-        for p in &plans {
-            print_plan(p);
-        }
+        print_plans(&plans);
     }
     if dry_run {
         if !human(global.output) {
@@ -232,10 +282,13 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
         if done.is_empty() {
             println!("Nothing to change: the node already matches '{}'.", args.name);
         } else {
-            println!("Done:");
-            for l in &done {
-                println!("  {l}");
-            }
+            let created = done.iter().filter(|l| l.contains(": created ")).count();
+            let destroyed = done.iter().filter(|l| l.contains(": destroyed ")).count();
+            println!(
+                "Applied: {created} GPU instance(s) created, {destroyed} destroyed, on {} GPU(s). \
+                 `tessera mig gpus` shows the result.",
+                plans.iter().filter(|p| !p.is_noop()).count()
+            );
         }
     } else {
         print_json(

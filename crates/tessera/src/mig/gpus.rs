@@ -91,6 +91,13 @@ fn print_gpu(v: &GpuView) {
             |inst| {
                 let live = v.instances.iter().find(|l| l.instance == *inst);
                 match live {
+                    // Narrow slices show the profile alone; the table below has the ids.
+                    Some(l)
+                        if l.placement_size * 9 / m.profiles.iter().map(|p| p.placement_size).min().unwrap_or(1)
+                            < 12 =>
+                    {
+                        format!("{}{}", if l.busy { "●" } else { "" }, l.profile_name)
+                    }
                     Some(l) => format!("{} GI{}{}", l.profile_name, l.gpu_instance_id, if l.busy { " ●" } else { "" }),
                     None => "?".into(),
                 }
