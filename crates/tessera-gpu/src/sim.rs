@@ -355,14 +355,7 @@ impl SimBackend {
         gpu: u32,
         f: impl FnOnce(&mut Gpu<'_>) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
-        let dev = self.device(gpu)?;
-        let model = self.models[dev.index as usize];
-        self.with_state(|state| {
-            let Some(g) = state.gpus.get_mut(dev.index as usize) else {
-                return Err(self.no_gpu(gpu));
-            };
-            f(&mut Gpu { dev, model, state: g })
-        })
+        self.with_gpu_gen(gpu, |g, _| f(g))
     }
 
     /// Like [`Self::with_gpu`], with access to the node's generation counter.

@@ -514,19 +514,8 @@ impl<'m> Planner<'m> {
             reason.push_str(": the existing instances leave no free placement inside every node");
         }
         // Nearest alternative: the largest strictly smaller standard profile that fits per node.
-        let mut smaller: Vec<(usize, &Profile)> = self
-            .model
-            .profiles
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| {
-                q.kind == ProfileKind::Standard
-                    && (q.compute_slices, q.memory_slices) < (p.compute_slices, p.memory_slices)
-            })
-            .collect();
-        smaller.sort_by_key(|q| std::cmp::Reverse((q.1.compute_slices, q.1.memory_slices)));
-        let alternative = smaller.into_iter().find_map(|(qidx, q)| {
-            let qidx = u8::try_from(qidx).ok()?;
+        let alternative = self.smaller_standard(p).into_iter().find_map(|qidx| {
+            let q = self.profile(qidx);
             self.per_numa_search(&base, existing, qidx, numa.nodes).map(|placement| Alternative {
                 profiles: vec![q.name.clone(); usize::from(numa.nodes)],
                 summary: format!("one {} per GPU NUMA node fits", q.name),
@@ -693,20 +682,25 @@ impl<'m> Planner<'m> {
         None
     }
 
-    /// Ways to make one wish smaller: the next smaller standard profiles, or dropping it (None).
-    fn smaller_options(&self, w: Want) -> Vec<Option<Want>> {
-        let p = self.profile(w.pidx);
-        let mut out: Vec<Option<Want>> = self
-            .model
-            .profiles
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| {
+    /// Standard profiles strictly smaller than `p` (by compute, then memory), largest first.
+    fn smaller_standard(&self, p: &Profile) -> Vec<u8> {
+        let mut out: Vec<u8> = (0..self.model.profiles.len())
+            .filter_map(|i| u8::try_from(i).ok())
+            .filter(|&i| {
+                let q = self.profile(i);
                 q.kind == ProfileKind::Standard
                     && (q.compute_slices, q.memory_slices) < (p.compute_slices, p.memory_slices)
-                    && q.compute_slices + 1 >= p.compute_slices.min(q.compute_slices + 1)
             })
-            .filter_map(|(i, _)| u8::try_from(i).ok())
+            .collect();
+        out.sort_by_key(|&i| std::cmp::Reverse((self.profile(i).compute_slices, self.profile(i).memory_slices)));
+        out
+    }
+
+    /// Ways to make one wish smaller: a smaller standard profile, or dropping it (None).
+    fn smaller_options(&self, w: Want) -> Vec<Option<Want>> {
+        let mut out: Vec<Option<Want>> = self
+            .smaller_standard(self.profile(w.pidx))
+            .into_iter()
             .map(|pidx| Some(Want { pidx, compute: ComputeShape::Full, numa: w.numa }))
             .collect();
         out.push(None);
