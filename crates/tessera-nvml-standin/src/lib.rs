@@ -1,0 +1,1 @@
+//! Stand-in libnvidia-ml (being written).
