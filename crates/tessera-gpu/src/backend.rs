@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tessera_mig::{GpuModel, catalog};
 
+use crate::health::XidEvent;
+
 /// Which implementation stands behind a [`MigBackend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BackendKind {
@@ -136,8 +138,9 @@ pub struct GpuInstanceInfo {
     pub id: u32,
     pub profile_id: u32,
     pub placement: PlacementRange,
-    /// Minor of `/dev/nvidia-caps/nvidia-cap<minor>` granting access to this GPU instance.
-    pub caps_minor: u32,
+    /// Minor of `/dev/nvidia-caps/nvidia-cap<minor>` granting access to this GPU instance;
+    /// `None` where the driver does not publish `/proc/driver/nvidia-caps/mig-minors`.
+    pub caps_minor: Option<u32>,
 }
 
 /// A compute instance that exists (`nvmlComputeInstanceInfo_t`).
@@ -152,8 +155,9 @@ pub struct ComputeInstanceInfo {
     pub placement: PlacementRange,
     /// `MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`: what `CUDA_VISIBLE_DEVICES` takes.
     pub uuid: String,
-    /// Minor of `/dev/nvidia-caps/nvidia-cap<minor>` granting access to this compute instance.
-    pub caps_minor: u32,
+    /// Minor of `/dev/nvidia-caps/nvidia-cap<minor>` granting access to this compute instance;
+    /// `None` where the driver does not publish `/proc/driver/nvidia-caps/mig-minors`.
+    pub caps_minor: Option<u32>,
 }
 
 /// A process using a GPU (`nvmlProcessInfo_t`).
@@ -198,12 +202,13 @@ impl fmt::Display for GpuRef {
 }
 
 /// What went wrong in a backend call. Each variant matches an NVML return code, except `State`
-/// and `Io`, which belong to the simulated node's state file.
+/// and `Io`, which belong to the simulated node's state file, `LibraryNotFound` (NVML could not
+/// be loaded at all) and `Driver` (any other NVML return code, named as NVML names it).
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// `NVML_ERROR_NO_PERMISSION`: the caller may not do this (MIG changes need root or the
     /// `mig/config` capability).
-    #[error("no permission to {op} (needs root or the mig/config capability)")]
+    #[error("no permission to {op}: run as root or grant the mig/config capability")]
     NoPermission { op: String },
     /// `NVML_ERROR_NOT_SUPPORTED`: e.g. a GPU without MIG, or MIG disabled.
     #[error("{gpu}: not supported: {what}")]
@@ -233,6 +238,23 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The NVML library could not be loaded: there is no NVIDIA driver on this machine (or not at
+    /// that path). The CLI falls back to the simulated node on this error, and on no other.
+    #[error("the NVML library {library} is absent or cannot be loaded ({detail}); is the NVIDIA driver installed?")]
+    LibraryNotFound { library: String, detail: String },
+    /// Any other NVML return code (`NVML_ERROR_UNKNOWN`, `…_DRIVER_NOT_LOADED`, `…_TIMEOUT`,
+    /// `…_RESET_REQUIRED` outside a MIG-mode change, …).
+    #[error("{context}: {function} returned {code}: {message}")]
+    Driver {
+        /// What was being done, naming the GPU.
+        context: String,
+        /// The NVML function that failed.
+        function: String,
+        /// NVML's name of the return code, e.g. `NVML_ERROR_UNKNOWN`.
+        code: String,
+        /// `nvmlErrorString`'s text.
+        message: String,
+    },
 }
 
 fn at_placement(p: &Option<u8>) -> String {
@@ -252,6 +274,8 @@ impl BackendError {
             BackendError::GpuLost { .. } => "gpu_lost",
             BackendError::State { .. } => "state",
             BackendError::Io { .. } => "io",
+            BackendError::LibraryNotFound { .. } => "library_not_found",
+            BackendError::Driver { .. } => "driver",
         }
     }
 }
@@ -312,6 +336,13 @@ pub trait MigBackend: Send + Sync + fmt::Debug {
     fn compute_instances(&self, gpu: u32, gpu_instance_id: u32) -> Result<Vec<ComputeInstanceInfo>, BackendError>;
     /// Processes running on the GPU.
     fn processes(&self, gpu: u32) -> Result<Vec<ProcessInfo>, BackendError>;
+    /// Xid errors reported since the last call, waiting up to `timeout_ms` for the first one
+    /// when none is pending (never longer). Returns every event pending, possibly none.
+    ///
+    /// NVML registers for Xid events on the first call, so Xids raised before it are not seen;
+    /// the simulated node keeps raised Xids until a call consumes them. The call blocks: async
+    /// callers run it under `spawn_blocking`.
+    fn wait_xid_events(&self, timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError>;
 }
 
 #[cfg(test)]

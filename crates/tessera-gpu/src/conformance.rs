@@ -9,10 +9,12 @@
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
 
 use tessera_mig::{GpuModel, Instance, Planner, catalog};
 
 use crate::backend::{BackendError, DeviceInfo, MigBackend, MigMode, PlacementRange};
+use crate::health::{HealthTracker, XidEvent};
 use crate::ids::{ci_caps_minor, gi_caps_minor, is_uuid_with_prefix};
 use crate::sim::SimBackend;
 use crate::spec::NodeSpec;
@@ -28,6 +30,8 @@ pub trait Harness {
     fn attach_process(&self, gpu: u32, gi: u32, ci: u32, pid: u32) -> Result<(), String>;
     /// End that process.
     fn detach_process(&self, gpu: u32, pid: u32) -> Result<(), String>;
+    /// Make the GPU report an Xid error, contained to a GPU and compute instance when given.
+    fn raise_xid(&self, gpu: u32, xid: u64, gi: Option<u32>, ci: Option<u32>) -> Result<(), String>;
 }
 
 /// One check.
@@ -63,6 +67,10 @@ impl Harness for SimBackend {
     fn detach_process(&self, gpu: u32, pid: u32) -> Result<(), String> {
         SimBackend::detach_process(self, gpu, pid).map_err(|e| e.to_string())
     }
+
+    fn raise_xid(&self, gpu: u32, xid: u64, gi: Option<u32>, ci: Option<u32>) -> Result<(), String> {
+        SimBackend::raise_xid(self, gpu, xid, gi, ci).map_err(|e| e.to_string())
+    }
 }
 
 /// Every case, in a stable order.
@@ -80,6 +88,8 @@ pub fn cases() -> Vec<Case> {
         Case { name: "destroy_order_and_not_found", run: destroy_order_and_not_found },
         Case { name: "busy_instances_are_not_destroyed", run: busy_instances_are_not_destroyed },
         Case { name: "every_maximal_layout_round_trips", run: every_maximal_layout_round_trips },
+        Case { name: "xid_events_are_delivered_once", run: xid_events_are_delivered_once },
+        Case { name: "xid_health_follows_the_events", run: xid_health_follows_the_events },
     ]
 }
 
@@ -195,6 +205,11 @@ fn devices_match_catalog(h: &dyn Harness) -> Result<(), String> {
             model.product_names
         );
         ensure!(d.memory_total_mib > 0, "GPU {i} reports no memory");
+        let index = u32::try_from(i).map_err(|e| e.to_string())?;
+        let numa = spec.numa_node_of(index);
+        ensure!(d.numa_node == numa, "GPU {i} is on NUMA node {:?}, the node spec puts it on {numa:?}", d.numa_node);
+        let cpus = spec.cpus_of_node(numa);
+        ensure!(d.local_cpus == cpus, "GPU {i} local CPUs {:?}, the node spec says {cpus:?}", d.local_cpus);
     }
     Ok(())
 }
@@ -225,7 +240,8 @@ fn mig_mode_get_and_set(h: &dyn Harness) -> Result<(), String> {
     ensure!(got == off, "disabling MIG on an idle GPU returned {got}");
     ensure!(ok(b.mig_mode(g), "get MIG mode")? == off, "MIG mode does not read back as disabled");
     let me = profile_id(m30, "1g.6gb")?;
-    expect_err(b.create_gpu_instance(g, me, Some(0)), "not_supported", "create with MIG disabled")?;
+    let msg = expect_err(b.create_gpu_instance(g, me, Some(0)), "not_supported", "create with MIG disabled")?;
+    ensure!(msg.contains("MIG") && msg.contains("disabled"), "the refusal does not say MIG is disabled: {msg}");
     expect_err(b.gpu_instances(g), "not_supported", "list GPU instances with MIG disabled")?;
     ensure!(ok(b.set_mig_mode(g, false), "disable MIG again")? == off, "disabling twice changed something");
     ensure!(ok(b.set_mig_mode(g, true), "enable MIG")? == on, "enabling MIG on an idle GPU did not take effect");
@@ -424,8 +440,8 @@ fn compute_instances_uuids_and_caps(h: &dyn Harness) -> Result<(), String> {
     let g = d.index;
     let gi = ok(b.create_gpu_instance(g, profile_id(m, "3g.20gb")?, Some(4)), "create 3g.20gb@4")?;
     ensure!(
-        gi.caps_minor == gi_caps_minor(d.minor_number, gi.id),
-        "GPU instance caps minor {} is not 3 + 135·{} + 9·{}",
+        gi.caps_minor == Some(gi_caps_minor(d.minor_number, gi.id)),
+        "GPU instance caps minor {:?} is not 3 + 135·{} + 9·{}",
         gi.caps_minor,
         d.minor_number,
         gi.id
@@ -438,9 +454,10 @@ fn compute_instances_uuids_and_caps(h: &dyn Harness) -> Result<(), String> {
     ensure!(full.placement == PlacementRange { start: 0, size: 3 }, "3c compute instance at {}", full.placement);
     ensure!(is_uuid_with_prefix(&full.uuid, "MIG-"), "compute instance UUID '{}' is not MIG-<uuid>", full.uuid);
     ensure!(
-        full.caps_minor == ci_caps_minor(d.minor_number, gi.id, full.id),
-        "compute instance caps minor {}",
-        full.caps_minor
+        full.caps_minor == Some(ci_caps_minor(d.minor_number, gi.id, full.id)),
+        "compute instance caps minor {:?} is not {}",
+        full.caps_minor,
+        ci_caps_minor(d.minor_number, gi.id, full.id)
     );
     let listed_cis = ok(b.compute_instances(g, gi.id), "list compute instances")?;
     ensure!(listed_cis == vec![full.clone()], "listed {listed_cis:?}, created {full:?}");
@@ -560,6 +577,79 @@ fn round_trip(h: &dyn Harness, gpu: u32, model: &GpuModel, layout: &[Instance]) 
         ensure!(cis.len() == 1, "{}: GPU instance {} has {} compute instances", name(), gi.id, cis.len());
     }
     clear(h, gpu)
+}
+
+/// Wait for Xid events until `want` of them have come (or `deadline` passes).
+fn collect_xids(b: &dyn MigBackend, want: usize, deadline: Duration) -> Result<Vec<XidEvent>, String> {
+    let until = Instant::now() + deadline;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < until {
+        got.extend(ok(b.wait_xid_events(200), "wait for Xid events")?);
+    }
+    Ok(got)
+}
+
+fn xid_events_are_delivered_once(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    // The first call registers for events (NVML) and drains anything pending.
+    ok(b.wait_xid_events(0), "wait for Xid events (first call)")?;
+    // Nothing pending: the call returns within its timeout.
+    let started = Instant::now();
+    let none = ok(b.wait_xid_events(100), "wait for Xid events with none pending")?;
+    let waited = started.elapsed();
+    ensure!(none.is_empty(), "Xid events out of nowhere: {none:?}");
+    ensure!(waited < Duration::from_millis(2000), "waiting 100 ms for Xid events took {waited:?}");
+
+    let (d, m) = gpu_of(h, "A100-40GB")?;
+    let gi = ok(b.create_gpu_instance(d.index, profile_id(m, "3g.20gb")?, Some(4)), "create 3g.20gb@4")?;
+    let ci = ok(b.create_compute_instance(d.index, gi.id, 2), "create its compute instance")?;
+    let (h100, _) = gpu_of(h, "H100-80GB")?;
+    h.raise_xid(d.index, 94, Some(gi.id), Some(ci.id))?;
+    h.raise_xid(h100.index, 79, None, None)?;
+    let mut got = collect_xids(b, 2, Duration::from_secs(10))?;
+    got.sort_by_key(|e| (e.gpu, e.xid));
+    let mut want = vec![
+        XidEvent { gpu: d.index, xid: 94, gpu_instance_id: Some(gi.id), compute_instance_id: Some(ci.id) },
+        XidEvent { gpu: h100.index, xid: 79, gpu_instance_id: None, compute_instance_id: None },
+    ];
+    want.sort_by_key(|e| (e.gpu, e.xid));
+    ensure!(got == want, "Xid events: got {got:?}, raised {want:?}");
+    let again = ok(b.wait_xid_events(50), "wait for Xid events again")?;
+    ensure!(again.is_empty(), "Xid events delivered twice: {again:?}");
+    Ok(())
+}
+
+fn xid_health_follows_the_events(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    ok(b.wait_xid_events(0), "wait for Xid events (first call)")?;
+    let (d, m) = gpu_of(h, "H100-80GB")?;
+    let g = d.index;
+    let two = profile_id(m, "2g.20gb")?;
+    let a = ok(b.create_gpu_instance(g, two, Some(0)), "create 2g.20gb@0")?;
+    let bb = ok(b.create_gpu_instance(g, two, Some(2)), "create 2g.20gb@2")?;
+    // An application error, a contained ECC error in one instance, then a fatal one.
+    h.raise_xid(g, 13, Some(a.id), Some(0))?;
+    h.raise_xid(g, 94, Some(a.id), Some(0))?;
+    let mut t = HealthTracker::new(1000);
+    for e in collect_xids(b, 2, Duration::from_secs(10))? {
+        t.record(&e, 10);
+    }
+    ensure!(
+        t.instance_health(g, a.id).is_unhealthy(),
+        "Xid 94 in GPU instance {} left it {}",
+        a.id,
+        t.instance_health(g, a.id)
+    );
+    ensure!(t.instance_health(g, bb.id).is_healthy(), "Xid 94 in GPU instance {} spread to {}", a.id, bb.id);
+    h.raise_xid(g, 48, None, None)?;
+    for e in collect_xids(b, 1, Duration::from_secs(10))? {
+        t.record(&e, 20);
+    }
+    ensure!(t.gpu_health(g).is_unhealthy(), "Xid 48 left GPU {g} {}", t.gpu_health(g));
+    ensure!(t.instance_health(g, bb.id).is_unhealthy(), "Xid 48 on the GPU left GPU instance {} healthy", bb.id);
+    t.probe(g, true, 1020);
+    ensure!(t.gpu_health(g).is_healthy(), "a quiet successful probe did not recover GPU {g}: {}", t.gpu_health(g));
+    Ok(())
 }
 
 #[cfg(test)]

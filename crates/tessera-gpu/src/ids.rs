@@ -17,6 +17,22 @@ pub fn ci_caps_minor(gpu_minor: u32, gpu_instance_id: u32, compute_instance_id: 
     gi_caps_minor(gpu_minor, gpu_instance_id) + 1 + compute_instance_id
 }
 
+/// The text of `/proc/driver/nvidia-caps/mig-minors` as the driver writes it for `gpus` GPUs
+/// (`config 1`, `monitor 2`, then `gpu<minor>/gi<id>/access` and `gpu<minor>/gi<id>/ci<id>/access`
+/// lines), for tests and stand-ins of a real node.
+pub fn mig_minors_text(gpus: u32) -> String {
+    let mut out = String::from("config 1\nmonitor 2\n");
+    for gpu in 0..gpus {
+        for gi in 0..15 {
+            out.push_str(&format!("gpu{gpu}/gi{gi}/access {}\n", gi_caps_minor(gpu, gi)));
+            for ci in 0..8 {
+                out.push_str(&format!("gpu{gpu}/gi{gi}/ci{ci}/access {}\n", ci_caps_minor(gpu, gi, ci)));
+            }
+        }
+    }
+    out
+}
+
 fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = seed;
     for b in bytes {

@@ -1,6 +1,7 @@
 //! The GPU backend seam: the [`MigBackend`] trait (shaped after NVML's MIG API), the simulated
-//! GPU node ([`SimBackend`]), the read model the CLI and daemon show ([`view`]), the plan
-//! executor ([`executor`]) and the conformance suite every backend must pass ([`conformance`]).
+//! GPU node ([`SimBackend`]), the NVML backend ([`nvml::NvmlBackend`]), the read model the CLI
+//! and daemon show ([`view`]), the plan executor ([`executor`]), Xid health ([`health`]),
+//! catalog drift ([`drift`]) and the conformance suite every backend must pass ([`conformance`]).
 //!
 //! **Architecture invariant:** this is the only crate that knows NVML. Everything above it talks
 //! to `&dyn MigBackend`; plans come from the pure `tessera-mig` crate and are executed here at
@@ -8,8 +9,11 @@
 
 pub mod backend;
 pub mod conformance;
+pub mod drift;
 pub mod executor;
+pub mod health;
 pub mod ids;
+pub mod nvml;
 pub mod sim;
 pub mod spec;
 pub mod view;
@@ -22,6 +26,8 @@ pub use backend::{
     MigBackend, MigMode, PlacementRange, ProcessInfo,
 };
 pub use executor::{ExecutionError, ExecutionReport, ensure_mig_mode, execute_plan};
+pub use health::{Health, HealthTracker, Severity, XidClass, XidEvent, classify};
+pub use nvml::NvmlBackend;
 pub use sim::SimBackend;
 pub use spec::{GpuGroup, NodeSpec, SpecError};
 pub use view::{GpuView, LiveInstance, gpu_view, node_view};

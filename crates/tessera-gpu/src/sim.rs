@@ -41,6 +41,7 @@ use crate::backend::{
     BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuRef,
     MigBackend, MigMode, PlacementRange, ProcessInfo,
 };
+use crate::health::XidEvent;
 use crate::ids;
 use crate::spec::{NodeSpec, gb_from_name};
 
@@ -62,6 +63,10 @@ struct SimState {
     /// Bumped for every compute instance created; part of its UUID.
     generation: u64,
     gpus: Vec<SimGpu>,
+    /// Xid errors raised with [`SimBackend::raise_xid`] and not yet consumed by
+    /// [`MigBackend::wait_xid_events`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending_xids: Vec<XidEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +103,7 @@ impl SimState {
             gpus: (0..spec.gpu_count())
                 .map(|_| SimGpu { mig: mode, gpu_instances: Vec::new(), processes: Vec::new() })
                 .collect(),
+            pending_xids: Vec::new(),
         }
     }
 }
@@ -181,7 +187,7 @@ impl Gpu<'_> {
             id: gi.id,
             profile_id: gi.profile_id,
             placement: PlacementRange { start: gi.start, size },
-            caps_minor: ids::gi_caps_minor(self.dev.minor_number, gi.id),
+            caps_minor: Some(ids::gi_caps_minor(self.dev.minor_number, gi.id)),
         }
     }
 
@@ -192,7 +198,7 @@ impl Gpu<'_> {
             profile_id: ci.profile_id,
             placement: PlacementRange { start: ci.start, size: ci.size },
             uuid: ci.uuid.clone(),
-            caps_minor: ids::ci_caps_minor(self.dev.minor_number, gi.id, ci.id),
+            caps_minor: Some(ids::ci_caps_minor(self.dev.minor_number, gi.id, ci.id)),
         }
     }
 
@@ -431,6 +437,23 @@ impl SimBackend {
                 compute_instance_id: None,
                 used_memory_mib: 0,
             })
+        })
+    }
+
+    /// Simulate an Xid error on GPU `gpu`, contained to a GPU (and compute) instance when given.
+    /// It is kept in the state until [`MigBackend::wait_xid_events`] consumes it, once.
+    pub fn raise_xid(
+        &self,
+        gpu: u32,
+        xid: u64,
+        gpu_instance_id: Option<u32>,
+        compute_instance_id: Option<u32>,
+    ) -> Result<(), BackendError> {
+        let dev = self.device(gpu)?;
+        let event = XidEvent { gpu: dev.index, xid, gpu_instance_id, compute_instance_id };
+        self.with_state(|state| {
+            state.pending_xids.push(event);
+            Ok(())
         })
     }
 
@@ -718,6 +741,12 @@ impl MigBackend for SimBackend {
     fn processes(&self, gpu: u32) -> Result<Vec<ProcessInfo>, BackendError> {
         self.with_gpu(gpu, |g| Ok(g.state.processes.clone()))
     }
+
+    /// Every pending Xid, at once: the simulated node never waits (so never longer than
+    /// `timeout_ms`), since nothing can raise an Xid while this call holds the state.
+    fn wait_xid_events(&self, _timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError> {
+        self.with_state(|state| Ok(std::mem::take(&mut state.pending_xids)))
+    }
 }
 
 impl Gpu<'_> {
@@ -808,6 +837,9 @@ fn check_state(state: &SimState) -> Result<(), String> {
         if !gpu.mig.current && !gpu.gpu_instances.is_empty() {
             return Err(format!("corrupt: GPU {i} has GPU instances but MIG disabled"));
         }
+    }
+    if let Some(x) = state.pending_xids.iter().find(|x| x.gpu >= state.spec.gpu_count()) {
+        return Err(format!("corrupt: a pending {x} names a GPU the node does not have"));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::backend::{
     BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, MigBackend,
     MigMode, PlacementRange, ProcessInfo,
 };
+use crate::health::XidEvent;
 use crate::sim::SimBackend;
 
 /// Wraps a [`SimBackend`]; every call goes through unless a fault says otherwise.
@@ -114,5 +115,8 @@ impl MigBackend for Wrapped {
     }
     fn processes(&self, gpu: u32) -> Result<Vec<ProcessInfo>, BackendError> {
         self.inner.processes(gpu)
+    }
+    fn wait_xid_events(&self, timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError> {
+        self.inner.wait_xid_events(timeout_ms)
     }
 }

@@ -95,7 +95,12 @@ pub fn node_view(backend: &dyn MigBackend) -> Result<Vec<GpuView>, BackendError>
 
 fn view_of(backend: &dyn MigBackend, device: DeviceInfo) -> Result<GpuView, BackendError> {
     let gpu = device.index;
-    let mig = backend.mig_mode(gpu)?;
+    // A GPU without MIG at all (NVML: NOT_SUPPORTED) is shown with MIG off, so a node that
+    // mixes MIG and non-MIG GPUs can still be listed.
+    let mig = match backend.mig_mode(gpu) {
+        Err(BackendError::NotSupported { .. }) => MigMode { current: false, pending: false },
+        other => other?,
+    };
     let model = device.model();
     let mut instances = Vec::new();
     if mig.current {

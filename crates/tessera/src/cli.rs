@@ -25,12 +25,28 @@ pub struct Global {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Which GPUs to drive: NVML when its library loads and finds GPUs, else the simulated node.
+    #[arg(long, global = true, env = "TESSERA_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// The NVML library to load [default: libnvidia-ml.so.1 from the loader's path].
+    #[arg(long = "nvml-library", global = true, env = "TESSERA_NVML_LIBRARY", value_name = "PATH")]
+    pub nvml_library: Option<PathBuf>,
     /// Hardware of the simulated node, e.g. `8xH100-80GB,numa=2` (the default) or `2xA100-40GB+1xA30`.
     #[arg(long = "sim", global = true, env = "TESSERA_SIM", value_name = "SPEC")]
     pub sim: Option<String>,
     /// File holding the simulated node's state [default: $XDG_STATE_HOME/tessera/sim-node.json].
     #[arg(long = "sim-state", global = true, env = "TESSERA_SIM_STATE", value_name = "PATH")]
     pub sim_state: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// NVML if `libnvidia-ml.so.1` loads and finds a GPU, otherwise the simulated node.
+    Auto,
+    /// Real GPUs through NVML; an error if NVML cannot be used.
+    Nvml,
+    /// The simulated node (state in a file).
+    Sim,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,11 +68,14 @@ pub enum Command {
 pub enum MigCommand {
     /// The node's GPUs: MIG mode, instances and a slice map.
     Gpus,
-    /// GPU-instance profiles and placements of a model (like `nvidia-smi mig -lgip` / `-lgipp`).
+    /// GPU-instance profiles and placements (like `nvidia-smi mig -lgip` / `-lgipp`).
+    ///
+    /// With `--gpu MODEL`, from the catalog. Without it, as the node's driver reports them for
+    /// each GPU, compared with the catalog (the driver wins).
     Profiles {
         /// GPU model: short name (`A100-40GB`), NVML name (`NVIDIA A100-SXM4-40GB`) or PCI id (`0x20B0`).
         #[arg(long, value_name = "MODEL")]
-        gpu: String,
+        gpu: Option<String>,
     },
     /// Plan explicit placements for profiles on a GPU model, without touching any hardware.
     ///
@@ -100,6 +119,29 @@ pub enum MigCommand {
         /// Name of the config in the output.
         #[arg(short = 'c', long = "config-name", default_value = "current")]
         config_name: String,
+    },
+    /// Health of the GPUs and their instances from NVML Xid events, classified after NVIDIA's
+    /// Xid catalog. Unhealthy GPUs and instances recover once they are healthy again.
+    Health {
+        /// Keep watching for this many seconds, printing every change (0: report what is pending).
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        watch: f64,
+        /// A fatal error clears after a successful probe this long after the last one.
+        #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+        recovery_quiet: f64,
+    },
+    /// Simulated node only: raise an Xid error, as the driver would report it.
+    Xid {
+        #[arg(value_name = "GPU")]
+        gpu: u32,
+        #[arg(value_name = "XID")]
+        xid: u64,
+        /// Contain it to this GPU instance.
+        #[arg(long = "gi", value_name = "ID")]
+        gpu_instance: Option<u32>,
+        /// And this compute instance.
+        #[arg(long = "ci", value_name = "ID", requires = "gpu_instance")]
+        compute_instance: Option<u32>,
     },
     /// Simulated node only: mark a GPU instance as in use by a (simulated) process.
     Busy {

@@ -270,3 +270,30 @@ fn unknown_gpu_everywhere() {
     assert_eq!(b.processes(1).unwrap_err().kind(), "not_found");
     assert_eq!(b.set_mig_mode(1, true).unwrap_err().kind(), "not_found");
 }
+
+#[test]
+fn xids_are_kept_in_the_state_and_consumed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let s = spec("2xA100-40GB");
+    let a = SimBackend::open(&path, Some(&s)).unwrap();
+    assert!(a.wait_xid_events(1000).unwrap().is_empty(), "nothing pending: returns at once");
+    a.raise_xid(1, 94, Some(7), Some(0)).unwrap();
+    a.raise_xid(0, 79, None, None).unwrap();
+    let e = a.raise_xid(5, 79, None, None).unwrap_err();
+    assert!(matches!(e, BackendError::NotFound { .. }), "{e}");
+    // Another handle on the same file (another process) sees and consumes them.
+    let b = SimBackend::open(&path, Some(&s)).unwrap();
+    let got = b.wait_xid_events(0).unwrap();
+    assert_eq!(
+        got,
+        [
+            XidEvent { gpu: 1, xid: 94, gpu_instance_id: Some(7), compute_instance_id: Some(0) },
+            XidEvent { gpu: 0, xid: 79, gpu_instance_id: None, compute_instance_id: None },
+        ]
+    );
+    assert!(a.wait_xid_events(0).unwrap().is_empty(), "delivered once");
+    // A state file of an older build (no pending_xids) still reads.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("pending_xids"), "empty lists are not written");
+}

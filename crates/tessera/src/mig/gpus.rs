@@ -136,7 +136,7 @@ fn print_gpu(v: &GpuView) {
                     format!("{}:{}", i.instance.start, i.placement_size),
                     numa.clone(),
                     c.uuid.clone(),
-                    c.caps_minor.to_string(),
+                    c.caps_minor.map_or_else(|| "-".to_string(), |m| m.to_string()),
                     state.clone(),
                 ]);
             }

@@ -2,6 +2,7 @@
 
 mod config;
 mod gpus;
+mod health;
 mod layouts;
 mod plan;
 mod profiles;
@@ -15,7 +16,8 @@ use crate::cli::{Global, MigCommand, Output};
 pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
     match cmd {
         MigCommand::Gpus => gpus::run(global),
-        MigCommand::Profiles { gpu } => profiles::run(global.output, &gpu),
+        MigCommand::Profiles { gpu: Some(gpu) } => profiles::run(global.output, &gpu),
+        MigCommand::Profiles { gpu: None } => profiles::run_node(global),
         MigCommand::Plan { gpu, existing, per_gpu_numa, profiles } => {
             plan::run(global.output, &gpu, &existing, per_gpu_numa, &profiles)
         }
@@ -23,6 +25,10 @@ pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
         MigCommand::Apply { config, dry_run } => config::apply(global, &config, dry_run),
         MigCommand::Assert { config } => config::assert(global, &config),
         MigCommand::Export { config_name } => config::export(global, &config_name),
+        MigCommand::Health { watch, recovery_quiet } => health::run(global, watch, recovery_quiet),
+        MigCommand::Xid { gpu, xid, gpu_instance, compute_instance } => {
+            sim::xid(global, gpu, xid, gpu_instance, compute_instance)
+        }
         MigCommand::Busy { target, pid } => sim::busy(global, &target, pid),
         MigCommand::Idle { target } => sim::idle(global, &target),
     }

@@ -5,7 +5,8 @@ use serde_json::json;
 use tessera_mig::Profile;
 
 use super::{human, model_arg, print_json};
-use crate::cli::Output;
+use crate::cli::{Global, Output};
+use crate::node;
 use crate::render::{Table, placements};
 
 pub fn run(output: Output, gpu: &str) -> anyhow::Result<()> {
@@ -101,4 +102,115 @@ fn numa_column(m: &tessera_mig::GpuModel, p: &Profile) -> String {
         .map(|&s| m.gpu_numa_node(s, p.placement_size).map_or("-".to_string(), |n| n.to_string()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// One driver-reported profile next to the catalog's view of it.
+struct Compared {
+    driver: tessera_gpu::GpuInstanceProfileInfo,
+    placements: Vec<tessera_gpu::PlacementRange>,
+    verdict: String,
+}
+
+fn compare(
+    m: Option<&tessera_mig::GpuModel>,
+    d: &tessera_gpu::GpuInstanceProfileInfo,
+    driver: &[tessera_gpu::PlacementRange],
+) -> String {
+    let Some(m) = m else { return "no catalog model".into() };
+    let Some(p) = m.profile_by_id(d.id) else { return "not in the catalog (driver wins)".into() };
+    let mut diffs = Vec::new();
+    let name = d.name.trim_start_matches("MIG ").to_string();
+    if name != p.name && !p.aka.contains(&name) {
+        diffs.push(format!("name {} vs catalog {}", name, p.name));
+    }
+    if d.max_count != p.max_count {
+        diffs.push(format!("count {} vs {}", d.max_count, p.max_count));
+    }
+    let starts: Vec<u8> = driver.iter().map(|r| r.start).collect();
+    if starts != p.placements || driver.iter().any(|r| r.size != p.placement_size) {
+        diffs.push(format!(
+            "placements {} vs {}",
+            placements_text(driver),
+            placements(&p.placements, p.placement_size)
+        ));
+    }
+    if let Some(mib) = p.memory_mib
+        && d.memory_mib != mib
+    {
+        diffs.push(format!("memory {} vs {} MiB", d.memory_mib, mib));
+    }
+    if diffs.is_empty() { "matches".into() } else { format!("differs: {}", diffs.join("; ")) }
+}
+
+fn placements_text(p: &[tessera_gpu::PlacementRange]) -> String {
+    let starts: Vec<u8> = p.iter().map(|r| r.start).collect();
+    placements(&starts, p.first().map_or(0, |r| r.size))
+}
+
+/// `tessera mig profiles` without `--gpu`: what the node's driver reports, checked against the catalog.
+pub fn run_node(global: &Global) -> anyhow::Result<()> {
+    let node = node::open(global)?;
+    let backend = node.backend();
+    let mut out = Vec::new();
+    for dev in backend.devices()? {
+        let model = dev.model();
+        let mode = backend.mig_mode(dev.index)?;
+        let profiles = if mode.current {
+            let mut rows = Vec::new();
+            for d in backend.gpu_instance_profiles(dev.index)? {
+                let placements = backend.possible_placements(dev.index, d.id)?;
+                let verdict = compare(model, &d, &placements);
+                rows.push(Compared { driver: d, placements, verdict });
+            }
+            Some(rows)
+        } else {
+            None
+        };
+        out.push((dev, model, mode, profiles));
+    }
+    if !human(global.output) {
+        print_json(&json!({
+            "node": node.description,
+            "gpus": out.iter().map(|(dev, model, mode, rows)| json!({
+                "index": dev.index, "name": dev.name, "model": model.map(|m| m.name.clone()),
+                "mig": {"current": mode.current, "pending": mode.pending},
+                "profiles": rows.as_ref().map(|rows| rows.iter().map(|c| json!({
+                    "id": c.driver.id, "name": c.driver.name, "max_count": c.driver.max_count,
+                    "compute_slices": c.driver.compute_slices, "memory_mib": c.driver.memory_mib,
+                    "sm_count": c.driver.sm_count,
+                    "placements": c.placements.iter().map(|r| json!({"start": r.start, "size": r.size})).collect::<Vec<_>>(),
+                    "catalog": c.verdict,
+                })).collect::<Vec<_>>()),
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!("GPU instance profiles as the driver reports them ({}):", node.description);
+    for (dev, model, mode, rows) in &out {
+        println!();
+        println!(
+            "GPU {}  {}  ({})  MIG {mode}",
+            dev.index,
+            dev.name,
+            model.map_or("not in the catalog", |m| m.name.as_str())
+        );
+        let Some(rows) = rows else {
+            println!("  MIG is disabled: the driver reports no profiles (Tessera does not change the mode here)");
+            continue;
+        };
+        let mut t = Table::new(&["ID", "NAME", "COUNT", "MEMORY", "SMs", "PLACEMENTS", "CATALOG"]);
+        for c in rows {
+            t.row(vec![
+                c.driver.id.to_string(),
+                c.driver.name.trim_start_matches("MIG ").to_string(),
+                c.driver.max_count.to_string(),
+                format!("{} MiB", c.driver.memory_mib),
+                c.driver.sm_count.to_string(),
+                placements_text(&c.placements),
+                c.verdict.clone(),
+            ]);
+        }
+        print!("{}", t.render(2));
+    }
+    Ok(())
 }

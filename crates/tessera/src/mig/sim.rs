@@ -32,7 +32,7 @@ pub fn busy(global: &Global, text: &str, pid: u32) -> anyhow::Result<()> {
     let Some(ci) = inst.compute_instances.first() else {
         bail!("GPU {gpu} GPU instance {gi} has no compute instance for a process to run in");
     };
-    node.sim.attach_process(gpu, gi, ci.id, pid, "simulated-job")?;
+    node.sim("tessera mig busy")?.attach_process(gpu, gi, ci.id, pid, "simulated-job")?;
     if human(global.output) {
         println!("GPU {gpu} GPU instance {gi} ({}) is now busy: pid {pid}", inst.profile_name);
     } else {
@@ -49,7 +49,7 @@ pub fn idle(global: &Global, text: &str) -> anyhow::Result<()> {
         bail!("GPU {gpu} has no GPU instance {gi}");
     };
     for p in &inst.processes {
-        node.sim.detach_process(gpu, p.pid)?;
+        node.sim("tessera mig idle")?.detach_process(gpu, p.pid)?;
     }
     if human(global.output) {
         println!(
@@ -59,6 +59,20 @@ pub fn idle(global: &Global, text: &str) -> anyhow::Result<()> {
         );
     } else {
         print_json(&json!({"gpu": gpu, "gpu_instance_id": gi, "busy": false, "ended": inst.processes.len()}));
+    }
+    Ok(())
+}
+
+pub fn xid(global: &Global, gpu: u32, xid: u64, gi: Option<u32>, ci: Option<u32>) -> anyhow::Result<()> {
+    let node = node::open(global)?;
+    node.sim("tessera mig xid")?.raise_xid(gpu, xid, gi, ci)?;
+    let class = tessera_gpu::health::classify(xid);
+    if human(global.output) {
+        println!("raised Xid {xid} ({}, {}) on GPU {gpu}", class.name, class.severity);
+    } else {
+        print_json(
+            &json!({"gpu": gpu, "xid": xid, "gpu_instance_id": gi, "compute_instance_id": ci, "severity": class.severity}),
+        );
     }
     Ok(())
 }
