@@ -1,0 +1,82 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, written out by hand next to the router it
+//! describes; a test checks that every route is documented.
+
+use serde_json::{Value, json};
+
+fn error_responses() -> Value {
+    json!({
+        "400": {"description": "Malformed JSON, unknown fields or bad parameters", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "401": {"description": "Unknown caller (no peer credentials, or a missing or wrong bearer token)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "403": {"description": "The caller may not do this (another user's job, or admin only)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "404": {"description": "No such job, GPU or endpoint", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "422": {"description": "Well-formed but impossible (e.g. more GPU memory than any profile has)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    })
+}
+
+fn op(summary: &str, params: Value, body: Option<&str>, ok: &str) -> Value {
+    let mut responses = error_responses();
+    responses["200"] = json!({"description": ok, "content": {"application/json": {"schema": {"type": "object"}}}});
+    let mut o = json!({"summary": summary, "parameters": params, "responses": responses});
+    if let Some(schema) = body {
+        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    }
+    o
+}
+
+fn id_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}})
+}
+
+/// Every documented path, for the router test.
+pub const PATHS: &[&str] = &[
+    "/openapi.json",
+    "/v1/jobs",
+    "/v1/jobs/{id}",
+    "/v1/jobs/{id}/cancel",
+    "/v1/jobs/{id}/logs",
+    "/v1/jobs/{id}/wait",
+    "/v1/gpus",
+    "/v1/gpus/{gpu}/drain",
+    "/v1/gpus/{gpu}/undrain",
+    "/v1/health",
+];
+
+pub fn document() -> Value {
+    let mut submit = op("Submit a job; returns its id", json!([]), Some("SubmitBody"), "Created");
+    submit["responses"]["201"] = json!({"description": "Queued", "content": {"application/json": {"schema": {"type": "object", "properties": {"id": {"type": "integer"}}}}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Tessera", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Submit GPU work to a node; Tessera places it on a MIG slice next to the right CPUs, fairly among tenants. On the Unix socket the caller is the socket peer; on TCP, send `Authorization: Bearer <token>`."},
+        "paths": {
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/v1/jobs": {
+                "post": submit,
+                "get": op("The caller's jobs (admins: all with all=true)", json!([
+                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states"},
+                    {"name": "all", "in": "query", "schema": {"type": "boolean"}}]), None, "Jobs")
+            },
+            "/v1/jobs/{id}": {"get": op("One job, with its state, reason and placement", json!([id_param()]), None, "The job")},
+            "/v1/jobs/{id}/cancel": {"post": op("Cancel a job (SIGTERM, then SIGKILL after the grace period)", json!([id_param()]), None, "Cancelling")},
+            "/v1/jobs/{id}/logs": {"get": op("Log bytes from an offset", json!([id_param(),
+                {"name": "rank", "in": "query", "schema": {"type": "integer"}},
+                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer"}}]), None, "Base64 data and the next offset")},
+            "/v1/jobs/{id}/wait": {"get": op("Wait until the job ends", json!([id_param(),
+                {"name": "timeout_ms", "in": "query", "schema": {"type": "integer"}}]), None, "The job")},
+            "/v1/gpus": {"get": op("GPUs, instances, and which job runs where", json!([]), None, "Slice map")},
+            "/v1/gpus/{gpu}/drain": {"post": op("Admins: place no new work on a GPU", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Draining")},
+            "/v1/gpus/{gpu}/undrain": {"post": op("Admins: place work on a GPU again", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Open")},
+            "/v1/health": {"get": op("Node health", json!([]), None, "Health")}
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "SubmitBody": {"type": "object", "additionalProperties": false, "required": ["command", "cwd", "resources"], "properties": {
+                "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                "cwd": {"type": "string"},
+                "resources": {"type": "object", "description": "The scheduler's job request: gpu (memory_mib | compute_slices | profile | whole_gpu | instances), ranks, gpu_numa_local, sharing (exclusive | mps | time_slice), cpus, mem_mib, numa, tenant, priority, runtime_estimate_ms, time_limit_ms"}
+            }}
+        }}
+    })
+}
