@@ -1,1 +1,79 @@
-//! (being written)
+//! Running jobs: the per-job supervisor ("shim"), launch as the submitting user, CPU affinity
+//! and NUMA memory binding, logs, time limits, cancel, adoption after a daemon restart, and MPS
+//! control. The executor of `docs/design/daemon.md`.
+//!
+//! The daemon calls [`launch()`] with a [`JobSpec`]; that writes `<job_dir>/spec.json` and starts
+//! `tessera shim --job-dir <job_dir>` (whose body is [`run_shim`]) in its own session, so the
+//! job outlives the daemon. The shim starts every rank in its own session and process group,
+//! bound to its CPUs and NUMA node and running as the user, enforces the time limit, turns
+//! `SIGTERM` into a cancel, stops the other ranks when one fails, and writes `status.json`
+//! ([`Outcome`]) when the job ends. After a restart the daemon calls [`inspect`] on each job
+//! directory: [`ShimState::Running`] (adopt), [`ShimState::Finished`] or [`ShimState::Lost`].
+//!
+//! Module map:
+//! * [`spec`]: [`JobSpec`], [`RankSpec`], [`rank_env`].
+//! * [`binding`]: CPU set and NUMA node reconciled with the shim's own cpuset (the rules).
+//! * [`syscalls`]: the [`Syscalls`] seam, [`RecordingSyscalls`], the child's set-up sequence;
+//!   `sys` (private) holds every `unsafe` libc call.
+//! * [`shim`]: the supervisor. [`launch`](mod@launch): the daemon's side.
+//! * [`status`]: the job directory's files. [`mps`]: MPS control.
+//! * [`cpulist`]: the kernel's `0-3,8` list format.
+
+mod error;
+mod procfs;
+mod sys;
+
+pub mod binding;
+pub mod cpulist;
+pub mod launch;
+pub mod mps;
+pub mod shim;
+pub mod spec;
+pub mod status;
+pub mod syscalls;
+
+pub use binding::{Allowed, RankBinding, plan_binding};
+pub use cpulist::{format_cpulist, parse_cpulist};
+pub use error::ExecError;
+pub use launch::{cancel, inspect, kill_orphans, launch, tail_log, tail_stream};
+pub use mps::{MpsControl, NvidiaMps, RecordingMps};
+pub use shim::run_shim;
+pub use spec::{JobSpec, MpsClient, RankSpec, rank_env};
+pub use status::{JobState, LogStream, Outcome, RankOutcome, ShimState, log_path};
+pub use sys::{LinuxSyscalls, effective_gid, effective_uid};
+pub use syscalls::{RecordingSyscalls, Syscalls};
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Parses the shim's own arguments (`--job-dir DIR` or `--job-dir=DIR`; anything else is an
+/// error), for binaries that expose [`run_shim`] without an argument parser of their own.
+pub fn parse_shim_args(args: impl IntoIterator<Item = OsString>) -> Result<PathBuf, String> {
+    let mut args = args.into_iter();
+    let mut dir = None;
+    while let Some(arg) = args.next() {
+        if arg == "--job-dir" {
+            dir = Some(PathBuf::from(args.next().ok_or("--job-dir needs a directory")?));
+        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--job-dir=")) {
+            dir = Some(PathBuf::from(value));
+        } else {
+            return Err(format!("unexpected argument {arg:?}"));
+        }
+    }
+    dir.ok_or_else(|| "usage: --job-dir DIR".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_args() {
+        let a = |v: &[&str]| parse_shim_args(v.iter().map(OsString::from));
+        assert_eq!(a(&["--job-dir", "/j"]), Ok(PathBuf::from("/j")));
+        assert_eq!(a(&["--job-dir=/j"]), Ok(PathBuf::from("/j")));
+        assert!(a(&[]).is_err());
+        assert!(a(&["--job-dir"]).is_err());
+        assert!(a(&["--other"]).is_err());
+    }
+}

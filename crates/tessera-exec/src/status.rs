@@ -1,0 +1,284 @@
+//! The job directory's files and what they hold: [`Outcome`] (`status.json`), the shim's pid
+//! file, the rank table (`ranks.json`) and log paths; plus the atomic write all of them use.
+//!
+//! ```text
+//! <job_dir>/spec.json          JobSpec, written by `launch`
+//! <job_dir>/shim.pid           the shim's pid, written by the shim before it starts any rank
+//! <job_dir>/ranks.json         RankTable: each rank's pid and start time, once started
+//! <job_dir>/status.json        Outcome, written once, when the job has ended
+//! <job_dir>/shim.log           the shim's own stdout and stderr
+//! <job_dir>/stdout.log         rank 0 (stderr.log likewise)
+//! <job_dir>/rank-N.stdout.log  rank N > 0 (rank-N.stderr.log likewise)
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ExecError;
+
+pub const SPEC_FILE: &str = "spec.json";
+pub const PID_FILE: &str = "shim.pid";
+pub const RANKS_FILE: &str = "ranks.json";
+pub const STATUS_FILE: &str = "status.json";
+pub const SHIM_LOG: &str = "shim.log";
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Every rank exited with code 0.
+    Succeeded,
+    /// A rank exited non-zero, was killed by a signal it was not sent by the shim, or could not
+    /// be started; the others were stopped.
+    Failed,
+    /// The shim got SIGTERM or SIGINT (the daemon's cancel) and stopped the ranks.
+    Cancelled,
+    /// The time limit passed and the shim stopped the ranks.
+    TimedOut,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// One rank's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankOutcome {
+    pub rank: u32,
+    /// `None` if the rank was never started.
+    pub pid: Option<u32>,
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Terminating signal, when it was killed.
+    pub signal: Option<i32>,
+    /// CPUs it was bound to (list form), `None` if not bound.
+    pub cpus: Option<String>,
+    /// NUMA node its memory was bound to, `None` if not bound.
+    pub mem_node: Option<u32>,
+}
+
+/// `status.json`: the job's end, written atomically by the shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub state: JobState,
+    pub ranks: Vec<RankOutcome>,
+    /// The rank whose failure ended the job (state `failed` only).
+    pub failed_rank: Option<u32>,
+    /// One human sentence: why the job ended as it did.
+    pub detail: String,
+    /// Unix time in milliseconds when the shim started / wrote this.
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    /// Where the binding differs from the request (CPUs outside the cpuset, absent NUMA node),
+    /// and other notes (leftover processes killed).
+    pub binding_notes: Vec<String>,
+}
+
+/// A started rank, as `ranks.json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankProc {
+    pub rank: u32,
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot): tells our process from a later
+    /// one that reuses the pid.
+    pub start_time: u64,
+}
+
+/// `ranks.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankTable {
+    pub shim_pid: u32,
+    pub ranks: Vec<RankProc>,
+}
+
+/// What a job directory says about its job (see [`crate::inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ShimState {
+    /// The shim is alive (its `/proc/<pid>/cmdline` names the job directory).
+    Running { shim_pid: u32 },
+    /// `status.json` is there.
+    Finished(Outcome),
+    /// No live shim and no `status.json`: the exit status is unknown.
+    Lost {
+        detail: String,
+        /// Processes of the job's rank sessions that are still alive (normally none: ranks get
+        /// `SIGKILL` when the shim dies, but their children do not). See [`crate::kill_orphans`].
+        survivors: Vec<u32>,
+    },
+}
+
+/// Which output stream of a rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// `stdout.log`/`stderr.log` for rank 0, `rank-N.stdout.log`/`rank-N.stderr.log` otherwise.
+pub fn log_path(job_dir: &Path, rank: u32, stream: LogStream) -> PathBuf {
+    let name = match stream {
+        LogStream::Stdout => "stdout.log",
+        LogStream::Stderr => "stderr.log",
+    };
+    if rank == 0 { job_dir.join(name) } else { job_dir.join(format!("rank-{rank}.{name}")) }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, `fsync`,
+/// `rename`, then `fsync` of the directory, so a crash leaves the old file or the new one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        // A stale temporary (or a planted symlink) is removed, and the new one must be created
+        // by us: the directory may be writable by the job's user.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ExecError::io("writing", path, e)
+    })
+}
+
+/// Writes a value as pretty JSON, atomically.
+pub(crate) fn write_json<T: Serialize>(path: &Path, what: &'static str, value: &T) -> Result<(), ExecError> {
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|source| ExecError::Json { what, path: path.into(), source })?;
+    text.push(b'\n');
+    write_atomic(path, &text)
+}
+
+/// Reads a JSON file; `Ok(None)` when it does not exist.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<Option<T>, ExecError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| ExecError::Json {
+            what,
+            path: path.into(),
+            source,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ExecError::io("reading", path, e)),
+    }
+}
+
+/// Reads `shim.pid`; `Ok(None)` when it does not exist.
+pub(crate) fn read_pid_file(job_dir: &Path) -> Result<Option<u32>, ExecError> {
+    let path = job_dir.join(PID_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u32>().map(Some).map_err(|_| {
+            ExecError::io("parsing", &path, io::Error::new(io::ErrorKind::InvalidData, format!("not a pid: {text:?}")))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ExecError::io("reading", path, e)),
+    }
+}
+
+/// Opens a log for appending without following a symlink, creating it `0640` and, when
+/// `owner` is given, owned by that uid/gid.
+pub(crate) fn open_log(path: &Path, owner: Option<(u32, u32)>) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut create = OpenOptions::new();
+    create.append(true).create_new(true).mode(0o640).custom_flags(libc::O_NOFOLLOW);
+    match create.open(path) {
+        Ok(file) => {
+            file.set_permissions(fs::Permissions::from_mode(0o640))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+            }
+            Ok(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            OpenOptions::new().append(true).custom_flags(libc::O_NOFOLLOW).open(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_names() {
+        let d = Path::new("/j");
+        assert_eq!(log_path(d, 0, LogStream::Stdout), Path::new("/j/stdout.log"));
+        assert_eq!(log_path(d, 0, LogStream::Stderr), Path::new("/j/stderr.log"));
+        assert_eq!(log_path(d, 2, LogStream::Stdout), Path::new("/j/rank-2.stdout.log"));
+        assert_eq!(log_path(d, 2, LogStream::Stderr), Path::new("/j/rank-2.stderr.log"));
+    }
+
+    #[test]
+    fn outcome_json_shape() {
+        let o = Outcome {
+            state: JobState::TimedOut,
+            ranks: vec![RankOutcome {
+                rank: 0,
+                pid: Some(10),
+                code: None,
+                signal: Some(15),
+                cpus: None,
+                mem_node: None,
+            }],
+            failed_rank: None,
+            detail: "x".into(),
+            started_ms: 1,
+            ended_ms: 2,
+            binding_notes: vec![],
+        };
+        let v: serde_json::Value = serde_json::to_value(&o).unwrap();
+        assert_eq!(v["state"], "timed_out");
+        assert_eq!(v["ranks"][0]["signal"], 15);
+        let s = ShimState::Lost { detail: "gone".into(), survivors: vec![] };
+        assert_eq!(serde_json::to_value(&s).unwrap()["state"], "lost");
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("status.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(read_json::<Outcome>(&dir.path().join("missing.json"), "outcome").unwrap().is_none());
+        let err = read_json::<Outcome>(&p, "job outcome").unwrap_err().to_string();
+        assert!(err.contains("status.json") && err.contains("job outcome"), "{err}");
+    }
+
+    #[test]
+    fn logs_are_0640_and_refuse_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stdout.log");
+        let mut f = open_log(&p, None).unwrap();
+        f.write_all(b"a").unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        let mut f = open_log(&p, None).unwrap();
+        f.write_all(b"b").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"ab");
+        let link = dir.path().join("stderr.log");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(open_log(&link, None).is_err());
+    }
+}

@@ -1,0 +1,342 @@
+#![allow(unsafe_code)]
+//! Every raw libc call the executor makes, in one place.
+//!
+//! * [`LinuxSyscalls`], the real [`Syscalls`]: `close_range`, `setsid`, `sched_setaffinity` and
+//!   `set_mempolicy` (raw `syscall(2)`, with the mask length the mask has), `setgroups`,
+//!   `setgid`, `setuid`, `prctl(PR_SET_PDEATHSIG)`, `getppid`, `chdir`, `write(2)`, `kill`,
+//!   `killpg`.
+//! * The two `pre_exec` hooks ([`spawn_rank`], [`spawn_session_leader`]). Their closures only
+//!   read data built before the fork and call `LinuxSyscalls`, so they allocate nothing and take
+//!   no lock, as the child of a (possibly multi-threaded) process must.
+//! * The shim's signal handling ([`prepare_shim_signals`]): two `extern "C"` handlers that
+//!   store into atomics and nothing else.
+//! * Identity look-ups: `geteuid`, `getegid`, `getpwuid_r`, `getgrouplist`.
+//! * `sched_getaffinity` of the calling process ([`own_affinity`]).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::mem::{MaybeUninit, size_of_val};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use libc::{c_int, c_ulong};
+
+use crate::syscalls::{ChildPlan, CpuMask, Errno, NodeMask, Syscalls, apply_child_setup, checked_pid};
+
+fn last_errno() -> Errno {
+    // `last_os_error` reads errno; it does not allocate.
+    Errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn check(rc: c_int) -> Result<(), Errno> {
+    if rc < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+/// The real syscalls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinuxSyscalls;
+
+impl Syscalls for LinuxSyscalls {
+    fn mark_fds_cloexec(&self, from: u32) -> Result<(), Errno> {
+        // SAFETY: close_range only changes descriptor flags; integer arguments only.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_close_range, from as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
+        };
+        if rc < 0 { Err(last_errno()) } else { Ok(()) }
+    }
+
+    fn setsid(&self) -> Result<(), Errno> {
+        // SAFETY: setsid takes no arguments and touches no memory of ours.
+        let rc = unsafe { libc::setsid() };
+        check(rc)
+    }
+
+    fn set_affinity(&self, mask: &CpuMask) -> Result<(), Errno> {
+        let words = mask.words();
+        // SAFETY: the pointer and byte length describe the live slice `words`, which the kernel
+        // only reads; pid 0 is the calling thread (the only thread of a forked child).
+        let rc =
+            unsafe { libc::syscall(libc::SYS_sched_setaffinity, 0 as libc::pid_t, size_of_val(words), words.as_ptr()) };
+        if rc < 0 { Err(last_errno()) } else { Ok(()) }
+    }
+
+    fn set_mempolicy_bind(&self, nodes: &NodeMask) -> Result<(), Errno> {
+        let words = nodes.words();
+        // SAFETY: `maxnode` is at most one more than the number of bits in `words` (see
+        // `NodeMask::maxnode`; the kernel decrements it first), so the kernel reads only inside
+        // the live slice, and only reads it.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_set_mempolicy, libc::MPOL_BIND, words.as_ptr(), nodes.maxnode() as c_ulong)
+        };
+        if rc < 0 { Err(last_errno()) } else { Ok(()) }
+    }
+
+    fn setgroups(&self, groups: &[u32]) -> Result<(), Errno> {
+        // SAFETY: pointer and count describe the live slice; gid_t is u32 on Linux.
+        let rc = unsafe { libc::setgroups(groups.len(), groups.as_ptr()) };
+        check(rc)
+    }
+
+    fn setgid(&self, gid: u32) -> Result<(), Errno> {
+        // SAFETY: plain integer argument. Used in a forked child, which has one thread, so
+        // glibc's cross-thread set*id broadcast has nothing to do (std's own `uid()` does this).
+        let rc = unsafe { libc::setgid(gid) };
+        check(rc)
+    }
+
+    fn setuid(&self, uid: u32) -> Result<(), Errno> {
+        // SAFETY: as for setgid.
+        let rc = unsafe { libc::setuid(uid) };
+        check(rc)
+    }
+
+    fn set_parent_death_signal(&self, sig: i32) -> Result<(), Errno> {
+        // SAFETY: PR_SET_PDEATHSIG takes the signal number as an integer; the other arguments
+        // are unused and passed as 0.
+        let rc =
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as c_ulong, 0 as c_ulong, 0 as c_ulong, 0 as c_ulong) };
+        check(rc)
+    }
+
+    fn parent_pid(&self) -> u32 {
+        // SAFETY: getppid takes no arguments and cannot fail.
+        let pid = unsafe { libc::getppid() };
+        u32::try_from(pid).unwrap_or(0)
+    }
+
+    fn chdir(&self, dir: &CStr) -> Result<(), Errno> {
+        // SAFETY: `dir` is a valid NUL-terminated string that outlives the call.
+        let rc = unsafe { libc::chdir(dir.as_ptr()) };
+        check(rc)
+    }
+
+    fn write_diag(&self, msg: &[u8]) {
+        // SAFETY: pointer and length describe the live slice; a failed write is ignored (there
+        // is nowhere else to report it).
+        let _ = unsafe { libc::write(libc::STDERR_FILENO, msg.as_ptr().cast(), msg.len()) };
+    }
+
+    fn kill(&self, pid: u32, sig: i32) -> Result<(), Errno> {
+        let pid = checked_pid(pid)?;
+        // SAFETY: `pid` names one process (never 0, -1 or 1: see `checked_pid`).
+        let rc = unsafe { libc::kill(pid, sig) };
+        check(rc)
+    }
+
+    fn killpg(&self, pgid: u32, sig: i32) -> Result<(), Errno> {
+        let pgid = checked_pid(pgid)?;
+        // SAFETY: `pgid` names one process group (never 0, -1 or 1).
+        let rc = unsafe { libc::killpg(pgid, sig) };
+        check(rc)
+    }
+
+    fn pid_alive(&self, pid: u32) -> bool {
+        let Ok(pid) = checked_pid(pid) else { return false };
+        // SAFETY: signal 0 only checks that the process exists and may be signalled.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || last_errno() == Errno(libc::EPERM)
+    }
+}
+
+/// Spawns a rank: `plan` is applied by [`apply_child_setup`] between `fork` and `exec`. A setup
+/// failure makes `spawn` return that step's errno (and the step is written to the rank's
+/// stderr).
+pub(crate) fn spawn_rank(cmd: &mut Command, plan: ChildPlan) -> io::Result<Child> {
+    let hook = move || apply_child_setup(&LinuxSyscalls, &plan).map_err(|e| e.errno.into_io());
+    // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe work
+    // is allowed. It only reads `plan`, whose buffers were all allocated before the fork, and
+    // makes raw syscalls through `LinuxSyscalls` (no allocation, no locks); building the
+    // `io::Error` from an errno does not allocate either.
+    unsafe { cmd.pre_exec(hook) };
+    cmd.spawn()
+}
+
+/// Spawns a process as the leader of a new session (so it survives its parent and receives no
+/// terminal signals meant for the parent's session).
+pub(crate) fn spawn_session_leader(cmd: &mut Command) -> io::Result<Child> {
+    let hook = || {
+        let _ = LinuxSyscalls.mark_fds_cloexec(3);
+        LinuxSyscalls.setsid().map_err(Errno::into_io)
+    };
+    // SAFETY: the hook makes two raw syscalls (close_range, setsid) and allocates nothing.
+    unsafe { cmd.pre_exec(hook) };
+    cmd.spawn()
+}
+
+/// The calling thread's CPU affinity, read with a mask that grows until the kernel accepts it.
+pub(crate) fn own_affinity() -> io::Result<CpuMask> {
+    let mut len = 16usize; // 1024 CPUs, glibc's cpu_set_t
+    loop {
+        let mut words = vec![0 as c_ulong; len];
+        // SAFETY: the pointer and byte length describe `words`, which the kernel writes into
+        // (at most that many bytes).
+        let rc = unsafe {
+            libc::syscall(libc::SYS_sched_getaffinity, 0 as libc::pid_t, size_of_val(&words[..]), words.as_mut_ptr())
+        };
+        if rc >= 0 {
+            return Ok(CpuMask::from_words(words));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINVAL) && len < 1024 {
+            len *= 2;
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// The effective uid of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective gid of this process.
+pub fn effective_gid() -> u32 {
+    // SAFETY: getegid takes no arguments and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// The user's name and primary group from the user database, `None` if the uid is not there.
+pub(crate) fn user_entry(uid: u32) -> Option<(CString, u32)> {
+    let mut buf_len = 1024usize;
+    loop {
+        let mut buf = vec![0 as libc::c_char; buf_len];
+        let mut pwd = MaybeUninit::<libc::passwd>::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer refers to live, writable memory of the stated size; on success
+        // `result` points at `pwd`, whose strings point into `buf`.
+        let rc = unsafe { libc::getpwuid_r(uid, pwd.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf_len < (1 << 20) {
+            buf_len *= 4;
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: getpwuid_r succeeded and filled `pwd` (result == &pwd).
+        let pwd = unsafe { pwd.assume_init() };
+        if pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: pw_name is a NUL-terminated string inside `buf`, still alive here.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_owned();
+        return Some((name, pwd.pw_gid));
+    }
+}
+
+/// The supplementary groups of a user (like `initgroups`): the group database's groups of the
+/// uid's name plus `gid`; just `[gid]` when the uid has no entry.
+pub(crate) fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let Some((name, _)) = user_entry(uid) else { return vec![gid] };
+    let mut count: c_int = 32;
+    for _ in 0..8 {
+        let mut groups = vec![0 as libc::gid_t; count.max(1) as usize];
+        let mut n = groups.len() as c_int;
+        // SAFETY: `name` is NUL-terminated; `groups` has room for `n` entries and getgrouplist
+        // writes at most that many, updating `n`.
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n.max(0) as usize);
+            if !groups.contains(&gid) {
+                groups.insert(0, gid);
+            }
+            return groups;
+        }
+        count = n.max(count.saturating_mul(2));
+    }
+    vec![gid]
+}
+
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static STOP_COUNT: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_stop(sig: c_int) {
+    let _ = STOP_SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+    STOP_COUNT.fetch_add(1, Ordering::SeqCst);
+}
+
+extern "C" fn on_hangup(_sig: c_int) {}
+
+fn set_handler(sig: c_int, handler: libc::sighandler_t) -> io::Result<()> {
+    let mut sa = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a zeroed sigaction is a valid value (empty mask, no flags, SIG_DFL); we fill the
+    // handler and mask before passing it to the kernel, which only reads it.
+    let rc = unsafe {
+        let p = sa.as_mut_ptr();
+        (*p).sa_sigaction = handler;
+        (*p).sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut (*p).sa_mask);
+        libc::sigaction(sig, p, std::ptr::null_mut())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// The shim's signal set-up, done first thing:
+///
+/// * every catchable signal but `SIGPIPE` back to its default action, and nothing blocked, so
+///   no disposition the daemon had (an ignored `SIGCHLD` would make `waitpid` lose the ranks'
+///   statuses; an ignored `SIGINT` would be inherited by the ranks) leaks into the job;
+/// * `SIGTERM` and `SIGINT` record a stop request ([`stop_requests`]);
+/// * `SIGHUP` is caught and dropped (the shim has no terminal; a stray hang-up must not kill
+///   the supervisor). Caught signals revert to default in the ranks at `exec`.
+pub(crate) fn prepare_shim_signals() -> io::Result<()> {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGPIPE {
+            continue;
+        }
+        // Some numbers are reserved by the C library (none below 32 on glibc); ignore refusals.
+        let _ = set_handler(sig, libc::SIG_DFL);
+    }
+    set_handler(libc::SIGTERM, on_stop as extern "C" fn(c_int) as libc::sighandler_t)?;
+    set_handler(libc::SIGINT, on_stop as extern "C" fn(c_int) as libc::sighandler_t)?;
+    set_handler(libc::SIGHUP, on_hangup as extern "C" fn(c_int) as libc::sighandler_t)?;
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: sigemptyset initialises the set; sigprocmask reads it. Single-threaded shim.
+    let rc = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// How many stop signals (`SIGTERM`/`SIGINT`) the shim has received, and the first one (0 if
+/// none).
+pub(crate) fn stop_requests() -> (u32, i32) {
+    (STOP_COUNT.load(Ordering::SeqCst), STOP_SIGNAL.load(Ordering::SeqCst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_affinity_matches_proc_status() {
+        let mask = own_affinity().unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let listed = crate::binding::status_field(&status, "Cpus_allowed_list").unwrap();
+        // The test thread may have been bound differently from the process only if someone did
+        // so explicitly; nobody does here.
+        assert_eq!(crate::cpulist::format_cpulist(&mask.ids()), listed);
+    }
+
+    #[test]
+    fn pid_alive_sees_self_and_refuses_special_pids() {
+        assert!(LinuxSyscalls.pid_alive(std::process::id()));
+        assert!(!LinuxSyscalls.pid_alive(0));
+        assert!(!LinuxSyscalls.pid_alive(u32::MAX));
+        assert_eq!(LinuxSyscalls.kill(0, 0), Err(Errno(libc::ESRCH)));
+        assert_eq!(LinuxSyscalls.killpg(1, 0), Err(Errno(libc::ESRCH)));
+    }
+
+    #[test]
+    fn user_lookup() {
+        let (name, gid) = user_entry(0).expect("uid 0 is in every user database");
+        assert_eq!(name.to_str().unwrap(), "root");
+        assert_eq!(gid, 0);
+        assert!(user_groups(0, 0).contains(&0));
+        // A uid nobody has: just the primary group.
+        assert_eq!(user_groups(3_999_999_999, 12345), vec![12345]);
+    }
+}

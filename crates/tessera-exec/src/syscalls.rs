@@ -1,0 +1,455 @@
+//! The syscall seam (after youki's `Syscall` trait): every call that changes a process's
+//! scheduling, memory policy, session or identity, or signals a process, goes through
+//! [`Syscalls`]. [`crate::sys::LinuxSyscalls`] makes the real calls; [`RecordingSyscalls`]
+//! records them so tests can assert the exact masks and their order without root or NUMA
+//! hardware.
+//!
+//! [`apply_child_setup`] is what a rank runs between `fork` and `exec`. It is generic over the
+//! seam, so the production path (`pre_exec` with `LinuxSyscalls`) and the unit tests (with
+//! `RecordingSyscalls`) run the same sequence. Everything it touches is built before the fork
+//! ([`ChildPlan`]): it allocates nothing, and `LinuxSyscalls`' methods are plain syscalls, which
+//! keeps it async-signal-safe.
+
+use std::collections::BTreeSet;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+use std::sync::Mutex;
+
+use libc::c_ulong;
+
+/// An `errno` value. `Copy` and allocation-free, so it can leave a `pre_exec` hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// As an `io::Error` (allocation-free: the OS-error representation is packed).
+    pub fn into_io(self) -> io::Error {
+        io::Error::from_raw_os_error(self.0)
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.into_io())
+    }
+}
+
+const WORD_BITS: u32 = c_ulong::BITS;
+
+fn words_for(ids: &BTreeSet<u32>) -> Vec<c_ulong> {
+    let len = ids.iter().next_back().map_or(1, |&max| (max / WORD_BITS + 1) as usize);
+    let mut words = vec![0 as c_ulong; len];
+    for &id in ids {
+        words[(id / WORD_BITS) as usize] |= 1 << (id % WORD_BITS);
+    }
+    words
+}
+
+fn ids_of(words: &[c_ulong]) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    for (i, &word) in words.iter().enumerate() {
+        for bit in 0..WORD_BITS {
+            if word & (1 << bit) != 0 {
+                ids.insert(i as u32 * WORD_BITS + bit);
+            }
+        }
+    }
+    ids
+}
+
+/// A CPU set in the kernel's `sched_setaffinity` layout: bit `n % 64` of word `n / 64` is CPU
+/// `n`. Only as many words as the highest CPU needs (at least one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuMask {
+    words: Vec<c_ulong>,
+}
+
+impl CpuMask {
+    pub fn from_ids(ids: &BTreeSet<u32>) -> Self {
+        CpuMask { words: words_for(ids) }
+    }
+    pub fn from_words(words: Vec<c_ulong>) -> Self {
+        CpuMask { words }
+    }
+    pub fn words(&self) -> &[c_ulong] {
+        &self.words
+    }
+    pub fn ids(&self) -> BTreeSet<u32> {
+        ids_of(&self.words)
+    }
+}
+
+/// A NUMA node set in the kernel's `set_mempolicy` layout (same bit order as [`CpuMask`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMask {
+    words: Vec<c_ulong>,
+}
+
+impl NodeMask {
+    pub fn single(node: u32) -> Self {
+        NodeMask { words: words_for(&BTreeSet::from([node])) }
+    }
+    pub fn words(&self) -> &[c_ulong] {
+        &self.words
+    }
+    /// The `maxnode` argument: one more than the number of bits, because the kernel's
+    /// `get_nodes()` decrements it before reading the mask (libnuma passes `size + 1` too).
+    pub fn maxnode(&self) -> u64 {
+        self.words.len() as u64 * u64::from(WORD_BITS) + 1
+    }
+    pub fn ids(&self) -> BTreeSet<u32> {
+        ids_of(&self.words)
+    }
+}
+
+/// The identity a rank switches to: `setgroups(groups)`, `setgid(gid)`, `setuid(uid)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the user's groups from the group database, or just `gid`).
+    pub groups: Vec<u32>,
+}
+
+/// Everything a rank does between `fork` and `exec`, built before the fork.
+#[derive(Debug, Clone)]
+pub struct ChildPlan {
+    /// CPU binding; `None` inherits the shim's.
+    pub cpus: Option<CpuMask>,
+    /// `MPOL_BIND` node set; `None` leaves the default policy (see [`crate::binding`] for when).
+    pub mem: Option<NodeMask>,
+    /// Identity to switch to; `None` keeps the shim's.
+    pub creds: Option<Credentials>,
+    /// Working directory, entered after the identity switch (so as the user).
+    pub cwd: CString,
+    /// The shim's pid: after asking for `SIGKILL` on parent death the child checks that its
+    /// parent is still this process (the parent could have died just before the `prctl`).
+    pub parent_pid: u32,
+}
+
+/// Which step of [`apply_child_setup`] failed, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildSetupError {
+    /// The syscall: "setsid", "sched_setaffinity", "set_mempolicy", "setgroups", "setgid",
+    /// "setuid", "prctl(PR_SET_PDEATHSIG)", "getppid", "chdir".
+    pub step: &'static str,
+    pub errno: Errno,
+}
+
+/// The syscalls the executor makes. All take `&self` and return `errno` on failure.
+///
+/// Methods used in a `pre_exec` hook (everything but `kill`, `killpg`, `pid_alive`) must not
+/// allocate or lock in the real implementation.
+pub trait Syscalls: Send + Sync {
+    /// `close_range(from, ~0, CLOSE_RANGE_CLOEXEC)`: every descriptor from `from` up closes at
+    /// `exec`, so descriptors an embedding program opened without `O_CLOEXEC` do not leak into
+    /// jobs. (Marking rather than closing keeps std's own exec-error pipe working.)
+    fn mark_fds_cloexec(&self, from: u32) -> Result<(), Errno>;
+    /// `setsid()`: a new session and process group led by the caller.
+    fn setsid(&self) -> Result<(), Errno>;
+    /// `sched_setaffinity(0, mask)`.
+    fn set_affinity(&self, mask: &CpuMask) -> Result<(), Errno>;
+    /// `set_mempolicy(MPOL_BIND, nodes, nodes.maxnode())`.
+    fn set_mempolicy_bind(&self, nodes: &NodeMask) -> Result<(), Errno>;
+    fn setgroups(&self, groups: &[u32]) -> Result<(), Errno>;
+    fn setgid(&self, gid: u32) -> Result<(), Errno>;
+    fn setuid(&self, uid: u32) -> Result<(), Errno>;
+    /// `prctl(PR_SET_PDEATHSIG, sig)`.
+    fn set_parent_death_signal(&self, sig: i32) -> Result<(), Errno>;
+    /// `getppid()`.
+    fn parent_pid(&self) -> u32;
+    fn chdir(&self, dir: &CStr) -> Result<(), Errno>;
+    /// Writes a diagnostic to fd 2 (best effort; in a rank that is its `stderr` log).
+    fn write_diag(&self, msg: &[u8]);
+    /// `kill(pid, sig)`; refuses pids 0 and 1 and pids that are not positive `pid_t`s.
+    fn kill(&self, pid: u32, sig: i32) -> Result<(), Errno>;
+    /// `killpg(pgid, sig)`; same refusals as `kill`.
+    fn killpg(&self, pgid: u32, sig: i32) -> Result<(), Errno>;
+    /// Whether a process with this pid exists (`kill(pid, 0)` succeeds or fails with `EPERM`).
+    fn pid_alive(&self, pid: u32) -> bool;
+}
+
+/// The pid as a `pid_t` that names exactly one process: never 0 (own group), never negative
+/// (`-1` is "every process"), never 1 (init).
+pub fn checked_pid(pid: u32) -> Result<i32, Errno> {
+    match i32::try_from(pid) {
+        Ok(p) if p > 1 => Ok(p),
+        _ => Err(Errno(libc::ESRCH)),
+    }
+}
+
+/// A rank's setup between `fork` and `exec`, in this order:
+///
+/// 0. descriptors from 3 up marked close-on-exec (best effort: kernels before 5.11 refuse, and
+///    the shim opens nothing without `O_CLOEXEC` itself);
+/// 1. `setsid` (own session and process group, so `killpg(pid)` reaches the whole rank);
+/// 2. `sched_setaffinity` and 3. `set_mempolicy(MPOL_BIND)`, while still privileged;
+/// 4. `setgroups`, `setgid`, `setuid` (group first: after `setuid` it would be refused);
+/// 5. `prctl(PR_SET_PDEATHSIG, SIGKILL)` after the identity switch (a credential change
+///    clears it), then a check that the parent is still the shim;
+/// 6. `chdir` as the user.
+///
+/// On failure it writes `tessera: rank setup failed at <step>` to fd 2 (the rank's stderr log)
+/// and returns the step; the `exec` does not happen.
+pub fn apply_child_setup<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), ChildSetupError> {
+    let result = setup_steps(sys, plan);
+    if let Err(e) = result {
+        sys.write_diag(b"tessera: rank setup failed at ");
+        sys.write_diag(e.step.as_bytes());
+        sys.write_diag(b"\n");
+    }
+    result
+}
+
+fn setup_steps<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), ChildSetupError> {
+    let at = |step: &'static str| move |errno: Errno| ChildSetupError { step, errno };
+    let _ = sys.mark_fds_cloexec(3);
+    sys.setsid().map_err(at("setsid"))?;
+    if let Some(mask) = &plan.cpus {
+        sys.set_affinity(mask).map_err(at("sched_setaffinity"))?;
+    }
+    if let Some(nodes) = &plan.mem {
+        sys.set_mempolicy_bind(nodes).map_err(at("set_mempolicy"))?;
+    }
+    if let Some(creds) = &plan.creds {
+        sys.setgroups(&creds.groups).map_err(at("setgroups"))?;
+        sys.setgid(creds.gid).map_err(at("setgid"))?;
+        sys.setuid(creds.uid).map_err(at("setuid"))?;
+    }
+    sys.set_parent_death_signal(libc::SIGKILL).map_err(at("prctl(PR_SET_PDEATHSIG)"))?;
+    if sys.parent_pid() != plan.parent_pid {
+        return Err(ChildSetupError { step: "getppid", errno: Errno(libc::ESRCH) });
+    }
+    sys.chdir(&plan.cwd).map_err(at("chdir"))?;
+    Ok(())
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    MarkFdsCloexec(u32),
+    Setsid,
+    SetAffinity(Vec<c_ulong>),
+    SetMempolicyBind { mask: Vec<c_ulong>, maxnode: u64 },
+    Setgroups(Vec<u32>),
+    Setgid(u32),
+    Setuid(u32),
+    SetParentDeathSignal(i32),
+    ParentPid,
+    Chdir(String),
+    Diag(String),
+    Kill { pid: u32, sig: i32 },
+    Killpg { pgid: u32, sig: i32 },
+    PidAlive(u32),
+}
+
+/// A [`Syscalls`] that records every call and changes nothing. Calls succeed unless a failure
+/// was injected with [`RecordingSyscalls::fail`]; `pid_alive` answers from
+/// [`RecordingSyscalls::set_alive`]; `parent_pid` answers what [`RecordingSyscalls::new`] got.
+#[derive(Debug, Default)]
+pub struct RecordingSyscalls {
+    calls: Mutex<Vec<Call>>,
+    failures: Mutex<Vec<(&'static str, Errno)>>,
+    alive: Mutex<BTreeSet<u32>>,
+    parent_pid: u32,
+}
+
+impl RecordingSyscalls {
+    pub fn new(parent_pid: u32) -> Self {
+        RecordingSyscalls { parent_pid, ..Default::default() }
+    }
+    /// Makes every later call of `syscall` (a name as in [`ChildSetupError::step`], or "kill",
+    /// "killpg") fail with `errno`.
+    pub fn fail(&self, syscall: &'static str, errno: i32) {
+        lock(&self.failures).push((syscall, Errno(errno)));
+    }
+    pub fn set_alive(&self, pid: u32, alive: bool) {
+        let mut set = lock(&self.alive);
+        if alive {
+            set.insert(pid);
+        } else {
+            set.remove(&pid);
+        }
+    }
+    /// The calls so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.calls).clone()
+    }
+    fn record(&self, call: Call, name: &'static str) -> Result<(), Errno> {
+        lock(&self.calls).push(call);
+        match lock(&self.failures).iter().find(|(n, _)| *n == name) {
+            Some(&(_, errno)) => Err(errno),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Syscalls for RecordingSyscalls {
+    fn mark_fds_cloexec(&self, from: u32) -> Result<(), Errno> {
+        self.record(Call::MarkFdsCloexec(from), "close_range")
+    }
+    fn setsid(&self) -> Result<(), Errno> {
+        self.record(Call::Setsid, "setsid")
+    }
+    fn set_affinity(&self, mask: &CpuMask) -> Result<(), Errno> {
+        self.record(Call::SetAffinity(mask.words().to_vec()), "sched_setaffinity")
+    }
+    fn set_mempolicy_bind(&self, nodes: &NodeMask) -> Result<(), Errno> {
+        self.record(Call::SetMempolicyBind { mask: nodes.words().to_vec(), maxnode: nodes.maxnode() }, "set_mempolicy")
+    }
+    fn setgroups(&self, groups: &[u32]) -> Result<(), Errno> {
+        self.record(Call::Setgroups(groups.to_vec()), "setgroups")
+    }
+    fn setgid(&self, gid: u32) -> Result<(), Errno> {
+        self.record(Call::Setgid(gid), "setgid")
+    }
+    fn setuid(&self, uid: u32) -> Result<(), Errno> {
+        self.record(Call::Setuid(uid), "setuid")
+    }
+    fn set_parent_death_signal(&self, sig: i32) -> Result<(), Errno> {
+        self.record(Call::SetParentDeathSignal(sig), "prctl(PR_SET_PDEATHSIG)")
+    }
+    fn parent_pid(&self) -> u32 {
+        lock(&self.calls).push(Call::ParentPid);
+        self.parent_pid
+    }
+    fn chdir(&self, dir: &CStr) -> Result<(), Errno> {
+        self.record(Call::Chdir(dir.to_string_lossy().into_owned()), "chdir")
+    }
+    fn write_diag(&self, msg: &[u8]) {
+        lock(&self.calls).push(Call::Diag(String::from_utf8_lossy(msg).into_owned()));
+    }
+    fn kill(&self, pid: u32, sig: i32) -> Result<(), Errno> {
+        checked_pid(pid)?;
+        self.record(Call::Kill { pid, sig }, "kill")
+    }
+    fn killpg(&self, pgid: u32, sig: i32) -> Result<(), Errno> {
+        checked_pid(pgid)?;
+        self.record(Call::Killpg { pgid, sig }, "killpg")
+    }
+    fn pid_alive(&self, pid: u32) -> bool {
+        lock(&self.calls).push(Call::PidAlive(pid));
+        lock(&self.alive).contains(&pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(cpus: &[u32], node: Option<u32>, creds: Option<Credentials>) -> ChildPlan {
+        ChildPlan {
+            cpus: (!cpus.is_empty()).then(|| CpuMask::from_ids(&cpus.iter().copied().collect())),
+            mem: node.map(NodeMask::single),
+            creds,
+            cwd: CString::new("/work").unwrap(),
+            parent_pid: 4242,
+        }
+    }
+
+    #[test]
+    fn masks_have_the_kernel_layout() {
+        let m = CpuMask::from_ids(&BTreeSet::from([0, 1, 2, 3, 8, 10, 11]));
+        assert_eq!(m.words(), &[0b1101_0000_1111]);
+        let m = CpuMask::from_ids(&BTreeSet::from([1, 64, 129]));
+        assert_eq!(m.words(), &[0b10, 0b1, 0b10]);
+        assert_eq!(m.ids(), BTreeSet::from([1, 64, 129]));
+        assert_eq!(CpuMask::from_ids(&BTreeSet::new()).words(), &[0]);
+        let n = NodeMask::single(0);
+        assert_eq!((n.words(), n.maxnode()), (&[1][..], 65));
+        let n = NodeMask::single(70);
+        assert_eq!((n.words(), n.maxnode()), (&[0, 1 << 6][..], 129));
+    }
+
+    #[test]
+    fn child_setup_order_and_exact_masks() {
+        let sys = RecordingSyscalls::new(4242);
+        let creds = Credentials { uid: 65534, gid: 65534, groups: vec![65534, 100] };
+        apply_child_setup(&sys, &plan(&[2, 3, 65], Some(1), Some(creds))).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::MarkFdsCloexec(3),
+                Call::Setsid,
+                Call::SetAffinity(vec![0b1100, 0b10]),
+                Call::SetMempolicyBind { mask: vec![0b10], maxnode: 65 },
+                Call::Setgroups(vec![65534, 100]),
+                Call::Setgid(65534),
+                Call::Setuid(65534),
+                Call::SetParentDeathSignal(libc::SIGKILL),
+                Call::ParentPid,
+                Call::Chdir("/work".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn child_setup_without_binding_or_switch() {
+        let sys = RecordingSyscalls::new(4242);
+        apply_child_setup(&sys, &plan(&[], None, None)).unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::MarkFdsCloexec(3),
+                Call::Setsid,
+                Call::SetParentDeathSignal(libc::SIGKILL),
+                Call::ParentPid,
+                Call::Chdir("/work".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn failing_mempolicy_stops_before_exec_and_says_where() {
+        let sys = RecordingSyscalls::new(4242);
+        sys.fail("set_mempolicy", libc::EINVAL);
+        let err = apply_child_setup(&sys, &plan(&[0], Some(0), None)).unwrap_err();
+        assert_eq!(err, ChildSetupError { step: "set_mempolicy", errno: Errno(libc::EINVAL) });
+        let calls = sys.calls();
+        assert!(!calls.iter().any(|c| matches!(c, Call::Chdir(_) | Call::Setuid(_))));
+        let diag: String =
+            calls.iter().filter_map(|c| if let Call::Diag(s) = c { Some(s.as_str()) } else { None }).collect();
+        assert_eq!(diag, "tessera: rank setup failed at set_mempolicy\n");
+    }
+
+    #[test]
+    fn failing_setgid_never_reaches_setuid() {
+        let sys = RecordingSyscalls::new(4242);
+        sys.fail("setgid", libc::EPERM);
+        let creds = Credentials { uid: 1000, gid: 1000, groups: vec![1000] };
+        let err = apply_child_setup(&sys, &plan(&[], None, Some(creds))).unwrap_err();
+        assert_eq!(err.step, "setgid");
+        assert!(!sys.calls().contains(&Call::Setuid(1000)));
+    }
+
+    #[test]
+    fn an_old_kernel_without_close_range_is_not_fatal() {
+        let sys = RecordingSyscalls::new(4242);
+        sys.fail("close_range", libc::ENOSYS);
+        apply_child_setup(&sys, &plan(&[], None, None)).unwrap();
+    }
+
+    #[test]
+    fn orphaned_child_refuses_to_exec() {
+        let sys = RecordingSyscalls::new(1);
+        let err = apply_child_setup(&sys, &plan(&[], None, None)).unwrap_err();
+        assert_eq!(err.step, "getppid");
+    }
+
+    #[test]
+    fn kill_refuses_dangerous_pids() {
+        let sys = RecordingSyscalls::new(1);
+        for pid in [0, 1, u32::MAX, 1 << 31] {
+            assert_eq!(sys.kill(pid, libc::SIGKILL), Err(Errno(libc::ESRCH)));
+            assert_eq!(sys.killpg(pid, libc::SIGKILL), Err(Errno(libc::ESRCH)));
+        }
+        assert!(sys.calls().is_empty());
+        sys.killpg(300, libc::SIGTERM).unwrap();
+        assert_eq!(sys.calls(), vec![Call::Killpg { pgid: 300, sig: libc::SIGTERM }]);
+    }
+}

@@ -1,0 +1,207 @@
+//! Allocations of MIG slices to job ranks. A slice (spec key `(gpu_uuid, profile_id, start)`)
+//! is held by at most one live exclusive allocation, or by any number of live shared ones, never
+//! both. The store checks this in the allocating transaction (to name the holder); a partial
+//! unique index on live exclusive allocations and a trigger enforce it in SQLite as well.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::error::StoreError;
+use crate::row::{RowReader, id_key, now_ms};
+use crate::store::Store;
+use crate::types::{Allocation, AllocationRecord, JobState};
+
+/// The columns [`decode_allocation`] reads from index 0 on (`a.` is `allocations`).
+const ALLOC_COLUMNS: &str = "a.gpu_uuid, a.gpu_index, a.profile_id, a.start, a.gpu_instance_id, \
+     a.compute_instance_id, a.mig_uuid, a.exclusive";
+
+fn decode_allocation(r: &RowReader<'_, '_>, base: usize) -> Result<Allocation, StoreError> {
+    Ok(Allocation {
+        gpu_uuid: r.text(base, "gpu_uuid")?,
+        gpu_index: r.int(base + 1, "gpu_index")?,
+        profile_id: r.int(base + 2, "profile_id")?,
+        start: r.int(base + 3, "start")?,
+        gpu_instance_id: r.opt_int(base + 4, "gpu_instance_id")?,
+        compute_instance_id: r.opt_int(base + 5, "compute_instance_id")?,
+        mig_uuid: r.opt_text(base + 6, "mig_uuid")?,
+        exclusive: r.boolean(base + 7, "exclusive")?,
+    })
+}
+
+impl Store {
+    /// Records that rank `rank` of job `job` holds the slice `alloc`.
+    ///
+    /// Refused with [`StoreError::AlreadyAllocated`] when a live exclusive allocation holds
+    /// the same `(gpu_uuid, profile_id, start)`, or when `alloc` is exclusive and any live
+    /// allocation holds it; with [`StoreError::RankAllocated`] when the rank already holds a
+    /// live allocation; with [`StoreError::StaleState`] unless the job is placing or running
+    /// (only those hold slices: leaving them releases everything, see
+    /// [`Store::transition`]).
+    pub fn allocate(&self, job: u64, rank: u32, alloc: &Allocation) -> Result<(), StoreError> {
+        let ctx = || {
+            format!(
+                "allocate (GPU {}, profile {}, start {}) to job {job} rank {rank}",
+                alloc.gpu_uuid, alloc.profile_id, alloc.start
+            )
+        };
+        let key = id_key(job).ok_or(StoreError::JobNotFound { id: job })?;
+        let tx = self.write_tx("allocations", ctx)?;
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+            .map_err(self.db_err("jobs", ctx))?;
+        let state = state.ok_or(StoreError::JobNotFound { id: job })?;
+        let state: JobState = state.parse().map_err(|e| StoreError::BadRow {
+            path: self.path.clone(),
+            table: "jobs",
+            row: key,
+            detail: format!("column state: {e}"),
+        })?;
+        if !state.is_active() {
+            return Err(StoreError::StaleState { id: job, expected: JobState::Placing, actual: state });
+        }
+        let rank_held: Option<i64> = tx
+            .prepare_cached("SELECT 1 FROM allocations WHERE job_id = ?1 AND rank = ?2 AND released_at IS NULL")
+            .and_then(|mut st| st.query_row(params![key, rank], |r| r.get(0)).optional())
+            .map_err(self.db_err("allocations", ctx))?;
+        if rank_held.is_some() {
+            return Err(StoreError::RankAllocated { job, rank });
+        }
+        let holder: Option<i64> = tx
+            .prepare_cached(
+                "SELECT job_id FROM allocations
+                 WHERE gpu_uuid = ?1 AND profile_id = ?2 AND start = ?3 AND released_at IS NULL
+                   AND (exclusive = 1 OR ?4)
+                 ORDER BY id LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![alloc.gpu_uuid, alloc.profile_id, alloc.start, alloc.exclusive], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(self.db_err("allocations", ctx))?;
+        if let Some(holder) = holder {
+            return Err(StoreError::AlreadyAllocated {
+                gpu_uuid: alloc.gpu_uuid.clone(),
+                profile_id: alloc.profile_id,
+                start: alloc.start,
+                holder_job: u64::try_from(holder).unwrap_or(0),
+            });
+        }
+        tx.prepare_cached(
+            "INSERT INTO allocations (job_id, rank, gpu_uuid, gpu_index, profile_id, start,
+                 gpu_instance_id, compute_instance_id, mig_uuid, exclusive, allocated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                key,
+                rank,
+                alloc.gpu_uuid,
+                alloc.gpu_index,
+                alloc.profile_id,
+                alloc.start,
+                alloc.gpu_instance_id,
+                alloc.compute_instance_id,
+                alloc.mig_uuid,
+                alloc.exclusive,
+                now_ms()
+            ])
+        })
+        .map_err(self.db_err("allocations", ctx))?;
+        self.commit(tx, "allocations", ctx)
+    }
+
+    /// Records the live key of rank `rank`'s slice once its instance exists
+    /// ([`StoreError::NoAllocation`] if the rank holds no live allocation).
+    pub fn set_live_key(
+        &self,
+        job: u64,
+        rank: u32,
+        gpu_instance_id: u32,
+        compute_instance_id: u32,
+        mig_uuid: &str,
+    ) -> Result<(), StoreError> {
+        let key = id_key(job).ok_or(StoreError::NoAllocation { job, rank })?;
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE allocations SET gpu_instance_id = ?1, compute_instance_id = ?2,
+                     mig_uuid = ?3
+                 WHERE job_id = ?4 AND rank = ?5 AND released_at IS NULL",
+            )
+            .and_then(|mut st| st.execute(params![gpu_instance_id, compute_instance_id, mig_uuid, key, rank]))
+            .map_err(self.db_err("allocations", || format!("set live key of job {job} rank {rank}")))?;
+        if changed == 0 {
+            return Err(StoreError::NoAllocation { job, rank });
+        }
+        Ok(())
+    }
+
+    /// Releases every live allocation of job `job` (all ranks) and returns how many there
+    /// were; released allocations stay in the table as history. [`StoreError::JobNotFound`] if
+    /// there is no such job. Transitions out of placing/running release on their own.
+    pub fn release(&self, job: u64) -> Result<usize, StoreError> {
+        let key = id_key(job).ok_or(StoreError::JobNotFound { id: job })?;
+        let ctx = || format!("release allocations of job {job}");
+        let tx = self.write_tx("allocations", ctx)?;
+        let exists: Option<i64> = tx
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
+            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+            .map_err(self.db_err("jobs", ctx))?;
+        if exists.is_none() {
+            return Err(StoreError::JobNotFound { id: job });
+        }
+        let n = tx
+            .prepare_cached("UPDATE allocations SET released_at = ?1 WHERE job_id = ?2 AND released_at IS NULL")
+            .and_then(|mut st| st.execute(params![now_ms(), key]))
+            .map_err(self.db_err("allocations", ctx))?;
+        self.commit(tx, "allocations", ctx)?;
+        Ok(n)
+    }
+
+    /// Every live allocation as `(job, rank, allocation)`, by job then rank.
+    pub fn live_allocations(&self) -> Result<Vec<(u64, u32, Allocation)>, StoreError> {
+        let ctx = || "list live allocations".to_owned();
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ALLOC_COLUMNS}, a.id, a.job_id, a.rank FROM allocations AS a
+                 WHERE a.released_at IS NULL ORDER BY a.job_id, a.rank"
+            ))
+            .map_err(self.db_err("allocations", ctx))?;
+        let mut rows = st.query([]).map_err(self.db_err("allocations", ctx))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(self.db_err("allocations", ctx))? {
+            let row_id: i64 = row.get(8).map_err(self.db_err("allocations", ctx))?;
+            let r = RowReader { row, path: &self.path, table: "allocations", row_id };
+            out.push((r.int(9, "job_id")?, r.int(10, "rank")?, decode_allocation(&r, 0)?));
+        }
+        Ok(out)
+    }
+
+    /// Every allocation job `job` ever held, live and released, oldest first (empty for an
+    /// unknown job).
+    pub fn job_allocations(&self, job: u64) -> Result<Vec<AllocationRecord>, StoreError> {
+        let Some(key) = id_key(job) else { return Ok(Vec::new()) };
+        let ctx = || format!("list allocations of job {job}");
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ALLOC_COLUMNS}, a.id, a.rank, a.allocated_ms, a.released_at
+                 FROM allocations AS a WHERE a.job_id = ?1 ORDER BY a.id"
+            ))
+            .map_err(self.db_err("allocations", ctx))?;
+        let mut rows = st.query([key]).map_err(self.db_err("allocations", ctx))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(self.db_err("allocations", ctx))? {
+            let row_id: i64 = row.get(8).map_err(self.db_err("allocations", ctx))?;
+            let r = RowReader { row, path: &self.path, table: "allocations", row_id };
+            out.push(AllocationRecord {
+                rank: r.int(9, "rank")?,
+                allocation: decode_allocation(&r, 0)?,
+                allocated_ms: r.int(10, "allocated_ms")?,
+                released_ms: r.opt_int(11, "released_at")?,
+            });
+        }
+        Ok(out)
+    }
+}

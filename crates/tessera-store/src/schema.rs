@@ -1,0 +1,134 @@
+//! The database schema and its migrations, versioned by `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes a database from version `i` to `i + 1`; each runs in its own
+//! transaction together with the `user_version` bump, so a crash mid-migration leaves the
+//! previous version intact. Tables are `STRICT`, so a value of the wrong type is refused by
+//! SQLite itself.
+
+/// The schema version this code writes and reads.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of a Tessera database ("TESS").
+pub(crate) const APPLICATION_ID: i64 = 0x5445_5353;
+
+/// Version 1: jobs, their transitions, allocations, the reconfiguration journal, metadata.
+const V1: &str = r"
+CREATE TABLE jobs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_uid         INTEGER NOT NULL,
+    user_name        TEXT    NOT NULL,
+    tenant           TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    request          TEXT    NOT NULL,
+    command          TEXT    NOT NULL,
+    env              TEXT    NOT NULL,
+    cwd              TEXT    NOT NULL,
+    submitted_ms     INTEGER NOT NULL,
+    state            TEXT    NOT NULL CHECK (state IN ('queued', 'placing', 'running',
+                         'succeeded', 'failed', 'cancelled', 'timed_out', 'lost')),
+    reason           TEXT    NOT NULL DEFAULT '',
+    started_ms       INTEGER,
+    ended_ms         INTEGER,
+    exit_code        INTEGER,
+    exit_signal      INTEGER,
+    exit_failed_rank INTEGER,
+    exit_detail      TEXT,
+    job_dir          TEXT,
+    shim_pid         INTEGER,
+    CHECK (exit_detail IS NOT NULL
+           OR (exit_code IS NULL AND exit_signal IS NULL AND exit_failed_rank IS NULL))
+) STRICT;
+CREATE INDEX jobs_by_state  ON jobs (state, id);
+CREATE INDEX jobs_by_user   ON jobs (user_uid, id);
+CREATE INDEX jobs_by_tenant ON jobs (tenant, id);
+
+CREATE TABLE job_events (
+    id         INTEGER PRIMARY KEY,
+    job_id     INTEGER NOT NULL REFERENCES jobs (id),
+    from_state TEXT    NOT NULL,
+    to_state   TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    at_ms      INTEGER NOT NULL
+) STRICT;
+CREATE INDEX job_events_by_job ON job_events (job_id, id);
+
+CREATE TABLE allocations (
+    id                  INTEGER PRIMARY KEY,
+    job_id              INTEGER NOT NULL REFERENCES jobs (id),
+    rank                INTEGER NOT NULL,
+    gpu_uuid            TEXT    NOT NULL,
+    gpu_index           INTEGER NOT NULL,
+    profile_id          INTEGER NOT NULL,
+    start               INTEGER NOT NULL,
+    gpu_instance_id     INTEGER,
+    compute_instance_id INTEGER,
+    mig_uuid            TEXT,
+    exclusive           INTEGER NOT NULL CHECK (exclusive IN (0, 1)),
+    allocated_ms        INTEGER NOT NULL,
+    released_at         INTEGER
+) STRICT;
+-- At most one live exclusive allocation per slice.
+CREATE UNIQUE INDEX allocations_live_exclusive ON allocations (gpu_uuid, profile_id, start)
+    WHERE released_at IS NULL AND exclusive = 1;
+-- At most one live allocation per rank.
+CREATE UNIQUE INDEX allocations_live_rank ON allocations (job_id, rank)
+    WHERE released_at IS NULL;
+CREATE INDEX allocations_live_slice ON allocations (gpu_uuid, profile_id, start)
+    WHERE released_at IS NULL;
+CREATE INDEX allocations_by_job ON allocations (job_id, rank);
+-- Backstop for what a unique index cannot say: a shared allocation never meets an exclusive
+-- one. The store checks this itself first, to name the holder.
+CREATE TRIGGER allocations_no_conflict BEFORE INSERT ON allocations
+WHEN NEW.released_at IS NULL AND EXISTS (
+    SELECT 1 FROM allocations AS a
+    WHERE a.released_at IS NULL AND a.gpu_uuid = NEW.gpu_uuid
+      AND a.profile_id = NEW.profile_id AND a.start = NEW.start
+      AND (a.exclusive = 1 OR NEW.exclusive = 1))
+BEGIN
+    SELECT RAISE(ABORT, 'slice already allocated');
+END;
+-- A released allocation stays released, and a slice's spec key never changes.
+CREATE TRIGGER allocations_no_revive BEFORE UPDATE OF released_at ON allocations
+WHEN OLD.released_at IS NOT NULL
+BEGIN
+    SELECT RAISE(ABORT, 'allocation already released');
+END;
+CREATE TRIGGER allocations_key_fixed
+BEFORE UPDATE OF job_id, rank, gpu_uuid, profile_id, start, exclusive ON allocations
+BEGIN
+    SELECT RAISE(ABORT, 'an allocation''s job, rank and slice cannot change');
+END;
+
+CREATE TABLE reconfigs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    gpu_uuid       TEXT    NOT NULL,
+    gpu_index      INTEGER NOT NULL,
+    plan           TEXT    NOT NULL,
+    for_job        INTEGER REFERENCES jobs (id),
+    state          TEXT    NOT NULL CHECK (state IN ('open', 'finished')),
+    created_ms     INTEGER NOT NULL,
+    finished_ms    INTEGER,
+    outcome        TEXT    CHECK (outcome IN ('completed', 'rolled_back', 'abandoned')),
+    outcome_detail TEXT,
+    CHECK ((state = 'open') = (outcome IS NULL)),
+    CHECK ((state = 'open') = (finished_ms IS NULL))
+) STRICT;
+-- At most one open reconfiguration per GPU.
+CREATE UNIQUE INDEX reconfigs_open_per_gpu ON reconfigs (gpu_uuid) WHERE state = 'open';
+
+CREATE TABLE reconfig_steps (
+    reconfig_id INTEGER NOT NULL REFERENCES reconfigs (id),
+    step_index  INTEGER NOT NULL,
+    done_at     INTEGER NOT NULL,
+    result      TEXT    NOT NULL,
+    PRIMARY KEY (reconfig_id, step_index)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
+/// `MIGRATIONS[i]` migrates version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1];

@@ -1,0 +1,301 @@
+//! The records the store keeps: jobs and their states, transitions, allocations of MIG slices
+//! and the reconfiguration journal. All of them serialize with serde; the daemon turns them
+//! into its API's JSON.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job is in its life.
+///
+/// `queued → placing → running → succeeded | failed | cancelled | timed_out`, plus `lost`
+/// (the job's supervisor died with the daemon and its exit status is unknown). The legal moves
+/// are [`JobState::can_transition_to`]; the store refuses every other one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for capacity; the job's `reason` says why.
+    Queued,
+    /// Chosen by the scheduler: slices are being allocated (and perhaps repartitioned) and the
+    /// supervisor started.
+    Placing,
+    /// The supervisor runs the job.
+    Running,
+    /// Every rank exited 0.
+    Succeeded,
+    /// A rank failed, or the job could not be launched or can never run.
+    Failed,
+    /// Cancelled by its owner or an administrator.
+    Cancelled,
+    /// Stopped at its time limit.
+    TimedOut,
+    /// Its supervisor vanished (for example with the node) and its outcome is unknown.
+    Lost,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 8] = [
+        JobState::Queued,
+        JobState::Placing,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::TimedOut,
+        JobState::Lost,
+    ];
+
+    /// The snake_case name used in the database and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Placing => "placing",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::TimedOut => "timed_out",
+            JobState::Lost => "lost",
+        }
+    }
+
+    /// Whether the job is over: nothing can move it out of this state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut | JobState::Lost
+        )
+    }
+
+    /// Whether the job may hold live allocations in this state (placing or running).
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Placing | JobState::Running)
+    }
+
+    /// Whether `self → to` is a legal transition:
+    ///
+    /// - `queued → placing` (the scheduler chose it), `cancelled`, `failed` (it can never run
+    ///   here, e.g. the node changed under it);
+    /// - `placing → running`, `queued` (placement undone), `failed` (launch failed),
+    ///   `cancelled`, `lost`;
+    /// - `running → succeeded | failed | cancelled | timed_out | lost`, or `queued`
+    ///   (preempted and requeued);
+    /// - nothing leaves a terminal state, and no state moves to itself.
+    pub fn can_transition_to(self, to: JobState) -> bool {
+        use JobState::{Cancelled, Failed, Lost, Placing, Queued, Running, Succeeded, TimedOut};
+        matches!(
+            (self, to),
+            (Queued, Placing | Cancelled | Failed)
+                | (Placing, Queued | Running | Failed | Cancelled | Lost)
+                | (Running, Queued | Succeeded | Failed | Cancelled | TimedOut | Lost)
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job state name that is none of [`JobState::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown job state {0:?} (expected one of queued, placing, running, succeeded, failed, cancelled, timed_out, lost)"
+)]
+pub struct UnknownJobState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownJobState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| UnknownJobState(s.to_owned()))
+    }
+}
+
+/// A job as submitted, before the store gives it an id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// The submitting user's uid (from the socket's peer credentials).
+    pub user_uid: u32,
+    /// The submitting user's name.
+    pub user_name: String,
+    /// The tenant the job is charged to.
+    pub tenant: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// The scheduler's `JobRequest`, stored as JSON.
+    pub request: serde_json::Value,
+    /// argv.
+    pub command: Vec<String>,
+    /// Environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: String,
+    /// Submission time, milliseconds since the Unix epoch.
+    pub submitted_ms: u64,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code of the deciding rank, if it exited.
+    pub code: Option<i32>,
+    /// Signal that killed the deciding rank, if it was killed.
+    pub signal: Option<i32>,
+    /// The rank that failed first, for a failed multi-rank job.
+    pub failed_rank: Option<u32>,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// A job as stored: everything of [`NewJob`] plus its id, state and runtime facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Assigned by SQLite: monotonic, never reused.
+    pub id: u64,
+    /// See [`NewJob::user_uid`].
+    pub user_uid: u32,
+    /// See [`NewJob::user_name`].
+    pub user_name: String,
+    /// See [`NewJob::tenant`].
+    pub tenant: String,
+    /// See [`NewJob::priority`].
+    pub priority: i32,
+    /// See [`NewJob::request`].
+    pub request: serde_json::Value,
+    /// See [`NewJob::command`].
+    pub command: Vec<String>,
+    /// See [`NewJob::env`].
+    pub env: Vec<(String, String)>,
+    /// See [`NewJob::cwd`].
+    pub cwd: String,
+    /// See [`NewJob::submitted_ms`].
+    pub submitted_ms: u64,
+    /// Current state.
+    pub state: JobState,
+    /// Why the job is in its state, or, while queued, why it waits (`capacity`, `quota`, ...).
+    pub reason: String,
+    /// When its supervisor started it.
+    pub started_ms: Option<u64>,
+    /// When it reached a terminal state.
+    pub ended_ms: Option<u64>,
+    /// How it ended, once known.
+    pub exit: Option<ExitInfo>,
+    /// The job directory the supervisor uses.
+    pub job_dir: Option<String>,
+    /// The supervisor's pid.
+    pub shim_pid: Option<u32>,
+}
+
+/// One stored state transition of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// The state the job left.
+    pub from: JobState,
+    /// The state the job entered.
+    pub to: JobState,
+    /// Why.
+    pub reason: String,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Which jobs [`crate::Store::jobs`] returns. The default returns every job.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobFilter {
+    /// Only jobs in one of these states; empty means every state.
+    pub states: Vec<JobState>,
+    /// Only this user's jobs.
+    pub user_uid: Option<u32>,
+    /// Only this tenant's jobs.
+    pub tenant: Option<String>,
+    /// At most this many (the lowest ids).
+    pub limit: Option<usize>,
+}
+
+/// A MIG slice held by one rank of a job. The slice is named by its spec key
+/// `(gpu_uuid, profile_id, start)`; the live key (GI id, CI id, MIG UUID) is recorded once known.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The GPU's UUID.
+    pub gpu_uuid: String,
+    /// The GPU's index on this node.
+    pub gpu_index: u32,
+    /// MIG profile id.
+    pub profile_id: u32,
+    /// Placement start.
+    pub start: u8,
+    /// GPU instance id, once the instance exists.
+    pub gpu_instance_id: Option<u32>,
+    /// Compute instance id, once the instance exists.
+    pub compute_instance_id: Option<u32>,
+    /// MIG device UUID, once the instance exists.
+    pub mig_uuid: Option<String>,
+    /// `true`: the rank owns the slice alone. `false`: shared (MPS) with other shared ranks.
+    pub exclusive: bool,
+}
+
+/// An allocation with its history, as [`crate::Store::job_allocations`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationRecord {
+    /// The job's rank that holds (or held) the slice.
+    pub rank: u32,
+    /// The slice.
+    pub allocation: Allocation,
+    /// When the allocation was made (the store's wall clock).
+    pub allocated_ms: u64,
+    /// When it was released; `None` while live.
+    pub released_ms: Option<u64>,
+}
+
+/// How a reconfiguration ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReconfigOutcome {
+    /// Every step was applied.
+    Completed,
+    /// A step failed and the applied ones were undone.
+    RolledBack,
+    /// Given up, neither completed nor rolled back (e.g. the GPU vanished).
+    Abandoned {
+        /// Why.
+        detail: String,
+    },
+}
+
+impl ReconfigOutcome {
+    /// The name stored in the database.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReconfigOutcome::Completed => "completed",
+            ReconfigOutcome::RolledBack => "rolled_back",
+            ReconfigOutcome::Abandoned { .. } => "abandoned",
+        }
+    }
+}
+
+/// One entry of the reconfiguration journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconfigRecord {
+    /// Journal id.
+    pub id: u64,
+    /// The GPU being repartitioned.
+    pub gpu_uuid: String,
+    /// Its index on this node.
+    pub gpu_index: u32,
+    /// The plan (a `tessera_mig::ReconfigurePlan`), as JSON.
+    pub plan: serde_json::Value,
+    /// The job the reconfiguration makes room for.
+    pub for_job: Option<u64>,
+    /// Steps applied so far, by step index (ascending), each with its result.
+    pub steps_done: Vec<(u32, serde_json::Value)>,
+    /// When the journal entry was written.
+    pub created_ms: u64,
+    /// When it finished; `None` while open.
+    pub finished_ms: Option<u64>,
+    /// How it finished; `None` while open.
+    pub outcome: Option<ReconfigOutcome>,
+}
