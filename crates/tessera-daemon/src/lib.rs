@@ -5,5 +5,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod daemon;
+pub mod engine;
 pub mod openapi;
 pub mod server;

@@ -37,6 +37,87 @@ pub struct Global {
     /// File holding the simulated node's state [default: $XDG_STATE_HOME/tessera/sim-node.json].
     #[arg(long = "sim-state", global = true, env = "TESSERA_SIM_STATE", value_name = "PATH")]
     pub sim_state: Option<PathBuf>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// How the job commands reach the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// The daemon's Unix socket [default: $XDG_RUNTIME_DIR/tessera/tessera.sock, else /run/tessera/tessera.sock].
+    #[arg(long, global = true, env = "TESSERA_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Reach the daemon over TCP instead, e.g. `10.0.0.5:7373` (needs a token).
+    #[arg(long, global = true, env = "TESSERA_TCP", value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// Bearer token for TCP.
+    #[arg(long, global = true, env = "TESSERA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token for TCP.
+    #[arg(long = "token-file", global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `tessera submit`: what a job needs.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// GPU memory per rank, e.g. `10GiB`: the smallest profile with at least that much.
+    #[arg(long = "gpu-mem", value_name = "SIZE")]
+    pub gpu_mem: Option<String>,
+    /// An explicit MIG profile per rank, e.g. `3g.40gb`.
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Whole GPUs per rank.
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
+    /// Compute slices per rank: the smallest profile with at least that many.
+    #[arg(long = "compute-slices", value_name = "N")]
+    pub compute_slices: Option<u8>,
+    /// Share an instance through MPS with this active-thread percentage, e.g. `25%`.
+    #[arg(long, value_name = "PCT")]
+    pub mps: Option<String>,
+    /// With --mps: the pinned device-memory limit, e.g. `8GiB`.
+    #[arg(long = "mps-mem", value_name = "SIZE", requires = "mps")]
+    pub mps_mem: Option<String>,
+    /// Share an instance by time-slicing.
+    #[arg(long = "time-slice")]
+    pub time_slice: bool,
+    /// CPU cores, from the GPU's NUMA node.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Host memory, e.g. `16GiB` [default: 1GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
+    /// Do not bind CPUs and memory to the GPU's NUMA node.
+    #[arg(long = "no-numa")]
+    pub no_numa: bool,
+    /// Tenant to charge [default: the one your user maps to].
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Kill the job after this long, e.g. `1h`.
+    #[arg(long = "time-limit", value_name = "DURATION")]
+    pub time_limit: Option<String>,
+    /// How long the job is expected to run (lets it backfill), e.g. `20m`.
+    #[arg(long, value_name = "DURATION")]
+    pub estimate: Option<String>,
+    /// Start N processes together, each with its own instance (RANK, WORLD_SIZE, LOCAL_RANK set).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub ranks: u32,
+    /// With --ranks 2: one rank per GPU-internal NUMA node of one GPU (NVIDIA's localisation).
+    #[arg(long = "gpu-numa-local")]
+    pub gpu_numa_local: bool,
+    /// Set NAME=VALUE in the job's environment.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Pass this shell's whole environment (default: PATH, HOME, USER, LANG only).
+    #[arg(long = "export-env")]
+    pub export_env: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +143,56 @@ pub enum Command {
     /// MIG: GPUs, profiles, plans, layouts, and mig-parted-compatible apply/assert/export.
     #[command(subcommand)]
     Mig(MigCommand),
+    /// Submit a job; prints its id.
+    Submit(SubmitArgs),
+    /// Your jobs (all jobs with --all, for admins).
+    Jobs {
+        #[arg(long)]
+        all: bool,
+        /// Only jobs in these states, e.g. `queued,running`.
+        #[arg(long, value_name = "STATES")]
+        state: Option<String>,
+    },
+    /// One job: state, reason, placement, exit, history.
+    Job { id: u64 },
+    /// A job's output.
+    Logs {
+        id: u64,
+        #[arg(long, default_value_t = 0)]
+        rank: u32,
+        /// Standard error instead of standard output.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing until the job ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Cancel a job: SIGTERM, then SIGKILL after the grace period.
+    Cancel { id: u64 },
+    /// Wait for a job to end; exit 0 if it succeeded.
+    Wait {
+        id: u64,
+        /// Give up after this long, e.g. `10m`.
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
+    /// The live slice map: which job runs on which instance.
+    Gpus,
+    /// Run the daemon: owns the node's GPUs and runs submitted jobs (--sim / --backend pick the GPUs).
+    Serve {
+        /// Where jobs, logs and the database live [default: /var/lib/tessera as root, else $XDG_STATE_HOME/tessera/daemon].
+        #[arg(long = "state-dir", value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Configuration file (TOML) [default: /etc/tessera/tessera.toml if it exists].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Internal: the per-job supervisor the daemon starts.
+    #[command(hide = true)]
+    Shim {
+        #[arg(long = "job-dir", value_name = "DIR")]
+        job_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,9 +4,11 @@
 //! bad input, a refused change); 2 a command line clap cannot parse.
 
 mod cli;
+mod jobs;
 mod mig;
 mod node;
 mod render;
+mod units;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -28,8 +30,22 @@ impl std::error::Error for Refusal {}
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    let g = &args.global;
     let result = match args.command {
-        cli::Command::Mig(cmd) => mig::run(&args.global, cmd),
+        cli::Command::Mig(cmd) => mig::run(g, cmd),
+        cli::Command::Submit(a) => jobs::submit(g.output, &g.daemon, &a),
+        cli::Command::Jobs { all, state } => jobs::jobs(g.output, &g.daemon, all, state.as_deref()),
+        cli::Command::Job { id } => jobs::job(g.output, &g.daemon, id),
+        cli::Command::Logs { id, rank, stderr, follow } => jobs::logs(&g.daemon, id, rank, stderr, follow),
+        cli::Command::Cancel { id } => jobs::cancel(g.output, &g.daemon, id),
+        cli::Command::Wait { id, timeout } => jobs::wait(g.output, &g.daemon, id, timeout.as_deref()),
+        cli::Command::Gpus => jobs::gpus(g.output, &g.daemon),
+        cli::Command::Serve { state_dir, config } => jobs::serve(g, state_dir, config),
+        cli::Command::Shim { job_dir } => {
+            // The supervisor runs on this (main) thread, with no runtime or other threads.
+            let code = tessera_exec::run_shim(&job_dir);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

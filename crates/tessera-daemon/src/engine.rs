@@ -1,0 +1,850 @@
+//! The engine: one round of "look, decide, act", and the answers to API actions.
+//!
+//! A round reads the hardware (through the backend) and the durable state (the store), asks the
+//! pure scheduler for decisions, and carries them out: reconfigurations are journalled before
+//! their first step, slices are allocated in the store before a job starts, and a job's
+//! supervisor (shim) is launched before the job is marked running. Every change to a job is a
+//! compare-and-set transition in the store, so a job is never started twice. All of this is
+//! blocking (SQLite, NVML, fork/exec): the async side calls it through `spawn_blocking`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tessera_exec::{JobSpec, LogStream, MpsClient, MpsControl, RankSpec, ShimState, rank_env};
+use tessera_gpu::view::{GpuView as LiveGpu, node_view};
+use tessera_gpu::{MigBackend, SimBackend};
+use tessera_mig::layout::instance_label;
+use tessera_mig::{CurrentInstance, Instance, Wanted, reconfigure};
+use tessera_sched::{
+    ClusterView, Decision, GpuView, HostNuma, InstanceView, JobRequest, Occupant, QueuedJob, RankPlacement, RunningJob,
+    Scheduler, SchedulerConfig, Sharing, SliceQuota, Tenant,
+};
+use tessera_store::{Allocation, ExitInfo, JobFilter, JobRecord, JobState, NewJob, ReconfigOutcome, Store};
+
+use crate::api::{Action, ApiError, Caller, SubmitBody};
+use crate::config::Config;
+
+/// Milliseconds since the Unix epoch: the one clock the shell reads.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The node's GPUs, and the simulated node's extra hooks when that is what they are.
+#[derive(Debug)]
+pub enum NodeBackend {
+    Sim(Box<SimBackend>),
+    Other(Box<dyn MigBackend>),
+}
+
+impl NodeBackend {
+    pub fn get(&self) -> &dyn MigBackend {
+        match self {
+            NodeBackend::Sim(s) => s.as_ref(),
+            NodeBackend::Other(b) => b.as_ref(),
+        }
+    }
+}
+
+/// Everything a round needs, owned by one thread at a time.
+pub struct Core {
+    pub store: Store,
+    pub backend: NodeBackend,
+    pub scheduler: Scheduler,
+    pub config: Config,
+    pub state_dir: PathBuf,
+    /// How to start a shim: the executable and the arguments before `--job-dir`.
+    pub shim_exe: PathBuf,
+    pub shim_args: Vec<String>,
+    pub mps: Box<dyn MpsControl>,
+    mps_started: BTreeSet<String>,
+    drained: BTreeSet<u32>,
+    /// Host CPUs the daemon may hand out, per host NUMA node (from the backend's device info).
+    host_cpus: BTreeMap<u32, Vec<u32>>,
+    last_round_ms: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("state_dir", &self.state_dir).finish_non_exhaustive()
+    }
+}
+
+/// A job as the API shows it.
+fn state_name(s: JobState) -> &'static str {
+    s.as_str()
+}
+
+fn store_err(e: tessera_store::StoreError) -> ApiError {
+    ApiError::internal(format!("store: {e}"))
+}
+
+pub fn scheduler_config(config: &Config) -> SchedulerConfig {
+    SchedulerConfig {
+        repartition: config.scheduler.repartition,
+        backfill: config.scheduler.backfill,
+        preemption: config.scheduler.preemption,
+        time_slice_replicas: config.scheduler.time_slice_replicas,
+        tenants: config
+            .tenants
+            .iter()
+            .map(|t| Tenant {
+                name: t.name.clone(),
+                weight: t.weight,
+                quota: t.quota.map(|q| SliceQuota { compute_slices: q.compute_slices, memory_slices: q.memory_slices }),
+            })
+            .collect(),
+        ..SchedulerConfig::default()
+    }
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)] // Every field is a distinct collaborator of the engine.
+    pub fn new(
+        store: Store,
+        backend: NodeBackend,
+        config: Config,
+        state_dir: PathBuf,
+        shim_exe: PathBuf,
+        shim_args: Vec<String>,
+        mps: Box<dyn MpsControl>,
+    ) -> Result<Core, String> {
+        let sc = scheduler_config(&config);
+        sc.validate().map_err(|e| format!("scheduler configuration: {e}"))?;
+        let mut host_cpus: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for d in backend.get().devices().map_err(|e| format!("listing GPUs: {e}"))? {
+            let node = d.numa_node.unwrap_or(0);
+            let e = host_cpus.entry(node).or_default();
+            e.extend(d.local_cpus.iter().copied());
+            e.sort_unstable();
+            e.dedup();
+        }
+        Ok(Core {
+            store,
+            backend,
+            scheduler: Scheduler::new(sc),
+            config,
+            state_dir,
+            shim_exe,
+            shim_args,
+            mps,
+            mps_started: BTreeSet::new(),
+            drained: BTreeSet::new(),
+            host_cpus,
+            last_round_ms: 0,
+        })
+    }
+
+    fn job_dir(&self, id: u64) -> PathBuf {
+        self.state_dir.join("jobs").join(id.to_string())
+    }
+
+    fn request_of(rec: &JobRecord) -> Result<JobRequest, String> {
+        serde_json::from_value(rec.request.clone())
+            .map_err(|e| format!("stored request of job {} is unreadable: {e}", rec.id))
+    }
+
+    /// The scheduler's view of what runs: placing and running jobs with their slices.
+    fn running_jobs(&self, live: &[LiveGpu]) -> Result<Vec<RunningJob>, String> {
+        let allocs = self.store.live_allocations().map_err(|e| e.to_string())?;
+        let mut by_job: BTreeMap<u64, Vec<(u32, Allocation)>> = BTreeMap::new();
+        for (job, rank, a) in allocs {
+            by_job.entry(job).or_default().push((rank, a));
+        }
+        let recs = self
+            .store
+            .jobs(&JobFilter { states: vec![JobState::Placing, JobState::Running], ..JobFilter::default() })
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for rec in recs {
+            let request = Self::request_of(&rec)?;
+            let mut ranks: Vec<(u32, RankPlacement)> = by_job
+                .remove(&rec.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(rank, a)| {
+                    let numa = live.iter().find(|g| g.device.uuid == a.gpu_uuid).and_then(|g| g.device.numa_node);
+                    (
+                        rank,
+                        RankPlacement {
+                            gpu: a.gpu_index,
+                            instance: Instance::new(a.profile_id, a.start),
+                            cpus: Vec::new(),
+                            numa_node: numa,
+                        },
+                    )
+                })
+                .collect();
+            ranks.sort_by_key(|r| r.0);
+            let cpus = self.job_cpus(rec.id);
+            let mut ranks: Vec<RankPlacement> = ranks.into_iter().map(|r| r.1).collect();
+            for (r, c) in ranks.iter_mut().zip(cpus) {
+                r.cpus = c;
+            }
+            out.push(RunningJob { id: rec.id, request, started_ms: rec.started_ms.unwrap_or(rec.submitted_ms), ranks });
+        }
+        Ok(out)
+    }
+
+    /// CPUs each rank of a running job was given (from its spec file).
+    fn job_cpus(&self, id: u64) -> Vec<Vec<u32>> {
+        let path = self.job_dir(id).join("spec.json");
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<JobSpec>(&t).ok())
+            .map(|s| s.ranks.into_iter().map(|r| r.cpus).collect())
+            .unwrap_or_default()
+    }
+
+    fn cluster_view(&self, live: &[LiveGpu], running: &[RunningJob]) -> ClusterView {
+        let mut occupants: BTreeMap<(u32, u32, u8), Vec<Occupant>> = BTreeMap::new();
+        for j in running {
+            for r in &j.ranks {
+                occupants
+                    .entry((r.gpu, r.instance.profile_id, r.instance.start))
+                    .or_default()
+                    .push(Occupant { job: j.id, sharing: j.request.sharing });
+            }
+        }
+        let mut gpus = Vec::new();
+        for g in live {
+            let Some(model) = g.model else { continue };
+            if !g.mig.current {
+                continue;
+            }
+            let instances = g
+                .instances
+                .iter()
+                .map(|i| {
+                    let mut occ = occupants
+                        .get(&(g.device.index, i.instance.profile_id, i.instance.start))
+                        .cloned()
+                        .unwrap_or_default();
+                    // Work Tessera did not start (another tool's process) makes an instance busy too.
+                    if occ.is_empty() && i.busy {
+                        occ.push(Occupant { job: 0, sharing: Sharing::Exclusive });
+                    }
+                    InstanceView { instance: i.instance, occupants: occ }
+                })
+                .collect();
+            gpus.push(GpuView {
+                gpu: g.device.index,
+                model,
+                numa_node: g.device.numa_node,
+                healthy: !self.drained.contains(&g.device.index),
+                reconfiguring: false,
+                instances,
+            });
+        }
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        for j in running {
+            for r in &j.ranks {
+                used.extend(r.cpus.iter().copied());
+            }
+        }
+        let host = self
+            .host_cpus
+            .iter()
+            .map(|(node, cpus)| HostNuma {
+                node: *node,
+                free_cpus: cpus.iter().copied().filter(|c| !used.contains(c)).collect(),
+                free_mem_mib: u64::MAX / 4,
+            })
+            .collect();
+        ClusterView { gpus, host }
+    }
+
+    /// Collect the outcome of jobs whose shim has finished; mark lost ones.
+    fn collect_finished(&mut self, now: u64) -> Result<usize, String> {
+        let recs = self
+            .store
+            .jobs(&JobFilter { states: vec![JobState::Running], ..JobFilter::default() })
+            .map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for rec in recs {
+            let dir = rec.job_dir.clone().map_or_else(|| self.job_dir(rec.id), PathBuf::from);
+            let state = match tessera_exec::inspect(&dir, rec.id) {
+                Ok(s) => s,
+                Err(e) => ShimState::Lost { detail: e.to_string(), survivors: Vec::new() },
+            };
+            match state {
+                ShimState::Running { .. } => continue,
+                ShimState::Finished(outcome) => {
+                    let to = match outcome.state {
+                        tessera_exec::JobState::Succeeded => JobState::Succeeded,
+                        tessera_exec::JobState::Failed => JobState::Failed,
+                        tessera_exec::JobState::Cancelled => JobState::Cancelled,
+                        tessera_exec::JobState::TimedOut => JobState::TimedOut,
+                    };
+                    let failed = outcome.failed_rank.and_then(|r| outcome.ranks.iter().find(|x| x.rank == r));
+                    let first = outcome.ranks.first();
+                    let exit = ExitInfo {
+                        code: failed.or(first).and_then(|r| r.code),
+                        signal: failed.or(first).and_then(|r| r.signal),
+                        failed_rank: outcome.failed_rank,
+                        detail: outcome.detail.clone(),
+                    };
+                    self.detach_sim(rec.id);
+                    self.store
+                        .finish(rec.id, JobState::Running, to, &outcome.detail, exit, now)
+                        .map_err(|e| e.to_string())?;
+                }
+                ShimState::Lost { detail, .. } => {
+                    let _ = tessera_exec::kill_orphans(&dir, rec.id);
+                    self.detach_sim(rec.id);
+                    let reason = format!("its supervisor died without recording an exit status: {detail}");
+                    let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.clone() };
+                    self.store
+                        .finish(rec.id, JobState::Running, JobState::Lost, &reason, exit, now)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The simulated node shows a job's instances busy while it runs, as NVML would.
+    fn attach_sim(&self, job: u64, gpu: u32, gi: u32, ci: u32, pid: u32) {
+        if let NodeBackend::Sim(s) = &self.backend {
+            let _ = s.attach_process(gpu, gi, ci, pid, &format!("tessera-job-{job}"));
+        }
+    }
+
+    fn detach_sim(&self, job: u64) {
+        let NodeBackend::Sim(s) = &self.backend else { return };
+        let Ok(allocs) = self.store.job_allocations(job) else { return };
+        let pid = self.store.job(job).ok().flatten().and_then(|r| r.shim_pid);
+        for a in allocs {
+            if let Some(pid) = pid {
+                let _ = s.detach_process(a.allocation.gpu_index, pid);
+            }
+        }
+    }
+
+    /// One scheduling round. Returns whether anything changed (so the caller can run again soon).
+    pub fn round(&mut self) -> Result<bool, String> {
+        let now = now_ms();
+        let mut changed = self.collect_finished(now)? > 0;
+        let backend = self.backend.get();
+        let live = node_view(backend).map_err(|e| format!("reading the GPUs: {e}"))?;
+        let running = self.running_jobs(&live)?;
+        let cluster = self.cluster_view(&live, &running);
+        let queued = self
+            .store
+            .jobs(&JobFilter { states: vec![JobState::Queued], ..JobFilter::default() })
+            .map_err(|e| e.to_string())?;
+        let mut queue = Vec::new();
+        for rec in &queued {
+            match Self::request_of(rec) {
+                Ok(request) => queue.push(QueuedJob { id: rec.id, request, submitted_ms: rec.submitted_ms }),
+                Err(reason) => {
+                    let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.clone() };
+                    let _ = self.store.finish(rec.id, JobState::Queued, JobState::Failed, &reason, exit, now);
+                    changed = true;
+                }
+            }
+        }
+        let records: BTreeMap<u64, &JobRecord> = queued.iter().map(|r| (r.id, r)).collect();
+        self.last_round_ms = now;
+        let decisions = self.scheduler.schedule(now, &cluster, &queue, &running);
+        for d in decisions {
+            match d {
+                Decision::Pending { job, reason, detail } => {
+                    let _ = self.store.set_pending_reason(job, &format!("{reason}: {detail}"));
+                }
+                Decision::Reconfigure { gpu, plan, for_job } => {
+                    changed = true;
+                    self.apply_reconfigure(&live, gpu, &plan, for_job, now);
+                }
+                Decision::Start { job, ranks } => {
+                    changed = true;
+                    if let Some(rec) = records.get(&job)
+                        && let Some(q) = queue.iter().find(|q| q.id == job)
+                    {
+                        self.start(rec, &q.request, &ranks, now);
+                    }
+                }
+                Decision::Preempt { job, for_job } => {
+                    changed = true;
+                    let _ = self.store.set_meta(&format!("preempted/{job}"), &for_job.to_string());
+                    let _ = tessera_exec::cancel(&self.job_dir(job));
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    fn apply_reconfigure(
+        &mut self,
+        live: &[LiveGpu],
+        gpu: u32,
+        plan: &tessera_mig::ReconfigurePlan,
+        for_job: u64,
+        now: u64,
+    ) {
+        let Some(g) = live.iter().find(|g| g.device.index == gpu) else { return };
+        let plan_json = json!({"target": plan.target, "steps": plan.steps});
+        let Ok(id) = self.store.begin_reconfig(&g.device.uuid, gpu, &plan_json, Some(for_job), now) else { return };
+        match tessera_gpu::execute_plan(self.backend.get(), gpu, plan) {
+            Ok(report) => {
+                for (k, line) in report.steps_done.iter().enumerate() {
+                    let _ = self.store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), &json!(line), now_ms());
+                }
+                let _ = self.store.finish_reconfig(id, ReconfigOutcome::Completed, now_ms());
+            }
+            Err(e) => {
+                let outcome = if e.rolled_back {
+                    ReconfigOutcome::RolledBack
+                } else {
+                    ReconfigOutcome::Abandoned { detail: e.to_string() }
+                };
+                let _ = self.store.finish_reconfig(id, outcome, now_ms());
+                let _ = self.store.set_pending_reason(for_job, &format!("reconfiguring: GPU {gpu} failed: {e}"));
+            }
+        }
+    }
+
+    /// Allocate, launch the shim, mark running. Any failure fails the job with the reason and
+    /// releases its slices (the store does that in the same transaction).
+    fn start(&mut self, rec: &JobRecord, request: &JobRequest, ranks: &[RankPlacement], now: u64) {
+        let id = rec.id;
+        if self.store.transition(id, JobState::Queued, JobState::Placing, "placing", now).is_err() {
+            return;
+        }
+        match self.launch(rec, request, ranks, now) {
+            Ok(()) => {}
+            Err(reason) => {
+                let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.clone() };
+                let _ = self.store.finish(id, JobState::Placing, JobState::Failed, &reason, exit, now_ms());
+            }
+        }
+    }
+
+    fn launch(
+        &mut self,
+        rec: &JobRecord,
+        request: &JobRequest,
+        ranks: &[RankPlacement],
+        now: u64,
+    ) -> Result<(), String> {
+        let id = rec.id;
+        let backend = self.backend.get();
+        let world = u32::try_from(ranks.len()).unwrap_or(u32::MAX);
+        let mut rank_specs = Vec::new();
+        let mut attach = Vec::new();
+        for (k, r) in ranks.iter().enumerate() {
+            let rank = u32::try_from(k).unwrap_or(u32::MAX);
+            let view = tessera_gpu::gpu_view(backend, r.gpu).map_err(|e| format!("reading GPU {}: {e}", r.gpu))?;
+            let live = view
+                .instances
+                .iter()
+                .find(|i| i.instance.profile_id == r.instance.profile_id && i.instance.start == r.instance.start)
+                .ok_or_else(|| {
+                    format!("GPU {}: the planned instance at unit {} is not there", r.gpu, r.instance.start)
+                })?;
+            let ci = live
+                .compute_instances
+                .first()
+                .ok_or_else(|| format!("GPU {}: {} has no compute instance", r.gpu, live.label()))?;
+            let alloc = Allocation {
+                gpu_uuid: view.device.uuid.clone(),
+                gpu_index: r.gpu,
+                profile_id: r.instance.profile_id,
+                start: r.instance.start,
+                gpu_instance_id: Some(live.gpu_instance_id),
+                compute_instance_id: Some(ci.id),
+                mig_uuid: Some(ci.uuid.clone()),
+                exclusive: matches!(request.sharing, Sharing::Exclusive),
+            };
+            self.store.allocate(id, rank, &alloc).map_err(|e| format!("allocating {}: {e}", live.label()))?;
+            let mps = match request.sharing {
+                Sharing::Mps { active_thread_pct, pinned_mem_mib } => {
+                    let pipe = self.state_dir.join("mps").join(&ci.uuid).join("pipe");
+                    let log = self.state_dir.join("mps").join(&ci.uuid).join("log");
+                    if self.mps_started.insert(ci.uuid.clone()) {
+                        self.mps
+                            .start(&ci.uuid, &pipe, &log, rec.user_uid)
+                            .map_err(|e| format!("starting MPS: {e}"))?;
+                    }
+                    Some(MpsClient {
+                        pipe_dir: pipe,
+                        log_dir: log,
+                        active_thread_percentage: Some(u32::from(active_thread_pct)),
+                        pinned_device_mem_limit_mib: pinned_mem_mib,
+                    })
+                }
+                _ => None,
+            };
+            let env = rank_env(id, rank, world, std::slice::from_ref(&ci.uuid), mps.as_ref());
+            rank_specs.push(RankSpec {
+                rank,
+                env,
+                cpus: r.cpus.clone(),
+                mem_node: if matches!(request.numa, tessera_sched::NumaPolicy::Local) { r.numa_node } else { None },
+            });
+            attach.push((r.gpu, live.gpu_instance_id, ci.id));
+        }
+        let euid = tessera_exec::effective_uid();
+        let (uid, gid) =
+            if euid == 0 { (rec.user_uid, user_gid(rec.user_uid)) } else { (euid, tessera_exec::effective_gid()) };
+        let spec = JobSpec {
+            job_id: id,
+            argv: rec.command.clone(),
+            env: rec.env.clone(),
+            cwd: PathBuf::from(&rec.cwd),
+            uid,
+            gid,
+            ranks: rank_specs,
+            time_limit_ms: request.time_limit_ms,
+            kill_grace_ms: self.config.scheduler.kill_grace_ms,
+        };
+        let dir = self.job_dir(id);
+        let args: Vec<&str> = self.shim_args.iter().map(String::as_str).collect();
+        let pid =
+            tessera_exec::launch(&self.shim_exe, &args, &dir, &spec).map_err(|e| format!("starting the job: {e}"))?;
+        self.store.set_runtime(id, &dir.display().to_string(), pid, now).map_err(|e| e.to_string())?;
+        for (gpu, gi, ci) in attach {
+            self.attach_sim(id, gpu, gi, ci, pid);
+        }
+        let placed: Vec<String> = ranks
+            .iter()
+            .map(|r| {
+                let model = self
+                    .backend
+                    .get()
+                    .devices()
+                    .ok()
+                    .and_then(|d| d.into_iter().find(|x| x.index == r.gpu))
+                    .and_then(|d| d.model());
+                model.map_or_else(
+                    || format!("GPU {}", r.gpu),
+                    |m| format!("GPU {} {}", r.gpu, instance_label(m, &r.instance)),
+                )
+            })
+            .collect();
+        self.store
+            .transition(
+                id,
+                JobState::Placing,
+                JobState::Running,
+                &format!("running on {}", placed.join(", ")),
+                now_ms(),
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// After a restart: finish or resume half-done reconfigurations, adopt or settle jobs.
+    pub fn recover(&mut self) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
+        let now = now_ms();
+        for r in self.store.open_reconfigs().map_err(|e| e.to_string())? {
+            let target: Result<Vec<Instance>, _> = serde_json::from_value(r.plan["target"].clone());
+            let outcome = match target {
+                Ok(target) => {
+                    let view = tessera_gpu::gpu_view(self.backend.get(), r.gpu_index).map_err(|e| e.to_string())?;
+                    let current: Vec<CurrentInstance> = view.current();
+                    match view.model.map(|m| reconfigure(m, &current, &Wanted::Layout(target))) {
+                        Some(Ok(plan)) => match tessera_gpu::execute_plan(self.backend.get(), r.gpu_index, &plan) {
+                            Ok(_) => {
+                                notes.push(format!(
+                                    "GPU {}: resumed reconfiguration {} ({} step(s) left)",
+                                    r.gpu_index,
+                                    r.id,
+                                    plan.steps.len()
+                                ));
+                                ReconfigOutcome::Completed
+                            }
+                            Err(e) => ReconfigOutcome::Abandoned { detail: format!("resuming failed: {e}") },
+                        },
+                        Some(Err(e)) => ReconfigOutcome::Abandoned { detail: format!("cannot resume: {e}") },
+                        None => ReconfigOutcome::Abandoned { detail: "GPU model unknown".into() },
+                    }
+                }
+                Err(e) => ReconfigOutcome::Abandoned { detail: format!("unreadable plan: {e}") },
+            };
+            if let ReconfigOutcome::Abandoned { detail } = &outcome {
+                notes.push(format!("GPU {}: reconfiguration {} abandoned: {detail}", r.gpu_index, r.id));
+            }
+            self.store.finish_reconfig(r.id, outcome, now).map_err(|e| e.to_string())?;
+        }
+        let active = self
+            .store
+            .jobs(&JobFilter { states: vec![JobState::Placing, JobState::Running], ..JobFilter::default() })
+            .map_err(|e| e.to_string())?;
+        for rec in active {
+            let dir = rec.job_dir.clone().map_or_else(|| self.job_dir(rec.id), PathBuf::from);
+            let launched = dir.join("shim.pid").exists();
+            if rec.state == JobState::Placing && !launched {
+                self.store
+                    .transition(
+                        rec.id,
+                        JobState::Placing,
+                        JobState::Queued,
+                        "requeued after a daemon restart: it had not started",
+                        now,
+                    )
+                    .map_err(|e| e.to_string())?;
+                notes.push(format!("job {}: requeued (had not started)", rec.id));
+                continue;
+            }
+            if rec.state == JobState::Placing {
+                // Launched but not yet marked running: the shim owns it now.
+                self.store
+                    .transition(rec.id, JobState::Placing, JobState::Running, "adopted after a daemon restart", now)
+                    .map_err(|e| e.to_string())?;
+            }
+            if let Ok(ShimState::Running { shim_pid }) = tessera_exec::inspect(&dir, rec.id) {
+                notes.push(format!("job {}: adopted (shim pid {shim_pid})", rec.id));
+            }
+        }
+        let n = self.collect_finished(now)?;
+        if n > 0 {
+            notes.push(format!("{n} job(s) ended while the daemon was down"));
+        }
+        Ok(notes)
+    }
+
+    // ---- API actions -------------------------------------------------------------------------
+
+    fn job_json(&self, rec: &JobRecord, detail: bool) -> Value {
+        let ranks: Vec<Value> = self
+            .store
+            .job_allocations(rec.id)
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a.released_ms.is_none() || rec.state.is_terminal())
+            .map(|a| {
+                let model = self
+                    .backend
+                    .get()
+                    .devices()
+                    .ok()
+                    .and_then(|d| d.into_iter().find(|x| x.index == a.allocation.gpu_index))
+                    .and_then(|d| d.model());
+                json!({
+                    "rank": a.rank, "gpu": a.allocation.gpu_index, "gpu_uuid": a.allocation.gpu_uuid,
+                    "profile": model.and_then(|m| m.profile_by_id(a.allocation.profile_id)).map(|p| p.name.clone()),
+                    "profile_id": a.allocation.profile_id, "start": a.allocation.start,
+                    "gpu_instance_id": a.allocation.gpu_instance_id, "mig_uuid": a.allocation.mig_uuid,
+                    "exclusive": a.allocation.exclusive,
+                })
+            })
+            .collect();
+        let mut v = json!({
+            "id": rec.id, "user": rec.user_name, "uid": rec.user_uid, "tenant": rec.tenant, "priority": rec.priority,
+            "state": state_name(rec.state), "reason": rec.reason, "command": rec.command, "cwd": rec.cwd,
+            "submitted_ms": rec.submitted_ms, "started_ms": rec.started_ms, "ended_ms": rec.ended_ms,
+            "resources": rec.request, "ranks": ranks,
+            "exit": rec.exit.as_ref().map(|e| json!({"code": e.code, "signal": e.signal, "failed_rank": e.failed_rank, "detail": e.detail})),
+        });
+        if detail {
+            v["events"] = json!(
+                self.store
+                    .events(rec.id)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| json!({
+                        "from": state_name(e.from), "to": state_name(e.to), "reason": e.reason, "at_ms": e.at_ms
+                    }))
+                    .collect::<Vec<_>>()
+            );
+        }
+        v
+    }
+
+    fn owned(&self, caller: &Caller, id: u64) -> Result<JobRecord, ApiError> {
+        let rec = self.store.job(id).map_err(store_err)?.ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        if rec.user_uid != caller.uid && !caller.admin {
+            return Err(ApiError::forbidden(format!("job {id} belongs to another user")));
+        }
+        Ok(rec)
+    }
+
+    /// Answer an action that does not wait. (`Wait` is handled by the async side.)
+    pub fn act(&mut self, caller: &Caller, action: Action) -> Result<Value, ApiError> {
+        match action {
+            Action::Submit(body) => self.submit(caller, body),
+            Action::ListJobs { states, all } => {
+                if all && !caller.admin {
+                    return Err(ApiError::forbidden("only admins list every user's jobs"));
+                }
+                let states = states
+                    .iter()
+                    .map(|s| {
+                        s.parse::<JobState>().map_err(|_| ApiError::bad_request(format!("unknown job state '{s}'")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let filter = JobFilter { states, user_uid: (!all).then_some(caller.uid), ..JobFilter::default() };
+                let jobs = self.store.jobs(&filter).map_err(store_err)?;
+                Ok(json!({"jobs": jobs.iter().map(|j| self.job_json(j, false)).collect::<Vec<_>>()}))
+            }
+            Action::GetJob { id } => {
+                let rec = self.owned(caller, id)?;
+                Ok(self.job_json(&rec, true))
+            }
+            Action::Cancel { id } => {
+                let rec = self.owned(caller, id)?;
+                let now = now_ms();
+                match rec.state {
+                    JobState::Queued => {
+                        let exit = ExitInfo {
+                            code: None,
+                            signal: None,
+                            failed_rank: None,
+                            detail: format!("cancelled by {}", caller.user),
+                        };
+                        self.store
+                            .finish(
+                                id,
+                                JobState::Queued,
+                                JobState::Cancelled,
+                                &format!("cancelled by {} before it started", caller.user),
+                                exit,
+                                now,
+                            )
+                            .map_err(|e| ApiError::conflict(e.to_string()))?;
+                        Ok(json!({"id": id, "state": "cancelled"}))
+                    }
+                    JobState::Placing | JobState::Running => {
+                        let dir = rec.job_dir.clone().map_or_else(|| self.job_dir(id), PathBuf::from);
+                        tessera_exec::cancel(&dir)
+                            .map_err(|e| ApiError::internal(format!("cancelling job {id}: {e}")))?;
+                        Ok(json!({"id": id, "state": "cancelling"}))
+                    }
+                    s => Err(ApiError::conflict(format!("job {id} has already ended ({s})"))),
+                }
+            }
+            Action::Logs { id, rank, stream, offset } => {
+                let rec = self.owned(caller, id)?;
+                let Some(dir) = rec.job_dir.clone() else {
+                    return Ok(json!({"data": "", "next_offset": 0, "job_ended": rec.state.is_terminal()}));
+                };
+                let s = if stream == "stderr" { LogStream::Stderr } else { LogStream::Stdout };
+                let (bytes, next) = tessera_exec::tail_stream(std::path::Path::new(&dir), rank, s, offset)
+                    .map_err(|e| ApiError::not_found(format!("job {id} rank {rank}: {e}")))?;
+                Ok(
+                    json!({"data": String::from_utf8_lossy(&bytes), "next_offset": next, "job_ended": rec.state.is_terminal()}),
+                )
+            }
+            Action::Wait { id, .. } => {
+                let rec = self.owned(caller, id)?;
+                Ok(self.job_json(&rec, false))
+            }
+            Action::Gpus => self.gpus_json(),
+            Action::Drain { gpu, drain } => {
+                if !caller.admin {
+                    return Err(ApiError::forbidden("only admins drain GPUs"));
+                }
+                let n = self.backend.get().devices().map_err(|e| ApiError::internal(e.to_string()))?.len();
+                if usize::try_from(gpu).unwrap_or(usize::MAX) >= n {
+                    return Err(ApiError::not_found(format!("no GPU {gpu} (the node has {n})")));
+                }
+                if drain {
+                    self.drained.insert(gpu);
+                } else {
+                    self.drained.remove(&gpu);
+                }
+                Ok(json!({"gpu": gpu, "drained": drain}))
+            }
+            Action::Health => {
+                let counts = self.store.count_by_state().map_err(store_err)?;
+                Ok(json!({
+                    "backend": self.backend.get().kind().to_string(),
+                    "jobs": counts.iter().map(|(k, v)| (k.as_str().to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "drained": self.drained,
+                    "last_round_ms": self.last_round_ms,
+                }))
+            }
+        }
+    }
+
+    fn submit(&mut self, caller: &Caller, body: SubmitBody) -> Result<Value, ApiError> {
+        if body.command.is_empty() || body.command[0].is_empty() {
+            return Err(ApiError::bad_request("command is empty"));
+        }
+        if !body.cwd.starts_with('/') {
+            return Err(ApiError::bad_request(format!("cwd '{}' must be an absolute path", body.cwd)));
+        }
+        let mut request: JobRequest = serde_json::from_value(body.resources.clone())
+            .map_err(|e| ApiError::bad_request(format!("resources: {e}")))?;
+        if request.tenant.is_empty() {
+            request.tenant = caller.tenant.clone();
+        } else if request.tenant != caller.tenant && !caller.admin {
+            return Err(ApiError::forbidden(format!(
+                "user {} belongs to tenant '{}', not '{}'",
+                caller.user, caller.tenant, request.tenant
+            )));
+        }
+        request.validate().map_err(|e| ApiError::bad_request(format!("resources: {e}")))?;
+        let models: Vec<&'static tessera_mig::GpuModel> = self
+            .backend
+            .get()
+            .devices()
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .iter()
+            .filter_map(|d| d.model())
+            .collect();
+        let mut why = Vec::new();
+        if !models.iter().any(|m| match request.resolve(m) {
+            Ok(_) => true,
+            Err(e) => {
+                why.push(e.to_string());
+                false
+            }
+        }) {
+            why.dedup();
+            return Err(ApiError::unprocessable(format!("no GPU on this node can run it: {}", why.join("; "))));
+        }
+        let job = NewJob {
+            user_uid: caller.uid,
+            user_name: caller.user.clone(),
+            tenant: request.tenant.clone(),
+            priority: request.priority,
+            request: serde_json::to_value(&request).map_err(|e| ApiError::internal(e.to_string()))?,
+            command: body.command,
+            env: body.env.into_iter().collect(),
+            cwd: body.cwd,
+            submitted_ms: now_ms(),
+        };
+        let id = self.store.insert_job(&job).map_err(store_err)?;
+        Ok(json!({"id": id}))
+    }
+
+    fn gpus_json(&self) -> Result<Value, ApiError> {
+        let live = node_view(self.backend.get()).map_err(|e| ApiError::internal(e.to_string()))?;
+        let allocs = self.store.live_allocations().map_err(store_err)?;
+        let gpus: Vec<Value> = live
+            .iter()
+            .map(|g| {
+                json!({
+                    "index": g.device.index, "name": g.device.name, "uuid": g.device.uuid,
+                    "model": g.model.map(|m| m.name.clone()), "numa_node": g.device.numa_node,
+                    "mig": g.mig.current, "drained": self.drained.contains(&g.device.index),
+                    "instances": g.instances.iter().map(|i| {
+                        let jobs: Vec<u64> = allocs.iter()
+                            .filter(|(_, _, a)| a.gpu_uuid == g.device.uuid && a.profile_id == i.instance.profile_id && a.start == i.instance.start)
+                            .map(|(j, _, _)| *j).collect();
+                        json!({"gpu_instance_id": i.gpu_instance_id, "profile": i.profile_name, "profile_id": i.instance.profile_id,
+                               "start": i.instance.start, "size": i.placement_size, "jobs": jobs,
+                               "mig_uuid": i.compute_instances.first().map(|c| c.uuid.clone())})
+                    }).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Ok(json!({"backend": self.backend.get().kind().to_string(), "gpus": gpus}))
+    }
+}
+
+/// The primary group of a uid, from `/etc/passwd` (the uid itself when unknown).
+fn user_gid(uid: u32) -> u32 {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok()).flatten()
+        })
+        .unwrap_or(uid)
+}
