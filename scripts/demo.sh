@@ -36,5 +36,28 @@ run mig apply -f examples/mig-config.yaml -c inference-plus-training --dry-run
 run mig idle 1:7
 run mig apply -f examples/mig-config.yaml -c inference-plus-training
 run mig assert -f examples/mig-config.yaml -c inference-plus-training
-run mig gpus
 run mig export
+
+echo
+echo "== The daemon: people submit work, Tessera partitions, places, runs and finishes it =="
+DSTATE="$(dirname "$STATE")/daemon"
+export TESSERA_SOCKET="$DSTATE/tessera.sock"
+mkdir -p "$DSTATE"
+printf '[scheduler]\ntick_ms = 100\n' > "$DSTATE/tessera.toml"
+"$BIN" serve --sim 2xH100-80GB,numa=2 --state-dir "$DSTATE" --config "$DSTATE/tessera.toml" 2>"$DSTATE/serve.log" &
+DAEMON=$!
+trap 'kill $DAEMON 2>/dev/null' EXIT
+for _ in $(seq 50); do [ -S "$TESSERA_SOCKET" ] && break; sleep 0.1; done
+J1=$("$BIN" submit --profile 3g.40gb --cpus 2 -- sh -c 'echo "training on $CUDA_VISIBLE_DEVICES (rank $RANK)"; sleep 2')
+J2=$("$BIN" submit --gpu-mem 10GiB -- sh -c 'echo "inference on $CUDA_VISIBLE_DEVICES"; sleep 1')
+J3=$("$BIN" submit --profile 2g.20gb --ranks 2 --gpu-numa-local -- sh -c 'echo "rank $RANK of $WORLD_SIZE on $CUDA_VISIBLE_DEVICES"')
+J4=$("$BIN" submit --profile 1g.10gb --mps 50% -- sh -c 'echo "MPS client at $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE%"')
+sleep 0.5
+run jobs
+run gpus
+run wait "$J1"
+run logs "$J1"
+run logs "$J3" --rank 1
+run job "$J2"
+run jobs
+kill $DAEMON 2>/dev/null; wait $DAEMON 2>/dev/null

@@ -1,0 +1,291 @@
+//! The daemon end to end: the real `tessera serve` on a simulated node, real job processes,
+//! the real CLI. Each test has its own state directory and socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    spec: &'static str,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(spec: &'static str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tessera.toml"), "[scheduler]\ntick_ms = 50\nkill_grace_ms = 500\n").unwrap();
+        let mut d = Daemon { dir, spec, child: None };
+        d.spawn();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("tessera.sock")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--sim", self.spec, "--state-dir"])
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--config")
+            .arg(self.dir.path().join("tessera.toml"))
+            .env_remove("TESSERA_SIM")
+            .env_remove("TESSERA_SIM_STATE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the daemon did not come up");
+    }
+
+    /// `kill -9` the daemon.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .env_remove("TESSERA_TCP")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, 0, "tessera {args:?}:\n{out}\n{err}");
+        out
+    }
+
+    fn submit(&self, args: &[&str]) -> u64 {
+        self.ok(&[&["submit"], args].concat()).trim().parse().unwrap()
+    }
+
+    fn job(&self, id: u64) -> Value {
+        serde_json::from_str(&self.ok(&["-o", "json", "job", &id.to_string()])).unwrap()
+    }
+
+    fn wait(&self, id: u64) -> Value {
+        let (_, out, _) = self.cli(&["-o", "json", "wait", &id.to_string(), "--timeout", "60s"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("wait {id}: {e}: {out}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn a_job_runs_on_its_own_slice_with_the_right_environment_and_binding() {
+    let d = Daemon::start("1xA100-40GB,numa=1");
+    let out = d.dir.path().join("seen.txt");
+    let script = format!(
+        "env > {o}.env; grep -E 'Cpus_allowed_list|Mems_allowed_list' /proc/self/status > {o}.status; cat /proc/self/numa_maps | head -1 > {o}.numa",
+        o = out.display()
+    );
+    // The GPU starts empty: the scheduler creates the slice.
+    let id = d.submit(&["--profile", "3g.20gb", "--cpus", "1", "--", "sh", "-c", &script]);
+    let j = d.wait(id);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let env = read(&PathBuf::from(format!("{}.env", out.display())));
+    let mig = env.lines().find_map(|l| l.strip_prefix("CUDA_VISIBLE_DEVICES=")).unwrap_or_else(|| panic!("{env}"));
+    assert!(mig.starts_with("MIG-"), "{mig}");
+    assert!(env.contains(&format!("NVIDIA_VISIBLE_DEVICES={mig}")), "{env}");
+    for v in ["RANK=0", "WORLD_SIZE=1", "LOCAL_RANK=0", &format!("TESSERA_JOB_ID={id}")] {
+        assert!(env.lines().any(|l| l == v), "{v} missing:\n{env}");
+    }
+    let status = read(&PathBuf::from(format!("{}.status", out.display())));
+    assert!(status.contains("Cpus_allowed_list"), "{status}");
+    let full = d.job(id);
+    assert_eq!(full["ranks"][0]["profile"], "3g.20gb");
+    assert_eq!(full["ranks"][0]["mig_uuid"], mig);
+    let states: Vec<&str> = full["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
+    assert_eq!(states, ["placing", "running", "succeeded"]);
+    // Logs, and another user's job is not theirs.
+    let id = d.submit(&["--compute-slices", "1", "--", "echo", "hello from tessera"]);
+    d.wait(id);
+    assert_eq!(d.ok(&["logs", &id.to_string()]), "hello from tessera\n");
+    let other = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["job", &id.to_string()])
+        .output();
+    if let Ok(o) = other
+        && tessera_exec::effective_uid() == 0
+    {
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("belongs to another user"), "{o:?}");
+    }
+}
+
+#[test]
+fn ranks_gang_up_cancel_and_time_limits_work() {
+    let d = Daemon::start("1xH100-80GB,numa=1");
+    let id = d.submit(&[
+        "--profile",
+        "2g.20gb",
+        "--ranks",
+        "2",
+        "--gpu-numa-local",
+        "--",
+        "sh",
+        "-c",
+        "echo rank $RANK of $WORLD_SIZE on $CUDA_VISIBLE_DEVICES",
+    ]);
+    let j = d.wait(id);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let full = d.job(id);
+    let ranks = full["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2);
+    assert_ne!(ranks[0]["mig_uuid"], ranks[1]["mig_uuid"]);
+    let starts: Vec<u64> = ranks.iter().map(|r| r["start"].as_u64().unwrap()).collect();
+    assert!(starts.iter().any(|s| *s < 4) && starts.iter().any(|s| *s >= 4), "one rank per GPU NUMA node: {starts:?}");
+    assert_eq!(
+        d.ok(&["logs", &id.to_string(), "--rank", "1"]).split_whitespace().take(4).collect::<Vec<_>>(),
+        ["rank", "1", "of", "2"]
+    );
+
+    let long = d.submit(&["--compute-slices", "1", "--", "sleep", "30"]);
+    let t0 = Instant::now();
+    while d.job(long)["state"] != "running" && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.ok(&["cancel", &long.to_string()]);
+    assert_eq!(d.wait(long)["state"], "cancelled");
+
+    let limited = d.submit(&["--compute-slices", "1", "--time-limit", "1s", "--", "sleep", "30"]);
+    let j = d.wait(limited);
+    assert_eq!(j["state"], "timed_out", "{j}");
+
+    let failing = d.submit(&["--compute-slices", "1", "--", "sh", "-c", "exit 3"]);
+    let j = d.wait(failing);
+    assert_eq!((j["state"].as_str(), j["exit"]["code"].as_i64()), (Some("failed"), Some(3)), "{j}");
+
+    // Impossible and malformed requests are refused with the reason; the daemon stays up.
+    let (code, _, err) = d.cli(&["submit", "--gpu-mem", "500GiB", "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no GPU on this node can run it"), "{err}");
+    let (code, _, err) = d.cli(&["job", "999999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no job 999999"), "{err}");
+    d.ok(&["jobs"]);
+}
+
+/// The daemon is killed with -9 while jobs run, and restarted: every job still finishes exactly
+/// once, with its exit status known.
+#[test]
+fn kill_9_and_restart_loses_no_job_and_runs_none_twice() {
+    let mut d = Daemon::start("1xA100-40GB,numa=1");
+    let marks = d.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        for k in 0..4 {
+            let f = marks.join(format!("{round}-{k}"));
+            let cmd = format!("echo run >> {}; sleep 0.{}", f.display(), 3 + k);
+            ids.push(d.submit(&["--compute-slices", "1", "--", "sh", "-c", &cmd]));
+        }
+        std::thread::sleep(Duration::from_millis(150 * (round + 1)));
+        d.kill9();
+        d.spawn();
+    }
+    for id in &ids {
+        let j = d.wait(*id);
+        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
+    }
+    for e in std::fs::read_dir(&marks).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(read(&p), "run\n", "{} ran more than once", p.display());
+    }
+    assert_eq!(std::fs::read_dir(&marks).unwrap().count(), ids.len());
+}
+
+/// Many short jobs of mixed sizes and sharing all finish, and no two exclusive jobs ever held the
+/// same instance at the same time.
+#[test]
+fn three_hundred_mixed_jobs_all_finish_without_sharing_exclusive_slices() {
+    let d = Daemon::start("2xA100-40GB,numa=2");
+    let mut ids = Vec::new();
+    for k in 0..300 {
+        let args: Vec<&str> = match k % 6 {
+            0 => vec!["--profile", "1g.5gb"],
+            1 => vec!["--compute-slices", "2"],
+            2 => vec!["--gpu-mem", "4GiB"],
+            3 => vec!["--profile", "1g.5gb", "--mps", "25%"],
+            4 => vec!["--profile", "1g.5gb", "--time-slice"],
+            _ => vec!["--profile", "3g.20gb"],
+        };
+        let id = d.submit(&[&args[..], &["--", "true"]].concat());
+        ids.push(id);
+    }
+    let mut intervals: Vec<(String, u64, u64, bool, u64)> = Vec::new();
+    for id in &ids {
+        let j = d.wait(*id);
+        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
+        let full = d.job(*id);
+        let (s, e) = (full["started_ms"].as_u64().unwrap(), full["ended_ms"].as_u64().unwrap());
+        for r in full["ranks"].as_array().unwrap() {
+            let key = format!("{}/{}/{}", r["gpu_uuid"], r["profile_id"], r["start"]);
+            intervals.push((key, s, e, r["exclusive"].as_bool().unwrap(), *id));
+        }
+    }
+    for (i, a) in intervals.iter().enumerate() {
+        for b in &intervals[i + 1..] {
+            if a.0 == b.0 && (a.3 || b.3) {
+                assert!(
+                    a.2 <= b.1 || b.2 <= a.1,
+                    "jobs {} and {} shared {} exclusively at the same time",
+                    a.4,
+                    b.4,
+                    a.0
+                );
+            }
+        }
+    }
+}
