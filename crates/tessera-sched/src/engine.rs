@@ -1,0 +1,920 @@
+//! The working state of one scheduling round and the placement of one job on it.
+//!
+//! The round starts from the [`ClusterView`] and every decision is applied to this state, so
+//! later decisions in the same round see what earlier ones took (instances, CPUs, memory,
+//! repartition plans). A placement attempt works on a copy and is committed only when it
+//! succeeds; a gang therefore takes all of its ranks or nothing.
+//!
+//! Placing one rank (or the two ranks of a `gpu_numa_local` job) on one GPU considers, in order
+//! of preference (the cost's first element):
+//!
+//! 0. joining a shared instance it may share, or a free instance of exactly the profile it
+//!    needs;
+//! 1. creating the instance it needs in free space, destroying nothing (a repartition);
+//! 2. the smallest larger free instance (best fit);
+//! 3. reshaping idle instances: destroy the fewest, then keep the most usable free space.
+//!
+//! Ties go to the least waste (slices beyond what it needs), then to the GPU left with the
+//! least reclaimable capacity (packing, so whole GPUs stay whole for large jobs), then to a GPU
+//! whose host NUMA node has the CPUs, then to the lowest GPU index.
+
+use std::collections::BTreeMap;
+
+use tessera_mig::layout::{instance_label, unit_mask};
+use tessera_mig::{CurrentInstance, GpuModel, Instance, Placement, Planner, Profile, ReconfigurePlan, Wanted};
+
+use crate::cluster::{ClusterView, JobId, Occupant};
+use crate::request::{JobRequest, Need, NumaPolicy, Sharing, effective_compute, profile_memory_mib};
+use crate::scheduler::RankPlacement;
+
+/// Up to this many idle instances on one GPU, every subset is tried when choosing which to
+/// destroy; above it, only "none" and "all".
+const MAX_SUBSET_ENUM: usize = 10;
+
+/// One instance in the working state.
+#[derive(Debug, Clone)]
+pub(crate) struct WInst {
+    pub inst: Instance,
+    /// `None`: a profile the model does not have; such an instance is never used.
+    pub profile: Option<&'static tessera_mig::Profile>,
+    pub mask: u32,
+    pub occupants: Vec<Occupant>,
+    /// To be created by a reconfiguration decided this round: not usable yet.
+    pub planned: bool,
+    /// Only this job may use it (a reconfiguration or preemption made room for it).
+    pub held_for: Option<JobId>,
+}
+
+impl WInst {
+    pub fn compute(&self) -> u8 {
+        self.profile.map_or(0, |p| p.compute_slices)
+    }
+}
+
+/// One GPU in the working state.
+#[derive(Debug, Clone)]
+pub(crate) struct WGpu {
+    pub gpu: u32,
+    pub model: &'static GpuModel,
+    pub numa_node: Option<u32>,
+    pub healthy: bool,
+    pub reconfiguring: bool,
+    pub insts: Vec<WInst>,
+    /// The first job a reconfiguration of this GPU was decided for this round (later jobs may
+    /// add to the same plan).
+    pub planned_by: Option<JobId>,
+    /// Idle instances that reconfiguration destroys.
+    pub destroyed: Vec<Instance>,
+    /// The layout obeys the MIG rules (otherwise it is never repartitioned).
+    pub valid_layout: bool,
+}
+
+impl WGpu {
+    pub fn label(&self, inst: &Instance) -> String {
+        instance_label(self.model, inst)
+    }
+}
+
+/// Free CPUs (ascending) and memory of one host NUMA node.
+#[derive(Debug, Clone)]
+pub(crate) struct HostNode {
+    pub cpus: Vec<u32>,
+    pub mem: u64,
+}
+
+/// The round's view of what is free.
+#[derive(Debug, Clone)]
+pub(crate) struct WState {
+    pub gpus: Vec<WGpu>,
+    pub host: BTreeMap<u32, HostNode>,
+}
+
+impl WState {
+    /// GPUs ordered by index (a repeated index keeps its first entry); CPUs de-duplicated.
+    pub fn from_view(view: &ClusterView) -> Self {
+        let mut gpus: Vec<WGpu> = Vec::new();
+        let mut order: Vec<&crate::cluster::GpuView> = view.gpus.iter().collect();
+        order.sort_by_key(|g| g.gpu);
+        for g in order {
+            if gpus.iter().any(|w| w.gpu == g.gpu) {
+                continue;
+            }
+            let layout: Vec<Instance> = g.instances.iter().map(|i| i.instance).collect();
+            let insts = g
+                .instances
+                .iter()
+                .map(|iv| {
+                    let profile = g.model.profile_by_id(iv.instance.profile_id);
+                    WInst {
+                        inst: iv.instance,
+                        profile,
+                        mask: profile.map_or(0, |p| unit_mask(iv.instance.start, p.placement_size)),
+                        occupants: iv.occupants.clone(),
+                        planned: false,
+                        held_for: None,
+                    }
+                })
+                .collect();
+            gpus.push(WGpu {
+                gpu: g.gpu,
+                model: g.model,
+                numa_node: g.numa_node,
+                healthy: g.healthy,
+                reconfiguring: g.reconfiguring,
+                insts,
+                planned_by: None,
+                destroyed: Vec::new(),
+                valid_layout: tessera_mig::validate(g.model, &layout).is_empty(),
+            });
+        }
+        let mut host: BTreeMap<u32, HostNode> = BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut nodes: Vec<&crate::cluster::HostNuma> = view.host.iter().collect();
+        nodes.sort_by_key(|h| h.node);
+        for h in nodes {
+            if host.contains_key(&h.node) {
+                continue;
+            }
+            let mut cpus: Vec<u32> = h.free_cpus.iter().copied().filter(|c| seen.insert(*c)).collect();
+            cpus.sort_unstable();
+            host.insert(h.node, HostNode { cpus, mem: h.free_mem_mib });
+        }
+        WState { gpus, host }
+    }
+
+    pub fn pos_of(&self, gpu: u32) -> Option<usize> {
+        self.gpus.iter().position(|g| g.gpu == gpu)
+    }
+}
+
+/// Milli-slices (compute, memory) a job is charged for holding an instance: all of it when
+/// exclusive, its active-thread share under MPS, one replica's share when time-sliced.
+pub(crate) fn charge_milli(p: &Profile, sharing: &Sharing, replicas: u32) -> (u64, u64) {
+    let c = u64::from(p.compute_slices) * 1000;
+    let m = u64::from(p.memory_slices) * 1000;
+    match sharing {
+        Sharing::Exclusive => (c, m),
+        Sharing::Mps { active_thread_pct, .. } => {
+            let pct = u64::from((*active_thread_pct).min(100));
+            (c * pct / 100, m * pct / 100)
+        }
+        Sharing::TimeSlice => {
+            let r = u64::from(replicas.max(1));
+            (c.div_ceil(r), m.div_ceil(r))
+        }
+    }
+}
+
+/// Everything an attempt needs to know about the job and the rules of this attempt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub id: JobId,
+    pub req: &'a JobRequest,
+    /// Per GPU position: what one rank needs on that GPU's model (`None`: nothing fits there).
+    pub needs: &'a [Option<Vec<Need>>],
+    pub planners: &'a [&'a Planner<'static>],
+    pub replicas: u32,
+    pub repartition: bool,
+    /// Per GPU position: placement units this job may not use (a reservation).
+    pub blocked: &'a [u32],
+    /// Milli-slices (compute, memory) the tenant may still take.
+    pub budget: Option<(u64, u64)>,
+    /// Ignore CPUs and host memory (what-if attempts for reservations).
+    pub ignore_host: bool,
+}
+
+/// Why one GPU could not take a rank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Block {
+    Unhealthy,
+    Reconfiguring,
+    /// No profile of the GPU's model satisfies the request.
+    NoProfile,
+    /// No free instance fits and no repartition makes one.
+    NoRoom {
+        /// Compute slices not held by busy, held, reserved or planned instances.
+        free: u8,
+        need: u8,
+        /// Labels of idle instances that could be reshaped.
+        idle: Vec<String>,
+        /// Compute slices of those idle instances.
+        idle_compute: u8,
+        /// Label of the profile it needs.
+        profile: String,
+        repartition: bool,
+        /// Some units are reserved for another job.
+        reserved: bool,
+    },
+    /// Only instances beyond the tenant's quota would fit.
+    Quota,
+    /// The host NUMA node lacks CPUs or memory.
+    Host {
+        node: Option<u32>,
+        free_cpus: usize,
+        free_mem: u64,
+        cpus: u64,
+        mem: u64,
+    },
+    /// The planner refused a plan (should not happen on a valid layout).
+    Plan(String),
+}
+
+/// Why a job could not be placed: the rank that failed and each GPU's reason.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub rank: u32,
+    pub blocks: Vec<(usize, Block)>,
+}
+
+/// A successful attempt.
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    /// One entry per instance, rank-major; GPU position, not index.
+    pub ranks: Vec<(usize, RankPlacement)>,
+    /// Reconfigurations needed first (GPU position, the GPU's whole plan for this round, from
+    /// the layout at the start of the round).
+    pub plans: Vec<(usize, ReconfigurePlan)>,
+    /// The milli-slices taken.
+    pub charge: (u64, u64),
+}
+
+impl Placed {
+    pub fn starts_now(&self) -> bool {
+        self.plans.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    need: Need,
+    /// GPU NUMA node the instance must sit in.
+    numa: Option<u8>,
+    rank: u32,
+    /// Index of the instance within its rank.
+    index: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Fresh,
+    /// Join a shared instance with this load (Σ percentage or replicas in use).
+    Join(u32),
+}
+
+#[derive(Debug, Clone)]
+enum Pick {
+    Existing(usize),
+    Create(Instance),
+}
+
+#[derive(Debug, Clone)]
+struct HostPick {
+    /// CPUs per rank of the group.
+    per_rank: Vec<Vec<u32>>,
+    numa_node: Option<u32>,
+    /// (node, cpus, memory) to take.
+    take: Vec<(u32, Vec<u32>, u64)>,
+    far: u8,
+}
+
+type Cost = (u8, usize, u32, u8, u8, usize);
+/// How a free instance ranks for a slot: class, join first, size, load (most first), start.
+type PickKey = (u8, u8, u8, u8, u64, std::cmp::Reverse<u32>, u8);
+/// Picks for every slot, instances to destroy, and the option's class.
+type RawOption = (Vec<(Slot, Pick)>, Vec<usize>, u8);
+/// (rank, index in rank, GPU position, instance, the rank's CPUs, NUMA node).
+type Entry = (u32, usize, usize, Instance, Vec<u32>, Option<u32>);
+
+#[derive(Debug, Clone)]
+struct GroupOption {
+    g: usize,
+    cost: Cost,
+    picks: Vec<(Slot, Pick)>,
+    destroy: Vec<usize>,
+    host: Option<HostPick>,
+    charge: (u64, u64),
+}
+
+fn use_kind(ctx: &Ctx<'_>, model: &GpuModel, w: &WInst, blocked: u32) -> Option<Use> {
+    // What is held for this job is its own, whatever else is reserved.
+    let blocked = if w.held_for == Some(ctx.id) { 0 } else { blocked };
+    if w.planned || w.profile.is_none() || w.mask & blocked != 0 {
+        return None;
+    }
+    if w.held_for.is_some_and(|h| h != ctx.id) {
+        return None;
+    }
+    if w.occupants.is_empty() {
+        return Some(Use::Fresh);
+    }
+    let sharing = ctx.req.sharing;
+    if !sharing.is_shared()
+        || w.occupants.iter().any(|o| o.job == ctx.id || !sharing.compatible_with(&o.sharing))
+        || w.held_for.is_some()
+    {
+        return None;
+    }
+    match sharing {
+        Sharing::Mps { active_thread_pct, pinned_mem_mib } => {
+            let mut pct = u32::from(active_thread_pct);
+            let mut pinned = pinned_mem_mib.unwrap_or(0);
+            for o in &w.occupants {
+                if let Sharing::Mps { active_thread_pct: p, pinned_mem_mib: m } = o.sharing {
+                    pct += u32::from(p);
+                    pinned = pinned.saturating_add(m.unwrap_or(0));
+                }
+            }
+            let mem = w.profile.map_or(0, |p| profile_memory_mib(model, p));
+            (pct <= 100 && pinned <= mem).then_some(Use::Join(pct))
+        }
+        Sharing::TimeSlice => {
+            let n = u32::try_from(w.occupants.len()).unwrap_or(u32::MAX);
+            (n < ctx.replicas).then_some(Use::Join(n))
+        }
+        Sharing::Exclusive => None,
+    }
+}
+
+fn slots_for(ctx: &Ctx<'_>, g: usize, ranks: &[u32], numa_pair: bool) -> Option<Vec<Slot>> {
+    let needs = ctx.needs.get(g)?.as_ref()?;
+    if numa_pair {
+        let need = *needs.first()?;
+        Some(
+            ranks
+                .iter()
+                .enumerate()
+                .map(|(i, &rank)| Slot { need, numa: u8::try_from(i).ok(), rank, index: 0 })
+                .collect(),
+        )
+    } else {
+        let rank = *ranks.first()?;
+        Some(needs.iter().enumerate().map(|(index, &need)| Slot { need, numa: None, rank, index }).collect())
+    }
+}
+
+fn host_pick(
+    req: &JobRequest,
+    gpu_numa: Option<u32>,
+    nranks: usize,
+    host: &BTreeMap<u32, HostNode>,
+) -> Result<HostPick, Block> {
+    let per = usize::try_from(req.cpus).unwrap_or(usize::MAX);
+    let cpus = per.saturating_mul(nranks);
+    let mem = req.mem_mib.saturating_mul(nranks as u64);
+    let split = |list: Vec<u32>| -> Vec<Vec<u32>> {
+        (0..nranks).map(|r| list.iter().skip(r * per).take(per).copied().collect()).collect()
+    };
+    let bind_unknown = matches!(req.numa, NumaPolicy::Any);
+    if cpus == 0 && mem == 0 {
+        return Ok(HostPick { per_rank: vec![Vec::new(); nranks], numa_node: gpu_numa, take: Vec::new(), far: 0 });
+    }
+    let fits = |n: &HostNode| n.cpus.len() >= cpus && n.mem >= mem;
+    let take_one = |node: u32, n: &HostNode| -> (Vec<u32>, (u32, Vec<u32>, u64)) {
+        let list: Vec<u32> = n.cpus.iter().take(cpus).copied().collect();
+        (list.clone(), (node, list, mem))
+    };
+    if let (NumaPolicy::Local, Some(node)) = (req.numa, gpu_numa) {
+        return match host.get(&node) {
+            Some(n) if fits(n) => {
+                let (list, take) = take_one(node, n);
+                Ok(HostPick { per_rank: split(list), numa_node: Some(node), take: vec![take], far: 0 })
+            }
+            other => Err(Block::Host {
+                node: Some(node),
+                free_cpus: other.map_or(0, |n| n.cpus.len()),
+                free_mem: other.map_or(0, |n| n.mem),
+                cpus: cpus as u64,
+                mem,
+            }),
+        };
+    }
+    // Any node: the GPU's own first, then the roomiest single node, then spread.
+    if let Some(node) = gpu_numa
+        && let Some(n) = host.get(&node)
+        && fits(n)
+    {
+        let (list, take) = take_one(node, n);
+        return Ok(HostPick { per_rank: split(list), numa_node: Some(node), take: vec![take], far: 0 });
+    }
+    let mut nodes: Vec<(&u32, &HostNode)> = host.iter().collect();
+    nodes.sort_by_key(|(id, n)| (std::cmp::Reverse(n.cpus.len()), std::cmp::Reverse(n.mem), **id));
+    if let Some((id, n)) = nodes.iter().find(|(_, n)| fits(n)) {
+        let (list, take) = take_one(**id, n);
+        let numa_node = if bind_unknown || gpu_numa.is_some() { Some(**id) } else { None };
+        return Ok(HostPick { per_rank: split(list), numa_node, take: vec![take], far: u8::from(gpu_numa.is_some()) });
+    }
+    let total_cpus: usize = host.values().map(|n| n.cpus.len()).sum();
+    let total_mem: u64 = host.values().map(|n| n.mem).sum();
+    if total_cpus < cpus || total_mem < mem {
+        return Err(Block::Host { node: None, free_cpus: total_cpus, free_mem: total_mem, cpus: cpus as u64, mem });
+    }
+    let mut need_c = cpus;
+    let mut need_m = mem;
+    let mut take = Vec::new();
+    let mut list = Vec::new();
+    for (id, n) in host {
+        let c: Vec<u32> = n.cpus.iter().take(need_c).copied().collect();
+        let m = n.mem.min(need_m);
+        need_c -= c.len();
+        need_m -= m;
+        if !c.is_empty() || m > 0 {
+            list.extend(c.iter().copied());
+            take.push((*id, c, m));
+        }
+    }
+    Ok(HostPick { per_rank: split(list), numa_node: None, take, far: 1 })
+}
+
+fn subsets(n: usize, k: usize, out: &mut Vec<Vec<usize>>) {
+    fn go(start: usize, n: usize, k: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if cur.len() == k {
+            out.push(cur.clone());
+            return;
+        }
+        for i in start..n {
+            if n - i < k - cur.len() {
+                break;
+            }
+            cur.push(i);
+            go(i + 1, n, k, cur, out);
+            cur.pop();
+        }
+    }
+    go(0, n, k, &mut Vec::with_capacity(k), out);
+}
+
+/// New instances for `creates` next to `existing`, avoiding `blocked` units.
+fn create(
+    planner: &Planner<'static>,
+    existing: &[Instance],
+    creates: &[Slot],
+    numa_pair: bool,
+    blocked: u32,
+) -> Option<Placement> {
+    let model = planner.model();
+    let overlaps = |pl: &Placement| {
+        pl.placed.iter().any(|i| {
+            model.profile_by_id(i.profile_id).is_some_and(|p| unit_mask(i.start, p.placement_size) & blocked != 0)
+        })
+    };
+    if numa_pair {
+        let first = creates.first()?;
+        return planner.place_per_gpu_numa(first.need.min_profile, existing).ok().filter(|pl| !overlaps(pl));
+    }
+    let wanted: Vec<tessera_mig::WantedInstance> =
+        creates.iter().map(|s| tessera_mig::WantedInstance::new(s.need.min_profile)).collect();
+    match planner.place(&wanted, existing) {
+        Ok(pl) if !overlaps(&pl) => Some(pl),
+        Ok(_) if creates.len() == 1 => {
+            // The planner's favourite start is reserved: try every other legal start.
+            let p = model.profile_by_id(creates[0].need.min_profile)?;
+            let mut best: Option<(u8, Placement)> = None;
+            for &start in &p.placements {
+                if unit_mask(start, p.placement_size) & blocked != 0 {
+                    continue;
+                }
+                let inst = Instance::new(p.id, start);
+                let mut layout: Vec<Instance> = existing.to_vec();
+                layout.push(inst);
+                if !tessera_mig::validate(model, &layout).is_empty() {
+                    continue;
+                }
+                layout.sort_by_key(|i| (i.start, i.profile_id));
+                let usable = planner.fragmentation(&layout).map_or(0, |f| f.usable_compute_slices);
+                if best.as_ref().is_none_or(|(u, _)| usable > *u) {
+                    best = Some((usable, Placement { layout, placed: vec![inst] }));
+                }
+            }
+            best.map(|(_, pl)| pl)
+        }
+        _ => None,
+    }
+}
+
+/// Which idle instances to destroy (fewest first, then the most usable space left) so that
+/// `creates` fit next to `fixed`. Returns positions in `removable` and the new instances.
+fn plan_create(
+    planner: &Planner<'static>,
+    fixed: &[Instance],
+    removable: &[Instance],
+    creates: &[Slot],
+    numa_pair: bool,
+    blocked: u32,
+) -> Option<(Vec<usize>, Vec<Instance>)> {
+    let model = planner.model();
+    let compute = |i: &Instance| model.profile_by_id(i.profile_id).map_or(0u32, |p| u32::from(p.compute_slices));
+    let fixed_compute: u32 = fixed.iter().map(compute).sum();
+    let need: u32 = creates.iter().map(|s| u32::from(s.need.min_compute)).sum();
+    if fixed_compute + need > u32::from(model.compute_slices) {
+        return None;
+    }
+    // If it does not fit with every idle instance gone, it does not fit at all.
+    let all_gone = create(planner, fixed, creates, numa_pair, blocked)?;
+    let n = removable.len();
+    if n == 0 {
+        return Some((Vec::new(), all_gone.placed));
+    }
+    let sizes: Vec<usize> = if n <= MAX_SUBSET_ENUM { (0..=n).collect() } else { vec![0, n] };
+    for k in sizes {
+        let mut sets = Vec::new();
+        subsets(n, k, &mut sets);
+        let mut found: Vec<(Vec<usize>, Placement)> = Vec::new();
+        for destroy in sets {
+            let kept: Vec<Instance> = (0..n).filter(|i| !destroy.contains(i)).map(|i| removable[i]).collect();
+            let kept_compute: u32 = kept.iter().map(compute).sum();
+            if fixed_compute + kept_compute + need > u32::from(model.compute_slices) {
+                continue;
+            }
+            let mut existing = fixed.to_vec();
+            existing.extend(kept);
+            if let Some(pl) = create(planner, &existing, creates, numa_pair, blocked) {
+                found.push((destroy, pl));
+            }
+        }
+        if found.len() > 1 {
+            let usable = |pl: &Placement| planner.fragmentation(&pl.layout).map_or(0, |f| f.usable_compute_slices);
+            let mut best = 0;
+            let mut best_u = usable(&found[0].1);
+            for (i, (_, pl)) in found.iter().enumerate().skip(1) {
+                let u = usable(pl);
+                if u > best_u {
+                    best = i;
+                    best_u = u;
+                }
+            }
+            let (d, pl) = found.swap_remove(best);
+            return Some((d, pl.placed));
+        }
+        if let Some((d, pl)) = found.pop() {
+            return Some((d, pl.placed));
+        }
+    }
+    None
+}
+
+fn sub_budget(budget: Option<(u64, u64)>, charge: (u64, u64)) -> Option<Option<(u64, u64)>> {
+    match budget {
+        None => Some(None),
+        Some((c, m)) => Some(Some((c.checked_sub(charge.0)?, m.checked_sub(charge.1)?))),
+    }
+}
+
+/// The best way to place one group (a rank, or both ranks of a `gpu_numa_local` job) on GPU `g`.
+fn eval_gpu(
+    ctx: &Ctx<'_>,
+    st: &WState,
+    g: usize,
+    ranks: &[u32],
+    numa_pair: bool,
+    budget: Option<(u64, u64)>,
+) -> Result<GroupOption, Block> {
+    let gpu = &st.gpus[g];
+    if !gpu.healthy {
+        return Err(Block::Unhealthy);
+    }
+    if gpu.reconfiguring {
+        return Err(Block::Reconfiguring);
+    }
+    let Some(slots) = slots_for(ctx, g, ranks, numa_pair) else { return Err(Block::NoProfile) };
+    let model = gpu.model;
+    let blocked = ctx.blocked.get(g).copied().unwrap_or(0);
+    let uses: Vec<Option<Use>> = gpu.insts.iter().map(|w| use_kind(ctx, model, w, blocked)).collect();
+    let mem_of = |p: &Profile| profile_memory_mib(model, p);
+
+    // Free instances, best fit per slot, the largest needs choosing first.
+    let mut order: Vec<usize> = (0..slots.len()).collect();
+    order.sort_by_key(|&i| {
+        (std::cmp::Reverse(slots[i].need.min_compute), std::cmp::Reverse(slots[i].need.min_memory_slices), i)
+    });
+    let mut chosen: Vec<Option<(usize, u8)>> = vec![None; slots.len()];
+    let mut used = vec![false; gpu.insts.len()];
+    for &si in &order {
+        let slot = &slots[si];
+        let mut best: Option<(PickKey, usize)> = None;
+        for (ii, w) in gpu.insts.iter().enumerate() {
+            let (Some(u), Some(p)) = (uses[ii], w.profile) else { continue };
+            if used[ii] || !slot.need.accepts(model, p, w.inst.compute) {
+                continue;
+            }
+            if let Some(node) = slot.numa
+                && model.gpu_numa_node(w.inst.start, p.placement_size) != Some(node)
+            {
+                continue;
+            }
+            let exact = effective_compute(p, w.inst.compute) == slot.need.min_compute
+                && p.memory_slices == slot.need.min_memory_slices;
+            let (class, join, load) = match u {
+                Use::Join(load) => (0, 0, load),
+                Use::Fresh => (if exact { 0 } else { 2 }, 1, 0),
+            };
+            let key =
+                (class, join, p.compute_slices, p.memory_slices, mem_of(p), std::cmp::Reverse(load), w.inst.start);
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, ii));
+            }
+        }
+        if let Some((key, ii)) = best {
+            used[ii] = true;
+            chosen[si] = Some((ii, key.0));
+        }
+    }
+
+    let charge_of = |picks: &[(Slot, Pick)]| -> (u64, u64) {
+        picks.iter().fold((0, 0), |acc, (_, pick)| {
+            let p = match pick {
+                Pick::Existing(ii) => gpu.insts[*ii].profile,
+                Pick::Create(i) => model.profile_by_id(i.profile_id),
+            };
+            let c = p.map_or((0, 0), |p| charge_milli(p, &ctx.req.sharing, ctx.replicas));
+            (acc.0 + c.0, acc.1 + c.1)
+        })
+    };
+    let busy_compute = |w: &WInst| -> u32 {
+        if !w.occupants.is_empty()
+            || w.planned
+            || w.held_for.is_some_and(|h| h != ctx.id)
+            || (w.mask & blocked != 0 && w.held_for != Some(ctx.id))
+        {
+            u32::from(w.compute())
+        } else {
+            0
+        }
+    };
+    let waste_of = |picks: &[(Slot, Pick)]| -> u32 {
+        picks
+            .iter()
+            .map(|(s, pick)| {
+                let p = match pick {
+                    Pick::Existing(ii) => gpu.insts[*ii].profile,
+                    Pick::Create(i) => model.profile_by_id(i.profile_id),
+                };
+                p.map_or(0, |p| {
+                    u32::from(p.compute_slices.saturating_sub(s.need.min_compute)) * 100
+                        + u32::from(p.memory_slices.saturating_sub(s.need.min_memory_slices))
+                })
+            })
+            .sum()
+    };
+    // Compute slices still reclaimable on the GPU after the choice (smaller packs tighter).
+    let reclaimable_after = |picks: &[(Slot, Pick)]| -> u8 {
+        let mut busy: u32 = gpu.insts.iter().map(busy_compute).sum();
+        for (_, pick) in picks {
+            match pick {
+                Pick::Existing(ii) => {
+                    let w = &gpu.insts[*ii];
+                    if w.occupants.is_empty() {
+                        busy += u32::from(w.compute());
+                    }
+                }
+                Pick::Create(i) => {
+                    busy += model.profile_by_id(i.profile_id).map_or(0, |p| u32::from(p.compute_slices));
+                }
+            }
+        }
+        u8::try_from(u32::from(model.compute_slices).saturating_sub(busy)).unwrap_or(u8::MAX)
+    };
+
+    let mut options: Vec<RawOption> = Vec::new();
+    if chosen.iter().all(Option::is_some) {
+        let picks: Vec<(Slot, Pick)> =
+            slots.iter().zip(&chosen).filter_map(|(s, c)| c.map(|(ii, _)| (*s, Pick::Existing(ii)))).collect();
+        let class = chosen.iter().filter_map(|c| c.map(|(_, k)| k)).max().unwrap_or(0);
+        options.push((picks, Vec::new(), class));
+    }
+    let needs_create = numa_pair || chosen.iter().any(|c| !matches!(c, Some((_, 0))));
+    if ctx.repartition && gpu.valid_layout && needs_create {
+        // Keep exact picks (never for a NUMA pair: both are created by the NUMA search).
+        let keep: Vec<Option<usize>> = if numa_pair {
+            vec![None; slots.len()]
+        } else {
+            chosen.iter().map(|c| c.and_then(|(ii, k)| (k == 0).then_some(ii))).collect()
+        };
+        let kept_idx: Vec<usize> = keep.iter().flatten().copied().collect();
+        let creates: Vec<Slot> = slots.iter().zip(&keep).filter(|(_, k)| k.is_none()).map(|(s, _)| *s).collect();
+        let removable: Vec<usize> =
+            (0..gpu.insts.len()).filter(|&ii| !kept_idx.contains(&ii) && uses[ii] == Some(Use::Fresh)).collect();
+        let fixed: Vec<Instance> =
+            (0..gpu.insts.len()).filter(|ii| !removable.contains(ii)).map(|ii| gpu.insts[ii].inst).collect();
+        let removable_insts: Vec<Instance> = removable.iter().map(|&ii| gpu.insts[ii].inst).collect();
+        if let Some((destroy_pos, placed)) =
+            plan_create(ctx.planners[g], &fixed, &removable_insts, &creates, numa_pair, blocked)
+        {
+            let destroy: Vec<usize> = destroy_pos.iter().map(|&p| removable[p]).collect();
+            let mut free_new: Vec<Instance> = placed;
+            let mut picks = Vec::new();
+            let mut ok = true;
+            for (s, k) in slots.iter().zip(&keep) {
+                match k {
+                    Some(ii) => picks.push((*s, Pick::Existing(*ii))),
+                    None => {
+                        let pos = free_new.iter().position(|i| {
+                            i.profile_id == s.need.min_profile
+                                && s.numa.is_none_or(|n| {
+                                    model
+                                        .profile_by_id(i.profile_id)
+                                        .is_some_and(|p| model.gpu_numa_node(i.start, p.placement_size) == Some(n))
+                                })
+                        });
+                        match pos {
+                            Some(pos) => picks.push((*s, Pick::Create(free_new.remove(pos)))),
+                            None => ok = false,
+                        }
+                    }
+                }
+            }
+            if ok {
+                let class = if destroy.is_empty() { 1 } else { 3 };
+                options.push((picks, destroy, class));
+            }
+        }
+    }
+
+    let mut over_budget = false;
+    let mut best: Option<GroupOption> = None;
+    let mut host: Option<Result<HostPick, Block>> = None;
+    for (picks, destroy, class) in options {
+        let charge = charge_of(&picks);
+        if sub_budget(budget, charge).is_none() {
+            over_budget = true;
+            continue;
+        }
+        let hp = if ctx.ignore_host {
+            None
+        } else {
+            let h = host.get_or_insert_with(|| host_pick(ctx.req, gpu.numa_node, ranks.len(), &st.host));
+            match h {
+                Ok(h) => Some(h.clone()),
+                Err(b) => return Err(b.clone()),
+            }
+        };
+        let cost: Cost =
+            (class, destroy.len(), waste_of(&picks), reclaimable_after(&picks), hp.as_ref().map_or(0, |h| h.far), g);
+        if best.as_ref().is_none_or(|b| cost < b.cost) {
+            best = Some(GroupOption { g, cost, picks, destroy, host: hp, charge });
+        }
+    }
+    if let Some(b) = best {
+        return Ok(b);
+    }
+    if over_budget {
+        return Err(Block::Quota);
+    }
+    let need: u32 = slots.iter().map(|s| u32::from(s.need.min_compute)).sum();
+    let busy: u32 = gpu.insts.iter().map(busy_compute).sum();
+    let free = u8::try_from(u32::from(model.compute_slices).saturating_sub(busy)).unwrap_or(u8::MAX);
+    let mut profile =
+        slots.iter().map(|s| crate::request::profile_name(model, s.need.min_profile)).collect::<Vec<_>>().join(" + ");
+    if numa_pair {
+        profile = format!("{profile} in each GPU NUMA node");
+    }
+    Err(Block::NoRoom {
+        free,
+        need: u8::try_from(need).unwrap_or(u8::MAX),
+        idle: gpu
+            .insts
+            .iter()
+            .zip(&uses)
+            .filter(|(_, u)| **u == Some(Use::Fresh))
+            .map(|(w, _)| gpu.label(&w.inst))
+            .collect(),
+        idle_compute: u8::try_from(
+            gpu.insts
+                .iter()
+                .zip(&uses)
+                .filter(|(_, u)| **u == Some(Use::Fresh))
+                .map(|(w, _)| u32::from(w.compute()))
+                .sum::<u32>(),
+        )
+        .unwrap_or(u8::MAX),
+        profile,
+        repartition: ctx.repartition,
+        reserved: blocked != 0,
+    })
+}
+
+/// Apply a chosen option to the state; returns (slot, instance) for every pick.
+fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance)> {
+    let occupant = Occupant { job: ctx.id, sharing: ctx.req.sharing };
+    let gpu = &mut st.gpus[o.g];
+    let mut out = Vec::new();
+    for (slot, pick) in &o.picks {
+        match pick {
+            Pick::Existing(ii) => {
+                gpu.insts[*ii].occupants.push(occupant);
+                out.push((*slot, gpu.insts[*ii].inst));
+            }
+            Pick::Create(inst) => out.push((*slot, *inst)),
+        }
+    }
+    let mut destroy = o.destroy.clone();
+    destroy.sort_unstable_by(|a, b| b.cmp(a));
+    for ii in destroy {
+        let w = gpu.insts.remove(ii);
+        gpu.destroyed.push(w.inst);
+    }
+    for (_, pick) in &o.picks {
+        if let Pick::Create(inst) = pick {
+            let profile = gpu.model.profile_by_id(inst.profile_id);
+            gpu.insts.push(WInst {
+                inst: *inst,
+                profile,
+                mask: profile.map_or(0, |p| unit_mask(inst.start, p.placement_size)),
+                occupants: vec![occupant],
+                planned: true,
+                held_for: Some(ctx.id),
+            });
+            gpu.planned_by.get_or_insert(ctx.id);
+        }
+    }
+    if let Some(h) = &o.host {
+        for (node, cpus, mem) in &h.take {
+            if let Some(n) = st.host.get_mut(node) {
+                n.cpus.retain(|c| !cpus.contains(c));
+                n.mem = n.mem.saturating_sub(*mem);
+            }
+        }
+    }
+    out
+}
+
+/// Place a whole job (all ranks or nothing) on a copy of `st`.
+pub(crate) fn attempt(ctx: &Ctx<'_>, st: &WState) -> Result<(WState, Placed), Failure> {
+    let mut s = st.clone();
+    let mut budget = ctx.budget;
+    let mut charge = (0u64, 0u64);
+    let groups: Vec<(Vec<u32>, bool)> = if ctx.req.gpu_numa_local {
+        vec![((0..ctx.req.ranks).collect(), true)]
+    } else {
+        (0..ctx.req.ranks).map(|r| (vec![r], false)).collect()
+    };
+    let mut entries: Vec<Entry> = Vec::new();
+    for (ranks, pair) in &groups {
+        let mut best: Option<GroupOption> = None;
+        let mut blocks = Vec::new();
+        for g in 0..s.gpus.len() {
+            match eval_gpu(ctx, &s, g, ranks, *pair, budget) {
+                Ok(o) => {
+                    if best.as_ref().is_none_or(|b| o.cost < b.cost) {
+                        best = Some(o);
+                    }
+                }
+                Err(b) => blocks.push((g, b)),
+            }
+        }
+        let Some(o) = best else {
+            return Err(Failure { rank: ranks.first().copied().unwrap_or(0), blocks });
+        };
+        if let Some(b) = sub_budget(budget, o.charge) {
+            budget = b;
+        }
+        charge = (charge.0 + o.charge.0, charge.1 + o.charge.1);
+        let host = o.host.clone();
+        let gpu_numa = s.gpus[o.g].numa_node;
+        let placed = apply(ctx, &mut s, &o);
+        for (slot, inst) in placed {
+            let rank_pos = ranks.iter().position(|r| *r == slot.rank).unwrap_or(0);
+            let cpus = host.as_ref().and_then(|h| h.per_rank.get(rank_pos).cloned()).unwrap_or_default();
+            let numa = host.as_ref().map_or(gpu_numa, |h| h.numa_node);
+            entries.push((slot.rank, slot.index, o.g, inst, cpus, numa));
+        }
+    }
+    entries.sort_by_key(|e| (e.0, e.1));
+    // Split each rank's CPUs over its instances.
+    let mut ranks: Vec<(usize, RankPlacement)> = Vec::with_capacity(entries.len());
+    let mut i = 0;
+    while i < entries.len() {
+        let rank = entries[i].0;
+        let j = entries[i..].iter().position(|e| e.0 != rank).map_or(entries.len(), |p| i + p);
+        let k = j - i;
+        let cpus = entries[i].4.clone();
+        let (base, rem) = (cpus.len() / k, cpus.len() % k);
+        let mut at = 0;
+        for (n, e) in entries[i..j].iter().enumerate() {
+            let take = base + usize::from(n < rem);
+            let mine: Vec<u32> = cpus.iter().skip(at).take(take).copied().collect();
+            at += take;
+            ranks.push((e.2, RankPlacement { gpu: s.gpus[e.2].gpu, instance: e.3, cpus: mine, numa_node: e.5 }));
+        }
+        i = j;
+    }
+    let mut plans = Vec::new();
+    for (g, gpu) in s.gpus.iter().enumerate() {
+        let planned = |x: &WGpu| x.insts.iter().filter(|w| w.planned).count();
+        if planned(gpu) == planned(&st.gpus[g]) && gpu.destroyed.len() == st.gpus[g].destroyed.len() {
+            continue;
+        }
+        let current: Vec<CurrentInstance> = gpu
+            .insts
+            .iter()
+            .filter(|w| !w.planned)
+            .map(|w| CurrentInstance { instance: w.inst, busy: true, gpu_instance_id: None })
+            .chain(gpu.destroyed.iter().map(|i| CurrentInstance { instance: *i, busy: false, gpu_instance_id: None }))
+            .collect();
+        let target: Vec<Instance> = gpu.insts.iter().map(|w| w.inst).collect();
+        match ctx.planners[g].reconfigure(&current, &Wanted::Layout(target)) {
+            Ok(plan) => plans.push((g, plan)),
+            Err(e) => return Err(Failure { rank: 0, blocks: vec![(g, Block::Plan(e.to_string()))] }),
+        }
+    }
+    Ok((s, Placed { ranks, plans, charge }))
+}
