@@ -65,10 +65,14 @@ impl Engine {
     /// Scheduling rounds: on every wake-up, and every `tick` otherwise.
     async fn run_rounds(self: Arc<Self>, tick: Duration) {
         loop {
-            let changed = self.blocking(|core| core.round()).await;
+            let changed = self.blocking(|core| (core.round(), core.queued_after_round())).await;
+            let mut waiting = 0;
             let again = match changed {
-                Ok(Ok(changed)) => changed,
-                Ok(Err(e)) => {
+                Ok((Ok(changed), queued)) => {
+                    waiting = queued;
+                    changed
+                }
+                Ok((Err(e), _)) => {
                     eprintln!("tessera serve: scheduling round failed: {e}");
                     false
                 }
@@ -83,7 +87,13 @@ impl Engine {
                 continue;
             }
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => {
+                    // With nothing waiting, a submission is scheduled at once. While jobs wait
+                    // (a burst, or a full node), let more land and schedule them in one round.
+                    if waiting > 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
                 _ = tokio::time::sleep(tick) => {}
             }
         }
@@ -201,8 +211,11 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         users_to_tenants: opts.config.users.clone(),
         admins: opts.config.admins.clone(),
     });
+    // A small runtime: the work is blocking (SQLite, NVML, fork/exec) and serialised on the core.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_stack_size(512 * 1024)
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Setup(format!("starting the runtime: {e}")))?;

@@ -62,6 +62,12 @@ pub struct Core {
     drained: BTreeSet<u32>,
     /// Host CPUs the daemon may hand out, per host NUMA node (from the backend's device info).
     host_cpus: BTreeMap<u32, Vec<u32>>,
+    /// The catalog models of the node's GPUs (they do not change while the daemon runs).
+    models: Vec<&'static tessera_mig::GpuModel>,
+    gpu_models: BTreeMap<u32, &'static tessera_mig::GpuModel>,
+    /// The pending reason last written for each queued job, to write only changes.
+    pending: BTreeMap<u64, String>,
+    waiting: usize,
     last_round_ms: u64,
 }
 
@@ -113,7 +119,10 @@ impl Core {
         let sc = scheduler_config(&config);
         sc.validate().map_err(|e| format!("scheduler configuration: {e}"))?;
         let mut host_cpus: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for d in backend.get().devices().map_err(|e| format!("listing GPUs: {e}"))? {
+        let devices = backend.get().devices().map_err(|e| format!("listing GPUs: {e}"))?;
+        let models = devices.iter().filter_map(|d| d.model()).collect();
+        let gpu_models = devices.iter().filter_map(|d| d.model().map(|m| (d.index, m))).collect();
+        for d in devices {
             let node = d.numa_node.unwrap_or(0);
             let e = host_cpus.entry(node).or_default();
             e.extend(d.local_cpus.iter().copied());
@@ -132,6 +141,10 @@ impl Core {
             mps_started: BTreeSet::new(),
             drained: BTreeSet::new(),
             host_cpus,
+            models,
+            gpu_models,
+            pending: BTreeMap::new(),
+            waiting: 0,
             last_round_ms: 0,
         })
     }
@@ -324,7 +337,15 @@ impl Core {
     }
 
     /// One scheduling round. Returns whether anything changed (so the caller can run again soon).
+    /// Jobs left waiting after the last round.
+    pub fn queued_after_round(&self) -> usize {
+        self.waiting
+    }
+
+    /// One round: collect finished jobs, read the GPUs and the store, schedule, act.
     pub fn round(&mut self) -> Result<bool, String> {
+        let trace = std::env::var_os("TESSERA_TRACE_ROUNDS").is_some();
+        let t0 = std::time::Instant::now();
         let now = now_ms();
         let mut changed = self.collect_finished(now)? > 0;
         let backend = self.backend.get();
@@ -347,12 +368,20 @@ impl Core {
             }
         }
         let records: BTreeMap<u64, &JobRecord> = queued.iter().map(|r| (r.id, r)).collect();
+        self.pending.retain(|id, _| records.contains_key(id));
         self.last_round_ms = now;
+        let t_read = t0.elapsed();
         let decisions = self.scheduler.schedule(now, &cluster, &queue, &running);
+        let t_sched = t0.elapsed();
+        self.waiting = decisions.iter().filter(|d| matches!(d, Decision::Pending { .. })).count();
         for d in decisions {
             match d {
                 Decision::Pending { job, reason, detail } => {
-                    let _ = self.store.set_pending_reason(job, &format!("{reason}: {detail}"));
+                    let text = format!("{reason}: {detail}");
+                    if self.pending.get(&job) != Some(&text) {
+                        let _ = self.store.set_pending_reason(job, &text);
+                        self.pending.insert(job, text);
+                    }
                 }
                 Decision::Reconfigure { gpu, plan, for_job } => {
                     changed = true;
@@ -372,6 +401,16 @@ impl Core {
                     let _ = tessera_exec::cancel(&self.job_dir(job));
                 }
             }
+        }
+        if trace {
+            eprintln!(
+                "round: read {:?}, schedule {:?}, act {:?} ({} queued, {} running)",
+                t_read,
+                t_sched - t_read,
+                t0.elapsed() - t_sched,
+                queue.len(),
+                running.len()
+            );
         }
         Ok(changed)
     }
@@ -502,8 +541,12 @@ impl Core {
         };
         let dir = self.job_dir(id);
         let args: Vec<&str> = self.shim_args.iter().map(String::as_str).collect();
+        let tl = std::time::Instant::now();
         let pid =
             tessera_exec::launch(&self.shim_exe, &args, &dir, &spec).map_err(|e| format!("starting the job: {e}"))?;
+        if std::env::var_os("TESSERA_TRACE_ROUNDS").is_some() {
+            eprintln!("launch of job {id}: {:?}", tl.elapsed());
+        }
         self.store.set_runtime(id, &dir.display().to_string(), pid, now).map_err(|e| e.to_string())?;
         for (gpu, gi, ci) in attach {
             self.attach_sim(id, gpu, gi, ci, pid);
@@ -511,13 +554,7 @@ impl Core {
         let placed: Vec<String> = ranks
             .iter()
             .map(|r| {
-                let model = self
-                    .backend
-                    .get()
-                    .devices()
-                    .ok()
-                    .and_then(|d| d.into_iter().find(|x| x.index == r.gpu))
-                    .and_then(|d| d.model());
+                let model = self.gpu_models.get(&r.gpu);
                 model.map_or_else(
                     || format!("GPU {}", r.gpu),
                     |m| format!("GPU {} {}", r.gpu, instance_label(m, &r.instance)),
@@ -616,13 +653,7 @@ impl Core {
             .iter()
             .filter(|a| a.released_ms.is_none() || rec.state.is_terminal())
             .map(|a| {
-                let model = self
-                    .backend
-                    .get()
-                    .devices()
-                    .ok()
-                    .and_then(|d| d.into_iter().find(|x| x.index == a.allocation.gpu_index))
-                    .and_then(|d| d.model());
+                let model = self.gpu_models.get(&a.allocation.gpu_index);
                 json!({
                     "rank": a.rank, "gpu": a.allocation.gpu_index, "gpu_uuid": a.allocation.gpu_uuid,
                     "profile": model.and_then(|m| m.profile_by_id(a.allocation.profile_id)).map(|p| p.name.clone()),
@@ -778,16 +809,8 @@ impl Core {
             )));
         }
         request.validate().map_err(|e| ApiError::bad_request(format!("resources: {e}")))?;
-        let models: Vec<&'static tessera_mig::GpuModel> = self
-            .backend
-            .get()
-            .devices()
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .iter()
-            .filter_map(|d| d.model())
-            .collect();
         let mut why = Vec::new();
-        if !models.iter().any(|m| match request.resolve(m) {
+        if !self.models.iter().any(|m| match request.resolve(m) {
             Ok(_) => true,
             Err(e) => {
                 why.push(e.to_string());

@@ -101,7 +101,7 @@ pub fn launch(shim_exe: &Path, shim_args: &[&str], job_dir: &Path, spec: &JobSpe
             // Alive but slow (a loaded machine): it is running, so report it as launched.
             return Ok(pid);
         }
-        thread::sleep(Duration::from_millis(5));
+        thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -1,0 +1,123 @@
+//! Daemon benchmarks (issue #4), run with `cargo bench -p tessera --bench daemon`: the real
+//! `tessera serve` on a simulated node, driven over its Unix socket. Results go to
+//! docs/benchmarks.md. Not a timed test: it prints what it measured.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tessera_daemon::client::{Client, Endpoint};
+
+fn start(dir: &std::path::Path) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--sim", "2xA100-40GB,numa=2", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tessera serve");
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(dir.join("s.sock")).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "daemon did not come up");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
+
+fn stop(mut c: Child) {
+    let _ = Command::new("kill").arg(c.id().to_string()).status();
+    let _ = c.wait();
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn body(profile: &str, cmd: &[&str]) -> serde_json::Value {
+    json!({"command": cmd, "cwd": "/", "env": {}, "resources": {"gpu": {"profile": {"name": profile}}, "cpus": 1, "mem_mib": 64}})
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return; // `cargo test --benches` / `--list`: nothing to run here.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = start(dir.path());
+    let c = Client::new(Endpoint::Unix(dir.path().join("s.sock")));
+
+    // 1. submit → running on a free slice (the first job of each slice creates it; warm them up).
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap_or_default();
+    let rss0 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?").to_string();
+    println!("idle_rss_empty {}", rss0.trim_start_matches("VmRSS:").trim());
+    let mut lat = Vec::new();
+    for round in 0..60 {
+        let r = c.request("POST", "/v1/jobs", Some(&body("1g.5gb", &["sleep", "0.05"]))).unwrap();
+        let id = r.body["id"].as_u64().unwrap();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let j = c.request("GET", &format!("/v1/jobs/{id}"), None).unwrap().body;
+            // The daemon's own timestamps: accepted → marked running (shim up, job started).
+            let running_at = j["events"]
+                .as_array()
+                .and_then(|e| e.iter().find(|e| e["to"] == "running"))
+                .and_then(|e| e["at_ms"].as_u64());
+            if let (Some(s), Some(r)) = (j["submitted_ms"].as_u64(), running_at) {
+                if round >= 10 {
+                    lat.push(r.saturating_sub(s) as f64);
+                }
+                break;
+            }
+        }
+    }
+    let p50 = percentile(&mut lat, 0.5);
+    let p95 = percentile(&mut lat, 0.95);
+    println!(
+        "submit_to_running_ms p50={p50:.1} p95={p95:.1} (n={}, daemon timestamps: job accepted -> marked running with its shim up; 1 ms resolution)",
+        lat.len()
+    );
+
+    // 2. Submissions per second over the Unix socket (GPUs drained so jobs stay queued).
+    for g in 0..2 {
+        c.request("POST", &format!("/v1/gpus/{g}/drain"), None).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let n = 2000;
+    let threads = 4;
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let c = c.clone();
+            s.spawn(move || {
+                for _ in 0..n / threads {
+                    let r = c.request("POST", "/v1/jobs", Some(&body("7g.40gb", &["true"]))).unwrap();
+                    assert_eq!(r.status, 201, "{}", r.body);
+                }
+            });
+        }
+    });
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    println!("submissions_per_s {rate:.0} ({n} submissions, {threads} client threads)");
+
+    // 3. Idle RSS.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap_or_default();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?").to_string();
+    println!("idle_rss {} (with {n} queued jobs in the store)", rss.trim_start_matches("VmRSS:").trim());
+
+    // 4. Restart and reconcile with the queued jobs: kill -9, start, until the API answers.
+    let queued =
+        c.request("GET", "/v1/jobs?state=queued&all=true", None).unwrap().body["jobs"].as_array().map_or(0, Vec::len);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let t = Instant::now();
+    daemon = start(dir.path());
+    let r = c.request("GET", "/v1/health", None).unwrap();
+    let restart = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(r.status, 200);
+    println!("restart_and_reconcile_ms {restart:.0} ({queued} queued jobs; kill -9, start, recover, first API answer)");
+    stop(daemon);
+}
