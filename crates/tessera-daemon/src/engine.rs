@@ -62,6 +62,10 @@ pub struct Core {
     drained: BTreeSet<u32>,
     /// Host CPUs the daemon may hand out, per host NUMA node (from the backend's device info).
     host_cpus: BTreeMap<u32, Vec<u32>>,
+    /// Host memory per NUMA node, in MiB (sysfs; an equal share of /proc/meminfo where absent).
+    host_mem_mib: BTreeMap<u32, u64>,
+    /// The fair-share ledger as last saved in the store.
+    saved_usage: String,
     /// The catalog models of the node's GPUs (they do not change while the daemon runs).
     models: Vec<&'static tessera_mig::GpuModel>,
     gpu_models: BTreeMap<u32, &'static tessera_mig::GpuModel>,
@@ -129,10 +133,20 @@ impl Core {
             e.sort_unstable();
             e.dedup();
         }
+        let host_mem_mib = host_memory(&host_cpus.keys().copied().collect::<Vec<_>>());
+        let mut scheduler = Scheduler::new(sc);
+        // Fair share survives restarts: the ledger is saved in the store after each round.
+        let saved_usage = store.get_meta("fair_share_usage").ok().flatten().unwrap_or_default();
+        if let Ok(usage) = serde_json::from_str::<BTreeMap<String, f64>>(&saved_usage) {
+            let now = now_ms();
+            for (tenant, slice_ms) in usage {
+                scheduler.charge(&tenant, slice_ms, now);
+            }
+        }
         Ok(Core {
             store,
             backend,
-            scheduler: Scheduler::new(sc),
+            scheduler,
             config,
             state_dir,
             shim_exe,
@@ -141,6 +155,8 @@ impl Core {
             mps_started: BTreeSet::new(),
             drained: BTreeSet::new(),
             host_cpus,
+            host_mem_mib,
+            saved_usage,
             models,
             gpu_models,
             pending: BTreeMap::new(),
@@ -251,9 +267,18 @@ impl Core {
             });
         }
         let mut used: BTreeSet<u32> = BTreeSet::new();
+        let mut used_mem: BTreeMap<u32, u64> = BTreeMap::new();
         for j in running {
             for r in &j.ranks {
                 used.extend(r.cpus.iter().copied());
+            }
+            // Host memory is per rank, from the NUMA node of the rank's GPU.
+            let mut seen_rank_nodes = 0usize;
+            for r in &j.ranks {
+                if seen_rank_nodes < usize::try_from(j.request.ranks).unwrap_or(usize::MAX) {
+                    *used_mem.entry(r.numa_node.unwrap_or(0)).or_default() += j.request.mem_mib;
+                    seen_rank_nodes += 1;
+                }
             }
         }
         let host = self
@@ -262,7 +287,12 @@ impl Core {
             .map(|(node, cpus)| HostNuma {
                 node: *node,
                 free_cpus: cpus.iter().copied().filter(|c| !used.contains(c)).collect(),
-                free_mem_mib: u64::MAX / 4,
+                free_mem_mib: self
+                    .host_mem_mib
+                    .get(node)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(used_mem.get(node).copied().unwrap_or(0)),
             })
             .collect();
         ClusterView { gpus, host }
@@ -401,6 +431,10 @@ impl Core {
                     let _ = tessera_exec::cancel(&self.job_dir(job));
                 }
             }
+        }
+        let usage = serde_json::to_string(self.scheduler.usages()).unwrap_or_default();
+        if usage != self.saved_usage && self.store.set_meta("fair_share_usage", &usage).is_ok() {
+            self.saved_usage = usage;
         }
         if trace {
             eprintln!(
@@ -858,6 +892,31 @@ impl Core {
             .collect();
         Ok(json!({"backend": self.backend.get().kind().to_string(), "gpus": gpus}))
     }
+}
+
+/// MiB of memory on each host NUMA node: `/sys/devices/system/node/node<N>/meminfo`, or an equal
+/// share of `/proc/meminfo`'s total for nodes the machine does not have (a simulated node's).
+fn host_memory(nodes: &[u32]) -> BTreeMap<u32, u64> {
+    let kb = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("MemTotal:"))
+            .and_then(|l| l.split_whitespace().rev().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| kb(&t)).unwrap_or(0) / 1024;
+    let share = total / u64::try_from(nodes.len().max(1)).unwrap_or(1);
+    let own: Vec<Option<u64>> = nodes
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(format!("/sys/devices/system/node/node{n}/meminfo"))
+                .ok()
+                .and_then(|t| kb(&t))
+                .map(|k| k / 1024)
+        })
+        .collect();
+    // Either every node is real (use sysfs) or the node is simulated (share the machine's total).
+    let all_real = own.iter().all(Option::is_some);
+    nodes.iter().zip(own).map(|(n, o)| (*n, if all_real { o.unwrap_or(share) } else { share })).collect()
 }
 
 /// The primary group of a uid, from `/etc/passwd` (the uid itself when unknown).

@@ -211,6 +211,13 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
     let (code, _, err) = d.cli(&["submit", "--gpu-mem", "500GiB", "--", "true"]);
     assert_eq!(code, 1);
     assert!(err.contains("no GPU on this node can run it"), "{err}");
+    // More host memory than the node has: it waits, and says why.
+    let big = d.submit(&["--compute-slices", "1", "--mem", "64TiB", "--", "true"]);
+    std::thread::sleep(Duration::from_millis(400));
+    let j = d.job(big);
+    assert_eq!(j["state"], "queued", "{j}");
+    assert!(j["reason"].as_str().unwrap().contains("memory"), "{j}");
+    d.ok(&["cancel", &big.to_string()]);
     let (code, _, err) = d.cli(&["job", "999999"]);
     assert_eq!(code, 1);
     assert!(err.contains("no job 999999"), "{err}");
