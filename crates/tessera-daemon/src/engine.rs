@@ -66,6 +66,7 @@ pub struct Core {
     host_mem_mib: BTreeMap<u32, u64>,
     /// The fair-share ledger as last saved in the store.
     saved_usage: String,
+    saved_usage_ms: u64,
     /// The catalog models of the node's GPUs (they do not change while the daemon runs).
     models: Vec<&'static tessera_mig::GpuModel>,
     gpu_models: BTreeMap<u32, &'static tessera_mig::GpuModel>,
@@ -157,6 +158,7 @@ impl Core {
             host_cpus,
             host_mem_mib,
             saved_usage,
+            saved_usage_ms: 0,
             models,
             gpu_models,
             pending: BTreeMap::new(),
@@ -432,9 +434,13 @@ impl Core {
                 }
             }
         }
-        let usage = serde_json::to_string(self.scheduler.usages()).unwrap_or_default();
-        if usage != self.saved_usage && self.store.set_meta("fair_share_usage", &usage).is_ok() {
-            self.saved_usage = usage;
+        // Save the fair-share ledger every few seconds (a crash loses at most that much usage).
+        if now.saturating_sub(self.saved_usage_ms) >= 5_000 {
+            let usage = serde_json::to_string(self.scheduler.usages()).unwrap_or_default();
+            if usage != self.saved_usage && self.store.set_meta("fair_share_usage", &usage).is_ok() {
+                self.saved_usage = usage;
+            }
+            self.saved_usage_ms = now;
         }
         if trace {
             eprintln!(
