@@ -1018,7 +1018,7 @@ fn count_word(n: usize) -> String {
 }
 
 /// All `k`-element subsets of `0..n`, as index lists, in lexicographic order.
-fn subsets_of_size(n: usize, k: usize) -> Vec<Vec<usize>> {
+pub fn subsets_of_size(n: usize, k: usize) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
     let mut cur = Vec::with_capacity(k);
     fn go(start: usize, n: usize, k: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {

@@ -425,24 +425,6 @@ fn host_pick(
     Ok(HostPick { per_rank: split(list), numa_node: None, take, far: 1 })
 }
 
-fn subsets(n: usize, k: usize, out: &mut Vec<Vec<usize>>) {
-    fn go(start: usize, n: usize, k: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
-        if cur.len() == k {
-            out.push(cur.clone());
-            return;
-        }
-        for i in start..n {
-            if n - i < k - cur.len() {
-                break;
-            }
-            cur.push(i);
-            go(i + 1, n, k, cur, out);
-            cur.pop();
-        }
-    }
-    go(0, n, k, &mut Vec::with_capacity(k), out);
-}
-
 /// New instances for `creates` next to `existing`, avoiding `blocked` units.
 fn create(
     planner: &Planner<'static>,
@@ -517,7 +499,7 @@ fn plan_create(
     let sizes: Vec<usize> = if n <= MAX_SUBSET_ENUM { (0..=n).collect() } else { vec![0, n] };
     for k in sizes {
         let mut sets = Vec::new();
-        subsets(n, k, &mut sets);
+        sets.extend(tessera_mig::planner::subsets_of_size(n, k));
         let mut found: Vec<(Vec<usize>, Placement)> = Vec::new();
         for destroy in sets {
             let kept: Vec<Instance> = (0..n).filter(|i| !destroy.contains(i)).map(|i| removable[i]).collect();
