@@ -466,11 +466,13 @@ impl Core {
         let Some(g) = live.iter().find(|g| g.device.index == gpu) else { return };
         let plan_json = json!({"target": plan.target, "steps": plan.steps});
         let Ok(id) = self.store.begin_reconfig(&g.device.uuid, gpu, &plan_json, Some(for_job), now) else { return };
-        match tessera_gpu::execute_plan(self.backend.get(), gpu, plan) {
-            Ok(report) => {
-                for (k, line) in report.steps_done.iter().enumerate() {
-                    let _ = self.store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), &json!(line), now_ms());
-                }
+        // Each step is marked in the journal as soon as it is done.
+        let store = &self.store;
+        let mut mark = |k: usize, line: &str| {
+            let _ = store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), &json!(line), now_ms());
+        };
+        match tessera_gpu::execute_plan_observed(self.backend.get(), gpu, plan, &mut mark) {
+            Ok(_) => {
                 let _ = self.store.finish_reconfig(id, ReconfigOutcome::Completed, now_ms());
             }
             Err(e) => {

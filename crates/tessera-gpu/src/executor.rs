@@ -111,6 +111,18 @@ pub fn execute_plan(
     gpu: u32,
     plan: &ReconfigurePlan,
 ) -> Result<ExecutionReport, ExecutionError> {
+    execute_plan_observed(backend, gpu, plan, &mut |_, _| {})
+}
+
+#[allow(clippy::result_large_err)] // As `execute_plan`: the error carries the full report of what changed.
+/// [`execute_plan`], telling `after_step(index, line)` about every step as soon as it is done,
+/// so a caller can journal progress step by step.
+pub fn execute_plan_observed(
+    backend: &dyn MigBackend,
+    gpu: u32,
+    plan: &ReconfigurePlan,
+    after_step: &mut dyn FnMut(usize, &str),
+) -> Result<ExecutionReport, ExecutionError> {
     if plan.steps.is_empty() {
         return Ok(ExecutionReport::default());
     }
@@ -131,7 +143,11 @@ pub fn execute_plan(
             Step::Create { instance } => ex.create(instance),
         };
         match result {
-            Ok(d) => done.push(d),
+            Ok(d) => {
+                let (Done::Destroyed { line, .. } | Done::Created { line, .. }) = &d;
+                after_step(i, line);
+                done.push(d);
+            }
             Err(Failure { cause, leftovers }) => {
                 let (undone, mut changed) = ex.roll_back(done);
                 changed.splice(0..0, leftovers);

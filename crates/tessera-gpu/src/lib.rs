@@ -25,7 +25,7 @@ pub use backend::{
     BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuRef,
     MigBackend, MigMode, PlacementRange, ProcessInfo,
 };
-pub use executor::{ExecutionError, ExecutionReport, ensure_mig_mode, execute_plan};
+pub use executor::{ExecutionError, ExecutionReport, ensure_mig_mode, execute_plan, execute_plan_observed};
 pub use health::{Health, HealthTracker, Severity, XidClass, XidEvent, classify};
 pub use nvml::NvmlBackend;
 pub use sim::SimBackend;
