@@ -65,19 +65,14 @@ impl Engine {
     /// Scheduling rounds: on every wake-up, and every `tick` otherwise.
     async fn run_rounds(self: Arc<Self>, tick: Duration) {
         loop {
-            let changed = self.blocking(|core| (core.round(), core.queued_after_round())).await;
             let mut waiting = 0;
-            let again = match changed {
-                Ok((Ok(changed), queued)) => {
+            let again = match self.round_once().await {
+                Ok((changed, queued)) => {
                     waiting = queued;
                     changed
                 }
-                Ok((Err(e), _)) => {
-                    eprintln!("tessera serve: scheduling round failed: {e}");
-                    false
-                }
                 Err(e) => {
-                    eprintln!("tessera serve: {e}");
+                    eprintln!("tessera serve: scheduling round failed: {e}");
                     false
                 }
             };
@@ -97,6 +92,20 @@ impl Engine {
                 _ = tokio::time::sleep(tick) => {}
             }
         }
+    }
+
+    /// One round: read under the engine lock, decide without it, act under it again.
+    async fn round_once(&self) -> Result<(bool, usize), String> {
+        let mut input = self.blocking(|core| core.prepare_round()).await.map_err(|e| e.to_string())??;
+        let (input, decisions) = tokio::task::spawn_blocking(move || {
+            let d = input.decide();
+            (input, d)
+        })
+        .await
+        .map_err(|e| format!("scheduler task: {e}"))?;
+        self.blocking(move |core| (core.finish_round(input, decisions), core.queued_after_round()))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn wait(&self, caller: Caller, id: u64, timeout_ms: u64) -> Result<Value, ApiError> {

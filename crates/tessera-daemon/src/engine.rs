@@ -82,6 +82,33 @@ impl std::fmt::Debug for Core {
     }
 }
 
+/// What one round read, and the scheduler lent to it while it decides.
+pub struct RoundInput {
+    now: u64,
+    changed: bool,
+    live: Vec<LiveGpu>,
+    cluster: ClusterView,
+    queue: Vec<QueuedJob>,
+    running: Vec<RunningJob>,
+    records: BTreeMap<u64, JobRecord>,
+    scheduler: Scheduler,
+    t0: std::time::Instant,
+    t_read: std::time::Duration,
+}
+
+impl std::fmt::Debug for RoundInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundInput").field("now", &self.now).field("queued", &self.queue.len()).finish_non_exhaustive()
+    }
+}
+
+impl RoundInput {
+    /// The pure part of the round: the scheduler's decisions.
+    pub fn decide(&mut self) -> Vec<Decision> {
+        self.scheduler.schedule(self.now, &self.cluster, &self.queue, &self.running)
+    }
+}
+
 /// A job as the API shows it.
 fn state_name(s: JobState) -> &'static str {
     s.as_str()
@@ -368,15 +395,23 @@ impl Core {
         }
     }
 
-    /// One scheduling round. Returns whether anything changed (so the caller can run again soon).
     /// Jobs left waiting after the last round.
     pub fn queued_after_round(&self) -> usize {
         self.waiting
     }
 
-    /// One round: collect finished jobs, read the GPUs and the store, schedule, act.
+    /// One round: collect finished jobs, read the GPUs and the store, schedule, act. Returns
+    /// whether anything changed (so the caller can run again soon).
     pub fn round(&mut self) -> Result<bool, String> {
-        let trace = std::env::var_os("TESSERA_TRACE_ROUNDS").is_some();
+        let mut input = self.prepare_round()?;
+        let decisions = input.decide();
+        Ok(self.finish_round(input, decisions))
+    }
+
+    /// The first half of a round: collect finished jobs and read everything the scheduler needs.
+    /// The scheduler itself is lent to the returned input, so deciding can run without holding
+    /// the engine (submissions and queries go on meanwhile); `finish_round` gives it back.
+    pub fn prepare_round(&mut self) -> Result<RoundInput, String> {
         let t0 = std::time::Instant::now();
         let now = now_ms();
         let mut changed = self.collect_finished(now)? > 0;
@@ -389,9 +424,13 @@ impl Core {
             .jobs(&JobFilter { states: vec![JobState::Queued], ..JobFilter::default() })
             .map_err(|e| e.to_string())?;
         let mut queue = Vec::new();
-        for rec in &queued {
-            match Self::request_of(rec) {
-                Ok(request) => queue.push(QueuedJob { id: rec.id, request, submitted_ms: rec.submitted_ms }),
+        let mut records = BTreeMap::new();
+        for rec in queued {
+            match Self::request_of(&rec) {
+                Ok(request) => {
+                    queue.push(QueuedJob { id: rec.id, request, submitted_ms: rec.submitted_ms });
+                    records.insert(rec.id, rec);
+                }
                 Err(reason) => {
                     let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.clone() };
                     let _ = self.store.finish(rec.id, JobState::Queued, JobState::Failed, &reason, exit, now);
@@ -399,11 +438,19 @@ impl Core {
                 }
             }
         }
-        let records: BTreeMap<u64, &JobRecord> = queued.iter().map(|r| (r.id, r)).collect();
         self.pending.retain(|id, _| records.contains_key(id));
         self.last_round_ms = now;
-        let t_read = t0.elapsed();
-        let decisions = self.scheduler.schedule(now, &cluster, &queue, &running);
+        let placeholder = Scheduler::new(scheduler_config(&self.config));
+        let scheduler = std::mem::replace(&mut self.scheduler, placeholder);
+        Ok(RoundInput { now, changed, live, cluster, queue, running, records, scheduler, t0, t_read: t0.elapsed() })
+    }
+
+    /// The second half of a round: take the scheduler back and carry out its decisions. Each one
+    /// is checked again against the store (compare-and-set), so a job cancelled meanwhile is
+    /// not started.
+    pub fn finish_round(&mut self, input: RoundInput, decisions: Vec<Decision>) -> bool {
+        let RoundInput { now, mut changed, live, queue, running, records, scheduler, t0, t_read, .. } = input;
+        self.scheduler = scheduler;
         let t_sched = t0.elapsed();
         self.waiting = decisions.iter().filter(|d| matches!(d, Decision::Pending { .. })).count();
         for d in decisions {
@@ -442,17 +489,17 @@ impl Core {
             }
             self.saved_usage_ms = now;
         }
-        if trace {
+        if std::env::var_os("TESSERA_TRACE_ROUNDS").is_some() {
             eprintln!(
                 "round: read {:?}, schedule {:?}, act {:?} ({} queued, {} running)",
                 t_read,
-                t_sched - t_read,
-                t0.elapsed() - t_sched,
+                t_sched.saturating_sub(t_read),
+                t0.elapsed().saturating_sub(t_sched),
                 queue.len(),
                 running.len()
             );
         }
-        Ok(changed)
+        changed
     }
 
     fn apply_reconfigure(
