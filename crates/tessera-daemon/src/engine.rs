@@ -235,10 +235,14 @@ impl Core {
                 })
                 .collect();
             ranks.sort_by_key(|r| r.0);
+            // CPUs are per rank (spec.json); a rank's first placement carries them.
             let cpus = self.job_cpus(rec.id);
+            let per_rank = request.instances_per_rank().max(1);
             let mut ranks: Vec<RankPlacement> = ranks.into_iter().map(|r| r.1).collect();
-            for (r, c) in ranks.iter_mut().zip(cpus) {
-                r.cpus = c;
+            for (slot, r) in ranks.iter_mut().enumerate() {
+                if slot % per_rank == 0 {
+                    r.cpus = cpus.get(slot / per_rank).cloned().unwrap_or_default();
+                }
             }
             out.push(RunningJob { id: rec.id, request, started_ms: rec.started_ms.unwrap_or(rec.submitted_ms), ranks });
         }
@@ -559,36 +563,47 @@ impl Core {
     ) -> Result<(), String> {
         let id = rec.id;
         let backend = self.backend.get();
-        let world = u32::try_from(ranks.len()).unwrap_or(u32::MAX);
+        // The scheduler lists one placement per instance, rank by rank.
+        let per_rank = request.instances_per_rank().max(1);
+        let world = u32::try_from(ranks.len() / per_rank).unwrap_or(u32::MAX);
+        let mut views: BTreeMap<u32, LiveGpu> = BTreeMap::new();
         let mut rank_specs = Vec::new();
         let mut attach = Vec::new();
-        for (k, r) in ranks.iter().enumerate() {
-            let rank = u32::try_from(k).unwrap_or(u32::MAX);
-            let view = tessera_gpu::gpu_view(backend, r.gpu).map_err(|e| format!("reading GPU {}: {e}", r.gpu))?;
-            let live = view
-                .instances
-                .iter()
-                .find(|i| i.instance.profile_id == r.instance.profile_id && i.instance.start == r.instance.start)
-                .ok_or_else(|| {
-                    format!("GPU {}: the planned instance at unit {} is not there", r.gpu, r.instance.start)
-                })?;
-            let ci = live
-                .compute_instances
-                .first()
-                .ok_or_else(|| format!("GPU {}: {} has no compute instance", r.gpu, live.label()))?;
-            let alloc = Allocation {
-                gpu_uuid: view.device.uuid.clone(),
-                gpu_index: r.gpu,
-                profile_id: r.instance.profile_id,
-                start: r.instance.start,
-                gpu_instance_id: Some(live.gpu_instance_id),
-                compute_instance_id: Some(ci.id),
-                mig_uuid: Some(ci.uuid.clone()),
-                exclusive: matches!(request.sharing, Sharing::Exclusive),
-            };
-            self.store.allocate(id, rank, &alloc).map_err(|e| format!("allocating {}: {e}", live.label()))?;
-            let mps = match request.sharing {
-                Sharing::Mps { active_thread_pct, pinned_mem_mib } => {
+        for (rank_index, chunk) in ranks.chunks(per_rank).enumerate() {
+            let rank = u32::try_from(rank_index).unwrap_or(u32::MAX);
+            let mut uuids = Vec::new();
+            let mut cpus = Vec::new();
+            let mut numa_node = None;
+            let mut mps = None;
+            for (j, r) in chunk.iter().enumerate() {
+                let slot = u32::try_from(rank_index * per_rank + j).unwrap_or(u32::MAX);
+                if let std::collections::btree_map::Entry::Vacant(e) = views.entry(r.gpu) {
+                    e.insert(tessera_gpu::gpu_view(backend, r.gpu).map_err(|e| format!("reading GPU {}: {e}", r.gpu))?);
+                }
+                let view = &views[&r.gpu];
+                let live = view
+                    .instances
+                    .iter()
+                    .find(|i| i.instance.profile_id == r.instance.profile_id && i.instance.start == r.instance.start)
+                    .ok_or_else(|| {
+                        format!("GPU {}: the planned instance at unit {} is not there", r.gpu, r.instance.start)
+                    })?;
+                let ci = live
+                    .compute_instances
+                    .first()
+                    .ok_or_else(|| format!("GPU {}: {} has no compute instance", r.gpu, live.label()))?;
+                let alloc = Allocation {
+                    gpu_uuid: view.device.uuid.clone(),
+                    gpu_index: r.gpu,
+                    profile_id: r.instance.profile_id,
+                    start: r.instance.start,
+                    gpu_instance_id: Some(live.gpu_instance_id),
+                    compute_instance_id: Some(ci.id),
+                    mig_uuid: Some(ci.uuid.clone()),
+                    exclusive: matches!(request.sharing, Sharing::Exclusive),
+                };
+                self.store.allocate(id, slot, &alloc).map_err(|e| format!("allocating {}: {e}", live.label()))?;
+                if let Sharing::Mps { active_thread_pct, pinned_mem_mib } = request.sharing {
                     let pipe = self.state_dir.join("mps").join(&ci.uuid).join("pipe");
                     let log = self.state_dir.join("mps").join(&ci.uuid).join("log");
                     if self.mps_started.insert(ci.uuid.clone()) {
@@ -596,23 +611,25 @@ impl Core {
                             .start(&ci.uuid, &pipe, &log, rec.user_uid)
                             .map_err(|e| format!("starting MPS: {e}"))?;
                     }
-                    Some(MpsClient {
+                    mps = Some(MpsClient {
                         pipe_dir: pipe,
                         log_dir: log,
                         active_thread_percentage: Some(u32::from(active_thread_pct)),
                         pinned_device_mem_limit_mib: pinned_mem_mib,
-                    })
+                    });
                 }
-                _ => None,
-            };
-            let env = rank_env(id, rank, world, std::slice::from_ref(&ci.uuid), mps.as_ref());
+                uuids.push(ci.uuid.clone());
+                cpus.extend(r.cpus.iter().copied());
+                numa_node = numa_node.or(r.numa_node);
+                attach.push((r.gpu, live.gpu_instance_id, ci.id));
+            }
+            let env = rank_env(id, rank, world, &uuids, mps.as_ref());
             rank_specs.push(RankSpec {
                 rank,
                 env,
-                cpus: r.cpus.clone(),
-                mem_node: if matches!(request.numa, tessera_sched::NumaPolicy::Local) { r.numa_node } else { None },
+                cpus,
+                mem_node: if matches!(request.numa, tessera_sched::NumaPolicy::Local) { numa_node } else { None },
             });
-            attach.push((r.gpu, live.gpu_instance_id, ci.id));
         }
         let euid = tessera_exec::effective_uid();
         let (uid, gid) =

@@ -67,7 +67,7 @@ pub struct SubmitArgs {
     /// An explicit MIG profile per rank, e.g. `3g.40gb`.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
-    /// Whole GPUs per rank.
+    /// A whole GPU per rank (the full-size profile); for several GPUs use --ranks.
     #[arg(long, value_name = "N")]
     pub gpus: Option<u32>,
     /// Compute slices per rank: the smallest profile with at least that many.

@@ -117,7 +117,12 @@ pub fn job_request(a: &SubmitArgs) -> anyhow::Result<JobRequest> {
         if n == 0 {
             bail!("--gpus must be at least 1");
         }
-        if n == 1 { GpuRequest::WholeGpu } else { GpuRequest::Instances(vec![GpuRequest::WholeGpu; n as usize]) }
+        if n > 1 {
+            bail!(
+                "--gpus {n}: a rank's GPU instances share one GPU; for {n} whole GPUs use --gpus 1 --ranks {n} (one rank per GPU)"
+            );
+        }
+        GpuRequest::WholeGpu
     } else if let Some(c) = a.compute_slices {
         GpuRequest::ComputeSlices { slices: c }
     } else {

@@ -191,6 +191,10 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
         ["rank", "1", "of", "2"]
     );
 
+    // Several whole GPUs are several ranks.
+    let (code, _, err) = d.cli(&["submit", "--gpus", "2", "--", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--ranks 2"), "{err}");
     let long = d.submit(&["--compute-slices", "1", "--", "sleep", "30"]);
     let t0 = Instant::now();
     while d.job(long)["state"] != "running" && t0.elapsed() < Duration::from_secs(20) {
