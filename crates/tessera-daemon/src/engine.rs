@@ -632,8 +632,11 @@ impl Core {
             });
         }
         let euid = tessera_exec::effective_uid();
-        let (uid, gid) =
-            if euid == 0 { (rec.user_uid, user_gid(rec.user_uid)) } else { (euid, tessera_exec::effective_gid()) };
+        let (uid, gid) = if euid == 0 {
+            (rec.user_uid, crate::api::passwd_entry(rec.user_uid).map_or(rec.user_uid, |(_, gid)| gid))
+        } else {
+            (euid, tessera_exec::effective_gid())
+        };
         let spec = JobSpec {
             job_id: id,
             argv: rec.command.clone(),
@@ -647,12 +650,8 @@ impl Core {
         };
         let dir = self.job_dir(id);
         let args: Vec<&str> = self.shim_args.iter().map(String::as_str).collect();
-        let tl = std::time::Instant::now();
         let pid =
             tessera_exec::launch(&self.shim_exe, &args, &dir, &spec).map_err(|e| format!("starting the job: {e}"))?;
-        if std::env::var_os("TESSERA_TRACE_ROUNDS").is_some() {
-            eprintln!("launch of job {id}: {:?}", tl.elapsed());
-        }
         self.store.set_runtime(id, &dir.display().to_string(), pid, now).map_err(|e| e.to_string())?;
         for (gpu, gi, ci) in attach {
             self.attach_sim(id, gpu, gi, ci, pid);
@@ -752,6 +751,9 @@ impl Core {
     // ---- API actions -------------------------------------------------------------------------
 
     fn job_json(&self, rec: &JobRecord, detail: bool) -> Value {
+        // Allocations are per instance; a rank may hold several.
+        let per_rank = Self::request_of(rec).map_or(1, |r| r.instances_per_rank().max(1));
+        let rank_cpus = self.job_cpus(rec.id);
         let ranks: Vec<Value> = self
             .store
             .job_allocations(rec.id)
@@ -760,8 +762,10 @@ impl Core {
             .filter(|a| a.released_ms.is_none() || rec.state.is_terminal())
             .map(|a| {
                 let model = self.gpu_models.get(&a.allocation.gpu_index);
+                let rank = usize::try_from(a.rank).unwrap_or(usize::MAX) / per_rank;
                 json!({
-                    "rank": a.rank, "gpu": a.allocation.gpu_index, "gpu_uuid": a.allocation.gpu_uuid,
+                    "rank": rank, "gpu": a.allocation.gpu_index, "gpu_uuid": a.allocation.gpu_uuid,
+                    "cpus": rank_cpus.get(rank).map(tessera_exec::format_cpulist),
                     "profile": model.and_then(|m| m.profile_by_id(a.allocation.profile_id)).map(|p| p.name.clone()),
                     "profile_id": a.allocation.profile_id, "start": a.allocation.start,
                     "gpu_instance_id": a.allocation.gpu_instance_id, "mig_uuid": a.allocation.mig_uuid,
@@ -989,16 +993,4 @@ fn host_memory(nodes: &[u32]) -> BTreeMap<u32, u64> {
     // Either every node is real (use sysfs) or the node is simulated (share the machine's total).
     let all_real = own.iter().all(Option::is_some);
     nodes.iter().zip(own).map(|(n, o)| (*n, if all_real { o.unwrap_or(share) } else { share })).collect()
-}
-
-/// The primary group of a uid, from `/etc/passwd` (the uid itself when unknown).
-fn user_gid(uid: u32) -> u32 {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok()).flatten()
-        })
-        .unwrap_or(uid)
 }

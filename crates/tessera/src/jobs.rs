@@ -256,14 +256,13 @@ pub fn job(output: Output, d: &DaemonArgs, id: u64) -> anyhow::Result<()> {
     );
     for r in v["ranks"].as_array().into_iter().flatten() {
         println!(
-            "  rank {}: GPU {} {}@{} {}  cpus {}  numa {}",
+            "  rank {}: GPU {} {}@{} {}  cpus {}",
             r["rank"],
             r["gpu"],
             r["profile"].as_str().unwrap_or("?"),
             r["start"],
             r["mig_uuid"].as_str().unwrap_or("-"),
             r["cpus"].as_str().unwrap_or("-"),
-            r["numa_node"]
         );
     }
     if let Some(e) = v.get("exit").filter(|e| !e.is_null()) {
@@ -348,17 +347,13 @@ pub fn gpus(output: Output, d: &DaemonArgs) -> anyhow::Result<()> {
     }
     for g in v["gpus"].as_array().into_iter().flatten() {
         println!(
-            "GPU {}  {}  ({})  NUMA {}  {}{}",
+            "GPU {}  {}  ({})  NUMA {}{}",
             g["index"],
             g["name"].as_str().unwrap_or(""),
             g["model"].as_str().unwrap_or("?"),
             g["numa_node"],
-            g["health"].as_str().unwrap_or(""),
             if g["drained"].as_bool() == Some(true) { "  DRAINED" } else { "" }
         );
-        if let Some(map) = g["slice_map"].as_str() {
-            print!("{map}");
-        }
         let mut t = Table::new(&["GI", "PROFILE", "PLACEMENT", "JOBS"]);
         for i in g["instances"].as_array().into_iter().flatten() {
             let jobs: Vec<String> = i["jobs"].as_array().into_iter().flatten().map(|j| j.to_string()).collect();

@@ -143,6 +143,7 @@ fn a_job_runs_on_its_own_slice_with_the_right_environment_and_binding() {
     let full = d.job(id);
     assert_eq!(full["ranks"][0]["profile"], "3g.20gb");
     assert_eq!(full["ranks"][0]["mig_uuid"], mig);
+    assert!(full["ranks"][0]["cpus"].is_string(), "the rank's CPU binding is shown: {full}");
     let states: Vec<&str> = full["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
     assert_eq!(states, ["placing", "running", "succeeded"]);
     // Logs, and another user's job is not theirs.
@@ -183,6 +184,8 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
     let full = d.job(id);
     let ranks = full["ranks"].as_array().unwrap();
     assert_eq!(ranks.len(), 2);
+    let rank_ids: Vec<u64> = ranks.iter().map(|r| r["rank"].as_u64().unwrap()).collect();
+    assert_eq!(rank_ids, [0, 1]);
     assert_ne!(ranks[0]["mig_uuid"], ranks[1]["mig_uuid"]);
     let starts: Vec<u64> = ranks.iter().map(|r| r["start"].as_u64().unwrap()).collect();
     assert!(starts.iter().any(|s| *s < 4) && starts.iter().any(|s| *s >= 4), "one rank per GPU NUMA node: {starts:?}");
