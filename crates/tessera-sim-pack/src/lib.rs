@@ -1,0 +1,1 @@
+//! Protocol A: FGD's packing experiment.

@@ -1,0 +1,1 @@
+//! Protocol B: time-driven replay through the scheduler core.

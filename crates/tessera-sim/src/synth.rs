@@ -1,0 +1,1 @@
+//! Synthetic workloads: Poisson arrivals, a size mix, durations.
