@@ -930,6 +930,14 @@ impl Core {
             why.dedup();
             return Err(ApiError::unprocessable(format!("no GPU on this node can run it: {}", why.join("; "))));
         }
+        let whole = matches!(request.gpu, tessera_sched::GpuRequest::WholeGpu) && !request.sharing.is_shared();
+        if whole && request.placement_units() as usize > self.models.len() {
+            return Err(ApiError::unprocessable(format!(
+                "no GPU on this node can run it: it needs {} whole GPUs and this node has {}",
+                request.placement_units(),
+                self.models.len()
+            )));
+        }
         let job = NewJob {
             user_uid: caller.uid,
             user_name: caller.user.clone(),

@@ -75,7 +75,7 @@ pub fn document() -> Value {
                 "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "env": {"type": "object", "additionalProperties": {"type": "string"}},
                 "cwd": {"type": "string"},
-                "resources": {"type": "object", "description": "The scheduler's job request: gpu (memory_mib | compute_slices | profile | whole_gpu | instances), ranks, gpu_numa_local, sharing (exclusive | mps | time_slice), cpus, mem_mib, numa, tenant, priority, runtime_estimate_ms, time_limit_ms"}
+                "resources": {"type": "object", "description": "The scheduler's job request: gpu (memory_mib | compute_slices | profile | whole_gpu | instances), ranks, gpus_per_rank (whole GPUs per rank), gpu_numa_local, sharing (exclusive | mps | time_slice), cpus, mem_mib, numa, tenant, priority, runtime_estimate_ms, time_limit_ms"}
             }}
         }}
     })

@@ -354,13 +354,17 @@ fn slots_for(ctx: &Ctx<'_>, g: usize, ranks: &[u32], numa_pair: bool) -> Option<
 
 fn host_pick(
     req: &JobRequest,
+    first_unit: u32,
     gpu_numa: Option<u32>,
     nranks: usize,
     host: &BTreeMap<u32, HostNode>,
 ) -> Result<HostPick, Block> {
-    let per = usize::try_from(req.cpus).unwrap_or(usize::MAX);
+    // Every placement of a group takes the same share (groups of several are gpu_numa_local
+    // pairs, whose ranks hold one GPU each).
+    let unit = first_unit;
+    let per = usize::try_from(req.unit_cpus(unit)).unwrap_or(usize::MAX);
     let cpus = per.saturating_mul(nranks);
-    let mem = req.mem_mib.saturating_mul(nranks as u64);
+    let mem = req.unit_mem_mib(unit).saturating_mul(nranks as u64);
     let split = |list: Vec<u32>| -> Vec<Vec<u32>> {
         (0..nranks).map(|r| list.iter().skip(r * per).take(per).copied().collect()).collect()
     };
@@ -723,7 +727,9 @@ fn eval_gpu(
         let hp = if ctx.ignore_host {
             None
         } else {
-            let h = host.get_or_insert_with(|| host_pick(ctx.req, gpu.numa_node, ranks.len(), &st.host));
+            let h = host.get_or_insert_with(|| {
+                host_pick(ctx.req, ranks.first().copied().unwrap_or(0), gpu.numa_node, ranks.len(), &st.host)
+            });
             match h {
                 Ok(h) => Some(h.clone()),
                 Err(b) => return Err(b.clone()),
@@ -827,7 +833,7 @@ pub(crate) fn attempt(ctx: &Ctx<'_>, st: &WState) -> Result<(WState, Placed), Fa
     let groups: Vec<(Vec<u32>, bool)> = if ctx.req.gpu_numa_local {
         vec![((0..ctx.req.ranks).collect(), true)]
     } else {
-        (0..ctx.req.ranks).map(|r| (vec![r], false)).collect()
+        (0..ctx.req.placement_units()).map(|r| (vec![r], false)).collect()
     };
     let mut entries: Vec<Entry> = Vec::new();
     for (ranks, pair) in &groups {

@@ -89,6 +89,14 @@ fn default_ranks() -> u32 {
     1
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
 fn default_tenant() -> String {
     "default".to_string()
 }
@@ -102,6 +110,10 @@ pub struct JobRequest {
     /// Processes started together (a gang), each with its own instance(s). At least 1.
     #[serde(default = "default_ranks")]
     pub ranks: u32,
+    /// Whole GPUs each rank holds (Slurm's `--gres=gpu:N`): the rank's process sees all of
+    /// them. Above 1 only with `gpu = whole_gpu`; its CPUs and memory are split over them.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub gpus_per_rank: u32,
     /// Place the two ranks one per GPU-internal NUMA node of one GPU (NVIDIA's localisation).
     #[serde(default)]
     pub gpu_numa_local: bool,
@@ -280,6 +292,7 @@ impl JobRequest {
         JobRequest {
             gpu,
             ranks: 1,
+            gpus_per_rank: 1,
             gpu_numa_local: false,
             sharing: Sharing::Exclusive,
             cpus: 0,
@@ -301,6 +314,29 @@ impl JobRequest {
             return Err(invalid("ranks", format!("is {} but at most {MAX_RANKS} are allowed", self.ranks)));
         }
         validate_gpu(&self.gpu, false)?;
+        if self.gpus_per_rank == 0 {
+            return Err(invalid("gpus_per_rank", "must be at least 1"));
+        }
+        if self.gpus_per_rank > 1 {
+            if !matches!(self.gpu, GpuRequest::WholeGpu) {
+                return Err(invalid(
+                    "gpus_per_rank",
+                    format!(
+                        "is {}: several GPUs per rank are whole GPUs (gpu = whole_gpu); a rank's MIG instances share one GPU",
+                        self.gpus_per_rank
+                    ),
+                ));
+            }
+            if u64::from(self.ranks) * u64::from(self.gpus_per_rank) > u64::from(MAX_RANKS) {
+                return Err(invalid(
+                    "gpus_per_rank",
+                    format!(
+                        "{} ranks × {} GPUs is more than the {MAX_RANKS} placements a job may have",
+                        self.ranks, self.gpus_per_rank
+                    ),
+                ));
+            }
+        }
         if self.gpu_numa_local {
             if self.ranks != 2 {
                 return Err(invalid(
@@ -370,12 +406,31 @@ impl JobRequest {
         }
     }
 
-    /// Number of instances one rank needs.
+    /// Number of instances one rank needs (on all its GPUs).
     pub fn instances_per_rank(&self) -> usize {
-        match &self.gpu {
+        let per_gpu = match &self.gpu {
             GpuRequest::Instances(list) => list.len(),
             _ => 1,
-        }
+        };
+        per_gpu * self.gpus_per_rank.max(1) as usize
+    }
+
+    /// Placements the scheduler makes, each on one GPU: `ranks × gpus_per_rank`. Placement
+    /// `u` belongs to rank `u / gpus_per_rank`.
+    pub fn placement_units(&self) -> u32 {
+        self.ranks.saturating_mul(self.gpus_per_rank.max(1))
+    }
+
+    /// The CPUs placement `unit` takes: the rank's CPUs split over its GPUs.
+    pub fn unit_cpus(&self, unit: u32) -> u32 {
+        let g = self.gpus_per_rank.max(1);
+        self.cpus / g + u32::from(unit % g < self.cpus % g)
+    }
+
+    /// The host memory placement `unit` takes, in MiB: the rank's memory split over its GPUs.
+    pub fn unit_mem_mib(&self, unit: u32) -> u64 {
+        let g = u64::from(self.gpus_per_rank.max(1));
+        self.mem_mib / g + u64::from(u64::from(unit) % g < self.mem_mib % g)
     }
 
     /// The needs of one rank on `model`, validated.

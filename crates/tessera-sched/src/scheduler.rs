@@ -443,6 +443,7 @@ impl Scheduler {
 struct CacheKey {
     gpu: GpuRequest,
     ranks: u32,
+    gpus_per_rank: u32,
     numa_local: bool,
     sharing: Sharing,
     cpus: u32,
@@ -670,6 +671,9 @@ impl<'a> Round<'a> {
         let one = n.iter().map(|x| profile_name(model, x.min_profile)).collect::<Vec<_>>().join(" + ");
         if req.gpu_numa_local {
             format!("2 × {one} (one per GPU NUMA node of one GPU)")
+        } else if req.gpus_per_rank > 1 {
+            let gpus = format!("{} GPUs ({one})", req.gpus_per_rank);
+            if req.ranks > 1 { format!("{} ranks × {gpus}", req.ranks) } else { gpus }
         } else if req.ranks > 1 {
             format!("{} ranks × {one}", req.ranks)
         } else {
@@ -704,6 +708,7 @@ impl<'a> Round<'a> {
         CacheKey {
             gpu: r.gpu.clone(),
             ranks: r.ranks,
+            gpus_per_rank: r.gpus_per_rank,
             numa_local: r.gpu_numa_local,
             sharing: r.sharing,
             cpus: r.cpus,
@@ -867,7 +872,7 @@ impl<'a> Round<'a> {
                 })
                 .min()
                 .unwrap_or((0, 0));
-            let ranks = u64::from(req.ranks);
+            let ranks = u64::from(req.placement_units());
             let want = (held.0 + min_charge.0 * ranks, held.1 + min_charge.1 * ranks);
             let over = if want.0 > u64::from(q.compute_slices) * 1000 {
                 Some(("compute", want.0, q.compute_slices))
@@ -1341,7 +1346,8 @@ impl<'a> Round<'a> {
         if blocks.len() > 4 {
             parts.push(format!("{} more GPUs", blocks.len() - 4));
         }
-        let rank = if req.ranks > 1 { format!(" for rank {}", fail.rank) } else { String::new() };
+        let rank =
+            if req.ranks > 1 { format!(" for rank {}", fail.rank / req.gpus_per_rank.max(1)) } else { String::new() };
         (PendingReason::Capacity, format!("needs {label}; no room{rank}: {}", parts.join("; ")))
     }
 

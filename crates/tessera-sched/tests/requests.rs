@@ -101,6 +101,21 @@ fn validation_names_the_field() {
     let cases: Vec<(Edit, &str)> = vec![
         (|r| r.ranks = 0, "ranks"),
         (|r| r.ranks = 5000, "ranks"),
+        (|r| r.gpus_per_rank = 0, "gpus_per_rank"),
+        (
+            |r| {
+                r.gpu = profile("3g.40gb");
+                r.gpus_per_rank = 2;
+            },
+            "gpus_per_rank",
+        ),
+        (
+            |r| {
+                r.ranks = 1000;
+                r.gpus_per_rank = 8;
+            },
+            "gpus_per_rank",
+        ),
         (
             |r| {
                 r.gpu = profile("1g.10gb");

@@ -64,6 +64,42 @@ fn best_fit_picks_the_smallest_sufficient_free_instance() {
     }
 }
 
+/// A rank with several whole GPUs: one placement per GPU, all for rank 0, on distinct GPUs,
+/// each with its share of the rank's CPUs from that GPU's NUMA node.
+#[test]
+fn a_rank_with_several_whole_gpus_gets_distinct_gpus_and_local_cpus() {
+    let mut c = cluster(vec![
+        gpu(0, "H100-80GB", Some(0), &[("7g.80gb", 0, None)]),
+        gpu(1, "H100-80GB", Some(0), &[("7g.80gb", 0, None)]),
+        gpu(2, "H100-80GB", Some(1), &[("7g.80gb", 0, None)]),
+        gpu(3, "H100-80GB", Some(1), &[("7g.80gb", 0, None)]),
+    ]);
+    c.host = vec![host_node(0, 0..4, 64 << 10), host_node(1, 4..8, 64 << 10)];
+    let mut r = req(GpuRequest::WholeGpu);
+    r.gpus_per_rank = 3;
+    r.cpus = 5;
+    r.mem_mib = 3000;
+    assert_eq!(r.instances_per_rank(), 3);
+    assert_eq!((0..3).map(|u| r.unit_cpus(u)).collect::<Vec<_>>(), [2, 2, 1]);
+    let d = one_round(&mut sched(), &c, vec![r.clone()]);
+    let s = starts(&d);
+    let placed = &s[&1];
+    assert_eq!(placed.len(), 3, "{d:?}");
+    let gpus: std::collections::BTreeSet<u32> = placed.iter().map(|p| p.gpu).collect();
+    assert_eq!(gpus.len(), 3, "{placed:?}");
+    assert_eq!(placed.iter().map(|p| p.cpus.len()).sum::<usize>(), 5, "{placed:?}");
+    for p in placed {
+        let local = if p.gpu < 2 { 0..4 } else { 4..8 };
+        assert!(p.cpus.iter().all(|c| local.contains(c)), "CPUs local to GPU {}: {placed:?}", p.gpu);
+    }
+    // Five GPUs' worth cannot fit four GPUs: the job waits, all or nothing.
+    r.gpus_per_rank = 5;
+    r.cpus = 0;
+    let d = one_round(&mut sched(), &c, vec![r]);
+    assert!(starts(&d).is_empty(), "{d:?}");
+    assert!(pending(&d, 1).is_some());
+}
+
 #[test]
 fn several_jobs_in_one_round_never_share_an_exclusive_instance() {
     let jobs = vec![req(GpuRequest::ComputeSlices { slices: 1 }); 4];

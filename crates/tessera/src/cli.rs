@@ -67,7 +67,8 @@ pub struct SubmitArgs {
     /// An explicit MIG profile per rank, e.g. `3g.40gb`.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
-    /// A whole GPU per rank (the full-size profile); for several GPUs use --ranks.
+    /// Whole GPUs per rank (the full-size profile), like Slurm's --gres=gpu:N: the rank's process
+    /// sees all N; with --ranks, each rank gets its own N.
     #[arg(long, value_name = "N")]
     pub gpus: Option<u32>,
     /// Compute slices per rank: the smallest profile with at least that many.

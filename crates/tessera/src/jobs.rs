@@ -117,11 +117,6 @@ pub fn job_request(a: &SubmitArgs) -> anyhow::Result<JobRequest> {
         if n == 0 {
             bail!("--gpus must be at least 1");
         }
-        if n > 1 {
-            bail!(
-                "--gpus {n}: a rank's GPU instances share one GPU; for {n} whole GPUs use --gpus 1 --ranks {n} (one rank per GPU)"
-            );
-        }
         GpuRequest::WholeGpu
     } else if let Some(c) = a.compute_slices {
         GpuRequest::ComputeSlices { slices: c }
@@ -146,6 +141,7 @@ pub fn job_request(a: &SubmitArgs) -> anyhow::Result<JobRequest> {
     let req = JobRequest {
         gpu,
         ranks: a.ranks,
+        gpus_per_rank: a.gpus.unwrap_or(1),
         gpu_numa_local: a.gpu_numa_local,
         sharing,
         cpus: a.cpus,

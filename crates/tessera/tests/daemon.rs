@@ -194,10 +194,10 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
         ["rank", "1", "of", "2"]
     );
 
-    // Several whole GPUs are several ranks.
+    // More whole GPUs than the node has: refused at once.
     let (code, _, err) = d.cli(&["submit", "--gpus", "2", "--", "true"]);
     assert_eq!(code, 1);
-    assert!(err.contains("--ranks 2"), "{err}");
+    assert!(err.contains("needs 2 whole GPUs and this node has 1"), "{err}");
     let long = d.submit(&["--compute-slices", "1", "--", "sleep", "30"]);
     let t0 = Instant::now();
     while d.job(long)["state"] != "running" && t0.elapsed() < Duration::from_secs(20) {
@@ -229,6 +229,40 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
     assert_eq!(code, 1);
     assert!(err.contains("no job 999999"), "{err}");
     d.ok(&["jobs"]);
+}
+
+/// One rank holds several whole GPUs (Slurm's --gres=gpu:2): one process sees both, with CPUs
+/// from each GPU's NUMA node; two such ranks take four GPUs.
+#[test]
+fn one_rank_holds_several_whole_gpus() {
+    let d = Daemon::start("4xH100-80GB,numa=2");
+    let script = "echo $RANK $WORLD_SIZE $CUDA_VISIBLE_DEVICES; grep Cpus_allowed_list /proc/self/status";
+    let id = d.submit(&["--gpus", "2", "--cpus", "2", "--", "sh", "-c", script]);
+    let j = d.wait(id);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let out = d.ok(&["logs", &id.to_string()]);
+    let first: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&first[..2], ["0", "1"], "one rank: {out}");
+    let devices: Vec<&str> = first[2].split(',').collect();
+    assert_eq!(devices.len(), 2, "{out}");
+    assert!(devices.iter().all(|d| d.starts_with("MIG-")) && devices[0] != devices[1], "{out}");
+    let full = d.job(id);
+    let ranks = full["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2, "one entry per GPU: {full}");
+    assert!(ranks.iter().all(|r| r["rank"] == 0), "{full}");
+    assert_ne!(ranks[0]["gpu"], ranks[1]["gpu"], "{full}");
+
+    let id = d.submit(&["--gpus", "2", "--ranks", "2", "--", "sh", "-c", "echo $RANK $CUDA_VISIBLE_DEVICES"]);
+    assert_eq!(d.wait(id)["state"], "succeeded");
+    let full = d.job(id);
+    let gpus: std::collections::BTreeSet<u64> =
+        full["ranks"].as_array().unwrap().iter().map(|r| r["gpu"].as_u64().unwrap()).collect();
+    assert_eq!(gpus.len(), 4, "four distinct GPUs: {full}");
+    for rank in 0..2 {
+        let line = d.ok(&["logs", &id.to_string(), "--rank", &rank.to_string()]);
+        assert_eq!(line.split_whitespace().next(), Some(rank.to_string().as_str()), "{line}");
+        assert_eq!(line.split_whitespace().nth(1).unwrap().split(',').count(), 2, "{line}");
+    }
 }
 
 /// The daemon is killed with -9 while jobs run, and restarted: every job still finishes exactly
