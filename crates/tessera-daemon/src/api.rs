@@ -85,6 +85,19 @@ pub struct SubmitBody {
     pub resources: Value,
 }
 
+/// A MIG layout change for one GPU (`POST /v1/gpus/{gpu}/layout`), for admins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutBody {
+    /// The instances the GPU should have: `3g.40gb` (wherever it fits best; matching
+    /// instances are kept) or `3g.40gb@4` (at that placement; then every entry gives one), or a
+    /// compute split `1c.3g.40gb`. An empty list removes every idle instance.
+    pub instances: Vec<String>,
+    /// Only plan: say what would change, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 /// Everything the API can be asked to do. Each variant says who may do it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -104,6 +117,8 @@ pub enum Action {
     Gpus,
     /// Admins: stop placing new work on a GPU.
     Drain { gpu: u32, drain: bool },
+    /// Admins: change a GPU's MIG layout; busy instances are never touched.
+    Layout { gpu: u32, body: LayoutBody },
     /// Node health.
     Health,
 }
@@ -382,6 +397,18 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>, tcp: bool) -> 
                     .map_err(|_| ApiError::bad_request(format!("'{gpu}' is not a GPU index")));
                 dispatch(&s, p, &h, action).await
             }),
+        )
+        .route(
+            "/v1/gpus/{gpu}/layout",
+            post(
+                |State(s): State<AppState>, p: Peerish, h: HeaderMap, Path(gpu): Path<String>, body: Bytes| async move {
+                    let action = gpu
+                        .parse()
+                        .map_err(|_| ApiError::bad_request(format!("'{gpu}' is not a GPU index")))
+                        .and_then(|gpu| parse_body::<LayoutBody>(&body).map(|body| Action::Layout { gpu, body }));
+                    dispatch(&s, p, &h, action).await
+                },
+            ),
         )
         .route(
             "/v1/health",

@@ -133,7 +133,10 @@ impl Service for Engine {
             match action {
                 Action::Wait { id, timeout_ms } => self.wait(caller, id, timeout_ms).await,
                 other => {
-                    let wakes = matches!(other, Action::Submit(_) | Action::Cancel { .. } | Action::Drain { .. });
+                    let wakes = matches!(
+                        other,
+                        Action::Submit(_) | Action::Cancel { .. } | Action::Drain { .. } | Action::Layout { .. }
+                    );
                     let r = self.blocking(move |core| core.act(&caller, other)).await?;
                     if wakes {
                         self.wake.notify_one();

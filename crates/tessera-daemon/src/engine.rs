@@ -23,7 +23,7 @@ use tessera_sched::{
 };
 use tessera_store::{Allocation, ExitInfo, JobFilter, JobRecord, JobState, NewJob, ReconfigOutcome, Store};
 
-use crate::api::{Action, ApiError, Caller, SubmitBody};
+use crate::api::{Action, ApiError, Caller, LayoutBody, SubmitBody};
 use crate::config::Config;
 
 /// Milliseconds since the Unix epoch: the one clock the shell reads.
@@ -74,6 +74,9 @@ pub struct Core {
     pending: BTreeMap<u64, String>,
     waiting: usize,
     last_round_ms: u64,
+    /// Counts admin layout changes: a round decided before one is not carried out (its
+    /// starts and plans may name instances that are gone), and the next round decides again.
+    layout_epoch: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -92,6 +95,7 @@ pub struct RoundInput {
     running: Vec<RunningJob>,
     records: BTreeMap<u64, JobRecord>,
     scheduler: Scheduler,
+    layout_epoch: u64,
     t0: std::time::Instant,
     t_read: std::time::Duration,
 }
@@ -190,6 +194,7 @@ impl Core {
             gpu_models,
             pending: BTreeMap::new(),
             waiting: 0,
+            layout_epoch: 0,
             last_round_ms: 0,
         })
     }
@@ -446,15 +451,33 @@ impl Core {
         self.last_round_ms = now;
         let placeholder = Scheduler::new(scheduler_config(&self.config));
         let scheduler = std::mem::replace(&mut self.scheduler, placeholder);
-        Ok(RoundInput { now, changed, live, cluster, queue, running, records, scheduler, t0, t_read: t0.elapsed() })
+        let layout_epoch = self.layout_epoch;
+        Ok(RoundInput {
+            now,
+            changed,
+            live,
+            cluster,
+            queue,
+            running,
+            records,
+            scheduler,
+            layout_epoch,
+            t0,
+            t_read: t0.elapsed(),
+        })
     }
 
     /// The second half of a round: take the scheduler back and carry out its decisions. Each one
     /// is checked again against the store (compare-and-set), so a job cancelled meanwhile is
     /// not started.
     pub fn finish_round(&mut self, input: RoundInput, decisions: Vec<Decision>) -> bool {
-        let RoundInput { now, mut changed, live, queue, running, records, scheduler, t0, t_read, .. } = input;
+        let RoundInput { now, mut changed, live, queue, running, records, scheduler, layout_epoch, t0, t_read, .. } =
+            input;
         self.scheduler = scheduler;
+        if layout_epoch != self.layout_epoch {
+            // An admin changed a layout while this round decided: decide again on what is there.
+            return true;
+        }
         let t_sched = t0.elapsed();
         self.waiting = decisions.iter().filter(|d| matches!(d, Decision::Pending { .. })).count();
         for d in decisions {
@@ -889,6 +912,7 @@ impl Core {
                 }
                 Ok(json!({"gpu": gpu, "drained": drain}))
             }
+            Action::Layout { gpu, body } => self.change_layout(caller, gpu, body),
             Action::Health => {
                 let counts = self.store.count_by_state().map_err(store_err)?;
                 Ok(json!({
@@ -897,6 +921,98 @@ impl Core {
                     "drained": self.drained,
                     "last_round_ms": self.last_round_ms,
                 }))
+            }
+        }
+    }
+
+    /// An admin's layout change: planned by the planner, which never touches a busy instance
+    /// (one a job holds or a process uses), and carried out through the reconfiguration journal.
+    fn change_layout(&mut self, caller: &Caller, gpu: u32, body: LayoutBody) -> Result<Value, ApiError> {
+        if !caller.admin {
+            return Err(ApiError::forbidden("only admins change MIG layouts"));
+        }
+        let backend = self.backend.get();
+        let view = tessera_gpu::gpu_view(backend, gpu).map_err(|e| ApiError::not_found(e.to_string()))?;
+        let Some(model) = view.model else {
+            return Err(ApiError::conflict(format!("GPU {gpu} ({}) is not in the catalog", view.device.name)));
+        };
+        let mut specs = Vec::new();
+        for (i, text) in body.instances.iter().enumerate() {
+            let spec = model.instance_spec(text).map_err(|e| ApiError::bad_request(format!("instances[{i}]: {e}")))?;
+            specs.push(spec);
+        }
+        let placed = specs.iter().filter(|(_, start)| start.is_some()).count();
+        let wanted = if placed == 0 {
+            Wanted::Profiles(specs.iter().map(|(w, _)| *w).collect())
+        } else if placed == specs.len() {
+            Wanted::Layout(
+                specs
+                    .iter()
+                    .map(|(w, start)| Instance {
+                        profile_id: w.profile_id,
+                        start: start.unwrap_or(0),
+                        compute: w.compute,
+                    })
+                    .collect(),
+            )
+        } else {
+            return Err(ApiError::bad_request(
+                "instances: give a start (PROFILE@START) for every instance or for none",
+            ));
+        };
+        // Busy: a process uses it, or a job holds it (it may not have started its processes yet).
+        let held: BTreeSet<(u32, u8)> = self
+            .store
+            .live_allocations()
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|(_, _, a)| a.gpu_index == gpu)
+            .map(|(_, _, a)| (a.profile_id, a.start))
+            .collect();
+        let mut current = view.current();
+        for c in &mut current {
+            c.busy |= held.contains(&(c.instance.profile_id, c.instance.start));
+        }
+        let plan = reconfigure(model, &current, &wanted).map_err(|e| match e {
+            tessera_mig::ReconfigureError::BusyInstancesBlock { .. } => ApiError::conflict(format!("GPU {gpu}: {e}")),
+            other => ApiError::unprocessable(format!("GPU {gpu}: {other}")),
+        })?;
+        let label = |i: &Instance| instance_label(model, i);
+        let steps: Vec<String> = plan
+            .steps
+            .iter()
+            .map(|s| match s {
+                tessera_mig::Step::Destroy { instance, .. } => format!("destroy {}", label(instance)),
+                tessera_mig::Step::Create { instance } => format!("create {}", label(instance)),
+            })
+            .collect();
+        let layout: Vec<String> = plan.target.iter().map(label).collect();
+        if body.dry_run || plan.is_empty() {
+            return Ok(
+                json!({"gpu": gpu, "dry_run": body.dry_run, "steps": steps, "layout": layout, "changed": false}),
+            );
+        }
+        let now = now_ms();
+        let plan_json = json!({"target": plan.target, "steps": plan.steps, "by": caller.user});
+        let id = self.store.begin_reconfig(&view.device.uuid, gpu, &plan_json, None, now).map_err(store_err)?;
+        self.layout_epoch += 1;
+        let store = &self.store;
+        let mut mark = |k: usize, line: &str| {
+            let _ = store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), &json!(line), now_ms());
+        };
+        match tessera_gpu::execute_plan_observed(backend, gpu, &plan, &mut mark) {
+            Ok(_) => {
+                self.store.finish_reconfig(id, ReconfigOutcome::Completed, now_ms()).map_err(store_err)?;
+                Ok(json!({"gpu": gpu, "dry_run": false, "steps": steps, "layout": layout, "changed": true}))
+            }
+            Err(e) => {
+                let outcome = if e.rolled_back {
+                    ReconfigOutcome::RolledBack
+                } else {
+                    ReconfigOutcome::Abandoned { detail: e.to_string() }
+                };
+                let _ = self.store.finish_reconfig(id, outcome, now_ms());
+                Err(ApiError::conflict(format!("GPU {gpu}: the layout change failed: {e}")))
             }
         }
     }

@@ -67,10 +67,15 @@ pub fn document() -> Value {
             "/v1/gpus": {"get": op("GPUs, instances, and which job runs where", json!([]), None, "Slice map")},
             "/v1/gpus/{gpu}/drain": {"post": op("Admins: place no new work on a GPU", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Draining")},
             "/v1/gpus/{gpu}/undrain": {"post": op("Admins: place work on a GPU again", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Open")},
+            "/v1/gpus/{gpu}/layout": {"post": op("Admins: change a GPU's MIG layout (busy instances are never touched; 409 names the ones in the way)", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), Some("LayoutBody"), "The steps and the resulting layout")},
             "/v1/health": {"get": op("Node health", json!([]), None, "Health")}
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "LayoutBody": {"type": "object", "additionalProperties": false, "required": ["instances"], "properties": {
+                "instances": {"type": "array", "items": {"type": "string"}, "description": "PROFILE (wherever it fits best) or PROFILE@START for every entry; 1c.3g.40gb for a compute split; [] removes every idle instance"},
+                "dry_run": {"type": "boolean"}
+            }},
             "SubmitBody": {"type": "object", "additionalProperties": false, "required": ["command", "cwd", "resources"], "properties": {
                 "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "env": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -22,6 +22,9 @@ pub enum CatalogError {
     /// The model has no profile of that name or id.
     #[error("unknown MIG profile '{query}' for {model}{}", did_you_mean(.suggestions))]
     UnknownProfile { model: String, query: String, suggestions: Vec<String> },
+    /// `PROFILE@START` with a start that is not a placement unit number.
+    #[error("'{text}': the start '{start}' is not a placement unit number (write PROFILE@START, e.g. 3g.40gb@4)")]
+    BadStart { text: String, start: String },
 }
 
 pub(crate) fn did_you_mean(suggestions: &[String]) -> String {
@@ -246,6 +249,37 @@ impl GpuModel {
     }
 
     /// The NUMA node of a placement `[start, start+size)`, if it lies inside one node.
+    /// An instance as users write it: a profile name or id (`3g.40gb`, `9`), or a compute split
+    /// in mig-parted's terms (`1c.3g.40gb`).
+    pub fn wanted_instance(&self, text: &str) -> Result<crate::WantedInstance, CatalogError> {
+        let text = text.trim();
+        if let Ok(p) = self.profile(text) {
+            return Ok(crate::WantedInstance::new(p.id));
+        }
+        if let Some((c, rest)) = text.split_once("c.")
+            && let Ok(slices) = c.parse::<u8>()
+            && let Ok(p) = self.profile(rest)
+        {
+            return Ok(crate::WantedInstance { profile_id: p.id, compute: crate::ComputeShape::Slices(slices) });
+        }
+        self.profile(text).map(|p| crate::WantedInstance::new(p.id))
+    }
+
+    /// `PROFILE` or `PROFILE@START`: the wanted instance and its start, when given.
+    pub fn instance_spec(&self, text: &str) -> Result<(crate::WantedInstance, Option<u8>), CatalogError> {
+        match text.split_once('@') {
+            None => Ok((self.wanted_instance(text)?, None)),
+            Some((name, start)) => {
+                let wanted = self.wanted_instance(name)?;
+                let start = start
+                    .trim()
+                    .parse::<u8>()
+                    .map_err(|_| CatalogError::BadStart { text: text.to_string(), start: start.trim().to_string() })?;
+                Ok((wanted, Some(start)))
+            }
+        }
+    }
+
     pub fn gpu_numa_node(&self, start: u8, size: u8) -> Option<u8> {
         let numa = self.gpu_numa.as_ref()?;
         let nodes: Vec<u8> = (start..start.saturating_add(size))

@@ -179,6 +179,9 @@ pub enum Command {
     },
     /// The live slice map: which job runs on which instance.
     Gpus,
+    /// Admins: drain GPUs and change their MIG layouts through the daemon.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Run the daemon: owns the node's GPUs and runs submitted jobs (--sim / --backend pick the GPUs).
     Serve {
         /// Where jobs, logs and the database live [default: /var/lib/tessera as root, else $XDG_STATE_HOME/tessera/daemon].
@@ -193,6 +196,27 @@ pub enum Command {
     Shim {
         #[arg(long = "job-dir", value_name = "DIR")]
         job_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Place no new work on a GPU (running jobs go on).
+    Drain { gpu: u32 },
+    /// Place work on a drained GPU again.
+    Undrain { gpu: u32 },
+    /// Change a GPU's MIG layout; busy instances are never touched (the daemon names the ones in
+    /// the way).
+    Layout {
+        gpu: u32,
+        /// The instances the GPU should have: `3g.40gb,2g.20gb` (wherever they fit best, keeping
+        /// matching ones) or `3g.40gb@0,2g.20gb@4` (at those placements). `none` removes every
+        /// idle instance.
+        #[arg(value_name = "PROFILE[@START],...", value_delimiter = ',', required = true)]
+        instances: Vec<String>,
+        /// Only show the plan.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

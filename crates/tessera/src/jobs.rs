@@ -11,7 +11,7 @@ use tessera_daemon::client::{Client, Endpoint, Response};
 use tessera_sched::{GpuRequest, JobRequest, NumaPolicy, Sharing};
 
 use crate::Refusal;
-use crate::cli::{DaemonArgs, Output, SubmitArgs};
+use crate::cli::{AdminCommand, DaemonArgs, Output, SubmitArgs};
 use crate::render::Table;
 use crate::units::{format_duration_ms, parse_duration_ms, parse_mib};
 
@@ -333,6 +333,45 @@ pub fn logs(d: &DaemonArgs, id: u64, rank: u32, stderr: bool, follow: bool) -> a
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// `tessera admin`: drain, undrain, layout.
+pub fn admin(output: Output, d: &DaemonArgs, cmd: AdminCommand) -> anyhow::Result<()> {
+    let c = client(d)?;
+    let v = match &cmd {
+        AdminCommand::Drain { gpu } => ok(c.request("POST", &format!("/v1/gpus/{gpu}/drain"), None)?)?,
+        AdminCommand::Undrain { gpu } => ok(c.request("POST", &format!("/v1/gpus/{gpu}/undrain"), None)?)?,
+        AdminCommand::Layout { gpu, instances, dry_run } => {
+            let list: Vec<&String> = instances.iter().filter(|i| i.as_str() != "none").collect();
+            let body = serde_json::json!({"instances": list, "dry_run": dry_run});
+            ok(c.request("POST", &format!("/v1/gpus/{gpu}/layout"), Some(&body))?)?
+        }
+    };
+    if output == Output::Json {
+        print_json(&v);
+        return Ok(());
+    }
+    match cmd {
+        AdminCommand::Drain { gpu } => println!("GPU {gpu} drained: no new work is placed on it"),
+        AdminCommand::Undrain { gpu } => println!("GPU {gpu} open for work again"),
+        AdminCommand::Layout { gpu, .. } => {
+            let steps: Vec<&str> = v["steps"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+            let layout: Vec<&str> = v["layout"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+            let verb = if v["dry_run"].as_bool() == Some(true) { "would" } else { "did" };
+            if steps.is_empty() {
+                println!("GPU {gpu}: already has that layout");
+            } else {
+                for s in &steps {
+                    println!("GPU {gpu}: {verb} {s}");
+                }
+            }
+            println!(
+                "GPU {gpu} layout: {}",
+                if layout.is_empty() { "no instances".to_string() } else { layout.join(", ") }
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn gpus(output: Output, d: &DaemonArgs) -> anyhow::Result<()> {

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         cli::Command::Cancel { id } => jobs::cancel(g.output, &g.daemon, id),
         cli::Command::Wait { id, timeout } => jobs::wait(g.output, &g.daemon, id, timeout.as_deref()),
         cli::Command::Gpus => jobs::gpus(g.output, &g.daemon),
+        cli::Command::Admin(cmd) => jobs::admin(g.output, &g.daemon, cmd),
         cli::Command::Serve { state_dir, config } => jobs::serve(g, state_dir, config),
         cli::Command::Shim { job_dir } => {
             // The supervisor runs on this (main) thread, with no runtime or other threads.

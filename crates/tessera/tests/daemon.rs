@@ -231,6 +231,76 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
     d.ok(&["jobs"]);
 }
 
+/// Admins change MIG layouts through the daemon: plans keep matching instances, never touch a
+/// busy one (the refusal names it), a dry run changes nothing, and bad input gets a clear error.
+#[test]
+fn admins_change_layouts_and_busy_instances_stay() {
+    let d = Daemon::start("1xA100-40GB,numa=1");
+    let layout = |d: &Daemon| -> Vec<String> {
+        let v: Value = serde_json::from_str(&d.ok(&["-o", "json", "gpus"])).unwrap();
+        v["gpus"][0]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["profile"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let out = d.ok(&["admin", "layout", "0", "3g.20gb,2g.10gb,2g.10gb"]);
+    assert!(out.contains("did create 3g.20gb"), "{out}");
+    let mut now = layout(&d);
+    now.sort();
+    assert_eq!(now, ["2g.10gb", "2g.10gb", "3g.20gb"]);
+
+    let long = d.submit(&["--profile", "3g.20gb", "--", "sleep", "30"]);
+    let t0 = Instant::now();
+    while d.job(long)["state"] != "running" && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The whole GPU would need the busy 3g.20gb: refused, naming it; nothing changes.
+    let (code, _, err) = d.cli(&["admin", "layout", "0", "7g.40gb"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("busy") && err.contains("3g.20gb"), "{err}");
+    assert_eq!(layout(&d).len(), 3);
+    // A dry run says what would happen and does nothing.
+    let out = d.ok(&["admin", "layout", "0", "3g.20gb,1g.5gb,1g.5gb,1g.5gb", "--dry-run"]);
+    assert!(out.contains("would destroy 2g.10gb") && out.contains("would create 1g.5gb"), "{out}");
+    assert_eq!(layout(&d).len(), 3);
+    // Reshaping only the idle part keeps the busy instance and its job.
+    d.ok(&["admin", "layout", "0", "3g.20gb,1g.5gb,1g.5gb,1g.5gb"]);
+    let mut now = layout(&d);
+    now.sort();
+    assert_eq!(now, ["1g.5gb", "1g.5gb", "1g.5gb", "3g.20gb"]);
+    assert_eq!(d.job(long)["state"], "running");
+
+    let (code, _, err) = d.cli(&["admin", "layout", "0", "5g.99gb"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("instances[0]") && err.contains("unknown MIG profile '5g.99gb'"), "{err}");
+    let (code, _, err) = d.cli(&["admin", "layout", "0", "3g.20gb@0,1g.5gb"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("every instance or for none"), "{err}");
+    let (code, _, err) = d.cli(&["admin", "layout", "7", "1g.5gb"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("GPU 7") || err.contains("no GPU"), "{err}");
+    let other = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["admin", "layout", "0", "none"])
+        .output();
+    if let Ok(o) = other
+        && tessera_exec::effective_uid() == 0
+    {
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("only admins change MIG layouts"), "{o:?}");
+    }
+    d.ok(&["cancel", &long.to_string()]);
+    assert_eq!(d.wait(long)["state"], "cancelled");
+    // Now idle: everything can go.
+    d.ok(&["admin", "layout", "0", "none"]);
+    assert!(layout(&d).is_empty());
+}
+
 /// One rank holds several whole GPUs (Slurm's --gres=gpu:2): one process sees both, with CPUs
 /// from each GPU's NUMA node; two such ranks take four GPUs.
 #[test]

@@ -9,7 +9,7 @@ mod profiles;
 mod sim;
 
 use anyhow::{Context as _, bail};
-use tessera_mig::{ComputeShape, GpuModel, Instance, WantedInstance, catalog};
+use tessera_mig::{GpuModel, Instance, WantedInstance, catalog};
 
 use crate::cli::{Global, MigCommand, Output};
 
@@ -42,28 +42,16 @@ pub fn model_arg(query: &str) -> anyhow::Result<&'static GpuModel> {
 /// A profile on the command line: a name (`3g.40gb`), an id (`9`), or a compute split of a
 /// profile in mig-parted's terms (`1c.3g.40gb`).
 pub fn wanted_arg(model: &GpuModel, text: &str) -> anyhow::Result<WantedInstance> {
-    if let Ok(p) = model.profile(text) {
-        return Ok(WantedInstance::new(p.id));
-    }
-    if let Some((c, rest)) = text.split_once("c.")
-        && let Ok(slices) = c.parse::<u8>()
-        && let Ok(p) = model.profile(rest)
-    {
-        return Ok(WantedInstance { profile_id: p.id, compute: ComputeShape::Slices(slices) });
-    }
-    Ok(model.profile(text).map(|p| WantedInstance::new(p.id))?)
+    Ok(model.wanted_instance(text)?)
 }
 
 /// `PROFILE@START` on the command line.
 pub fn instance_arg(model: &GpuModel, text: &str) -> anyhow::Result<Instance> {
-    let Some((name, start)) = text.split_once('@') else {
+    if !text.contains('@') {
         bail!("--existing '{text}': write PROFILE@START, e.g. 3g.40gb@4");
-    };
-    let wanted = wanted_arg(model, name.trim()).with_context(|| format!("--existing '{text}'"))?;
-    let start: u8 = start
-        .trim()
-        .parse()
-        .with_context(|| format!("--existing '{text}': the start '{start}' is not a placement unit number"))?;
+    }
+    let (wanted, start) = model.instance_spec(text).with_context(|| format!("--existing '{text}'"))?;
+    let start = start.unwrap_or(0);
     Ok(Instance { profile_id: wanted.profile_id, start, compute: wanted.compute })
 }
 
