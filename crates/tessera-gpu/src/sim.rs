@@ -380,6 +380,15 @@ impl SimBackend {
         })
     }
 
+    /// The time a GPU-instance create or destroy takes on this node (`mig-op-ms`), spent after
+    /// the change is made and outside the state lock, as the driver's own work would be.
+    fn driver_time<T>(&self, outcome: &Result<T, BackendError>) {
+        let ms = self.spec().mig_op_ms();
+        if ms > 0 && outcome.is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(u64::from(ms)));
+        }
+    }
+
     fn device(&self, gpu: u32) -> Result<&DeviceInfo, BackendError> {
         self.devices.get(gpu as usize).ok_or_else(|| self.no_gpu(gpu))
     }
@@ -553,7 +562,7 @@ impl MigBackend for SimBackend {
         profile_id: u32,
         placement: Option<u8>,
     ) -> Result<GpuInstanceInfo, BackendError> {
-        self.with_gpu(gpu, |g| {
+        let out = self.with_gpu(gpu, |g| {
             g.require_mig("create GPU instances")?;
             let p = g.profile(profile_id)?;
             let layout = g.layout();
@@ -593,7 +602,9 @@ impl MigBackend for SimBackend {
             g.state.gpu_instances.push(gi);
             g.state.gpu_instances.sort_by_key(|gi| gi.id);
             Ok(info)
-        })
+        });
+        self.driver_time(&out);
+        out
     }
 
     fn create_compute_instance(
@@ -696,7 +707,7 @@ impl MigBackend for SimBackend {
     }
 
     fn destroy_gpu_instance(&self, gpu: u32, gpu_instance_id: u32) -> Result<(), BackendError> {
-        self.with_gpu(gpu, |g| {
+        let out = self.with_gpu(gpu, |g| {
             g.require_mig("destroy GPU instances")?;
             let gi_idx = g.gi_index(gpu_instance_id)?;
             let gi = &g.state.gpu_instances[gi_idx];
@@ -720,7 +731,9 @@ impl MigBackend for SimBackend {
             }
             g.state.gpu_instances.remove(gi_idx);
             Ok(())
-        })
+        });
+        self.driver_time(&out);
+        out
     }
 
     fn gpu_instances(&self, gpu: u32) -> Result<Vec<GpuInstanceInfo>, BackendError> {

@@ -7,6 +7,9 @@
 //!   `numa=0` means "the platform does not say" (sysfs `numa_node` = -1).
 //! * `cpus=N`: host cores (default 112), split evenly over the NUMA nodes as `local_cpus`.
 //! * `mig=on|off`: the MIG mode every GPU starts in (default on).
+//! * `mig-op-ms=N`: how long each GPU-instance create or destroy takes, in milliseconds
+//!   (default 0). Real drivers take a fraction of a second; tests use it to catch the daemon
+//!   in the middle of a reconfiguration.
 //!
 //! Everything a simulated device reports is derived from the spec, deterministically: GPU UUIDs
 //! hash the canonical spec and the index, PCI bus ids follow a DGX H100, minor numbers are the
@@ -59,6 +62,7 @@ pub struct NodeSpec {
     numa_nodes: u32,
     cpus: u32,
     mig: bool,
+    mig_op_ms: u32,
 }
 
 /// What is wrong with a node spec; every message names the offending part.
@@ -73,7 +77,7 @@ pub enum SpecError {
     #[error("unknown GPU model '{model}' in '{part}'{}", did_you_mean(.suggestions))]
     UnknownModel { part: String, model: String, suggestions: Vec<String> },
     /// An option other than `numa`, `cpus` and `mig`.
-    #[error("unknown option '{key}' in '{part}'{}; the options are numa=N, cpus=N and mig=on|off", did_you_mean(.suggestions))]
+    #[error("unknown option '{key}' in '{part}'{}; the options are numa=N, cpus=N, mig=on|off and mig-op-ms=N", did_you_mean(.suggestions))]
     UnknownOption { part: String, key: String, suggestions: Vec<String> },
     /// An option whose value does not parse or is out of range.
     #[error("bad option '{part}' in the node spec: {reason}")]
@@ -118,7 +122,7 @@ impl NodeSpec {
         if total > u64::from(MAX_GPUS) {
             return Err(SpecError::TooManyGpus { count: total });
         }
-        let (mut numa, mut cpus, mut mig) = (None, None, None);
+        let (mut numa, mut cpus, mut mig, mut op_ms) = (None, None, None, None);
         for part in parts {
             let part = part.trim();
             let Some((key, value)) = part.split_once('=') else {
@@ -132,10 +136,11 @@ impl NodeSpec {
                 "numa" => numa.replace(parse_number(part, value, 0, MAX_NUMA_NODES)?).is_some(),
                 "cpus" => cpus.replace(parse_number(part, value, 1, MAX_CPUS)?).is_some(),
                 "mig" => mig.replace(parse_switch(part, value)?).is_some(),
+                "mig-op-ms" => op_ms.replace(parse_number(part, value, 0, 60_000)?).is_some(),
                 _ => {
                     return Err(SpecError::UnknownOption {
                         part: part.to_string(),
-                        suggestions: closest(&key, &["numa", "cpus", "mig"]),
+                        suggestions: closest(&key, &["numa", "cpus", "mig", "mig-op-ms"]),
                         key,
                     });
                 }
@@ -149,7 +154,7 @@ impl NodeSpec {
         if cpus < numa_nodes {
             return Err(SpecError::TooFewCpus { cpus, numa: numa_nodes });
         }
-        Ok(NodeSpec { groups, numa_nodes, cpus, mig: mig.unwrap_or(true) })
+        Ok(NodeSpec { groups, numa_nodes, cpus, mig: mig.unwrap_or(true), mig_op_ms: op_ms.unwrap_or(0) })
     }
 
     /// The GPU groups, in index order.
@@ -170,6 +175,11 @@ impl NodeSpec {
     /// The MIG mode the GPUs start in.
     pub fn mig_enabled(&self) -> bool {
         self.mig
+    }
+
+    /// How long each GPU-instance create or destroy takes, in milliseconds.
+    pub fn mig_op_ms(&self) -> u32 {
+        self.mig_op_ms
     }
 
     /// Number of GPUs.
@@ -245,6 +255,9 @@ impl fmt::Display for NodeSpec {
         }
         if !self.mig {
             f.write_str(",mig=off")?;
+        }
+        if self.mig_op_ms != 0 {
+            write!(f, ",mig-op-ms={}", self.mig_op_ms)?;
         }
         Ok(())
     }
@@ -436,6 +449,7 @@ mod tests {
                 "2xA100-40GB+1xH100-80GB,numa=2,cpus=64,mig=off",
             ),
             ("1xA100-40GB+1xA100-40GB", "2xA100-40GB,numa=1"),
+            ("1xA30,mig-op-ms=250", "1xA30-24GB,numa=1,mig-op-ms=250"),
             ("4xRTX-PRO-6000,mig=on,cpus=112", "4xRTX-PRO-6000,numa=1"),
             ("1xNVIDIA A100-SXM4-40GB", "1xA100-40GB,numa=1"),
             ("2x0x2330,numa=0", "2xH100-80GB,numa=0"),
