@@ -57,6 +57,8 @@ pub struct Core {
     /// How to start a shim: the executable and the arguments before `--job-dir`.
     pub shim_exe: PathBuf,
     pub shim_args: Vec<String>,
+    /// Starts shims, keeping a standby one ready so a launch is a pipe write.
+    launcher: tessera_exec::Launcher,
     pub mps: Box<dyn MpsControl>,
     mps_started: BTreeSet<String>,
     drained: BTreeSet<u32>,
@@ -181,6 +183,7 @@ impl Core {
             scheduler,
             config,
             state_dir,
+            launcher: tessera_exec::Launcher::new(shim_exe.clone(), shim_args.clone(), true),
             shim_exe,
             shim_args,
             mps,
@@ -672,9 +675,7 @@ impl Core {
             kill_grace_ms: self.config.scheduler.kill_grace_ms,
         };
         let dir = self.job_dir(id);
-        let args: Vec<&str> = self.shim_args.iter().map(String::as_str).collect();
-        let pid =
-            tessera_exec::launch(&self.shim_exe, &args, &dir, &spec).map_err(|e| format!("starting the job: {e}"))?;
+        let pid = self.launcher.launch(&dir, &spec).map_err(|e| format!("starting the job: {e}"))?;
         self.store.set_runtime(id, &dir.display().to_string(), pid, now).map_err(|e| e.to_string())?;
         for (gpu, gi, ci) in attach {
             self.attach_sim(id, gpu, gi, ci, pid);

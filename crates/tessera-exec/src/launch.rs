@@ -9,6 +9,9 @@
 //! done safely with `std::process::Command` from a multi-threaded daemon, and would hide the
 //! shim's pid from the launcher. The cost is one sleeping thread per job the daemon launched.
 //!
+//! [`Launcher`] does the same with a standby shim started ahead of time (the daemon's way: a
+//! launch is then a pipe write, not a fork and exec).
+//!
 //! `launch` returns once the shim has written `shim.pid` (by then its signal handlers are in
 //! place, so an immediate [`cancel`] is recorded as `cancelled`), or fails if the shim exits
 //! before that.
@@ -26,7 +29,7 @@ use crate::procfs;
 use crate::spec::JobSpec;
 use crate::status::{
     LogStream, Outcome, PID_FILE, RANKS_FILE, RankTable, SHIM_LOG, SPEC_FILE, STATUS_FILE, ShimState, log_path,
-    open_log, read_json, read_pid_file, write_json,
+    open_log, read_json, read_pid_file, write_json_unsynced,
 };
 use crate::sys::{self, LinuxSyscalls};
 use crate::syscalls::Syscalls;
@@ -44,6 +47,12 @@ pub const TAIL_CHUNK: u64 = 1 << 20;
 /// Refuses a directory that already holds `spec.json`, `shim.pid` or `status.json`, and a spec
 /// asking for another user when this process is not root.
 pub fn launch(shim_exe: &Path, shim_args: &[&str], job_dir: &Path, spec: &JobSpec) -> Result<u32, ExecError> {
+    let dir = prepare(job_dir, spec)?;
+    spawn_direct(shim_exe, shim_args, &dir, spec)
+}
+
+/// Checks, creates the job directory and writes `spec.json`; returns the directory, absolute.
+fn prepare(job_dir: &Path, spec: &JobSpec) -> Result<PathBuf, ExecError> {
     spec.validate()?;
     let euid = sys::effective_uid();
     if euid != 0 && (spec.uid != euid || spec.gid != sys::effective_gid()) {
@@ -56,52 +65,141 @@ pub fn launch(shim_exe: &Path, shim_args: &[&str], job_dir: &Path, spec: &JobSpe
             return Err(ExecError::AlreadyLaunched { job_id: spec.job_id, path: dir });
         }
     }
-    write_json(&dir.join(SPEC_FILE), "job spec", spec)?;
-    let log_path = dir.join(SHIM_LOG);
-    let log = open_log(&log_path, None).map_err(|e| ExecError::io("opening", &log_path, e))?;
-    let log2 = log.try_clone().map_err(|e| ExecError::io("duplicating", &log_path, e))?;
+    write_json_unsynced(&dir.join(SPEC_FILE), "job spec", spec)?;
+    Ok(dir)
+}
 
-    let mut cmd = Command::new(shim_exe);
-    cmd.args(shim_args).arg("--job-dir").arg(&dir).current_dir("/").stdin(Stdio::null()).stdout(log).stderr(log2);
-    let spawn_err =
-        |source: io::Error| ExecError::Spawn { job_id: spec.job_id, program: shim_exe.display().to_string(), source };
-    let mut child = sys::spawn_session_leader(&mut cmd).map_err(spawn_err)?;
+/// A shim process this launcher started, with a thread reaping it.
+struct Started {
+    pid: u32,
+    exited: mpsc::Receiver<String>,
+}
+
+fn spawn_reaped(cmd: &mut Command, name: String) -> io::Result<(Started, Option<std::process::ChildStdin>)> {
+    let mut child = sys::spawn_session_leader(cmd)?;
     let pid = child.id();
-
+    let stdin = child.stdin.take();
     let (tx, rx) = mpsc::channel::<String>();
-    let reaper =
-        thread::Builder::new().name(format!("tessera-reap-{}", spec.job_id)).stack_size(64 * 1024).spawn(move || {
-            let status = match child.wait() {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("wait failed: {e}"),
-            };
-            let _ = tx.send(status);
-        });
+    let reaper = thread::Builder::new().name(name).stack_size(64 * 1024).spawn(move || {
+        let status = match child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        let _ = tx.send(status);
+    });
     if let Err(e) = reaper {
         // The child handle went with the closure; the shim runs on and init reaps it once this
         // process exits. Nothing else to do but say so.
-        eprintln!("tessera-exec: job {}: no reaper thread for shim pid {pid}: {e}", spec.job_id);
+        eprintln!("tessera-exec: no reaper thread for shim pid {pid}: {e}");
     }
+    Ok((Started { pid, exited: rx }, stdin))
+}
 
+fn spawn_direct(shim_exe: &Path, shim_args: &[&str], dir: &Path, spec: &JobSpec) -> Result<u32, ExecError> {
+    let log_path = dir.join(SHIM_LOG);
+    let log = open_log(&log_path, None).map_err(|e| ExecError::io("opening", &log_path, e))?;
+    let log2 = log.try_clone().map_err(|e| ExecError::io("duplicating", &log_path, e))?;
+    let mut cmd = Command::new(shim_exe);
+    cmd.args(shim_args).arg("--job-dir").arg(dir).current_dir("/").stdin(Stdio::null()).stdout(log).stderr(log2);
+    let spawn_err =
+        |source: io::Error| ExecError::Spawn { job_id: spec.job_id, program: shim_exe.display().to_string(), source };
+    let (started, _) = spawn_reaped(&mut cmd, format!("tessera-reap-{}", spec.job_id)).map_err(spawn_err)?;
+    wait_ready(dir, spec.job_id, &started)
+}
+
+/// Waits until the shim has written `shim.pid` (its signal handlers are in place by then).
+fn wait_ready(dir: &Path, job_id: u64, started: &Started) -> Result<u32, ExecError> {
+    let pid = started.pid;
+    let log_path = dir.join(SHIM_LOG);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        if read_pid_file(&dir).ok().flatten() == Some(pid) {
+        if read_pid_file(dir).ok().flatten() == Some(pid) {
             return Ok(pid);
         }
-        if let Ok(status) = rx.try_recv() {
-            if read_pid_file(&dir).ok().flatten() == Some(pid) {
+        if let Ok(status) = started.exited.try_recv() {
+            if read_pid_file(dir).ok().flatten() == Some(pid) {
                 return Ok(pid);
             }
             let log_tail = fs::read_to_string(&log_path)
                 .map(|t| t.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | "))
                 .unwrap_or_default();
-            return Err(ExecError::ShimExited { job_id: spec.job_id, pid, status, log_tail });
+            return Err(ExecError::ShimExited { job_id, pid, status, log_tail });
         }
         if Instant::now() >= deadline {
             // Alive but slow (a loaded machine): it is running, so report it as launched.
             return Ok(pid);
         }
-        thread::sleep(Duration::from_millis(1));
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A standby shim, already started, waiting on its stdin for a job directory.
+struct Spare {
+    started: Started,
+    stdin: std::process::ChildStdin,
+}
+
+/// Starts shims for the daemon, keeping one standby shim ready (`shim_args… --standby`, in its
+/// own session, stdin a pipe) so that a launch is a pipe write rather than a fork and exec of
+/// the shim binary; the standby is replaced in the background after each use. Without a
+/// standby (it died, or none could be started) it launches as [`launch`] does. A standby
+/// outlives nothing: when the daemon goes, its pipe closes and it exits.
+pub struct Launcher {
+    shim_exe: PathBuf,
+    shim_args: Vec<String>,
+    standby: bool,
+    spare: std::sync::Arc<std::sync::Mutex<Option<Spare>>>,
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launcher").field("shim_exe", &self.shim_exe).field("standby", &self.standby).finish()
+    }
+}
+
+impl Launcher {
+    /// A launcher for `shim_exe shim_args… --job-dir DIR`; with `standby`, one standby shim
+    /// is started at once (in the background).
+    pub fn new(shim_exe: PathBuf, shim_args: Vec<String>, standby: bool) -> Launcher {
+        let l = Launcher { shim_exe, shim_args, standby, spare: Default::default() };
+        l.refill();
+        l
+    }
+
+    fn refill(&self) {
+        if !self.standby {
+            return;
+        }
+        let (exe, args, slot) = (self.shim_exe.clone(), self.shim_args.clone(), self.spare.clone());
+        let _ = thread::Builder::new().name("tessera-standby".into()).spawn(move || {
+            let mut cmd = Command::new(&exe);
+            cmd.args(&args).arg("--standby").current_dir("/").stdin(Stdio::piped()).stdout(Stdio::null());
+            cmd.stderr(Stdio::null());
+            if let Ok((started, Some(stdin))) = spawn_reaped(&mut cmd, "tessera-reap-standby".into())
+                && let Ok(mut spare) = slot.lock()
+            {
+                *spare = Some(Spare { started, stdin });
+            }
+        });
+    }
+
+    /// As [`launch`]: creates `job_dir`, writes `spec.json`, starts the job's shim and returns
+    /// its pid once it has written `shim.pid`.
+    pub fn launch(&self, job_dir: &Path, spec: &JobSpec) -> Result<u32, ExecError> {
+        let dir = prepare(job_dir, spec)?;
+        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
+        if let Some(mut spare) = spare {
+            self.refill();
+            use std::io::Write as _;
+            let alive = spare.started.exited.try_recv().is_err();
+            let line = format!("{}\n", dir.display());
+            if alive && !line.trim_end().contains('\n') && spare.stdin.write_all(line.as_bytes()).is_ok() {
+                drop(spare.stdin);
+                return wait_ready(&dir, spec.job_id, &spare.started);
+            }
+        }
+        let args: Vec<&str> = self.shim_args.iter().map(String::as_str).collect();
+        spawn_direct(&self.shim_exe, &args, &dir, spec)
     }
 }
 

@@ -37,12 +37,17 @@ pub(crate) fn cmdline(pid: u32) -> Option<Vec<String>> {
     Some(bytes.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
 }
 
-/// Whether `pid` is alive and its command line has `job_dir` as an argument (or as the value
-/// of `--job-dir=`), i.e. it is that job's shim and not a process that reused the pid.
+/// Whether `pid` is alive and is that job's shim, not a process that reused the pid: its
+/// command line has `job_dir` as an argument (or as the value of `--job-dir=`), or it is a
+/// standby shim (`--standby`) that took the job up and so works in `job_dir`.
 pub(crate) fn is_shim_of(pid: u32, job_dir: &Path) -> bool {
     let Some(args) = cmdline(pid) else { return false };
     let dir = job_dir.to_string_lossy();
-    args.iter().any(|a| *a == dir || a.strip_prefix("--job-dir=") == Some(&*dir))
+    if args.iter().any(|a| *a == dir || a.strip_prefix("--job-dir=") == Some(&*dir)) {
+        return true;
+    }
+    args.iter().any(|a| a == "--standby")
+        && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.as_path() == job_dir)
 }
 
 /// The live (non-zombie) processes whose `stat` passes `keep`, sorted.

@@ -46,7 +46,7 @@ use crate::procfs;
 use crate::spec::JobSpec;
 use crate::status::{
     JobState, LogStream, Outcome, PID_FILE, RANKS_FILE, RankOutcome, RankProc, RankTable, SPEC_FILE, STATUS_FILE,
-    log_path, open_log, read_json, write_atomic, write_json,
+    log_path, open_log, read_json, write_atomic_unsynced, write_json,
 };
 use crate::sys::{self, LinuxSyscalls};
 use crate::syscalls::{ChildPlan, CpuMask, Credentials, NodeMask, Syscalls};
@@ -76,7 +76,7 @@ pub fn run_shim(job_dir: &Path) -> i32 {
     if let Err(e) = sys::prepare_shim_signals() {
         return finish(job_dir, not_started(started_ms, format!("the shim cannot install its signal handlers: {e}")));
     }
-    if let Err(e) = write_atomic(&job_dir.join(PID_FILE), format!("{}\n", std::process::id()).as_bytes()) {
+    if let Err(e) = write_atomic_unsynced(&job_dir.join(PID_FILE), format!("{}\n", std::process::id()).as_bytes()) {
         say(&e.to_string());
         return finish(job_dir, not_started(started_ms, format!("the shim cannot write its pid file: {e}")));
     }
@@ -94,6 +94,36 @@ pub fn run_shim(job_dir: &Path) -> i32 {
     let outcome = Supervisor::new(&LinuxSyscalls, job_dir, &spec, started_ms).run();
     say(&format!("job {}: {}: {}", spec.job_id, outcome.state.as_str(), outcome.detail));
     finish(job_dir, outcome)
+}
+
+/// A standby shim: started ahead of time by the daemon's [`Launcher`](crate::launch::Launcher),
+/// it waits for one line on stdin naming a job directory, then moves its output to that job's
+/// `shim.log`, works in the directory (which is how [`inspect`](crate::launch::inspect) knows
+/// it) and runs [`run_shim`] there. Starting a job then costs a pipe write instead of a fork
+/// and exec. End of input (the daemon went away) ends it quietly with 0.
+pub fn run_standby_shim() -> i32 {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+        return 0;
+    }
+    let job_dir = std::path::PathBuf::from(line.trim_end_matches('\n'));
+    let log_path = job_dir.join(crate::status::SHIM_LOG);
+    match crate::status::open_log(&log_path, None) {
+        Ok(log) => {
+            if let Err(e) = sys::redirect_output(&log) {
+                say(&format!("cannot send output to {}: {e}", log_path.display()));
+            }
+        }
+        Err(e) => say(&format!("cannot open {}: {e}", log_path.display())),
+    }
+    if let Err(e) = std::env::set_current_dir(&job_dir) {
+        let started_ms = now_ms();
+        return finish(
+            &job_dir,
+            not_started(started_ms, format!("the standby shim cannot enter the job directory: {e}")),
+        );
+    }
+    run_shim(&job_dir)
 }
 
 fn not_started(started_ms: u64, detail: String) -> Outcome {

@@ -139,6 +139,18 @@ pub fn log_path(job_dir: &Path, rank: u32, stream: LogStream) -> PathBuf {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, `fsync`,
 /// `rename`, then `fsync` of the directory, so a crash leaves the old file or the new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// Like [`write_atomic`] without the two `fsync`s: atomic against a process crash (`kill -9`
+/// of the daemon or the shim), not against power loss, which ends the job's processes anyway.
+/// For the files on the path from submit to running (`spec.json`, `shim.pid`), where each
+/// `fsync` pair costs about half a millisecond.
+pub(crate) fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
+    write_atomic_with(path, bytes, false)
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ExecError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
@@ -151,9 +163,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
         }
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if sync { File::open(dir)?.sync_all() } else { Ok(()) }
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -167,6 +181,14 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, what: &'static str, value: &
         serde_json::to_vec_pretty(value).map_err(|source| ExecError::Json { what, path: path.into(), source })?;
     text.push(b'\n');
     write_atomic(path, &text)
+}
+
+/// [`write_json`] through [`write_atomic_unsynced`].
+pub(crate) fn write_json_unsynced<T: Serialize>(path: &Path, what: &'static str, value: &T) -> Result<(), ExecError> {
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|source| ExecError::Json { what, path: path.into(), source })?;
+    text.push(b'\n');
+    write_atomic_unsynced(path, &text)
 }
 
 /// Reads a JSON file; `Ok(None)` when it does not exist.

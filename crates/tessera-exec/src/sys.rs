@@ -164,6 +164,21 @@ pub(crate) fn spawn_session_leader(cmd: &mut Command) -> io::Result<Child> {
     cmd.spawn()
 }
 
+/// Points the process's stdout and stderr at `file` (a standby shim taking up a job: its output
+/// goes to that job's `shim.log` from here on).
+pub(crate) fn redirect_output(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 on two valid descriptors (`fd` is open for the borrow's lifetime, the
+        // targets are the standard ones); no memory is touched.
+        if unsafe { libc::dup2(fd, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The calling thread's CPU affinity, read with a mask that grows until the kernel accepts it.
 pub(crate) fn own_affinity() -> io::Result<CpuMask> {
     let mut len = 16usize; // 1024 CPUs, glibc's cpu_set_t

@@ -516,3 +516,34 @@ fn huge_limits_do_not_overflow() {
     launch(Path::new(SHIM), &[], &dir, &s).unwrap();
     assert_eq!(wait_finished(&dir, 1501, Duration::from_secs(10)).state, JobState::Succeeded);
 }
+
+/// The daemon's launcher hands jobs to a standby shim: the job runs under a shim started with
+/// `--standby` (not a fresh one named after the job), `inspect` recognises it by its working
+/// directory, a cancel reaches it, and the next launch gets a new standby.
+#[test]
+fn launcher_hands_jobs_to_standby_shims() {
+    let tmp = tempfile::tempdir().unwrap();
+    let launcher = tessera_exec::Launcher::new(PathBuf::from(SHIM), Vec::new(), true);
+    // Let the first standby come up.
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = job_dir(&tmp, "a");
+    let pid = launcher.launch(&dir, &one_rank(41, "echo standby-ok; sleep 30")).unwrap();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).contains("--standby"), "{cmdline:?}");
+    let canonical = fs::canonicalize(&dir).unwrap();
+    assert!(matches!(inspect(&canonical, 41).unwrap(), ShimState::Running { shim_pid } if shim_pid == pid));
+    wait_for("the rank's output", Duration::from_secs(10), || {
+        tail_stream(&dir, 0, LogStream::Stdout, 0).is_ok_and(|(b, _)| b.starts_with(b"standby-ok"))
+    });
+    cancel(&dir).unwrap();
+    assert_eq!(wait_finished(&dir, 41, Duration::from_secs(15)).state, JobState::Cancelled);
+    assert!(read(&dir, "shim.log").contains("job 41"), "the shim's own log moved to the job");
+
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = job_dir(&tmp, "b");
+    let pid2 = launcher.launch(&dir, &one_rank(42, "exit 0")).unwrap();
+    assert_ne!(pid, pid2);
+    assert_eq!(wait_finished(&dir, 42, Duration::from_secs(15)).state, JobState::Succeeded);
+    // Launching twice into one directory is refused as before.
+    assert!(matches!(launcher.launch(&dir, &one_rank(42, "true")), Err(ExecError::AlreadyLaunched { .. })));
+}

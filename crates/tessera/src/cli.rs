@@ -194,8 +194,11 @@ pub enum Command {
     /// Internal: the per-job supervisor the daemon starts.
     #[command(hide = true)]
     Shim {
-        #[arg(long = "job-dir", value_name = "DIR")]
-        job_dir: PathBuf,
+        #[arg(long = "job-dir", value_name = "DIR", required_unless_present = "standby")]
+        job_dir: Option<PathBuf>,
+        /// Wait for a job directory on stdin (the daemon keeps one such shim ready).
+        #[arg(long, conflicts_with = "job_dir")]
+        standby: bool,
     },
 }
 

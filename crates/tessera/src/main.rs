@@ -42,9 +42,12 @@ fn main() -> ExitCode {
         cli::Command::Gpus => jobs::gpus(g.output, &g.daemon),
         cli::Command::Admin(cmd) => jobs::admin(g.output, &g.daemon, cmd),
         cli::Command::Serve { state_dir, config } => jobs::serve(g, state_dir, config),
-        cli::Command::Shim { job_dir } => {
+        cli::Command::Shim { job_dir, standby } => {
             // The supervisor runs on this (main) thread, with no runtime or other threads.
-            let code = tessera_exec::run_shim(&job_dir);
+            let code = match job_dir {
+                Some(dir) if !standby => tessera_exec::run_shim(&dir),
+                _ => tessera_exec::run_standby_shim(),
+            };
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
     };
