@@ -95,7 +95,8 @@ pub struct Job {
 }
 
 /// The native format's header line.
-pub const JOBS_HEADER: &str = "job_id,submit_s,duration_s,tenant,num_gpu,gpu_milli,gpu_mem_mib,cpus,mem_mib,model_class";
+pub const JOBS_HEADER: &str =
+    "job_id,submit_s,duration_s,tenant,num_gpu,gpu_milli,gpu_mem_mib,cpus,mem_mib,model_class";
 const NODES_HEADER: &str = "sn,cpu_milli,memory_mib,gpu,model";
 const PODS_HEADER: &str =
     "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time";
