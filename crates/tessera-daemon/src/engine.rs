@@ -76,6 +76,8 @@ pub struct Core {
     pending: BTreeMap<u64, String>,
     waiting: usize,
     last_round_ms: u64,
+    /// The decoded request of each queued job (they never change once stored).
+    requests: BTreeMap<u64, JobRequest>,
     /// Counts admin layout changes: a round decided before one is not carried out (its
     /// starts and plans may name instances that are gone), and the next round decides again.
     layout_epoch: u64,
@@ -95,7 +97,6 @@ pub struct RoundInput {
     cluster: ClusterView,
     queue: Vec<QueuedJob>,
     running: Vec<RunningJob>,
-    records: BTreeMap<u64, JobRecord>,
     scheduler: Scheduler,
     layout_epoch: u64,
     t0: std::time::Instant,
@@ -198,6 +199,7 @@ impl Core {
             pending: BTreeMap::new(),
             waiting: 0,
             layout_epoch: 0,
+            requests: BTreeMap::new(),
             last_round_ms: 0,
         })
     }
@@ -431,26 +433,33 @@ impl Core {
         let live = node_view(backend).map_err(|e| format!("reading the GPUs: {e}"))?;
         let running = self.running_jobs(&live)?;
         let cluster = self.cluster_view(&live, &running);
-        let queued = self
-            .store
-            .jobs(&JobFilter { states: vec![JobState::Queued], ..JobFilter::default() })
-            .map_err(|e| e.to_string())?;
-        let mut queue = Vec::new();
-        let mut records = BTreeMap::new();
-        for rec in queued {
-            match Self::request_of(&rec) {
-                Ok(request) => {
-                    queue.push(QueuedJob { id: rec.id, request, submitted_ms: rec.submitted_ms });
-                    records.insert(rec.id, rec);
+        // Requests never change once stored: each is read and decoded once, then cached.
+        let queued = self.store.queued_ids().map_err(|e| e.to_string())?;
+        let mut queue = Vec::with_capacity(queued.len());
+        for (id, submitted_ms) in queued {
+            let request = match self.requests.get(&id) {
+                Some(r) => r.clone(),
+                None => {
+                    let Ok(Some(rec)) = self.store.job(id) else { continue };
+                    match Self::request_of(&rec) {
+                        Ok(r) => {
+                            self.requests.insert(id, r.clone());
+                            r
+                        }
+                        Err(reason) => {
+                            let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.clone() };
+                            let _ = self.store.finish(id, JobState::Queued, JobState::Failed, &reason, exit, now);
+                            changed = true;
+                            continue;
+                        }
+                    }
                 }
-                Err(reason) => {
-                    let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.clone() };
-                    let _ = self.store.finish(rec.id, JobState::Queued, JobState::Failed, &reason, exit, now);
-                    changed = true;
-                }
-            }
+            };
+            queue.push(QueuedJob { id, request, submitted_ms });
         }
-        self.pending.retain(|id, _| records.contains_key(id));
+        let ids: BTreeSet<u64> = queue.iter().map(|q| q.id).collect();
+        self.requests.retain(|id, _| ids.contains(id));
+        self.pending.retain(|id, _| ids.contains(id));
         self.last_round_ms = now;
         let placeholder = Scheduler::new(scheduler_config(&self.config));
         let scheduler = std::mem::replace(&mut self.scheduler, placeholder);
@@ -462,7 +471,6 @@ impl Core {
             cluster,
             queue,
             running,
-            records,
             scheduler,
             layout_epoch,
             t0,
@@ -474,8 +482,7 @@ impl Core {
     /// is checked again against the store (compare-and-set), so a job cancelled meanwhile is
     /// not started.
     pub fn finish_round(&mut self, input: RoundInput, decisions: Vec<Decision>) -> bool {
-        let RoundInput { now, mut changed, live, queue, running, records, scheduler, layout_epoch, t0, t_read, .. } =
-            input;
+        let RoundInput { now, mut changed, live, queue, running, scheduler, layout_epoch, t0, t_read, .. } = input;
         self.scheduler = scheduler;
         if layout_epoch != self.layout_epoch {
             // An admin changed a layout while this round decided: decide again on what is there.
@@ -498,10 +505,10 @@ impl Core {
                 }
                 Decision::Start { job, ranks } => {
                     changed = true;
-                    if let Some(rec) = records.get(&job)
-                        && let Some(q) = queue.iter().find(|q| q.id == job)
+                    if let Some(q) = queue.iter().find(|q| q.id == job)
+                        && let Ok(Some(rec)) = self.store.job(job)
                     {
-                        self.start(rec, &q.request, &ranks, now);
+                        self.start(&rec, &q.request, &ranks, now);
                     }
                 }
                 Decision::Preempt { job, for_job } => {

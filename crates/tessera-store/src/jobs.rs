@@ -101,6 +101,24 @@ impl Store {
         }
     }
 
+    /// The queued jobs' ids and submission times, by increasing id: what a scheduling round
+    /// needs to know each time (the requests themselves never change, so callers cache them).
+    pub fn queued_ids(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        let ctx = || "list queued jobs".to_owned();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, submitted_ms FROM jobs WHERE state = 'queued' ORDER BY id")
+            .map_err(self.db_err("jobs", ctx))?;
+        let mut rows = st.query([]).map_err(self.db_err("jobs", ctx))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(self.db_err("jobs", ctx))? {
+            let row_id: i64 = row.get(0).map_err(self.db_err("jobs", ctx))?;
+            let r = RowReader { row, path: &self.path, table: "jobs", row_id };
+            out.push((r.int(0, "id")?, r.int(1, "submitted_ms")?));
+        }
+        Ok(out)
+    }
+
     /// Jobs matching `filter`, by increasing id.
     pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");

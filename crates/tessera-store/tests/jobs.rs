@@ -353,3 +353,16 @@ fn a_hand_edited_row_is_an_error_naming_path_table_and_row() {
     let text = store.job(id2).unwrap_err().to_string();
     assert!(text.contains("user_uid") && text.contains("-1 is out of range"), "{text}");
 }
+
+#[test]
+fn queued_ids_lists_exactly_the_queued_jobs_with_their_submission_times() {
+    let (_dir, store) = temp_store();
+    let a = store.insert_job(&new_job(1)).unwrap();
+    let b = placing_job(&store, 2);
+    let c = store.insert_job(&new_job(3)).unwrap();
+    let submitted = |id| store.job(id).unwrap().unwrap().submitted_ms;
+    assert_eq!(store.queued_ids().unwrap(), vec![(a, submitted(a)), (c, submitted(c))]);
+    store.transition(c, Queued, Cancelled, "cancelled", 10).unwrap();
+    store.transition(b, Placing, Queued, "requeued", 11).unwrap();
+    assert_eq!(store.queued_ids().unwrap(), vec![(a, submitted(a)), (b, submitted(b))]);
+}
