@@ -137,6 +137,8 @@ pub enum Output {
     Table,
     /// JSON for programs.
     Json,
+    /// CSV (only `tessera sim`).
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +184,9 @@ pub enum Command {
     /// Admins: drain GPUs and change their MIG layouts through the daemon.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The trace-driven simulator: FGD's packing protocol, time-driven replay, synthetic traces.
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Run the daemon: owns the node's GPUs and runs submitted jobs (--sim / --backend pick the GPUs).
     Serve {
         /// Where jobs, logs and the database live [default: /var/lib/tessera as root, else $XDG_STATE_HOME/tessera/daemon].
@@ -199,6 +204,117 @@ pub enum Command {
         /// Wait for a job directory on stdin (the daemon keeps one such shim ready).
         #[arg(long, conflicts_with = "job_dir")]
         standby: bool,
+    },
+}
+
+/// The format of a trace for `tessera sim run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceFormat {
+    /// An Alibaba openb pod list (`openb_pod_list_*.csv`).
+    Openb,
+    /// Tessera's native job CSV (docs/sim-inputs.md).
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// FGD's packing protocol (ATC'23): pods sampled per seed until the arrived GPU demand reaches
+    /// --max-demand % of capacity, never departing; allocation ratio, fragmentation and failed
+    /// pods at each demand point, per policy.
+    Pack {
+        /// The openb node list, e.g. openb_node_list_gpu_node.csv.
+        #[arg(long, value_name = "FILE")]
+        nodes: PathBuf,
+        /// The openb pod list, e.g. openb_pod_list_default.csv.
+        #[arg(long, value_name = "FILE")]
+        pods: PathBuf,
+        /// `shared` (milli-GPU sharing, FGD's setting) or `mig` (requests rounded to MIG profiles).
+        #[arg(long, default_value = "shared")]
+        mode: String,
+        /// MIG mode: the GPU model every GPU becomes [default: A100-40GB].
+        #[arg(long = "gpu-model", value_name = "MODEL")]
+        gpu_model: Option<String>,
+        /// Policies: random, bestfit, dotprod, packing, clustering, fgd, tessera.
+        #[arg(long, value_delimiter = ',', default_value = "fgd")]
+        policy: Vec<String>,
+        /// Seeds: `42-51`, `1,2,5` or `7`.
+        #[arg(long, default_value = "42-51")]
+        seeds: String,
+        /// Stop when the arrived GPU demand reaches this % of capacity.
+        #[arg(long = "max-demand", default_value_t = 130)]
+        max_demand: u32,
+        /// Write plots (SVG and PNG) into this directory.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+    },
+    /// Replay a trace in virtual time through the daemon's scheduler core, each policy on the same
+    /// jobs: JCT, queueing delay, makespan, utilisation, unusable capacity, reconfigurations,
+    /// fairness.
+    Run {
+        /// The trace: an openb pod list or a native job CSV.
+        #[arg(long, value_name = "FILE")]
+        trace: PathBuf,
+        /// The trace's format [default: from its header].
+        #[arg(long, value_enum)]
+        format: Option<TraceFormat>,
+        /// openb: replay only the pods created in the trace's last this many days [default: 30].
+        #[arg(long = "last-days", value_name = "DAYS")]
+        last_days: Option<f64>,
+        /// The cluster: `64xA100-40GB` (nodes of 8), `8x8xH100-80GB`, or `load=0.7:A100-40GB`
+        /// (sized for 70% offered load of this trace).
+        #[arg(long, value_name = "SPEC")]
+        cluster: String,
+        /// Policies: whole, static, static:3g+2g+2g, mps, dynamic, dynamic+mps.
+        #[arg(long, value_delimiter = ',', default_value = "whole,static,static:3g+2g+2g,mps,dynamic,dynamic+mps")]
+        policy: Vec<String>,
+        /// Seeds: `5` (1 to 5), `42-51` or a list.
+        #[arg(long, default_value = "5")]
+        seeds: String,
+        /// How long a GPU is out of use while it is repartitioned, e.g. `30s` (MISO) or `1s`.
+        #[arg(long = "reconfig-cost", default_value = "30s")]
+        reconfig_cost: String,
+        /// MPS: the slowdown each co-running client causes (MISO: 0.15).
+        #[arg(long = "mps-slowdown", default_value_t = 0.15)]
+        mps_slowdown: f64,
+        /// Fraction of jobs (by arrival) left out of the metrics at each end of the trace.
+        #[arg(long, default_value_t = 0.1)]
+        warmup: f64,
+        /// Write plots (SVG and PNG) into this directory.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+    },
+    /// Write a synthetic workload (Poisson arrivals, a size mix, log-normal durations) in the
+    /// native CSV format.
+    Gen {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Mean time between arrivals, e.g. `60s`.
+        #[arg(long = "mean-interarrival", value_name = "DURATION")]
+        mean_interarrival: Option<String>,
+        /// Instead: the offered load on --gpus GPUs, e.g. 0.8.
+        #[arg(long)]
+        load: Option<f64>,
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Size mix `GPUSxMILLI:WEIGHT,...`, e.g. `1x250:3,1x500:2,1x1000:4,2x1000:1`.
+        #[arg(long)]
+        mix: Option<String>,
+        /// Median job duration on a whole GPU, e.g. `10m`.
+        #[arg(long = "duration-median", value_name = "DURATION")]
+        duration_median: Option<String>,
+        /// Spread of the log-normal durations (sigma of the logarithm).
+        #[arg(long = "duration-sigma")]
+        duration_sigma: Option<f64>,
+        #[arg(long)]
+        tenants: Option<u32>,
+        /// Model classes (speed curves) drawn per job, e.g. `resnet,bert`.
+        #[arg(long = "model-classes", value_delimiter = ',')]
+        model_classes: Vec<String>,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 

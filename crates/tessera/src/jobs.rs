@@ -185,7 +185,7 @@ pub fn submit(output: Output, d: &DaemonArgs, a: &SubmitArgs) -> anyhow::Result<
     let v = ok(client(d)?.request("POST", "/v1/jobs", Some(&body))?)?;
     match output {
         Output::Json => print_json(&v),
-        Output::Table => println!("{}", v["id"]),
+        Output::Table | Output::Csv => println!("{}", v["id"]),
     }
     Ok(())
 }
@@ -279,7 +279,7 @@ pub fn cancel(output: Output, d: &DaemonArgs, id: u64) -> anyhow::Result<()> {
     let v = ok(client(d)?.request("POST", &format!("/v1/jobs/{id}/cancel"), None)?)?;
     match output {
         Output::Json => print_json(&v),
-        Output::Table => println!("job {id}: {}", v["state"].as_str().unwrap_or("cancelling")),
+        Output::Table | Output::Csv => println!("job {id}: {}", v["state"].as_str().unwrap_or("cancelling")),
     }
     Ok(())
 }
@@ -298,7 +298,7 @@ pub fn wait(output: Output, d: &DaemonArgs, id: u64, timeout: Option<&str>) -> a
         if terminal || left == Some(0) {
             match output {
                 Output::Json => print_json(&v),
-                Output::Table => println!("job {id}: {state} ({})", v["reason"].as_str().unwrap_or("")),
+                Output::Table | Output::Csv => println!("job {id}: {state} ({})", v["reason"].as_str().unwrap_or("")),
             }
             if state == "succeeded" {
                 return Ok(());

@@ -8,6 +8,7 @@ mod jobs;
 mod mig;
 mod node;
 mod render;
+mod sim;
 mod units;
 
 use std::io::Write as _;
@@ -31,6 +32,10 @@ impl std::error::Error for Refusal {}
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let g = &args.global;
+    if g.output == cli::Output::Csv && !matches!(args.command, cli::Command::Sim(_)) {
+        eprintln!("error: -o csv is for `tessera sim`; use -o table or -o json here");
+        return ExitCode::from(2);
+    }
     let result = match args.command {
         cli::Command::Mig(cmd) => mig::run(g, cmd),
         cli::Command::Submit(a) => jobs::submit(g.output, &g.daemon, &a),
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
         cli::Command::Wait { id, timeout } => jobs::wait(g.output, &g.daemon, id, timeout.as_deref()),
         cli::Command::Gpus => jobs::gpus(g.output, &g.daemon),
         cli::Command::Admin(cmd) => jobs::admin(g.output, &g.daemon, cmd),
+        cli::Command::Sim(cmd) => sim::run(g.output, cmd),
         cli::Command::Serve { state_dir, config } => jobs::serve(g, state_dir, config),
         cli::Command::Shim { job_dir, standby } => {
             // The supervisor runs on this (main) thread, with no runtime or other threads.
