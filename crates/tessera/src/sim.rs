@@ -36,8 +36,8 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
             bar.finish_and_clear();
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Csv => print!("{}", tessera_sim_pack::to_csv(&report)),
-                Output::Table => print!("{}", tessera_sim_pack::render_table(&report)),
+                Output::Csv => print_text(&tessera_sim_pack::to_csv(&report)),
+                Output::Table => print_text(&tessera_sim_pack::render_table(&report)),
             }
             if let Some(dir) = plots {
                 write_plots(&dir, tessera_sim_pack::charts(&report))?;
@@ -76,8 +76,8 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
             bar.finish_and_clear();
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Csv => print!("{}", tessera_sim_time::to_csv(&report)),
-                Output::Table => print!("{}", tessera_sim_time::render_table(&report)),
+                Output::Csv => print_text(&tessera_sim_time::to_csv(&report)),
+                Output::Table => print_text(&tessera_sim_time::render_table(&report)),
             }
             if let Some(dir) = plots {
                 write_plots(&dir, tessera_sim_time::charts(&report))?;
@@ -132,6 +132,15 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Print a report, ending with a newline.
+fn print_text(text: &str) {
+    if text.ends_with('\n') {
+        print!("{text}");
+    } else {
+        println!("{text}");
     }
 }
 
