@@ -549,8 +549,24 @@ impl Core {
     ) {
         let Some(g) = live.iter().find(|g| g.device.index == gpu) else { return };
         let plan_json = json!({"target": plan.target, "steps": plan.steps});
-        let Ok(id) = self.store.begin_reconfig(&g.device.uuid, gpu, &plan_json, Some(for_job), now) else { return };
-        // Each step is marked in the journal as soon as it is done.
+        if let Err(Some(e)) = self.execute_journalled(gpu, &g.device.uuid, plan, &plan_json, Some(for_job), now) {
+            let _ = self.store.set_pending_reason(for_job, &format!("reconfiguring: GPU {gpu} failed: {e}"));
+        }
+    }
+
+    /// Carries out a plan through the reconfiguration journal: begun, each step marked as soon
+    /// as it is done, then finished as completed, rolled back or abandoned. `Err(None)`: the
+    /// journal could not be begun, nothing was done; `Err(Some(why))`: the plan failed.
+    fn execute_journalled(
+        &self,
+        gpu: u32,
+        gpu_uuid: &str,
+        plan: &tessera_mig::ReconfigurePlan,
+        plan_json: &Value,
+        for_job: Option<u64>,
+        now: u64,
+    ) -> Result<(), Option<String>> {
+        let id = self.store.begin_reconfig(gpu_uuid, gpu, plan_json, for_job, now).map_err(|_| None)?;
         let store = &self.store;
         let mut mark = |k: usize, line: &str| {
             let _ = store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), &json!(line), now_ms());
@@ -558,6 +574,7 @@ impl Core {
         match tessera_gpu::execute_plan_observed(self.backend.get(), gpu, plan, &mut mark) {
             Ok(_) => {
                 let _ = self.store.finish_reconfig(id, ReconfigOutcome::Completed, now_ms());
+                Ok(())
             }
             Err(e) => {
                 let outcome = if e.rolled_back {
@@ -566,7 +583,7 @@ impl Core {
                     ReconfigOutcome::Abandoned { detail: e.to_string() }
                 };
                 let _ = self.store.finish_reconfig(id, outcome, now_ms());
-                let _ = self.store.set_pending_reason(for_job, &format!("reconfiguring: GPU {gpu} failed: {e}"));
+                Err(Some(e.to_string()))
             }
         }
     }
@@ -1000,28 +1017,12 @@ impl Core {
                 json!({"gpu": gpu, "dry_run": body.dry_run, "steps": steps, "layout": layout, "changed": false}),
             );
         }
-        let now = now_ms();
         let plan_json = json!({"target": plan.target, "steps": plan.steps, "by": caller.user});
-        let id = self.store.begin_reconfig(&view.device.uuid, gpu, &plan_json, None, now).map_err(store_err)?;
         self.layout_epoch += 1;
-        let store = &self.store;
-        let mut mark = |k: usize, line: &str| {
-            let _ = store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), &json!(line), now_ms());
-        };
-        match tessera_gpu::execute_plan_observed(backend, gpu, &plan, &mut mark) {
-            Ok(_) => {
-                self.store.finish_reconfig(id, ReconfigOutcome::Completed, now_ms()).map_err(store_err)?;
-                Ok(json!({"gpu": gpu, "dry_run": false, "steps": steps, "layout": layout, "changed": true}))
-            }
-            Err(e) => {
-                let outcome = if e.rolled_back {
-                    ReconfigOutcome::RolledBack
-                } else {
-                    ReconfigOutcome::Abandoned { detail: e.to_string() }
-                };
-                let _ = self.store.finish_reconfig(id, outcome, now_ms());
-                Err(ApiError::conflict(format!("GPU {gpu}: the layout change failed: {e}")))
-            }
+        match self.execute_journalled(gpu, &view.device.uuid, &plan, &plan_json, None, now_ms()) {
+            Ok(()) => Ok(json!({"gpu": gpu, "dry_run": false, "steps": steps, "layout": layout, "changed": true})),
+            Err(None) => Err(ApiError::internal("cannot write the reconfiguration journal")),
+            Err(Some(e)) => Err(ApiError::conflict(format!("GPU {gpu}: the layout change failed: {e}"))),
         }
     }
 

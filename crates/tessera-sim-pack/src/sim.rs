@@ -524,26 +524,20 @@ impl<'a> Sim<'a> {
         self.setup.tessera_frag(self.setup.nodes[n].type_bit, cpu, &buf[..len])
     }
 
-    /// `fgd_score.go`: `int(sigmoid((before − after)/1000) × 100)`; for a sharing pod the GPU with the
-    /// best such score, the first on ties.
-    fn fgd_choice(&self, n: usize, s: &ShapeInfo) -> (i64, Option<usize>) {
-        let before = self.frag[n];
-        let score_of = |after: f64| (sigmoid((before - after) / 1000.0) * 100.0) as i64;
-        if !s.share {
-            return (score_of(self.frag_after(n, s, None)), None);
-        }
-        let gpus = self.gpus(n);
+    /// The GPU of node `n` that fits the sharing pod `s` with the highest `score(gpu index)`,
+    /// the first on ties; GPUs in the same state are scored once.
+    fn best_gpu(&self, n: usize, s: &ShapeInfo, score: impl Fn(usize) -> i64) -> Option<(i64, usize)> {
         let mut best: Option<(i64, usize)> = None;
         let mut seen: [(u16, i64); MAX_GPUS_PER_NODE] = [(u16::MAX, 0); MAX_GPUS_PER_NODE];
         let mut nseen = 0;
-        for (i, &g) in gpus.iter().enumerate() {
+        for (i, &g) in self.gpus(n).iter().enumerate() {
             if !self.setup.rules.fits(g, s.unit) {
                 continue;
             }
             let sc = match seen[..nseen].iter().find(|(st, _)| *st == g) {
                 Some(&(_, sc)) => sc,
                 None => {
-                    let sc = score_of(self.frag_after(n, s, Some(i)));
+                    let sc = score(i);
                     seen[nseen] = (g, sc);
                     nseen += 1;
                     sc
@@ -553,6 +547,18 @@ impl<'a> Sim<'a> {
                 best = Some((sc, i));
             }
         }
+        best
+    }
+
+    /// `fgd_score.go`: `int(sigmoid((before − after)/1000) × 100)`; for a sharing pod the GPU with the
+    /// best such score, the first on ties.
+    fn fgd_choice(&self, n: usize, s: &ShapeInfo) -> (i64, Option<usize>) {
+        let before = self.frag[n];
+        let score_of = |after: f64| (sigmoid((before - after) / 1000.0) * 100.0) as i64;
+        if !s.share {
+            return (score_of(self.frag_after(n, s, None)), None);
+        }
+        let best = self.best_gpu(n, s, |i| score_of(self.frag_after(n, s, Some(i))));
         match best {
             Some((sc, i)) => (sc, Some(i)),
             None => (0, None),
@@ -570,27 +576,7 @@ impl<'a> Sim<'a> {
         if !s.share {
             return ((score_of(self.tfrag_after(n, s, None)), 0), None);
         }
-        let gpus = self.gpus(n);
-        let mut best: Option<(i64, usize)> = None;
-        let mut seen: [(u16, i64); MAX_GPUS_PER_NODE] = [(u16::MAX, 0); MAX_GPUS_PER_NODE];
-        let mut nseen = 0;
-        for (i, &g) in gpus.iter().enumerate() {
-            if !self.setup.rules.fits(g, s.unit) {
-                continue;
-            }
-            let sc = match seen[..nseen].iter().find(|(st, _)| *st == g) {
-                Some(&(_, sc)) => sc,
-                None => {
-                    let sc = score_of(self.tfrag_after(n, s, Some(i)));
-                    seen[nseen] = (g, sc);
-                    nseen += 1;
-                    sc
-                }
-            };
-            if best.is_none_or(|(b, _)| sc > b) {
-                best = Some((sc, i));
-            }
-        }
+        let best = self.best_gpu(n, s, |i| score_of(self.tfrag_after(n, s, Some(i))));
         match best {
             Some((sc, i)) => ((sc, 0), Some(i)),
             None => (NO_SCORE, None),

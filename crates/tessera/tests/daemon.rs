@@ -240,6 +240,19 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
     d.ok(&["jobs"]);
 }
 
+/// Every job succeeded, and each left exactly one "run" line in its own file under `marks`.
+fn every_job_succeeded_once(d: &Daemon, ids: &[u64], marks: &Path) {
+    for id in ids {
+        let j = d.wait(*id);
+        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
+    }
+    for e in std::fs::read_dir(marks).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(read(&p), "run\n", "{} ran more than once", p.display());
+    }
+    assert_eq!(std::fs::read_dir(marks).unwrap().count(), ids.len());
+}
+
 /// Admins change MIG layouts through the daemon: plans keep matching instances, never touch a
 /// busy one (the refusal names it), a dry run changes nothing, and bad input gets a clear error.
 #[test]
@@ -370,15 +383,7 @@ fn kill_9_during_reconfigurations_leaves_valid_layouts_and_loses_no_job() {
         let (code, out, err) = d.cli(&["-o", "json", "gpus"]);
         assert_eq!(code, 0, "{out}{err}");
     }
-    for id in &ids {
-        let j = d.wait(*id);
-        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
-    }
-    for e in std::fs::read_dir(&marks).unwrap() {
-        let p = e.unwrap().path();
-        assert_eq!(read(&p), "run\n", "{} ran more than once", p.display());
-    }
-    assert_eq!(std::fs::read_dir(&marks).unwrap().count(), ids.len());
+    every_job_succeeded_once(&d, &ids, &marks);
     let log = d.log();
     assert!(
         log.contains("resumed reconfiguration") || log.contains("abandoned"),
@@ -412,15 +417,7 @@ fn kill_9_and_restart_loses_no_job_and_runs_none_twice() {
         d.kill9();
         d.spawn();
     }
-    for id in &ids {
-        let j = d.wait(*id);
-        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
-    }
-    for e in std::fs::read_dir(&marks).unwrap() {
-        let p = e.unwrap().path();
-        assert_eq!(read(&p), "run\n", "{} ran more than once", p.display());
-    }
-    assert_eq!(std::fs::read_dir(&marks).unwrap().count(), ids.len());
+    every_job_succeeded_once(&d, &ids, &marks);
 }
 
 /// Many short jobs of mixed sizes and sharing all finish, and no two exclusive jobs ever held the
