@@ -458,7 +458,7 @@ mod tests {
         assert!(r.summary.iter().all(|s| s.allocation_ratio_mean <= 100.0 + 1e-9 && (1..=3).contains(&s.seeds)));
         assert!(!r.rounding.is_empty() && r.trace_rounding_waste_pct.is_some());
         let table = render_table(&r);
-        assert!(table.contains("every GPU a A100-40GB") && table.contains("tessera"), "{table}");
+        assert!(table.contains("every GPU: A100-40GB") && table.contains("tessera"), "{table}");
         let csv = to_csv(&r);
         assert_eq!(csv.lines().count(), 1 + r.summary.len());
         assert!(csv.starts_with("mode,gpu_model,policy,demand,allocation_ratio_mean"));

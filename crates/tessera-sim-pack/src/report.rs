@@ -256,7 +256,7 @@ pub fn render_table(r: &PackReport) -> String {
     cols.sort_unstable();
     let last = r.max_demand_pct;
     let mut out = String::new();
-    let model = r.gpu_model.as_deref().map(|m| format!(", every GPU a {m}")).unwrap_or_default();
+    let model = r.gpu_model.as_deref().map(|m| format!(", every GPU: {m}")).unwrap_or_default();
     let _ = writeln!(
         out,
         "Packing ({} mode{model}): {} GPUs on {} nodes, seeds {}, GPU allocation ratio (%) by arrived GPU demand (% of capacity)",

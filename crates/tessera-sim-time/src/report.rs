@@ -305,11 +305,12 @@ pub fn render_table(r: &RunReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "cluster {} ({} GPUs, {} nodes); {} GPU jobs ({} without GPUs left out); offered load {:.0}%; seeds {:?}; \
+        "cluster {} ({} GPUs, {} node{}); {} GPU jobs ({} without GPUs left out); offered load {:.0}%; seeds {:?}; \
          window: jobs {}..={} of {} ({} measured); reconfiguration {}s; MPS slowdown {:.0}% per co-runner",
         r.cluster,
         r.gpus,
         r.nodes,
+        if r.nodes == 1 { "" } else { "s" },
         r.gpu_jobs,
         r.excluded_jobs,
         r.offered_load * 100.0,

@@ -139,3 +139,50 @@ fn bad_input_gets_a_clear_error() {
     assert_ne!(code, 0);
     assert!(err.contains("fifo") && err.contains("dynamic"), "the error lists the policies: {err}");
 }
+
+/// The human tables, pinned: a small native trace on 4 GPUs (every policy, 2 seeds), and the
+/// packing protocol on a 4-node cluster. Deterministic per seed, so any change to the simulator's
+/// results or to the table layout shows up here.
+#[test]
+fn report_tables_are_stable() {
+    let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tessera-sim-time/tests/data/jobs.csv");
+    insta::assert_snapshot!(
+        "sim_run_small",
+        ok(&["sim", "run", "--trace", jobs.to_str().unwrap(), "--cluster", "4xA100-40GB", "--seeds", "2"])
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = dir.path().join("nodes.csv");
+    let pods = dir.path().join("pods.csv");
+    std::fs::write(
+        &nodes,
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,V100M16\nn1,96000,393216,8,G2\nn2,96000,393216,8,G2\nn3,32000,131072,1,T4\n",
+    )
+    .unwrap();
+    let mut p = String::from("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n");
+    let shapes = [(4000, 1, 250), (8000, 1, 470), (12000, 1, 1000), (16000, 2, 1000), (6000, 1, 810), (2000, 0, 0)];
+    for k in 0..30 {
+        let (cpu, n, milli) = shapes[k % shapes.len()];
+        p.push_str(&format!("pod-{k:03},{cpu},16384,{n},{milli}\n"));
+    }
+    std::fs::write(&pods, p).unwrap();
+    let (nodes, pods) = (nodes.to_str().unwrap(), pods.to_str().unwrap());
+    for mode in ["shared", "mig"] {
+        insta::assert_snapshot!(
+            format!("sim_pack_small_{mode}"),
+            ok(&[
+                "sim",
+                "pack",
+                "--nodes",
+                nodes,
+                "--pods",
+                pods,
+                "--mode",
+                mode,
+                "--policy",
+                "bestfit,fgd,tessera",
+                "--seeds",
+                "1-3"
+            ])
+        );
+    }
+}
