@@ -26,7 +26,7 @@ use tessera_sched::{
     RankPlacement, RunningJob, Scheduler, SchedulerConfig, Sharing,
 };
 
-use crate::spec::{ClusterSpec, PolicySpec, compute_slices_for, resolve_layout};
+use crate::spec::{ClusterSpec, PolicySpec, compute_only, compute_slices_for, resolve_layout};
 use crate::speed::interpolate;
 
 /// Offers per job per round before its shape is skipped.
@@ -459,10 +459,14 @@ pub(crate) fn simulate(
     // Initial layout per model.
     let mut initial: Vec<Vec<Instance>> = Vec::new();
     let mut caps_static: Vec<u8> = Vec::new();
-    for m in &models {
+    for (k, m) in models.iter().enumerate() {
         let layout = match (&policy.spec, &policy.layout) {
             (PolicySpec::Whole | PolicySpec::Mps, _) => full_layout(m),
-            (PolicySpec::Static { .. }, Some(names)) => resolve_layout(m, names)?,
+            // The layout's names are the first model's; the others read them by compute size.
+            (PolicySpec::Static { .. }, Some(names)) if k == 0 => resolve_layout(m, names)?,
+            (PolicySpec::Static { .. }, Some(names)) => {
+                resolve_layout(m, &names.iter().map(|n| compute_only(n)).collect::<Vec<_>>())?
+            }
             (PolicySpec::Static { .. }, None) => {
                 return Err(crate::TimeError::Config {
                     field: "policies",

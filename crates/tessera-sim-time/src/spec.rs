@@ -250,6 +250,13 @@ fn standard(model: &GpuModel) -> impl Iterator<Item = &tessera_mig::Profile> {
     model.profiles.iter().filter(|p| p.kind == ProfileKind::Standard)
 }
 
+/// A layout entry as its compute size only (`3g.20gb` → `3g`), for reading a layout named on one
+/// GPU model on another: there `1g.10gb` may be a different profile (on an A100-40GB, the 1g
+/// with twice the memory, taking two placement units), so only the compute size carries over.
+pub(crate) fn compute_only(name: &str) -> String {
+    profile_compute(name).map_or_else(|| name.to_string(), |c| format!("{c}g"))
+}
+
 /// The profile a layout entry names on `model`: the exact name, else the smallest standard
 /// profile with that many compute slices.
 fn layout_profile(model: &GpuModel, name: &str) -> Option<u32> {
@@ -368,6 +375,12 @@ mod tests {
         let l = resolve_layout(a, &["3g".into(), "2g.10gb".into(), "2g".into()]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.len(), 3);
         assert!(resolve_layout(a, &["4g".into(), "4g".into()]).is_err());
+        // An H100 layout read on an A100-40GB by compute size: 1g.10gb is the 1g with 2 units
+        // there, which would not fit next to a 3g; by size it is the 1-unit 1g.5gb.
+        let h100_layout: Vec<String> = ["3g.40gb", "1g.10gb", "1g.10gb", "1g.10gb"].map(String::from).to_vec();
+        assert!(resolve_layout(a, &h100_layout).is_err());
+        let by_size: Vec<String> = h100_layout.iter().map(|n| compute_only(n)).collect();
+        assert_eq!(resolve_layout(a, &by_size).map(|l| l.len()).ok(), Some(4));
         let h = model("H100-80GB");
         assert_eq!(resolve_layout(h, &["3g".into(), "2g".into(), "2g".into()]).map(|l| l.len()).ok(), Some(3));
         let c = static_candidates(a);
