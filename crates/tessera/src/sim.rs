@@ -170,8 +170,25 @@ fn read_trace(path: &Path, format: Option<TraceFormat>, last_days: Option<f64>) 
         let head = std::fs::read_to_string(path).ok().and_then(|t| t.lines().next().map(str::to_string));
         if head.is_some_and(|h| h.starts_with("name,")) { TraceFormat::Openb } else { TraceFormat::Csv }
     });
+    if let Some(d) = last_days
+        && !(d.is_finite() && d > 0.0)
+    {
+        bail!("--last-days {d}: give a number of days above 0");
+    }
     Ok(match format {
-        TraceFormat::Openb => jobs_from_openb(&read_openb_pods(path)?, last_days.or(Some(30.0))),
+        TraceFormat::Openb => {
+            let pods = read_openb_pods(path)?;
+            let jobs = jobs_from_openb(&pods, last_days.or(Some(30.0)));
+            if jobs.is_empty() {
+                bail!(
+                    "{}: none of its {} pods has creation and scheduling times (the multigpu* files carry \
+                     only the first five columns); a time-driven run needs them",
+                    path.display(),
+                    pods.len()
+                );
+            }
+            jobs
+        }
         TraceFormat::Csv => {
             if last_days.is_some() {
                 bail!("--last-days applies to openb traces; cut a native CSV file before");

@@ -129,12 +129,21 @@ fn bad_input_gets_a_clear_error() {
         (vec!["sim", "gen", "--jobs", "5", "--load", "0.5"], "--load needs --gpus"),
         (vec!["sim", "pack", "--nodes", bad, "--pods", bad], "header"),
         (vec!["jobs", "-o", "csv"], "-o csv is for `tessera sim`"),
+        (vec!["sim", "run", "--trace", good, "--cluster", "8xA100-40GB", "--seeds", "0"], "--seeds 0"),
+        (
+            vec!["sim", "run", "--trace", good, "--cluster", "8xA100-40GB", "--last-days", "3"],
+            "--last-days applies to openb",
+        ),
     ];
     for (args, want) in cases {
         let (code, out, err) = tessera(&args);
         assert_ne!(code, 0, "{args:?} should fail:\n{out}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+    let short = traces().join("openb_pod_list_multigpu20.csv");
+    let (code, _, err) = tessera(&["sim", "run", "--trace", short.to_str().unwrap(), "--cluster", "8xA100-40GB"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("first five columns"), "{err}");
     let (code, _, err) = tessera(&["sim", "run", "--trace", good, "--cluster", "8xA100-40GB", "--policy", "fifo"]);
     assert_ne!(code, 0);
     assert!(err.contains("fifo") && err.contains("dynamic"), "the error lists the policies: {err}");
