@@ -10,7 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Partition NVIDIA GPUs with MIG, place work on the slice that fits, share them fairly.",
     long_about = "Tessera partitions NVIDIA GPUs with MIG and plans layouts exactly, by the driver's own placement \
-                  rules. Without GPUs it runs on a simulated node whose state is kept in a file."
+                  rules (`tessera mig`); runs people's jobs on the slice that fits, next to the right CPUs, fairly \
+                  among tenants (`tessera serve`, `submit`, `jobs`); and replays real traces through the same \
+                  scheduler in virtual time (`tessera sim`). Without GPUs it runs on a simulated node whose state \
+                  is kept in a file."
 )]
 pub struct Cli {
     #[command(flatten)]
