@@ -61,13 +61,19 @@ pub struct RunConfig {
     /// Dynamic MIG: a single-rank job that is alone in the queue while less than this fraction of
     /// the cluster's compute is allocated first tries a whole GPU (0 turns this off).
     pub expand_below: f64,
+    /// Host CPUs per GPU of a node (a DGX A100 has 256 threads for 8 GPUs: 32), split over two
+    /// host NUMA nodes; each job's ranks ask the scheduler core for their CPUs and memory next
+    /// to their GPU, as in the daemon. 0: the host is not modelled.
+    pub host_cpus_per_gpu: u32,
+    /// Host memory per GPU of a node, in MiB (a DGX A100: 1 TiB for 8 GPUs, 128 GiB).
+    pub host_mem_mib_per_gpu: u64,
 }
 
 impl RunConfig {
     /// The defaults: seeds 1–5, 30 s reconfiguration, 15% MPS slowdown, 10% warm-up and
     /// cool-down, ±60 s arrival jitter, model classes drawn per seed, MPS for jobs ≤ 500 milli,
     /// compact fallback at half speed, whole-GPU expansion below half allocation, no node
-    /// reservation.
+    /// reservation, a DGX-A100-like host (32 CPUs and 128 GiB per GPU, two NUMA nodes).
     pub fn new(cluster: ClusterSpec, policies: Vec<PolicySpec>) -> Self {
         RunConfig {
             cluster,
@@ -82,6 +88,8 @@ impl RunConfig {
             compact_speed: 0.5,
             reserve_after_s: f64::INFINITY,
             expand_below: 0.5,
+            host_cpus_per_gpu: 32,
+            host_mem_mib_per_gpu: 128 * 1024,
         }
     }
 
@@ -147,6 +155,9 @@ fn prepare(gpu_jobs: &[&Job], tenants: &[String], cfg: &RunConfig, seed: u64, sp
                 num_gpu: j.num_gpu,
                 milli: if j.num_gpu > 1 { 1000 } else { j.gpu_milli.clamp(1, 1000) },
                 mem_mib: j.gpu_mem_mib,
+                // Per rank: a gang's CPUs and memory are split over its GPUs.
+                cpus: (j.cpus / f64::from(j.num_gpu.max(1))).ceil() as u32,
+                host_mib: j.mem_mib / u64::from(j.num_gpu.max(1)),
                 curve: speed.curve(class).or_else(|| speed.curve("")).unwrap_or([1.0; 5]),
             };
             (submit, i, job)
@@ -170,6 +181,8 @@ fn params(cfg: &RunConfig, p: &Prepared) -> SimParams {
         compact_speed: cfg.compact_speed,
         reserve_after_s: cfg.reserve_after_s,
         expand_below: cfg.expand_below,
+        host_cpus_per_gpu: cfg.host_cpus_per_gpu,
+        host_mem_mib_per_gpu: cfg.host_mem_mib_per_gpu,
     }
 }
 

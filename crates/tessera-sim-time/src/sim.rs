@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use tessera_mig::{GpuModel, Instance, ProfileKind};
 use tessera_sched::{
-    ClusterView, Decision, GpuRequest, GpuView, InstanceView, JobRequest, Occupant, PendingReason, QueuedJob,
+    ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, Occupant, PendingReason, QueuedJob,
     RankPlacement, RunningJob, Scheduler, SchedulerConfig, Sharing,
 };
 
@@ -48,6 +48,9 @@ pub(crate) struct SimJob {
     pub num_gpu: u32,
     pub milli: u32,
     pub mem_mib: u64,
+    /// Host CPUs and host memory (MiB) per rank.
+    pub cpus: u32,
+    pub host_mib: u64,
     /// Speeds at 1, 2, 3, 4, 7 slices of 7.
     pub curve: [f64; 5],
 }
@@ -68,6 +71,21 @@ pub(crate) struct SimParams {
     /// Dynamic MIG: a job alone in the queue while less than this fraction of the compute is
     /// allocated first tries a whole GPU (0: never).
     pub expand_below: f64,
+    /// Host CPUs and memory (MiB) per GPU of a node, split over two host NUMA nodes (GPUs in
+    /// index order); 0 CPUs: the host is not modelled and jobs ask for no CPUs or memory.
+    pub host_cpus_per_gpu: u32,
+    pub host_mem_mib_per_gpu: u64,
+}
+
+/// The host of a node with `gpus` GPUs: two NUMA nodes (one with a single GPU), each with its
+/// share of the CPUs and memory.
+fn host_of(gpus: u32, cpus_per_gpu: u32, mem_per_gpu: u64) -> Vec<HostNuma> {
+    let numa = gpus.clamp(1, 2);
+    let per_cpus = cpus_per_gpu * gpus / numa;
+    let per_mem = mem_per_gpu * u64::from(gpus) / u64::from(numa);
+    (0..numa)
+        .map(|k| HostNuma { node: k, free_cpus: (k * per_cpus..(k + 1) * per_cpus).collect(), free_mem_mib: per_mem })
+        .collect()
 }
 
 /// What one job did.
@@ -554,17 +572,27 @@ pub(crate) fn simulate(
     for g in &cluster.groups {
         let mi = model_index(&mut models, g.model);
         for _ in 0..g.nodes {
+            let host_on = params.host_cpus_per_gpu > 0;
+            let numa = g.gpus_per_node.clamp(1, 2);
             let gpus: Vec<GpuView> = (0..g.gpus_per_node)
                 .map(|i| {
                     let mut v = GpuView::new(i, g.model);
                     v.instances = initial[mi].iter().map(|x| InstanceView::idle(*x)).collect();
+                    if host_on {
+                        v.numa_node = Some(i * numa / g.gpus_per_node.max(1));
+                    }
                     v
                 })
                 .collect();
             let n = gpus.len();
+            let host = if host_on {
+                host_of(g.gpus_per_node, params.host_cpus_per_gpu, params.host_mem_mib_per_gpu)
+            } else {
+                Vec::new()
+            };
             nodes.push(Node {
                 sched: Scheduler::new(sched_cfg.clone()),
-                view: ClusterView { gpus, host: Vec::new() },
+                view: ClusterView { gpus, host },
                 running: Vec::new(),
                 bound: Vec::new(),
                 targets: vec![None; n],
@@ -901,6 +929,10 @@ impl Sim<'_> {
             _ => base.clone(),
         };
         request.tenant.clone_from(&self.tenants[usize::from(self.jobs[j as usize].tenant)]);
+        if self.params.host_cpus_per_gpu > 0 {
+            request.cpus = self.jobs[j as usize].cpus;
+            request.mem_mib = self.jobs[j as usize].host_mib;
+        }
         Some(QueuedJob { id: u64::from(j), request, submitted_ms: ms(self.jobs[j as usize].submit) })
     }
 
@@ -1036,6 +1068,7 @@ impl Sim<'_> {
 
     fn start(&mut self, n: usize, j: u32, ranks: Vec<RankPlacement>) {
         let Some(s) = self.cur_shape[j as usize] else { return };
+        self.take_host(n, j, &ranks, true);
         if self.records[j as usize].start.is_some() {
             self.violations.push(format!("job {j} started twice"));
         }
@@ -1144,6 +1177,7 @@ impl Sim<'_> {
             }
             self.mark(n, g);
         }
+        self.take_host(n, j, &st.ranks, false);
         self.nodes[n].running.retain(|r| r.id != u64::from(j));
         self.alloc -= st.alloc;
         self.busy -= st.alloc * st.rate;
@@ -1161,6 +1195,37 @@ impl Sim<'_> {
         rec.gpu_s = st.alloc / total * (now - start);
         if let Some((g, i)) = shared {
             self.mps_refresh(n, g, i);
+        }
+    }
+
+    /// Take (at start) or give back (at finish) the host CPUs and memory of job `j`'s ranks on
+    /// node `n`, as the daemon's view of the host would change. A CPU taken twice is a broken
+    /// invariant.
+    fn take_host(&mut self, n: usize, j: u32, ranks: &[RankPlacement], take: bool) {
+        if self.params.host_cpus_per_gpu == 0 {
+            return;
+        }
+        // One placement per rank here (a rank holds one instance), so each takes the rank's memory.
+        let share = self.jobs[j as usize].host_mib;
+        let host = &mut self.nodes[n].view.host;
+        for r in ranks {
+            let Some(k) = r.numa_node.or_else(|| host.first().map(|h| h.node)) else { continue };
+            let Some(h) = host.iter_mut().find(|h| h.node == k) else { continue };
+            if take {
+                for c in &r.cpus {
+                    match h.free_cpus.iter().position(|x| x == c) {
+                        Some(p) => {
+                            h.free_cpus.swap_remove(p);
+                        }
+                        None => self.violations.push(format!("job {j}: CPU {c} on node {n} taken twice")),
+                    }
+                }
+                h.free_mem_mib = h.free_mem_mib.saturating_sub(share);
+            } else {
+                h.free_cpus.extend(r.cpus.iter().copied());
+                h.free_cpus.sort_unstable();
+                h.free_mem_mib += share;
+            }
         }
     }
 

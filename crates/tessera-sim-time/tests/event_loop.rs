@@ -286,3 +286,28 @@ fn dynamic_policy_side_fallbacks() {
     let p = &go(&cfg, &jobs).policies[0];
     assert!(p.jct_mean_s > (a + 900.0) / 2.0, "without the fallback b waits for a: {}", p.jct_mean_s);
 }
+
+/// The host is modelled through the scheduler core: a 1-GPU node has 32 CPUs, so two 1g jobs
+/// asking 20 CPUs each cannot run side by side, though the GPU has room for seven; with the
+/// host off (0 CPUs per GPU) they do. Memory binds the same way.
+#[test]
+fn host_cpus_and_memory_limit_what_runs_together() {
+    let mut a = job("a", 0.0, 100.0, 100, "");
+    let mut b = job("b", 1.0, 100.0, 100, "");
+    a.cpus = 20.0;
+    b.cpus = 20.0;
+    let with_host = go(&exact("1xA100-40GB", "dynamic"), &[a.clone(), b.clone()]);
+    let mut off = exact("1xA100-40GB", "dynamic");
+    off.host_cpus_per_gpu = 0;
+    let without = go(&off, &[a.clone(), b.clone()]);
+    let (w_on, w_off) = (with_host.policies[0].wait_mean_s, without.policies[0].wait_mean_s);
+    assert!(w_off < 70.0, "without a host model both start after the 30 s reconfiguration: {w_off}");
+    assert!(w_on > w_off + 50.0, "b waits for a's CPUs: {w_on} vs {w_off}");
+
+    a.cpus = 1.0;
+    b.cpus = 1.0;
+    a.mem_mib = 100 * 1024;
+    b.mem_mib = 100 * 1024;
+    let mem_bound = go(&exact("1xA100-40GB", "dynamic"), &[a, b]);
+    assert!(mem_bound.policies[0].wait_mean_s > 100.0, "128 GiB holds one 100 GiB job at a time");
+}

@@ -282,6 +282,13 @@ pub enum SimCommand {
         /// Fraction of jobs (by arrival) left out of the metrics at each end of the trace.
         #[arg(long, default_value_t = 0.1)]
         warmup: f64,
+        /// Host CPUs per GPU of each node (split over two NUMA nodes); jobs' `cpus` ask the
+        /// scheduler for CPUs next to their GPU. 0: the host is not modelled.
+        #[arg(long = "host-cpus-per-gpu", default_value_t = 32)]
+        host_cpus_per_gpu: u32,
+        /// Host memory per GPU of each node, e.g. `128GiB`.
+        #[arg(long = "host-mem-per-gpu", default_value = "128GiB")]
+        host_mem_per_gpu: String,
         /// Write plots (SVG and PNG) into this directory.
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,

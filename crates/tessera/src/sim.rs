@@ -54,6 +54,8 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
             reconfig_cost,
             mps_slowdown,
             warmup,
+            host_cpus_per_gpu,
+            host_mem_per_gpu,
             plots,
         } => {
             let jobs = read_trace(&trace, format, last_days)?;
@@ -68,6 +70,9 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
                 parse_duration_s(&reconfig_cost).map_err(|e| anyhow::anyhow!("--reconfig-cost: {e}"))?;
             cfg.mps_slowdown = mps_slowdown;
             cfg.warmup_fraction = warmup;
+            cfg.host_cpus_per_gpu = host_cpus_per_gpu;
+            cfg.host_mem_mib_per_gpu =
+                crate::units::parse_mib(&host_mem_per_gpu).map_err(|e| anyhow::anyhow!("--host-mem-per-gpu {e}"))?;
             let bar = progress_bar("jobs");
             let report = tessera_sim_time::run(&cfg, &jobs, &mut |done, total| {
                 bar.set_length(total);
