@@ -129,16 +129,7 @@ impl Setup {
     /// finds all of the node's free GPU capacity fragmented; otherwise only the GPUs it does not fit.
     pub fn node_frag(&self, type_bit: u64, cpu_left: u64, gpus: &[u16]) -> f64 {
         let rules = &self.rules;
-        let total: f64 = gpus.iter().map(|&g| rules.free(g)).sum();
-        if total == 0.0 {
-            return 0.0;
-        }
-        let mut frag = self.typical_cpu_share * total;
-        for t in &self.typical_gpu {
-            if t.type_mask & type_bit == 0 || cpu_left < t.cpu_milli {
-                frag += t.share * total;
-                continue;
-            }
+        self.over_typical(type_bit, cpu_left, gpus, |t, total| {
             let mut fit = 0u32;
             let mut unfit = 0.0;
             for &g in gpus {
@@ -148,7 +139,28 @@ impl Setup {
                     unfit += rules.free(g);
                 }
             }
-            frag += t.share * if fit >= t.num_gpu { unfit } else { total };
+            if fit >= t.num_gpu { unfit } else { total }
+        })
+    }
+
+    /// The share-weighted sum over the typical pods of the free GPU capacity each leaves
+    /// fragmented on a node: all of it for CPU-only pods and pods that cannot run there (wrong
+    /// GPU type, too little CPU); `fragmented(pod, total free)` for the others.
+    fn over_typical(
+        &self,
+        type_bit: u64,
+        cpu_left: u64,
+        gpus: &[u16],
+        fragmented: impl Fn(&TypicalInfo, f64) -> f64,
+    ) -> f64 {
+        let total: f64 = gpus.iter().map(|&g| self.rules.free(g)).sum();
+        if total == 0.0 {
+            return 0.0;
+        }
+        let mut frag = self.typical_cpu_share * total;
+        for t in &self.typical_gpu {
+            frag += t.share
+                * if t.type_mask & type_bit == 0 || cpu_left < t.cpu_milli { total } else { fragmented(t, total) };
         }
         frag
     }
@@ -158,23 +170,14 @@ impl Setup {
         self.node_frag(type_bit, cpu_left, gpus) + self.node_frag_by_capacity(type_bit, cpu_left, gpus)
     }
 
-    /// Fragmentation counted by capacity instead of by fit instead of by fit. For each
+    /// Fragmentation counted by capacity instead of by fit. For each
     /// typical pod, the free GPU capacity it could not use even if it filled the node with copies
     /// of itself: per GPU the remainder after as many copies as fit (MIG: as many instances as the
     /// placement rules allow), whole-GPU pods only in whole multiples of their GPU count, and no
     /// more copies than the node's free CPU can hold.
     pub fn node_frag_by_capacity(&self, type_bit: u64, cpu_left: u64, gpus: &[u16]) -> f64 {
         let rules = &self.rules;
-        let total: f64 = gpus.iter().map(|&g| rules.free(g)).sum();
-        if total == 0.0 {
-            return 0.0;
-        }
-        let mut frag = self.typical_cpu_share * total;
-        for t in &self.typical_gpu {
-            if t.type_mask & type_bit == 0 || cpu_left < t.cpu_milli {
-                frag += t.share * total;
-                continue;
-            }
+        self.over_typical(type_bit, cpu_left, gpus, |t, total| {
             let size = rules.unit_milli(t.unit) * f64::from(t.num_gpu);
             let usable = if t.num_gpu == 1 {
                 gpus.iter().map(|&g| rules.usable_for(g, t.unit)).sum::<f64>()
@@ -186,9 +189,8 @@ impl Setup {
                 Some(copies) if size > 0.0 => usable.min(copies as f64 * size),
                 _ => usable,
             };
-            frag += t.share * (total - usable).max(0.0);
-        }
-        frag
+            (total - usable).max(0.0)
+        })
     }
 }
 

@@ -186,6 +186,29 @@ fn params(cfg: &RunConfig, p: &Prepared) -> SimParams {
     }
 }
 
+/// One replay's metrics over the measurement window, after checking that the replay broke no
+/// invariant (the static search's replays included).
+fn checked_metrics(
+    cfg: &RunConfig,
+    p: &Prepared,
+    tenants: &[String],
+    seed: u64,
+    out: &SimOutput,
+) -> Result<(SeedMetrics, Vec<f64>), TimeError> {
+    if let Some(v) = out.violations.first() {
+        return Err(TimeError::Config { field: "scheduler", reason: format!("invariant broken: {v}") });
+    }
+    Ok(report::seed_metrics(
+        seed,
+        out,
+        &p.submits,
+        &p.tenant_of,
+        tenants,
+        window_range(p.jobs.len(), cfg.warmup_fraction),
+        cfg.reconfig_cost_s,
+    ))
+}
+
 /// Replay `jobs` under every policy and seed of `cfg`. `progress(done, total)` counts finished
 /// jobs over all replays (the static search included).
 pub fn run(cfg: &RunConfig, jobs: &[Job], progress: &mut dyn FnMut(u64, u64)) -> Result<RunReport, TimeError> {
@@ -256,15 +279,7 @@ pub fn run(cfg: &RunConfig, jobs: &[Job], progress: &mut dyn FnMut(u64, u64)) ->
             let pol = Resolved { spec: PolicySpec::Static { layout: None }, layout: Some(names.clone()) };
             let out = sim::simulate(&p.jobs, &tenants, &cfg.cluster, &pol, &sp, &mut |n| tick(Some(n), progress))?;
             tick(None, progress);
-            let (m, _) = report::seed_metrics(
-                cfg.seeds[0],
-                &out,
-                &p.submits,
-                &p.tenant_of,
-                &tenants,
-                window_range(p.jobs.len(), cfg.warmup_fraction),
-                cfg.reconfig_cost_s,
-            );
+            let (m, _) = checked_metrics(cfg, p, &tenants, cfg.seeds[0], &out)?;
             // A layout that leaves measured jobs unfinished cannot be the best.
             let score = if m.unfinished_jobs > 0 { f64::INFINITY } else { m.jct_mean_s };
             static_search.push(LayoutScore { layout: names.join("+"), jct_mean_s: score });
@@ -292,18 +307,7 @@ pub fn run(cfg: &RunConfig, jobs: &[Job], progress: &mut dyn FnMut(u64, u64)) ->
             let out: SimOutput =
                 sim::simulate(&p.jobs, &tenants, &cfg.cluster, &resolved, &sp, &mut |n| tick(Some(n), progress))?;
             tick(None, progress);
-            if let Some(v) = out.violations.first() {
-                return Err(TimeError::Config { field: "scheduler", reason: format!("invariant broken: {v}") });
-            }
-            let (m, jct) = report::seed_metrics(
-                cfg.seeds[k],
-                &out,
-                &p.submits,
-                &p.tenant_of,
-                &tenants,
-                window_range(p.jobs.len(), cfg.warmup_fraction),
-                cfg.reconfig_cost_s,
-            );
+            let (m, jct) = checked_metrics(cfg, p, &tenants, cfg.seeds[k], &out)?;
             per_seed.push(m);
             pooled.extend(jct);
             series.push(out.util_series);
