@@ -547,3 +547,23 @@ fn launcher_hands_jobs_to_standby_shims() {
     // Launching twice into one directory is refused as before.
     assert!(matches!(launcher.launch(&dir, &one_rank(42, "true")), Err(ExecError::AlreadyLaunched { .. })));
 }
+
+/// A standby that died before it got a job is not used: the launch falls back to starting the
+/// shim directly, and the job runs.
+#[test]
+fn launcher_falls_back_when_the_standby_is_gone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let wrapper = tmp.path().join("shim-no-standby");
+    fs::write(&wrapper, format!("#!/bin/sh\nif [ \"$1\" = --standby ]; then exit 3; fi\nexec {SHIM} \"$@\"\n"))
+        .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let launcher = tessera_exec::Launcher::new(wrapper, Vec::new(), true);
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = job_dir(&tmp, "a");
+    let pid = launcher.launch(&dir, &one_rank(51, "echo fallback-ok")).unwrap();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("--standby"), "{cmdline:?}");
+    assert_eq!(wait_finished(&dir, 51, Duration::from_secs(15)).state, JobState::Succeeded);
+    assert_eq!(read(&dir, "stdout.log"), "fallback-ok\n");
+}
