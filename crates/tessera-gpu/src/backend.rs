@@ -291,6 +291,16 @@ impl Serialize for BackendError {
     }
 }
 
+/// The GPU with index `gpu`, or `NotFound` naming how many GPUs the node has.
+pub fn device_by_index(backend: &dyn MigBackend, gpu: u32) -> Result<DeviceInfo, BackendError> {
+    let devices = backend.devices()?;
+    let n = devices.len();
+    devices.into_iter().find(|d| d.index == gpu).ok_or_else(|| BackendError::NotFound {
+        gpu: GpuRef::index(gpu),
+        what: format!("no GPU with index {gpu}; the node has {n} GPU(s)"),
+    })
+}
+
 /// The MIG operations Tessera needs, shaped after NVML. Object-safe; `&self` everywhere.
 pub trait MigBackend: Send + Sync + fmt::Debug {
     /// Which implementation this is.

@@ -14,7 +14,7 @@ use std::fmt;
 
 use tessera_mig::{GpuModel, Profile};
 
-use crate::backend::{BackendError, GpuInstanceProfileInfo, GpuRef, MigBackend, PlacementRange};
+use crate::backend::{BackendError, GpuInstanceProfileInfo, MigBackend, PlacementRange};
 
 /// A driver version such as `550.90.07`, or a catalog minimum such as `R470`, compared
 /// component by component (`470` is older than `470.42.01`).
@@ -164,14 +164,7 @@ pub fn catalog_drift(
     gpu: u32,
     driver_version: Option<&str>,
 ) -> Result<Vec<String>, BackendError> {
-    let devices = backend.devices()?;
-    let n = devices.len();
-    let Some(dev) = devices.into_iter().find(|d| d.index == gpu) else {
-        return Err(BackendError::NotFound {
-            gpu: GpuRef::index(gpu),
-            what: format!("no GPU with index {gpu}; the node has {n} GPU(s)"),
-        });
-    };
+    let dev = crate::backend::device_by_index(backend, gpu)?;
     let Some(model) = dev.model() else {
         return Ok(vec![format!(
             "'{}' (PCI device 0x{:04X}) is not in the catalog; its profiles are used as the driver reports them",

@@ -228,14 +228,7 @@ fn ci_profile_for(
 
 impl<'a> Executor<'a> {
     fn new(backend: &'a dyn MigBackend, gpu: u32) -> Result<Self, BackendError> {
-        let devices = backend.devices()?;
-        let n = devices.len();
-        let Some(dev) = devices.into_iter().find(|d| d.index == gpu) else {
-            return Err(BackendError::NotFound {
-                gpu: GpuRef::index(gpu),
-                what: format!("no GPU with index {gpu}; the node has {n} GPU(s)"),
-            });
-        };
+        let dev = crate::backend::device_by_index(backend, gpu)?;
         let Some(model) = dev.model() else {
             return Err(BackendError::NotSupported {
                 gpu: dev.gpu_ref(),

@@ -23,7 +23,7 @@ mod testing;
 
 pub use backend::{
     BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuRef,
-    MigBackend, MigMode, PlacementRange, ProcessInfo,
+    MigBackend, MigMode, PlacementRange, ProcessInfo, device_by_index,
 };
 pub use executor::{ExecutionError, ExecutionReport, ensure_mig_mode, execute_plan, execute_plan_observed};
 pub use health::{Health, HealthTracker, Severity, XidClass, XidEvent, classify};

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use tessera_mig::{ComputeShape, CurrentInstance, GpuModel, Instance};
 
-use crate::backend::{BackendError, ComputeInstanceInfo, DeviceInfo, GpuRef, MigBackend, MigMode, ProcessInfo};
+use crate::backend::{BackendError, ComputeInstanceInfo, DeviceInfo, MigBackend, MigMode, ProcessInfo};
 
 /// One GPU as it is now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,15 +75,7 @@ impl GpuView {
 
 /// Read one GPU.
 pub fn gpu_view(backend: &dyn MigBackend, gpu: u32) -> Result<GpuView, BackendError> {
-    let devices = backend.devices()?;
-    let n = devices.len();
-    let Some(device) = devices.into_iter().find(|d| d.index == gpu) else {
-        return Err(BackendError::NotFound {
-            gpu: GpuRef::index(gpu),
-            what: format!("no GPU with index {gpu}; the node has {n} GPU(s)"),
-        });
-    };
-    view_of(backend, device)
+    view_of(backend, crate::backend::device_by_index(backend, gpu)?)
 }
 
 /// Read every GPU of the node, by index.

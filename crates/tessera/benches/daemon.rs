@@ -31,11 +31,6 @@ fn stop(mut c: Child) {
     let _ = c.wait();
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn body(profile: &str, cmd: &[&str]) -> serde_json::Value {
     json!({"command": cmd, "cwd": "/", "env": {}, "resources": {"gpu": {"profile": {"name": profile}}, "cpus": 1, "mem_mib": 64}})
 }
@@ -73,8 +68,8 @@ fn main() {
             }
         }
     }
-    let p50 = percentile(&mut lat, 0.5);
-    let p95 = percentile(&mut lat, 0.95);
+    let p50 = tessera_sim::stats::percentile(&lat, 50.0);
+    let p95 = tessera_sim::stats::percentile(&lat, 95.0);
     println!(
         "submit_to_running_ms p50={p50:.1} p95={p95:.1} (n={}, daemon timestamps: job accepted -> marked running with its shim up; 1 ms resolution)",
         lat.len()

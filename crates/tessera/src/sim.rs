@@ -20,6 +20,9 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
     match cmd {
         SimCommand::Pack { nodes, pods, mode, gpu_model, policy, seeds, max_demand, plots } => {
             let mode: tessera_sim_pack::Mode = mode.parse().map_err(|e| anyhow::anyhow!("--mode: {e}"))?;
+            if mode == tessera_sim_pack::Mode::Shared && gpu_model.is_some() {
+                bail!("--gpu-model applies to --mode mig (in shared mode the GPUs are the node list's own)");
+            }
             let policies = policy
                 .iter()
                 .map(|p| p.parse::<tessera_sim_pack::Policy>().map_err(|e| anyhow::anyhow!("--policy: {e}")))

@@ -129,6 +129,10 @@ fn bad_input_gets_a_clear_error() {
         (vec!["sim", "gen", "--jobs", "5", "--load", "0.5"], "--load needs --gpus"),
         (vec!["sim", "pack", "--nodes", bad, "--pods", bad], "header"),
         (vec!["jobs", "-o", "csv"], "-o csv is for `tessera sim`"),
+        (
+            vec!["sim", "pack", "--nodes", bad, "--pods", bad, "--gpu-model", "H100-80GB"],
+            "--gpu-model applies to --mode mig",
+        ),
         (vec!["sim", "run", "--trace", good, "--cluster", "8xA100-40GB", "--seeds", "0"], "--seeds 0"),
         (
             vec!["sim", "run", "--trace", good, "--cluster", "8xA100-40GB", "--last-days", "3"],

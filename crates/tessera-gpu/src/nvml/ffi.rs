@@ -318,16 +318,17 @@ pub(crate) fn gpu_instances<'a>(lib: &'a NvmlLib, dev: DeviceHandle<'a>, profile
     Ok(buf.into_iter().filter(|h| !h.is_null()).map(|raw| GiHandle { raw, _lib: PhantomData }).collect())
 }
 
-/// A GPU instance's id, profile id and placement (`nvmlGpuInstanceGetInfo`).
+/// A GPU or compute instance's id, profile id and placement, as `nvmlGpuInstanceGetInfo` and
+/// `nvmlComputeInstanceGetInfo_v2` report them (compute-instance placements in compute slices).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct GiInfoRaw {
+pub(crate) struct InstanceInfoRaw {
     pub id: u32,
     pub profile_id: u32,
     pub start: u32,
     pub size: u32,
 }
 
-pub(crate) fn gi_info(lib: &NvmlLib, gi: GiHandle<'_>) -> Raw<GiInfoRaw> {
+pub(crate) fn gi_info(lib: &NvmlLib, gi: GiHandle<'_>) -> Raw<InstanceInfoRaw> {
     let f = sym!(lib, nvmlGpuInstanceGetInfo);
     let mut info = nvmlGpuInstanceInfo_t {
         device: ptr::null_mut(),
@@ -337,7 +338,12 @@ pub(crate) fn gi_info(lib: &NvmlLib, gi: GiHandle<'_>) -> Raw<GiInfoRaw> {
     };
     // SAFETY: `gi` is a handle NVML gave out; `info` is a valid out-pointer.
     check("nvmlGpuInstanceGetInfo", unsafe { f(gi.raw, &mut info) })?;
-    Ok(GiInfoRaw { id: info.id, profile_id: info.profileId, start: info.placement.start, size: info.placement.size })
+    Ok(InstanceInfoRaw {
+        id: info.id,
+        profile_id: info.profileId,
+        start: info.placement.start,
+        size: info.placement.size,
+    })
 }
 
 /// Destroy a GPU instance (`nvmlGpuInstanceDestroy`). The handle must not be used afterwards,
@@ -461,16 +467,7 @@ pub(crate) fn compute_instances<'a>(lib: &'a NvmlLib, gi: GiHandle<'a>, profile_
     Ok(buf.into_iter().filter(|h| !h.is_null()).map(|raw| CiHandle { raw, _lib: PhantomData }).collect())
 }
 
-/// A compute instance's id, profile id and placement (`nvmlComputeInstanceGetInfo_v2`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CiInfoRaw {
-    pub id: u32,
-    pub profile_id: u32,
-    pub start: u32,
-    pub size: u32,
-}
-
-pub(crate) fn ci_info(lib: &NvmlLib, ci: CiHandle<'_>) -> Raw<CiInfoRaw> {
+pub(crate) fn ci_info(lib: &NvmlLib, ci: CiHandle<'_>) -> Raw<InstanceInfoRaw> {
     let f = sym!(lib, nvmlComputeInstanceGetInfo_v2);
     let mut info = nvmlComputeInstanceInfo_t {
         device: ptr::null_mut(),
@@ -481,7 +478,12 @@ pub(crate) fn ci_info(lib: &NvmlLib, ci: CiHandle<'_>) -> Raw<CiInfoRaw> {
     };
     // SAFETY: `ci` is a handle NVML gave out; `info` is a valid out-pointer.
     check("nvmlComputeInstanceGetInfo_v2", unsafe { f(ci.raw, &mut info) })?;
-    Ok(CiInfoRaw { id: info.id, profile_id: info.profileId, start: info.placement.start, size: info.placement.size })
+    Ok(InstanceInfoRaw {
+        id: info.id,
+        profile_id: info.profileId,
+        start: info.placement.start,
+        size: info.placement.size,
+    })
 }
 
 /// Destroy a compute instance; the handle is consumed.

@@ -1004,7 +1004,7 @@ impl NvmlBackend {
         })
     }
 
-    fn ci_raw(&self, g: &Gpu<'_>, ci: ffi::CiHandle<'_>) -> Result<ffi::CiInfoRaw, BackendError> {
+    fn ci_raw(&self, g: &Gpu<'_>, ci: ffi::CiHandle<'_>) -> Result<ffi::InstanceInfoRaw, BackendError> {
         ffi::ci_info(self.lib(), ci).map_err(|f| self.mig_error(g, f, "read a compute instance"))
     }
 
@@ -1012,7 +1012,7 @@ impl NvmlBackend {
         &self,
         g: &Gpu<'_>,
         gi_id: u32,
-        raw: ffi::CiInfoRaw,
+        raw: ffi::InstanceInfoRaw,
         uuids: &BTreeMap<u32, String>,
     ) -> Result<ComputeInstanceInfo, BackendError> {
         let caps_minor = self.minor_of(g).and_then(|minor| self.mig_minors()?.compute_instance(minor, gi_id, raw.id));
@@ -1029,7 +1029,7 @@ impl NvmlBackend {
     fn list_cis(&self, g: &Gpu<'_>, gi_id: u32) -> Result<Vec<ComputeInstanceInfo>, BackendError> {
         let gi = self.gi_by_id(g, gi_id, "list its compute instances")?;
         let info = self.gi_info(g, gi)?;
-        let mut raws: Vec<ffi::CiInfoRaw> = Vec::new();
+        let mut raws: Vec<ffi::InstanceInfoRaw> = Vec::new();
         for p in self.ci_profiles(g, gi, &info)?.iter() {
             let handles = match ffi::compute_instances(self.lib(), gi, p.id) {
                 Ok(h) => h,
