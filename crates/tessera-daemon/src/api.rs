@@ -191,20 +191,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The `/etc/passwd` entry of a uid: its name and primary group.
-pub fn passwd_entry(uid: u32) -> Option<(String, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        let id: u32 = f.get(2)?.parse().ok()?;
-        let gid: u32 = f.get(3)?.parse().ok()?;
-        (id == uid).then(|| (f[0].to_string(), gid))
-    })
-}
-
 /// The user name of a uid; `uid:N` when it has none.
 pub fn user_name(uid: u32) -> String {
-    passwd_entry(uid).map_or_else(|| format!("uid:{uid}"), |(name, _)| name)
+    tessera_host::users::user_name(uid)
 }
 
 #[derive(Clone)]

@@ -681,11 +681,14 @@ impl Core {
                 mem_node: if matches!(request.numa, tessera_sched::NumaPolicy::Local) { numa_node } else { None },
             });
         }
-        let euid = tessera_exec::effective_uid();
-        let (uid, gid) = if euid == 0 {
-            (rec.user_uid, crate::api::passwd_entry(rec.user_uid).map_or(rec.user_uid, |(_, gid)| gid))
+        let euid = tessera_host::effective_uid();
+        let (uid, gid, groups) = if euid == 0 {
+            match tessera_host::user_by_uid(rec.user_uid) {
+                Ok(Some(u)) => (u.uid, u.gid, u.groups),
+                _ => (rec.user_uid, rec.user_uid, vec![rec.user_uid]),
+            }
         } else {
-            (euid, tessera_exec::effective_gid())
+            (euid, tessera_host::effective_gid(), Vec::new())
         };
         let spec = JobSpec {
             job_id: id,
@@ -694,6 +697,7 @@ impl Core {
             cwd: PathBuf::from(&rec.cwd),
             uid,
             gid,
+            groups,
             ranks: rank_specs,
             time_limit_ms: request.time_limit_ms,
             kill_grace_ms: self.config.scheduler.kill_grace_ms,
@@ -813,7 +817,7 @@ impl Core {
                 let rank = usize::try_from(a.rank).unwrap_or(usize::MAX) / per_rank;
                 json!({
                     "rank": rank, "gpu": a.allocation.gpu_index, "gpu_uuid": a.allocation.gpu_uuid,
-                    "cpus": rank_cpus.get(rank).map(tessera_exec::format_cpulist),
+                    "cpus": rank_cpus.get(rank).map(tessera_host::format_cpulist),
                     "profile": model.and_then(|m| m.profile_by_id(a.allocation.profile_id)).map(|p| p.name.clone()),
                     "profile_id": a.allocation.profile_id, "start": a.allocation.start,
                     "gpu_instance_id": a.allocation.gpu_instance_id, "mig_uuid": a.allocation.mig_uuid,

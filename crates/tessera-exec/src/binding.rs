@@ -17,8 +17,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::cpulist::{format_cpulist, parse_cpulist};
 use crate::spec::RankSpec;
+use tessera_host::{format_cpulist, parse_cpulist};
 
 /// The largest NUMA node id accepted in a spec.
 pub const MAX_NODE: u32 = 4095;

@@ -54,8 +54,8 @@ pub fn launch(shim_exe: &Path, shim_args: &[&str], job_dir: &Path, spec: &JobSpe
 /// Checks, creates the job directory and writes `spec.json`; returns the directory, absolute.
 fn prepare(job_dir: &Path, spec: &JobSpec) -> Result<PathBuf, ExecError> {
     spec.validate()?;
-    let euid = sys::effective_uid();
-    if euid != 0 && (spec.uid != euid || spec.gid != sys::effective_gid()) {
+    let euid = tessera_host::effective_uid();
+    if euid != 0 && (spec.uid != euid || spec.gid != tessera_host::effective_gid()) {
         return Err(ExecError::CannotSwitchUser { job_id: spec.job_id, uid: spec.uid, euid });
     }
     fs::create_dir_all(job_dir).map_err(|e| ExecError::io("creating", job_dir, e))?;

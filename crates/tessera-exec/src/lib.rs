@@ -17,14 +17,12 @@
 //!   `sys` (private) holds every `unsafe` libc call.
 //! * [`shim`]: the supervisor. [`launch`](mod@launch): the daemon's side.
 //! * [`status`]: the job directory's files. [`mps`]: MPS control.
-//! * [`cpulist`]: the kernel's `0-3,8` list format.
 
 mod error;
 mod procfs;
 mod sys;
 
 pub mod binding;
-pub mod cpulist;
 pub mod launch;
 pub mod mps;
 pub mod shim;
@@ -33,14 +31,13 @@ pub mod status;
 pub mod syscalls;
 
 pub use binding::{Allowed, RankBinding, plan_binding};
-pub use cpulist::{format_cpulist, parse_cpulist};
 pub use error::ExecError;
 pub use launch::{Launcher, cancel, inspect, kill_orphans, launch, tail_log, tail_stream};
 pub use mps::{MpsControl, NvidiaMps, RecordingMps};
 pub use shim::{run_shim, run_standby_shim};
 pub use spec::{JobSpec, MpsClient, RankSpec, rank_env};
 pub use status::{JobState, LogStream, Outcome, RankOutcome, ShimState, log_path};
-pub use sys::{LinuxSyscalls, effective_gid, effective_uid};
+pub use sys::LinuxSyscalls;
 pub use syscalls::{RecordingSyscalls, Syscalls};
 
 use std::ffi::OsString;

@@ -39,7 +39,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ExecError;
 use crate::status::{read_json, write_json};
-use crate::sys;
 
 /// The file each implementation keeps in the pipe directory.
 pub const MPS_STATE_FILE: &str = "tessera-mps.json";
@@ -129,7 +128,7 @@ fn prepare_dirs(pipe_dir: &Path, log_dir: &Path, owner: Option<(u32, u32)>) -> R
 
 /// The uid/gid to switch to for running as `uid`: `None` when this process already is `uid`.
 fn run_as(uid: u32, command: &str, pipe_dir: &Path) -> Result<Option<(u32, u32)>, ExecError> {
-    let euid = sys::effective_uid();
+    let euid = tessera_host::effective_uid();
     if uid == euid {
         return Ok(None);
     }
@@ -141,7 +140,7 @@ fn run_as(uid: u32, command: &str, pipe_dir: &Path) -> Result<Option<(u32, u32)>
         ));
     }
     // A uid without a user-database entry gets the group of the same number.
-    let gid = sys::user_entry(uid).map_or(uid, |(_, gid)| gid);
+    let gid = tessera_host::user_by_uid(uid).ok().flatten().map_or(uid, |u| u.gid);
     Ok(Some((uid, gid)))
 }
 
@@ -225,7 +224,7 @@ impl NvidiaMps {
     fn send(&self, pipe_dir: &Path, line: &str) -> Result<String, ExecError> {
         let inst = load_instance(pipe_dir, line)?;
         let meta = fs::metadata(pipe_dir).map_err(|e| ExecError::io("reading", pipe_dir, e))?;
-        let as_user = (sys::effective_uid() == 0 && meta.uid() != 0).then_some((meta.uid(), meta.gid()));
+        let as_user = (tessera_host::effective_uid() == 0 && meta.uid() != 0).then_some((meta.uid(), meta.gid()));
         let mut cmd = self.command(&control_env(pipe_dir, &inst), as_user);
         let (status, output) = run_control(&mut cmd, Some(&format!("{line}\n")), COMMAND_TIMEOUT)
             .map_err(|e| mps_err(line, pipe_dir, format!("{}: {e}", self.control_binary.display())))?;

@@ -41,7 +41,6 @@ use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::binding::{Allowed, RankBinding, plan_binding};
-use crate::cpulist::format_cpulist;
 use crate::procfs;
 use crate::spec::JobSpec;
 use crate::status::{
@@ -50,6 +49,7 @@ use crate::status::{
 };
 use crate::sys::{self, LinuxSyscalls};
 use crate::syscalls::{ChildPlan, CpuMask, Credentials, NodeMask, Syscalls};
+use tessera_host::format_cpulist;
 
 /// How often the shim polls its ranks, signals and clock.
 pub const POLL: Duration = Duration::from_millis(10);
@@ -280,15 +280,18 @@ impl<'a> Supervisor<'a> {
     /// Starts the ranks in order; stops at the first that cannot start (or at a stop request).
     fn start_ranks(&mut self) -> Option<Trigger> {
         let spec = self.spec;
-        let euid = sys::effective_uid();
-        let switch = spec.uid != euid || spec.gid != sys::effective_gid();
+        let euid = tessera_host::effective_uid();
+        let switch = spec.uid != euid || spec.gid != tessera_host::effective_gid();
         if switch && euid != 0 {
             let rank = spec.ranks[0].rank;
             let e = crate::ExecError::CannotSwitchUser { job_id: spec.job_id, uid: spec.uid, euid };
             return Some(Trigger::Failed { rank, detail: e.to_string() });
         }
-        let creds =
-            switch.then(|| Credentials { uid: spec.uid, gid: spec.gid, groups: sys::user_groups(spec.uid, spec.gid) });
+        let creds = switch.then(|| Credentials {
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: if spec.groups.is_empty() { vec![spec.gid] } else { spec.groups.clone() },
+        });
         let owner = switch.then_some((spec.uid, spec.gid));
         let cwd = match CString::new(spec.cwd.as_os_str().as_encoded_bytes()) {
             Ok(c) => c,

@@ -36,6 +36,10 @@ pub struct JobSpec {
     pub cwd: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups, primary first (the user's groups as NSS gives them); empty means
+    /// just `gid`.
+    #[serde(default)]
+    pub groups: Vec<u32>,
     pub ranks: Vec<RankSpec>,
     /// Wall-clock limit from the start of the ranks; `None` means no limit.
     #[serde(default)]
@@ -70,7 +74,7 @@ impl JobSpec {
                 return bad(format!("rank {} appears twice", rank.rank));
             }
             check_env(&rank.env).or_else(|reason| bad(format!("rank {} environment: {reason}", rank.rank)))?;
-            if let Some(cpu) = rank.cpus.iter().find(|&&c| c > crate::cpulist::MAX_ID) {
+            if let Some(cpu) = rank.cpus.iter().find(|&&c| c > tessera_host::MAX_ID) {
                 return bad(format!("rank {}: CPU {cpu} is out of range", rank.rank));
             }
             if let Some(node) = rank.mem_node.filter(|&n| n > crate::binding::MAX_NODE) {
@@ -170,6 +174,7 @@ mod tests {
             cwd: "/".into(),
             uid: 0,
             gid: 0,
+            groups: vec![0],
             ranks: vec![RankSpec { rank: 0, env: vec![], cpus: vec![0], mem_node: Some(0) }],
             time_limit_ms: None,
             kill_grace_ms: 100,

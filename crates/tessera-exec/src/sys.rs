@@ -10,10 +10,9 @@
 //!   no lock, as the child of a (possibly multi-threaded) process must.
 //! * The shim's signal handling ([`prepare_shim_signals`]): two `extern "C"` handlers that
 //!   store into atomics and nothing else.
-//! * Identity look-ups: `geteuid`, `getegid`, `getpwuid_r`, `getgrouplist`.
 //! * `sched_getaffinity` of the calling process ([`own_affinity`]).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::io;
 use std::mem::{MaybeUninit, size_of_val};
 use std::os::unix::process::CommandExt;
@@ -201,69 +200,6 @@ pub(crate) fn own_affinity() -> io::Result<CpuMask> {
     }
 }
 
-/// The effective uid of this process.
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// The effective gid of this process.
-pub fn effective_gid() -> u32 {
-    // SAFETY: getegid takes no arguments and cannot fail.
-    unsafe { libc::getegid() }
-}
-
-/// The user's name and primary group from the user database, `None` if the uid is not there.
-pub(crate) fn user_entry(uid: u32) -> Option<(CString, u32)> {
-    let mut buf_len = 1024usize;
-    loop {
-        let mut buf = vec![0 as libc::c_char; buf_len];
-        let mut pwd = MaybeUninit::<libc::passwd>::zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live, writable memory of the stated size; on success
-        // `result` points at `pwd`, whose strings point into `buf`.
-        let rc = unsafe { libc::getpwuid_r(uid, pwd.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result) };
-        if rc == libc::ERANGE && buf_len < (1 << 20) {
-            buf_len *= 4;
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: getpwuid_r succeeded and filled `pwd` (result == &pwd).
-        let pwd = unsafe { pwd.assume_init() };
-        if pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: pw_name is a NUL-terminated string inside `buf`, still alive here.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_owned();
-        return Some((name, pwd.pw_gid));
-    }
-}
-
-/// The supplementary groups of a user (like `initgroups`): the group database's groups of the
-/// uid's name plus `gid`; just `[gid]` when the uid has no entry.
-pub(crate) fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
-    let Some((name, _)) = user_entry(uid) else { return vec![gid] };
-    let mut count: c_int = 32;
-    for _ in 0..8 {
-        let mut groups = vec![0 as libc::gid_t; count.max(1) as usize];
-        let mut n = groups.len() as c_int;
-        // SAFETY: `name` is NUL-terminated; `groups` has room for `n` entries and getgrouplist
-        // writes at most that many, updating `n`.
-        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        if rc >= 0 {
-            groups.truncate(n.max(0) as usize);
-            if !groups.contains(&gid) {
-                groups.insert(0, gid);
-            }
-            return groups;
-        }
-        count = n.max(count.saturating_mul(2));
-    }
-    vec![gid]
-}
-
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static STOP_COUNT: AtomicU32 = AtomicU32::new(0);
 
@@ -333,7 +269,7 @@ mod tests {
         let listed = crate::binding::status_field(&status, "Cpus_allowed_list").unwrap();
         // The test thread may have been bound differently from the process only if someone did
         // so explicitly; nobody does here.
-        assert_eq!(crate::cpulist::format_cpulist(&mask.ids()), listed);
+        assert_eq!(tessera_host::format_cpulist(&mask.ids()), listed);
     }
 
     #[test]
@@ -343,15 +279,5 @@ mod tests {
         assert!(!LinuxSyscalls.pid_alive(u32::MAX));
         assert_eq!(LinuxSyscalls.kill(0, 0), Err(Errno(libc::ESRCH)));
         assert_eq!(LinuxSyscalls.killpg(1, 0), Err(Errno(libc::ESRCH)));
-    }
-
-    #[test]
-    fn user_lookup() {
-        let (name, gid) = user_entry(0).expect("uid 0 is in every user database");
-        assert_eq!(name.to_str().unwrap(), "root");
-        assert_eq!(gid, 0);
-        assert!(user_groups(0, 0).contains(&0));
-        // A uid nobody has: just the primary group.
-        assert_eq!(user_groups(3_999_999_999, 12345), vec![12345]);
     }
 }

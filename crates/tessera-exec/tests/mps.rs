@@ -5,7 +5,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tessera_exec::{ExecError, MpsControl, NvidiaMps, RecordingMps, effective_uid};
+use tessera_exec::{ExecError, MpsControl, NvidiaMps, RecordingMps};
+use tessera_host::effective_uid;
 
 /// Records one line per call in `$CUDA_MPS_PIPE_DIRECTORY/calls.log`. Answers like the real
 /// program would to a few trigger values.

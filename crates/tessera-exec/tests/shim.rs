@@ -16,9 +16,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tessera_exec::{
-    ExecError, JobSpec, JobState, LogStream, Outcome, RankSpec, ShimState, cancel, effective_gid, effective_uid,
-    format_cpulist, inspect, kill_orphans, launch, parse_cpulist, rank_env, tail_log, tail_stream,
+    ExecError, JobSpec, JobState, LogStream, Outcome, RankSpec, ShimState, cancel, inspect, kill_orphans, launch,
+    rank_env, tail_log, tail_stream,
 };
+use tessera_host::{effective_gid, effective_uid, format_cpulist, parse_cpulist};
 
 const SHIM: &str = env!("CARGO_BIN_EXE_tessera-exec-shim");
 
@@ -34,6 +35,7 @@ fn spec(job_id: u64, script: &str, ranks: Vec<RankSpec>) -> JobSpec {
         cwd: "/".into(),
         uid: effective_uid(),
         gid: effective_gid(),
+        groups: Vec::new(),
         ranks,
         time_limit_ms: None,
         kill_grace_ms: 500,

@@ -21,7 +21,7 @@ pub fn default_socket() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir).join("tessera").join("tessera.sock");
     }
-    let uid = tessera_exec::effective_uid();
+    let uid = tessera_host::effective_uid();
     if uid == 0 {
         PathBuf::from("/run/tessera/tessera.sock")
     } else {
@@ -55,7 +55,7 @@ pub fn serve(g: &crate::cli::Global, state_dir: Option<PathBuf>, config: Option<
         (crate::cli::BackendChoice::Auto, None) => {}
     }
     let state_dir = state_dir.unwrap_or_else(|| {
-        if tessera_exec::effective_uid() == 0 {
+        if tessera_host::effective_uid() == 0 {
             PathBuf::from("/var/lib/tessera")
         } else {
             crate::node::default_state_path().parent().map_or_else(|| PathBuf::from("."), |p| p.join("daemon"))

@@ -167,7 +167,7 @@ fn a_job_runs_on_its_own_slice_with_the_right_environment_and_binding() {
         .args(["job", &id.to_string()])
         .output();
     if let Ok(o) = other
-        && tessera_exec::effective_uid() == 0
+        && tessera_host::effective_uid() == 0
     {
         assert_eq!(o.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&o.stderr).contains("belongs to another user"), "{o:?}");
@@ -311,7 +311,7 @@ fn admins_change_layouts_and_busy_instances_stay() {
         .args(["admin", "layout", "0", "none"])
         .output();
     if let Ok(o) = other
-        && tessera_exec::effective_uid() == 0
+        && tessera_host::effective_uid() == 0
     {
         assert_eq!(o.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&o.stderr).contains("only admins change MIG layouts"), "{o:?}");

@@ -23,27 +23,7 @@ pub(crate) fn sysfs_bdf(nvml_bus_id: &str) -> Option<String> {
 
 /// A kernel cpulist (`0-15,32-47`, `3`, empty) as CPU numbers; `None` if it does not parse.
 pub(crate) fn parse_cpulist(text: &str) -> Option<Vec<u32>> {
-    let text = text.trim();
-    let mut cpus = Vec::new();
-    if text.is_empty() {
-        return Some(cpus);
-    }
-    for part in text.split(',') {
-        let part = part.trim();
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-                if b < a || b - a > 1 << 16 {
-                    return None;
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().ok()?),
-        }
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Some(cpus)
+    tessera_host::parse_cpulist(text).ok().map(|set| set.into_iter().collect())
 }
 
 /// Bits set in an NVML affinity mask (an array of `unsigned long`), lowest first.

@@ -9,15 +9,21 @@
 
 use std::collections::BTreeSet;
 
-use crate::error::ExecError;
+/// A CPU or node list that does not parse: the text, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CPU/node list `{input}`: {reason}")]
+pub struct CpuListError {
+    pub input: String,
+    pub reason: String,
+}
 
 /// The largest CPU or node id accepted (the kernel's own `NR_CPUS` limit is 8192).
 pub const MAX_ID: u32 = 65_535;
 
 /// Parses a list such as `0-3,8,10-11` into a set. Whitespace around the whole list (the
 /// trailing newline of a sysfs file) is ignored; an empty list is the empty set.
-pub fn parse_cpulist(input: &str) -> Result<BTreeSet<u32>, ExecError> {
-    let bad = |reason: String| ExecError::InvalidCpuList { input: input.to_owned(), reason };
+pub fn parse_cpulist(input: &str) -> Result<BTreeSet<u32>, CpuListError> {
+    let bad = |reason: String| CpuListError { input: input.to_owned(), reason };
     let mut set = BTreeSet::new();
     let text = input.trim();
     if text.is_empty() {
@@ -100,7 +106,7 @@ mod tests {
     fn refuses_malformed_lists() {
         for bad in ["1,", ",1", "1,,2", "3-1", "-1", "1-", "a", "1-b", "+1", "0x3", "70000", "0-4000000000", "1 2"] {
             let err = parse_cpulist(bad).unwrap_err();
-            assert!(matches!(err, ExecError::InvalidCpuList { .. }), "{bad}: {err}");
+            assert_eq!(err.input, bad, "{bad}: {err}");
             assert!(err.to_string().contains(bad.trim()), "{bad}: {err}");
         }
     }

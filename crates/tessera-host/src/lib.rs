@@ -1,0 +1,21 @@
+//! The host machine, in one place for every shell crate: the wall clock ([`clock`]), the
+//! kernel's cpulist format ([`cpulist`]), users and groups as NSS knows them ([`users`]), and
+//! host NUMA memory ([`memory`]).
+//!
+//! Each is a policy that used to exist twice (and the copies disagreed): the shell crates
+//! (`tessera-gpu`, `tessera-exec`, `tessera-store`, `tessera-daemon`, the binary) use these and
+//! nothing else. The pure crates (`tessera-mig`, `tessera-sched`) never read the clock or the
+//! host: they take time and facts as arguments.
+//!
+//! `users` is the one module with `unsafe` (the `getpwuid_r`, `getpwnam_r` and `getgrouplist`
+//! calls of the C library, which go through NSS, so LDAP and SSSD users resolve as they do for
+//! `id`).
+
+pub mod clock;
+pub mod cpulist;
+pub mod memory;
+pub mod users;
+
+pub use clock::now_ms;
+pub use cpulist::{CpuListError, MAX_ID, format_cpulist, parse_cpulist};
+pub use users::{User, UserError, effective_gid, effective_uid, user_by_name, user_by_uid};
