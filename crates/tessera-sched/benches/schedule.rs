@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use tessera_mig::{Instance, catalog};
 use tessera_sched::{
-    ClusterView, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, NumaPolicy, Occupant, QueuedJob,
-    RankPlacement, RunningJob, Scheduler, SchedulerConfig, Sharing, Tenant,
+    ClusterView, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, NumaPolicy, Occupant, QueuedJob, RankStart,
+    RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement, Tenant,
 };
 
 fn main() {
@@ -44,12 +44,16 @@ fn setup() -> (ClusterView, Vec<QueuedJob>, Vec<RunningJob>) {
                     let mut r = JobRequest::new(GpuRequest::Profile { name: (*p).to_string() });
                     r.tenant = format!("t{}", next % 4);
                     r.runtime_estimate_ms = Some(600_000 * (next % 5 + 1));
-                    iv.occupants.push(Occupant { job: next, sharing: Sharing::Exclusive });
+                    iv.occupants.push(Occupant { job: next, sharing: Sharing::Exclusive, user: 0 });
                     running.push(RunningJob {
                         id: next,
                         request: r,
                         started_ms: 0,
-                        ranks: vec![RankPlacement { gpu: g, instance: inst, cpus: Vec::new(), numa_node: Some(g / 4) }],
+                        ranks: vec![RankStart {
+                            rank: 0,
+                            slices: vec![SlicePlacement { numa_node: Some(g / 4), ..SlicePlacement::new(g, inst) }],
+                        }],
+                        user: 0,
                     });
                     next += 1;
                 }
@@ -88,10 +92,10 @@ fn setup() -> (ClusterView, Vec<QueuedJob>, Vec<RunningJob>) {
             r.tenant = format!("t{}", i % 4);
             r.priority = (i % 3) as i32;
             r.runtime_estimate_ms = (i % 4 != 0).then_some(60_000 * (i % 30 + 1));
-            QueuedJob { id: i + 1, request: r, submitted_ms: i }
+            QueuedJob { id: i + 1, request: r, submitted_ms: i, user: 0 }
         })
         .collect();
-    (ClusterView { gpus, host }, queue, running)
+    (ClusterView { gpus, host, ..ClusterView::default() }, queue, running)
 }
 
 fn config() -> SchedulerConfig {

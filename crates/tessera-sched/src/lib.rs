@@ -26,19 +26,20 @@
 //! - **Gangs are all or nothing.** A job with several ranks starts all of them or none.
 //! - **Quotas hold.** A start never takes a tenant past its quota of compute or memory slices.
 
-mod engine;
 mod fairshare;
+mod placement;
 
 pub mod cluster;
+pub mod job;
 pub mod request;
 pub mod scheduler;
 
-pub use cluster::{ClusterView, GpuView, HostNuma, InstanceView, JobId, Occupant, SliceQuota, Tenant};
+pub use cluster::{
+    ClusterView, GpuView, HostNuma, InstanceView, JobId, MIG_DEVICES_PER_PROCESS_R570, Occupant, SliceQuota, Tenant,
+};
+pub use job::{Decision, HostShare, PendingReason, QueuedJob, RankStart, RunningJob, SlicePlacement};
 pub use request::{
     GpuRequest, JobRequest, MAX_INSTANCES_PER_RANK, MAX_RANKS, NumaPolicy, RequestError, Sharing, fmt_mib,
     full_profile, profile_memory_mib,
 };
-pub use scheduler::{
-    ConfigError, Decision, Holding, PendingReason, QueuedJob, RankPlacement, ReservationView, RunningJob, Scheduler,
-    SchedulerConfig, holdings,
-};
+pub use scheduler::{ConfigError, Holding, ReservationView, Scheduler, SchedulerConfig, holdings};

@@ -138,6 +138,18 @@ pub struct JobRequest {
     /// The job is stopped after this long.
     #[serde(default)]
     pub time_limit_ms: Option<u64>,
+    /// The job may be stopped and queued again (preemption, a failed GPU). `false`: it is
+    /// never preempted, and a GPU failure ends it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub requeue: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// What is wrong with a request, naming the field, or why it cannot be met on a GPU model.
@@ -265,6 +277,8 @@ pub(crate) struct Need {
     pub min_profile: u32,
     pub min_compute: u8,
     pub min_memory_slices: u8,
+    /// An explicit MIG profile: only a MIG instance serves it, never a GPU with MIG off.
+    pub mig_only: bool,
 }
 
 impl Need {
@@ -302,6 +316,7 @@ impl JobRequest {
             priority: 0,
             runtime_estimate_ms: None,
             time_limit_ms: None,
+            requeue: true,
         }
     }
 
@@ -526,6 +541,7 @@ fn need_of(kind: NeedKind, pinned: Option<u64>, p: &Profile) -> Need {
         min_profile: p.id,
         min_compute: p.compute_slices,
         min_memory_slices: p.memory_slices,
+        mig_only: false,
     }
 }
 
@@ -584,7 +600,7 @@ fn resolve_one(model: &GpuModel, gpu: &GpuRequest, pinned: Option<u64>) -> Resul
                     closest: vec![format!("{} ({})", p.name, fmt_mib(profile_memory_mib(model, p)))],
                 });
             }
-            Ok(need_of(NeedKind::Exact(p.id), pinned, p))
+            Ok(Need { mig_only: true, ..need_of(NeedKind::Exact(p.id), pinned, p) })
         }
         GpuRequest::WholeGpu => {
             let p = full_profile(model).ok_or_else(|| RequestError::NoProfileFits {

@@ -38,10 +38,26 @@
 //! # Preemption
 //!
 //! With `preemption` on, a job that cannot start looks at running jobs of strictly lower
-//! priority (lowest first, then the most recently started; at most 32), takes them away one by
+//! priority that allow requeueing (`requeue`, the default; the daemon stops them and queues
+//! them again) (lowest first, then the most recently started; at most 32), takes them away one by
 //! one until it would fit, then keeps only those it really needs. It gets a
 //! [`Decision::Preempt`] for each and waits with [`PendingReason::Priority`]; their room is
 //! held for it until they are gone.
+//!
+//! # Reasons
+//!
+//! A job that waits gets the reason that names its real blocker ([`PendingReason`]): a GPU
+//! with a slice for it whose host NUMA node lacks CPUs or memory says `host_cpus` or
+//! `host_memory`, not `fragmentation`; see `scheduler/reasons.rs` for the order.
+//!
+//! # MIG modes
+//!
+//! A GPU with MIG off is one whole-GPU instance (see [`crate::cluster`]): it serves whole-GPU,
+//! memory- and compute-sized requests, never a named MIG profile, and is never repartitioned. A
+//! rank sees all its devices in one process, so it may hold more than one MIG device only where
+//! the driver allows (`ClusterView::max_mig_devices_per_process`); a rank of several whole GPUs
+//! prefers GPUs with MIG off (MIG devices have no peer-to-peer) on one host NUMA node. With
+//! `mig_mode_switching`, see `scheduler/mode.rs`.
 //!
 //! # Two phases
 //!
@@ -57,16 +73,20 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use tessera_mig::layout::unit_mask;
-use tessera_mig::{Instance, Planner, ReconfigurePlan, Step, planner_for};
+use tessera_mig::{Instance, Planner, Step, planner_for};
+
+mod mode;
+mod preempt;
+mod reasons;
+mod reserve;
 
 use crate::cluster::{ClusterView, JobId, SliceQuota, Tenant};
-use crate::engine::{Block, Ctx, Failure, Placed, WState, attempt, charge_milli};
 use crate::fairshare::Ledger;
-use crate::request::{GpuRequest, JobRequest, Need, NumaPolicy, RequestError, Sharing, fmt_mib, profile_name};
+use crate::job::{Decision, PendingReason, QueuedJob, RunningJob};
+use crate::placement::{Ctx, Failure, Placed, WState, attempt, charge_milli};
+use crate::request::{GpuRequest, JobRequest, Need, NumaPolicy, RequestError, Sharing, profile_name};
 
 /// How the scheduler behaves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +105,10 @@ pub struct SchedulerConfig {
     pub tenants: Vec<Tenant>,
     /// Weight of a tenant not listed in `tenants` (no quota).
     pub default_tenant_weight: f64,
+    /// Switch an idle GPU's MIG mode when a job could never start on the modes the GPUs have
+    /// (a MIG profile on a node with MIG off, several whole GPUs where the driver lets a
+    /// process use one MIG device).
+    pub mig_mode_switching: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -97,6 +121,7 @@ impl Default for SchedulerConfig {
             fair_share_half_life_ms: 3_600_000,
             tenants: Vec::new(),
             default_tenant_weight: 1.0,
+            mig_mode_switching: false,
         }
     }
 }
@@ -155,105 +180,6 @@ impl SchedulerConfig {
     }
 }
 
-/// A job waiting to start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueuedJob {
-    pub id: JobId,
-    pub request: JobRequest,
-    pub submitted_ms: u64,
-}
-
-/// A job that holds its instances.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunningJob {
-    pub id: JobId,
-    pub request: JobRequest,
-    pub started_ms: u64,
-    pub ranks: Vec<RankPlacement>,
-}
-
-/// Where one process of a job runs: one instance, its CPUs, and the host NUMA node to bind
-/// memory to (`None`: do not bind).
-///
-/// A [`Decision::Start`] lists one entry per instance, rank-major: for a request of `k`
-/// instances per rank, entries `r·k .. r·k+k` belong to rank `r`, all on one GPU, in the order
-/// of the request's list; the rank's CPUs are split over its entries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RankPlacement {
-    pub gpu: u32,
-    pub instance: Instance,
-    pub cpus: Vec<u32>,
-    pub numa_node: Option<u32>,
-}
-
-/// Why a job waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PendingReason {
-    /// Not enough free GPU slices, CPUs or memory (or the request can never be met here).
-    Capacity,
-    /// The tenant's quota would be exceeded.
-    Quota,
-    /// Enough slices are free, but no legal placement of the profile exists among them.
-    Fragmentation,
-    /// A reconfiguration is in progress (for this job, or on a GPU it could use).
-    Reconfiguring,
-    /// The room it fits is held for a bigger job, and it cannot finish before that one starts.
-    Reserved,
-    /// Higher-priority work took the room, or lower-priority work is being preempted for it.
-    Priority,
-    /// Only unhealthy GPUs could host it.
-    Health,
-}
-
-impl PendingReason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PendingReason::Capacity => "capacity",
-            PendingReason::Quota => "quota",
-            PendingReason::Fragmentation => "fragmentation",
-            PendingReason::Reconfiguring => "reconfiguring",
-            PendingReason::Reserved => "reserved",
-            PendingReason::Priority => "priority",
-            PendingReason::Health => "health",
-        }
-    }
-}
-
-impl fmt::Display for PendingReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the daemon (or the simulator) should do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Decision {
-    /// Start the job on these instances now.
-    Start { job: JobId, ranks: Vec<RankPlacement> },
-    /// Reconfigure a GPU (only idle instances are destroyed) so that `for_job` (and perhaps
-    /// other jobs waiting with reason `reconfiguring` this round) can start.
-    Reconfigure { gpu: u32, plan: ReconfigurePlan, for_job: JobId },
-    /// Stop `job` to make room for the higher-priority `for_job`.
-    Preempt { job: JobId, for_job: JobId },
-    /// The job waits.
-    Pending { job: JobId, reason: PendingReason, detail: String },
-}
-
-impl Decision {
-    /// The queued job this decision answers (`for_job` for reconfigure and preempt).
-    pub fn job(&self) -> JobId {
-        match self {
-            Decision::Start { job, .. } | Decision::Pending { job, .. } => *job,
-            Decision::Reconfigure { for_job, .. } | Decision::Preempt { for_job, .. } => *for_job,
-        }
-    }
-}
-
 /// Slices a tenant holds (shared instances counted by share).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Holding {
@@ -275,7 +201,7 @@ pub fn holdings(cluster: &ClusterView, jobs: &[RunningJob], time_slice_replicas:
 }
 
 fn job_charge(cluster: &ClusterView, j: &RunningJob, replicas: u32) -> (u64, u64) {
-    j.ranks.iter().fold((0, 0), |acc, r| {
+    j.slices().fold((0, 0), |acc, r| {
         let c = cluster
             .gpu(r.gpu)
             .and_then(|g| g.model.profile_by_id(r.instance.profile_id))
@@ -428,6 +354,7 @@ impl Scheduler {
             renewed: false,
             had_hold: false,
             needs_cache: Vec::new(),
+            round_started: Vec::new(),
         };
         round.prepare(holds, &queued);
         round.run(queue);
@@ -489,20 +416,10 @@ struct Round<'a> {
     renewed: bool,
     /// The job being decided had instances held for it at the start of the round.
     had_hold: bool,
+    /// Jobs started this round, as they will run.
+    round_started: Vec<RunningJob>,
     /// Resolutions per (model, request) of the current job.
     needs_cache: Vec<(*const tessera_mig::GpuModel, Result<Vec<Need>, RequestError>)>,
-}
-
-/// When an instance is expected to be free for `job`: now (0) when idle, the latest expected
-/// end of its occupants, or never (`u64::MAX`) when planned or held for another job.
-fn release_of(w: &crate::engine::WInst, ends: &BTreeMap<JobId, u64>, job: JobId) -> u64 {
-    if !w.occupants.is_empty() {
-        w.occupants.iter().map(|o| ends.get(&o.job).copied().unwrap_or(u64::MAX)).max().unwrap_or(0)
-    } else if w.planned || w.held_for.is_some_and(|h| h != job) {
-        u64::MAX
-    } else {
-        0
-    }
 }
 
 fn fmt_slices(milli: u64) -> String {
@@ -681,28 +598,6 @@ impl<'a> Round<'a> {
         }
     }
 
-    fn blocked_for(&self, job: &QueuedJob) -> Vec<u32> {
-        let mut out = vec![0u32; self.st.gpus.len()];
-        let Some(r) = &self.reservation else { return out };
-        if r.job == job.id || job.request.priority > r.priority {
-            return out;
-        }
-        if self.backfill_ok(job, r) {
-            return out;
-        }
-        for (gpu, mask) in &r.units {
-            if let Some(g) = self.st.pos_of(*gpu) {
-                out[g] |= *mask;
-            }
-        }
-        out
-    }
-
-    fn backfill_ok(&self, job: &QueuedJob, r: &Reservation) -> bool {
-        self.cfg.backfill
-            && r.at.is_some_and(|t| job.request.expected_duration_ms().is_some_and(|d| self.now.saturating_add(d) <= t))
-    }
-
     fn key(&self, ctx: &Ctx<'_>, mode: u8) -> CacheKey {
         let r = ctx.req;
         CacheKey {
@@ -776,20 +671,37 @@ impl<'a> Round<'a> {
         if needs.iter().all(Option::is_none) {
             let detail = match err {
                 Some(e) if !self.st.gpus.is_empty() => format!("can never start on this node: {e}"),
-                _ => "this node has no MIG GPUs".to_string(),
+                _ => "this node has no GPUs".to_string(),
             };
             self.pending(job.id, PendingReason::Capacity, detail);
             return;
         }
         let label = self.label(req, &needs);
-        if !needs.iter().zip(&self.st.gpus).any(|(n, g)| n.is_some() && g.healthy) {
-            let bad: Vec<String> =
-                needs.iter().zip(&self.st.gpus).filter(|(n, _)| n.is_some()).map(|(_, g)| g.gpu.to_string()).collect();
-            self.pending(
-                job.id,
-                PendingReason::Health,
-                format!("needs {label}; only unhealthy GPU(s) {} could host it", bad.join(", ")),
-            );
+        let candidates: Vec<&crate::placement::WGpu> = needs
+            .iter()
+            .zip(&self.st.gpus)
+            .filter(|(n, g)| n.as_ref().is_some_and(|n| g.mig || n.iter().all(|x| !x.mig_only)))
+            .map(|(_, g)| g)
+            .collect();
+        if !candidates.is_empty() && !candidates.iter().any(|g| g.healthy && !g.drained) {
+            let sick: Vec<String> = candidates
+                .iter()
+                .filter(|g| !g.healthy)
+                .map(|g| match &g.health_note {
+                    Some(n) => format!("GPU {} ({n})", g.gpu),
+                    None => format!("GPU {}", g.gpu),
+                })
+                .collect();
+            let (reason, detail) = if sick.is_empty() {
+                let drained: Vec<String> = candidates.iter().map(|g| g.gpu.to_string()).collect();
+                (
+                    PendingReason::Capacity,
+                    format!("needs {label}; every GPU that could host it is drained (GPU {})", drained.join(", ")),
+                )
+            } else {
+                (PendingReason::Health, format!("needs {label}; only unhealthy {} could host it", sick.join(", ")))
+            };
+            self.pending(job.id, reason, detail);
             return;
         }
 
@@ -900,6 +812,7 @@ impl<'a> Round<'a> {
         let planners = self.planners;
         let ctx = Ctx {
             id: job.id,
+            user: job.user,
             req,
             needs: &needs,
             planners,
@@ -924,8 +837,18 @@ impl<'a> Round<'a> {
                 if self.cfg.preemption && self.try_preempt(job, &ctx, &label) {
                     return;
                 }
+                if self.cfg.mig_mode_switching && self.try_switch_mode(job, &ctx, &label) {
+                    return;
+                }
                 let (reason, mut detail) = self.classify(job, &ctx, &fail, &label);
-                if matches!(reason, PendingReason::Capacity | PendingReason::Fragmentation | PendingReason::Priority) {
+                if matches!(
+                    reason,
+                    PendingReason::Capacity
+                        | PendingReason::Fragmentation
+                        | PendingReason::Priority
+                        | PendingReason::HostCpus
+                        | PendingReason::HostMemory
+                ) {
                     let take = match &self.reservation {
                         None => true,
                         Some(r) => r.job == job.id || req.priority > r.priority,
@@ -989,7 +912,15 @@ impl<'a> Round<'a> {
         let end = job.request.expected_duration_ms().map_or(u64::MAX, |d| self.now.saturating_add(d).min(u64::MAX - 1));
         self.ends.insert(job.id, end);
         self.note_decided(job);
-        self.decisions.push(Decision::Start { job: job.id, ranks: placed.ranks.into_iter().map(|(_, r)| r).collect() });
+        let ranks = placed.rank_starts();
+        self.round_started.push(RunningJob {
+            id: job.id,
+            request: job.request.clone(),
+            started_ms: self.now,
+            ranks: ranks.clone(),
+            user: job.user,
+        });
+        self.decisions.push(Decision::Start { job: job.id, ranks });
     }
 
     fn commit_reconfigure(&mut self, job: &QueuedJob, mut s: WState, placed: Placed, label: &str) {
@@ -1037,371 +968,12 @@ impl<'a> Round<'a> {
                 None => self.decisions.push(Decision::Reconfigure { gpu: gpu_id, plan: plan.clone(), for_job: job.id }),
             }
         }
-        let entries: Vec<(u32, Instance)> = placed.ranks.iter().map(|(_, r)| (r.gpu, r.instance)).collect();
+        let entries: Vec<(u32, Instance)> = placed.ranks.iter().map(|(_, _, r)| (r.gpu, r.instance)).collect();
         self.new_holds.insert(job.id, Hold { kind: HoldKind::Reconfigure, entries });
         self.pending(
             job.id,
             PendingReason::Reconfiguring,
             format!("needs {label}; repartitioning for it ({}); it starts there once that is done", parts.join("; ")),
         );
-    }
-
-    /// The state with these running jobs gone (their instances idle, their CPUs and memory free).
-    fn without_jobs(&self, base: &WState, jobs: &[&RunningJob]) -> WState {
-        let mut s = base.clone();
-        let ids: BTreeSet<JobId> = jobs.iter().map(|j| j.id).collect();
-        for gpu in &mut s.gpus {
-            for w in &mut gpu.insts {
-                w.occupants.retain(|o| !ids.contains(&o.job));
-            }
-        }
-        for j in jobs {
-            for r in &j.ranks {
-                if let Some(node) = r.numa_node.and_then(|n| s.host.get_mut(&n)) {
-                    for c in &r.cpus {
-                        if !node.cpus.contains(c) {
-                            node.cpus.push(*c);
-                        }
-                    }
-                    node.cpus.sort_unstable();
-                }
-            }
-            let per_rank = j.request.mem_mib;
-            let mut ranks_seen = BTreeSet::new();
-            for r in &j.ranks {
-                if let Some(n) = r.numa_node
-                    && ranks_seen.insert((r.gpu, r.instance))
-                    && let Some(node) = s.host.get_mut(&n)
-                {
-                    node.mem = node.mem.saturating_add(per_rank / j.request.instances_per_rank().max(1) as u64);
-                }
-            }
-        }
-        s
-    }
-
-    /// Preempt lower-priority running jobs to make room, if that would let `job` start.
-    fn try_preempt(&mut self, job: &QueuedJob, ctx: &Ctx<'_>, label: &str) -> bool {
-        let prio = job.request.priority;
-        let protected: BTreeSet<JobId> = self
-            .holds
-            .values()
-            .chain(self.new_holds.values())
-            .filter_map(|h| match &h.kind {
-                HoldKind::Preempt { victims } => Some(victims.iter().copied()),
-                HoldKind::Reconfigure => None,
-            })
-            .flatten()
-            .collect();
-        let mut candidates: Vec<&RunningJob> = self
-            .running
-            .iter()
-            .filter(|r| r.request.priority < prio && !self.victims.contains(&r.id) && !protected.contains(&r.id))
-            .collect();
-        if candidates.is_empty() {
-            return false;
-        }
-        candidates.sort_by_key(|r| (r.request.priority, Reverse(r.started_ms), Reverse(r.id)));
-        candidates.truncate(32);
-        let base = self.st.clone();
-        let mut freed: Vec<&RunningJob> = Vec::new();
-        let mut found = false;
-        for v in candidates {
-            freed.push(v);
-            if attempt(ctx, &self.without_jobs(&base, &freed)).is_ok() {
-                found = true;
-                break;
-            }
-        }
-        if !found {
-            return false;
-        }
-        // Keep only the victims that are needed.
-        let mut i = freed.len();
-        while i > 0 && freed.len() > 1 {
-            i -= 1;
-            let mut trial = freed.clone();
-            trial.remove(i);
-            if attempt(ctx, &self.without_jobs(&base, &trial)).is_ok() {
-                freed = trial;
-            }
-        }
-        let Ok((_, placed)) = attempt(ctx, &self.without_jobs(&base, &freed)) else { return false };
-        let victim_ids: Vec<JobId> = freed.iter().map(|v| v.id).collect();
-        // Hold what it will use: the victims' instances on the GPUs it goes to, and the idle
-        // instances it picked.
-        let gpus: BTreeSet<usize> = placed.ranks.iter().map(|(g, _)| *g).collect();
-        let picked: BTreeSet<(u32, Instance)> = placed.ranks.iter().map(|(_, r)| (r.gpu, r.instance)).collect();
-        let mut entries = Vec::new();
-        for &g in &gpus {
-            let gpu = &mut self.st.gpus[g];
-            let id = gpu.gpu;
-            for w in &mut gpu.insts {
-                let victims_only = !w.occupants.is_empty() && w.occupants.iter().all(|o| victim_ids.contains(&o.job));
-                let idle_pick = w.occupants.is_empty() && picked.contains(&(id, w.inst));
-                if (victims_only || idle_pick) && w.held_for.is_none() && !w.planned {
-                    w.held_for = Some(job.id);
-                    entries.push((id, w.inst));
-                }
-            }
-        }
-        self.version += 1;
-        for v in &freed {
-            self.victims.insert(v.id);
-            self.decisions.push(Decision::Preempt { job: v.id, for_job: job.id });
-        }
-        self.decided.push((job.id, prio));
-        self.new_holds.insert(job.id, Hold { kind: HoldKind::Preempt { victims: victim_ids.clone() }, entries });
-        let named: Vec<String> = freed.iter().map(|v| format!("{} (priority {})", v.id, v.request.priority)).collect();
-        self.pending(
-            job.id,
-            PendingReason::Priority,
-            format!("needs {label}; preempting lower-priority job(s) {} to make room", named.join(", ")),
-        );
-        true
-    }
-
-    /// Whether GPU `g` has as many compute slices outside busy instances as one rank needs.
-    fn room_ignoring_idle(&self, ctx: &Ctx<'_>, g: usize) -> bool {
-        let gpu = &self.st.gpus[g];
-        let Some(needs) = ctx.needs.get(g).and_then(Option::as_ref) else { return false };
-        let need: u32 = needs.iter().map(|x| u32::from(x.min_compute)).sum();
-        let busy: u32 = gpu.insts.iter().filter(|w| !w.occupants.is_empty()).map(|w| u32::from(w.compute())).sum();
-        u32::from(gpu.model.compute_slices).saturating_sub(busy) >= need
-    }
-
-    /// The reason a job that could not be placed waits, and a sentence saying why.
-    fn classify(&mut self, job: &QueuedJob, ctx: &Ctx<'_>, fail: &Failure, label: &str) -> (PendingReason, String) {
-        let req = &job.request;
-        // Held back by the reservation?
-        if ctx.blocked.iter().any(|b| *b != 0) {
-            let zeros = vec![0u32; ctx.blocked.len()];
-            let free = Ctx { blocked: &zeros, ..*ctx };
-            if self.try_place(&free, true).is_ok()
-                && let Some(r) = &self.reservation
-            {
-                let gpus: Vec<String> = r.units.iter().map(|(g, _)| g.to_string()).collect();
-                let why = if !self.cfg.backfill {
-                    "backfill is off".to_string()
-                } else {
-                    match (r.at, req.expected_duration_ms()) {
-                        (None, _) => "its start time is unknown, so nothing may run there ahead of it".to_string(),
-                        (Some(_), None) => {
-                            "this job has no runtime estimate or time limit, so it cannot backfill".into()
-                        }
-                        (Some(t), Some(d)) => format!(
-                            "it should start in about {} and this job's {} would end after that",
-                            fmt_ms(t.saturating_sub(self.now)),
-                            fmt_ms(d)
-                        ),
-                    }
-                };
-                return (
-                    PendingReason::Reserved,
-                    format!(
-                        "needs {label}; the room it fits on GPU {} is reserved for job {} ({}); {why}",
-                        gpus.join(", "),
-                        r.job,
-                        r.label
-                    ),
-                );
-            }
-        }
-        let blocks = &fail.blocks;
-        if !blocks.is_empty()
-            && blocks.iter().all(|(_, b)| matches!(b, Block::Unhealthy | Block::NoProfile))
-            && blocks.iter().any(|(_, b)| *b == Block::Unhealthy)
-        {
-            let bad: Vec<String> = blocks
-                .iter()
-                .filter(|(_, b)| *b == Block::Unhealthy)
-                .map(|(g, _)| self.st.gpus[*g].gpu.to_string())
-                .collect();
-            return (
-                PendingReason::Health,
-                format!("needs {label}; only unhealthy GPU(s) {} could host it", bad.join(", ")),
-            );
-        }
-        // A reconfiguration in progress that may make room.
-        for (g, b) in blocks {
-            if *b == Block::Reconfiguring && self.room_ignoring_idle(ctx, *g) {
-                return (
-                    PendingReason::Reconfiguring,
-                    format!(
-                        "needs {label}; GPU {} is being repartitioned and may have room after",
-                        self.st.gpus[*g].gpu
-                    ),
-                );
-            }
-        }
-        // An unhealthy GPU that would have room.
-        let sick: Vec<String> = blocks
-            .iter()
-            .filter(|(g, b)| *b == Block::Unhealthy && self.room_ignoring_idle(ctx, *g))
-            .map(|(g, _)| self.st.gpus[*g].gpu.to_string())
-            .collect();
-        if !sick.is_empty() {
-            return (
-                PendingReason::Health,
-                format!(
-                    "needs {label}; GPU(s) {} are unhealthy and the healthy GPUs have no room for it",
-                    sick.join(", ")
-                ),
-            );
-        }
-        // Taken this round by jobs ahead of it?
-        if self.version > 0 && !self.decided.is_empty() && self.fits_at_start(ctx) {
-            let higher: Vec<JobId> = self.decided.iter().filter(|(_, p)| *p > req.priority).map(|(j, _)| *j).collect();
-            if !higher.is_empty() {
-                return (
-                    PendingReason::Priority,
-                    format!(
-                        "needs {label}; the room it fits was taken this round by higher-priority job(s) {}",
-                        list_ids(&higher)
-                    ),
-                );
-            }
-            let ahead: Vec<JobId> = self.decided.iter().map(|(j, _)| *j).collect();
-            return (
-                PendingReason::Capacity,
-                format!(
-                    "needs {label}; the room it fits was taken this round by job(s) {}, ahead of it in fair-share order",
-                    list_ids(&ahead)
-                ),
-            );
-        }
-        // Enough free slices, but no legal placement (with repartitioning off: enough slices
-        // in idle instances, but none of a shape that fits).
-        for (g, b) in blocks {
-            if let Block::NoRoom { free, need, idle, idle_compute, profile, repartition, .. } = b {
-                let gpu = self.st.gpus[*g].gpu;
-                if *repartition && free >= need {
-                    return (
-                        PendingReason::Fragmentation,
-                        format!(
-                            "needs {label}; GPU {gpu} has {free} free compute slices but no legal placement for {profile} (fragmentation)"
-                        ),
-                    );
-                }
-                if !*repartition && idle_compute >= need {
-                    return (
-                        PendingReason::Fragmentation,
-                        format!(
-                            "needs {label}; GPU {gpu} has {idle_compute} compute slices in idle instances ({}) but none fits it, and repartitioning is off (fragmentation)",
-                            idle.join(", ")
-                        ),
-                    );
-                }
-            }
-        }
-        for (g, b) in blocks {
-            if let Block::Host { node, free_cpus, free_mem, cpus, mem } = b {
-                let where_ = match node {
-                    Some(n) => format!("GPU {}'s host NUMA node {n}", self.st.gpus[*g].gpu),
-                    None => "the host".to_string(),
-                };
-                return (
-                    PendingReason::Capacity,
-                    format!(
-                        "needs {label} with {cpus} CPUs and {} of memory ({}); {where_} has {free_cpus} free CPUs and {}",
-                        fmt_mib(*mem),
-                        match req.numa {
-                            NumaPolicy::Local => "numa: local",
-                            NumaPolicy::Any => "numa: any",
-                        },
-                        fmt_mib(*free_mem)
-                    ),
-                );
-            }
-        }
-        if blocks.iter().any(|(_, b)| *b == Block::Quota) {
-            return (
-                PendingReason::Quota,
-                format!("needs {label}; the free instances it fits would take tenant {} past its quota", req.tenant),
-            );
-        }
-        let mut parts: Vec<String> = Vec::new();
-        for (g, b) in blocks.iter().take(4) {
-            let gpu = &self.st.gpus[*g];
-            parts.push(match b {
-                Block::NoRoom { free, idle_compute, repartition: true, .. } if idle_compute == free => {
-                    format!("GPU {} has {free} of {} compute slices free", gpu.gpu, gpu.model.compute_slices)
-                }
-                Block::NoRoom { free, idle_compute, repartition: true, .. } => format!(
-                    "GPU {} has {free} of {} compute slices free ({idle_compute} in idle instances)",
-                    gpu.gpu, gpu.model.compute_slices
-                ),
-                Block::NoRoom { idle_compute, .. } => format!(
-                    "GPU {} has {idle_compute} compute slices in free instances and repartitioning is off",
-                    gpu.gpu
-                ),
-                Block::Unhealthy => format!("GPU {} is unhealthy", gpu.gpu),
-                Block::Reconfiguring => format!("GPU {} is being repartitioned", gpu.gpu),
-                Block::NoProfile => format!("GPU {} ({}) has no profile for it", gpu.gpu, gpu.model.name),
-                Block::Plan(e) => format!("GPU {}: {e}", gpu.gpu),
-                Block::Quota => format!("GPU {}: only instances beyond the tenant's quota fit", gpu.gpu),
-                Block::Host { .. } => format!("GPU {}: its host NUMA node lacks CPUs or memory", gpu.gpu),
-            });
-        }
-        if blocks.len() > 4 {
-            parts.push(format!("{} more GPUs", blocks.len() - 4));
-        }
-        let rank =
-            if req.ranks > 1 { format!(" for rank {}", fail.rank / req.gpus_per_rank.max(1)) } else { String::new() };
-        (PendingReason::Capacity, format!("needs {label}; no room{rank}: {}", parts.join("; ")))
-    }
-
-    /// When and where the job could start soonest, replaying the expected ends of running jobs.
-    fn compute_reservation(&mut self, job: &QueuedJob, ctx: &Ctx<'_>, label: &str) -> Option<Reservation> {
-        let mut times: BTreeSet<u64> = BTreeSet::new();
-        for gpu in &self.st.gpus {
-            for w in &gpu.insts {
-                times.insert(release_of(w, &self.ends, job.id));
-            }
-        }
-        times.insert(self.now);
-        times.insert(u64::MAX);
-        let zeros = vec![0u32; ctx.blocked.len()];
-        let what_if = Ctx { blocked: &zeros, budget: None, ignore_host: true, ..*ctx };
-        for t in times {
-            let mut hyp = self.st.clone();
-            for gpu in &mut hyp.gpus {
-                for w in &mut gpu.insts {
-                    let r = release_of(w, &self.ends, job.id);
-                    if r <= t && r != u64::MAX {
-                        w.occupants.clear();
-                        w.held_for = None;
-                    }
-                }
-            }
-            if t == u64::MAX {
-                // Unknown ends: take the GPUs as if everything there had ended.
-                for gpu in &mut hyp.gpus {
-                    for w in &mut gpu.insts {
-                        if !w.planned && w.held_for.is_none_or(|h| h == job.id) {
-                            w.occupants.clear();
-                            w.held_for = None;
-                        }
-                    }
-                }
-            }
-            if let Ok((_, placed)) = attempt(&what_if, &hyp) {
-                let mut units: BTreeMap<u32, u32> = BTreeMap::new();
-                for (g, r) in &placed.ranks {
-                    let model = self.st.gpus[*g].model;
-                    if let Some(p) = model.profile_by_id(r.instance.profile_id) {
-                        *units.entry(r.gpu).or_default() |= unit_mask(r.instance.start, p.placement_size);
-                    }
-                }
-                return Some(Reservation {
-                    job: job.id,
-                    priority: job.request.priority,
-                    at: (t != u64::MAX).then_some(t.max(self.now)),
-                    units: units.into_iter().collect(),
-                    label: format!("needs {label}"),
-                });
-            }
-        }
-        None
     }
 }

@@ -13,7 +13,8 @@ use proptest::prelude::*;
 use tessera_mig::{Instance, Planner, Step, catalog};
 use tessera_sched::{
     ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, NumaPolicy, Occupant, QueuedJob,
-    RankPlacement, RunningJob, Scheduler, SchedulerConfig, Sharing, SliceQuota, Tenant, holdings, profile_memory_mib,
+    RankStart, RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement, SliceQuota, Tenant, holdings,
+    profile_memory_mib,
 };
 
 const MODELS: &[&str] = &["A30-24GB", "A100-40GB", "H100-80GB", "H200-141GB", "B200-180GB", "RTX-PRO-6000"];
@@ -191,7 +192,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         for _ in 0..n {
                             let id = next_running;
                             next_running += 1;
-                            iv.occupants.push(Occupant { job: id, sharing });
+                            iv.occupants.push(Occupant { job: id, sharing, user: (id % 2) as u32 });
                             let mut r = JobRequest::new(GpuRequest::ComputeSlices { slices: 1 });
                             r.sharing = sharing;
                             r.tenant = TENANTS[(id as usize) % TENANTS.len()].to_string();
@@ -201,12 +202,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                                 id,
                                 request: r,
                                 started_ms: 0,
-                                ranks: vec![RankPlacement {
-                                    gpu: v.gpu,
-                                    instance: *inst,
-                                    cpus: Vec::new(),
-                                    numa_node: None,
-                                }],
+                                ranks: vec![RankStart { rank: 0, slices: vec![SlicePlacement::new(v.gpu, *inst)] }],
+                                user: (id % 2) as u32,
                             });
                         }
                     }
@@ -230,6 +227,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     id: i as u64 + 1,
                     request: build_request(s, first),
                     submitted_ms: i as u64 % 3,
+                    user: (i % 2) as u32,
                 })
                 .collect();
             let quota = |q: Option<(u32, u32)>| q.map(|(c, m)| SliceQuota { compute_slices: c, memory_slices: m });
@@ -244,7 +242,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 ],
                 ..SchedulerConfig::default()
             };
-            Scenario { cluster: ClusterView { gpus: views, host }, queue, running, config }
+            Scenario { cluster: ClusterView { gpus: views, host, ..ClusterView::default() }, queue, running, config }
         })
 }
 
@@ -257,7 +255,9 @@ fn check(s: &Scenario, now: u64, d: &[Decision]) -> Result<(), String> {
     for x in d {
         match x {
             Decision::Start { job, .. } | Decision::Pending { job, .. } => *answers.entry(*job).or_default() += 1,
-            Decision::Reconfigure { for_job, .. } | Decision::Preempt { for_job, .. } => {
+            Decision::Reconfigure { for_job, .. }
+            | Decision::Preempt { for_job, .. }
+            | Decision::SetMigMode { for_job, .. } => {
                 if !queued.contains_key(for_job) {
                     return Err(format!("decision for unknown job {for_job}"));
                 }
@@ -285,13 +285,16 @@ fn check(s: &Scenario, now: u64, d: &[Decision]) -> Result<(), String> {
     let mut mem_used: BTreeMap<u32, u64> = BTreeMap::new();
     let mut started: Vec<RunningJob> = Vec::new();
     for x in d {
-        let Decision::Start { job, ranks } = x else { continue };
+        let Decision::Start { job, ranks: rank_starts } = x else { continue };
         let q = queued[job];
         let r = &q.request;
         let k = r.instances_per_rank();
-        if ranks.len() != r.ranks as usize * k {
-            return Err(format!("job {job}: {} placements for {} ranks × {k}", ranks.len(), r.ranks));
+        if rank_starts.len() != r.ranks as usize
+            || rank_starts.iter().enumerate().any(|(i, rs)| rs.rank as usize != i || rs.slices.len() != k)
+        {
+            return Err(format!("job {job}: ranks {rank_starts:?} for {} ranks × {k}", r.ranks));
         }
+        let ranks: Vec<SlicePlacement> = rank_starts.iter().flat_map(|rs| rs.slices.iter().cloned()).collect();
         for (n, p) in ranks.iter().enumerate() {
             let v = gpu(p.gpu).ok_or(format!("job {job} on missing GPU {}", p.gpu))?;
             if !v.healthy || v.reconfiguring {
@@ -303,12 +306,16 @@ fn check(s: &Scenario, now: u64, d: &[Decision]) -> Result<(), String> {
             if !r.fits_instance(v.model, n % k, &p.instance) {
                 return Err(format!("job {job}: {:?} does not fit slot {}", p.instance, n % k));
             }
-            if p.gpu != ranks[n - n % k].gpu {
+            if r.gpus_per_rank == 1 && p.gpu != ranks[n - n % k].gpu {
                 return Err(format!("job {job}: one rank's instances on several GPUs"));
             }
-            users.entry((p.gpu, p.instance)).or_default().push(Occupant { job: *job, sharing: r.sharing });
+            users.entry((p.gpu, p.instance)).or_default().push(Occupant {
+                job: *job,
+                sharing: r.sharing,
+                user: q.user,
+            });
             new_on.insert((p.gpu, p.instance));
-            for c in &p.cpus {
+            for c in &p.cpus() {
                 if !cpus_used.insert(*c) {
                     return Err(format!("CPU {c} given twice"));
                 }
@@ -316,16 +323,13 @@ fn check(s: &Scenario, now: u64, d: &[Decision]) -> Result<(), String> {
                     return Err(format!("CPU {c} was not free"));
                 }
             }
-            if n % k == 0
-                && (r.cpus > 0 || r.mem_mib > 0)
-                && let Some(node) = p.numa_node
-            {
-                *mem_used.entry(node).or_default() += r.mem_mib;
+            for share in &p.host {
+                *mem_used.entry(share.node).or_default() += share.mem_mib;
             }
         }
         if r.gpu_numa_local {
             let v = gpu(ranks[0].gpu).unwrap();
-            let node = |p: &RankPlacement| {
+            let node = |p: &SlicePlacement| {
                 v.model
                     .profile_by_id(p.instance.profile_id)
                     .and_then(|pr| v.model.gpu_numa_node(p.instance.start, pr.placement_size))
@@ -334,7 +338,13 @@ fn check(s: &Scenario, now: u64, d: &[Decision]) -> Result<(), String> {
                 return Err(format!("job {job}: NUMA-local ranks not in both halves of one GPU"));
             }
         }
-        started.push(RunningJob { id: *job, request: r.clone(), started_ms: now, ranks: ranks.clone() });
+        started.push(RunningJob {
+            id: *job,
+            request: r.clone(),
+            started_ms: now,
+            ranks: rank_starts.clone(),
+            user: q.user,
+        });
     }
     for (node, used) in &mem_used {
         let free = s.cluster.host.iter().find(|h| h.node == *node).map_or(0, |h| h.free_mem_mib);
@@ -500,6 +510,7 @@ fn generated_scenarios_exercise_every_kind_of_decision() {
                 Decision::Start { .. } => "start".to_string(),
                 Decision::Reconfigure { .. } => "reconfigure".to_string(),
                 Decision::Preempt { .. } => "preempt".to_string(),
+                Decision::SetMigMode { .. } => "mig-mode".to_string(),
                 Decision::Pending { reason, detail, .. } => {
                     if std::env::var("SHOW").is_ok_and(|v| v == reason.as_str()) {
                         eprintln!("{detail}");

@@ -87,10 +87,10 @@ fn a_rank_with_several_whole_gpus_gets_distinct_gpus_and_local_cpus() {
     assert_eq!(placed.len(), 3, "{d:?}");
     let gpus: std::collections::BTreeSet<u32> = placed.iter().map(|p| p.gpu).collect();
     assert_eq!(gpus.len(), 3, "{placed:?}");
-    assert_eq!(placed.iter().map(|p| p.cpus.len()).sum::<usize>(), 5, "{placed:?}");
+    assert_eq!(placed.iter().map(|p| p.cpus().len()).sum::<usize>(), 5, "{placed:?}");
     for p in placed {
         let local = if p.gpu < 2 { 0..4 } else { 4..8 };
-        assert!(p.cpus.iter().all(|c| local.contains(c)), "CPUs local to GPU {}: {placed:?}", p.gpu);
+        assert!(p.cpus().iter().all(|c| local.contains(c)), "CPUs local to GPU {}: {placed:?}", p.gpu);
     }
     // Five GPUs' worth cannot fit four GPUs: the job waits, all or nothing.
     r.gpus_per_rank = 5;
@@ -133,7 +133,7 @@ fn mps(pct: u8, pinned: Option<u64>) -> tessera_sched::Sharing {
 #[test]
 fn mps_shares_within_limits_and_refuses_beyond() {
     let m = model("H100-80GB");
-    let occ = vec![Occupant { job: 900, sharing: mps(60, Some(4000)) }];
+    let occ = vec![Occupant { job: 900, sharing: mps(60, Some(4000)), user: 0 }];
     // (pct, pinned, starts?)
     let cases: Vec<(u8, Option<u64>, bool)> = vec![
         (40, Some(4000), true),  // 100 %, 8,000 of 9,984 MiB
@@ -171,7 +171,9 @@ fn mps_shares_within_limits_and_refuses_beyond() {
 #[test]
 fn time_slice_replicas() {
     let ts = |n: usize| {
-        (0..n).map(|i| Occupant { job: 800 + i as u64, sharing: tessera_sched::Sharing::TimeSlice }).collect::<Vec<_>>()
+        (0..n)
+            .map(|i| Occupant { job: 800 + i as u64, sharing: tessera_sched::Sharing::TimeSlice, user: 0 })
+            .collect::<Vec<_>>()
     };
     let ts_req = || {
         let mut r = req(GpuRequest::ComputeSlices { slices: 1 });
@@ -208,29 +210,29 @@ fn cpus_come_from_the_gpus_numa_node() {
         let p = &ranks[0];
         let node = if p.gpu == 0 { 0 } else { 1 };
         assert_eq!(p.numa_node, Some(node));
-        assert_eq!(p.cpus.len(), 4);
-        assert!(p.cpus.iter().all(|c| (node * 8..node * 8 + 8).contains(c)), "{p:?}");
+        assert_eq!(p.cpus().len(), 4);
+        assert!(p.cpus().iter().all(|c| (node * 8..node * 8 + 8).contains(c)), "{p:?}");
     }
     // Node 0 has only 2 CPUs left: a local job cannot use GPU 0, one with numa: any can.
     let mut c = two_gpu_two_nodes();
     c.host[0].free_cpus = vec![0, 1];
-    c.gpus[1].instances[1].occupants = vec![Occupant { job: 902, sharing: Default::default() }];
+    c.gpus[1].instances[1].occupants = vec![Occupant { job: 902, sharing: Default::default(), user: 0 }];
     let d = one_round(&mut sched(), &c, vec![r.clone()]);
     let (reason, detail) = pending(&d, 1).unwrap();
-    assert_eq!(reason, PendingReason::Capacity);
+    assert_eq!(reason, PendingReason::HostCpus);
     assert!(detail.contains("host NUMA node 0") && detail.contains("2 free CPUs"), "{detail}");
     let mut any = r.clone();
     any.numa = NumaPolicy::Any;
     let d = one_round(&mut sched(), &c, vec![any]);
     let p = &starts(&d)[&1][0];
     assert_eq!((p.gpu, p.numa_node), (0, Some(1)));
-    assert!(p.cpus.iter().all(|c| (8..16).contains(c)));
+    assert!(p.cpus().iter().all(|c| (8..16).contains(c)));
     // Memory counts too.
     let mut c = two_gpu_two_nodes();
     c.host[0].free_mem_mib = 512;
     c.host[1].free_mem_mib = 512;
     let d = one_round(&mut sched(), &c, vec![r]);
-    assert_eq!(pending(&d, 1).unwrap().0, PendingReason::Capacity);
+    assert_eq!(pending(&d, 1).unwrap().0, PendingReason::HostMemory);
 }
 
 #[test]
@@ -244,7 +246,7 @@ fn cpus_are_never_given_twice() {
     let d = one_round(&mut sched(), &c, vec![r; 4]);
     let s = starts(&d);
     assert_eq!(s.len(), 4);
-    let mut all: Vec<u32> = s.values().flat_map(|r| r[0].cpus.clone()).collect();
+    let mut all: Vec<u32> = s.values().flat_map(|r| r[0].cpus().clone()).collect();
     let n = all.len();
     all.sort_unstable();
     all.dedup();
@@ -710,7 +712,7 @@ fn several_instances_per_rank_sit_on_one_gpu() {
         s.iter().map(|p| (p.gpu, p.instance)).collect::<Vec<_>>(),
         vec![(1, inst(m, "3g.40gb", 0)), (1, inst(m, "2g.20gb", 4))]
     );
-    assert_eq!(s[0].cpus.len() + s[1].cpus.len(), 3);
+    assert_eq!(s[0].cpus().len() + s[1].cpus().len(), 3);
 }
 
 #[test]
@@ -811,6 +813,8 @@ fn cluster_and_decisions_as_json() {
     let d = one_round(&mut sched(), &c, vec![r]);
     let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json[0]["decision"], "start");
-    assert_eq!(json[0]["ranks"][0]["cpus"], serde_json::json!([0]));
-    assert_eq!(json[0]["ranks"][0]["numa_node"], 1);
+    let rank = &json[0]["ranks"][0];
+    assert_eq!(rank["rank"], 0);
+    assert_eq!(rank["slices"][0]["host"][0], serde_json::json!({"node": 1, "cpus": [0], "mem_mib": 0}));
+    assert_eq!(rank["slices"][0]["numa_node"], 1);
 }

@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 
 use tessera_mig::{GpuModel, Instance, ProfileKind};
 use tessera_sched::{
-    ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, Occupant, PendingReason, QueuedJob,
-    RankPlacement, RunningJob, Scheduler, SchedulerConfig, Sharing,
+    ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, MIG_DEVICES_PER_PROCESS_R570,
+    Occupant, PendingReason, QueuedJob, RankStart, RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement,
 };
 
 use crate::spec::{ClusterSpec, PolicySpec, compute_only, compute_slices_for, resolve_layout};
@@ -189,7 +189,7 @@ struct Node {
 #[derive(Debug, Clone, Default)]
 struct JobState {
     node: u32,
-    ranks: Vec<RankPlacement>,
+    slices: Vec<SlicePlacement>,
     rate: f64,
     alone: f64,
     remaining: f64,
@@ -592,7 +592,7 @@ pub(crate) fn simulate(
             };
             nodes.push(Node {
                 sched: Scheduler::new(sched_cfg.clone()),
-                view: ClusterView { gpus, host },
+                view: ClusterView { gpus, host, max_mig_devices_per_process: MIG_DEVICES_PER_PROCESS_R570 },
                 running: Vec::new(),
                 bound: Vec::new(),
                 targets: vec![None; n],
@@ -933,7 +933,7 @@ impl Sim<'_> {
             request.cpus = self.jobs[j as usize].cpus;
             request.mem_mib = self.jobs[j as usize].host_mib;
         }
-        Some(QueuedJob { id: u64::from(j), request, submitted_ms: ms(self.jobs[j as usize].submit) })
+        Some(QueuedJob { id: u64::from(j), request, submitted_ms: ms(self.jobs[j as usize].submit), user: 0 })
     }
 
     /// One round of node `n`'s scheduler over its bound jobs (and `offered`); carry out the
@@ -962,7 +962,7 @@ impl Sim<'_> {
                     self.begin_reconfig(n, gpu, plan.target);
                 }
                 Decision::Pending { job, reason, .. } => pending.push((u32::try_from(job).unwrap_or(u32::MAX), reason)),
-                Decision::Preempt { .. } => {}
+                Decision::Preempt { .. } | Decision::SetMigMode { .. } => {}
             }
         }
         let mut outcome = Offer::Refused;
@@ -1040,7 +1040,7 @@ impl Sim<'_> {
                 Some(p) => old.swap_remove(p).occupants,
                 None => Vec::new(),
             };
-            next.push(InstanceView { instance: inst, occupants: occ });
+            next.push(InstanceView { instance: inst, occupants: occ, healthy: true });
         }
         for o in old {
             if o.is_busy() {
@@ -1066,8 +1066,9 @@ impl Sim<'_> {
         interpolate(&self.jobs[j as usize].curve, f).max(1e-6)
     }
 
-    fn start(&mut self, n: usize, j: u32, ranks: Vec<RankPlacement>) {
+    fn start(&mut self, n: usize, j: u32, rank_starts: Vec<RankStart>) {
         let Some(s) = self.cur_shape[j as usize] else { return };
+        let ranks: Vec<SlicePlacement> = rank_starts.iter().flat_map(|r| r.slices.iter().cloned()).collect();
         self.take_host(n, j, &ranks, true);
         if self.records[j as usize].start.is_some() {
             self.violations.push(format!("job {j} started twice"));
@@ -1098,7 +1099,7 @@ impl Sim<'_> {
             if !inst.occupants.is_empty() && exclusive_conflict {
                 self.violations.push(format!("job {j}: instance {:?} on GPU {} double-booked", r.instance, r.gpu));
             }
-            inst.occupants.push(Occupant { job: u64::from(j), sharing });
+            inst.occupants.push(Occupant { job: u64::from(j), sharing, user: 0 });
             self.mark(n, g);
             let c = model.profile_by_id(r.instance.profile_id).map_or(0.0, |p| f64::from(p.compute_slices));
             alloc += c * pct.map_or(1.0, |p| f64::from(p) / 100.0);
@@ -1117,11 +1118,17 @@ impl Sim<'_> {
         self.settle_ledger();
         self.held[tenant] += alloc;
         let request = self.queued_job(j, n).map(|q| q.request).unwrap_or_else(|| JobRequest::new(GpuRequest::WholeGpu));
-        self.nodes[n].running.push(RunningJob { id: u64::from(j), request, started_ms: ms(now), ranks: ranks.clone() });
+        self.nodes[n].running.push(RunningJob {
+            id: u64::from(j),
+            request,
+            started_ms: ms(now),
+            ranks: rank_starts,
+            user: 0,
+        });
         self.records[j as usize].start = Some(now);
         let st = &mut self.state[j as usize];
         st.node = u32::try_from(n).unwrap_or(u32::MAX);
-        st.ranks = ranks;
+        st.slices = ranks;
         st.alone = speed;
         st.rate = 0.0;
         st.remaining = job.duration;
@@ -1165,7 +1172,7 @@ impl Sim<'_> {
         let st = std::mem::take(&mut self.state[j as usize]);
         let n = st.node as usize;
         let mut shared: Option<(usize, usize)> = None;
-        for r in &st.ranks {
+        for r in &st.slices {
             let node = &mut self.nodes[n];
             let Some(g) = node.view.gpus.iter().position(|x| x.gpu == r.gpu) else { continue };
             let gv = &mut node.view.gpus[g];
@@ -1177,7 +1184,7 @@ impl Sim<'_> {
             }
             self.mark(n, g);
         }
-        self.take_host(n, j, &st.ranks, false);
+        self.take_host(n, j, &st.slices, false);
         self.nodes[n].running.retain(|r| r.id != u64::from(j));
         self.alloc -= st.alloc;
         self.busy -= st.alloc * st.rate;
@@ -1198,21 +1205,18 @@ impl Sim<'_> {
         }
     }
 
-    /// Take (at start) or give back (at finish) the host CPUs and memory of job `j`'s ranks on
-    /// node `n`, as the daemon's view of the host would change. A CPU taken twice is a broken
-    /// invariant.
-    fn take_host(&mut self, n: usize, j: u32, ranks: &[RankPlacement], take: bool) {
+    /// Take (at start) or give back (at finish) the host CPUs and memory of job `j`'s slices on
+    /// node `n`, as the daemon's view of the host would change: exactly the shares the
+    /// scheduler gave each slice. A CPU taken twice is a broken invariant.
+    fn take_host(&mut self, n: usize, j: u32, slices: &[SlicePlacement], take: bool) {
         if self.params.host_cpus_per_gpu == 0 {
             return;
         }
-        // One placement per rank here (a rank holds one instance), so each takes the rank's memory.
-        let share = self.jobs[j as usize].host_mib;
         let host = &mut self.nodes[n].view.host;
-        for r in ranks {
-            let Some(k) = r.numa_node.or_else(|| host.first().map(|h| h.node)) else { continue };
-            let Some(h) = host.iter_mut().find(|h| h.node == k) else { continue };
+        for share in slices.iter().flat_map(|s| s.host.iter()) {
+            let Some(h) = host.iter_mut().find(|h| h.node == share.node) else { continue };
             if take {
-                for c in &r.cpus {
+                for c in &share.cpus {
                     match h.free_cpus.iter().position(|x| x == c) {
                         Some(p) => {
                             h.free_cpus.swap_remove(p);
@@ -1220,11 +1224,11 @@ impl Sim<'_> {
                         None => self.violations.push(format!("job {j}: CPU {c} on node {n} taken twice")),
                     }
                 }
-                h.free_mem_mib = h.free_mem_mib.saturating_sub(share);
+                h.free_mem_mib = h.free_mem_mib.saturating_sub(share.mem_mib);
             } else {
-                h.free_cpus.extend(r.cpus.iter().copied());
+                h.free_cpus.extend(share.cpus.iter().copied());
                 h.free_cpus.sort_unstable();
-                h.free_mem_mib += share;
+                h.free_mem_mib += share.mem_mib;
             }
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use tessera_mig::{GpuModel, Instance, catalog};
 use tessera_sched::{
     ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobId, JobRequest, Occupant, PendingReason,
-    QueuedJob, RankPlacement, RunningJob, Scheduler, Sharing,
+    QueuedJob, RankStart, RunningJob, Scheduler, Sharing, SlicePlacement,
 };
 
 pub fn model(name: &str) -> &'static GpuModel {
@@ -32,14 +32,15 @@ pub fn gpu(index: u32, model_name: &str, numa: Option<u32>, instances: &[(&str, 
         .iter()
         .map(|(p, s, occ)| InstanceView {
             instance: inst(m, p, *s),
-            occupants: occ.map(|job| vec![Occupant { job, sharing: Sharing::Exclusive }]).unwrap_or_default(),
+            occupants: occ.map(|job| vec![Occupant { job, sharing: Sharing::Exclusive, user: 0 }]).unwrap_or_default(),
+            healthy: true,
         })
         .collect();
     g
 }
 
 pub fn cluster(gpus: Vec<GpuView>) -> ClusterView {
-    ClusterView { gpus, host: Vec::new() }
+    ClusterView { gpus, ..ClusterView::default() }
 }
 
 pub fn host_node(node: u32, cpus: std::ops::Range<u32>, mem_mib: u64) -> HostNuma {
@@ -55,10 +56,22 @@ pub fn profile(name: &str) -> GpuRequest {
 }
 
 pub fn queued(id: JobId, request: JobRequest) -> QueuedJob {
-    QueuedJob { id, request, submitted_ms: id }
+    QueuedJob { id, request, submitted_ms: id, user: 0 }
 }
 
-pub fn starts(decisions: &[Decision]) -> BTreeMap<JobId, Vec<RankPlacement>> {
+/// Every start, as its slices in rank order.
+pub fn starts(decisions: &[Decision]) -> BTreeMap<JobId, Vec<SlicePlacement>> {
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Start { job, ranks } => Some((*job, ranks.iter().flat_map(|r| r.slices.clone()).collect())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every start, as its ranks.
+pub fn rank_starts(decisions: &[Decision]) -> BTreeMap<JobId, Vec<RankStart>> {
     decisions
         .iter()
         .filter_map(|d| match d {
@@ -97,15 +110,16 @@ pub fn preempts(decisions: &[Decision]) -> Vec<(JobId, JobId)> {
 
 /// A running job occupying the given instances exclusively (and the matching view entries).
 pub fn running(id: JobId, request: JobRequest, started_ms: u64, at: &[(u32, Instance)]) -> RunningJob {
-    RunningJob {
-        id,
-        request,
-        started_ms,
-        ranks: at
-            .iter()
-            .map(|(g, i)| RankPlacement { gpu: *g, instance: *i, cpus: Vec::new(), numa_node: None })
-            .collect(),
-    }
+    let per = request.instances_per_rank().max(1);
+    let ranks = at
+        .chunks(per)
+        .enumerate()
+        .map(|(r, chunk)| RankStart {
+            rank: u32::try_from(r).unwrap(),
+            slices: chunk.iter().map(|(g, i)| SlicePlacement::new(*g, *i)).collect(),
+        })
+        .collect();
+    RunningJob { id, request, started_ms, ranks, user: 0 }
 }
 
 /// Carries decisions out round by round, as the daemon would, with jobs ending after a given
@@ -145,7 +159,7 @@ impl Sim {
         if let Some(r) = runtime_ms {
             self.runtime.insert(id, r);
         }
-        self.queue.push(QueuedJob { id, request, submitted_ms: self.now });
+        self.queue.push(QueuedJob { id, request, submitted_ms: self.now, user: 0 });
     }
 
     fn remove_job(&mut self, id: JobId) -> Option<RunningJob> {
@@ -156,12 +170,11 @@ impl Sim {
                 i.occupants.retain(|o| o.job != id);
             }
         }
-        for r in &job.ranks {
-            if let Some(n) = r.numa_node
-                && let Some(h) = self.cluster.host.iter_mut().find(|h| h.node == n)
-            {
-                h.free_cpus.extend(r.cpus.iter().copied());
+        for share in job.slices().flat_map(|s| s.host.iter()) {
+            if let Some(h) = self.cluster.host.iter_mut().find(|h| h.node == share.node) {
+                h.free_cpus.extend(share.cpus.iter().copied());
                 h.free_cpus.sort_unstable();
+                h.free_mem_mib += share.mem_mib;
             }
         }
         Some(job)
@@ -198,14 +211,15 @@ impl Sim {
                 Decision::Start { job, ranks } => {
                     let Some(pos) = self.queue.iter().position(|q| q.id == *job) else { continue };
                     let q = self.queue.remove(pos);
-                    for r in ranks {
+                    for r in ranks.iter().flat_map(|r| r.slices.iter()) {
                         let g = self.cluster.gpus.iter_mut().find(|g| g.gpu == r.gpu).unwrap();
                         let i = g.instances.iter_mut().find(|i| i.instance == r.instance).unwrap();
-                        i.occupants.push(Occupant { job: *job, sharing: q.request.sharing });
-                        if let Some(n) = r.numa_node
-                            && let Some(h) = self.cluster.host.iter_mut().find(|h| h.node == n)
-                        {
-                            h.free_cpus.retain(|c| !r.cpus.contains(c));
+                        i.occupants.push(Occupant { job: *job, sharing: q.request.sharing, user: q.user });
+                        for share in &r.host {
+                            if let Some(h) = self.cluster.host.iter_mut().find(|h| h.node == share.node) {
+                                h.free_cpus.retain(|c| !share.cpus.contains(c));
+                                h.free_mem_mib -= share.mem_mib;
+                            }
                         }
                     }
                     self.started_at.insert(*job, now);
@@ -214,6 +228,7 @@ impl Sim {
                         request: q.request,
                         started_ms: now,
                         ranks: ranks.clone(),
+                        user: q.user,
                     });
                 }
                 Decision::Reconfigure { gpu, plan, .. } => {
@@ -235,6 +250,13 @@ impl Sim {
                 Decision::Preempt { job, .. } => {
                     self.remove_job(*job);
                     self.preempted.push(*job);
+                }
+                Decision::SetMigMode { gpu, enabled, .. } => {
+                    let g = self.cluster.gpus.iter_mut().find(|g| g.gpu == *gpu).unwrap();
+                    assert!(g.instances.iter().all(|i| i.occupants.is_empty()), "switched a busy GPU");
+                    let whole = GpuView::whole(g.gpu, g.model);
+                    g.mig = *enabled;
+                    g.instances = if *enabled { Vec::new() } else { whole.instances };
                 }
                 Decision::Pending { .. } => {}
             }

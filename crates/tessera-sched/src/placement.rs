@@ -24,8 +24,8 @@ use tessera_mig::layout::{instance_label, unit_mask};
 use tessera_mig::{CurrentInstance, GpuModel, Instance, Placement, Planner, Profile, ReconfigurePlan, Wanted};
 
 use crate::cluster::{ClusterView, JobId, Occupant};
+use crate::job::{HostShare, RankStart, SlicePlacement};
 use crate::request::{JobRequest, Need, NumaPolicy, Sharing, effective_compute, profile_memory_mib};
-use crate::scheduler::RankPlacement;
 
 /// Up to this many idle instances on one GPU, every subset is tried when choosing which to
 /// destroy; above it, only "none" and "all".
@@ -43,6 +43,8 @@ pub(crate) struct WInst {
     pub planned: bool,
     /// Only this job may use it (a reconfiguration or preemption made room for it).
     pub held_for: Option<JobId>,
+    /// An unhealthy instance gets no new work.
+    pub healthy: bool,
 }
 
 impl WInst {
@@ -58,6 +60,11 @@ pub(crate) struct WGpu {
     pub model: &'static GpuModel,
     pub numa_node: Option<u32>,
     pub healthy: bool,
+    pub health_note: Option<String>,
+    pub drained: bool,
+    /// MIG is on (off: one whole-GPU instance, never reshaped).
+    pub mig: bool,
+    pub mig_capable: bool,
     pub reconfiguring: bool,
     pub insts: Vec<WInst>,
     /// The first job a reconfiguration of this GPU was decided for this round (later jobs may
@@ -87,6 +94,8 @@ pub(crate) struct HostNode {
 pub(crate) struct WState {
     pub gpus: Vec<WGpu>,
     pub host: BTreeMap<u32, HostNode>,
+    /// MIG devices one process may use (the driver's rule).
+    pub max_mig: u32,
 }
 
 impl WState {
@@ -112,6 +121,7 @@ impl WState {
                         occupants: iv.occupants.clone(),
                         planned: false,
                         held_for: None,
+                        healthy: iv.healthy,
                     }
                 })
                 .collect();
@@ -120,6 +130,10 @@ impl WState {
                 model: g.model,
                 numa_node: g.numa_node,
                 healthy: g.healthy,
+                health_note: g.health_note.clone(),
+                drained: g.drained,
+                mig: g.mig,
+                mig_capable: g.mig_capable,
                 reconfiguring: g.reconfiguring,
                 insts,
                 planned_by: None,
@@ -139,7 +153,7 @@ impl WState {
             cpus.sort_unstable();
             host.insert(h.node, HostNode { cpus, mem: h.free_mem_mib });
         }
-        WState { gpus, host }
+        WState { gpus, host, max_mig: view.max_mig_devices_per_process.max(1) }
     }
 
     pub fn pos_of(&self, gpu: u32) -> Option<usize> {
@@ -169,6 +183,8 @@ pub(crate) fn charge_milli(p: &Profile, sharing: &Sharing, replicas: u32) -> (u6
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ctx<'a> {
     pub id: JobId,
+    /// The uid the job runs as.
+    pub user: u32,
     pub req: &'a JobRequest,
     /// Per GPU position: what one rank needs on that GPU's model (`None`: nothing fits there).
     pub needs: &'a [Option<Vec<Need>>],
@@ -187,7 +203,14 @@ pub(crate) struct Ctx<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Block {
     Unhealthy,
+    Drained,
     Reconfiguring,
+    /// MIG is off on the GPU and the request names a MIG profile.
+    MigOff,
+    /// The rank would see more MIG devices than the driver lets one process use.
+    MigPerProcess {
+        limit: u32,
+    },
     /// No profile of the GPU's model satisfies the request.
     NoProfile,
     /// No free instance fits and no repartition makes one.
@@ -204,6 +227,8 @@ pub(crate) enum Block {
         repartition: bool,
         /// Some units are reserved for another job.
         reserved: bool,
+        /// Unhealthy instances that would have fitted.
+        unhealthy: Vec<String>,
     },
     /// Only instances beyond the tenant's quota would fit.
     Quota,
@@ -229,8 +254,8 @@ pub(crate) struct Failure {
 /// A successful attempt.
 #[derive(Debug, Clone)]
 pub(crate) struct Placed {
-    /// One entry per instance, rank-major; GPU position, not index.
-    pub ranks: Vec<(usize, RankPlacement)>,
+    /// One entry per slice, rank-major: GPU position (not index), rank, the slice.
+    pub ranks: Vec<(usize, u32, SlicePlacement)>,
     /// Reconfigurations needed first (GPU position, the GPU's whole plan for this round, from
     /// the layout at the start of the round).
     pub plans: Vec<(usize, ReconfigurePlan)>,
@@ -241,6 +266,18 @@ pub(crate) struct Placed {
 impl Placed {
     pub fn starts_now(&self) -> bool {
         self.plans.is_empty()
+    }
+
+    /// The slices grouped by rank, as a start decision lists them.
+    pub fn rank_starts(&self) -> Vec<RankStart> {
+        let mut out: Vec<RankStart> = Vec::new();
+        for (_, rank, slice) in &self.ranks {
+            match out.last_mut() {
+                Some(r) if r.rank == *rank => r.slices.push(slice.clone()),
+                _ => out.push(RankStart { rank: *rank, slices: vec![slice.clone()] }),
+            }
+        }
+        out
     }
 }
 
@@ -269,21 +306,23 @@ enum Pick {
 
 #[derive(Debug, Clone)]
 struct HostPick {
-    /// CPUs per rank of the group.
-    per_rank: Vec<Vec<u32>>,
+    /// What each rank of the group takes, per host NUMA node.
+    per_rank: Vec<Vec<HostShare>>,
     numa_node: Option<u32>,
     /// (node, cpus, memory) to take.
     take: Vec<(u32, Vec<u32>, u64)>,
     far: u8,
 }
 
-type Cost = (u8, usize, u32, u8, u8, usize);
+/// Class, idle instances destroyed, MIG devices for a multi-GPU rank (no peer-to-peer),
+/// waste, away from the rank's other GPUs' NUMA node, reclaimable compute left, host far, GPU.
+type Cost = (u8, usize, u8, u32, u8, u8, u8, usize);
 /// How a free instance ranks for a slot: class, join first, size, load (most first), start.
 type PickKey = (u8, u8, u8, u8, u64, std::cmp::Reverse<u32>, u8);
 /// Picks for every slot, instances to destroy, and the option's class.
 type RawOption = (Vec<(Slot, Pick)>, Vec<usize>, u8);
-/// (rank, index in rank, GPU position, instance, the rank's CPUs, NUMA node).
-type Entry = (u32, usize, usize, Instance, Vec<u32>, Option<u32>);
+/// (rank, index in rank, GPU position, instance, the rank's host shares, NUMA node).
+type Entry = (u32, usize, usize, Instance, Vec<HostShare>, Option<u32>);
 
 #[derive(Debug, Clone)]
 struct GroupOption {
@@ -298,7 +337,7 @@ struct GroupOption {
 fn use_kind(ctx: &Ctx<'_>, model: &GpuModel, w: &WInst, blocked: u32) -> Option<Use> {
     // What is held for this job is its own, whatever else is reserved.
     let blocked = if w.held_for == Some(ctx.id) { 0 } else { blocked };
-    if w.planned || w.profile.is_none() || w.mask & blocked != 0 {
+    if w.planned || w.profile.is_none() || !w.healthy || w.mask & blocked != 0 {
         return None;
     }
     if w.held_for.is_some_and(|h| h != ctx.id) {
@@ -312,6 +351,10 @@ fn use_kind(ctx: &Ctx<'_>, model: &GpuModel, w: &WInst, blocked: u32) -> Option<
         || w.occupants.iter().any(|o| o.job == ctx.id || !sharing.compatible_with(&o.sharing))
         || w.held_for.is_some()
     {
+        return None;
+    }
+    // An MPS control daemon serves one user: another user's jobs wait for another share.
+    if matches!(sharing, Sharing::Mps { .. }) && w.occupants.iter().any(|o| o.user != ctx.user) {
         return None;
     }
     match sharing {
@@ -352,6 +395,45 @@ fn slots_for(ctx: &Ctx<'_>, g: usize, ranks: &[u32], numa_pair: bool) -> Option<
     }
 }
 
+/// Splits what a group takes (per node: CPUs, memory) into each rank's shares, in order:
+/// rank 0 gets the first `per_cpus` CPUs and `per_mem` MiB, and so on.
+fn split_take(take: &[(u32, Vec<u32>, u64)], nranks: usize, per_cpus: usize, per_mem: u64) -> Vec<Vec<HostShare>> {
+    let cpus: Vec<(u32, u32)> = take.iter().flat_map(|(n, c, _)| c.iter().map(move |c| (*n, *c))).collect();
+    let mut mem_left: Vec<(u32, u64)> = take.iter().map(|(n, _, m)| (*n, *m)).collect();
+    let share = |shares: &mut Vec<HostShare>, node: u32| -> usize {
+        match shares.iter().position(|h| h.node == node) {
+            Some(i) => i,
+            None => {
+                shares.push(HostShare { node, cpus: Vec::new(), mem_mib: 0 });
+                shares.len() - 1
+            }
+        }
+    };
+    (0..nranks)
+        .map(|r| {
+            let mut shares: Vec<HostShare> = Vec::new();
+            for &(node, cpu) in cpus.iter().skip(r.saturating_mul(per_cpus)).take(per_cpus) {
+                let i = share(&mut shares, node);
+                shares[i].cpus.push(cpu);
+            }
+            let mut want = per_mem;
+            for (node, left) in &mut mem_left {
+                if want == 0 {
+                    break;
+                }
+                let m = (*left).min(want);
+                if m > 0 {
+                    let i = share(&mut shares, *node);
+                    shares[i].mem_mib += m;
+                    *left -= m;
+                    want -= m;
+                }
+            }
+            shares
+        })
+        .collect()
+}
+
 fn host_pick(
     req: &JobRequest,
     first_unit: u32,
@@ -363,26 +445,25 @@ fn host_pick(
     // pairs, whose ranks hold one GPU each).
     let unit = first_unit;
     let per = usize::try_from(req.unit_cpus(unit)).unwrap_or(usize::MAX);
+    let per_mem = req.unit_mem_mib(unit);
     let cpus = per.saturating_mul(nranks);
-    let mem = req.unit_mem_mib(unit).saturating_mul(nranks as u64);
-    let split = |list: Vec<u32>| -> Vec<Vec<u32>> {
-        (0..nranks).map(|r| list.iter().skip(r * per).take(per).copied().collect()).collect()
+    let mem = per_mem.saturating_mul(nranks as u64);
+    let pick = |take: Vec<(u32, Vec<u32>, u64)>, numa_node: Option<u32>, far: u8| HostPick {
+        per_rank: split_take(&take, nranks, per, per_mem),
+        numa_node,
+        take,
+        far,
     };
     let bind_unknown = matches!(req.numa, NumaPolicy::Any);
     if cpus == 0 && mem == 0 {
         return Ok(HostPick { per_rank: vec![Vec::new(); nranks], numa_node: gpu_numa, take: Vec::new(), far: 0 });
     }
     let fits = |n: &HostNode| n.cpus.len() >= cpus && n.mem >= mem;
-    let take_one = |node: u32, n: &HostNode| -> (Vec<u32>, (u32, Vec<u32>, u64)) {
-        let list: Vec<u32> = n.cpus.iter().take(cpus).copied().collect();
-        (list.clone(), (node, list, mem))
-    };
+    let take_one =
+        |node: u32, n: &HostNode| -> (u32, Vec<u32>, u64) { (node, n.cpus.iter().take(cpus).copied().collect(), mem) };
     if let (NumaPolicy::Local, Some(node)) = (req.numa, gpu_numa) {
         return match host.get(&node) {
-            Some(n) if fits(n) => {
-                let (list, take) = take_one(node, n);
-                Ok(HostPick { per_rank: split(list), numa_node: Some(node), take: vec![take], far: 0 })
-            }
+            Some(n) if fits(n) => Ok(pick(vec![take_one(node, n)], Some(node), 0)),
             other => Err(Block::Host {
                 node: Some(node),
                 free_cpus: other.map_or(0, |n| n.cpus.len()),
@@ -397,15 +478,13 @@ fn host_pick(
         && let Some(n) = host.get(&node)
         && fits(n)
     {
-        let (list, take) = take_one(node, n);
-        return Ok(HostPick { per_rank: split(list), numa_node: Some(node), take: vec![take], far: 0 });
+        return Ok(pick(vec![take_one(node, n)], Some(node), 0));
     }
     let mut nodes: Vec<(&u32, &HostNode)> = host.iter().collect();
     nodes.sort_by_key(|(id, n)| (std::cmp::Reverse(n.cpus.len()), std::cmp::Reverse(n.mem), **id));
     if let Some((id, n)) = nodes.iter().find(|(_, n)| fits(n)) {
-        let (list, take) = take_one(**id, n);
         let numa_node = if bind_unknown || gpu_numa.is_some() { Some(**id) } else { None };
-        return Ok(HostPick { per_rank: split(list), numa_node, take: vec![take], far: u8::from(gpu_numa.is_some()) });
+        return Ok(pick(vec![take_one(**id, n)], numa_node, u8::from(gpu_numa.is_some())));
     }
     let total_cpus: usize = host.values().map(|n| n.cpus.len()).sum();
     let total_mem: u64 = host.values().map(|n| n.mem).sum();
@@ -415,18 +494,16 @@ fn host_pick(
     let mut need_c = cpus;
     let mut need_m = mem;
     let mut take = Vec::new();
-    let mut list = Vec::new();
     for (id, n) in host {
         let c: Vec<u32> = n.cpus.iter().take(need_c).copied().collect();
         let m = n.mem.min(need_m);
         need_c -= c.len();
         need_m -= m;
         if !c.is_empty() || m > 0 {
-            list.extend(c.iter().copied());
             take.push((*id, c, m));
         }
     }
-    Ok(HostPick { per_rank: split(list), numa_node: None, take, far: 1 })
+    Ok(pick(take, None, 1))
 }
 
 /// New instances for `creates` next to `existing`, avoiding `blocked` units.
@@ -546,6 +623,18 @@ fn sub_budget(budget: Option<(u64, u64)>, charge: (u64, u64)) -> Option<Option<(
 }
 
 /// The best way to place one group (a rank, or both ranks of a `gpu_numa_local` job) on GPU `g`.
+/// What the GPUs already chosen for one rank mean for the next one: a process sees every
+/// device of its rank, and the driver limits MIG devices per process.
+#[derive(Debug, Clone, Copy, Default)]
+struct RankSoFar {
+    /// MIG devices the rank already has.
+    mig: u32,
+    /// GPUs with MIG off the rank already has.
+    whole: u32,
+    /// The host NUMA node of the rank's first GPU, once it has one.
+    first_numa: Option<Option<u32>>,
+}
+
 fn eval_gpu(
     ctx: &Ctx<'_>,
     st: &WState,
@@ -553,15 +642,36 @@ fn eval_gpu(
     ranks: &[u32],
     numa_pair: bool,
     budget: Option<(u64, u64)>,
+    so_far: RankSoFar,
 ) -> Result<GroupOption, Block> {
     let gpu = &st.gpus[g];
     if !gpu.healthy {
         return Err(Block::Unhealthy);
     }
+    if gpu.drained {
+        return Err(Block::Drained);
+    }
     if gpu.reconfiguring {
         return Err(Block::Reconfiguring);
     }
     let Some(slots) = slots_for(ctx, g, ranks, numa_pair) else { return Err(Block::NoProfile) };
+    if !gpu.mig && slots.iter().any(|s| s.need.mig_only) {
+        return Err(Block::MigOff);
+    }
+    // Slices per process on this GPU (a NUMA pair is two processes of one slice each).
+    let per_process = if numa_pair { 1 } else { u32::try_from(slots.len()).unwrap_or(u32::MAX) };
+    if gpu.mig {
+        let mig = so_far.mig.saturating_add(per_process);
+        // Before R570 a process sees one MIG device, and then no GPU with MIG off.
+        if mig > st.max_mig || (st.max_mig <= 1 && so_far.whole > 0) {
+            return Err(Block::MigPerProcess { limit: st.max_mig });
+        }
+    } else if st.max_mig <= 1 && so_far.mig > 0 {
+        return Err(Block::MigPerProcess { limit: st.max_mig });
+    }
+    let multi_gpu = ctx.req.gpus_per_rank > 1;
+    let p2p = u8::from(multi_gpu && gpu.mig);
+    let away = u8::from(so_far.first_numa.is_some_and(|first| first != gpu.numa_node));
     let model = gpu.model;
     let blocked = ctx.blocked.get(g).copied().unwrap_or(0);
     let uses: Vec<Option<Use>> = gpu.insts.iter().map(|w| use_kind(ctx, model, w, blocked)).collect();
@@ -668,7 +778,7 @@ fn eval_gpu(
         options.push((picks, Vec::new(), class));
     }
     let needs_create = numa_pair || chosen.iter().any(|c| !matches!(c, Some((_, 0))));
-    if ctx.repartition && gpu.valid_layout && needs_create {
+    if ctx.repartition && gpu.mig && gpu.valid_layout && needs_create {
         // Keep exact picks (never for a NUMA pair: both are created by the NUMA search).
         let keep: Vec<Option<usize>> = if numa_pair {
             vec![None; slots.len()]
@@ -735,8 +845,16 @@ fn eval_gpu(
                 Err(b) => return Err(b.clone()),
             }
         };
-        let cost: Cost =
-            (class, destroy.len(), waste_of(&picks), reclaimable_after(&picks), hp.as_ref().map_or(0, |h| h.far), g);
+        let cost: Cost = (
+            class,
+            destroy.len(),
+            p2p,
+            waste_of(&picks),
+            away,
+            reclaimable_after(&picks),
+            hp.as_ref().map_or(0, |h| h.far),
+            g,
+        );
         if best.as_ref().is_none_or(|b| cost < b.cost) {
             best = Some(GroupOption { g, cost, picks, destroy, host: hp, charge });
         }
@@ -775,14 +893,24 @@ fn eval_gpu(
         )
         .unwrap_or(u8::MAX),
         profile,
-        repartition: ctx.repartition,
+        repartition: ctx.repartition && gpu.mig,
         reserved: blocked != 0,
+        unhealthy: gpu
+            .insts
+            .iter()
+            .filter(|w| {
+                !w.healthy
+                    && w.occupants.is_empty()
+                    && w.profile.is_some_and(|p| slots.iter().any(|s| s.need.accepts(model, p, w.inst.compute)))
+            })
+            .map(|w| gpu.label(&w.inst))
+            .collect(),
     })
 }
 
 /// Apply a chosen option to the state; returns (slot, instance) for every pick.
 fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance)> {
-    let occupant = Occupant { job: ctx.id, sharing: ctx.req.sharing };
+    let occupant = Occupant { job: ctx.id, sharing: ctx.req.sharing, user: ctx.user };
     let gpu = &mut st.gpus[o.g];
     let mut out = Vec::new();
     for (slot, pick) in &o.picks {
@@ -810,6 +938,7 @@ fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance
                 occupants: vec![occupant],
                 planned: true,
                 held_for: Some(ctx.id),
+                healthy: true,
             });
             gpu.planned_by.get_or_insert(ctx.id);
         }
@@ -830,17 +959,22 @@ pub(crate) fn attempt(ctx: &Ctx<'_>, st: &WState) -> Result<(WState, Placed), Fa
     let mut s = st.clone();
     let mut budget = ctx.budget;
     let mut charge = (0u64, 0u64);
+    let per_rank = ctx.req.gpus_per_rank.max(1);
+    // Groups of placement units placed together; unit `u` belongs to rank `u / gpus_per_rank`.
     let groups: Vec<(Vec<u32>, bool)> = if ctx.req.gpu_numa_local {
         vec![((0..ctx.req.ranks).collect(), true)]
     } else {
-        (0..ctx.req.placement_units()).map(|r| (vec![r], false)).collect()
+        (0..ctx.req.placement_units()).map(|u| (vec![u], false)).collect()
     };
+    let mut so_far: BTreeMap<u32, RankSoFar> = BTreeMap::new();
     let mut entries: Vec<Entry> = Vec::new();
-    for (ranks, pair) in &groups {
+    for (units, pair) in &groups {
+        let rank = units.first().copied().unwrap_or(0) / per_rank;
+        let before = if *pair { RankSoFar::default() } else { so_far.get(&rank).copied().unwrap_or_default() };
         let mut best: Option<GroupOption> = None;
         let mut blocks = Vec::new();
         for g in 0..s.gpus.len() {
-            match eval_gpu(ctx, &s, g, ranks, *pair, budget) {
+            match eval_gpu(ctx, &s, g, units, *pair, budget, before) {
                 Ok(o) => {
                     if best.as_ref().is_none_or(|b| o.cost < b.cost) {
                         best = Some(o);
@@ -850,41 +984,45 @@ pub(crate) fn attempt(ctx: &Ctx<'_>, st: &WState) -> Result<(WState, Placed), Fa
             }
         }
         let Some(o) = best else {
-            return Err(Failure { rank: ranks.first().copied().unwrap_or(0), blocks });
+            return Err(Failure { rank: units.first().copied().unwrap_or(0), blocks });
         };
         if let Some(b) = sub_budget(budget, o.charge) {
             budget = b;
         }
         charge = (charge.0 + o.charge.0, charge.1 + o.charge.1);
         let host = o.host.clone();
-        let gpu_numa = s.gpus[o.g].numa_node;
+        let gpu = &s.gpus[o.g];
+        let (gpu_numa, gpu_mig) = (gpu.numa_node, gpu.mig);
+        if !*pair {
+            let e = so_far.entry(rank).or_default();
+            if gpu_mig {
+                e.mig += u32::try_from(o.picks.len()).unwrap_or(u32::MAX);
+            } else {
+                e.whole += 1;
+            }
+            e.first_numa.get_or_insert(gpu_numa);
+        }
         let placed = apply(ctx, &mut s, &o);
         for (slot, inst) in placed {
-            let rank_pos = ranks.iter().position(|r| *r == slot.rank).unwrap_or(0);
-            let cpus = host.as_ref().and_then(|h| h.per_rank.get(rank_pos).cloned()).unwrap_or_default();
+            let unit_pos = units.iter().position(|u| *u == slot.rank).unwrap_or(0);
+            // A unit's CPUs and memory go with its first instance.
+            let shares = if slot.index == 0 {
+                host.as_ref().and_then(|h| h.per_rank.get(unit_pos).cloned()).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let numa = host.as_ref().map_or(gpu_numa, |h| h.numa_node);
-            entries.push((slot.rank, slot.index, o.g, inst, cpus, numa));
+            entries.push((slot.rank, slot.index, o.g, inst, shares, numa));
         }
     }
     entries.sort_by_key(|e| (e.0, e.1));
-    // Split each rank's CPUs over its instances.
-    let mut ranks: Vec<(usize, RankPlacement)> = Vec::with_capacity(entries.len());
-    let mut i = 0;
-    while i < entries.len() {
-        let rank = entries[i].0;
-        let j = entries[i..].iter().position(|e| e.0 != rank).map_or(entries.len(), |p| i + p);
-        let k = j - i;
-        let cpus = entries[i].4.clone();
-        let (base, rem) = (cpus.len() / k, cpus.len() % k);
-        let mut at = 0;
-        for (n, e) in entries[i..j].iter().enumerate() {
-            let take = base + usize::from(n < rem);
-            let mine: Vec<u32> = cpus.iter().skip(at).take(take).copied().collect();
-            at += take;
-            ranks.push((e.2, RankPlacement { gpu: s.gpus[e.2].gpu, instance: e.3, cpus: mine, numa_node: e.5 }));
-        }
-        i = j;
-    }
+    let ranks: Vec<(usize, u32, SlicePlacement)> = entries
+        .into_iter()
+        .map(|(unit, _, g, instance, host, numa_node)| {
+            let rank = if ctx.req.gpu_numa_local { unit } else { unit / per_rank };
+            (g, rank, SlicePlacement { gpu: s.gpus[g].gpu, instance, numa_node, host })
+        })
+        .collect();
     let mut plans = Vec::new();
     for (g, gpu) in s.gpus.iter().enumerate() {
         let planned = |x: &WGpu| x.insts.iter().filter(|w| w.planned).count();
