@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{GpuModel, Profile, ProfileKind};
 use crate::layout::{
@@ -125,7 +125,7 @@ pub enum Wanted {
 }
 
 /// One step of a reconfiguration, at an explicit placement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Step {
     /// Destroy the compute instances of this GPU instance, then the GPU instance.
@@ -135,7 +135,7 @@ pub enum Step {
 }
 
 /// An ordered plan: every destroy, then every create. Each intermediate layout is valid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconfigurePlan {
     pub steps: Vec<Step>,
     /// The layout after the last step, ordered by start.

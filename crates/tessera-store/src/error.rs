@@ -17,6 +17,15 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// A file could not be made private to the daemon.
+    #[error("cannot make {path} private (mode 0600): {source}")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
     /// The lock file could not be opened or locked for a reason other than contention.
     #[error("cannot open or lock {path}: {source}")]
     LockFile {

@@ -12,17 +12,17 @@ use crate::store::Store;
 use crate::types::{ExitInfo, JobEvent, JobFilter, JobRecord, JobState, NewJob};
 
 /// The columns [`decode_job`] reads, in order.
-const JOB_COLUMNS: &str = "id, user_uid, user_name, tenant, priority, request, command, env, \
-     cwd, submitted_ms, state, reason, started_ms, ended_ms, exit_code, exit_signal, \
-     exit_failed_rank, exit_detail, job_dir, shim_pid";
+const JOB_COLUMNS: &str = "id, user_uid, user_name, tenant, priority, request, work, \
+     submitted_ms, state, reason, started_ms, ended_ms, exit_code, exit_signal, \
+     exit_failed_rank, exit_detail, job_dir, shim_pid, runs";
 
 fn decode_job(r: &RowReader<'_, '_>) -> Result<JobRecord, StoreError> {
-    let exit_detail = r.opt_text(17, "exit_detail")?;
+    let exit_detail = r.opt_text(15, "exit_detail")?;
     let exit = match exit_detail {
         Some(detail) => Some(ExitInfo {
-            code: r.opt_int(14, "exit_code")?,
-            signal: r.opt_int(15, "exit_signal")?,
-            failed_rank: r.opt_int(16, "exit_failed_rank")?,
+            code: r.opt_int(12, "exit_code")?,
+            signal: r.opt_int(13, "exit_signal")?,
+            failed_rank: r.opt_int(14, "exit_failed_rank")?,
             detail,
         }),
         None => None,
@@ -34,17 +34,16 @@ fn decode_job(r: &RowReader<'_, '_>) -> Result<JobRecord, StoreError> {
         tenant: r.text(3, "tenant")?,
         priority: r.int(4, "priority")?,
         request: r.json(5, "request")?,
-        command: r.json(6, "command")?,
-        env: r.json(7, "env")?,
-        cwd: r.text(8, "cwd")?,
-        submitted_ms: r.int(9, "submitted_ms")?,
-        state: r.state(10, "state")?,
-        reason: r.text(11, "reason")?,
-        started_ms: r.opt_int(12, "started_ms")?,
-        ended_ms: r.opt_int(13, "ended_ms")?,
+        work: r.json(6, "work")?,
+        submitted_ms: r.int(7, "submitted_ms")?,
+        state: r.state(8, "state")?,
+        reason: r.text(9, "reason")?,
+        started_ms: r.opt_int(10, "started_ms")?,
+        ended_ms: r.opt_int(11, "ended_ms")?,
         exit,
-        job_dir: r.opt_text(18, "job_dir")?,
-        shim_pid: r.opt_int(19, "shim_pid")?,
+        job_dir: r.opt_text(16, "job_dir")?,
+        shim_pid: r.opt_int(17, "shim_pid")?,
+        runs: r.int(18, "runs")?,
     })
 }
 
@@ -58,25 +57,22 @@ impl Store {
     /// increasing, never reused, even after the newest row is gone).
     pub fn insert_job(&self, job: &NewJob) -> Result<u64, StoreError> {
         let request = json_text(|| "new job's request".to_owned(), &job.request)?;
-        let command = json_text(|| "new job's command".to_owned(), &job.command)?;
-        let env = json_text(|| "new job's env".to_owned(), &job.env)?;
+        let work = json_text(|| "new job's work".to_owned(), &job.work)?;
         let submitted = to_sql_int("submitted_ms", job.submitted_ms)?;
         let conn = &self.conn;
         conn.prepare_cached(
-            "INSERT INTO jobs (user_uid, user_name, tenant, priority, request, command, env, cwd,
+            "INSERT INTO jobs (user_uid, user_name, tenant, priority, request, work,
                                submitted_ms, state, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', '')",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', '')",
         )
         .and_then(|mut st| {
             st.execute(params![
                 job.user_uid,
                 job.user_name,
-                job.tenant,
-                job.priority,
+                job.request.tenant,
+                job.request.priority,
                 request,
-                command,
-                env,
-                job.cwd,
+                work,
                 submitted
             ])
         })
@@ -193,7 +189,8 @@ impl Store {
         let changed = conn
             .prepare_cached(
                 "UPDATE jobs SET state = ?1, reason = ?2,
-                     ended_ms = CASE WHEN ?3 THEN coalesce(ended_ms, ?4) ELSE ended_ms END
+                     ended_ms = CASE WHEN ?3 THEN coalesce(ended_ms, ?4) ELSE ended_ms END,
+                     runs = runs + (?1 = 'placing')
                  WHERE id = ?5 AND state = ?6",
             )
             .and_then(|mut st| st.execute(params![to.as_str(), reason, to.is_terminal(), at, key, from.as_str()]))
@@ -354,6 +351,34 @@ impl Store {
         // Read-only: ending it either way is the same.
         tx.commit().map_err(self.db_err("job_events", ctx))?;
         Ok(out)
+    }
+
+    /// The highest job id ever handed out (0 for a fresh database).
+    pub fn max_job_id(&self) -> Result<u64, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+            .map_err(self.db_err("jobs", || "read the last job id".to_owned()))?;
+        Ok(seq.map_or(0, id_from_rowid))
+    }
+
+    /// Makes every later job id greater than `id` (so new jobs never collide with job
+    /// directories a lost database left on disk).
+    pub fn ensure_ids_above(&self, id: u64) -> Result<(), StoreError> {
+        let key = to_sql_int("job id", id)?;
+        let ctx = || format!("raise the next job id above {id}");
+        let tx = self.write_tx("jobs", ctx)?;
+        let changed = tx
+            .prepare_cached("UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'jobs'")
+            .and_then(|mut st| st.execute([key]))
+            .map_err(self.db_err("jobs", ctx))?;
+        if changed == 0 {
+            tx.prepare_cached("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)")
+                .and_then(|mut st| st.execute([key]))
+                .map_err(self.db_err("jobs", ctx))?;
+        }
+        self.commit(tx, "jobs", ctx)
     }
 
     /// How many jobs are in each state (every state present, zeros included).

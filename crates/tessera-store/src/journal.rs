@@ -9,7 +9,7 @@ use crate::error::StoreError;
 use crate::jobs::json_text;
 use crate::row::{RowReader, id_from_rowid, id_key, to_sql_int};
 use crate::store::Store;
-use crate::types::{ReconfigOutcome, ReconfigRecord};
+use crate::types::{JournalPlan, ReconfigOutcome, ReconfigRecord};
 
 const RECONFIG_COLUMNS: &str =
     "id, gpu_uuid, gpu_index, plan, for_job, created_ms, finished_ms, outcome, outcome_detail";
@@ -22,7 +22,7 @@ impl Store {
         &self,
         gpu_uuid: &str,
         gpu_index: u32,
-        plan: &serde_json::Value,
+        plan: &JournalPlan,
         for_job: Option<u64>,
         at_ms: u64,
     ) -> Result<u64, StoreError> {
@@ -62,18 +62,12 @@ impl Store {
     }
 
     /// Records that step `step_index` of reconfiguration `reconfig` was applied, with its
-    /// result (e.g. the created instance's ids). [`StoreError::ReconfigNotFound`],
+    /// result (a sentence, e.g. the created instance's ids). [`StoreError::ReconfigNotFound`],
     /// [`StoreError::ReconfigFinished`], or [`StoreError::StepRecorded`] if already recorded.
-    pub fn step_done(
-        &self,
-        reconfig: u64,
-        step_index: u32,
-        result: &serde_json::Value,
-        at_ms: u64,
-    ) -> Result<(), StoreError> {
+    pub fn step_done(&self, reconfig: u64, step_index: u32, result: &str, at_ms: u64) -> Result<(), StoreError> {
         let ctx = || format!("record step {step_index} of reconfiguration {reconfig}");
         let key = id_key(reconfig).ok_or(StoreError::ReconfigNotFound { id: reconfig })?;
-        let result_text = json_text(|| format!("result of step {step_index} of reconfiguration {reconfig}"), result)?;
+        let result_text = json_text(|| format!("result of step {step_index} of reconfiguration {reconfig}"), &result)?;
         let at = to_sql_int("at_ms", at_ms)?;
         let tx = self.write_tx("reconfig_steps", ctx)?;
         self.check_open(&tx, reconfig, key)?;

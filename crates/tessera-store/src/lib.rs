@@ -15,17 +15,19 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), tessera_store::StoreError> {
-//! use tessera_store::{JobFilter, JobState, NewJob, Store};
+//! use tessera_sched::{GpuRequest, JobRequest};
+//! use tessera_store::{JobFilter, JobState, NewJob, ProcessWork, Store, Work};
 //! let store = Store::open(std::path::Path::new("/var/lib/tessera"))?;
 //! let id = store.insert_job(&NewJob {
 //!     user_uid: 1000,
 //!     user_name: "ada".into(),
-//!     tenant: "research".into(),
-//!     priority: 0,
-//!     request: serde_json::json!({"profile": "1g.10gb"}),
-//!     command: vec!["python".into(), "train.py".into()],
-//!     env: vec![],
-//!     cwd: "/home/ada".into(),
+//!     request: JobRequest::new(GpuRequest::Profile { name: "1g.10gb".into() }),
+//!     work: Work::Process(ProcessWork {
+//!         command: vec!["python".into(), "train.py".into()],
+//!         env: vec![],
+//!         cwd: "/home/ada".into(),
+//!         preempt_signal: None,
+//!     }),
 //!     submitted_ms: 1_700_000_000_000,
 //! })?;
 //! store.transition(id, JobState::Queued, JobState::Placing, "placed", 1_700_000_000_100)?;
@@ -39,16 +41,18 @@ mod alloc;
 mod error;
 mod jobs;
 mod journal;
+mod node;
 mod row;
 mod schema;
 mod store;
 mod types;
 
 pub use error::StoreError;
+pub use node::{Drain, MpsServer};
 pub use store::{DB_FILE, LOCK_FILE, Store};
 pub use types::{
-    Allocation, AllocationRecord, ExitInfo, JobEvent, JobFilter, JobRecord, JobState, NewJob, ReconfigOutcome,
-    ReconfigRecord, UnknownJobState,
+    Allocation, AllocationRecord, ExitInfo, ExternalWork, JobEvent, JobFilter, JobRecord, JobState, JournalPlan,
+    LiveAllocation, NewJob, ProcessWork, ReconfigOutcome, ReconfigRecord, SliceAllocation, UnknownJobState, Work,
 };
 
 /// The schema version this build of the store reads and writes (`PRAGMA user_version`).

@@ -26,11 +26,9 @@ pub(crate) fn id_from_rowid(rowid: i64) -> u64 {
     u64::try_from(rowid).unwrap_or(0)
 }
 
-/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
+/// The wall clock (`tessera_host::now_ms`) as an SQLite integer.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(tessera_host::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// Reads the columns of one row of `table`, whose id is `row_id`.

@@ -6,7 +6,7 @@
 //! SQLite itself.
 
 /// The schema version this code writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a Tessera database ("TESS").
 pub(crate) const APPLICATION_ID: i64 = 0x5445_5353;
@@ -130,5 +130,79 @@ CREATE TABLE meta (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Version 2: a job's work typed (processes, or work another system runs), its run count and
+/// the `oom_killed` state (the jobs table is rebuilt for the new CHECK, with foreign keys off
+/// around the migration, as SQLite's documented procedure says); each allocation's place in its
+/// rank, NUMA node and host CPUs and memory; drains and MPS control daemons kept across
+/// restarts. Allocations live at the upgrade keep rank = their old slot (documented: upgrade
+/// with no jobs running).
+const V2: &str = r"
+CREATE TABLE jobs_v2 (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_uid         INTEGER NOT NULL,
+    user_name        TEXT    NOT NULL,
+    tenant           TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,
+    request          TEXT    NOT NULL,
+    work             TEXT    NOT NULL,
+    submitted_ms     INTEGER NOT NULL,
+    state            TEXT    NOT NULL CHECK (state IN ('queued', 'placing', 'running',
+                         'succeeded', 'failed', 'cancelled', 'timed_out', 'oom_killed', 'lost')),
+    reason           TEXT    NOT NULL DEFAULT '',
+    started_ms       INTEGER,
+    ended_ms         INTEGER,
+    exit_code        INTEGER,
+    exit_signal      INTEGER,
+    exit_failed_rank INTEGER,
+    exit_detail      TEXT,
+    job_dir          TEXT,
+    shim_pid         INTEGER,
+    runs             INTEGER NOT NULL DEFAULT 0,
+    CHECK (exit_detail IS NOT NULL
+           OR (exit_code IS NULL AND exit_signal IS NULL AND exit_failed_rank IS NULL))
+) STRICT;
+INSERT INTO jobs_v2 (id, user_uid, user_name, tenant, priority, request, work, submitted_ms, state,
+                     reason, started_ms, ended_ms, exit_code, exit_signal, exit_failed_rank,
+                     exit_detail, job_dir, shim_pid, runs)
+SELECT id, user_uid, user_name, tenant, priority, request,
+       json_object('process', json_object('command', json(command), 'env', json(env), 'cwd', cwd)),
+       submitted_ms, state, reason, started_ms, ended_ms, exit_code, exit_signal,
+       exit_failed_rank, exit_detail, job_dir, shim_pid,
+       CASE WHEN state = 'queued' THEN 0 ELSE 1 END
+FROM jobs;
+UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))
+    WHERE name = 'jobs_v2';
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+CREATE INDEX jobs_by_state  ON jobs (state, id);
+CREATE INDEX jobs_by_user   ON jobs (user_uid, id);
+CREATE INDEX jobs_by_tenant ON jobs (tenant, id);
+
+ALTER TABLE allocations ADD COLUMN slice INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE allocations ADD COLUMN numa_node INTEGER;
+ALTER TABLE allocations ADD COLUMN host TEXT NOT NULL DEFAULT '[]';
+DROP INDEX allocations_live_rank;
+-- At most one live allocation per slice of a rank.
+CREATE UNIQUE INDEX allocations_live_slot ON allocations (job_id, rank, slice)
+    WHERE released_at IS NULL;
+
+CREATE TABLE drains (
+    gpu_uuid   TEXT    NOT NULL PRIMARY KEY,
+    gpu_index  INTEGER NOT NULL,
+    by_user    TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    at_ms      INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE mps_servers (
+    mig_uuid   TEXT    NOT NULL PRIMARY KEY,
+    uid        INTEGER NOT NULL,
+    gid        INTEGER NOT NULL,
+    pipe_dir   TEXT    NOT NULL,
+    log_dir    TEXT    NOT NULL,
+    started_ms INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
 /// `MIGRATIONS[i]` migrates version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1];
+pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2];

@@ -79,12 +79,22 @@ impl Store {
     /// store holds it; a killed process's lock is gone with it), then sets WAL journaling,
     /// `synchronous=NORMAL`, foreign keys and a busy timeout, and migrates the schema to the
     /// current version. A file from a newer Tessera is [`StoreError::SchemaTooNew`]; a file that
-    /// is not a database, or another program's database, is [`StoreError::Corrupt`].
+    /// is not a database, or another program's database, is [`StoreError::Corrupt`]. The
+    /// database and lock file are made private (mode 0600).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
         let (lock, lock_path) = take_lock(dir)?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(open_err(&path))?;
+        // Private to the daemon: jobs' commands and environments (secrets included) are in
+        // it. SQLite creates the WAL and shared-memory files with the database's mode.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            for p in [path.clone(), lock_path.clone()] {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|source| StoreError::Permissions { path: p.clone(), source })?;
+            }
+        }
         let store = Store { conn, path, lock_path, _lock: lock };
         store.configure()?;
         store.migrate()?;
@@ -166,16 +176,34 @@ impl Store {
                 detail: format!("schema version {version} but no Tessera application_id"),
             });
         }
-        for (from, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
-            let to = i64::try_from(from).unwrap_or(i64::MAX).saturating_add(1);
-            let me = |e| StoreError::Migrate { path: self.path.clone(), version: to, source: Box::new(e) };
-            let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(&oe)?;
-            tx.execute_batch(sql).map_err(me)?;
-            tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(me)?;
-            tx.pragma_update(None, "user_version", to).map_err(me)?;
-            tx.commit().map_err(me)?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
         }
-        Ok(())
+        // A migration may rebuild a table others refer to (SQLite's documented procedure):
+        // foreign keys off around it (the pragma is a no-op inside a transaction), checked after.
+        self.conn.pragma_update(None, "foreign_keys", "OFF").map_err(&oe)?;
+        let result = (|| {
+            for (from, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+                let to = i64::try_from(from).unwrap_or(i64::MAX).saturating_add(1);
+                let me = |e| StoreError::Migrate { path: self.path.clone(), version: to, source: Box::new(e) };
+                let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(&oe)?;
+                tx.execute_batch(sql).map_err(me)?;
+                let broken: Option<String> =
+                    tx.query_row("PRAGMA foreign_key_check", [], |r| r.get::<_, String>(0)).optional().map_err(me)?;
+                if let Some(table) = broken {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("migrating to version {to}: table {table} refers to rows that do not exist"),
+                    });
+                }
+                tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(me)?;
+                tx.pragma_update(None, "user_version", to).map_err(me)?;
+                tx.commit().map_err(me)?;
+            }
+            Ok(())
+        })();
+        self.conn.pragma_update(None, "foreign_keys", "ON").map_err(&oe)?;
+        result
     }
 
     /// Maps an SQLite error to [`StoreError::Db`] (or [`StoreError::Corrupt`]) with context.

@@ -6,12 +6,15 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use tessera_mig::{Instance, Step};
+use tessera_sched::{HostShare, JobRequest};
 
 /// Where a job is in its life.
 ///
-/// `queued → placing → running → succeeded | failed | cancelled | timed_out`, plus `lost`
-/// (the job's supervisor died with the daemon and its exit status is unknown). The legal moves
-/// are [`JobState::can_transition_to`]; the store refuses every other one.
+/// `queued → placing → running → succeeded | failed | cancelled | timed_out | oom_killed`, plus
+/// `lost` (the job's supervisor died and its exit status is unknown). A running job may go back
+/// to `queued` (preempted, or its GPU failed, and it allows requeueing). The legal moves are
+/// [`JobState::can_transition_to`]; the store refuses every other one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -30,13 +33,15 @@ pub enum JobState {
     Cancelled,
     /// Stopped at its time limit.
     TimedOut,
+    /// Killed by the kernel's OOM killer at its memory limit.
+    OomKilled,
     /// Its supervisor vanished (for example with the node) and its outcome is unknown.
     Lost,
 }
 
 impl JobState {
     /// Every state, in lifecycle order.
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
         JobState::Queued,
         JobState::Placing,
         JobState::Running,
@@ -44,6 +49,7 @@ impl JobState {
         JobState::Failed,
         JobState::Cancelled,
         JobState::TimedOut,
+        JobState::OomKilled,
         JobState::Lost,
     ];
 
@@ -57,6 +63,7 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
             JobState::TimedOut => "timed_out",
+            JobState::OomKilled => "oom_killed",
             JobState::Lost => "lost",
         }
     }
@@ -65,7 +72,12 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::TimedOut | JobState::Lost
+            JobState::Succeeded
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::TimedOut
+                | JobState::OomKilled
+                | JobState::Lost
         )
     }
 
@@ -80,16 +92,16 @@ impl JobState {
     ///   here, e.g. the node changed under it);
     /// - `placing → running`, `queued` (placement undone), `failed` (launch failed),
     ///   `cancelled`, `lost`;
-    /// - `running → succeeded | failed | cancelled | timed_out | lost`, or `queued`
-    ///   (preempted and requeued);
+    /// - `running → succeeded | failed | cancelled | timed_out | oom_killed | lost`, or
+    ///   `queued` (preempted, or its GPU failed, and requeued);
     /// - nothing leaves a terminal state, and no state moves to itself.
     pub fn can_transition_to(self, to: JobState) -> bool {
-        use JobState::{Cancelled, Failed, Lost, Placing, Queued, Running, Succeeded, TimedOut};
+        use JobState::{Cancelled, Failed, Lost, OomKilled, Placing, Queued, Running, Succeeded, TimedOut};
         matches!(
             (self, to),
             (Queued, Placing | Cancelled | Failed)
                 | (Placing, Queued | Running | Failed | Cancelled | Lost)
-                | (Running, Queued | Succeeded | Failed | Cancelled | TimedOut | Lost)
+                | (Running, Queued | Succeeded | Failed | Cancelled | TimedOut | OomKilled | Lost)
         )
     }
 }
@@ -103,7 +115,7 @@ impl fmt::Display for JobState {
 /// A job state name that is none of [`JobState::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown job state {0:?} (expected one of queued, placing, running, succeeded, failed, cancelled, timed_out, lost)"
+    "unknown job state {0:?} (expected one of queued, placing, running, succeeded, failed, cancelled, timed_out, oom_killed, lost)"
 )]
 pub struct UnknownJobState(pub String);
 
@@ -115,25 +127,61 @@ impl FromStr for JobState {
     }
 }
 
-/// A job as submitted, before the store gives it an id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewJob {
-    /// The submitting user's uid (from the socket's peer credentials).
-    pub user_uid: u32,
-    /// The submitting user's name.
-    pub user_name: String,
-    /// The tenant the job is charged to.
-    pub tenant: String,
-    /// Higher runs first.
-    pub priority: i32,
-    /// The scheduler's `JobRequest`, stored as JSON.
-    pub request: serde_json::Value,
+/// What a job runs: processes Tessera starts and supervises, or work another system runs on
+/// the slices Tessera gives it (a Kubernetes pod, a Slurm job), which Tessera only allocates and
+/// releases. This is the front doors' seam: each front door submits one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Work {
+    Process(ProcessWork),
+    External(ExternalWork),
+}
+
+/// Processes Tessera starts, one per rank, as the job's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessWork {
     /// argv.
     pub command: Vec<String>,
     /// Environment, in order.
     pub env: Vec<(String, String)>,
-    /// Working directory.
+    /// Working directory (absolute).
     pub cwd: String,
+    /// The signal a preempted job gets before SIGKILL (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempt_signal: Option<i32>,
+}
+
+/// Work another system runs: `door` names the front door (`kubernetes`, `slurm`), `key` its
+/// handle (a pod UID, a Slurm job id), unique per door while the job lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalWork {
+    pub door: String,
+    pub key: String,
+}
+
+impl Work {
+    /// The processes, for process work.
+    pub fn process(&self) -> Option<&ProcessWork> {
+        match self {
+            Work::Process(p) => Some(p),
+            Work::External(_) => None,
+        }
+    }
+}
+
+/// A job as submitted, before the store gives it an id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// The submitting user's uid (from the socket's peer credentials, or the token's user).
+    pub user_uid: u32,
+    /// The submitting user's name.
+    pub user_name: String,
+    /// What it needs: the scheduler's request (tenant and priority included).
+    pub request: JobRequest,
+    /// What it runs.
+    pub work: Work,
     /// Submission time, milliseconds since the Unix epoch.
     pub submitted_ms: u64,
 }
@@ -160,18 +208,14 @@ pub struct JobRecord {
     pub user_uid: u32,
     /// See [`NewJob::user_name`].
     pub user_name: String,
-    /// See [`NewJob::tenant`].
+    /// The tenant charged (the request's).
     pub tenant: String,
-    /// See [`NewJob::priority`].
+    /// Higher runs first (the request's).
     pub priority: i32,
     /// See [`NewJob::request`].
-    pub request: serde_json::Value,
-    /// See [`NewJob::command`].
-    pub command: Vec<String>,
-    /// See [`NewJob::env`].
-    pub env: Vec<(String, String)>,
-    /// See [`NewJob::cwd`].
-    pub cwd: String,
+    pub request: JobRequest,
+    /// See [`NewJob::work`].
+    pub work: Work,
     /// See [`NewJob::submitted_ms`].
     pub submitted_ms: u64,
     /// Current state.
@@ -188,6 +232,8 @@ pub struct JobRecord {
     pub job_dir: Option<String>,
     /// The supervisor's pid.
     pub shim_pid: Option<u32>,
+    /// How many times it was started (`queued → placing`); above 1 it was requeued.
+    pub runs: u32,
 }
 
 /// One stored state transition of a job.
@@ -216,8 +262,9 @@ pub struct JobFilter {
     pub limit: Option<usize>,
 }
 
-/// A MIG slice held by one rank of a job. The slice is named by its spec key
-/// `(gpu_uuid, profile_id, start)`; the live key (GI id, CI id, MIG UUID) is recorded once known.
+/// A slice held by one rank of a job: a MIG instance, or a whole GPU with MIG off (its full
+/// profile at 0, no GI/CI ids, no MIG UUID). The slice is named by its spec key
+/// `(gpu_uuid, profile_id, start)`; the live key (GI id, CI id, MIG UUID) is recorded with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Allocation {
     /// The GPU's UUID.
@@ -236,6 +283,28 @@ pub struct Allocation {
     pub mig_uuid: Option<String>,
     /// `true`: the rank owns the slice alone. `false`: shared (MPS) with other shared ranks.
     pub exclusive: bool,
+    /// The host NUMA node the rank's memory is bound to for this slice.
+    pub numa_node: Option<u32>,
+    /// The CPUs and memory the slice brings, per host NUMA node.
+    pub host: Vec<HostShare>,
+}
+
+/// One slice of a rank to allocate ([`crate::Store::allocate_all`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceAllocation {
+    pub rank: u32,
+    /// The slice's place among the rank's slices (0-based).
+    pub slice: u32,
+    pub allocation: Allocation,
+}
+
+/// A live allocation, as [`crate::Store::live_allocations`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveAllocation {
+    pub job: u64,
+    pub rank: u32,
+    pub slice: u32,
+    pub allocation: Allocation,
 }
 
 /// An allocation with its history, as [`crate::Store::job_allocations`] returns it.
@@ -243,6 +312,8 @@ pub struct Allocation {
 pub struct AllocationRecord {
     /// The job's rank that holds (or held) the slice.
     pub rank: u32,
+    /// The slice's place among the rank's slices (0-based).
+    pub slice: u32,
     /// The slice.
     pub allocation: Allocation,
     /// When the allocation was made (the store's wall clock).
@@ -277,6 +348,22 @@ impl ReconfigOutcome {
     }
 }
 
+/// A reconfiguration as the journal keeps it: the planner's steps at explicit placements and
+/// the layout they lead to, or (with `mig_mode`) a MIG mode switch of an idle GPU, whose steps
+/// destroy its idle instances first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalPlan {
+    pub steps: Vec<Step>,
+    pub target: Vec<Instance>,
+    /// Who asked (an admin's layout change); `None` for the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// A MIG mode switch to this mode, after the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_mode: Option<bool>,
+}
+
 /// One entry of the reconfiguration journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReconfigRecord {
@@ -286,12 +373,12 @@ pub struct ReconfigRecord {
     pub gpu_uuid: String,
     /// Its index on this node.
     pub gpu_index: u32,
-    /// The plan (a `tessera_mig::ReconfigurePlan`), as JSON.
-    pub plan: serde_json::Value,
+    /// The plan.
+    pub plan: JournalPlan,
     /// The job the reconfiguration makes room for.
     pub for_job: Option<u64>,
     /// Steps applied so far, by step index (ascending), each with its result.
-    pub steps_done: Vec<(u32, serde_json::Value)>,
+    pub steps_done: Vec<(u32, String)>,
     /// When the journal entry was written.
     pub created_ms: u64,
     /// When it finished; `None` while open.

@@ -14,10 +14,10 @@ fn exclusive_and_shared_conflicts() {
     let b = placing_job(&store, 2);
     let c = placing_job(&store, 3);
 
-    store.allocate(a, 0, &slice(0, 19, 0, true)).unwrap();
+    store.allocate(a, 0, 0, &slice(0, 19, 0, true)).unwrap();
     // Same slice, exclusive or shared: refused, naming the holder.
     for exclusive in [true, false] {
-        match store.allocate(b, 0, &slice(0, 19, 0, exclusive)) {
+        match store.allocate(b, 0, 0, &slice(0, 19, 0, exclusive)) {
             Err(StoreError::AlreadyAllocated { gpu_uuid, profile_id, start, holder_job }) => {
                 assert_eq!((gpu_uuid, profile_id, start, holder_job), (slice(0, 19, 0, true).gpu_uuid, 19, 0, a));
             }
@@ -25,36 +25,36 @@ fn exclusive_and_shared_conflicts() {
         }
     }
     // Another start, another profile or another GPU is a different slice.
-    store.allocate(b, 0, &slice(0, 19, 1, true)).unwrap();
-    store.allocate(b, 1, &slice(0, 14, 0, true)).unwrap();
-    store.allocate(b, 2, &slice(1, 19, 0, true)).unwrap();
+    store.allocate(b, 0, 0, &slice(0, 19, 1, true)).unwrap();
+    store.allocate(b, 1, 0, &slice(0, 14, 0, true)).unwrap();
+    store.allocate(b, 2, 0, &slice(1, 19, 0, true)).unwrap();
 
     // Shared slices take any number of shared holders, and no exclusive one.
-    store.allocate(a, 1, &slice(2, 9, 4, false)).unwrap();
-    store.allocate(c, 0, &slice(2, 9, 4, false)).unwrap();
-    store.allocate(c, 1, &slice(2, 9, 4, false)).unwrap();
-    let err = store.allocate(b, 3, &slice(2, 9, 4, true)).unwrap_err();
+    store.allocate(a, 1, 0, &slice(2, 9, 4, false)).unwrap();
+    store.allocate(c, 0, 0, &slice(2, 9, 4, false)).unwrap();
+    store.allocate(c, 1, 0, &slice(2, 9, 4, false)).unwrap();
+    let err = store.allocate(b, 3, 0, &slice(2, 9, 4, true)).unwrap_err();
     assert!(matches!(err, StoreError::AlreadyAllocated { holder_job, .. } if holder_job == a), "{err:?}");
     assert!(err.to_string().contains(&format!("already allocated to job {a}")), "{err}");
 
     // One live allocation per rank.
     assert!(matches!(
-        store.allocate(a, 0, &slice(3, 19, 0, true)),
+        store.allocate(a, 0, 0, &slice(3, 19, 0, true)),
         Err(StoreError::RankAllocated { job, rank: 0 }) if job == a
     ));
 
     // Release frees every rank; released rows stay as history.
     assert_eq!(store.release(a).unwrap(), 2);
     assert_eq!(store.release(a).unwrap(), 0);
-    store.allocate(b, 3, &slice(0, 19, 0, true)).unwrap();
-    let err = store.allocate(b, 4, &slice(2, 9, 4, true)).unwrap_err();
+    store.allocate(b, 3, 0, &slice(0, 19, 0, true)).unwrap();
+    let err = store.allocate(b, 4, 0, &slice(2, 9, 4, true)).unwrap_err();
     assert!(matches!(err, StoreError::AlreadyAllocated { holder_job, .. } if holder_job == c));
     assert_eq!(store.job_allocations(a).unwrap().len(), 2);
     assert!(store.job_allocations(a).unwrap().iter().all(|r| r.released_ms.is_some()));
     // After its release, the rank may be allocated again.
-    store.allocate(a, 0, &slice(3, 19, 0, true)).unwrap();
+    store.allocate(a, 0, 0, &slice(3, 19, 0, true)).unwrap();
 
-    let live = store.live_allocations().unwrap();
+    let live = common::live(&store);
     let keys: Vec<(u64, u32)> = live.iter().map(|(j, r, _)| (*j, *r)).collect();
     let mut sorted = keys.clone();
     sorted.sort();
@@ -67,19 +67,19 @@ fn only_placing_or_running_jobs_hold_slices() {
     let (_dir, store) = temp_store();
     let q = store.insert_job(&common::new_job(1)).unwrap();
     assert!(matches!(
-        store.allocate(q, 0, &slice(0, 19, 0, true)),
+        store.allocate(q, 0, 0, &slice(0, 19, 0, true)),
         Err(StoreError::StaleState { expected: JobState::Placing, actual: JobState::Queued, .. })
     ));
     let r = placing_job(&store, 2);
     store.transition(r, JobState::Placing, JobState::Running, "started", 2).unwrap();
-    store.allocate(r, 0, &slice(0, 19, 0, true)).unwrap();
+    store.allocate(r, 0, 0, &slice(0, 19, 0, true)).unwrap();
     store.transition(r, JobState::Running, JobState::Lost, "shim gone", 3).unwrap();
     assert!(matches!(
-        store.allocate(r, 1, &slice(0, 19, 1, true)),
+        store.allocate(r, 1, 0, &slice(0, 19, 1, true)),
         Err(StoreError::StaleState { actual: JobState::Lost, .. })
     ));
     for bad in [0, 999, u64::MAX] {
-        assert!(matches!(store.allocate(bad, 0, &slice(0, 1, 0, true)), Err(StoreError::JobNotFound { .. })));
+        assert!(matches!(store.allocate(bad, 0, 0, &slice(0, 1, 0, true)), Err(StoreError::JobNotFound { .. })));
         assert!(matches!(store.release(bad), Err(StoreError::JobNotFound { .. })));
         assert!(store.job_allocations(bad).unwrap().is_empty());
     }
@@ -95,10 +95,10 @@ fn live_key_round_trip() {
         mig_uuid: Some("MIG-1234".into()),
         ..slice(5, 15, 6, true)
     };
-    store.allocate(j, 0, &full).unwrap();
-    store.allocate(j, 1, &slice(5, 19, 0, false)).unwrap();
+    store.allocate(j, 0, 0, &full).unwrap();
+    store.allocate(j, 1, 0, &slice(5, 19, 0, false)).unwrap();
     store.set_live_key(j, 1, 9, 1, "MIG-5678").unwrap();
-    let live = store.live_allocations().unwrap();
+    let live = common::live(&store);
     assert_eq!(live[0], (j, 0, full));
     assert_eq!(
         live[1].2,
@@ -113,7 +113,7 @@ fn live_key_round_trip() {
     // Survives a reopen.
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.live_allocations().unwrap(), live);
+    assert_eq!(common::live(&store), live);
     // SQLite itself refuses a double booking that bypasses the store's checks.
     let conn = raw(dir.path());
     let err = conn
@@ -198,7 +198,7 @@ proptest! {
             match op {
                 Op::Allocate { job, rank, gpu, profile, start, exclusive } => {
                     let (job, a) = (jobs[job], slice(gpu, profile, start, exclusive));
-                    let got = store.allocate(job, rank, &a);
+                    let got = store.allocate(job, rank, 0, &a);
                     match expect(&model, job, rank, &a) {
                         Expect::Ok => {
                             prop_assert!(got.is_ok(), "{got:?}");
@@ -228,7 +228,7 @@ proptest! {
             }
             let mut want = model.clone();
             want.sort_by_key(|(j, r, _)| (*j, *r));
-            let live = store.live_allocations().unwrap();
+            let live = common::live(&store);
             prop_assert_eq!(&live, &want);
             // The invariant itself, on what the store says.
             for (i, (_, _, x)) in live.iter().enumerate() {

@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tessera_store::{Allocation, ExitInfo, JobFilter, JobState, ReconfigOutcome, Store, StoreError};
 
 mod common;
@@ -47,6 +46,8 @@ fn slice(rng: &mut Rng) -> Allocation {
         compute_instance_id: Some(0),
         mig_uuid: Some(format!("MIG-{gpu}")),
         exclusive: rng.below(3) != 0,
+        numa_node: None,
+        host: Vec::new(),
     }
 }
 
@@ -84,7 +85,7 @@ fn child_main(dir: &Path, seed: u64) -> ! {
         println!("A {id} placing");
         let mut placed = true;
         for rank in 0..=rng.below(2) as u32 {
-            match store.allocate(id, rank, &slice(&mut rng)) {
+            match store.allocate(id, rank, 0, &slice(&mut rng)) {
                 Ok(()) => {}
                 Err(StoreError::AlreadyAllocated { .. }) => {
                     placed = false;
@@ -102,10 +103,9 @@ fn child_main(dir: &Path, seed: u64) -> ! {
         }
         if rng.below(2) == 0 {
             let gpu = format!("GPU-{}", rng.below(2));
-            let r =
-                store.begin_reconfig(&gpu, 0, &json!({"steps": [0, 1, 2]}), Some(id), tick()).expect("child: begin");
+            let r = store.begin_reconfig(&gpu, 0, &common::plan(), Some(id), tick()).expect("child: begin");
             for step in 0..3 {
-                store.step_done(r, step, &json!({"step": step}), tick()).expect("child: step");
+                store.step_done(r, step, &format!("step {step}"), tick()).expect("child: step");
             }
             store.finish_reconfig(r, ReconfigOutcome::Completed, tick()).expect("child: finish reconfig");
         }
@@ -171,7 +171,7 @@ fn check_consistency(store: &Store, acked: &BTreeMap<u64, JobState>) -> usize {
     }
     // Allocations: only active jobs hold slices, one live allocation per rank, and no slice is
     // held by an exclusive allocation together with any other.
-    let live = store.live_allocations().unwrap();
+    let live = common::live(&store);
     for (i, (job, rank, a)) in live.iter().enumerate() {
         assert!(by_id[job].state.is_active(), "job {job} ({}) leaks {a:?}", by_id[job].state);
         for (job2, rank2, b) in &live[i + 1..] {
@@ -186,7 +186,7 @@ fn check_consistency(store: &Store, acked: &BTreeMap<u64, JobState>) -> usize {
         assert!(open[i + 1..].iter().all(|o| o.gpu_uuid != r.gpu_uuid), "{open:?}");
         let steps: Vec<u32> = r.steps_done.iter().map(|(s, _)| *s).collect();
         assert_eq!(steps, (0..steps.len() as u32).collect::<Vec<_>>(), "reconfig {}", r.id);
-        assert_eq!(r.plan, json!({"steps": [0, 1, 2]}));
+        assert_eq!(r.plan, common::plan());
     }
     jobs.len()
 }

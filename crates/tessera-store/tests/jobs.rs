@@ -6,20 +6,21 @@ use tessera_store::{ExitInfo, JobEvent, JobFilter, JobState, Store, StoreError};
 mod common;
 use common::{new_job, placing_job, raw, slice, temp_store};
 
-use JobState::{Cancelled, Failed, Lost, Placing, Queued, Running, Succeeded, TimedOut};
+use JobState::{Cancelled, Failed, Lost, OomKilled, Placing, Queued, Running, Succeeded, TimedOut};
 
 /// The lifecycle, written out independently of `JobState::can_transition_to`:
 /// row = from, column = to, `y` = legal.
-const TABLE: [(JobState, &str); 8] = [
-    //             Q P R S F C T L
-    (Queued, /*  */ ". y . . y y . ."),
-    (Placing, /* */ "y . y . y y . y"),
-    (Running, /* */ "y . . y y y y y"),
-    (Succeeded, /**/ ". . . . . . . ."),
-    (Failed, /*  */ ". . . . . . . ."),
-    (Cancelled, /**/ ". . . . . . . ."),
-    (TimedOut, /**/ ". . . . . . . ."),
-    (Lost, /*    */ ". . . . . . . ."),
+const TABLE: [(JobState, &str); 9] = [
+    //             Q P R S F C T O L
+    (Queued, /*  */ ". y . . y y . . ."),
+    (Placing, /* */ "y . y . y y . . y"),
+    (Running, /* */ "y . . y y y y y y"),
+    (Succeeded, /**/ ". . . . . . . . ."),
+    (Failed, /*  */ ". . . . . . . . ."),
+    (Cancelled, /**/ ". . . . . . . . ."),
+    (TimedOut, /**/ ". . . . . . . . ."),
+    (OomKilled, /**/ ". . . . . . . . ."),
+    (Lost, /*    */ ". . . . . . . . ."),
 ];
 
 fn legal(from: JobState, to: JobState) -> bool {
@@ -38,6 +39,7 @@ fn path_to(state: JobState) -> Vec<JobState> {
         Failed => vec![Failed],
         Cancelled => vec![Cancelled],
         TimedOut => vec![Placing, Running, TimedOut],
+        OomKilled => vec![Placing, Running, OomKilled],
         Lost => vec![Placing, Lost],
     }
 }
@@ -63,12 +65,11 @@ fn insert_and_read_round_trip() {
         assert_eq!(rec.id, id);
         assert_eq!(
             (rec.user_uid, &rec.user_name, &rec.tenant, rec.priority),
-            (new.user_uid, &new.user_name, &new.tenant, new.priority)
+            (new.user_uid, &new.user_name, &new.request.tenant, new.request.priority)
         );
         assert_eq!(rec.request, new.request);
-        assert_eq!(rec.command, new.command);
-        assert_eq!(rec.env, new.env);
-        assert_eq!(rec.cwd, new.cwd);
+        assert_eq!(rec.work, new.work);
+        assert_eq!(rec.runs, 0);
         assert_eq!(rec.submitted_ms, new.submitted_ms);
         assert_eq!(rec.state, Queued);
         assert_eq!(rec.reason, "");
@@ -86,15 +87,18 @@ fn extreme_values_round_trip() {
     let (_dir, store) = temp_store();
     let mut new = new_job(1);
     new.user_uid = u32::MAX;
-    new.priority = i32::MIN;
+    new.request.priority = i32::MIN;
     new.submitted_ms = i64::MAX as u64;
-    new.command = vec![String::new(), "\0nul\n".into()];
-    new.env = vec![];
-    new.request = serde_json::json!(null);
+    new.work = tessera_store::Work::Process(tessera_store::ProcessWork {
+        command: vec![String::new(), "\0nul\n".into()],
+        env: vec![],
+        cwd: String::new(),
+        preempt_signal: Some(10),
+    });
     let id = store.insert_job(&new).unwrap();
     let rec = store.job(id).unwrap().unwrap();
     assert_eq!((rec.user_uid, rec.priority, rec.submitted_ms), (u32::MAX, i32::MIN, i64::MAX as u64));
-    assert_eq!((&rec.command, &rec.env, &rec.request), (&new.command, &new.env, &new.request));
+    assert_eq!((&rec.work, &rec.request), (&new.work, &new.request));
 
     new.submitted_ms = u64::MAX;
     let err = store.insert_job(&new).unwrap_err();
@@ -152,8 +156,8 @@ fn transition_table_every_pair() {
             }
         }
     }
-    assert_eq!(n, 64);
-    assert_eq!(legal_count, 14);
+    assert_eq!(n, 81);
+    assert_eq!(legal_count, 15);
     // `finish` follows the same table, restricted to terminal targets.
     for from in JobState::ALL {
         for to in JobState::ALL {
@@ -276,14 +280,14 @@ fn leaving_the_active_states_releases_allocations() {
     let (_dir, store) = temp_store();
     // Requeued from placing, from running (preemption), and finished: all release.
     let a = placing_job(&store, 1);
-    store.allocate(a, 0, &slice(0, 19, 0, true)).unwrap();
+    store.allocate(a, 0, 0, &slice(0, 19, 0, true)).unwrap();
     store.transition(a, Placing, Queued, "reconfiguring", 5).unwrap();
     assert!(store.live_allocations().unwrap().is_empty());
     assert_eq!(store.job_allocations(a).unwrap()[0].released_ms, Some(5));
 
     let b = placing_job(&store, 2);
-    store.allocate(b, 0, &slice(0, 19, 0, true)).unwrap();
-    store.allocate(b, 1, &slice(0, 19, 1, true)).unwrap();
+    store.allocate(b, 0, 0, &slice(0, 19, 0, true)).unwrap();
+    store.allocate(b, 1, 0, &slice(0, 19, 1, true)).unwrap();
     store.transition(b, Placing, Running, "started", 6).unwrap();
     assert_eq!(store.live_allocations().unwrap().len(), 2);
     store.finish(b, Running, Failed, "rank 1 failed", ExitInfo { code: Some(1), ..Default::default() }, 7).unwrap();
@@ -295,8 +299,8 @@ fn leaving_the_active_states_releases_allocations() {
 fn filters_and_counts() {
     let (_dir, store) = temp_store();
     let mut all = Vec::new();
-    for n in 0..40u32 {
-        let state = JobState::ALL[(n % 8) as usize];
+    for n in 0..45u32 {
+        let state = JobState::ALL[(n % 9) as usize];
         all.push((job_in(&store, state, n), new_job(n), state));
     }
     let check = |filter: JobFilter| {
@@ -306,7 +310,7 @@ fn filters_and_counts() {
             .filter(|(_, j, s)| {
                 (filter.states.is_empty() || filter.states.contains(s))
                     && filter.user_uid.is_none_or(|u| u == j.user_uid)
-                    && filter.tenant.as_ref().is_none_or(|t| *t == j.tenant)
+                    && filter.tenant.as_ref().is_none_or(|t| *t == j.request.tenant)
             })
             .map(|(id, _, _)| *id)
             .collect();
@@ -330,7 +334,7 @@ fn filters_and_counts() {
     check(JobFilter { limit: Some(usize::MAX), ..Default::default() });
 
     let counts = store.count_by_state().unwrap();
-    assert_eq!(counts.len(), 8);
+    assert_eq!(counts.len(), 9);
     for s in JobState::ALL {
         assert_eq!(counts[&s], 5, "{s}");
     }

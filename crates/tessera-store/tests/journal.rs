@@ -1,7 +1,6 @@
 //! The reconfiguration journal: what a restarted daemon reads to resume or roll back, and the
 //! refusals that keep it coherent. Plus node metadata.
 
-use serde_json::json;
 use tessera_store::{ReconfigOutcome, Store, StoreError};
 
 mod common;
@@ -9,19 +8,15 @@ mod common;
 #[test]
 fn resume_data_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let plan = json!({
-        "gpu": 0,
-        "steps": [{"destroy": {"profile": 19, "start": 0}}, {"create": {"profile": 9, "start": 0}}],
-        "target": [[9, 0]],
-    });
+    let plan = tessera_store::JournalPlan { by: Some("admin".into()), ..common::plan() };
     let (job, r1, r2, r3) = {
         let store = Store::open(dir.path()).unwrap();
         let job = store.insert_job(&common::new_job(1)).unwrap();
         let r1 = store.begin_reconfig("GPU-a", 0, &plan, Some(job), 100).unwrap();
-        store.step_done(r1, 0, &json!({"destroyed": {"gi": 3}}), 101).unwrap();
-        let r2 = store.begin_reconfig("GPU-b", 1, &json!({"steps": []}), None, 102).unwrap();
-        let r3 = store.begin_reconfig("GPU-c", 2, &json!({"steps": [1]}), None, 103).unwrap();
-        store.step_done(r3, 0, &json!(null), 104).unwrap();
+        store.step_done(r1, 0, "{'destroyed': {'gi': 3}}", 101).unwrap();
+        let r2 = store.begin_reconfig("GPU-b", 1, &common::plan(), None, 102).unwrap();
+        let r3 = store.begin_reconfig("GPU-c", 2, &common::plan(), None, 103).unwrap();
+        store.step_done(r3, 0, "null", 104).unwrap();
         store.finish_reconfig(r3, ReconfigOutcome::Completed, 105).unwrap();
         // Dropped here without finishing r1 and r2: as if the daemon were killed.
         (job, r1, r2, r3)
@@ -33,12 +28,12 @@ fn resume_data_survives_a_reopen() {
     let a = &open[0];
     assert_eq!((a.id, a.gpu_uuid.as_str(), a.gpu_index, a.for_job), (r1, "GPU-a", 0, Some(job)));
     assert_eq!(a.plan, plan);
-    assert_eq!(a.steps_done, vec![(0, json!({"destroyed": {"gi": 3}}))]);
+    assert_eq!(a.steps_done, vec![(0, "{'destroyed': {'gi': 3}}".to_string())]);
     assert_eq!((a.created_ms, a.finished_ms, &a.outcome), (100, None, &None));
     assert_eq!((open[1].id, open[1].steps_done.len()), (r2, 0));
 
     // Resume r1: record the remaining step out of order of arrival, then close it.
-    store.step_done(r1, 1, &json!({"created": {"gi": 5, "ci": 0}}), 200).unwrap();
+    store.step_done(r1, 1, "{'created': {'gi': 5, 'ci': 0}}", 200).unwrap();
     let resumed = store.reconfig(r1).unwrap().unwrap();
     assert_eq!(resumed.steps_done.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1]);
     store.finish_reconfig(r1, ReconfigOutcome::RolledBack, 201).unwrap();
@@ -56,20 +51,20 @@ fn resume_data_survives_a_reopen() {
 #[test]
 fn journal_refusals() {
     let (_dir, store) = common::temp_store();
-    let r = store.begin_reconfig("GPU-a", 0, &json!({}), None, 1).unwrap();
+    let r = store.begin_reconfig("GPU-a", 0, &common::plan(), None, 1).unwrap();
     assert!(matches!(
-        store.begin_reconfig("GPU-a", 0, &json!({}), None, 2),
+        store.begin_reconfig("GPU-a", 0, &common::plan(), None, 2),
         Err(StoreError::ReconfigInProgress { open, .. }) if open == r
     ));
     assert!(matches!(
-        store.begin_reconfig("GPU-z", 9, &json!({}), Some(12345), 2),
+        store.begin_reconfig("GPU-z", 9, &common::plan(), Some(12345), 2),
         Err(StoreError::JobNotFound { id: 12345 })
     ));
-    store.step_done(r, 3, &json!(1), 2).unwrap();
-    assert!(matches!(store.step_done(r, 3, &json!(2), 3), Err(StoreError::StepRecorded { step: 3, .. })));
-    assert!(matches!(store.step_done(77, 0, &json!(2), 3), Err(StoreError::ReconfigNotFound { id: 77 })));
+    store.step_done(r, 3, "1", 2).unwrap();
+    assert!(matches!(store.step_done(r, 3, "2", 3), Err(StoreError::StepRecorded { step: 3, .. })));
+    assert!(matches!(store.step_done(77, 0, "2", 3), Err(StoreError::ReconfigNotFound { id: 77 })));
     store.finish_reconfig(r, ReconfigOutcome::Completed, 4).unwrap();
-    assert!(matches!(store.step_done(r, 4, &json!(2), 5), Err(StoreError::ReconfigFinished { .. })));
+    assert!(matches!(store.step_done(r, 4, "2", 5), Err(StoreError::ReconfigFinished { .. })));
     assert!(matches!(
         store.finish_reconfig(r, ReconfigOutcome::RolledBack, 5),
         Err(StoreError::ReconfigFinished { .. })
@@ -79,12 +74,9 @@ fn journal_refusals() {
         Err(StoreError::ReconfigNotFound { id: 0 })
     ));
     // Once closed, the GPU may be reconfigured again.
-    let again = store.begin_reconfig("GPU-a", 0, &json!({}), None, 6).unwrap();
+    let again = store.begin_reconfig("GPU-a", 0, &common::plan(), None, 6).unwrap();
     assert!(again > r);
-    assert!(matches!(
-        store.step_done(again, 0, &json!(null), u64::MAX),
-        Err(StoreError::OutOfRange { what: "at_ms", .. })
-    ));
+    assert!(matches!(store.step_done(again, 0, "null", u64::MAX), Err(StoreError::OutOfRange { what: "at_ms", .. })));
 }
 
 #[test]

@@ -25,6 +25,7 @@ fn job_state_names_are_snake_case_everywhere() {
         (JobState::Failed, "failed"),
         (JobState::Cancelled, "cancelled"),
         (JobState::TimedOut, "timed_out"),
+        (JobState::OomKilled, "oom_killed"),
         (JobState::Lost, "lost"),
     ];
     assert_eq!(names.len(), JobState::ALL.len());
@@ -44,7 +45,7 @@ fn job_state_names_are_snake_case_everywhere() {
 fn terminal_and_active_states() {
     use JobState::*;
     for s in JobState::ALL {
-        let terminal = matches!(s, Succeeded | Failed | Cancelled | TimedOut | Lost);
+        let terminal = matches!(s, Succeeded | Failed | Cancelled | TimedOut | OomKilled | Lost);
         assert_eq!(s.is_terminal(), terminal, "{s}");
         assert_eq!(s.is_active(), matches!(s, Placing | Running), "{s}");
     }
@@ -64,12 +65,10 @@ fn every_type_round_trips_through_json() {
         id: 42,
         user_uid: new.user_uid,
         user_name: new.user_name.clone(),
-        tenant: new.tenant.clone(),
-        priority: new.priority,
+        tenant: new.request.tenant.clone(),
+        priority: new.request.priority,
         request: new.request.clone(),
-        command: new.command.clone(),
-        env: new.env.clone(),
-        cwd: new.cwd.clone(),
+        work: new.work.clone(),
         submitted_ms: new.submitted_ms,
         state: JobState::Failed,
         reason: "rank failed".into(),
@@ -78,6 +77,7 @@ fn every_type_round_trips_through_json() {
         exit: Some(exit),
         job_dir: Some("/var/lib/tessera/jobs/42".into()),
         shim_pid: Some(4242),
+        runs: 2,
     };
     round_trip(&rec);
     let v = serde_json::to_value(&rec).unwrap();
@@ -100,9 +100,11 @@ fn every_type_round_trips_through_json() {
         compute_instance_id: Some(0),
         mig_uuid: Some("MIG-abc".into()),
         exclusive: false,
+        numa_node: Some(1),
+        host: vec![tessera_sched::HostShare { node: 1, cpus: vec![8, 9], mem_mib: 4096 }],
     };
     round_trip(&alloc);
-    round_trip(&AllocationRecord { rank: 2, allocation: alloc, allocated_ms: 1, released_ms: Some(2) });
+    round_trip(&AllocationRecord { rank: 2, slice: 1, allocation: alloc, allocated_ms: 1, released_ms: Some(2) });
     for outcome in [
         ReconfigOutcome::Completed,
         ReconfigOutcome::RolledBack,
@@ -116,9 +118,9 @@ fn every_type_round_trips_through_json() {
         id: 3,
         gpu_uuid: "GPU-1".into(),
         gpu_index: 1,
-        plan: json!({"steps": [{"destroy": 1}, {"create": 9}]}),
+        plan: common::plan(),
         for_job: Some(42),
-        steps_done: vec![(0, json!({"ok": true})), (1, json!(null))],
+        steps_done: vec![(0, "destroyed 1g.10gb@0".into()), (1, "created 3g.40gb@4".into())],
         created_ms: 10,
         finished_ms: None,
         outcome: None,

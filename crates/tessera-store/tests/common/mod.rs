@@ -4,23 +4,26 @@
 
 use std::path::Path;
 
-use tessera_store::{Allocation, JobState, NewJob, Store};
+use tessera_sched::{GpuRequest, JobRequest};
+use tessera_store::{Allocation, JobState, NewJob, ProcessWork, Store, Work};
 
 /// A job with recognisable fields derived from `n`.
 pub fn new_job(n: u32) -> NewJob {
+    let mut request = JobRequest::new(GpuRequest::Profile { name: "1g.10gb".into() });
+    request.ranks = n % 4 + 1;
+    request.tenant = if n.is_multiple_of(2) { "even".into() } else { "odd".into() };
+    request.priority = i32::try_from(n % 5).unwrap() - 2;
+    request.time_limit_ms = Some(3_600_000);
     NewJob {
         user_uid: 1000 + n % 3,
         user_name: format!("user{}", n % 3),
-        tenant: if n.is_multiple_of(2) { "even".into() } else { "odd".into() },
-        priority: i32::try_from(n % 5).unwrap() - 2,
-        request: serde_json::json!({
-            "ranks": [{"profile": "1g.10gb", "count": n % 4 + 1}],
-            "time_limit_s": 3600,
-            "note": format!("job {n} with \"quotes\" and ünïcode"),
+        request,
+        work: Work::Process(ProcessWork {
+            command: vec!["/bin/sh".into(), "-c".into(), format!("echo {n} with \"quotes\" and ünïcode; exit 0")],
+            env: vec![("A".into(), n.to_string()), ("EMPTY".into(), String::new())],
+            cwd: format!("/home/user{}", n % 3),
+            preempt_signal: None,
         }),
-        command: vec!["/bin/sh".into(), "-c".into(), format!("echo {n}; exit 0")],
-        env: vec![("A".into(), n.to_string()), ("EMPTY".into(), String::new())],
-        cwd: format!("/home/user{}", n % 3),
         submitted_ms: 1_700_000_000_000 + u64::from(n),
     }
 }
@@ -50,10 +53,31 @@ pub fn slice(gpu: u32, profile_id: u32, start: u8, exclusive: bool) -> Allocatio
         compute_instance_id: None,
         mig_uuid: None,
         exclusive,
+        numa_node: None,
+        host: Vec::new(),
     }
 }
 
 /// A raw SQLite connection to the store's database (for hand-editing in tests).
 pub fn raw(dir: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(dir.join(tessera_store::DB_FILE)).unwrap()
+}
+
+/// A journal plan: destroy a 1g at 0, create a 3g at 4.
+pub fn plan() -> tessera_store::JournalPlan {
+    use tessera_mig::{Instance, Step};
+    tessera_store::JournalPlan {
+        steps: vec![
+            Step::Destroy { instance: Instance::new(19, 0), gpu_instance_id: Some(9) },
+            Step::Create { instance: Instance::new(9, 4) },
+        ],
+        target: vec![Instance::new(9, 4)],
+        by: None,
+        mig_mode: None,
+    }
+}
+
+/// Live allocations as `(job, rank, allocation)` (every slice here is a rank's first).
+pub fn live(store: &Store) -> Vec<(u64, u32, Allocation)> {
+    store.live_allocations().unwrap().into_iter().map(|l| (l.job, l.rank, l.allocation)).collect()
 }
