@@ -9,30 +9,30 @@
 
 use std::hint::black_box;
 
-use tessera_store::{Allocation, ExitInfo, JobFilter, JobState, NewJob, Store};
+use tessera_sched::{GpuRequest, JobRequest};
+use tessera_store::{Allocation, ExitInfo, JobFilter, JobState, NewJob, ProcessWork, Store, Work};
 
 fn main() {
     divan::main();
 }
 
 fn sample_job(n: u32) -> NewJob {
+    let mut request = JobRequest::new(GpuRequest::Profile { name: "1g.10gb".into() });
+    request.tenant = format!("tenant{}", n % 3);
+    request.time_limit_ms = Some(3_600_000);
+    request.runtime_estimate_ms = Some(1_800_000);
+    request.cpus = 4;
+    request.mem_mib = 16_384;
     NewJob {
         user_uid: 1000 + n % 7,
         user_name: format!("user{}", n % 7),
-        tenant: format!("tenant{}", n % 3),
-        priority: 0,
-        request: serde_json::json!({
-            "ranks": [{"profile": "1g.10gb", "count": 1, "shared": false}],
-            "model": "H100-80GB",
-            "time_limit_s": 3600,
-            "runtime_estimate_s": 1800,
-            "cpus_per_rank": 4,
-            "memory_mb_per_rank": 16384,
-            "numa": "gpu-local",
+        request,
+        work: Work::Process(ProcessWork {
+            command: vec!["python3".into(), "train.py".into(), "--epochs".into(), "10".into()],
+            env: (0..30).map(|i| (format!("VARIABLE_{i}"), format!("/some/path/value/{i}/{n}"))).collect(),
+            cwd: "/home/user/project".into(),
+            preempt_signal: None,
         }),
-        command: vec!["python3".into(), "train.py".into(), "--epochs".into(), "10".into()],
-        env: (0..30).map(|i| (format!("VARIABLE_{i}"), format!("/some/path/value/{i}/{n}"))).collect(),
-        cwd: "/home/user/project".into(),
         submitted_ms: 1_700_000_000_000 + u64::from(n),
     }
 }
@@ -84,11 +84,13 @@ fn job_lifecycle(b: divan::Bencher) {
         compute_instance_id: Some(0),
         mig_uuid: Some("MIG-0".into()),
         exclusive: true,
+        numa_node: Some(0),
+        host: Vec::new(),
     };
     b.counter(divan::counter::ItemsCount::new(1usize)).bench_local(|| {
         let id = store.insert_job(&job).unwrap();
         store.transition(id, JobState::Queued, JobState::Placing, "placed", 2).unwrap();
-        store.allocate(id, 0, &slice).unwrap();
+        store.allocate(id, 0, 0, &slice).unwrap();
         store.transition(id, JobState::Placing, JobState::Running, "started", 3).unwrap();
         let exit = ExitInfo { code: Some(0), ..ExitInfo::default() };
         store.finish(id, JobState::Running, JobState::Succeeded, "exit 0", exit, 4).unwrap();

@@ -171,7 +171,7 @@ fn check_consistency(store: &Store, acked: &BTreeMap<u64, JobState>) -> usize {
     }
     // Allocations: only active jobs hold slices, one live allocation per rank, and no slice is
     // held by an exclusive allocation together with any other.
-    let live = common::live(&store);
+    let live = common::live(store);
     for (i, (job, rank, a)) in live.iter().enumerate() {
         assert!(by_id[job].state.is_active(), "job {job} ({}) leaks {a:?}", by_id[job].state);
         for (job2, rank2, b) in &live[i + 1..] {
