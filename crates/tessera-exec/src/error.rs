@@ -42,9 +42,11 @@ pub enum ExecError {
         #[source]
         source: io::Error,
     },
-    /// The shim died before it wrote `shim.pid`.
-    #[error("job {job_id}: the shim (pid {pid}) exited before it was ready ({status}); shim.log ends with: {log_tail}")]
-    ShimExited { job_id: u64, pid: u32, status: String, log_tail: String },
+    /// No shim claimed the job (it exited first, or did not claim it within the ready
+    /// timeout) and the daemon's [`abandon`](crate::abandon) won: the job never ran and never
+    /// will run in this job directory.
+    #[error("job {job_id}: not started: {detail}")]
+    NotStarted { job_id: u64, detail: String },
     /// A syscall aimed at a process failed.
     #[error("{syscall} on pid {pid} (job dir {path}): {source}")]
     Syscall {
@@ -72,9 +74,44 @@ pub enum ExecError {
     /// `tail_log` was asked for a rank the job does not have.
     #[error("job {job_id} has no rank {rank} (job dir {path})")]
     NoSuchRank { job_id: u64, rank: u32, path: PathBuf },
+    /// A stop request cannot be carried out as written.
+    #[error("job in {path}: invalid stop request: {reason}")]
+    InvalidStop { path: PathBuf, reason: String },
+    /// A cgroup file or directory operation failed.
+    #[error("job {job_id}: cgroup: {action} {path}: {source}")]
+    Cgroup {
+        job_id: u64,
+        /// What was being done, e.g. "creating", "writing memory.max to".
+        action: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Loading or attaching the device-filter eBPF program failed.
+    #[error("job {job_id}: {syscall} of the device filter for cgroup {path}: {source}{}", verifier_suffix(.verifier_log))]
+    Bpf {
+        job_id: u64,
+        /// "bpf(BPF_PROG_LOAD)" or "bpf(BPF_PROG_ATTACH)".
+        syscall: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+        /// The kernel verifier's log (empty when it gave none).
+        verifier_log: String,
+    },
+    /// Isolation marked `required` cannot be applied here.
+    #[error("job {job_id}: required isolation cannot be applied: {missing}")]
+    IsolationUnavailable { job_id: u64, missing: String },
+    /// A path that should be a character device is not one.
+    #[error("{path} is not a character device: {detail}")]
+    NotADevice { path: PathBuf, detail: String },
     /// An MPS control operation failed.
     #[error("MPS `{command}` (pipe directory {pipe_dir}): {detail}")]
     Mps { command: String, pipe_dir: PathBuf, detail: String },
+}
+
+fn verifier_suffix(log: &str) -> String {
+    if log.trim().is_empty() { String::new() } else { format!("; verifier log: {}", log.trim()) }
 }
 
 impl ExecError {

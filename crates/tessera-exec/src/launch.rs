@@ -1,5 +1,6 @@
 //! The daemon's side of a job: [`launch`] a shim, [`inspect`] a job directory (also after a
-//! daemon restart), [`cancel`], [`tail_log`], and [`kill_orphans`] for a lost job.
+//! daemon restart), [`stop`] (and [`cancel`]), [`tail_log`], and [`kill_orphans`] for a lost
+//! job.
 //!
 //! **No zombie, no double fork.** The shim is spawned directly (as the leader of a new session,
 //! so it outlives the daemon and gets none of its terminal's signals) and a small named thread
@@ -12,9 +13,13 @@
 //! [`Launcher`] does the same with a standby shim started ahead of time (the daemon's way: a
 //! launch is then a pipe write, not a fork and exec).
 //!
-//! `launch` returns once the shim has written `shim.pid` (by then its signal handlers are in
-//! place, so an immediate [`cancel`] is recorded as `cancelled`), or fails if the shim exits
-//! before that.
+//! **Never "launched" unless claimed.** `launch` returns the shim's pid once the shim has
+//! claimed the job (created `shim.pid`, see [`crate::claim`]; by then its signal handlers are in
+//! place, so an immediate [`cancel`] is recorded as `cancelled`). If the shim exits first, or
+//! nothing claims the job within the ready timeout (a loaded machine, a stopped standby), it
+//! calls [`abandon`](crate::abandon): when that wins the launch fails with
+//! [`ExecError::NotStarted`] and no shim will ever run that directory; when a shim won after
+//! all, that shim's pid is returned.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -24,17 +29,20 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::cgroup::{JobCgroup, cgroup_support};
+use crate::claim::{Claim, read_claim, try_claim};
 use crate::error::ExecError;
 use crate::procfs;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, StopReason, StopRequest};
 use crate::status::{
-    LogStream, Outcome, PID_FILE, RANKS_FILE, RankTable, SHIM_LOG, SPEC_FILE, STATUS_FILE, ShimState, log_path,
-    open_log, read_json, read_pid_file, write_json_unsynced,
+    LogStream, Outcome, PID_FILE, RANKS_FILE, RankTable, SHIM_LOG, SPEC_FILE, STATUS_FILE, STOP_FILE, ShimState,
+    log_path, open_log, read_json, write_json, write_json_unsynced,
 };
 use crate::sys::{self, LinuxSyscalls};
 use crate::syscalls::Syscalls;
 
-/// How long [`launch`] waits for the shim to write `shim.pid` before returning anyway.
+/// How long [`launch`] waits for a shim to claim the job before it gives the job up (the
+/// default of [`Launcher::with_ready_timeout`]).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most [`tail_log`] returns in one call.
@@ -46,9 +54,11 @@ pub const TAIL_CHUNK: u64 = 1 << 20;
 ///
 /// Refuses a directory that already holds `spec.json`, `shim.pid` or `status.json`, and a spec
 /// asking for another user when this process is not root.
+///
+/// Fails with [`ExecError::NotStarted`] when no shim claimed the job (see the module docs).
 pub fn launch(shim_exe: &Path, shim_args: &[&str], job_dir: &Path, spec: &JobSpec) -> Result<u32, ExecError> {
     let dir = prepare(job_dir, spec)?;
-    spawn_direct(shim_exe, shim_args, &dir, spec)
+    spawn_direct(shim_exe, shim_args, &dir, spec, READY_TIMEOUT)
 }
 
 /// Checks, creates the job directory and writes `spec.json`; returns the directory, absolute.
@@ -95,7 +105,13 @@ fn spawn_reaped(cmd: &mut Command, name: String) -> io::Result<(Started, Option<
     Ok((Started { pid, exited: rx }, stdin))
 }
 
-fn spawn_direct(shim_exe: &Path, shim_args: &[&str], dir: &Path, spec: &JobSpec) -> Result<u32, ExecError> {
+fn spawn_direct(
+    shim_exe: &Path,
+    shim_args: &[&str],
+    dir: &Path,
+    spec: &JobSpec,
+    ready_timeout: Duration,
+) -> Result<u32, ExecError> {
     let log_path = dir.join(SHIM_LOG);
     let log = open_log(&log_path, None).map_err(|e| ExecError::io("opening", &log_path, e))?;
     let log2 = log.try_clone().map_err(|e| ExecError::io("duplicating", &log_path, e))?;
@@ -104,32 +120,39 @@ fn spawn_direct(shim_exe: &Path, shim_args: &[&str], dir: &Path, spec: &JobSpec)
     let spawn_err =
         |source: io::Error| ExecError::Spawn { job_id: spec.job_id, program: shim_exe.display().to_string(), source };
     let (started, _) = spawn_reaped(&mut cmd, format!("tessera-reap-{}", spec.job_id)).map_err(spawn_err)?;
-    wait_ready(dir, spec.job_id, &started)
+    wait_claim(dir, spec.job_id, &started, ready_timeout)
 }
 
-/// Waits until the shim has written `shim.pid` (its signal handlers are in place by then).
-fn wait_ready(dir: &Path, job_id: u64, started: &Started) -> Result<u32, ExecError> {
+/// Waits until a shim has claimed the job (its signal handlers are in place by then); gives the
+/// job up when the shim exits first or the time runs out (see the module docs).
+fn wait_claim(dir: &Path, job_id: u64, started: &Started, timeout: Duration) -> Result<u32, ExecError> {
     let pid = started.pid;
-    let log_path = dir.join(SHIM_LOG);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if read_pid_file(dir).ok().flatten() == Some(pid) {
-            return Ok(pid);
+    let deadline = Instant::now().checked_add(timeout);
+    let why = loop {
+        match read_claim(dir)? {
+            Some(Claim::Shim { pid }) => return Ok(pid),
+            Some(Claim::Abandoned) => {
+                let detail = "the job directory was abandoned before a shim claimed it".to_owned();
+                return Err(ExecError::NotStarted { job_id, detail });
+            }
+            None => {}
         }
         if let Ok(status) = started.exited.try_recv() {
-            if read_pid_file(dir).ok().flatten() == Some(pid) {
-                return Ok(pid);
-            }
-            let log_tail = fs::read_to_string(&log_path)
+            let log_tail = fs::read_to_string(dir.join(SHIM_LOG))
                 .map(|t| t.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | "))
                 .unwrap_or_default();
-            return Err(ExecError::ShimExited { job_id, pid, status, log_tail });
+            break format!(
+                "the shim (pid {pid}) exited ({status}) before it claimed the job; shim.log ends with: {log_tail}"
+            );
         }
-        if Instant::now() >= deadline {
-            // Alive but slow (a loaded machine): it is running, so report it as launched.
-            return Ok(pid);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break format!("no shim claimed the job within {} ms (shim pid {pid})", timeout.as_millis());
         }
         thread::sleep(Duration::from_micros(200));
+    };
+    match try_claim(dir, Claim::Abandoned)? {
+        Claim::Abandoned => Err(ExecError::NotStarted { job_id, detail: why }),
+        Claim::Shim { pid } => Ok(pid),
     }
 }
 
@@ -148,12 +171,17 @@ pub struct Launcher {
     shim_exe: PathBuf,
     shim_args: Vec<String>,
     standby: bool,
+    ready_timeout: Duration,
     spare: std::sync::Arc<std::sync::Mutex<Option<Spare>>>,
 }
 
 impl std::fmt::Debug for Launcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Launcher").field("shim_exe", &self.shim_exe).field("standby", &self.standby).finish()
+        f.debug_struct("Launcher")
+            .field("shim_exe", &self.shim_exe)
+            .field("standby", &self.standby)
+            .field("ready_timeout", &self.ready_timeout)
+            .finish()
     }
 }
 
@@ -161,9 +189,16 @@ impl Launcher {
     /// A launcher for `shim_exe shim_args… --job-dir DIR`; with `standby`, one standby shim
     /// is started at once (in the background).
     pub fn new(shim_exe: PathBuf, shim_args: Vec<String>, standby: bool) -> Launcher {
-        let l = Launcher { shim_exe, shim_args, standby, spare: Default::default() };
+        let l = Launcher { shim_exe, shim_args, standby, ready_timeout: READY_TIMEOUT, spare: Default::default() };
         l.refill();
         l
+    }
+
+    /// How long a launch waits for a shim to claim the job before giving it up
+    /// ([`READY_TIMEOUT`] unless set).
+    pub fn with_ready_timeout(mut self, timeout: Duration) -> Launcher {
+        self.ready_timeout = timeout;
+        self
     }
 
     fn refill(&self) {
@@ -183,8 +218,9 @@ impl Launcher {
         });
     }
 
-    /// As [`launch`]: creates `job_dir`, writes `spec.json`, starts the job's shim and returns
-    /// its pid once it has written `shim.pid`.
+    /// As [`launch`]: creates `job_dir`, writes `spec.json`, hands the job to the standby shim
+    /// (or starts one) and returns its pid once it has claimed the job; [`ExecError::NotStarted`]
+    /// when none did within the ready timeout and the job was given up.
     pub fn launch(&self, job_dir: &Path, spec: &JobSpec) -> Result<u32, ExecError> {
         let dir = prepare(job_dir, spec)?;
         let spare = self.spare.lock().ok().and_then(|mut s| s.take());
@@ -195,15 +231,15 @@ impl Launcher {
             let line = format!("{}\n", dir.display());
             if alive && !line.trim_end().contains('\n') && spare.stdin.write_all(line.as_bytes()).is_ok() {
                 drop(spare.stdin);
-                return wait_ready(&dir, spec.job_id, &spare.started);
+                return wait_claim(&dir, spec.job_id, &spare.started, self.ready_timeout);
             }
         }
         let args: Vec<&str> = self.shim_args.iter().map(String::as_str).collect();
-        spawn_direct(&self.shim_exe, &args, &dir, spec)
+        spawn_direct(&self.shim_exe, &args, &dir, spec, self.ready_timeout)
     }
 }
 
-fn canonical_job_dir(job_dir: &Path, job_id: u64) -> Result<PathBuf, ExecError> {
+pub(crate) fn canonical_job_dir(job_dir: &Path, job_id: u64) -> Result<PathBuf, ExecError> {
     match fs::canonicalize(job_dir) {
         Ok(dir) => Ok(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -213,7 +249,7 @@ fn canonical_job_dir(job_dir: &Path, job_id: u64) -> Result<PathBuf, ExecError> 
     }
 }
 
-fn load_spec(dir: &Path, job_id: u64) -> Result<JobSpec, ExecError> {
+pub(crate) fn load_spec(dir: &Path, job_id: u64) -> Result<JobSpec, ExecError> {
     let spec: JobSpec = read_json(&dir.join(SPEC_FILE), "job spec")?
         .ok_or_else(|| ExecError::NotAJobDir { job_id, path: dir.to_path_buf() })?;
     if spec.job_id != job_id {
@@ -225,31 +261,37 @@ fn load_spec(dir: &Path, job_id: u64) -> Result<JobSpec, ExecError> {
 /// What the job directory says about job `job_id`:
 ///
 /// * `status.json` present → [`ShimState::Finished`];
-/// * else `shim.pid` names a live process whose `/proc/<pid>/cmdline` has the job directory as
-///   an argument → [`ShimState::Running`] (a reused pid fails the second test);
+/// * no `shim.pid` → [`ShimState::Unclaimed`] (settle it with [`abandon`](crate::abandon));
+/// * `shim.pid` says `abandoned` → [`ShimState::Abandoned`];
+/// * `shim.pid` names a live process whose `/proc/<pid>/cmdline` has the job directory as an
+///   argument → [`ShimState::Running`] (a reused pid fails the second test);
 /// * else [`ShimState::Lost`], with the processes still alive in the ranks' sessions (from
-///   `ranks.json`, each rank checked by start time against pid reuse).
+///   `ranks.json`, each rank checked by start time against pid reuse) and in the job's cgroup.
 pub fn inspect(job_dir: &Path, job_id: u64) -> Result<ShimState, ExecError> {
     let dir = canonical_job_dir(job_dir, job_id)?;
-    load_spec(&dir, job_id)?;
+    let spec = load_spec(&dir, job_id)?;
     if let Some(outcome) = read_json::<Outcome>(&dir.join(STATUS_FILE), "job outcome")? {
         return Ok(ShimState::Finished(outcome));
     }
-    let pid = read_pid_file(&dir)?;
+    let pid = match read_claim(&dir)? {
+        None => return Ok(ShimState::Unclaimed),
+        Some(Claim::Abandoned) => return Ok(ShimState::Abandoned),
+        Some(Claim::Shim { pid }) => pid,
+    };
     // A zombie (a shim that died and is not reaped yet) is gone, not "another process".
-    let alive = pid.is_some_and(|p| LinuxSyscalls.pid_alive(p) && procfs::stat(p).is_some_and(|s| s.state != 'Z'));
-    if let Some(p) = pid.filter(|&p| alive && procfs::is_shim_of(p, &dir)) {
-        return Ok(ShimState::Running { shim_pid: p });
+    let alive = LinuxSyscalls.pid_alive(pid) && procfs::stat(pid).is_some_and(|s| s.state != 'Z');
+    if alive && procfs::is_shim_of(pid, &dir) {
+        return Ok(ShimState::Running { shim_pid: pid });
     }
     // The shim may have written its status and exited while we looked.
     if let Some(outcome) = read_json::<Outcome>(&dir.join(STATUS_FILE), "job outcome")? {
         return Ok(ShimState::Finished(outcome));
     }
-    let survivors = survivors(&dir)?;
-    let mut detail = match pid {
-        None => "the shim never wrote shim.pid, and there is no status.json".to_owned(),
-        Some(p) if alive => format!("pid {p} from shim.pid is another process now (pid reused); no status.json"),
-        Some(p) => format!("the shim (pid {p}) is gone and left no status.json"),
+    let survivors = survivors(&dir, &spec)?;
+    let mut detail = if alive {
+        format!("pid {pid} from shim.pid is another process now (pid reused); no status.json")
+    } else {
+        format!("the shim (pid {pid}) is gone and left no status.json")
     };
     if !survivors.is_empty() {
         let list = survivors.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
@@ -258,56 +300,100 @@ pub fn inspect(job_dir: &Path, job_id: u64) -> Result<ShimState, ExecError> {
     Ok(ShimState::Lost { detail, survivors })
 }
 
-/// Live processes in the sessions of the job's ranks.
-fn survivors(dir: &Path) -> Result<Vec<u32>, ExecError> {
-    let Some(table) = read_json::<RankTable>(&dir.join(RANKS_FILE), "rank table")? else { return Ok(Vec::new()) };
-    let mut pids = Vec::new();
-    for rank in &table.ranks {
-        // A process now holding the rank's pid with another start time means the rank's
-        // session is entirely gone (the kernel does not reuse a session id while it is in use).
-        if procfs::stat(rank.pid).is_some_and(|s| s.start_time != rank.start_time) {
-            continue;
+/// The job's cgroup as it would be on this machine, if the spec asks for one.
+fn job_cgroup(spec: &JobSpec) -> Option<JobCgroup> {
+    spec.isolation.as_ref().map(|iso| JobCgroup::locate(&cgroup_support(), iso, spec.job_id))
+}
+
+/// Live processes in the sessions of the job's ranks and in its cgroup.
+fn survivors(dir: &Path, spec: &JobSpec) -> Result<Vec<u32>, ExecError> {
+    let mut pids = job_cgroup(spec).map(|cg| cg.members()).unwrap_or_default();
+    if let Some(table) = read_json::<RankTable>(&dir.join(RANKS_FILE), "rank table")? {
+        for rank in &table.ranks {
+            // A process now holding the rank's pid with another start time means the rank's
+            // session is entirely gone (the kernel does not reuse a session id while it is in
+            // use).
+            if procfs::stat(rank.pid).is_some_and(|s| s.start_time != rank.start_time) {
+                continue;
+            }
+            pids.extend(procfs::session_members(rank.pid));
         }
-        pids.extend(procfs::session_members(rank.pid));
     }
     pids.sort_unstable();
     pids.dedup();
     Ok(pids)
 }
 
-/// Cancels the job: `SIGTERM` to its shim, which stops the ranks and records `cancelled`.
-/// A job that has already finished is left alone (`Ok`); a job with no live shim and no status
-/// is [`ExecError::NotRunning`].
-pub fn cancel(job_dir: &Path) -> Result<(), ExecError> {
+/// Asks the job's shim to stop it: writes `stop.json` (atomically) with `request`, then sends
+/// `SIGTERM` to the shim, which sends `request.signal` to every rank's process group, waits
+/// `request.grace_ms`, then sends `SIGKILL`, and records the outcome with the request
+/// ([`JobState::Preempted`](crate::JobState::Preempted) for a preemption, `cancelled`
+/// otherwise). A second stop (or `SIGTERM`) while one is under way kills at once; the first
+/// request stays the recorded one.
+///
+/// A job that has already finished is left alone (`Ok`); a job with no live shim and no
+/// status is [`ExecError::NotRunning`]; a signal the kernel does not have is
+/// [`ExecError::InvalidStop`].
+pub fn stop(job_dir: &Path, request: &StopRequest) -> Result<(), ExecError> {
     let dir = fs::canonicalize(job_dir).map_err(|e| ExecError::io("resolving", job_dir, e))?;
-    let pid = read_pid_file(&dir)?;
-    if let Some(pid) = pid.filter(|&p| LinuxSyscalls.pid_alive(p) && procfs::is_shim_of(p, &dir)) {
-        return LinuxSyscalls.kill(pid, libc::SIGTERM).map_err(|errno| ExecError::Syscall {
-            syscall: "kill(SIGTERM)",
-            pid,
-            path: dir.clone(),
-            source: errno.into_io(),
-        });
-    }
-    if dir.join(STATUS_FILE).exists() {
-        return Ok(());
-    }
-    let detail = match pid {
-        None => "no shim.pid".to_owned(),
-        Some(p) => format!("shim pid {p} is not running"),
+    request.check().map_err(|reason| ExecError::InvalidStop { path: dir.clone(), reason })?;
+    let claim = read_claim(&dir)?;
+    let shim = match claim {
+        Some(Claim::Shim { pid }) if LinuxSyscalls.pid_alive(pid) && procfs::is_shim_of(pid, &dir) => Some(pid),
+        _ => None,
     };
-    Err(ExecError::NotRunning { path: dir, detail })
+    let Some(pid) = shim else {
+        if dir.join(STATUS_FILE).exists() {
+            return Ok(());
+        }
+        let detail = match claim {
+            None => "no shim has claimed it (no shim.pid)".to_owned(),
+            Some(Claim::Abandoned) => "it was abandoned before any shim claimed it".to_owned(),
+            Some(Claim::Shim { pid }) => format!("shim pid {pid} is not running"),
+        };
+        return Err(ExecError::NotRunning { path: dir, detail });
+    };
+    // The first request is the one the shim acts on and records; a later one only hurries it
+    // (its SIGTERM means "kill now"), so it leaves the first on disk.
+    if !dir.join(STOP_FILE).exists() {
+        write_json(&dir.join(STOP_FILE), "stop request", request)?;
+    }
+    match LinuxSyscalls.kill(pid, libc::SIGTERM) {
+        Ok(()) => Ok(()),
+        // It ended between the check and the signal.
+        Err(_) if dir.join(STATUS_FILE).exists() => Ok(()),
+        Err(errno) => Err(ExecError::Syscall { syscall: "kill(SIGTERM)", pid, path: dir, source: errno.into_io() }),
+    }
 }
 
-/// `SIGKILL` to every process still alive in the sessions of a job's ranks, for a job whose
-/// shim is gone (see [`ShimState::Lost`]). Returns the pids signalled. Refuses a running job.
+/// Cancels the job: [`stop`] with [`StopReason::Cancel`], `SIGTERM` and the spec's
+/// `kill_grace_ms`. A job that has already finished is left alone (`Ok`); a job with no live
+/// shim and no status is [`ExecError::NotRunning`].
+pub fn cancel(job_dir: &Path) -> Result<(), ExecError> {
+    let spec_path = job_dir.join(SPEC_FILE);
+    let grace_ms = match read_json::<JobSpec>(&spec_path, "job spec") {
+        Ok(Some(spec)) => spec.kill_grace_ms,
+        Ok(None) => {
+            let detail = "no spec.json".to_owned();
+            return Err(ExecError::NotRunning { path: job_dir.to_path_buf(), detail });
+        }
+        Err(e) => return Err(e),
+    };
+    let request = StopRequest { reason: StopReason::Cancel, signal: libc::SIGTERM, grace_ms, detail: String::new() };
+    stop(job_dir, &request)
+}
+
+/// `SIGKILL` to every process still alive in the sessions of a job's ranks and in its cgroup,
+/// for a job whose shim is gone (see [`ShimState::Lost`]); the cgroup is removed. Returns the
+/// pids signalled. Refuses a running job.
 pub fn kill_orphans(job_dir: &Path, job_id: u64) -> Result<Vec<u32>, ExecError> {
     let dir = canonical_job_dir(job_dir, job_id)?;
+    let spec = load_spec(&dir, job_id)?;
     if let ShimState::Running { shim_pid } = inspect(&dir, job_id)? {
         return Err(ExecError::StillRunning { job_id, shim_pid, path: dir });
     }
     let mut killed = Vec::new();
-    for pid in survivors(&dir)? {
+    for pid in survivors(&dir, &spec)? {
         match LinuxSyscalls.kill(pid, libc::SIGKILL) {
             Ok(()) => killed.push(pid),
             Err(errno) if errno.0 == libc::ESRCH => {}
@@ -316,11 +402,17 @@ pub fn kill_orphans(job_dir: &Path, job_id: u64) -> Result<Vec<u32>, ExecError> 
             }
         }
     }
+    if let Some(cg) = job_cgroup(&spec) {
+        killed.extend(cg.cleanup()?);
+    }
+    killed.sort_unstable();
+    killed.dedup();
     Ok(killed)
 }
 
-/// Reads rank `rank`'s stdout log from byte `from_offset`: at most [`TAIL_CHUNK`] bytes and the
-/// offset to ask from next time. A log not created yet reads as empty. For `tessera logs -f`.
+/// Reads rank `rank`'s stdout log (in the spec's output directory) from byte `from_offset`: at
+/// most [`TAIL_CHUNK`] bytes and the offset to ask from next time. A log not created yet reads
+/// as empty. For `tessera logs -f`.
 pub fn tail_log(job_dir: &Path, rank: u32, from_offset: u64) -> Result<(Vec<u8>, u64), ExecError> {
     tail_stream(job_dir, rank, LogStream::Stdout, from_offset)
 }
@@ -339,7 +431,7 @@ pub fn tail_stream(
     if spec.rank(rank).is_none() {
         return Err(ExecError::NoSuchRank { job_id: spec.job_id, rank, path: job_dir.to_path_buf() });
     }
-    let path = log_path(job_dir, rank, stream);
+    let path = log_path(&spec.log_dir(job_dir), rank, stream);
     let mut file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), from_offset)),

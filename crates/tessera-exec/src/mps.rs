@@ -9,9 +9,14 @@
 //!   it would have run with to a JSON-lines file.
 //!
 //! **One user per instance.** MPS servers are per uid and one server at a time owns a device,
-//! so the control daemon of an instance runs *as the uid given to `start`* (switching when
-//! Tessera is root; refused when it is not root and the uid is another), and its directories are
-//! created `0700` and owned by that user. Commands run as the owner of the pipe directory.
+//! so the control daemon of an instance runs *as the [`RunAs`] given to `start`* (`setgroups`,
+//! `setgid`, `setuid` before `exec` when Tessera is root; refused when it is not root and the
+//! user is another), and its directories are created `0700` and owned by that user. Commands
+//! run as the owner of the pipe directory, with that user's groups.
+//!
+//! **Adoption.** [`MpsControl::is_running`] tells a restarted daemon that an instance's control
+//! daemon is already up (for [`NvidiaMps`]: the record is there and `get_server_list` answers),
+//! so it adopts it instead of starting a second one.
 //!
 //! Both implementations keep `tessera-mps.json` (the instance's MIG UUID and log directory) in
 //! the pipe directory, so later commands, even from a restarted daemon, use the same
@@ -28,7 +33,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -39,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ExecError;
 use crate::status::{read_json, write_json};
+use crate::syscalls::Credentials;
 
 /// The file each implementation keeps in the pipe directory.
 pub const MPS_STATE_FILE: &str = "tessera-mps.json";
@@ -49,10 +54,35 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Words in the control program's output that mean the command failed.
 const ERROR_WORDS: [&str; 7] = ["error", "invalid", "cannot", "can't", "fail", "unknown command", "unrecognized"];
 
+/// Who a control daemon runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the user's groups from the name service); empty means just `gid`.
+    pub groups: Vec<u32>,
+}
+
+impl From<&tessera_host::User> for RunAs {
+    fn from(user: &tessera_host::User) -> Self {
+        RunAs { uid: user.uid, gid: user.gid, groups: user.groups.clone() }
+    }
+}
+
+impl RunAs {
+    fn credentials(&self) -> Credentials {
+        let groups = if self.groups.is_empty() { vec![self.gid] } else { self.groups.clone() };
+        Credentials { uid: self.uid, gid: self.gid, groups }
+    }
+}
+
 /// Drives one MPS control daemon per shared MIG instance, named by its pipe directory.
 pub trait MpsControl: Send + Sync {
-    /// Starts the control daemon for `instance_mig_uuid`, running as `uid`.
-    fn start(&self, instance_mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, uid: u32) -> Result<(), ExecError>;
+    /// Starts the control daemon for `mig_uuid`, running as `user`.
+    fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError>;
+    /// Whether a control daemon started for `pipe_dir` is up (so a restarted daemon adopts it
+    /// rather than starting another).
+    fn is_running(&self, pipe_dir: &Path) -> bool;
     /// `set_default_active_thread_percentage <pct>` (1–100; applies to servers started later).
     fn set_default_active_thread_percentage(&self, pipe_dir: &Path, pct: u32) -> Result<(), ExecError>;
     /// `set_default_device_pinned_mem_limit <mig_uuid> <mib>M`.
@@ -126,22 +156,37 @@ fn prepare_dirs(pipe_dir: &Path, log_dir: &Path, owner: Option<(u32, u32)>) -> R
     Ok(())
 }
 
-/// The uid/gid to switch to for running as `uid`: `None` when this process already is `uid`.
-fn run_as(uid: u32, command: &str, pipe_dir: &Path) -> Result<Option<(u32, u32)>, ExecError> {
-    let euid = tessera_host::effective_uid();
-    if uid == euid {
+/// The identity to switch to for running as `user`: `None` when this process already is that
+/// uid and gid; refused when it is not and this process is not root.
+fn switch_for(user: &RunAs, command: &str, pipe_dir: &Path) -> Result<Option<Credentials>, ExecError> {
+    let (euid, egid) = (tessera_host::effective_uid(), tessera_host::effective_gid());
+    if euid == 0 && user.uid == 0 && user.gid == egid {
+        return Ok(None);
+    }
+    if user.uid == euid && user.gid == egid && euid != 0 {
         return Ok(None);
     }
     if euid != 0 {
         return Err(mps_err(
             command,
             pipe_dir,
-            format!("cannot run as uid {uid}: this process runs as uid {euid}, not root"),
+            format!("cannot run as uid {} gid {}: this process runs as uid {euid}, not root", user.uid, user.gid),
         ));
     }
-    // A uid without a user-database entry gets the group of the same number.
-    let gid = tessera_host::user_by_uid(uid).ok().flatten().map_or(uid, |u| u.gid);
-    Ok(Some((uid, gid)))
+    Ok(Some(user.credentials()))
+}
+
+/// Who commands for `pipe_dir` run as: its owner, with the owner's groups from the name
+/// service (just the directory's group for a uid it does not know).
+fn pipe_dir_owner(pipe_dir: &Path, command: &str) -> Result<RunAs, ExecError> {
+    let meta = fs::metadata(pipe_dir).map_err(|e| ExecError::io("reading", pipe_dir, e))?;
+    let (uid, gid) = (meta.uid(), meta.gid());
+    let groups = match tessera_host::user_by_uid(uid) {
+        Ok(Some(user)) => user.groups,
+        Ok(None) => vec![gid],
+        Err(e) => return Err(mps_err(command, pipe_dir, e.to_string())),
+    };
+    Ok(RunAs { uid, gid, groups })
 }
 
 /// Runs the control program, feeding `input` on stdin, and returns its status and combined
@@ -212,19 +257,20 @@ impl NvidiaMps {
         NvidiaMps { control_binary: control_binary.into() }
     }
 
-    fn command(&self, env: &BTreeMap<&'static str, String>, as_user: Option<(u32, u32)>) -> Command {
+    fn command(&self, env: &BTreeMap<&'static str, String>, as_user: Option<Credentials>) -> Command {
         let mut cmd = Command::new(&self.control_binary);
+        cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         cmd.envs(env.iter().map(|(k, v)| (*k, v))).current_dir("/");
-        if let Some((uid, gid)) = as_user {
-            cmd.uid(uid).gid(gid);
+        if let Some(creds) = as_user {
+            crate::sys::switch_user(&mut cmd, creds);
         }
         cmd
     }
 
     fn send(&self, pipe_dir: &Path, line: &str) -> Result<String, ExecError> {
         let inst = load_instance(pipe_dir, line)?;
-        let meta = fs::metadata(pipe_dir).map_err(|e| ExecError::io("reading", pipe_dir, e))?;
-        let as_user = (tessera_host::effective_uid() == 0 && meta.uid() != 0).then_some((meta.uid(), meta.gid()));
+        let owner = pipe_dir_owner(pipe_dir, line)?;
+        let as_user = if tessera_host::effective_uid() == 0 { switch_for(&owner, line, pipe_dir)? } else { None };
         let mut cmd = self.command(&control_env(pipe_dir, &inst), as_user);
         let (status, output) = run_control(&mut cmd, Some(&format!("{line}\n")), COMMAND_TIMEOUT)
             .map_err(|e| mps_err(line, pipe_dir, format!("{}: {e}", self.control_binary.display())))?;
@@ -239,12 +285,12 @@ impl NvidiaMps {
 }
 
 impl MpsControl for NvidiaMps {
-    fn start(&self, instance_mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, uid: u32) -> Result<(), ExecError> {
+    fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
         let what = "nvidia-cuda-mps-control -d";
-        check_uuid(instance_mig_uuid, what, pipe_dir)?;
-        let as_user = run_as(uid, what, pipe_dir)?;
-        prepare_dirs(pipe_dir, log_dir, as_user)?;
-        let inst = MpsInstance { mig_uuid: instance_mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
+        check_uuid(mig_uuid, what, pipe_dir)?;
+        let as_user = switch_for(user, what, pipe_dir)?;
+        prepare_dirs(pipe_dir, log_dir, as_user.as_ref().map(|c| (c.uid, c.gid)))?;
+        let inst = MpsInstance { mig_uuid: mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
         write_json(&pipe_dir.join(MPS_STATE_FILE), "MPS instance record", &inst)?;
         let mut cmd = self.command(&control_env(pipe_dir, &inst), as_user);
         cmd.arg("-d");
@@ -255,6 +301,10 @@ impl MpsControl for NvidiaMps {
             return Err(mps_err(what, pipe_dir, format!("{} ({status}): {output}", self.control_binary.display())));
         }
         Ok(())
+    }
+
+    fn is_running(&self, pipe_dir: &Path) -> bool {
+        pipe_dir.join(MPS_STATE_FILE).exists() && self.send(pipe_dir, "get_server_list").is_ok()
     }
 
     fn set_default_active_thread_percentage(&self, pipe_dir: &Path, pct: u32) -> Result<(), ExecError> {
@@ -272,16 +322,18 @@ impl MpsControl for NvidiaMps {
     }
 }
 
-/// The simulated node's stand-in: records every command, with the environment [`NvidiaMps`]
-/// would give it, as one JSON object per line of `log`:
+/// The simulated node's stand-in: records every command, with the identity and environment
+/// [`NvidiaMps`] would give it, as one JSON object per line of `log`:
 ///
 /// ```text
-/// {"op":"start","argv":["-d"],"mig_uuid":"MIG-…","uid":1000,"pipe_dir":"…","log_dir":"…","env":{…}}
-/// {"op":"command","stdin":"set_default_active_thread_percentage 50","pipe_dir":"…","env":{…}}
+/// {"op":"start","argv":["-d"],"mig_uuid":"MIG-…","uid":1000,"gid":1000,"groups":[1000],"pipe_dir":"…","log_dir":"…","env":{…}}
+/// {"op":"command","stdin":"set_default_active_thread_percentage 50","uid":1000,"gid":1000,"pipe_dir":"…","env":{…}}
 /// ```
 ///
-/// It creates the directories and the instance record like `NvidiaMps` (without switching
-/// users), so commands out of order fail the same way.
+/// It creates the directories (owned by the user, when root) and the instance record like
+/// `NvidiaMps`, and refuses another user when not root, so commands out of order or for the
+/// wrong user fail the same way; it runs nothing. It is running ([`MpsControl::is_running`])
+/// from `start` to `quit`.
 #[derive(Debug, Clone)]
 pub struct RecordingMps {
     pub log: PathBuf,
@@ -305,9 +357,12 @@ impl RecordingMps {
 
     fn send(&self, pipe_dir: &Path, line: &str) -> Result<(), ExecError> {
         let inst = load_instance(pipe_dir, line)?;
+        let owner = pipe_dir_owner(pipe_dir, line)?;
         self.append(&serde_json::json!({
             "op": "command",
             "stdin": line,
+            "uid": owner.uid,
+            "gid": owner.gid,
             "pipe_dir": pipe_dir,
             "env": control_env(pipe_dir, &inst),
         }))
@@ -315,20 +370,28 @@ impl RecordingMps {
 }
 
 impl MpsControl for RecordingMps {
-    fn start(&self, instance_mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, uid: u32) -> Result<(), ExecError> {
-        check_uuid(instance_mig_uuid, "nvidia-cuda-mps-control -d", pipe_dir)?;
-        prepare_dirs(pipe_dir, log_dir, None)?;
-        let inst = MpsInstance { mig_uuid: instance_mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
+    fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
+        let what = "nvidia-cuda-mps-control -d";
+        check_uuid(mig_uuid, what, pipe_dir)?;
+        let as_user = switch_for(user, what, pipe_dir)?;
+        prepare_dirs(pipe_dir, log_dir, as_user.as_ref().map(|c| (c.uid, c.gid)))?;
+        let inst = MpsInstance { mig_uuid: mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
         write_json(&pipe_dir.join(MPS_STATE_FILE), "MPS instance record", &inst)?;
         self.append(&serde_json::json!({
             "op": "start",
             "argv": ["-d"],
-            "mig_uuid": instance_mig_uuid,
-            "uid": uid,
+            "mig_uuid": mig_uuid,
+            "uid": user.uid,
+            "gid": user.gid,
+            "groups": user.credentials().groups,
             "pipe_dir": pipe_dir,
             "log_dir": log_dir,
             "env": control_env(pipe_dir, &inst),
         }))
+    }
+
+    fn is_running(&self, pipe_dir: &Path) -> bool {
+        pipe_dir.join(MPS_STATE_FILE).exists()
     }
 
     fn set_default_active_thread_percentage(&self, pipe_dir: &Path, pct: u32) -> Result<(), ExecError> {

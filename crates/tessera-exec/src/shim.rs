@@ -1,69 +1,88 @@
 //! The per-job supervisor: the body of the hidden `tessera shim --job-dir DIR` subcommand.
 //!
-//! [`run_shim`] installs its signal handlers, writes `shim.pid`, reads `spec.json`, starts
+//! [`run_shim`] installs its signal handlers, claims the job (creates `shim.pid`, see
+//! [`crate::claim`]), reads `spec.json`, sets up the job's cgroup ([`crate::cgroup`]), starts
 //! every rank, supervises them and writes `status.json`. It must run on the main thread of a
 //! process that starts no other threads: ranks get `PR_SET_PDEATHSIG`, which fires when the
 //! *thread* that forked them exits.
 //!
-//! **Starting a rank.** `std::process::Command` with the user's environment plus the rank's
-//! (nothing of the shim's own), stdin `/dev/null`, stdout/stderr appended to the rank's logs
-//! (created `0640`, owned by the job's user when the shim switches users), and a `pre_exec`
-//! hook running [`crate::syscalls::apply_child_setup`]: `setsid`, CPU affinity, `MPOL_BIND`,
-//! `setgroups`/`setgid`/`setuid` (only when the spec's uid/gid differ from the shim's, which
-//! then must be root), `PR_SET_PDEATHSIG(SIGKILL)`, `chdir` to the job's cwd as the user. The
-//! binding is planned first ([`crate::binding`]).
+//! **Claiming.** A shim that finds `shim.pid` already there (the daemon wrote `abandoned`, having
+//! given up waiting for it) starts nothing, writes one line to `shim.log` and exits with
+//! [`EXIT_ABANDONED`]; nothing else is written.
 //!
-//! **Waiting.** A polling loop (every [`POLL`]): `try_wait` (`waitpid(pid, WNOHANG)`) on each
-//! rank still running, then the stop conditions. Signals only set atomics (see
-//! `sys::prepare_shim_signals`), so nothing runs in a handler and no `SIGCHLD` or
-//! self-pipe juggling is needed; the price is up to one poll interval of latency. The shim
-//! resets `SIGCHLD` to its default on start, so an ignored `SIGCHLD` inherited from the daemon
-//! cannot make the kernel reap ranks behind its back.
+//! **Starting a rank.** `std::process::Command` with the user's environment plus the rank's
+//! (nothing of the shim's own), stdin `/dev/null`, stdout/stderr pipes read by the shim
+//! (`output`: logs in the output directory, appended to, created `0640` and owned by
+//! the job's user when the shim switches users, capped per run), and a `pre_exec` hook running
+//! [`crate::syscalls::apply_child_setup`]: `setsid`, into the job's cgroups, CPU affinity,
+//! `MPOL_BIND`, `setgroups`/`setgid`/`setuid` (only when the spec's uid/gid differ from the
+//! shim's, which then must be root), `PR_SET_PDEATHSIG(SIGKILL)`, `chdir` to the job's cwd as
+//! the user. The binding is planned first ([`crate::binding`]), within the job's cpuset when it
+//! has one.
+//!
+//! **Waiting.** A loop whose wait is a `poll(2)` on the ranks' output pipes with a [`POLL`]
+//! timeout: copy what is readable, `try_wait` (`waitpid(pid, WNOHANG)`) on each rank still
+//! running, then the stop conditions. Signals only set atomics (see
+//! `sys::prepare_shim_signals`), so nothing runs in a handler and no `SIGCHLD` or self-pipe
+//! juggling is needed; the price is up to one poll interval of latency. The shim resets
+//! `SIGCHLD` to its default on start, so an ignored `SIGCHLD` inherited from the daemon cannot
+//! make the kernel reap ranks behind its back.
 //!
 //! **Stopping.** The first of these decides the outcome: a rank exits non-zero or by a signal
-//! (`failed`), a rank cannot start (`failed`), `SIGTERM`/`SIGINT` to the shim (`cancelled`), the
-//! time limit (`timed_out`). The shim then sends `SIGTERM` to every rank's process group,
-//! and `SIGKILL` once `kill_grace_ms` has passed (or at once on a second `SIGTERM`/`SIGINT`).
-//! When every rank has been reaped, a last `SIGKILL` goes to every rank's process group, so
-//! processes a rank left behind in its group do not outlive the job (whatever left the group,
-//! e.g. with its own `setsid`, is beyond a shim without cgroups). A group is only signalled
+//! (`failed`, or `oom_killed` when the OOM killer did it), a rank cannot start (`failed`),
+//! `SIGTERM`/`SIGINT` to the shim (a stop: `stop.json` says why, which signal and what grace;
+//! without it a cancel with `SIGTERM` and the spec's grace), the time limit (`timed_out`). The
+//! shim then sends the stop's signal (`SIGTERM` otherwise) to every rank's process group, and
+//! `SIGKILL` once the grace has passed (or at once on a second `SIGTERM`/`SIGINT`). When every
+//! rank has been reaped, a last `SIGKILL` goes to every rank's process group and then to
+//! whatever is left in the job's cgroup, so nothing a rank started outlives the job (without a
+//! cgroup, what left the group with its own `setsid` is out of reach). A group is only signalled
 //! while its leader is unreaped, or when no other process has since taken the leader's pid
-//! (checked by start time), so a recycled pid is never hit.
+//! (checked by start time), so a recycled pid is never hit. Then the pipes are drained for at
+//! most [`DRAIN`], the OOM counters read and the cgroup removed.
 //!
-//! **Exit code.** 0 when the job succeeded, 1 when it ended otherwise (`status.json` written),
-//! 2 when `status.json` could not be written.
+//! **Exit code.** [`EXIT_SUCCEEDED`] when the job succeeded, [`EXIT_NOT_SUCCEEDED`] when it ended
+//! otherwise (`status.json` written), [`EXIT_SHIM_ERROR`] when the shim could not claim the job
+//! or write `status.json`, [`EXIT_ABANDONED`] when the job was not its to run.
 
 use std::ffi::CString;
+use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::binding::{Allowed, RankBinding, plan_binding};
+use crate::cgroup::{JobCgroup, OomReport, cgroup_support};
+use crate::claim::{Claim, try_claim};
+use crate::output::Output;
 use crate::procfs;
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, StopReason, StopRequest};
 use crate::status::{
-    JobState, LogStream, Outcome, PID_FILE, RANKS_FILE, RankOutcome, RankProc, RankTable, SPEC_FILE, STATUS_FILE,
-    log_path, open_log, read_json, write_atomic_unsynced, write_json,
+    JobState, LogStream, Outcome, RANKS_FILE, RankOutcome, RankProc, RankTable, SHIM_LOG, SPEC_FILE, STATUS_FILE,
+    STOP_FILE, log_path, open_log, read_json, write_json,
 };
 use crate::sys::{self, LinuxSyscalls};
 use crate::syscalls::{ChildPlan, CpuMask, Credentials, NodeMask, Syscalls};
-use tessera_host::format_cpulist;
+use tessera_host::{format_cpulist, now_ms};
 
-/// How often the shim polls its ranks, signals and clock.
+/// The longest the shim waits for output or anything else before it looks at its ranks,
+/// signals and clock again.
 pub const POLL: Duration = Duration::from_millis(10);
+
+/// How long the shim keeps reading the ranks' pipes after the job has ended (processes that
+/// escaped every kill may hold them open).
+pub const DRAIN: Duration = Duration::from_millis(300);
 
 /// Exit code: the job succeeded.
 pub const EXIT_SUCCEEDED: i32 = 0;
 /// Exit code: the job ended otherwise; `status.json` says how.
 pub const EXIT_NOT_SUCCEEDED: i32 = 1;
-/// Exit code: the shim could not write `status.json`.
+/// Exit code: the shim could not claim the job or could not write `status.json`.
 pub const EXIT_SHIM_ERROR: i32 = 2;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+/// Exit code: the job was not this shim's to run (`shim.pid` said `abandoned`, or named
+/// another shim); nothing was started and nothing but one line of `shim.log` written.
+pub const EXIT_ABANDONED: i32 = 3;
 
 fn say(msg: &str) {
     eprintln!("tessera-shim[{}]: {msg}", std::process::id());
@@ -73,12 +92,28 @@ fn say(msg: &str) {
 /// docs).
 pub fn run_shim(job_dir: &Path) -> i32 {
     let started_ms = now_ms();
-    if let Err(e) = sys::prepare_shim_signals() {
-        return finish(job_dir, not_started(started_ms, format!("the shim cannot install its signal handlers: {e}")));
+    let signals = sys::prepare_shim_signals();
+    let me = std::process::id();
+    match try_claim(job_dir, Claim::Shim { pid: me }) {
+        Ok(Claim::Shim { pid }) if pid == me => {}
+        Ok(Claim::Abandoned) => {
+            say(&format!(
+                "the job in {} was abandoned before this shim claimed it; nothing started",
+                job_dir.display()
+            ));
+            return EXIT_ABANDONED;
+        }
+        Ok(Claim::Shim { pid }) => {
+            say(&format!("the job in {} was claimed by shim pid {pid}; nothing started", job_dir.display()));
+            return EXIT_ABANDONED;
+        }
+        Err(e) => {
+            say(&format!("cannot claim the job: {e}"));
+            return EXIT_SHIM_ERROR;
+        }
     }
-    if let Err(e) = write_atomic_unsynced(&job_dir.join(PID_FILE), format!("{}\n", std::process::id()).as_bytes()) {
-        say(&e.to_string());
-        return finish(job_dir, not_started(started_ms, format!("the shim cannot write its pid file: {e}")));
+    if let Err(e) = signals {
+        return finish(job_dir, not_started(started_ms, format!("the shim cannot install its signal handlers: {e}")));
     }
     let spec = match read_json::<JobSpec>(&job_dir.join(SPEC_FILE), "job spec") {
         Ok(Some(spec)) => spec,
@@ -90,25 +125,27 @@ pub fn run_shim(job_dir: &Path) -> i32 {
     if let Err(e) = spec.validate() {
         return finish(job_dir, not_started(started_ms, e.to_string()));
     }
-    say(&format!("job {}: starting {} rank(s)", spec.job_id, spec.ranks.len()));
-    let outcome = Supervisor::new(&LinuxSyscalls, job_dir, &spec, started_ms).run();
-    say(&format!("job {}: {}: {}", spec.job_id, outcome.state.as_str(), outcome.detail));
+    let name = format!("job {} run {}", spec.job_id, spec.run);
+    say(&format!("{name}: starting {} rank(s)", spec.ranks.len()));
+    let outcome = supervise(job_dir, &spec, started_ms);
+    say(&format!("{name}: {}: {}", outcome.state.as_str(), outcome.detail));
     finish(job_dir, outcome)
 }
 
 /// A standby shim: started ahead of time by the daemon's [`Launcher`](crate::launch::Launcher),
 /// it waits for one line on stdin naming a job directory, then moves its output to that job's
 /// `shim.log`, works in the directory (which is how [`inspect`](crate::launch::inspect) knows
-/// it) and runs [`run_shim`] there. Starting a job then costs a pipe write instead of a fork
-/// and exec. End of input (the daemon went away) ends it quietly with 0.
+/// it) and runs [`run_shim`] there (which claims the job first). Starting a job then costs a
+/// pipe write instead of a fork and exec. End of input (the daemon went away) ends it quietly
+/// with 0.
 pub fn run_standby_shim() -> i32 {
     let mut line = String::new();
     if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
         return 0;
     }
-    let job_dir = std::path::PathBuf::from(line.trim_end_matches('\n'));
-    let log_path = job_dir.join(crate::status::SHIM_LOG);
-    match crate::status::open_log(&log_path, None) {
+    let job_dir = PathBuf::from(line.trim_end_matches('\n'));
+    let log_path = job_dir.join(SHIM_LOG);
+    match open_log(&log_path, None) {
         Ok(log) => {
             if let Err(e) = sys::redirect_output(&log) {
                 say(&format!("cannot send output to {}: {e}", log_path.display()));
@@ -117,11 +154,9 @@ pub fn run_standby_shim() -> i32 {
         Err(e) => say(&format!("cannot open {}: {e}", log_path.display())),
     }
     if let Err(e) = std::env::set_current_dir(&job_dir) {
-        let started_ms = now_ms();
-        return finish(
-            &job_dir,
-            not_started(started_ms, format!("the standby shim cannot enter the job directory: {e}")),
-        );
+        // Not claimed: the daemon gives the job up when it sees this shim gone.
+        say(&format!("cannot enter the job directory {}: {e}; nothing started", job_dir.display()));
+        return EXIT_SHIM_ERROR;
     }
     run_shim(&job_dir)
 }
@@ -135,6 +170,8 @@ fn not_started(started_ms: u64, detail: String) -> Outcome {
         started_ms,
         ended_ms: now_ms(),
         binding_notes: Vec::new(),
+        stop: None,
+        output_truncated: false,
     }
 }
 
@@ -147,6 +184,40 @@ fn finish(job_dir: &Path, outcome: Outcome) -> i32 {
             EXIT_SHIM_ERROR
         }
     }
+}
+
+/// Sets up what the ranks need around them (cgroup, output directory), then runs the job.
+fn supervise(job_dir: &Path, spec: &JobSpec, started_ms: u64) -> Outcome {
+    let mut notes = Vec::new();
+    let cgroup = match &spec.isolation {
+        None => None,
+        Some(iso) => match JobCgroup::create(&cgroup_support(), iso, spec.job_id) {
+            Ok((cg, more)) => {
+                notes.extend(more);
+                Some(cg)
+            }
+            Err(e) => return not_started(started_ms, e.to_string()),
+        },
+    };
+    let log_dir = spec.log_dir(job_dir);
+    if spec.output_dir.is_some()
+        && let Err(e) = create_output_dir(&log_dir)
+    {
+        notes.push(format!("cannot create the output directory {}: {e}", log_dir.display()));
+    }
+    Supervisor::new(&LinuxSyscalls, job_dir, log_dir, spec, started_ms, cgroup, notes).run()
+}
+
+/// Creates the output directory when it is missing: `0711` when root (the job's user may
+/// reach its own logs, not list the directory), `0700` otherwise.
+fn create_output_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mode = if tessera_host::effective_uid() == 0 { 0o711 } else { 0o700 };
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 /// A signal's conventional name, for messages.
@@ -177,9 +248,27 @@ pub fn signal_name(sig: i32) -> String {
 /// Why the ranks are being stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Trigger {
-    Failed { rank: u32, detail: String },
-    Cancelled { sig: i32 },
+    Failed {
+        rank: u32,
+        detail: String,
+    },
+    /// `SIGTERM`/`SIGINT` to the shim (`via`), with the request from `stop.json`.
+    Stopped {
+        request: StopRequest,
+        via: i32,
+    },
     TimedOut,
+}
+
+/// The stop under way: the first signal and when it went out.
+#[derive(Debug, Clone, Copy)]
+struct Stopping {
+    signal: i32,
+    grace: Duration,
+    at: Instant,
+    /// The shim's stop-signal count then: one more means "kill now".
+    stops_then: u32,
+    kill_sent: bool,
 }
 
 #[derive(Debug)]
@@ -195,15 +284,36 @@ struct RankRun {
 struct Supervisor<'a> {
     sys: &'a dyn Syscalls,
     job_dir: &'a Path,
+    log_dir: PathBuf,
     spec: &'a JobSpec,
     started_ms: u64,
     ranks: Vec<RankRun>,
     notes: Vec<String>,
+    output: Output,
+    cgroup: Option<JobCgroup>,
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(sys: &'a dyn Syscalls, job_dir: &'a Path, spec: &'a JobSpec, started_ms: u64) -> Self {
-        let (allowed, mut notes) = Allowed::here();
+    fn new(
+        sys: &'a dyn Syscalls,
+        job_dir: &'a Path,
+        log_dir: PathBuf,
+        spec: &'a JobSpec,
+        started_ms: u64,
+        cgroup: Option<JobCgroup>,
+        mut notes: Vec<String>,
+    ) -> Self {
+        let (mut allowed, more) = Allowed::here();
+        notes.extend(more);
+        // Within a cpuset the ranks get its CPUs and nodes when they join it: bind inside it.
+        if let Some((cpus, mems)) = cgroup.as_ref().map(JobCgroup::cpuset) {
+            if let Some(cpus) = cpus {
+                allowed.cpus = cpus.clone();
+            }
+            if let Some(mems) = mems {
+                allowed.mems = mems.clone();
+            }
+        }
         let ranks = spec
             .ranks
             .iter()
@@ -213,7 +323,8 @@ impl<'a> Supervisor<'a> {
                 RankRun { rank: r.rank, binding, child: None, proc: None, code: None, signal: None }
             })
             .collect();
-        Supervisor { sys, job_dir, spec, started_ms, ranks, notes }
+        let output = Output::new(spec.output_limit_bytes);
+        Supervisor { sys, job_dir, log_dir, spec, started_ms, ranks, notes, output, cgroup }
     }
 
     fn run(mut self) -> Outcome {
@@ -224,9 +335,7 @@ impl<'a> Supervisor<'a> {
         }
 
         let deadline = self.spec.time_limit_ms.and_then(|ms| start.checked_add(Duration::from_millis(ms)));
-        let grace = Duration::from_millis(self.spec.kill_grace_ms);
-        let mut term_sent: Option<(Instant, u32)> = None;
-        let mut kill_sent = false;
+        let mut stopping: Option<Stopping> = None;
         loop {
             self.reap(&mut trigger);
             if self.ranks.iter().all(|r| r.child.is_none()) {
@@ -236,28 +345,28 @@ impl<'a> Supervisor<'a> {
             let now = Instant::now();
             if trigger.is_none() {
                 if stops > 0 {
-                    trigger = Some(Trigger::Cancelled { sig: first_sig });
+                    trigger = Some(self.stop_trigger(first_sig));
                 } else if deadline.is_some_and(|d| now >= d) {
                     trigger = Some(Trigger::TimedOut);
                 }
             }
-            if trigger.is_some() {
-                match term_sent {
-                    None => {
-                        self.signal_groups(libc::SIGTERM);
-                        term_sent = Some((now, stops));
-                    }
-                    Some((at, stops_then)) if !kill_sent => {
-                        let grace_over = at.checked_add(grace).is_some_and(|end| now >= end);
-                        if grace_over || stops > stops_then {
-                            self.signal_groups(libc::SIGKILL);
-                            kill_sent = true;
-                        }
-                    }
-                    Some(_) => {}
+            match (&trigger, &mut stopping) {
+                (Some(t), None) => {
+                    let (signal, grace) = self.first_signal(t);
+                    self.signal_groups(signal);
+                    let kill_sent = signal == libc::SIGKILL;
+                    stopping = Some(Stopping { signal, grace, at: now, stops_then: stops, kill_sent });
                 }
+                (Some(_), Some(s)) if !s.kill_sent => {
+                    let grace_over = s.at.checked_add(s.grace).is_some_and(|end| now >= end);
+                    if grace_over || stops > s.stops_then {
+                        self.signal_groups(libc::SIGKILL);
+                        s.kill_sent = true;
+                    }
+                }
+                _ => {}
             }
-            sleep(POLL);
+            self.output.pump(POLL);
         }
         // Whatever a rank left behind in its process group goes with it. (After a stop the
         // stragglers are expected; only a clean finish is worth a note.)
@@ -269,12 +378,61 @@ impl<'a> Supervisor<'a> {
             .map(|p| p.rank)
             .collect();
         self.signal_groups(libc::SIGKILL);
-        if term_sent.is_none() {
+        if stopping.is_none() {
             for rank in leftovers {
                 self.notes.push(format!("rank {rank}: killed processes it left in its process group"));
             }
         }
-        self.outcome(trigger, term_sent.is_some(), kill_sent)
+        // And whatever left the group but not the cgroup.
+        if let Some(cg) = &self.cgroup {
+            let killed = cg.kill_all();
+            if !killed.is_empty() && stopping.is_none() {
+                let list = killed.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                self.notes.push(format!("killed processes left in the job's cgroup: {list}"));
+            }
+        }
+        self.output.drain(DRAIN);
+        let mut oom = OomReport::default();
+        if let Some(cg) = &self.cgroup {
+            oom = cg.oom();
+            if let Err(e) = cg.cleanup() {
+                self.notes.push(format!("cannot remove the job's cgroup: {e}"));
+            }
+        }
+        self.outcome(trigger, stopping, oom)
+    }
+
+    /// The trigger for a stop signal: the request in `stop.json`, or a plain cancel.
+    fn stop_trigger(&mut self, via: i32) -> Trigger {
+        let cancel = StopRequest {
+            reason: StopReason::Cancel,
+            signal: libc::SIGTERM,
+            grace_ms: self.spec.kill_grace_ms,
+            detail: String::new(),
+        };
+        let request = match read_json::<StopRequest>(&self.job_dir.join(STOP_FILE), "stop request") {
+            Ok(Some(r)) => match r.check() {
+                Ok(()) => r,
+                Err(why) => {
+                    self.notes.push(format!("{STOP_FILE}: {why}; SIGTERM sent instead"));
+                    StopRequest { signal: libc::SIGTERM, ..r }
+                }
+            },
+            Ok(None) => cancel,
+            Err(e) => {
+                self.notes.push(format!("{e}; stopped as a plain cancel"));
+                cancel
+            }
+        };
+        Trigger::Stopped { request, via }
+    }
+
+    /// The first signal to the ranks and the grace before `SIGKILL`.
+    fn first_signal(&self, trigger: &Trigger) -> (i32, Duration) {
+        match trigger {
+            Trigger::Stopped { request, .. } => (request.signal, Duration::from_millis(request.grace_ms)),
+            _ => (libc::SIGTERM, Duration::from_millis(self.spec.kill_grace_ms)),
+        }
     }
 
     /// Starts the ranks in order; stops at the first that cannot start (or at a stop request).
@@ -293,17 +451,24 @@ impl<'a> Supervisor<'a> {
             groups: if spec.groups.is_empty() { vec![spec.gid] } else { spec.groups.clone() },
         });
         let owner = switch.then_some((spec.uid, spec.gid));
-        let cwd = match CString::new(spec.cwd.as_os_str().as_encoded_bytes()) {
-            Ok(c) => c,
-            Err(_) => {
-                return Some(Trigger::Failed { rank: spec.ranks[0].rank, detail: "cwd contains a NUL byte".into() });
-            }
+        let Ok(cwd) = CString::new(spec.cwd.as_os_str().as_encoded_bytes()) else {
+            return Some(Trigger::Failed { rank: spec.ranks[0].rank, detail: "cwd contains a NUL byte".into() });
+        };
+        let procs = self.cgroup.as_ref().map(JobCgroup::procs_files).unwrap_or_default();
+        let Ok(cgroups) =
+            procs.iter().map(|p| CString::new(p.as_os_str().as_encoded_bytes())).collect::<Result<Vec<_>, _>>()
+        else {
+            return Some(Trigger::Failed {
+                rank: spec.ranks[0].rank,
+                detail: "a cgroup path contains a NUL byte".into(),
+            });
         };
         let parent_pid = std::process::id();
         for i in 0..self.ranks.len() {
             let rank = self.ranks[i].rank;
-            if sys::stop_requests().0 > 0 {
-                return Some(Trigger::Cancelled { sig: sys::stop_requests().1 });
+            let (stops, first_sig) = sys::stop_requests();
+            if stops > 0 {
+                return Some(self.stop_trigger(first_sig));
             }
             let Some(rank_spec) = spec.rank(rank) else { continue };
             let binding = &self.ranks[i].binding;
@@ -313,9 +478,9 @@ impl<'a> Supervisor<'a> {
                 creds: creds.clone(),
                 cwd: cwd.clone(),
                 parent_pid,
+                cgroups: cgroups.clone(),
             };
-            let result = self.spawn_rank(rank, &rank_spec.env, owner, plan);
-            match result {
+            match self.spawn_rank(rank, &rank_spec.env, owner, plan) {
                 Ok(child) => {
                     let pid = child.id();
                     let start_time = procfs::stat(pid).map_or(0, |s| s.start_time);
@@ -331,31 +496,39 @@ impl<'a> Supervisor<'a> {
     }
 
     fn spawn_rank(
-        &self,
+        &mut self,
         rank: u32,
         rank_env: &[(String, String)],
         owner: Option<(u32, u32)>,
         plan: ChildPlan,
     ) -> Result<Child, String> {
         let spec = self.spec;
-        let out_path = log_path(self.job_dir, rank, LogStream::Stdout);
-        let err_path = log_path(self.job_dir, rank, LogStream::Stderr);
-        let stdout =
-            open_log(&out_path, owner).map_err(|e| format!("rank {rank}: cannot open {}: {e}", out_path.display()))?;
-        let stderr =
-            open_log(&err_path, owner).map_err(|e| format!("rank {rank}: cannot open {}: {e}", err_path.display()))?;
+        let pipe_err = |e: io::Error| format!("rank {rank}: cannot create an output pipe: {e}");
+        let (out_r, out_w) = io::pipe().map_err(pipe_err)?;
+        let (err_r, err_w) = io::pipe().map_err(pipe_err)?;
+        let out_path = log_path(&self.log_dir, rank, LogStream::Stdout);
+        let err_path = log_path(&self.log_dir, rank, LogStream::Stderr);
+        let out_file = open_log(&out_path, owner);
+        self.output.add(rank, LogStream::Stdout, out_r, out_file, out_path);
+        let err_file = open_log(&err_path, owner);
+        let err_index = self.output.add(rank, LogStream::Stderr, err_r, err_file, err_path);
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..])
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .envs(rank_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        sys::spawn_rank(&mut cmd, plan).map_err(|e| {
-            let step = std::fs::read_to_string(&err_path).ok().and_then(|t| {
-                t.lines().rev().find_map(|l| l.strip_prefix("tessera: rank setup failed at ").map(str::to_owned))
-            });
+            .stdout(out_w)
+            .stderr(err_w);
+        let spawned = sys::spawn_rank(&mut cmd, plan);
+        // Our copies of the write ends go now, so the pipes end when the rank's do.
+        drop(cmd);
+        spawned.map_err(|e| {
+            let diag = self.output.read_now(err_index);
+            let step = String::from_utf8_lossy(&diag)
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("tessera: rank setup failed at ").map(str::to_owned));
             match step {
                 Some(step) => format!("rank {rank} could not start: {step} failed: {e}"),
                 None => format!("rank {rank} could not start `{}`: {e}", spec.argv[0]),
@@ -429,27 +602,34 @@ impl<'a> Supervisor<'a> {
         reached
     }
 
-    fn outcome(self, trigger: Option<Trigger>, term_sent: bool, kill_sent: bool) -> Outcome {
-        let started = self.ranks.iter().filter(|r| r.proc.is_some()).count();
-        let stopping = match (term_sent, kill_sent) {
-            (true, true) => {
-                format!("; SIGTERM to the ranks, then SIGKILL after the {} ms grace period", self.spec.kill_grace_ms)
-            }
-            (true, false) => "; SIGTERM to the ranks".to_owned(),
-            _ => String::new(),
+    /// Whether rank `rank` died the way an OOM kill looks: `SIGKILL`, or a shell's 137 for a
+    /// child killed so.
+    fn killed_like_oom(&self, rank: u32) -> bool {
+        self.ranks
+            .iter()
+            .find(|r| r.rank == rank)
+            .is_some_and(|r| r.signal == Some(libc::SIGKILL) || r.code == Some(128 + libc::SIGKILL))
+    }
+
+    fn outcome(mut self, trigger: Option<Trigger>, stopping: Option<Stopping>, oom: OomReport) -> Outcome {
+        let facts = EndFacts {
+            started: self.ranks.iter().filter(|r| r.proc.is_some()).count(),
+            stopping: stopping.map(|s| (s.signal, s.grace.as_millis(), s.kill_sent)),
+            oom_victim: match &trigger {
+                Some(Trigger::Failed { rank, .. }) => self.killed_like_oom(*rank) && oom.blames_sigkill(),
+                _ => false,
+            },
+            memory_limit: self.cgroup.as_ref().and_then(JobCgroup::memory_limit),
+            time_limit_ms: self.spec.time_limit_ms.unwrap_or(0),
         };
-        let (state, failed_rank, detail) = match trigger {
-            None => (JobState::Succeeded, None, format!("all {started} rank(s) exited with code 0")),
-            Some(Trigger::Failed { rank, detail }) => (JobState::Failed, Some(rank), format!("{detail}{stopping}")),
-            Some(Trigger::Cancelled { sig }) => {
-                (JobState::Cancelled, None, format!("cancelled ({} to the shim){stopping}", signal_name(sig)))
-            }
-            Some(Trigger::TimedOut) => (
-                JobState::TimedOut,
-                None,
-                format!("time limit of {} ms reached{stopping}", self.spec.time_limit_ms.unwrap_or(0)),
-            ),
-        };
+        let (state, failed_rank, detail, stop) = verdict(trigger, &facts);
+        if state != JobState::OomKilled
+            && let Some(n) = oom.kills.filter(|&n| n > 0)
+        {
+            self.notes.push(format!("the OOM killer killed {n} process(es) in the job's cgroup"));
+        }
+        let (output_notes, output_truncated) = self.output.finish();
+        self.notes.extend(output_notes);
         let ranks = self
             .ranks
             .iter()
@@ -470,6 +650,63 @@ impl<'a> Supervisor<'a> {
             started_ms: self.started_ms,
             ended_ms: now_ms(),
             binding_notes: self.notes,
+            stop,
+            output_truncated,
+        }
+    }
+}
+
+/// What, besides the trigger, decides how a job is reported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct EndFacts {
+    /// Ranks that were started.
+    started: usize,
+    /// The stop under way: first signal, grace in ms, whether SIGKILL followed.
+    stopping: Option<(i32, u128, bool)>,
+    /// Whether the failing rank died of SIGKILL while the OOM counters say the OOM killer
+    /// struck in the job's cgroup.
+    oom_victim: bool,
+    memory_limit: Option<u64>,
+    time_limit_ms: u64,
+}
+
+/// How a job ended (pure): its state, the failing rank, the one-sentence detail, and the stop
+/// request to echo.
+fn verdict(trigger: Option<Trigger>, facts: &EndFacts) -> (JobState, Option<u32>, String, Option<StopRequest>) {
+    let stopping = match facts.stopping {
+        Some((libc::SIGKILL, _, _)) => "; SIGKILL to the ranks".to_owned(),
+        Some((sig, grace_ms, true)) => {
+            format!("; {} to the ranks, then SIGKILL after the {grace_ms} ms grace period", signal_name(sig))
+        }
+        Some((sig, _, false)) => format!("; {} to the ranks", signal_name(sig)),
+        None => String::new(),
+    };
+    match trigger {
+        None => (JobState::Succeeded, None, format!("all {} rank(s) exited with code 0", facts.started), None),
+        Some(Trigger::Failed { rank, .. }) if facts.oom_victim => {
+            let limit = match facts.memory_limit {
+                Some(bytes) => format!("the job's memory limit of {bytes} bytes"),
+                None => "the job's memory limit".to_owned(),
+            };
+            let detail = format!("rank {rank} was killed by the OOM killer at {limit}{stopping}");
+            (JobState::OomKilled, Some(rank), detail, None)
+        }
+        Some(Trigger::Failed { rank, detail }) => (JobState::Failed, Some(rank), format!("{detail}{stopping}"), None),
+        Some(Trigger::Stopped { request, via }) => {
+            let (state, what) = match request.reason {
+                StopReason::Cancel => (JobState::Cancelled, "cancelled"),
+                StopReason::Preempt => (JobState::Preempted, "preempted"),
+                StopReason::Health => (JobState::Cancelled, "stopped for health"),
+            };
+            let why = if request.detail.is_empty() {
+                format!("{what} ({} to the shim)", signal_name(via))
+            } else {
+                format!("{what}: {}", request.detail)
+            };
+            (state, None, format!("{why}{stopping}"), Some(request))
+        }
+        Some(Trigger::TimedOut) => {
+            (JobState::TimedOut, None, format!("time limit of {} ms reached{stopping}", facts.time_limit_ms), None)
         }
     }
 }
@@ -483,6 +720,73 @@ mod tests {
         assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
         assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
         assert_eq!(signal_name(64), "signal 64");
+    }
+
+    #[test]
+    fn verdicts() {
+        let req =
+            |reason, detail: &str| StopRequest { reason, signal: libc::SIGUSR1, grace_ms: 50, detail: detail.into() };
+        let failed = || Some(Trigger::Failed { rank: 2, detail: "rank 2 was killed by SIGKILL".into() });
+        let term = Some((libc::SIGTERM, 500, false));
+        let usr1_then_kill = Some((libc::SIGUSR1, 50, true));
+        let base = EndFacts { started: 3, time_limit_ms: 900, ..Default::default() };
+        // (trigger, facts, state, failed rank, detail, echoed request)
+        type Case = (Option<Trigger>, EndFacts, JobState, Option<u32>, &'static str, Option<StopRequest>);
+        let cases: Vec<Case> = vec![
+            (None, base.clone(), JobState::Succeeded, None, "all 3 rank(s) exited with code 0", None),
+            (
+                failed(),
+                EndFacts { stopping: term, ..base.clone() },
+                JobState::Failed,
+                Some(2),
+                "rank 2 was killed by SIGKILL; SIGTERM to the ranks",
+                None,
+            ),
+            (
+                failed(),
+                EndFacts { stopping: term, oom_victim: true, memory_limit: Some(1 << 20), ..base.clone() },
+                JobState::OomKilled,
+                Some(2),
+                "rank 2 was killed by the OOM killer at the job's memory limit of 1048576 bytes; SIGTERM to the ranks",
+                None,
+            ),
+            (
+                Some(Trigger::Stopped { request: req(StopReason::Preempt, "for job 9"), via: libc::SIGTERM }),
+                EndFacts { stopping: usr1_then_kill, ..base.clone() },
+                JobState::Preempted,
+                None,
+                "preempted: for job 9; SIGUSR1 to the ranks, then SIGKILL after the 50 ms grace period",
+                Some(req(StopReason::Preempt, "for job 9")),
+            ),
+            (
+                Some(Trigger::Stopped { request: req(StopReason::Health, ""), via: libc::SIGINT }),
+                EndFacts { stopping: Some((libc::SIGKILL, 0, true)), ..base.clone() },
+                JobState::Cancelled,
+                None,
+                "stopped for health (SIGINT to the shim); SIGKILL to the ranks",
+                Some(req(StopReason::Health, "")),
+            ),
+            (
+                Some(Trigger::Stopped { request: req(StopReason::Cancel, ""), via: libc::SIGTERM }),
+                base.clone(),
+                JobState::Cancelled,
+                None,
+                "cancelled (SIGTERM to the shim)",
+                Some(req(StopReason::Cancel, "")),
+            ),
+            (
+                Some(Trigger::TimedOut),
+                EndFacts { stopping: term, ..base.clone() },
+                JobState::TimedOut,
+                None,
+                "time limit of 900 ms reached; SIGTERM to the ranks",
+                None,
+            ),
+        ];
+        for (trigger, facts, state, rank, detail, stop) in cases {
+            let got = verdict(trigger.clone(), &facts);
+            assert_eq!(got, (state, rank, detail.to_owned(), stop), "{trigger:?} {facts:?}");
+        }
     }
 
     #[test]

@@ -1,14 +1,17 @@
-//! The job directory's files and what they hold: [`Outcome`] (`status.json`), the shim's pid
-//! file, the rank table (`ranks.json`) and log paths; plus the atomic write all of them use.
+//! The job directory's files and what they hold: [`Outcome`] (`status.json`), the rank table
+//! (`ranks.json`) and log paths; plus the atomic write all of them use. (`shim.pid` is
+//! [`crate::claim`]'s.)
 //!
 //! ```text
-//! <job_dir>/spec.json          JobSpec, written by `launch`
-//! <job_dir>/shim.pid           the shim's pid, written by the shim before it starts any rank
-//! <job_dir>/ranks.json         RankTable: each rank's pid and start time, once started
-//! <job_dir>/status.json        Outcome, written once, when the job has ended
-//! <job_dir>/shim.log           the shim's own stdout and stderr
-//! <job_dir>/stdout.log         rank 0 (stderr.log likewise)
-//! <job_dir>/rank-N.stdout.log  rank N > 0 (rank-N.stderr.log likewise)
+//! <job_dir>/spec.json             JobSpec, written by `launch`
+//! <job_dir>/shim.pid              the claim: the shim's pid, or `abandoned` (crate::claim),
+//!                                 created once with link(2) before any rank starts
+//! <job_dir>/stop.json             StopRequest, written by `stop` before it signals the shim
+//! <job_dir>/ranks.json            RankTable: each rank's pid and start time, once started
+//! <job_dir>/status.json           Outcome, written once, when the job has ended
+//! <job_dir>/shim.log              the shim's own stdout and stderr
+//! <output_dir>/stdout.log         rank 0 (stderr.log likewise); output_dir defaults to job_dir
+//! <output_dir>/rank-N.stdout.log  rank N > 0 (rank-N.stderr.log likewise)
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -19,12 +22,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ExecError;
+use crate::spec::StopRequest;
 
 pub const SPEC_FILE: &str = "spec.json";
 pub const PID_FILE: &str = "shim.pid";
 pub const RANKS_FILE: &str = "ranks.json";
 pub const STATUS_FILE: &str = "status.json";
 pub const SHIM_LOG: &str = "shim.log";
+pub const STOP_FILE: &str = "stop.json";
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,10 +40,15 @@ pub enum JobState {
     /// A rank exited non-zero, was killed by a signal it was not sent by the shim, or could not
     /// be started; the others were stopped.
     Failed,
-    /// The shim got SIGTERM or SIGINT (the daemon's cancel) and stopped the ranks.
+    /// The shim got SIGTERM or SIGINT (the daemon's cancel, or a stop for health) and stopped
+    /// the ranks.
     Cancelled,
     /// The time limit passed and the shim stopped the ranks.
     TimedOut,
+    /// The daemon stopped the job to give its resources to another ([`crate::StopReason::Preempt`]).
+    Preempted,
+    /// A rank was killed by the kernel's OOM killer at the job's cgroup memory limit.
+    OomKilled,
 }
 
 impl JobState {
@@ -48,6 +58,8 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
             JobState::TimedOut => "timed_out",
+            JobState::Preempted => "preempted",
+            JobState::OomKilled => "oom_killed",
         }
     }
 }
@@ -73,7 +85,7 @@ pub struct RankOutcome {
 pub struct Outcome {
     pub state: JobState,
     pub ranks: Vec<RankOutcome>,
-    /// The rank whose failure ended the job (state `failed` only).
+    /// The rank whose failure ended the job (states `failed` and `oom_killed` only).
     pub failed_rank: Option<u32>,
     /// One human sentence: why the job ended as it did.
     pub detail: String,
@@ -81,8 +93,16 @@ pub struct Outcome {
     pub started_ms: u64,
     pub ended_ms: u64,
     /// Where the binding differs from the request (CPUs outside the cpuset, absent NUMA node),
-    /// and other notes (leftover processes killed).
+    /// and other notes (leftover processes killed, isolation not applied, output discarded).
     pub binding_notes: Vec<String>,
+    /// The stop request that ended the job (a bare `SIGTERM`/`SIGINT` to the shim reads as a
+    /// cancel with `SIGTERM` and the spec's grace); `None` when no stop ended it.
+    #[serde(default)]
+    pub stop: Option<StopRequest>,
+    /// Whether output was discarded: the output limit was reached, or a log could not be
+    /// opened or written (the notes say which).
+    #[serde(default)]
+    pub output_truncated: bool,
 }
 
 /// A started rank, as `ranks.json` lists it.
@@ -106,6 +126,12 @@ pub struct RankTable {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ShimState {
+    /// `spec.json` is there and no shim has claimed the job yet (no `shim.pid`). A daemon that
+    /// finds this after a restart calls [`crate::abandon`] to settle it.
+    Unclaimed,
+    /// The daemon abandoned the job before any shim claimed it (`shim.pid` says `abandoned`):
+    /// it never ran and never will.
+    Abandoned,
     /// The shim is alive (its `/proc/<pid>/cmdline` names the job directory).
     Running { shim_pid: u32 },
     /// `status.json` is there.
@@ -127,13 +153,23 @@ pub enum LogStream {
     Stderr,
 }
 
-/// `stdout.log`/`stderr.log` for rank 0, `rank-N.stdout.log`/`rank-N.stderr.log` otherwise.
-pub fn log_path(job_dir: &Path, rank: u32, stream: LogStream) -> PathBuf {
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// `stdout.log`/`stderr.log` for rank 0, `rank-N.stdout.log`/`rank-N.stderr.log` otherwise, in
+/// `log_dir` (the spec's [`log_dir`](crate::JobSpec::log_dir)).
+pub fn log_path(log_dir: &Path, rank: u32, stream: LogStream) -> PathBuf {
     let name = match stream {
         LogStream::Stdout => "stdout.log",
         LogStream::Stderr => "stderr.log",
     };
-    if rank == 0 { job_dir.join(name) } else { job_dir.join(format!("rank-{rank}.{name}")) }
+    if rank == 0 { log_dir.join(name) } else { log_dir.join(format!("rank-{rank}.{name}")) }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, `fsync`,
@@ -204,18 +240,6 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) ->
     }
 }
 
-/// Reads `shim.pid`; `Ok(None)` when it does not exist.
-pub(crate) fn read_pid_file(job_dir: &Path) -> Result<Option<u32>, ExecError> {
-    let path = job_dir.join(PID_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<u32>().map(Some).map_err(|_| {
-            ExecError::io("parsing", &path, io::Error::new(io::ErrorKind::InvalidData, format!("not a pid: {text:?}")))
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ExecError::io("reading", path, e)),
-    }
-}
-
 /// Opens a log for appending without following a symlink, creating it `0640` and, when
 /// `owner` is given, owned by that uid/gid.
 pub(crate) fn open_log(path: &Path, owner: Option<(u32, u32)>) -> io::Result<File> {
@@ -267,12 +291,26 @@ mod tests {
             started_ms: 1,
             ended_ms: 2,
             binding_notes: vec![],
+            stop: None,
+            output_truncated: false,
         };
         let v: serde_json::Value = serde_json::to_value(&o).unwrap();
         assert_eq!(v["state"], "timed_out");
         assert_eq!(v["ranks"][0]["signal"], 15);
         let s = ShimState::Lost { detail: "gone".into(), survivors: vec![] };
         assert_eq!(serde_json::to_value(&s).unwrap()["state"], "lost");
+        assert_eq!(serde_json::to_value(ShimState::Unclaimed).unwrap(), serde_json::json!({"state": "unclaimed"}));
+        assert_eq!(serde_json::to_value(ShimState::Abandoned).unwrap(), serde_json::json!({"state": "abandoned"}));
+        for (state, text) in [(JobState::Preempted, "preempted"), (JobState::OomKilled, "oom_killed")] {
+            assert_eq!(serde_json::to_value(state).unwrap(), text);
+            assert_eq!(state.as_str(), text);
+        }
+
+        // A status.json written before `stop` and `output_truncated` existed still reads.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("stop");
+        old.as_object_mut().unwrap().remove("output_truncated");
+        assert_eq!(serde_json::from_value::<Outcome>(old).unwrap(), o);
     }
 
     #[test]

@@ -3,25 +3,34 @@
 //!
 //! * [`LinuxSyscalls`], the real [`Syscalls`]: `close_range`, `setsid`, `sched_setaffinity` and
 //!   `set_mempolicy` (raw `syscall(2)`, with the mask length the mask has), `setgroups`,
-//!   `setgid`, `setuid`, `prctl(PR_SET_PDEATHSIG)`, `getppid`, `chdir`, `write(2)`, `kill`,
-//!   `killpg`.
-//! * The two `pre_exec` hooks ([`spawn_rank`], [`spawn_session_leader`]). Their closures only
-//!   read data built before the fork and call `LinuxSyscalls`, so they allocate nothing and take
-//!   no lock, as the child of a (possibly multi-threaded) process must.
+//!   `setgid`, `setuid`, `prctl(PR_SET_PDEATHSIG)`, `getppid`, `chdir`, joining a cgroup
+//!   (`open`/`write`/`close` of `cgroup.procs`), `write(2)`, `kill`, `killpg`.
+//! * The three `pre_exec` hooks ([`spawn_rank`], [`spawn_session_leader`], [`switch_user`]).
+//!   Their closures only read data built before the fork and call `LinuxSyscalls`, so they
+//!   allocate nothing and take no lock, as the child of a (possibly multi-threaded) process
+//!   must.
 //! * The shim's signal handling ([`prepare_shim_signals`]): two `extern "C"` handlers that
 //!   store into atomics and nothing else.
 //! * `sched_getaffinity` of the calling process ([`own_affinity`]).
+//! * The shim's output loop: `poll(2)` on the ranks' pipes ([`poll_readable`]) and `O_NONBLOCK`
+//!   on their read ends ([`set_nonblocking`]).
+//! * The cgroup v2 device filter: `bpf(BPF_PROG_LOAD)` and `bpf(BPF_PROG_ATTACH)`
+//!   ([`load_device_filter`], [`attach_device_filter`]).
 
 use std::ffi::CStr;
 use std::io;
-use std::mem::{MaybeUninit, size_of_val};
+use std::mem::{MaybeUninit, size_of, size_of_val};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::time::Duration;
 
 use libc::{c_int, c_ulong};
 
-use crate::syscalls::{ChildPlan, CpuMask, Errno, NodeMask, Syscalls, apply_child_setup, checked_pid};
+use crate::syscalls::{
+    ChildPlan, CpuMask, Credentials, Errno, NodeMask, Syscalls, apply_child_setup, checked_pid, format_pid,
+};
 
 fn last_errno() -> Errno {
     // `last_os_error` reads errno; it does not allocate.
@@ -110,6 +119,29 @@ impl Syscalls for LinuxSyscalls {
         check(rc)
     }
 
+    fn join_cgroup(&self, procs: &CStr) -> Result<(), Errno> {
+        // SAFETY: getpid takes no arguments and cannot fail.
+        let pid = unsafe { libc::getpid() };
+        let mut buf = [0u8; 10];
+        let digits = format_pid(u32::try_from(pid).unwrap_or(0), &mut buf);
+        // SAFETY: `procs` is a valid NUL-terminated string that outlives the call; the flags
+        // are constants; no memory of ours is written.
+        let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(last_errno());
+        }
+        // SAFETY: `fd` was just opened by us; pointer and length describe the live `digits`.
+        let written = unsafe { libc::write(fd, digits.as_ptr().cast(), digits.len()) };
+        let write_err = if written < 0 { Some(last_errno()) } else { None };
+        // SAFETY: closes the descriptor opened above, exactly once.
+        unsafe { libc::close(fd) };
+        match write_err {
+            Some(errno) => Err(errno),
+            None if written as usize != digits.len() => Err(Errno(libc::EIO)),
+            None => Ok(()),
+        }
+    }
+
     fn write_diag(&self, msg: &[u8]) {
         // SAFETY: pointer and length describe the live slice; a failed write is ignored (there
         // is nowhere else to report it).
@@ -163,6 +195,20 @@ pub(crate) fn spawn_session_leader(cmd: &mut Command) -> io::Result<Child> {
     cmd.spawn()
 }
 
+/// Makes `cmd`'s child switch to `creds` before it execs: `setgroups`, `setgid`, `setuid`, in
+/// that order (the MPS control daemon and its commands, run as the instance's user).
+pub(crate) fn switch_user(cmd: &mut Command, creds: Credentials) {
+    let hook = move || {
+        let sys = LinuxSyscalls;
+        sys.setgroups(&creds.groups).map_err(Errno::into_io)?;
+        sys.setgid(creds.gid).map_err(Errno::into_io)?;
+        sys.setuid(creds.uid).map_err(Errno::into_io)
+    };
+    // SAFETY: the hook runs in the forked child before exec. It reads `creds`, built before the
+    // fork, and makes three raw syscalls; it allocates nothing and takes no lock.
+    unsafe { cmd.pre_exec(hook) };
+}
+
 /// Points the process's stdout and stderr at `file` (a standby shim taking up a job: its output
 /// goes to that job's `shim.log` from here on).
 pub(crate) fn redirect_output(file: &std::fs::File) -> io::Result<()> {
@@ -198,6 +244,148 @@ pub(crate) fn own_affinity() -> io::Result<CpuMask> {
         }
         return Err(err);
     }
+}
+
+/// Sets `O_NONBLOCK` on `fd` (the read end of a rank's pipe: the shim must never block on it).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor that is open for the borrow's lifetime; integer
+    // arguments only.
+    let rc = unsafe {
+        let flags = libc::fcntl(raw, libc::F_GETFL);
+        if flags < 0 { flags } else { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) }
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// `poll(2)` for input on `fds`, waiting at most `timeout`. Returns, per descriptor, whether it
+/// is worth a read (readable, hung up or in error). An interrupted wait (a signal) reads as
+/// "nothing ready". With no descriptors it just sleeps.
+pub(crate) fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+    // SAFETY: the pointer and count describe the live vector `pfds`, which the kernel writes
+    // `revents` into.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::EINTR) { Ok(vec![false; fds.len()]) } else { Err(err) };
+    }
+    Ok(pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0).collect())
+}
+
+const BPF_PROG_LOAD: c_int = 5;
+const BPF_PROG_ATTACH: c_int = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 1 << 1;
+
+/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD` (the kernel zero-fills the rest).
+#[repr(C, align(8))]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_ATTACH`, every field spelled out so that no padding byte (the
+/// kernel reads all `size` bytes; newer kernels give `relative_fd` a meaning) is left undefined.
+#[repr(C, align(8))]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+    relative_fd: u32,
+    expected_revision: u64,
+}
+
+// Neither attribute struct has padding: every byte the kernel reads is a field we set.
+const _: () = assert!(size_of::<ProgLoadAttr>() == 72 && size_of::<ProgAttachAttr>() == 32);
+
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program (`insns`: encoded `struct bpf_insn`s). On
+/// failure it loads again with a 64 KiB log buffer and returns the verifier's log with the
+/// error.
+pub(crate) fn load_device_filter(insns: &[[u8; 8]]) -> Result<OwnedFd, (io::Error, String)> {
+    let license = c"Apache-2.0";
+    let mut name = [0u8; 16];
+    name[..11].copy_from_slice(b"tessera_dev");
+    let load = |log: Option<&mut Vec<u8>>| -> io::Result<OwnedFd> {
+        let (log_level, log_size, log_buf) = match log {
+            Some(buf) => (1, buf.len() as u32, buf.as_mut_ptr() as u64),
+            None => (0, 0, 0),
+        };
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level,
+            log_size,
+            log_buf,
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: name,
+            prog_ifindex: 0,
+            expected_attach_type: 0,
+        };
+        // SAFETY: `attr` is a fully initialised `bpf_attr` prefix of the size passed; the
+        // pointers in it (instructions, license, log buffer) describe live memory of the stated
+        // lengths, which the kernel reads (and, for the log, writes at most `log_size` bytes).
+        let fd = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, size_of::<ProgLoadAttr>())
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success bpf(2) returns a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    };
+    match load(None) {
+        Ok(fd) => Ok(fd),
+        Err(first) => {
+            let mut log = vec![0u8; 64 * 1024];
+            let again = load(Some(&mut log));
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]).into_owned();
+            match again {
+                Ok(fd) => Ok(fd),
+                Err(_) => Err((first, text)),
+            }
+        }
+    }
+}
+
+/// Attaches a loaded device filter to the cgroup open at `cgroup` (`BPF_CGROUP_DEVICE`,
+/// `BPF_F_ALLOW_MULTI`, so filters of parent cgroups still apply). The attachment keeps the
+/// program alive after its descriptor is closed, for as long as the cgroup exists.
+pub(crate) fn attach_device_filter(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = ProgAttachAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        replace_bpf_fd: 0,
+        relative_fd: 0,
+        expected_revision: 0,
+    };
+    // SAFETY: `attr` is a fully initialised `bpf_attr` prefix of the size passed, read by the
+    // kernel; both descriptors are open for the borrows' lifetimes.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_ATTACH, &attr as *const ProgAttachAttr, size_of::<ProgAttachAttr>())
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -270,6 +458,43 @@ mod tests {
         // The test thread may have been bound differently from the process only if someone did
         // so explicitly; nobody does here.
         assert_eq!(tessera_host::format_cpulist(&mask.ids()), listed);
+    }
+
+    #[test]
+    fn poll_sees_a_readable_pipe_and_sleeps_without_fds() {
+        use std::io::Write;
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        set_nonblocking(std::os::fd::AsFd::as_fd(&reader)).unwrap();
+        let fd = reader.as_raw_fd();
+        assert_eq!(poll_readable(&[fd], Duration::from_millis(1)).unwrap(), vec![false]);
+        writer.write_all(b"x").unwrap();
+        assert_eq!(poll_readable(&[fd], Duration::from_millis(1)).unwrap(), vec![true]);
+        let t0 = std::time::Instant::now();
+        assert!(poll_readable(&[], Duration::from_millis(20)).unwrap().is_empty());
+        assert!(t0.elapsed() >= Duration::from_millis(15));
+        // A non-blocking read of an empty pipe says WouldBlock instead of waiting.
+        let mut r = &reader;
+        let mut buf = [0u8; 4];
+        assert_eq!(std::io::Read::read(&mut r, &mut buf).unwrap(), 1);
+        assert_eq!(std::io::Read::read(&mut r, &mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// The kernel's verifier judges the device filter: a correct one loads; a broken one (it
+    /// returns without setting r0) is refused, and the error carries the verifier's log.
+    #[test]
+    fn the_verifier_log_comes_back_with_a_refusal() {
+        if tessera_host::effective_uid() != 0 {
+            eprintln!("skipped the_verifier_log_comes_back_with_a_refusal: bpf(2) needs root");
+            return;
+        }
+        use crate::devfilter::{Insn, program};
+        use crate::spec::{DeviceAccess, DeviceNumber};
+        let access = DeviceAccess { guarded_majors: vec![195], allow: vec![DeviceNumber { major: 195, minor: 0 }] };
+        let good: Vec<[u8; 8]> = program(&access).unwrap().iter().map(|i| i.encode()).collect();
+        assert!(load_device_filter(&good).is_ok());
+        let (err, log) = load_device_filter(&[Insn::Exit.encode()]).unwrap_err();
+        assert!(matches!(err.raw_os_error(), Some(libc::EACCES | libc::EINVAL)), "{err}");
+        assert!(log.contains("R0"), "verifier log: {log:?}");
     }
 
     #[test]

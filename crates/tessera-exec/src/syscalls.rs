@@ -126,12 +126,15 @@ pub struct ChildPlan {
     /// The shim's pid: after asking for `SIGKILL` on parent death the child checks that its
     /// parent is still this process (the parent could have died just before the `prctl`).
     pub parent_pid: u32,
+    /// The `cgroup.procs` files of the job's cgroups (one per hierarchy used), which the child
+    /// writes its own pid into; empty when the job has no cgroup.
+    pub cgroups: Vec<CString>,
 }
 
 /// Which step of [`apply_child_setup`] failed, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildSetupError {
-    /// The syscall: "setsid", "sched_setaffinity", "set_mempolicy", "setgroups", "setgid",
+    /// The syscall: "setsid", "cgroup.procs", "sched_setaffinity", "set_mempolicy", "setgroups", "setgid",
     /// "setuid", "prctl(PR_SET_PDEATHSIG)", "getppid", "chdir".
     pub step: &'static str,
     pub errno: Errno,
@@ -160,6 +163,9 @@ pub trait Syscalls: Send + Sync {
     /// `getppid()`.
     fn parent_pid(&self) -> u32;
     fn chdir(&self, dir: &CStr) -> Result<(), Errno>;
+    /// Moves the calling process into a cgroup: writes its own pid (`getpid`, formatted with
+    /// [`format_pid`] into a stack buffer) to the `cgroup.procs` file `procs`.
+    fn join_cgroup(&self, procs: &CStr) -> Result<(), Errno>;
     /// Writes a diagnostic to fd 2 (best effort; in a rank that is its `stderr` log).
     fn write_diag(&self, msg: &[u8]);
     /// `kill(pid, sig)`; refuses pids 0 and 1 and pids that are not positive `pid_t`s.
@@ -179,19 +185,37 @@ pub fn checked_pid(pid: u32) -> Result<i32, Errno> {
     }
 }
 
+/// `pid` in decimal, written into the end of `buf` (no allocation); returns the digits.
+pub fn format_pid(pid: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = pid;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
 /// A rank's setup between `fork` and `exec`, in this order:
 ///
 /// 0. descriptors from 3 up marked close-on-exec (best effort: kernels before 5.11 refuse, and
 ///    the shim opens nothing without `O_CLOEXEC` itself);
 /// 1. `setsid` (own session and process group, so `killpg(pid)` reaches the whole rank);
-/// 2. `sched_setaffinity` and 3. `set_mempolicy(MPOL_BIND)`, while still privileged;
-/// 4. `setgroups`, `setgid`, `setuid` (group first: after `setuid` it would be refused);
-/// 5. `prctl(PR_SET_PDEATHSIG, SIGKILL)` after the identity switch (a credential change
+/// 2. into the job's cgroups (its pid to each `cgroup.procs`): before the binding, because
+///    joining a cpuset resets the affinity to the cpuset's CPUs, and before the identity
+///    switch, because only root may move a process there;
+/// 3. `sched_setaffinity` and 4. `set_mempolicy(MPOL_BIND)`, while still privileged;
+/// 5. `setgroups`, `setgid`, `setuid` (group first: after `setuid` it would be refused);
+/// 6. `prctl(PR_SET_PDEATHSIG, SIGKILL)` after the identity switch (a credential change
 ///    clears it), then a check that the parent is still the shim;
-/// 6. `chdir` as the user.
+/// 7. `chdir` as the user.
 ///
-/// On failure it writes `tessera: rank setup failed at <step>` to fd 2 (the rank's stderr log)
-/// and returns the step; the `exec` does not happen.
+/// On failure it writes `tessera: rank setup failed at <step>` to fd 2 (the rank's stderr pipe,
+/// which the shim copies to its log) and returns the step; the `exec` does not happen.
 pub fn apply_child_setup<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), ChildSetupError> {
     let result = setup_steps(sys, plan);
     if let Err(e) = result {
@@ -206,6 +230,9 @@ fn setup_steps<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), Ch
     let at = |step: &'static str| move |errno: Errno| ChildSetupError { step, errno };
     let _ = sys.mark_fds_cloexec(3);
     sys.setsid().map_err(at("setsid"))?;
+    for procs in &plan.cgroups {
+        sys.join_cgroup(procs).map_err(at("cgroup.procs"))?;
+    }
     if let Some(mask) = &plan.cpus {
         sys.set_affinity(mask).map_err(at("sched_setaffinity"))?;
     }
@@ -238,6 +265,7 @@ pub enum Call {
     SetParentDeathSignal(i32),
     ParentPid,
     Chdir(String),
+    JoinCgroup(String),
     Diag(String),
     Kill { pid: u32, sig: i32 },
     Killpg { pgid: u32, sig: i32 },
@@ -321,6 +349,9 @@ impl Syscalls for RecordingSyscalls {
     fn chdir(&self, dir: &CStr) -> Result<(), Errno> {
         self.record(Call::Chdir(dir.to_string_lossy().into_owned()), "chdir")
     }
+    fn join_cgroup(&self, procs: &CStr) -> Result<(), Errno> {
+        self.record(Call::JoinCgroup(procs.to_string_lossy().into_owned()), "cgroup.procs")
+    }
     fn write_diag(&self, msg: &[u8]) {
         lock(&self.calls).push(Call::Diag(String::from_utf8_lossy(msg).into_owned()));
     }
@@ -349,7 +380,45 @@ mod tests {
             creds,
             cwd: CString::new("/work").unwrap(),
             parent_pid: 4242,
+            cgroups: Vec::new(),
         }
+    }
+
+    #[test]
+    fn pids_format_without_allocating() {
+        let mut buf = [0u8; 10];
+        for (pid, text) in [(0, "0"), (7, "7"), (10, "10"), (4_194_304, "4194304"), (u32::MAX, "4294967295")] {
+            assert_eq!(format_pid(pid, &mut buf), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn cgroups_are_joined_after_setsid_and_before_binding_and_identity() {
+        let sys = RecordingSyscalls::new(4242);
+        let creds = Credentials { uid: 1000, gid: 1000, groups: vec![1000] };
+        let mut p = plan(&[1], None, Some(creds));
+        p.cgroups = vec![
+            CString::new("/sys/fs/cgroup/memory/t/j/cgroup.procs").unwrap(),
+            CString::new("/sys/fs/cgroup/cpuset/t/j/cgroup.procs").unwrap(),
+        ];
+        apply_child_setup(&sys, &p).unwrap();
+        let calls = sys.calls();
+        assert_eq!(
+            &calls[1..5],
+            &[
+                Call::Setsid,
+                Call::JoinCgroup("/sys/fs/cgroup/memory/t/j/cgroup.procs".into()),
+                Call::JoinCgroup("/sys/fs/cgroup/cpuset/t/j/cgroup.procs".into()),
+                Call::SetAffinity(vec![0b10]),
+            ]
+        );
+
+        // A refused join stops the rank before anything else.
+        let sys = RecordingSyscalls::new(4242);
+        sys.fail("cgroup.procs", libc::ENOSPC);
+        let err = apply_child_setup(&sys, &p).unwrap_err();
+        assert_eq!(err, ChildSetupError { step: "cgroup.procs", errno: Errno(libc::ENOSPC) });
+        assert!(!sys.calls().iter().any(|c| matches!(c, Call::SetAffinity(_) | Call::Setuid(_))));
     }
 
     #[test]

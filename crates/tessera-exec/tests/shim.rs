@@ -9,87 +9,18 @@
 //!
 //! Tests that need root (running as uid 65534) print why and return early when not root.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tessera_exec::{
-    ExecError, JobSpec, JobState, LogStream, Outcome, RankSpec, ShimState, cancel, inspect, kill_orphans, launch,
-    rank_env, tail_log, tail_stream,
+    ExecError, JobState, LogStream, ShimState, cancel, inspect, kill_orphans, launch, tail_log, tail_stream,
 };
-use tessera_host::{effective_gid, effective_uid, format_cpulist, parse_cpulist};
+use tessera_host::{effective_uid, format_cpulist};
 
-const SHIM: &str = env!("CARGO_BIN_EXE_tessera-exec-shim");
-
-fn rank(job_id: u64, n: u32, world: u32, cpus: Vec<u32>, mem_node: Option<u32>) -> RankSpec {
-    RankSpec { rank: n, env: rank_env(job_id, n, world, &[format!("MIG-test-{job_id}-{n}")], None), cpus, mem_node }
-}
-
-fn spec(job_id: u64, script: &str, ranks: Vec<RankSpec>) -> JobSpec {
-    JobSpec {
-        job_id,
-        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("USER_VAR".into(), "hello world".into())],
-        cwd: "/".into(),
-        uid: effective_uid(),
-        gid: effective_gid(),
-        groups: Vec::new(),
-        ranks,
-        time_limit_ms: None,
-        kill_grace_ms: 500,
-    }
-}
-
-fn one_rank(job_id: u64, script: &str) -> JobSpec {
-    spec(job_id, script, vec![rank(job_id, 0, 1, vec![], None)])
-}
-
-fn wait_finished(dir: &Path, job_id: u64, timeout: Duration) -> Outcome {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let state = inspect(dir, job_id).unwrap();
-        match state {
-            ShimState::Finished(outcome) => return outcome,
-            other if Instant::now() > deadline => {
-                panic!("job {job_id} not finished after {timeout:?}: {other:?}; shim.log: {}", read(dir, "shim.log"))
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn read(dir: &Path, name: &str) -> String {
-    fs::read_to_string(dir.join(name)).unwrap_or_default()
-}
-
-/// How many ranks `ranks.json` lists as started.
-fn started_ranks(dir: &Path) -> usize {
-    let text = read(dir, "ranks.json");
-    serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["ranks"].as_array().map(Vec::len)).unwrap_or(0)
-}
-
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
-}
-
-fn own_set(key: &str) -> BTreeSet<u32> {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    field(&status, key).map(|v| parse_cpulist(v.trim_start_matches(':')).unwrap()).unwrap_or_default()
-}
-
-fn job_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
-    tmp.path().join(name)
-}
+mod common;
+use common::*;
 
 const PROBE: &str = r#"
 grep -E '^(Cpus_allowed_list|Mems_allowed_list)' /proc/self/status
@@ -380,8 +311,7 @@ fn inspect_guards_against_pid_reuse_and_wrong_dirs() {
     assert!(matches!(inspect(&dir, 902), Err(ExecError::WrongJob { job_id: 902, found: 901, .. })));
     assert!(matches!(inspect(&tmp.path().join("nope"), 1), Err(ExecError::NotAJobDir { .. })));
     fs::remove_file(dir.join("shim.pid")).unwrap();
-    let state = inspect(&dir, 901).unwrap();
-    assert!(matches!(&state, ShimState::Lost { detail, .. } if detail.contains("never wrote shim.pid")), "{state:?}");
+    assert_eq!(inspect(&dir, 901).unwrap(), ShimState::Unclaimed);
 }
 
 #[test]
@@ -393,8 +323,15 @@ fn launch_refuses_reuse_and_reports_a_dead_shim() {
     assert!(matches!(err, ExecError::AlreadyLaunched { job_id: 1001, .. }), "{err}");
     wait_finished(&dir, 1001, Duration::from_secs(10));
 
-    let err = launch(Path::new("/bin/false"), &[], &job_dir(&tmp, "j2"), &one_rank(1002, "true")).unwrap_err();
-    assert!(matches!(err, ExecError::ShimExited { job_id: 1002, .. }), "{err}");
+    // A shim that exits before it claims the job: the launcher gives the job up.
+    let j2 = job_dir(&tmp, "j2");
+    let err = launch(Path::new("/bin/false"), &[], &j2, &one_rank(1002, "true")).unwrap_err();
+    assert!(
+        matches!(&err, ExecError::NotStarted { job_id: 1002, detail } if detail.contains("exited (exit status: 1) before it claimed the job")),
+        "{err}"
+    );
+    assert_eq!(inspect(&j2, 1002).unwrap(), ShimState::Abandoned);
+    assert_eq!(read(&j2, "shim.pid"), "abandoned\n");
 
     let err = launch(Path::new("/nonexistent/shim"), &[], &job_dir(&tmp, "j3"), &one_rank(1003, "true")).unwrap_err();
     assert!(matches!(err, ExecError::Spawn { job_id: 1003, .. }), "{err}");

@@ -1,0 +1,383 @@
+//! Job output through the shim: every rank's stdout and stderr are pipes that the shim reads
+//! and copies to the rank's logs in the output directory, so that the shim can cap what a run
+//! writes and survive a full or failing output file system, and a job never blocks on output.
+//!
+//! **Cap.** [`Budget`] (pure) counts the bytes written for this run, all ranks and both streams
+//! together. The chunk that crosses the limit is written up to the limit, then one line
+//! `tessera: output limit of N bytes reached; further output is discarded` (on a line of its
+//! own) goes to that stream's log; from then on everything is read and discarded.
+//!
+//! **Failures.** A log that cannot be opened, or a write that fails (`ENOSPC`, `EIO`, …), gives
+//! one note and that stream is discarded from then on; the job runs on. The notes end up in the
+//! outcome, which lives on the state file system, not the output one.
+//!
+//! **Reading.** The read ends are non-blocking; [`Output::pump`] is the shim's wait: one
+//! `poll(2)` on the open pipes with the supervision interval as its timeout, then what is
+//! readable is read (a bounded amount per pipe, so the loop stays responsive under a flood).
+//! A rank's pipes may be held open by processes it left behind; once the job has ended,
+//! [`Output::drain`] reads what is there for a short while and closes the rest.
+
+use std::fs::File;
+use std::io::{self, PipeReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::status::LogStream;
+use crate::sys;
+
+/// How much one read takes from a pipe.
+const CHUNK: usize = 64 * 1024;
+/// Reads per pipe per [`Output::pump`], so one noisy rank cannot hold the loop.
+const READS_PER_PUMP: usize = 16;
+
+/// The line written when the output limit is reached.
+pub(crate) fn limit_marker(limit: u64) -> String {
+    format!("tessera: output limit of {limit} bytes reached; further output is discarded\n")
+}
+
+/// What to do with a chunk of output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Write all of it.
+    All,
+    /// Write the first `n` bytes, then the limit marker; the limit is now reached.
+    Part(usize),
+    /// Discard it.
+    Nothing,
+}
+
+/// The per-run output budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Budget {
+    limit: Option<u64>,
+    written: u64,
+    reached: bool,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: Option<u64>) -> Self {
+        Budget { limit, written: 0, reached: false }
+    }
+
+    /// Decides about the next `len` bytes and counts what it lets through.
+    pub(crate) fn admit(&mut self, len: usize) -> Admit {
+        let len = len as u64;
+        match self.limit {
+            _ if self.reached => Admit::Nothing,
+            None => {
+                self.written = self.written.saturating_add(len);
+                Admit::All
+            }
+            Some(limit) => match self.written.checked_add(len) {
+                Some(total) if total <= limit => {
+                    self.written = total;
+                    Admit::All
+                }
+                _ => {
+                    // At most `len`, which came from a usize.
+                    let keep = (limit - self.written) as usize;
+                    self.written = limit;
+                    self.reached = true;
+                    Admit::Part(keep)
+                }
+            },
+        }
+    }
+
+    pub(crate) fn reached(&self) -> bool {
+        self.reached
+    }
+}
+
+/// One rank's stdout or stderr.
+#[derive(Debug)]
+struct Stream {
+    rank: u32,
+    kind: LogStream,
+    /// `None` once the pipe reached end of file or was closed.
+    reader: Option<PipeReader>,
+    /// `None` when the stream is being discarded (the log could not be opened or written).
+    file: Option<File>,
+    path: PathBuf,
+    /// Whether the last byte written to the log ended a line.
+    at_line_start: bool,
+}
+
+/// Every rank's output pipes and logs, and the budget they share.
+#[derive(Debug)]
+pub(crate) struct Output {
+    streams: Vec<Stream>,
+    budget: Budget,
+    notes: Vec<String>,
+    discarded: bool,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    pub(crate) fn new(limit: Option<u64>) -> Self {
+        Output {
+            streams: Vec::new(),
+            budget: Budget::new(limit),
+            notes: Vec::new(),
+            discarded: false,
+            buf: vec![0; CHUNK],
+        }
+    }
+
+    /// Adds a rank's stream: the pipe's read end (made non-blocking here) and its log, or why
+    /// the log could not be opened (then the stream is discarded, with a note). Returns its
+    /// index.
+    pub(crate) fn add(
+        &mut self,
+        rank: u32,
+        kind: LogStream,
+        reader: PipeReader,
+        file: Result<File, io::Error>,
+        path: PathBuf,
+    ) -> usize {
+        if let Err(e) = sys::set_nonblocking(reader.as_fd()) {
+            self.notes.push(format!("rank {rank} {}: cannot make its pipe non-blocking: {e}", kind.as_str()));
+        }
+        let file = match file {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.notes.push(format!(
+                    "rank {rank}: cannot open {}: {e}; its {} is discarded",
+                    path.display(),
+                    kind.as_str()
+                ));
+                self.discarded = true;
+                None
+            }
+        };
+        self.streams.push(Stream { rank, kind, reader: Some(reader), file, path, at_line_start: true });
+        self.streams.len() - 1
+    }
+
+    /// Whether any pipe is still open.
+    pub(crate) fn open(&self) -> bool {
+        self.streams.iter().any(|s| s.reader.is_some())
+    }
+
+    /// Waits up to `timeout` for output, then copies what is readable (see the module docs).
+    pub(crate) fn pump(&mut self, timeout: Duration) {
+        let open: Vec<usize> = (0..self.streams.len()).filter(|&i| self.streams[i].reader.is_some()).collect();
+        let fds: Vec<_> = open.iter().filter_map(|&i| self.streams[i].reader.as_ref().map(|r| r.as_raw_fd())).collect();
+        match sys::poll_readable(&fds, timeout) {
+            Ok(ready) => {
+                for (k, _) in ready.iter().enumerate().filter(|(_, r)| **r) {
+                    self.read_ready(open[k], READS_PER_PUMP, None);
+                }
+            }
+            Err(e) => {
+                let note = format!("poll on the ranks' output failed: {e}");
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+                std::thread::sleep(timeout);
+            }
+        }
+    }
+
+    /// Reads what stream `index` has now, without waiting, and returns it (it is also logged):
+    /// for the diagnostics of a rank that failed to start.
+    pub(crate) fn read_now(&mut self, index: usize) -> Vec<u8> {
+        let mut seen = Vec::new();
+        self.read_ready(index, READS_PER_PUMP, Some(&mut seen));
+        seen
+    }
+
+    /// After the job: reads until every pipe is at end of file or `within` has passed, then
+    /// closes what is still open (processes holding it get `EPIPE`/`SIGPIPE`).
+    pub(crate) fn drain(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.open() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.pump(left.min(Duration::from_millis(10)));
+        }
+        for s in &mut self.streams {
+            s.reader = None;
+        }
+    }
+
+    /// The notes for the outcome and whether any output was discarded.
+    pub(crate) fn finish(mut self) -> (Vec<String>, bool) {
+        if self.budget.reached() {
+            self.discarded = true;
+        }
+        (self.notes, self.discarded)
+    }
+
+    fn read_ready(&mut self, index: usize, max_reads: usize, mut seen: Option<&mut Vec<u8>>) {
+        let mut buf = std::mem::take(&mut self.buf);
+        for _ in 0..max_reads {
+            let Some(reader) = self.streams[index].reader.as_mut() else { break };
+            match reader.read(&mut buf) {
+                Ok(0) => {
+                    self.streams[index].reader = None;
+                    break;
+                }
+                Ok(n) => {
+                    if let Some(seen) = seen.as_deref_mut() {
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    self.deliver(index, &buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let s = &mut self.streams[index];
+                    self.notes.push(format!("rank {} {}: reading its pipe failed: {e}", s.rank, s.kind.as_str()));
+                    s.reader = None;
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    /// Passes one chunk through the budget to the stream's log.
+    fn deliver(&mut self, index: usize, data: &[u8]) {
+        if self.streams[index].file.is_none() {
+            return;
+        }
+        match self.budget.admit(data.len()) {
+            Admit::All => self.write(index, data),
+            Admit::Nothing => {}
+            Admit::Part(keep) => {
+                self.write(index, &data[..keep]);
+                let limit = self.budget.limit.unwrap_or(0);
+                let marker = limit_marker(limit);
+                let line = if self.streams[index].at_line_start { marker } else { format!("\n{marker}") };
+                self.write(index, line.as_bytes());
+                self.notes.push(format!(
+                    "output limit of {limit} bytes reached (rank {} {}); further output of every rank was discarded",
+                    self.streams[index].rank,
+                    self.streams[index].kind.as_str()
+                ));
+            }
+        }
+    }
+
+    fn write(&mut self, index: usize, bytes: &[u8]) {
+        let s = &mut self.streams[index];
+        let (Some(file), Some(&last)) = (s.file.as_mut(), bytes.last()) else { return };
+        match file.write_all(bytes) {
+            Ok(()) => s.at_line_start = last == b'\n',
+            Err(e) => {
+                self.notes.push(format!(
+                    "rank {} {}: writing {} failed: {e}; the rest of this stream is discarded",
+                    s.rank,
+                    s.kind.as_str(),
+                    s.path.display()
+                ));
+                s.file = None;
+                self.discarded = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_lets_through_exactly_the_limit() {
+        // (limit, chunks, expected decisions)
+        let cases: Vec<(Option<u64>, Vec<usize>, Vec<Admit>)> = vec![
+            (None, vec![10, 1 << 20], vec![Admit::All, Admit::All]),
+            (Some(10), vec![4, 6, 1], vec![Admit::All, Admit::All, Admit::Part(0)]),
+            (Some(10), vec![4, 7, 3], vec![Admit::All, Admit::Part(6), Admit::Nothing]),
+            (Some(10), vec![10], vec![Admit::All]),
+            (Some(0), vec![0, 1, 1], vec![Admit::All, Admit::Part(0), Admit::Nothing]),
+            (Some(u64::MAX), vec![usize::MAX, 5], vec![Admit::All, Admit::Part(0)]),
+        ];
+        for (limit, chunks, want) in cases {
+            let mut b = Budget::new(limit);
+            let got: Vec<Admit> = chunks.iter().map(|&n| b.admit(n)).collect();
+            assert_eq!(got, want, "limit {limit:?}, chunks {chunks:?}");
+        }
+        let mut b = Budget::new(Some(3));
+        assert!(!b.reached());
+        b.admit(4);
+        assert!(b.reached());
+    }
+
+    fn pipe_into(out: &mut Output, rank: u32, kind: LogStream, path: &std::path::Path) -> io::PipeWriter {
+        let (r, w) = io::pipe().unwrap();
+        let file = crate::status::open_log(path, None);
+        out.add(rank, kind, r, file, path.to_path_buf());
+        w
+    }
+
+    #[test]
+    fn output_is_copied_capped_and_marked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p0, p1) = (dir.path().join("stdout.log"), dir.path().join("rank-1.stdout.log"));
+        let mut out = Output::new(Some(25));
+        let mut w0 = pipe_into(&mut out, 0, LogStream::Stdout, &p0);
+        let mut w1 = pipe_into(&mut out, 1, LogStream::Stdout, &p1);
+        w0.write_all(b"0123456789\n").unwrap();
+        out.pump(Duration::from_millis(50));
+        w1.write_all(b"abcdefghij\n").unwrap();
+        out.pump(Duration::from_millis(50));
+        w0.write_all(b"ABCDEFGHIJ\n").unwrap();
+        out.pump(Duration::from_millis(50));
+        w1.write_all(b"more\n").unwrap();
+        drop((w0, w1));
+        out.drain(Duration::from_secs(1));
+        assert!(!out.open());
+        let marker = limit_marker(25);
+        assert_eq!(std::fs::read_to_string(&p0).unwrap(), format!("0123456789\nABC\n{marker}"));
+        assert_eq!(std::fs::read_to_string(&p1).unwrap(), "abcdefghij\n");
+        let (notes, discarded) = out.finish();
+        assert!(discarded);
+        assert_eq!(
+            notes,
+            vec!["output limit of 25 bytes reached (rank 0 stdout); further output of every rank was discarded"]
+        );
+    }
+
+    #[test]
+    fn an_unopenable_log_is_discarded_with_a_note_and_others_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("stdout.log");
+        let mut out = Output::new(Some(5));
+        let (r, mut w_bad) = io::pipe().unwrap();
+        let missing = dir.path().join("no/such/dir/stderr.log");
+        out.add(0, LogStream::Stderr, r, crate::status::open_log(&missing, None), missing.clone());
+        let mut w_good = pipe_into(&mut out, 0, LogStream::Stdout, &good);
+        // Discarded output does not eat into the budget.
+        w_bad.write_all(b"lots and lots of bytes").unwrap();
+        w_good.write_all(b"12345").unwrap();
+        drop((w_bad, w_good));
+        out.drain(Duration::from_secs(1));
+        assert_eq!(std::fs::read_to_string(&good).unwrap(), "12345");
+        let (notes, discarded) = out.finish();
+        assert!(discarded);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with(&format!("rank 0: cannot open {}", missing.display())), "{notes:?}");
+        assert!(notes[0].ends_with("its stderr is discarded"), "{notes:?}");
+    }
+
+    /// A pipe held open by someone else does not hold `drain` beyond its time.
+    #[test]
+    fn drain_gives_up_on_a_pipe_that_never_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = Output::new(None);
+        let mut w = pipe_into(&mut out, 0, LogStream::Stdout, &dir.path().join("stdout.log"));
+        w.write_all(b"partial").unwrap();
+        let t0 = Instant::now();
+        out.drain(Duration::from_millis(100));
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(!out.open());
+        assert_eq!(std::fs::read_to_string(dir.path().join("stdout.log")).unwrap(), "partial");
+        // The reader is gone: the writer sees a broken pipe.
+        assert_eq!(w.write_all(b"x").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+}
