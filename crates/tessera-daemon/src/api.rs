@@ -1,8 +1,7 @@
-//! The HTTP/JSON API: requests become [`Action`]s, callers become [`Caller`]s, and every error
-//! is a JSON body with a 4xx/5xx status. Nothing here decides anything; the [`Service`] does.
-//!
-//! On the Unix socket the peer's credentials (`SO_PEERCRED`) say who calls; on TCP a bearer
-//! token does. Bodies with unknown fields or bad JSON are refused with 400 and the reason.
+//! The HTTP/JSON front door: routes become [`Action`]s, connections become [`Caller`]s (Unix
+//! socket peer credentials, or a bearer token on TCP, each resolved to a local user through
+//! NSS), and [`EngineError`]s become status codes — the only place that knows them. Bodies are
+//! the typed structs of `wire.rs` (unknown fields refused); every error has a JSON body.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,174 +14,102 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
 
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Caller {
+pub use crate::engine::{Action, Caller, Door, EngineError, Reply};
+use crate::http::{PeerInfo, json_error};
+use crate::wire::{DrainRequest, JobQuery, JobState, LayoutRequest, Stream, SubmitRequest};
+
+/// The front-door seam: what answers actions — the daemon's engine, or a fake in tests. Every
+/// front door (this HTTP API, and the Kubernetes and Slurm ones) calls it the same way.
+pub trait Service: Send + Sync + 'static {
+    fn act(
+        &self,
+        caller: Caller,
+        action: Action,
+    ) -> Pin<Box<dyn Future<Output = Result<Reply, EngineError>> + Send + '_>>;
+}
+
+/// The status code of an engine error: the one place that decides it.
+pub fn status_of(e: &EngineError) -> StatusCode {
+    match e {
+        EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+        EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
+        EngineError::Conflict(_) => StatusCode::CONFLICT,
+        EngineError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        EngineError::CannotRun { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: &EngineError) -> Response {
+    json_error(status_of(e), e.code(), e.to_string())
+}
+
+fn unauthorized(message: &str) -> Response {
+    json_error(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// A local user the token maps to.
+#[derive(Debug, Clone)]
+pub struct TokenUser {
     pub uid: u32,
     pub gid: u32,
-    pub user: String,
-    pub tenant: String,
-    /// May change MIG layouts and drain GPUs, and see every job.
-    pub admin: bool,
+    pub name: String,
 }
 
-/// A failed request: the HTTP status, a stable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError { status: 400, code: "bad_request", message: message.into() }
-    }
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        ApiError { status: 401, code: "unauthorized", message: message.into() }
-    }
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        ApiError { status: 403, code: "forbidden", message: message.into() }
-    }
-    pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError { status: 404, code: "not_found", message: message.into() }
-    }
-    pub fn conflict(message: impl Into<String>) -> Self {
-        ApiError { status: 409, code: "conflict", message: message.into() }
-    }
-    pub fn unprocessable(message: impl Into<String>) -> Self {
-        ApiError { status: 422, code: "unprocessable", message: message.into() }
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        ApiError { status: 500, code: "internal", message: message.into() }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
-    }
-}
-
-/// A job submission (`POST /v1/jobs`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitBody {
-    /// Program and arguments, e.g. `["python", "train.py"]`.
-    pub command: Vec<String>,
-    /// Environment for the job.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Working directory (absolute).
-    pub cwd: String,
-    /// What the job needs: the scheduler's job request (GPU, ranks, sharing, CPUs, memory,
-    /// tenant, priority, runtime estimate and limit).
-    pub resources: Value,
-}
-
-/// A MIG layout change for one GPU (`POST /v1/gpus/{gpu}/layout`), for admins.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LayoutBody {
-    /// The instances the GPU should have: `3g.40gb` (wherever it fits best; matching
-    /// instances are kept) or `3g.40gb@4` (at that placement; then every entry gives one), or a
-    /// compute split `1c.3g.40gb`. An empty list removes every idle instance.
-    pub instances: Vec<String>,
-    /// Only plan: say what would change, change nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// Everything the API can be asked to do. Each variant says who may do it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Queue a job for the caller.
-    Submit(SubmitBody),
-    /// The caller's jobs (every job for admins, with `all`), optionally in some states.
-    ListJobs { states: Vec<String>, all: bool },
-    /// One job, if the caller owns it (admins: any).
-    GetJob { id: u64 },
-    /// Cancel a job the caller owns.
-    Cancel { id: u64 },
-    /// Bytes of a job's log from an offset.
-    Logs { id: u64, rank: u32, stream: String, offset: u64 },
-    /// Wait until a job ends, at most `timeout_ms`.
-    Wait { id: u64, timeout_ms: u64 },
-    /// The node's GPUs, instances and which job runs where.
-    Gpus,
-    /// Admins: stop placing new work on a GPU.
-    Drain { gpu: u32, drain: bool },
-    /// Admins: change a GPU's MIG layout; busy instances are never touched.
-    Layout { gpu: u32, body: LayoutBody },
-    /// Node health.
-    Health,
-}
-
-/// A boxed future, so the service trait stays object-safe.
-pub type Reply<'a> = Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
-
-/// What answers actions: the daemon's engine, or a fake in tests.
-pub trait Service: Send + Sync + 'static {
-    fn handle(&self, caller: Caller, action: Action) -> Reply<'_>;
-}
-
-/// How a request proved who it is.
-#[derive(Debug, Clone)]
-pub enum Peer {
-    /// Unix socket peer credentials.
-    Unix { uid: u32, gid: u32 },
-    /// TCP: the bearer token is checked against this.
-    Tcp,
-}
-
-/// Who callers are: users, tenants, admins, and the TCP token.
+/// Who callers are: the TCP token and its user, tenants, admins.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub token: Option<String>,
-    pub token_user: String,
+    /// The local user TCP callers act as (resolved through NSS at start).
+    pub token_user: Option<TokenUser>,
     pub users_to_tenants: BTreeMap<String, String>,
     pub admins: Vec<String>,
 }
 
 impl Identity {
-    fn caller(&self, peer: &Peer, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    fn tenant_of(&self, user: &str) -> String {
+        self.users_to_tenants.get(user).cloned().unwrap_or_else(|| "default".into())
+    }
+
+    fn caller(&self, peer: Option<&PeerInfo>, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
         match peer {
-            Peer::Unix { uid, gid } => {
-                let user = user_name(*uid);
+            Some(PeerInfo::Unix { uid, gid, .. }) => {
+                let user = tessera_host::users::user_name(*uid);
                 Ok(Caller {
                     uid: *uid,
                     gid: *gid,
-                    tenant: self.users_to_tenants.get(&user).cloned().unwrap_or_else(|| "default".into()),
+                    tenant: self.tenant_of(&user),
                     admin: *uid == 0 || self.admins.contains(&user),
                     user,
+                    door: Door::Socket,
                 })
             }
-            Peer::Tcp => {
-                let Some(expected) = &self.token else {
-                    return Err(ApiError::unauthorized("TCP access is not configured (server.token_file)"));
+            Some(PeerInfo::Tcp { .. }) => {
+                let (Some(expected), Some(who)) = (&self.token, &self.token_user) else {
+                    return Err(Box::new(unauthorized(
+                        "TCP access is not configured (server.token_file, server.token_user)",
+                    )));
                 };
                 let given = headers
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
+                    .ok_or_else(|| Box::new(unauthorized("send `Authorization: Bearer <token>`")))?;
                 if !constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
-                    return Err(ApiError::unauthorized("the bearer token is not valid"));
+                    return Err(Box::new(unauthorized("the bearer token is not valid")));
                 }
-                let user = self.token_user.clone();
                 Ok(Caller {
-                    uid: u32::MAX,
-                    gid: u32::MAX,
-                    tenant: self.users_to_tenants.get(&user).cloned().unwrap_or_else(|| "default".into()),
-                    admin: self.admins.contains(&user),
-                    user,
+                    uid: who.uid,
+                    gid: who.gid,
+                    tenant: self.tenant_of(&who.name),
+                    admin: who.uid == 0 || self.admins.contains(&who.name),
+                    user: who.name.clone(),
+                    door: Door::Tcp,
                 })
             }
+            None => Err(Box::new(unauthorized("the caller could not be identified"))),
         }
     }
 }
@@ -191,68 +118,61 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The user name of a uid; `uid:N` when it has none.
-pub fn user_name(uid: u32) -> String {
-    tessera_host::users::user_name(uid)
-}
-
 #[derive(Clone)]
 struct AppState {
     service: Arc<dyn Service>,
     identity: Arc<Identity>,
-    peer_is_tcp: bool,
 }
 
-/// Unix-socket connection info: the peer's credentials.
-#[derive(Debug, Clone, Copy)]
-pub struct UdsPeer {
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
+/// The peer the connection layer recorded.
+struct Peer(Option<PeerInfo>);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for UdsPeer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        match stream.io().peer_cred() {
-            Ok(c) => UdsPeer { uid: Some(c.uid()), gid: Some(c.gid()) },
-            Err(_) => UdsPeer { uid: None, gid: None },
-        }
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(parts.extensions.get::<PeerInfo>().cloned()))
     }
 }
 
-async fn dispatch(state: &AppState, peer: Peerish, headers: &HeaderMap, action: Result<Action, ApiError>) -> Response {
-    let peer = if state.peer_is_tcp {
-        Peer::Tcp
-    } else {
-        match peer.0 {
-            Some(UdsPeer { uid: Some(uid), gid: Some(gid) }) => Peer::Unix { uid, gid },
-            _ => return ApiError::unauthorized("the socket peer's credentials could not be read").into_response(),
-        }
-    };
-    let caller = match state.identity.caller(&peer, headers) {
+async fn dispatch(state: &AppState, peer: Peer, headers: &HeaderMap, action: Result<Action, EngineError>) -> Response {
+    let caller = match state.identity.caller(peer.0.as_ref(), headers) {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(r) => return *r,
     };
     let action = match action {
         Ok(a) => a,
-        Err(e) => return e.into_response(),
+        Err(e) => return error_response(&e),
     };
     let created = matches!(action, Action::Submit(_));
-    match state.service.handle(caller, action).await {
+    match state.service.act(caller, action).await {
         Ok(v) if created => (StatusCode::CREATED, axum::Json(v)).into_response(),
         Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => error_response(&e),
     }
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, EngineError> {
     if body.is_empty() {
-        return Err(ApiError::bad_request("the request has no JSON body"));
+        return Err(EngineError::invalid("body", "the request has no JSON body"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| EngineError::invalid("body", format!("invalid JSON: {e}")))
 }
 
-fn parse_id(raw: &str) -> Result<u64, ApiError> {
-    raw.parse().map_err(|_| ApiError::bad_request(format!("'{raw}' is not a job id (a positive integer)")))
+fn parse_optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, EngineError> {
+    if body.is_empty() { Ok(T::default()) } else { parse_body(body) }
+}
+
+fn parse_id(raw: &str) -> Result<u64, EngineError> {
+    raw.parse().map_err(|_| EngineError::invalid("id", format!("'{raw}' is not a job id (a positive integer)")))
+}
+
+fn parse_gpu(raw: &str) -> Result<u32, EngineError> {
+    raw.parse().map_err(|_| EngineError::invalid("gpu", format!("'{raw}' is not a GPU index")))
+}
+
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, EngineError> {
+    q.map(|Query(q)| q).map_err(|e| EngineError::invalid("query", e.body_text()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,66 +199,57 @@ struct WaitQuery {
     timeout_ms: Option<u64>,
 }
 
-/// The socket peer, when the connection came through the Unix socket.
-struct Peerish(Option<UdsPeer>);
+type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peerish {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peerish(parts.extensions.get::<axum::extract::ConnectInfo<UdsPeer>>().map(|c| c.0)))
-    }
-}
-
-/// The API router. `tcp` selects bearer-token authentication instead of peer credentials.
-pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>, tcp: bool) -> Router {
-    let state = AppState { service, identity, peer_is_tcp: tcp };
+/// The API router. The connection layer (`server.rs`) tells it who calls ([`PeerInfo`]).
+pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
+    let state = AppState { service, identity };
     Router::new()
         .route("/openapi.json", get(|| async { axum::Json(crate::openapi::document()) }))
         .route(
             "/v1/jobs",
-            post(|State(s): State<AppState>, p: Peerish, h: HeaderMap, body: Bytes| async move {
-                dispatch(&s, p, &h, parse_body::<SubmitBody>(&body).map(Action::Submit)).await
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, body: Bytes| async move {
+                dispatch(&s, p, &h, parse_body::<SubmitRequest>(&body).map(Action::Submit)).await
             })
-            .get(
-                |State(s): State<AppState>,
-                 p: Peerish,
-                 h: HeaderMap,
-                 q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>| async move {
-                    let action = q.map_err(|e| ApiError::bad_request(e.body_text())).map(|Query(q)| Action::ListJobs {
-                        states: q.state.map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
-                        all: q.all,
-                    });
-                    dispatch(&s, p, &h, action).await
-                },
-            ),
+            .get(|State(s): State<AppState>, p: Peer, h: HeaderMap, q: Q<ListQuery>| async move {
+                let action = query(q).and_then(|q| {
+                    let states = match q.state {
+                        Some(list) => list
+                            .split(',')
+                            .map(|x| x.parse::<JobState>().map_err(|e| EngineError::invalid("state", e.to_string())))
+                            .collect::<Result<Vec<_>, _>>()?,
+                        None => Vec::new(),
+                    };
+                    Ok(Action::ListJobs(JobQuery { states, all: q.all }))
+                });
+                dispatch(&s, p, &h, action).await
+            }),
         )
         .route(
             "/v1/jobs/{id}",
-            get(|State(s): State<AppState>, p: Peerish, h: HeaderMap, Path(id): Path<String>| async move {
+            get(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>| async move {
                 dispatch(&s, p, &h, parse_id(&id).map(|id| Action::GetJob { id })).await
             }),
         )
         .route(
             "/v1/jobs/{id}/cancel",
-            post(|State(s): State<AppState>, p: Peerish, h: HeaderMap, Path(id): Path<String>| async move {
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>| async move {
                 dispatch(&s, p, &h, parse_id(&id).map(|id| Action::Cancel { id })).await
             }),
         )
         .route(
             "/v1/jobs/{id}/logs",
             get(
-                |State(s): State<AppState>,
-                 p: Peerish,
-                 h: HeaderMap,
-                 Path(id): Path<String>,
-                 q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>| async move {
+                |State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>, q: Q<LogQuery>| async move {
                     let action = parse_id(&id).and_then(|id| {
-                        let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-                        let stream = q.stream.unwrap_or_else(|| "stdout".into());
-                        if stream != "stdout" && stream != "stderr" {
-                            return Err(ApiError::bad_request(format!("stream '{stream}': use stdout or stderr")));
-                        }
+                        let q = query(q)?;
+                        let stream = match q.stream.as_deref() {
+                            None | Some("stdout") => Stream::Stdout,
+                            Some("stderr") => Stream::Stderr,
+                            Some(other) => {
+                                return Err(EngineError::invalid("stream", format!("'{other}': use stdout or stderr")));
+                            }
+                        };
                         Ok(Action::Logs { id, rank: q.rank, stream, offset: q.offset })
                     });
                     dispatch(&s, p, &h, action).await
@@ -348,13 +259,9 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>, tcp: bool) -> 
         .route(
             "/v1/jobs/{id}/wait",
             get(
-                |State(s): State<AppState>,
-                 p: Peerish,
-                 h: HeaderMap,
-                 Path(id): Path<String>,
-                 q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>| async move {
+                |State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>, q: Q<WaitQuery>| async move {
                     let action = parse_id(&id).and_then(|id| {
-                        let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+                        let q = query(q)?;
                         Ok(Action::Wait { id, timeout_ms: q.timeout_ms.unwrap_or(30_000).min(300_000) })
                     });
                     dispatch(&s, p, &h, action).await
@@ -363,48 +270,67 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>, tcp: bool) -> 
         )
         .route(
             "/v1/gpus",
-            get(|State(s): State<AppState>, p: Peerish, h: HeaderMap| async move {
+            get(|State(s): State<AppState>, p: Peer, h: HeaderMap| async move {
                 dispatch(&s, p, &h, Ok(Action::Gpus)).await
             }),
         )
         .route(
             "/v1/gpus/{gpu}/drain",
-            post(|State(s): State<AppState>, p: Peerish, h: HeaderMap, Path(gpu): Path<String>| async move {
-                let action = gpu
-                    .parse()
-                    .map(|gpu| Action::Drain { gpu, drain: true })
-                    .map_err(|_| ApiError::bad_request(format!("'{gpu}' is not a GPU index")));
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(gpu): Path<String>, body: Bytes| async move {
+                let action = parse_gpu(&gpu).and_then(|gpu| {
+                    Ok(Action::Drain { gpu, drain: true, request: parse_optional_body::<DrainRequest>(&body)? })
+                });
                 dispatch(&s, p, &h, action).await
             }),
         )
         .route(
             "/v1/gpus/{gpu}/undrain",
-            post(|State(s): State<AppState>, p: Peerish, h: HeaderMap, Path(gpu): Path<String>| async move {
-                let action = gpu
-                    .parse()
-                    .map(|gpu| Action::Drain { gpu, drain: false })
-                    .map_err(|_| ApiError::bad_request(format!("'{gpu}' is not a GPU index")));
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(gpu): Path<String>| async move {
+                let action =
+                    parse_gpu(&gpu).map(|gpu| Action::Drain { gpu, drain: false, request: DrainRequest::default() });
                 dispatch(&s, p, &h, action).await
             }),
         )
         .route(
             "/v1/gpus/{gpu}/layout",
-            post(
-                |State(s): State<AppState>, p: Peerish, h: HeaderMap, Path(gpu): Path<String>, body: Bytes| async move {
-                    let action = gpu
-                        .parse()
-                        .map_err(|_| ApiError::bad_request(format!("'{gpu}' is not a GPU index")))
-                        .and_then(|gpu| parse_body::<LayoutBody>(&body).map(|body| Action::Layout { gpu, body }));
-                    dispatch(&s, p, &h, action).await
-                },
-            ),
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(gpu): Path<String>, body: Bytes| async move {
+                let action = parse_gpu(&gpu)
+                    .and_then(|gpu| parse_body::<LayoutRequest>(&body).map(|request| Action::Layout { gpu, request }));
+                dispatch(&s, p, &h, action).await
+            }),
+        )
+        .route(
+            "/v1/gpus/{gpu}/health/clear",
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(gpu): Path<String>| async move {
+                dispatch(&s, p, &h, parse_gpu(&gpu).map(|gpu| Action::HealthClear { gpu })).await
+            }),
         )
         .route(
             "/v1/health",
-            get(|State(s): State<AppState>, p: Peerish, h: HeaderMap| async move {
+            get(|State(s): State<AppState>, p: Peer, h: HeaderMap| async move {
                 dispatch(&s, p, &h, Ok(Action::Health)).await
             }),
         )
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json").into_response() })
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json") })
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_engine_error_has_one_status() {
+        let cases = [
+            (EngineError::NotFound("x".into()), 404),
+            (EngineError::Forbidden("x".into()), 403),
+            (EngineError::Conflict("x".into()), 409),
+            (EngineError::invalid("f", "x"), 400),
+            (EngineError::cannot_run("f", "x"), 422),
+            (EngineError::Internal("x".into()), 500),
+        ];
+        for (e, code) in cases {
+            assert_eq!(status_of(&e).as_u16(), code, "{e:?}");
+        }
+    }
 }

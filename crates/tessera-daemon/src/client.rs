@@ -1,12 +1,20 @@
 //! A small synchronous HTTP/1.1 client for the daemon's API, over the Unix socket or TCP. The
 //! CLI is synchronous and talks to one local daemon, so a few dozen lines beat a client stack.
+//! Requests and replies are the typed structs of `wire.rs`; an error reply becomes
+//! [`ClientError::Api`] with its status, code and message.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::wire::{
+    CancelReply, DrainReply, DrainRequest, ErrorBody, GpuList, HealthClearReply, HealthReply, JobList, JobQuery,
+    JobView, LayoutReply, LayoutRequest, LogChunk, Stream, SubmitReply, SubmitRequest,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -26,6 +34,9 @@ pub enum ClientError {
     },
     #[error("the daemon at {target} sent a malformed response: {detail}")]
     Protocol { target: String, detail: String },
+    /// The daemon refused the request: its status and error body.
+    #[error("{message} (HTTP {status})")]
+    Api { status: u16, code: String, message: String },
 }
 
 /// Where the daemon listens.
@@ -41,22 +52,15 @@ pub struct Client {
     pub timeout: Duration,
 }
 
-/// Status and JSON body of a response.
+/// Status and raw body of a response.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
-    pub body: Value,
+    pub body: Vec<u8>,
 }
 
-impl Response {
-    /// The error message of a 4xx/5xx body.
-    pub fn error_message(&self) -> String {
-        self.body["error"]["message"].as_str().map_or_else(|| self.body.to_string(), str::to_string)
-    }
-}
-
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
 
 impl Client {
     pub fn new(endpoint: Endpoint) -> Self {
@@ -70,7 +74,7 @@ impl Client {
         }
     }
 
-    fn connect(&self) -> Result<Box<dyn Stream>, ClientError> {
+    fn connect(&self) -> Result<Box<dyn Conn>, ClientError> {
         let target = self.target();
         match &self.endpoint {
             Endpoint::Unix(p) => {
@@ -89,11 +93,22 @@ impl Client {
     }
 
     /// Send one request and read the whole response.
-    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, ClientError> {
+    pub fn request<B: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Response, ClientError> {
         let target = self.target();
         let io = |source| ClientError::Io { target: target.clone(), source };
+        let payload = match body {
+            Some(b) => serde_json::to_string(b).map_err(|e| ClientError::Protocol {
+                target: target.clone(),
+                detail: format!("encoding the request: {e}"),
+            })?,
+            None => String::new(),
+        };
         let mut stream = self.connect()?;
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut head =
             format!("{method} {path} HTTP/1.1\r\nHost: tessera\r\nConnection: close\r\nAccept: application/json\r\n");
         if let Endpoint::Tcp { token, .. } = &self.endpoint {
@@ -153,14 +168,96 @@ impl Client {
         } else {
             reader.read_to_end(&mut raw).map_err(io)?;
         }
-        let body = if raw.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&raw).map_err(|e| ClientError::Protocol {
-                target: target.clone(),
-                detail: format!("body is not JSON: {e}"),
-            })?
+        Ok(Response { status, body: raw })
+    }
+
+    /// Send a request and read the typed reply, or the daemon's refusal as [`ClientError::Api`].
+    pub fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let r = self.request(method, path, body)?;
+        if (200..300).contains(&r.status) {
+            return serde_json::from_slice(&r.body).map_err(|e| ClientError::Protocol {
+                target: self.target(),
+                detail: format!("the reply is not what the client expects: {e}"),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&r.body) {
+            Ok(b) => Err(ClientError::Api { status: r.status, code: b.error.code, message: b.error.message }),
+            Err(_) => Err(ClientError::Api {
+                status: r.status,
+                code: "unknown".into(),
+                message: String::from_utf8_lossy(&r.body).into_owned(),
+            }),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), T>("GET", path, None)
+    }
+
+    fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+        self.call("POST", path, body)
+    }
+
+    pub fn submit(&self, req: &SubmitRequest) -> Result<SubmitReply, ClientError> {
+        self.post("/v1/jobs", Some(req))
+    }
+
+    pub fn jobs(&self, q: &JobQuery) -> Result<JobList, ClientError> {
+        let mut path = format!("/v1/jobs?all={}", q.all);
+        if !q.states.is_empty() {
+            let states: Vec<&str> = q.states.iter().map(|s| s.as_str()).collect();
+            path.push_str(&format!("&state={}", states.join(",")));
+        }
+        self.get(&path)
+    }
+
+    pub fn job(&self, id: u64) -> Result<JobView, ClientError> {
+        self.get(&format!("/v1/jobs/{id}"))
+    }
+
+    pub fn cancel(&self, id: u64) -> Result<CancelReply, ClientError> {
+        self.post::<(), _>(&format!("/v1/jobs/{id}/cancel"), None)
+    }
+
+    /// The job once it ends, or as it is after `timeout_ms`.
+    pub fn wait(&self, id: u64, timeout_ms: u64) -> Result<JobView, ClientError> {
+        self.get(&format!("/v1/jobs/{id}/wait?timeout_ms={timeout_ms}"))
+    }
+
+    pub fn logs(&self, id: u64, rank: u32, stream: Stream, offset: u64) -> Result<LogChunk, ClientError> {
+        let s = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
         };
-        Ok(Response { status, body })
+        self.get(&format!("/v1/jobs/{id}/logs?rank={rank}&stream={s}&offset={offset}"))
+    }
+
+    pub fn gpus(&self) -> Result<GpuList, ClientError> {
+        self.get("/v1/gpus")
+    }
+
+    pub fn drain(&self, gpu: u32, reason: &str) -> Result<DrainReply, ClientError> {
+        self.post(&format!("/v1/gpus/{gpu}/drain"), Some(&DrainRequest { reason: reason.to_owned() }))
+    }
+
+    pub fn undrain(&self, gpu: u32) -> Result<DrainReply, ClientError> {
+        self.post::<(), _>(&format!("/v1/gpus/{gpu}/undrain"), None)
+    }
+
+    pub fn layout(&self, gpu: u32, req: &LayoutRequest) -> Result<LayoutReply, ClientError> {
+        self.post(&format!("/v1/gpus/{gpu}/layout"), Some(req))
+    }
+
+    pub fn health(&self) -> Result<HealthReply, ClientError> {
+        self.get("/v1/health")
+    }
+
+    pub fn health_clear(&self, gpu: u32) -> Result<HealthClearReply, ClientError> {
+        self.post::<(), _>(&format!("/v1/gpus/{gpu}/health/clear"), None)
     }
 }

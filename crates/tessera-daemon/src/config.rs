@@ -30,6 +30,10 @@ pub struct Config {
     pub node: NodeConfig,
     #[serde(default)]
     pub scheduler: SchedulerSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
+    #[serde(default)]
+    pub health: HealthSection,
     /// Tenants with weights and quotas; users not mapped to one get `default`.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -50,8 +54,11 @@ pub struct ServerConfig {
     pub tcp: Option<String>,
     /// File holding the bearer token TCP clients must send.
     pub token_file: Option<PathBuf>,
-    /// The user TCP clients act as [default: `remote`].
+    /// The local user TCP clients act as (their jobs run as this user); required with `tcp`.
     pub token_user: Option<String>,
+    /// Connection and request limits (both listeners).
+    #[serde(default)]
+    pub limits: crate::http::HttpLimits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -61,6 +68,10 @@ pub struct NodeConfig {
     pub backend: Option<String>,
     /// Simulated node spec, e.g. `8xH100-80GB,numa=2`.
     pub sim: Option<String>,
+    /// Where the NVIDIA device nodes are [default: `/dev`] (tests point it at nodes they made).
+    pub dev_root: Option<PathBuf>,
+    /// Where MPS pipe and log directories go [default: the socket's directory].
+    pub runtime_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +91,9 @@ pub struct SchedulerSection {
     /// Grace between SIGTERM and SIGKILL when a job is cancelled or runs out of time.
     #[serde(default = "grace")]
     pub kill_grace_ms: u64,
+    /// Switch idle GPUs' MIG mode when a job could never start on the modes they have.
+    #[serde(default)]
+    pub mig_mode_switching: bool,
 }
 
 fn yes() -> bool {
@@ -104,7 +118,77 @@ impl Default for SchedulerSection {
             time_slice_replicas: 4,
             tick_ms: tick(),
             kill_grace_ms: grace(),
+            mig_mode_switching: false,
         }
+    }
+}
+
+/// How jobs run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Where job output goes, one directory per job [default: `<state dir>/output`]. Put it on
+    /// a filesystem of its own: a job filling it then cannot stop the daemon recording outcomes.
+    pub output_dir: Option<PathBuf>,
+    /// The most output one run of a job may write, all ranks and streams together, in MiB;
+    /// beyond it output is discarded (the job runs on and its outcome is kept).
+    pub output_limit_mib: u64,
+    /// The highest priority a non-admin may ask for; admins may ask for any.
+    pub max_priority: i32,
+    /// The signal a preempted job gets first (SIGKILL follows after `preempt_grace_ms`), unless
+    /// the job names its own.
+    pub preempt_signal: String,
+    pub preempt_grace_ms: u64,
+    /// Per-job cgroups (CPUs, memory limit, GPU device nodes): `auto` where the machine has
+    /// them, `required` (a job that cannot be isolated does not start), `off`.
+    pub isolation: Isolation,
+    /// The cgroup every job's cgroup is made under.
+    pub cgroup_parent: String,
+    /// The most bytes of arguments and environment a job may have (`execve` refuses above about
+    /// 2 MiB; each string is limited to 128 KiB).
+    pub max_exec_bytes: usize,
+}
+
+/// Whether jobs get a cgroup of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    Auto,
+    Required,
+    Off,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection {
+            output_dir: None,
+            output_limit_mib: 1024,
+            max_priority: 0,
+            preempt_signal: "SIGTERM".into(),
+            preempt_grace_ms: 30_000,
+            isolation: Isolation::Auto,
+            cgroup_parent: "tessera".into(),
+            max_exec_bytes: 1 << 20,
+        }
+    }
+}
+
+/// GPU health fencing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Faults that clear on their own (unknown Xids, contained instance errors) clear after
+    /// this long without events and a successful probe.
+    pub recovery_quiet_ms: u64,
+    /// How often every GPU is probed.
+    pub probe_interval_ms: u64,
+    /// A fatal Xid ends the jobs on the GPU: SIGTERM, then SIGKILL after this long.
+    pub stop_grace_ms: u64,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection { recovery_quiet_ms: 60_000, probe_interval_ms: 5_000, stop_grace_ms: 5_000 }
     }
 }
 
@@ -150,6 +234,30 @@ impl Config {
         let invalid = |message: String| ConfigError::Invalid { path: path.to_string(), message };
         if self.server.tcp.is_some() && self.server.token_file.is_none() {
             return Err(invalid("server.tcp needs server.token_file: TCP clients must send a bearer token".into()));
+        }
+        if self.server.tcp.is_some() && self.server.token_user.is_none() {
+            return Err(invalid(
+                "server.tcp needs server.token_user: the local user TCP clients act as (their jobs run as that user)"
+                    .into(),
+            ));
+        }
+        self.server.limits.validate().map_err(|e| invalid(format!("server.limits: {e}")))?;
+        if let Err(e) = crate::signals::parse_signal(&self.jobs.preempt_signal) {
+            return Err(invalid(format!("jobs.preempt_signal: {e}")));
+        }
+        if self.jobs.output_limit_mib == 0 {
+            return Err(invalid("jobs.output_limit_mib must be at least 1".into()));
+        }
+        if self.jobs.cgroup_parent.is_empty()
+            || !self.jobs.cgroup_parent.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+        {
+            return Err(invalid(format!(
+                "jobs.cgroup_parent = '{}': one name of letters, digits and . _ @ -",
+                self.jobs.cgroup_parent
+            )));
+        }
+        if self.health.probe_interval_ms == 0 {
+            return Err(invalid("health.probe_interval_ms must be at least 1".into()));
         }
         let mut seen = std::collections::BTreeSet::new();
         for t in &self.tenants {
@@ -214,6 +322,10 @@ mod tests {
             ("[server]\nsockett = \"/x\"\n", "x.toml:2:1: unknown field `sockett`"),
             ("[scheduler]\nrepartition = 3\n", "x.toml:2:15: invalid type: integer `3`, expected a boolean"),
             ("[server]\ntcp = \"127.0.0.1:1\"\n", "x.toml: server.tcp needs server.token_file"),
+            ("[server]\ntcp = \"127.0.0.1:1\"\ntoken_file = \"/t\"\n", "x.toml: server.tcp needs server.token_user"),
+            ("[jobs]\npreempt_signal = \"SIGFOO\"\n", "x.toml: jobs.preempt_signal: unknown signal"),
+            ("[jobs]\nisolation = \"maybe\"\n", "x.toml:2:13: unknown variant `maybe`"),
+            ("[jobs]\ncgroup_parent = \"a/b\"\n", "x.toml: jobs.cgroup_parent = 'a/b'"),
             ("[users]\nalice = \"ml\"\n", "x.toml: users.alice = 'ml', but no [[tenants]] entry has that name"),
             ("[[tenants]]\nname = \"ml\"\nweight = 0\n", "x.toml: tenant 'ml': weight must be a positive number"),
             ("[node]\nbackend = \"gpu\"\n", "x.toml: node.backend = 'gpu': use auto, nvml or sim"),

@@ -1,18 +1,20 @@
-//! `tessera serve`: open the store and the GPUs, recover from whatever happened while the daemon
-//! was down, then run scheduling rounds and answer the API until SIGTERM.
+//! `tessera serve`: make the state directory private, open (or, with `--init`, create) the
+//! database, open the GPUs, recover from whatever happened while the daemon was down, then run
+//! scheduling rounds, watch GPU health and answer the API until SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tessera_exec::{MpsControl, NvidiaMps, RecordingMps};
-use tessera_gpu::MigBackend as _;
-use tessera_store::Store;
+use tessera_gpu::health::Observation;
+use tessera_gpu::open::{Node, OpenOptions};
+use tessera_store::{DB_FILE, Store, StoreError};
 
-use crate::api::{Action, ApiError, Caller, Identity, Reply, Service};
+use crate::api::{Identity, Service, TokenUser};
 use crate::config::Config;
-use crate::engine::{Core, NodeBackend};
+use crate::engine::{Action, Caller, Engine, EngineError, Paths, Reply, ShimCommand, highest_job_dir};
 
 /// What `tessera serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -20,46 +22,53 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub config: Config,
-    /// The shim: usually the `tessera` binary itself, with `shim` before `--job-dir`.
-    pub shim_exe: PathBuf,
-    pub shim_args: Vec<String>,
+    /// How to open the GPUs: the same choice the CLI makes (`tessera_gpu::open`).
+    pub backend: OpenOptions,
+    /// The supervisor: usually the `tessera` binary itself, with `shim` before `--job-dir`.
+    pub shim: ShimCommand,
+    /// Begin a new database where there is none (or it is corrupt: the old one is moved aside).
+    pub init: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
-    Store(#[from] tessera_store::StoreError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Serve(#[from] crate::server::ServeError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Backend(#[from] Box<tessera_gpu::open::OpenError>),
     #[error("{0}")]
     Setup(String),
 }
 
-/// The async face of the engine: actions run on a blocking thread under the core's lock.
+/// The async face of the engine: actions run on a blocking thread under the engine's lock.
 #[derive(Debug)]
-pub struct Engine {
-    core: Arc<Mutex<Core>>,
+pub struct EngineHandle {
+    core: Arc<Mutex<Engine>>,
     wake: Arc<tokio::sync::Notify>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
-impl Engine {
-    fn new(core: Core) -> Engine {
+impl EngineHandle {
+    pub fn new(engine: Engine) -> EngineHandle {
         let (changed, _) = tokio::sync::watch::channel(0);
-        Engine { core: Arc::new(Mutex::new(core)), wake: Arc::new(tokio::sync::Notify::new()), changed }
+        EngineHandle { core: Arc::new(Mutex::new(engine)), wake: Arc::new(tokio::sync::Notify::new()), changed }
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Core) -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+        f: impl FnOnce(&mut Engine) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
         let core = self.core.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&mut guard)
         })
         .await
-        .map_err(|e| ApiError::internal(format!("engine task: {e}")))
+        .map_err(|e| EngineError::Internal(format!("engine task: {e}")))
     }
 
     /// Scheduling rounds: on every wake-up, and every `tick` otherwise.
@@ -95,29 +104,26 @@ impl Engine {
     }
 
     /// One round: read under the engine lock, decide without it, act under it again.
-    async fn round_once(&self) -> Result<(bool, usize), String> {
-        let mut input = self.blocking(|core| core.prepare_round()).await.map_err(|e| e.to_string())??;
+    async fn round_once(&self) -> Result<(bool, usize), EngineError> {
+        let mut input = self.blocking(|core| core.prepare_round()).await??;
         let (input, decisions) = tokio::task::spawn_blocking(move || {
             let d = input.decide();
             (input, d)
         })
         .await
-        .map_err(|e| format!("scheduler task: {e}"))?;
-        self.blocking(move |core| (core.finish_round(input, decisions), core.queued_after_round()))
-            .await
-            .map_err(|e| e.to_string())
+        .map_err(|e| EngineError::Internal(format!("scheduler task: {e}")))?;
+        self.blocking(move |core| (core.finish_round(input, decisions), core.queued_after_round())).await
     }
 
-    async fn wait(&self, caller: Caller, id: u64, timeout_ms: u64) -> Result<Value, ApiError> {
+    async fn wait(&self, caller: Caller, id: u64, timeout_ms: u64) -> Result<Reply, EngineError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let mut rx = self.changed.subscribe();
         loop {
             let c = caller.clone();
-            let v = self.blocking(move |core| core.act(&c, Action::Wait { id, timeout_ms })).await??;
-            let terminal =
-                matches!(v["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "timed_out" | "lost"));
-            if terminal || tokio::time::Instant::now() >= deadline {
-                return Ok(v);
+            let reply = self.blocking(move |core| core.act(&c, Action::Wait { id, timeout_ms })).await??;
+            let ended = matches!(&reply, Reply::Job(j) if j.ended());
+            if ended || tokio::time::Instant::now() >= deadline {
+                return Ok(reply);
             }
             tokio::select! {
                 _ = rx.changed() => {}
@@ -125,87 +131,229 @@ impl Engine {
             }
         }
     }
+
+    /// An admin's layout: checked under the lock, planned without it, applied under it.
+    async fn layout(
+        &self,
+        caller: Caller,
+        gpu: u32,
+        request: crate::wire::LayoutRequest,
+    ) -> Result<Reply, EngineError> {
+        let c = caller.clone();
+        let input = self.blocking(move |core| core.layout_prepare(&c, gpu, request)).await??;
+        let plan = tokio::task::spawn_blocking(move || input.plan())
+            .await
+            .map_err(|e| EngineError::Internal(format!("planner task: {e}")))??;
+        let reply = self.blocking(move |core| core.layout_apply(&caller, plan)).await??;
+        Ok(Reply::Layout(reply))
+    }
 }
 
-impl Service for Engine {
-    fn handle(&self, caller: Caller, action: Action) -> Reply<'_> {
+impl Service for EngineHandle {
+    fn act(
+        &self,
+        caller: Caller,
+        action: Action,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, EngineError>> + Send + '_>> {
         Box::pin(async move {
-            match action {
+            let wakes = action.wakes_rounds();
+            let reply = match action {
                 Action::Wait { id, timeout_ms } => self.wait(caller, id, timeout_ms).await,
-                other => {
-                    let wakes = matches!(
-                        other,
-                        Action::Submit(_) | Action::Cancel { .. } | Action::Drain { .. } | Action::Layout { .. }
-                    );
-                    let r = self.blocking(move |core| core.act(&caller, other)).await?;
-                    if wakes {
-                        self.wake.notify_one();
-                    }
-                    r
-                }
+                Action::Layout { gpu, request } => self.layout(caller, gpu, request).await,
+                other => self.blocking(move |core| core.act(&caller, other)).await?,
+            };
+            if wakes && reply.is_ok() {
+                self.wake.notify_one();
             }
+            reply
         })
     }
 }
 
-fn open_backend(config: &Config, state_dir: &std::path::Path) -> Result<(NodeBackend, String), DaemonError> {
-    let choice = config
-        .node
-        .backend
-        .clone()
-        .unwrap_or_else(|| if config.node.sim.is_some() { "sim".into() } else { "auto".into() });
-    let sim = |why: String| -> Result<(NodeBackend, String), DaemonError> {
-        let spec = config
-            .node
-            .sim
-            .as_deref()
-            .map(tessera_gpu::NodeSpec::parse)
-            .transpose()
-            .map_err(|e| DaemonError::Setup(format!("node.sim: {e}")))?;
-        let s = tessera_gpu::SimBackend::open(&state_dir.join("sim-node.json"), spec.as_ref())
-            .map_err(|e| DaemonError::Setup(e.to_string()))?;
-        let line = format!("simulated node {}{why}", s.spec());
-        Ok((NodeBackend::Sim(Box::new(s)), line))
-    };
-    match choice.as_str() {
-        "sim" => sim(String::new()),
-        "nvml" => {
-            let n = tessera_gpu::NvmlBackend::open(None).map_err(|e| DaemonError::Setup(format!("NVML: {e}")))?;
-            let line = format!("NVML, driver {}", n.driver_version());
-            Ok((NodeBackend::Other(Box::new(n)), line))
+/// Makes the state directory private to the daemon (0700), refusing one another user owns.
+fn private_state_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let setup = |what: String| DaemonError::Setup(what);
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        if meta.file_type().is_symlink() {
+            return Err(setup(format!("state directory {} is a symbolic link; give its real path", dir.display())));
         }
-        _ => match tessera_gpu::NvmlBackend::open(None) {
-            Ok(n) if n.devices().map(|d| !d.is_empty()).unwrap_or(false) => {
-                let line = format!("NVML, driver {}", n.driver_version());
-                Ok((NodeBackend::Other(Box::new(n)), line))
+        if meta.uid() != tessera_host::effective_uid() {
+            return Err(setup(format!(
+                "state directory {} belongs to uid {}, not to the daemon's uid {}",
+                dir.display(),
+                meta.uid(),
+                tessera_host::effective_uid()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| setup(format!("making {} private: {e}", dir.display())))
+}
+
+/// A corrupt database moved aside (with its WAL and shared-memory files).
+fn move_aside(state_dir: &Path) -> Result<PathBuf, DaemonError> {
+    let stamp = tessera_host::now_ms();
+    let db = state_dir.join(DB_FILE);
+    let aside = state_dir.join(format!("{DB_FILE}.corrupt-{stamp}"));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", db.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", aside.display()))
+                .map_err(|e| DaemonError::Setup(format!("moving {} aside: {e}", from.display())))?;
+        }
+    }
+    Ok(aside)
+}
+
+/// Opens the database by the rules: a fresh state directory gets a new one; a missing database
+/// beside job directories, or a corrupt one, is refused with what to do, unless `init`. Job ids
+/// always continue above every job directory on disk.
+pub fn open_store(state_dir: &Path, output_dir: &Path, init: bool) -> Result<(Store, Vec<String>), DaemonError> {
+    let mut notes = Vec::new();
+    let db = state_dir.join(DB_FILE);
+    let left = highest_job_dir(&state_dir.join("jobs")).max(highest_job_dir(output_dir));
+    if !db.exists() && left > 0 && !init {
+        return Err(DaemonError::Setup(format!(
+            "the database {} is missing, but job directories up to job {left} remain in {}: the jobs they \
+             held are unknown. Restore tessera.db from a backup, or start with --init to begin a new database \
+             (new job ids will continue above {left}).",
+            db.display(),
+            state_dir.join("jobs").display()
+        )));
+    }
+    let advice = |detail: &str| {
+        DaemonError::Setup(format!(
+            "the database {} is corrupt ({detail}). Stop here and restore it from a backup (or try \
+             `sqlite3 {} .recover`); or start with --init to move it aside and begin a new one.",
+            db.display(),
+            db.display()
+        ))
+    };
+    let store = match Store::open(state_dir) {
+        Ok(s) => match s.integrity_check() {
+            Ok(()) => s,
+            Err(StoreError::Corrupt { detail, .. }) if init => {
+                drop(s);
+                let aside = move_aside(state_dir)?;
+                notes.push(format!("the corrupt database ({detail}) was moved to {}", aside.display()));
+                Store::open(state_dir)?
             }
-            Ok(_) => sim("; NVML found no GPU".into()),
-            Err(_) => sim("; no NVML library".into()),
+            Err(StoreError::Corrupt { detail, .. }) => return Err(advice(&detail)),
+            Err(e) => return Err(e.into()),
         },
+        Err(StoreError::Corrupt { detail, .. }) if init => {
+            let aside = move_aside(state_dir)?;
+            notes.push(format!("the corrupt database ({detail}) was moved to {}", aside.display()));
+            Store::open(state_dir)?
+        }
+        Err(StoreError::Corrupt { detail, .. }) => return Err(advice(&detail)),
+        Err(e) => return Err(e.into()),
+    };
+    if left > 0 && store.max_job_id()? < left {
+        store.ensure_ids_above(left)?;
+        notes.push(format!("new job ids continue above {left}, the highest job directory on disk"));
+    }
+    Ok((store, notes))
+}
+
+/// The local user TCP callers act as.
+fn token_user(config: &Config) -> Result<Option<TokenUser>, DaemonError> {
+    let Some(name) = &config.server.token_user else { return Ok(None) };
+    match tessera_host::user_by_name(name) {
+        Ok(Some(u)) => Ok(Some(TokenUser { uid: u.uid, gid: u.gid, name: u.name })),
+        Ok(None) => Err(DaemonError::Setup(format!(
+            "server.token_user = '{name}' is not a user on this node (TCP callers act as a local user)"
+        ))),
+        Err(e) => Err(DaemonError::Setup(format!("server.token_user: {e}"))),
+    }
+}
+
+/// Watches GPU health until `stop`: Xid events as they come, every GPU probed every
+/// `probe_interval`. The backend calls run without the engine lock.
+fn watch_health(
+    core: Arc<Mutex<Engine>>,
+    node: Arc<Node>,
+    wake: Arc<tokio::sync::Notify>,
+    probe: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last_probe: Option<Instant> = None;
+    let gpus: Vec<u32> = core.lock().map(|c| c.facts.gpus.iter().map(|g| g.index).collect()).unwrap_or_default();
+    while !stop.load(Ordering::Relaxed) {
+        let wait = u32::try_from(probe.as_millis().min(1000)).unwrap_or(1000);
+        match node.backend().wait_xid_events(wait) {
+            Ok(events) if !events.is_empty() => {
+                if let Ok(mut c) = core.lock() {
+                    c.health_events(&events, tessera_host::now_ms());
+                }
+                wake.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("tessera serve: reading Xid events: {e}");
+                std::thread::sleep(Duration::from_millis(u64::from(wait)));
+            }
+        }
+        if last_probe.is_none_or(|t| t.elapsed() >= probe) {
+            let observations: Vec<(u32, Observation)> = gpus
+                .iter()
+                .map(|g| {
+                    let o = match node.backend().observe(*g) {
+                        Ok(o) => Observation::answered(&o),
+                        Err(_) => Observation::failed(),
+                    };
+                    (*g, o)
+                })
+                .collect();
+            if let Ok(mut c) = core.lock() {
+                c.health_observe(&observations, tessera_host::now_ms());
+            }
+            wake.notify_one();
+            last_probe = Some(Instant::now());
+        }
     }
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(&opts.state_dir)
-        .map_err(|e| DaemonError::Setup(format!("creating {}: {e}", opts.state_dir.display())))?;
-    let store = Store::open(&opts.state_dir)?;
-    let (backend, line) = open_backend(&opts.config, &opts.state_dir)?;
-    let mps: Box<dyn MpsControl> = match &backend {
-        NodeBackend::Sim(_) => Box::new(RecordingMps::new(opts.state_dir.join("mps-commands.jsonl"))),
-        NodeBackend::Other(_) => Box::new(NvidiaMps::new("nvidia-cuda-mps-control")),
+    private_state_dir(&opts.state_dir)?;
+    let output_dir = opts.config.jobs.output_dir.clone().unwrap_or_else(|| opts.state_dir.join("output"));
+    let (store, notes) = open_store(&opts.state_dir, &output_dir, opts.init)?;
+    for note in notes {
+        eprintln!("tessera serve: {note}");
+    }
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&output_dir)
+            .and_then(|()| std::fs::set_permissions(&output_dir, std::fs::Permissions::from_mode(0o711)))
+            .map_err(|e| DaemonError::Setup(format!("creating the output directory {}: {e}", output_dir.display())))?;
+    }
+    let opened = tessera_gpu::open::open(&opts.backend).map_err(Box::new)?;
+    let node = Arc::new(opened.node);
+    let mps: Box<dyn MpsControl> = match node.as_ref() {
+        Node::Sim(_) => Box::new(RecordingMps::new(opts.state_dir.join("mps-commands.jsonl"))),
+        Node::Nvml(_) => Box::new(NvidiaMps::new("nvidia-cuda-mps-control")),
     };
-    let mut core = Core::new(
-        store,
-        backend,
-        opts.config.clone(),
-        opts.state_dir.clone(),
-        opts.shim_exe.clone(),
-        opts.shim_args.clone(),
-        mps,
-    )
-    .map_err(DaemonError::Setup)?;
-    for note in core.recover().map_err(DaemonError::Setup)? {
+    let runtime_dir = opts
+        .config
+        .node
+        .runtime_dir
+        .clone()
+        .or_else(|| opts.socket.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("/run/tessera"));
+    let paths = Paths {
+        state_dir: opts.state_dir.clone(),
+        output_dir,
+        runtime_dir,
+        dev_root: opts.config.node.dev_root.clone().unwrap_or_else(|| PathBuf::from("/dev")),
+    };
+    let mut engine = Engine::new(store, node.clone(), opts.config.clone(), paths, opts.shim.clone(), mps)?;
+    for note in engine.recover()? {
         eprintln!("tessera serve: {note}");
     }
     let token = match &opts.config.server.token_file {
@@ -219,10 +367,11 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     };
     let identity = Arc::new(Identity {
         token,
-        token_user: opts.config.server.token_user.clone().unwrap_or_else(|| "remote".into()),
+        token_user: token_user(&opts.config)?,
         users_to_tenants: opts.config.users.clone(),
         admins: opts.config.admins.clone(),
     });
+    let isolation = engine.cgroups.to_string();
     // A small runtime: the work is blocking (SQLite, NVML, fork/exec) and serialised on the core.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -232,6 +381,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         .build()
         .map_err(|e| DaemonError::Setup(format!("starting the runtime: {e}")))?;
     let tick = Duration::from_millis(opts.config.scheduler.tick_ms);
+    let probe = Duration::from_millis(opts.config.health.probe_interval_ms);
     rt.block_on(async move {
         let unix = crate::server::bind_unix(&opts.socket)?;
         let tcp = match &opts.config.server.tcp {
@@ -242,12 +392,29 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
             ),
             None => None,
         };
-        eprintln!("tessera serve: {line}; listening on {}", opts.socket.display());
-        let engine = Arc::new(Engine::new(core));
-        tokio::spawn(engine.clone().run_rounds(tick));
-        let service: Arc<dyn Service> = engine;
-        crate::server::serve(service, identity, unix, tcp, crate::server::shutdown_signal()).await?;
+        eprintln!(
+            "tessera serve: {}; isolation: {isolation}; listening on {}",
+            opened.description,
+            opts.socket.display()
+        );
+        let handle = Arc::new(EngineHandle::new(engine));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (core, wake, stop) = (handle.core.clone(), handle.wake.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("tessera-health".into())
+                .spawn(move || watch_health(core, node, wake, probe, stop))
+                .map_err(|e| DaemonError::Setup(format!("starting the health watcher: {e}")))?
+        };
+        tokio::spawn(handle.clone().run_rounds(tick));
+        let service: Arc<dyn Service> = handle;
+        let app = crate::api::router(service, identity);
+        let served =
+            crate::server::serve(app, unix, tcp, opts.config.server.limits.clone(), crate::server::shutdown_signal())
+                .await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = watcher.join();
         let _ = std::fs::remove_file(&opts.socket);
-        Ok(())
+        served.map_err(DaemonError::from)
     })
 }

@@ -1,11 +1,21 @@
 //! The Tessera daemon: it owns the node's GPUs through the backend trait and runs people's jobs
-//! on MIG slices. `api` turns HTTP requests into actions, `config` reads the TOML file, `client`
-//! is what the CLI uses to talk to it. Design: docs/design/daemon.md.
+//! on their slices. Design: docs/design/daemon.md.
+//!
+//! * `engine`: the engine and its one seam (`engine::action`: callers, actions, replies) that
+//!   every front door uses.
+//! * `api`: the HTTP front door (routes to actions, errors to status codes); `http` and
+//!   `server`: the connection layer with its limits; `openapi`: the document.
+//! * `wire`: the typed requests and replies shared by the engine, `client` and the CLI.
+//! * `daemon`: `tessera serve` — start-up, recovery, rounds, the health watcher.
+//! * `config`: the TOML file; `signals`: signal names.
 
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod http;
 pub mod openapi;
 pub mod server;
+pub mod signals;
+pub mod wire;

@@ -9,7 +9,10 @@ fn error_responses() -> Value {
         "401": {"description": "Unknown caller (no peer credentials, or a missing or wrong bearer token)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         "403": {"description": "The caller may not do this (another user's job, or admin only)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         "404": {"description": "No such job, GPU or endpoint", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-        "422": {"description": "Well-formed but impossible (e.g. more GPU memory than any profile has)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        "409": {"description": "Conflicts with the state (the job has ended, an instance is busy)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "413": {"description": "The body is larger than server.limits.max_body_bytes", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "422": {"description": "Well-formed but it can never run on this node (the message names the field and the limit: more CPUs or memory than a NUMA node has, more ranks or GPUs than the node, a MIG profile with MIG off)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        "503": {"description": "Too many connections from this caller (server.limits)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     })
 }
 
@@ -38,11 +41,12 @@ pub const PATHS: &[&str] = &[
     "/v1/gpus",
     "/v1/gpus/{gpu}/drain",
     "/v1/gpus/{gpu}/undrain",
+    "/v1/gpus/{gpu}/health/clear",
     "/v1/health",
 ];
 
 pub fn document() -> Value {
-    let mut submit = op("Submit a job; returns its id", json!([]), Some("SubmitBody"), "Created");
+    let mut submit = op("Submit a job; returns its id", json!([]), Some("SubmitRequest"), "Created");
     submit["responses"]["201"] = json!({"description": "Queued", "content": {"application/json": {"schema": {"type": "object", "properties": {"id": {"type": "integer"}}}}}});
     json!({
         "openapi": "3.1.0",
@@ -65,22 +69,24 @@ pub fn document() -> Value {
             "/v1/jobs/{id}/wait": {"get": op("Wait until the job ends", json!([id_param(),
                 {"name": "timeout_ms", "in": "query", "schema": {"type": "integer"}}]), None, "The job")},
             "/v1/gpus": {"get": op("GPUs, instances, and which job runs where", json!([]), None, "Slice map")},
-            "/v1/gpus/{gpu}/drain": {"post": op("Admins: place no new work on a GPU", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Draining")},
+            "/v1/gpus/{gpu}/drain": {"post": op("Admins: place no new work on a GPU (kept across restarts); optional body {\"reason\": \"…\"}", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Draining")},
+            "/v1/gpus/{gpu}/health/clear": {"post": op("Admins: the GPU was reset or repaired; its faults clear at the next successful probe", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "The GPU's health")},
             "/v1/gpus/{gpu}/undrain": {"post": op("Admins: place work on a GPU again", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Open")},
-            "/v1/gpus/{gpu}/layout": {"post": op("Admins: change a GPU's MIG layout (busy instances are never touched; 409 names the ones in the way)", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), Some("LayoutBody"), "The steps and the resulting layout")},
-            "/v1/health": {"get": op("Node health", json!([]), None, "Health")}
+            "/v1/gpus/{gpu}/layout": {"post": op("Admins: change a GPU's MIG layout (busy instances are never touched; 409 names the ones in the way)", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), Some("LayoutRequest"), "The steps and the resulting layout")},
+            "/v1/health": {"get": op("Node health: jobs by state, per-GPU and per-instance health with the last Xid events, drains, isolation", json!([]), None, "Health")}
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-            "LayoutBody": {"type": "object", "additionalProperties": false, "required": ["instances"], "properties": {
+            "LayoutRequest": {"type": "object", "additionalProperties": false, "required": ["instances"], "properties": {
                 "instances": {"type": "array", "items": {"type": "string"}, "description": "PROFILE (wherever it fits best) or PROFILE@START for every entry; 1c.3g.40gb for a compute split; [] removes every idle instance"},
                 "dry_run": {"type": "boolean"}
             }},
-            "SubmitBody": {"type": "object", "additionalProperties": false, "required": ["command", "cwd", "resources"], "properties": {
+            "SubmitRequest": {"type": "object", "additionalProperties": false, "required": ["command", "cwd", "resources"], "properties": {
                 "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "env": {"type": "object", "additionalProperties": {"type": "string"}},
-                "cwd": {"type": "string"},
-                "resources": {"type": "object", "description": "The scheduler's job request: gpu (memory_mib | compute_slices | profile | whole_gpu | instances), ranks, gpus_per_rank (whole GPUs per rank), gpu_numa_local, sharing (exclusive | mps | time_slice), cpus, mem_mib, numa, tenant, priority, runtime_estimate_ms, time_limit_ms"}
+                "cwd": {"type": "string", "description": "absolute, existing and searchable by the caller"},
+                "preempt_signal": {"type": "string", "description": "the signal a preempted job gets before SIGKILL (SIGTERM by default)"},
+                "resources": {"type": "object", "description": "The scheduler's job request (unknown fields refused): gpu (memory_mib | compute_slices | profile | whole_gpu | instances), ranks, gpus_per_rank (whole GPUs per rank), gpu_numa_local, sharing (exclusive | mps | time_slice), cpus, mem_mib, numa, tenant, priority (above jobs.max_priority: admins only), runtime_estimate_ms, time_limit_ms, requeue (default true: may be preempted and queued again)"}
             }}
         }}
     })

@@ -1,32 +1,39 @@
-//! Listening: the Unix socket (always) and TCP (when configured, with a bearer token), served
-//! until SIGTERM or SIGINT.
+//! Listening: the Unix socket (always) and TCP (when configured), each connection served by the
+//! daemon's own HTTP/1.1 layer ([`crate::http`]) until shutdown, after which requests in flight
+//! get a short grace to finish.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::time::Duration;
 
-use crate::api::{Identity, Service, UdsPeer, router};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
+use crate::http::conn::{Shared, admit};
+use crate::http::{HttpLimits, LimitsError, PeerInfo};
+
+/// Why the daemon cannot listen.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Binding a socket (or creating its directory) failed.
     #[error("cannot listen on {what}: {source}")]
     Listen {
+        /// The socket path, directory or address.
         what: String,
         #[source]
         source: std::io::Error,
     },
+    /// A live daemon already answers on the socket.
     #[error("another daemon is listening on {0}")]
     InUse(PathBuf),
-    #[error("serving {what}: {source}")]
-    Serve {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// `[server.limits]` holds a limit that cannot work.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 /// Bind the Unix socket: refuse if a daemon answers there, remove a stale socket file, and let
 /// every local user connect (their peer credentials say who they are).
-pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ServeError::InUse(path.to_path_buf()));
@@ -37,54 +44,110 @@ pub fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServeError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| ServeError::Listen { what: dir.display().to_string(), source })?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|source| ServeError::Listen { what: path.display().to_string(), source })?;
+    let listener =
+        UnixListener::bind(path).map_err(|source| ServeError::Listen { what: path.display().to_string(), source })?;
     use std::os::unix::fs::PermissionsExt as _;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
     Ok(listener)
 }
 
-/// Serve the API until `shutdown` resolves.
+/// Serve `app` on the Unix socket and, when given, on TCP, until `shutdown` resolves. Each
+/// request carries a [`PeerInfo`] in its extensions. At shutdown no more connections are
+/// accepted, idle ones are closed, and requests in flight have `limits.shutdown_grace_ms` to
+/// finish before their connections are dropped; then this returns.
 pub async fn serve(
-    service: Arc<dyn Service>,
-    identity: Arc<Identity>,
-    unix: tokio::net::UnixListener,
-    tcp: Option<tokio::net::TcpListener>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    app: axum::Router,
+    unix: UnixListener,
+    tcp: Option<TcpListener>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let unix_app = router(service.clone(), identity.clone(), false).into_make_service_with_connect_info::<UdsPeer>();
-    let mut rx = tx.subscribe();
-    let unix_task = tokio::spawn(async move {
-        axum::serve(unix, unix_app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.recv().await;
-            })
-            .await
-    });
-    let tcp_task = tcp.map(|listener| {
-        let app = router(service, identity, true);
-        let mut rx = tx.subscribe();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.recv().await;
-                })
-                .await
-        })
-    });
-    shutdown.await;
-    let _ = tx.send(());
-    let join = |r: Result<std::io::Result<()>, tokio::task::JoinError>, what: &str| match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(ServeError::Serve { what: what.to_string(), source }),
-        Err(e) => Err(ServeError::Serve { what: what.to_string(), source: std::io::Error::other(e.to_string()) }),
-    };
-    join(unix_task.await, "the Unix socket")?;
-    if let Some(t) = tcp_task {
-        join(t.await, "TCP")?;
+    limits.validate()?;
+    let grace = limits.shutdown_grace();
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shared = Shared::new(app, limits, stopping);
+    let mut connections = JoinSet::new();
+    let mut pauses = Pauses::default();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = ended
+                    && e.is_panic()
+                {
+                    eprintln!("tessera serve: a request handler panicked; its connection was dropped: {e}");
+                }
+            }
+            accepted = unix.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let peer = stream.peer_cred().map(|cred| PeerInfo::Unix {
+                        uid: cred.uid(),
+                        gid: cred.gid(),
+                        pid: cred.pid().and_then(|pid| u32::try_from(pid).ok()),
+                    });
+                    if let Some(connection) = admit(stream, peer, &shared) {
+                        connections.spawn(connection);
+                    }
+                }
+                Err(e) => pauses.after(e, "the Unix socket").await,
+            },
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    if let Some(connection) = admit(stream, Ok(PeerInfo::Tcp { addr }), &shared) {
+                        connections.spawn(connection);
+                    }
+                }
+                Err(e) => pauses.after(e, "TCP").await,
+            },
+        }
     }
+    drop((unix, tcp));
+    stop.send_replace(true);
+    let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        eprintln!(
+            "tessera serve: dropping {} connection(s) still busy after the {} ms shutdown grace",
+            connections.len(),
+            grace.as_millis()
+        );
+    }
+    connections.shutdown().await;
     Ok(())
+}
+
+/// A TCP connection, or never when there is no TCP listener.
+async fn accept_tcp(tcp: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match tcp {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What to do when accepting fails: go on at once when the client just went away; otherwise
+/// (out of descriptors or memory) pause so as not to spin, and say so at most every ten seconds.
+#[derive(Debug, Default)]
+struct Pauses {
+    last_said: Option<Instant>,
+}
+
+impl Pauses {
+    const PAUSE: Duration = Duration::from_millis(100);
+    const SAY_EVERY: Duration = Duration::from_secs(10);
+
+    async fn after(&mut self, e: std::io::Error, what: &str) {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted, WouldBlock};
+        if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock) {
+            return;
+        }
+        if self.last_said.is_none_or(|t| t.elapsed() >= Self::SAY_EVERY) {
+            eprintln!("tessera serve: accepting a connection on {what} failed: {e}; pausing new connections briefly");
+            self.last_said = Some(Instant::now());
+        }
+        tokio::time::sleep(Self::PAUSE).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

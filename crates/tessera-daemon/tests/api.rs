@@ -1,29 +1,40 @@
-//! The API layer against a fake service, over a real Unix socket and TCP: bad requests get a
-//! clear 4xx, callers are identified by peer credentials or a bearer token, and the daemon
-//! stays up.
+//! The HTTP front door against a fake engine, over a real Unix socket and TCP: bad requests get
+//! a clear 4xx with a JSON body, callers are the socket peer or the token's local user (as NSS
+//! knows them), every engine error has its status, and every route is documented.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
-use tessera_daemon::api::{Action, ApiError, Caller, Identity, Reply, Service};
-use tessera_daemon::client::{Client, Endpoint};
+use serde_json::Value;
+use tessera_daemon::api::{Action, Caller, Door, EngineError, Identity, Reply, Service, TokenUser};
+use tessera_daemon::client::{Client, ClientError, Endpoint};
+use tessera_daemon::wire::{DrainReply, GpuList, SubmitReply};
 
 #[derive(Default)]
 struct Fake {
-    seen: Mutex<Vec<(Caller, String)>>,
+    seen: Mutex<Vec<Caller>>,
 }
 
 impl Service for Fake {
-    fn handle(&self, caller: Caller, action: Action) -> Reply<'_> {
+    fn act(
+        &self,
+        caller: Caller,
+        action: Action,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, EngineError>> + Send + '_>> {
         Box::pin(async move {
-            self.seen.lock().unwrap().push((caller.clone(), format!("{action:?}")));
+            self.seen.lock().unwrap().push(caller.clone());
             match action {
-                Action::Submit(b) => Ok(json!({"id": 7, "command": b.command})),
-                Action::GetJob { id: 404 } => Err(ApiError::not_found("no job 404")),
-                Action::GetJob { id: 13 } => Err(ApiError::forbidden("job 13 belongs to another user")),
-                Action::Drain { .. } if !caller.admin => Err(ApiError::forbidden("only admins drain GPUs")),
-                other => Ok(json!({"ok": format!("{other:?}"), "user": caller.user})),
+                Action::Submit(_) => Ok(Reply::Submitted(SubmitReply { id: 7 })),
+                Action::GetJob { id: 404 } => Err(EngineError::NotFound("no job 404".into())),
+                Action::GetJob { id: 13 } => Err(EngineError::Forbidden("job 13 belongs to another user".into())),
+                Action::GetJob { id: 22 } => Err(EngineError::cannot_run("resources.cpus", "too many")),
+                Action::Cancel { .. } => Err(EngineError::Conflict("job 5 has already ended".into())),
+                Action::Drain { gpu, drain, .. } if caller.admin => {
+                    Ok(Reply::Drain(DrainReply { gpu, drained: drain }))
+                }
+                Action::Drain { .. } => Err(EngineError::Forbidden("only admins drain GPUs".into())),
+                // The caller's name as the backend string, so tests can see who called.
+                Action::Gpus => Ok(Reply::Gpus(GpuList { backend: caller.user.clone(), gpus: Vec::new() })),
+                other => Err(EngineError::Internal(format!("unexpected {other:?}"))),
             }
         })
     }
@@ -55,8 +66,8 @@ fn start() -> Running {
     let fake = Arc::new(Fake::default());
     let identity = Arc::new(Identity {
         token: Some("s3cret".into()),
-        token_user: "ci".into(),
-        users_to_tenants: BTreeMap::from([("ci".to_string(), "ml".to_string())]),
+        token_user: Some(TokenUser { uid: 65534, gid: 65534, name: "nobody".into() }),
+        users_to_tenants: [("nobody".to_string(), "ml".to_string())].into(),
         admins: vec![],
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -69,7 +80,8 @@ fn start() -> Running {
             let unix = tessera_daemon::server::bind_unix(&sock2).unwrap();
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(tcp.local_addr().unwrap().to_string()).unwrap();
-            tessera_daemon::server::serve(service, identity, unix, Some(tcp), async {
+            let app = tessera_daemon::api::router(service, identity);
+            tessera_daemon::server::serve(app, unix, Some(tcp), Default::default(), async {
                 let _ = stop_rx.await;
             })
             .await
@@ -98,6 +110,13 @@ fn raw(sock: &std::path::Path, request: &str) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Api { status, message, .. }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 #[test]
 fn bad_requests_get_clear_4xx_and_the_daemon_stays_up() {
     let r = start();
@@ -114,67 +133,74 @@ fn bad_requests_get_clear_4xx_and_the_daemon_stays_up() {
             ),
         )
     };
+    let message = |b: &Value| b["error"]["message"].as_str().unwrap_or_default().to_string();
     let (s, b) = post("{not json");
     assert_eq!(s, 400, "{b}");
-    assert!(b["error"]["message"].as_str().unwrap().contains("invalid JSON body"), "{b}");
-    let (s, b) = post(r#"{"command":["true"],"cwd":"/","resources":{},"colour":"red"}"#);
+    assert!(message(&b).contains("body: invalid JSON"), "{b}");
+    let good = r#"{"command":["true"],"cwd":"/","resources":{"gpu":"whole_gpu"}}"#;
+    let (s, b) = post(&good.replace("}}", r#"},"colour":"red"}"#));
     assert_eq!(s, 400);
-    assert!(b["error"]["message"].as_str().unwrap().contains("unknown field `colour`"), "{b}");
-    let (s, b) = post(r#"{"cwd":"/","resources":{}}"#);
+    assert!(message(&b).contains("unknown field `colour`"), "{b}");
+    // The request is typed all the way: the scheduler's request refuses unknown fields too.
+    let (s, b) = post(&good.replace(r#""gpu":"whole_gpu""#, r#""gpu":"whole_gpu","gpuz":1"#));
     assert_eq!(s, 400);
-    assert!(b["error"]["message"].as_str().unwrap().contains("missing field `command`"), "{b}");
-    let (s, _) = post("");
+    assert!(message(&b).contains("unknown field `gpuz`"), "{b}");
+    let (s, b) = post(r#"{"cwd":"/","resources":{"gpu":"whole_gpu"}}"#);
     assert_eq!(s, 400);
-    let x = r.unix.request("GET", "/v1/jobs/abc", None).unwrap();
-    assert_eq!((x.status, x.error_message()), (400, "'abc' is not a job id (a positive integer)".to_string()));
-    let x = r.unix.request("GET", "/v1/jobs/404", None).unwrap();
-    assert_eq!(x.status, 404);
-    let x = r.unix.request("GET", "/v1/jobs/13", None).unwrap();
-    assert_eq!(x.status, 403);
-    let x = r.unix.request("GET", "/v1/nope", None).unwrap();
-    assert_eq!(x.status, 404);
-    let x = r.unix.request("GET", "/v1/jobs?bogus=1", None).unwrap();
-    assert_eq!(x.status, 400, "{}", x.body);
-    let x = r.unix.request("GET", "/v1/jobs/1/logs?stream=stdin", None).unwrap();
+    assert!(message(&b).contains("missing field `command`"), "{b}");
+    assert_eq!(post("").0, 400);
+    assert_eq!(refusal(r.unix.job(404)).0, 404);
+    assert_eq!(refusal(r.unix.job(13)).0, 403);
+    let (s, m) = refusal(r.unix.job(22));
+    assert_eq!((s, m.as_str()), (422, "resources.cpus: too many"));
+    assert_eq!(refusal(r.unix.cancel(5)).0, 409);
+    let x = r.unix.request::<()>("GET", "/v1/jobs/abc", None).unwrap();
     assert_eq!(x.status, 400);
+    assert!(String::from_utf8_lossy(&x.body).contains("'abc' is not a job id"), "{:?}", x.body);
+    for (path, status) in [
+        ("/v1/nope", 404),
+        ("/v1/jobs?bogus=1", 400),
+        ("/v1/jobs?state=sleeping", 400),
+        ("/v1/jobs/1/logs?stream=stdin", 400),
+    ] {
+        let x = r.unix.request::<()>("GET", path, None).unwrap();
+        assert_eq!(x.status, status, "{path}: {}", String::from_utf8_lossy(&x.body));
+        let b: Value = serde_json::from_slice(&x.body).unwrap();
+        assert!(b["error"]["code"].is_string(), "{path}: {b}");
+    }
+    // A wrong method gets a JSON 405 too.
+    let x = r.unix.request::<()>("DELETE", "/v1/jobs", None).unwrap();
+    assert_eq!(x.status, 405);
     // Still up, and a good request works.
-    let x =
-        r.unix.request("POST", "/v1/jobs", Some(&json!({"command": ["true"], "cwd": "/", "resources": {}}))).unwrap();
-    assert_eq!(x.status, 201, "{}", x.body);
-    assert_eq!(x.body["id"], 7);
+    let (s, b) = post(good);
+    assert_eq!((s, b["id"].as_u64()), (201, Some(7)), "{b}");
 }
 
 #[test]
 fn callers_are_the_socket_peer_or_the_token_user() {
     let r = start();
-    let x = r.unix.request("GET", "/v1/gpus", None).unwrap();
-    assert_eq!(x.status, 200);
-    let me = tessera_daemon::api::user_name(my_uid());
-    assert_eq!(x.body["user"], me.as_str());
+    let me = tessera_host::users::user_name(tessera_host::effective_uid());
+    assert_eq!(r.unix.gpus().unwrap().backend, me);
     let tcp = |token: &str| Client::new(Endpoint::Tcp { addr: r.tcp_addr.clone(), token: token.into() });
-    let x = tcp("wrong").request("GET", "/v1/gpus", None).unwrap();
-    assert_eq!(x.status, 401);
-    let x = tcp("s3cret").request("GET", "/v1/gpus", None).unwrap();
-    assert_eq!((x.status, x.body["user"].as_str()), (200, Some("ci")));
-    let x = tcp("s3cret").request("POST", "/v1/gpus/0/drain", None).unwrap();
-    assert_eq!(x.status, 403, "the token user is not an admin");
+    assert_eq!(refusal(tcp("wrong").gpus()).0, 401);
+    assert_eq!(tcp("s3cret").gpus().unwrap().backend, "nobody");
+    assert_eq!(refusal(tcp("s3cret").drain(0, "")).0, 403, "the token user is not an admin");
     let seen = r.fake.seen.lock().unwrap();
-    assert!(seen.iter().any(|(c, _)| c.user == "ci" && c.tenant == "ml"));
-}
-
-/// The uid of this process, read from /proc (no unsafe libc call needed).
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    let tcp_caller = seen.iter().find(|c| c.door == Door::Tcp).unwrap();
+    // The token's user is a real local user: their uid and gid, not a placeholder.
+    assert_eq!((tcp_caller.uid, tcp_caller.gid, tcp_caller.tenant.as_str()), (65534, 65534, "ml"));
+    let sock_caller = seen.iter().find(|c| c.door == Door::Socket).unwrap();
+    assert_eq!(sock_caller.uid, tessera_host::effective_uid());
 }
 
 #[test]
 fn every_route_is_in_the_openapi_document() {
     let r = start();
-    let x = r.unix.request("GET", "/openapi.json", None).unwrap();
+    let x = r.unix.request::<()>("GET", "/openapi.json", None).unwrap();
     assert_eq!(x.status, 200);
+    let doc: Value = serde_json::from_slice(&x.body).unwrap();
     for p in tessera_daemon::openapi::PATHS {
-        assert!(x.body["paths"].get(*p).is_some(), "{p} is not documented");
+        assert!(doc["paths"].get(*p).is_some(), "{p} is not documented");
     }
-    assert_eq!(x.body["openapi"], "3.1.0");
+    assert_eq!(doc["openapi"], "3.1.0");
 }

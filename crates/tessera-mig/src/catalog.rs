@@ -211,7 +211,66 @@ pub struct GpuModel {
     pub notes: Vec<String>,
 }
 
+/// The profile id of [`GpuModel::whole_gpu_only`]'s one profile.
+pub const WHOLE_GPU_PROFILE_ID: u32 = 0;
+
 impl GpuModel {
+    /// A GPU the catalog does not know, without MIG (an L40S, an A10, a V100 …): one profile,
+    /// `whole`, the whole GPU with `memory_mib` of memory, sized like a full MIG GPU (7 compute
+    /// and 8 memory slices) so that it is charged and compared as one. Schedulers use it to give
+    /// such GPUs whole to jobs; it can never be partitioned.
+    pub fn whole_gpu_only(name: &str, memory_mib: u64) -> GpuModel {
+        GpuModel {
+            name: name.to_string(),
+            reference_name: name.to_string(),
+            short_names: Vec::new(),
+            architecture: "unknown".into(),
+            chip: None,
+            product_names: vec![name.to_string()],
+            pci_device_ids: Vec::new(),
+            placement_units: 8,
+            memory_slices: 8,
+            compute_slices: 7,
+            max_gpu_instances: 1,
+            memory_total_mib: Some(memory_mib),
+            sm_count: None,
+            ofa_engines: 0,
+            min_driver: None,
+            mig_enable_requires_gpu_reset: None,
+            confidence: Confidence::Low,
+            inferred: true,
+            inferred_fields: Vec::new(),
+            sources: vec!["not in the catalog: a GPU without MIG, used whole".into()],
+            gpu_numa: None,
+            compute_instance_profile_sets: Vec::new(),
+            compute_instance_profiles_inferred: false,
+            profiles: vec![Profile {
+                name: "whole".into(),
+                id: WHOLE_GPU_PROFILE_ID,
+                nvml_index: None,
+                kind: ProfileKind::Standard,
+                compute_slices: 7,
+                memory_slices: 8,
+                placement_size: 8,
+                placements: vec![0],
+                max_count: 1,
+                memory_mib: Some(memory_mib),
+                sm_count: None,
+                ofa_engines: 0,
+                media: None,
+                min_driver: None,
+                aka: Vec::new(),
+                default_ci_profile_id: None,
+                inferred: true,
+                inferred_fields: Vec::new(),
+                note: Some("the whole GPU (MIG not available)".into()),
+            }],
+            named_configs: BTreeMap::new(),
+            named_configs_inferred: false,
+            notes: Vec::new(),
+        }
+    }
+
     /// The profile with this id.
     pub fn profile_by_id(&self, id: u32) -> Option<&Profile> {
         self.profiles.iter().find(|p| p.id == id)

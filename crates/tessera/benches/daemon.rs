@@ -5,8 +5,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tessera_daemon::client::{Client, Endpoint};
+use tessera_daemon::wire::{JobQuery, JobRequest, JobState, SubmitRequest};
+use tessera_sched::GpuRequest;
 
 fn start(dir: &std::path::Path) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -31,8 +32,17 @@ fn stop(mut c: Child) {
     let _ = c.wait();
 }
 
-fn body(profile: &str, cmd: &[&str]) -> serde_json::Value {
-    json!({"command": cmd, "cwd": "/", "env": {}, "resources": {"gpu": {"profile": {"name": profile}}, "cpus": 1, "mem_mib": 64}})
+fn body(profile: &str, cmd: &[&str]) -> SubmitRequest {
+    let mut resources = JobRequest::new(GpuRequest::Profile { name: profile.into() });
+    resources.cpus = 1;
+    resources.mem_mib = 64;
+    SubmitRequest {
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
+        cwd: "/".into(),
+        resources,
+        preempt_signal: None,
+    }
 }
 
 fn main() {
@@ -50,17 +60,13 @@ fn main() {
     println!("idle_rss_empty {}", rss0.trim_start_matches("VmRSS:").trim());
     let mut lat = Vec::new();
     for round in 0..60 {
-        let r = c.request("POST", "/v1/jobs", Some(&body("1g.5gb", &["sleep", "0.05"]))).unwrap();
-        let id = r.body["id"].as_u64().unwrap();
+        let id = c.submit(&body("1g.5gb", &["sleep", "0.05"])).unwrap().id;
         loop {
             std::thread::sleep(Duration::from_millis(20));
-            let j = c.request("GET", &format!("/v1/jobs/{id}"), None).unwrap().body;
+            let j = c.job(id).unwrap();
             // The daemon's own timestamps: accepted → marked running (shim up, job started).
-            let running_at = j["events"]
-                .as_array()
-                .and_then(|e| e.iter().find(|e| e["to"] == "running"))
-                .and_then(|e| e["at_ms"].as_u64());
-            if let (Some(s), Some(r)) = (j["submitted_ms"].as_u64(), running_at) {
+            let running_at = j.events.iter().find(|e| e.to == JobState::Running).map(|e| e.at_ms);
+            if let (s, Some(r)) = (j.submitted_ms, running_at) {
                 if round >= 10 {
                     lat.push(r.saturating_sub(s) as f64);
                 }
@@ -77,7 +83,7 @@ fn main() {
 
     // 2. Submissions per second over the Unix socket (GPUs drained so jobs stay queued).
     for g in 0..2 {
-        c.request("POST", &format!("/v1/gpus/{g}/drain"), None).unwrap();
+        c.drain(g, "bench").unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     let n = 2000;
@@ -88,8 +94,7 @@ fn main() {
             let c = c.clone();
             s.spawn(move || {
                 for _ in 0..n / threads {
-                    let r = c.request("POST", "/v1/jobs", Some(&body("7g.40gb", &["true"]))).unwrap();
-                    assert_eq!(r.status, 201, "{}", r.body);
+                    c.submit(&body("7g.40gb", &["true"])).unwrap();
                 }
             });
         }
@@ -104,15 +109,13 @@ fn main() {
     println!("idle_rss {} (with {n} queued jobs in the store)", rss.trim_start_matches("VmRSS:").trim());
 
     // 4. Restart and reconcile with the queued jobs: kill -9, start, until the API answers.
-    let queued =
-        c.request("GET", "/v1/jobs?state=queued&all=true", None).unwrap().body["jobs"].as_array().map_or(0, Vec::len);
+    let queued = c.jobs(&JobQuery { states: vec![JobState::Queued], all: true }).unwrap().jobs.len();
     let _ = daemon.kill();
     let _ = daemon.wait();
     let t = Instant::now();
     daemon = start(dir.path());
-    let r = c.request("GET", "/v1/health", None).unwrap();
+    c.health().unwrap();
     let restart = t.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(r.status, 200);
     println!("restart_and_reconcile_ms {restart:.0} ({queued} queued jobs; kill -9, start, recover, first API answer)");
     stop(daemon);
 }

@@ -119,6 +119,13 @@ pub struct SubmitArgs {
     /// Pass this shell's whole environment (default: PATH, HOME, USER, LANG only).
     #[arg(long = "export-env")]
     pub export_env: bool,
+    /// Never preempt this job (and fail it, rather than queue it again, if its GPU fails).
+    #[arg(long = "no-requeue")]
+    pub no_requeue: bool,
+    /// The signal the job gets when preempted, before SIGKILL, e.g. `SIGUSR1` [default: the
+    /// daemon's, SIGTERM].
+    #[arg(long = "preempt-signal", value_name = "SIGNAL")]
+    pub preempt_signal: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -198,6 +205,10 @@ pub enum Command {
         /// Configuration file (TOML) [default: /etc/tessera/tessera.toml if it exists].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Begin a new database where it is missing beside old job directories, or corrupt (the
+        /// corrupt one is moved aside). Without it the daemon refuses to start and says why.
+        #[arg(long)]
+        init: bool,
     },
     /// Internal: the per-job supervisor the daemon starts.
     #[command(hide = true)]
@@ -330,8 +341,13 @@ pub enum SimCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Place no new work on a GPU (running jobs go on).
-    Drain { gpu: u32 },
+    /// Place no new work on a GPU (running jobs go on; kept across daemon restarts).
+    Drain {
+        gpu: u32,
+        /// Why, for others to read in `tessera gpus`.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Place work on a drained GPU again.
     Undrain { gpu: u32 },
     /// Change a GPU's MIG layout; busy instances are never touched (the daemon names the ones in
@@ -347,6 +363,17 @@ pub enum AdminCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// GPU health as the daemon tracks it.
+    #[command(subcommand)]
+    Health(AdminHealthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminHealthCommand {
+    /// Every GPU's health, its instances' and the last Xid events.
+    Show,
+    /// A GPU was reset or repaired: its faults clear at the next successful probe.
+    Clear { gpu: u32 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -406,14 +433,26 @@ pub enum MigCommand {
         config_name: String,
     },
     /// Health of the GPUs and their instances from NVML Xid events, classified after NVIDIA's
-    /// Xid catalog. Unhealthy GPUs and instances recover once they are healthy again.
+    /// Xid catalog, and probes of every GPU.
+    ///
+    /// Each fault recovers the way the catalog says: an Xid that needs a GPU reset (48, 95, …)
+    /// clears only after a reset, Xid 79 (fallen off the bus) only after a reboot, contained and
+    /// unknown Xids after a quiet period. What was seen is kept between runs in a state file.
+    /// Exit 1 while a GPU or GPU instance is unhealthy (degraded is reported, exit 0).
     Health {
-        /// Keep watching for this many seconds, printing every change (0: report what is pending).
+        /// Keep watching for this many seconds, printing every change (0: one pass).
         #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
         watch: f64,
-        /// A fatal error clears after a successful probe this long after the last one.
+        /// A quiet fault (unknown or contained Xid, failed probe) clears after a successful probe
+        /// this long after its last error.
         #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
         recovery_quiet: f64,
+        /// Where health is kept between runs [default: next to the simulated node's state, or
+        /// $XDG_STATE_HOME/tessera/health.json].
+        #[arg(long = "health-state", global = true, env = "TESSERA_HEALTH_STATE", value_name = "PATH")]
+        health_state: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<HealthCommand>,
     },
     /// Simulated node only: raise an Xid error, as the driver would report it.
     Xid {
@@ -428,6 +467,20 @@ pub enum MigCommand {
         #[arg(long = "ci", value_name = "ID", requires = "gpu_instance")]
         compute_instance: Option<u32>,
     },
+    /// Simulated node only: reset a GPU, as `nvidia-smi -r -i GPU` does.
+    ///
+    /// Refused while processes use it. Destroys its GPU and compute instances, applies a pending
+    /// MIG mode, counts the reset and clears the driver's recovery action (so a fault that waits
+    /// for a GPU reset can clear). A GPU that fell off the bus needs `tessera mig reboot`.
+    Reset {
+        #[arg(value_name = "GPU")]
+        gpu: u32,
+    },
+    /// Simulated node only: reboot the node.
+    ///
+    /// Every GPU loses its instances and processes, pending MIG modes take effect, GPUs that fell
+    /// off the bus are back, recovery actions are cleared and the boot id changes.
+    Reboot,
     /// Simulated node only: mark a GPU instance as in use by a (simulated) process.
     Busy {
         /// `GPU:GI`, e.g. `0:2` for GPU instance 2 of GPU 0.
@@ -441,6 +494,21 @@ pub enum MigCommand {
     Idle {
         #[arg(value_name = "GPU:GI")]
         target: String,
+    },
+}
+
+/// `tessera mig health …`.
+#[derive(Debug, Subcommand)]
+pub enum HealthCommand {
+    /// Record that a GPU was reset or repaired: its faults count as recovered, and the next
+    /// successful probe (`tessera mig health`) clears them. The daemon's own is `tessera admin
+    /// health clear`.
+    Clear {
+        #[arg(value_name = "GPU")]
+        gpu: u32,
+        /// Who clears it [default: the user running the command].
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
     },
 }
 

@@ -1,17 +1,20 @@
-//! The job commands: `submit`, `jobs`, `job`, `logs`, `cancel`, `wait`, `gpus`. They talk to
-//! the daemon over its Unix socket (`--socket`, `TESSERA_SOCKET`) or TCP with a token.
+//! The job commands: `serve`, `submit`, `jobs`, `job`, `logs`, `cancel`, `wait`, `gpus`,
+//! `admin`. They talk to the daemon over its Unix socket (`--socket`, `TESSERA_SOCKET`) or TCP
+//! with a token, through the typed client: no reply is read by string key.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
-use tessera_daemon::client::{Client, Endpoint, Response};
+use serde::Serialize;
+use tessera_daemon::client::{Client, ClientError, Endpoint};
+use tessera_daemon::wire::{JobQuery, JobState, JobView, LayoutRequest, Stream, SubmitRequest};
+use tessera_gpu::BackendChoice;
 use tessera_sched::{GpuRequest, JobRequest, NumaPolicy, Sharing};
 
 use crate::Refusal;
-use crate::cli::{AdminCommand, DaemonArgs, Output, SubmitArgs};
+use crate::cli::{AdminCommand, AdminHealthCommand, DaemonArgs, Output, SubmitArgs};
 use crate::render::Table;
 use crate::units::{format_duration_ms, parse_duration_ms, parse_mib};
 
@@ -30,8 +33,13 @@ pub fn default_socket() -> PathBuf {
 }
 
 /// `tessera serve`.
-pub fn serve(g: &crate::cli::Global, state_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut cfg = match config {
+pub fn serve(
+    g: &crate::cli::Global,
+    state_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    init: bool,
+) -> anyhow::Result<()> {
+    let cfg = match config {
         Some(p) => tessera_daemon::config::Config::load(&p)?,
         None => {
             let etc = PathBuf::from("/etc/tessera/tessera.toml");
@@ -42,18 +50,6 @@ pub fn serve(g: &crate::cli::Global, state_dir: Option<PathBuf>, config: Option<
             }
         }
     };
-    match (g.backend, &g.sim) {
-        (crate::cli::BackendChoice::Nvml, Some(_)) => {
-            bail!("--sim describes the simulated node; it cannot be combined with --backend nvml")
-        }
-        (_, Some(spec)) => {
-            cfg.node.sim = Some(spec.clone());
-            cfg.node.backend = Some("sim".into());
-        }
-        (crate::cli::BackendChoice::Nvml, None) => cfg.node.backend = Some("nvml".into()),
-        (crate::cli::BackendChoice::Sim, None) => cfg.node.backend = Some("sim".into()),
-        (crate::cli::BackendChoice::Auto, None) => {}
-    }
     let state_dir = state_dir.unwrap_or_else(|| {
         if tessera_host::effective_uid() == 0 {
             PathBuf::from("/var/lib/tessera")
@@ -61,14 +57,34 @@ pub fn serve(g: &crate::cli::Global, state_dir: Option<PathBuf>, config: Option<
             crate::node::default_state_path().parent().map_or_else(|| PathBuf::from("."), |p| p.join("daemon"))
         }
     });
+    // The same backend choice as every other command; the config file fills in what the
+    // command line leaves open.
+    let mut backend = crate::node::options(g);
+    if g.sim.is_none() {
+        backend.sim_spec = cfg.node.sim.clone();
+    }
+    if g.backend == crate::cli::BackendChoice::Auto {
+        backend.choice = match (cfg.node.backend.as_deref(), &backend.sim_spec) {
+            (Some("nvml"), _) => BackendChoice::Nvml,
+            (Some("sim"), _) | (None, Some(_)) => BackendChoice::Sim,
+            _ => BackendChoice::Auto,
+        };
+    }
+    if backend.sim_spec.is_some() && backend.choice == BackendChoice::Auto {
+        backend.choice = BackendChoice::Sim;
+    }
+    if g.sim_state.is_none() {
+        backend.sim_state = state_dir.join("sim-node.json");
+    }
     let socket = g.daemon.socket.clone().or_else(|| cfg.server.socket.clone()).unwrap_or_else(default_socket);
-    let shim_exe = std::env::current_exe().context("locating the tessera binary for the job supervisor")?;
+    let exe = std::env::current_exe().context("locating the tessera binary for the job supervisor")?;
     tessera_daemon::daemon::run(tessera_daemon::daemon::ServeOptions {
         state_dir,
         socket,
         config: cfg,
-        shim_exe,
-        shim_args: vec!["shim".into()],
+        backend,
+        shim: tessera_daemon::engine::ShimCommand { exe, args: vec!["shim".into()] },
+        init,
     })?;
     Ok(())
 }
@@ -87,17 +103,20 @@ pub fn client(args: &DaemonArgs) -> anyhow::Result<Client> {
     Ok(Client::new(Endpoint::Unix(args.socket.clone().unwrap_or_else(default_socket))))
 }
 
-/// The body of a successful response, or the daemon's error as a refusal.
-fn ok(r: Response) -> anyhow::Result<Value> {
-    if (200..300).contains(&r.status) {
-        Ok(r.body)
-    } else {
-        Err(Refusal(format!("error: {} (HTTP {})", r.error_message(), r.status)).into())
+/// A daemon's refusal becomes a [`Refusal`] (exit 1, the message on stderr).
+fn ok<T>(r: Result<T, ClientError>) -> anyhow::Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(ClientError::Api { status, message, .. }) => {
+            Err(Refusal(format!("error: {message} (HTTP {status})")).into())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 /// Build the scheduler's request from the command line.
@@ -138,7 +157,7 @@ pub fn job_request(a: &SubmitArgs) -> anyhow::Result<JobRequest> {
         (None, true) => Sharing::TimeSlice,
         (None, false) => Sharing::Exclusive,
     };
-    let req = JobRequest {
+    Ok(JobRequest {
         gpu,
         ranks: a.ranks,
         gpus_per_rank: a.gpus.unwrap_or(1),
@@ -161,127 +180,126 @@ pub fn job_request(a: &SubmitArgs) -> anyhow::Result<JobRequest> {
             .map(parse_duration_ms)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--time-limit {e}"))?,
-    };
-    Ok(req)
+        requeue: !a.no_requeue,
+    })
 }
 
 pub fn submit(output: Output, d: &DaemonArgs, a: &SubmitArgs) -> anyhow::Result<()> {
     if a.command.is_empty() {
         bail!("give the command after --, e.g. tessera submit --profile 1g.10gb -- python train.py");
     }
-    let req = job_request(a)?;
+    let resources = job_request(a)?;
     let cwd = std::env::current_dir().context("the current directory")?;
-    let mut env = serde_json::Map::new();
+    let mut env = std::collections::BTreeMap::new();
     for (k, v) in std::env::vars() {
         if a.export_env || k == "PATH" || k == "HOME" || k == "USER" || k == "LANG" {
-            env.insert(k, Value::String(v));
+            env.insert(k, v);
         }
     }
     for kv in &a.env {
         let Some((k, v)) = kv.split_once('=') else { bail!("--env '{kv}': write NAME=VALUE") };
-        env.insert(k.to_string(), Value::String(v.to_string()));
+        env.insert(k.to_string(), v.to_string());
     }
-    let body = json!({"command": a.command, "env": env, "cwd": cwd.display().to_string(), "resources": req});
-    let v = ok(client(d)?.request("POST", "/v1/jobs", Some(&body))?)?;
+    let body = SubmitRequest {
+        command: a.command.clone(),
+        env,
+        cwd: cwd.display().to_string(),
+        resources,
+        preempt_signal: a.preempt_signal.clone(),
+    };
+    let reply = ok(client(d)?.submit(&body))?;
     match output {
-        Output::Json => print_json(&v),
-        Output::Table | Output::Csv => println!("{}", v["id"]),
+        Output::Json => print_json(&reply),
+        Output::Table | Output::Csv => {
+            println!("{}", reply.id);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
-fn job_row(j: &Value) -> Vec<String> {
-    let s = |k: &str| j[k].as_str().unwrap_or("-").to_string();
-    let placement = j["ranks"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .map(|x| format!("GPU{}:{}@{}", x["gpu"], x["profile"].as_str().unwrap_or("?"), x["start"]))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "-".into());
-    vec![
-        j["id"].to_string(),
-        s("user"),
-        s("tenant"),
-        s("state"),
-        placement,
-        s("reason"),
-        j["command"]
-            .as_array()
-            .map(|c| c.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default(),
-    ]
+fn placement(j: &JobView) -> String {
+    let s: Vec<String> = j
+        .ranks
+        .iter()
+        .flat_map(|r| r.slices.iter())
+        .map(|x| format!("GPU{}:{}@{}", x.gpu, x.profile.as_deref().unwrap_or("?"), x.start))
+        .collect();
+    if s.is_empty() { "-".into() } else { s.join(" ") }
+}
+
+fn command_line(j: &JobView) -> String {
+    match (&j.command, &j.external) {
+        (Some(c), _) => c.join(" "),
+        (None, Some(e)) => format!("({} {})", e.door, e.key),
+        _ => String::new(),
+    }
 }
 
 pub fn jobs(output: Output, d: &DaemonArgs, all: bool, state: Option<&str>) -> anyhow::Result<()> {
-    let mut path = format!("/v1/jobs?all={all}");
-    if let Some(s) = state {
-        path.push_str(&format!("&state={s}"));
-    }
-    let v = ok(client(d)?.request("GET", &path, None)?)?;
+    let states = state
+        .map(|s| s.split(',').map(|x| x.parse::<JobState>()).collect::<Result<Vec<_>, _>>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--state: {e}"))?
+        .unwrap_or_default();
+    let list = ok(client(d)?.jobs(&JobQuery { states, all }))?;
     if output == Output::Json {
-        print_json(&v);
-        return Ok(());
+        return print_json(&list);
     }
     let mut t = Table::new(&["ID", "USER", "TENANT", "STATE", "PLACEMENT", "REASON", "COMMAND"]);
-    for j in v["jobs"].as_array().into_iter().flatten() {
-        t.row(job_row(j));
+    for j in &list.jobs {
+        t.row(vec![
+            j.id.to_string(),
+            j.user.clone(),
+            j.tenant.clone(),
+            j.state.to_string(),
+            placement(j),
+            j.reason.clone(),
+            command_line(j),
+        ]);
     }
     print!("{}", t.render(0));
     Ok(())
 }
 
 pub fn job(output: Output, d: &DaemonArgs, id: u64) -> anyhow::Result<()> {
-    let v = ok(client(d)?.request("GET", &format!("/v1/jobs/{id}"), None)?)?;
+    let v = ok(client(d)?.job(id))?;
     if output == Output::Json {
-        print_json(&v);
-        return Ok(());
+        return print_json(&v);
     }
-    let s = |k: &str| v[k].as_str().map_or_else(|| v[k].to_string(), str::to_string);
-    println!("job {}  {}  ({})", v["id"], s("state"), s("reason"));
-    println!("  user {}  tenant {}  priority {}", s("user"), s("tenant"), v["priority"]);
-    println!(
-        "  command {}",
-        v["command"]
-            .as_array()
-            .map(|c| c.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    );
-    for r in v["ranks"].as_array().into_iter().flatten() {
-        println!(
-            "  rank {}: GPU {} {}@{} {}  cpus {}",
-            r["rank"],
-            r["gpu"],
-            r["profile"].as_str().unwrap_or("?"),
-            r["start"],
-            r["mig_uuid"].as_str().unwrap_or("-"),
-            r["cpus"].as_str().unwrap_or("-"),
-        );
+    println!("job {}  {}  ({})", v.id, v.state, v.reason);
+    println!("  user {}  tenant {}  priority {}  runs {}", v.user, v.tenant, v.priority, v.runs);
+    println!("  command {}", command_line(&v));
+    for r in &v.ranks {
+        for s in &r.slices {
+            let what =
+                if s.mig { format!("{}@{}", s.profile.as_deref().unwrap_or("?"), s.start) } else { "whole GPU".into() };
+            println!(
+                "  rank {}: GPU {} {what} {}  cpus {}",
+                r.rank,
+                s.gpu,
+                s.mig_uuid.as_deref().unwrap_or(&s.gpu_uuid),
+                r.cpus.as_deref().unwrap_or("-"),
+            );
+        }
     }
-    if let Some(e) = v.get("exit").filter(|e| !e.is_null()) {
-        println!("  exit: {}", e["detail"].as_str().unwrap_or(""));
+    if let Some(e) = &v.exit {
+        println!("  exit: {}", e.detail);
     }
-    for ev in v["events"].as_array().into_iter().flatten() {
-        println!(
-            "  {} → {}: {}",
-            ev["from"].as_str().unwrap_or("-"),
-            ev["to"].as_str().unwrap_or("-"),
-            ev["reason"].as_str().unwrap_or("")
-        );
+    for ev in &v.events {
+        println!("  {} → {}: {}", ev.from, ev.to, ev.reason);
     }
     Ok(())
 }
 
 pub fn cancel(output: Output, d: &DaemonArgs, id: u64) -> anyhow::Result<()> {
-    let v = ok(client(d)?.request("POST", &format!("/v1/jobs/{id}/cancel"), None)?)?;
+    let v = ok(client(d)?.cancel(id))?;
     match output {
         Output::Json => print_json(&v),
-        Output::Table | Output::Csv => println!("job {id}: {}", v["state"].as_str().unwrap_or("cancelling")),
+        Output::Table | Output::Csv => {
+            println!("job {id}: {}", v.state);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// Exit status of `tessera wait`: 0 if the job succeeded, 1 otherwise.
@@ -292,21 +310,20 @@ pub fn wait(output: Output, d: &DaemonArgs, id: u64, timeout: Option<&str>) -> a
     loop {
         let left = limit.map(|l| l.saturating_sub(start.elapsed().as_millis() as u64));
         let step = left.unwrap_or(60_000).min(60_000);
-        let v = ok(c.request("GET", &format!("/v1/jobs/{id}/wait?timeout_ms={step}"), None)?)?;
-        let state = v["state"].as_str().unwrap_or("").to_string();
-        let terminal = matches!(state.as_str(), "succeeded" | "failed" | "cancelled" | "timed_out" | "lost");
+        let v = ok(c.wait(id, step))?;
+        let terminal = v.state.is_terminal();
         if terminal || left == Some(0) {
             match output {
-                Output::Json => print_json(&v),
-                Output::Table | Output::Csv => println!("job {id}: {state} ({})", v["reason"].as_str().unwrap_or("")),
+                Output::Json => print_json(&v)?,
+                Output::Table | Output::Csv => println!("job {id}: {} ({})", v.state, v.reason),
             }
-            if state == "succeeded" {
+            if v.state == JobState::Succeeded {
                 return Ok(());
             }
             return Err(Refusal(if terminal {
-                format!("job {id} ended {state}")
+                format!("job {id} ended {}", v.state)
             } else {
-                format!("job {id} is still {state} after {}", format_duration_ms(limit.unwrap_or(0)))
+                format!("job {id} is still {} after {}", v.state, format_duration_ms(limit.unwrap_or(0)))
             })
             .into());
         }
@@ -315,87 +332,110 @@ pub fn wait(output: Output, d: &DaemonArgs, id: u64, timeout: Option<&str>) -> a
 
 pub fn logs(d: &DaemonArgs, id: u64, rank: u32, stderr: bool, follow: bool) -> anyhow::Result<()> {
     let c = client(d)?;
-    let stream = if stderr { "stderr" } else { "stdout" };
+    let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
     let mut offset = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
-        let v =
-            ok(c.request("GET", &format!("/v1/jobs/{id}/logs?rank={rank}&stream={stream}&offset={offset}"), None)?)?;
-        let data = v["data"].as_str().unwrap_or("");
-        out.write_all(data.as_bytes())?;
+        let v = ok(c.logs(id, rank, stream, offset))?;
+        out.write_all(v.data.as_bytes())?;
         out.flush()?;
-        offset = v["next_offset"].as_u64().unwrap_or(offset);
-        let done = v["job_ended"].as_bool().unwrap_or(true);
-        if !follow || (done && data.is_empty()) {
+        offset = v.next_offset;
+        if !follow || (v.job_ended && v.data.is_empty()) {
             return Ok(());
         }
-        if data.is_empty() {
+        if v.data.is_empty() {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
 }
 
-/// `tessera admin`: drain, undrain, layout.
+/// `tessera admin`: drain, undrain, layout, health.
 pub fn admin(output: Output, d: &DaemonArgs, cmd: AdminCommand) -> anyhow::Result<()> {
     let c = client(d)?;
-    let v = match &cmd {
-        AdminCommand::Drain { gpu } => ok(c.request("POST", &format!("/v1/gpus/{gpu}/drain"), None)?)?,
-        AdminCommand::Undrain { gpu } => ok(c.request("POST", &format!("/v1/gpus/{gpu}/undrain"), None)?)?,
-        AdminCommand::Layout { gpu, instances, dry_run } => {
-            let list: Vec<&String> = instances.iter().filter(|i| i.as_str() != "none").collect();
-            let body = serde_json::json!({"instances": list, "dry_run": dry_run});
-            ok(c.request("POST", &format!("/v1/gpus/{gpu}/layout"), Some(&body))?)?
-        }
-    };
-    if output == Output::Json {
-        print_json(&v);
-        return Ok(());
-    }
     match cmd {
-        AdminCommand::Drain { gpu } => println!("GPU {gpu} drained: no new work is placed on it"),
-        AdminCommand::Undrain { gpu } => println!("GPU {gpu} open for work again"),
-        AdminCommand::Layout { gpu, .. } => {
-            let steps: Vec<&str> = v["steps"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
-            let layout: Vec<&str> = v["layout"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
-            let verb = if v["dry_run"].as_bool() == Some(true) { "would" } else { "did" };
-            if steps.is_empty() {
+        AdminCommand::Drain { gpu, reason } => {
+            let v = ok(c.drain(gpu, &reason))?;
+            if output == Output::Json {
+                return print_json(&v);
+            }
+            println!("GPU {gpu} drained: no new work is placed on it");
+        }
+        AdminCommand::Undrain { gpu } => {
+            let v = ok(c.undrain(gpu))?;
+            if output == Output::Json {
+                return print_json(&v);
+            }
+            println!("GPU {gpu} open for work again");
+        }
+        AdminCommand::Layout { gpu, instances, dry_run } => {
+            let list: Vec<String> = instances.into_iter().filter(|i| i.as_str() != "none").collect();
+            let v = ok(c.layout(gpu, &LayoutRequest { instances: list, dry_run }))?;
+            if output == Output::Json {
+                return print_json(&v);
+            }
+            let verb = if v.dry_run { "would" } else { "did" };
+            if v.steps.is_empty() {
                 println!("GPU {gpu}: already has that layout");
-            } else {
-                for s in &steps {
-                    println!("GPU {gpu}: {verb} {s}");
-                }
+            }
+            for s in &v.steps {
+                println!("GPU {gpu}: {verb} {s}");
             }
             println!(
                 "GPU {gpu} layout: {}",
-                if layout.is_empty() { "no instances".to_string() } else { layout.join(", ") }
+                if v.layout.is_empty() { "no instances".to_string() } else { v.layout.join(", ") }
             );
+        }
+        AdminCommand::Health(AdminHealthCommand::Clear { gpu }) => {
+            let v = ok(c.health_clear(gpu))?;
+            if output == Output::Json {
+                return print_json(&v);
+            }
+            println!("GPU {gpu}: {}", v.health);
+        }
+        AdminCommand::Health(AdminHealthCommand::Show) => {
+            let v = ok(c.health())?;
+            if output == Output::Json {
+                return print_json(&v);
+            }
+            let mut t = Table::new(&["GPU", "HEALTH", "DRAINED", "LAST EVENT"]);
+            for g in &v.gpus {
+                let last = g
+                    .events
+                    .last()
+                    .map(|e| format!("Xid {} ({})", e.event.xid, e.class.name))
+                    .unwrap_or_else(|| "-".into());
+                let drained = g.drained.as_ref().map_or_else(|| "-".into(), |d| format!("by {}", d.by));
+                t.row(vec![g.index.to_string(), g.health.to_string(), drained, last]);
+            }
+            print!("{}", t.render(0));
         }
     }
     Ok(())
 }
 
 pub fn gpus(output: Output, d: &DaemonArgs) -> anyhow::Result<()> {
-    let v = ok(client(d)?.request("GET", "/v1/gpus", None)?)?;
+    let v = ok(client(d)?.gpus())?;
     if output == Output::Json {
-        print_json(&v);
-        return Ok(());
+        return print_json(&v);
     }
-    for g in v["gpus"].as_array().into_iter().flatten() {
+    for g in &v.gpus {
+        let numa = g.numa_node.map_or_else(|| "-".into(), |n| n.to_string());
+        let mig = if g.mig { "MIG on" } else { "MIG off" };
+        let drained = if g.drained.is_some() { "  DRAINED" } else { "" };
+        let health = if g.health == "healthy" { String::new() } else { format!("  {}", g.health) };
         println!(
-            "GPU {}  {}  ({})  NUMA {}{}",
-            g["index"],
-            g["name"].as_str().unwrap_or(""),
-            g["model"].as_str().unwrap_or("?"),
-            g["numa_node"],
-            if g["drained"].as_bool() == Some(true) { "  DRAINED" } else { "" }
+            "GPU {}  {}  ({})  {mig}  NUMA {numa}{drained}{health}",
+            g.index,
+            g.name,
+            g.model.as_deref().unwrap_or("?")
         );
         let mut t = Table::new(&["GI", "PROFILE", "PLACEMENT", "JOBS"]);
-        for i in g["instances"].as_array().into_iter().flatten() {
-            let jobs: Vec<String> = i["jobs"].as_array().into_iter().flatten().map(|j| j.to_string()).collect();
+        for i in &g.instances {
+            let jobs: Vec<String> = i.jobs.iter().map(u64::to_string).collect();
             t.row(vec![
-                i["gpu_instance_id"].to_string(),
-                i["profile"].as_str().unwrap_or("?").to_string(),
-                format!("{}:{}", i["start"], i["size"]),
+                i.gpu_instance_id.map_or_else(|| "-".into(), |x| x.to_string()),
+                i.profile.clone(),
+                format!("{}:{}", i.start, i.size),
                 if jobs.is_empty() { "idle".into() } else { jobs.join(",") },
             ]);
         }

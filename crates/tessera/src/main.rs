@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         cli::Command::Gpus => jobs::gpus(g.output, &g.daemon),
         cli::Command::Admin(cmd) => jobs::admin(g.output, &g.daemon, cmd),
         cli::Command::Sim(cmd) => sim::run(g.output, cmd),
-        cli::Command::Serve { state_dir, config } => jobs::serve(g, state_dir, config),
+        cli::Command::Serve { state_dir, config, init } => jobs::serve(g, state_dir, config, init),
         cli::Command::Shim { job_dir, standby } => {
             // The supervisor runs on this (main) thread, with no runtime or other threads.
             let code = match job_dir {

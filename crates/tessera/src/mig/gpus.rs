@@ -1,31 +1,45 @@
 //! `tessera mig gpus`: the node's GPUs, their MIG mode, instances and a slice map.
 
 use serde_json::json;
-use tessera_gpu::view::{GpuView, node_view};
+use tessera_gpu::view::{GpuView, node_view_partial};
 use tessera_mig::planner_for;
 
 use super::{human, plan::fragmentation_lines, plan::layout_map, print_json};
+use crate::Refusal;
 use crate::cli::Global;
 use crate::node;
 use crate::render::{Table, ranges};
 
 pub fn run(global: &Global) -> anyhow::Result<()> {
     let node = node::open(global)?;
-    let views = node_view(node.backend())?;
+    // A GPU that does not answer is listed as such; it does not hide the others.
+    let view = node_view_partial(node.backend())?;
+    let views = &view.gpus;
     if !human(global.output) {
         print_json(&json!({
             "backend": node.backend().kind().to_string(),
             "node": node.description,
             "gpus": views.iter().map(gpu_json).collect::<Vec<_>>(),
+            "unreachable": view.failed,
         }));
-        return Ok(());
+    } else {
+        println!("{}: {} GPU(s)", node.description, views.len() + view.failed.len());
+        for v in views {
+            println!();
+            print_gpu(v);
+        }
+        for f in &view.failed {
+            println!();
+            println!("{}  does not answer: {}", f.gpu, f.error);
+        }
     }
-    println!("{}: {} GPU(s)", node.description, views.len());
-    for v in &views {
-        println!();
-        print_gpu(v);
+    match view.failed.len() {
+        0 => Ok(()),
+        n => {
+            let why: Vec<String> = view.failed.iter().map(ToString::to_string).collect();
+            Err(Refusal(format!("{n} GPU(s) do not answer: {}", why.join("; "))).into())
+        }
     }
-    Ok(())
 }
 
 fn layout_of(v: &GpuView) -> Vec<tessera_mig::Instance> {

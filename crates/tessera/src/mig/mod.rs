@@ -11,7 +11,7 @@ mod sim;
 use anyhow::{Context as _, bail};
 use tessera_mig::{GpuModel, Instance, WantedInstance, catalog};
 
-use crate::cli::{Global, MigCommand, Output};
+use crate::cli::{Global, HealthCommand, MigCommand, Output};
 
 pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
     match cmd {
@@ -25,10 +25,17 @@ pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
         MigCommand::Apply { config, dry_run } => config::apply(global, &config, dry_run),
         MigCommand::Assert { config } => config::assert(global, &config),
         MigCommand::Export { config_name } => config::export(global, &config_name),
-        MigCommand::Health { watch, recovery_quiet } => health::run(global, watch, recovery_quiet),
+        MigCommand::Health { watch, recovery_quiet, health_state, command: None } => {
+            health::run(global, watch, recovery_quiet, health_state)
+        }
+        MigCommand::Health { health_state, command: Some(HealthCommand::Clear { gpu, by }), .. } => {
+            health::clear(global, gpu, by, health_state)
+        }
         MigCommand::Xid { gpu, xid, gpu_instance, compute_instance } => {
             sim::xid(global, gpu, xid, gpu_instance, compute_instance)
         }
+        MigCommand::Reset { gpu } => sim::reset(global, gpu),
+        MigCommand::Reboot => sim::reboot(global),
         MigCommand::Busy { target, pid } => sim::busy(global, &target, pid),
         MigCommand::Idle { target } => sim::idle(global, &target),
     }

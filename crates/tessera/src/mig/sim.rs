@@ -1,5 +1,7 @@
-//! `tessera mig busy|idle GPU:GI`: put a (simulated) process on a GPU instance of the simulated
-//! node, or end it, to see that busy instances are never touched.
+//! The simulated node's test-rig commands: `tessera mig busy|idle GPU:GI` put a (simulated)
+//! process on a GPU instance, or end it, to see that busy instances are never touched;
+//! `tessera mig xid` raises an Xid error; `tessera mig reset GPU` and `tessera mig reboot` are
+//! the recoveries a fault may wait for.
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
@@ -68,11 +70,40 @@ pub fn xid(global: &Global, gpu: u32, xid: u64, gi: Option<u32>, ci: Option<u32>
     node.sim("tessera mig xid")?.raise_xid(gpu, xid, gi, ci)?;
     let class = tessera_gpu::health::classify(xid);
     if human(global.output) {
-        println!("raised Xid {xid} ({}, {}) on GPU {gpu}", class.name, class.severity);
+        let effect = match class.recovery {
+            tessera_gpu::Recovery::None => "no health change".to_string(),
+            r => format!("it needs {r}"),
+        };
+        println!("raised Xid {xid} ({}, {}) on GPU {gpu}: {effect}", class.name, class.severity);
     } else {
-        print_json(
-            &json!({"gpu": gpu, "xid": xid, "gpu_instance_id": gi, "compute_instance_id": ci, "severity": class.severity}),
-        );
+        print_json(&json!({"gpu": gpu, "xid": xid, "gpu_instance_id": gi, "compute_instance_id": ci,
+                           "severity": class.severity, "recovery": class.recovery}));
+    }
+    Ok(())
+}
+
+pub fn reset(global: &Global, gpu: u32) -> anyhow::Result<()> {
+    let node = node::open(global)?;
+    let sim = node.sim("tessera mig reset")?;
+    sim.reset_gpu(gpu)?;
+    let obs = node.backend().observe(gpu)?;
+    if human(global.output) {
+        println!("GPU {gpu} was reset (resets so far: {})", obs.reset_count.unwrap_or(0));
+    } else {
+        print_json(&json!({"gpu": gpu, "reset": true, "observation": obs}));
+    }
+    Ok(())
+}
+
+pub fn reboot(global: &Global) -> anyhow::Result<()> {
+    let node = node::open(global)?;
+    let sim = node.sim("tessera mig reboot")?;
+    sim.reboot()?;
+    let boot_id = sim.boot_id()?;
+    if human(global.output) {
+        println!("the simulated node was rebooted (boot id {boot_id})");
+    } else {
+        print_json(&json!({"rebooted": true, "boot_id": boot_id}));
     }
     Ok(())
 }

@@ -1,0 +1,100 @@
+//! The one seam through which work and questions enter the engine: a [`Caller`] and an
+//! [`Action`] in, a [`Reply`] or an [`crate::EngineError`] out. Every front door goes through
+//! it: the HTTP API (`api.rs`), and the Kubernetes and Slurm front doors to come, which submit
+//! [`Action::SubmitWork`] with [`Work::External`] (the pod or Slurm job runs the processes;
+//! Tessera allocates and releases the slices) and end it with [`Action::Release`].
+
+use tessera_store::{ExitInfo, Work};
+
+use crate::wire::{
+    CancelReply, DrainReply, DrainRequest, GpuList, HealthClearReply, HealthReply, JobList, JobQuery, JobRequest,
+    JobView, LayoutReply, LayoutRequest, LogChunk, Stream, SubmitReply, SubmitRequest,
+};
+
+/// Which front door a caller came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Door {
+    /// The Unix socket: peer credentials say who.
+    Socket,
+    /// TCP with a bearer token: the token's user.
+    Tcp,
+    /// In-process front doors (Kubernetes, Slurm) and tests.
+    Internal,
+}
+
+/// Who is calling: a local user (by NSS), their tenant, whether they are an admin.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub user: String,
+    pub tenant: String,
+    /// May change MIG layouts, drain GPUs, clear health, see every job, exceed the priority
+    /// ceiling.
+    pub admin: bool,
+    pub door: Door,
+}
+
+/// Everything the engine can be asked to do. Each variant says who may do it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Queue processes for the caller (the API's submission).
+    Submit(SubmitRequest),
+    /// Queue work for the caller from any front door (processes or external work).
+    SubmitWork { request: JobRequest, work: Work },
+    /// The caller's jobs (every job for admins, with `all`).
+    ListJobs(JobQuery),
+    /// One job, if the caller owns it (admins: any).
+    GetJob { id: u64 },
+    /// Cancel a job the caller owns.
+    Cancel { id: u64 },
+    /// External work ended (the front door that submitted it says how).
+    Release { id: u64, exit: ExitInfo, succeeded: bool },
+    /// Bytes of a job's log from an offset.
+    Logs { id: u64, rank: u32, stream: Stream, offset: u64 },
+    /// The job as it is now; the async side repeats it until the job ends or time runs out.
+    Wait { id: u64, timeout_ms: u64 },
+    /// The node's GPUs, instances and which job runs where.
+    Gpus,
+    /// Admins: stop (or resume) placing new work on a GPU.
+    Drain { gpu: u32, drain: bool, request: DrainRequest },
+    /// Admins: change a GPU's MIG layout; busy instances are never touched.
+    Layout { gpu: u32, request: LayoutRequest },
+    /// Node health.
+    Health,
+    /// Admins: a GPU was reset or repaired; its faults clear at the next successful probe.
+    HealthClear { gpu: u32 },
+}
+
+impl Action {
+    /// Whether the action may change what a scheduling round decides.
+    pub fn wakes_rounds(&self) -> bool {
+        matches!(
+            self,
+            Action::Submit(_)
+                | Action::SubmitWork { .. }
+                | Action::Cancel { .. }
+                | Action::Release { .. }
+                | Action::Drain { .. }
+                | Action::Layout { .. }
+                | Action::HealthClear { .. }
+        )
+    }
+}
+
+/// What an action answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Submitted(SubmitReply),
+    Jobs(JobList),
+    Job(Box<JobView>),
+    Cancel(CancelReply),
+    Logs(LogChunk),
+    Gpus(GpuList),
+    Drain(DrainReply),
+    Layout(LayoutReply),
+    Health(Box<HealthReply>),
+    HealthClear(HealthClearReply),
+}

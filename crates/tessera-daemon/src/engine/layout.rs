@@ -1,0 +1,151 @@
+//! An admin's MIG layout change, in three steps so the planner never runs on a caller's input
+//! under the engine lock: [`Engine::layout_prepare`] (locked: who may, bounded input, the
+//! GPU's layout with busy instances marked), [`LayoutInput::plan`] (no lock: the planner), and
+//! [`Engine::layout_apply`] (locked: the GPU must not have changed meanwhile; then the plan runs
+//! through the reconfiguration journal). Busy instances (a process uses them, or a job holds
+//! them) are never touched; a conflict names them.
+
+use std::collections::BTreeSet;
+
+use tessera_mig::layout::instance_label;
+use tessera_mig::{CurrentInstance, GpuModel, Instance, ReconfigurePlan, Wanted, reconfigure};
+
+use super::{Caller, Engine, EngineError};
+use crate::wire::{LayoutReply, LayoutRequest, MAX_LAYOUT_ENTRIES};
+
+/// What the planner needs, read under the lock.
+#[derive(Debug, Clone)]
+pub struct LayoutInput {
+    gpu: u32,
+    model: &'static GpuModel,
+    current: Vec<CurrentInstance>,
+    wanted: Wanted,
+    dry_run: bool,
+    epoch: u64,
+    by: String,
+}
+
+/// A plan made from a [`LayoutInput`].
+#[derive(Debug, Clone)]
+pub struct LayoutPlan {
+    input: LayoutInput,
+    plan: ReconfigurePlan,
+}
+
+impl LayoutInput {
+    /// The planner's plan (pure; run it without the engine lock).
+    pub fn plan(self) -> Result<LayoutPlan, EngineError> {
+        let gpu = self.gpu;
+        let plan = reconfigure(self.model, &self.current, &self.wanted).map_err(|e| match e {
+            tessera_mig::ReconfigureError::BusyInstancesBlock { .. } => {
+                EngineError::Conflict(format!("GPU {gpu}: {e}"))
+            }
+            other => EngineError::cannot_run("instances", format!("GPU {gpu}: {other}")),
+        })?;
+        Ok(LayoutPlan { input: self, plan })
+    }
+}
+
+impl Engine {
+    /// The locked first step: checks, and the GPU's layout with busy instances marked.
+    pub fn layout_prepare(
+        &mut self,
+        caller: &Caller,
+        gpu: u32,
+        req: LayoutRequest,
+    ) -> Result<LayoutInput, EngineError> {
+        if !caller.admin {
+            return Err(EngineError::Forbidden("only admins change MIG layouts".into()));
+        }
+        if req.instances.len() > MAX_LAYOUT_ENTRIES {
+            return Err(EngineError::invalid(
+                "instances",
+                format!("lists {} instances; a GPU has at most {MAX_LAYOUT_ENTRIES}", req.instances.len()),
+            ));
+        }
+        let view = tessera_gpu::gpu_view(self.backend(), gpu).map_err(|e| EngineError::NotFound(e.to_string()))?;
+        let Some(model) = view.model else {
+            return Err(EngineError::Conflict(format!("GPU {gpu} ({}) is not in the catalog", view.device.name)));
+        };
+        if !view.mig.current {
+            return Err(EngineError::Conflict(format!("GPU {gpu} has MIG off: turn it on first (tessera mig apply)")));
+        }
+        let mut specs = Vec::new();
+        for (i, text) in req.instances.iter().enumerate() {
+            let spec = model
+                .instance_spec(text)
+                .map_err(|e| EngineError::invalid(format!("instances[{i}]"), e.to_string()))?;
+            specs.push(spec);
+        }
+        let placed = specs.iter().filter(|(_, start)| start.is_some()).count();
+        let wanted = if placed == 0 {
+            Wanted::Profiles(specs.iter().map(|(w, _)| *w).collect())
+        } else if placed == specs.len() {
+            Wanted::Layout(
+                specs
+                    .iter()
+                    .map(|(w, start)| Instance {
+                        profile_id: w.profile_id,
+                        start: start.unwrap_or(0),
+                        compute: w.compute,
+                    })
+                    .collect(),
+            )
+        } else {
+            return Err(EngineError::invalid(
+                "instances",
+                "give a start (PROFILE@START) for every instance or for none",
+            ));
+        };
+        // Busy: a process uses it, or a job holds it (it may not have started its processes yet).
+        let held: BTreeSet<(u32, u8)> = self
+            .store
+            .live_allocations()?
+            .into_iter()
+            .filter(|a| a.allocation.gpu_index == gpu)
+            .map(|a| (a.allocation.profile_id, a.allocation.start))
+            .collect();
+        let mut current = view.current();
+        for c in &mut current {
+            c.busy |= held.contains(&(c.instance.profile_id, c.instance.start));
+        }
+        Ok(LayoutInput {
+            gpu,
+            model,
+            current,
+            wanted,
+            dry_run: req.dry_run,
+            epoch: self.layout_epoch,
+            by: caller.user.clone(),
+        })
+    }
+
+    /// The locked last step: the GPU must be as it was when planned; then the plan runs.
+    pub fn layout_apply(&mut self, caller: &Caller, p: LayoutPlan) -> Result<LayoutReply, EngineError> {
+        let LayoutPlan { input, plan } = p;
+        let gpu = input.gpu;
+        let label = |i: &Instance| instance_label(input.model, i);
+        let steps: Vec<String> = plan
+            .steps
+            .iter()
+            .map(|s| match s {
+                tessera_mig::Step::Destroy { instance, .. } => format!("destroy {}", label(instance)),
+                tessera_mig::Step::Create { instance } => format!("create {}", label(instance)),
+            })
+            .collect();
+        let layout: Vec<String> = plan.target.iter().map(label).collect();
+        if input.dry_run || plan.steps.is_empty() {
+            return Ok(LayoutReply { gpu, dry_run: input.dry_run, steps, layout, changed: false });
+        }
+        // Nothing may have moved while the planner ran without the lock.
+        let again = self.layout_prepare(caller, gpu, LayoutRequest { instances: Vec::new(), dry_run: true })?;
+        if again.epoch != input.epoch || again.current != input.current {
+            return Err(EngineError::Conflict(format!("GPU {gpu} changed while the layout was planned; ask again")));
+        }
+        self.layout_epoch += 1;
+        match self.execute_journalled(gpu, &plan, Some(input.by.clone()), None, None) {
+            Ok(()) => Ok(LayoutReply { gpu, dry_run: false, steps, layout, changed: true }),
+            Err(e) => Err(EngineError::Conflict(format!("GPU {gpu}: the layout change failed: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The actions that read or nudge single jobs and GPUs: list, show, cancel, release, logs,
+//! GPUs, drains. Each answers with the typed views of `wire.rs`.
+
+use std::path::PathBuf;
+
+use tessera_exec::LogStream;
+use tessera_store::{Drain, ExitInfo, JobFilter, JobRecord, JobState, Work};
+
+use super::{Caller, Engine, EngineError};
+use crate::wire::{
+    CancelReply, DrainReply, DrainRequest, DrainView, EventView, ExitView, GpuInfo, GpuList, InstanceInfo, JobList,
+    JobQuery, JobView, LogChunk, RankView, SliceView, Stream,
+};
+
+impl Engine {
+    /// The job, if the caller may see it.
+    pub(crate) fn owned(&self, caller: &Caller, id: u64) -> Result<JobRecord, EngineError> {
+        let rec = self.store.job(id)?.ok_or_else(|| EngineError::NotFound(format!("no job {id}")))?;
+        if rec.user_uid != caller.uid && !caller.admin {
+            return Err(EngineError::Forbidden(format!("job {id} belongs to another user")));
+        }
+        Ok(rec)
+    }
+
+    pub(crate) fn list_jobs(&self, caller: &Caller, q: &JobQuery) -> Result<JobList, EngineError> {
+        if q.all && !caller.admin {
+            return Err(EngineError::Forbidden("only admins list every user's jobs".into()));
+        }
+        let filter =
+            JobFilter { states: q.states.clone(), user_uid: (!q.all).then_some(caller.uid), ..JobFilter::default() };
+        let jobs = self.store.jobs(&filter)?;
+        Ok(JobList { jobs: jobs.iter().map(|j| self.job_view(j, false)).collect() })
+    }
+
+    /// A job as the API shows it: its ranks from its allocations (the live ones, or the last
+    /// run's once it ended).
+    pub(crate) fn job_view(&self, rec: &JobRecord, detail: bool) -> JobView {
+        let allocs = self.store.job_allocations(rec.id).unwrap_or_default();
+        let live: Vec<_> = allocs.iter().filter(|a| a.released_ms.is_none()).collect();
+        let shown: Vec<_> = if !live.is_empty() {
+            live
+        } else {
+            // The last run's: allocations made at its start time.
+            let last = allocs.iter().map(|a| a.allocated_ms).max();
+            allocs.iter().filter(|a| Some(a.allocated_ms) == last).collect()
+        };
+        let mut ranks: Vec<RankView> = Vec::new();
+        for a in shown {
+            let al = &a.allocation;
+            let fact = self.facts.by_uuid(&al.gpu_uuid);
+            let profile = fact.and_then(|f| f.model.profile_by_id(al.profile_id)).map(|p| p.name.clone());
+            let mig = al.mig_uuid.is_some() || al.gpu_instance_id.is_some();
+            let slice = SliceView {
+                gpu: al.gpu_index,
+                gpu_uuid: al.gpu_uuid.clone(),
+                profile,
+                profile_id: al.profile_id,
+                start: al.start,
+                mig,
+                gpu_instance_id: al.gpu_instance_id,
+                mig_uuid: al.mig_uuid.clone(),
+                exclusive: al.exclusive,
+            };
+            let device = al.mig_uuid.clone().unwrap_or_else(|| al.gpu_uuid.clone());
+            let cpus: Vec<u32> = al.host.iter().flat_map(|h| h.cpus.iter().copied()).collect();
+            let mem: u64 = al.host.iter().map(|h| h.mem_mib).sum();
+            match ranks.iter_mut().find(|r| r.rank == a.rank) {
+                Some(r) => {
+                    r.devices.push(device);
+                    r.slices.push(slice);
+                    r.mem_mib += mem;
+                    let mut all: Vec<u32> = r
+                        .cpus
+                        .as_deref()
+                        .and_then(|c| tessera_host::parse_cpulist(c).ok())
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    all.extend(cpus);
+                    r.cpus = (!all.is_empty()).then(|| tessera_host::format_cpulist(&all));
+                    if r.numa_node != al.numa_node {
+                        r.numa_node = None;
+                    }
+                }
+                None => ranks.push(RankView {
+                    rank: a.rank,
+                    devices: vec![device],
+                    cpus: (!cpus.is_empty()).then(|| tessera_host::format_cpulist(&cpus)),
+                    numa_node: al.numa_node,
+                    mem_mib: mem,
+                    slices: vec![slice],
+                }),
+            }
+        }
+        ranks.sort_by_key(|r| r.rank);
+        let (command, cwd, external) = match &rec.work {
+            Work::Process(p) => (Some(p.command.clone()), Some(p.cwd.clone()), None),
+            Work::External(e) => (None, None, Some(e.clone())),
+        };
+        let events = if detail {
+            self.store
+                .events(rec.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| EventView { from: e.from, to: e.to, reason: e.reason, at_ms: e.at_ms })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        JobView {
+            id: rec.id,
+            user: rec.user_name.clone(),
+            uid: rec.user_uid,
+            tenant: rec.tenant.clone(),
+            priority: rec.priority,
+            state: rec.state,
+            reason: rec.reason.clone(),
+            command,
+            cwd,
+            external,
+            submitted_ms: rec.submitted_ms,
+            started_ms: rec.started_ms,
+            ended_ms: rec.ended_ms,
+            resources: rec.request.clone(),
+            runs: rec.runs,
+            ranks,
+            exit: rec.exit.as_ref().map(|e| ExitView {
+                code: e.code,
+                signal: e.signal,
+                failed_rank: e.failed_rank,
+                detail: e.detail.clone(),
+            }),
+            events,
+        }
+    }
+
+    pub(crate) fn cancel(&mut self, caller: &Caller, id: u64) -> Result<CancelReply, EngineError> {
+        let rec = self.owned(caller, id)?;
+        let now = tessera_host::now_ms();
+        match rec.state {
+            JobState::Queued => {
+                let exit = ExitInfo {
+                    code: None,
+                    signal: None,
+                    failed_rank: None,
+                    detail: format!("cancelled by {}", caller.user),
+                };
+                self.store
+                    .finish(
+                        id,
+                        JobState::Queued,
+                        JobState::Cancelled,
+                        &format!("cancelled by {} before it started", caller.user),
+                        exit,
+                        now,
+                    )
+                    .map_err(|e| EngineError::Conflict(e.to_string()))?;
+                Ok(CancelReply { id, state: "cancelled".into() })
+            }
+            JobState::Placing | JobState::Running => match (&rec.work, rec.job_dir.as_deref()) {
+                (Work::Process(_), Some(dir)) => {
+                    tessera_exec::cancel(std::path::Path::new(dir))
+                        .map_err(|e| EngineError::Internal(format!("cancelling job {id}: {e}")))?;
+                    Ok(CancelReply { id, state: "cancelling".into() })
+                }
+                _ => {
+                    let exit = ExitInfo { detail: format!("cancelled by {}", caller.user), ..ExitInfo::default() };
+                    self.store
+                        .finish(id, rec.state, JobState::Cancelled, &format!("cancelled by {}", caller.user), exit, now)
+                        .map_err(|e| EngineError::Conflict(e.to_string()))?;
+                    Ok(CancelReply { id, state: "cancelled".into() })
+                }
+            },
+            s => Err(EngineError::Conflict(format!("job {id} has already ended ({s})"))),
+        }
+    }
+
+    /// External work ended: its slices are free again.
+    pub(crate) fn release(
+        &mut self,
+        caller: &Caller,
+        id: u64,
+        exit: ExitInfo,
+        succeeded: bool,
+    ) -> Result<JobView, EngineError> {
+        let rec = self.owned(caller, id)?;
+        if rec.work.process().is_some() {
+            return Err(EngineError::Conflict(format!(
+                "job {id} runs processes Tessera supervises; cancel it instead"
+            )));
+        }
+        if !rec.state.is_active() {
+            return Err(EngineError::Conflict(format!("job {id} is {}, not running", rec.state)));
+        }
+        let to = if succeeded { JobState::Succeeded } else { JobState::Failed };
+        let reason = exit.detail.clone();
+        self.store
+            .finish(id, rec.state, to, &reason, exit, tessera_host::now_ms())
+            .map_err(|e| EngineError::Conflict(e.to_string()))?;
+        let rec = self.owned(caller, id)?;
+        Ok(self.job_view(&rec, true))
+    }
+
+    pub(crate) fn logs(
+        &self,
+        caller: &Caller,
+        id: u64,
+        rank: u32,
+        stream: Stream,
+        offset: u64,
+    ) -> Result<LogChunk, EngineError> {
+        let rec = self.owned(caller, id)?;
+        let ended = rec.state.is_terminal();
+        let Some(dir) = rec.job_dir.clone() else {
+            return Ok(LogChunk { data: String::new(), next_offset: 0, job_ended: ended });
+        };
+        let s = match stream {
+            Stream::Stdout => LogStream::Stdout,
+            Stream::Stderr => LogStream::Stderr,
+        };
+        let (bytes, next) = tessera_exec::tail_stream(&PathBuf::from(&dir), rank, s, offset)
+            .map_err(|e| EngineError::NotFound(format!("job {id} rank {rank}: {e}")))?;
+        Ok(LogChunk { data: String::from_utf8_lossy(&bytes).into_owned(), next_offset: next, job_ended: ended })
+    }
+
+    pub(crate) fn gpus(&self) -> Result<GpuList, EngineError> {
+        let live =
+            tessera_gpu::view::node_view_partial(self.backend()).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let allocs = self.store.live_allocations()?;
+        let mut gpus: Vec<GpuInfo> = live
+            .gpus
+            .iter()
+            .map(|g| {
+                let fact = self.facts.gpu(g.device.index);
+                let jobs_on = |profile_id: u32, start: u8| -> Vec<u64> {
+                    let mut v: Vec<u64> = allocs
+                        .iter()
+                        .filter(|a| {
+                            a.allocation.gpu_uuid == g.device.uuid
+                                && a.allocation.profile_id == profile_id
+                                && a.allocation.start == start
+                        })
+                        .map(|a| a.job)
+                        .collect();
+                    v.dedup();
+                    v
+                };
+                let instances = if g.mig.current && g.model.is_some() {
+                    g.instances
+                        .iter()
+                        .map(|i| InstanceInfo {
+                            gpu_instance_id: Some(i.gpu_instance_id),
+                            profile: i.profile_name.clone(),
+                            profile_id: i.instance.profile_id,
+                            start: i.instance.start,
+                            size: i.placement_size,
+                            jobs: jobs_on(i.instance.profile_id, i.instance.start),
+                            mig_uuid: i.compute_instances.first().map(|c| c.uuid.clone()),
+                            healthy: !self.health.instance_health(g.device.index, i.gpu_instance_id).is_unhealthy(),
+                        })
+                        .collect()
+                } else {
+                    fact.and_then(|f| tessera_sched::full_profile(f.model))
+                        .map(|p| {
+                            vec![InstanceInfo {
+                                gpu_instance_id: None,
+                                profile: format!("{} (whole GPU)", p.name),
+                                profile_id: p.id,
+                                start: 0,
+                                size: p.placement_size,
+                                jobs: jobs_on(p.id, 0),
+                                mig_uuid: None,
+                                healthy: true,
+                            }]
+                        })
+                        .unwrap_or_default()
+                };
+                GpuInfo {
+                    index: g.device.index,
+                    name: g.device.name.clone(),
+                    uuid: g.device.uuid.clone(),
+                    model: g.model.map(|m| m.name.clone()),
+                    numa_node: g.device.numa_node,
+                    mig: g.mig.current,
+                    drained: self.drains.get(&g.device.uuid).map(|d| DrainView {
+                        by: d.by.clone(),
+                        reason: d.reason.clone(),
+                        at_ms: d.at_ms,
+                    }),
+                    health: self.health.gpu_health(g.device.index).to_string(),
+                    instances,
+                }
+            })
+            .collect();
+        for f in &live.failed {
+            let Some(fact) = self.facts.gpu(f.gpu.index) else { continue };
+            gpus.push(GpuInfo {
+                index: fact.index,
+                name: fact.name.clone(),
+                uuid: fact.uuid.clone(),
+                model: fact.catalog.then(|| fact.model.name.clone()),
+                numa_node: fact.numa_node,
+                mig: false,
+                drained: self.drains.get(&fact.uuid).map(|d| DrainView {
+                    by: d.by.clone(),
+                    reason: d.reason.clone(),
+                    at_ms: d.at_ms,
+                }),
+                health: format!("unhealthy: it does not answer: {}", f.error),
+                instances: Vec::new(),
+            });
+        }
+        gpus.sort_by_key(|g| g.index);
+        Ok(GpuList { backend: self.backend().kind().to_string(), gpus })
+    }
+
+    pub(crate) fn drain(
+        &mut self,
+        caller: &Caller,
+        gpu: u32,
+        drain: bool,
+        req: &DrainRequest,
+    ) -> Result<DrainReply, EngineError> {
+        if !caller.admin {
+            return Err(EngineError::Forbidden("only admins drain GPUs".into()));
+        }
+        let fact = self
+            .facts
+            .gpu(gpu)
+            .ok_or_else(|| EngineError::NotFound(format!("no GPU {gpu} (the node has {})", self.facts.gpus.len())))?
+            .clone();
+        if drain {
+            let d = Drain {
+                gpu_uuid: fact.uuid.clone(),
+                gpu_index: gpu,
+                by: caller.user.clone(),
+                reason: req.reason.clone(),
+                at_ms: tessera_host::now_ms(),
+            };
+            self.store.set_drain(&d)?;
+            self.drains.insert(fact.uuid, d);
+        } else {
+            self.store.clear_drain(&fact.uuid)?;
+            self.drains.remove(&fact.uuid);
+        }
+        Ok(DrainReply { gpu, drained: drain })
+    }
+}

@@ -1,0 +1,302 @@
+//! One scheduling round: look, decide, act.
+//!
+//! [`Engine::prepare_round`] (under the engine lock) collects jobs that ended, stops idle MPS
+//! control daemons, reads the GPUs and the store, and lends the scheduler to a [`RoundInput`];
+//! [`RoundInput::decide`] runs the pure scheduler without the lock (submissions and queries go
+//! on meanwhile); [`Engine::finish_round`] (under the lock again) carries the decisions out.
+//! Every change to a job is a compare-and-set in the store, so a job cancelled in between is
+//! not started, and a round decided across an admin's layout change or a MIG mode switch is
+//! not carried out.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tessera_exec::{StopReason, StopRequest};
+use tessera_gpu::view::NodeView;
+use tessera_mig::ReconfigurePlan;
+use tessera_sched::{ClusterView, Decision, QueuedJob, RunningJob, Scheduler};
+use tessera_store::{ExitInfo, JobState, JournalPlan, ReconfigOutcome};
+
+use super::{Engine, EngineError, scheduler_config};
+
+/// What one round read, and the scheduler lent to it while it decides.
+pub struct RoundInput {
+    now: u64,
+    changed: bool,
+    live: NodeView,
+    cluster: ClusterView,
+    queue: Vec<QueuedJob>,
+    running: Vec<RunningJob>,
+    scheduler: Scheduler,
+    layout_epoch: u64,
+    t0: Instant,
+    t_read: Duration,
+}
+
+impl std::fmt::Debug for RoundInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundInput").field("now", &self.now).field("queued", &self.queue.len()).finish_non_exhaustive()
+    }
+}
+
+impl RoundInput {
+    /// The pure part of the round: the scheduler's decisions.
+    pub fn decide(&mut self) -> Vec<Decision> {
+        self.scheduler.schedule(self.now, &self.cluster, &self.queue, &self.running)
+    }
+}
+
+impl Engine {
+    /// One whole round (tests and tools; the daemon splits it around the lock). Returns
+    /// whether anything changed.
+    pub fn round(&mut self) -> Result<bool, EngineError> {
+        let mut input = self.prepare_round()?;
+        let decisions = input.decide();
+        Ok(self.finish_round(input, decisions))
+    }
+
+    /// The first half of a round: collect finished jobs and read everything the scheduler needs.
+    pub fn prepare_round(&mut self) -> Result<RoundInput, EngineError> {
+        let t0 = Instant::now();
+        let now = tessera_host::now_ms();
+        let mut changed = self.collect_finished(now)? > 0;
+        changed |= self.stop_idle_mps();
+        let live = tessera_gpu::view::node_view_partial(self.backend())
+            .map_err(|e| EngineError::Internal(format!("reading the GPUs: {e}")))?;
+        let running = self.running_jobs()?;
+        let cluster = self.cluster_view(&live, &running);
+        let queued = self.store.queued_ids()?;
+        let mut queue = Vec::with_capacity(queued.len());
+        for (id, submitted_ms) in queued {
+            let Ok((request, user)) = self.request_of(id) else { continue };
+            queue.push(QueuedJob { id, request, submitted_ms, user });
+        }
+        let keep: BTreeSet<u64> = queue.iter().map(|q| q.id).chain(running.iter().map(|r| r.id)).collect();
+        self.requests.retain(|id, _| keep.contains(id));
+        self.pending.retain(|id, _| keep.contains(id));
+        self.last_round_ms = now;
+        let placeholder = Scheduler::new(scheduler_config(&self.config));
+        let scheduler = std::mem::replace(&mut self.scheduler, placeholder);
+        Ok(RoundInput {
+            now,
+            changed,
+            live,
+            cluster,
+            queue,
+            running,
+            scheduler,
+            layout_epoch: self.layout_epoch,
+            t0,
+            t_read: t0.elapsed(),
+        })
+    }
+
+    /// The second half of a round: take the scheduler back and carry out its decisions.
+    pub fn finish_round(&mut self, input: RoundInput, decisions: Vec<Decision>) -> bool {
+        let RoundInput { now, mut changed, live, queue, running, scheduler, layout_epoch, t0, t_read, .. } = input;
+        self.scheduler = scheduler;
+        if layout_epoch != self.layout_epoch {
+            // A layout changed while this round decided: decide again on what is there.
+            return true;
+        }
+        let t_sched = t0.elapsed();
+        self.waiting = decisions.iter().filter(|d| matches!(d, Decision::Pending { .. })).count();
+        for d in decisions {
+            match d {
+                Decision::Pending { job, reason, detail } => {
+                    let text = format!("{reason}: {detail}");
+                    if self.pending.get(&job) != Some(&text) {
+                        let _ = self.store.set_pending_reason(job, &text);
+                        self.pending.insert(job, text);
+                    }
+                }
+                Decision::Reconfigure { gpu, plan, for_job } => {
+                    changed = true;
+                    if let Err(e) = self.execute_journalled(gpu, &plan, None, Some(for_job), None) {
+                        let _ =
+                            self.store.set_pending_reason(for_job, &format!("reconfiguring: GPU {gpu} failed: {e}"));
+                    }
+                }
+                Decision::SetMigMode { gpu, enabled, for_job } => {
+                    changed = true;
+                    self.layout_epoch += 1;
+                    if let Err(e) = self.switch_mig_mode(gpu, enabled, Some(for_job)) {
+                        let word = if enabled { "on" } else { "off" };
+                        let _ = self.store.set_pending_reason(
+                            for_job,
+                            &format!("reconfiguring: turning MIG {word} on GPU {gpu} failed: {e}"),
+                        );
+                    }
+                }
+                Decision::Start { job, ranks } => {
+                    changed = true;
+                    if queue.iter().any(|q| q.id == job) {
+                        self.start(job, &ranks, &live);
+                    }
+                }
+                Decision::Preempt { job, for_job } => {
+                    changed = true;
+                    self.preempt(job, for_job);
+                }
+            }
+        }
+        // Save the fair-share ledger every few seconds (a crash loses at most that much usage).
+        if now.saturating_sub(self.saved_usage_ms) >= 5_000 {
+            let usage = serde_json::to_string(self.scheduler.usages()).unwrap_or_default();
+            if usage != self.saved_usage && self.store.set_meta("fair_share_usage", &usage).is_ok() {
+                self.saved_usage = usage;
+            }
+            self.saved_usage_ms = now;
+        }
+        if std::env::var_os("TESSERA_TRACE_ROUNDS").is_some() {
+            eprintln!(
+                "round: read {:?}, schedule {:?}, act {:?} ({} queued, {} running)",
+                t_read,
+                t_sched.saturating_sub(t_read),
+                t0.elapsed().saturating_sub(t_sched),
+                queue.len(),
+                running.len()
+            );
+        }
+        changed
+    }
+
+    /// Stops a lower-priority job to make room: its preemption signal, a grace period, then
+    /// SIGKILL; its supervisor records `preempted` and the job is queued again.
+    fn preempt(&mut self, job: u64, for_job: u64) {
+        let Ok(Some(rec)) = self.store.job(job) else { return };
+        let Some(dir) = rec.job_dir.clone() else { return };
+        let signal =
+            rec.work.process().and_then(|p| p.preempt_signal).unwrap_or_else(|| {
+                crate::signals::parse_signal(&self.config.jobs.preempt_signal).unwrap_or(libc::SIGTERM)
+            });
+        let for_priority = self.requests.get(&for_job).map_or(0, |r| r.0.priority);
+        let request = StopRequest {
+            reason: StopReason::Preempt,
+            signal,
+            grace_ms: self.config.jobs.preempt_grace_ms,
+            detail: format!("preempted by job {for_job} (priority {for_priority})"),
+        };
+        if let Err(e) = tessera_exec::stop(std::path::Path::new(&dir), &request) {
+            eprintln!("tessera serve: preempting job {job} for job {for_job}: {e}");
+        }
+    }
+
+    /// Carries out a plan through the reconfiguration journal: begun, each step marked as soon
+    /// as it is done, then finished as completed, rolled back or abandoned. With `mig_mode`,
+    /// the GPU's MIG mode is switched after the plan's steps (see [`Engine::switch_mig_mode`]).
+    pub(crate) fn execute_journalled(
+        &mut self,
+        gpu: u32,
+        plan: &ReconfigurePlan,
+        by: Option<String>,
+        for_job: Option<u64>,
+        mig_mode: Option<bool>,
+    ) -> Result<(), String> {
+        let uuid = self.facts.gpu(gpu).map(|g| g.uuid.clone()).ok_or_else(|| format!("no GPU {gpu}"))?;
+        let journal = JournalPlan { steps: plan.steps.clone(), target: plan.target.clone(), by, mig_mode };
+        let id = self
+            .store
+            .begin_reconfig(&uuid, gpu, &journal, for_job, tessera_host::now_ms())
+            .map_err(|e| format!("cannot write the reconfiguration journal: {e}"))?;
+        let result = self.run_journal(id, gpu, plan, mig_mode);
+        let outcome = match &result {
+            Ok(()) => ReconfigOutcome::Completed,
+            Err((true, _)) => ReconfigOutcome::RolledBack,
+            Err((false, detail)) => ReconfigOutcome::Abandoned { detail: detail.clone() },
+        };
+        let _ = self.store.finish_reconfig(id, outcome, tessera_host::now_ms());
+        result.map_err(|(_, e)| e)
+    }
+
+    /// The steps of journal entry `id`; `Err((rolled_back, why))`.
+    fn run_journal(
+        &mut self,
+        id: u64,
+        gpu: u32,
+        plan: &ReconfigurePlan,
+        mig_mode: Option<bool>,
+    ) -> Result<(), (bool, String)> {
+        let store = &self.store;
+        let mut mark = |k: usize, line: &str| {
+            let _ = store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), line, tessera_host::now_ms());
+        };
+        if !plan.steps.is_empty() {
+            tessera_gpu::execute_plan_observed(self.node.backend(), gpu, plan, &mut mark)
+                .map_err(|e| (e.rolled_back, e.to_string()))?;
+        }
+        // Instances created anew are healthy again (an instance Xid is cured by recreating).
+        self.instances_recreated(gpu, plan);
+        if let Some(enabled) = mig_mode {
+            self.set_mode_now(gpu, enabled).map_err(|e| (false, e))?;
+        }
+        Ok(())
+    }
+
+    /// Turns an idle GPU's MIG mode on or off, journalled: its idle instances are destroyed
+    /// first, then the mode is set; a GPU whose model needs a reset for it (A100, A30) is reset.
+    pub(crate) fn switch_mig_mode(&mut self, gpu: u32, enabled: bool, for_job: Option<u64>) -> Result<(), String> {
+        let view = tessera_gpu::gpu_view(self.backend(), gpu).map_err(|e| e.to_string())?;
+        if view.instances.iter().any(|i| i.busy) {
+            return Err(format!("GPU {gpu} has instances in use"));
+        }
+        let plan = match view.model {
+            Some(model) if view.mig.current && !enabled => {
+                tessera_mig::reconfigure(model, &view.current(), &tessera_mig::Wanted::Layout(Vec::new()))
+                    .map_err(|e| e.to_string())?
+            }
+            _ => ReconfigurePlan { steps: Vec::new(), target: Vec::new(), unchanged: Vec::new() },
+        };
+        self.execute_journalled(gpu, &plan, None, for_job, Some(enabled))
+    }
+
+    /// Sets the MIG mode of an idle GPU with no instances, resetting it when its model needs a
+    /// reset for the change to take effect.
+    fn set_mode_now(&mut self, gpu: u32, enabled: bool) -> Result<(), String> {
+        let backend = self.node.backend();
+        let mode = match backend.set_mig_mode(gpu, enabled) {
+            Ok(m) => m,
+            Err(tessera_gpu::BackendError::InUse { what, .. }) => return Err(what),
+            Err(e) => return Err(e.to_string()),
+        };
+        if mode.current == enabled {
+            return Ok(());
+        }
+        // The driver keeps the change pending until the GPU is reset.
+        self.reset_gpu(gpu)?;
+        let mode = backend.mig_mode(gpu).map_err(|e| e.to_string())?;
+        if mode.current != enabled {
+            return Err(format!("GPU {gpu}: MIG mode is still {mode} after a reset"));
+        }
+        Ok(())
+    }
+
+    /// Resets an idle GPU: the simulated node's reset, or `nvidia-smi --gpu-reset -i N`.
+    pub(crate) fn reset_gpu(&self, gpu: u32) -> Result<(), String> {
+        match self.node.sim() {
+            Some(sim) => sim.reset_gpu(gpu).map(drop).map_err(|e| e.to_string()),
+            None => {
+                let out = std::process::Command::new("nvidia-smi")
+                    .args(["--gpu-reset", "-i", &gpu.to_string()])
+                    .output()
+                    .map_err(|e| format!("running nvidia-smi --gpu-reset: {e}"))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "nvidia-smi --gpu-reset -i {gpu}: {}",
+                        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+                            + String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Ends a job that can no longer run as decided (its instance vanished, its launch
+    /// failed for good).
+    pub(crate) fn fail_job(&mut self, id: u64, from: JobState, reason: &str) {
+        let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.to_owned() };
+        let _ = self.store.finish(id, from, JobState::Failed, reason, exit, tessera_host::now_ms());
+    }
+}

@@ -1,0 +1,282 @@
+//! The node as the engine knows it: facts that do not change while the daemon runs
+//! ([`NodeFacts`]: GPUs, their models, host CPUs and memory per NUMA node, the driver's limit on
+//! MIG devices per process), the jobs holding slices (from the store, exactly as decided), and
+//! each round the scheduler's [`ClusterView`] of the node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_gpu::open::Node;
+use tessera_gpu::view::NodeView;
+use tessera_mig::{GpuModel, Instance};
+use tessera_sched::{
+    ClusterView, GpuView, HostNuma, InstanceView, MIG_DEVICES_PER_PROCESS_R570, Occupant, RankStart, RunningJob,
+    Sharing, SlicePlacement, full_profile,
+};
+use tessera_store::{JobFilter, JobState};
+
+use super::{Engine, EngineError};
+use crate::config::Config;
+
+/// One GPU, as found at start.
+#[derive(Debug, Clone)]
+pub struct GpuFact {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    /// `/dev/nvidia<minor>`.
+    pub minor: u32,
+    pub numa_node: Option<u32>,
+    /// Its catalog model, or (a GPU the catalog does not know) a whole-GPU-only model.
+    pub model: &'static GpuModel,
+    /// The model is the catalog's (the GPU can do MIG).
+    pub catalog: bool,
+}
+
+/// What the engine knows of the node for the daemon's life.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub gpus: Vec<GpuFact>,
+    /// Host CPUs the daemon may hand out, per host NUMA node.
+    pub host_cpus: BTreeMap<u32, Vec<u32>>,
+    /// Host memory per NUMA node, in MiB.
+    pub host_mem_mib: BTreeMap<u32, u64>,
+    /// MIG devices one process may use: 64 from driver R570 on, 1 before.
+    pub mig_per_process: u32,
+    /// The driver version, when NVML says.
+    pub driver: Option<String>,
+}
+
+/// MIG devices one process may use with this driver version (`mig-hardware.md`, "UUIDs and
+/// CUDA enumeration").
+pub fn mig_per_process(driver: &str) -> u32 {
+    match driver.split('.').next().and_then(|m| m.trim().parse::<u32>().ok()) {
+        Some(major) if major < 570 => 1,
+        _ => MIG_DEVICES_PER_PROCESS_R570,
+    }
+}
+
+impl NodeFacts {
+    /// Reads the node: every GPU that answers, and the host around them.
+    pub fn read(node: &Node, _config: &Config) -> Result<NodeFacts, EngineError> {
+        let backend = node.backend();
+        let devices = backend.devices().map_err(|e| EngineError::Internal(format!("listing the GPUs: {e}")))?;
+        let mut gpus = Vec::new();
+        let mut host_cpus: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut plain: BTreeMap<(String, u64), &'static GpuModel> = BTreeMap::new();
+        for d in &devices {
+            let (model, catalog) = match d.model() {
+                Some(m) => (m, true),
+                None => {
+                    let key = (d.name.clone(), d.memory_total_mib);
+                    let m = *plain.entry(key).or_insert_with(|| {
+                        // One per distinct GPU kind, for the daemon's life.
+                        &*Box::leak(Box::new(GpuModel::whole_gpu_only(&d.name, d.memory_total_mib)))
+                    });
+                    (m, false)
+                }
+            };
+            gpus.push(GpuFact {
+                index: d.index,
+                uuid: d.uuid.clone(),
+                name: d.name.clone(),
+                minor: d.minor_number,
+                numa_node: d.numa_node,
+                model,
+                catalog,
+            });
+            let e = host_cpus.entry(d.numa_node.unwrap_or(0)).or_default();
+            e.extend(d.local_cpus.iter().copied());
+            e.sort_unstable();
+            e.dedup();
+        }
+        let nodes: Vec<u32> = host_cpus.keys().copied().collect();
+        let host_mem_mib = tessera_host::memory::numa_memory_mib(&nodes);
+        let driver = match node {
+            Node::Nvml(n) => Some(n.driver_version().to_string()),
+            Node::Sim(_) => None,
+        };
+        let mig_per_process = driver.as_deref().map_or(MIG_DEVICES_PER_PROCESS_R570, mig_per_process);
+        Ok(NodeFacts { gpus, host_cpus, host_mem_mib, mig_per_process, driver })
+    }
+
+    pub fn gpu(&self, index: u32) -> Option<&GpuFact> {
+        self.gpus.iter().find(|g| g.index == index)
+    }
+
+    pub fn by_uuid(&self, uuid: &str) -> Option<&GpuFact> {
+        self.gpus.iter().find(|g| g.uuid == uuid)
+    }
+
+    /// (index, UUID) of every GPU.
+    pub fn ids(&self) -> Vec<(u32, String)> {
+        self.gpus.iter().map(|g| (g.index, g.uuid.clone())).collect()
+    }
+
+    /// The node with nothing running, for admission: every GPU in its current MIG mode, every
+    /// host CPU and all memory free.
+    pub fn capacity(&self, live_mig: &BTreeMap<u32, bool>) -> ClusterView {
+        let gpus = self
+            .gpus
+            .iter()
+            .map(|g| {
+                let mig = g.catalog && live_mig.get(&g.index).copied().unwrap_or(true);
+                let mut v = if mig { GpuView::new(g.index, g.model) } else { GpuView::whole(g.index, g.model) };
+                v.numa_node = g.numa_node;
+                v.mig_capable = g.catalog;
+                v
+            })
+            .collect();
+        let host = self
+            .host_cpus
+            .iter()
+            .map(|(node, cpus)| HostNuma {
+                node: *node,
+                free_cpus: cpus.clone(),
+                free_mem_mib: self.host_mem_mib.get(node).copied().unwrap_or(0),
+            })
+            .collect();
+        ClusterView { gpus, host, max_mig_devices_per_process: self.mig_per_process }
+    }
+}
+
+impl Engine {
+    /// The jobs that hold slices (placing or running), each rank with its slices, CPUs and
+    /// memory exactly as the store recorded them.
+    pub(crate) fn running_jobs(&mut self) -> Result<Vec<RunningJob>, EngineError> {
+        let mut by_job: BTreeMap<u64, Vec<tessera_store::LiveAllocation>> = BTreeMap::new();
+        for a in self.store.live_allocations()? {
+            by_job.entry(a.job).or_default().push(a);
+        }
+        let recs = self
+            .store
+            .jobs(&JobFilter { states: vec![JobState::Placing, JobState::Running], ..JobFilter::default() })?;
+        let mut out = Vec::new();
+        for rec in recs {
+            self.requests.entry(rec.id).or_insert_with(|| (rec.request.clone(), rec.user_uid));
+            let mut ranks: Vec<RankStart> = Vec::new();
+            let mut allocs = by_job.remove(&rec.id).unwrap_or_default();
+            allocs.sort_by_key(|a| (a.rank, a.slice));
+            for a in allocs {
+                let slice = SlicePlacement {
+                    gpu: a.allocation.gpu_index,
+                    instance: Instance::new(a.allocation.profile_id, a.allocation.start),
+                    numa_node: a.allocation.numa_node,
+                    host: a.allocation.host.clone(),
+                };
+                match ranks.last_mut() {
+                    Some(r) if r.rank == a.rank => r.slices.push(slice),
+                    _ => ranks.push(RankStart { rank: a.rank, slices: vec![slice] }),
+                }
+            }
+            out.push(RunningJob {
+                id: rec.id,
+                request: rec.request,
+                started_ms: rec.started_ms.unwrap_or(rec.submitted_ms),
+                ranks,
+                user: rec.user_uid,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The scheduler's view of the node: every GPU with its health, drain, MIG mode and
+    /// instances (occupied by running jobs, or busy with processes Tessera did not start), and
+    /// the host CPUs and memory running jobs leave free.
+    pub(crate) fn cluster_view(&self, live: &NodeView, running: &[RunningJob]) -> ClusterView {
+        let mut occupants: BTreeMap<(u32, u32, u8), Vec<Occupant>> = BTreeMap::new();
+        for j in running {
+            for s in j.slices() {
+                occupants.entry((s.gpu, s.instance.profile_id, s.instance.start)).or_default().push(Occupant {
+                    job: j.id,
+                    sharing: j.request.sharing,
+                    user: j.user,
+                });
+            }
+        }
+        let foreign = Occupant { job: 0, sharing: Sharing::Exclusive, user: u32::MAX };
+        let mut gpus = Vec::new();
+        for g in &live.gpus {
+            let Some(fact) = self.facts.gpu(g.device.index) else { continue };
+            let index = fact.index;
+            let health = self.health.gpu_health(index);
+            let mut v = GpuView::new(index, fact.model);
+            v.numa_node = fact.numa_node;
+            v.healthy = !health.is_unhealthy();
+            v.health_note = match &health {
+                tessera_gpu::health::Health::Unhealthy { reason, .. } => Some(reason.clone()),
+                _ => None,
+            };
+            v.drained = self.drains.contains_key(&fact.uuid);
+            v.mig = fact.catalog && g.mig.current;
+            v.mig_capable = fact.catalog;
+            if v.mig {
+                v.instances = g
+                    .instances
+                    .iter()
+                    .map(|i| {
+                        let mut occ = occupants
+                            .get(&(index, i.instance.profile_id, i.instance.start))
+                            .cloned()
+                            .unwrap_or_default();
+                        // Work Tessera did not start (another tool's process) makes it busy too.
+                        if occ.is_empty() && i.busy {
+                            occ.push(foreign);
+                        }
+                        InstanceView {
+                            instance: i.instance,
+                            occupants: occ,
+                            healthy: !self.health.instance_health(index, i.gpu_instance_id).is_unhealthy(),
+                        }
+                    })
+                    .collect();
+            } else if let Some(full) = full_profile(fact.model) {
+                let mut occ = occupants.get(&(index, full.id, 0)).cloned().unwrap_or_default();
+                // MIG off: any process on the GPU that is not ours makes it busy.
+                if occ.is_empty() && self.backend().processes(index).is_ok_and(|p| !p.is_empty()) {
+                    occ.push(foreign);
+                }
+                v.instances = vec![InstanceView { instance: Instance::new(full.id, 0), occupants: occ, healthy: true }];
+            }
+            gpus.push(v);
+        }
+        // A GPU that does not answer (lost, off the bus) is shown unhealthy with what it said.
+        for f in &live.failed {
+            let Some(fact) = self.facts.gpu(f.gpu.index) else { continue };
+            if gpus.iter().any(|g: &GpuView| g.gpu == fact.index) {
+                continue;
+            }
+            let mut v = GpuView::new(fact.index, fact.model);
+            v.numa_node = fact.numa_node;
+            v.healthy = false;
+            v.health_note = Some(format!("it does not answer: {}", f.error));
+            v.mig = fact.catalog;
+            v.mig_capable = fact.catalog;
+            gpus.push(v);
+        }
+        let mut used_cpus: BTreeSet<u32> = BTreeSet::new();
+        let mut used_mem: BTreeMap<u32, u64> = BTreeMap::new();
+        for s in running.iter().flat_map(RunningJob::slices) {
+            for h in &s.host {
+                used_cpus.extend(h.cpus.iter().copied());
+                *used_mem.entry(h.node).or_default() += h.mem_mib;
+            }
+        }
+        let host = self
+            .facts
+            .host_cpus
+            .iter()
+            .map(|(node, cpus)| HostNuma {
+                node: *node,
+                free_cpus: cpus.iter().copied().filter(|c| !used_cpus.contains(c)).collect(),
+                free_mem_mib: self
+                    .facts
+                    .host_mem_mib
+                    .get(node)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(used_mem.get(node).copied().unwrap_or(0)),
+            })
+            .collect();
+        ClusterView { gpus, host, max_mig_devices_per_process: self.facts.mig_per_process }
+    }
+}
