@@ -197,7 +197,11 @@ fn write_atomic_with(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ExecEr
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        // The job directory's files are the daemon's alone (a spec holds the job's environment).
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?
+        };
         file.write_all(bytes)?;
         if sync {
             file.sync_all()?;

@@ -291,14 +291,107 @@ impl Serialize for BackendError {
     }
 }
 
-/// The GPU with index `gpu`, or `NotFound` naming how many GPUs the node has.
+/// The GPU with index `gpu`, or `NotFound` naming how many GPUs the node has. Another GPU that
+/// fails (e.g. one that fell off the bus) does not make this one unreadable: only this GPU's own
+/// error is returned.
 pub fn device_by_index(backend: &dyn MigBackend, gpu: u32) -> Result<DeviceInfo, BackendError> {
-    let devices = backend.devices()?;
+    let devices = backend.devices_partial()?;
     let n = devices.len();
-    devices.into_iter().find(|d| d.index == gpu).ok_or_else(|| BackendError::NotFound {
+    for d in devices {
+        match d {
+            Ok(d) if d.index == gpu => return Ok(d),
+            Err(f) if f.gpu.index == gpu => return Err(f.error),
+            _ => {}
+        }
+    }
+    Err(BackendError::NotFound {
         gpu: GpuRef::index(gpu),
         what: format!("no GPU with index {gpu}; the node has {n} GPU(s)"),
     })
+}
+
+/// What the driver asks to be done after an uncorrectable error: NVML's
+/// `nvmlDeviceGpuRecoveryAction_t` (`NVML_GPU_RECOVERY_ACTION_*`, read through
+/// `nvmlDeviceGetFieldValues` with `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`, field 230).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryAction {
+    /// `NVML_GPU_RECOVERY_ACTION_NONE` (0): nothing to do; new processes may use the GPU.
+    None,
+    /// `NVML_GPU_RECOVERY_ACTION_GPU_RESET` (1): stop every process and reset the GPU
+    /// (`nvidia-smi -r`).
+    GpuReset,
+    /// `NVML_GPU_RECOVERY_ACTION_NODE_REBOOT` (2): the OS may be inconsistent; reboot the node.
+    NodeReboot,
+    /// `NVML_GPU_RECOVERY_ACTION_DRAIN_P2P` (3): stop peer-to-peer traffic to the GPU.
+    DrainP2p,
+    /// `NVML_GPU_RECOVERY_ACTION_DRAIN_AND_RESET` (4): drain peer-to-peer traffic, then reset.
+    DrainAndReset,
+}
+
+impl RecoveryAction {
+    /// The action for NVML's value; `None` (unknown) for a value this build does not know.
+    pub fn from_nvml(value: u32) -> Option<RecoveryAction> {
+        Some(match value {
+            0 => RecoveryAction::None,
+            1 => RecoveryAction::GpuReset,
+            2 => RecoveryAction::NodeReboot,
+            3 => RecoveryAction::DrainP2p,
+            4 => RecoveryAction::DrainAndReset,
+            _ => return Option::None,
+        })
+    }
+
+    /// NVML's value.
+    pub fn to_nvml(self) -> u32 {
+        match self {
+            RecoveryAction::None => 0,
+            RecoveryAction::GpuReset => 1,
+            RecoveryAction::NodeReboot => 2,
+            RecoveryAction::DrainP2p => 3,
+            RecoveryAction::DrainAndReset => 4,
+        }
+    }
+}
+
+impl fmt::Display for RecoveryAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecoveryAction::None => "none",
+            RecoveryAction::GpuReset => "GPU reset",
+            RecoveryAction::NodeReboot => "node reboot",
+            RecoveryAction::DrainP2p => "drain peer-to-peer traffic",
+            RecoveryAction::DrainAndReset => "drain peer-to-peer traffic and reset",
+        })
+    }
+}
+
+/// What [`MigBackend::observe`] sees of a GPU's recovery state. Each part is `None` where the
+/// backend cannot tell (an older driver, a field NVML does not support).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct GpuObservation {
+    /// How many times the GPU has been reset (the simulated node counts; NVML does not say).
+    pub reset_count: Option<u64>,
+    /// What the driver asks to be done (`NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`).
+    pub recovery_action: Option<RecoveryAction>,
+    /// The node's boot (`/proc/sys/kernel/random/boot_id` for NVML): it changes at a reboot.
+    pub boot_id: Option<String>,
+}
+
+/// A GPU that could not be read, and why.
+#[derive(Debug, Serialize)]
+pub struct FailedGpu {
+    /// The GPU by index, and by UUID where it was known.
+    pub gpu: GpuRef,
+    /// What was read of it before the failure, if anything.
+    pub device: Option<DeviceInfo>,
+    pub error: BackendError,
+}
+
+impl fmt::Display for FailedGpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.error)
+    }
 }
 
 /// The MIG operations Tessera needs, shaped after NVML. Object-safe; `&self` everywhere.
@@ -353,6 +446,16 @@ pub trait MigBackend: Send + Sync + fmt::Debug {
     /// the simulated node keeps raised Xids until a call consumes them. The call blocks: async
     /// callers run it under `spawn_blocking`.
     fn wait_xid_events(&self, timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError>;
+    /// The GPU's recovery state: its reset count, the driver's recovery action and the node's
+    /// boot id. An error (e.g. [`BackendError::GpuLost`]) means the GPU does not answer: a failed
+    /// health probe.
+    fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError>;
+    /// Every GPU of the node, each read on its own, so one GPU that fails (lost, or refusing a
+    /// call) does not hide the others. `Err` only when the node cannot be enumerated at all.
+    /// The default reads [`Self::devices`], which is all or nothing.
+    fn devices_partial(&self) -> Result<Vec<Result<DeviceInfo, FailedGpu>>, BackendError> {
+        Ok(self.devices()?.into_iter().map(Ok).collect())
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tessera_mig::{GpuModel, Instance, Planner, catalog};
 
-use crate::backend::{BackendError, DeviceInfo, MigBackend, MigMode, PlacementRange};
-use crate::health::{HealthTracker, XidEvent};
+use crate::backend::{BackendError, DeviceInfo, GpuObservation, MigBackend, MigMode, PlacementRange, RecoveryAction};
+use crate::health::{HealthTracker, Observation, Recovery, XidEvent};
 use crate::ids::{ci_caps_minor, gi_caps_minor, is_uuid_with_prefix};
 use crate::sim::SimBackend;
 use crate::spec::NodeSpec;
@@ -32,6 +32,10 @@ pub trait Harness {
     fn detach_process(&self, gpu: u32, pid: u32) -> Result<(), String>;
     /// Make the GPU report an Xid error, contained to a GPU and compute instance when given.
     fn raise_xid(&self, gpu: u32, xid: u64, gi: Option<u32>, ci: Option<u32>) -> Result<(), String>;
+    /// Reset the GPU (`nvidia-smi -r -i N`); an error while processes use it.
+    fn reset_gpu(&self, gpu: u32) -> Result<(), String>;
+    /// Reboot the node.
+    fn reboot(&self) -> Result<(), String>;
 }
 
 /// One check.
@@ -71,6 +75,14 @@ impl Harness for SimBackend {
     fn raise_xid(&self, gpu: u32, xid: u64, gi: Option<u32>, ci: Option<u32>) -> Result<(), String> {
         SimBackend::raise_xid(self, gpu, xid, gi, ci).map_err(|e| e.to_string())
     }
+
+    fn reset_gpu(&self, gpu: u32) -> Result<(), String> {
+        SimBackend::reset_gpu(self, gpu).map_err(|e| e.to_string())
+    }
+
+    fn reboot(&self) -> Result<(), String> {
+        SimBackend::reboot(self).map_err(|e| e.to_string())
+    }
 }
 
 /// Every case, in a stable order.
@@ -90,6 +102,8 @@ pub fn cases() -> Vec<Case> {
         Case { name: "every_maximal_layout_round_trips", run: every_maximal_layout_round_trips },
         Case { name: "xid_events_are_delivered_once", run: xid_events_are_delivered_once },
         Case { name: "xid_health_follows_the_events", run: xid_health_follows_the_events },
+        Case { name: "observe_after_a_fatal_xid_and_a_reset", run: observe_after_a_fatal_xid_and_a_reset },
+        Case { name: "a_gpu_off_the_bus_is_lost_until_a_reboot", run: a_gpu_off_the_bus_is_lost_until_a_reboot },
     ]
 }
 
@@ -647,8 +661,130 @@ fn xid_health_follows_the_events(h: &dyn Harness) -> Result<(), String> {
     }
     ensure!(t.gpu_health(g).is_unhealthy(), "Xid 48 left GPU {g} {}", t.gpu_health(g));
     ensure!(t.instance_health(g, bb.id).is_unhealthy(), "Xid 48 on the GPU left GPU instance {} healthy", bb.id);
-    t.probe(g, true, 1020);
-    ensure!(t.gpu_health(g).is_healthy(), "a quiet successful probe did not recover GPU {g}: {}", t.gpu_health(g));
+    // A quiet period is not a reset.
+    t.observe(g, &Observation::answered(&ok(b.observe(g), "observe")?), 100_000);
+    ensure!(t.gpu_health(g).is_unhealthy(), "Xid 48 recovered without a reset: {}", t.gpu_health(g));
+    h.reset_gpu(g)?;
+    t.observe(g, &Observation::answered(&ok(b.observe(g), "observe after the reset")?), 100_010);
+    ensure!(
+        t.gpu_health(g).is_healthy(),
+        "a reset and a successful probe did not recover GPU {g}: {}",
+        t.gpu_health(g)
+    );
+    Ok(())
+}
+
+/// Whether a later observation shows a reset after an earlier one: the reset count grew, or the
+/// driver's recovery action went from asking back to none.
+fn shows_a_reset(before: &GpuObservation, after: &GpuObservation) -> bool {
+    let counted = matches!((before.reset_count, after.reset_count), (Some(a), Some(b)) if b > a);
+    let driver = before.recovery_action.is_some_and(|a| a != RecoveryAction::None)
+        && after.recovery_action == Some(RecoveryAction::None);
+    counted || driver
+}
+
+fn observe_after_a_fatal_xid_and_a_reset(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    ok(b.wait_xid_events(0), "wait for Xid events (first call)")?;
+    let (d, m) = gpu_of(h, "A100-40GB")?;
+    let g = d.index;
+    let fresh = ok(b.observe(g), "observe a fresh GPU")?;
+    ensure!(
+        matches!(fresh.recovery_action, None | Some(RecoveryAction::None)),
+        "a fresh GPU's recovery action is {:?}",
+        fresh.recovery_action
+    );
+    ensure!(fresh.boot_id.as_deref().is_some_and(|id| !id.is_empty()), "no boot id: {fresh:?}");
+    ensure!(fresh.reset_count.is_none_or(|c| c == 0), "a fresh GPU was reset {:?} times", fresh.reset_count);
+    let gi = ok(b.create_gpu_instance(g, profile_id(m, "3g.20gb")?, Some(4)), "create 3g.20gb@4")?;
+    let ci = ok(b.create_compute_instance(g, gi.id, 2), "create its compute instance")?;
+    let mut t = HealthTracker::new(1000);
+    t.observe(g, &Observation::answered(&fresh), 0);
+    h.raise_xid(g, 48, None, None)?;
+    for e in collect_xids(b, 1, Duration::from_secs(10))? {
+        t.record(&e, 10);
+    }
+    let after = ok(b.observe(g), "observe after Xid 48")?;
+    ensure!(
+        after.recovery_action == Some(RecoveryAction::GpuReset),
+        "after Xid 48 the driver's recovery action is {:?}, not a GPU reset",
+        after.recovery_action
+    );
+    ensure!(after.reset_count == fresh.reset_count, "an Xid counted as a reset: {after:?}");
+    t.observe(g, &Observation::answered(&after), 100_000);
+    ensure!(t.gpu_health(g).is_unhealthy(), "Xid 48 recovered without a reset: {}", t.gpu_health(g));
+    // A reset is refused while a process uses the GPU.
+    h.attach_process(g, gi.id, ci.id, 4242)?;
+    ensure!(h.reset_gpu(g).is_err(), "a GPU in use by a process was reset");
+    h.detach_process(g, 4242)?;
+    h.reset_gpu(g)?;
+    let reset = ok(b.observe(g), "observe after the reset")?;
+    ensure!(shows_a_reset(&after, &reset), "the reset does not show: {after:?} then {reset:?}");
+    ensure!(reset.boot_id == fresh.boot_id, "a GPU reset changed the boot id: {fresh:?} then {reset:?}");
+    ensure!(listed(h, g)?.is_empty(), "the reset left GPU instances: {:?}", listed(h, g)?);
+    ensure!(ok(b.mig_mode(g), "MIG mode after the reset")?.current, "the reset turned MIG off");
+    t.observe(g, &Observation::answered(&reset), 100_010);
+    ensure!(t.gpu_health(g).is_healthy(), "the reset did not recover GPU {g}: {}", t.gpu_health(g));
+    Ok(())
+}
+
+fn a_gpu_off_the_bus_is_lost_until_a_reboot(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    ok(b.wait_xid_events(0), "wait for Xid events (first call)")?;
+    let (lost, _) = gpu_of(h, "H100-80GB")?;
+    let (a100, m) = gpu_of(h, "A100-40GB")?;
+    let (g, other) = (lost.index, a100.index);
+    let before = ok(b.observe(g), "observe before")?;
+    ok(b.create_gpu_instance(other, profile_id(m, "1g.5gb")?, Some(0)), "create 1g.5gb@0")?;
+    let mut t = HealthTracker::new(1000);
+    t.observe(g, &Observation::answered(&before), 0);
+    h.raise_xid(g, 79, None, None)?;
+    for e in collect_xids(b, 1, Duration::from_secs(10))? {
+        t.record(&e, 10);
+    }
+    // The GPU does not answer; the others do.
+    expect_err(b.observe(g), "gpu_lost", "observe a GPU off the bus")?;
+    expect_err(b.mig_mode(g), "gpu_lost", "MIG mode of a GPU off the bus")?;
+    expect_err(b.gpu_instances(g), "gpu_lost", "GPU instances of a GPU off the bus")?;
+    expect_err(b.devices(), "gpu_lost", "every device, one off the bus")?;
+    expect_err(crate::backend::device_by_index(b, g), "gpu_lost", "the device off the bus")?;
+    ok(crate::backend::device_by_index(b, other), "another device")?;
+    ok(b.observe(other), "observe another GPU")?;
+    let partial = ok(b.devices_partial(), "every device, each on its own")?;
+    let failed: Vec<u32> = partial.iter().filter_map(|d| d.as_ref().err().map(|f| f.gpu.index)).collect();
+    ensure!(failed == [g] && partial.len() == 4, "devices one by one: failed {failed:?} of {}", partial.len());
+    let view = ok(crate::view::node_view_partial(b), "read the node")?;
+    ensure!(
+        view.gpus.len() == 3 && view.failed.len() == 1,
+        "node view: {} read, {} failed",
+        view.gpus.len(),
+        view.failed.len()
+    );
+    ensure!(view.failed[0].error.kind() == "gpu_lost", "node view: {}", view.failed[0].error);
+    t.observe(g, &Observation::failed(), 20);
+    ensure!(
+        matches!(t.gpu_health(g), crate::health::Health::Unhealthy { needs: Recovery::RebootNode, .. }),
+        "Xid 79: {}",
+        t.gpu_health(g)
+    );
+    ensure!(h.reset_gpu(g).is_err(), "a GPU off the bus was reset");
+    h.reboot()?;
+    let after = ok(b.observe(g), "observe after the reboot")?;
+    ensure!(
+        matches!(after.recovery_action, None | Some(RecoveryAction::None)),
+        "after the reboot the recovery action is {:?}",
+        after.recovery_action
+    );
+    ensure!(
+        after.boot_id.is_some() && after.boot_id != before.boot_id,
+        "the reboot did not change the boot id: {:?} then {:?}",
+        before.boot_id,
+        after.boot_id
+    );
+    ensure!(ok(b.devices(), "every device after the reboot")?.len() == 4, "a GPU is missing after the reboot");
+    ensure!(listed(h, other)?.is_empty(), "GPU instances survived the reboot: {:?}", listed(h, other)?);
+    t.observe(g, &Observation::answered(&after), 30);
+    ensure!(t.gpu_health(g).is_healthy(), "the reboot did not recover GPU {g}: {}", t.gpu_health(g));
     Ok(())
 }
 

@@ -25,6 +25,19 @@
 //! Processes are simulated too (not part of the trait): [`SimBackend::attach_process`] marks a
 //! compute instance busy, [`SimBackend::attach_gpu_process`] holds a GPU whose MIG mode is off,
 //! and [`SimBackend::detach_process`] ends either.
+//!
+//! Faults and their recovery are simulated as well (`shared/research/mig-hardware.md`, NVIDIA's
+//! Xid catalog): [`SimBackend::raise_xid`] queues an Xid event and does what the driver does
+//! with it: an Xid that needs a GPU reset sets the GPU's recovery action to
+//! [`RecoveryAction::GpuReset`], Xid 79 (fallen off the bus) to [`RecoveryAction::NodeReboot`]
+//! and makes the GPU *lost*: every call for it, and [`MigBackend::devices`], fails with
+//! [`BackendError::GpuLost`] (a GPU off the bus does not answer). [`SimBackend::reset_gpu`] is
+//! `nvidia-smi -r -i N` (refused while processes use the GPU; destroys its instances, applies a
+//! pending MIG mode, counts the reset, clears the recovery action) and [`SimBackend::reboot`] a
+//! reboot of the node (every GPU: instances and processes gone, pending MIG modes applied, lost
+//! GPUs back, recovery actions cleared, a new boot id). Both drop the Xid events of the GPUs
+//! they reset that were not read yet, as the driver's event queue does not outlive a reset.
+//! [`MigBackend::observe`] reports the reset count, the recovery action and the boot id.
 
 pub mod default_placement;
 
@@ -38,10 +51,10 @@ use serde::{Deserialize, Serialize};
 use tessera_mig::{GpuModel, Instance, Profile, catalog::ComputeInstanceProfile, validate};
 
 use crate::backend::{
-    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuRef,
-    MigBackend, MigMode, PlacementRange, ProcessInfo,
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpuInstanceInfo, GpuInstanceProfileInfo,
+    GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction,
 };
-use crate::health::XidEvent;
+use crate::health::{Recovery, XidEvent, classify};
 use crate::ids;
 use crate::spec::{NodeSpec, gb_from_name};
 
@@ -67,6 +80,9 @@ struct SimState {
     /// [`MigBackend::wait_xid_events`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pending_xids: Vec<XidEvent>,
+    /// Reboots so far: the boot id is derived from it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    boots: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +90,27 @@ struct SimGpu {
     mig: MigMode,
     gpu_instances: Vec<SimGi>,
     processes: Vec<ProcessInfo>,
+    /// Resets so far ([`SimBackend::reset_gpu`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    reset_count: u64,
+    /// What the driver asks to be done, after a fatal Xid.
+    #[serde(default = "no_action", skip_serializing_if = "is_no_action")]
+    recovery_action: RecoveryAction,
+    /// Fell off the bus (Xid 79): answers nothing until a reboot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    lost: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn no_action() -> RecoveryAction {
+    RecoveryAction::None
+}
+
+fn is_no_action(a: &RecoveryAction) -> bool {
+    *a == RecoveryAction::None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,10 +138,35 @@ impl SimState {
             spec: spec.clone(),
             generation: 0,
             gpus: (0..spec.gpu_count())
-                .map(|_| SimGpu { mig: mode, gpu_instances: Vec::new(), processes: Vec::new() })
+                .map(|_| SimGpu {
+                    mig: mode,
+                    gpu_instances: Vec::new(),
+                    processes: Vec::new(),
+                    reset_count: 0,
+                    recovery_action: RecoveryAction::None,
+                    lost: false,
+                })
                 .collect(),
             pending_xids: Vec::new(),
+            boots: 0,
         }
+    }
+
+    /// `/proc/sys/kernel/random/boot_id`'s form, derived from the node and its reboots.
+    fn boot_id(&self) -> String {
+        let hex = format!("{:032x}", ids::hash128(&format!("{}/boot/{}", self.spec, self.boots)));
+        format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    }
+}
+
+impl SimGpu {
+    /// What a reset (or a reboot) does to the GPU: instances and processes gone, a pending MIG
+    /// mode applied, the recovery action cleared.
+    fn reset(&mut self) {
+        self.gpu_instances.clear();
+        self.processes.clear();
+        self.mig.current = self.mig.pending;
+        self.recovery_action = RecoveryAction::None;
     }
 }
 
@@ -376,6 +438,9 @@ impl SimBackend {
             let Some(g) = state.gpus.get_mut(dev.index as usize) else {
                 return Err(self.no_gpu(gpu));
             };
+            if g.lost {
+                return Err(BackendError::GpuLost { gpu: dev.gpu_ref() });
+            }
             f(&mut Gpu { dev, model, state: g }, &mut state.generation)
         })
     }
@@ -450,7 +515,8 @@ impl SimBackend {
     }
 
     /// Simulate an Xid error on GPU `gpu`, contained to a GPU (and compute) instance when given.
-    /// It is kept in the state until [`MigBackend::wait_xid_events`] consumes it, once.
+    /// It is kept in the state until [`MigBackend::wait_xid_events`] consumes it, once; and the
+    /// GPU does what the driver does with it ([`Self::apply_xid`]).
     pub fn raise_xid(
         &self,
         gpu: u32,
@@ -462,7 +528,84 @@ impl SimBackend {
         let event = XidEvent { gpu: dev.index, xid, gpu_instance_id, compute_instance_id };
         self.with_state(|state| {
             state.pending_xids.push(event);
+            apply_xid(state, dev.index, xid);
             Ok(())
+        })
+    }
+
+    /// What the driver does when GPU `gpu` reports Xid `xid`, without queueing the event (the
+    /// stand-in NVML library delivers events its own way): an Xid that needs a GPU reset sets
+    /// the recovery action to [`RecoveryAction::GpuReset`]; Xid 79 sets
+    /// [`RecoveryAction::NodeReboot`] and loses the GPU until a reboot.
+    pub fn apply_xid(&self, gpu: u32, xid: u64) -> Result<(), BackendError> {
+        let dev = self.device(gpu)?;
+        self.with_state(|state| {
+            apply_xid(state, dev.index, xid);
+            Ok(())
+        })
+    }
+
+    /// Reset GPU `gpu`, as `nvidia-smi -r -i N` does: refused with `InUse` while processes use
+    /// it (and `GpuLost` for a GPU off the bus); otherwise its GPU and compute instances are
+    /// destroyed, a pending MIG mode takes effect, the reset is counted, the recovery action is
+    /// cleared, and its Xid events not read yet are dropped.
+    pub fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
+        let dev = self.device(gpu)?;
+        let index = dev.index;
+        self.with_state(|state| {
+            let g = state.gpus.get_mut(index as usize).ok_or_else(|| self.no_gpu(gpu))?;
+            if g.lost {
+                return Err(BackendError::GpuLost { gpu: dev.gpu_ref() });
+            }
+            if !g.processes.is_empty() {
+                let procs: Vec<&ProcessInfo> = g.processes.iter().collect();
+                return Err(BackendError::InUse {
+                    gpu: dev.gpu_ref(),
+                    what: format!("cannot reset it while it is used by {}; stop them first", list_processes(&procs)),
+                });
+            }
+            g.reset();
+            g.reset_count += 1;
+            state.pending_xids.retain(|x| x.gpu != index);
+            Ok(())
+        })
+    }
+
+    /// Reboot the node: on every GPU, instances and processes are gone, pending MIG modes take
+    /// effect, lost GPUs are back and recovery actions cleared; the boot id changes and unread
+    /// Xid events are dropped.
+    pub fn reboot(&self) -> Result<(), BackendError> {
+        self.with_state(|state| {
+            for g in &mut state.gpus {
+                g.reset();
+                g.lost = false;
+            }
+            state.boots += 1;
+            state.pending_xids.clear();
+            Ok(())
+        })
+    }
+
+    /// The node's boot id (it changes at every [`Self::reboot`]).
+    pub fn boot_id(&self) -> Result<String, BackendError> {
+        self.with_state(|state| Ok(state.boot_id()))
+    }
+
+    /// The node's GPUs as the spec describes them, whether or not they answer.
+    pub fn device_infos(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// The GPUs that fell off the bus, by index.
+    pub fn lost_gpus(&self) -> Result<Vec<u32>, BackendError> {
+        self.with_state(|state| {
+            Ok(state
+                .gpus
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.lost)
+                .filter_map(|(i, _)| u32::try_from(i).ok())
+                .collect())
         })
     }
 
@@ -494,8 +637,28 @@ impl MigBackend for SimBackend {
         BackendKind::Simulated
     }
 
+    /// Every GPU; like NVML, `GpuLost` when one of them fell off the bus (use
+    /// [`MigBackend::devices_partial`] to read the others).
     fn devices(&self) -> Result<Vec<DeviceInfo>, BackendError> {
-        Ok(self.devices.clone())
+        self.devices_partial()?.into_iter().map(|d| d.map_err(|f| f.error)).collect()
+    }
+
+    // The per-GPU results are collected into a list, not passed up through `?`: their size does
+    // not matter.
+    #[allow(clippy::result_large_err)]
+    fn devices_partial(&self) -> Result<Vec<Result<DeviceInfo, FailedGpu>>, BackendError> {
+        let lost = self.lost_gpus()?;
+        Ok(self
+            .devices
+            .iter()
+            .map(|d| {
+                if lost.contains(&d.index) {
+                    Err(FailedGpu { gpu: d.gpu_ref(), device: None, error: BackendError::GpuLost { gpu: d.gpu_ref() } })
+                } else {
+                    Ok(d.clone())
+                }
+            })
+            .collect())
     }
 
     fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError> {
@@ -759,6 +922,40 @@ impl MigBackend for SimBackend {
     /// `timeout_ms`), since nothing can raise an Xid while this call holds the state.
     fn wait_xid_events(&self, _timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError> {
         self.with_state(|state| Ok(std::mem::take(&mut state.pending_xids)))
+    }
+
+    fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError> {
+        let dev = self.device(gpu)?;
+        self.with_state(|state| {
+            let boot_id = state.boot_id();
+            let g = state.gpus.get(dev.index as usize).ok_or_else(|| self.no_gpu(gpu))?;
+            if g.lost {
+                return Err(BackendError::GpuLost { gpu: dev.gpu_ref() });
+            }
+            Ok(GpuObservation {
+                reset_count: Some(g.reset_count),
+                recovery_action: Some(g.recovery_action),
+                boot_id: Some(boot_id),
+            })
+        })
+    }
+}
+
+/// The driver's reaction to Xid `xid` on GPU `gpu` (see [`SimBackend::apply_xid`]).
+fn apply_xid(state: &mut SimState, gpu: u32, xid: u64) {
+    let Some(g) = state.gpus.get_mut(gpu as usize) else {
+        return;
+    };
+    let action = match classify(xid).recovery {
+        Recovery::RebootNode => RecoveryAction::NodeReboot,
+        Recovery::ResetGpu => RecoveryAction::GpuReset,
+        Recovery::None | Recovery::Quiet => return,
+    };
+    if Recovery::for_action(action) > Recovery::for_action(g.recovery_action) {
+        g.recovery_action = action;
+    }
+    if xid == 79 {
+        g.lost = true;
     }
 }
 

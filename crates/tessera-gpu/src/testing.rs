@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::{
-    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, MigBackend,
-    MigMode, PlacementRange, ProcessInfo,
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo,
+    GpuObservation, MigBackend, MigMode, PlacementRange, ProcessInfo,
 };
 use crate::health::XidEvent;
 use crate::sim::SimBackend;
@@ -23,6 +23,8 @@ pub(crate) struct Wrapped {
     pub fail_ci_creates_from: Mutex<Option<usize>>,
     pub gi_creates: AtomicUsize,
     pub ci_creates: AtomicUsize,
+    /// `gpu_instances` of this GPU fails (GPU lost).
+    pub fail_gi_lists: Mutex<Option<u32>>,
 }
 
 impl Wrapped {
@@ -34,6 +36,7 @@ impl Wrapped {
             fail_ci_creates_from: Mutex::new(None),
             gi_creates: AtomicUsize::new(0),
             ci_creates: AtomicUsize::new(0),
+            fail_gi_lists: Mutex::new(None),
         }
     }
 
@@ -108,6 +111,9 @@ impl MigBackend for Wrapped {
         self.inner.destroy_gpu_instance(gpu, gi)
     }
     fn gpu_instances(&self, gpu: u32) -> Result<Vec<GpuInstanceInfo>, BackendError> {
+        if *self.fail_gi_lists.lock().unwrap() == Some(gpu) {
+            return Err(self.lost(gpu));
+        }
         self.inner.gpu_instances(gpu)
     }
     fn compute_instances(&self, gpu: u32, gi: u32) -> Result<Vec<ComputeInstanceInfo>, BackendError> {
@@ -118,5 +124,8 @@ impl MigBackend for Wrapped {
     }
     fn wait_xid_events(&self, timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError> {
         self.inner.wait_xid_events(timeout_ms)
+    }
+    fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError> {
+        self.inner.observe(gpu)
     }
 }

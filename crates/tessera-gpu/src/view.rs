@@ -8,7 +8,7 @@
 use serde::Serialize;
 use tessera_mig::{ComputeShape, CurrentInstance, GpuModel, Instance};
 
-use crate::backend::{BackendError, ComputeInstanceInfo, DeviceInfo, MigBackend, MigMode, ProcessInfo};
+use crate::backend::{BackendError, ComputeInstanceInfo, DeviceInfo, FailedGpu, MigBackend, MigMode, ProcessInfo};
 
 /// One GPU as it is now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,11 +78,55 @@ pub fn gpu_view(backend: &dyn MigBackend, gpu: u32) -> Result<GpuView, BackendEr
     view_of(backend, crate::backend::device_by_index(backend, gpu)?)
 }
 
-/// Read every GPU of the node, by index.
+/// Read every GPU of the node, by index: all or nothing (the first GPU that fails fails the
+/// read). [`node_view_partial`] reads the others when one fails.
 pub fn node_view(backend: &dyn MigBackend) -> Result<Vec<GpuView>, BackendError> {
     let mut devices = backend.devices()?;
     devices.sort_by_key(|d| d.index);
     devices.into_iter().map(|d| view_of(backend, d)).collect()
+}
+
+/// The node as far as it could be read: the GPUs that answered, and each GPU that failed with
+/// its error.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    /// The GPUs read, by index.
+    pub gpus: Vec<GpuView>,
+    /// The GPUs that failed (lost, or refusing a call), by index.
+    pub failed: Vec<FailedGpu>,
+}
+
+impl NodeView {
+    /// Every GPU read, or the first failure.
+    pub fn complete(self) -> Result<Vec<GpuView>, BackendError> {
+        match self.failed.into_iter().next() {
+            Some(f) => Err(f.error),
+            None => Ok(self.gpus),
+        }
+    }
+}
+
+/// Read every GPU of the node, by index; a GPU that fails (e.g. one that fell off the bus) is
+/// reported in [`NodeView::failed`] and does not hide the others. `Err` only when the node
+/// cannot be enumerated at all.
+pub fn node_view_partial(backend: &dyn MigBackend) -> Result<NodeView, BackendError> {
+    let mut out = NodeView { gpus: Vec::new(), failed: Vec::new() };
+    for d in backend.devices_partial()? {
+        match d {
+            Ok(device) => {
+                let gpu = device.gpu_ref();
+                let kept = device.clone();
+                match view_of(backend, device) {
+                    Ok(v) => out.gpus.push(v),
+                    Err(error) => out.failed.push(FailedGpu { gpu, device: Some(kept), error }),
+                }
+            }
+            Err(f) => out.failed.push(f),
+        }
+    }
+    out.gpus.sort_by_key(|v| v.device.index);
+    out.failed.sort_by_key(|f| f.gpu.index);
+    Ok(out)
 }
 
 fn view_of(backend: &dyn MigBackend, device: DeviceInfo) -> Result<GpuView, BackendError> {
@@ -205,6 +249,37 @@ mod tests {
         assert_eq!(labels, ["3g.20gb@0", "1c.2g.10gb@4"]);
         assert_eq!(v.instances[0].placement_size, 4);
         assert_eq!(v.current().len(), 2);
+    }
+
+    #[test]
+    fn one_failing_gpu_does_not_hide_the_others() {
+        let b = SimBackend::in_memory(&NodeSpec::parse("3xA100-40GB,mig=on").unwrap());
+        b.create_gpu_instance(2, 9, Some(0)).unwrap();
+        b.raise_xid(1, 79, None, None).unwrap();
+        // The strict read fails; the partial one reads GPUs 0 and 2 and names GPU 1.
+        assert_eq!(node_view(&b).unwrap_err().kind(), "gpu_lost");
+        let v = node_view_partial(&b).unwrap();
+        assert_eq!(v.gpus.iter().map(|g| g.device.index).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(v.gpus[1].instances.len(), 1);
+        assert_eq!(v.failed.len(), 1);
+        assert_eq!(v.failed[0].gpu.index, 1);
+        assert!(v.failed[0].gpu.uuid.is_some());
+        assert_eq!(v.failed[0].error.kind(), "gpu_lost");
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["failed"][0]["error"]["kind"], "gpu_lost");
+        assert_eq!(json["failed"][0]["gpu"]["index"], 1);
+        // Single-GPU reads of the others still work; the lost one says it is lost.
+        assert!(gpu_view(&b, 2).is_ok());
+        assert_eq!(gpu_view(&b, 1).unwrap_err().kind(), "gpu_lost");
+        assert!(v.complete().is_err());
+        // A call that fails after the device list (here: a GPU whose instances cannot be
+        // listed) is reported too, with what was read of the device.
+        let w = crate::testing::Wrapped::new(SimBackend::in_memory(&NodeSpec::parse("2xA100-40GB,mig=on").unwrap()));
+        *w.fail_gi_lists.lock().unwrap() = Some(1);
+        let v = node_view_partial(&w).unwrap();
+        assert_eq!(v.gpus.len(), 1);
+        assert_eq!(v.failed[0].gpu.index, 1);
+        assert!(v.failed[0].device.is_some());
     }
 
     #[test]

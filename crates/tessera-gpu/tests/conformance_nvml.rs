@@ -63,6 +63,7 @@ impl Node {
         let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("temp dir");
         std::fs::write(dir.path().join("mig-minors"), mig_minors_text(32)).expect("write mig-minors");
         std::fs::create_dir_all(dir.path().join("sys")).expect("fake sysfs");
+        std::fs::write(dir.path().join("boot_id"), "boot-0\n").expect("fake boot id");
         Node { dir, spec: spec.to_string() }
     }
 
@@ -72,6 +73,18 @@ impl Node {
 
     fn xids(&self) -> PathBuf {
         self.dir.path().join("xids")
+    }
+
+    /// The fake `/proc/sys/kernel/random/boot_id` the backend reads.
+    fn boot_id(&self) -> PathBuf {
+        self.dir.path().join("boot_id")
+    }
+
+    /// Reboot the node: the simulated node's reboot, and a new boot id.
+    fn reboot(&self) -> Result<(), String> {
+        self.sim()?.reboot().map_err(|e| e.to_string())?;
+        let old = std::fs::read_to_string(self.boot_id()).unwrap_or_default();
+        std::fs::write(self.boot_id(), format!("{}x\n", old.trim())).map_err(|e| e.to_string())
     }
 
     /// Open NVML over the stand-in with the node's files and `extra` environment.
@@ -84,7 +97,9 @@ impl Node {
         vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         configure(&vars);
         let b = NvmlBackend::open(Some(&library())).map_err(|e| format!("open NVML: {e}"))?;
-        Ok(b.with_mig_minors_path(self.dir.path().join("mig-minors")).with_sysfs_root(self.dir.path().join("sys")))
+        Ok(b.with_mig_minors_path(self.dir.path().join("mig-minors"))
+            .with_sysfs_root(self.dir.path().join("sys"))
+            .with_boot_id_path(self.boot_id()))
     }
 
     /// The same node through the simulated backend (processes are simulated there).
@@ -133,6 +148,14 @@ impl Harness for NvmlHarness {
         let mut f =
             OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         f.write_all(line.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn reset_gpu(&self, gpu: u32) -> Result<(), String> {
+        self.sim.reset_gpu(gpu).map_err(|e| e.to_string())
+    }
+
+    fn reboot(&self) -> Result<(), String> {
+        self.node.reboot()
     }
 }
 
@@ -262,6 +285,55 @@ fn in_use() -> Check {
     let offered = ok(b.compute_instance_profiles(0, gi3.id), "compute instance profiles")?;
     ensure!(offered.iter().map(|c| c.id).collect::<Vec<_>>() == [0, 1, 2], "offered: {offered:?}");
     ensure!(ok(b.gpu_instance_remaining_capacity(0, pid_of(m, "1g.5gb")), "remaining capacity")? == 3, "1g.5gb left");
+    Ok(())
+}
+
+/// `tessera_gpu::open` with a real (stand-in) NVML: `Auto` takes it when it lists GPUs, also
+/// with one GPU lost; it is an error, not a fallback, when NVML cannot list them.
+fn open_policy() -> Check {
+    use tessera_gpu::{BackendChoice, OpenError, OpenOptions};
+    let node = Node::new("2xA100-40GB");
+    let opts = |choice: BackendChoice, spec: Option<&str>| OpenOptions {
+        choice,
+        nvml_library: Some(library()),
+        sim_spec: spec.map(str::to_string),
+        sim_state: node.dir.path().join("sim.json"),
+    };
+    let env = |extra: &[(&'static str, &str)]| {
+        let mut vars = vec![
+            ("TESSERA_STANDIN_SPEC", node.spec.clone()),
+            ("TESSERA_STANDIN_STATE", node.state().display().to_string()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        configure(&vars);
+    };
+    env(&[]);
+    {
+        let o = tessera_gpu::open::open(&opts(BackendChoice::Auto, None)).map_err(|e| e.to_string())?;
+        ensure!(o.node.sim().is_none() && o.fallback.is_none(), "auto did not take NVML: {}", o.description);
+        ensure!(o.description == "NVML, driver 580.65.06, 2 GPU(s)", "description: {}", o.description);
+    }
+    env(&[("TESSERA_STANDIN_LOST", "1")]);
+    {
+        let o = tessera_gpu::open::open(&opts(BackendChoice::Auto, None)).map_err(|e| e.to_string())?;
+        ensure!(o.node.sim().is_none(), "a lost GPU made auto fall back: {}", o.description);
+        ensure!(o.description.ends_with("2 GPU(s)"), "description: {}", o.description);
+    }
+    env(&[("TESSERA_STANDIN_FAULTS", "nvmlDeviceGetCount_v2:1+=UNKNOWN")]);
+    match tessera_gpu::open::open(&opts(BackendChoice::Auto, None)) {
+        Err(OpenError::NvmlCannotList { .. }) => {}
+        Err(e) => return Err(format!("auto with a broken NVML: {e}")),
+        Ok(o) => return Err(format!("auto with a broken NVML opened {}", o.description)),
+    }
+    env(&[]);
+    match tessera_gpu::open::open(&opts(BackendChoice::Nvml, Some("1xA30"))) {
+        Err(OpenError::SpecWithNvml { .. }) => {}
+        other => return Err(format!("NVML with a simulated-node spec: {:?}", other.map(|o| o.description))),
+    }
+    {
+        let o = tessera_gpu::open::open(&opts(BackendChoice::Auto, Some("1xA30"))).map_err(|e| e.to_string())?;
+        ensure!(o.node.sim().is_some(), "a spec did not mean the simulated node: {}", o.description);
+    }
     Ok(())
 }
 
@@ -498,7 +570,8 @@ fn nvml_backend_over_the_standin() {
     assert_eq!(n, conformance::cases().len());
     failures.extend(suite.iter().map(|f| format!("conformance {f}")));
 
-    let checks: [(&str, Scenario); 6] = [
+    let checks: [(&str, Scenario); 7] = [
+        ("open", open_policy),
         ("NO_PERMISSION", no_permission),
         ("no MIG", no_mig),
         ("GPU lost", lost),

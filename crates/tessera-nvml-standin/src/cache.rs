@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::Path;
 
-use tessera_gpu::{ComputeInstanceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, MigMode, ProcessInfo};
+use tessera_gpu::{ComputeInstanceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuObservation, MigMode, ProcessInfo};
 
 /// Answers valid for one content of the state file.
 #[derive(Debug, Default)]
@@ -25,6 +25,8 @@ pub struct ReadCache {
     pub compute_instances: HashMap<(u32, u32), Vec<ComputeInstanceInfo>>,
     pub processes: HashMap<u32, Vec<ProcessInfo>>,
     pub profiles: HashMap<u32, Vec<GpuInstanceProfileInfo>>,
+    pub lost: HashMap<(), Vec<u32>>,
+    pub observations: HashMap<u32, GpuObservation>,
 }
 
 impl ReadCache {

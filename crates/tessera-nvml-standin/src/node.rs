@@ -6,7 +6,8 @@
 //!
 //! Checks run in NVML's order: initialised (`UNINITIALIZED`), the fault plan (a faulted call does
 //! nothing), the handle (`INVALID_ARGUMENT` for one the library did not hand out or whose instance
-//! is gone), a lost GPU (`GPU_IS_LOST`), a GPU without MIG (`NOT_SUPPORTED` for MIG calls), then
+//! is gone), a lost GPU (`GPU_IS_LOST`: in `TESSERA_STANDIN_LOST`, or fallen off the bus on the
+//! simulated node after an Xid 79), a GPU without MIG (`NOT_SUPPORTED` for MIG calls), then
 //! `NO_PERMISSION` for mutating calls, then the operation itself on the simulated node, whose
 //! errors map by [`tessera_gpu::BackendError::kind`].
 
@@ -16,10 +17,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use nvml_wrapper_sys::bindings::field_id::NVML_FI_DEV_GET_GPU_RECOVERY_ACTION;
 use nvml_wrapper_sys::bindings::*;
 use tessera_gpu::{
-    BackendError, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, MigBackend, MigMode,
-    NodeSpec, PlacementRange, ProcessInfo, SimBackend,
+    BackendError, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuObservation, MigBackend,
+    MigMode, NodeSpec, PlacementRange, ProcessInfo, SimBackend,
 };
 use tessera_mig::{GpuModel, Instance, Profile};
 
@@ -309,7 +311,8 @@ impl Node {
                 SimBackend::in_memory(config.spec.as_ref().unwrap_or(&default))
             }
         };
-        let devices = sim.devices().map_err(|e| e.to_string())?;
+        // The spec's devices, whether or not one of them is lost now.
+        let devices = sim.device_infos().to_vec();
         let models = sim.spec().models();
         config.check_gpus(u32::try_from(devices.len()).unwrap_or(u32::MAX))?;
         let xids = config.xids.as_deref().map(XidFeed::new);
@@ -345,6 +348,15 @@ impl Node {
         cache::read(&self.reads, self.sim.path(), |c| &mut c.processes, gpu, || self.sim.processes(gpu))
     }
 
+    /// The GPUs the simulated node has lost (Xid 79, until a reboot).
+    fn read_lost(&self) -> Result<Vec<u32>, BackendError> {
+        cache::read(&self.reads, self.sim.path(), |c| &mut c.lost, (), || self.sim.lost_gpus())
+    }
+
+    fn read_observation(&self, gpu: u32) -> Result<GpuObservation, BackendError> {
+        cache::read(&self.reads, self.sim.path(), |c| &mut c.observations, gpu, || self.sim.observe(gpu))
+    }
+
     fn read_profiles(&self, gpu: u32) -> Result<Vec<GpuInstanceProfileInfo>, BackendError> {
         cache::read(&self.reads, self.sim.path(), |c| &mut c.profiles, gpu, || self.sim.gpu_instance_profiles(gpu))
     }
@@ -370,7 +382,11 @@ impl Node {
     }
 
     fn not_lost(&self, gpu: u32) -> NvmlResult<()> {
-        if self.config.lost.contains(&gpu) { Err(GPU_IS_LOST) } else { Ok(()) }
+        if self.config.lost.contains(&gpu) || self.backend(self.read_lost())?.contains(&gpu) {
+            Err(GPU_IS_LOST)
+        } else {
+            Ok(())
+        }
     }
 
     fn mig_capable(&self, gpu: u32) -> NvmlResult<()> {
@@ -626,6 +642,28 @@ impl Node {
     /// The GPU's host NUMA node, `None` when the platform does not say.
     pub fn numa_node(&self, h: Handle) -> NvmlResult<Option<u32>> {
         Ok(self.dev(self.parent_gpu(h)?).numa_node)
+    }
+
+    // ----- field values -----
+
+    /// `nvmlDeviceGetFieldValues`: each field's value, or its own return code. Only
+    /// `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION` is answered (from the simulated node's recovery
+    /// action, on a GPU handle); every other field is `NOT_SUPPORTED`.
+    pub fn field_values(&self, h: Handle, fields: &[u32]) -> NvmlResult<Vec<NvmlResult<u32>>> {
+        let gpu = match self.device(h)? {
+            DeviceRef::Gpu(gpu) => Some(gpu),
+            DeviceRef::Mig(_) => None,
+        };
+        fields
+            .iter()
+            .map(|&field| match (field, gpu) {
+                (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, Some(gpu)) => {
+                    let obs = self.backend(self.read_observation(gpu))?;
+                    Ok(obs.recovery_action.map(|a| a.to_nvml()).ok_or(NOT_SUPPORTED))
+                }
+                _ => Ok(Err(NOT_SUPPORTED)),
+            })
+            .collect()
     }
 
     // ----- MIG mode -----
@@ -957,6 +995,10 @@ impl Node {
                     continue;
                 }
             };
+            // The driver's reaction: the recovery action, and a GPU off the bus for Xid 79.
+            if let Err(e) = self.sim.apply_xid(ev.gpu, ev.xid) {
+                eprintln!("tessera-nvml-standin: Xid {} on GPU {}: {e}", ev.xid, ev.gpu);
+            }
             let event = Event {
                 device: Self::gpu_handle(ev.gpu),
                 event_type: SUPPORTED_EVENTS,

@@ -4,7 +4,9 @@
 //! compute-instance ids the error is attributed to). Blank lines and lines starting with `#` are
 //! skipped. The feed remembers how far it has read, so every line is delivered once; a last line
 //! without its newline is left for the next poll (the writer may be half-way through it). A file
-//! that does not exist yet simply has no events.
+//! that does not exist yet simply has no events. When the stand-in reads a line it also does to
+//! the simulated node what the driver does ([`tessera_gpu::SimBackend::apply_xid`]: the recovery
+//! action, and Xid 79 takes the GPU off the bus); every process reads the file from its start.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Seek, SeekFrom};

@@ -809,3 +809,88 @@ fn no_mig_lost_no_permission_and_driver_version() {
     ok(nv!(l, nvmlDeviceGetMigMode(d0, &mut current, &mut pending)));
     ok(nv!(l, nvmlShutdown()));
 }
+
+/// One `nvmlDeviceGetFieldValues` call for `fields`: the call's code and each value.
+fn field_values(d: nvmlDevice_t, fields: &[u32]) -> (nvmlReturn_t, Vec<nvmlFieldValue_t>) {
+    let mut values: Vec<nvmlFieldValue_t> = fields
+        .iter()
+        .map(|&field| nvmlFieldValue_t {
+            fieldId: field,
+            scopeId: 0,
+            timestamp: 0,
+            latencyUsec: 0,
+            valueType: 99,
+            nvmlReturn: UNKNOWN,
+            value: nvmlValue_t { ullVal: u64::MAX },
+        })
+        .collect();
+    let r = nv!(lib(), nvmlDeviceGetFieldValues(d, values.len() as c_int, values.as_mut_ptr()));
+    (r, values)
+}
+
+/// The driver's recovery action (`NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`) of GPU `d`.
+fn recovery_action(d: nvmlDevice_t) -> Result<u32, nvmlReturn_t> {
+    let (r, v) = field_values(d, &[field_id::NVML_FI_DEV_GET_GPU_RECOVERY_ACTION]);
+    if r != SUCCESS {
+        return Err(r);
+    }
+    if v[0].nvmlReturn != SUCCESS {
+        return Err(v[0].nvmlReturn);
+    }
+    assert_eq!(v[0].valueType, nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT);
+    // SAFETY: the stand-in wrote `uiVal`, as `valueType` says.
+    Ok(unsafe { v[0].value.uiVal })
+}
+
+#[test]
+fn recovery_action_and_a_gpu_off_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state_file(dir.path());
+    let xids = dir.path().join("xids");
+    let xids_text = xids.to_string_lossy().into_owned();
+    let _g = setup(&[(ENV_SPEC, "2xH100-80GB"), (ENV_STATE, &state), (ENV_XIDS, &xids_text)]);
+    let l = lib();
+    ok(nv!(l, nvmlInit_v2()));
+    let (d0, d1) = (device(0), device(1));
+    assert_eq!(recovery_action(d0), Ok(NVML_GPU_RECOVERY_ACTION_NONE_VALUE));
+    // Other fields are not supported, each in its own return code; the call succeeds.
+    let (r, v) = field_values(d0, &[field_id::NVML_FI_DEV_ECC_CURRENT, field_id::NVML_FI_DEV_GET_GPU_RECOVERY_ACTION]);
+    ok(r);
+    assert_eq!((v[0].nvmlReturn, v[1].nvmlReturn), (NOT_SUPPORTED, SUCCESS));
+    assert_eq!(v[1].fieldId, field_id::NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, "the field id is kept");
+    assert_eq!(nv!(l, nvmlDeviceGetFieldValues(d0, 0, ptr::null_mut())), INVALID_ARGUMENT);
+    assert_eq!(nv!(l, nvmlDeviceGetFieldValues(d0, 1, ptr::null_mut())), INVALID_ARGUMENT);
+    assert_eq!(nv!(l, nvmlDeviceGetFieldValues(d0, -1, ptr::null_mut())), INVALID_ARGUMENT);
+
+    // Xid 48 asks for a GPU reset; Xid 79 takes GPU 1 off the bus.
+    let mut set = ptr::null_mut();
+    ok(nv!(l, nvmlEventSetCreate(&mut set)));
+    ok(nv!(l, nvmlDeviceRegisterEvents(d0, XID, set)));
+    ok(nv!(l, nvmlDeviceRegisterEvents(d1, XID, set)));
+    std::fs::write(&xids, "0 48\n1 79\n").unwrap();
+    let mut data =
+        nvmlEventData_t { device: ptr::null_mut(), eventType: 0, eventData: 0, gpuInstanceId: 0, computeInstanceId: 0 };
+    ok(nv!(l, nvmlEventSetWait_v2(set, &mut data, 1000)));
+    assert_eq!((data.device, data.eventData), (d0, 48));
+    ok(nv!(l, nvmlEventSetWait_v2(set, &mut data, 1000)));
+    assert_eq!((data.device, data.eventData), (d1, 79), "the event of a GPU that fell off the bus is delivered");
+    assert_eq!(recovery_action(d0), Ok(nvmlDeviceGpuRecoveryAction_s_NVML_GPU_RECOVERY_ACTION_GPU_RESET));
+    assert_eq!(recovery_action(d1), Err(GPU_IS_LOST));
+    let mut d = ptr::null_mut();
+    assert_eq!(nv!(l, nvmlDeviceGetHandleByIndex_v2(1, &mut d)), GPU_IS_LOST);
+    assert_eq!(device_count(), 2, "a lost GPU still counts");
+
+    // The simulated node's reset and reboot, seen through the library.
+    let sim = SimBackend::open(Path::new(&state), None).unwrap();
+    sim.reset_gpu(0).unwrap();
+    assert_eq!(recovery_action(d0), Ok(NVML_GPU_RECOVERY_ACTION_NONE_VALUE));
+    assert!(sim.reset_gpu(1).is_err(), "a GPU off the bus cannot be reset");
+    sim.reboot().unwrap();
+    assert_eq!(device(1), d1);
+    assert_eq!(recovery_action(d1), Ok(NVML_GPU_RECOVERY_ACTION_NONE_VALUE));
+    assert!(sim.observe(1).is_ok());
+    ok(nv!(l, nvmlEventSetFree(set)));
+    ok(nv!(l, nvmlShutdown()));
+}
+
+const NVML_GPU_RECOVERY_ACTION_NONE_VALUE: u32 = nvmlDeviceGpuRecoveryAction_s_NVML_GPU_RECOVERY_ACTION_NONE;

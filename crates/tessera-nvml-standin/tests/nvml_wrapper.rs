@@ -101,9 +101,10 @@ fn nvml_wrapper_drives_the_stand_in() {
     assert!(d.supported_event_types().unwrap().contains(EventTypes::CRITICAL_XID_ERROR));
     let set = d.register_events(EventTypes::CRITICAL_XID_ERROR, set).unwrap();
     assert!(matches!(set.wait(0), Err(NvmlError::Timeout)));
-    std::fs::File::create(&xids).unwrap().write_all(b"1 79\n").unwrap();
+    // (Xid 48 asks for a reset; an Xid 79 would take the GPU off the bus.)
+    std::fs::File::create(&xids).unwrap().write_all(b"1 48\n").unwrap();
     let ev = set.wait(1000).unwrap();
-    assert_eq!(ev.event_data, Some(XidError::Value(79)));
+    assert_eq!(ev.event_data, Some(XidError::Value(48)));
     assert_eq!(ev.device.uuid().unwrap(), uuid);
     assert!(ev.event_type.contains(EventTypes::CRITICAL_XID_ERROR));
     drop(set);

@@ -3,7 +3,7 @@
 //! place: GPU- and compute-instance create/destroy/list/info, profile info (v1 and v2), possible
 //! placements (`_v2`; the wrapper's `Device::possible_placements` always returns an empty list
 //! in 0.13), remaining capacity, MIG device handles, memory info (v1: the wrapper calls `_v2`),
-//! UUIDs of MIG handles and the Xid event set.
+//! UUIDs of MIG handles, the Xid event set and the GPU recovery action (field values).
 //!
 //! Rules kept here:
 //! * Every symbol is looked up with `.as_ref()` on `NvmlLib`'s field before the call, so a symbol
@@ -21,14 +21,20 @@ use std::marker::PhantomData;
 use std::ptr;
 
 use nvml_wrapper::Device;
+use nvml_wrapper_sys::bindings::field_id::NVML_FI_DEV_GET_GPU_RECOVERY_ACTION;
 use nvml_wrapper_sys::bindings::{
     NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, NVML_DEVICE_UUID_V2_BUFFER_SIZE, NvmlLib, nvmlComputeInstance_t,
     nvmlComputeInstanceInfo_t, nvmlComputeInstancePlacement_t, nvmlComputeInstanceProfileInfo_t,
     nvmlComputeInstanceProfileInfo_v2_t, nvmlDevice_t, nvmlEventData_t, nvmlEventSet_t, nvmlEventTypeXidCriticalError,
-    nvmlGpuInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t, nvmlGpuInstanceProfileInfo_t,
-    nvmlGpuInstanceProfileInfo_v2_t, nvmlMemory_t, nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
-    nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND, nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE,
-    nvmlReturn_enum_NVML_ERROR_TIMEOUT, nvmlReturn_enum_NVML_SUCCESS, nvmlReturn_t,
+    nvmlFieldValue_t, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t,
+    nvmlGpuInstanceProfileInfo_t, nvmlGpuInstanceProfileInfo_v2_t, nvmlMemory_t,
+    nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH, nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND,
+    nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE, nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT,
+    nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED, nvmlReturn_enum_NVML_ERROR_TIMEOUT, nvmlReturn_enum_NVML_SUCCESS,
+    nvmlReturn_t, nvmlValue_t, nvmlValueType_enum_NVML_VALUE_TYPE_SIGNED_INT,
+    nvmlValueType_enum_NVML_VALUE_TYPE_SIGNED_LONG_LONG, nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT,
+    nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG, nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
+    nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_SHORT,
 };
 
 /// Why a raw call failed.
@@ -637,6 +643,58 @@ pub(crate) fn event_wait<'a>(lib: &'a NvmlLib, set: &EventSet, timeout_ms: u32) 
         gpu_instance_id: data.gpuInstanceId,
         compute_instance_id: data.computeInstanceId,
     }))
+}
+
+/// The GPU's recovery action, NVML's `nvmlDeviceGpuRecoveryAction_t` value
+/// (`nvmlDeviceGetFieldValues` with `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`, field 230 in nvml.h):
+/// `Ok(None)` when the driver does not know the field (`NOT_SUPPORTED` or `INVALID_ARGUMENT` in
+/// the value's own return code) or answers with a value that is not an integer.
+pub(crate) fn recovery_action(lib: &NvmlLib, dev: DeviceHandle<'_>) -> Raw<Option<u64>> {
+    const NAME: &str = "nvmlDeviceGetFieldValues";
+    let f = sym!(lib, nvmlDeviceGetFieldValues);
+    let mut v = nvmlFieldValue_t {
+        fieldId: NVML_FI_DEV_GET_GPU_RECOVERY_ACTION,
+        scopeId: 0,
+        timestamp: 0,
+        latencyUsec: 0,
+        valueType: 0,
+        nvmlReturn: nvmlReturn_enum_NVML_SUCCESS,
+        value: nvmlValue_t { ullVal: 0 },
+    };
+    // SAFETY: `dev` is a live handle; `v` is one valid, initialised `nvmlFieldValue_t`, and the
+    // count says one.
+    check(NAME, unsafe { f(dev.raw, 1, &mut v) })?;
+    const OK: nvmlReturn_t = nvmlReturn_enum_NVML_SUCCESS;
+    const NOT_SUPPORTED: nvmlReturn_t = nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED;
+    const UNKNOWN_FIELD: nvmlReturn_t = nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT;
+    match v.nvmlReturn {
+        OK => {}
+        NOT_SUPPORTED | UNKNOWN_FIELD => return Ok(None),
+        code => return Err(Fail::Code(NAME, code)),
+    }
+    const UINT: u32 = nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT;
+    const ULONG: u32 = nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG;
+    const ULONGLONG: u32 = nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+    const USHORT: u32 = nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_SHORT;
+    const INT: u32 = nvmlValueType_enum_NVML_VALUE_TYPE_SIGNED_INT;
+    const LONGLONG: u32 = nvmlValueType_enum_NVML_VALUE_TYPE_SIGNED_LONG_LONG;
+    // SAFETY: every member of the union is a plain number for which any bit pattern is valid,
+    // and all 8 bytes were initialised above (`ullVal: 0`) before NVML wrote the member
+    // `valueType` names; which member is read only decides how the bytes are interpreted.
+    let value = unsafe {
+        match v.valueType {
+            UINT => Some(u64::from(v.value.uiVal)),
+            // `c_ulong` is 32 bits on some platforms: a conversion there, not here.
+            #[allow(clippy::useless_conversion)]
+            ULONG => Some(u64::from(v.value.ulVal)),
+            ULONGLONG => Some(v.value.ullVal),
+            USHORT => Some(u64::from(v.value.usVal)),
+            INT => u64::try_from(v.value.siVal).ok(),
+            LONGLONG => u64::try_from(v.value.sllVal).ok(),
+            _ => None,
+        }
+    };
+    Ok(value)
 }
 
 /// Free an event set.

@@ -43,6 +43,13 @@ pub(crate) fn mask_bits(words: &[std::ffi::c_ulong]) -> Vec<u32> {
     out
 }
 
+/// The node's boot id (`/proc/sys/kernel/random/boot_id`: a UUID that changes at every boot),
+/// `None` if it cannot be read or is empty.
+pub(crate) fn boot_id(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
+}
+
 /// `<sysfs>/bus/pci/devices/<bdf>/numa_node`: `None` for -1 (unknown), a missing file or junk.
 pub(crate) fn sysfs_numa_node(sysfs_root: &Path, nvml_bus_id: &str) -> Option<u32> {
     let bdf = sysfs_bdf(nvml_bus_id)?;
@@ -122,6 +129,17 @@ mod tests {
         assert_eq!(sysfs_bdf("garbage"), None);
         assert_eq!(sysfs_bdf("00000000:3B:00"), None);
         assert_eq!(sysfs_bdf("00010000:3B:00.0"), None);
+    }
+
+    #[test]
+    fn boot_ids_are_read_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("boot_id");
+        assert_eq!(boot_id(&p), None, "no file");
+        std::fs::write(&p, "6e1b6b0c-5f0e-4a4f-9d5e-0a1b2c3d4e5f\n").unwrap();
+        assert_eq!(boot_id(&p).as_deref(), Some("6e1b6b0c-5f0e-4a4f-9d5e-0a1b2c3d4e5f"));
+        std::fs::write(&p, " \n").unwrap();
+        assert_eq!(boot_id(&p), None, "empty");
     }
 
     #[test]

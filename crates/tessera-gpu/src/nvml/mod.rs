@@ -44,8 +44,8 @@ use tessera_mig::{GpuModel, catalog};
 use self::ffi::Fail;
 use self::host::MigMinors;
 use crate::backend::{
-    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuRef,
-    MigBackend, MigMode, PlacementRange, ProcessInfo,
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpuInstanceInfo, GpuInstanceProfileInfo,
+    GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction,
 };
 use crate::drift::{self, bare_profile_name, driver_older_than};
 use crate::health::XidEvent;
@@ -96,6 +96,8 @@ pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
 /// The driver's table of `/dev/nvidia-caps` minors.
 pub const DEFAULT_MIG_MINORS: &str = "/proc/driver/nvidia-caps/mig-minors";
+/// The kernel's id of the current boot (it changes at every reboot).
+pub const DEFAULT_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// `NVML_GPU_INSTANCE_PROFILE_*` indices: `0` (1 slice) to `0x11` (3 slices, graphics).
 const GI_PROFILE_INDICES: u32 = 0x12;
@@ -149,6 +151,7 @@ pub struct NvmlBackend {
     proc_root: PathBuf,
     mig_minors_path: PathBuf,
     mig_minors: OnceLock<Option<MigMinors>>,
+    boot_id_path: PathBuf,
     /// How many GPUs NVML sees (fixed from `nvmlInit` to `nvmlShutdown`).
     device_count: OnceLock<u32>,
     /// UUID and minor number by GPU index, read once.
@@ -167,6 +170,7 @@ impl fmt::Debug for NvmlBackend {
             .field("driver_version", &self.driver_version)
             .field("sysfs_root", &self.sysfs_root)
             .field("mig_minors_path", &self.mig_minors_path)
+            .field("boot_id_path", &self.boot_id_path)
             .finish_non_exhaustive()
     }
 }
@@ -305,6 +309,7 @@ impl NvmlBackend {
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
             mig_minors_path: PathBuf::from(DEFAULT_MIG_MINORS),
             mig_minors: OnceLock::new(),
+            boot_id_path: PathBuf::from(DEFAULT_BOOT_ID),
             device_count: OnceLock::new(),
             statics: Mutex::new(BTreeMap::new()),
             profiles: Mutex::new(BTreeMap::new()),
@@ -330,6 +335,12 @@ impl NvmlBackend {
     pub fn with_mig_minors_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.mig_minors_path = path.into();
         self.mig_minors = OnceLock::new();
+        self
+    }
+
+    /// Read the boot id from `path` instead of [`DEFAULT_BOOT_ID`] (for tests).
+    pub fn with_boot_id_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.boot_id_path = path.into();
         self
     }
 
@@ -1193,6 +1204,40 @@ impl MigBackend for NvmlBackend {
     fn devices(&self) -> Result<Vec<DeviceInfo>, BackendError> {
         let count = self.device_count()?;
         (0..count).map(|i| self.gpu(i).and_then(|g| self.device_info(&g))).collect()
+    }
+
+    /// Each GPU on its own: a GPU that fails is named by index (and by UUID, if it was read
+    /// before it failed).
+    // The per-GPU results are collected into a list, not passed up through `?`: their size does
+    // not matter.
+    #[allow(clippy::result_large_err)]
+    fn devices_partial(&self) -> Result<Vec<Result<DeviceInfo, FailedGpu>>, BackendError> {
+        let count = self.device_count()?;
+        Ok((0..count)
+            .map(|i| {
+                self.gpu(i).and_then(|g| self.device_info(&g)).map_err(|error| {
+                    let uuid =
+                        self.statics.lock().unwrap_or_else(PoisonError::into_inner).get(&i).map(|s| s.uuid.clone());
+                    FailedGpu { gpu: GpuRef { index: i, uuid }, device: None, error }
+                })
+            })
+            .collect())
+    }
+
+    /// The probe: the GPU's handle and its memory info (a call the GPU must answer), then the
+    /// recovery action (`None` where the driver lacks the field) and the node's boot id. NVML
+    /// has no reset counter.
+    fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError> {
+        let g = self.gpu(gpu)?;
+        ffi::memory_total_bytes(self.lib(), g.raw).map_err(|f| self.error(f, &g.gref, "read its memory info"))?;
+        let recovery_action = match ffi::recovery_action(self.lib(), g.raw) {
+            Ok(v) => v.and_then(|v| u32::try_from(v).ok()).and_then(RecoveryAction::from_nvml),
+            Err(
+                Fail::Missing(_) | Fail::Code(_, rc::NOT_SUPPORTED | rc::INVALID_ARGUMENT | rc::FUNCTION_NOT_FOUND),
+            ) => None,
+            Err(f) => return Err(self.error(f, &g.gref, "read its recovery action")),
+        };
+        Ok(GpuObservation { reset_count: None, recovery_action, boot_id: host::boot_id(&self.boot_id_path) })
     }
 
     fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError> {

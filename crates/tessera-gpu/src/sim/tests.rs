@@ -297,3 +297,98 @@ fn xids_are_kept_in_the_state_and_consumed_once() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains("pending_xids"), "empty lists are not written");
 }
+
+#[test]
+fn fatal_xids_set_the_recovery_action_and_79_loses_the_gpu() {
+    let b = SimBackend::in_memory(&spec("3xA100-40GB,mig=on"));
+    let fresh = b.observe(0).unwrap();
+    assert_eq!(fresh.recovery_action, Some(RecoveryAction::None));
+    assert_eq!(fresh.reset_count, Some(0));
+    // (Xid, the recovery action it leaves)
+    let table = [
+        (13, RecoveryAction::None),
+        (94, RecoveryAction::None),
+        (999, RecoveryAction::None),
+        (48, RecoveryAction::GpuReset),
+        (95, RecoveryAction::GpuReset),
+    ];
+    for (xid, want) in table {
+        let b = SimBackend::in_memory(&spec("1xA100-40GB"));
+        b.raise_xid(0, xid, None, None).unwrap();
+        assert_eq!(b.observe(0).unwrap().recovery_action, Some(want), "Xid {xid}");
+    }
+    // A reboot request is not lowered by a later reset request.
+    b.raise_xid(1, 79, None, None).unwrap();
+    b.raise_xid(1, 48, None, None).unwrap();
+    // GPU 1 is lost: every call for it fails, the others answer.
+    type Call = fn(&SimBackend) -> Result<(), BackendError>;
+    let calls: &[(&str, Call)] = &[
+        ("observe", |b| b.observe(1).map(drop)),
+        ("mig_mode", |b| b.mig_mode(1).map(drop)),
+        ("set_mig_mode", |b| b.set_mig_mode(1, false).map(drop)),
+        ("profiles", |b| b.gpu_instance_profiles(1).map(drop)),
+        ("placements", |b| b.possible_placements(1, 9).map(drop)),
+        ("create", |b| b.create_gpu_instance(1, 9, Some(0)).map(drop)),
+        ("gpu_instances", |b| b.gpu_instances(1).map(drop)),
+        ("processes", |b| b.processes(1).map(drop)),
+        ("devices", |b| b.devices().map(drop)),
+        ("reset", |b| b.reset_gpu(1)),
+    ];
+    for (name, call) in calls {
+        let e = call(&b).unwrap_err();
+        assert_eq!(e.kind(), "gpu_lost", "{name}: {e}");
+        assert!(e.to_string().contains("GPU 1"), "{name}: {e}");
+    }
+    assert!(b.mig_mode(0).is_ok() && b.observe(2).is_ok());
+    assert_eq!(b.lost_gpus().unwrap(), [1]);
+    let partial = b.devices_partial().unwrap();
+    assert!(partial[0].is_ok() && partial[1].is_err() && partial[2].is_ok());
+    // The events are still delivered.
+    assert_eq!(b.wait_xid_events(0).unwrap().len(), 2);
+    let before = b.boot_id().unwrap();
+    b.reboot().unwrap();
+    assert_ne!(b.boot_id().unwrap(), before);
+    let obs = b.observe(1).unwrap();
+    assert_eq!((obs.recovery_action, obs.boot_id), (Some(RecoveryAction::None), Some(b.boot_id().unwrap())));
+    assert!(b.devices().is_ok());
+}
+
+#[test]
+fn a_reset_is_nvidia_smi_r() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let b = SimBackend::open(&path, Some(&spec("2xA100-40GB,mig=on"))).unwrap();
+    let gi = b.create_gpu_instance(0, 9, Some(4)).unwrap();
+    let ci = b.create_compute_instance(0, gi.id, 2).unwrap();
+    b.attach_process(0, gi.id, ci.id, 77, "trainer").unwrap();
+    b.raise_xid(0, 48, None, None).unwrap();
+    b.raise_xid(1, 13, None, None).unwrap();
+    // Refused while a process uses the GPU, naming it.
+    let e = b.reset_gpu(0).unwrap_err();
+    assert_eq!(e.kind(), "in_use");
+    assert!(e.to_string().contains("pid 77"), "{e}");
+    b.detach_process(0, 77).unwrap();
+    // A pending MIG-mode change takes effect at the reset.
+    b.set_mig_mode(1, false).unwrap();
+    b.attach_gpu_process(1, 5, "x").unwrap();
+    assert!(b.set_mig_mode(1, true).is_err());
+    assert_eq!(b.mig_mode(1).unwrap(), MigMode { current: false, pending: true });
+    b.detach_process(1, 5).unwrap();
+    b.reset_gpu(0).unwrap();
+    b.reset_gpu(1).unwrap();
+    assert_eq!(b.mig_mode(1).unwrap(), MigMode { current: true, pending: true });
+    assert!(b.gpu_instances(0).unwrap().is_empty(), "a reset destroys the instances");
+    assert!(b.mig_mode(0).unwrap().current, "and keeps MIG on");
+    let obs = b.observe(0).unwrap();
+    assert_eq!((obs.reset_count, obs.recovery_action), (Some(1), Some(RecoveryAction::None)));
+    assert!(b.wait_xid_events(0).unwrap().is_empty(), "unread events of a reset GPU are dropped");
+    // The state persists; defaults are not written, so older builds' files still read.
+    let reopened = SimBackend::open(&path, None).unwrap();
+    assert_eq!(reopened.observe(0).unwrap().reset_count, Some(1));
+    let fresh = dir.path().join("fresh.json");
+    SimBackend::open(&fresh, Some(&spec("1xA30"))).unwrap();
+    let text = std::fs::read_to_string(&fresh).unwrap();
+    for key in ["reset_count", "recovery_action", "lost", "boots"] {
+        assert!(!text.contains(key), "{key} written for a fresh node: {text}");
+    }
+}

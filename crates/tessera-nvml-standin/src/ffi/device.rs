@@ -6,12 +6,12 @@
 #![allow(non_snake_case)] // Parameter names are nvml.h's.
 
 use std::ffi::CStr;
-use std::os::raw::{c_char, c_uint, c_ulong};
+use std::os::raw::{c_char, c_int, c_uint, c_ulong};
 
 use nvml_wrapper_sys::bindings::*;
 
 use super::{c_array, handle, need, pointer, put, put_list, put_str, struct_version};
-use crate::codes::{ARGUMENT_VERSION_MISMATCH, INVALID_ARGUMENT, NOT_SUPPORTED, NvmlResult};
+use crate::codes::{ARGUMENT_VERSION_MISMATCH, INVALID_ARGUMENT, NOT_SUPPORTED, NvmlResult, SUCCESS};
 use crate::node::{Memory, NO_INSTANCE, call, status};
 
 /// Bit masks of `c_ulong` words with the given bits set; bits past `words` are dropped, as NVML
@@ -234,6 +234,42 @@ pub unsafe extern "C" fn nvmlDeviceGetNumaNodeId(device: nvmlDevice_t, node: *mu
         let numa = n.numa_node(handle(device))?.ok_or(NOT_SUPPORTED)?;
         // SAFETY: nvml.h: `node` is valid for a write (non-null checked).
         unsafe { put(node, numa) }
+    }))
+}
+
+/// Field values: `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION` from the simulated node; every other field
+/// answers `NVML_ERROR_NOT_SUPPORTED` in its own `nvmlReturn`. The call itself fails only for a
+/// bad argument or a GPU that is lost.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+    device: nvmlDevice_t,
+    valuesCount: c_int,
+    values: *mut nvmlFieldValue_t,
+) -> nvmlReturn_t {
+    status(call("nvmlDeviceGetFieldValues", |node| {
+        let count = usize::try_from(valuesCount).map_err(|_| INVALID_ARGUMENT)?;
+        if count == 0 {
+            return Err(INVALID_ARGUMENT);
+        }
+        need(values)?;
+        // SAFETY: nvml.h: `values` points to `valuesCount` initialised `nvmlFieldValue_t`s, each
+        // with `fieldId` (and `scopeId`) set by the caller (non-null checked; count positive).
+        let slots = unsafe { std::slice::from_raw_parts_mut(values, count) };
+        let fields: Vec<u32> = slots.iter().map(|v| v.fieldId).collect();
+        let answers = node.field_values(handle(device), &fields)?;
+        for (slot, answer) in slots.iter_mut().zip(answers) {
+            slot.timestamp = 0;
+            slot.latencyUsec = 0;
+            match answer {
+                Ok(value) => {
+                    slot.valueType = nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT;
+                    slot.nvmlReturn = SUCCESS;
+                    slot.value = nvmlValue_t { uiVal: value };
+                }
+                Err(code) => slot.nvmlReturn = code,
+            }
+        }
+        Ok(())
     }))
 }
 

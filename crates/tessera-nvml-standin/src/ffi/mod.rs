@@ -100,6 +100,7 @@ exports! {
     nvmlDeviceGetGpuInstanceId,
     nvmlDeviceGetComputeInstanceId,
     nvmlDeviceGetComputeRunningProcesses_v3,
+    nvmlDeviceGetFieldValues,
     nvmlEventSetCreate,
     nvmlDeviceRegisterEvents,
     nvmlDeviceGetSupportedEventTypes,
