@@ -695,6 +695,12 @@ impl MigBackend for SimBackend {
                 });
             }
             g.state.mig = MigMode { current: enabled, pending: enabled };
+            // Ampere (A100, A30) resets the GPU to change the mode; Hopper and later do not
+            // (`mig-hardware.md`, "MIG mode"). The reset is counted, as `nvidia-smi -r` is.
+            if g.model.mig_enable_requires_gpu_reset == Some(true) {
+                g.state.reset();
+                g.state.reset_count += 1;
+            }
             Ok(g.state.mig)
         })
     }

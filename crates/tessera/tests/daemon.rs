@@ -2,131 +2,13 @@
 //! the real CLI. Each test has its own state directory and socket.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-struct Daemon {
-    dir: tempfile::TempDir,
-    spec: &'static str,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(spec: &'static str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tessera.toml"), "[scheduler]\ntick_ms = 50\nkill_grace_ms = 500\n").unwrap();
-        let mut d = Daemon { dir, spec, child: None };
-        d.spawn();
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("tessera.sock")
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    /// The daemon's stderr, across restarts.
-    fn log_file(&self) -> std::fs::File {
-        std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--sim", self.spec, "--state-dir"])
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--config")
-            .arg(self.dir.path().join("tessera.toml"))
-            .env_remove("TESSERA_SIM")
-            .env_remove("TESSERA_SIM_STATE")
-            .stdout(Stdio::null())
-            .stderr(self.log_file())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the daemon did not come up");
-    }
-
-    /// `kill -9` the daemon.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .env_remove("TESSERA_TCP")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cli(args);
-        assert_eq!(code, 0, "tessera {args:?}:\n{out}\n{err}");
-        out
-    }
-
-    fn submit(&self, args: &[&str]) -> u64 {
-        self.ok(&[&["submit"], args].concat()).trim().parse().unwrap()
-    }
-
-    fn job(&self, id: u64) -> Value {
-        serde_json::from_str(&self.ok(&["-o", "json", "job", &id.to_string()])).unwrap()
-    }
-
-    fn wait(&self, id: u64) -> Value {
-        let (_, out, _) = self.cli(&["-o", "json", "wait", &id.to_string(), "--timeout", "60s"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("wait {id}: {e}: {out}"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
+mod common;
+use common::{Daemon, read};
 
 #[test]
 fn a_job_runs_on_its_own_slice_with_the_right_environment_and_binding() {

@@ -241,7 +241,18 @@ impl Engine {
                 request.requeue = false;
             }
         }
-        let capacity = self.facts.capacity(&self.mig_modes());
+        let mut capacity = self.facts.capacity(&self.mig_modes());
+        if !self.config.scheduler.repartition {
+            // Without repartitioning only the instances there are count.
+            if let Ok(live) = tessera_gpu::view::node_view_partial(self.backend()) {
+                for g in capacity.gpus.iter_mut().filter(|g| g.mig) {
+                    if let Some(v) = live.gpus.iter().find(|v| v.device.index == g.gpu) {
+                        g.instances =
+                            v.instances.iter().map(|i| tessera_sched::InstanceView::idle(i.instance)).collect();
+                    }
+                }
+            }
+        }
         tessera_sched::admit(&request, &capacity, &scheduler_config(&self.config))
             .map_err(|e| EngineError::cannot_run(format!("resources.{}", e.field), e.detail))?;
         let job = NewJob {

@@ -163,7 +163,14 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let sc = scheduler_config(&config);
         sc.validate().map_err(|e| EngineError::Internal(format!("scheduler configuration: {e}")))?;
-        let facts = NodeFacts::read(&node, &config)?;
+        let known: Vec<tessera_gpu::DeviceInfo> =
+            store.get_meta("devices")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let (facts, remember) = NodeFacts::read(&node, &config, &known)?;
+        if let Some(devices) = remember
+            && let Ok(text) = serde_json::to_string(&devices)
+        {
+            store.set_meta("devices", &text)?;
+        }
         let mut scheduler = Scheduler::new(sc);
         // Fair share survives restarts: the ledger is saved in the store after each round.
         let saved_usage = store.get_meta("fair_share_usage")?.unwrap_or_default();

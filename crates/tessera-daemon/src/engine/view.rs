@@ -56,10 +56,29 @@ pub fn mig_per_process(driver: &str) -> u32 {
 }
 
 impl NodeFacts {
-    /// Reads the node: every GPU that answers, and the host around them.
-    pub fn read(node: &Node, _config: &Config) -> Result<NodeFacts, EngineError> {
+    /// Reads the node: every GPU that answers, and the host around them. A GPU that does not
+    /// answer (off the bus) is taken from `known`, what an earlier start read, so it is still
+    /// reported and fenced. Returns the facts and, when every GPU answered, the devices to
+    /// remember for next time.
+    pub fn read(
+        node: &Node,
+        _config: &Config,
+        known: &[tessera_gpu::DeviceInfo],
+    ) -> Result<(NodeFacts, Option<Vec<tessera_gpu::DeviceInfo>>), EngineError> {
         let backend = node.backend();
-        let devices = backend.devices().map_err(|e| EngineError::Internal(format!("listing the GPUs: {e}")))?;
+        let read = backend.devices_partial().map_err(|e| EngineError::Internal(format!("listing the GPUs: {e}")))?;
+        let complete = read.iter().all(Result::is_ok);
+        let mut devices = Vec::new();
+        for r in read {
+            match r {
+                Ok(d) => devices.push(d),
+                Err(f) => match f.device.or_else(|| known.iter().find(|k| k.index == f.gpu.index).cloned()) {
+                    Some(d) => devices.push(d),
+                    None => eprintln!("tessera serve: {} does not answer and was never seen before: left out", f.gpu),
+                },
+            }
+        }
+        let remember = complete.then(|| devices.clone());
         let mut gpus = Vec::new();
         let mut host_cpus: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         let mut plain: BTreeMap<(String, u64), &'static GpuModel> = BTreeMap::new();
@@ -96,7 +115,7 @@ impl NodeFacts {
             Node::Sim(_) => None,
         };
         let mig_per_process = driver.as_deref().map_or(MIG_DEVICES_PER_PROCESS_R570, mig_per_process);
-        Ok(NodeFacts { gpus, host_cpus, host_mem_mib, mig_per_process, driver })
+        Ok((NodeFacts { gpus, host_cpus, host_mem_mib, mig_per_process, driver }, remember))
     }
 
     pub fn gpu(&self, index: u32) -> Option<&GpuFact> {

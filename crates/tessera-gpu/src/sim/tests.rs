@@ -392,3 +392,18 @@ fn a_reset_is_nvidia_smi_r() {
         assert!(!text.contains(key), "{key} written for a fresh node: {text}");
     }
 }
+
+/// Ampere resets the GPU to change its MIG mode (the reset is counted); Hopper does not.
+#[test]
+fn a_mig_mode_change_resets_an_a100_but_not_an_h100() {
+    let b = SimBackend::in_memory(&spec("1xA100-40GB+1xH100-80GB"));
+    for (gpu, resets) in [(0u32, 1u64), (1, 0)] {
+        let before = b.observe(gpu).unwrap().reset_count.unwrap();
+        let mode = b.set_mig_mode(gpu, false).unwrap();
+        assert!(!mode.current && !mode.pending, "GPU {gpu}: {mode:?}");
+        let after = b.observe(gpu).unwrap().reset_count.unwrap();
+        assert_eq!(after - before, resets, "GPU {gpu}");
+        b.set_mig_mode(gpu, true).unwrap();
+        assert_eq!(b.observe(gpu).unwrap().reset_count.unwrap() - after, resets, "GPU {gpu}");
+    }
+}
