@@ -48,7 +48,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Unix socket path [default: `<state dir>/tessera.sock`].
+    /// Unix socket path [default: `$XDG_RUNTIME_DIR/tessera/tessera.sock`, else
+    /// `/run/tessera/tessera.sock` for root and `/tmp/tessera-<uid>/tessera.sock` otherwise].
     pub socket: Option<PathBuf>,
     /// Also listen on TCP here, e.g. `127.0.0.1:7373`; requires `token_file`.
     pub tcp: Option<String>,

@@ -20,8 +20,7 @@ use std::collections::BTreeSet;
 use crate::spec::RankSpec;
 use tessera_host::{format_cpulist, parse_cpulist};
 
-/// The largest NUMA node id accepted in a spec.
-pub const MAX_NODE: u32 = 4095;
+pub use crate::spec::MAX_NODE;
 
 /// What the shim itself may use.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -5,13 +5,13 @@
 //! temporary file first, which is then `link(2)`ed to `shim.pid` (the link fails with `EEXIST`
 //! when the name is taken, and a reader never sees a half-written file). Its content is either
 //! the pid of the shim that claimed the job or the word `abandoned`, written by the daemon
-//! ([`abandon`]) when it gave up waiting. Whoever links first wins, for good:
+//! ([`crate::abandon`]) when it gave up waiting. Whoever links first wins, for good:
 //!
 //! * a shim that finds `abandoned` starts nothing and exits ([`crate::shim::EXIT_ABANDONED`]);
 //! * a daemon whose `abandon` finds a pid knows a shim took the job and adopts it.
 //!
 //! So a restarted daemon that finds `spec.json` without `shim.pid`
-//! ([`ShimState::Unclaimed`](crate::ShimState::Unclaimed)) calls [`abandon`] and learns, without
+//! ([`ShimState::Unclaimed`](crate::ShimState::Unclaimed)) calls [`crate::abandon`] and learns, without
 //! any race, whether the job will ever run.
 
 use std::fs::{self, OpenOptions};
@@ -97,19 +97,6 @@ pub(crate) fn try_claim(job_dir: &Path, claim: Claim) -> Result<Claim, ExecError
         }),
         Err(e) => Err(ExecError::io("linking", target, e)),
     }
-}
-
-/// The daemon's side of the claim: atomically marks the job directory `abandoned` unless a shim
-/// claimed it first. [`Claim::Abandoned`]: the daemon won, and no shim will ever run this job
-/// directory (requeue it in a fresh one). [`Claim::Shim`]: a shim had claimed it; the job is
-/// (or was) running under that pid.
-///
-/// Fails with [`ExecError::NotAJobDir`] or [`ExecError::WrongJob`] when the directory does not
-/// hold job `job_id`.
-pub fn abandon(job_dir: &Path, job_id: u64) -> Result<Claim, ExecError> {
-    let dir = crate::launch::canonical_job_dir(job_dir, job_id)?;
-    crate::launch::load_spec(&dir, job_id)?;
-    try_claim(&dir, Claim::Abandoned)
 }
 
 #[cfg(test)]

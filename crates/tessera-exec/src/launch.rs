@@ -443,3 +443,16 @@ pub fn tail_stream(
     let next = from_offset + buf.len() as u64;
     Ok((buf, next))
 }
+
+/// The daemon's side of the claim: atomically marks the job directory `abandoned` unless a shim
+/// claimed it first. [`Claim::Abandoned`]: the daemon won, and no shim will ever run this job
+/// directory (requeue it in a fresh one). [`Claim::Shim`]: a shim had claimed it; the job is
+/// (or was) running under that pid.
+///
+/// Fails with [`ExecError::NotAJobDir`] or [`ExecError::WrongJob`] when the directory does not
+/// hold job `job_id`.
+pub fn abandon(job_dir: &Path, job_id: u64) -> Result<Claim, ExecError> {
+    let dir = canonical_job_dir(job_dir, job_id)?;
+    load_spec(&dir, job_id)?;
+    try_claim(&dir, Claim::Abandoned)
+}

@@ -45,9 +45,11 @@ pub mod syscalls;
 
 pub use binding::{Allowed, RankBinding, plan_binding};
 pub use cgroup::{CgroupSupport, CgroupVersion, Controller, cgroup_support, device_number, nvidia_majors};
-pub use claim::{Claim, abandon};
+pub use claim::Claim;
 pub use error::ExecError;
-pub use launch::{Launcher, READY_TIMEOUT, cancel, inspect, kill_orphans, launch, stop, tail_log, tail_stream};
+pub use launch::{
+    Launcher, READY_TIMEOUT, abandon, cancel, inspect, kill_orphans, launch, stop, tail_log, tail_stream,
+};
 pub use mps::{MpsControl, NvidiaMps, RecordingMps, RunAs};
 pub use shim::{EXIT_ABANDONED, EXIT_NOT_SUCCEEDED, EXIT_SHIM_ERROR, EXIT_SUCCEEDED, run_shim, run_standby_shim};
 pub use spec::{

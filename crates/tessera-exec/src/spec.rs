@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ExecError;
 
+/// The largest NUMA node id accepted in a spec.
+pub const MAX_NODE: u32 = 4095;
+
 /// One rank (one process tree) of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RankSpec {
@@ -197,7 +200,7 @@ impl JobSpec {
             if let Some(cpu) = rank.cpus.iter().find(|&&c| c > tessera_host::MAX_ID) {
                 return bad(format!("rank {}: CPU {cpu} is out of range", rank.rank));
             }
-            if let Some(node) = rank.mem_node.filter(|&n| n > crate::binding::MAX_NODE) {
+            if let Some(node) = rank.mem_node.filter(|&n| n > MAX_NODE) {
                 return bad(format!("rank {}: NUMA node {node} is out of range", rank.rank));
             }
         }
@@ -241,7 +244,7 @@ impl Isolation {
         if let Some(cpu) = self.cpus.iter().find(|&&c| c > tessera_host::MAX_ID) {
             return Err(format!("CPU {cpu} is out of range"));
         }
-        if let Some(node) = self.mems.iter().find(|&&n| n > crate::binding::MAX_NODE) {
+        if let Some(node) = self.mems.iter().find(|&&n| n > MAX_NODE) {
             return Err(format!("NUMA node {node} is out of range"));
         }
         if let Some(devices) = &self.devices {

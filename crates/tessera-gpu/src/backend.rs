@@ -17,7 +17,29 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tessera_mig::{GpuModel, catalog};
 
-use crate::health::XidEvent;
+/// One Xid error as NVML reports it (`nvmlEventData_t` of an `nvmlEventTypeXidCriticalError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct XidEvent {
+    /// NVML index of the GPU.
+    pub gpu: u32,
+    /// The Xid number.
+    pub xid: u64,
+    /// The GPU instance it is contained to, when the driver says (MIG only).
+    pub gpu_instance_id: Option<u32>,
+    /// The compute instance it is contained to, when the driver says (MIG only).
+    pub compute_instance_id: Option<u32>,
+}
+
+impl fmt::Display for XidEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Xid {} on GPU {}", self.xid, self.gpu)?;
+        match (self.gpu_instance_id, self.compute_instance_id) {
+            (Some(gi), Some(ci)) => write!(f, " (GPU instance {gi}, compute instance {ci})"),
+            (Some(gi), None) => write!(f, " (GPU instance {gi})"),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Which implementation stands behind a [`MigBackend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -60,36 +60,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend::XidEvent;
 use crate::backend::{DeviceInfo, GpuObservation, RecoveryAction};
 
 /// The version of the stored form this build writes and reads.
 pub const STATE_VERSION: u32 = 1;
 /// How many events are kept per GPU.
 pub const EVENTS_KEPT: usize = 20;
-
-/// One Xid error as NVML reports it (`nvmlEventData_t` of an `nvmlEventTypeXidCriticalError`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct XidEvent {
-    /// NVML index of the GPU.
-    pub gpu: u32,
-    /// The Xid number.
-    pub xid: u64,
-    /// The GPU instance it is contained to, when the driver says (MIG only).
-    pub gpu_instance_id: Option<u32>,
-    /// The compute instance it is contained to, when the driver says (MIG only).
-    pub compute_instance_id: Option<u32>,
-}
-
-impl fmt::Display for XidEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Xid {} on GPU {}", self.xid, self.gpu)?;
-        match (self.gpu_instance_id, self.compute_instance_id) {
-            (Some(gi), Some(ci)) => write!(f, " (GPU instance {gi}, compute instance {ci})"),
-            (Some(gi), None) => write!(f, " (GPU instance {gi})"),
-            _ => Ok(()),
-        }
-    }
-}
 
 /// What an Xid means for health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

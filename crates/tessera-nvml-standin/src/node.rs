@@ -104,8 +104,8 @@ pub fn initialized() -> bool {
 }
 
 /// `nvmlInit_v2` / `nvmlInitWithFlags`: the first call reads the configuration and opens the
-/// node; later ones only count.
-pub fn init(function: &str) -> Ret {
+/// node (a fault rule may name any of `exports`); later ones only count.
+pub fn init(function: &str, exports: &[&str]) -> Ret {
     status(guard(|| {
         let mut lib = lock();
         if let Some(node) = lib.node.as_mut() {
@@ -115,7 +115,7 @@ pub fn init(function: &str) -> Ret {
             lib.refcount += 1;
             return Ok(());
         }
-        let node = Config::from_env(crate::ffi::EXPORTS).and_then(Node::new).map_err(|e| {
+        let node = Config::from_env(exports).and_then(Node::new).map_err(|e| {
             eprintln!("tessera-nvml-standin: {function} failed: {e}");
             UNKNOWN
         })?;

@@ -166,7 +166,13 @@ pub fn admit(req: &JobRequest, capacity: &ClusterView, config: &SchedulerConfig)
         format!("{} rank(s) × {label}", req.ranks)
     };
     Err(no(
-        if req.ranks > 1 || req.gpus_per_rank > 1 { "ranks" } else { "gpu" },
+        if req.ranks > 1 {
+            "ranks"
+        } else if req.gpus_per_rank > 1 {
+            "gpus_per_rank"
+        } else {
+            "gpu"
+        },
         format!(
             "it needs {what} at once, and even with nothing running this node cannot hold them: the GPUs that fit are {}",
             usable.join(", ")

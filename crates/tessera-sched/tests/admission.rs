@@ -46,7 +46,7 @@ fn impossible_requests_are_refused_naming_the_limit() {
                 r.gpu = GpuRequest::WholeGpu;
                 r.gpus_per_rank = 3;
             }),
-            "ranks",
+            "gpus_per_rank",
             &["1 rank(s) × 3 GPUs of 7g.80gb"],
         ),
     ];

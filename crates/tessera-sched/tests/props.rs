@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use tessera_mig::{Instance, Planner, Step, catalog};
 use tessera_sched::{
     ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, NumaPolicy, Occupant, QueuedJob,
-    RankStart, RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement, SliceQuota, Tenant, holdings,
+    RankStart, RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement, SliceQuota, Tenant, admit, holdings,
     profile_memory_mib,
 };
 
@@ -463,6 +463,23 @@ proptest! {
         let d3 = a.schedule(2000, &s.cluster, &s.queue, &s.running);
         if let Err(e) = check(&s, 2000, &d3) {
             return Err(TestCaseError::fail(format!("second round: {e}\n{d3:#?}")));
+        }
+    }
+
+    /// Admission refuses only what no state of the node could run: a job the scheduler starts,
+    /// or repartitions, switches a MIG mode or preempts for, in any scenario, is admitted.
+    #[test]
+    fn admission_never_refuses_what_a_round_acts_on(s in scenario()) {
+        let d = Scheduler::new(s.config.clone()).schedule(1000, &s.cluster, &s.queue, &s.running);
+        for x in &d {
+            if matches!(x, Decision::Pending { .. }) {
+                continue;
+            }
+            let job = x.job();
+            let q = s.queue.iter().find(|q| q.id == job).expect("decisions are about queued jobs");
+            if let Err(e) = admit(&q.request, &s.cluster, &s.config) {
+                return Err(TestCaseError::fail(format!("job {job} refused ({e}) but {x:?}")));
+            }
         }
     }
 

@@ -16,13 +16,13 @@ use crate::node::{self, call, call_any, status};
 /// Initialise (or count one more initialisation); the first reads the configuration.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
-    node::init("nvmlInit_v2")
+    node::init("nvmlInit_v2", super::EXPORTS)
 }
 
 /// As `nvmlInit_v2`; the flags change nothing here.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> nvmlReturn_t {
-    node::init("nvmlInitWithFlags")
+    node::init("nvmlInitWithFlags", super::EXPORTS)
 }
 
 /// Count one shutdown; the last drops all state, so the next init starts afresh.

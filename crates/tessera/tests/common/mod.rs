@@ -115,6 +115,7 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
+        let _ = child.wait();
         Err(format!("the daemon did not come up:\n{}", self.log()))
     }
 
