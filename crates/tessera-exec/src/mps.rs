@@ -156,6 +156,25 @@ fn prepare_dirs(pipe_dir: &Path, log_dir: &Path, owner: Option<(u32, u32)>) -> R
     Ok(())
 }
 
+/// How errors name a control daemon's start.
+const START_COMMAND: &str = "nvidia-cuda-mps-control -d";
+
+/// What every start does first: check the UUID, decide whom the control daemon runs as, make
+/// its pipe and log directories theirs, and record which instance the pipe directory serves.
+fn prepare_start(
+    mig_uuid: &str,
+    pipe_dir: &Path,
+    log_dir: &Path,
+    user: &RunAs,
+) -> Result<(Option<Credentials>, MpsInstance), ExecError> {
+    check_uuid(mig_uuid, START_COMMAND, pipe_dir)?;
+    let as_user = switch_for(user, START_COMMAND, pipe_dir)?;
+    prepare_dirs(pipe_dir, log_dir, as_user.as_ref().map(|c| (c.uid, c.gid)))?;
+    let inst = MpsInstance { mig_uuid: mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
+    write_json(&pipe_dir.join(MPS_STATE_FILE), "MPS instance record", &inst)?;
+    Ok((as_user, inst))
+}
+
 /// The identity to switch to for running as `user`: `None` when this process already is that
 /// uid and gid; refused when it is not and this process is not root.
 fn switch_for(user: &RunAs, command: &str, pipe_dir: &Path) -> Result<Option<Credentials>, ExecError> {
@@ -286,19 +305,18 @@ impl NvidiaMps {
 
 impl MpsControl for NvidiaMps {
     fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
-        let what = "nvidia-cuda-mps-control -d";
-        check_uuid(mig_uuid, what, pipe_dir)?;
-        let as_user = switch_for(user, what, pipe_dir)?;
-        prepare_dirs(pipe_dir, log_dir, as_user.as_ref().map(|c| (c.uid, c.gid)))?;
-        let inst = MpsInstance { mig_uuid: mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
-        write_json(&pipe_dir.join(MPS_STATE_FILE), "MPS instance record", &inst)?;
+        let (as_user, inst) = prepare_start(mig_uuid, pipe_dir, log_dir, user)?;
         let mut cmd = self.command(&control_env(pipe_dir, &inst), as_user);
         cmd.arg("-d");
         let (status, output) = run_control(&mut cmd, None, COMMAND_TIMEOUT)
-            .map_err(|e| mps_err(what, pipe_dir, format!("{}: {e}", self.control_binary.display())))?;
+            .map_err(|e| mps_err(START_COMMAND, pipe_dir, format!("{}: {e}", self.control_binary.display())))?;
         if !status.success() {
             let _ = fs::remove_file(pipe_dir.join(MPS_STATE_FILE));
-            return Err(mps_err(what, pipe_dir, format!("{} ({status}): {output}", self.control_binary.display())));
+            return Err(mps_err(
+                START_COMMAND,
+                pipe_dir,
+                format!("{} ({status}): {output}", self.control_binary.display()),
+            ));
         }
         Ok(())
     }
@@ -371,12 +389,7 @@ impl RecordingMps {
 
 impl MpsControl for RecordingMps {
     fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
-        let what = "nvidia-cuda-mps-control -d";
-        check_uuid(mig_uuid, what, pipe_dir)?;
-        let as_user = switch_for(user, what, pipe_dir)?;
-        prepare_dirs(pipe_dir, log_dir, as_user.as_ref().map(|c| (c.uid, c.gid)))?;
-        let inst = MpsInstance { mig_uuid: mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
-        write_json(&pipe_dir.join(MPS_STATE_FILE), "MPS instance record", &inst)?;
+        let (_, inst) = prepare_start(mig_uuid, pipe_dir, log_dir, user)?;
         self.append(&serde_json::json!({
             "op": "start",
             "argv": ["-d"],

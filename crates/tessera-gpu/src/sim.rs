@@ -58,6 +58,9 @@ use crate::health::{Recovery, XidEvent, classify};
 use crate::ids;
 use crate::spec::{NodeSpec, gb_from_name};
 
+/// How often a wait for Xid events looks at the state file again.
+const XID_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How long an operation waits for another process's lock before giving up.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The state file's format tag.
@@ -926,8 +929,18 @@ impl MigBackend for SimBackend {
 
     /// Every pending Xid, at once: the simulated node never waits (so never longer than
     /// `timeout_ms`), since nothing can raise an Xid while this call holds the state.
-    fn wait_xid_events(&self, _timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError> {
-        self.with_state(|state| Ok(std::mem::take(&mut state.pending_xids)))
+    fn wait_xid_events(&self, timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError> {
+        // Like `nvmlEventSetWait`, block until an event comes or the time is up: the state file
+        // is polled, so a watcher loop neither spins nor holds the file's lock from others.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
+        loop {
+            let events = self.with_state(|state| Ok(std::mem::take(&mut state.pending_xids)))?;
+            let now = std::time::Instant::now();
+            if !events.is_empty() || now >= deadline {
+                return Ok(events);
+            }
+            std::thread::sleep(XID_POLL.min(deadline - now));
+        }
     }
 
     fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError> {

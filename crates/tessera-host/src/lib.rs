@@ -18,4 +18,4 @@ pub mod users;
 
 pub use clock::now_ms;
 pub use cpulist::{CpuListError, MAX_ID, format_cpulist, parse_cpulist};
-pub use users::{User, UserError, effective_gid, effective_uid, user_by_name, user_by_uid};
+pub use users::{User, UserError, effective_gid, effective_uid, user_by_name, user_by_uid, user_by_uid_now};

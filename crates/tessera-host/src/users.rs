@@ -128,8 +128,48 @@ fn complete(e: Entry) -> User {
     User { uid: e.uid, gid: e.gid, name: e.name.to_string_lossy().into_owned(), home: e.home, groups }
 }
 
-/// The user with this uid, `None` if NSS knows no such user.
+/// How long a user found by uid is remembered: the daemon asks for every request, and
+/// `getgrouplist` reads the whole group database each time. A change to a user's groups
+/// shows within this long (SSSD and nscd cache far longer).
+const REMEMBER: std::time::Duration = std::time::Duration::from_secs(5);
+/// At most this many users are remembered.
+const REMEMBER_MOST: usize = 1024;
+
+type Remembered = std::collections::HashMap<u32, (std::time::Instant, User)>;
+
+fn remembered() -> &'static std::sync::Mutex<Remembered> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<Remembered>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The user with this uid, `None` if NSS knows no such user. A user found is remembered for a
+/// few seconds; one not found is asked for again each time.
 pub fn user_by_uid(uid: u32) -> Result<Option<User>, UserError> {
+    let now = std::time::Instant::now();
+    {
+        let cache = remembered().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, user)) = cache.get(&uid)
+            && now.duration_since(*at) < REMEMBER
+        {
+            return Ok(Some(user.clone()));
+        }
+    }
+    let found = user_by_uid_now(uid)?;
+    if let Some(user) = &found {
+        let mut cache = remembered().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= REMEMBER_MOST {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < REMEMBER);
+            if cache.len() >= REMEMBER_MOST {
+                cache.clear();
+            }
+        }
+        cache.insert(uid, (now, user.clone()));
+    }
+    Ok(found)
+}
+
+/// [`user_by_uid`] without remembering: what NSS says now.
+pub fn user_by_uid_now(uid: u32) -> Result<Option<User>, UserError> {
     let key = format!("uid {uid}");
     let entry = lookup(&key, |pwd, buf, len, result| {
         // SAFETY: every pointer refers to live, writable memory of the stated size (see

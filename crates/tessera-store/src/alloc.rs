@@ -62,6 +62,8 @@ impl Store {
         if !state.is_active() {
             return Err(StoreError::StaleState { id: job, expected: JobState::Placing, actual: state });
         }
+        // One time for them all: a run's allocations are told from another run's by it.
+        let at = now_ms();
         for s in slices {
             let (rank, alloc) = (s.rank, &s.allocation);
             let held: Option<i64> = tx
@@ -116,7 +118,7 @@ impl Store {
                     alloc.exclusive,
                     alloc.numa_node,
                     host,
-                    now_ms()
+                    at
                 ])
             })
             .map_err(self.db_err("allocations", ctx))?;

@@ -174,7 +174,7 @@ UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_seque
     WHERE name = 'jobs_v2';
 DROP TABLE jobs;
 ALTER TABLE jobs_v2 RENAME TO jobs;
-CREATE INDEX jobs_by_state  ON jobs (state, id);
+CREATE INDEX jobs_by_state  ON jobs (state, id, submitted_ms);
 CREATE INDEX jobs_by_user   ON jobs (user_uid, id);
 CREATE INDEX jobs_by_tenant ON jobs (tenant, id);
 

@@ -106,6 +106,10 @@ fn a_job_takes_all_its_slices_or_none() {
     store.allocate_all(b, &ok).unwrap();
     let got: Vec<(u32, u32)> = store.job_allocations(b).unwrap().iter().map(|r| (r.rank, r.slice)).collect();
     assert_eq!(got, vec![(0, 0), (0, 1), (1, 0)]);
+    // One run's allocations share one time (views tell runs apart by it).
+    let times: std::collections::BTreeSet<u64> =
+        store.job_allocations(b).unwrap().iter().map(|r| r.allocated_ms).collect();
+    assert_eq!(times.len(), 1, "{times:?}");
 }
 
 #[test]

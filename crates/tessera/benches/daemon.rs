@@ -108,6 +108,22 @@ fn main() {
     let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?").to_string();
     println!("idle_rss {} (with {n} queued jobs in the store)", rss.trim_start_matches("VmRSS:").trim());
 
+    // 3b. Idle CPU: what the daemon burns with nothing to do (rounds on a timer, the health
+    // watcher waiting for Xid events and probing), over 5 s.
+    let cpu_ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let hz = 100.0; // USER_HZ on Linux
+    let (t0, c0) = (Instant::now(), cpu_ticks(daemon.id()));
+    std::thread::sleep(Duration::from_secs(5));
+    let used = (cpu_ticks(daemon.id()) - c0) as f64 / hz;
+    println!("idle_cpu_pct {:.1} (with {n} queued jobs, over 5 s)", 100.0 * used / t0.elapsed().as_secs_f64());
+
     // 4. Restart and reconcile with the queued jobs: kill -9, start, until the API answers.
     let queued = c.jobs(&JobQuery { states: vec![JobState::Queued], all: true }).unwrap().jobs.len();
     let _ = daemon.kill();

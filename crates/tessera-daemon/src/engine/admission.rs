@@ -244,7 +244,15 @@ impl Engine {
         let mut capacity = self.facts.capacity(&self.mig_modes());
         if !self.config.scheduler.repartition {
             // Without repartitioning only the instances there are count.
-            if let Ok(live) = tessera_gpu::view::node_view_partial(self.backend()) {
+            let read;
+            let live = match &self.seen {
+                Some(v) => Some(v),
+                None => {
+                    read = tessera_gpu::view::node_view_partial(self.backend()).ok();
+                    read.as_ref()
+                }
+            };
+            if let Some(live) = live {
                 for g in capacity.gpus.iter_mut().filter(|g| g.mig) {
                     if let Some(v) = live.gpus.iter().find(|v| v.device.index == g.gpu) {
                         g.instances =
@@ -266,12 +274,20 @@ impl Engine {
         Ok(SubmitReply { id })
     }
 
-    /// The MIG mode in force on each GPU.
+    /// The MIG mode in force on each GPU (as the last round saw it, unless something changed
+    /// a GPU since).
     pub(crate) fn mig_modes(&self) -> std::collections::BTreeMap<u32, bool> {
         self.facts
             .gpus
             .iter()
-            .map(|g| (g.index, g.catalog && self.backend().mig_mode(g.index).map(|m| m.current).unwrap_or(true)))
+            .map(|g| {
+                let seen = self.seen.as_ref().and_then(|v| v.gpus.iter().find(|v| v.device.index == g.index));
+                let current = match seen {
+                    Some(v) => v.mig.current,
+                    None => self.backend().mig_mode(g.index).map(|m| m.current).unwrap_or(true),
+                };
+                (g.index, g.catalog && current)
+            })
             .collect()
     }
 }

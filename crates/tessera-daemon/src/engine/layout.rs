@@ -143,6 +143,7 @@ impl Engine {
             return Err(EngineError::Conflict(format!("GPU {gpu} changed while the layout was planned; ask again")));
         }
         self.layout_epoch += 1;
+        self.seen = None;
         match self.execute_journalled(gpu, &plan, Some(input.by.clone()), None, None) {
             Ok(()) => Ok(LayoutReply { gpu, dry_run: false, steps, layout, changed: true }),
             Err(e) => Err(EngineError::Conflict(format!("GPU {gpu}: the layout change failed: {e}"))),

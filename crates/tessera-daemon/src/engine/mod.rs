@@ -139,6 +139,9 @@ pub struct Engine {
     /// Counts admin layout changes and mode switches: a round decided before one is not carried
     /// out, and an admin's plan made before one is made again.
     pub(crate) layout_epoch: u64,
+    /// The GPUs as the last round read them, while nothing reshaped them since: admission's
+    /// picture of MIG modes and layouts without reading the GPUs on every submission.
+    pub(crate) seen: Option<tessera_gpu::view::NodeView>,
     /// This state directory's own tag (kept in the store), in names that must not clash with
     /// another daemon's on the same machine (job cgroups).
     pub(crate) tag: String,
@@ -222,6 +225,7 @@ impl Engine {
             last_round_ms: 0,
             requests: BTreeMap::new(),
             layout_epoch: 0,
+            seen: None,
             tag,
         })
     }

@@ -123,7 +123,9 @@ impl Engine {
             Err(ExecError::NotAJobDir { .. }) => return requeue(self, "it had not started"),
             Err(e) => ShimState::Lost { detail: e.to_string(), survivors: Vec::new() },
         };
-        let adopt = |engine: &mut Engine, pid: u32| -> Result<Option<String>, EngineError> {
+        // A supervisor took the job (pid 0: and has ended): record it, and a job cut short
+        // in `placing` is running.
+        let take = |engine: &mut Engine, pid: u32| -> Result<(), EngineError> {
             if rec.job_dir.is_none() {
                 engine.store.set_runtime(id, &dir.display().to_string(), pid, now)?;
             }
@@ -136,6 +138,10 @@ impl Engine {
                     now,
                 )?;
             }
+            Ok(())
+        };
+        let adopt = |engine: &mut Engine, pid: u32| -> Result<Option<String>, EngineError> {
+            take(engine, pid)?;
             Ok(Some(format!("job {id}: adopted (supervisor pid {pid})")))
         };
         match state {
@@ -148,18 +154,7 @@ impl Engine {
             ShimState::Abandoned => requeue(self, "no supervisor had taken it"),
             ShimState::Finished(_) | ShimState::Lost { .. } => {
                 // Settled by the collection that follows.
-                if rec.job_dir.is_none() {
-                    self.store.set_runtime(id, &dir.display().to_string(), 0, now)?;
-                }
-                if rec.state == JobState::Placing {
-                    self.store.transition(
-                        id,
-                        JobState::Placing,
-                        JobState::Running,
-                        "adopted after a daemon restart",
-                        now,
-                    )?;
-                }
+                take(self, 0)?;
                 Ok(None)
             }
         }

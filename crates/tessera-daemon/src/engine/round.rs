@@ -97,8 +97,10 @@ impl Engine {
         self.scheduler = scheduler;
         if layout_epoch != self.layout_epoch {
             // A layout changed while this round decided: decide again on what is there.
+            self.seen = None;
             return true;
         }
+        let mut reshaped = false;
         let t_sched = t0.elapsed();
         self.waiting = decisions.iter().filter(|d| matches!(d, Decision::Pending { .. })).count();
         for d in decisions {
@@ -112,6 +114,7 @@ impl Engine {
                 }
                 Decision::Reconfigure { gpu, plan, for_job } => {
                     changed = true;
+                    reshaped = true;
                     if let Err(e) = self.execute_journalled(gpu, &plan, None, Some(for_job), None) {
                         let _ =
                             self.store.set_pending_reason(for_job, &format!("reconfiguring: GPU {gpu} failed: {e}"));
@@ -119,6 +122,7 @@ impl Engine {
                 }
                 Decision::SetMigMode { gpu, enabled, for_job } => {
                     changed = true;
+                    reshaped = true;
                     self.layout_epoch += 1;
                     if let Err(e) = self.switch_mig_mode(gpu, enabled, Some(for_job)) {
                         let word = if enabled { "on" } else { "off" };
@@ -140,6 +144,7 @@ impl Engine {
                 }
             }
         }
+        self.seen = (!reshaped).then_some(live);
         // Save the fair-share ledger every few seconds (a crash loses at most that much usage).
         if now.saturating_sub(self.saved_usage_ms) >= 5_000 {
             let usage = serde_json::to_string(self.scheduler.usages()).unwrap_or_default();
@@ -193,6 +198,7 @@ impl Engine {
         for_job: Option<u64>,
         mig_mode: Option<bool>,
     ) -> Result<(), String> {
+        self.seen = None;
         let uuid = self.facts.gpu(gpu).map(|g| g.uuid.clone()).ok_or_else(|| format!("no GPU {gpu}"))?;
         let journal = JournalPlan { steps: plan.steps.clone(), target: plan.target.clone(), by, mig_mode };
         let id = self
@@ -236,6 +242,7 @@ impl Engine {
     /// Turns an idle GPU's MIG mode on or off, journalled: its idle instances are destroyed
     /// first, then the mode is set; a GPU whose model needs a reset for it (A100, A30) is reset.
     pub(crate) fn switch_mig_mode(&mut self, gpu: u32, enabled: bool, for_job: Option<u64>) -> Result<(), String> {
+        self.seen = None;
         let view = tessera_gpu::gpu_view(self.backend(), gpu).map_err(|e| e.to_string())?;
         if view.instances.iter().any(|i| i.busy) {
             return Err(format!("GPU {gpu} has instances in use"));

@@ -277,7 +277,19 @@ fn xids_are_kept_in_the_state_and_consumed_once() {
     let path = dir.path().join("node.json");
     let s = spec("2xA100-40GB");
     let a = SimBackend::open(&path, Some(&s)).unwrap();
-    assert!(a.wait_xid_events(1000).unwrap().is_empty(), "nothing pending: returns at once");
+    // Nothing pending: it waits out its timeout (as nvmlEventSetWait does) and returns none.
+    let t = std::time::Instant::now();
+    assert!(a.wait_xid_events(60).unwrap().is_empty());
+    assert!(t.elapsed() >= std::time::Duration::from_millis(60), "returned after {:?}", t.elapsed());
+    // An event raised by another handle (another process) while one waits ends the wait.
+    let waiter = {
+        let path = path.clone();
+        let s = s.clone();
+        std::thread::spawn(move || SimBackend::open(&path, Some(&s)).unwrap().wait_xid_events(30_000).unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    a.raise_xid(1, 13, None, None).unwrap();
+    assert_eq!(waiter.join().unwrap().iter().map(|e| e.xid).collect::<Vec<_>>(), [13]);
     a.raise_xid(1, 94, Some(7), Some(0)).unwrap();
     a.raise_xid(0, 79, None, None).unwrap();
     let e = a.raise_xid(5, 79, None, None).unwrap_err();
