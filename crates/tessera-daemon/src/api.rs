@@ -3,7 +3,6 @@
 //! NSS), and [`EngineError`]s become status codes — the only place that knows them. Bodies are
 //! the typed structs of `wire.rs` (unknown fields refused); every error has a JSON body.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::config::Config;
 pub use crate::engine::{Action, Caller, Door, EngineError, Reply};
-use crate::http::{PeerInfo, json_error};
+use crate::http::{PeerInfo, code_for_status, json_error};
 use crate::wire::{DrainRequest, JobQuery, JobState, LayoutRequest, Stream, SubmitRequest};
 
 /// The front-door seam: what answers actions — the daemon's engine, or a fake in tests. Every
@@ -43,7 +43,8 @@ pub fn status_of(e: &EngineError) -> StatusCode {
 }
 
 fn error_response(e: &EngineError) -> Response {
-    json_error(status_of(e), e.code(), e.to_string())
+    let status = status_of(e);
+    json_error(status, &code_for_status(status), e.to_string())
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -58,30 +59,30 @@ pub struct TokenUser {
     pub name: String,
 }
 
-/// Who callers are: the TCP token and its user, tenants, admins.
+/// Who callers are: the TCP token and its user; tenants and admins as the configuration says
+/// ([`Config::tenant_of`], [`Config::is_admin`]).
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub token: Option<String>,
     /// The local user TCP callers act as (resolved through NSS at start).
     pub token_user: Option<TokenUser>,
-    pub users_to_tenants: BTreeMap<String, String>,
-    pub admins: Vec<String>,
+    pub config: Arc<Config>,
 }
 
 impl Identity {
-    fn tenant_of(&self, user: &str) -> String {
-        self.users_to_tenants.get(user).cloned().unwrap_or_else(|| "default".into())
-    }
-
-    fn caller(&self, peer: Option<&PeerInfo>, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
+    async fn caller(&self, peer: Option<&PeerInfo>, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
         match peer {
             Some(PeerInfo::Unix { uid, gid, .. }) => {
-                let user = tessera_host::users::user_name(*uid);
+                // NSS may be slow (LDAP): not on the async workers.
+                let uid = *uid;
+                let user = tokio::task::spawn_blocking(move || tessera_host::users::user_name(uid))
+                    .await
+                    .unwrap_or_else(|_| format!("uid:{uid}"));
                 Ok(Caller {
-                    uid: *uid,
+                    uid,
                     gid: *gid,
-                    tenant: self.tenant_of(&user),
-                    admin: *uid == 0 || self.admins.contains(&user),
+                    tenant: self.config.tenant_of(&user),
+                    admin: self.config.is_admin(uid, &user),
                     user,
                     door: Door::Socket,
                 })
@@ -103,8 +104,8 @@ impl Identity {
                 Ok(Caller {
                     uid: who.uid,
                     gid: who.gid,
-                    tenant: self.tenant_of(&who.name),
-                    admin: who.uid == 0 || self.admins.contains(&who.name),
+                    tenant: self.config.tenant_of(&who.name),
+                    admin: self.config.is_admin(who.uid, &who.name),
                     user: who.name.clone(),
                     door: Door::Tcp,
                 })
@@ -136,7 +137,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 }
 
 async fn dispatch(state: &AppState, peer: Peer, headers: &HeaderMap, action: Result<Action, EngineError>) -> Response {
-    let caller = match state.identity.caller(peer.0.as_ref(), headers) {
+    let caller = match state.identity.caller(peer.0.as_ref(), headers).await {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -244,11 +245,8 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
                     let action = parse_id(&id).and_then(|id| {
                         let q = query(q)?;
                         let stream = match q.stream.as_deref() {
-                            None | Some("stdout") => Stream::Stdout,
-                            Some("stderr") => Stream::Stderr,
-                            Some(other) => {
-                                return Err(EngineError::invalid("stream", format!("'{other}': use stdout or stderr")));
-                            }
+                            None => Stream::Stdout,
+                            Some(s) => s.parse::<Stream>().map_err(|e| EngineError::invalid("stream", e))?,
                         };
                         Ok(Action::Logs { id, rank: q.rank, stream, offset: q.offset })
                     });

@@ -39,6 +39,9 @@ pub enum ClientError {
     Api { status: u16, code: String, message: String },
 }
 
+/// The largest reply the client reads (a page of logs is far smaller).
+const MAX_REPLY_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Where the daemon listens.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -127,8 +130,9 @@ impl Client {
         let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
             ClientError::Protocol { target: target.clone(), detail: format!("status line {status_line:?}") }
         })?;
-        let mut length: Option<usize> = None;
-        let mut chunked = false;
+        // The daemon always answers with a `Content-Length` (its connection layer collects
+        // every body); anything else is not the daemon.
+        let mut length: Option<u64> = None;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).map_err(io)? == 0 {
@@ -141,32 +145,29 @@ impl Client {
             if let Some((k, v)) = line.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse().ok();
-                } else if k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked") {
-                    chunked = true;
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err(ClientError::Protocol {
+                        target: target.clone(),
+                        detail: format!("Transfer-Encoding {}: the daemon answers with a Content-Length", v.trim()),
+                    });
                 }
             }
         }
         let mut raw = Vec::new();
-        if chunked {
-            loop {
-                let mut size_line = String::new();
-                reader.read_line(&mut size_line).map_err(io)?;
-                let size = usize::from_str_radix(size_line.trim(), 16).map_err(|_| ClientError::Protocol {
+        match length {
+            Some(n) if n > MAX_REPLY_BYTES => {
+                return Err(ClientError::Protocol {
                     target: target.clone(),
-                    detail: format!("chunk size {size_line:?}"),
-                })?;
-                if size == 0 {
-                    break;
-                }
-                let mut chunk = vec![0u8; size + 2];
-                reader.read_exact(&mut chunk).map_err(io)?;
-                raw.extend_from_slice(&chunk[..size]);
+                    detail: format!("a {n}-byte reply (at most {MAX_REPLY_BYTES})"),
+                });
             }
-        } else if let Some(n) = length {
-            raw.resize(n, 0);
-            reader.read_exact(&mut raw).map_err(io)?;
-        } else {
-            reader.read_to_end(&mut raw).map_err(io)?;
+            Some(n) => {
+                raw.resize(usize::try_from(n).unwrap_or(0), 0);
+                reader.read_exact(&mut raw).map_err(io)?;
+            }
+            None => {
+                reader.take(MAX_REPLY_BYTES).read_to_end(&mut raw).map_err(io)?;
+            }
         }
         Ok(Response { status, body: raw })
     }
@@ -230,11 +231,7 @@ impl Client {
     }
 
     pub fn logs(&self, id: u64, rank: u32, stream: Stream, offset: u64) -> Result<LogChunk, ClientError> {
-        let s = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        };
-        self.get(&format!("/v1/jobs/{id}/logs?rank={rank}&stream={s}&offset={offset}"))
+        self.get(&format!("/v1/jobs/{id}/logs?rank={rank}&stream={}&offset={offset}", stream.as_str()))
     }
 
     pub fn gpus(&self) -> Result<GpuList, ClientError> {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tessera_gpu::open::BackendChoice;
 
 /// What is wrong with a config file: its path, and `line:column` where TOML knows it.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// `auto` (NVML if present, else simulated), `nvml` or `sim`.
+    /// `auto` (NVML if present, else simulated), `nvml` or `sim` ([`Config::backend_choice`]
+    /// gives it typed).
     pub backend: Option<String>,
     /// Simulated node spec, e.g. `8xH100-80GB,numa=2`.
     pub sim: Option<String>,
@@ -275,14 +277,21 @@ impl Config {
             }
         }
         if let Some(b) = &self.node.backend
-            && !matches!(b.as_str(), "auto" | "nvml" | "sim")
+            && b.parse::<BackendChoice>().is_err()
         {
             return Err(invalid(format!("node.backend = '{b}': use auto, nvml or sim")));
         }
+        // What the scheduler itself requires of its configuration (checked again nowhere later).
+        crate::engine::scheduler_config(self).validate().map_err(|e| invalid(e.to_string()))?;
         if self.scheduler.tick_ms == 0 {
             return Err(invalid("scheduler.tick_ms must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// `node.backend`, checked at load.
+    pub fn backend_choice(&self) -> Option<BackendChoice> {
+        self.node.backend.as_deref().and_then(|b| b.parse().ok())
     }
 
     /// The tenant a user belongs to.

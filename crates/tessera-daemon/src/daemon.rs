@@ -14,7 +14,12 @@ use tessera_store::{DB_FILE, Store, StoreError};
 
 use crate::api::{Identity, Service, TokenUser};
 use crate::config::Config;
-use crate::engine::{Action, Caller, Engine, EngineError, Paths, Reply, ShimCommand, highest_job_dir};
+use tessera_sched::JobRequest;
+use tessera_store::Work;
+
+use crate::engine::{
+    Action, Caller, Engine, EngineError, Paths, Reply, ShimCommand, check_work, highest_job_dir, process_work,
+};
 
 /// What `tessera serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -50,12 +55,33 @@ pub struct EngineHandle {
     core: Arc<Mutex<Engine>>,
     wake: Arc<tokio::sync::Notify>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// `jobs.max_exec_bytes`, for checking submissions without the engine.
+    max_exec_bytes: usize,
 }
 
 impl EngineHandle {
     pub fn new(engine: Engine) -> EngineHandle {
         let (changed, _) = tokio::sync::watch::channel(0);
-        EngineHandle { core: Arc::new(Mutex::new(engine)), wake: Arc::new(tokio::sync::Notify::new()), changed }
+        let max_exec_bytes = engine.config.jobs.max_exec_bytes;
+        EngineHandle {
+            core: Arc::new(Mutex::new(engine)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            changed,
+            max_exec_bytes,
+        }
+    }
+
+    /// A submission: its work checked on a blocking thread without the engine (the checks
+    /// touch paths the user chose), then queued under the engine.
+    async fn submit(&self, caller: Caller, request: JobRequest, work: Work) -> Result<Reply, EngineError> {
+        let max = self.max_exec_bytes;
+        let (caller, work, checked) = tokio::task::spawn_blocking(move || {
+            let checked = check_work(&work, &caller, max);
+            (caller, work, checked)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("submission check task: {e}")))?;
+        self.blocking(move |core| core.submit_checked(&caller, request, work, checked).map(Reply::Submitted)).await?
     }
 
     async fn blocking<T: Send + 'static>(
@@ -85,8 +111,9 @@ impl EngineHandle {
                     false
                 }
             };
-            self.changed.send_modify(|n| *n += 1);
             if again {
+                // Waiters look again only when a round changed something.
+                self.changed.send_modify(|n| *n += 1);
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -158,12 +185,19 @@ impl Service for EngineHandle {
         Box::pin(async move {
             let wakes = action.wakes_rounds();
             let reply = match action {
+                Action::Submit(body) => match process_work(body) {
+                    Ok((request, work)) => self.submit(caller, request, work).await,
+                    Err(e) => Err(e),
+                },
+                Action::SubmitWork { request, work } => self.submit(caller, request, work).await,
                 Action::Wait { id, timeout_ms } => self.wait(caller, id, timeout_ms).await,
                 Action::Layout { gpu, request } => self.layout(caller, gpu, request).await,
                 other => self.blocking(move |core| core.act(&caller, other)).await?,
             };
             if wakes && reply.is_ok() {
                 self.wake.notify_one();
+                // An action may itself end a job (a queued job cancelled, external work released).
+                self.changed.send_modify(|n| *n += 1);
             }
             reply
         })
@@ -280,14 +314,15 @@ fn watch_health(
     stop: Arc<AtomicBool>,
 ) {
     let mut last_probe: Option<Instant> = None;
-    let gpus: Vec<u32> = core.lock().map(|c| c.facts.gpus.iter().map(|g| g.index).collect()).unwrap_or_default();
+    let gpus: Vec<u32> =
+        core.lock().unwrap_or_else(std::sync::PoisonError::into_inner).facts.gpus.iter().map(|g| g.index).collect();
     while !stop.load(Ordering::Relaxed) {
         let wait = u32::try_from(probe.as_millis().min(1000)).unwrap_or(1000);
         match node.backend().wait_xid_events(wait) {
             Ok(events) if !events.is_empty() => {
-                if let Ok(mut c) = core.lock() {
-                    c.health_events(&events, tessera_host::now_ms());
-                }
+                let mut c = core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                c.health_events(&events, tessera_host::now_ms());
+                drop(c);
                 wake.notify_one();
             }
             Ok(_) => {}
@@ -300,16 +335,13 @@ fn watch_health(
             let observations: Vec<(u32, Observation)> = gpus
                 .iter()
                 .map(|g| {
-                    let o = match node.backend().observe(*g) {
-                        Ok(o) => Observation::answered(&o),
-                        Err(_) => Observation::failed(),
-                    };
+                    let o = Observation::from_result(node.backend().observe(*g));
                     (*g, o)
                 })
                 .collect();
-            if let Ok(mut c) = core.lock() {
-                c.health_observe(&observations, tessera_host::now_ms());
-            }
+            core.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .health_observe(&observations, tessera_host::now_ms());
             wake.notify_one();
             last_probe = Some(Instant::now());
         }
@@ -334,6 +366,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Setup(format!("creating the output directory {}: {e}", output_dir.display())))?;
     }
     let opened = tessera_gpu::open::open(&opts.backend).map_err(Box::new)?;
+    let backend_summary = opened.summary();
     let node = Arc::new(opened.node);
     let mps: Box<dyn MpsControl> = match node.as_ref() {
         Node::Sim(_) => Box::new(RecordingMps::new(opts.state_dir.join("mps-commands.jsonl"))),
@@ -365,12 +398,8 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         ),
         None => None,
     };
-    let identity = Arc::new(Identity {
-        token,
-        token_user: token_user(&opts.config)?,
-        users_to_tenants: opts.config.users.clone(),
-        admins: opts.config.admins.clone(),
-    });
+    let identity =
+        Arc::new(Identity { token, token_user: token_user(&opts.config)?, config: Arc::new(opts.config.clone()) });
     let isolation = engine.cgroups.to_string();
     // A small runtime: the work is blocking (SQLite, NVML, fork/exec) and serialised on the core.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -392,11 +421,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
             ),
             None => None,
         };
-        eprintln!(
-            "tessera serve: {}; isolation: {isolation}; listening on {}",
-            opened.description,
-            opts.socket.display()
-        );
+        eprintln!("tessera serve: {}; isolation: {isolation}; listening on {}", backend_summary, opts.socket.display());
         let handle = Arc::new(EngineHandle::new(engine));
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = {

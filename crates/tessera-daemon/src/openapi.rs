@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`, written out by hand next to the router it
-//! describes; a test checks that every route is documented.
+//! describes; a test checks that the router's routes, [`PATHS`] and the document agree.
 
 use serde_json::{Value, json};
 
@@ -41,6 +41,7 @@ pub const PATHS: &[&str] = &[
     "/v1/gpus",
     "/v1/gpus/{gpu}/drain",
     "/v1/gpus/{gpu}/undrain",
+    "/v1/gpus/{gpu}/layout",
     "/v1/gpus/{gpu}/health/clear",
     "/v1/health",
 ];
@@ -65,7 +66,7 @@ pub fn document() -> Value {
             "/v1/jobs/{id}/logs": {"get": op("Log bytes from an offset", json!([id_param(),
                 {"name": "rank", "in": "query", "schema": {"type": "integer"}},
                 {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer"}}]), None, "Base64 data and the next offset")},
+                {"name": "offset", "in": "query", "schema": {"type": "integer"}}]), None, "The bytes as UTF-8 text (invalid sequences replaced), the next offset, and whether the job has ended")},
             "/v1/jobs/{id}/wait": {"get": op("Wait until the job ends", json!([id_param(),
                 {"name": "timeout_ms", "in": "query", "schema": {"type": "integer"}}]), None, "The job")},
             "/v1/gpus": {"get": op("GPUs, instances, and which job runs where", json!([]), None, "Slice map")},

@@ -33,11 +33,6 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
     Err(format!("unknown signal '{text}' (use one of {})", names.join(", ")))
 }
 
-/// `SIGUSR1` for 10.
-pub fn signal_name(sig: i32) -> String {
-    SIGNALS.iter().find(|(_, n)| *n == sig).map_or_else(|| format!("signal {sig}"), |(s, _)| format!("SIG{s}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +45,5 @@ mod tests {
         for bad in ["SIGKILL", "9", "FOO", "", "-1"] {
             assert!(parse_signal(bad).unwrap_err().contains("SIGUSR1"), "{bad}");
         }
-        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
     }
 }

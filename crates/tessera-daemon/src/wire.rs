@@ -141,8 +141,26 @@ pub struct EventView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelReply {
     pub id: u64,
-    /// `cancelled` (it had not started) or `cancelling` (its ranks are being stopped).
-    pub state: String,
+    pub state: CancelState,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelState {
+    /// It had not started: it is cancelled now.
+    Cancelled,
+    /// Its ranks are being stopped; it ends `cancelled` once they are gone.
+    Cancelling,
+}
+
+impl std::fmt::Display for CancelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CancelState::Cancelled => "cancelled",
+            CancelState::Cancelling => "cancelling",
+        })
+    }
 }
 
 /// Which output stream of a rank.
@@ -152,6 +170,27 @@ pub enum Stream {
     #[default]
     Stdout,
     Stderr,
+}
+
+impl Stream {
+    /// As the API's `stream` parameter writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+impl std::str::FromStr for Stream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Stream, String> {
+        [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("'{s}': use stdout or stderr"))
+    }
 }
 
 /// Bytes of a rank's log (`GET /v1/jobs/{id}/logs`).

@@ -31,13 +31,26 @@ fn root() -> Caller {
     caller(0, "root", true)
 }
 
+/// The store in `state`. A previous engine's standby supervisor is forked in the background;
+/// until its exec fails the child holds the store's lock too, so a reopen waits for it.
+fn open_store(state: &Path) -> Store {
+    for _ in 0..200 {
+        match Store::open(state) {
+            Ok(s) => return s,
+            Err(tessera_store::StoreError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => panic!("store: {e}"),
+        }
+    }
+    panic!("the store in {} stays locked", state.display())
+}
+
 /// An engine over `spec` with its state in `dir` (a second call on the same `dir` is a restart).
 fn engine(dir: &Path, spec: &str, config: Config) -> Engine {
     let spec: tessera_gpu::NodeSpec = spec.parse().expect("node spec");
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let sim = SimBackend::open(&state.join("sim-node.json"), Some(&spec)).expect("simulated node");
-    let store = Store::open(&state).expect("store");
+    let store = open_store(&state);
     let paths = Paths {
         state_dir: state.clone(),
         output_dir: dir.join("output"),
@@ -203,6 +216,28 @@ fn a_failed_gpu_gets_no_work_until_cleared_and_drains_survive_restarts() {
     assert!(j.ranks[0].devices[0].starts_with("GPU-"), "{:?}", j.ranks[0].devices);
     // Clearing health is for admins.
     assert!(matches!(e.act(&alice(), Action::HealthClear { gpu: 0 }), Err(EngineError::Forbidden(_))));
+}
+
+/// Saved health that cannot be read (another version, a damaged row) fences every GPU: what
+/// was unhealthy is unknown, so nothing is trusted until an admin undrains.
+#[test]
+fn unreadable_saved_health_drains_every_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = "2xH100-80GB,numa=1,cpus=16,mig=off";
+    drop(engine(dir.path(), spec, Config::default()));
+    let store = open_store(&dir.path().join("state"));
+    store.set_meta("health", "{\"version\": 99}").unwrap();
+    drop(store);
+    let mut e = engine(dir.path(), spec, Config::default());
+    let id = submit(&mut e, &alice(), JobRequest::new(GpuRequest::WholeGpu), "p").unwrap();
+    settle(&mut e);
+    let j = job(&mut e, &alice(), id);
+    assert_eq!(j.state, JobState::Queued, "{}", j.reason);
+    let Reply::Gpus(gpus) = e.act(&alice(), Action::Gpus).unwrap() else { panic!() };
+    assert!(gpus.gpus.iter().all(|g| g.drained.as_ref().is_some_and(|d| d.reason.contains("unreadable"))), "{gpus:?}");
+    e.act(&root(), Action::Drain { gpu: 0, drain: false, request: DrainRequest { reason: String::new() } }).unwrap();
+    settle(&mut e);
+    assert_eq!(job(&mut e, &alice(), id).state, JobState::Running);
 }
 
 /// `x.tap(|x| …)`: a changed copy, for tables.

@@ -20,8 +20,6 @@ use std::collections::BTreeSet;
 use crate::spec::RankSpec;
 use tessera_host::{format_cpulist, parse_cpulist};
 
-pub use crate::spec::MAX_NODE;
-
 /// What the shim itself may use.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Allowed {

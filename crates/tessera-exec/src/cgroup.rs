@@ -382,6 +382,36 @@ fn read_file(job_id: u64, dir: &Path, file: &str) -> Result<String, ExecError> {
     fs::read_to_string(&path).map_err(|e| cg_err(job_id, "reading", &path, e))
 }
 
+/// A cpuset file (`cpuset.cpus`, `cpuset.mems`) as a set; text that is not a CPU/node list is
+/// an error, never an empty set.
+fn read_list(job_id: u64, dir: &Path, file: &str) -> Result<BTreeSet<u32>, ExecError> {
+    let text = read_file(job_id, dir, file)?;
+    parse_cpulist(&text).map_err(|e| {
+        cg_err(job_id, "parsing", &dir.join(file), io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    })
+}
+
+/// Writes the CPUs and memory nodes that are given to the cpuset in `dir` (`cpuset.cpus`,
+/// `cpuset.mems`: the same files and format on v1 and v2), recording each one written in
+/// `applied`, so that a failure half-way still says what holds.
+fn write_cpuset(
+    job_id: u64,
+    dir: &Path,
+    cpus: Option<BTreeSet<u32>>,
+    mems: Option<BTreeSet<u32>>,
+    applied: &mut (Option<BTreeSet<u32>>, Option<BTreeSet<u32>>),
+) -> Result<(), ExecError> {
+    if let Some(cpus) = cpus {
+        write_file(job_id, dir, "cpuset.cpus", &format_cpulist(&cpus))?;
+        applied.0 = Some(cpus);
+    }
+    if let Some(mems) = mems {
+        write_file(job_id, dir, "cpuset.mems", &format_cpulist(&mems))?;
+        applied.1 = Some(mems);
+    }
+    Ok(())
+}
+
 /// Creates `dir` unless it is there.
 fn ensure_dir(job_id: u64, dir: &Path) -> Result<(), ExecError> {
     match fs::create_dir(dir) {
@@ -655,15 +685,19 @@ impl JobCgroup {
                 write_file(job_id, &parent, file, root.trim())?;
             }
         }
+        // A v1 cpuset needs both files set: what the job does not ask for comes from the parent.
         let (cpus, mems) = (set_or_inherit(&iso.cpus), set_or_inherit(&iso.mems));
         let mut applied = (None, None);
         self.with_v1("cpuset", mount, iso, |dir| {
-            let cpus = cpus.unwrap_or(parse_list(&read_file(job_id, &parent, "cpuset.cpus")?));
-            let mems = mems.unwrap_or(parse_list(&read_file(job_id, &parent, "cpuset.mems")?));
-            write_file(job_id, dir, "cpuset.cpus", &format_cpulist(&cpus))?;
-            write_file(job_id, dir, "cpuset.mems", &format_cpulist(&mems))?;
-            applied = (Some(cpus), Some(mems));
-            Ok(())
+            let cpus = match cpus {
+                Some(cpus) => cpus,
+                None => read_list(job_id, &parent, "cpuset.cpus")?,
+            };
+            let mems = match mems {
+                Some(mems) => mems,
+                None => read_list(job_id, &parent, "cpuset.mems")?,
+            };
+            write_cpuset(job_id, dir, Some(cpus), Some(mems), &mut applied)
         })?;
         (self.cpus, self.mems) = applied;
         Ok(())
@@ -671,15 +705,12 @@ impl JobCgroup {
 
     fn cpuset_v2(&mut self, mount: &Path, iso: &Isolation) -> Result<(), ExecError> {
         let dir = self.unified(mount, iso, &["cpuset"])?;
-        if let Some(cpus) = set_or_inherit(&iso.cpus) {
-            write_file(self.job_id, &dir, "cpuset.cpus", &format_cpulist(&cpus))?;
-            self.cpus = Some(cpus);
-        }
-        if let Some(mems) = set_or_inherit(&iso.mems) {
-            write_file(self.job_id, &dir, "cpuset.mems", &format_cpulist(&mems))?;
-            self.mems = Some(mems);
-        }
-        Ok(())
+        // v2 inherits what is not written.
+        let mut applied = (None, None);
+        let written =
+            write_cpuset(self.job_id, &dir, set_or_inherit(&iso.cpus), set_or_inherit(&iso.mems), &mut applied);
+        (self.cpus, self.mems) = applied;
+        written
     }
 
     fn devices_v1(&mut self, mount: &Path, iso: &Isolation, access: &DeviceAccess) -> Result<(), ExecError> {
@@ -754,20 +785,18 @@ impl JobCgroup {
     pub(crate) fn oom(&self) -> OomReport {
         let mut report = OomReport::default();
         for dir in &self.dirs {
+            // Where this directory keeps its `oom_kill` count, and (v1) its limit-hit count.
+            let (events, failcnt) = match (dir.version, dir.controller) {
+                (CgroupVersion::V2, _) => ("memory.events", None),
+                (CgroupVersion::V1, "memory") => ("memory.oom_control", Some("memory.failcnt")),
+                _ => continue,
+            };
             let read = |file: &str| fs::read_to_string(dir.path.join(file)).ok();
-            match (dir.version, dir.controller) {
-                (CgroupVersion::V2, _) => {
-                    if let Some(n) = read("memory.events").and_then(|t| keyed_value(&t, "oom_kill")) {
-                        report.kills = Some(report.kills.unwrap_or(0) + n);
-                    }
-                }
-                (CgroupVersion::V1, "memory") => {
-                    if let Some(n) = read("memory.oom_control").and_then(|t| keyed_value(&t, "oom_kill")) {
-                        report.kills = Some(report.kills.unwrap_or(0) + n);
-                    }
-                    report.failcnt = read("memory.failcnt").and_then(|t| t.trim().parse().ok());
-                }
-                _ => {}
+            if let Some(n) = read(events).and_then(|t| keyed_value(&t, "oom_kill")) {
+                report.kills = Some(report.kills.unwrap_or(0) + n);
+            }
+            if let Some(file) = failcnt {
+                report.failcnt = read(file).and_then(|t| t.trim().parse().ok());
             }
         }
         report
@@ -799,10 +828,6 @@ impl JobCgroup {
 
 fn set_or_inherit(ids: &[u32]) -> Option<BTreeSet<u32>> {
     (!ids.is_empty()).then(|| ids.iter().copied().collect())
-}
-
-fn parse_list(text: &str) -> BTreeSet<u32> {
-    parse_cpulist(text.trim()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -983,6 +1008,68 @@ Block devices:
         let not_root = CgroupSupport { root: false, ..cgroup_support() };
         let err = JobCgroup::create(&not_root, &Isolation { required: true, ..iso }, 2).unwrap_err().to_string();
         assert!(err.contains("need root"), "{err}");
+    }
+
+    /// A v1 cpuset inherits what the job does not ask for from its parent; a parent whose list
+    /// does not parse is an error naming the file, not an empty cpuset. (A plain directory
+    /// stands in for the hierarchy: only files are read and written.)
+    #[test]
+    fn a_v1_cpuset_inherits_the_parent_lists_and_refuses_garbage() {
+        let mount = tempfile::tempdir().unwrap();
+        let parent = mount.path().join("tessera-test");
+        fs::create_dir(&parent).unwrap();
+        fs::write(parent.join("cpuset.cpus"), "0-3\n").unwrap();
+        fs::write(parent.join("cpuset.mems"), "0\n").unwrap();
+        let v1 = Controller { version: CgroupVersion::V1, mount: mount.path().to_path_buf() };
+        let support = CgroupSupport { root: true, cpuset: Some(v1), ..Default::default() };
+        let iso = Isolation {
+            parent: "tessera-test".into(),
+            name: "job-1-run-1".into(),
+            memory_limit_bytes: None,
+            cpus: vec![],
+            mems: vec![0],
+            devices: None,
+            required: true,
+        };
+        let (cg, notes) = JobCgroup::create(&support, &iso, 1).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(cg.cpuset(), (Some(&BTreeSet::from([0, 1, 2, 3])), Some(&BTreeSet::from([0]))));
+        let child = parent.join("job-1-run-1");
+        assert_eq!(fs::read_to_string(child.join("cpuset.cpus")).unwrap(), "0-3");
+        assert_eq!(fs::read_to_string(child.join("cpuset.mems")).unwrap(), "0");
+
+        fs::write(parent.join("cpuset.cpus"), "0-3,junk\n").unwrap();
+        let iso = Isolation { name: "job-2-run-1".into(), ..iso };
+        let err = JobCgroup::create(&support, &iso, 2).unwrap_err().to_string();
+        assert!(err.contains("parsing") && err.contains("cpuset.cpus") && err.contains("junk"), "{err}");
+        assert!(!parent.join("job-2-run-1").exists(), "a half-made cpuset is removed");
+    }
+
+    #[test]
+    fn oom_counters_come_from_each_version_s_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |version, controller, name: &str, files: &[(&str, &str)]| {
+            let path = tmp.path().join(name);
+            fs::create_dir(&path).unwrap();
+            for (file, text) in files {
+                fs::write(path.join(file), text).unwrap();
+            }
+            CgroupDir { version, controller, path }
+        };
+        let cg = |dirs| JobCgroup { job_id: 1, dirs, memory_limit: None, cpus: None, mems: None };
+        let v2 = dir(CgroupVersion::V2, "unified", "v2", &[("memory.events", "oom 2\noom_kill 2\n")]);
+        let v1 = dir(
+            CgroupVersion::V1,
+            "memory",
+            "v1",
+            &[("memory.oom_control", "oom_kill_disable 0\noom_kill 1\n"), ("memory.failcnt", "7\n")],
+        );
+        let cpuset = dir(CgroupVersion::V1, "cpuset", "cpuset", &[("memory.oom_control", "oom_kill 9\n")]);
+        assert_eq!(cg(vec![v2.clone()]).oom(), OomReport { kills: Some(2), failcnt: None });
+        assert_eq!(cg(vec![v1.clone(), cpuset.clone()]).oom(), OomReport { kills: Some(1), failcnt: Some(7) });
+        assert_eq!(cg(vec![v1, v2, cpuset]).oom(), OomReport { kills: Some(3), failcnt: Some(7) });
+        let empty = dir(CgroupVersion::V2, "unified", "empty", &[]);
+        assert_eq!(cg(vec![empty]).oom(), OomReport::default());
     }
 
     /// The v2 eBPF device filter on whatever cgroup2 hierarchy is writable here (on a hybrid

@@ -1,9 +1,10 @@
 //! Who owns a job directory: the claim protocol that closes every `kill -9` window between the
 //! daemon handing a job to a shim and the shim taking it.
 //!
-//! `shim.pid` is created exactly once, atomically and exclusively: the content goes into a
-//! temporary file first, which is then `link(2)`ed to `shim.pid` (the link fails with `EEXIST`
-//! when the name is taken, and a reader never sees a half-written file). Its content is either
+//! `shim.pid` is created exactly once, atomically and exclusively
+//! ([`create_once`](crate::status::create_once): the content goes into a temporary file first,
+//! which is then `link(2)`ed to `shim.pid`; the link fails with `EEXIST` when the name is taken,
+//! and a reader never sees a half-written file). Its content is either
 //! the pid of the shim that claimed the job or the word `abandoned`, written by the daemon
 //! ([`crate::abandon`]) when it gave up waiting. Whoever links first wins, for good:
 //!
@@ -14,13 +15,12 @@
 //! ([`ShimState::Unclaimed`](crate::ShimState::Unclaimed)) calls [`crate::abandon`] and learns, without
 //! any race, whether the job will ever run.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::ExecError;
-use crate::status::PID_FILE;
+use crate::status::{PID_FILE, create_once};
 
 /// What `shim.pid` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,33 +70,13 @@ pub(crate) fn read_claim(job_dir: &Path) -> Result<Option<Claim>, ExecError> {
 /// `claim` itself when this call won, the other one when `shim.pid` was already there.
 pub(crate) fn try_claim(job_dir: &Path, claim: Claim) -> Result<Claim, ExecError> {
     let target = job_dir.join(PID_FILE);
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = job_dir.join(format!(".{PID_FILE}.{}.{seq}.tmp", std::process::id()));
-    let write = || -> io::Result<()> {
-        // A stale temporary of a dead process that had our pid is no one's any more.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        // create_new: never through a planted symlink, never into someone else's file.
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(claim.text().as_bytes())
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(ExecError::io("writing", tmp, e));
+    if create_once(&target, claim.text().as_bytes())? {
+        return Ok(claim);
     }
-    let linked = fs::hard_link(&tmp, &target);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(claim),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_claim(job_dir)?.ok_or_else(|| {
-            let gone = io::Error::new(io::ErrorKind::NotFound, "shim.pid existed, then vanished");
-            ExecError::io("reading", &target, gone)
-        }),
-        Err(e) => Err(ExecError::io("linking", target, e)),
-    }
+    read_claim(job_dir)?.ok_or_else(|| {
+        let gone = io::Error::new(io::ErrorKind::NotFound, "shim.pid existed, then vanished");
+        ExecError::io("reading", &target, gone)
+    })
 }
 
 #[cfg(test)]
@@ -131,6 +111,9 @@ mod tests {
         assert_eq!(read_claim(dir.path()).unwrap(), Some(Claim::Shim { pid: 42 }));
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(PID_FILE)]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join(PID_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the job directory's files are the daemon's alone");
 
         let other = tempfile::tempdir().unwrap();
         assert_eq!(try_claim(other.path(), Claim::Abandoned).unwrap(), Claim::Abandoned);

@@ -28,9 +28,6 @@ pub enum ExecError {
     /// The job spec cannot be run as written.
     #[error("job {job_id}: invalid spec: {reason}")]
     InvalidSpec { job_id: u64, reason: String },
-    /// A CPU or node list is malformed.
-    #[error("invalid CPU/node list `{input}`: {reason}")]
-    InvalidCpuList { input: String, reason: String },
     /// The job directory already holds a launched (or finished) job.
     #[error("job {job_id}: {path} already holds a launched job")]
     AlreadyLaunched { job_id: u64, path: PathBuf },

@@ -4,7 +4,8 @@
 //!
 //! **No zombie, no double fork.** The shim is spawned directly (as the leader of a new session,
 //! so it outlives the daemon and gets none of its terminal's signals) and a small named thread
-//! (`tessera-reap-<job>`, 64 KiB stack) waits for it. While the daemon lives, that thread reaps
+//! (`tessera-reap-<job>`, 64 KiB stack, started before the shim: without it no shim is started
+//! and the launch fails) waits for it. While the daemon lives, that thread reaps
 //! the shim the moment it exits; if the daemon dies first, the shim is re-parented to init (or
 //! the nearest subreaper), which reaps it. A double fork would avoid the thread but cannot be
 //! done safely with `std::process::Command` from a multi-threaded daemon, and would hide the
@@ -36,10 +37,10 @@ use crate::procfs;
 use crate::spec::{JobSpec, StopReason, StopRequest};
 use crate::status::{
     LogStream, Outcome, PID_FILE, RANKS_FILE, RankTable, SHIM_LOG, SPEC_FILE, STATUS_FILE, STOP_FILE, ShimState,
-    log_path, open_log, read_json, write_json, write_json_unsynced,
+    create_json_once, log_path, open_log, read_json,
 };
 use crate::sys::{self, LinuxSyscalls};
-use crate::syscalls::Syscalls;
+use crate::syscalls::{Syscalls, switch_needed};
 
 /// How long [`launch`] waits for a shim to claim the job before it gives the job up (the
 /// default of [`Launcher::with_ready_timeout`]).
@@ -48,12 +49,18 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most [`tail_log`] returns in one call.
 pub const TAIL_CHUNK: u64 = 1 << 20;
 
+/// The first pause between two looks at `shim.pid` while a launch waits for the claim.
+const CLAIM_POLL_FIRST: Duration = Duration::from_micros(200);
+/// The longest pause between two looks at `shim.pid`.
+const CLAIM_POLL_MAX: Duration = Duration::from_millis(5);
+
 /// Creates `job_dir`, writes `spec.json`, and starts `shim_exe shim_args… --job-dir <job_dir>`
 /// (the directory made absolute) in a new session with stdin `/dev/null` and stdout/stderr
 /// appended to `shim.log`. Returns the shim's pid.
 ///
-/// Refuses a directory that already holds `spec.json`, `shim.pid` or `status.json`, and a spec
-/// asking for another user when this process is not root.
+/// Refuses a directory that already holds `spec.json`, `shim.pid` or `status.json` (of two
+/// launches into one directory at once, exactly one gets past this), and a spec asking for
+/// another user when this process is not root.
 ///
 /// Fails with [`ExecError::NotStarted`] when no shim claimed the job (see the module docs).
 pub fn launch(shim_exe: &Path, shim_args: &[&str], job_dir: &Path, spec: &JobSpec) -> Result<u32, ExecError> {
@@ -61,21 +68,25 @@ pub fn launch(shim_exe: &Path, shim_args: &[&str], job_dir: &Path, spec: &JobSpe
     spawn_direct(shim_exe, shim_args, &dir, spec, READY_TIMEOUT)
 }
 
-/// Checks, creates the job directory and writes `spec.json`; returns the directory, absolute.
+/// Checks, creates the job directory and creates `spec.json` (once: whoever creates it owns
+/// the launch, everyone else gets [`ExecError::AlreadyLaunched`]); returns the directory,
+/// absolute.
 fn prepare(job_dir: &Path, spec: &JobSpec) -> Result<PathBuf, ExecError> {
     spec.validate()?;
-    let euid = tessera_host::effective_uid();
-    if euid != 0 && (spec.uid != euid || spec.gid != tessera_host::effective_gid()) {
-        return Err(ExecError::CannotSwitchUser { job_id: spec.job_id, uid: spec.uid, euid });
-    }
+    switch_needed(spec.uid, spec.gid, &spec.groups).map_err(|e| ExecError::CannotSwitchUser {
+        job_id: spec.job_id,
+        uid: e.uid,
+        euid: e.euid,
+    })?;
     fs::create_dir_all(job_dir).map_err(|e| ExecError::io("creating", job_dir, e))?;
     let dir = fs::canonicalize(job_dir).map_err(|e| ExecError::io("resolving", job_dir, e))?;
-    for name in [SPEC_FILE, PID_FILE, STATUS_FILE] {
-        if dir.join(name).exists() {
-            return Err(ExecError::AlreadyLaunched { job_id: spec.job_id, path: dir });
-        }
+    let launched = |dir: PathBuf| ExecError::AlreadyLaunched { job_id: spec.job_id, path: dir };
+    if [PID_FILE, STATUS_FILE].iter().any(|name| dir.join(name).exists()) {
+        return Err(launched(dir));
     }
-    write_json_unsynced(&dir.join(SPEC_FILE), "job spec", spec)?;
+    if !create_json_once(&dir.join(SPEC_FILE), "job spec", spec)? {
+        return Err(launched(dir));
+    }
     Ok(dir)
 }
 
@@ -85,23 +96,31 @@ struct Started {
     exited: mpsc::Receiver<String>,
 }
 
+/// Starts the reaper thread, then the shim, which it hands to the thread. A thread that cannot
+/// be started fails the call before any shim exists: a shim nobody reaps or watches would leave
+/// its launch waiting for a claim that may never come.
 fn spawn_reaped(cmd: &mut Command, name: String) -> io::Result<(Started, Option<std::process::ChildStdin>)> {
+    let (child_tx, child_rx) = mpsc::channel::<std::process::Child>();
+    let (tx, rx) = mpsc::channel::<String>();
+    thread::Builder::new()
+        .name(name)
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            // Nothing comes when the shim could not be started.
+            let Ok(mut child) = child_rx.recv() else { return };
+            let status = match child.wait() {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let _ = tx.send(status);
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start a thread to reap it: {e}")))?;
     let mut child = sys::spawn_session_leader(cmd)?;
     let pid = child.id();
     let stdin = child.stdin.take();
-    let (tx, rx) = mpsc::channel::<String>();
-    let reaper = thread::Builder::new().name(name).stack_size(64 * 1024).spawn(move || {
-        let status = match child.wait() {
-            Ok(status) => status.to_string(),
-            Err(e) => format!("wait failed: {e}"),
-        };
-        let _ = tx.send(status);
-    });
-    if let Err(e) = reaper {
-        // The child handle went with the closure; the shim runs on and init reaps it once this
-        // process exits. Nothing else to do but say so.
-        eprintln!("tessera-exec: no reaper thread for shim pid {pid}: {e}");
-    }
+    // The thread is waiting for it; should it be gone, the shim runs on and init reaps it once
+    // this process exits, and `exited` reads as disconnected.
+    let _ = child_tx.send(child);
     Ok((Started { pid, exited: rx }, stdin))
 }
 
@@ -125,9 +144,13 @@ fn spawn_direct(
 
 /// Waits until a shim has claimed the job (its signal handlers are in place by then); gives the
 /// job up when the shim exits first or the time runs out (see the module docs).
+///
+/// Polling starts at [`CLAIM_POLL_FIRST`] (a standby claims within a millisecond or so) and
+/// doubles up to [`CLAIM_POLL_MAX`].
 fn wait_claim(dir: &Path, job_id: u64, started: &Started, timeout: Duration) -> Result<u32, ExecError> {
     let pid = started.pid;
     let deadline = Instant::now().checked_add(timeout);
+    let mut pause = CLAIM_POLL_FIRST;
     let why = loop {
         match read_claim(dir)? {
             Some(Claim::Shim { pid }) => return Ok(pid),
@@ -145,10 +168,12 @@ fn wait_claim(dir: &Path, job_id: u64, started: &Started, timeout: Duration) -> 
                 "the shim (pid {pid}) exited ({status}) before it claimed the job; shim.log ends with: {log_tail}"
             );
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             break format!("no shim claimed the job within {} ms (shim pid {pid})", timeout.as_millis());
         }
-        thread::sleep(Duration::from_micros(200));
+        thread::sleep(deadline.map_or(pause, |d| pause.min(d.saturating_duration_since(now))));
+        pause = (pause * 2).min(CLAIM_POLL_MAX);
     };
     match try_claim(dir, Claim::Abandoned)? {
         Claim::Abandoned => Err(ExecError::NotStarted { job_id, detail: why }),
@@ -227,9 +252,14 @@ impl Launcher {
         if let Some(mut spare) = spare {
             self.refill();
             use std::io::Write as _;
-            let alive = spare.started.exited.try_recv().is_err();
-            let line = format!("{}\n", dir.display());
-            if alive && !line.trim_end().contains('\n') && spare.stdin.write_all(line.as_bytes()).is_ok() {
+            use std::os::unix::ffi::OsStrExt as _;
+            let alive = matches!(spare.started.exited.try_recv(), Err(mpsc::TryRecvError::Empty));
+            // The path's own bytes (it need not be UTF-8), ended by a newline.
+            let path = dir.as_os_str().as_bytes();
+            let mut line = Vec::with_capacity(path.len() + 1);
+            line.extend_from_slice(path);
+            line.push(b'\n');
+            if alive && !path.contains(&b'\n') && spare.stdin.write_all(&line).is_ok() {
                 drop(spare.stdin);
                 return wait_claim(&dir, spec.job_id, &spare.started, self.ready_timeout);
             }
@@ -354,10 +384,9 @@ pub fn stop(job_dir: &Path, request: &StopRequest) -> Result<(), ExecError> {
         return Err(ExecError::NotRunning { path: dir, detail });
     };
     // The first request is the one the shim acts on and records; a later one only hurries it
-    // (its SIGTERM means "kill now"), so it leaves the first on disk.
-    if !dir.join(STOP_FILE).exists() {
-        write_json(&dir.join(STOP_FILE), "stop request", request)?;
-    }
+    // (its SIGTERM means "kill now"), so it leaves the first on disk: created once, so of
+    // requests at the same moment exactly one is first.
+    create_json_once(&dir.join(STOP_FILE), "stop request", request)?;
     match LinuxSyscalls.kill(pid, libc::SIGTERM) {
         Ok(()) => Ok(()),
         // It ended between the check and the signal.
@@ -384,13 +413,25 @@ pub fn cancel(job_dir: &Path) -> Result<(), ExecError> {
 }
 
 /// `SIGKILL` to every process still alive in the sessions of a job's ranks and in its cgroup,
-/// for a job whose shim is gone (see [`ShimState::Lost`]); the cgroup is removed. Returns the
-/// pids signalled. Refuses a running job.
+/// for a job whose shim is gone (see [`ShimState::Lost`]) or that no shim will ever run
+/// ([`ShimState::Abandoned`]); the cgroup is removed. Returns the pids signalled.
+///
+/// Refuses a running job ([`ExecError::StillRunning`]). An unclaimed job is abandoned first
+/// ([`abandon`]), so no shim can claim it and start ranks while their cgroup is being removed;
+/// when a shim won that race, it is refused as running. A finished job is left alone (its
+/// shim killed what was left and removed the cgroup before it recorded the outcome): `Ok` with
+/// no pids.
 pub fn kill_orphans(job_dir: &Path, job_id: u64) -> Result<Vec<u32>, ExecError> {
     let dir = canonical_job_dir(job_dir, job_id)?;
     let spec = load_spec(&dir, job_id)?;
-    if let ShimState::Running { shim_pid } = inspect(&dir, job_id)? {
-        return Err(ExecError::StillRunning { job_id, shim_pid, path: dir });
+    match inspect(&dir, job_id)? {
+        ShimState::Lost { .. } | ShimState::Abandoned => {}
+        ShimState::Running { shim_pid } => return Err(ExecError::StillRunning { job_id, shim_pid, path: dir }),
+        ShimState::Unclaimed => match try_claim(&dir, Claim::Abandoned)? {
+            Claim::Abandoned => {}
+            Claim::Shim { pid } => return Err(ExecError::StillRunning { job_id, shim_pid: pid, path: dir }),
+        },
+        ShimState::Finished(_) => return Ok(Vec::new()),
     }
     let mut killed = Vec::new();
     for pid in survivors(&dir, &spec)? {

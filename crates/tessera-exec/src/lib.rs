@@ -62,6 +62,13 @@ pub use syscalls::{RecordingSyscalls, Syscalls};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// Writes one line to stderr. A failed write (a full disk, a closed or broken stderr) is
+/// ignored: unlike `eprintln!`, this never panics.
+pub(crate) fn diag(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
 /// Parses the shim's own arguments (`--job-dir DIR` or `--job-dir=DIR`; anything else is an
 /// error), for binaries that expose [`run_shim`] without an argument parser of their own.
 pub fn parse_shim_args(args: impl IntoIterator<Item = OsString>) -> Result<PathBuf, String> {

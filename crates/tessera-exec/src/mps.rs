@@ -12,7 +12,11 @@
 //! so the control daemon of an instance runs *as the [`RunAs`] given to `start`* (`setgroups`,
 //! `setgid`, `setuid` before `exec` when Tessera is root; refused when it is not root and the
 //! user is another), and its directories are created `0700` and owned by that user. Commands
-//! run as the owner of the pipe directory, with that user's groups.
+//! run as the owner of the pipe directory, with that user's groups (refused in the same way
+//! when that is another user and Tessera is not root). Like every child of the crate, the
+//! control program starts with every inherited descriptor from 3 up closed at `exec`
+//! (`sys::install_child_setup`): the daemon's files must not leak into a long-lived process
+//! that runs as the user.
 //!
 //! **Adoption.** [`MpsControl::is_running`] tells a restarted daemon that an instance's control
 //! daemon is already up (for [`NvidiaMps`]: the record is there and `get_server_list` answers),
@@ -43,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ExecError;
 use crate::status::{read_json, write_json};
-use crate::syscalls::Credentials;
+use crate::syscalls::{ChildSetup, Credentials, switch_needed};
 
 /// The file each implementation keeps in the pipe directory.
 pub const MPS_STATE_FILE: &str = "tessera-mps.json";
@@ -66,13 +70,6 @@ pub struct RunAs {
 impl From<&tessera_host::User> for RunAs {
     fn from(user: &tessera_host::User) -> Self {
         RunAs { uid: user.uid, gid: user.gid, groups: user.groups.clone() }
-    }
-}
-
-impl RunAs {
-    fn credentials(&self) -> Credentials {
-        let groups = if self.groups.is_empty() { vec![self.gid] } else { self.groups.clone() };
-        Credentials { uid: self.uid, gid: self.gid, groups }
     }
 }
 
@@ -175,34 +172,20 @@ fn prepare_start(
     Ok((as_user, inst))
 }
 
-/// The identity to switch to for running as `user`: `None` when this process already is that
-/// uid and gid; refused when it is not and this process is not root.
+/// The identity to switch to for running as `user` ([`switch_needed`]): `None` when this
+/// process already is that uid and gid; refused when it is not and this process is not root.
 fn switch_for(user: &RunAs, command: &str, pipe_dir: &Path) -> Result<Option<Credentials>, ExecError> {
-    let (euid, egid) = (tessera_host::effective_uid(), tessera_host::effective_gid());
-    if euid == 0 && user.uid == 0 && user.gid == egid {
-        return Ok(None);
-    }
-    if user.uid == euid && user.gid == egid && euid != 0 {
-        return Ok(None);
-    }
-    if euid != 0 {
-        return Err(mps_err(
-            command,
-            pipe_dir,
-            format!("cannot run as uid {} gid {}: this process runs as uid {euid}, not root", user.uid, user.gid),
-        ));
-    }
-    Ok(Some(user.credentials()))
+    switch_needed(user.uid, user.gid, &user.groups).map_err(|e| mps_err(command, pipe_dir, e.to_string()))
 }
 
 /// Who commands for `pipe_dir` run as: its owner, with the owner's groups from the name
-/// service (just the directory's group for a uid it does not know).
+/// service (none listed, so just the directory's group, for a uid it does not know).
 fn pipe_dir_owner(pipe_dir: &Path, command: &str) -> Result<RunAs, ExecError> {
     let meta = fs::metadata(pipe_dir).map_err(|e| ExecError::io("reading", pipe_dir, e))?;
     let (uid, gid) = (meta.uid(), meta.gid());
     let groups = match tessera_host::user_by_uid(uid) {
         Ok(Some(user)) => user.groups,
-        Ok(None) => vec![gid],
+        Ok(None) => Vec::new(),
         Err(e) => return Err(mps_err(command, pipe_dir, e.to_string())),
     };
     Ok(RunAs { uid, gid, groups })
@@ -280,16 +263,15 @@ impl NvidiaMps {
         let mut cmd = Command::new(&self.control_binary);
         cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         cmd.envs(env.iter().map(|(k, v)| (*k, v))).current_dir("/");
-        if let Some(creds) = as_user {
-            crate::sys::switch_user(&mut cmd, creds);
-        }
+        // Always: the descriptor hygiene matters even when no switch is needed.
+        crate::sys::install_child_setup(&mut cmd, ChildSetup::Helper { new_session: false, creds: as_user });
         cmd
     }
 
     fn send(&self, pipe_dir: &Path, line: &str) -> Result<String, ExecError> {
         let inst = load_instance(pipe_dir, line)?;
         let owner = pipe_dir_owner(pipe_dir, line)?;
-        let as_user = if tessera_host::effective_uid() == 0 { switch_for(&owner, line, pipe_dir)? } else { None };
+        let as_user = switch_for(&owner, line, pipe_dir)?;
         let mut cmd = self.command(&control_env(pipe_dir, &inst), as_user);
         let (status, output) = run_control(&mut cmd, Some(&format!("{line}\n")), COMMAND_TIMEOUT)
             .map_err(|e| mps_err(line, pipe_dir, format!("{}: {e}", self.control_binary.display())))?;
@@ -376,6 +358,7 @@ impl RecordingMps {
     fn send(&self, pipe_dir: &Path, line: &str) -> Result<(), ExecError> {
         let inst = load_instance(pipe_dir, line)?;
         let owner = pipe_dir_owner(pipe_dir, line)?;
+        switch_for(&owner, line, pipe_dir)?;
         self.append(&serde_json::json!({
             "op": "command",
             "stdin": line,
@@ -396,7 +379,7 @@ impl MpsControl for RecordingMps {
             "mig_uuid": mig_uuid,
             "uid": user.uid,
             "gid": user.gid,
-            "groups": user.credentials().groups,
+            "groups": Credentials::for_user(user.uid, user.gid, &user.groups).groups,
             "pipe_dir": pipe_dir,
             "log_dir": log_dir,
             "env": control_env(pipe_dir, &inst),
@@ -439,6 +422,30 @@ mod tests {
         assert!(pinned_mem_command(p, "MIG-x\nquit", 1).is_err());
         assert!(pinned_mem_command(p, "MIG-x y", 1).is_err());
         assert!(pinned_mem_command(p, "MIG-x", 0).is_err());
+    }
+
+    /// The control daemon is long-lived and runs as the user: a descriptor the daemon left
+    /// without `FD_CLOEXEC` must not reach it (nor its commands), switch or no switch.
+    #[test]
+    fn the_control_program_inherits_no_descriptors() {
+        use std::os::fd::{AsFd, AsRawFd};
+        let tmp = tempfile::tempdir().unwrap();
+        let control = tmp.path().join("control");
+        fs::write(&control, "#!/bin/sh\nls /proc/self/fd >> \"$CUDA_MPS_PIPE_DIRECTORY/fds\"\necho --- >> \"$CUDA_MPS_PIPE_DIRECTORY/fds\"\n")
+            .unwrap();
+        fs::set_permissions(&control, fs::Permissions::from_mode(0o755)).unwrap();
+        let file = fs::File::open(tmp.path()).unwrap();
+        let leaky = crate::sys::dup_inheritable(file.as_fd(), 700).unwrap();
+        let number = leaky.as_raw_fd().to_string();
+        let mps = NvidiaMps::new(&control);
+        let me = RunAs { uid: tessera_host::effective_uid(), gid: tessera_host::effective_gid(), groups: vec![] };
+        let pipe = tmp.path().join("pipe");
+        mps.start("MIG-fds-0", &pipe, &tmp.path().join("log"), &me).unwrap();
+        mps.set_default_active_thread_percentage(&pipe, 10).unwrap();
+        drop(leaky);
+        let seen = fs::read_to_string(pipe.join("fds")).unwrap();
+        assert_eq!(seen.matches("---").count(), 2, "{seen}");
+        assert!(!seen.lines().any(|l| l == number), "fd {number} leaked into the control program: {seen}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! writes and survive a full or failing output file system, and a job never blocks on output.
 //!
 //! **Cap.** [`Budget`] (pure) counts the bytes written for this run, all ranks and both streams
-//! together. The chunk that crosses the limit is written up to the limit, then one line
+//! together; bytes a failed write did not get into a log are given back to it. The chunk that crosses the limit is written up to the limit, then one line
 //! `tessera: output limit of N bytes reached; further output is discarded` (on a line of its
 //! own) goes to that stream's log; from then on everything is read and discarded.
 //!
@@ -11,7 +11,8 @@
 //! one note and that stream is discarded from then on; the job runs on. The notes end up in the
 //! outcome, which lives on the state file system, not the output one.
 //!
-//! **Reading.** The read ends are non-blocking; [`Output::pump`] is the shim's wait: one
+//! **Reading.** The read ends are non-blocking (a pipe that cannot be made so is refused by
+//! [`Output::add`], and the shim does not start that rank); [`Output::pump`] is the shim's wait: one
 //! `poll(2)` on the open pipes with the supervision interval as its timeout, then what is
 //! readable is read (a bounded amount per pipe, so the loop stays responsive under a flood).
 //! A rank's pipes may be held open by processes it left behind; once the job has ended,
@@ -88,6 +89,16 @@ impl Budget {
     pub(crate) fn reached(&self) -> bool {
         self.reached
     }
+
+    /// Gives back `n` bytes that [`Budget::admit`] let through but that never reached a log
+    /// (the write failed): only what was written counts. Below the limit again, it is no longer
+    /// reached.
+    pub(crate) fn refund(&mut self, n: usize) {
+        if n > 0 {
+            self.written = self.written.saturating_sub(n as u64);
+            self.reached = false;
+        }
+    }
 }
 
 /// One rank's stdout or stderr.
@@ -127,7 +138,8 @@ impl Output {
 
     /// Adds a rank's stream: the pipe's read end (made non-blocking here) and its log, or why
     /// the log could not be opened (then the stream is discarded, with a note). Returns its
-    /// index.
+    /// index; fails, adding nothing, when the pipe cannot be made non-blocking (a blocking read
+    /// would stall the shim, so the rank must not start with it).
     pub(crate) fn add(
         &mut self,
         rank: u32,
@@ -135,10 +147,8 @@ impl Output {
         reader: PipeReader,
         file: Result<File, io::Error>,
         path: PathBuf,
-    ) -> usize {
-        if let Err(e) = sys::set_nonblocking(reader.as_fd()) {
-            self.notes.push(format!("rank {rank} {}: cannot make its pipe non-blocking: {e}", kind.as_str()));
-        }
+    ) -> io::Result<usize> {
+        sys::set_nonblocking(reader.as_fd())?;
         let file = match file {
             Ok(f) => Some(f),
             Err(e) => {
@@ -152,7 +162,7 @@ impl Output {
             }
         };
         self.streams.push(Stream { rank, kind, reader: Some(reader), file, path, at_line_start: true });
-        self.streams.len() - 1
+        Ok(self.streams.len() - 1)
     }
 
     /// Whether any pipe is still open.
@@ -240,16 +250,25 @@ impl Output {
         self.buf = buf;
     }
 
-    /// Passes one chunk through the budget to the stream's log.
+    /// Passes one chunk through the budget to the stream's log; what a failed write did not
+    /// store is given back to the budget.
     fn deliver(&mut self, index: usize, data: &[u8]) {
         if self.streams[index].file.is_none() {
             return;
         }
         match self.budget.admit(data.len()) {
-            Admit::All => self.write(index, data),
+            Admit::All => {
+                let written = self.write(index, data);
+                self.budget.refund(data.len() - written);
+            }
             Admit::Nothing => {}
             Admit::Part(keep) => {
-                self.write(index, &data[..keep]);
+                let written = self.write(index, &data[..keep]);
+                if written < keep {
+                    // The log failed before the limit: the limit was not reached after all.
+                    self.budget.refund(keep - written);
+                    return;
+                }
                 let limit = self.budget.limit.unwrap_or(0);
                 let marker = limit_marker(limit);
                 let line = if self.streams[index].at_line_start { marker } else { format!("\n{marker}") };
@@ -263,22 +282,41 @@ impl Output {
         }
     }
 
-    fn write(&mut self, index: usize, bytes: &[u8]) {
+    /// Writes `bytes` to the stream's log; returns how many got there (all of them unless the
+    /// write failed, which discards the stream from then on, with a note).
+    fn write(&mut self, index: usize, bytes: &[u8]) -> usize {
         let s = &mut self.streams[index];
-        let (Some(file), Some(&last)) = (s.file.as_mut(), bytes.last()) else { return };
-        match file.write_all(bytes) {
-            Ok(()) => s.at_line_start = last == b'\n',
-            Err(e) => {
-                self.notes.push(format!(
-                    "rank {} {}: writing {} failed: {e}; the rest of this stream is discarded",
-                    s.rank,
-                    s.kind.as_str(),
-                    s.path.display()
-                ));
-                s.file = None;
-                self.discarded = true;
+        let Some(file) = s.file.as_mut() else { return 0 };
+        let mut done = 0;
+        let mut failure = None;
+        while done < bytes.len() {
+            match file.write(&bytes[done..]) {
+                Ok(0) => {
+                    failure = Some(io::Error::from(io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
+        if let Some(&last) = bytes[..done].last() {
+            s.at_line_start = last == b'\n';
+        }
+        if let Some(e) = failure {
+            self.notes.push(format!(
+                "rank {} {}: writing {} failed: {e}; the rest of this stream is discarded",
+                s.rank,
+                s.kind.as_str(),
+                s.path.display()
+            ));
+            s.file = None;
+            self.discarded = true;
+        }
+        done
     }
 }
 
@@ -311,7 +349,7 @@ mod tests {
     fn pipe_into(out: &mut Output, rank: u32, kind: LogStream, path: &std::path::Path) -> io::PipeWriter {
         let (r, w) = io::pipe().unwrap();
         let file = crate::status::open_log(path, None);
-        out.add(rank, kind, r, file, path.to_path_buf());
+        out.add(rank, kind, r, file, path.to_path_buf()).unwrap();
         w
     }
 
@@ -350,7 +388,7 @@ mod tests {
         let mut out = Output::new(Some(5));
         let (r, mut w_bad) = io::pipe().unwrap();
         let missing = dir.path().join("no/such/dir/stderr.log");
-        out.add(0, LogStream::Stderr, r, crate::status::open_log(&missing, None), missing.clone());
+        out.add(0, LogStream::Stderr, r, crate::status::open_log(&missing, None), missing.clone()).unwrap();
         let mut w_good = pipe_into(&mut out, 0, LogStream::Stdout, &good);
         // Discarded output does not eat into the budget.
         w_bad.write_all(b"lots and lots of bytes").unwrap();
@@ -363,6 +401,39 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].starts_with(&format!("rank 0: cannot open {}", missing.display())), "{notes:?}");
         assert!(notes[0].ends_with("its stderr is discarded"), "{notes:?}");
+    }
+
+    /// A log whose write fails (here `/dev/full`: `ENOSPC`) does not use up the budget: the
+    /// other streams still get the whole limit.
+    #[test]
+    fn a_failed_write_is_not_charged_to_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("stdout.log");
+        let mut out = Output::new(Some(10));
+        let (r, mut w_full) = io::pipe().unwrap();
+        let full = std::path::PathBuf::from("/dev/full");
+        let file = std::fs::OpenOptions::new().write(true).open(&full);
+        out.add(0, LogStream::Stderr, r, file, full).unwrap();
+        let mut w_good = pipe_into(&mut out, 0, LogStream::Stdout, &good);
+        w_full.write_all(b"12345678").unwrap();
+        out.pump(Duration::from_millis(50));
+        w_good.write_all(b"abcdefghij").unwrap();
+        drop((w_full, w_good));
+        out.drain(Duration::from_secs(1));
+        assert_eq!(std::fs::read_to_string(&good).unwrap(), "abcdefghij");
+        let (notes, discarded) = out.finish();
+        assert!(discarded);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("rank 0 stderr: writing /dev/full failed"), "{notes:?}");
+
+        // The same for the chunk that would have crossed the limit.
+        let mut b = Budget::new(Some(10));
+        assert_eq!(b.admit(8), Admit::All);
+        assert_eq!(b.admit(5), Admit::Part(2));
+        b.refund(2);
+        assert!(!b.reached());
+        assert_eq!(b.admit(2), Admit::All);
+        assert_eq!(b.admit(1), Admit::Part(0));
     }
 
     /// A pipe held open by someone else does not hold `drain` beyond its time.

@@ -63,7 +63,7 @@ use crate::status::{
     STOP_FILE, log_path, open_log, read_json, write_json,
 };
 use crate::sys::{self, LinuxSyscalls};
-use crate::syscalls::{ChildPlan, CpuMask, Credentials, NodeMask, Syscalls};
+use crate::syscalls::{ChildPlan, CpuMask, NodeMask, Syscalls, switch_needed};
 use tessera_host::{format_cpulist, now_ms};
 
 /// The longest the shim waits for output or anything else before it looks at its ranks,
@@ -84,8 +84,10 @@ pub const EXIT_SHIM_ERROR: i32 = 2;
 /// another shim); nothing was started and nothing but one line of `shim.log` written.
 pub const EXIT_ABANDONED: i32 = 3;
 
+/// One line to the shim's stderr (`shim.log`); a failed write (a full disk, a closed stderr)
+/// is ignored rather than a panic.
 fn say(msg: &str) {
-    eprintln!("tessera-shim[{}]: {msg}", std::process::id());
+    crate::diag(format_args!("tessera-shim[{}]: {msg}", std::process::id()));
 }
 
 /// Runs the shim for the job in `job_dir` and returns the shim's exit code (see the module
@@ -139,11 +141,20 @@ pub fn run_shim(job_dir: &Path) -> i32 {
 /// pipe write instead of a fork and exec. End of input (the daemon went away) ends it quietly
 /// with 0.
 pub fn run_standby_shim() -> i32 {
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+    use std::io::BufRead as _;
+    use std::os::unix::ffi::OsStringExt as _;
+    // The path's raw bytes (a job directory need not be UTF-8), ended by a newline.
+    let mut line = Vec::new();
+    if std::io::stdin().lock().read_until(b'\n', &mut line).is_err() {
         return 0;
     }
-    let job_dir = PathBuf::from(line.trim_end_matches('\n'));
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.is_empty() {
+        return 0;
+    }
+    let job_dir = PathBuf::from(std::ffi::OsString::from_vec(line));
     let log_path = job_dir.join(SHIM_LOG);
     match open_log(&log_path, None) {
         Ok(log) => {
@@ -438,19 +449,14 @@ impl<'a> Supervisor<'a> {
     /// Starts the ranks in order; stops at the first that cannot start (or at a stop request).
     fn start_ranks(&mut self) -> Option<Trigger> {
         let spec = self.spec;
-        let euid = tessera_host::effective_uid();
-        let switch = spec.uid != euid || spec.gid != tessera_host::effective_gid();
-        if switch && euid != 0 {
-            let rank = spec.ranks[0].rank;
-            let e = crate::ExecError::CannotSwitchUser { job_id: spec.job_id, uid: spec.uid, euid };
-            return Some(Trigger::Failed { rank, detail: e.to_string() });
-        }
-        let creds = switch.then(|| Credentials {
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: if spec.groups.is_empty() { vec![spec.gid] } else { spec.groups.clone() },
-        });
-        let owner = switch.then_some((spec.uid, spec.gid));
+        let creds = match switch_needed(spec.uid, spec.gid, &spec.groups) {
+            Ok(creds) => creds,
+            Err(e) => {
+                let e = crate::ExecError::CannotSwitchUser { job_id: spec.job_id, uid: e.uid, euid: e.euid };
+                return Some(Trigger::Failed { rank: spec.ranks[0].rank, detail: e.to_string() });
+            }
+        };
+        let owner = creds.as_ref().map(|c| (c.uid, c.gid));
         let Ok(cwd) = CString::new(spec.cwd.as_os_str().as_encoded_bytes()) else {
             return Some(Trigger::Failed { rank: spec.ranks[0].rank, detail: "cwd contains a NUL byte".into() });
         };
@@ -464,13 +470,13 @@ impl<'a> Supervisor<'a> {
             });
         };
         let parent_pid = std::process::id();
-        for i in 0..self.ranks.len() {
-            let rank = self.ranks[i].rank;
+        // `self.ranks` was built from `spec.ranks`, one for one and in order.
+        for (i, rank_spec) in spec.ranks.iter().enumerate() {
+            let rank = rank_spec.rank;
             let (stops, first_sig) = sys::stop_requests();
             if stops > 0 {
                 return Some(self.stop_trigger(first_sig));
             }
-            let Some(rank_spec) = spec.rank(rank) else { continue };
             let binding = &self.ranks[i].binding;
             let plan = ChildPlan {
                 cpus: binding.cpus.as_ref().map(CpuMask::from_ids),
@@ -508,10 +514,13 @@ impl<'a> Supervisor<'a> {
         let (err_r, err_w) = io::pipe().map_err(pipe_err)?;
         let out_path = log_path(&self.log_dir, rank, LogStream::Stdout);
         let err_path = log_path(&self.log_dir, rank, LogStream::Stderr);
+        // A pipe that cannot be read without blocking would let a rank's output stall the shim;
+        // dropping it would break the rank's writes (SIGPIPE): the rank does not start instead.
+        let nonblocking_err = |e: io::Error| format!("rank {rank}: cannot make an output pipe non-blocking: {e}");
         let out_file = open_log(&out_path, owner);
-        self.output.add(rank, LogStream::Stdout, out_r, out_file, out_path);
+        self.output.add(rank, LogStream::Stdout, out_r, out_file, out_path).map_err(nonblocking_err)?;
         let err_file = open_log(&err_path, owner);
-        let err_index = self.output.add(rank, LogStream::Stderr, err_r, err_file, err_path);
+        let err_index = self.output.add(rank, LogStream::Stderr, err_r, err_file, err_path).map_err(nonblocking_err)?;
         let mut cmd = Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..])
             .env_clear()

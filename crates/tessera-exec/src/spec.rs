@@ -135,16 +135,6 @@ pub enum StopReason {
     Health,
 }
 
-impl StopReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StopReason::Cancel => "cancel",
-            StopReason::Preempt => "preempt",
-            StopReason::Health => "health",
-        }
-    }
-}
-
 /// `stop.json`: how the shim is to stop the job (see [`crate::stop`]). The shim sends `signal`
 /// to every rank's process group, waits `grace_ms`, then sends `SIGKILL`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

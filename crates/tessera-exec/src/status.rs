@@ -1,12 +1,15 @@
 //! The job directory's files and what they hold: [`Outcome`] (`status.json`), the rank table
-//! (`ranks.json`) and log paths; plus the atomic write all of them use. (`shim.pid` is
-//! [`crate::claim`]'s.)
+//! (`ranks.json`) and log paths; plus the two ways all of them are written, both through one
+//! temporary-file helper: replaced atomically ([`write_atomic`]) or created once, first writer
+//! wins ([`create_once`]). (What `shim.pid` means is [`crate::claim`]'s.)
 //!
 //! ```text
-//! <job_dir>/spec.json             JobSpec, written by `launch`
+//! <job_dir>/spec.json             JobSpec, created once by `launch` (a second launch into the
+//!                                 directory is refused)
 //! <job_dir>/shim.pid              the claim: the shim's pid, or `abandoned` (crate::claim),
-//!                                 created once with link(2) before any rank starts
-//! <job_dir>/stop.json             StopRequest, written by `stop` before it signals the shim
+//!                                 created once before any rank starts
+//! <job_dir>/stop.json             StopRequest, created once by the first `stop`, before it
+//!                                 signals the shim (later requests leave it as it is)
 //! <job_dir>/ranks.json            RankTable: each rank's pid and start time, once started
 //! <job_dir>/status.json           Outcome, written once, when the job has ended
 //! <job_dir>/shim.log              the shim's own stdout and stderr
@@ -15,11 +18,13 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use tessera_host::files::{self, WriteOptions};
 
 use crate::error::ExecError;
 use crate::spec::StopRequest;
@@ -172,63 +177,38 @@ pub fn log_path(log_dir: &Path, rank: u32, stream: LogStream) -> PathBuf {
     if rank == 0 { log_dir.join(name) } else { log_dir.join(format!("rank-{rank}.{name}")) }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, `fsync`,
-/// `rename`, then `fsync` of the directory, so a crash leaves the old file or the new one.
+/// Writes `bytes` to `path` atomically and durably, private to the daemon
+/// ([`tessera_host::files::write_atomic`]): a crash leaves the old file or the new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
-    write_atomic_with(path, bytes, true)
+    files::write_atomic(path, bytes, WriteOptions::PRIVATE_DURABLE).map_err(|e| ExecError::io("writing", path, e))
 }
 
-/// Like [`write_atomic`] without the two `fsync`s: atomic against a process crash (`kill -9`
-/// of the daemon or the shim), not against power loss, which ends the job's processes anyway.
-/// For the files on the path from submit to running (`spec.json`, `shim.pid`), where each
-/// `fsync` pair costs about half a millisecond.
-pub(crate) fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
-    write_atomic_with(path, bytes, false)
+/// Creates `path` holding `bytes` unless it already exists ([`tessera_host::files::create_once`]:
+/// exactly one of any number of concurrent writers wins); returns whether this call created it.
+///
+/// Without `fsync`: atomic against a process crash (`kill -9` of the daemon or the shim), not
+/// against power loss, which ends the job's processes anyway. For `spec.json`, `shim.pid` and
+/// `stop.json`, where "the first one stays" is the point.
+pub(crate) fn create_once(path: &Path, bytes: &[u8]) -> Result<bool, ExecError> {
+    files::create_once(path, bytes, WriteOptions::PRIVATE).map_err(|e| ExecError::io("linking", path, e))
 }
 
-fn write_atomic_with(path: &Path, bytes: &[u8], sync: bool) -> Result<(), ExecError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| -> io::Result<()> {
-        // A stale temporary (or a planted symlink) is removed, and the new one must be created
-        // by us: the directory may be writable by the job's user.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        // The job directory's files are the daemon's alone (a spec holds the job's environment).
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?
-        };
-        file.write_all(bytes)?;
-        if sync {
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if sync { File::open(dir)?.sync_all() } else { Ok(()) }
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        ExecError::io("writing", path, e)
-    })
+fn json_bytes<T: Serialize>(path: &Path, what: &'static str, value: &T) -> Result<Vec<u8>, ExecError> {
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|source| ExecError::Json { what, path: path.into(), source })?;
+    text.push(b'\n');
+    Ok(text)
 }
 
-/// Writes a value as pretty JSON, atomically.
+/// Writes a value as pretty JSON, atomically ([`write_atomic`]).
 pub(crate) fn write_json<T: Serialize>(path: &Path, what: &'static str, value: &T) -> Result<(), ExecError> {
-    let mut text =
-        serde_json::to_vec_pretty(value).map_err(|source| ExecError::Json { what, path: path.into(), source })?;
-    text.push(b'\n');
-    write_atomic(path, &text)
+    write_atomic(path, &json_bytes(path, what, value)?)
 }
 
-/// [`write_json`] through [`write_atomic_unsynced`].
-pub(crate) fn write_json_unsynced<T: Serialize>(path: &Path, what: &'static str, value: &T) -> Result<(), ExecError> {
-    let mut text =
-        serde_json::to_vec_pretty(value).map_err(|source| ExecError::Json { what, path: path.into(), source })?;
-    text.push(b'\n');
-    write_atomic_unsynced(path, &text)
+/// Creates a file holding a value as pretty JSON unless it exists ([`create_once`]); returns
+/// whether this call created it.
+pub(crate) fn create_json_once<T: Serialize>(path: &Path, what: &'static str, value: &T) -> Result<bool, ExecError> {
+    create_once(path, &json_bytes(path, what, value)?)
 }
 
 /// Reads a JSON file; `Ok(None)` when it does not exist.
@@ -267,6 +247,8 @@ pub(crate) fn open_log(path: &Path, owner: Option<(u32, u32)>) -> io::Result<Fil
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     #[test]
@@ -328,6 +310,58 @@ mod tests {
         assert!(read_json::<Outcome>(&dir.path().join("missing.json"), "outcome").unwrap().is_none());
         let err = read_json::<Outcome>(&p, "job outcome").unwrap_err().to_string();
         assert!(err.contains("status.json") && err.contains("job outcome"), "{err}");
+    }
+
+    /// Writers in one process each get their own temporary: none clobbers another's (they did
+    /// when the temporary was named after the pid alone).
+    #[test]
+    fn concurrent_atomic_writes_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ranks.json");
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(p, &[b'0' + t; 4]).unwrap();
+                    }
+                });
+            }
+        });
+        let text = fs::read(&p).unwrap();
+        assert!(text.len() == 4 && text.iter().all(|&b| b == text[0]), "{text:?}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "a temporary was left behind");
+    }
+
+    #[test]
+    fn create_once_keeps_the_first_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stop.json");
+        assert!(create_once(&p, b"first").unwrap());
+        assert!(!create_once(&p, b"second").unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "a temporary was left behind");
+        // A planted symlink is a taken name, not a way to write elsewhere.
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, dir.path().join("spec.json")).unwrap();
+        assert!(!create_once(&dir.path().join("spec.json"), b"x").unwrap());
+        assert!(!target.exists());
+
+        // Many at once: exactly one wins, and its content is what stays.
+        let q = dir.path().join("race.json");
+        let won: Vec<u8> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let q = &q;
+                    s.spawn(move || create_once(q, &[t]).unwrap().then_some(t))
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(won.len(), 1, "{won:?}");
+        assert_eq!(fs::read(&q).unwrap(), won);
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //!   `set_mempolicy` (raw `syscall(2)`, with the mask length the mask has), `setgroups`,
 //!   `setgid`, `setuid`, `prctl(PR_SET_PDEATHSIG)`, `getppid`, `chdir`, joining a cgroup
 //!   (`open`/`write`/`close` of `cgroup.procs`), `write(2)`, `kill`, `killpg`.
-//! * The three `pre_exec` hooks ([`spawn_rank`], [`spawn_session_leader`], [`switch_user`]).
-//!   Their closures only read data built before the fork and call `LinuxSyscalls`, so they
-//!   allocate nothing and take no lock, as the child of a (possibly multi-threaded) process
-//!   must.
+//! * The one `pre_exec` hook ([`install_child_setup`], used by [`spawn_rank`],
+//!   [`spawn_session_leader`] and the MPS control program): it runs
+//!   [`apply_setup`](crate::syscalls::apply_setup), so every child marks inherited descriptors
+//!   close-on-exec first. The closure only reads data built before the fork and calls
+//!   `LinuxSyscalls`, so it allocates nothing and takes no lock, as the child of a (possibly
+//!   multi-threaded) process must.
 //! * The shim's signal handling ([`prepare_shim_signals`]): two `extern "C"` handlers that
 //!   store into atomics and nothing else.
 //! * `sched_getaffinity` of the calling process ([`own_affinity`]).
@@ -29,7 +31,7 @@ use std::time::Duration;
 use libc::{c_int, c_ulong};
 
 use crate::syscalls::{
-    ChildPlan, CpuMask, Credentials, Errno, NodeMask, Syscalls, apply_child_setup, checked_pid, format_pid,
+    ChildPlan, ChildSetup, CpuMask, Errno, NodeMask, Syscalls, apply_setup, checked_pid, format_pid,
 };
 
 fn last_errno() -> Errno {
@@ -170,43 +172,31 @@ impl Syscalls for LinuxSyscalls {
     }
 }
 
-/// Spawns a rank: `plan` is applied by [`apply_child_setup`] between `fork` and `exec`. A setup
-/// failure makes `spawn` return that step's errno (and the step is written to the rank's
-/// stderr).
-pub(crate) fn spawn_rank(cmd: &mut Command, plan: ChildPlan) -> io::Result<Child> {
-    let hook = move || apply_child_setup(&LinuxSyscalls, &plan).map_err(|e| e.errno.into_io());
+/// Makes `cmd`'s child run `setup` between `fork` and `exec` ([`apply_setup`]): the crate's one
+/// `pre_exec` hook, so no spawn path skips marking inherited descriptors close-on-exec. A setup
+/// failure makes `spawn` return that step's errno (and the step is written to the child's
+/// stderr). Call it once per `Command`.
+pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    let hook = move || apply_setup(&LinuxSyscalls, &setup).map_err(|e| e.errno.into_io());
     // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe work
-    // is allowed. It only reads `plan`, whose buffers were all allocated before the fork, and
+    // is allowed. It only reads `setup`, whose buffers were all allocated before the fork, and
     // makes raw syscalls through `LinuxSyscalls` (no allocation, no locks); building the
     // `io::Error` from an errno does not allocate either.
     unsafe { cmd.pre_exec(hook) };
+}
+
+/// Spawns a rank: `plan` is applied by [`apply_child_setup`](crate::syscalls::apply_child_setup)
+/// between `fork` and `exec`.
+pub(crate) fn spawn_rank(cmd: &mut Command, plan: ChildPlan) -> io::Result<Child> {
+    install_child_setup(cmd, ChildSetup::Rank(plan));
     cmd.spawn()
 }
 
 /// Spawns a process as the leader of a new session (so it survives its parent and receives no
 /// terminal signals meant for the parent's session).
 pub(crate) fn spawn_session_leader(cmd: &mut Command) -> io::Result<Child> {
-    let hook = || {
-        let _ = LinuxSyscalls.mark_fds_cloexec(3);
-        LinuxSyscalls.setsid().map_err(Errno::into_io)
-    };
-    // SAFETY: the hook makes two raw syscalls (close_range, setsid) and allocates nothing.
-    unsafe { cmd.pre_exec(hook) };
+    install_child_setup(cmd, ChildSetup::Helper { new_session: true, creds: None });
     cmd.spawn()
-}
-
-/// Makes `cmd`'s child switch to `creds` before it execs: `setgroups`, `setgid`, `setuid`, in
-/// that order (the MPS control daemon and its commands, run as the instance's user).
-pub(crate) fn switch_user(cmd: &mut Command, creds: Credentials) {
-    let hook = move || {
-        let sys = LinuxSyscalls;
-        sys.setgroups(&creds.groups).map_err(Errno::into_io)?;
-        sys.setgid(creds.gid).map_err(Errno::into_io)?;
-        sys.setuid(creds.uid).map_err(Errno::into_io)
-    };
-    // SAFETY: the hook runs in the forked child before exec. It reads `creds`, built before the
-    // fork, and makes three raw syscalls; it allocates nothing and takes no lock.
-    unsafe { cmd.pre_exec(hook) };
 }
 
 /// Points the process's stdout and stderr at `file` (a standby shim taking up a job: its output
@@ -444,6 +434,20 @@ pub(crate) fn prepare_shim_signals() -> io::Result<()> {
 /// none).
 pub(crate) fn stop_requests() -> (u32, i32) {
     (STOP_COUNT.load(Ordering::SeqCst), STOP_SIGNAL.load(Ordering::SeqCst))
+}
+
+/// A duplicate of `fd` numbered `min` or above *without* `FD_CLOEXEC`, as a library that opens
+/// files carelessly would leave one (std never does): for tests of the children's descriptor
+/// hygiene.
+#[cfg(test)]
+pub(crate) fn dup_inheritable(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD on a descriptor open for the borrow's lifetime; integer arguments only.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success F_DUPFD returns a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! records them so tests can assert the exact masks and their order without root or NUMA
 //! hardware.
 //!
-//! [`apply_child_setup`] is what a rank runs between `fork` and `exec`. It is generic over the
+//! [`apply_setup`] is what every child of the crate runs between `fork` and `exec`: for a rank
+//! the whole [`apply_child_setup`], for a helper (a shim, the MPS control program) descriptor
+//! hygiene, its own session if asked, and the identity switch if any. It is generic over the
 //! seam, so the production path (`pre_exec` with `LinuxSyscalls`) and the unit tests (with
-//! `RecordingSyscalls`) run the same sequence. Everything it touches is built before the fork
+//! `RecordingSyscalls`) run the same sequence. [`switch_needed`] decides whether a child needs
+//! an identity switch at all. Everything it touches is built before the fork
 //! ([`ChildPlan`]): it allocates nothing, and `LinuxSyscalls`' methods are plain syscalls, which
 //! keeps it async-signal-safe.
 
@@ -103,13 +106,56 @@ impl NodeMask {
     }
 }
 
-/// The identity a rank switches to: `setgroups(groups)`, `setgid(gid)`, `setuid(uid)`.
+/// The identity a child switches to: `setgroups(groups)`, `setgid(gid)`, `setuid(uid)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
     /// Supplementary groups (the user's groups from the group database, or just `gid`).
     pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// A user's identity: their supplementary groups as given, or just `[gid]` when `groups`
+    /// is empty (the one place that rule lives).
+    pub fn for_user(uid: u32, gid: u32, groups: &[u32]) -> Credentials {
+        let groups = if groups.is_empty() { vec![gid] } else { groups.to_vec() };
+        Credentials { uid, gid, groups }
+    }
+}
+
+/// A switch to another identity that this process may not make: it is not root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot run as uid {uid} gid {gid}: this process runs as uid {euid}, not root")]
+pub(crate) struct CannotSwitch {
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+}
+
+/// Whether running as `uid`/`gid` (with `groups`, see [`Credentials::for_user`]) needs an
+/// identity switch, for a process running as `euid`/`egid`: `None` when it already is that uid
+/// and gid; the credentials to switch to when it is root; refused otherwise. (Pure; see
+/// [`switch_needed`].)
+pub(crate) fn switch_from(
+    (euid, egid): (u32, u32),
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+) -> Result<Option<Credentials>, CannotSwitch> {
+    if uid == euid && gid == egid {
+        return Ok(None);
+    }
+    if euid != 0 {
+        return Err(CannotSwitch { uid, gid, euid });
+    }
+    Ok(Some(Credentials::for_user(uid, gid, groups)))
+}
+
+/// [`switch_from`] for this process: the one rule for whether a child (rank, MPS control
+/// daemon or command) runs as `uid`/`gid` with a switch, without one, or not at all.
+pub(crate) fn switch_needed(uid: u32, gid: u32, groups: &[u32]) -> Result<Option<Credentials>, CannotSwitch> {
+    switch_from((tessera_host::effective_uid(), tessera_host::effective_gid()), uid, gid, groups)
 }
 
 /// Everything a rank does between `fork` and `exec`, built before the fork.
@@ -131,7 +177,20 @@ pub struct ChildPlan {
     pub cgroups: Vec<CString>,
 }
 
-/// Which step of [`apply_child_setup`] failed, and how.
+/// What a child of this crate does between `fork` and `exec`. Every spawn goes through
+/// [`apply_setup`] (installed by `sys`'s one `pre_exec` hook), so none skips the descriptor
+/// hygiene.
+#[derive(Debug, Clone)]
+pub enum ChildSetup {
+    /// A rank: the whole sequence of [`apply_child_setup`].
+    Rank(ChildPlan),
+    /// A helper process (a shim, the MPS control program and its commands): descriptors from 3
+    /// up marked close-on-exec, then `setsid` when `new_session`, then the identity switch when
+    /// `creds` is given.
+    Helper { new_session: bool, creds: Option<Credentials> },
+}
+
+/// Which step of [`apply_setup`] failed, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildSetupError {
     /// The syscall: "setsid", "cgroup.procs", "sched_setaffinity", "set_mempolicy", "setgroups", "setgid",
@@ -219,16 +278,68 @@ pub fn format_pid(pid: u32, buf: &mut [u8; 10]) -> &[u8] {
 pub fn apply_child_setup<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), ChildSetupError> {
     let result = setup_steps(sys, plan);
     if let Err(e) = result {
-        sys.write_diag(b"tessera: rank setup failed at ");
-        sys.write_diag(e.step.as_bytes());
-        sys.write_diag(b"\n");
+        report(sys, b"tessera: rank setup failed at ", e);
     }
     result
 }
 
-fn setup_steps<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), ChildSetupError> {
-    let at = |step: &'static str| move |errno: Errno| ChildSetupError { step, errno };
+/// What every child runs between `fork` and `exec` ([`ChildSetup`]): a rank's whole sequence,
+/// or a helper's (descriptors from 3 up close-on-exec, best effort as for a rank; `setsid`;
+/// `setgroups`, `setgid`, `setuid`). A helper's failure is written to fd 2 as `tessera: process
+/// setup failed at <step>`.
+pub fn apply_setup<S: Syscalls + ?Sized>(sys: &S, setup: &ChildSetup) -> Result<(), ChildSetupError> {
+    match setup {
+        ChildSetup::Rank(plan) => apply_child_setup(sys, plan),
+        ChildSetup::Helper { new_session, creds } => {
+            let result = helper_steps(sys, *new_session, creds.as_ref());
+            if let Err(e) = result {
+                report(sys, b"tessera: process setup failed at ", e);
+            }
+            result
+        }
+    }
+}
+
+fn report<S: Syscalls + ?Sized>(sys: &S, prefix: &[u8], e: ChildSetupError) {
+    sys.write_diag(prefix);
+    sys.write_diag(e.step.as_bytes());
+    sys.write_diag(b"\n");
+}
+
+fn at(step: &'static str) -> impl Fn(Errno) -> ChildSetupError {
+    move |errno| ChildSetupError { step, errno }
+}
+
+/// Step 0 of every child: descriptors from 3 up close at `exec` (best effort: kernels before
+/// 5.11 refuse, and this crate opens nothing without `O_CLOEXEC` itself).
+fn close_inherited_fds<S: Syscalls + ?Sized>(sys: &S) {
     let _ = sys.mark_fds_cloexec(3);
+}
+
+/// `setgroups`, `setgid`, `setuid`, in that order (after `setuid` the others are refused).
+fn switch_identity<S: Syscalls + ?Sized>(sys: &S, creds: &Credentials) -> Result<(), ChildSetupError> {
+    sys.setgroups(&creds.groups).map_err(at("setgroups"))?;
+    sys.setgid(creds.gid).map_err(at("setgid"))?;
+    sys.setuid(creds.uid).map_err(at("setuid"))
+}
+
+fn helper_steps<S: Syscalls + ?Sized>(
+    sys: &S,
+    new_session: bool,
+    creds: Option<&Credentials>,
+) -> Result<(), ChildSetupError> {
+    close_inherited_fds(sys);
+    if new_session {
+        sys.setsid().map_err(at("setsid"))?;
+    }
+    if let Some(creds) = creds {
+        switch_identity(sys, creds)?;
+    }
+    Ok(())
+}
+
+fn setup_steps<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), ChildSetupError> {
+    close_inherited_fds(sys);
     sys.setsid().map_err(at("setsid"))?;
     for procs in &plan.cgroups {
         sys.join_cgroup(procs).map_err(at("cgroup.procs"))?;
@@ -240,9 +351,7 @@ fn setup_steps<S: Syscalls + ?Sized>(sys: &S, plan: &ChildPlan) -> Result<(), Ch
         sys.set_mempolicy_bind(nodes).map_err(at("set_mempolicy"))?;
     }
     if let Some(creds) = &plan.creds {
-        sys.setgroups(&creds.groups).map_err(at("setgroups"))?;
-        sys.setgid(creds.gid).map_err(at("setgid"))?;
-        sys.setuid(creds.uid).map_err(at("setuid"))?;
+        switch_identity(sys, creds)?;
     }
     sys.set_parent_death_signal(libc::SIGKILL).map_err(at("prctl(PR_SET_PDEATHSIG)"))?;
     if sys.parent_pid() != plan.parent_pid {
@@ -273,13 +382,12 @@ pub enum Call {
 }
 
 /// A [`Syscalls`] that records every call and changes nothing. Calls succeed unless a failure
-/// was injected with [`RecordingSyscalls::fail`]; `pid_alive` answers from
-/// [`RecordingSyscalls::set_alive`]; `parent_pid` answers what [`RecordingSyscalls::new`] got.
+/// was injected with [`RecordingSyscalls::fail`]; `pid_alive` answers `false` (no process is
+/// alive in a recording); `parent_pid` answers what [`RecordingSyscalls::new`] got.
 #[derive(Debug, Default)]
 pub struct RecordingSyscalls {
     calls: Mutex<Vec<Call>>,
     failures: Mutex<Vec<(&'static str, Errno)>>,
-    alive: Mutex<BTreeSet<u32>>,
     parent_pid: u32,
 }
 
@@ -291,14 +399,6 @@ impl RecordingSyscalls {
     /// "killpg") fail with `errno`.
     pub fn fail(&self, syscall: &'static str, errno: i32) {
         lock(&self.failures).push((syscall, Errno(errno)));
-    }
-    pub fn set_alive(&self, pid: u32, alive: bool) {
-        let mut set = lock(&self.alive);
-        if alive {
-            set.insert(pid);
-        } else {
-            set.remove(&pid);
-        }
     }
     /// The calls so far, in order.
     pub fn calls(&self) -> Vec<Call> {
@@ -365,7 +465,7 @@ impl Syscalls for RecordingSyscalls {
     }
     fn pid_alive(&self, pid: u32) -> bool {
         lock(&self.calls).push(Call::PidAlive(pid));
-        lock(&self.alive).contains(&pid)
+        false
     }
 }
 
@@ -508,6 +608,61 @@ mod tests {
         let sys = RecordingSyscalls::new(1);
         let err = apply_child_setup(&sys, &plan(&[], None, None)).unwrap_err();
         assert_eq!(err.step, "getppid");
+    }
+
+    /// Every helper (a shim, the MPS control program) gets the descriptor hygiene first, with
+    /// or without a session or an identity switch.
+    #[test]
+    fn helpers_close_inherited_fds_then_switch() {
+        let creds = Credentials::for_user(1000, 100, &[]);
+        // (new session, identity, the calls)
+        let cases = [
+            (false, None, vec![Call::MarkFdsCloexec(3)]),
+            (true, None, vec![Call::MarkFdsCloexec(3), Call::Setsid]),
+            (
+                false,
+                Some(creds.clone()),
+                vec![Call::MarkFdsCloexec(3), Call::Setgroups(vec![100]), Call::Setgid(100), Call::Setuid(1000)],
+            ),
+        ];
+        for (new_session, creds, want) in cases {
+            let sys = RecordingSyscalls::new(4242);
+            apply_setup(&sys, &ChildSetup::Helper { new_session, creds: creds.clone() }).unwrap();
+            assert_eq!(sys.calls(), want, "{new_session} {creds:?}");
+        }
+        // A refused switch stops before setuid and says where.
+        let sys = RecordingSyscalls::new(4242);
+        sys.fail("setgid", libc::EPERM);
+        let err = apply_setup(&sys, &ChildSetup::Helper { new_session: false, creds: Some(creds) }).unwrap_err();
+        assert_eq!(err, ChildSetupError { step: "setgid", errno: Errno(libc::EPERM) });
+        assert!(!sys.calls().contains(&Call::Setuid(1000)));
+        assert!(sys.calls().contains(&Call::Diag("setgid".into())));
+        // An old kernel without close_range is no reason to refuse.
+        let sys = RecordingSyscalls::new(4242);
+        sys.fail("close_range", libc::ENOSYS);
+        apply_setup(&sys, &ChildSetup::Helper { new_session: true, creds: None }).unwrap();
+    }
+
+    #[test]
+    fn one_rule_for_switching_users() {
+        assert_eq!(Credentials::for_user(5, 6, &[]).groups, vec![6]);
+        assert_eq!(Credentials::for_user(5, 6, &[6, 7]).groups, vec![6, 7]);
+        let root = (0, 0);
+        // (this process, target uid, gid, groups, answer)
+        type Case = ((u32, u32), u32, u32, Vec<u32>, Result<Option<Credentials>, CannotSwitch>);
+        let cases: Vec<Case> = vec![
+            (root, 0, 0, vec![], Ok(None)),
+            (root, 0, 5, vec![], Ok(Some(Credentials { uid: 0, gid: 5, groups: vec![5] }))),
+            (root, 1000, 1000, vec![1000, 27], Ok(Some(Credentials { uid: 1000, gid: 1000, groups: vec![1000, 27] }))),
+            ((1000, 1000), 1000, 1000, vec![1000, 27], Ok(None)),
+            ((1000, 1000), 1001, 1000, vec![], Err(CannotSwitch { uid: 1001, gid: 1000, euid: 1000 })),
+            ((1000, 1000), 1000, 0, vec![], Err(CannotSwitch { uid: 1000, gid: 0, euid: 1000 })),
+        ];
+        for (me, uid, gid, groups, want) in cases {
+            assert_eq!(switch_from(me, uid, gid, &groups), want, "{me:?} -> {uid}/{gid}");
+        }
+        let err = CannotSwitch { uid: 1, gid: 2, euid: 3 }.to_string();
+        assert_eq!(err, "cannot run as uid 1 gid 2: this process runs as uid 3, not root");
     }
 
     #[test]

@@ -148,3 +148,37 @@ impl Drop for Resume {
 fn kill(pid: u32, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
 }
+
+/// `kill_orphans` on a job no shim has claimed yet abandons it first, so a shim that turns up
+/// afterwards cannot start ranks whose cgroup is being torn down; a finished job is left alone.
+#[test]
+fn kill_orphans_settles_an_unclaimed_job_before_it_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = job_dir(&tmp, "job");
+    let marker = tmp.path().join("ran");
+    prepare_job_dir(&dir, &marker_job(2401, &marker));
+    assert_eq!(inspect(&dir, 2401).unwrap(), ShimState::Unclaimed);
+    assert_eq!(kill_orphans(&dir, 2401).unwrap(), Vec::<u32>::new());
+    assert_eq!(inspect(&dir, 2401).unwrap(), ShimState::Abandoned);
+    assert_eq!(run_shim_on(&dir, false), EXIT_ABANDONED);
+    assert!(!marker.exists(), "a shim ran the job kill_orphans was cleaning up");
+
+    let done = job_dir(&tmp, "done");
+    launch(Path::new(SHIM), &[], &done, &one_rank(2402, "true")).unwrap();
+    assert_eq!(wait_finished(&done, 2402, Duration::from_secs(20)).state, JobState::Succeeded);
+    assert_eq!(kill_orphans(&done, 2402).unwrap(), Vec::<u32>::new());
+}
+
+/// The shim's own messages must never panic it: with stdout and stderr on a full disk
+/// (`/dev/full`, every write `ENOSPC`) it still exits with its own code.
+#[test]
+fn an_unwritable_stderr_does_not_panic_the_shim() {
+    let full = || fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = job_dir(&tmp, "job");
+    prepare_job_dir(&dir, &one_rank(2501, "true"));
+    assert_eq!(abandon(&dir, 2501).unwrap(), Claim::Abandoned);
+    let run = |cmd: &mut Command| cmd.stdin(Stdio::null()).stdout(full()).stderr(full()).status().unwrap().code();
+    assert_eq!(run(Command::new(SHIM).arg("--job-dir").arg(&dir)), Some(EXIT_ABANDONED));
+    assert_eq!(run(Command::new(SHIM).arg("--no-such-flag")), Some(2));
+}

@@ -506,3 +506,55 @@ fn launcher_falls_back_when_the_standby_is_gone() {
     assert_eq!(wait_finished(&dir, 51, Duration::from_secs(15)).state, JobState::Succeeded);
     assert_eq!(read(&dir, "stdout.log"), "fallback-ok\n");
 }
+
+/// Launches racing into one directory: exactly one gets it (its `spec.json` is created once),
+/// the others are refused, and the job runs once.
+#[test]
+fn concurrent_launches_into_one_directory_start_one_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = job_dir(&tmp, "job");
+    let marker = tmp.path().join("runs");
+    let job = one_rank(1601, &format!("echo ran >> {}", marker.display()));
+    let barrier = std::sync::Barrier::new(6);
+    let results: Vec<Result<u32, ExecError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    launch(Path::new(SHIM), &[], &dir, &job)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(
+        results.iter().all(|r| r.is_ok() || matches!(r, Err(ExecError::AlreadyLaunched { job_id: 1601, .. }))),
+        "{results:?}"
+    );
+    assert_eq!(wait_finished(&dir, 1601, Duration::from_secs(20)).state, JobState::Succeeded);
+    assert_eq!(read(tmp.path(), "runs"), "ran\n");
+}
+
+/// A standby shim is handed the job directory's own bytes: a path that is not UTF-8 reaches it
+/// intact (a lossy `display()` would name another directory).
+#[test]
+fn a_standby_takes_a_job_directory_whose_name_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let pid_file = tmp.path().join("standby.pid");
+    let wrapper = script(
+        &tmp.path().join("shim-wrapper"),
+        &format!("#!/bin/sh\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec {SHIM} \"$@\"\n", pid_file.display()),
+    );
+    let launcher = tessera_exec::Launcher::new(wrapper, Vec::new(), true);
+    wait_for("the standby", Duration::from_secs(10), || pid_file.exists());
+    let standby: u32 = read(tmp.path(), "standby.pid").trim().parse().unwrap();
+    // Give the launcher's refill thread the moment it needs to file the standby as its spare.
+    std::thread::sleep(Duration::from_millis(200));
+    let dir = tmp.path().join(std::ffi::OsStr::from_bytes(b"job-\xff"));
+    let pid = launcher.launch(&dir, &one_rank(1701, "echo non-utf8-ok")).unwrap();
+    assert_eq!(pid, standby, "the standby took the job");
+    assert_eq!(wait_finished(&dir, 1701, Duration::from_secs(20)).state, JobState::Succeeded);
+    assert_eq!(read(&dir, "stdout.log"), "non-utf8-ok\n");
+}

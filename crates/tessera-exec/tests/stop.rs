@@ -132,3 +132,34 @@ fn cancel_is_a_stop_and_bad_stops_are_refused() {
     assert!(matches!(stop(&idle, &good), Err(ExecError::NotRunning { detail, .. }) if detail.contains("abandoned")));
     assert!(!idle.join("stop.json").exists());
 }
+
+/// Stop requests at the same moment: every one is accepted, exactly one is recorded in
+/// `stop.json` (created once), and the outcome echoes that one.
+#[test]
+fn concurrent_stops_record_one_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = job_dir(&tmp, "job");
+    launch(Path::new(SHIM), &[], &dir, &one_rank(4301, "sleep 30")).unwrap();
+    wait_for("the rank", Duration::from_secs(10), || started_ranks(&dir) == 1);
+    let barrier = std::sync::Barrier::new(6);
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let (dir, barrier) = (&dir, &barrier);
+            s.spawn(move || {
+                let request = StopRequest {
+                    reason: StopReason::Cancel,
+                    signal: libc::SIGTERM,
+                    grace_ms: 300,
+                    detail: format!("request {i}"),
+                };
+                barrier.wait();
+                stop(dir, &request).unwrap();
+            });
+        }
+    });
+    let o = wait_finished(&dir, 4301, Duration::from_secs(20));
+    let recorded: StopRequest = serde_json::from_str(&read(&dir, "stop.json")).unwrap();
+    assert!(recorded.detail.starts_with("request "), "{recorded:?}");
+    assert_eq!(o.stop, Some(recorded));
+    assert_eq!(o.state, JobState::Cancelled);
+}

@@ -30,8 +30,8 @@
 //! raised, and clears on a successful probe ([`Observation::probe_ok`]) once what it needs has
 //! happened since:
 //!
-//! * [`Recovery::Quiet`]: [`HealthTracker::recovery_quiet_ms`] without a new event, or any reset
-//!   or reboot (both are stronger than waiting);
+//! * [`Recovery::Quiet`]: the tracker's quiet period ([`HealthTracker::new`]) without a new event,
+//!   or any reset or reboot (both are stronger than waiting);
 //! * [`Recovery::ResetGpu`]: a reset: the reset count grew, the boot id changed, or the driver's
 //!   recovery action went back to `NONE` after asking for something;
 //! * [`Recovery::RebootNode`]: a reboot: the boot id changed.
@@ -41,7 +41,13 @@
 //! a fault that waits for a reset or reboot, and otherwise raises a quiet fault of its own.
 //! While the driver's recovery action asks for a reset (or a reboot), that is a fault too,
 //! whether or not the Xid was seen, and no earlier reset, reboot or clear counts for it: the
-//! driver wins. The node's boot id is the node's: a GPU that does not answer takes it from the
+//! driver wins.
+//!
+//! NVML has no reset counter ([`GpuObservation::reset_count`] is `None` on real GPUs): there a
+//! reset shows only as the driver's recovery action going back to `NONE`. A fault that needs a
+//! reset on a GPU with no reset count seen and no recovery action asked for therefore waits for a
+//! reboot or an admin's clear, and its waiting message says so. The message names the command an
+//! admin clears with ([`HealthTracker::set_clear_command`]: the daemon's and the CLI's differ). The node's boot id is the node's: a GPU that does not answer takes it from the
 //! others ([`HealthTracker::observe_all`] feeds the GPUs that answered first).
 //!
 //! NVIDIA's device plugin marks a device unhealthy for good (k8s-device-plugin#189); here every
@@ -53,15 +59,18 @@
 //! The tracker is `Serialize + Deserialize` (the daemon keeps it in its database, the CLI in a
 //! state file) as `{"version": 1, "recovery_quiet_ms": …, "gpus": [{"index": …, "uuid": …,
 //! "faults": […], "degraded": …, "instances": […], "events": […], "seen": {…},
-//! "last_cleared": …}]}`. Another `version` is refused, never misread.
+//! "last_cleared": …}]}`. Another `version` is refused, never misread ([`HealthTracker::restore`]).
+//! The clear command is the caller's, not stored.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+use crate::backend::DeviceInfo;
 pub use crate::backend::XidEvent;
-use crate::backend::{DeviceInfo, GpuObservation, RecoveryAction};
+use crate::backend::{BackendError, GpuObservation, RecoveryAction};
 
 /// The version of the stored form this build writes and reads.
 pub const STATE_VERSION: u32 = 1;
@@ -102,7 +111,7 @@ impl fmt::Display for Severity {
 pub enum Recovery {
     /// No fault: the application's error, or an informational event.
     None,
-    /// Clears after [`HealthTracker::recovery_quiet_ms`] without events plus a successful probe
+    /// Clears after the tracker's quiet period without events plus a successful probe
     /// (or any reset or reboot): unknown Xids (degraded), contained instance errors (94), failed
     /// probes.
     Quiet,
@@ -238,7 +247,8 @@ pub enum Health {
         /// What clears it.
         needs: Recovery,
         /// What it waits for, in a sentence: "waiting for a GPU reset (nvidia-smi -r -i 5) or
-        /// `tessera admin health clear 5`".
+        /// `tessera admin health clear 5`" (the clear command is the tracker's
+        /// [`HealthTracker::set_clear_command`]).
         waiting_for: String,
     },
 }
@@ -287,6 +297,20 @@ impl Observation {
     /// A GPU that did not answer.
     pub fn failed() -> Observation {
         Observation::default()
+    }
+
+    /// What a probe's result shows: [`Observation::answered`] for
+    /// [`crate::MigBackend::observe`]'s answer, [`Observation::failed`] for its error.
+    pub fn from_result(result: Result<GpuObservation, BackendError>) -> Observation {
+        match result {
+            Ok(o) => Observation {
+                probe_ok: true,
+                reset_count: o.reset_count,
+                boot_id: o.boot_id,
+                recovery_action: o.recovery_action,
+            },
+            Err(_) => Observation::failed(),
+        }
     }
 }
 
@@ -411,18 +435,33 @@ impl Fault {
         }
     }
 
-    fn waiting_for(&self, gpu: u32, quiet_ms: u64) -> String {
+    /// Whether a GPU reset can show as such: the reset count was seen, or the driver asked for a
+    /// recovery (its action going back to `NONE` is the reset).
+    fn reset_visible(&self) -> bool {
+        self.reset_count.is_some() || self.driver_asked.is_some()
+    }
+
+    /// What the fault waits for, in a sentence; `clear` names an admin's clear of GPU `gpu`.
+    fn waiting_for(&self, gpu: u32, quiet_ms: u64, clear: &str) -> String {
         if let Some(by) = &self.cleared_by {
             return format!("cleared by {by}; waiting for a successful health probe");
         }
-        let clear = format!("`tessera admin health clear {gpu}`");
         match (self.needs, self.driver_asked) {
             (Recovery::RebootNode, _) => format!("waiting for a node reboot or {clear}"),
             (Recovery::ResetGpu, Some(RecoveryAction::DrainP2p)) => format!(
                 "waiting for the driver's recovery action (drain peer-to-peer traffic) to clear, a GPU reset \
                  (nvidia-smi -r -i {gpu}) or {clear}"
             ),
+            (Recovery::ResetGpu, _) if !self.reset_visible() => format!(
+                "waiting for a node reboot or {clear}: the driver reports no reset count for this GPU and asked \
+                 for no recovery action, so a GPU reset (nvidia-smi -r -i {gpu}) is not seen; clear it once the \
+                 GPU is reset"
+            ),
             (Recovery::ResetGpu, _) => format!("waiting for a GPU reset (nvidia-smi -r -i {gpu}) or {clear}"),
+            _ if !self.reset_visible() => format!(
+                "waiting for {} s without new errors and a successful health probe, a node reboot or {clear}",
+                quiet_ms.div_ceil(1000)
+            ),
             _ => format!(
                 "waiting for {} s without new errors and a successful health probe, a GPU reset or {clear}",
                 quiet_ms.div_ceil(1000)
@@ -526,6 +565,8 @@ pub struct HealthTracker {
     /// The node's boot id as last observed (through any GPU).
     boot_id: Option<String>,
     gpus: BTreeMap<u32, GpuState>,
+    /// The command an admin clears a GPU with, without the GPU (not stored: the caller's).
+    clear_command: Option<String>,
 }
 
 /// The stored form (see the module header).
@@ -577,8 +618,22 @@ impl TryFrom<Stored> for HealthTracker {
                 return Err(format!("health state lists GPU {index} twice"));
             }
         }
-        Ok(HealthTracker { recovery_quiet_ms: s.recovery_quiet_ms, boot_id: s.boot_id, gpus })
+        Ok(HealthTracker { recovery_quiet_ms: s.recovery_quiet_ms, boot_id: s.boot_id, gpus, clear_command: None })
     }
+}
+
+/// Why a stored tracker cannot be restored ([`HealthTracker::restore`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Another version of the stored form.
+    #[error("health state version {found} is not the version this build reads ({STATE_VERSION})")]
+    Version { found: u64 },
+    /// Not the stored form (not JSON, or fields missing or wrong).
+    #[error("health state is not readable: {source}")]
+    Unreadable {
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// How long a GPU must stay quiet before a successful probe clears a quiet fault, by default.
@@ -623,6 +678,7 @@ pub struct InstanceHealthReport {
 
 impl HealthReport {
     /// Whether any GPU or GPU instance is unhealthy (degraded is not).
+    #[cfg(test)]
     pub fn any_unhealthy(&self) -> bool {
         self.gpus.iter().any(|g| g.health.is_unhealthy() || g.instances.iter().any(|i| i.health.is_unhealthy()))
     }
@@ -631,16 +687,44 @@ impl HealthReport {
 impl HealthTracker {
     /// A tracker where everything is healthy; quiet faults clear after `recovery_quiet_ms`.
     pub fn new(recovery_quiet_ms: u64) -> Self {
-        HealthTracker { recovery_quiet_ms, boot_id: None, gpus: BTreeMap::new() }
+        HealthTracker { recovery_quiet_ms, boot_id: None, gpus: BTreeMap::new(), clear_command: None }
     }
 
-    pub fn recovery_quiet_ms(&self) -> u64 {
-        self.recovery_quiet_ms
+    /// A stored tracker (its stored form, see the module header), run with
+    /// the quiet period `recovery_quiet_ms` (the stored one is the last run's). Another version of
+    /// the stored form is refused.
+    pub fn restore(text: &str, recovery_quiet_ms: u64) -> Result<HealthTracker, RestoreError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|source| RestoreError::Unreadable { source })?;
+        if let Some(found) = value.get("version").and_then(serde_json::Value::as_u64)
+            && found != u64::from(STATE_VERSION)
+        {
+            return Err(RestoreError::Version { found });
+        }
+        let mut tracker: HealthTracker =
+            serde_json::from_value(value).map_err(|source| RestoreError::Unreadable { source })?;
+        tracker.recovery_quiet_ms = recovery_quiet_ms;
+        Ok(tracker)
     }
 
     /// Change the quiet period (e.g. a stored tracker run with another `--recovery-quiet`).
     pub fn set_recovery_quiet_ms(&mut self, ms: u64) {
         self.recovery_quiet_ms = ms;
+    }
+
+    /// The command an admin clears a GPU's faults with, without the GPU index:
+    /// `tessera admin health clear` for the daemon, `tessera mig health clear` for the CLI.
+    /// Waiting messages then end "… or `<command> N`"; without one, "… or an admin's clear".
+    pub fn set_clear_command(&mut self, command: impl Into<String>) {
+        self.clear_command = Some(command.into());
+    }
+
+    /// How a waiting message names an admin's clear of GPU `gpu`.
+    fn clear_text(&self, gpu: u32) -> String {
+        match &self.clear_command {
+            Some(c) => format!("`{c} {gpu}`"),
+            None => "an admin's clear".to_string(),
+        }
     }
 
     /// Take an Xid event into account.
@@ -750,7 +834,8 @@ impl HealthTracker {
 
     /// An admin says GPU `gpu` was reset or repaired (`tessera admin health clear GPU`): every
     /// fault of the GPU counts as recovered, and the next successful probe clears it. Faults
-    /// raised afterwards need their own recovery.
+    /// raised afterwards need their own recovery. (`_now_ms` is not used: the clear takes effect
+    /// at that probe, which has its own time.)
     pub fn clear(&mut self, gpu: u32, by: &str, _now_ms: u64) {
         let Some(state) = self.gpus.get_mut(&gpu) else {
             return;
@@ -776,15 +861,16 @@ impl HealthTracker {
         }
     }
 
-    /// Follow GPUs to new indices by UUID (the driver may renumber them after a reboot or a
-    /// hardware change), and learn the UUIDs of the GPUs at `devices`' indices. A record whose
-    /// index another GPU now has, and whose UUID is nowhere, is dropped.
+    /// [`Self::reconcile_ids`] with the devices' indices and UUIDs.
+    #[cfg(test)]
     pub fn reconcile(&mut self, devices: &[DeviceInfo]) {
         let ids: Vec<(u32, String)> = devices.iter().map(|d| (d.index, d.uuid.clone())).collect();
         self.reconcile_ids(&ids);
     }
 
-    /// [`Self::reconcile`] from `(index, UUID)` pairs.
+    /// Follow GPUs to new indices by UUID (the driver may renumber them after a reboot or a
+    /// hardware change), and learn the UUIDs of the GPUs at the given `(index, UUID)` pairs. A
+    /// record whose index another GPU now has, and whose UUID is nowhere, is dropped.
     pub fn reconcile_ids(&mut self, ids: &[(u32, String)]) {
         let mut old = std::mem::take(&mut self.gpus);
         let mut placed: BTreeMap<u32, GpuState> = BTreeMap::new();
@@ -835,7 +921,7 @@ impl HealthTracker {
                 reason,
                 since_ms,
                 needs: f.needs,
-                waiting_for: f.waiting_for(gpu, self.recovery_quiet_ms),
+                waiting_for: f.waiting_for(gpu, self.recovery_quiet_ms, &self.clear_text(gpu)),
             };
         }
         if let Some(f) = &state.degraded {
@@ -859,7 +945,7 @@ impl HealthTracker {
         }
         if let Some(f) = state.instances.get(&gpu_instance_id) {
             let waiting_for = match &f.cleared_by {
-                Some(_) => f.waiting_for(gpu, self.recovery_quiet_ms),
+                Some(_) => f.waiting_for(gpu, self.recovery_quiet_ms, &self.clear_text(gpu)),
                 None => format!(
                     "waiting for the GPU instance to be recreated, or {} s without new errors and a successful \
                      health probe",
@@ -880,6 +966,7 @@ impl HealthTracker {
     }
 
     /// The GPUs the tracker knows, by index.
+    #[cfg(test)]
     pub fn gpus(&self) -> Vec<u32> {
         self.gpus.keys().copied().collect()
     }

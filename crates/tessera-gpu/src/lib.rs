@@ -18,6 +18,7 @@ pub mod nvml;
 pub mod open;
 pub mod sim;
 pub mod spec;
+pub mod statefile;
 pub mod view;
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Which backend stands behind a command or the daemon: the one place the choice is made.
 //!
 //! The policy ([`open`]):
-//! * a simulated-node spec without an explicit choice means the simulated node;
+//! * a simulated-node spec without an explicit choice ([`BackendChoice::Auto`]) means the
+//!   simulated node;
 //! * [`BackendChoice::Nvml`] with a simulated-node spec is an error;
 //! * [`BackendChoice::Auto`] uses NVML when the library loads and lists at least one GPU, the
 //!   simulated node when there is no library or no GPU (saying why in the description), and is
@@ -10,12 +11,15 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::backend::{BackendError, BackendKind, MigBackend};
+#[cfg(test)]
+use crate::backend::BackendKind;
+use crate::backend::{BackendError, MigBackend};
 use crate::nvml::{DEFAULT_LIBRARY, NvmlBackend};
 use crate::sim::SimBackend;
 use crate::spec::{NodeSpec, SpecError};
 
-/// Which backend is asked for.
+/// Which backend is asked for. Parsed from `auto`, `nvml` or `sim` by [`std::str::FromStr`] (the
+/// command line) and by `serde` through it (configuration files), printed the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum BackendChoice {
     /// NVML when it loads and finds GPUs, otherwise the simulated node.
@@ -63,6 +67,7 @@ impl Node {
         }
     }
 
+    #[cfg(test)]
     pub fn kind(&self) -> BackendKind {
         self.backend().kind()
     }
@@ -72,12 +77,22 @@ impl Node {
 #[derive(Debug)]
 pub struct Opened {
     pub node: Node,
-    /// `NVML, driver 580.65.06, 8 GPU(s)`, or `simulated node 8xH100-80GB,numa=2 (state …)`,
-    /// followed by `; no NVML: libnvidia-ml.so.1 cannot be loaded` or `; NVML found no GPU` when
-    /// `Auto` fell back to it.
+    /// `NVML, driver 580.65.06, 8 GPU(s)`, or `simulated node 8xH100-80GB,numa=2 (state …)`.
     pub description: String,
-    /// Why `Auto` fell back to the simulated node (the part of `description` after `; `).
+    /// Why `Auto` fell back to the simulated node: `no NVML: libnvidia-ml.so.1 cannot be loaded`
+    /// or `NVML found no GPU`.
     pub fallback: Option<String>,
+}
+
+impl Opened {
+    /// The description, followed by `; <why>` when `Auto` fell back to the simulated node: the
+    /// line to show when the backend is announced.
+    pub fn summary(&self) -> String {
+        match &self.fallback {
+            Some(why) => format!("{}; {why}", self.description),
+            None => self.description.clone(),
+        }
+    }
 }
 
 /// Why no backend could be opened.
@@ -115,6 +130,7 @@ pub enum OpenError {
 
 impl OpenError {
     /// The backend error underneath, if any.
+    #[cfg(test)]
     pub fn backend_error(&self) -> Option<&BackendError> {
         match self {
             OpenError::Sim(e) | OpenError::Nvml { source: e, .. } | OpenError::NvmlCannotList { source: e, .. } => {
@@ -182,11 +198,7 @@ pub fn open(opts: &OpenOptions) -> Result<Opened, OpenError> {
                 Err(source) => return Err(OpenError::Nvml { library: library_name(opts), source }),
             };
             let (sim, description) = open_sim(opts)?;
-            Ok(Opened {
-                node: Node::Sim(Box::new(sim)),
-                description: format!("{description}; {why}"),
-                fallback: Some(why),
-            })
+            Ok(Opened { node: Node::Sim(Box::new(sim)), description, fallback: Some(why) })
         }
     }
 }
@@ -212,6 +224,14 @@ impl std::str::FromStr for BackendChoice {
             "sim" | "simulated" => Ok(BackendChoice::Sim),
             other => Err(format!("unknown backend '{other}': expected auto, nvml or sim")),
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BackendChoice {
+    /// A string, as [`std::str::FromStr`] reads it.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BackendChoice, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -245,7 +265,9 @@ mod tests {
         let o = open(&opts(d, BackendChoice::Auto, None, NO_LIBRARY)).unwrap();
         assert!(o.node.sim().is_some());
         assert_eq!(o.fallback.as_deref(), Some("no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded"));
-        assert!(o.description.ends_with("; no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded"));
+        assert!(o.summary().ends_with("; no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded"));
+        assert!(!o.description.contains("NVML"), "the description is the simulated node's: {}", o.description);
+        assert_eq!(o.summary(), format!("{}; {}", o.description, o.fallback.as_deref().unwrap_or_default()));
         // NVML asked for: never a fallback.
         let e = open(&opts(d, BackendChoice::Nvml, None, NO_LIBRARY)).unwrap_err();
         assert!(matches!(&e, OpenError::Nvml { source: BackendError::LibraryNotFound { .. }, .. }), "{e}");
@@ -267,7 +289,13 @@ mod tests {
     fn choices_parse_and_print() {
         for c in [BackendChoice::Auto, BackendChoice::Nvml, BackendChoice::Sim] {
             assert_eq!(c.to_string().parse::<BackendChoice>(), Ok(c));
+            // Configuration files write it the same way.
+            let json = serde_json::Value::String(c.to_string());
+            assert_eq!(serde_json::from_value::<BackendChoice>(json).unwrap(), c);
         }
         assert!("gpu".parse::<BackendChoice>().is_err());
+        let e = serde_json::from_value::<BackendChoice>("gpu".into()).unwrap_err();
+        assert!(e.to_string().contains("unknown backend 'gpu': expected auto, nvml or sim"), "{e}");
+        assert_eq!(serde_json::from_value::<BackendChoice>("simulated".into()).unwrap(), BackendChoice::Sim);
     }
 }

@@ -2,10 +2,13 @@
 //! the daemon and the tests can run the whole stack on a machine without GPUs.
 //!
 //! **State outlives the process**, as GPU instances outlive a daemon: it lives in a JSON file.
-//! Every operation takes an exclusive lock on a sibling `<file>.lock` (`File::try_lock`, waiting
-//! up to [`LOCK_TIMEOUT`]), reads the state, applies the change, and writes it back atomically
-//! (temporary file + rename), so several processes can share one node. [`SimBackend::in_memory`]
-//! runs the same code on a mutex-guarded state for fast tests.
+//! Every operation takes the file's exclusive lock ([`crate::statefile::lock`], waiting up to
+//! [`LOCK_TIMEOUT`]), reads the state, applies the change, and writes it back atomically
+//! ([`crate::statefile::write_atomic`]), so several processes can share one node. The state last
+//! read or written is kept with the file's exact bytes: while the file holds the same bytes, an
+//! operation neither parses nor checks it again, and one that only reads does not copy it (reads
+//! are most calls: a node view, a probe, the Xid wait's polls). [`SimBackend::in_memory`] runs the
+//! same code on a mutex-guarded state for fast tests.
 //!
 //! What is reproduced, and from where (`shared/research/mig-hardware.md`):
 //! * profiles and placements from the catalog; explicit-placement creation obeys
@@ -41,11 +44,12 @@
 
 pub mod default_placement;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fmt;
+use std::fs;
+use std::io::ErrorKind;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use tessera_mig::{GpuModel, Instance, Profile, catalog::ComputeInstanceProfile, validate};
@@ -57,12 +61,13 @@ use crate::backend::{
 use crate::health::{Recovery, XidEvent, classify};
 use crate::ids;
 use crate::spec::{NodeSpec, gb_from_name};
+use crate::statefile::{self, StateFileError};
 
 /// How often a wait for Xid events looks at the state file again.
 const XID_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// How long an operation waits for another process's lock before giving up.
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::statefile::LOCK_TIMEOUT;
 /// The state file's format tag.
 const FORMAT: &str = "tessera-sim-node/1";
 /// GPU-instance ids the driver hands out (`gi0` … `gi14` in `mig-minors`).
@@ -176,7 +181,24 @@ impl SimGpu {
 #[derive(Debug)]
 enum Store {
     Memory(Mutex<SimState>),
-    File { path: PathBuf, lock_path: PathBuf },
+    File { path: PathBuf, cache: Mutex<Cache> },
+}
+
+/// The state as last read from or written to the file, with the file's exact bytes then: while
+/// the file holds the same bytes (every change replaces it), the state is the same.
+#[derive(Default)]
+struct Cache {
+    loaded: Option<(Vec<u8>, SimState)>,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache").field("bytes", &self.loaded.as_ref().map(|(b, _)| b.len())).finish()
+    }
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A simulated GPU node. Cheap to open; every call goes to the shared state.
@@ -188,14 +210,15 @@ pub struct SimBackend {
     models: Vec<&'static GpuModel>,
 }
 
-/// One GPU inside an operation: what it is, and its mutable state.
-struct Gpu<'a> {
+/// One GPU inside an operation: what it is, and its state (`&mut SimGpu` in an operation that
+/// may change it, `&SimGpu` in one that only reads).
+struct Gpu<'a, S = &'a mut SimGpu> {
     dev: &'a DeviceInfo,
     model: &'static GpuModel,
-    state: &'a mut SimGpu,
+    state: S,
 }
 
-impl Gpu<'_> {
+impl<S: Deref<Target = SimGpu>> Gpu<'_, S> {
     fn gref(&self) -> GpuRef {
         self.dev.gpu_ref()
     }
@@ -339,11 +362,10 @@ impl SimBackend {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|source| BackendError::Io { path: parent.to_path_buf(), source })?;
         }
-        let lock_path = sibling(path, ".lock");
-        let _lock = lock(&lock_path, path)?;
-        let state = match fs::metadata(path) {
-            Ok(_) => {
-                let state = read_state(path)?;
+        let _lock = statefile::lock(path).map_err(|e| state_file_error(path, e))?;
+        let (bytes, state) = match fs::read(path) {
+            Ok(bytes) => {
+                let state = parse_state(path, &bytes)?;
                 if let Some(wanted) = spec
                     && *wanted != state.spec
                 {
@@ -356,16 +378,18 @@ impl SimBackend {
                         ),
                     });
                 }
-                state
+                (bytes, state)
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 let state = SimState::fresh(spec.unwrap_or(&NodeSpec::default()));
-                write_state(path, &state)?;
-                state
+                let bytes = write_state(path, &state)?;
+                (bytes, state)
             }
             Err(source) => return Err(BackendError::Io { path: path.to_path_buf(), source }),
         };
-        Ok(SimBackend::with_store(&state.spec.clone(), Store::File { path: path.to_path_buf(), lock_path }))
+        let spec = state.spec.clone();
+        let cache = Mutex::new(Cache { loaded: Some((bytes, state)) });
+        Ok(SimBackend::with_store(&spec, Store::File { path: path.to_path_buf(), cache }))
     }
 
     /// A node that lives only in this process (same behaviour, no file).
@@ -390,43 +414,87 @@ impl SimBackend {
         }
     }
 
-    /// Run `f` on the locked, freshly read state; write it back if `f` changed it (whether or not
-    /// `f` succeeded: a refused MIG-mode change still records the pending mode).
-    fn with_state<T>(&self, f: impl FnOnce(&mut SimState) -> Result<T, BackendError>) -> Result<T, BackendError> {
-        match &self.store {
-            Store::Memory(m) => {
-                let mut guard = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                f(&mut guard)
-            }
-            Store::File { path, lock_path } => {
-                let _lock = lock(lock_path, path)?;
-                let mut state = read_state(path)?;
+    /// The file's current state, in `cache`: the cached one while the file holds the same bytes,
+    /// else the file parsed and checked (the caller holds the file's lock).
+    fn load<'c>(&self, path: &Path, cache: &'c mut Cache) -> Result<&'c mut SimState, BackendError> {
+        let bytes = fs::read(path).map_err(|source| BackendError::Io { path: path.to_path_buf(), source })?;
+        let loaded = match cache.loaded.take() {
+            Some((old, state)) if old == bytes => (old, state),
+            _ => {
+                let state = parse_state(path, &bytes)?;
                 if state.spec != self.spec || state.gpus.len() != self.devices.len() {
                     return Err(BackendError::State {
-                        path: path.clone(),
+                        path: path.to_path_buf(),
                         detail: format!(
                             "the file was replaced: it now simulates '{}' instead of '{}'; open it again",
                             state.spec, self.spec
                         ),
                     });
                 }
-                let before = state.clone();
+                (bytes, state)
+            }
+        };
+        Ok(&mut cache.loaded.insert(loaded).1)
+    }
+
+    /// Run `f` on the locked, current state, without changing it.
+    fn read<T>(&self, f: impl FnOnce(&SimState) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        match &self.store {
+            Store::Memory(m) => f(&guard(m)),
+            Store::File { path, cache } => {
+                let _lock = statefile::lock(path).map_err(|e| state_file_error(path, e))?;
+                let mut cache = guard(cache);
+                f(self.load(path, &mut cache)?)
+            }
+        }
+    }
+
+    /// Run `f` on the locked, current state; write it back if `f` changed it (whether or not `f`
+    /// succeeded: a refused MIG-mode change still records the pending mode).
+    fn modify<T>(&self, f: impl FnOnce(&mut SimState) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        match &self.store {
+            Store::Memory(m) => f(&mut guard(m)),
+            Store::File { path, cache } => {
+                let _lock = statefile::lock(path).map_err(|e| state_file_error(path, e))?;
+                let mut cache = guard(cache);
+                let current = self.load(path, &mut cache)?;
+                let mut state = current.clone();
                 let result = f(&mut state);
-                if state != before {
-                    write_state(path, &state)?;
+                if state != *current {
+                    let bytes = write_state(path, &state)?;
+                    cache.loaded = Some((bytes, state));
                 }
                 result
             }
         }
     }
 
-    /// Run `f` on one GPU.
+    /// Run `f` on one GPU, which it may change.
     fn with_gpu<T>(
         &self,
         gpu: u32,
         f: impl FnOnce(&mut Gpu<'_>) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         self.with_gpu_gen(gpu, |g, _| f(g))
+    }
+
+    /// Run `f` on one GPU, without changing it.
+    fn read_gpu<T>(
+        &self,
+        gpu: u32,
+        f: impl FnOnce(&Gpu<'_, &SimGpu>) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let dev = self.device(gpu)?;
+        let model = self.models[dev.index as usize];
+        self.read(|state| {
+            let Some(g) = state.gpus.get(dev.index as usize) else {
+                return Err(self.no_gpu(gpu));
+            };
+            if g.lost {
+                return Err(BackendError::GpuLost { gpu: dev.gpu_ref() });
+            }
+            f(&Gpu { dev, model, state: g })
+        })
     }
 
     /// Like [`Self::with_gpu`], with access to the node's generation counter.
@@ -437,7 +505,7 @@ impl SimBackend {
     ) -> Result<T, BackendError> {
         let dev = self.device(gpu)?;
         let model = self.models[dev.index as usize];
-        self.with_state(|state| {
+        self.modify(|state| {
             let Some(g) = state.gpus.get_mut(dev.index as usize) else {
                 return Err(self.no_gpu(gpu));
             };
@@ -529,7 +597,7 @@ impl SimBackend {
     ) -> Result<(), BackendError> {
         let dev = self.device(gpu)?;
         let event = XidEvent { gpu: dev.index, xid, gpu_instance_id, compute_instance_id };
-        self.with_state(|state| {
+        self.modify(|state| {
             state.pending_xids.push(event);
             apply_xid(state, dev.index, xid);
             Ok(())
@@ -542,7 +610,7 @@ impl SimBackend {
     /// [`RecoveryAction::NodeReboot`] and loses the GPU until a reboot.
     pub fn apply_xid(&self, gpu: u32, xid: u64) -> Result<(), BackendError> {
         let dev = self.device(gpu)?;
-        self.with_state(|state| {
+        self.modify(|state| {
             apply_xid(state, dev.index, xid);
             Ok(())
         })
@@ -555,7 +623,7 @@ impl SimBackend {
     pub fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
         let dev = self.device(gpu)?;
         let index = dev.index;
-        self.with_state(|state| {
+        self.modify(|state| {
             let g = state.gpus.get_mut(index as usize).ok_or_else(|| self.no_gpu(gpu))?;
             if g.lost {
                 return Err(BackendError::GpuLost { gpu: dev.gpu_ref() });
@@ -578,7 +646,7 @@ impl SimBackend {
     /// effect, lost GPUs are back and recovery actions cleared; the boot id changes and unread
     /// Xid events are dropped.
     pub fn reboot(&self) -> Result<(), BackendError> {
-        self.with_state(|state| {
+        self.modify(|state| {
             for g in &mut state.gpus {
                 g.reset();
                 g.lost = false;
@@ -591,7 +659,7 @@ impl SimBackend {
 
     /// The node's boot id (it changes at every [`Self::reboot`]).
     pub fn boot_id(&self) -> Result<String, BackendError> {
-        self.with_state(|state| Ok(state.boot_id()))
+        self.read(|state| Ok(state.boot_id()))
     }
 
     /// The node's GPUs as the spec describes them, whether or not they answer.
@@ -601,7 +669,7 @@ impl SimBackend {
 
     /// The GPUs that fell off the bus, by index.
     pub fn lost_gpus(&self) -> Result<Vec<u32>, BackendError> {
-        self.with_state(|state| {
+        self.read(|state| {
             Ok(state
                 .gpus
                 .iter()
@@ -624,7 +692,7 @@ impl SimBackend {
     }
 }
 
-impl Gpu<'_> {
+impl<'a> Gpu<'a, &'a mut SimGpu> {
     fn push_process(&mut self, p: ProcessInfo) -> Result<(), BackendError> {
         if let Some(old) = self.state.processes.iter().find(|q| q.pid == p.pid) {
             return Err(BackendError::InvalidArgument { what: format!("{} already runs {old}", self.gref()) });
@@ -665,7 +733,7 @@ impl MigBackend for SimBackend {
     }
 
     fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError> {
-        self.with_gpu(gpu, |g| Ok(g.state.mig))
+        self.read_gpu(gpu, |g| Ok(g.state.mig))
     }
 
     fn set_mig_mode(&self, gpu: u32, enabled: bool) -> Result<MigMode, BackendError> {
@@ -709,14 +777,14 @@ impl MigBackend for SimBackend {
     }
 
     fn gpu_instance_profiles(&self, gpu: u32) -> Result<Vec<GpuInstanceProfileInfo>, BackendError> {
-        self.with_gpu(gpu, |g| {
+        self.read_gpu(gpu, |g| {
             g.require_mig("list GPU instance profiles")?;
             Ok(g.model.profiles.iter().map(|p| profile_info(g.model, p)).collect())
         })
     }
 
     fn possible_placements(&self, gpu: u32, profile_id: u32) -> Result<Vec<PlacementRange>, BackendError> {
-        self.with_gpu(gpu, |g| {
+        self.read_gpu(gpu, |g| {
             g.require_mig("list placements")?;
             let p = g.profile(profile_id)?;
             let units = u32::from(g.model.placement_units);
@@ -909,14 +977,14 @@ impl MigBackend for SimBackend {
     }
 
     fn gpu_instances(&self, gpu: u32) -> Result<Vec<GpuInstanceInfo>, BackendError> {
-        self.with_gpu(gpu, |g| {
+        self.read_gpu(gpu, |g| {
             g.require_mig("list GPU instances")?;
             Ok(g.state.gpu_instances.iter().map(|gi| g.gi_info(gi)).collect())
         })
     }
 
     fn compute_instances(&self, gpu: u32, gpu_instance_id: u32) -> Result<Vec<ComputeInstanceInfo>, BackendError> {
-        self.with_gpu(gpu, |g| {
+        self.read_gpu(gpu, |g| {
             g.require_mig("list compute instances")?;
             let gi = &g.state.gpu_instances[g.gi_index(gpu_instance_id)?];
             Ok(gi.compute_instances.iter().map(|ci| g.ci_info(gi, ci)).collect())
@@ -924,17 +992,19 @@ impl MigBackend for SimBackend {
     }
 
     fn processes(&self, gpu: u32) -> Result<Vec<ProcessInfo>, BackendError> {
-        self.with_gpu(gpu, |g| Ok(g.state.processes.clone()))
+        self.read_gpu(gpu, |g| Ok(g.state.processes.clone()))
     }
 
-    /// Every pending Xid, at once: the simulated node never waits (so never longer than
-    /// `timeout_ms`), since nothing can raise an Xid while this call holds the state.
+    /// Every pending Xid, at once, consumed: like `nvmlEventSetWait`, it waits until one is
+    /// raised or `timeout_ms` has passed (returning nothing then), polling the state every
+    /// [`XID_POLL`] without holding its lock in between, so a watcher loop neither spins nor
+    /// keeps others out. A poll of an unchanged state file neither parses nor writes it.
     fn wait_xid_events(&self, timeout_ms: u32) -> Result<Vec<XidEvent>, BackendError> {
-        // Like `nvmlEventSetWait`, block until an event comes or the time is up: the state file
-        // is polled, so a watcher loop neither spins nor holds the file's lock from others.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
         loop {
-            let events = self.with_state(|state| Ok(std::mem::take(&mut state.pending_xids)))?;
+            let pending = self.read(|state| Ok(!state.pending_xids.is_empty()))?;
+            let events =
+                if pending { self.modify(|state| Ok(std::mem::take(&mut state.pending_xids)))? } else { Vec::new() };
             let now = std::time::Instant::now();
             if !events.is_empty() || now >= deadline {
                 return Ok(events);
@@ -945,7 +1015,7 @@ impl MigBackend for SimBackend {
 
     fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError> {
         let dev = self.device(gpu)?;
-        self.with_state(|state| {
+        self.read(|state| {
             let boot_id = state.boot_id();
             let g = state.gpus.get(dev.index as usize).ok_or_else(|| self.no_gpu(gpu))?;
             if g.lost {
@@ -978,63 +1048,37 @@ fn apply_xid(state: &mut SimState, gpu: u32, xid: u64) {
     }
 }
 
-impl Gpu<'_> {
+impl<S: Deref<Target = SimGpu>> Gpu<'_, S> {
     fn vanished(&self, gpu_instance_id: u32) -> BackendError {
         BackendError::NotFound { gpu: self.gref(), what: format!("GPU instance {gpu_instance_id} vanished") }
     }
 }
 
-/// `<path><suffix>`, e.g. `node.json.lock`.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Take the exclusive lock on `lock_path`, waiting up to [`LOCK_TIMEOUT`].
-fn lock(lock_path: &Path, state_path: &Path) -> Result<File, BackendError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock_path)
-        .map_err(|source| BackendError::Io { path: lock_path.to_path_buf(), source })?;
-    let deadline = Instant::now() + LOCK_TIMEOUT;
-    let mut wait = Duration::from_millis(1);
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                if Instant::now() >= deadline {
-                    return Err(BackendError::State {
-                        path: state_path.to_path_buf(),
-                        detail: format!(
-                            "locked by another process for more than {} s ({})",
-                            LOCK_TIMEOUT.as_secs(),
-                            lock_path.display()
-                        ),
-                    });
-                }
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_millis(50));
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(BackendError::Io { path: lock_path.to_path_buf(), source });
-            }
-        }
+/// A state-file error in the backend's terms (the lock's timeout names the state file).
+fn state_file_error(path: &Path, e: StateFileError) -> BackendError {
+    match e {
+        StateFileError::Io { path, source } => BackendError::Io { path, source },
+        StateFileError::Locked { lock_path, waited, .. } => BackendError::State {
+            path: path.to_path_buf(),
+            detail: format!("locked by another process for more than {} s ({})", waited.as_secs(), lock_path.display()),
+        },
     }
 }
 
-fn read_state(path: &Path) -> Result<SimState, BackendError> {
-    let text = fs::read_to_string(path).map_err(|source| match source.kind() {
-        ErrorKind::InvalidData => BackendError::State {
-            path: path.to_path_buf(),
-            detail: "unreadable: not UTF-8 text, so not a Tessera simulated-node state file".into(),
-        },
-        _ => BackendError::Io { path: path.to_path_buf(), source },
-    })?;
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread parsed a state file (the cache's tests count them).
+    static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The state in the file's `bytes`, checked.
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<SimState, BackendError> {
+    #[cfg(test)]
+    PARSES.with(|p| p.set(p.get() + 1));
     let corrupt = |detail: String| BackendError::State { path: path.to_path_buf(), detail };
-    let value: serde_json::Value = serde_json::from_str(&text)
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| corrupt("unreadable: not UTF-8 text, so not a Tessera simulated-node state file".into()))?;
+    let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| corrupt(format!("corrupt: not a Tessera simulated-node state file ({e})")))?;
     match value.get("format").and_then(serde_json::Value::as_str) {
         Some(FORMAT) => {}
@@ -1073,22 +1117,13 @@ fn check_state(state: &SimState) -> Result<(), String> {
     Ok(())
 }
 
-/// Write the state atomically: readers see the old file or the new one, never a torn one, and a
-/// process killed mid-write leaves the old one. (No `fsync`: a simulated node need not survive a
-/// power cut, and syncing every call would make it a hundred times slower.)
-fn write_state(path: &Path, state: &SimState) -> Result<(), BackendError> {
-    let tmp = sibling(path, ".tmp");
-    let text = serde_json::to_string_pretty(state)
+/// Write the state atomically ([`statefile::write_atomic`]); the bytes written.
+fn write_state(path: &Path, state: &SimState) -> Result<Vec<u8>, BackendError> {
+    let mut bytes = serde_json::to_vec_pretty(state)
         .map_err(|e| BackendError::State { path: path.to_path_buf(), detail: format!("cannot serialize: {e}") })?;
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| BackendError::Io { path: p, source }
-    };
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    f.write_all(b"\n").map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))
+    bytes.push(b'\n');
+    statefile::write_atomic(path, &bytes).map_err(|e| state_file_error(path, e))?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

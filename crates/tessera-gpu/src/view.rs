@@ -98,6 +98,7 @@ pub struct NodeView {
 
 impl NodeView {
     /// Every GPU read, or the first failure.
+    #[cfg(test)]
     pub fn complete(self) -> Result<Vec<GpuView>, BackendError> {
         match self.failed.into_iter().next() {
             Some(f) => Err(f.error),

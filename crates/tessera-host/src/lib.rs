@@ -1,6 +1,6 @@
 //! The host machine, in one place for every shell crate: the wall clock ([`clock`]), the
-//! kernel's cpulist format ([`cpulist`]), users and groups as NSS knows them ([`users`]), and
-//! host NUMA memory ([`memory`]).
+//! kernel's cpulist format ([`cpulist`]), users and groups as NSS knows them ([`users`]),
+//! host NUMA memory ([`memory`]), and files written so no reader sees half of one ([`files`]).
 //!
 //! Each is a policy that used to exist twice (and the copies disagreed): the shell crates
 //! (`tessera-gpu`, `tessera-exec`, `tessera-store`, `tessera-daemon`, the binary) use these and
@@ -13,9 +13,10 @@
 
 pub mod clock;
 pub mod cpulist;
+pub mod files;
 pub mod memory;
 pub mod users;
 
 pub use clock::now_ms;
 pub use cpulist::{CpuListError, MAX_ID, format_cpulist, parse_cpulist};
-pub use users::{User, UserError, effective_gid, effective_uid, user_by_name, user_by_uid, user_by_uid_now};
+pub use users::{User, UserError, effective_gid, effective_uid, user_by_name, user_by_uid};

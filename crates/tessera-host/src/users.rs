@@ -33,6 +33,9 @@ pub enum UserError {
     Lookup { key: String, detail: String },
     #[error("user name {0:?} contains a NUL byte")]
     BadName(String),
+    /// The user's supplementary groups could not be read (the user is then not remembered).
+    #[error("reading the groups of user '{user}': {detail}")]
+    Groups { user: String, detail: String },
 }
 
 /// The effective uid of this process.
@@ -101,31 +104,52 @@ fn lookup(
     }
 }
 
+/// How many times `getgrouplist` is asked with a bigger buffer before giving up.
+const GROUPLIST_TRIES: u32 = 10;
+
 /// The groups of user `name` with primary group `gid` (`getgrouplist`), primary first.
-fn groups_of(name: &CStr, gid: u32) -> Vec<u32> {
+fn groups_of(name: &CStr, gid: u32) -> Result<Vec<u32>, UserError> {
+    groups_with(name, gid, |name, gid, groups, n| {
+        // SAFETY: `name` is NUL-terminated; `groups` has room for `*n` entries and getgrouplist
+        // writes at most that many, updating `*n` (to the number needed when it returns -1).
+        unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), n) }
+    })
+}
+
+/// [`groups_of`] over any `getgrouplist`-shaped call. A call that still wants more room after
+/// [`GROUPLIST_TRIES`] tries is an error: dropping the supplementary groups would run the job
+/// with fewer groups than `id` shows (and the user would be remembered that way).
+fn groups_with(
+    name: &CStr,
+    gid: u32,
+    mut call: impl FnMut(&CStr, libc::gid_t, &mut [libc::gid_t], &mut c_int) -> c_int,
+) -> Result<Vec<u32>, UserError> {
     let mut count: c_int = 32;
-    for _ in 0..10 {
+    for _ in 0..GROUPLIST_TRIES {
         let mut groups = vec![0 as libc::gid_t; usize::try_from(count.max(1)).unwrap_or(1)];
         let mut n = c_int::try_from(groups.len()).unwrap_or(c_int::MAX);
-        // SAFETY: `name` is NUL-terminated; `groups` has room for `n` entries and getgrouplist
-        // writes at most that many, updating `n` (to the number needed when it returns -1).
-        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        let rc = call(name, gid, &mut groups, &mut n);
         if rc >= 0 {
-            groups.truncate(usize::try_from(n.max(0)).unwrap_or(0));
+            groups.truncate(usize::try_from(n.max(0)).unwrap_or(0).min(groups.len()));
             groups.retain(|g| *g != gid);
             groups.insert(0, gid);
             let mut seen = std::collections::BTreeSet::new();
             groups.retain(|g| seen.insert(*g));
-            return groups;
+            return Ok(groups);
         }
         count = n.max(count.saturating_mul(2));
     }
-    vec![gid]
+    Err(UserError::Groups {
+        user: name.to_string_lossy().into_owned(),
+        detail: format!(
+            "getgrouplist still wanted more room after {GROUPLIST_TRIES} tries (last asked for {count} groups)"
+        ),
+    })
 }
 
-fn complete(e: Entry) -> User {
-    let groups = groups_of(&e.name, e.gid);
-    User { uid: e.uid, gid: e.gid, name: e.name.to_string_lossy().into_owned(), home: e.home, groups }
+fn complete(e: Entry) -> Result<User, UserError> {
+    let groups = groups_of(&e.name, e.gid)?;
+    Ok(User { uid: e.uid, gid: e.gid, name: e.name.to_string_lossy().into_owned(), home: e.home, groups })
 }
 
 /// How long a user found by uid is remembered: the daemon asks for every request, and
@@ -169,14 +193,14 @@ pub fn user_by_uid(uid: u32) -> Result<Option<User>, UserError> {
 }
 
 /// [`user_by_uid`] without remembering: what NSS says now.
-pub fn user_by_uid_now(uid: u32) -> Result<Option<User>, UserError> {
+fn user_by_uid_now(uid: u32) -> Result<Option<User>, UserError> {
     let key = format!("uid {uid}");
     let entry = lookup(&key, |pwd, buf, len, result| {
         // SAFETY: every pointer refers to live, writable memory of the stated size (see
         // `lookup`); on success `result` points at `pwd`, whose strings point into `buf`.
         unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
     })?;
-    Ok(entry.map(complete))
+    entry.map(complete).transpose()
 }
 
 /// The user with this name, `None` if NSS knows no such user.
@@ -188,7 +212,7 @@ pub fn user_by_name(name: &str) -> Result<Option<User>, UserError> {
         // for `getpwuid_r` above.
         unsafe { libc::getpwnam_r(c_name.as_ptr(), pwd, buf, len, result) }
     })?;
-    Ok(entry.map(complete))
+    entry.map(complete).transpose()
 }
 
 /// The name of a uid, `uid:N` when NSS has none (or the lookup fails).
@@ -219,6 +243,33 @@ mod tests {
         assert_eq!(user_by_name("no-such-user-tessera").unwrap(), None);
         assert_eq!(user_name(4_000_000_123), "uid:4000000123");
         assert!(matches!(user_by_name("a\0b"), Err(UserError::BadName(_))));
+    }
+
+    #[test]
+    fn groups_that_never_fit_are_an_error_not_just_the_primary_group() {
+        let name = CString::new("ada").unwrap();
+        let mut calls = 0;
+        let err = groups_with(&name, 100, |_, _, groups, n| {
+            calls += 1;
+            *n = c_int::try_from(groups.len()).unwrap() + 1;
+            -1
+        })
+        .unwrap_err();
+        assert_eq!(calls, GROUPLIST_TRIES);
+        assert!(matches!(&err, UserError::Groups { user, .. } if user == "ada"), "{err:?}");
+        assert!(err.to_string().contains("getgrouplist still wanted more room"), "{err}");
+        // One that fits on a later try: primary first, no repeats.
+        let ok = groups_with(&name, 100, |_, _, groups, n| {
+            if groups.len() < 40 {
+                *n = 40;
+                return -1;
+            }
+            groups[..3].copy_from_slice(&[7, 100, 7]);
+            *n = 3;
+            3
+        })
+        .unwrap();
+        assert_eq!(ok, vec![100, 7]);
     }
 
     #[test]

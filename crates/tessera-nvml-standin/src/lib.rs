@@ -8,15 +8,13 @@
 //!
 //! * [`ffi`]: the exported `nvml*` functions ([`ffi::EXPORTS`] lists them), the only `unsafe` code;
 //!   their types are checked at compile time against `nvml_wrapper_sys::bindings::NvmlLib`.
-//! * [`node`]: NVML's semantics over the simulated node (global state, handle checks, errors);
-//!   its reads of a file-backed node are cached while the state file's bytes are unchanged.
+//! * [`node`]: NVML's semantics over the simulated node (global state, handle checks, errors).
 //! * [`handles`]: stable opaque handles, validated by table look-up, never dereferenced.
 //! * [`config`]: the `TESSERA_STANDIN_*` environment, read at `nvmlInit_v2`.
 //! * [`faults`], [`xid`]: fault injection and Xid event injection.
 //! * [`profiles`]: `NVML_GPU_INSTANCE_PROFILE_*` indices, names, driver gating, capacity.
 //! * [`codes`]: return codes and `nvmlErrorString`'s texts.
 
-mod cache;
 pub mod codes;
 pub mod config;
 pub mod faults;

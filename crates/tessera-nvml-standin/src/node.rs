@@ -11,7 +11,6 @@
 //! `NO_PERMISSION` for mutating calls, then the operation itself on the simulated node, whose
 //! errors map by [`tessera_gpu::BackendError::kind`].
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -20,12 +19,11 @@ use std::time::{Duration, Instant};
 use nvml_wrapper_sys::bindings::field_id::NVML_FI_DEV_GET_GPU_RECOVERY_ACTION;
 use nvml_wrapper_sys::bindings::*;
 use tessera_gpu::{
-    BackendError, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, GpuObservation, MigBackend,
-    MigMode, NodeSpec, PlacementRange, ProcessInfo, SimBackend,
+    BackendError, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo, MigBackend, NodeSpec,
+    PlacementRange, ProcessInfo, SimBackend,
 };
 use tessera_mig::{GpuModel, Instance, Profile};
 
-use crate::cache::{self, ReadCache};
 use crate::codes::*;
 use crate::config::Config;
 use crate::handles::{self, Handle, HandleKey};
@@ -36,7 +34,7 @@ use crate::xid::XidFeed;
 pub const NO_INSTANCE: u32 = 0xFFFF_FFFF;
 /// The event types a GPU supports.
 pub const SUPPORTED_EVENTS: u64 = nvmlEventTypeXidCriticalError as u64;
-/// How often a waiting `nvmlEventSetWait_v2` looks at the Xid file.
+/// How often a waiting `nvmlEventSetWait_v2` looks at the Xid file and the simulated node.
 const EVENT_POLL: Duration = Duration::from_millis(10);
 const MIB: u64 = 1024 * 1024;
 
@@ -176,7 +174,8 @@ pub fn cuda_driver_version() -> NvmlResult<i32> {
     Ok(profiles::cuda_version(profiles::driver_major(&driver).unwrap_or(0)))
 }
 
-/// `nvmlEventSetWait_v2`: an event for `set`, polling the Xid file until `timeout_ms` passes.
+/// `nvmlEventSetWait_v2`: an event for `set`, polling the Xid file and the simulated node until
+/// `timeout_ms` passes.
 pub fn event_wait(function: &str, set: Handle, timeout_ms: u32, data_given: bool) -> NvmlResult<Event> {
     let first = call(function, |node| {
         if !data_given {
@@ -297,8 +296,6 @@ pub struct Node {
     models: Vec<&'static GpuModel>,
     xids: Option<XidFeed>,
     event_sets: BTreeMap<Handle, EventSet>,
-    /// Answers of the simulated node, while its state file is unchanged ([`crate::cache`]).
-    reads: RefCell<ReadCache>,
 }
 
 impl Node {
@@ -316,49 +313,12 @@ impl Node {
         let models = sim.spec().models();
         config.check_gpus(u32::try_from(devices.len()).unwrap_or(u32::MAX))?;
         let xids = config.xids.as_deref().map(XidFeed::new);
-        Ok(Node { config, sim, devices, models, xids, event_sets: BTreeMap::new(), reads: RefCell::default() })
+        Ok(Node { config, sim, devices, models, xids, event_sets: BTreeMap::new() })
     }
 
     /// The configured driver version.
     pub fn driver_version(&self) -> String {
         self.config.driver.text.clone()
-    }
-
-    // ----- reads of the simulated node, cached -----
-
-    fn read_mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError> {
-        cache::read(&self.reads, self.sim.path(), |c| &mut c.mig_mode, gpu, || self.sim.mig_mode(gpu))
-    }
-
-    fn read_gpu_instances(&self, gpu: u32) -> Result<Vec<GpuInstanceInfo>, BackendError> {
-        cache::read(&self.reads, self.sim.path(), |c| &mut c.gpu_instances, gpu, || self.sim.gpu_instances(gpu))
-    }
-
-    fn read_compute_instances(&self, gpu: u32, gi: u32) -> Result<Vec<ComputeInstanceInfo>, BackendError> {
-        cache::read(
-            &self.reads,
-            self.sim.path(),
-            |c| &mut c.compute_instances,
-            (gpu, gi),
-            || self.sim.compute_instances(gpu, gi),
-        )
-    }
-
-    fn read_processes(&self, gpu: u32) -> Result<Vec<ProcessInfo>, BackendError> {
-        cache::read(&self.reads, self.sim.path(), |c| &mut c.processes, gpu, || self.sim.processes(gpu))
-    }
-
-    /// The GPUs the simulated node has lost (Xid 79, until a reboot).
-    fn read_lost(&self) -> Result<Vec<u32>, BackendError> {
-        cache::read(&self.reads, self.sim.path(), |c| &mut c.lost, (), || self.sim.lost_gpus())
-    }
-
-    fn read_observation(&self, gpu: u32) -> Result<GpuObservation, BackendError> {
-        cache::read(&self.reads, self.sim.path(), |c| &mut c.observations, gpu, || self.sim.observe(gpu))
-    }
-
-    fn read_profiles(&self, gpu: u32) -> Result<Vec<GpuInstanceProfileInfo>, BackendError> {
-        cache::read(&self.reads, self.sim.path(), |c| &mut c.profiles, gpu, || self.sim.gpu_instance_profiles(gpu))
     }
 
     // ----- shared checks -----
@@ -382,7 +342,7 @@ impl Node {
     }
 
     fn not_lost(&self, gpu: u32) -> NvmlResult<()> {
-        if self.config.lost.contains(&gpu) || self.backend(self.read_lost())?.contains(&gpu) {
+        if self.config.lost.contains(&gpu) || self.backend(self.sim.lost_gpus())?.contains(&gpu) {
             Err(GPU_IS_LOST)
         } else {
             Ok(())
@@ -430,7 +390,7 @@ impl Node {
                 self.not_lost(gpu)?;
                 self.mig_capable(gpu).map_err(|_| INVALID_ARGUMENT)?;
                 let gi = self.gpu_instance_list(gpu)?.into_iter().find(|i| i.id == gi).ok_or(INVALID_ARGUMENT)?;
-                let cis = self.read_compute_instances(gpu, gi.id).map_err(|_| INVALID_ARGUMENT)?;
+                let cis = self.sim.compute_instances(gpu, gi.id).map_err(|_| INVALID_ARGUMENT)?;
                 let ci = cis.into_iter().find(|c| c.id == ci && c.uuid == uuid).ok_or(INVALID_ARGUMENT)?;
                 Ok(DeviceRef::Mig(MigRef { gpu, gi, ci }))
             }
@@ -440,7 +400,7 @@ impl Node {
 
     /// GPU instances of a GPU; none while MIG is off.
     fn gpu_instance_list(&self, gpu: u32) -> NvmlResult<Vec<GpuInstanceInfo>> {
-        match self.read_gpu_instances(gpu) {
+        match self.sim.gpu_instances(gpu) {
             Err(BackendError::NotSupported { .. }) => Ok(Vec::new()),
             r => self.backend(r),
         }
@@ -450,7 +410,7 @@ impl Node {
     fn mig_devices(&self, gpu: u32) -> NvmlResult<Vec<MigRef>> {
         let mut out = Vec::new();
         for gi in self.gpu_instance_list(gpu)? {
-            for ci in self.backend(self.read_compute_instances(gpu, gi.id))? {
+            for ci in self.backend(self.sim.compute_instances(gpu, gi.id))? {
                 out.push(MigRef { gpu, gi: gi.clone(), ci });
             }
         }
@@ -507,7 +467,7 @@ impl Node {
         self.not_lost(gpu)?;
         self.mig_capable(gpu)?;
         let gi = self.gpu_instance_list(gpu)?.into_iter().find(|i| i.id == gi).ok_or(INVALID_ARGUMENT)?;
-        let cis = self.read_compute_instances(gpu, gi.id).map_err(|_| INVALID_ARGUMENT)?;
+        let cis = self.sim.compute_instances(gpu, gi.id).map_err(|_| INVALID_ARGUMENT)?;
         let info = cis.into_iter().find(|c| c.id == ci && c.uuid == uuid).ok_or(INVALID_ARGUMENT)?;
         Ok((GiRef { gpu, info: gi }, info))
     }
@@ -617,14 +577,14 @@ impl Node {
     pub fn memory(&self, h: Handle) -> NvmlResult<Memory> {
         match self.device(h)? {
             DeviceRef::Gpu(gpu) => {
-                let used: u64 = self.backend(self.read_processes(gpu))?.iter().map(|p| p.used_memory_mib).sum();
+                let used: u64 = self.backend(self.sim.processes(gpu))?.iter().map(|p| p.used_memory_mib).sum();
                 Ok(Memory { total: self.dev(gpu).memory_total_mib * MIB, used: used * MIB })
             }
             DeviceRef::Mig(m) => {
-                let profiles = self.backend(self.read_profiles(m.gpu))?;
+                let profiles = self.backend(self.sim.gpu_instance_profiles(m.gpu))?;
                 let total = profiles.iter().find(|p| p.id == m.gi.profile_id).map_or(0, |p| p.memory_mib);
                 let used: u64 = self
-                    .backend(self.read_processes(m.gpu))?
+                    .backend(self.sim.processes(m.gpu))?
                     .iter()
                     .filter(|p| p.gpu_instance_id == Some(m.gi.id) && p.compute_instance_id == Some(m.ci.id))
                     .map(|p| p.used_memory_mib)
@@ -658,7 +618,7 @@ impl Node {
             .iter()
             .map(|&field| match (field, gpu) {
                 (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, Some(gpu)) => {
-                    let obs = self.backend(self.read_observation(gpu))?;
+                    let obs = self.backend(self.sim.observe(gpu))?;
                     Ok(obs.recovery_action.map(|a| a.to_nvml()).ok_or(NOT_SUPPORTED))
                 }
                 _ => Ok(Err(NOT_SUPPORTED)),
@@ -671,7 +631,7 @@ impl Node {
     /// (current, pending) as `NVML_DEVICE_MIG_*`.
     pub fn mig_mode(&self, h: Handle) -> NvmlResult<(u32, u32)> {
         let gpu = self.mig_gpu(h)?;
-        let m = self.backend(self.read_mig_mode(gpu))?;
+        let m = self.backend(self.sim.mig_mode(gpu))?;
         Ok((u32::from(m.current), u32::from(m.pending)))
     }
 
@@ -709,7 +669,11 @@ impl Node {
         if !profiles::offered(p, self.config.driver.major) {
             return Err(NOT_SUPPORTED);
         }
-        let info = self.backend(self.read_profiles(gpu))?.into_iter().find(|i| i.id == p.id).ok_or(NOT_SUPPORTED)?;
+        let info = self
+            .backend(self.sim.gpu_instance_profiles(gpu))?
+            .into_iter()
+            .find(|i| i.id == p.id)
+            .ok_or(NOT_SUPPORTED)?;
         let capabilities =
             if p.kind == tessera_mig::ProfileKind::Graphics { NVML_GPU_INSTANCE_PROFILE_CAPS_GFX } else { 0 };
         Ok(GiProfile { name: profiles::gi_profile_name(p), info, capabilities })
@@ -729,7 +693,7 @@ impl Node {
 
     fn layout(&self, gpu: u32) -> NvmlResult<Vec<Instance>> {
         Ok(self
-            .backend(self.read_gpu_instances(gpu))?
+            .backend(self.sim.gpu_instances(gpu))?
             .iter()
             .map(|g| Instance::new(g.profile_id, g.placement.start))
             .collect())
@@ -774,7 +738,7 @@ impl Node {
         let gpu = self.mig_gpu(h)?;
         self.model(gpu).profile_by_id(profile_id).ok_or(INVALID_ARGUMENT)?;
         Ok(self
-            .backend(self.read_gpu_instances(gpu))?
+            .backend(self.sim.gpu_instances(gpu))?
             .iter()
             .filter(|g| g.profile_id == profile_id)
             .map(|g| Self::gi_handle(gpu, g))
@@ -783,7 +747,7 @@ impl Node {
 
     pub fn gpu_instance_by_id(&self, h: Handle, id: u32) -> NvmlResult<Handle> {
         let gpu = self.mig_gpu(h)?;
-        let list = self.backend(self.read_gpu_instances(gpu))?;
+        let list = self.backend(self.sim.gpu_instances(gpu))?;
         list.iter().find(|g| g.id == id).map(|g| Self::gi_handle(gpu, g)).ok_or(NOT_FOUND)
     }
 
@@ -822,7 +786,8 @@ impl Node {
             return Err(INVALID_ARGUMENT);
         }
         let (gp, cp) = self.ci_profile(&gi, profile)?;
-        let info = self.backend(self.read_profiles(gi.gpu))?.into_iter().find(|i| i.id == gp.id).ok_or(UNKNOWN)?;
+        let info =
+            self.backend(self.sim.gpu_instance_profiles(gi.gpu))?.into_iter().find(|i| i.id == gp.id).ok_or(UNKNOWN)?;
         let sm = info.sm_count * u32::from(cp.compute_slices) / u32::from(gp.compute_slices.max(1));
         Ok(CiProfile {
             id: cp.id,
@@ -842,7 +807,7 @@ impl Node {
         let gi = self.gpu_instance(h)?;
         let (gp, cp) = self.ci_profile(&gi, profile_id)?;
         let existing: Vec<CiSlot> = self
-            .backend(self.read_compute_instances(gi.gpu, gi.info.id))?
+            .backend(self.sim.compute_instances(gi.gpu, gi.info.id))?
             .iter()
             .map(|c| CiSlot { profile_id: c.profile_id, start: c.placement.start, size: c.placement.size })
             .collect();
@@ -867,7 +832,7 @@ impl Node {
         let gi = self.gpu_instance(h)?;
         self.ci_profile(&gi, profile_id)?;
         Ok(self
-            .backend(self.read_compute_instances(gi.gpu, gi.info.id))?
+            .backend(self.sim.compute_instances(gi.gpu, gi.info.id))?
             .iter()
             .filter(|c| c.profile_id == profile_id)
             .map(|c| Self::ci_handle(gi.gpu, c))
@@ -876,7 +841,7 @@ impl Node {
 
     pub fn compute_instance_by_id(&self, h: Handle, id: u32) -> NvmlResult<Handle> {
         let gi = self.gpu_instance(h)?;
-        let list = self.backend(self.read_compute_instances(gi.gpu, gi.info.id))?;
+        let list = self.backend(self.sim.compute_instances(gi.gpu, gi.info.id))?;
         list.iter().find(|c| c.id == id).map(|c| Self::ci_handle(gi.gpu, c)).ok_or(NOT_FOUND)
     }
 
@@ -891,7 +856,7 @@ impl Node {
     /// The model's most GPU instances; 0 while MIG is off or unsupported.
     pub fn max_mig_devices(&self, h: Handle) -> NvmlResult<u32> {
         let gpu = self.gpu(h)?;
-        if self.mig_capable(gpu).is_err() || !self.backend(self.read_mig_mode(gpu))?.current {
+        if self.mig_capable(gpu).is_err() || !self.backend(self.sim.mig_mode(gpu))?.current {
             return Ok(0);
         }
         Ok(u32::from(self.model(gpu).max_gpu_instances))
@@ -929,9 +894,9 @@ impl Node {
     /// Compute processes: all of the GPU's, or those of one MIG device.
     pub fn processes(&self, h: Handle) -> NvmlResult<Vec<ProcessInfo>> {
         match self.device(h)? {
-            DeviceRef::Gpu(gpu) => self.backend(self.read_processes(gpu)),
+            DeviceRef::Gpu(gpu) => self.backend(self.sim.processes(gpu)),
             DeviceRef::Mig(m) => Ok(self
-                .backend(self.read_processes(m.gpu))?
+                .backend(self.sim.processes(m.gpu))?
                 .into_iter()
                 .filter(|p| p.gpu_instance_id == Some(m.gi.id) && p.compute_instance_id == Some(m.ci.id))
                 .collect()),
@@ -978,12 +943,14 @@ impl Node {
         Ok(())
     }
 
-    /// Read new Xid lines and queue them on every set that registered their GPU.
+    /// Queue new Xids on every set that registered their GPU: the lines new in the Xid file
+    /// (doing to the simulated node what the driver does as each is read), then the Xids raised
+    /// on the simulated node itself (`tessera mig xid`, [`SimBackend::raise_xid`], which did
+    /// that already), taken from its state so each is delivered once and none piles up there.
     fn poll_xids(&mut self) {
-        let Some(feed) = self.xids.as_mut() else {
-            return;
-        };
-        for ev in feed.poll() {
+        let mut events: Vec<tessera_gpu::XidEvent> = Vec::new();
+        let lines = self.xids.as_mut().map(XidFeed::poll).unwrap_or_default();
+        for ev in lines {
             let ev = match ev {
                 Ok(ev) if ev.gpu < self.gpu_count() => ev,
                 Ok(ev) => {
@@ -999,12 +966,24 @@ impl Node {
             if let Err(e) = self.sim.apply_xid(ev.gpu, ev.xid) {
                 eprintln!("tessera-nvml-standin: Xid {} on GPU {}: {e}", ev.xid, ev.gpu);
             }
+            events.push(tessera_gpu::XidEvent {
+                gpu: ev.gpu,
+                xid: ev.xid,
+                gpu_instance_id: ev.gpu_instance,
+                compute_instance_id: ev.compute_instance,
+            });
+        }
+        match self.sim.wait_xid_events(0) {
+            Ok(raised) => events.extend(raised),
+            Err(e) => eprintln!("tessera-nvml-standin: reading the Xids raised on the simulated node: {e}"),
+        }
+        for ev in events {
             let event = Event {
                 device: Self::gpu_handle(ev.gpu),
                 event_type: SUPPORTED_EVENTS,
                 data: ev.xid,
-                gpu_instance_id: ev.gpu_instance.unwrap_or(NO_INSTANCE),
-                compute_instance_id: ev.compute_instance.unwrap_or(NO_INSTANCE),
+                gpu_instance_id: ev.gpu_instance_id.unwrap_or(NO_INSTANCE),
+                compute_instance_id: ev.compute_instance_id.unwrap_or(NO_INSTANCE),
             };
             for set in self.event_sets.values_mut() {
                 if set.registered.get(&ev.gpu).is_some_and(|t| t & SUPPORTED_EVENTS != 0) {

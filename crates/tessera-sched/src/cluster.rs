@@ -13,6 +13,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tessera_mig::{GpuModel, Instance};
 
+use crate::job::HostShare;
 use crate::request::Sharing;
 
 /// A job's id (from the store).
@@ -52,6 +53,31 @@ impl ClusterView {
     pub fn gpu(&self, gpu: u32) -> Option<&GpuView> {
         self.gpus.iter().find(|g| g.gpu == gpu)
     }
+
+    /// Takes the CPUs and memory of `shares` (a slice's or a job's host shares, as a `Start`
+    /// gives them) from the host nodes they name, as the view changes when a job starts. A share
+    /// on a node this view does not have is ignored (a node is never invented). Returns the
+    /// `(node, cpu)` pairs that were not free (taken twice: a broken invariant for the caller to
+    /// report).
+    pub fn take_host<'a>(&mut self, shares: impl IntoIterator<Item = &'a HostShare>) -> Vec<(u32, u32)> {
+        let mut not_free = Vec::new();
+        for share in shares {
+            if let Some(h) = self.host.iter_mut().find(|h| h.node == share.node) {
+                not_free.extend(h.take(&share.cpus, share.mem_mib).into_iter().map(|c| (share.node, c)));
+            }
+        }
+        not_free
+    }
+
+    /// Gives the CPUs and memory of `shares` back to the host nodes they name, as the view
+    /// changes when a job ends. A share on a node this view does not have is ignored.
+    pub fn give_back_host<'a>(&mut self, shares: impl IntoIterator<Item = &'a HostShare>) {
+        for share in shares {
+            if let Some(h) = self.host.iter_mut().find(|h| h.node == share.node) {
+                h.give_back(&share.cpus, share.mem_mib);
+            }
+        }
+    }
 }
 
 /// Free resources of one host NUMA node.
@@ -61,6 +87,51 @@ pub struct HostNuma {
     pub node: u32,
     pub free_cpus: Vec<u32>,
     pub free_mem_mib: u64,
+}
+
+impl HostNuma {
+    /// Takes `cpus` and `mem_mib` from what is free here (memory stops at 0). Returns the CPUs
+    /// of `cpus` that were not free.
+    pub fn take(&mut self, cpus: &[u32], mem_mib: u64) -> Vec<u32> {
+        take_host_share(&mut self.free_cpus, &mut self.free_mem_mib, cpus, mem_mib)
+    }
+
+    /// Gives `cpus` (each once; the list stays ascending) and `mem_mib` back to what is free
+    /// here.
+    pub fn give_back(&mut self, cpus: &[u32], mem_mib: u64) {
+        give_back_host_share(&mut self.free_cpus, &mut self.free_mem_mib, cpus, mem_mib);
+    }
+}
+
+/// The one definition of taking a host share from a node's free CPUs and memory (the view's
+/// [`HostNuma`] and the round's working state alike). Returns the CPUs that were not free.
+pub(crate) fn take_host_share(free_cpus: &mut Vec<u32>, free_mem: &mut u64, cpus: &[u32], mem: u64) -> Vec<u32> {
+    let mut not_free = Vec::new();
+    for c in cpus {
+        match free_cpus.iter().position(|x| x == c) {
+            Some(p) => {
+                free_cpus.remove(p);
+            }
+            None => not_free.push(*c),
+        }
+    }
+    *free_mem = free_mem.saturating_sub(mem);
+    not_free
+}
+
+/// The one definition of giving a host share back: CPUs not already free are added (the list
+/// kept ascending), memory added (saturating).
+pub(crate) fn give_back_host_share(free_cpus: &mut Vec<u32>, free_mem: &mut u64, cpus: &[u32], mem: u64) {
+    let before = free_cpus.len();
+    for c in cpus {
+        if !free_cpus.contains(c) {
+            free_cpus.push(*c);
+        }
+    }
+    if free_cpus.len() != before {
+        free_cpus.sort_unstable();
+    }
+    *free_mem = free_mem.saturating_add(mem);
 }
 
 fn model_name<S: Serializer>(model: &&'static GpuModel, s: S) -> Result<S::Ok, S::Error> {
@@ -130,11 +201,15 @@ impl GpuView {
     /// A healthy GPU with MIG off: one idle instance of the model's full profile, the whole GPU.
     pub fn whole(gpu: u32, model: &'static GpuModel) -> Self {
         let mut g = GpuView::new(gpu, model);
-        g.mig = false;
-        if let Some(p) = crate::request::full_profile(model) {
-            g.instances = vec![InstanceView::idle(Instance::new(p.id, 0))];
-        }
+        g.set_mig(false);
         g
+    }
+
+    /// Shows the GPU in the other MIG mode with nothing on it: MIG on with no instances, or MIG
+    /// off as one idle whole-GPU instance (none for a model without a full profile).
+    pub fn set_mig(&mut self, on: bool) {
+        self.mig = on;
+        self.instances = if on { Vec::new() } else { InstanceView::whole_gpu(self.model).into_iter().collect() };
     }
 }
 
@@ -154,6 +229,12 @@ impl InstanceView {
     /// An idle instance.
     pub fn idle(instance: Instance) -> Self {
         InstanceView { instance, occupants: Vec::new(), healthy: true }
+    }
+
+    /// The idle instance that stands for a whole GPU with MIG off: the model's full profile at
+    /// placement 0 (`None` for a model without one).
+    pub fn whole_gpu(model: &GpuModel) -> Option<Self> {
+        crate::request::full_profile(model).map(|p| InstanceView::idle(Instance::new(p.id, 0)))
     }
 
     /// Whether any job is on it.
@@ -191,4 +272,46 @@ pub struct Tenant {
 pub struct SliceQuota {
     pub compute_slices: u32,
     pub memory_slices: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> ClusterView {
+        ClusterView {
+            host: vec![HostNuma { node: 0, free_cpus: vec![0, 1, 2, 3], free_mem_mib: 100 }],
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
+    fn host_shares_are_taken_and_given_back_on_known_nodes_only() {
+        let mut v = view();
+        let shares =
+            [HostShare { node: 0, cpus: vec![1, 3], mem_mib: 40 }, HostShare { node: 7, cpus: vec![9], mem_mib: 5 }];
+        assert!(v.take_host(&shares).is_empty());
+        assert_eq!(v.host, vec![HostNuma { node: 0, free_cpus: vec![0, 2], free_mem_mib: 60 }]);
+        // Taken twice: reported, memory never below 0.
+        let again = [HostShare { node: 0, cpus: vec![3, 0], mem_mib: 1000 }];
+        assert_eq!(v.take_host(&again), vec![(0, 3)]);
+        assert_eq!(v.host[0].free_mem_mib, 0);
+        v.give_back_host(&again);
+        v.give_back_host(&shares);
+        v.give_back_host(&shares);
+        // Each CPU once, ascending; node 7 never appears.
+        assert_eq!(v.host, vec![HostNuma { node: 0, free_cpus: vec![0, 1, 2, 3], free_mem_mib: 1080 }]);
+    }
+
+    #[test]
+    fn a_whole_gpu_is_its_full_profile_at_zero() {
+        let m = tessera_mig::catalog().model("H100-80GB").unwrap();
+        let g = GpuView::whole(3, m);
+        assert!(!g.mig);
+        assert_eq!(g.instances, InstanceView::whole_gpu(m).into_iter().collect::<Vec<_>>());
+        assert_eq!(g.instances[0].instance.start, 0);
+        let mut on = g.clone();
+        on.set_mig(true);
+        assert!(on.mig && on.instances.is_empty());
+    }
 }

@@ -80,11 +80,6 @@ impl SlicePlacement {
         cpus.sort_unstable();
         cpus
     }
-
-    /// Host memory the slice takes, in MiB.
-    pub fn mem_mib(&self) -> u64 {
-        self.host.iter().map(|h| h.mem_mib).sum()
-    }
 }
 
 /// Where one process (rank) of a job runs: its slices, in the order of the request (a list of
@@ -114,9 +109,9 @@ impl RankStart {
         self.slices.iter().all(|s| s.numa_node == Some(first)).then_some(first)
     }
 
-    /// Host memory the rank takes, in MiB.
+    /// Host memory the rank takes, in MiB (the daemon's memory limit for it).
     pub fn mem_mib(&self) -> u64 {
-        self.slices.iter().map(SlicePlacement::mem_mib).sum()
+        self.slices.iter().flat_map(|s| s.host.iter()).map(|h| h.mem_mib).sum()
     }
 
     /// The GPUs the rank uses, in slice order, without repeats.

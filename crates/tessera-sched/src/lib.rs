@@ -26,7 +26,8 @@
 //! - **Gangs are all or nothing.** A job with several ranks starts all of them or none.
 //! - **Quotas hold.** A start never takes a tenant past its quota of compute or memory slices.
 //! - **Admission is honest.** [`admit`] refuses exactly the requests no idle state of the node
-//!   could place (same placement code), naming the field and the limit.
+//!   could place (same placement code) and those whose smallest charge is above their
+//!   tenant's quota (the scheduler's own quota check), naming the field and the limit.
 
 mod admission;
 mod fairshare;
@@ -37,7 +38,7 @@ pub mod job;
 pub mod request;
 pub mod scheduler;
 
-pub use admission::{Unsatisfiable, admit, idle_view};
+pub use admission::{Unsatisfiable, admit};
 pub use cluster::{
     ClusterView, GpuView, HostNuma, InstanceView, JobId, MIG_DEVICES_PER_PROCESS_R570, Occupant, SliceQuota, Tenant,
 };

@@ -21,11 +21,13 @@
 use std::collections::BTreeMap;
 
 use tessera_mig::layout::{instance_label, unit_mask};
-use tessera_mig::{CurrentInstance, GpuModel, Instance, Placement, Planner, Profile, ReconfigurePlan, Wanted};
+use tessera_mig::{
+    CurrentInstance, GpuModel, Instance, Placement, Planner, Profile, ReconfigurePlan, Wanted, planner_for,
+};
 
-use crate::cluster::{ClusterView, JobId, Occupant};
+use crate::cluster::{ClusterView, InstanceView, JobId, Occupant, give_back_host_share, take_host_share};
 use crate::job::{HostShare, RankStart, SlicePlacement};
-use crate::request::{JobRequest, Need, NumaPolicy, Sharing, effective_compute, profile_memory_mib};
+use crate::request::{JobRequest, Need, NumaPolicy, RequestError, Sharing, effective_compute, profile_memory_mib};
 
 /// Up to this many idle instances on one GPU, every subset is tried when choosing which to
 /// destroy; above it, only "none" and "all".
@@ -48,8 +50,37 @@ pub(crate) struct WInst {
 }
 
 impl WInst {
+    /// The working copy of an instance of the view.
+    pub fn from_view(model: &'static GpuModel, iv: &InstanceView) -> Self {
+        let profile = model.profile_by_id(iv.instance.profile_id);
+        WInst {
+            inst: iv.instance,
+            profile,
+            mask: profile.map_or(0, |p| unit_mask(iv.instance.start, p.placement_size)),
+            occupants: iv.occupants.clone(),
+            planned: false,
+            held_for: None,
+            healthy: iv.healthy,
+        }
+    }
+
     pub fn compute(&self) -> u8 {
         self.profile.map_or(0, |p| p.compute_slices)
+    }
+
+    /// Compute slices of this instance that job `job` can neither take nor reshape: occupied,
+    /// planned this round, held for another job, or on units reserved for another (`blocked`).
+    pub fn busy_compute(&self, job: JobId, blocked: u32) -> u32 {
+        let mine = self.held_for == Some(job);
+        if !self.occupants.is_empty()
+            || self.planned
+            || self.held_for.is_some_and(|h| h != job)
+            || (self.mask & blocked != 0 && !mine)
+        {
+            u32::from(self.compute())
+        } else {
+            0
+        }
     }
 }
 
@@ -80,6 +111,20 @@ impl WGpu {
     pub fn label(&self, inst: &Instance) -> String {
         instance_label(self.model, inst)
     }
+
+    /// `GPU 3`, or `GPU 3 (why it is unhealthy)` when the view says.
+    pub fn health_label(&self) -> String {
+        match &self.health_note {
+            Some(n) => format!("GPU {} ({n})", self.gpu),
+            None => format!("GPU {}", self.gpu),
+        }
+    }
+
+    /// Compute slices job `job` could take or reshape here (see [`WInst::busy_compute`]).
+    pub fn free_compute(&self, job: JobId, blocked: u32) -> u32 {
+        let busy: u32 = self.insts.iter().map(|w| w.busy_compute(job, blocked)).sum();
+        u32::from(self.model.compute_slices).saturating_sub(busy)
+    }
 }
 
 /// Free CPUs (ascending) and memory of one host NUMA node.
@@ -87,6 +132,18 @@ impl WGpu {
 pub(crate) struct HostNode {
     pub cpus: Vec<u32>,
     pub mem: u64,
+}
+
+impl HostNode {
+    /// See [`crate::HostNuma::take`].
+    pub fn take(&mut self, cpus: &[u32], mem: u64) -> Vec<u32> {
+        take_host_share(&mut self.cpus, &mut self.mem, cpus, mem)
+    }
+
+    /// See [`crate::HostNuma::give_back`].
+    pub fn give_back(&mut self, cpus: &[u32], mem: u64) {
+        give_back_host_share(&mut self.cpus, &mut self.mem, cpus, mem);
+    }
 }
 
 /// The round's view of what is free.
@@ -109,22 +166,7 @@ impl WState {
                 continue;
             }
             let layout: Vec<Instance> = g.instances.iter().map(|i| i.instance).collect();
-            let insts = g
-                .instances
-                .iter()
-                .map(|iv| {
-                    let profile = g.model.profile_by_id(iv.instance.profile_id);
-                    WInst {
-                        inst: iv.instance,
-                        profile,
-                        mask: profile.map_or(0, |p| unit_mask(iv.instance.start, p.placement_size)),
-                        occupants: iv.occupants.clone(),
-                        planned: false,
-                        held_for: None,
-                        healthy: iv.healthy,
-                    }
-                })
-                .collect();
+            let insts = g.instances.iter().map(|iv| WInst::from_view(g.model, iv)).collect();
             gpus.push(WGpu {
                 gpu: g.gpu,
                 model: g.model,
@@ -159,6 +201,106 @@ impl WState {
     pub fn pos_of(&self, gpu: u32) -> Option<usize> {
         self.gpus.iter().position(|g| g.gpu == gpu)
     }
+
+    /// The host shares of these slices back to the nodes they name; a node the state does not
+    /// have is never invented.
+    pub fn give_back_host<'a>(&mut self, slices: impl IntoIterator<Item = &'a SlicePlacement>) {
+        for h in slices.into_iter().flat_map(|s| s.host.iter()) {
+            if let Some(node) = self.host.get_mut(&h.node) {
+                node.give_back(&h.cpus, h.mem_mib);
+            }
+        }
+    }
+}
+
+/// The planner of every GPU position: the process-wide planner of each catalog model, a fresh
+/// one for any other model.
+pub(crate) struct Planners {
+    owned: Vec<Planner<'static>>,
+    /// Per GPU position: the catalog planner, or an index into `owned`.
+    by_gpu: Vec<Result<&'static Planner<'static>, usize>>,
+}
+
+impl Planners {
+    pub fn new(st: &WState) -> Self {
+        let mut owned = Vec::new();
+        let by_gpu = st
+            .gpus
+            .iter()
+            .map(|g| {
+                planner_for(g.model).ok_or_else(|| {
+                    owned.push(Planner::new(g.model));
+                    owned.len() - 1
+                })
+            })
+            .collect();
+        Planners { owned, by_gpu }
+    }
+
+    /// One planner per GPU position, for [`Ctx::planners`].
+    pub fn refs(&self) -> Vec<&Planner<'static>> {
+        self.by_gpu
+            .iter()
+            .filter_map(|p| match p {
+                Ok(p) => Some(*p),
+                Err(i) => self.owned.get(*i),
+            })
+            .collect()
+    }
+}
+
+/// Per GPU position: what one placement unit of `req` needs on that GPU's model (`None`: nothing
+/// there fits it), resolved once per model; and the first resolution error, to explain a
+/// request nothing fits.
+pub(crate) fn needs_per_gpu(req: &JobRequest, gpus: &[WGpu]) -> (Vec<Option<Vec<Need>>>, Option<RequestError>) {
+    let mut seen: Vec<(*const GpuModel, Result<Vec<Need>, RequestError>)> = Vec::new();
+    let mut first_err = None;
+    let mut out = Vec::with_capacity(gpus.len());
+    for g in gpus {
+        let key: *const GpuModel = g.model;
+        let res = match seen.iter().find(|(k, _)| std::ptr::eq(*k, key)) {
+            Some((_, r)) => r.clone(),
+            None => {
+                let r = req.needs(g.model);
+                seen.push((key, r.clone()));
+                r
+            }
+        };
+        match res {
+            Ok(n) => out.push(Some(n)),
+            Err(e) => {
+                first_err.get_or_insert(e);
+                out.push(None);
+            }
+        }
+    }
+    (out, first_err)
+}
+
+/// The least a job can be charged against its tenant's quota, in milli-slices (compute,
+/// memory): every placement unit on its smallest fitting profiles of the cheapest healthy GPU
+/// that fits it. A start always charges at least this much, so a tenant whose quota (less what
+/// it holds) is below it cannot start the job; with no healthy GPU that fits, 0.
+pub(crate) fn min_charge(req: &JobRequest, gpus: &[WGpu], needs: &[Option<Vec<Need>>], replicas: u32) -> (u64, u64) {
+    let per_unit = needs
+        .iter()
+        .zip(gpus)
+        .filter(|(_, g)| g.healthy)
+        .filter_map(|(n, g)| {
+            n.as_ref().map(|n| {
+                n.iter().fold((0u64, 0u64), |acc, x| {
+                    let c = g
+                        .model
+                        .profile_by_id(x.min_profile)
+                        .map_or((0, 0), |p| charge_milli(p, &req.sharing, replicas));
+                    (acc.0 + c.0, acc.1 + c.1)
+                })
+            })
+        })
+        .min()
+        .unwrap_or((0, 0));
+    let units = u64::from(req.placement_units());
+    (per_unit.0.saturating_mul(units), per_unit.1.saturating_mul(units))
 }
 
 /// Milli-slices (compute, memory) a job is charged for holding an instance: all of it when
@@ -677,41 +819,66 @@ fn eval_gpu(
     let uses: Vec<Option<Use>> = gpu.insts.iter().map(|w| use_kind(ctx, model, w, blocked)).collect();
     let mem_of = |p: &Profile| profile_memory_mib(model, p);
 
-    // Free instances, best fit per slot, the largest needs choosing first.
-    let mut order: Vec<usize> = (0..slots.len()).collect();
-    order.sort_by_key(|&i| {
+    // Free instances, best fit per slot, the largest needs choosing first; should that leave a
+    // slot without an instance (a larger need took the only one a narrower need accepts), the
+    // most constrained slots choose first instead.
+    let candidates = |slot: &Slot| -> usize {
+        gpu.insts
+            .iter()
+            .enumerate()
+            .filter(|(ii, w)| {
+                uses[*ii].is_some()
+                    && w.profile.is_some_and(|p| {
+                        slot.need.accepts(model, p, w.inst.compute)
+                            && slot
+                                .numa
+                                .is_none_or(|node| model.gpu_numa_node(w.inst.start, p.placement_size) == Some(node))
+                    })
+            })
+            .count()
+    };
+    let mut by_size: Vec<usize> = (0..slots.len()).collect();
+    by_size.sort_by_key(|&i| {
         (std::cmp::Reverse(slots[i].need.min_compute), std::cmp::Reverse(slots[i].need.min_memory_slices), i)
     });
-    let mut chosen: Vec<Option<(usize, u8)>> = vec![None; slots.len()];
-    let mut used = vec![false; gpu.insts.len()];
-    for &si in &order {
-        let slot = &slots[si];
-        let mut best: Option<(PickKey, usize)> = None;
-        for (ii, w) in gpu.insts.iter().enumerate() {
-            let (Some(u), Some(p)) = (uses[ii], w.profile) else { continue };
-            if used[ii] || !slot.need.accepts(model, p, w.inst.compute) {
-                continue;
+    let mut by_constraint = by_size.clone();
+    by_constraint.sort_by_key(|&i| candidates(&slots[i]));
+    let mut chosen: Vec<Option<(usize, u8)>> = Vec::new();
+    for order in [by_size, by_constraint] {
+        chosen = vec![None; slots.len()];
+        let mut used = vec![false; gpu.insts.len()];
+        for &si in &order {
+            let slot = &slots[si];
+            let mut best: Option<(PickKey, usize)> = None;
+            for (ii, w) in gpu.insts.iter().enumerate() {
+                let (Some(u), Some(p)) = (uses[ii], w.profile) else { continue };
+                if used[ii] || !slot.need.accepts(model, p, w.inst.compute) {
+                    continue;
+                }
+                if let Some(node) = slot.numa
+                    && model.gpu_numa_node(w.inst.start, p.placement_size) != Some(node)
+                {
+                    continue;
+                }
+                let exact = effective_compute(p, w.inst.compute) == slot.need.min_compute
+                    && p.memory_slices == slot.need.min_memory_slices;
+                let (class, join, load) = match u {
+                    Use::Join(load) => (0, 0, load),
+                    Use::Fresh => (if exact { 0 } else { 2 }, 1, 0),
+                };
+                let key =
+                    (class, join, p.compute_slices, p.memory_slices, mem_of(p), std::cmp::Reverse(load), w.inst.start);
+                if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                    best = Some((key, ii));
+                }
             }
-            if let Some(node) = slot.numa
-                && model.gpu_numa_node(w.inst.start, p.placement_size) != Some(node)
-            {
-                continue;
-            }
-            let exact = effective_compute(p, w.inst.compute) == slot.need.min_compute
-                && p.memory_slices == slot.need.min_memory_slices;
-            let (class, join, load) = match u {
-                Use::Join(load) => (0, 0, load),
-                Use::Fresh => (if exact { 0 } else { 2 }, 1, 0),
-            };
-            let key =
-                (class, join, p.compute_slices, p.memory_slices, mem_of(p), std::cmp::Reverse(load), w.inst.start);
-            if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                best = Some((key, ii));
+            if let Some((key, ii)) = best {
+                used[ii] = true;
+                chosen[si] = Some((ii, key.0));
             }
         }
-        if let Some((key, ii)) = best {
-            used[ii] = true;
-            chosen[si] = Some((ii, key.0));
+        if chosen.iter().all(Option::is_some) {
+            break;
         }
     }
 
@@ -724,17 +891,6 @@ fn eval_gpu(
             let c = p.map_or((0, 0), |p| charge_milli(p, &ctx.req.sharing, ctx.replicas));
             (acc.0 + c.0, acc.1 + c.1)
         })
-    };
-    let busy_compute = |w: &WInst| -> u32 {
-        if !w.occupants.is_empty()
-            || w.planned
-            || w.held_for.is_some_and(|h| h != ctx.id)
-            || (w.mask & blocked != 0 && w.held_for != Some(ctx.id))
-        {
-            u32::from(w.compute())
-        } else {
-            0
-        }
     };
     let waste_of = |picks: &[(Slot, Pick)]| -> u32 {
         picks
@@ -753,7 +909,7 @@ fn eval_gpu(
     };
     // Compute slices still reclaimable on the GPU after the choice (smaller packs tighter).
     let reclaimable_after = |picks: &[(Slot, Pick)]| -> u8 {
-        let mut busy: u32 = gpu.insts.iter().map(busy_compute).sum();
+        let mut busy: u32 = gpu.insts.iter().map(|w| w.busy_compute(ctx.id, blocked)).sum();
         for (_, pick) in picks {
             match pick {
                 Pick::Existing(ii) => {
@@ -866,8 +1022,7 @@ fn eval_gpu(
         return Err(Block::Quota);
     }
     let need: u32 = slots.iter().map(|s| u32::from(s.need.min_compute)).sum();
-    let busy: u32 = gpu.insts.iter().map(busy_compute).sum();
-    let free = u8::try_from(u32::from(model.compute_slices).saturating_sub(busy)).unwrap_or(u8::MAX);
+    let free = u8::try_from(gpu.free_compute(ctx.id, blocked)).unwrap_or(u8::MAX);
     let mut profile =
         slots.iter().map(|s| crate::request::profile_name(model, s.need.min_profile)).collect::<Vec<_>>().join(" + ");
     if numa_pair {
@@ -946,8 +1101,7 @@ fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance
     if let Some(h) = &o.host {
         for (node, cpus, mem) in &h.take {
             if let Some(n) = st.host.get_mut(node) {
-                n.cpus.retain(|c| !cpus.contains(c));
-                n.mem = n.mem.saturating_sub(*mem);
+                n.take(cpus, *mem);
             }
         }
     }

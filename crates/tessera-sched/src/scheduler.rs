@@ -75,7 +75,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use tessera_mig::{Instance, Planner, Step, planner_for};
+use tessera_mig::{Instance, Planner, Step};
 
 mod mode;
 mod preempt;
@@ -85,8 +85,8 @@ mod reserve;
 use crate::cluster::{ClusterView, JobId, SliceQuota, Tenant};
 use crate::fairshare::Ledger;
 use crate::job::{Decision, PendingReason, QueuedJob, RunningJob};
-use crate::placement::{Ctx, Failure, Placed, WState, attempt, charge_milli};
-use crate::request::{GpuRequest, JobRequest, Need, NumaPolicy, RequestError, Sharing, profile_name};
+use crate::placement::{Ctx, Failure, Placed, Planners, WState, attempt, charge_milli, min_charge, needs_per_gpu};
+use crate::request::{GpuRequest, JobRequest, Need, NumaPolicy, Sharing, profile_name};
 
 /// How the scheduler behaves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,12 +320,8 @@ impl Scheduler {
     ) -> Vec<Decision> {
         self.account(now_ms, cluster, running);
         let st = WState::from_view(cluster);
-        // The process-wide planner of each catalog model; a fresh one for any other model.
-        let owned: Vec<Planner<'static>> =
-            st.gpus.iter().filter(|g| planner_for(g.model).is_none()).map(|g| Planner::new(g.model)).collect();
-        let mut next_owned = owned.iter();
-        let planner_refs: Vec<&Planner<'static>> =
-            st.gpus.iter().filter_map(|g| planner_for(g.model).or_else(|| next_owned.next())).collect();
+        let planners = Planners::new(&st);
+        let planner_refs = planners.refs();
         let queued: BTreeSet<JobId> = queue.iter().map(|q| q.id).collect();
         let reservation = self.reservation.take().filter(|r| queued.contains(&r.job));
         let holds = std::mem::take(&mut self.holds);
@@ -353,7 +349,6 @@ impl Scheduler {
             decisions: Vec::new(),
             renewed: false,
             had_hold: false,
-            needs_cache: Vec::new(),
             round_started: Vec::new(),
         };
         round.prepare(holds, &queued);
@@ -418,11 +413,9 @@ struct Round<'a> {
     had_hold: bool,
     /// Jobs started this round, as they will run.
     round_started: Vec<RunningJob>,
-    /// Resolutions per (model, request) of the current job.
-    needs_cache: Vec<(*const tessera_mig::GpuModel, Result<Vec<Need>, RequestError>)>,
 }
 
-fn fmt_slices(milli: u64) -> String {
+pub(crate) fn fmt_slices(milli: u64) -> String {
     if milli.is_multiple_of(1000) {
         format!("{}", milli / 1000)
     } else {
@@ -555,31 +548,6 @@ impl<'a> Round<'a> {
         self.decisions.push(Decision::Pending { job, reason, detail });
     }
 
-    fn needs_for(&mut self, req: &JobRequest) -> (Vec<Option<Vec<Need>>>, Option<RequestError>) {
-        self.needs_cache.clear();
-        let mut out = Vec::with_capacity(self.st.gpus.len());
-        let mut first_err = None;
-        for g in &self.st.gpus {
-            let key: *const tessera_mig::GpuModel = g.model;
-            let res = match self.needs_cache.iter().find(|(k, _)| std::ptr::eq(*k, key)) {
-                Some((_, r)) => r.clone(),
-                None => {
-                    let r = req.needs(g.model);
-                    self.needs_cache.push((key, r.clone()));
-                    r
-                }
-            };
-            match res {
-                Ok(n) => out.push(Some(n)),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                    out.push(None);
-                }
-            }
-        }
-        (out, first_err)
-    }
-
     fn label(&self, req: &JobRequest, needs: &[Option<Vec<Need>>]) -> String {
         let Some((g, n)) = needs.iter().enumerate().find_map(|(g, n)| n.as_ref().map(|n| (g, n))) else {
             return "nothing this node offers".into();
@@ -667,7 +635,7 @@ impl<'a> Round<'a> {
             self.pending(job.id, PendingReason::Capacity, format!("the request can never start as written: {e}"));
             return;
         }
-        let (needs, err) = self.needs_for(req);
+        let (needs, err) = needs_per_gpu(req, &self.st.gpus);
         if needs.iter().all(Option::is_none) {
             let detail = match err {
                 Some(e) if !self.st.gpus.is_empty() => format!("can never start on this node: {e}"),
@@ -684,14 +652,7 @@ impl<'a> Round<'a> {
             .map(|(_, g)| g)
             .collect();
         if !candidates.is_empty() && !candidates.iter().any(|g| g.healthy && !g.drained) {
-            let sick: Vec<String> = candidates
-                .iter()
-                .filter(|g| !g.healthy)
-                .map(|g| match &g.health_note {
-                    Some(n) => format!("GPU {} ({n})", g.gpu),
-                    None => format!("GPU {}", g.gpu),
-                })
-                .collect();
+            let sick: Vec<String> = candidates.iter().filter(|g| !g.healthy).map(|g| g.health_label()).collect();
             let (reason, detail) = if sick.is_empty() {
                 let drained: Vec<String> = candidates.iter().map(|g| g.gpu.to_string()).collect();
                 (
@@ -767,25 +728,8 @@ impl<'a> Round<'a> {
             )
         });
         if let Some(q) = quota {
-            let min_charge = needs
-                .iter()
-                .zip(&self.st.gpus)
-                .filter(|(_, g)| g.healthy)
-                .filter_map(|(n, g)| {
-                    n.as_ref().map(|n| {
-                        n.iter().fold((0u64, 0u64), |acc, x| {
-                            let c = g
-                                .model
-                                .profile_by_id(x.min_profile)
-                                .map_or((0, 0), |p| charge_milli(p, &req.sharing, self.replicas));
-                            (acc.0 + c.0, acc.1 + c.1)
-                        })
-                    })
-                })
-                .min()
-                .unwrap_or((0, 0));
-            let ranks = u64::from(req.placement_units());
-            let want = (held.0 + min_charge.0 * ranks, held.1 + min_charge.1 * ranks);
+            let least = min_charge(req, &self.st.gpus, &needs, self.replicas);
+            let want = (held.0.saturating_add(least.0), held.1.saturating_add(least.1));
             let over = if want.0 > u64::from(q.compute_slices) * 1000 {
                 Some(("compute", want.0, q.compute_slices))
             } else if want.1 > u64::from(q.memory_slices) * 1000 {

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use tessera_mig::Step;
 use tessera_sched::{
-    ClusterView, Decision, GpuRequest, JobRequest, NumaPolicy, Occupant, PendingReason, Scheduler, SchedulerConfig,
-    SliceQuota, Tenant,
+    ClusterView, Decision, GpuRequest, HostShare, JobRequest, NumaPolicy, Occupant, PendingReason, Scheduler,
+    SchedulerConfig, SliceQuota, Tenant,
 };
 
 const MIN: u64 = 60_000;
@@ -639,6 +639,25 @@ fn preemption_when_enabled() {
     let run = vec![running(900, req(GpuRequest::WholeGpu), 0, &[(0, inst(m, "7g.80gb", 0))])];
     let d = s.schedule(0, &c, &[queued(1, same)], &run);
     assert!(preempts(&d).is_empty());
+}
+
+#[test]
+fn preemption_never_counts_cpus_on_a_host_node_the_view_lacks() {
+    // The low job's CPUs are on host node 1, which the view no longer has (its facts changed):
+    // stopping it frees nothing the high job could use, so it must not be preempted.
+    let m = model("H100-80GB");
+    let mut c = cluster(vec![gpu(0, "H100-80GB", Some(0), &[("7g.80gb", 0, Some(900))])]);
+    c.host = vec![host_node(0, 0..2, 64 << 10)];
+    let mut low = running(900, req(GpuRequest::WholeGpu), 0, &[(0, inst(m, "7g.80gb", 0))]);
+    low.ranks[0].slices[0].host = vec![HostShare { node: 1, cpus: (8..16).collect(), mem_mib: 1 << 10 }];
+    let mut high = req(profile("3g.40gb"));
+    high.priority = 10;
+    high.cpus = 4;
+    high.numa = NumaPolicy::Any;
+    let mut s = Scheduler::new(SchedulerConfig { preemption: true, ..SchedulerConfig::default() });
+    let d = s.schedule(0, &c, &[queued(1, high)], &[low]);
+    assert!(preempts(&d).is_empty(), "{d:?}");
+    assert_eq!(pending(&d, 1).unwrap().0, PendingReason::Capacity, "{d:?}");
 }
 
 #[test]

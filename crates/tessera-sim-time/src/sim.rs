@@ -1212,24 +1212,14 @@ impl Sim<'_> {
         if self.params.host_cpus_per_gpu == 0 {
             return;
         }
-        let host = &mut self.nodes[n].view.host;
-        for share in slices.iter().flat_map(|s| s.host.iter()) {
-            let Some(h) = host.iter_mut().find(|h| h.node == share.node) else { continue };
-            if take {
-                for c in &share.cpus {
-                    match h.free_cpus.iter().position(|x| x == c) {
-                        Some(p) => {
-                            h.free_cpus.swap_remove(p);
-                        }
-                        None => self.violations.push(format!("job {j}: CPU {c} on node {n} taken twice")),
-                    }
-                }
-                h.free_mem_mib = h.free_mem_mib.saturating_sub(share.mem_mib);
-            } else {
-                h.free_cpus.extend(share.cpus.iter().copied());
-                h.free_cpus.sort_unstable();
-                h.free_mem_mib += share.mem_mib;
+        let shares = slices.iter().flat_map(|s| s.host.iter());
+        let view = &mut self.nodes[n].view;
+        if take {
+            for (node, c) in view.take_host(shares) {
+                self.violations.push(format!("job {j}: CPU {c} (host node {node}) on node {n} taken twice"));
             }
+        } else {
+            view.give_back_host(shares);
         }
     }
 

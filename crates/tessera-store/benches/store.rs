@@ -10,7 +10,7 @@
 use std::hint::black_box;
 
 use tessera_sched::{GpuRequest, JobRequest};
-use tessera_store::{Allocation, ExitInfo, JobFilter, JobState, NewJob, ProcessWork, Store, Work};
+use tessera_store::{Allocation, ExitInfo, JobFilter, JobState, NewJob, ProcessWork, SliceAllocation, Store, Work};
 
 fn main() {
     divan::main();
@@ -90,7 +90,7 @@ fn job_lifecycle(b: divan::Bencher) {
     b.counter(divan::counter::ItemsCount::new(1usize)).bench_local(|| {
         let id = store.insert_job(&job).unwrap();
         store.transition(id, JobState::Queued, JobState::Placing, "placed", 2).unwrap();
-        store.allocate(id, 0, 0, &slice).unwrap();
+        store.allocate_all(id, &[SliceAllocation { rank: 0, slice: 0, allocation: slice.clone() }]).unwrap();
         store.transition(id, JobState::Placing, JobState::Running, "started", 3).unwrap();
         let exit = ExitInfo { code: Some(0), ..ExitInfo::default() };
         store.finish(id, JobState::Running, JobState::Succeeded, "exit 0", exit, 4).unwrap();

@@ -31,13 +31,9 @@ fn decode_allocation(r: &RowReader<'_, '_>, base: usize) -> Result<Allocation, S
 }
 
 impl Store {
-    /// Records that rank `rank` of job `job` holds the slice `alloc` as its slice number
-    /// `slice` (see [`Store::allocate_all`]).
-    pub fn allocate(&self, job: u64, rank: u32, slice: u32, alloc: &Allocation) -> Result<(), StoreError> {
-        self.allocate_all(job, &[SliceAllocation { rank, slice, allocation: alloc.clone() }])
-    }
-
-    /// Records every slice of a job's ranks in one transaction: all of them or none.
+    /// Records every slice of a job's ranks in one transaction: all of them or none, each
+    /// with the job's current run (`runs`, read in the same transaction: the run that
+    /// `queued → placing` began) and one allocation time.
     ///
     /// Refused with [`StoreError::AlreadyAllocated`] when a live exclusive allocation holds
     /// the same `(gpu_uuid, profile_id, start)`, or when a slice is exclusive and any live
@@ -48,11 +44,11 @@ impl Store {
         let ctx = || format!("allocate {} slice(s) to job {job}", slices.len());
         let key = id_key(job).ok_or(StoreError::JobNotFound { id: job })?;
         let tx = self.write_tx("allocations", ctx)?;
-        let state: Option<String> = tx
-            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
-            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
+        let found: Option<(String, i64)> = tx
+            .prepare_cached("SELECT state, runs FROM jobs WHERE id = ?1")
+            .and_then(|mut st| st.query_row([key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(self.db_err("jobs", ctx))?;
-        let state = state.ok_or(StoreError::JobNotFound { id: job })?;
+        let (state, run) = found.ok_or(StoreError::JobNotFound { id: job })?;
         let state: JobState = state.parse().map_err(|e| StoreError::BadRow {
             path: self.path.clone(),
             table: "jobs",
@@ -74,7 +70,7 @@ impl Store {
                 .and_then(|mut st| st.query_row(params![key, rank, s.slice], |r| r.get(0)).optional())
                 .map_err(self.db_err("allocations", ctx))?;
             if held.is_some() {
-                return Err(StoreError::RankAllocated { job, rank });
+                return Err(StoreError::RankAllocated { job, rank, slice: s.slice });
             }
             let holder: Option<i64> = tx
                 .prepare_cached(
@@ -100,8 +96,8 @@ impl Store {
             tx.prepare_cached(
                 "INSERT INTO allocations (job_id, rank, slice, gpu_uuid, gpu_index, profile_id, start,
                      gpu_instance_id, compute_instance_id, mig_uuid, exclusive, numa_node, host,
-                     allocated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     allocated_ms, run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -118,60 +114,13 @@ impl Store {
                     alloc.exclusive,
                     alloc.numa_node,
                     host,
-                    at
+                    at,
+                    run
                 ])
             })
             .map_err(self.db_err("allocations", ctx))?;
         }
         self.commit(tx, "allocations", ctx)
-    }
-
-    /// Records the live key of rank `rank`'s slice once its instance exists
-    /// ([`StoreError::NoAllocation`] if the rank holds no live allocation).
-    pub fn set_live_key(
-        &self,
-        job: u64,
-        rank: u32,
-        gpu_instance_id: u32,
-        compute_instance_id: u32,
-        mig_uuid: &str,
-    ) -> Result<(), StoreError> {
-        let key = id_key(job).ok_or(StoreError::NoAllocation { job, rank })?;
-        let changed = self
-            .conn
-            .prepare_cached(
-                "UPDATE allocations SET gpu_instance_id = ?1, compute_instance_id = ?2,
-                     mig_uuid = ?3
-                 WHERE job_id = ?4 AND rank = ?5 AND slice = 0 AND released_at IS NULL",
-            )
-            .and_then(|mut st| st.execute(params![gpu_instance_id, compute_instance_id, mig_uuid, key, rank]))
-            .map_err(self.db_err("allocations", || format!("set live key of job {job} rank {rank}")))?;
-        if changed == 0 {
-            return Err(StoreError::NoAllocation { job, rank });
-        }
-        Ok(())
-    }
-
-    /// Releases every live allocation of job `job` (all ranks) and returns how many there
-    /// were; released allocations stay in the table as history. [`StoreError::JobNotFound`] if
-    /// there is no such job. Transitions out of placing/running release on their own.
-    pub fn release(&self, job: u64) -> Result<usize, StoreError> {
-        let key = id_key(job).ok_or(StoreError::JobNotFound { id: job })?;
-        let ctx = || format!("release allocations of job {job}");
-        let tx = self.write_tx("allocations", ctx)?;
-        let exists: Option<i64> = tx
-            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
-            .and_then(|mut st| st.query_row([key], |r| r.get(0)).optional())
-            .map_err(self.db_err("jobs", ctx))?;
-        if exists.is_none() {
-            return Err(StoreError::JobNotFound { id: job });
-        }
-        let n = tx
-            .prepare_cached("UPDATE allocations SET released_at = ?1 WHERE job_id = ?2 AND released_at IS NULL")
-            .and_then(|mut st| st.execute(params![now_ms(), key]))
-            .map_err(self.db_err("allocations", ctx))?;
-        self.commit(tx, "allocations", ctx)?;
-        Ok(n)
     }
 
     /// Every live allocation, by job, rank and slice.
@@ -180,7 +129,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {ALLOC_COLUMNS}, a.id, a.job_id, a.rank, a.slice FROM allocations AS a
+                "SELECT {ALLOC_COLUMNS}, a.id, a.job_id, a.rank, a.slice, a.run FROM allocations AS a
                  WHERE a.released_at IS NULL ORDER BY a.job_id, a.rank, a.slice"
             ))
             .map_err(self.db_err("allocations", ctx))?;
@@ -193,6 +142,7 @@ impl Store {
                 job: r.int(11, "job_id")?,
                 rank: r.int(12, "rank")?,
                 slice: r.int(13, "slice")?,
+                run: r.int(14, "run")?,
                 allocation: decode_allocation(&r, 0)?,
             });
         }
@@ -207,7 +157,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {ALLOC_COLUMNS}, a.id, a.rank, a.slice, a.allocated_ms, a.released_at
+                "SELECT {ALLOC_COLUMNS}, a.id, a.rank, a.slice, a.allocated_ms, a.released_at, a.run
                  FROM allocations AS a WHERE a.job_id = ?1 ORDER BY a.id"
             ))
             .map_err(self.db_err("allocations", ctx))?;
@@ -222,6 +172,7 @@ impl Store {
                 allocation: decode_allocation(&r, 0)?,
                 allocated_ms: r.int(13, "allocated_ms")?,
                 released_ms: r.opt_int(14, "released_at")?,
+                run: r.int(15, "run")?,
             });
         }
         Ok(out)

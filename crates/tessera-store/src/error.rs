@@ -86,6 +86,24 @@ pub enum StoreError {
         supported: i64,
     },
 
+    /// A version-1 database still has live allocations: version 1 recorded a rank's slot in a
+    /// form version 2 reads differently, so it is not migrated (and is left as it was).
+    #[error(
+        "database {path} has schema version {found} with {live} live allocation(s) (job(s) {jobs:?}); \
+         let the running jobs finish (or drain the node) with the previous tessera, then upgrade: \
+         allocations made before the upgrade would be misread after it"
+    )]
+    LiveAllocationsAtUpgrade {
+        /// The database file.
+        path: PathBuf,
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// How many allocations are live.
+        live: u64,
+        /// The jobs holding them.
+        jobs: Vec<u64>,
+    },
+
     /// A schema migration failed (and was rolled back).
     #[error("cannot migrate database {path} to schema version {version}: {source}")]
     Migrate {
@@ -187,22 +205,15 @@ pub enum StoreError {
         holder_job: u64,
     },
 
-    /// The rank already holds a live allocation.
-    #[error("job {job} rank {rank} already holds a live allocation")]
+    /// The rank's slice already holds a live allocation.
+    #[error("job {job} rank {rank} slice {slice} already holds a live allocation")]
     RankAllocated {
         /// The job id.
         job: u64,
         /// The rank.
         rank: u32,
-    },
-
-    /// No live allocation for this rank.
-    #[error("job {job} rank {rank} holds no live allocation")]
-    NoAllocation {
-        /// The job id.
-        job: u64,
-        /// The rank.
-        rank: u32,
+        /// The slice's place among the rank's slices.
+        slice: u32,
     },
 
     /// No reconfiguration journal entry with this id.

@@ -237,7 +237,8 @@ impl Store {
         self.commit(tx, "jobs", ctx)
     }
 
-    /// [`Store::transition`] to a terminal state and [`Store::set_exit`] in one transaction.
+    /// [`Store::transition`] to a terminal state and the job's exit status ([`ExitInfo`], with
+    /// `ended_ms = at_ms`) in one transaction.
     /// `to` must be terminal ([`StoreError::IllegalTransition`] otherwise).
     pub fn finish(
         &self,
@@ -273,13 +274,6 @@ impl Store {
             return Err(StoreError::JobNotFound { id });
         }
         Ok(())
-    }
-
-    /// Records how job `id` ended and when (any state; see [`Store::finish`] to combine it with
-    /// the terminal transition).
-    pub fn set_exit(&self, id: u64, exit: ExitInfo, ended_ms: u64) -> Result<(), StoreError> {
-        let ended = to_sql_int("ended_ms", ended_ms)?;
-        self.write_exit(&self.conn, id, &exit, ended)
     }
 
     /// Sets why a queued job waits (no event is recorded). [`StoreError::StaleState`] if the

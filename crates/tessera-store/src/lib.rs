@@ -4,7 +4,7 @@
 //!
 //! The daemon may be killed with `kill -9` at any moment. Every operation that writes more than
 //! one statement runs in one transaction, state changes are compare-and-set
-//! ([`Store::transition`]), a slice can never be allocated twice ([`Store::allocate`]), and a
+//! ([`Store::transition`]), a slice can never be allocated twice ([`Store::allocate_all`]), and a
 //! reconfiguration is journaled before its first step ([`Store::begin_reconfig`]), so after a
 //! restart no job is lost or run twice, no slice is leaked or double-booked, and a half-done
 //! reconfiguration can be resumed or rolled back.
@@ -54,6 +54,11 @@ pub use types::{
     Allocation, AllocationRecord, ExitInfo, ExternalWork, JobEvent, JobFilter, JobRecord, JobState, JournalPlan,
     LiveAllocation, NewJob, ProcessWork, ReconfigOutcome, ReconfigRecord, SliceAllocation, UnknownJobState, Work,
 };
+
+/// Version 1's schema, exactly as the first Tessera created it: for tests that build a file to
+/// migrate. Not a stable API.
+#[doc(hidden)]
+pub use schema::V1 as SCHEMA_V1_SQL;
 
 /// The schema version this build of the store reads and writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;

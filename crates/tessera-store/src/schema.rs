@@ -12,7 +12,8 @@ pub(crate) const SCHEMA_VERSION: i64 = 2;
 pub(crate) const APPLICATION_ID: i64 = 0x5445_5353;
 
 /// Version 1: jobs, their transitions, allocations, the reconfiguration journal, metadata.
-const V1: &str = r"
+/// Public (hidden) so that tests build a version-1 file from exactly this text.
+pub const V1: &str = r"
 CREATE TABLE jobs (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     user_uid         INTEGER NOT NULL,
@@ -130,12 +131,16 @@ CREATE TABLE meta (
 ) STRICT, WITHOUT ROWID;
 ";
 
-/// Version 2: a job's work typed (processes, or work another system runs), its run count and
-/// the `oom_killed` state (the jobs table is rebuilt for the new CHECK, with foreign keys off
-/// around the migration, as SQLite's documented procedure says); each allocation's place in its
-/// rank, NUMA node and host CPUs and memory; drains and MPS control daemons kept across
-/// restarts. Allocations live at the upgrade keep rank = their old slot (documented: upgrade
-/// with no jobs running).
+/// Version 2: a job's work typed (processes, or work another system runs), its run count
+/// (counted from its transitions to `placing`) and the `oom_killed` state (the jobs table is
+/// rebuilt for the new CHECK, with foreign keys off around the migration, as SQLite's
+/// documented procedure says; its id high-water mark carried over even with no rows); each
+/// allocation's run, place in its rank, NUMA node and host CPUs and memory, and a key trigger
+/// that covers them; drains and MPS control daemons kept across restarts.
+///
+/// Version 1 kept a rank's flat slot in `rank`, which version 2 would misread: the store refuses
+/// to migrate a file with live allocations (`StoreError::LiveAllocationsAtUpgrade`), so every
+/// allocation migrated here is released history.
 const V2: &str = r"
 CREATE TABLE jobs_v2 (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -168,9 +173,13 @@ SELECT id, user_uid, user_name, tenant, priority, request,
        json_object('process', json_object('command', json(command), 'env', json(env), 'cwd', cwd)),
        submitted_ms, state, reason, started_ms, ended_ms, exit_code, exit_signal,
        exit_failed_rank, exit_detail, job_dir, shim_pid,
-       CASE WHEN state = 'queued' THEN 0 ELSE 1 END
+       (SELECT count(*) FROM job_events AS e WHERE e.job_id = jobs.id AND e.to_state = 'placing')
 FROM jobs;
-UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0))
+-- The id high-water mark, also when no job is left: jobs_v2's sequence row is made here rather
+-- than left to what an INSERT of no rows happens to do.
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'jobs_v2', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs_v2');
+UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'), 0))
     WHERE name = 'jobs_v2';
 DROP TABLE jobs;
 ALTER TABLE jobs_v2 RENAME TO jobs;
@@ -181,6 +190,19 @@ CREATE INDEX jobs_by_tenant ON jobs (tenant, id);
 ALTER TABLE allocations ADD COLUMN slice INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE allocations ADD COLUMN numa_node INTEGER;
 ALTER TABLE allocations ADD COLUMN host TEXT NOT NULL DEFAULT '[]';
+-- The job's run (`jobs.runs` when allocated): the placements to `placing` made by the time of
+-- the allocation, between 1 and the job's runs.
+ALTER TABLE allocations ADD COLUMN run INTEGER NOT NULL DEFAULT 1;
+UPDATE allocations SET run = max(1, min(
+    coalesce((SELECT runs FROM jobs WHERE jobs.id = allocations.job_id), 1),
+    (SELECT count(*) FROM job_events AS e
+     WHERE e.job_id = allocations.job_id AND e.to_state = 'placing' AND e.at_ms <= allocations.allocated_ms)));
+DROP TRIGGER allocations_key_fixed;
+CREATE TRIGGER allocations_key_fixed
+BEFORE UPDATE OF job_id, run, rank, slice, gpu_uuid, profile_id, start, exclusive ON allocations
+BEGIN
+    SELECT RAISE(ABORT, 'an allocation''s job, run, rank, slice and slice key cannot change');
+END;
 DROP INDEX allocations_live_rank;
 -- At most one live allocation per slice of a rank.
 CREATE UNIQUE INDEX allocations_live_slot ON allocations (job_id, rank, slice)

@@ -179,6 +179,27 @@ impl Store {
         if version == SCHEMA_VERSION {
             return Ok(());
         }
+        if version == 1 {
+            // Version 1 kept a rank's flat slot where version 2 reads the rank: a live
+            // allocation would be misread (and its job mis-placed) after the upgrade.
+            let live: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM allocations WHERE released_at IS NULL", [], |r| r.get(0))
+                .map_err(&oe)?;
+            if live > 0 {
+                let jobs: Vec<i64> = self
+                    .conn
+                    .prepare("SELECT DISTINCT job_id FROM allocations WHERE released_at IS NULL ORDER BY job_id")
+                    .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                    .map_err(&oe)?;
+                return Err(StoreError::LiveAllocationsAtUpgrade {
+                    path: self.path.clone(),
+                    found: version,
+                    live: u64::try_from(live).unwrap_or(0),
+                    jobs: jobs.into_iter().filter_map(|j| u64::try_from(j).ok()).collect(),
+                });
+            }
+        }
         // A migration may rebuild a table others refer to (SQLite's documented procedure):
         // foreign keys off around it (the pragma is a no-op inside a transaction), checked after.
         self.conn.pragma_update(None, "foreign_keys", "OFF").map_err(&oe)?;
@@ -202,8 +223,10 @@ impl Store {
             }
             Ok(())
         })();
-        self.conn.pragma_update(None, "foreign_keys", "ON").map_err(&oe)?;
-        result
+        // The migration's own error, if any, is the one to report: turning foreign keys back
+        // on only matters when the migration succeeded.
+        let restored = self.conn.pragma_update(None, "foreign_keys", "ON").map_err(&oe);
+        result.and(restored)
     }
 
     /// Maps an SQLite error to [`StoreError::Db`] (or [`StoreError::Corrupt`]) with context.

@@ -304,6 +304,8 @@ pub struct LiveAllocation {
     pub job: u64,
     pub rank: u32,
     pub slice: u32,
+    /// The job's run it belongs to (see [`AllocationRecord::run`]).
+    pub run: u32,
     pub allocation: Allocation,
 }
 
@@ -320,6 +322,9 @@ pub struct AllocationRecord {
     pub allocated_ms: u64,
     /// When it was released; `None` while live.
     pub released_ms: Option<u64>,
+    /// The job's run it belongs to: [`JobRecord::runs`] when it was allocated (1 for the first
+    /// run, 2 once requeued and placed again, …). A run's allocations are those with its number.
+    pub run: u32,
 }
 
 /// How a reconfiguration ended.

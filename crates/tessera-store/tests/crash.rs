@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tessera_store::{Allocation, ExitInfo, JobFilter, JobState, ReconfigOutcome, Store, StoreError};
 
 mod common;
+use common::OneSlice;
 
 const CHILD_DIR: &str = "TESSERA_STORE_CRASH_CHILD_DIR";
 const CHILD_SEED: &str = "TESSERA_STORE_CRASH_CHILD_SEED";

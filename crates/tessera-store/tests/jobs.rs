@@ -4,7 +4,7 @@
 use tessera_store::{ExitInfo, JobEvent, JobFilter, JobState, Store, StoreError};
 
 mod common;
-use common::{new_job, placing_job, raw, slice, temp_store};
+use common::{OneSlice, new_job, placing_job, raw, slice, temp_store};
 
 use JobState::{Cancelled, Failed, Lost, OomKilled, Placing, Queued, Running, Succeeded, TimedOut};
 
@@ -255,11 +255,9 @@ fn pending_reason_runtime_and_exit() {
     );
 
     let exit = ExitInfo { code: None, signal: Some(9), failed_rank: Some(3), detail: "OOM".into() };
-    store.set_exit(id, exit.clone(), 30).unwrap();
+    store.finish(id, Running, Failed, "rank 3 killed", exit.clone(), 31).unwrap();
     let rec = store.job(id).unwrap().unwrap();
-    assert_eq!((rec.exit.as_ref(), rec.ended_ms, rec.state), (Some(&exit), Some(30), Running));
-    store.transition(id, Running, Failed, "rank 3 killed", 31).unwrap();
-    assert_eq!(store.job(id).unwrap().unwrap().ended_ms, Some(30), "set_exit's time is kept");
+    assert_eq!((rec.exit.as_ref(), rec.ended_ms, rec.state), (Some(&exit), Some(31), Failed));
 
     let f = job_in(&store, Running, 2);
     let exit = ExitInfo { code: Some(0), ..ExitInfo::default() };
@@ -271,7 +269,10 @@ fn pending_reason_runtime_and_exit() {
     for bad in [0, 999] {
         assert!(matches!(store.set_pending_reason(bad, "x"), Err(StoreError::JobNotFound { .. })));
         assert!(matches!(store.set_runtime(bad, "x", 1, 1), Err(StoreError::JobNotFound { .. })));
-        assert!(matches!(store.set_exit(bad, ExitInfo::default(), 1), Err(StoreError::JobNotFound { .. })));
+        assert!(matches!(
+            store.finish(bad, Running, Failed, "x", ExitInfo::default(), 1),
+            Err(StoreError::JobNotFound { .. })
+        ));
     }
 }
 

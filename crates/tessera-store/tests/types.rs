@@ -104,7 +104,14 @@ fn every_type_round_trips_through_json() {
         host: vec![tessera_sched::HostShare { node: 1, cpus: vec![8, 9], mem_mib: 4096 }],
     };
     round_trip(&alloc);
-    round_trip(&AllocationRecord { rank: 2, slice: 1, allocation: alloc, allocated_ms: 1, released_ms: Some(2) });
+    round_trip(&AllocationRecord {
+        rank: 2,
+        slice: 1,
+        allocation: alloc,
+        allocated_ms: 1,
+        released_ms: Some(2),
+        run: 3,
+    });
     for outcome in [
         ReconfigOutcome::Completed,
         ReconfigOutcome::RolledBack,

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tessera_gpu::BackendChoice;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,7 +31,7 @@ pub struct Global {
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Which GPUs to drive: NVML when its library loads and finds GPUs, else the simulated node.
-    #[arg(long, global = true, env = "TESSERA_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(long, global = true, env = "TESSERA_BACKEND", value_parser = backend_parser(), default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// The NVML library to load [default: libnvidia-ml.so.1 from the loader's path].
     #[arg(long = "nvml-library", global = true, env = "TESSERA_NVML_LIBRARY", value_name = "PATH")]
@@ -131,14 +133,16 @@ pub struct SubmitArgs {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    /// NVML if `libnvidia-ml.so.1` loads and finds a GPU, otherwise the simulated node.
-    Auto,
-    /// Real GPUs through NVML; an error if NVML cannot be used.
-    Nvml,
-    /// The simulated node (state in a file).
-    Sim,
+/// `--backend`: [`tessera_gpu::open`]'s own choice, parsed by its `FromStr`, with a line of help
+/// for each value.
+fn backend_parser() -> impl TypedValueParser<Value = BackendChoice> {
+    PossibleValuesParser::new([
+        PossibleValue::new("auto")
+            .help("NVML if `libnvidia-ml.so.1` loads and finds a GPU, otherwise the simulated node"),
+        PossibleValue::new("nvml").help("Real GPUs through NVML; an error if NVML cannot be used"),
+        PossibleValue::new("sim").help("The simulated node (state in a file)"),
+    ])
+    .try_map(|text| text.parse::<BackendChoice>())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -58,20 +58,16 @@ pub fn serve(
         }
     });
     // The same backend choice as every other command; the config file fills in what the
-    // command line leaves open.
+    // command line leaves open, and `tessera_gpu::open` applies the rules (a simulated-node spec
+    // without a choice means the simulated node).
     let mut backend = crate::node::options(g);
     if g.sim.is_none() {
         backend.sim_spec = cfg.node.sim.clone();
     }
-    if g.backend == crate::cli::BackendChoice::Auto {
-        backend.choice = match (cfg.node.backend.as_deref(), &backend.sim_spec) {
-            (Some("nvml"), _) => BackendChoice::Nvml,
-            (Some("sim"), _) | (None, Some(_)) => BackendChoice::Sim,
-            _ => BackendChoice::Auto,
-        };
-    }
-    if backend.sim_spec.is_some() && backend.choice == BackendChoice::Auto {
-        backend.choice = BackendChoice::Sim;
+    if g.backend == BackendChoice::Auto
+        && let Some(choice) = cfg.backend_choice()
+    {
+        backend.choice = choice;
     }
     if g.sim_state.is_none() {
         backend.sim_state = state_dir.join("sim-node.json");

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail};
 use tessera_gpu::open::{self, OpenError, OpenOptions};
 use tessera_gpu::{BackendChoice, MigBackend, SimBackend};
 
-use crate::cli::{self, Global};
+use crate::cli::Global;
 
 /// The backend the commands talk to, and one line saying what it is.
 #[derive(Debug)]
@@ -61,11 +61,7 @@ pub fn state_home() -> PathBuf {
 /// The options the command line gives.
 pub fn options(global: &Global) -> OpenOptions {
     OpenOptions {
-        choice: match global.backend {
-            cli::BackendChoice::Auto => BackendChoice::Auto,
-            cli::BackendChoice::Nvml => BackendChoice::Nvml,
-            cli::BackendChoice::Sim => BackendChoice::Sim,
-        },
+        choice: global.backend,
         nvml_library: global.nvml_library.clone(),
         sim_spec: global.sim.clone(),
         sim_state: global.sim_state.clone().unwrap_or_else(default_state_path),
@@ -98,17 +94,12 @@ fn cli_error(e: OpenError, choice: BackendChoice) -> anyhow::Error {
 pub fn open(global: &Global) -> anyhow::Result<Node> {
     let opts = options(global);
     let opened = open::open(&opts).map_err(|e| cli_error(e, opts.choice))?;
-    let node = opened.node;
-    match (&node, &opened.fallback) {
-        (tessera_gpu::Node::Nvml(_), _) => announce(&opened.description),
+    match (&opened.node, &opened.fallback) {
+        (tessera_gpu::Node::Nvml(_), _) => announce(&opened.summary()),
         // Auto fell back: say so, and why.
-        (tessera_gpu::Node::Sim(_), Some(_)) => announce(&opened.description),
+        (tessera_gpu::Node::Sim(_), Some(_)) => announce(&opened.summary()),
         // The simulated node was asked for: nothing to say.
         (tessera_gpu::Node::Sim(_), None) => {}
     }
-    let description = match &opened.fallback {
-        Some(why) => opened.description.strip_suffix(&format!("; {why}")).unwrap_or(&opened.description).to_string(),
-        None => opened.description,
-    };
-    Ok(Node { node, description })
+    Ok(Node { node: opened.node, description: opened.description })
 }

@@ -75,6 +75,8 @@ fn xid_48_waits_for_a_gpu_reset() {
     let r = n.expect(1, &["mig", "health"]);
     assert!(r.stdout.contains("GPU 0: unhealthy: Xid 48 (Double Bit ECC Error)"), "{}", r.stdout);
     assert!(r.stdout.contains("waiting for a GPU reset (nvidia-smi -r -i 0)"), "{}", r.stdout);
+    assert!(r.stdout.contains("or `tessera mig health clear 0`"), "this command's own clear: {}", r.stdout);
+    assert!(!r.stdout.contains("tessera admin"), "not the daemon's: {}", r.stdout);
     assert!(r.stdout.contains("RECOVERY") && r.stdout.contains("a GPU reset"), "the event table: {}", r.stdout);
     assert!(r.stderr.contains("unhealthy"), "{}", r.stderr);
     assert!(n.dir.path().join("sim-node.health.json").exists(), "kept next to the simulated node's state");
@@ -254,4 +256,48 @@ fn a_gpu_that_does_not_answer_is_unhealthy() {
     assert_eq!(code, 1, "answering again is not enough before the quiet period: {out}");
     let (code, out) = run("", "0");
     assert_eq!(code, 0, "{out}");
+}
+
+/// `tessera mig health clear` while a `--watch` runs: the watch reads the clear back at its next
+/// change of the state file instead of overwriting it with what it loaded at its start.
+#[test]
+fn a_clear_during_a_watch_is_kept() {
+    let n = Node::new("1xA100-40GB");
+    // An unknown Xid: degraded, and with a long quiet period only an admin's clear ends it.
+    n.expect(0, &["mig", "xid", "0", "999"]);
+    let r = n.expect(0, &["mig", "health", "--recovery-quiet", "3600"]);
+    assert!(r.stdout.contains("GPU 0: degraded: Xid 999"), "{}", r.stdout);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(["mig", "health", "--watch", "3", "--recovery-quiet", "3600", "-o", "json"]);
+    cmd.env("TESSERA_SIM_STATE", n.state()).env("TESSERA_SIM", n.spec);
+    for k in ["TESSERA_BACKEND", "TESSERA_HEALTH_STATE", "TESSERA_NVML_LIBRARY"] {
+        cmd.env_remove(k);
+    }
+    cmd.env("XDG_STATE_HOME", n.dir.path().join("xdg"));
+    let watch = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Well after the watch has read the state file, well before it ends.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let j = n.json(0, &["mig", "health", "clear", "0", "--by", "carol"]);
+    assert_eq!(j["cleared"], true, "{j}");
+    let out = watch.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(health_of(&j, "GPU 0")["state"], "healthy", "the watch saw the clear: {j}");
+    // And the state file keeps it.
+    let j = n.json(0, &["mig", "health", "--recovery-quiet", "3600"]);
+    assert_eq!(health_of(&j, "GPU 0")["state"], "healthy", "{j}");
+    let cleared = &j["report"]["gpus"][0]["last_cleared"];
+    assert_eq!(cleared["by"], "admin carol", "{cleared}");
+}
+
+#[test]
+fn durations_out_of_range_are_errors_not_panics() {
+    let n = Node::new("1xA30");
+    for (flag, value) in [("--watch", "1e300"), ("--watch", "-1"), ("--recovery-quiet", "1e300"), ("--watch", "NaN")] {
+        let r = n.run(&["mig", "health", &format!("{flag}={value}")]);
+        assert_eq!(r.code, 1, "{flag} {value}: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("error: {flag} ")), "{flag} {value}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
 }

@@ -229,7 +229,10 @@ fn a_missing_library_falls_back_to_the_simulated_node_in_one_line() {
     let lines: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{}", r.stderr);
     assert!(lines[0].starts_with("tessera: using simulated node"), "{}", r.stderr);
-    json(&r.stdout);
+    assert!(lines[0].ends_with("; no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded"), "{}", r.stderr);
+    let j = json(&r.stdout);
+    let node = j["node"].as_str().unwrap();
+    assert!(node.starts_with("simulated node") && !node.contains("NVML"), "the description alone: {node}");
     // Forcing NVML without a library is an error, not a fallback.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(["--backend", "nvml", "--nvml-library", "/nonexistent/libnvidia-ml.so.1", "mig", "gpus"]);
@@ -288,4 +291,34 @@ fn xid_events_mark_gpus_and_instances_unhealthy_until_they_recover() {
     let j = health(&[], 0);
     assert_eq!(state(&j, "GPU 0"), "healthy");
     assert!(j["report"]["gpus"][0]["last_cleared"]["by"].as_str().unwrap().contains("admin alice"), "{j}");
+}
+
+/// An Xid raised on the simulated node (`tessera mig xid`) reaches NVML's event wait, once; NVML
+/// reports no reset count, so the fault is seen to recover by the driver's recovery action.
+#[test]
+fn xids_raised_on_the_simulated_node_reach_nvml_once() {
+    let g = Gpus::new("1xA100-40GB");
+    g.ok(&["mig", "gpus"]);
+    g.sim(&["mig", "xid", "0", "48"]);
+    let health_state = g.dir.path().join("health.json").display().to_string();
+    let health = |code: i32| {
+        let r = g.nvml(&[], &["mig", "health", "-o", "json", "--health-state", health_state.as_str()]);
+        assert_eq!(r.code, code, "{}\n{}", r.stdout, r.stderr);
+        json(&r.stdout)
+    };
+    let j = health(1);
+    let events = j["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{j}");
+    assert_eq!((events[0]["gpu"].as_u64(), events[0]["xid"].as_u64()), (Some(0), Some(48)));
+    let gpu0 = &j["report"]["gpus"][0];
+    assert!(gpu0["seen"]["reset_count"].is_null(), "NVML has no reset count: {gpu0}");
+    let waiting = gpu0["health"]["waiting_for"].as_str().unwrap();
+    assert_eq!(waiting, "waiting for a GPU reset (nvidia-smi -r -i 0) or `tessera mig health clear 0`");
+    // Delivered once; the fault stays until the GPU is reset.
+    let j = health(1);
+    assert!(j["events"].as_array().unwrap().is_empty(), "{j}");
+    g.sim(&["mig", "reset", "0"]);
+    let j = health(0);
+    let by = j["report"]["gpus"][0]["last_cleared"]["by"].as_str().unwrap().to_string();
+    assert!(by.contains("the driver's recovery action went from GPU reset back to none"), "{by}");
 }

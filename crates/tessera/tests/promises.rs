@@ -344,6 +344,31 @@ fn gpus_with_mig_off_run_whole_gpu_jobs() {
     assert!(devs.iter().all(|d| d.starts_with("GPU-")), "{devs:?}");
 }
 
+/// The driver decides how many MIG devices one process may use: before R570 one, so a rank
+/// asking for two whole GPUs on MIG GPUs is refused with what to ask for instead; from R570 the
+/// rank gets both. The daemon reads the driver through NVML (`--nvml-library`, the stand-in).
+#[test]
+fn the_driver_decides_how_many_mig_devices_one_process_gets() {
+    let quiet = "[jobs]\nisolation = \"off\"\n";
+    let old = Daemon::nvml("2xH100-80GB,numa=1", "550.54.15", quiet);
+    let (code, _, err) = old.cli(&["submit", "--gpus", "2", "--", "true"]);
+    assert_eq!(code, 1, "{err}\n{}", old.log());
+    assert!(err.contains("422") && err.contains("R570") && err.contains("--ranks"), "{err}");
+    // One device per rank is fine on the same driver.
+    let id = old.submit(&["--profile", "1g.10gb", "--", "true"]);
+    assert_eq!(old.wait(id)["state"], "succeeded", "{}", old.log());
+
+    let new = Daemon::nvml("2xH100-80GB,numa=1", "570.86.10", quiet);
+    let out = shared_dir(new.path(), "out");
+    let f = out.join("env");
+    let id = new.submit(&["--gpus", "2", "--", "sh", "-c", &format!("echo $CUDA_VISIBLE_DEVICES > {}", f.display())]);
+    let j = new.wait(id);
+    assert_eq!(j["state"], "succeeded", "{j}\n{}", new.log());
+    let devs: Vec<String> = read(&f).trim().split(',').map(str::to_string).collect();
+    assert_eq!(devs.len(), 2, "{devs:?}");
+    assert!(devs.iter().all(|d| d.starts_with("MIG-")) && devs[0] != devs[1], "{devs:?}");
+}
+
 /// With MIG mode switching on, a MIG profile on a node with MIG off turns MIG on on an idle
 /// GPU (journalled) and the job runs.
 #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use tessera_sched::JobRequest;
 use tessera_store::{NewJob, ProcessWork, Work};
 
-use super::{Caller, Engine, EngineError, scheduler_config};
+use super::{Caller, Engine, EngineError};
 use crate::wire::{SubmitReply, SubmitRequest};
 
 /// `execve` refuses any one argument or environment string longer than this (with its NUL).
@@ -173,28 +173,89 @@ pub fn check_exec(p: &ProcessWork, max_bytes: usize) -> Result<(), EngineError> 
     Ok(())
 }
 
+/// The longest `PATH` searched for a job's program: each entry is a file-system lookup.
+pub const MAX_PATH_ENTRIES: usize = 256;
+
+/// A submission's processes as the API gives them: the request and the work.
+pub fn process_work(body: SubmitRequest) -> Result<(JobRequest, Work), EngineError> {
+    let preempt_signal = match &body.preempt_signal {
+        Some(s) => Some(crate::signals::parse_signal(s).map_err(|e| EngineError::invalid("preempt_signal", e))?),
+        None => None,
+    };
+    let work = Work::Process(ProcessWork {
+        command: body.command,
+        env: body.env.into_iter().collect(),
+        cwd: body.cwd,
+        preempt_signal,
+    });
+    Ok((body.resources, work))
+}
+
+/// What checking a submission's work found ([`check_work`]); only that function makes one.
+#[derive(Debug)]
+pub struct WorkCheck(Result<(), EngineError>);
+
+/// The checks of a submission's work that touch the file system: the command line and
+/// environment as `execve` takes them, the working directory and the program as the user
+/// reaches them. They name paths the user chose (a hung mount, a long `PATH`), so the daemon
+/// runs them without holding the engine; the result is reported in its place among the other
+/// checks ([`Engine::submit_checked`]).
+pub fn check_work(work: &Work, caller: &Caller, max_exec_bytes: usize) -> WorkCheck {
+    WorkCheck(match work {
+        Work::Process(p) => check_processes(p, caller, max_exec_bytes),
+        Work::External(ext) if ext.door.is_empty() || ext.key.is_empty() => {
+            Err(EngineError::invalid("work.external", "needs a door and a key"))
+        }
+        Work::External(_) => Ok(()),
+    })
+}
+
+fn check_processes(p: &ProcessWork, caller: &Caller, max_exec_bytes: usize) -> Result<(), EngineError> {
+    check_exec(p, max_exec_bytes)?;
+    let who = Identity {
+        uid: caller.uid,
+        groups: tessera_host::user_by_uid(caller.uid).ok().flatten().map_or_else(|| vec![caller.gid], |u| u.groups),
+    };
+    check_cwd(&p.cwd, &who).map_err(|e| EngineError::invalid("cwd", e))?;
+    let path = p.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    if let Some(path) = path
+        && path.split(':').filter(|d| !d.is_empty()).count() > MAX_PATH_ENTRIES
+    {
+        return Err(EngineError::invalid(
+            "env.PATH",
+            format!("has more than {MAX_PATH_ENTRIES} directories; the program is looked up in at most that many"),
+        ));
+    }
+    find_program(&p.command[0], path, &p.cwd, &who).map_err(|e| EngineError::invalid("command[0]", e))?;
+    Ok(())
+}
+
 impl Engine {
-    /// `POST /v1/jobs`: processes for the caller.
+    /// `POST /v1/jobs`: processes for the caller (checked here, under the engine).
     pub(crate) fn submit(&mut self, caller: &Caller, body: SubmitRequest) -> Result<SubmitReply, EngineError> {
-        let preempt_signal = match &body.preempt_signal {
-            Some(s) => Some(crate::signals::parse_signal(s).map_err(|e| EngineError::invalid("preempt_signal", e))?),
-            None => None,
-        };
-        let work = Work::Process(ProcessWork {
-            command: body.command,
-            env: body.env.into_iter().collect(),
-            cwd: body.cwd,
-            preempt_signal,
-        });
-        self.submit_work(caller, body.resources, work)
+        let (request, work) = process_work(body)?;
+        self.submit_work(caller, request, work)
     }
 
     /// Any front door's submission: checked, then queued.
     pub(crate) fn submit_work(
         &mut self,
         caller: &Caller,
+        request: JobRequest,
+        work: Work,
+    ) -> Result<SubmitReply, EngineError> {
+        let checked = check_work(&work, caller, self.config.jobs.max_exec_bytes);
+        self.submit_checked(caller, request, work, checked)
+    }
+
+    /// A submission whose work was checked ([`check_work`]): the checks that need the node and
+    /// the configuration, then the job is queued. Errors come in one order, whoever checked.
+    pub fn submit_checked(
+        &mut self,
+        caller: &Caller,
         mut request: JobRequest,
         work: Work,
+        checked: WorkCheck,
     ) -> Result<SubmitReply, EngineError> {
         if request.tenant.is_empty() || (request.tenant == "default" && caller.tenant != "default") {
             request.tenant = caller.tenant.clone();
@@ -219,27 +280,10 @@ impl Engine {
             )));
         }
         request.validate().map_err(|e| EngineError::invalid(format!("resources.{}", e.field()), e.to_string()))?;
-        match &work {
-            Work::Process(p) => {
-                check_exec(p, self.config.jobs.max_exec_bytes)?;
-                let who = Identity {
-                    uid: caller.uid,
-                    groups: tessera_host::user_by_uid(caller.uid)
-                        .ok()
-                        .flatten()
-                        .map_or_else(|| vec![caller.gid], |u| u.groups),
-                };
-                check_cwd(&p.cwd, &who).map_err(|e| EngineError::invalid("cwd", e))?;
-                let path = p.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-                find_program(&p.command[0], path, &p.cwd, &who).map_err(|e| EngineError::invalid("command[0]", e))?;
-            }
-            Work::External(ext) => {
-                if ext.door.is_empty() || ext.key.is_empty() {
-                    return Err(EngineError::invalid("work.external", "needs a door and a key"));
-                }
-                // Another system runs it: Tessera cannot stop and restart it elsewhere.
-                request.requeue = false;
-            }
+        checked.0?;
+        if let Work::External(_) = &work {
+            // Another system runs it: Tessera cannot stop and restart it elsewhere.
+            request.requeue = false;
         }
         let mut capacity = self.facts.capacity(&self.mig_modes());
         if !self.config.scheduler.repartition {
@@ -261,7 +305,7 @@ impl Engine {
                 }
             }
         }
-        tessera_sched::admit(&request, &capacity, &scheduler_config(&self.config))
+        tessera_sched::admit(&request, &capacity, self.scheduler.config())
             .map_err(|e| EngineError::cannot_run(format!("resources.{}", e.field), e.detail))?;
         let job = NewJob {
             user_uid: caller.uid,
@@ -274,19 +318,19 @@ impl Engine {
         Ok(SubmitReply { id })
     }
 
-    /// The MIG mode in force on each GPU (as the last round saw it, unless something changed
-    /// a GPU since).
+    /// The MIG mode the driver reports on each GPU (as the last round saw it, unless something
+    /// changed a GPU since; a GPU that did not answer then counts as MIG on, as when it fails
+    /// to answer now). Whether MIG is in force is [`super::view::GpuFact::mig_in_force`]'s.
     pub(crate) fn mig_modes(&self) -> std::collections::BTreeMap<u32, bool> {
         self.facts
             .gpus
             .iter()
             .map(|g| {
-                let seen = self.seen.as_ref().and_then(|v| v.gpus.iter().find(|v| v.device.index == g.index));
-                let current = match seen {
-                    Some(v) => v.mig.current,
-                    None => self.backend().mig_mode(g.index).map(|m| m.current).unwrap_or(true),
+                let current = match &self.seen {
+                    Some(seen) => seen.gpus.iter().find(|v| v.device.index == g.index).is_none_or(|v| v.mig.current),
+                    None => self.backend().mig_mode(g.index).map_or(true, |m| m.current),
                 };
-                (g.index, g.catalog && current)
+                (g.index, current)
             })
             .collect()
     }

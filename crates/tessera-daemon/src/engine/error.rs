@@ -33,18 +33,6 @@ impl EngineError {
     pub fn cannot_run(field: impl Into<String>, message: impl Into<String>) -> Self {
         EngineError::CannotRun { field: field.into(), message: message.into() }
     }
-
-    /// A stable machine-readable name (`not_found`, `forbidden`, …).
-    pub fn code(&self) -> &'static str {
-        match self {
-            EngineError::NotFound(_) => "not_found",
-            EngineError::Forbidden(_) => "forbidden",
-            EngineError::Conflict(_) => "conflict",
-            EngineError::Invalid { .. } => "bad_request",
-            EngineError::CannotRun { .. } => "unprocessable",
-            EngineError::Internal(_) => "internal",
-        }
-    }
 }
 
 impl From<tessera_store::StoreError> for EngineError {

@@ -122,11 +122,7 @@ impl Engine {
                     instances: r.map(|r| r.instances.clone()).unwrap_or_default(),
                     events: r.map(|r| r.events.clone()).unwrap_or_default(),
                     last_cleared: r.and_then(|r| r.last_cleared.clone()),
-                    drained: self.drains.get(&g.uuid).map(|d| DrainView {
-                        by: d.by.clone(),
-                        reason: d.reason.clone(),
-                        at_ms: d.at_ms,
-                    }),
+                    drained: self.drains.get(&g.uuid).map(DrainView::from),
                 }
             })
             .collect();
@@ -150,10 +146,7 @@ impl Engine {
         let now = tessera_host::now_ms();
         self.health.clear(gpu, &caller.user, now);
         // The clear counts once a probe succeeds: probe now rather than wait for the watcher.
-        let obs = match self.backend().observe(gpu) {
-            Ok(o) => Observation::answered(&o),
-            Err(_) => Observation::failed(),
-        };
+        let obs = Observation::from_result(self.backend().observe(gpu));
         self.health.observe(gpu, &obs, now);
         self.save_health();
         Ok(HealthClearReply { gpu, health: self.health.gpu_health(gpu) })

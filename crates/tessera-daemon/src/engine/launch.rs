@@ -21,6 +21,8 @@ use crate::config::Isolation as IsolationMode;
 
 /// A job whose launch no supervisor claimed this many times fails instead of queueing again.
 pub const MAX_UNCLAIMED_LAUNCHES: u32 = 3;
+/// How the event of a launch no supervisor took ends (they are counted by it).
+const UNCLAIMED_REQUEUED: &str = "; queued again";
 
 /// One slice as it really is on the GPU.
 struct LiveSlice {
@@ -53,12 +55,27 @@ impl Engine {
         let run = rec.runs + 1;
         match self.launch(&rec, run, ranks, live) {
             Ok(()) => {}
-            Err(LaunchError::Retry(why)) if run < MAX_UNCLAIMED_LAUNCHES => {
-                let reason = format!("run {run} did not start ({why}); queued again");
-                let _ = self.store.transition(id, JobState::Placing, JobState::Queued, &reason, tessera_host::now_ms());
-            }
             Err(LaunchError::Retry(why)) => {
-                self.fail_job(id, JobState::Placing, &format!("its supervisor never took it, {run} times: {why}"));
+                // Launches no supervisor took, this one included (preemptions and requeues
+                // after a failed GPU are other runs, and do not count).
+                let unclaimed = 1 + self.store.events(id).map_or(0, |events| {
+                    events
+                        .iter()
+                        .filter(|e| e.from == JobState::Placing && e.to == JobState::Queued)
+                        .filter(|e| e.reason.ends_with(UNCLAIMED_REQUEUED))
+                        .count()
+                });
+                if unclaimed < MAX_UNCLAIMED_LAUNCHES as usize {
+                    let reason = format!("run {run} did not start ({why}){UNCLAIMED_REQUEUED}");
+                    let _ =
+                        self.store.transition(id, JobState::Placing, JobState::Queued, &reason, tessera_host::now_ms());
+                } else {
+                    self.fail_job(
+                        id,
+                        JobState::Placing,
+                        &format!("its supervisor never took it, {unclaimed} times: {why}"),
+                    );
+                }
             }
             Err(LaunchError::Fail(why)) => self.fail_job(id, JobState::Placing, &why),
         }
@@ -94,7 +111,7 @@ impl Engine {
                     numa_node: s.numa_node,
                     host: s.host.clone(),
                 };
-                if fact.catalog && view.mig.current {
+                if fact.mig_in_force(view.mig.current) {
                     let inst = view
                         .instances
                         .iter()

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use action::{Action, Caller, Door, Reply};
+pub use admission::{WorkCheck, check_work, process_work};
 pub use error::EngineError;
 use tessera_exec::{CgroupSupport, MpsControl};
 use tessera_gpu::health::HealthTracker;
@@ -142,6 +143,8 @@ pub struct Engine {
     /// The GPUs as the last round read them, while nothing reshaped them since: admission's
     /// picture of MIG modes and layouts without reading the GPUs on every submission.
     pub(crate) seen: Option<tessera_gpu::view::NodeView>,
+    /// `jobs.preempt_signal`, as a number (checked when the configuration was loaded).
+    pub(crate) preempt_signal: i32,
     /// This state directory's own tag (kept in the store), in names that must not clash with
     /// another daemon's on the same machine (job cgroups).
     pub(crate) tag: String,
@@ -168,7 +171,7 @@ impl Engine {
         sc.validate().map_err(|e| EngineError::Internal(format!("scheduler configuration: {e}")))?;
         let known: Vec<tessera_gpu::DeviceInfo> =
             store.get_meta("devices")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        let (facts, remember) = NodeFacts::read(&node, &config, &known)?;
+        let (facts, remember) = NodeFacts::read(&node, &known)?;
         if let Some(devices) = remember
             && let Ok(text) = serde_json::to_string(&devices)
         {
@@ -183,18 +186,35 @@ impl Engine {
                 scheduler.charge(&tenant, slice_ms, now);
             }
         }
-        let drains = store.drains()?.into_iter().map(|d| (d.gpu_uuid.clone(), d)).collect();
         let health_saved = store.get_meta("health")?.unwrap_or_default();
         let mut health = if health_saved.is_empty() {
             HealthTracker::new(config.health.recovery_quiet_ms)
         } else {
-            serde_json::from_str::<HealthTracker>(&health_saved).unwrap_or_else(|e| {
-                eprintln!("tessera serve: the saved GPU health is unreadable ({e}); starting from healthy");
-                HealthTracker::new(config.health.recovery_quiet_ms)
-            })
+            match HealthTracker::restore(&health_saved, config.health.recovery_quiet_ms) {
+                Ok(h) => h,
+                Err(e) => {
+                    // What was unhealthy is unknown: fence every GPU (a drain, kept in the
+                    // store) until an admin has looked, rather than trust them all.
+                    let reason = format!(
+                        "the saved GPU health is unreadable ({e}); check the GPUs, then `tessera admin undrain`"
+                    );
+                    eprintln!("tessera serve: {reason}; every GPU is drained");
+                    for g in &facts.gpus {
+                        store.set_drain(&Drain {
+                            gpu_uuid: g.uuid.clone(),
+                            gpu_index: g.index,
+                            by: "tessera".into(),
+                            reason: reason.clone(),
+                            at_ms: tessera_host::now_ms(),
+                        })?;
+                    }
+                    HealthTracker::new(config.health.recovery_quiet_ms)
+                }
+            }
         };
-        health.set_recovery_quiet_ms(config.health.recovery_quiet_ms);
+        health.set_clear_command("tessera admin health clear");
         health.reconcile_ids(&facts.ids());
+        let drains = store.drains()?.into_iter().map(|d| (d.gpu_uuid.clone(), d)).collect();
         let launcher = tessera_exec::Launcher::new(shim.exe, shim.args, true);
         let tag = match store.get_meta("tag")? {
             Some(t) => t,
@@ -205,6 +225,8 @@ impl Engine {
                 t
             }
         };
+        let preempt_signal = crate::signals::parse_signal(&config.jobs.preempt_signal)
+            .map_err(|e| EngineError::Internal(format!("jobs.preempt_signal: {e}")))?;
         Ok(Engine {
             store,
             node,
@@ -226,6 +248,7 @@ impl Engine {
             requests: BTreeMap::new(),
             layout_epoch: 0,
             seen: None,
+            preempt_signal,
             tag,
         })
     }
@@ -302,4 +325,10 @@ pub fn highest_job_dir(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(|e| e.ok().and_then(|e| job_id_of(&e.file_name()))).max().unwrap_or(0))
         .unwrap_or(0)
+}
+
+impl From<&Drain> for crate::wire::DrainView {
+    fn from(d: &Drain) -> Self {
+        crate::wire::DrainView { by: d.by.clone(), reason: d.reason.clone(), at_ms: d.at_ms }
+    }
 }

@@ -1,6 +1,7 @@
 //! The actions that read or nudge single jobs and GPUs: list, show, cancel, release, logs,
 //! GPUs, drains. Each answers with the typed views of `wire.rs`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use tessera_exec::LogStream;
@@ -8,8 +9,8 @@ use tessera_store::{Drain, ExitInfo, JobFilter, JobRecord, JobState, Work};
 
 use super::{Caller, Engine, EngineError};
 use crate::wire::{
-    CancelReply, DrainReply, DrainRequest, DrainView, EventView, ExitView, GpuInfo, GpuList, InstanceInfo, JobList,
-    JobQuery, JobView, LogChunk, RankView, SliceView, Stream,
+    CancelReply, CancelState, DrainReply, DrainRequest, DrainView, EventView, ExitView, GpuInfo, GpuList, InstanceInfo,
+    JobList, JobQuery, JobView, LogChunk, RankView, SliceView, Stream,
 };
 
 impl Engine {
@@ -36,16 +37,10 @@ impl Engine {
     /// run's once it ended).
     pub(crate) fn job_view(&self, rec: &JobRecord, detail: bool) -> JobView {
         let allocs = self.store.job_allocations(rec.id).unwrap_or_default();
-        let live: Vec<_> = allocs.iter().filter(|a| a.released_ms.is_none()).collect();
-        let shown: Vec<_> = if !live.is_empty() {
-            live
-        } else {
-            // The last run's: allocations made at its start time.
-            let last = allocs.iter().map(|a| a.allocated_ms).max();
-            allocs.iter().filter(|a| Some(a.allocated_ms) == last).collect()
-        };
-        let mut ranks: Vec<RankView> = Vec::new();
-        for a in shown {
+        // The current run's (live) or, once it ended, the last run's.
+        let last = allocs.iter().map(|a| a.run).max();
+        let mut by_rank: BTreeMap<u32, (RankView, Vec<u32>)> = BTreeMap::new();
+        for a in allocs.iter().filter(|a| Some(a.run) == last) {
             let al = &a.allocation;
             let fact = self.facts.by_uuid(&al.gpu_uuid);
             let profile = fact.and_then(|f| f.model.profile_by_id(al.profile_id)).map(|p| p.name.clone());
@@ -61,38 +56,32 @@ impl Engine {
                 mig_uuid: al.mig_uuid.clone(),
                 exclusive: al.exclusive,
             };
-            let device = al.mig_uuid.clone().unwrap_or_else(|| al.gpu_uuid.clone());
-            let cpus: Vec<u32> = al.host.iter().flat_map(|h| h.cpus.iter().copied()).collect();
-            let mem: u64 = al.host.iter().map(|h| h.mem_mib).sum();
-            match ranks.iter_mut().find(|r| r.rank == a.rank) {
-                Some(r) => {
-                    r.devices.push(device);
-                    r.slices.push(slice);
-                    r.mem_mib += mem;
-                    let mut all: Vec<u32> = r
-                        .cpus
-                        .as_deref()
-                        .and_then(|c| tessera_host::parse_cpulist(c).ok())
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                    all.extend(cpus);
-                    r.cpus = (!all.is_empty()).then(|| tessera_host::format_cpulist(&all));
-                    if r.numa_node != al.numa_node {
-                        r.numa_node = None;
-                    }
-                }
-                None => ranks.push(RankView {
+            let (r, cpus) = by_rank.entry(a.rank).or_insert_with(|| {
+                let view = RankView {
                     rank: a.rank,
-                    devices: vec![device],
-                    cpus: (!cpus.is_empty()).then(|| tessera_host::format_cpulist(&cpus)),
+                    devices: Vec::new(),
+                    cpus: None,
                     numa_node: al.numa_node,
-                    mem_mib: mem,
-                    slices: vec![slice],
-                }),
+                    mem_mib: 0,
+                    slices: Vec::new(),
+                };
+                (view, Vec::new())
+            });
+            r.devices.push(al.mig_uuid.clone().unwrap_or_else(|| al.gpu_uuid.clone()));
+            r.slices.push(slice);
+            r.mem_mib += al.host.iter().map(|h| h.mem_mib).sum::<u64>();
+            cpus.extend(al.host.iter().flat_map(|h| h.cpus.iter().copied()));
+            if r.numa_node != al.numa_node {
+                r.numa_node = None;
             }
         }
-        ranks.sort_by_key(|r| r.rank);
+        let ranks: Vec<RankView> = by_rank
+            .into_values()
+            .map(|(mut r, cpus)| {
+                r.cpus = (!cpus.is_empty()).then(|| tessera_host::format_cpulist(&cpus));
+                r
+            })
+            .collect();
         let (command, cwd, external) = match &rec.work {
             Work::Process(p) => (Some(p.command.clone()), Some(p.cwd.clone()), None),
             Work::External(e) => (None, None, Some(e.clone())),
@@ -155,20 +144,20 @@ impl Engine {
                         now,
                     )
                     .map_err(|e| EngineError::Conflict(e.to_string()))?;
-                Ok(CancelReply { id, state: "cancelled".into() })
+                Ok(CancelReply { id, state: CancelState::Cancelled })
             }
             JobState::Placing | JobState::Running => match (&rec.work, rec.job_dir.as_deref()) {
                 (Work::Process(_), Some(dir)) => {
                     tessera_exec::cancel(std::path::Path::new(dir))
                         .map_err(|e| EngineError::Internal(format!("cancelling job {id}: {e}")))?;
-                    Ok(CancelReply { id, state: "cancelling".into() })
+                    Ok(CancelReply { id, state: CancelState::Cancelling })
                 }
                 _ => {
                     let exit = ExitInfo { detail: format!("cancelled by {}", caller.user), ..ExitInfo::default() };
                     self.store
                         .finish(id, rec.state, JobState::Cancelled, &format!("cancelled by {}", caller.user), exit, now)
                         .map_err(|e| EngineError::Conflict(e.to_string()))?;
-                    Ok(CancelReply { id, state: "cancelled".into() })
+                    Ok(CancelReply { id, state: CancelState::Cancelled })
                 }
             },
             s => Err(EngineError::Conflict(format!("job {id} has already ended ({s})"))),
@@ -282,11 +271,7 @@ impl Engine {
                     model: g.model.map(|m| m.name.clone()),
                     numa_node: g.device.numa_node,
                     mig: g.mig.current,
-                    drained: self.drains.get(&g.device.uuid).map(|d| DrainView {
-                        by: d.by.clone(),
-                        reason: d.reason.clone(),
-                        at_ms: d.at_ms,
-                    }),
+                    drained: self.drains.get(&g.device.uuid).map(DrainView::from),
                     health: self.health.gpu_health(g.device.index).to_string(),
                     instances,
                 }
@@ -301,11 +286,7 @@ impl Engine {
                 model: fact.catalog.then(|| fact.model.name.clone()),
                 numa_node: fact.numa_node,
                 mig: false,
-                drained: self.drains.get(&fact.uuid).map(|d| DrainView {
-                    by: d.by.clone(),
-                    reason: d.reason.clone(),
-                    at_ms: d.at_ms,
-                }),
+                drained: self.drains.get(&fact.uuid).map(DrainView::from),
                 health: format!("unhealthy: it does not answer: {}", f.error),
                 instances: Vec::new(),
             });

@@ -8,9 +8,10 @@
 use std::path::PathBuf;
 
 use tessera_exec::{Claim, ExecError, ShimState};
-use tessera_mig::{CurrentInstance, ReconfigurePlan, Wanted, reconfigure};
+use tessera_mig::{CurrentInstance, Wanted, reconfigure};
 use tessera_store::{JobFilter, JobRecord, JobState, ReconfigOutcome, Work};
 
+use super::round::clear_plan;
 use super::{Engine, EngineError};
 
 impl Engine {
@@ -55,18 +56,13 @@ impl Engine {
         let left = match plan.mig_mode {
             // A mode switch: its instances gone (if MIG was still on), then the mode.
             Some(enabled) => {
-                let rest = if view.mig.current && !view.instances.is_empty() {
-                    reconfigure(model, &current, &Wanted::Layout(Vec::new()))
-                        .map_err(|e| format!("cannot resume: {e}"))?
-                } else {
-                    ReconfigurePlan { steps: Vec::new(), target: Vec::new(), unchanged: Vec::new() }
-                };
+                let rest = clear_plan(&view).map_err(|e| format!("cannot resume: {e}"))?;
                 if !rest.steps.is_empty() {
                     tessera_gpu::execute_plan(self.backend(), gpu, &rest)
                         .map_err(|e| format!("resuming failed: {e}"))?;
                 }
                 if view.mig.current != enabled {
-                    self.switch_mig_mode_now(gpu, enabled)?;
+                    self.set_mode_now(gpu, enabled)?;
                 }
                 rest.steps.len() + usize::from(view.mig.current != enabled)
             }
@@ -78,16 +74,6 @@ impl Engine {
             }
         };
         Ok(left)
-    }
-
-    /// The mode step of a journalled switch (not journalled again: it is the journal's own).
-    fn switch_mig_mode_now(&mut self, gpu: u32, enabled: bool) -> Result<(), String> {
-        let backend = self.node.backend();
-        let mode = backend.set_mig_mode(gpu, enabled).map_err(|e| e.to_string())?;
-        if mode.current != enabled {
-            self.reset_gpu(gpu)?;
-        }
-        Ok(())
     }
 
     /// One job that was placing or running when the daemon stopped.

@@ -17,7 +17,7 @@ use tessera_mig::ReconfigurePlan;
 use tessera_sched::{ClusterView, Decision, QueuedJob, RunningJob, Scheduler};
 use tessera_store::{ExitInfo, JobState, JournalPlan, ReconfigOutcome};
 
-use super::{Engine, EngineError, scheduler_config};
+use super::{Engine, EngineError};
 
 /// What one round read, and the scheduler lent to it while it decides.
 pub struct RoundInput {
@@ -40,9 +40,13 @@ impl std::fmt::Debug for RoundInput {
 }
 
 impl RoundInput {
-    /// The pure part of the round: the scheduler's decisions.
+    /// The pure part of the round: the scheduler's decisions. Should the scheduler panic (a
+    /// bug), the round decides nothing and the scheduler, with its fair-share ledger, still
+    /// goes back to the engine.
     pub fn decide(&mut self) -> Vec<Decision> {
-        self.scheduler.schedule(self.now, &self.cluster, &self.queue, &self.running)
+        let RoundInput { now, cluster, queue, running, scheduler, .. } = self;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.schedule(*now, cluster, queue, running)))
+            .unwrap_or_default()
     }
 }
 
@@ -75,7 +79,7 @@ impl Engine {
         self.requests.retain(|id, _| keep.contains(id));
         self.pending.retain(|id, _| keep.contains(id));
         self.last_round_ms = now;
-        let placeholder = Scheduler::new(scheduler_config(&self.config));
+        let placeholder = Scheduler::new(self.scheduler.config().clone());
         let scheduler = std::mem::replace(&mut self.scheduler, placeholder);
         Ok(RoundInput {
             now,
@@ -171,10 +175,7 @@ impl Engine {
     fn preempt(&mut self, job: u64, for_job: u64) {
         let Ok(Some(rec)) = self.store.job(job) else { return };
         let Some(dir) = rec.job_dir.clone() else { return };
-        let signal =
-            rec.work.process().and_then(|p| p.preempt_signal).unwrap_or_else(|| {
-                crate::signals::parse_signal(&self.config.jobs.preempt_signal).unwrap_or(libc::SIGTERM)
-            });
+        let signal = rec.work.process().and_then(|p| p.preempt_signal).unwrap_or(self.preempt_signal);
         let for_priority = self.requests.get(&for_job).map_or(0, |r| r.0.priority);
         let request = StopRequest {
             reason: StopReason::Preempt,
@@ -247,23 +248,17 @@ impl Engine {
         if view.instances.iter().any(|i| i.busy) {
             return Err(format!("GPU {gpu} has instances in use"));
         }
-        let plan = match view.model {
-            Some(model) if view.mig.current && !enabled => {
-                tessera_mig::reconfigure(model, &view.current(), &tessera_mig::Wanted::Layout(Vec::new()))
-                    .map_err(|e| e.to_string())?
-            }
-            _ => ReconfigurePlan { steps: Vec::new(), target: Vec::new(), unchanged: Vec::new() },
-        };
+        let plan = if enabled { empty_plan() } else { clear_plan(&view)? };
         self.execute_journalled(gpu, &plan, None, for_job, Some(enabled))
     }
 
     /// Sets the MIG mode of an idle GPU with no instances, resetting it when its model needs a
     /// reset for the change to take effect.
-    fn set_mode_now(&mut self, gpu: u32, enabled: bool) -> Result<(), String> {
+    pub(crate) fn set_mode_now(&mut self, gpu: u32, enabled: bool) -> Result<(), String> {
         let backend = self.node.backend();
         let mode = match backend.set_mig_mode(gpu, enabled) {
             Ok(m) => m,
-            Err(tessera_gpu::BackendError::InUse { what, .. }) => return Err(what),
+            Err(tessera_gpu::BackendError::InUse { what, .. }) => return Err(format!("GPU {gpu}: {what}")),
             Err(e) => return Err(e.to_string()),
         };
         if mode.current == enabled {
@@ -305,5 +300,21 @@ impl Engine {
     pub(crate) fn fail_job(&mut self, id: u64, from: JobState, reason: &str) {
         let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.to_owned() };
         let _ = self.store.finish(id, from, JobState::Failed, reason, exit, tessera_host::now_ms());
+    }
+}
+
+/// A plan that changes no instance.
+pub(crate) fn empty_plan() -> ReconfigurePlan {
+    ReconfigurePlan { steps: Vec::new(), target: Vec::new(), unchanged: Vec::new() }
+}
+
+/// The plan that destroys every instance of a GPU with MIG on (before MIG is turned off).
+pub(crate) fn clear_plan(view: &tessera_gpu::GpuView) -> Result<ReconfigurePlan, String> {
+    match view.model {
+        Some(model) if view.mig.current && !view.instances.is_empty() => {
+            tessera_mig::reconfigure(model, &view.current(), &tessera_mig::Wanted::Layout(Vec::new()))
+                .map_err(|e| format!("GPU {}: {e}", view.device.index))
+        }
+        _ => Ok(empty_plan()),
     }
 }

@@ -3,7 +3,7 @@
 //! MIG devices per process), the jobs holding slices (from the store, exactly as decided), and
 //! each round the scheduler's [`ClusterView`] of the node.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use tessera_gpu::open::Node;
 use tessera_gpu::view::NodeView;
@@ -15,7 +15,6 @@ use tessera_sched::{
 use tessera_store::{JobFilter, JobState};
 
 use super::{Engine, EngineError};
-use crate::config::Config;
 
 /// One GPU, as found at start.
 #[derive(Debug, Clone)]
@@ -32,6 +31,14 @@ pub struct GpuFact {
     pub catalog: bool,
 }
 
+impl GpuFact {
+    /// Whether MIG is in force on this GPU, given the mode the driver reports: only a GPU the
+    /// catalog knows is ever partitioned.
+    pub fn mig_in_force(&self, current: bool) -> bool {
+        self.catalog && current
+    }
+}
+
 /// What the engine knows of the node for the daemon's life.
 #[derive(Debug, Clone)]
 pub struct NodeFacts {
@@ -42,8 +49,6 @@ pub struct NodeFacts {
     pub host_mem_mib: BTreeMap<u32, u64>,
     /// MIG devices one process may use: 64 from driver R570 on, 1 before.
     pub mig_per_process: u32,
-    /// The driver version, when NVML says.
-    pub driver: Option<String>,
 }
 
 /// MIG devices one process may use with this driver version (`mig-hardware.md`, "UUIDs and
@@ -62,7 +67,6 @@ impl NodeFacts {
     /// remember for next time.
     pub fn read(
         node: &Node,
-        _config: &Config,
         known: &[tessera_gpu::DeviceInfo],
     ) -> Result<(NodeFacts, Option<Vec<tessera_gpu::DeviceInfo>>), EngineError> {
         let backend = node.backend();
@@ -110,12 +114,12 @@ impl NodeFacts {
         }
         let nodes: Vec<u32> = host_cpus.keys().copied().collect();
         let host_mem_mib = tessera_host::memory::numa_memory_mib(&nodes);
-        let driver = match node {
-            Node::Nvml(n) => Some(n.driver_version().to_string()),
-            Node::Sim(_) => None,
+        // The simulated node models a current driver.
+        let mig_per_process = match node {
+            Node::Nvml(n) => mig_per_process(n.driver_version()),
+            Node::Sim(_) => MIG_DEVICES_PER_PROCESS_R570,
         };
-        let mig_per_process = driver.as_deref().map_or(MIG_DEVICES_PER_PROCESS_R570, mig_per_process);
-        Ok((NodeFacts { gpus, host_cpus, host_mem_mib, mig_per_process, driver }, remember))
+        Ok((NodeFacts { gpus, host_cpus, host_mem_mib, mig_per_process }, remember))
     }
 
     pub fn gpu(&self, index: u32) -> Option<&GpuFact> {
@@ -138,23 +142,26 @@ impl NodeFacts {
             .gpus
             .iter()
             .map(|g| {
-                let mig = g.catalog && live_mig.get(&g.index).copied().unwrap_or(true);
+                let mig = g.mig_in_force(live_mig.get(&g.index).copied().unwrap_or(true));
                 let mut v = if mig { GpuView::new(g.index, g.model) } else { GpuView::whole(g.index, g.model) };
                 v.numa_node = g.numa_node;
                 v.mig_capable = g.catalog;
                 v
             })
             .collect();
-        let host = self
-            .host_cpus
+        ClusterView { gpus, host: self.host_capacity(), max_mig_devices_per_process: self.mig_per_process }
+    }
+
+    /// Every host NUMA node with all its CPUs and memory free.
+    fn host_capacity(&self) -> Vec<HostNuma> {
+        self.host_cpus
             .iter()
             .map(|(node, cpus)| HostNuma {
                 node: *node,
                 free_cpus: cpus.clone(),
                 free_mem_mib: self.host_mem_mib.get(node).copied().unwrap_or(0),
             })
-            .collect();
-        ClusterView { gpus, host, max_mig_devices_per_process: self.mig_per_process }
+            .collect()
     }
 }
 
@@ -226,7 +233,7 @@ impl Engine {
                 _ => None,
             };
             v.drained = self.drains.contains_key(&fact.uuid);
-            v.mig = fact.catalog && g.mig.current;
+            v.mig = fact.mig_in_force(g.mig.current);
             v.mig_capable = fact.catalog;
             if v.mig {
                 v.instances = g
@@ -254,7 +261,7 @@ impl Engine {
                 if occ.is_empty() && self.backend().processes(index).is_ok_and(|p| !p.is_empty()) {
                     occ.push(foreign);
                 }
-                v.instances = vec![InstanceView { instance: Instance::new(full.id, 0), occupants: occ, healthy: true }];
+                v.instances = vec![InstanceView { occupants: occ, ..InstanceView::idle(Instance::new(full.id, 0)) }];
             }
             gpus.push(v);
         }
@@ -272,30 +279,27 @@ impl Engine {
             v.mig_capable = fact.catalog;
             gpus.push(v);
         }
-        let mut used_cpus: BTreeSet<u32> = BTreeSet::new();
-        let mut used_mem: BTreeMap<u32, u64> = BTreeMap::new();
-        for s in running.iter().flat_map(RunningJob::slices) {
-            for h in &s.host {
-                used_cpus.extend(h.cpus.iter().copied());
-                *used_mem.entry(h.node).or_default() += h.mem_mib;
-            }
+        let mut view = ClusterView {
+            gpus,
+            host: self.facts.host_capacity(),
+            max_mig_devices_per_process: self.facts.mig_per_process,
+        };
+        // What running jobs hold is not free (the scheduler's own accounting).
+        view.take_host(running.iter().flat_map(RunningJob::slices).flat_map(|s| &s.host));
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mig_devices_per_process_follow_the_driver() {
+        for (driver, want) in
+            [("550.54.15", 1), ("565.57.01", 1), ("570.86.10", 64), ("580.65.06", 64), ("garbled", 64)]
+        {
+            assert_eq!(mig_per_process(driver), want, "{driver}");
         }
-        let host = self
-            .facts
-            .host_cpus
-            .iter()
-            .map(|(node, cpus)| HostNuma {
-                node: *node,
-                free_cpus: cpus.iter().copied().filter(|c| !used_cpus.contains(c)).collect(),
-                free_mem_mib: self
-                    .facts
-                    .host_mem_mib
-                    .get(node)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_sub(used_mem.get(node).copied().unwrap_or(0)),
-            })
-            .collect();
-        ClusterView { gpus, host, max_mig_devices_per_process: self.facts.mig_per_process }
     }
 }

@@ -395,6 +395,7 @@ fn every_rule_in_a_scenario() {
 #[test]
 fn unhealthy_says_what_it_waits_for() {
     let mut t = HealthTracker::new(60_000);
+    t.set_clear_command("tessera admin health clear");
     t.observe(5, &Observation { probe_ok: true, reset_count: Some(0), boot_id: None, recovery_action: None }, 0);
     t.record(&ev(5, 48, None), 10);
     let Health::Unhealthy { reason, since_ms, needs, waiting_for } = t.gpu_health(5) else { panic!() };
@@ -415,6 +416,107 @@ fn unhealthy_says_what_it_waits_for() {
     assert_eq!(shown["state"], "unhealthy");
     assert_eq!(shown["needs"], "reset_gpu");
     assert!(shown["waiting_for"].as_str().unwrap().contains("nvidia-smi -r"));
+}
+
+#[test]
+fn a_reset_that_cannot_be_seen_waits_for_a_reboot_or_a_clear() {
+    use RecoveryAction as A;
+    // Real GPUs through NVML: no reset count; the recovery-action field, or not even that.
+    let nvml = |boot: &str, action: Option<A>| Observation {
+        probe_ok: true,
+        reset_count: None,
+        boot_id: Some(boot.into()),
+        recovery_action: action,
+    };
+    let waiting = |t: &HealthTracker, gpu: u32| match t.gpu_health(gpu) {
+        Health::Unhealthy { waiting_for, .. } => waiting_for,
+        other => panic!("GPU {gpu}: {other}"),
+    };
+    let mut t = HealthTracker::new(Q);
+    t.set_clear_command("tessera mig health clear");
+    t.observe_all(&[(0, nvml("b1", Some(A::None))), (1, nvml("b1", None))], 0);
+    t.record(&ev(0, 48, None), 10);
+    t.record(&ev(1, 95, None), 10);
+    for gpu in [0, 1] {
+        let w = waiting(&t, gpu);
+        assert!(
+            w.starts_with(&format!("waiting for a node reboot or `tessera mig health clear {gpu}`: ")),
+            "GPU {gpu}: {w}"
+        );
+        assert!(w.contains("no reset count") && w.contains(&format!("nvidia-smi -r -i {gpu}")), "{w}");
+    }
+    assert!(t.instance_health(0, 3).to_string().contains("a node reboot or `tessera mig health clear 0`"));
+    // The recovery is the same as before: a reset nobody sees leaves it unhealthy.
+    t.observe_all(&[(0, nvml("b1", Some(A::None))), (1, nvml("b1", None))], Q * 10);
+    assert!(t.gpu_health(0).is_unhealthy() && t.gpu_health(1).is_unhealthy());
+    // Once the driver asks for a reset, the reset is seen (its action goes back to none).
+    t.observe(0, &nvml("b1", Some(A::GpuReset)), Q * 11);
+    assert_eq!(waiting(&t, 0), "waiting for a GPU reset (nvidia-smi -r -i 0) or `tessera mig health clear 0`");
+    t.observe(0, &nvml("b1", Some(A::None)), Q * 12);
+    assert!(t.gpu_health(0).is_healthy(), "{}", t.gpu_health(0));
+    // A reboot clears GPU 1.
+    t.observe(1, &nvml("b2", None), Q * 13);
+    assert!(t.gpu_health(1).is_healthy(), "{}", t.gpu_health(1));
+    // A quiet fault does not promise a GPU reset it would not see either.
+    t.observe(1, &Observation::failed(), Q * 14);
+    let w = waiting(&t, 1);
+    assert!(w.ends_with(", a node reboot or `tessera mig health clear 1`") && !w.contains("GPU reset"), "{w}");
+    // Where the reset count is seen, the quiet fault names the reset.
+    let mut sim = HealthTracker::new(Q);
+    sim.observe(0, &Observation { reset_count: Some(0), ..nvml("b1", Some(A::None)) }, 0);
+    sim.observe(0, &Observation::failed(), 10);
+    assert!(waiting(&sim, 0).ends_with(", a GPU reset or an admin's clear"), "{}", waiting(&sim, 0));
+}
+
+#[test]
+fn the_clear_command_is_the_callers_and_not_stored() {
+    let mut t = HealthTracker::new(Q);
+    t.record(&ev(2, 79, None), 10);
+    assert!(
+        t.gpu_health(2).to_string().ends_with("waiting for a node reboot or an admin's clear"),
+        "{}",
+        t.gpu_health(2)
+    );
+    t.set_clear_command("tessera mig health clear");
+    assert!(t.gpu_health(2).to_string().ends_with("or `tessera mig health clear 2`"), "{}", t.gpu_health(2));
+    let json = serde_json::to_string(&t).unwrap();
+    assert!(!json.contains("tessera mig health clear"), "{json}");
+    let back = HealthTracker::restore(&json, Q).unwrap();
+    assert!(back.gpu_health(2).to_string().ends_with("an admin's clear"), "{}", back.gpu_health(2));
+}
+
+#[test]
+fn a_probe_result_is_an_observation() {
+    let o = GpuObservation {
+        reset_count: Some(3),
+        recovery_action: Some(RecoveryAction::GpuReset),
+        boot_id: Some("b".into()),
+    };
+    assert_eq!(Observation::from_result(Result::Ok(o.clone())), Observation::answered(&o));
+    let lost = BackendError::GpuLost { gpu: crate::backend::GpuRef::index(1) };
+    assert_eq!(Observation::from_result(Result::Err(lost)), Observation::failed());
+}
+
+#[test]
+fn restore_sets_the_quiet_period_and_refuses_other_versions() {
+    let mut t = HealthTracker::new(5000);
+    t.record(&ev(0, 999, None), 1);
+    let json = serde_json::to_string(&t).unwrap();
+    let back = HealthTracker::restore(&json, 7).unwrap();
+    assert_eq!(back.report().recovery_quiet_ms, 7);
+    assert_eq!(back.gpu_health(0), t.gpu_health(0));
+    let v2 = json.replacen("\"version\":1", "\"version\":2", 1);
+    let e = HealthTracker::restore(&v2, 7).unwrap_err();
+    assert!(matches!(e, RestoreError::Version { found: 2 }), "{e}");
+    assert_eq!(e.to_string(), "health state version 2 is not the version this build reads (1)");
+    let e = HealthTracker::restore("{not json", 7).unwrap_err();
+    assert!(
+        matches!(e, RestoreError::Unreadable { .. }) && e.to_string().starts_with("health state is not readable"),
+        "{e}"
+    );
+    let e = HealthTracker::restore(r#"{"version":1,"recovery_quiet_ms":7,"gpus":[{"index":0},{"index":0}]}"#, 7)
+        .unwrap_err();
+    assert!(e.to_string().contains("GPU 0 twice"), "{e}");
 }
 
 #[test]

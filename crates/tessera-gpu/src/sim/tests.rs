@@ -419,3 +419,40 @@ fn a_mig_mode_change_resets_an_a100_but_not_an_h100() {
         assert_eq!(b.observe(gpu).unwrap().reset_count.unwrap() - after, resets, "GPU {gpu}");
     }
 }
+
+#[test]
+fn an_unchanged_state_file_is_neither_parsed_nor_written_again() {
+    let parses = || PARSES.with(std::cell::Cell::get);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let s = spec("2xA100-40GB");
+    let a = SimBackend::open(&path, Some(&s)).unwrap();
+    let b = SimBackend::open(&path, None).unwrap();
+    let gi = a.create_gpu_instance(0, 9, Some(4)).unwrap();
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = (inode(&path), std::fs::read(&path).unwrap());
+    // Reads, a probe and an Xid wait with nothing pending: no parse, no write.
+    let n = parses();
+    assert_eq!(a.gpu_instances(0).unwrap(), vec![gi.clone()]);
+    a.mig_mode(1).unwrap();
+    a.observe(0).unwrap();
+    a.processes(0).unwrap();
+    assert!(a.wait_xid_events(60).unwrap().is_empty());
+    assert_eq!(parses(), n, "the writer's own state is cached");
+    assert_eq!((inode(&path), std::fs::read(&path).unwrap()), before, "reads do not rewrite the file");
+    // Another handle reads the file once, then no more while it is unchanged.
+    b.gpu_instances(0).unwrap();
+    b.gpu_instances(1).unwrap();
+    assert!(b.wait_xid_events(0).unwrap().is_empty());
+    assert_eq!(parses(), n + 1);
+    // A change by one handle is seen by the other (its bytes differ), once.
+    b.raise_xid(1, 48, None, None).unwrap();
+    assert_eq!(a.wait_xid_events(0).unwrap().len(), 1);
+    assert_eq!(a.observe(1).unwrap().recovery_action, Some(RecoveryAction::GpuReset));
+    assert_eq!(parses(), n + 2);
+    assert!(b.wait_xid_events(0).unwrap().is_empty(), "consumed once");
+    // A failed change that changes nothing does not write either.
+    let before = (inode(&path), std::fs::read(&path).unwrap());
+    assert!(a.destroy_gpu_instance(0, 99).is_err());
+    assert_eq!((inode(&path), std::fs::read(&path).unwrap()), before);
+}

@@ -1,4 +1,5 @@
-//! Exports: event sets, fed by the Xid injection file (`TESSERA_STANDIN_XIDS`).
+//! Exports: event sets, fed by the Xid injection file (`TESSERA_STANDIN_XIDS`) and the Xids raised
+//! on the simulated node (`tessera mig xid`).
 //!
 //! `unsafe` is allowed here because these are `#[unsafe(no_mangle)] extern "C"` exports that
 //! write through the caller's pointers; see the parent module for the contract.
@@ -47,8 +48,8 @@ pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
     }))
 }
 
-/// The next event of `set`, waiting up to `timeoutms` for a new line in the Xid file;
-/// `NVML_ERROR_TIMEOUT` when none comes.
+/// The next event of `set`, waiting up to `timeoutms` for a new line in the Xid file or an Xid
+/// raised on the simulated node; `NVML_ERROR_TIMEOUT` when none comes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlEventSetWait_v2(
     set: nvmlEventSet_t,

@@ -251,6 +251,28 @@ fn events_from_the_xid_file() {
 }
 
 #[test]
+fn xids_raised_on_the_simulated_node_are_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("node.json");
+    let mut n = node_with("2xH100-80GB", |c| c.state = Some(state.clone()));
+    let set = n.event_set_create();
+    n.register_events(Node::gpu_handle(1), SUPPORTED_EVENTS, set).unwrap();
+    assert_eq!(n.next_event(set), Ok(None));
+    // `tessera mig xid 1 48 --gi 3 --ci 0` and `tessera mig xid 0 43`, from another process.
+    let other = SimBackend::open(&state, None).unwrap();
+    other.raise_xid(1, 48, Some(3), Some(0)).unwrap();
+    other.raise_xid(0, 43, None, None).unwrap();
+    let ev = n.next_event(set).unwrap().unwrap();
+    assert_eq!((ev.device, ev.data, ev.gpu_instance_id, ev.compute_instance_id), (Node::gpu_handle(1), 48, 3, 0));
+    assert_eq!(ev.event_type, u64::from(nvmlEventTypeXidCriticalError));
+    // Once: GPU 0's was not registered, and neither is left in the simulated node's state.
+    assert_eq!(n.next_event(set), Ok(None));
+    assert!(other.wait_xid_events(0).unwrap().is_empty(), "taken from the state");
+    // The driver's reaction was the simulated node's own, once.
+    assert_eq!(other.observe(1).unwrap().recovery_action, Some(tessera_gpu::RecoveryAction::GpuReset));
+}
+
+#[test]
 fn bad_configuration_fails_to_open() {
     let config = Config { spec: Some(NodeSpec::parse("2xA30").unwrap()), lost: [5].into(), ..Config::default() };
     assert!(Node::new(config).unwrap_err().contains("GPU 5 does not exist"));

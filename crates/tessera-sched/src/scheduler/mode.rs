@@ -8,8 +8,7 @@
 use super::Round;
 use crate::cluster::InstanceView;
 use crate::job::{Decision, PendingReason, QueuedJob};
-use crate::placement::{Ctx, WState, attempt};
-use crate::request::full_profile;
+use crate::placement::{Ctx, WInst, WState, attempt};
 
 impl Round<'_> {
     /// The state as it would be once everything running has ended (and nothing is held).
@@ -23,7 +22,7 @@ impl Round<'_> {
             gpu.insts.retain(|w| !w.planned);
         }
         for j in self.running.iter().chain(&self.round_started) {
-            super::preempt::give_back_host(&mut s, j);
+            s.give_back_host(j.slices());
         }
         s
     }
@@ -34,15 +33,8 @@ impl Round<'_> {
         let mut s = base.clone();
         let gpu = &mut s.gpus[g];
         if gpu.mig {
-            let full = full_profile(gpu.model)?;
-            let whole = InstanceView::idle(tessera_mig::Instance::new(full.id, 0));
-            let view = crate::cluster::GpuView {
-                instances: vec![whole],
-                mig: false,
-                ..crate::cluster::GpuView::new(gpu.gpu, gpu.model)
-            };
-            let w = WState::from_view(&crate::cluster::ClusterView { gpus: vec![view], ..Default::default() });
-            gpu.insts = w.gpus.into_iter().next()?.insts;
+            let whole = InstanceView::whole_gpu(gpu.model)?;
+            gpu.insts = vec![WInst::from_view(gpu.model, &whole)];
             gpu.mig = false;
         } else {
             gpu.insts.clear();

@@ -12,22 +12,6 @@ use crate::cluster::JobId;
 use crate::job::{Decision, PendingReason, QueuedJob, RunningJob};
 use crate::placement::{Ctx, WState, attempt};
 
-/// A running job's CPUs and memory back to the host nodes of the state.
-pub(super) fn give_back_host(s: &mut WState, j: &RunningJob) {
-    for slice in j.slices() {
-        for h in &slice.host {
-            let node = s.host.entry(h.node).or_insert_with(|| crate::placement::HostNode { cpus: Vec::new(), mem: 0 });
-            for c in &h.cpus {
-                if !node.cpus.contains(c) {
-                    node.cpus.push(*c);
-                }
-            }
-            node.cpus.sort_unstable();
-            node.mem = node.mem.saturating_add(h.mem_mib);
-        }
-    }
-}
-
 impl Round<'_> {
     /// The state with these running jobs gone (their instances idle, their CPUs and memory free).
     pub(super) fn without_jobs(&self, base: &WState, jobs: &[&RunningJob]) -> WState {
@@ -39,7 +23,7 @@ impl Round<'_> {
             }
         }
         for j in jobs {
-            give_back_host(&mut s, j);
+            s.give_back_host(j.slices());
         }
         s
     }

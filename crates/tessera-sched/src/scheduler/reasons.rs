@@ -9,13 +9,13 @@ use crate::placement::{Block, Ctx, Failure};
 use crate::request::{NumaPolicy, fmt_mib};
 
 impl Round<'_> {
-    /// Whether GPU `g` has as many compute slices outside busy instances as one rank needs.
+    /// Whether GPU `g` has as many compute slices outside instances the job cannot take or
+    /// reshape as one rank needs.
     pub(super) fn room_ignoring_idle(&self, ctx: &Ctx<'_>, g: usize) -> bool {
         let gpu = &self.st.gpus[g];
         let Some(needs) = ctx.needs.get(g).and_then(Option::as_ref) else { return false };
         let need: u32 = needs.iter().map(|x| u32::from(x.min_compute)).sum();
-        let busy: u32 = gpu.insts.iter().filter(|w| !w.occupants.is_empty()).map(|w| u32::from(w.compute())).sum();
-        u32::from(gpu.model.compute_slices).saturating_sub(busy) >= need
+        gpu.free_compute(ctx.id, ctx.blocked.get(g).copied().unwrap_or(0)) >= need
     }
 
     /// The reason a job that could not be placed waits, and a sentence saying why.
@@ -62,29 +62,11 @@ impl Round<'_> {
             }
         }
         let blocks = &fail.blocks;
-        let names: Vec<(String, String)> = self
-            .st
-            .gpus
-            .iter()
-            .map(|g| {
-                let sick = match &g.health_note {
-                    Some(n) => format!("GPU {} ({n})", g.gpu),
-                    None => format!("GPU {}", g.gpu),
-                };
-                (g.gpu.to_string(), sick)
-            })
-            .collect();
+        let names: Vec<(String, String)> = self.st.gpus.iter().map(|g| (g.gpu.to_string(), g.health_label())).collect();
         let gpu_name = |g: usize| names[g].0.clone();
         let sick_note = |g: usize| names[g].1.clone();
-        // Only unhealthy (or unsuitable) GPUs could host it.
-        if !blocks.is_empty()
-            && blocks.iter().all(|(_, b)| matches!(b, Block::Unhealthy | Block::NoProfile | Block::MigOff))
-            && blocks.iter().any(|(_, b)| *b == Block::Unhealthy)
-        {
-            let bad: Vec<String> =
-                blocks.iter().filter(|(_, b)| *b == Block::Unhealthy).map(|(g, _)| sick_note(*g)).collect();
-            return (PendingReason::Health, format!("needs {label}; only unhealthy {} could host it", bad.join(", ")));
-        }
+        // "Only unhealthy GPUs could host it" is decided before any attempt
+        // (`Round::decide_inner`), so it is not among the failures here.
         // A reconfiguration in progress that may make room.
         for (g, b) in blocks {
             if *b == Block::Reconfiguring && self.room_ignoring_idle(ctx, *g) {

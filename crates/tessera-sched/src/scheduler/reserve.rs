@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_mig::layout::unit_mask;
 
-use super::preempt::give_back_host;
 use super::{Reservation, Round};
 use crate::cluster::JobId;
 use crate::job::QueuedJob;
@@ -66,7 +65,7 @@ impl Round<'_> {
             for j in self.running.iter().chain(&self.round_started) {
                 let end = self.ends.get(&j.id).copied().unwrap_or(u64::MAX);
                 if end <= t || t == u64::MAX {
-                    give_back_host(&mut hyp, j);
+                    hyp.give_back_host(j.slices());
                 }
             }
             for gpu in &mut hyp.gpus {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use tessera_sched::{GpuRequest, JobRequest};
-use tessera_store::{Allocation, JobState, NewJob, ProcessWork, Store, Work};
+use tessera_store::{Allocation, JobState, NewJob, ProcessWork, SliceAllocation, Store, StoreError, Work};
 
 /// A job with recognisable fields derived from `n`.
 pub fn new_job(n: u32) -> NewJob {
@@ -80,4 +80,31 @@ pub fn plan() -> tessera_store::JournalPlan {
 /// Live allocations as `(job, rank, allocation)` (every slice here is a rank's first).
 pub fn live(store: &Store) -> Vec<(u64, u32, Allocation)> {
     store.live_allocations().unwrap().into_iter().map(|l| (l.job, l.rank, l.allocation)).collect()
+}
+
+/// One slice at a time, and releasing a job's slices, for the tests written against the old
+/// single-slice `Store::allocate` and `Store::release` (both gone: the daemon allocates a job's
+/// slices with `allocate_all` and releases them with its transitions).
+pub trait OneSlice {
+    /// `allocate_all` with one slice.
+    fn allocate(&self, job: u64, rank: u32, slice: u32, alloc: &Allocation) -> Result<(), StoreError>;
+    /// Releases every live allocation of `job` the way the daemon does (an active job is
+    /// queued again, then placed again) and returns how many there were.
+    fn release(&self, job: u64) -> Result<usize, StoreError>;
+}
+
+impl OneSlice for Store {
+    fn allocate(&self, job: u64, rank: u32, slice: u32, alloc: &Allocation) -> Result<(), StoreError> {
+        self.allocate_all(job, &[SliceAllocation { rank, slice, allocation: alloc.clone() }])
+    }
+
+    fn release(&self, job: u64) -> Result<usize, StoreError> {
+        let state = self.job(job)?.ok_or(StoreError::JobNotFound { id: job })?.state;
+        let live = self.live_allocations()?.iter().filter(|l| l.job == job).count();
+        if state.is_active() {
+            self.transition(job, state, JobState::Queued, "released", 1)?;
+            self.transition(job, JobState::Queued, JobState::Placing, "placed", 1)?;
+        }
+        Ok(live)
+    }
 }

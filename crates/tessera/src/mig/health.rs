@@ -5,16 +5,20 @@
 //! Exit 1 while a GPU or instance is unhealthy.
 //!
 //! `tessera mig health clear GPU` records an admin's clear in the same state file.
+//!
+//! The state file is changed only under its lock ([`tessera_gpu::statefile`]), read, changed and
+//! written back at once; `--watch` takes the lock for each round of observations and events, not
+//! for the whole watch, so a `clear` made meanwhile is read back, never overwritten.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use serde_json::json;
 use tessera_gpu::health::{Health, HealthTracker, Observation, XidEvent, classify};
+use tessera_gpu::statefile;
 use tessera_gpu::view::node_view_partial;
 
 use super::{human, print_json};
@@ -22,6 +26,9 @@ use crate::Refusal;
 use crate::cli::Global;
 use crate::node::{self, Node};
 use crate::render::Table;
+
+/// How an admin clears a GPU here (the daemon's own is `tessera admin health clear`).
+const CLEAR_COMMAND: &str = "tessera mig health clear";
 
 /// One health change, as it happened.
 struct Change {
@@ -45,38 +52,64 @@ fn state_path(node: &Node, given: Option<PathBuf>) -> PathBuf {
     }
 }
 
-/// The stored tracker, or a fresh one when there is none yet; with `quiet_ms` when given.
-fn load(path: &Path, quiet_ms: Option<u64>) -> anyhow::Result<HealthTracker> {
-    let mut tracker = match fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str::<HealthTracker>(&text).with_context(|| {
-            format!("health state {}: not readable; remove it to start over (it forgets past faults)", path.display())
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HealthTracker::default(),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading health state {}", path.display()))),
-    };
-    if let Some(ms) = quiet_ms {
-        tracker.set_recovery_quiet_ms(ms);
-    }
-    Ok(tracker)
+/// `--watch` or `--recovery-quiet` as a duration.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|e| anyhow!("{flag} {value}: not a number of seconds, 0 or more ({e})"))
 }
 
-/// Write the tracker atomically (a temporary file renamed over the old one).
-fn save(path: &Path, tracker: &HealthTracker) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// The health state file.
+struct StateFile {
+    path: PathBuf,
+    /// The quiet period this command runs with.
+    quiet_ms: u64,
+}
+
+impl StateFile {
+    /// The stored tracker, or a fresh one when there is none yet (and whether there was one),
+    /// with this command's quiet period and clear command. Without the lock: the file is only
+    /// ever replaced whole.
+    fn load(&self) -> anyhow::Result<(HealthTracker, bool)> {
+        let path = &self.path;
+        let (mut tracker, existed) = match fs::read_to_string(path) {
+            Ok(text) => (
+                HealthTracker::restore(&text, self.quiet_ms).with_context(|| {
+                    format!(
+                        "health state {}: not readable; remove it to start over (it forgets past faults)",
+                        path.display()
+                    )
+                })?,
+                true,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HealthTracker::new(self.quiet_ms), false),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("reading health state {}", path.display()))),
+        };
+        tracker.set_clear_command(CLEAR_COMMAND);
+        Ok((tracker, existed))
     }
-    let text = serde_json::to_string_pretty(tracker).context("serializing the health state")?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        drop(f);
-        fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("writing health state {}", path.display()))
+
+    /// Under the file's lock: the stored tracker (with whatever another command saved since,
+    /// e.g. a clear), changed by `f`, written back if it changed (or was not there yet).
+    fn update<T>(&self, f: impl FnOnce(&mut HealthTracker) -> T) -> anyhow::Result<(HealthTracker, T)> {
+        let path = &self.path;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _lock = statefile::lock(path).context("locking the health state")?;
+        let (mut tracker, existed) = self.load()?;
+        let before = tracker.clone();
+        let out = f(&mut tracker);
+        if !existed || tracker != before {
+            save(path, &tracker)?;
+        }
+        Ok((tracker, out))
+    }
+}
+
+/// Write the tracker atomically (the caller holds the lock).
+fn save(path: &Path, tracker: &HealthTracker) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(tracker).context("serializing the health state")?;
+    text.push('\n');
+    statefile::write_atomic(path, text.as_bytes()).context("writing the health state")
 }
 
 /// Every GPU's and every known instance's health, labelled.
@@ -95,18 +128,18 @@ fn snapshot(tracker: &HealthTracker, gpus: &BTreeMap<u32, BTreeSet<u32>>) -> Vec
 }
 
 pub fn run(global: &Global, watch_s: f64, quiet_s: f64, health_state: Option<PathBuf>) -> anyhow::Result<()> {
-    if !watch_s.is_finite() || watch_s < 0.0 || !quiet_s.is_finite() || quiet_s < 0.0 {
-        anyhow::bail!("--watch and --recovery-quiet take a number of seconds, 0 or more");
-    }
+    let watch = seconds("--watch", watch_s)?;
+    let quiet = seconds("--recovery-quiet", quiet_s)?;
     let node = node::open(global)?;
     let backend = node.backend();
-    let path = state_path(&node, health_state);
-    let mut tracker = load(&path, Some((quiet_s * 1000.0) as u64))?;
+    let file = StateFile {
+        path: state_path(&node, health_state),
+        quiet_ms: u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
+    };
     // The node as far as it answers: a GPU that does not is still watched (and unhealthy).
     let view = node_view_partial(backend)?;
     let mut ids: Vec<(u32, String)> = view.gpus.iter().map(|v| (v.device.index, v.device.uuid.clone())).collect();
     ids.extend(view.failed.iter().filter_map(|f| Some((f.gpu.index, f.gpu.uuid.clone()?))));
-    tracker.reconcile_ids(&ids);
     let mut gpus: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
     for v in &view.gpus {
         gpus.insert(v.device.index, v.instances.iter().map(|i| i.gpu_instance_id).collect());
@@ -114,28 +147,30 @@ pub fn run(global: &Global, watch_s: f64, quiet_s: f64, health_state: Option<Pat
     for f in &view.failed {
         gpus.entry(f.gpu.index).or_default();
     }
+    let (mut tracker, _) = file.load()?;
+    tracker.reconcile_ids(&ids);
     let start = Instant::now();
-    let watch = Duration::from_secs_f64(watch_s);
     let mut events: Vec<(u64, XidEvent)> = Vec::new();
     let mut changes: Vec<Change> = Vec::new();
     let mut before = snapshot(&tracker, &gpus);
     loop {
         // The probe: each GPU observed (reset count, recovery action, boot id), or not answering.
-        let now_ms = tessera_host::now_ms();
-        let observations: Vec<(u32, Observation)> = gpus
-            .keys()
-            .map(|&gpu| match backend.observe(gpu) {
-                Ok(o) => (gpu, Observation::answered(&o)),
-                Err(_) => (gpu, Observation::failed()),
-            })
-            .collect();
-        tracker.observe_all(&observations, now_ms);
+        let probed_ms = tessera_host::now_ms();
+        let observations: Vec<(u32, Observation)> =
+            gpus.keys().map(|&gpu| (gpu, Observation::from_result(backend.observe(gpu)))).collect();
         let left = watch.saturating_sub(start.elapsed());
         let wait_ms = u32::try_from(left.as_millis().min(250)).unwrap_or(250);
         let new = backend.wait_xid_events(wait_ms)?;
         let now_ms = tessera_host::now_ms();
+        // Into what is stored now: a clear made since the last round is kept.
+        (tracker, ()) = file.update(|t| {
+            t.reconcile_ids(&ids);
+            t.observe_all(&observations, probed_ms);
+            for e in &new {
+                t.record(e, now_ms);
+            }
+        })?;
         for e in &new {
-            tracker.record(e, now_ms);
             events.push((now_ms, *e));
             gpus.entry(e.gpu).or_default();
         }
@@ -154,7 +189,7 @@ pub fn run(global: &Global, watch_s: f64, quiet_s: f64, health_state: Option<Pat
             break;
         }
     }
-    save(&path, &tracker)?;
+    let path = &file.path;
     let final_state = snapshot(&tracker, &gpus);
     let report = tracker.report();
     let unhealthy = final_state.iter().filter(|(_, h)| h.is_unhealthy()).count();
@@ -230,16 +265,28 @@ fn print_human(
 }
 
 /// `tessera mig health clear GPU`: an admin says the GPU was reset or repaired.
-pub fn clear(global: &Global, gpu: u32, by: Option<String>, health_state: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn clear(
+    global: &Global,
+    gpu: u32,
+    by: Option<String>,
+    quiet_s: f64,
+    health_state: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let quiet = seconds("--recovery-quiet", quiet_s)?;
     let node = node::open(global)?;
-    let path = state_path(&node, health_state);
-    let mut tracker = load(&path, None)?;
+    let file = StateFile {
+        path: state_path(&node, health_state),
+        quiet_ms: u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX),
+    };
+    let path = &file.path;
     let by = by.unwrap_or_else(|| tessera_host::users::user_name(tessera_host::effective_uid()));
-    let had = tracker.troubled_gpus().contains(&gpu);
-    if had {
-        tracker.clear(gpu, &by, tessera_host::now_ms());
-        save(&path, &tracker)?;
-    }
+    let (tracker, had) = file.update(|t| {
+        let had = t.troubled_gpus().contains(&gpu);
+        if had {
+            t.clear(gpu, &by, tessera_host::now_ms());
+        }
+        had
+    })?;
     if human(global.output) {
         if had {
             println!(

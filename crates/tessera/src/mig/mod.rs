@@ -28,9 +28,9 @@ pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
         MigCommand::Health { watch, recovery_quiet, health_state, command: None } => {
             health::run(global, watch, recovery_quiet, health_state)
         }
-        MigCommand::Health { health_state, command: Some(HealthCommand::Clear { gpu, by }), .. } => {
-            health::clear(global, gpu, by, health_state)
-        }
+        MigCommand::Health {
+            recovery_quiet, health_state, command: Some(HealthCommand::Clear { gpu, by }), ..
+        } => health::clear(global, gpu, by, recovery_quiet, health_state),
         MigCommand::Xid { gpu, xid, gpu_instance, compute_instance } => {
             sim::xid(global, gpu, xid, gpu_instance, compute_instance)
         }

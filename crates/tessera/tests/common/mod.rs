@@ -19,6 +19,9 @@ pub struct Daemon {
     child: Option<Child>,
     /// Extra arguments to `tessera serve` (e.g. `--init`), for the next spawn only.
     pub next_args: Vec<String>,
+    /// `Some(driver version)`: the GPUs are "real", through NVML and the stand-in library
+    /// (`crates/tessera-nvml-standin`) reporting that driver; `None`: the simulated node.
+    pub nvml_driver: Option<String>,
 }
 
 /// Whether the tests run as root (switching users, cgroups and device nodes need it).
@@ -38,14 +41,24 @@ impl Daemon {
         Daemon::configured(spec, "", extra)
     }
 
+    /// A daemon on GPUs reached through NVML (the stand-in library, reporting `driver`), with
+    /// the default test config followed by `extra`.
+    pub fn nvml(spec: &str, driver: &str, extra: &str) -> Daemon {
+        Daemon::build(spec, Some(driver.to_string()), "", extra)
+    }
+
     pub fn configured(spec: &str, scheduler_extra: &str, extra: &str) -> Daemon {
+        Daemon::build(spec, None, scheduler_extra, extra)
+    }
+
+    fn build(spec: &str, nvml_driver: Option<String>, scheduler_extra: &str, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         // Job users must reach the directory (its files are the tests' own).
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = format!("[scheduler]\ntick_ms = 50\nkill_grace_ms = 500\n{scheduler_extra}\n{extra}\n");
         std::fs::write(dir.path().join("tessera.toml"), config).unwrap();
-        let mut d = Daemon { dir, spec: spec.to_string(), child: None, next_args: Vec::new() };
+        let mut d = Daemon { dir, spec: spec.to_string(), child: None, next_args: Vec::new(), nvml_driver };
         d.spawn();
         d
     }
@@ -89,8 +102,22 @@ impl Daemon {
     pub fn try_spawn(&mut self) -> Result<(), String> {
         let _ = std::fs::remove_file(self.socket());
         let args = std::mem::take(&mut self.next_args);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--sim", &self.spec, "--state-dir"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        match &self.nvml_driver {
+            None => {
+                cmd.args(["serve", "--sim", &self.spec]);
+            }
+            Some(driver) => {
+                let library = tessera_nvml_standin::library_path()
+                    .expect("the stand-in libnvidia-ml is not built: run ./scripts/test.sh");
+                cmd.args(["--backend", "nvml", "--nvml-library"]).arg(library).arg("serve");
+                cmd.env("TESSERA_STANDIN_SPEC", &self.spec)
+                    .env("TESSERA_STANDIN_STATE", self.dir.path().join("standin-node.json"))
+                    .env("TESSERA_STANDIN_DRIVER_VERSION", driver);
+            }
+        }
+        let mut child = cmd
+            .arg("--state-dir")
             .arg(self.state())
             .arg("--socket")
             .arg(self.socket())
