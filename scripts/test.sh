@@ -3,7 +3,7 @@
 # Needs only the Rust toolchain; the simulated GPU node stands in for real GPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# PNG plots (tessera sim) need a TrueType font; the simulator looks for DejaVu first. Install
+# Plots (tessera sim, SVG and PNG) need a TrueType font; the simulator looks for DejaVu first. Install
 # Debian's fonts-dejavu-core when no usable font is there and we may (root, apt-get present).
 font_found=
 for f in /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf \
@@ -12,13 +12,15 @@ for f in /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/truety
 done
 if [ -z "$font_found" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "test.sh: installing fonts-dejavu-core (PNG plots need a font)"
+        echo "test.sh: installing fonts-dejavu-core (plots need a font)"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null \
             || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null; }
     else
-        echo "test.sh: no TrueType font found; install fonts-dejavu-core or set TESSERA_FONT for the PNG plot tests" >&2
+        echo "test.sh: no TrueType font found; install fonts-dejavu-core or set TESSERA_FONT for the plot tests" >&2
     fi
 fi
 # The NVML backend's tests load the stand-in libnvidia-ml (a cdylib): build it first.
 cargo build --locked -p tessera-nvml-standin
 cargo test --workspace --locked "$@"
+# The Debian package: built from the dev build above, installed into an empty root, its unit verified.
+scripts/package-test.sh

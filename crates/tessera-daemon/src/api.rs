@@ -15,10 +15,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
-use crate::config::Config;
+pub use crate::config::TokenUser;
+use crate::config::{Config, Tokens};
 pub use crate::engine::{Action, Caller, Door, EngineError, Reply};
 use crate::http::{PeerInfo, code_for_status, json_error};
-use crate::wire::{DrainRequest, JobQuery, JobState, LayoutRequest, Stream, SubmitRequest};
+use crate::wire::{DrainRequest, JobQuery, JobState, LayoutRequest, LogCursor, LogQuery, Stream, SubmitRequest};
 
 /// The front-door seam: what answers actions — the daemon's engine, or a fake in tests. Every
 /// front door (this HTTP API, and the Kubernetes and Slurm ones) calls it the same way.
@@ -51,21 +52,12 @@ fn unauthorized(message: &str) -> Response {
     json_error(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// A local user the token maps to.
-#[derive(Debug, Clone)]
-pub struct TokenUser {
-    pub uid: u32,
-    pub gid: u32,
-    pub name: String,
-}
-
-/// Who callers are: the TCP token and its user; tenants and admins as the configuration says
-/// ([`Config::tenant_of`], [`Config::is_admin`]).
+/// Who callers are: TCP callers are the user their token names ([`Tokens`]); tenants and
+/// admins as the configuration says ([`Config::tenant_of`], [`Config::is_admin`]).
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub token: Option<String>,
-    /// The local user TCP callers act as (resolved through NSS at start).
-    pub token_user: Option<TokenUser>,
+    /// The TCP tokens and their users (resolved through NSS when the token file was read).
+    pub tokens: Tokens,
     pub config: Arc<Config>,
 }
 
@@ -87,20 +79,22 @@ impl Identity {
                     door: Door::Socket,
                 })
             }
-            Some(PeerInfo::Tcp { .. }) => {
-                let (Some(expected), Some(who)) = (&self.token, &self.token_user) else {
-                    return Err(Box::new(unauthorized(
-                        "TCP access is not configured (server.token_file, server.token_user)",
-                    )));
+            Some(PeerInfo::Tcp { addr }) => {
+                let refuse = |why: &str| {
+                    tracing::warn!(peer = %addr, "refused a TCP request from {}: {why}", addr.ip());
+                    Box::new(unauthorized(why))
                 };
+                if self.tokens.is_empty() {
+                    return Err(refuse("TCP access is not configured (server.token_file)"));
+                }
                 let given = headers
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or_else(|| Box::new(unauthorized("send `Authorization: Bearer <token>`")))?;
-                if !constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
-                    return Err(Box::new(unauthorized("the bearer token is not valid")));
-                }
+                    .ok_or_else(|| refuse("send `Authorization: Bearer <token>`"))?;
+                let Some(who) = self.tokens.user_for(given.trim().as_bytes()) else {
+                    return Err(refuse("the bearer token is not valid"));
+                };
                 Ok(Caller {
                     uid: who.uid,
                     gid: who.gid,
@@ -113,10 +107,6 @@ impl Identity {
             None => Err(Box::new(unauthorized("the caller could not be identified"))),
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Clone)]
@@ -143,13 +133,56 @@ async fn dispatch(state: &AppState, peer: Peer, headers: &HeaderMap, action: Res
     };
     let action = match action {
         Ok(a) => a,
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            log_refusal(&caller, "a malformed request", &e);
+            return error_response(&e);
+        }
     };
     let created = matches!(action, Action::Submit(_));
-    match state.service.act(caller, action).await {
+    let what = describe(&action);
+    match state.service.act(caller.clone(), action).await {
         Ok(v) if created => (StatusCode::CREATED, axum::Json(v)).into_response(),
         Ok(v) => axum::Json(v).into_response(),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            log_refusal(&caller, &what, &e);
+            error_response(&e)
+        }
+    }
+}
+
+/// An action in a few words for the log (never its body: a submission's environment may hold
+/// secrets).
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Submit(_) | Action::SubmitWork { .. } => "submit".into(),
+        Action::DryRun(_) => "dry-run submit".into(),
+        Action::ListJobs(_) => "list jobs".into(),
+        Action::GetJob { id } => format!("show job {id}"),
+        Action::Cancel { id } => format!("cancel job {id}"),
+        Action::Release { id, .. } => format!("release job {id}"),
+        Action::Logs { id, .. } => format!("logs of job {id}"),
+        Action::Wait { id, .. } => format!("wait for job {id}"),
+        Action::Gpus => "list GPUs".into(),
+        Action::Drain { gpu, drain: true, .. } => format!("drain GPU {gpu}"),
+        Action::Drain { gpu, drain: false, .. } => format!("undrain GPU {gpu}"),
+        Action::Layout { gpu, .. } => format!("change GPU {gpu}'s layout"),
+        Action::Health => "show health".into(),
+        Action::HealthClear { gpu } => format!("clear GPU {gpu}'s health"),
+    }
+}
+
+/// A refused request in the daemon's log: who, what, why.
+fn log_refusal(caller: &Caller, what: &str, e: &EngineError) {
+    let status = status_of(e).as_u16();
+    let who = &caller.user;
+    match e {
+        EngineError::Internal(_) => {
+            tracing::error!(user = %who, door = ?caller.door, status, "{what} by {who} failed: {e}");
+        }
+        EngineError::Forbidden(_) => {
+            tracing::warn!(user = %who, door = ?caller.door, status, "refused {what} by {who}: {e}");
+        }
+        _ => tracing::info!(user = %who, door = ?caller.door, status, "refused {what} by {who}: {e}"),
     }
 }
 
@@ -181,17 +214,21 @@ fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Re
 struct ListQuery {
     state: Option<String>,
     #[serde(default)]
+    history: bool,
+    since_ms: Option<u64>,
+    user: Option<String>,
+    tenant: Option<String>,
+    #[serde(default)]
     all: bool,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LogQuery {
-    #[serde(default)]
-    rank: u32,
-    #[serde(default)]
-    offset: u64,
+struct LogParams {
+    rank: Option<u32>,
     stream: Option<String>,
+    from: Option<String>,
+    tail: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,9 +258,22 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
                             .collect::<Result<Vec<_>, _>>()?,
                         None => Vec::new(),
                     };
-                    Ok(Action::ListJobs(JobQuery { states, all: q.all }))
+                    Ok(Action::ListJobs(JobQuery {
+                        states,
+                        history: q.history,
+                        since_ms: q.since_ms,
+                        user: q.user,
+                        tenant: q.tenant,
+                        all: q.all,
+                    }))
                 });
                 dispatch(&s, p, &h, action).await
+            }),
+        )
+        .route(
+            "/v1/jobs/dry-run",
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, body: Bytes| async move {
+                dispatch(&s, p, &h, parse_body::<SubmitRequest>(&body).map(Action::DryRun)).await
             }),
         )
         .route(
@@ -241,14 +291,18 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
         .route(
             "/v1/jobs/{id}/logs",
             get(
-                |State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>, q: Q<LogQuery>| async move {
+                |State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>, q: Q<LogParams>| async move {
                     let action = parse_id(&id).and_then(|id| {
                         let q = query(q)?;
-                        let stream = match q.stream.as_deref() {
-                            None => Stream::Stdout,
-                            Some(s) => s.parse::<Stream>().map_err(|e| EngineError::invalid("stream", e))?,
-                        };
-                        Ok(Action::Logs { id, rank: q.rank, stream, offset: q.offset })
+                        let stream = q
+                            .stream
+                            .map(|s| s.parse::<Stream>().map_err(|e| EngineError::invalid("stream", e)))
+                            .transpose()?;
+                        let from = q
+                            .from
+                            .map(|c| c.parse::<LogCursor>().map_err(|e| EngineError::invalid("from", e)))
+                            .transpose()?;
+                        Ok(Action::Logs { id, query: LogQuery { rank: q.rank, stream, from, tail: q.tail } })
                     });
                     dispatch(&s, p, &h, action).await
                 },

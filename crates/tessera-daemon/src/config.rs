@@ -1,13 +1,20 @@
-//! The daemon's configuration file (TOML). Every field has a default that works, so an empty
-//! file (or none) gives a daemon on the simulated node that every local user can use.
+//! The daemon's configuration file (TOML) and its TCP token file. Every field has a default
+//! that works, so an empty file (or none) gives a daemon on the simulated node that every local
+//! user can use. Every mistake is refused with the file, line and column: TOML's own (syntax,
+//! types, unknown fields) and Tessera's (a value out of its range, a tenant or user that does not
+//! exist, a token file others could read). Reference: `docs/config.md`; every field with its
+//! default: `examples/tessera.toml`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tessera_gpu::open::BackendChoice;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
-/// What is wrong with a config file: its path, and `line:column` where TOML knows it.
+/// What is wrong with a config or token file: its path, and `line:column` where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -17,12 +24,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse { path: String, line: usize, column: usize, message: String },
+    At { path: String, line: usize, column: usize, message: String },
+    /// A problem with no place in the file (a value the file does not set).
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -46,24 +54,23 @@ pub struct Config {
     pub admins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Unix socket path [default: `$XDG_RUNTIME_DIR/tessera/tessera.sock`, else
     /// `/run/tessera/tessera.sock` for root and `/tmp/tessera-<uid>/tessera.sock` otherwise].
     pub socket: Option<PathBuf>,
-    /// Also listen on TCP here, e.g. `127.0.0.1:7373`; requires `token_file`.
+    /// Also listen on TCP here, `IP:PORT`, e.g. `127.0.0.1:7373`; requires `token_file`.
     pub tcp: Option<String>,
-    /// File holding the bearer token TCP clients must send.
+    /// The TCP tokens: one `USER TOKEN` per line; a caller sending a token acts as its user.
+    /// Owned by the daemon's user and private (mode 0600 or stricter).
     pub token_file: Option<PathBuf>,
-    /// The local user TCP clients act as (their jobs run as this user); required with `tcp`.
-    pub token_user: Option<String>,
     /// Connection and request limits (both listeners).
     #[serde(default)]
     pub limits: crate::http::HttpLimits,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// `auto` (NVML if present, else simulated), `nvml` or `sim` ([`Config::backend_choice`]
@@ -77,7 +84,7 @@ pub struct NodeConfig {
     pub runtime_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerSection {
     #[serde(default = "yes")]
@@ -98,7 +105,6 @@ pub struct SchedulerSection {
     #[serde(default)]
     pub mig_mode_switching: bool,
 }
-
 fn yes() -> bool {
     true
 }
@@ -127,7 +133,7 @@ impl Default for SchedulerSection {
 }
 
 /// How jobs run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsSection {
     /// Where job output goes, one directory per job [default: `<state dir>/output`]. Put it on
@@ -153,7 +159,7 @@ pub struct JobsSection {
 }
 
 /// Whether jobs get a cgroup of their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     Auto,
@@ -177,7 +183,7 @@ impl Default for JobsSection {
 }
 
 /// GPU health fencing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
     /// Faults that clear on their own (unknown Xids, contained instance errors) clear after
@@ -195,7 +201,7 @@ impl Default for HealthSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
@@ -208,85 +214,475 @@ fn one() -> f64 {
     1.0
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     pub compute_slices: u32,
     pub memory_slices: u32,
 }
 
-impl Config {
-    /// Parse a config file's text; `path` names it in errors.
-    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            ConfigError::Parse { path: path.to_string(), line, column, message: e.message().to_string() }
-        })?;
-        config.check(path)?;
-        Ok(config)
+/// A TCP caller's local user (resolved through NSS when the token file is read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+}
+
+/// The TCP tokens, each naming the local user its caller acts as. `Debug` never shows a token.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    entries: Vec<(Vec<u8>, TokenUser)>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("users", &self.users()).finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// Tokens and their users, as given (the token file's reader checks them; tests make them).
+    pub fn new(entries: Vec<(String, TokenUser)>) -> Tokens {
+        Tokens { entries: entries.into_iter().map(|(t, u)| (t.into_bytes(), u)).collect() }
     }
 
-    /// Read and parse a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The users that have a token, each once, sorted.
+    pub fn users(&self) -> Vec<&str> {
+        let set: BTreeSet<&str> = self.entries.iter().map(|(_, u)| u.name.as_str()).collect();
+        set.into_iter().collect()
+    }
+
+    /// The user whose token `given` is. Every token is compared, each in time that depends on
+    /// its own length only, so how long this takes tells nothing about which token matched or
+    /// how much of one did.
+    pub fn user_for(&self, given: &[u8]) -> Option<&TokenUser> {
+        let mut found = None;
+        for (token, user) in &self.entries {
+            if constant_time_eq(given, token) {
+                found = Some(user);
+            }
+        }
+        found
+    }
+}
+
+/// Whether `given` equals `expected`, in time that depends on `expected`'s length only.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= given.get(i).copied().unwrap_or(0) ^ e;
+    }
+    diff == 0
+}
+
+/// A configuration file read and checked, with its token file.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub config: Config,
+    pub tokens: Tokens,
+}
+
+/// The shortest token accepted (`openssl rand -hex 32` gives 64 characters).
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// What a numeric field counts, for saying its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Ms,
+    Mib,
+    Bytes,
+    Count,
+}
+
+impl Unit {
+    fn show(self, v: i64) -> String {
+        const KIB: i64 = 1 << 10;
+        const MIB: i64 = 1 << 20;
+        let scaled = |steps: &[(i64, &str)], fallback: &str| {
+            steps
+                .iter()
+                .find(|(size, _)| v != 0 && v % size == 0)
+                .map_or_else(|| format!("{v} {fallback}"), |(size, name)| format!("{} {name}", v / size))
+        };
+        match self {
+            Unit::Ms => scaled(&[(86_400_000, "days"), (3_600_000, "h"), (60_000, "min"), (1000, "s")], "ms")
+                .replace("1 days", "1 day"),
+            Unit::Mib => scaled(&[(MIB, "TiB"), (KIB, "GiB")], "MiB"),
+            Unit::Bytes => scaled(&[(MIB, "MiB"), (KIB, "KiB")], "bytes"),
+            Unit::Count => v.to_string(),
+        }
+    }
+}
+
+/// The values a numeric field may take.
+#[derive(Debug, Clone, Copy)]
+struct Range {
+    min: i64,
+    max: i64,
+    unit: Unit,
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} to {}", self.unit.show(self.min), self.unit.show(self.max))
+    }
+}
+
+const SECOND: i64 = 1000;
+const HOUR: i64 = 3_600 * SECOND;
+const DAY: i64 = 24 * HOUR;
+
+/// A place in the file: table keys and array indices, e.g. `tenants[1].quota.compute_slices`.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn key(path: &str) -> Vec<Seg> {
+    path.split('.').map(|k| Seg::Key(k.to_string())).collect()
+}
+
+fn show_path(at: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in at {
+        match seg {
+            Seg::Key(k) if s.is_empty() => s.push_str(k),
+            Seg::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Something wrong at a place: on the key's name (`on_key`) or on its value.
+#[derive(Debug)]
+struct Problem {
+    at: Vec<Seg>,
+    on_key: bool,
+    message: String,
+}
+
+impl Problem {
+    fn value(at: Vec<Seg>, message: String) -> Problem {
+        Problem { at, on_key: false, message }
+    }
+}
+
+/// A file's text and its TOML document with spans, to say where a problem is.
+struct Source<'t> {
+    path: &'t str,
+    text: &'t str,
+    doc: Option<Spanned<DeTable<'t>>>,
+}
+
+impl Source<'_> {
+    fn error(&self, p: Problem) -> ConfigError {
+        match self.doc.as_ref().and_then(|d| locate(d, &p.at, p.on_key)) {
+            Some(offset) => at_offset(self.path, self.text, offset, p.message),
+            None => ConfigError::Invalid { path: self.path.to_string(), message: p.message },
+        }
+    }
+}
+
+fn at_offset(path: &str, text: &str, offset: usize, message: String) -> ConfigError {
+    let (line, column) = line_col(text, offset);
+    ConfigError::At { path: path.to_string(), line, column, message }
+}
+
+/// The byte offset of a key (or its value) in a parsed document.
+fn locate(doc: &Spanned<DeTable<'_>>, at: &[Seg], on_key: bool) -> Option<usize> {
+    let mut value: Option<&Spanned<DeValue<'_>>> = None;
+    for (i, seg) in at.iter().enumerate() {
+        let last = i + 1 == at.len();
+        let next = match seg {
+            Seg::Key(k) => {
+                let table = match value {
+                    None => doc.get_ref(),
+                    Some(v) => v.get_ref().as_table()?,
+                };
+                let (name, v) = table.iter().find(|(name, _)| name.get_ref() == k)?;
+                if last && on_key {
+                    return Some(name.span().start);
+                }
+                v
+            }
+            Seg::Index(n) => value?.get_ref().as_array()?.get(*n)?,
+        };
+        value = Some(next);
+    }
+    value.map(|v| v.span().start)
+}
+
+impl Config {
+    /// Parse a config file's text (`path` names it in errors) and check it: every value in its
+    /// range, every tenant and user it names known, and the token file it names, if any, safe
+    /// and valid.
+    pub fn parse(text: &str, path: &str) -> Result<Loaded, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let mut message = e.message().trim_end().to_string();
+            if message.starts_with("unknown field `token_user`") {
+                message = "unknown field `token_user`: TCP callers now act as the user their token names; \
+                           list `USER TOKEN` lines in server.token_file (docs/config.md)"
+                    .to_string();
+            }
+            match e.span() {
+                Some(s) => at_offset(path, text, s.start, message),
+                None => ConfigError::Invalid { path: path.to_string(), message },
+            }
+        })?;
+        let source = Source { path, text, doc: DeTable::parse(text).ok() };
+        config.check().map_err(|p| source.error(p))?;
+        let tokens = match (&config.server.token_file, &config.server.tcp) {
+            (Some(file), _) => {
+                let tokens = read_tokens(file).map_err(|e| match e {
+                    TokenFileError::Unsafe(message) => source.error(Problem::value(key("server.token_file"), message)),
+                    TokenFileError::File(e) => e,
+                })?;
+                if tokens.is_empty() && config.server.tcp.is_some() {
+                    return Err(source.error(Problem::value(
+                        key("server.token_file"),
+                        format!(
+                            "server.token_file {} holds no tokens, so no TCP caller could connect: add a line \
+                             `USER TOKEN` (e.g. `alice $(openssl rand -hex 32)`)",
+                            file.display()
+                        ),
+                    )));
+                }
+                tokens
+            }
+            (None, _) => Tokens::default(),
+        };
+        Ok(Loaded { config, tokens })
+    }
+
+    /// Read, parse and check a config file (and its token file).
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         Config::parse(&text, &shown)
     }
 
-    fn check(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: path.to_string(), message };
-        if self.server.tcp.is_some() && self.server.token_file.is_none() {
-            return Err(invalid("server.tcp needs server.token_file: TCP clients must send a bearer token".into()));
+    /// Every numeric field, where it is, its value and its range.
+    fn numbers(&self) -> Vec<(Vec<Seg>, i128, Range)> {
+        let n = |min: i64, max: i64, unit: Unit| Range { min, max, unit };
+        let big = i128::from;
+        let size = |v: usize| i128::try_from(v).unwrap_or(i128::MAX);
+        let l = &self.server.limits;
+        let mut out = vec![
+            (key("server.limits.max_connections_per_peer"), size(l.max_connections_per_peer), n(1, 4096, Unit::Count)),
+            (key("server.limits.max_connections"), size(l.max_connections), n(1, 65_536, Unit::Count)),
+            (key("server.limits.header_timeout_ms"), big(l.header_timeout_ms), n(1, HOUR, Unit::Ms)),
+            (key("server.limits.idle_timeout_ms"), big(l.idle_timeout_ms), n(1, HOUR, Unit::Ms)),
+            (key("server.limits.body_timeout_ms"), big(l.body_timeout_ms), n(1, HOUR, Unit::Ms)),
+            (key("server.limits.write_timeout_ms"), big(l.write_timeout_ms), n(1, HOUR, Unit::Ms)),
+            (key("server.limits.max_header_bytes"), size(l.max_header_bytes), n(256, 1 << 20, Unit::Bytes)),
+            (key("server.limits.max_uri_bytes"), size(l.max_uri_bytes), n(16, 1 << 20, Unit::Bytes)),
+            (key("server.limits.max_body_bytes"), size(l.max_body_bytes), n(1 << 10, 64 << 20, Unit::Bytes)),
+            (key("server.limits.shutdown_grace_ms"), big(l.shutdown_grace_ms), n(0, 600 * SECOND, Unit::Ms)),
+            (
+                key("scheduler.time_slice_replicas"),
+                i128::from(self.scheduler.time_slice_replicas),
+                n(1, 64, Unit::Count),
+            ),
+            (key("scheduler.tick_ms"), big(self.scheduler.tick_ms), n(1, HOUR, Unit::Ms)),
+            (key("scheduler.kill_grace_ms"), big(self.scheduler.kill_grace_ms), n(0, HOUR, Unit::Ms)),
+            (key("jobs.output_limit_mib"), big(self.jobs.output_limit_mib), n(1, 1 << 20, Unit::Mib)),
+            (key("jobs.max_priority"), i128::from(self.jobs.max_priority), n(-1_000_000, 1_000_000, Unit::Count)),
+            (key("jobs.preempt_grace_ms"), big(self.jobs.preempt_grace_ms), n(0, HOUR, Unit::Ms)),
+            (key("jobs.max_exec_bytes"), size(self.jobs.max_exec_bytes), n(1 << 10, 2 << 20, Unit::Bytes)),
+            (key("health.recovery_quiet_ms"), big(self.health.recovery_quiet_ms), n(0, DAY, Unit::Ms)),
+            (key("health.probe_interval_ms"), big(self.health.probe_interval_ms), n(10, HOUR, Unit::Ms)),
+            (key("health.stop_grace_ms"), big(self.health.stop_grace_ms), n(0, HOUR, Unit::Ms)),
+        ];
+        for (i, t) in self.tenants.iter().enumerate() {
+            if let Some(q) = t.quota {
+                let at = |field: &str| {
+                    vec![Seg::Key("tenants".into()), Seg::Index(i), Seg::Key("quota".into()), Seg::Key(field.into())]
+                };
+                out.push((at("compute_slices"), i128::from(q.compute_slices), n(0, MAX_QUOTA_SLICES, Unit::Count)));
+                out.push((at("memory_slices"), i128::from(q.memory_slices), n(0, MAX_QUOTA_SLICES, Unit::Count)));
+            }
         }
-        if self.server.tcp.is_some() && self.server.token_user.is_none() {
-            return Err(invalid(
-                "server.tcp needs server.token_user: the local user TCP clients act as (their jobs run as that user)"
-                    .into(),
-            ));
+        out
+    }
+
+    /// Each numeric field's accepted range as the reference states it, e.g.
+    /// `("scheduler.tick_ms", "1 ms to 1 h")` (tenants' fields as `tenants.quota.*`).
+    pub fn ranges() -> Vec<(String, String)> {
+        let example = Config {
+            tenants: vec![TenantConfig {
+                name: "t".into(),
+                weight: 1.0,
+                quota: Some(QuotaConfig { compute_slices: 1, memory_slices: 1 }),
+            }],
+            ..Config::default()
+        };
+        let mut out: Vec<(String, String)> = example
+            .numbers()
+            .into_iter()
+            .map(|(at, _, r)| (show_path(&at).replace("tenants[0]", "tenants"), r.to_string()))
+            .collect();
+        out.push(("tenants.weight".into(), format!("more than 0, at most {MAX_WEIGHT}")));
+        out
+    }
+
+    /// Everything TOML cannot check, each problem at its place.
+    fn check(&self) -> Result<(), Problem> {
+        for (at, value, range) in self.numbers() {
+            if value < i128::from(range.min) || value > i128::from(range.max) {
+                return Err(Problem::value(
+                    at.clone(),
+                    format!("{} = {value} is out of range ({range})", show_path(&at)),
+                ));
+            }
         }
-        self.server.limits.validate().map_err(|e| invalid(format!("server.limits: {e}")))?;
+        self.check_paths()?;
+        if let Some(tcp) = &self.server.tcp {
+            if tcp.parse::<SocketAddr>().is_err() {
+                return Err(Problem::value(
+                    key("server.tcp"),
+                    format!("server.tcp = '{tcp}': give IP:PORT, e.g. 127.0.0.1:7373 or [::]:7373"),
+                ));
+            }
+            if self.server.token_file.is_none() {
+                return Err(Problem::value(
+                    key("server.tcp"),
+                    "server.tcp needs server.token_file: the tokens TCP callers send, each naming the local user \
+                     the caller acts as"
+                        .into(),
+                ));
+            }
+        }
         if let Err(e) = crate::signals::parse_signal(&self.jobs.preempt_signal) {
-            return Err(invalid(format!("jobs.preempt_signal: {e}")));
-        }
-        if self.jobs.output_limit_mib == 0 {
-            return Err(invalid("jobs.output_limit_mib must be at least 1".into()));
+            return Err(Problem::value(key("jobs.preempt_signal"), format!("jobs.preempt_signal: {e}")));
         }
         if self.jobs.cgroup_parent.is_empty()
             || !self.jobs.cgroup_parent.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
         {
-            return Err(invalid(format!(
-                "jobs.cgroup_parent = '{}': one name of letters, digits and . _ @ -",
-                self.jobs.cgroup_parent
-            )));
-        }
-        if self.health.probe_interval_ms == 0 {
-            return Err(invalid("health.probe_interval_ms must be at least 1".into()));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for t in &self.tenants {
-            if !seen.insert(t.name.as_str()) {
-                return Err(invalid(format!("tenant '{}' is defined twice", t.name)));
-            }
-            if !(t.weight.is_finite() && t.weight > 0.0) {
-                return Err(invalid(format!("tenant '{}': weight must be a positive number", t.name)));
-            }
-        }
-        for (user, tenant) in &self.users {
-            if tenant != "default" && !self.tenants.iter().any(|t| &t.name == tenant) {
-                return Err(invalid(format!("users.{user} = '{tenant}', but no [[tenants]] entry has that name")));
-            }
+            return Err(Problem::value(
+                key("jobs.cgroup_parent"),
+                format!("jobs.cgroup_parent = '{}': one name of letters, digits and . _ @ -", self.jobs.cgroup_parent),
+            ));
         }
         if let Some(b) = &self.node.backend
             && b.parse::<BackendChoice>().is_err()
         {
-            return Err(invalid(format!("node.backend = '{b}': use auto, nvml or sim")));
+            return Err(Problem::value(key("node.backend"), format!("node.backend = '{b}': use auto, nvml or sim")));
         }
-        // What the scheduler itself requires of its configuration (checked again nowhere later).
-        crate::engine::scheduler_config(self).validate().map_err(|e| invalid(e.to_string()))?;
-        if self.scheduler.tick_ms == 0 {
-            return Err(invalid("scheduler.tick_ms must be at least 1".into()));
+        if let Some(spec) = &self.node.sim
+            && let Err(e) = tessera_gpu::NodeSpec::parse(spec)
+        {
+            return Err(Problem::value(key("node.sim"), format!("node.sim = '{spec}': {e}")));
+        }
+        self.check_tenants()?;
+        self.check_users()?;
+        // What the scheduler itself requires of its configuration (the checks above cover it;
+        // this keeps the scheduler's own rules authoritative).
+        crate::engine::scheduler_config(self).validate().map_err(|e| Problem::value(key("tenants"), e.to_string()))?;
+        Ok(())
+    }
+
+    fn check_paths(&self) -> Result<(), Problem> {
+        let paths = [
+            ("server.socket", &self.server.socket),
+            ("server.token_file", &self.server.token_file),
+            ("node.dev_root", &self.node.dev_root),
+            ("node.runtime_dir", &self.node.runtime_dir),
+            ("jobs.output_dir", &self.jobs.output_dir),
+        ];
+        for (name, p) in paths {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err(Problem::value(key(name), format!("{name} = '{}': give an absolute path", p.display())));
+            }
         }
         Ok(())
+    }
+
+    fn check_tenants(&self) -> Result<(), Problem> {
+        let mut seen = BTreeMap::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = |field: &str| vec![Seg::Key("tenants".into()), Seg::Index(i), Seg::Key(field.into())];
+            if !valid_name(&t.name) {
+                return Err(Problem::value(
+                    at("name"),
+                    format!(
+                        "tenant name '{}': 1 to 64 letters, digits and . _ - (it shows in tables and logs)",
+                        t.name
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(t.name.as_str(), i) {
+                return Err(Problem::value(
+                    at("name"),
+                    format!("tenant '{}' is defined twice (tenants[{first}] and tenants[{i}])", t.name),
+                ));
+            }
+            if !(t.weight.is_finite() && t.weight > 0.0 && t.weight <= MAX_WEIGHT) {
+                return Err(Problem::value(
+                    at("weight"),
+                    format!(
+                        "tenants[{i}].weight = {} (tenant '{}') is out of range (more than 0, at most {MAX_WEIGHT})",
+                        t.weight, t.name
+                    ),
+                ));
+            }
+        }
+        for (user, tenant) in &self.users {
+            if tenant != "default" && !seen.contains_key(tenant.as_str()) {
+                return Err(Problem::value(
+                    vec![Seg::Key("users".into()), Seg::Key(user.clone())],
+                    format!("users.{user} = '{tenant}': no such tenant ({})", self.tenant_names().join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Users named in the file must exist on this node (through NSS, so LDAP users count).
+    fn check_users(&self) -> Result<(), Problem> {
+        let named = self
+            .admins
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name, vec![Seg::Key("admins".into()), Seg::Index(i)], false, "admins"))
+            .chain(
+                self.users
+                    .keys()
+                    .map(|name| (name, vec![Seg::Key("users".into()), Seg::Key(name.clone())], true, "users")),
+            );
+        for (name, at, on_key, list) in named {
+            match tessera_host::user_by_name(name) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Problem { at, on_key, message: format!("{list}: no user '{name}' on this node") });
+                }
+                Err(e) => return Err(Problem { at, on_key, message: format!("{list}: looking up '{name}': {e}") }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tenant a job may be charged to: `default` and the configured ones.
+    pub fn tenant_names(&self) -> Vec<&str> {
+        let mut names = vec!["default"];
+        names.extend(self.tenants.iter().map(|t| t.name.as_str()).filter(|n| *n != "default"));
+        names
     }
 
     /// `node.backend`, checked at load.
@@ -305,9 +701,107 @@ impl Config {
     }
 }
 
+/// The largest tenant weight accepted.
+const MAX_WEIGHT: f64 = 1_000_000.0;
+/// The largest quota accepted, in compute or memory slices.
+const MAX_QUOTA_SLICES: i64 = 100_000;
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// Why a token file cannot be used: unsafe (said at the config's `server.token_file`), or
+/// wrong inside (at its own line and column).
+enum TokenFileError {
+    Unsafe(String),
+    File(ConfigError),
+}
+
+/// Reads a token file: `USER TOKEN` per line, `#` comments and blank lines ignored. It must be
+/// a regular file of the daemon's user that nobody else may read or write.
+fn read_tokens(path: &Path) -> Result<Tokens, TokenFileError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let shown = path.display().to_string();
+    let unsafe_file = |what: String| TokenFileError::Unsafe(format!("server.token_file {shown} {what}"));
+    let mut file = std::fs::File::open(path).map_err(|e| unsafe_file(format!("cannot be opened: {e}")))?;
+    let meta = file.metadata().map_err(|e| unsafe_file(format!("cannot be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(unsafe_file("is not a regular file".into()));
+    }
+    let me = tessera_host::effective_uid();
+    if meta.uid() != me {
+        return Err(unsafe_file(format!(
+            "belongs to {}, but the daemon runs as {}: only the daemon's user may own its tokens. \
+             Run `chown {} {shown}`",
+            tessera_host::users::user_name(meta.uid()),
+            tessera_host::users::user_name(me),
+            tessera_host::users::user_name(me),
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(unsafe_file(format!(
+            "has mode {mode:04o}: group and others may {} the tokens in it. Run `chmod 600 {shown}`",
+            if mode & 0o044 != 0 { "read" } else { "change" }
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|source| TokenFileError::File(ConfigError::Read { path: shown.clone(), source }))?;
+    parse_tokens(&text, &shown).map_err(TokenFileError::File)
+}
+
+/// A token file's text: `USER TOKEN` per line, each user known through NSS, each token at least
+/// [`MIN_TOKEN_CHARS`] printable characters and given once.
+fn parse_tokens(text: &str, path: &str) -> Result<Tokens, ConfigError> {
+    let mut entries = Vec::new();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut offset = 0;
+    for (n, line) in text.split('\n').enumerate() {
+        let start = offset;
+        offset += line.len() + 1;
+        let err = |at: usize, message: String| at_offset(path, text, start + at, message);
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let words: Vec<(usize, &str)> =
+            line.split_ascii_whitespace().map(|w| (w.as_ptr() as usize - line.as_ptr() as usize, w)).collect();
+        let [(user_at, user), (token_at, token)] = words[..] else {
+            return Err(err(
+                line.len() - trimmed.len(),
+                format!(
+                    "write one `USER TOKEN` pair per line (found {} word{})",
+                    words.len(),
+                    if words.len() == 1 { "" } else { "s" }
+                ),
+            ));
+        };
+        if token.chars().count() < MIN_TOKEN_CHARS || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err(
+                token_at,
+                format!(
+                    "the token for {user} is too weak: use at least {MIN_TOKEN_CHARS} printable characters, \
+                     e.g. `openssl rand -hex 32`"
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(token, n + 1) {
+            return Err(err(token_at, format!("the same token is on line {first}: each token names one user")));
+        }
+        let found = tessera_host::user_by_name(user).map_err(|e| err(user_at, format!("looking up '{user}': {e}")))?;
+        let Some(u) = found else {
+            return Err(err(user_at, format!("no user '{user}' on this node (each token names a local user)")));
+        };
+        entries.push((token.to_string(), TokenUser { uid: u.uid, gid: u.gid, name: u.name }));
+    }
+    Ok(Tokens::new(entries))
+}
+
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -317,9 +811,13 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "x.toml").map(|l| l.config)
+    }
+
     #[test]
     fn an_empty_file_gives_working_defaults() {
-        let c = Config::parse("", "x.toml").unwrap();
+        let c = parse("").unwrap();
         assert!(c.scheduler.repartition);
         assert_eq!(c.tenant_of("alice"), "default");
         assert!(c.is_admin(0, "root"));
@@ -327,35 +825,127 @@ mod tests {
     }
 
     #[test]
+    fn every_default_is_in_its_range() {
+        assert!(Config::default().check().is_ok());
+    }
+
+    #[test]
     fn errors_name_the_file_and_position() {
         let cases: &[(&str, &str)] = &[
             ("[server]\nsockett = \"/x\"\n", "x.toml:2:1: unknown field `sockett`"),
             ("[scheduler]\nrepartition = 3\n", "x.toml:2:15: invalid type: integer `3`, expected a boolean"),
-            ("[server]\ntcp = \"127.0.0.1:1\"\n", "x.toml: server.tcp needs server.token_file"),
-            ("[server]\ntcp = \"127.0.0.1:1\"\ntoken_file = \"/t\"\n", "x.toml: server.tcp needs server.token_user"),
-            ("[jobs]\npreempt_signal = \"SIGFOO\"\n", "x.toml: jobs.preempt_signal: unknown signal"),
+            (
+                "[scheduler]\ntick_ms = 18446744073709551615\n",
+                "x.toml:2:11: scheduler.tick_ms = 18446744073709551615 is out of range (1 ms to 1 h)",
+            ),
+            ("[scheduler]\ntick_ms = 0\n", "x.toml:2:11: scheduler.tick_ms = 0 is out of range (1 ms to 1 h)"),
+            (
+                "[server.limits]\nmax_body_bytes = 10\n",
+                "x.toml:2:18: server.limits.max_body_bytes = 10 is out of range (1 KiB to 64 MiB)",
+            ),
+            (
+                "[jobs]\noutput_limit_mib = 0\n",
+                "x.toml:2:20: jobs.output_limit_mib = 0 is out of range (1 MiB to 1 TiB)",
+            ),
+            ("[server]\ntcp = \"127.0.0.1:1\"\n", "x.toml:2:7: server.tcp needs server.token_file"),
+            (
+                "[server]\ntcp = \"localhost\"\ntoken_file = \"/t\"\n",
+                "x.toml:2:7: server.tcp = 'localhost': give IP:PORT",
+            ),
+            (
+                "[server]\ntoken_user = \"nobody\"\n",
+                "x.toml:2:1: unknown field `token_user`: TCP callers now act as the user their token names",
+            ),
+            ("[server]\nsocket = \"t.sock\"\n", "x.toml:2:10: server.socket = 't.sock': give an absolute path"),
+            ("[jobs]\npreempt_signal = \"SIGFOO\"\n", "x.toml:2:18: jobs.preempt_signal: unknown signal"),
             ("[jobs]\nisolation = \"maybe\"\n", "x.toml:2:13: unknown variant `maybe`"),
-            ("[jobs]\ncgroup_parent = \"a/b\"\n", "x.toml: jobs.cgroup_parent = 'a/b'"),
-            ("[users]\nalice = \"ml\"\n", "x.toml: users.alice = 'ml', but no [[tenants]] entry has that name"),
-            ("[[tenants]]\nname = \"ml\"\nweight = 0\n", "x.toml: tenant 'ml': weight must be a positive number"),
-            ("[node]\nbackend = \"gpu\"\n", "x.toml: node.backend = 'gpu': use auto, nvml or sim"),
+            ("[jobs]\ncgroup_parent = \"a/b\"\n", "x.toml:2:17: jobs.cgroup_parent = 'a/b'"),
+            ("[users]\nroot = \"ml\"\n", "x.toml:2:8: users.root = 'ml': no such tenant (default)"),
+            (
+                "[users]\nno-such-user-tessera = \"default\"\n",
+                "x.toml:2:1: users: no user 'no-such-user-tessera' on this node",
+            ),
+            ("admins = [\"root\", \"no-such-user-tessera\"]\n", "x.toml:1:19: admins: no user 'no-such-user-tessera'"),
+            (
+                "[[tenants]]\nname = \"ml\"\nweight = 0\n",
+                "x.toml:3:10: tenants[0].weight = 0 (tenant 'ml') is out of range",
+            ),
+            (
+                "[[tenants]]\nname = \"ml\"\n[[tenants]]\nname = \"ml\"\n",
+                "x.toml:4:8: tenant 'ml' is defined twice (tenants[0] and tenants[1])",
+            ),
+            ("[[tenants]]\nname = \"a b\"\n", "x.toml:2:8: tenant name 'a b'"),
+            (
+                "[[tenants]]\nname = \"ml\"\nquota = { compute_slices = 14, memory_slices = 4294967295 }\n",
+                "x.toml:3:48: tenants[0].quota.memory_slices = 4294967295 is out of range (0 to 100000)",
+            ),
+            ("[node]\nbackend = \"gpu\"\n", "x.toml:2:11: node.backend = 'gpu': use auto, nvml or sim"),
+            ("[node]\nsim = \"8xZ100\"\n", "x.toml:2:7: node.sim = '8xZ100': "),
             ("[[tenants]\n", "x.toml:1:"),
         ];
         for (text, want) in cases {
-            let e = Config::parse(text, "x.toml").unwrap_err().to_string();
-            assert!(e.starts_with(want), "{text:?}: got {e}");
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}:\n got  {e}\n want {want}");
         }
     }
 
     #[test]
     fn tenants_and_admins() {
-        let c = Config::parse(
-            "admins = [\"alice\"]\n[users]\nbob = \"ml\"\n[[tenants]]\nname = \"ml\"\nweight = 3\nquota = { compute_slices = 14, memory_slices = 16 }\n",
-            "x.toml",
+        let c = parse(
+            "admins = [\"root\"]\n[users]\nnobody = \"ml\"\n[[tenants]]\nname = \"ml\"\nweight = 3\nquota = { compute_slices = 14, memory_slices = 16 }\n",
         )
         .unwrap();
-        assert_eq!(c.tenant_of("bob"), "ml");
-        assert!(c.is_admin(1000, "alice"));
+        assert_eq!(c.tenant_of("nobody"), "ml");
+        assert!(c.is_admin(1000, "root"));
         assert_eq!(c.tenants[0].quota.unwrap().compute_slices, 14);
+        assert_eq!(c.tenant_names(), ["default", "ml"]);
+    }
+
+    #[test]
+    fn ranges_are_said_in_their_units() {
+        let cases = [
+            (Unit::Ms, 1, "1 ms"),
+            (Unit::Ms, 3_600_000, "1 h"),
+            (Unit::Ms, 86_400_000, "1 day"),
+            (Unit::Ms, 90_000, "90 s"),
+            (Unit::Ms, 0, "0 ms"),
+            (Unit::Mib, 1 << 20, "1 TiB"),
+            (Unit::Bytes, 2 << 20, "2 MiB"),
+            (Unit::Bytes, 256, "256 bytes"),
+            (Unit::Count, 4096, "4096"),
+        ];
+        for (unit, v, want) in cases {
+            assert_eq!(unit.show(v), want);
+        }
+    }
+
+    #[test]
+    fn tokens_are_found_by_their_whole_value() {
+        let u = |name: &str| TokenUser { uid: 1, gid: 1, name: name.into() };
+        let t = Tokens::new(vec![("a".repeat(20), u("alice")), ("b".repeat(20), u("bob"))]);
+        assert_eq!(t.user_for("a".repeat(20).as_bytes()).map(|u| u.name.as_str()), Some("alice"));
+        assert_eq!(t.user_for("b".repeat(20).as_bytes()).map(|u| u.name.as_str()), Some("bob"));
+        for wrong in ["a".repeat(19), "a".repeat(21), "b".repeat(19) + "a", String::new()] {
+            assert!(t.user_for(wrong.as_bytes()).is_none(), "{wrong}");
+        }
+        assert!(!format!("{t:?}").contains("aaaa"), "Debug shows no token: {t:?}");
+    }
+
+    #[test]
+    fn token_file_lines() {
+        let long = "0123456789abcdef0123";
+        let ok = parse_tokens(&format!("# comment\n\nroot {long}\n  nobody {long}x\n"), "tokens").unwrap();
+        assert_eq!(ok.users(), ["nobody", "root"]);
+        let cases = [
+            ("root\n".to_string(), "tokens:1:1: write one `USER TOKEN` pair per line (found 1 word)"),
+            (format!("root {long} extra\n"), "tokens:1:1: write one `USER TOKEN` pair per line (found 3 words)"),
+            ("root short\n".to_string(), "tokens:1:6: the token for root is too weak"),
+            (format!("root {long}\nnobody {long}\n"), "tokens:2:8: the same token is on line 1"),
+            (format!("\n no-such-user-tessera {long}\n"), "tokens:2:2: no user 'no-such-user-tessera' on this node"),
+        ];
+        for (text, want) in cases {
+            let e = parse_tokens(&text, "tokens").unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text:?}:\n got  {e}\n want {want}");
+        }
     }
 }

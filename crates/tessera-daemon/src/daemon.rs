@@ -12,13 +12,13 @@ use tessera_gpu::health::Observation;
 use tessera_gpu::open::{Node, OpenOptions};
 use tessera_store::{DB_FILE, Store, StoreError};
 
-use crate::api::{Identity, Service, TokenUser};
-use crate::config::Config;
+use crate::api::{Identity, Service};
+use crate::config::{Config, Tokens};
 use tessera_sched::JobRequest;
 use tessera_store::Work;
 
 use crate::engine::{
-    Action, Caller, Engine, EngineError, Paths, Reply, ShimCommand, check_work, highest_job_dir, process_work,
+    Action, Caller, Engine, EngineError, Paths, Reader, Reply, ShimCommand, check_work, highest_job_dir, process_work,
 };
 
 /// What `tessera serve` was asked to do.
@@ -27,6 +27,10 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub config: Config,
+    /// The file `config` was read from (`None`: the defaults), for the log.
+    pub config_file: Option<PathBuf>,
+    /// The TCP tokens from `server.token_file`, each with its user.
+    pub tokens: Tokens,
     /// How to open the GPUs: the same choice the CLI makes (`tessera_gpu::open`).
     pub backend: OpenOptions,
     /// The supervisor: usually the `tessera` binary itself, with `shim` before `--job-dir`.
@@ -49,10 +53,12 @@ pub enum DaemonError {
     Setup(String),
 }
 
-/// The async face of the engine: actions run on a blocking thread under the engine's lock.
+/// The async face of the engine: actions run on a blocking thread under the engine's lock;
+/// reads on another, under the reader's, so they never wait for a round.
 #[derive(Debug)]
 pub struct EngineHandle {
     core: Arc<Mutex<Engine>>,
+    reader: Arc<Mutex<Reader>>,
     wake: Arc<tokio::sync::Notify>,
     changed: tokio::sync::watch::Sender<u64>,
     /// `jobs.max_exec_bytes`, for checking submissions without the engine.
@@ -60,15 +66,18 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    pub fn new(engine: Engine) -> EngineHandle {
+    pub fn new(engine: Engine) -> Result<EngineHandle, EngineError> {
         let (changed, _) = tokio::sync::watch::channel(0);
         let max_exec_bytes = engine.config.jobs.max_exec_bytes;
-        EngineHandle {
+        let reader = engine.reader()?;
+        engine.publish();
+        Ok(EngineHandle {
             core: Arc::new(Mutex::new(engine)),
+            reader: Arc::new(Mutex::new(reader)),
             wake: Arc::new(tokio::sync::Notify::new()),
             changed,
             max_exec_bytes,
-        }
+        })
     }
 
     /// A submission: its work checked on a blocking thread without the engine (the checks
@@ -84,6 +93,19 @@ impl EngineHandle {
         self.blocking(move |core| core.submit_checked(&caller, request, work, checked).map(Reply::Submitted)).await?
     }
 
+    /// A dry run: the work checked as a submission's is (without the engine), then one
+    /// decision on a copy of the scheduler under the engine; nothing is queued.
+    async fn dry_run(&self, caller: Caller, request: JobRequest, work: Work) -> Result<Reply, EngineError> {
+        let max = self.max_exec_bytes;
+        let (caller, work, checked) = tokio::task::spawn_blocking(move || {
+            let checked = check_work(&work, &caller, max);
+            (caller, work, checked)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("dry-run check task: {e}")))?;
+        self.blocking(move |core| core.dry_run_checked(&caller, request, work, checked).map(Reply::DryRun)).await?
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Engine) -> T + Send + 'static,
@@ -91,10 +113,23 @@ impl EngineHandle {
         let core = self.core.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut guard)
+            let out = f(&mut guard);
+            guard.publish();
+            out
         })
         .await
         .map_err(|e| EngineError::Internal(format!("engine task: {e}")))
+    }
+
+    /// A read, on a blocking thread under the reader's lock, never the engine's.
+    async fn read(&self, caller: Caller, action: Action) -> Result<Reply, EngineError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.read(&caller, action)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("reader task: {e}")))?
     }
 
     /// Scheduling rounds: on every wake-up, and every `tick` otherwise.
@@ -107,7 +142,7 @@ impl EngineHandle {
                     changed
                 }
                 Err(e) => {
-                    eprintln!("tessera serve: scheduling round failed: {e}");
+                    tracing::error!("scheduling round failed: {e}");
                     false
                 }
             };
@@ -146,8 +181,7 @@ impl EngineHandle {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let mut rx = self.changed.subscribe();
         loop {
-            let c = caller.clone();
-            let reply = self.blocking(move |core| core.act(&c, Action::Wait { id, timeout_ms })).await??;
+            let reply = self.read(caller.clone(), Action::Wait { id, timeout_ms }).await?;
             let ended = matches!(&reply, Reply::Job(j) if j.ended());
             if ended || tokio::time::Instant::now() >= deadline {
                 return Ok(reply);
@@ -190,8 +224,13 @@ impl Service for EngineHandle {
                     Err(e) => Err(e),
                 },
                 Action::SubmitWork { request, work } => self.submit(caller, request, work).await,
+                Action::DryRun(body) => match process_work(body) {
+                    Ok((request, work)) => self.dry_run(caller, request, work).await,
+                    Err(e) => Err(e),
+                },
                 Action::Wait { id, timeout_ms } => self.wait(caller, id, timeout_ms).await,
                 Action::Layout { gpu, request } => self.layout(caller, gpu, request).await,
+                read if read.is_read() => self.read(caller, read).await,
                 other => self.blocking(move |core| core.act(&caller, other)).await?,
             };
             if wakes && reply.is_ok() {
@@ -292,16 +331,28 @@ pub fn open_store(state_dir: &Path, output_dir: &Path, init: bool) -> Result<(St
     Ok((store, notes))
 }
 
-/// The local user TCP callers act as.
-fn token_user(config: &Config) -> Result<Option<TokenUser>, DaemonError> {
-    let Some(name) = &config.server.token_user else { return Ok(None) };
-    match tessera_host::user_by_name(name) {
-        Ok(Some(u)) => Ok(Some(TokenUser { uid: u.uid, gid: u.gid, name: u.name })),
-        Ok(None) => Err(DaemonError::Setup(format!(
-            "server.token_user = '{name}' is not a user on this node (TCP callers act as a local user)"
-        ))),
-        Err(e) => Err(DaemonError::Setup(format!("server.token_user: {e}"))),
+/// The TCP listener's line for the log: where, and whose tokens it accepts.
+fn token_users(tokens: &Tokens) -> String {
+    let users = tokens.users();
+    format!(
+        "{} token{} for {} user{} ({})",
+        tokens.len(),
+        if tokens.len() == 1 { "" } else { "s" },
+        users.len(),
+        if users.len() == 1 { "" } else { "s" },
+        users.join(", ")
+    )
+}
+
+/// The GPUs in a few words: `8 GPUs (8× NVIDIA H100 80GB HBM3)`.
+fn gpu_summary(engine: &Engine) -> String {
+    let mut by_name: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for g in &engine.facts.gpus {
+        *by_name.entry(g.name.as_str()).or_default() += 1;
     }
+    let n = engine.facts.gpus.len();
+    let kinds: Vec<String> = by_name.iter().map(|(name, k)| format!("{k}× {name}")).collect();
+    format!("{n} GPU{} ({})", if n == 1 { "" } else { "s" }, kinds.join(", "))
 }
 
 /// Watches GPU health until `stop`: Xid events as they come, every GPU probed every
@@ -327,7 +378,7 @@ fn watch_health(
             }
             Ok(_) => {}
             Err(e) => {
-                eprintln!("tessera serve: reading Xid events: {e}");
+                tracing::warn!("reading Xid events: {e}");
                 std::thread::sleep(Duration::from_millis(u64::from(wait)));
             }
         }
@@ -352,10 +403,30 @@ fn watch_health(
 pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
     private_state_dir(&opts.state_dir)?;
     let output_dir = opts.config.jobs.output_dir.clone().unwrap_or_else(|| opts.state_dir.join("output"));
+    match &opts.config_file {
+        Some(f) => {
+            tracing::info!(
+                config = %f.display(),
+                "tessera {} starting; config {}",
+                env!("CARGO_PKG_VERSION"),
+                f.display(),
+            )
+        }
+        None => tracing::info!("tessera {} starting; no config file: the defaults", env!("CARGO_PKG_VERSION")),
+    }
     let (store, notes) = open_store(&opts.state_dir, &output_dir, opts.init)?;
     for note in notes {
-        eprintln!("tessera serve: {note}");
+        tracing::warn!("{note}");
     }
+    tracing::info!(
+        state_dir = %opts.state_dir.display(),
+        database = %opts.state_dir.join(DB_FILE).display(),
+        output_dir = %output_dir.display(),
+        "state in {} (database {}, job output in {})",
+        opts.state_dir.display(),
+        opts.state_dir.join(DB_FILE).display(),
+        output_dir.display()
+    );
     {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         std::fs::DirBuilder::new()
@@ -386,21 +457,17 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
         dev_root: opts.config.node.dev_root.clone().unwrap_or_else(|| PathBuf::from("/dev")),
     };
     let mut engine = Engine::new(store, node.clone(), opts.config.clone(), paths, opts.shim.clone(), mps)?;
+    tracing::info!(
+        backend = %backend_summary,
+        gpus = engine.facts.gpus.len(),
+        "backend: {backend_summary}; {}",
+        gpu_summary(&engine),
+    );
     for note in engine.recover()? {
-        eprintln!("tessera serve: {note}");
+        tracing::info!("recovery: {note}");
     }
-    let token = match &opts.config.server.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| DaemonError::Setup(format!("server.token_file {}: {e}", p.display())))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
-    let identity =
-        Arc::new(Identity { token, token_user: token_user(&opts.config)?, config: Arc::new(opts.config.clone()) });
-    let isolation = engine.cgroups.to_string();
+    let identity = Arc::new(Identity { tokens: opts.tokens.clone(), config: Arc::new(opts.config.clone()) });
+    tracing::info!(isolation = %engine.cgroups, "isolation: {}", engine.cgroups);
     // A small runtime: the work is blocking (SQLite, NVML, fork/exec) and serialised on the core.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -421,8 +488,22 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
             ),
             None => None,
         };
-        eprintln!("tessera serve: {}; isolation: {isolation}; listening on {}", backend_summary, opts.socket.display());
-        let handle = Arc::new(EngineHandle::new(engine));
+        match (&tcp, &opts.config.server.tcp) {
+            (Some(_), Some(addr)) => tracing::info!(
+                socket = %opts.socket.display(),
+                tcp = %addr,
+                token_users = opts.tokens.users().len(),
+                "listening on {} and on TCP {addr}, {}",
+                opts.socket.display(),
+                token_users(&opts.tokens)
+            ),
+            _ => tracing::info!(
+                socket = %opts.socket.display(),
+                "listening on {} (TCP off: no server.tcp)",
+                opts.socket.display()
+            ),
+        }
+        let handle = Arc::new(EngineHandle::new(engine)?);
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (core, wake, stop) = (handle.core.clone(), handle.wake.clone(), stop.clone());

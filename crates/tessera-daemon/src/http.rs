@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 /// Limits on connections and requests, against clients that would exhaust the daemon. The
 /// daemon's config embeds it as `[server.limits]`; every field has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpLimits {
     /// Connections one peer may hold open at once: per uid on the Unix socket, per remote IP

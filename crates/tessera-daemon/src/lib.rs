@@ -7,7 +7,8 @@
 //!   `server`: the connection layer with its limits; `openapi`: the document.
 //! * `wire`: the typed requests and replies shared by the engine, `client` and the CLI.
 //! * `daemon`: `tessera serve` — start-up, recovery, rounds, the health watcher.
-//! * `config`: the TOML file; `signals`: signal names.
+//! * `config`: the TOML file and the TCP token file, every mistake at file:line:column;
+//!   `signals`: signal names.
 
 pub mod api;
 pub mod client;

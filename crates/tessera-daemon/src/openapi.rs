@@ -34,6 +34,7 @@ fn id_param() -> Value {
 pub const PATHS: &[&str] = &[
     "/openapi.json",
     "/v1/jobs",
+    "/v1/jobs/dry-run",
     "/v1/jobs/{id}",
     "/v1/jobs/{id}/cancel",
     "/v1/jobs/{id}/logs",
@@ -57,16 +58,22 @@ pub fn document() -> Value {
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/v1/jobs": {
                 "post": submit,
-                "get": op("The caller's jobs (admins: all with all=true)", json!([
-                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states"},
-                    {"name": "all", "in": "query", "schema": {"type": "boolean"}}]), None, "Jobs")
+                "get": op("The caller's active jobs (queued, placing, running); every filter narrows the list", json!([
+                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states (default: the active ones, or every state with history or since_ms)"},
+                    {"name": "history", "in": "query", "schema": {"type": "boolean"}, "description": "ended jobs too"},
+                    {"name": "since_ms", "in": "query", "schema": {"type": "integer"}, "description": "only jobs still active or ended at or after this time (ms since the epoch)"},
+                    {"name": "user", "in": "query", "schema": {"type": "string"}, "description": "only this user's jobs (another user's: admins only)"},
+                    {"name": "tenant", "in": "query", "schema": {"type": "string"}, "description": "only jobs charged to this tenant (admins: every user's)"},
+                    {"name": "all", "in": "query", "schema": {"type": "boolean"}, "description": "every user's jobs (admins only)"}]), None, "Jobs")
             },
+            "/v1/jobs/dry-run": {"post": op("What a submission would get now (the profile, each rank's instance and CPUs, the reconfiguration or preemption it needs, or why it would wait), queueing nothing; refused as a submission would be", json!([]), Some("SubmitRequest"), "The verdict")},
             "/v1/jobs/{id}": {"get": op("One job, with its state, reason and placement", json!([id_param()]), None, "The job")},
             "/v1/jobs/{id}/cancel": {"post": op("Cancel a job (SIGTERM, then SIGKILL after the grace period)", json!([id_param()]), None, "Cancelling")},
-            "/v1/jobs/{id}/logs": {"get": op("Log bytes from an offset", json!([id_param(),
-                {"name": "rank", "in": "query", "schema": {"type": "integer"}},
-                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer"}}]), None, "The bytes as UTF-8 text (invalid sequences replaced), the next offset, and whether the job has ended")},
+            "/v1/jobs/{id}/logs": {"get": op("A job's output, both streams of every rank in the order they were written (up to 1 MiB a reply)", json!([id_param(),
+                {"name": "rank", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "only this rank (default: every rank)"},
+                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}, "description": "only this stream (default: both)"},
+                {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "go on from a previous reply's `next`"},
+                {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "without `from`: start at the last this many lines"}]), None, "LogChunk: `pieces` (rank, stream, time_ms or null, data as base64), `next` (the cursor to go on from), `more` (more is there now), `job_ended`, `ranks`")},
             "/v1/jobs/{id}/wait": {"get": op("Wait until the job ends", json!([id_param(),
                 {"name": "timeout_ms", "in": "query", "schema": {"type": "integer"}}]), None, "The job")},
             "/v1/gpus": {"get": op("GPUs, instances, and which job runs where", json!([]), None, "Slice map")},

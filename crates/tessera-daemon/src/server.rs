@@ -77,7 +77,7 @@ pub async fn serve(
                 if let Err(e) = ended
                     && e.is_panic()
                 {
-                    eprintln!("tessera serve: a request handler panicked; its connection was dropped: {e}");
+                    tracing::error!("a request handler panicked; its connection was dropped: {e}");
                 }
             }
             accepted = unix.accept() => match accepted {
@@ -108,8 +108,8 @@ pub async fn serve(
     stop.send_replace(true);
     let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        eprintln!(
-            "tessera serve: dropping {} connection(s) still busy after the {} ms shutdown grace",
+        tracing::warn!(
+            "dropping {} connection(s) still busy after the {} ms shutdown grace",
             connections.len(),
             grace.as_millis()
         );
@@ -143,7 +143,7 @@ impl Pauses {
             return;
         }
         if self.last_said.is_none_or(|t| t.elapsed() >= Self::SAY_EVERY) {
-            eprintln!("tessera serve: accepting a connection on {what} failed: {e}; pausing new connections briefly");
+            tracing::error!("accepting a connection on {what} failed: {e}; pausing new connections briefly");
             self.last_said = Some(Instant::now());
         }
         tokio::time::sleep(Self::PAUSE).await;

@@ -36,13 +36,82 @@ pub struct SubmitReply {
     pub id: u64,
 }
 
-/// `GET /v1/jobs`.
+/// `GET /v1/jobs`: which jobs. Every filter narrows the list; by default the caller's own
+/// active jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct JobQuery {
-    /// Only jobs in these states (every state when empty).
+    /// Only jobs in these states; empty: the active ones ([`JobQuery::ACTIVE`]), or every state
+    /// with `history`.
+    #[serde(default)]
     pub states: Vec<JobState>,
+    /// Ended jobs too.
+    #[serde(default)]
+    pub history: bool,
+    /// Only jobs still active or ended at or after this time (ms since the Unix epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Only this user's jobs (another user's: admins only).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Only jobs charged to this tenant (a non-admin's own; an admin's: every user's).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Every user's jobs (admins only).
+    #[serde(default)]
     pub all: bool,
+}
+
+impl JobQuery {
+    /// The states of a job that has not ended.
+    pub const ACTIVE: [JobState; 3] = [JobState::Queued, JobState::Placing, JobState::Running];
+
+    /// The states the query lists: the ones named, else the active ones, or every state with
+    /// `history` or `since_ms`.
+    pub fn effective_states(&self) -> Vec<JobState> {
+        if !self.states.is_empty() {
+            self.states.clone()
+        } else if self.history || self.since_ms.is_some() {
+            JobState::ALL.to_vec()
+        } else {
+            JobQuery::ACTIVE.to_vec()
+        }
+    }
+
+    /// The query as `GET /v1/jobs` takes it (`state=queued,running&history=true&user=…`),
+    /// percent-encoded.
+    pub fn query_string(&self) -> String {
+        let mut parts = vec![format!("all={}", self.all)];
+        if !self.states.is_empty() {
+            let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
+            parts.push(format!("state={}", states.join(",")));
+        }
+        if self.history {
+            parts.push("history=true".into());
+        }
+        if let Some(ms) = self.since_ms {
+            parts.push(format!("since_ms={ms}"));
+        }
+        if let Some(u) = &self.user {
+            parts.push(format!("user={}", percent_encode(u)));
+        }
+        if let Some(t) = &self.tenant {
+            parts.push(format!("tenant={}", percent_encode(t)));
+        }
+        parts.join("&")
+    }
+}
+
+/// `text` as a query-string value: unreserved characters as they are, every other byte `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A list of jobs.
@@ -80,6 +149,9 @@ pub struct JobView {
     /// Every state change, oldest first (`GET /v1/jobs/{id}` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventView>,
+    /// Who asked to cancel it (its owner or an admin), once someone did.
+    #[serde(default)]
+    pub cancelled_by: Option<String>,
 }
 
 impl JobView {
@@ -97,6 +169,9 @@ pub struct RankView {
     pub devices: Vec<String>,
     /// Its CPUs, in the kernel's list format (`0-3,8`); `None` when not bound.
     pub cpus: Option<String>,
+    /// How many CPUs that is.
+    #[serde(default)]
+    pub cpu_count: u32,
     /// The host NUMA node its memory is bound to.
     pub numa_node: Option<u32>,
     pub mem_mib: u64,
@@ -164,7 +239,7 @@ impl std::fmt::Display for CancelState {
 }
 
 /// Which output stream of a rank.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
     #[default]
@@ -193,15 +268,218 @@ impl std::str::FromStr for Stream {
     }
 }
 
-/// Bytes of a rank's log (`GET /v1/jobs/{id}/logs`).
+/// The reply to `POST /v1/jobs/dry-run` (its body is a [`SubmitRequest`]): what the job would
+/// get if it were submitted now — admission, then one scheduling decision on the node as it is
+/// with the job added, acting on nothing. A request admission refuses gets the same error a
+/// submission would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunReply {
+    pub verdict: DryRunVerdict,
+    /// The profiles one rank needs, per GPU model of the node (`H100-80GB: 1g.10gb`).
+    pub profiles: Vec<String>,
+    /// Where its ranks would run ([`DryRunVerdict::Start`]).
+    pub ranks: Vec<DryRunRank>,
+    /// The reconfigurations it needs first ([`DryRunVerdict::Reconfigure`]).
+    pub reconfigure: Vec<DryRunReconfigure>,
+    /// The jobs that would be preempted for it.
+    pub preempt: Vec<u64>,
+    /// Why it would wait, as `tessera jobs` would show it (`capacity: …`); empty when it starts.
+    pub reason: String,
+}
+
+/// What a submission now would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DryRunVerdict {
+    /// It would start at once.
+    Start,
+    /// It would wait while GPUs are reconfigured (or jobs preempted) for it, then start.
+    Reconfigure,
+    /// It would wait in the queue.
+    Wait,
+}
+
+impl std::fmt::Display for DryRunVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DryRunVerdict::Start => "start",
+            DryRunVerdict::Reconfigure => "reconfigure",
+            DryRunVerdict::Wait => "wait",
+        })
+    }
+}
+
+/// Where one rank would run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunRank {
+    pub rank: u32,
+    pub slices: Vec<DryRunSlice>,
+    /// Its CPUs, in the kernel's list format; `None` when not bound.
+    pub cpus: Option<String>,
+    pub cpu_count: u32,
+    pub numa_node: Option<u32>,
+    pub mem_mib: u64,
+}
+
+/// One slice a rank would get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunSlice {
+    pub gpu: u32,
+    pub profile: Option<String>,
+    pub start: u8,
+    /// `false`: a GPU with MIG off, used whole.
+    pub mig: bool,
+    /// The GPU instance there now.
+    pub gpu_instance_id: Option<u32>,
+}
+
+/// A GPU change the job would wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunReconfigure {
+    pub gpu: u32,
+    /// `destroy 2g.20gb@4`, `create 1g.10gb@6`, `MIG on`, …
+    pub steps: Vec<String>,
+}
+
+/// A read of a job's output (`GET /v1/jobs/{id}/logs`): both streams of every rank in the
+/// order they were written unless narrowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only this rank (`None`: every rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    /// Only this stream (`None`: both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Stream>,
+    /// Go on from here: a previous chunk's `next`. `None`: from the start, or from `tail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<LogCursor>,
+    /// Without `from`: start at the last this many lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u64>,
+}
+
+impl LogQuery {
+    /// The query string of `GET /v1/jobs/{id}/logs`.
+    pub fn query_string(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(rank) = self.rank {
+            parts.push(format!("rank={rank}"));
+        }
+        if let Some(stream) = self.stream {
+            parts.push(format!("stream={}", stream.as_str()));
+        }
+        if let Some(from) = &self.from {
+            parts.push(format!("from={from}"));
+        }
+        if let Some(n) = self.tail {
+            parts.push(format!("tail={n}"));
+        }
+        parts.join("&")
+    }
+}
+
+/// Where a read of a job's output goes on, as a token: `RECORD` (index records already read)
+/// then `,RANK` `o` or `e` `OFFSET` for each log (bytes of it already read), e.g. `12,0o340,0e17`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogCursor {
+    pub record: u64,
+    pub done: Vec<(u32, Stream, u64)>,
+}
+
+impl std::fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.record)?;
+        for (rank, stream, offset) in &self.done {
+            let s = match stream {
+                Stream::Stdout => 'o',
+                Stream::Stderr => 'e',
+            };
+            write!(f, ",{rank}{s}{offset}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for LogCursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LogCursor, String> {
+        let bad = || format!("'{text}' is not a cursor a log read returned (RECORD,RANKoOFFSET,RANKeOFFSET…)");
+        let mut parts = text.split(',');
+        let record = parts.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+        let done = parts
+            .map(|p| {
+                let (rank, offset, stream) = match (p.split_once('o'), p.split_once('e')) {
+                    (Some((r, o)), None) => (r, o, Stream::Stdout),
+                    (None, Some((r, o))) => (r, o, Stream::Stderr),
+                    _ => return None,
+                };
+                Some((rank.parse().ok()?, stream, offset.parse().ok()?))
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?;
+        Ok(LogCursor { record, done })
+    }
+}
+
+impl Serialize for LogCursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LogCursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LogCursor, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes of a job's output, sent as base64 (output need not be UTF-8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogBytes(pub Vec<u8>);
+
+impl Serialize for LogBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for LogBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LogBytes, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text).map(LogBytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes one rank wrote to one stream at one time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPiece {
+    pub rank: u32,
+    pub stream: Stream,
+    /// When the supervisor read them, in milliseconds since the Unix epoch; `None` for output
+    /// whose order was not recorded (a supervisor from before the order index, or one whose
+    /// index failed): it comes after what was recorded.
+    pub time_ms: Option<u64>,
+    /// The bytes, base64.
+    pub data: LogBytes,
+}
+
+/// A job's output (`GET /v1/jobs/{id}/logs`), in the order it was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
-    /// The bytes, as UTF-8 (invalid sequences replaced).
-    pub data: String,
-    /// Ask from here next time.
-    pub next_offset: u64,
-    /// The job has ended: no more bytes will come once `data` is empty.
+    pub pieces: Vec<LogPiece>,
+    /// Read on from here (`from`).
+    pub next: LogCursor,
+    /// The chunk stopped at its size limit: more is there now.
+    pub more: bool,
+    /// The job has ended: nothing more will come once `more` is false.
     pub job_ended: bool,
+    /// How many ranks the job has.
+    pub ranks: u32,
 }
 
 /// The node's GPUs (`GET /v1/gpus`).
@@ -239,8 +517,19 @@ pub struct InstanceInfo {
     pub start: u8,
     pub size: u8,
     pub jobs: Vec<u64>,
+    /// The jobs on it with their users and tenants (several when it is shared).
+    #[serde(default)]
+    pub occupants: Vec<Occupant>,
     pub mig_uuid: Option<String>,
     pub healthy: bool,
+}
+
+/// A job on an instance, and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Occupant {
+    pub job: u64,
+    pub user: String,
+    pub tenant: String,
 }
 
 /// A drain.
@@ -328,4 +617,55 @@ pub struct HealthClearReply {
     pub gpu: u32,
     /// The GPU's health after the clear (a fault clears at the next successful probe).
     pub health: tessera_gpu::health::Health,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_queries_are_written_as_the_api_reads_them() {
+        let q = JobQuery {
+            states: vec![JobState::Queued, JobState::Failed],
+            history: true,
+            since_ms: Some(5),
+            user: Some("a b&c=d".into()),
+            tenant: Some("ml/é".into()),
+            all: false,
+        };
+        assert_eq!(
+            q.query_string(),
+            "all=false&state=queued,failed&history=true&since_ms=5&user=a%20b%26c%3Dd&tenant=ml%2F%C3%A9"
+        );
+        assert_eq!(JobQuery::default().effective_states(), JobQuery::ACTIVE);
+        assert_eq!(JobQuery { since_ms: Some(1), ..JobQuery::default() }.effective_states(), JobState::ALL);
+    }
+
+    #[test]
+    fn log_cursors_are_tokens_that_round_trip() {
+        let cases = [
+            (LogCursor::default(), "0"),
+            (LogCursor { record: 12, done: vec![(0, Stream::Stdout, 340), (0, Stream::Stderr, 17)] }, "12,0o340,0e17"),
+            (LogCursor { record: 3, done: vec![(7, Stream::Stderr, 0)] }, "3,7e0"),
+        ];
+        for (cursor, token) in cases {
+            assert_eq!(cursor.to_string(), token);
+            assert_eq!(token.parse::<LogCursor>(), Ok(cursor.clone()));
+            assert_eq!(serde_json::to_string(&cursor).unwrap(), format!("\"{token}\""));
+        }
+        for bad in ["", "x", "1,", "1,0x5", "1,0o", "1,o5", "1,0oe5", "-1"] {
+            let e = bad.parse::<LogCursor>().unwrap_err();
+            assert!(e.starts_with(&format!("'{bad}' is not a cursor")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn log_bytes_are_base64_and_need_not_be_utf8() {
+        let piece = LogPiece { rank: 1, stream: Stream::Stderr, time_ms: None, data: LogBytes(b"a\xff\n".to_vec()) };
+        let json = serde_json::to_string(&piece).unwrap();
+        assert_eq!(json, r#"{"rank":1,"stream":"stderr","time_ms":null,"data":"Yf8K"}"#);
+        assert_eq!(serde_json::from_str::<LogPiece>(&json).unwrap(), piece);
+        let e = serde_json::from_str::<LogBytes>(r#""not base64!""#).unwrap_err();
+        assert!(e.to_string().contains("Invalid"), "{e}");
+    }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use tessera_daemon::api::{Action, Caller, Door, EngineError, Identity, Reply, Service, TokenUser};
 use tessera_daemon::client::{Client, ClientError, Endpoint};
 use tessera_daemon::config::Config;
+use tessera_daemon::config::Tokens;
 use tessera_daemon::wire::{DrainReply, GpuList, SubmitReply};
 
 #[derive(Default)]
@@ -66,8 +67,10 @@ fn start() -> Running {
     let sock = dir.path().join("t.sock");
     let fake = Arc::new(Fake::default());
     let identity = Arc::new(Identity {
-        token: Some("s3cret".into()),
-        token_user: Some(TokenUser { uid: 65534, gid: 65534, name: "nobody".into() }),
+        tokens: Tokens::new(vec![
+            ("s3cret".into(), TokenUser { uid: 65534, gid: 65534, name: "nobody".into() }),
+            ("r00t-token".into(), TokenUser { uid: 0, gid: 0, name: "root".into() }),
+        ]),
         config: Arc::new(Config { users: [("nobody".to_string(), "ml".to_string())].into(), ..Config::default() }),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -184,6 +187,9 @@ fn callers_are_the_socket_peer_or_the_token_user() {
     let tcp = |token: &str| Client::new(Endpoint::Tcp { addr: r.tcp_addr.clone(), token: token.into() });
     assert_eq!(refusal(tcp("wrong").gpus()).0, 401);
     assert_eq!(tcp("s3cret").gpus().unwrap().backend, "nobody");
+    // Each token is its own user.
+    assert_eq!(tcp("r00t-token").gpus().unwrap().backend, "root");
+    assert_eq!(refusal(tcp("s3cre").gpus()).0, 401, "a token's prefix is no token");
     assert_eq!(refusal(tcp("s3cret").drain(0, "")).0, 403, "the token user is not an admin");
     let seen = r.fake.seen.lock().unwrap();
     let tcp_caller = seen.iter().find(|c| c.door == Door::Tcp).unwrap();

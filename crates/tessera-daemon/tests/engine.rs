@@ -169,7 +169,9 @@ fn what_can_never_run_is_refused_naming_the_field() {
     assert!(matches!(submit(&mut e, &alice(), high.clone(), "k"), Err(EngineError::Forbidden(_))));
     assert!(submit(&mut e, &root(), high, "k").is_ok());
     // Nothing refused was queued.
-    let Reply::Jobs(all) = e.act(&root(), Action::ListJobs(JobQuery { states: vec![], all: true })).unwrap() else {
+    let Reply::Jobs(all) =
+        e.act(&root(), Action::ListJobs(JobQuery { all: true, history: true, ..JobQuery::default() })).unwrap()
+    else {
         panic!()
     };
     assert_eq!(all.jobs.len(), 1, "{all:?}");
@@ -248,3 +250,130 @@ trait Tap: Sized {
     }
 }
 impl Tap for JobRequest {}
+
+fn list(e: &mut Engine, who: &Caller, q: JobQuery) -> Result<Vec<u64>, EngineError> {
+    match e.act(who, Action::ListJobs(q))? {
+        Reply::Jobs(l) => Ok(l.jobs.iter().map(|j| j.id).collect()),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// `GET /v1/jobs`: the caller's active jobs by default; history, a time bound and states on
+/// request; another user's jobs, a tenant's or everyone's for admins only.
+#[test]
+fn job_lists_are_active_by_default_and_filtered_by_state_time_user_and_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path(), "1xH100-80GB,numa=1,cpus=16", Config::default());
+    let a1 = submit(&mut e, &alice(), profile("1g.10gb"), "a1").unwrap();
+    let a2 = submit(&mut e, &alice(), profile("1g.10gb"), "a2").unwrap();
+    let b1 = submit(&mut e, &bob(), profile("1g.10gb"), "b1").unwrap();
+    let r1 = submit(&mut e, &root(), profile("1g.10gb"), "r1").unwrap();
+    settle(&mut e);
+    e.act(&alice(), Action::Release { id: a1, exit: ok_exit("done"), succeeded: true }).unwrap();
+    let q = JobQuery::default;
+    assert_eq!(list(&mut e, &alice(), q()).unwrap(), [a2], "active, own");
+    assert_eq!(list(&mut e, &alice(), JobQuery { history: true, ..q() }).unwrap(), [a1, a2]);
+    let states = vec![JobState::Succeeded];
+    assert_eq!(list(&mut e, &alice(), JobQuery { states, ..q() }).unwrap(), [a1], "named states, ended or not");
+    let later = tessera_host::now_ms() + 60_000;
+    assert_eq!(list(&mut e, &alice(), JobQuery { since_ms: Some(later), ..q() }).unwrap(), [a2], "ended before");
+    assert_eq!(list(&mut e, &alice(), JobQuery { since_ms: Some(0), ..q() }).unwrap(), [a1, a2]);
+    assert_eq!(list(&mut e, &alice(), JobQuery { tenant: Some("default".into()), ..q() }).unwrap(), [a2]);
+    // A tenant never configured is a mistake, named.
+    match list(&mut e, &alice(), JobQuery { tenant: Some("other".into()), ..q() }) {
+        Err(EngineError::Invalid { field, message }) => {
+            assert_eq!(field, "tenant");
+            assert!(message.contains("no tenant 'other' is configured (tenants: default)"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(list(&mut e, &alice(), JobQuery { user: Some("alice".into()), ..q() }).unwrap(), [a2]);
+    // Someone else's: admins only.
+    for q in [JobQuery { all: true, ..q() }, JobQuery { user: Some("root".into()), ..q() }] {
+        match list(&mut e, &alice(), q.clone()) {
+            Err(EngineError::Forbidden(m)) => assert!(m.contains("only admins"), "{m}"),
+            other => panic!("{q:?}: {other:?}"),
+        }
+    }
+    assert_eq!(list(&mut e, &root(), JobQuery { all: true, ..q() }).unwrap(), [a2, b1, r1]);
+    assert_eq!(list(&mut e, &root(), JobQuery { tenant: Some("default".into()), ..q() }).unwrap(), [a2, b1, r1]);
+    assert_eq!(list(&mut e, &root(), JobQuery { user: Some("root".into()), ..q() }).unwrap(), [r1]);
+    match list(&mut e, &root(), JobQuery { user: Some("no-such-user-here".into()), ..q() }) {
+        Err(EngineError::Invalid { field, message }) => {
+            assert_eq!((field.as_str(), message.as_str()), ("user", "no user 'no-such-user-here' on this node"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A dry run answers what a submission would get now and queues, starts and charges nothing;
+/// it is refused as a submission would be.
+#[test]
+fn a_dry_run_decides_on_the_node_as_it_is_and_queues_nothing() {
+    use tessera_daemon::wire::{DryRunVerdict, SubmitRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path(), "1xH100-80GB,numa=1,cpus=16", Config::default());
+    let dry = |e: &mut Engine, who: &Caller, request: JobRequest| {
+        let body = SubmitRequest {
+            command: vec!["true".into()],
+            env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
+            cwd: "/".into(),
+            resources: request,
+            preempt_signal: None,
+        };
+        match e.act(who, Action::DryRun(body)) {
+            Ok(Reply::DryRun(r)) => Ok(r),
+            Ok(other) => panic!("unexpected reply {other:?}"),
+            Err(err) => Err(err),
+        }
+    };
+    // An empty GPU: the instance must be made first.
+    let mut req = JobRequest::new(GpuRequest::Memory { mib: 9537 });
+    req.cpus = 2;
+    let r = dry(&mut e, &alice(), req.clone()).unwrap();
+    assert_eq!(r.verdict, DryRunVerdict::Reconfigure, "{r:?}");
+    assert_eq!(r.profiles, ["H100-80GB: 1g.10gb"]);
+    assert!(r.reconfigure[0].steps.iter().any(|s| s.starts_with("create 1g.10gb@")), "{r:?}");
+    // Once a 1g.10gb is there and idle, it would start on it at once, with its CPUs.
+    let id = submit(&mut e, &alice(), profile("1g.10gb"), "k").unwrap();
+    settle(&mut e);
+    e.act(&alice(), Action::Release { id, exit: ok_exit("done"), succeeded: true }).unwrap();
+    let r = dry(&mut e, &alice(), req.clone()).unwrap();
+    assert_eq!(r.verdict, DryRunVerdict::Start, "{r:?}");
+    let rank = &r.ranks[0];
+    assert_eq!((rank.cpu_count, rank.slices[0].profile.as_deref()), (2, Some("1g.10gb")), "{r:?}");
+    assert!(rank.slices[0].gpu_instance_id.is_some() && rank.cpus.is_some(), "{r:?}");
+    // A drained GPU: it would wait, and says why.
+    e.act(&root(), Action::Drain { gpu: 0, drain: true, request: DrainRequest::default() }).unwrap();
+    let r = dry(&mut e, &alice(), req.clone()).unwrap();
+    assert_eq!(r.verdict, DryRunVerdict::Wait);
+    assert!(r.reason.starts_with("capacity: ") && r.reason.contains("drained (GPU 0)"), "{r:?}");
+    // Refused as a submission is, naming the field.
+    let mut huge = req.clone();
+    huge.cpus = 1000;
+    assert!(
+        matches!(dry(&mut e, &alice(), huge), Err(EngineError::CannotRun { field, .. }) if field == "resources.cpus")
+    );
+    // Nothing was queued.
+    let all = list(&mut e, &root(), JobQuery { all: true, history: true, ..JobQuery::default() }).unwrap();
+    assert_eq!(all, [id]);
+}
+
+/// A cancel records who asked; the job shows it.
+#[test]
+fn a_cancel_records_who_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path(), "1xH100-80GB,numa=1,cpus=16", Config::default());
+    let queued = submit(&mut e, &alice(), profile("1g.10gb"), "q").unwrap();
+    e.act(&root(), Action::Cancel { id: queued }).unwrap();
+    let j = job(&mut e, &alice(), queued);
+    assert_eq!((j.state, j.cancelled_by.as_deref()), (JobState::Cancelled, Some("root")));
+    let placed = submit(&mut e, &alice(), profile("1g.10gb"), "p").unwrap();
+    settle(&mut e);
+    assert_eq!(job(&mut e, &alice(), placed).cancelled_by, None);
+    e.act(&alice(), Action::Cancel { id: placed }).unwrap();
+    assert_eq!(job(&mut e, &alice(), placed).cancelled_by.as_deref(), Some("alice"));
+    // A second cancel of an ended job is refused and changes nothing.
+    assert!(matches!(e.act(&root(), Action::Cancel { id: placed }), Err(EngineError::Conflict(_))));
+    assert_eq!(job(&mut e, &alice(), placed).cancelled_by.as_deref(), Some("alice"));
+}

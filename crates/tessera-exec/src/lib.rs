@@ -20,7 +20,8 @@
 //! * [`cgroup`]: the job's cgroup (v1 or v2 per controller): memory, cpuset, devices, killing
 //!   what is left, OOM counters; `devfilter` (private): the v2 device filter's eBPF
 //!   instructions.
-//! * `output` (private): the ranks' output pipes, copied to their logs under a per-run cap.
+//! * `output` (private): the ranks' output pipes, copied to their logs under a per-run cap,
+//!   and the order they were written in; [`logs`]: reading them back in that order.
 //! * [`syscalls`]: the [`Syscalls`] seam, [`RecordingSyscalls`], the child's set-up sequence;
 //!   `sys` (private) holds every `unsafe` libc call (including `poll` and `bpf`).
 //! * [`shim`]: the supervisor. [`launch`](mod@launch): the daemon's side.
@@ -37,6 +38,7 @@ pub mod binding;
 pub mod cgroup;
 pub mod claim;
 pub mod launch;
+pub mod logs;
 pub mod mps;
 pub mod shim;
 pub mod spec;
@@ -50,6 +52,7 @@ pub use error::ExecError;
 pub use launch::{
     Launcher, READY_TIMEOUT, abandon, cancel, inspect, kill_orphans, launch, stop, tail_log, tail_stream,
 };
+pub use logs::{INDEX_FILE, LogCursor, LogPiece, LogRead, LogSelect, read_output, tail_cursor};
 pub use mps::{MpsControl, NvidiaMps, RecordingMps, RunAs};
 pub use shim::{EXIT_ABANDONED, EXIT_NOT_SUCCEEDED, EXIT_SHIM_ERROR, EXIT_SUCCEEDED, run_shim, run_standby_shim};
 pub use spec::{

@@ -7,6 +7,16 @@
 //! `tessera: output limit of N bytes reached; further output is discarded` (on a line of its
 //! own) goes to that stream's log; from then on everything is read and discarded.
 //!
+//! **Order.** Beside the logs, the order index ([`crate::logs`]) gets one record per read burst
+//! (which rank's stream, where in its log, how long, when), so that both streams can be shown
+//! interleaved as they were written. Consecutive bursts of one stream read in the same
+//! millisecond share a record; a record is written at the end of each [`Output::pump`] or when
+//! another stream's burst comes. The index takes at most as many bytes per run as the output
+//! limit (at least [`MIN_INDEX_BYTES`]); a run that would need more (a flood of tiny writes)
+//! counts as having reached its limit, with its own marker line
+//! `tessera: output order index full after N writes; further output is discarded`. An index
+//! that cannot be opened or written gives one note; the output itself goes on, unordered.
+//!
 //! **Failures.** A log that cannot be opened, or a write that fails (`ENOSPC`, `EIO`, …), gives
 //! one note and that stream is discarded from then on; the job runs on. The notes end up in the
 //! outcome, which lives on the state file system, not the output one.
@@ -24,6 +34,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::logs::{INDEX_HEADER, RECORD_LEN, Record};
 use crate::status::LogStream;
 use crate::sys;
 
@@ -32,9 +43,17 @@ const CHUNK: usize = 64 * 1024;
 /// Reads per pipe per [`Output::pump`], so one noisy rank cannot hold the loop.
 const READS_PER_PUMP: usize = 16;
 
+/// The least the order index may take per run, whatever the output limit.
+pub(crate) const MIN_INDEX_BYTES: u64 = 1 << 20;
+
 /// The line written when the output limit is reached.
 pub(crate) fn limit_marker(limit: u64) -> String {
     format!("tessera: output limit of {limit} bytes reached; further output is discarded\n")
+}
+
+/// The line written when the order index is full.
+pub(crate) fn index_full_marker(records: u64) -> String {
+    format!("tessera: output order index full after {records} writes; further output is discarded\n")
 }
 
 /// What to do with a chunk of output.
@@ -90,6 +109,16 @@ impl Budget {
         self.reached
     }
 
+    /// Reaches the limit now, whatever was written (the order index is full): like the chunk
+    /// that crosses the limit, with nothing of it kept.
+    pub(crate) fn close(&mut self) -> Admit {
+        if self.reached {
+            return Admit::Nothing;
+        }
+        self.reached = true;
+        Admit::Part(0)
+    }
+
     /// Gives back `n` bytes that [`Budget::admit`] let through but that never reached a log
     /// (the write failed): only what was written counts. Below the limit again, it is no longer
     /// reached.
@@ -111,14 +140,86 @@ struct Stream {
     /// `None` when the stream is being discarded (the log could not be opened or written).
     file: Option<File>,
     path: PathBuf,
+    /// Where the next byte goes in the log (its length when opened, plus what was written).
+    offset: u64,
     /// Whether the last byte written to the log ended a line.
     at_line_start: bool,
+}
+
+/// The order index being written (see [`crate::logs`]).
+#[derive(Debug)]
+struct OrderIndex {
+    /// `None` once a write failed: the order of later output is not kept.
+    file: Option<File>,
+    path: PathBuf,
+    /// The record being extended, not written yet.
+    pending: Option<Record>,
+    /// Records of this run, the pending one included.
+    records: u64,
+    /// The most records this run may write (`None`: no output limit).
+    max_records: Option<u64>,
+    /// The run needed more records than that.
+    full: bool,
+}
+
+impl OrderIndex {
+    /// Whether a burst would extend the pending record.
+    fn extends(&self, rank: u32, kind: LogStream, offset: u64, len: usize, now_ms: u64) -> bool {
+        self.pending.is_some_and(|p| {
+            (p.rank, p.stream, p.end(), p.time_ms) == (rank, kind, offset, now_ms)
+                && u64::from(p.len) + len as u64 <= u64::from(u32::MAX)
+        })
+    }
+
+    /// Whether a burst needs a record that this run may no longer write.
+    fn refuses(&self, rank: u32, kind: LogStream, offset: u64, len: usize, now_ms: u64) -> bool {
+        self.file.is_some()
+            && self.max_records.is_some_and(|m| self.records >= m)
+            && !self.extends(rank, kind, offset, len, now_ms)
+    }
+
+    /// Writes the pending record; a failed write gives a note and ends the index for this run.
+    fn flush(&mut self, notes: &mut Vec<String>) {
+        let Some(rec) = self.pending.take() else { return };
+        let Some(file) = self.file.as_mut() else { return };
+        if let Err(e) = file.write_all(&rec.encode()) {
+            notes.push(format!(
+                "writing {} failed: {e}; the order of stdout and stderr is not kept from here on",
+                self.path.display()
+            ));
+            self.file = None;
+        }
+    }
+}
+
+/// Makes an opened index ready for appending: the header in an empty file, a record cut short
+/// by a crash cut off; a file that is not an order index is refused.
+fn prepare_index(file: &mut File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let header_len = INDEX_HEADER.len() as u64;
+    let len = file.metadata()?.len();
+    let mut head = vec![0u8; len.min(header_len) as usize];
+    file.read_exact_at(&mut head, 0)?;
+    if head[..] != INDEX_HEADER[..head.len()] {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a Tessera output order index"));
+    }
+    if len < header_len {
+        // New, or its header cut short.
+        file.set_len(0)?;
+        return file.write_all(INDEX_HEADER);
+    }
+    let whole = header_len + (len - header_len) / RECORD_LEN as u64 * RECORD_LEN as u64;
+    if whole != len {
+        file.set_len(whole)?;
+    }
+    Ok(())
 }
 
 /// Every rank's output pipes and logs, and the budget they share.
 #[derive(Debug)]
 pub(crate) struct Output {
     streams: Vec<Stream>,
+    order: Option<OrderIndex>,
     budget: Budget,
     notes: Vec<String>,
     discarded: bool,
@@ -129,10 +230,26 @@ impl Output {
     pub(crate) fn new(limit: Option<u64>) -> Self {
         Output {
             streams: Vec::new(),
+            order: None,
             budget: Budget::new(limit),
             notes: Vec::new(),
             discarded: false,
             buf: vec![0; CHUNK],
+        }
+    }
+
+    /// Keeps the order of the output in this index (opened for reading and appending), or
+    /// notes why it cannot.
+    pub(crate) fn keep_order(&mut self, file: Result<File, io::Error>, path: PathBuf) {
+        match file.and_then(|mut f| prepare_index(&mut f).map(|()| f)) {
+            Ok(f) => {
+                let max_records = self.budget.limit.map(|l| l.max(MIN_INDEX_BYTES) / RECORD_LEN as u64);
+                self.order =
+                    Some(OrderIndex { file: Some(f), path, pending: None, records: 0, max_records, full: false });
+            }
+            Err(e) => self
+                .notes
+                .push(format!("cannot open {}: {e}; the order of stdout and stderr is not kept", path.display())),
         }
     }
 
@@ -149,8 +266,8 @@ impl Output {
         path: PathBuf,
     ) -> io::Result<usize> {
         sys::set_nonblocking(reader.as_fd())?;
-        let file = match file {
-            Ok(f) => Some(f),
+        let (file, offset) = match file.and_then(|f| f.metadata().map(|m| (f, m.len()))) {
+            Ok((f, len)) => (Some(f), len),
             Err(e) => {
                 self.notes.push(format!(
                     "rank {rank}: cannot open {}: {e}; its {} is discarded",
@@ -158,10 +275,10 @@ impl Output {
                     kind.as_str()
                 ));
                 self.discarded = true;
-                None
+                (None, 0)
             }
         };
-        self.streams.push(Stream { rank, kind, reader: Some(reader), file, path, at_line_start: true });
+        self.streams.push(Stream { rank, kind, reader: Some(reader), file, path, offset, at_line_start: true });
         Ok(self.streams.len() - 1)
     }
 
@@ -188,6 +305,14 @@ impl Output {
                 std::thread::sleep(timeout);
             }
         }
+        self.flush_order();
+    }
+
+    /// Writes the pending order record, so that readers see what was read.
+    fn flush_order(&mut self) {
+        if let Some(order) = self.order.as_mut() {
+            order.flush(&mut self.notes);
+        }
     }
 
     /// Reads what stream `index` has now, without waiting, and returns it (it is also logged):
@@ -195,6 +320,7 @@ impl Output {
     pub(crate) fn read_now(&mut self, index: usize) -> Vec<u8> {
         let mut seen = Vec::new();
         self.read_ready(index, READS_PER_PUMP, Some(&mut seen));
+        self.flush_order();
         seen
     }
 
@@ -212,10 +338,12 @@ impl Output {
         for s in &mut self.streams {
             s.reader = None;
         }
+        self.flush_order();
     }
 
     /// The notes for the outcome and whether any output was discarded.
     pub(crate) fn finish(mut self) -> (Vec<String>, bool) {
+        self.flush_order();
         if self.budget.reached() {
             self.discarded = true;
         }
@@ -224,6 +352,7 @@ impl Output {
 
     fn read_ready(&mut self, index: usize, max_reads: usize, mut seen: Option<&mut Vec<u8>>) {
         let mut buf = std::mem::take(&mut self.buf);
+        let now_ms = tessera_host::now_ms();
         for _ in 0..max_reads {
             let Some(reader) = self.streams[index].reader.as_mut() else { break };
             match reader.read(&mut buf) {
@@ -235,7 +364,7 @@ impl Output {
                     if let Some(seen) = seen.as_deref_mut() {
                         seen.extend_from_slice(&buf[..n]);
                     }
-                    self.deliver(index, &buf[..n]);
+                    self.deliver(index, &buf[..n], now_ms);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -252,29 +381,45 @@ impl Output {
 
     /// Passes one chunk through the budget to the stream's log; what a failed write did not
     /// store is given back to the budget.
-    fn deliver(&mut self, index: usize, data: &[u8]) {
-        if self.streams[index].file.is_none() {
+    fn deliver(&mut self, index: usize, data: &[u8], now_ms: u64) {
+        let s = &self.streams[index];
+        if s.file.is_none() {
             return;
         }
-        match self.budget.admit(data.len()) {
+        let order_full = self.order.as_ref().is_some_and(|o| o.refuses(s.rank, s.kind, s.offset, data.len(), now_ms));
+        let decision = if order_full {
+            if let Some(o) = self.order.as_mut() {
+                o.full = true;
+            }
+            self.budget.close()
+        } else {
+            self.budget.admit(data.len())
+        };
+        match decision {
             Admit::All => {
-                let written = self.write(index, data);
+                let written = self.write(index, data, now_ms);
                 self.budget.refund(data.len() - written);
             }
             Admit::Nothing => {}
             Admit::Part(keep) => {
-                let written = self.write(index, &data[..keep]);
+                let written = self.write(index, &data[..keep], now_ms);
                 if written < keep {
                     // The log failed before the limit: the limit was not reached after all.
                     self.budget.refund(keep - written);
                     return;
                 }
                 let limit = self.budget.limit.unwrap_or(0);
-                let marker = limit_marker(limit);
+                let (marker, why) = match self.order.as_ref().filter(|o| o.full) {
+                    Some(o) => {
+                        let n = o.records;
+                        (index_full_marker(n), format!("output order index full after {n} writes"))
+                    }
+                    None => (limit_marker(limit), format!("output limit of {limit} bytes reached")),
+                };
                 let line = if self.streams[index].at_line_start { marker } else { format!("\n{marker}") };
-                self.write(index, line.as_bytes());
+                self.write(index, line.as_bytes(), now_ms);
                 self.notes.push(format!(
-                    "output limit of {limit} bytes reached (rank {} {}); further output of every rank was discarded",
+                    "{why} (rank {} {}); further output of every rank was discarded",
                     self.streams[index].rank,
                     self.streams[index].kind.as_str()
                 ));
@@ -284,8 +429,9 @@ impl Output {
 
     /// Writes `bytes` to the stream's log; returns how many got there (all of them unless the
     /// write failed, which discards the stream from then on, with a note).
-    fn write(&mut self, index: usize, bytes: &[u8]) -> usize {
+    fn write(&mut self, index: usize, bytes: &[u8], now_ms: u64) -> usize {
         let s = &mut self.streams[index];
+        let offset = s.offset;
         let Some(file) = s.file.as_mut() else { return 0 };
         let mut done = 0;
         let mut failure = None;
@@ -306,6 +452,8 @@ impl Output {
         if let Some(&last) = bytes[..done].last() {
             s.at_line_start = last == b'\n';
         }
+        s.offset += done as u64;
+        let (rank, kind) = (s.rank, s.kind);
         if let Some(e) = failure {
             self.notes.push(format!(
                 "rank {} {}: writing {} failed: {e}; the rest of this stream is discarded",
@@ -316,7 +464,30 @@ impl Output {
             s.file = None;
             self.discarded = true;
         }
+        if done > 0 {
+            self.record(rank, kind, offset, done, now_ms);
+        }
         done
+    }
+
+    /// Notes `len` bytes of a stream, written at `offset` of its log, in the order index.
+    fn record(&mut self, rank: u32, kind: LogStream, offset: u64, len: usize, now_ms: u64) {
+        let Some(order) = self.order.as_mut() else { return };
+        if order.file.is_none() || rank > Record::MAX_RANK {
+            return;
+        }
+        if order.extends(rank, kind, offset, len, now_ms) {
+            if let Some(p) = order.pending.as_mut() {
+                // At most u32::MAX: checked by `extends`.
+                p.len += len as u32;
+            }
+            return;
+        }
+        order.flush(&mut self.notes);
+        // At most CHUNK or one marker line.
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        order.pending = Some(Record { rank, stream: kind, offset, len, time_ms: now_ms });
+        order.records += 1;
     }
 }
 
@@ -434,6 +605,96 @@ mod tests {
         assert!(!b.reached());
         assert_eq!(b.admit(2), Admit::All);
         assert_eq!(b.admit(1), Admit::Part(0));
+    }
+
+    fn index_records(path: &std::path::Path) -> Vec<(u32, LogStream, u64, u32, u64)> {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&bytes[..INDEX_HEADER.len()], INDEX_HEADER);
+        bytes[INDEX_HEADER.len()..]
+            .chunks_exact(RECORD_LEN)
+            .map(|c| {
+                let r = Record::decode(c.try_into().unwrap());
+                (r.rank, r.stream, r.offset, r.len, r.time_ms)
+            })
+            .collect()
+    }
+
+    /// Bursts of one stream at one time share a record; another stream or time starts a new
+    /// one; a run that needs more records than it may write ends like one at its limit.
+    #[test]
+    fn the_order_index_records_bursts_and_ends_the_output_when_full() {
+        use LogStream::{Stderr, Stdout};
+        let dir = tempfile::tempdir().unwrap();
+        let (p0, p1, pi) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"), dir.path().join("idx"));
+        std::fs::write(&p0, b"earlier run\n").unwrap();
+        let mut out = Output::new(Some(1000));
+        out.keep_order(crate::status::open_index(&pi, None), pi.clone());
+        let _w0 = pipe_into(&mut out, 0, Stdout, &p0);
+        let _w1 = pipe_into(&mut out, 0, Stderr, &p1);
+        out.order.as_mut().unwrap().max_records = Some(4);
+        // (stream index, bytes, time)
+        let writes: &[(usize, &[u8], u64)] =
+            &[(0, b"a", 5), (0, b"b\n", 5), (1, b"E\n", 5), (0, b"c", 6), (0, b"d", 6), (1, b"F", 7), (1, b"G", 7)];
+        for &(i, data, t) in writes {
+            out.deliver(i, data, t);
+        }
+        out.flush_order();
+        assert_eq!(
+            index_records(&pi),
+            vec![(0, Stdout, 12, 3, 5), (0, Stderr, 0, 2, 5), (0, Stdout, 15, 2, 6), (0, Stderr, 2, 2, 7)]
+        );
+        // The fifth record is refused: the marker, indexed too, and nothing after it.
+        out.deliver(0, b"e", 8);
+        out.deliver(1, b"H", 9);
+        out.flush_order();
+        let marker = index_full_marker(4);
+        assert_eq!(std::fs::read_to_string(&p0).unwrap(), format!("earlier run\nab\ncd\n{marker}"));
+        assert_eq!(std::fs::read_to_string(&p1).unwrap(), "E\nFG");
+        let recs = index_records(&pi);
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[4], (0, Stdout, 17, marker.len() as u32 + 1, 8));
+        let (notes, discarded) = out.finish();
+        assert!(discarded);
+        assert_eq!(
+            notes,
+            vec!["output order index full after 4 writes (rank 0 stdout); further output of every rank was discarded"]
+        );
+
+        // A later run appends to the same index; a record cut short by a crash is cut off.
+        std::fs::OpenOptions::new().append(true).open(&pi).unwrap().write_all(b"partial").unwrap();
+        let mut out = Output::new(None);
+        out.keep_order(crate::status::open_index(&pi, None), pi.clone());
+        let _w0 = pipe_into(&mut out, 0, Stdout, &p0);
+        out.deliver(0, b"run 2\n", 20);
+        let _ = out.finish();
+        let recs = index_records(&pi);
+        assert_eq!(recs.len(), 6);
+        assert_eq!(recs[5], (0, Stdout, std::fs::metadata(&p0).unwrap().len() - 6, 6, 20));
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_index_is_left_alone_with_a_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let pi = dir.path().join("idx");
+        std::fs::write(&pi, b"my own file").unwrap();
+        let mut out = Output::new(None);
+        out.keep_order(crate::status::open_index(&pi, None), pi.clone());
+        let p0 = dir.path().join("stdout.log");
+        let mut w = pipe_into(&mut out, 0, LogStream::Stdout, &p0);
+        w.write_all(b"hello\n").unwrap();
+        drop(w);
+        out.drain(Duration::from_secs(1));
+        assert_eq!(std::fs::read(&pi).unwrap(), b"my own file");
+        assert_eq!(std::fs::read(&p0).unwrap(), b"hello\n");
+        let (notes, discarded) = out.finish();
+        assert!(!discarded);
+        assert_eq!(
+            notes,
+            vec![format!(
+                "cannot open {}: not a Tessera output order index; the order of stdout and stderr is not kept",
+                pi.display()
+            )]
+        );
     }
 
     /// A pipe held open by someone else does not hold `drain` beyond its time.

@@ -55,12 +55,13 @@ use std::time::{Duration, Instant};
 use crate::binding::{Allowed, RankBinding, plan_binding};
 use crate::cgroup::{JobCgroup, OomReport, cgroup_support};
 use crate::claim::{Claim, try_claim};
+use crate::logs::INDEX_FILE;
 use crate::output::Output;
 use crate::procfs;
 use crate::spec::{JobSpec, StopReason, StopRequest};
 use crate::status::{
     JobState, LogStream, Outcome, RANKS_FILE, RankOutcome, RankProc, RankTable, SHIM_LOG, SPEC_FILE, STATUS_FILE,
-    STOP_FILE, log_path, open_log, read_json, write_json,
+    STOP_FILE, log_path, open_index, open_log, read_json, write_json,
 };
 use crate::sys::{self, LinuxSyscalls};
 use crate::syscalls::{ChildPlan, CpuMask, NodeMask, Syscalls, switch_needed};
@@ -469,6 +470,8 @@ impl<'a> Supervisor<'a> {
                 detail: "a cgroup path contains a NUL byte".into(),
             });
         };
+        let index_path = self.log_dir.join(INDEX_FILE);
+        self.output.keep_order(open_index(&index_path, owner), index_path);
         let parent_pid = std::process::id();
         // `self.ranks` was built from `spec.ranks`, one for one and in order.
         for (i, rank_spec) in spec.ranks.iter().enumerate() {

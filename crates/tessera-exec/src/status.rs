@@ -15,6 +15,8 @@
 //! <job_dir>/shim.log              the shim's own stdout and stderr
 //! <output_dir>/stdout.log         rank 0 (stderr.log likewise); output_dir defaults to job_dir
 //! <output_dir>/rank-N.stdout.log  rank N > 0 (rank-N.stderr.log likewise)
+//! <output_dir>/output.index       the order both streams of every rank were written in
+//!                                 (crate::logs)
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -151,7 +153,7 @@ pub enum ShimState {
 }
 
 /// Which output stream of a rank.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     Stdout,
@@ -227,9 +229,18 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) ->
 /// Opens a log for appending without following a symlink, creating it `0640` and, when
 /// `owner` is given, owned by that uid/gid.
 pub(crate) fn open_log(path: &Path, owner: Option<(u32, u32)>) -> io::Result<File> {
+    open_appending(path, owner, false)
+}
+
+/// [`open_log`], readable too: for the output order index, whose header is checked.
+pub(crate) fn open_index(path: &Path, owner: Option<(u32, u32)>) -> io::Result<File> {
+    open_appending(path, owner, true)
+}
+
+fn open_appending(path: &Path, owner: Option<(u32, u32)>, read: bool) -> io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut create = OpenOptions::new();
-    create.append(true).create_new(true).mode(0o640).custom_flags(libc::O_NOFOLLOW);
+    create.read(read).append(true).create_new(true).mode(0o640).custom_flags(libc::O_NOFOLLOW);
     match create.open(path) {
         Ok(file) => {
             file.set_permissions(fs::Permissions::from_mode(0o640))?;
@@ -239,7 +250,7 @@ pub(crate) fn open_log(path: &Path, owner: Option<(u32, u32)>) -> io::Result<Fil
             Ok(file)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            OpenOptions::new().append(true).custom_flags(libc::O_NOFOLLOW).open(path)
+            OpenOptions::new().read(read).append(true).custom_flags(libc::O_NOFOLLOW).open(path)
         }
         Err(e) => Err(e),
     }

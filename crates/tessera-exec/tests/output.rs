@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tessera_exec::{JobState, LogStream, launch, tail_log, tail_stream};
+use tessera_exec::{JobState, LogCursor, LogSelect, LogStream, launch, read_output, tail_log, tail_stream};
 use tessera_host::effective_uid;
 
 fn marker(limit: u64) -> String {
@@ -60,6 +60,20 @@ fn output_is_capped_per_run_and_later_runs_append() {
     let stdout = fs::read_to_string(out.join("stdout.log")).unwrap();
     assert!(stdout.ends_with(&format!("{}second run\n", marker(limit))), "{}", &stdout[stdout.len() - 200..]);
     assert_eq!(tail_stream(&run2, 0, LogStream::Stderr, 0).unwrap().0, b"oops\n");
+    // In order, across both runs: the marker where the cap was reached, then run 2's lines.
+    let view = read_output(&run2, LogSelect::ALL, &LogCursor::default(), true, 1 << 20).unwrap();
+    assert!(!view.more);
+    let tail: Vec<(LogStream, String)> = view
+        .pieces
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|p| (p.stream, String::from_utf8_lossy(&p.data).into_owned()))
+        .collect();
+    assert_eq!(tail.len(), 3);
+    assert!(tail[0].1.ends_with(&marker(limit)), "{tail:?}");
+    assert_eq!(tail[1..], [(LogStream::Stdout, "second run\n".into()), (LogStream::Stderr, "oops\n".into())]);
     assert!(read(&run2, "shim.log").contains("job 3001 run 2"), "{}", read(&run2, "shim.log"));
 }
 
@@ -82,6 +96,34 @@ fn each_rank_and_stream_keeps_its_own_file_and_order() {
             assert!(text == want, "rank {r} {word}: {} bytes, want {}", text.len(), want.len());
         }
     }
+}
+
+/// A rank writing to both streams in turn, with partial lines and bytes that are not UTF-8:
+/// read back through the order index as it was written, each piece with its time.
+#[test]
+fn both_streams_come_back_in_the_order_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = job_dir(&tmp, "job");
+    let script = r#"printf 'out 1\n'; sleep 0.2; printf 'err 1\n' >&2; sleep 0.2; printf 'out partial'; sleep 0.2
+        printf 'err \377\376 2\n' >&2; sleep 0.2; printf ' rest\n'; sleep 0.2; printf 'err 3' >&2"#;
+    launch(Path::new(SHIM), &[], &dir, &one_rank(3051, script)).unwrap();
+    let o = wait_finished(&dir, 3051, Duration::from_secs(20));
+    assert_eq!(o.state, JobState::Succeeded, "{o:?}");
+    let view = read_output(&dir, LogSelect::ALL, &LogCursor::default(), true, 1 << 20).unwrap();
+    let got: Vec<(LogStream, &[u8])> = view.pieces.iter().map(|p| (p.stream, p.data.as_slice())).collect();
+    let want: Vec<(LogStream, &[u8])> = vec![
+        (LogStream::Stdout, b"out 1\n"),
+        (LogStream::Stderr, b"err 1\n"),
+        (LogStream::Stdout, b"out partial"),
+        (LogStream::Stderr, b"err \xff\xfe 2\n"),
+        (LogStream::Stdout, b" rest\n"),
+        (LogStream::Stderr, b"err 3"),
+    ];
+    assert_eq!(got, want);
+    let times: Vec<u64> = view.pieces.iter().map(|p| p.time_ms.expect("every piece has a time")).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    // The per-stream logs are as before.
+    assert_eq!(tail_stream(&dir, 0, LogStream::Stdout, 0).unwrap().0, b"out 1\nout partial rest\n");
 }
 
 /// A rank that exits leaving a process that holds its stdout open (and escaped its process

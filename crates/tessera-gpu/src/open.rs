@@ -79,9 +79,26 @@ pub struct Opened {
     pub node: Node,
     /// `NVML, driver 580.65.06, 8 GPU(s)`, or `simulated node 8xH100-80GB,numa=2 (state …)`.
     pub description: String,
-    /// Why `Auto` fell back to the simulated node: `no NVML: libnvidia-ml.so.1 cannot be loaded`
-    /// or `NVML found no GPU`.
-    pub fallback: Option<String>,
+    /// Why `Auto` fell back to the simulated node.
+    pub fallback: Option<Fallback>,
+}
+
+/// Why [`BackendChoice::Auto`] fell back to the simulated node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fallback {
+    /// No NVML library could be loaded (a machine without NVIDIA's driver): the usual case.
+    NoLibrary { library: String },
+    /// NVML loaded but reports no GPU: a driver without GPUs, worth saying.
+    NoGpu,
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fallback::NoLibrary { library } => write!(f, "no NVML: {library} cannot be loaded"),
+            Fallback::NoGpu => f.write_str("NVML found no GPU"),
+        }
+    }
 }
 
 impl Opened {
@@ -191,10 +208,10 @@ pub fn open(opts: &OpenOptions) -> Result<Opened, OpenError> {
                         let description = nvml_description(&n, d.len());
                         return Ok(Opened { node: Node::Nvml(Box::new(n)), description, fallback: None });
                     }
-                    Ok(_) => "NVML found no GPU".to_string(),
+                    Ok(_) => Fallback::NoGpu,
                     Err(source) => return Err(OpenError::NvmlCannotList { library: library_name(opts), source }),
                 },
-                Err(BackendError::LibraryNotFound { library, .. }) => format!("no NVML: {library} cannot be loaded"),
+                Err(BackendError::LibraryNotFound { library, .. }) => Fallback::NoLibrary { library },
                 Err(source) => return Err(OpenError::Nvml { library: library_name(opts), source }),
             };
             let (sim, description) = open_sim(opts)?;
@@ -264,10 +281,10 @@ mod tests {
         // Auto without a library: the simulated node, saying why.
         let o = open(&opts(d, BackendChoice::Auto, None, NO_LIBRARY)).unwrap();
         assert!(o.node.sim().is_some());
-        assert_eq!(o.fallback.as_deref(), Some("no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded"));
+        assert_eq!(o.fallback, Some(Fallback::NoLibrary { library: "/nonexistent/libnvidia-ml.so.1".into() }));
         assert!(o.summary().ends_with("; no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded"));
         assert!(!o.description.contains("NVML"), "the description is the simulated node's: {}", o.description);
-        assert_eq!(o.summary(), format!("{}; {}", o.description, o.fallback.as_deref().unwrap_or_default()));
+        assert_eq!(o.summary(), format!("{}; no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded", o.description));
         // NVML asked for: never a fallback.
         let e = open(&opts(d, BackendChoice::Nvml, None, NO_LIBRARY)).unwrap_err();
         assert!(matches!(&e, OpenError::Nvml { source: BackendError::LibraryNotFound { .. }, .. }), "{e}");
@@ -276,7 +293,7 @@ mod tests {
         assert!(matches!(e, OpenError::SpecWithNvml { .. }), "{e}");
         // A library that loads but is not NVML is "no NVML".
         let o = open(&opts(d, BackendChoice::Auto, None, Some("libc.so.6"))).unwrap();
-        assert!(o.fallback.unwrap().starts_with("no NVML"));
+        assert!(matches!(o.fallback, Some(Fallback::NoLibrary { .. })), "{:?}", o.fallback);
         // A bad spec names itself.
         let e = open(&opts(d, BackendChoice::Sim, Some("8xH101"), NO_LIBRARY)).unwrap_err();
         assert!(e.to_string().contains("'8xH101'"), "{e}");

@@ -372,8 +372,9 @@ impl SimBackend {
                     return Err(BackendError::State {
                         path: path.to_path_buf(),
                         detail: format!(
-                            "this file simulates the node '{}', not '{wanted}'; use another state file for that \
-                             node (or remove this one to start over)",
+                            "this file simulates the node '{}', not '{wanted}'; give that node its own state file \
+                             (--sim-state PATH), leave out the spec to use this node, or remove the file to start \
+                             over",
                             state.spec
                         ),
                     });

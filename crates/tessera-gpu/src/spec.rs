@@ -1,19 +1,25 @@
 //! Node specs: the one-line description of a simulated GPU node, such as `8xH100-80GB,numa=2`.
 //!
 //! A spec names the GPUs (`<count>x<model>` groups joined by `+`, models as the catalog knows
-//! them) and a few host facts as `key=value` options:
+//! them) and the host around them as `key=value` options:
 //!
 //! * `numa=N`: host NUMA nodes (default 1); GPUs are spread evenly over them in index order.
 //!   `numa=0` means "the platform does not say" (sysfs `numa_node` = -1).
-//! * `cpus=N`: host cores (default 112), split evenly over the NUMA nodes as `local_cpus`.
+//! * `cpus=N`: host logical CPUs (default 224, a DGX H100's 2 × 56 cores with two threads
+//!   each), split evenly over the NUMA nodes (so a multiple of `numa`): node `k` has the
+//!   contiguous ids `k·cpus/numa …`, the GPUs' `local_cpus`.
+//! * `mem=SIZE`: host memory, with its unit (default `2TiB`, a DGX H100's), split evenly over
+//!   the NUMA nodes ([`NodeSpec::memory_of_node`]).
 //! * `mig=on|off`: the MIG mode every GPU starts in (default on).
 //! * `mig-op-ms=N`: how long each GPU-instance create or destroy takes, in milliseconds
 //!   (default 0). Real drivers take a fraction of a second; tests use it to catch the daemon
 //!   in the middle of a reconfiguration.
 //!
-//! Everything a simulated device reports is derived from the spec, deterministically: GPU UUIDs
-//! hash the canonical spec and the index, PCI bus ids follow a DGX H100, minor numbers are the
-//! indices. So two state files made from the same spec describe the same hardware.
+//! The host is the spec's, never the machine's that runs it: `8xH100-80GB,numa=2` (the default
+//! node) is a DGX H100 with 224 CPUs and 2 TiB on two NUMA nodes wherever it runs. Everything a
+//! simulated device reports is derived from the spec, deterministically: GPU UUIDs hash the
+//! canonical spec and the index, PCI bus ids follow a DGX H100, minor numbers are the indices.
+//! So two state files made from the same spec describe the same hardware.
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,17 +30,23 @@ use tessera_mig::{GpuModel, catalog, catalog::closest};
 use crate::backend::DeviceInfo;
 use crate::ids;
 
-/// Host cores when the spec does not say (a DGX H100: 2 × 56).
-pub const DEFAULT_CPUS: u32 = 112;
+/// Host logical CPUs when the spec does not say (a DGX H100: 2 × 56 cores, 2 threads each).
+pub const DEFAULT_CPUS: u32 = 224;
+/// Host memory when the spec does not say, in MiB (a DGX H100: 2 TiB).
+pub const DEFAULT_MEM_MIB: u64 = 2 << 20;
+/// Most host memory, in MiB (1 PiB).
+pub const MAX_MEM_MIB: u64 = 1 << 30;
 /// Most GPUs on one node (`/proc/driver/nvidia-caps/mig-minors` stops at `gpu31`).
 pub const MAX_GPUS: u32 = 32;
 /// Most host NUMA nodes.
 pub const MAX_NUMA_NODES: u32 = 64;
-/// Most host cores.
+/// Most host logical CPUs.
 pub const MAX_CPUS: u32 = 8192;
 /// The default node: a DGX H100.
 pub const DEFAULT_SPEC: &str = "8xH100-80GB,numa=2";
-const EXAMPLE: &str = "8xH100-80GB,numa=2 or 2xA100-40GB+1xA30,numa=1,mig=off";
+const EXAMPLE: &str = "8xH100-80GB,numa=2,cpus=224,mem=2TiB or 2xA100-40GB+1xA30,numa=1,mig=off";
+/// The options, for messages.
+const OPTIONS: &str = "numa=N, cpus=N, mem=SIZE, mig=on|off and mig-op-ms=N";
 
 /// PCI buses of the eight GPUs of a DGX H100.
 const DGX_H100_BUSES: [u8; 8] = [0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb];
@@ -61,6 +73,7 @@ pub struct NodeSpec {
     groups: Vec<GpuGroup>,
     numa_nodes: u32,
     cpus: u32,
+    mem_mib: u64,
     mig: bool,
     mig_op_ms: u32,
 }
@@ -76,8 +89,8 @@ pub enum SpecError {
     /// A model the catalog does not know.
     #[error("unknown GPU model '{model}' in '{part}'{}", did_you_mean(.suggestions))]
     UnknownModel { part: String, model: String, suggestions: Vec<String> },
-    /// An option other than `numa`, `cpus` and `mig`.
-    #[error("unknown option '{key}' in '{part}'{}; the options are numa=N, cpus=N, mig=on|off and mig-op-ms=N", did_you_mean(.suggestions))]
+    /// An option other than those in [`OPTIONS`].
+    #[error("unknown option '{key}' in '{part}'{}; the options are {OPTIONS}", did_you_mean(.suggestions))]
     UnknownOption { part: String, key: String, suggestions: Vec<String> },
     /// An option whose value does not parse or is out of range.
     #[error("bad option '{part}' in the node spec: {reason}")]
@@ -88,9 +101,17 @@ pub enum SpecError {
     /// More GPUs than a node can have.
     #[error("the node spec has {count} GPUs but a node has at most {MAX_GPUS}")]
     TooManyGpus { count: u64 },
-    /// Fewer cores than NUMA nodes.
-    #[error("cpus={cpus} is fewer than the {numa} NUMA nodes")]
-    TooFewCpus { cpus: u32, numa: u32 },
+    /// CPUs that do not split evenly over the NUMA nodes.
+    #[error("cpus={cpus} does not split evenly over numa={numa} NUMA nodes; give a multiple of {numa}, e.g. cpus={}", round_up(*.cpus, *.numa))]
+    UnevenCpus { cpus: u32, numa: u32 },
+    /// Less memory than one MiB per NUMA node.
+    #[error("mem={mem} is less than 1MiB for each of the numa={numa} NUMA nodes")]
+    TooLittleMemory { mem: String, numa: u32 },
+}
+
+/// The multiple of `of` at or above `n` (`of` > 0).
+fn round_up(n: u32, of: u32) -> u32 {
+    n.div_ceil(of.max(1)).saturating_mul(of.max(1))
 }
 
 fn did_you_mean(s: &[String]) -> String {
@@ -102,7 +123,7 @@ fn did_you_mean(s: &[String]) -> String {
 }
 
 impl NodeSpec {
-    /// Parse `8xH100-80GB,numa=2`, `2xA100-40GB+1xA30,numa=1,cpus=64,mig=off`, …
+    /// Parse `8xH100-80GB,numa=2`, `2xA100-40GB+1xA30,numa=1,cpus=64,mem=512GiB,mig=off`, …
     pub fn parse(text: &str) -> Result<NodeSpec, SpecError> {
         let text = text.trim();
         if text.is_empty() {
@@ -122,25 +143,26 @@ impl NodeSpec {
         if total > u64::from(MAX_GPUS) {
             return Err(SpecError::TooManyGpus { count: total });
         }
-        let (mut numa, mut cpus, mut mig, mut op_ms) = (None, None, None, None);
+        let (mut numa, mut cpus, mut mem, mut mig, mut op_ms) = (None, None, None, None, None);
         for part in parts {
             let part = part.trim();
             let Some((key, value)) = part.split_once('=') else {
                 return Err(SpecError::BadOption {
                     part: part.to_string(),
-                    reason: "expected key=value (numa=N, cpus=N or mig=on|off)".into(),
+                    reason: format!("expected key=value ({OPTIONS})"),
                 });
             };
             let (key, value) = (key.trim().to_ascii_lowercase(), value.trim());
             let slot_taken = match key.as_str() {
                 "numa" => numa.replace(parse_number(part, value, 0, MAX_NUMA_NODES)?).is_some(),
                 "cpus" => cpus.replace(parse_number(part, value, 1, MAX_CPUS)?).is_some(),
+                "mem" => mem.replace(parse_mem(part, value)?).is_some(),
                 "mig" => mig.replace(parse_switch(part, value)?).is_some(),
                 "mig-op-ms" => op_ms.replace(parse_number(part, value, 0, 60_000)?).is_some(),
                 _ => {
                     return Err(SpecError::UnknownOption {
                         part: part.to_string(),
-                        suggestions: closest(&key, &["numa", "cpus", "mig", "mig-op-ms"]),
+                        suggestions: closest(&key, &["numa", "cpus", "mem", "mig", "mig-op-ms"]),
                         key,
                     });
                 }
@@ -151,10 +173,14 @@ impl NodeSpec {
         }
         let numa_nodes = numa.unwrap_or(1);
         let cpus = cpus.unwrap_or(DEFAULT_CPUS);
-        if cpus < numa_nodes {
-            return Err(SpecError::TooFewCpus { cpus, numa: numa_nodes });
+        if numa_nodes > 0 && !cpus.is_multiple_of(numa_nodes) {
+            return Err(SpecError::UnevenCpus { cpus, numa: numa_nodes });
         }
-        Ok(NodeSpec { groups, numa_nodes, cpus, mig: mig.unwrap_or(true), mig_op_ms: op_ms.unwrap_or(0) })
+        let mem_mib = mem.unwrap_or(DEFAULT_MEM_MIB);
+        if mem_mib < u64::from(numa_nodes) {
+            return Err(SpecError::TooLittleMemory { mem: tessera_host::format_mib(mem_mib), numa: numa_nodes });
+        }
+        Ok(NodeSpec { groups, numa_nodes, cpus, mem_mib, mig: mig.unwrap_or(true), mig_op_ms: op_ms.unwrap_or(0) })
     }
 
     /// The GPU groups, in index order.
@@ -167,9 +193,31 @@ impl NodeSpec {
         self.numa_nodes
     }
 
-    /// Host cores.
+    /// Host logical CPUs.
     pub fn cpus(&self) -> u32 {
         self.cpus
+    }
+
+    /// Host memory, in MiB.
+    pub fn memory_mib(&self) -> u64 {
+        self.mem_mib
+    }
+
+    /// The host's NUMA nodes by number: `0 … numa-1`, or just `0` when NUMA is unknown
+    /// (`numa=0`), which then holds every CPU and all memory.
+    pub fn host_nodes(&self) -> std::ops::Range<u32> {
+        0..self.numa_nodes.max(1)
+    }
+
+    /// Host memory of NUMA node `node`, in MiB: an even share, the first nodes taking what does
+    /// not divide; all of it when NUMA is unknown; 0 for a node the host does not have.
+    pub fn memory_of_node(&self, node: u32) -> u64 {
+        let nodes = u64::from(self.numa_nodes.max(1));
+        let node = u64::from(node);
+        if node >= nodes {
+            return 0;
+        }
+        self.mem_mib / nodes + u64::from(node < self.mem_mib % nodes)
     }
 
     /// The MIG mode the GPUs start in.
@@ -206,11 +254,9 @@ impl NodeSpec {
         let Some(node) = node.filter(|_| self.numa_nodes > 0) else {
             return (0..self.cpus).collect();
         };
-        let base = self.cpus / self.numa_nodes;
-        let extra = self.cpus % self.numa_nodes;
-        let first = node * base + node.min(extra);
-        let len = base + u32::from(node < extra);
-        (first..first + len).collect()
+        // `parse` makes the CPUs a multiple of the nodes.
+        let per = self.cpus / self.numa_nodes;
+        (node * per..(node + 1) * per).collect()
     }
 
     /// Every GPU as the driver would describe it.
@@ -238,7 +284,7 @@ impl NodeSpec {
 }
 
 impl Default for NodeSpec {
-    /// A DGX-H100-like node: 8 × H100 80GB on 2 host NUMA nodes, 112 cores, MIG on.
+    /// A DGX-H100-like node: 8 × H100 80GB on 2 host NUMA nodes, 224 CPUs, 2 TiB, MIG on.
     fn default() -> Self {
         // The catalog is embedded and `tests::default_spec_is_dgx_h100` checks the model is in it.
         #[allow(clippy::expect_used)]
@@ -252,6 +298,9 @@ impl fmt::Display for NodeSpec {
         write!(f, "{},numa={}", groups.join("+"), self.numa_nodes)?;
         if self.cpus != DEFAULT_CPUS {
             write!(f, ",cpus={}", self.cpus)?;
+        }
+        if self.mem_mib != DEFAULT_MEM_MIB {
+            write!(f, ",mem={}", tessera_host::format_mib(self.mem_mib))?;
         }
         if !self.mig {
             f.write_str(",mig=off")?;
@@ -367,6 +416,17 @@ fn parse_number(part: &str, value: &str, min: u32, max: u32) -> Result<u32, Spec
     }
 }
 
+fn parse_mem(part: &str, value: &str) -> Result<u64, SpecError> {
+    match tessera_host::parse_size_mib(value) {
+        Ok(mib) if mib <= MAX_MEM_MIB => Ok(mib),
+        Ok(_) => Err(SpecError::BadOption {
+            part: part.to_string(),
+            reason: format!("at most {} of host memory", tessera_host::format_mib(MAX_MEM_MIB)),
+        }),
+        Err(e) => Err(SpecError::BadOption { part: part.to_string(), reason: e.to_string() }),
+    }
+}
+
 fn parse_switch(part: &str, value: &str) -> Result<bool, SpecError> {
     match value.to_ascii_lowercase().as_str() {
         "on" | "true" | "1" | "enabled" => Ok(true),
@@ -425,8 +485,12 @@ mod tests {
             ]
         );
         assert_eq!(d.iter().map(|d| d.numa_node).collect::<Vec<_>>(), [0, 0, 0, 0, 1, 1, 1, 1].map(Some));
-        assert_eq!(d[0].local_cpus, (0..56).collect::<Vec<u32>>());
-        assert_eq!(d[7].local_cpus, (56..112).collect::<Vec<u32>>());
+        // A DGX H100's host, never the machine's: 2 × 56 cores with two threads, 2 TiB.
+        assert_eq!(d[0].local_cpus, (0..112).collect::<Vec<u32>>());
+        assert_eq!(d[7].local_cpus, (112..224).collect::<Vec<u32>>());
+        assert_eq!((s.cpus(), s.memory_mib()), (224, 2 << 20));
+        assert_eq!(s.host_nodes().map(|n| s.memory_of_node(n)).collect::<Vec<_>>(), [1 << 20, 1 << 20]);
+        assert_eq!(s, NodeSpec::parse("8xH100-80GB,numa=2,cpus=224,mem=2TiB").unwrap());
         assert!(d.iter().all(|d| d.name == "NVIDIA H100 80GB HBM3" && d.pci_device_id == 0x2330));
         assert!(d.iter().zip(0u32..).all(|(d, i)| d.index == i && d.minor_number == i));
         let mut uuids: Vec<&str> = d.iter().map(|d| d.uuid.as_str()).collect();
@@ -450,7 +514,11 @@ mod tests {
             ),
             ("1xA100-40GB+1xA100-40GB", "2xA100-40GB,numa=1"),
             ("1xA30,mig-op-ms=250", "1xA30-24GB,numa=1,mig-op-ms=250"),
-            ("4xRTX-PRO-6000,mig=on,cpus=112", "4xRTX-PRO-6000,numa=1"),
+            ("4xRTX-PRO-6000,mig=on,cpus=224", "4xRTX-PRO-6000,numa=1"),
+            ("4xRTX-PRO-6000,cpus=112,mem=2048GiB", "4xRTX-PRO-6000,numa=1,cpus=112"),
+            ("8xH100-80GB,numa=2,mem=1.5TiB,cpus=224", "8xH100-80GB,numa=2,mem=1536GiB"),
+            ("1xA30,mem=1000MiB", "1xA30-24GB,numa=1,mem=1000MiB"),
+            ("1xA30,mem=64GB", "1xA30-24GB,numa=1,mem=61036MiB"),
             ("1xNVIDIA A100-SXM4-40GB", "1xA100-40GB,numa=1"),
             ("2x0x2330,numa=0", "2xH100-80GB,numa=0"),
             (
@@ -480,8 +548,18 @@ mod tests {
             ("8xH100-80GB,nuam=2", &["unknown option 'nuam'", "did you mean 'numa'"]),
             ("8xH100-80GB,mig=maybe", &["'mig=maybe'", "on or off"]),
             ("8xH100-80GB,numa=2,numa=1", &["'numa' is given twice"]),
-            ("8xH100-80GB,cpus=0", &["'cpus=0'"]),
-            ("8xH100-80GB,numa=4,cpus=3", &["cpus=3", "4 NUMA nodes"]),
+            ("8xH100-80GB,cpus=0", &["'cpus=0'", "whole number from 1"]),
+            ("8xH100-80GB,numa=4,cpus=3", &["cpus=3", "numa=4", "multiple of 4", "cpus=4"]),
+            ("8xH100-80GB,numa=2,cpus=225", &["cpus=225", "split evenly", "cpus=226"]),
+            ("8xH100-80GB,mem=abc", &["'mem=abc'", "'abc' is not a size", "GiB"]),
+            ("8xH100-80GB,mem=2048", &["'mem=2048'", "no unit"]),
+            ("8xH100-80GB,mem=2T", &["'mem=2T'", "TB (decimal) or TiB"]),
+            ("8xH100-80GB,mem=0GiB", &["'mem=0GiB'", "positive"]),
+            ("8xH100-80GB,mem=2PiB", &["'mem=2PiB'", "unknown unit"]),
+            ("8xH100-80GB,mem=4096TiB", &["'mem=4096TiB'", "at most 1024TiB"]),
+            ("8xH100-80GB,numa=4,mem=2MiB", &["mem=2MiB", "numa=4"]),
+            ("8xH100-80GB,mem=1TiB,mem=2TiB", &["'mem' is given twice"]),
+            ("8xH100-80GB,memory=1TiB", &["unknown option 'memory'", "mem=SIZE"]),
             ("8xH100-80GB+", &["empty GPU group"]),
             ("4x", &["'4x'", "no GPU model"]),
             ("99999999999xA30", &["between 1 and 32"]),
@@ -496,15 +574,20 @@ mod tests {
 
     #[test]
     fn numa_spread_and_cpus() {
-        let s = NodeSpec::parse("3xA30,numa=2,cpus=7").unwrap();
+        let s = NodeSpec::parse("3xA30,numa=2,cpus=8,mem=3MiB").unwrap();
         let d = s.devices();
         assert_eq!(d.iter().map(|d| d.numa_node).collect::<Vec<_>>(), [Some(0), Some(0), Some(1)]);
         assert_eq!(d[0].local_cpus, [0, 1, 2, 3]);
-        assert_eq!(d[2].local_cpus, [4, 5, 6]);
+        assert_eq!(d[2].local_cpus, [4, 5, 6, 7]);
+        // Memory that does not divide: the first nodes take the rest.
+        assert_eq!([s.memory_of_node(0), s.memory_of_node(1), s.memory_of_node(2)], [2, 1, 0]);
         let unknown = NodeSpec::parse("1xA30,numa=0,cpus=4").unwrap();
         let d = unknown.devices();
         assert_eq!(d[0].numa_node, None);
         assert_eq!(d[0].local_cpus, [0, 1, 2, 3]);
+        // Unknown NUMA: one node 0 with every CPU and all memory.
+        assert_eq!(unknown.host_nodes().collect::<Vec<_>>(), [0]);
+        assert_eq!(unknown.memory_of_node(0), 2 << 20);
         let more_nodes_than_gpus = NodeSpec::parse("1xA30,numa=2").unwrap();
         assert_eq!(more_nodes_than_gpus.devices()[0].numa_node, Some(0));
     }

@@ -1,12 +1,81 @@
-//! Host memory per NUMA node, for deciding how much `--mem` a node can give.
+//! Host memory: how much each NUMA node of this machine has, for deciding how much `--mem` a
+//! node can give, and memory sizes as people write them (`2TiB`, `64GiB`, `80GB`).
 //!
-//! From `/sys/devices/system/node/node<N>/meminfo` where every node asked about exists there;
-//! otherwise (a simulated node's NUMA layout on a machine without it) an equal share of
-//! `/proc/meminfo`'s total. The simulated node may also say its memory itself, which the
-//! daemon prefers.
+//! Per node from `/sys/devices/system/node/node<N>/meminfo` where every node asked about exists
+//! there; otherwise (a kernel without NUMA support) an equal share of `/proc/meminfo`'s total.
+//! A simulated node never uses this machine's memory: its spec says its own (`mem=2TiB`).
+//!
+//! Sizes ([`parse_size_mib`]) take a unit, always: decimal `kB`/`KB`, `MB`, `GB`, `TB` (powers
+//! of 1000, as disks and NVIDIA's profile names count) or binary `KiB`, `MiB`, `GiB`, `TiB`
+//! (powers of 1024). A bare number, or a one-letter unit (`64G`: Slurm means GiB, others GB), is
+//! refused with the forms accepted. [`format_mib`] prints a size back in the largest binary
+//! unit that holds it exactly, so `parse_size_mib(&format_mib(n)) == Ok(n)`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+
+/// The forms a size takes, for messages.
+pub const SIZE_FORMS: &str =
+    "MB, GB, TB (decimal: 10GB is 10^10 bytes) or MiB, GiB, TiB (binary: 10GiB is 10×2^30 bytes), e.g. 64GiB or 2TiB";
+
+/// The largest size accepted, in MiB (1 EiB: larger than any machine).
+pub const MAX_SIZE_MIB: u64 = 1 << 40;
+
+/// A size that does not parse: the text, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{input}' {reason}")]
+pub struct SizeError {
+    pub input: String,
+    pub reason: String,
+}
+
+/// Mebibytes (rounded up) from a size with its unit (see the module header for the units).
+pub fn parse_size_mib(text: &str) -> Result<u64, SizeError> {
+    let bad = |reason: String| SizeError { input: text.to_owned(), reason };
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| bad(format!("is not a size; write {SIZE_FORMS}")))?;
+    let bytes_per_unit: f64 = match unit.trim() {
+        "" => return Err(bad(format!("has no unit; write {SIZE_FORMS}"))),
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u @ ("K" | "M" | "G" | "T" | "k" | "m" | "g" | "t") => {
+            let up = u.to_ascii_uppercase();
+            return Err(bad(format!(
+                "has the unit '{u}', which could mean {up}B (decimal) or {up}iB (binary); write {num}{up}B or {num}{up}iB"
+            )));
+        }
+        other => return Err(bad(format!("has an unknown unit '{other}'; write {SIZE_FORMS}"))),
+    };
+    let mib = (value * bytes_per_unit / (1024.0 * 1024.0)).ceil();
+    if !(mib.is_finite() && value > 0.0) {
+        return Err(bad("is not a positive size".to_owned()));
+    }
+    if mib > MAX_SIZE_MIB as f64 {
+        return Err(bad("is larger than any machine".to_owned()));
+    }
+    // A whole, positive number of MiB no larger than MAX_SIZE_MIB: exact as a u64.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(mib as u64)
+}
+
+/// A size in MiB in the largest binary unit that holds it exactly: `2TiB`, `96GiB`, `1500MiB`.
+pub fn format_mib(mib: u64) -> String {
+    const UNITS: [(u64, &str); 2] = [(1 << 20, "TiB"), (1 << 10, "GiB")];
+    for (per, unit) in UNITS {
+        if mib >= per && mib.is_multiple_of(per) {
+            return format!("{}{unit}", mib / per);
+        }
+    }
+    format!("{mib}MiB")
+}
 
 /// `MemTotal:` of a meminfo text, in KiB.
 fn mem_total_kib(text: &str) -> Option<u64> {
@@ -43,6 +112,43 @@ pub fn numa_memory_mib(nodes: &[u32]) -> BTreeMap<u32, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_a_unit() {
+        let table: &[(&str, u64)] = &[
+            ("2TiB", 2 << 20),
+            ("64GiB", 64 << 10),
+            ("1.5TiB", 3 << 19),
+            ("512MiB", 512),
+            (" 10GB ", 9537),
+            ("1TB", 953_675),
+            ("1KiB", 1),
+        ];
+        for (text, mib) in table {
+            assert_eq!(parse_size_mib(text), Ok(*mib), "{text}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("abc", "'abc' is not a size"),
+            ("64", "'64' has no unit"),
+            ("64G", "could mean GB (decimal) or GiB (binary)"),
+            ("64GiBs", "unknown unit 'GiBs'"),
+            ("0GiB", "not a positive size"),
+            ("99999999TiB", "larger than any machine"),
+            ("", "is not a size"),
+        ];
+        for (text, needle) in bad {
+            let e = parse_size_mib(text).expect_err(text).to_string();
+            assert!(e.contains(needle), "{text:?}: {e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_print_in_the_largest_exact_unit() {
+        for (mib, text) in [(2u64 << 20, "2TiB"), (96 << 10, "96GiB"), (1500, "1500MiB"), (1536 << 10, "1536GiB")] {
+            assert_eq!(format_mib(mib), text);
+            assert_eq!(parse_size_mib(text), Ok(mib));
+        }
+    }
 
     #[test]
     fn sysfs_when_every_node_is_there_else_a_share() {

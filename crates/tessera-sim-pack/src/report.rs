@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use tessera_sim::plot::{LineChart, Series};
+use tessera_sim::plot::{Axis, LineChart, Series};
 use tessera_sim::stats::{Estimate, mean};
 
 use crate::gpu::{GpuRules, MILLI};
@@ -346,11 +346,41 @@ pub fn to_csv(r: &PackReport) -> String {
     out
 }
 
-/// Charts: allocation ratio and fragmentation against arrived demand, one series per policy.
+/// Where the packing charts stretch their demand axis: the knee, where the policies part, and
+/// everything after it get most of the width (FGD's results are all about this region).
+const STRETCH_FROM_PCT: f64 = 80.0;
+const STRETCH_SHARE: f64 = 0.7;
+
+/// Charts: allocation and fragmentation against arrived demand, one series per policy. In MIG
+/// mode capacity is counted in compute slices (an instance's compute is its slices ÷ the GPU's),
+/// so the axes say so; in milli-GPU mode in GPUs.
 pub fn charts(r: &PackReport) -> Vec<(String, LineChart)> {
-    let what = match (&r.mode, &r.gpu_model) {
-        (Mode::Mig, Some(m)) => format!("MIG, {m}"),
-        _ => "milli-GPU sharing".to_string(),
+    let mig = match (&r.mode, &r.gpu_model) {
+        (Mode::Mig, Some(m)) => Some((m.clone(), tessera_mig::catalog().model(m).ok().map(|g| g.compute_slices))),
+        _ => None,
+    };
+    let gpus = r.total_gpus;
+    let (what, allocation_title, allocation_y, demand_x, fragmentation_y) = match &mig {
+        Some((model, slices)) => {
+            let size = match slices {
+                Some(s) => format!("{gpus} GPUs × {s} compute slices"),
+                None => format!("{gpus} GPUs"),
+            };
+            (
+                format!("MIG, {model}"),
+                format!("Allocated compute slices (MIG, {model}, {size})"),
+                "allocated compute slices (% of all)",
+                "arrived demand (% of all compute, before rounding)",
+                "fragmented compute slices (% of all)",
+            )
+        }
+        None => (
+            "milli-GPU sharing".to_string(),
+            format!("GPU allocation ratio (milli-GPU sharing, {gpus} GPUs)"),
+            "allocated GPU (% of capacity)",
+            "arrived GPU demand (% of capacity)",
+            "fragmented GPU (% of capacity)",
+        ),
     };
     let series = |f: &dyn Fn(&Curve) -> &Vec<f64>| -> Vec<Series> {
         r.curves
@@ -361,27 +391,31 @@ pub fn charts(r: &PackReport) -> Vec<(String, LineChart)> {
             })
             .collect()
     };
+    let demand = || {
+        let axis = Axis::linear(demand_x);
+        if f64::from(r.max_demand_pct) > STRETCH_FROM_PCT + 10.0 {
+            axis.stretch(STRETCH_FROM_PCT, STRETCH_SHARE)
+        } else {
+            axis
+        }
+    };
     vec![
         (
             "pack-allocation".to_string(),
             LineChart {
-                title: format!("GPU allocation ratio ({what}, {} GPUs)", r.total_gpus),
-                x_label: "arrived GPU demand (% of capacity)".to_string(),
-                y_label: "GPUs allocated (%)".to_string(),
+                title: allocation_title,
+                x: demand(),
+                y: Axis::linear(allocation_y).range(0.0, 100.0).stretch(STRETCH_FROM_PCT, STRETCH_SHARE),
                 series: series(&|c| &c.allocation_ratio),
-                x_log: false,
-                y_range: Some((0.0, 100.0)),
             },
         ),
         (
             "pack-fragmentation".to_string(),
             LineChart {
-                title: format!("Fragmented GPU capacity, FGD's measure ({what})"),
-                x_label: "arrived GPU demand (% of capacity)".to_string(),
-                y_label: "fragmented GPU (% of capacity)".to_string(),
+                title: format!("Fragmented capacity, FGD's measure ({what})"),
+                x: demand(),
+                y: Axis::linear(fragmentation_y),
                 series: series(&|c| &c.fragmentation_pct),
-                x_log: false,
-                y_range: None,
             },
         ),
     ]

@@ -11,6 +11,7 @@
 //! Start with [`RunConfig`] and [`run`]. Everything is pure: no clock, no sleeping, no I/O; the
 //! same jobs, configuration and seeds give the same report.
 
+mod buckets;
 mod error;
 mod report;
 mod sim;

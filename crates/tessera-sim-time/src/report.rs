@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use tessera_sim::plot::{LineChart, Series};
+use tessera_sim::plot::{Axis, LineChart, Series};
 use tessera_sim::stats::{Estimate, jain, mean, percentile_sorted};
 
 use crate::sim::SimOutput;
@@ -455,6 +455,9 @@ pub fn to_csv(r: &RunReport) -> String {
     s
 }
 
+/// The top of a fraction's axis: a little above 1, so a line at 1 shows above the frame.
+const FRACTION_TOP: f64 = 1.04;
+
 /// Charts of a report: `jct-cdf` (JCT CDF per policy, log x axis) and `utilization` (allocated
 /// compute slices over the window, per policy), as (file stem, chart).
 pub fn charts(r: &RunReport) -> Vec<(String, LineChart)> {
@@ -464,23 +467,19 @@ pub fn charts(r: &RunReport) -> Vec<(String, LineChart)> {
     };
     let cdf = LineChart {
         title: format!("Job completion time, {} ({} GPU jobs, {} seeds)", r.cluster, r.gpu_jobs, r.seeds.len()),
-        x_label: "JCT (s)".into(),
-        y_label: "fraction of jobs".into(),
+        x: Axis::log("job completion time (log scale)").seconds(),
+        y: Axis::linear("fraction of jobs completed within").range(0.0, FRACTION_TOP),
         series: r
             .policies
             .iter()
             .map(|p| Series { name: label(p), points: p.jct_cdf.iter().copied().filter(|(x, _)| *x > 0.0).collect() })
             .collect(),
-        x_log: true,
-        y_range: Some((0.0, 1.0)),
     };
     let util = LineChart {
-        title: format!("Allocated compute slices, {}", r.cluster),
-        x_label: "time (s)".into(),
-        y_label: "fraction of all compute slices".into(),
+        title: format!("Allocated compute slices over the measurement window, {}", r.cluster),
+        x: Axis::linear("time since the trace's start").seconds(),
+        y: Axis::linear("allocated compute slices (fraction of all)").range(0.0, FRACTION_TOP),
         series: r.policies.iter().map(|p| Series { name: label(p), points: p.utilization_series.clone() }).collect(),
-        x_log: false,
-        y_range: Some((0.0, 1.0)),
     };
     vec![("jct-cdf".to_string(), cdf), ("utilization".to_string(), util)]
 }

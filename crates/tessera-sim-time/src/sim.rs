@@ -26,6 +26,7 @@ use tessera_sched::{
     Occupant, PendingReason, QueuedJob, RankStart, RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement,
 };
 
+use crate::buckets::TimeBuckets;
 use crate::spec::{ClusterSpec, PolicySpec, compute_only, compute_slices_for, resolve_layout};
 use crate::speed::interpolate;
 
@@ -247,7 +248,7 @@ struct Sim<'a> {
     acc_util: f64,
     acc_busy: f64,
     acc_unusable: f64,
-    series: Vec<f64>,
+    series: TimeBuckets,
     reconfigs: u64,
     reconfiguring_nodes: Vec<u32>,
     dirty_nodes: Vec<u32>,
@@ -644,7 +645,7 @@ pub(crate) fn simulate(
         acc_util: 0.0,
         acc_busy: 0.0,
         acc_unusable: 0.0,
-        series: vec![0.0; SERIES_BUCKETS],
+        series: TimeBuckets::new(params.window.0, params.window.1, SERIES_BUCKETS),
         reconfigs: 0,
         reconfiguring_nodes: Vec::new(),
         dirty_nodes: Vec::new(),
@@ -658,13 +659,8 @@ pub(crate) fn simulate(
     sim.run(progress);
     let (w0, w1) = params.window;
     let span = (w1 - w0).max(f64::MIN_POSITIVE);
-    let width = span / SERIES_BUCKETS as f64;
-    let util_series = sim
-        .series
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (w0 + (i as f64 + 0.5) * width, v / (width * sim.total_slices).max(f64::MIN_POSITIVE)))
-        .collect();
+    let util_series =
+        sim.series.means().into_iter().map(|(t, v)| (t, v / sim.total_slices.max(f64::MIN_POSITIVE))).collect();
     let denom = (span * sim.total_slices).max(f64::MIN_POSITIVE);
     Ok(SimOutput {
         records: sim.records,
@@ -752,18 +748,7 @@ impl Sim<'_> {
             let c = self.queue_min_compute();
             let usable = self.usable_total[usize::from(c.max(1) - 1).min(MAX_C - 1)];
             self.acc_unusable += self.free_total.saturating_sub(usable) as f64 * dt;
-            let width = (w1 - w0) / SERIES_BUCKETS as f64;
-            if width > 0.0 {
-                let mut a = from;
-                while a < to {
-                    let b = ((a - w0) / width).floor() as usize;
-                    let b = b.min(SERIES_BUCKETS - 1);
-                    let end = (w0 + (b as f64 + 1.0) * width).min(to);
-                    let end = if end <= a { to } else { end };
-                    self.series[b] += self.alloc * (end - a);
-                    a = end;
-                }
-            }
+            self.series.add(from, to, self.alloc);
         }
         if t > self.now {
             self.now = t;

@@ -231,6 +231,15 @@ fn openb_sample_replays_under_every_policy() {
     let charts = tessera_sim_time::charts(&r);
     assert_eq!(charts.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["jct-cdf", "utilization"]);
     assert!(charts.iter().all(|c| c.1.series.len() == 5));
+    // Utilisation is a fraction of the cluster's slices in every bucket, as in the mean.
+    for p in &r.policies {
+        for &(t, u) in &p.utilization_series {
+            assert!((0.0..=1.0 + 1e-9).contains(&u), "{}: utilisation {u} at {t} s", p.policy);
+        }
+    }
+    let util = &charts[1].1;
+    assert!(util.y.range.is_some_and(|(lo, hi)| lo == 0.0 && hi >= 1.0), "utilisation is drawn from 0 to 1");
+    assert_eq!(util.x.quantity, tessera_sim::plot::Quantity::Seconds, "time is shown in a readable unit");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::types::{ExitInfo, JobEvent, JobFilter, JobRecord, JobState, NewJob};
 /// The columns [`decode_job`] reads, in order.
 const JOB_COLUMNS: &str = "id, user_uid, user_name, tenant, priority, request, work, \
      submitted_ms, state, reason, started_ms, ended_ms, exit_code, exit_signal, \
-     exit_failed_rank, exit_detail, job_dir, shim_pid, runs";
+     exit_failed_rank, exit_detail, job_dir, shim_pid, runs, cancelled_by";
 
 fn decode_job(r: &RowReader<'_, '_>) -> Result<JobRecord, StoreError> {
     let exit_detail = r.opt_text(15, "exit_detail")?;
@@ -44,6 +44,7 @@ fn decode_job(r: &RowReader<'_, '_>) -> Result<JobRecord, StoreError> {
         job_dir: r.opt_text(16, "job_dir")?,
         shim_pid: r.opt_int(17, "shim_pid")?,
         runs: r.int(18, "runs")?,
+        cancelled_by: r.opt_text(19, "cancelled_by")?,
     })
 }
 
@@ -290,6 +291,20 @@ impl Store {
             if actual != JobState::Queued {
                 return Err(StoreError::StaleState { id, expected: JobState::Queued, actual });
             }
+        }
+        Ok(())
+    }
+
+    /// Records who asked for the job's cancellation; the first to ask is kept.
+    pub fn set_cancelled_by(&self, id: u64, user: &str) -> Result<(), StoreError> {
+        let Some(key) = id_key(id) else { return Err(StoreError::JobNotFound { id }) };
+        let changed = self
+            .conn
+            .prepare_cached("UPDATE jobs SET cancelled_by = ?1 WHERE id = ?2 AND cancelled_by IS NULL")
+            .and_then(|mut st| st.execute(params![user, key]))
+            .map_err(self.db_err("jobs", || format!("record who cancelled job {id}")))?;
+        if changed == 0 && self.job(id)?.is_none() {
+            return Err(StoreError::JobNotFound { id });
         }
         Ok(())
     }

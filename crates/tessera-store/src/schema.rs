@@ -6,7 +6,7 @@
 //! SQLite itself.
 
 /// The schema version this code writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a Tessera database ("TESS").
 pub(crate) const APPLICATION_ID: i64 = 0x5445_5353;
@@ -226,5 +226,11 @@ CREATE TABLE mps_servers (
 ) STRICT, WITHOUT ROWID;
 ";
 
+/// Version 3: who asked for a job's cancellation (the first to ask; kept when the supervisor
+/// records the end later).
+pub const V3: &str = r"
+ALTER TABLE jobs ADD COLUMN cancelled_by TEXT;
+";
+
 /// `MIGRATIONS[i]` migrates version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2];
+pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3];

@@ -33,7 +33,20 @@ pub struct Store {
     pub(crate) conn: Connection,
     pub(crate) path: PathBuf,
     lock_path: PathBuf,
+    /// A reader's connection ([`Store::read_only`]): it never checkpoints.
+    read_only: bool,
     _lock: File,
+}
+
+impl Drop for Store {
+    /// The writer folds the WAL back into the database as it closes, even while readers remain
+    /// open (SQLite does so by itself only when the last connection closes, and a read-only one
+    /// cannot): a stopped daemon leaves one whole database file.
+    fn drop(&mut self) {
+        if !self.read_only {
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        }
+    }
 }
 
 /// Whether an SQLite error says the file is not a (healthy) database.
@@ -95,10 +108,24 @@ impl Store {
                     .map_err(|source| StoreError::Permissions { path: p.clone(), source })?;
             }
         }
-        let store = Store { conn, path, lock_path, _lock: lock };
+        let store = Store { conn, path, lock_path, read_only: false, _lock: lock };
         store.configure()?;
         store.migrate()?;
         Ok(store)
+    }
+
+    /// A second, read-only connection to the same database, for answering reads while this
+    /// store's owner is busy (WAL lets it read the last committed state without waiting for a
+    /// writer). It shares this store's hold on the state directory's lock; writing through it
+    /// fails.
+    pub fn read_only(&self) -> Result<Store, StoreError> {
+        let oe = open_err(&self.path);
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags).map_err(&oe)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(&oe)?;
+        let lock =
+            self._lock.try_clone().map_err(|source| StoreError::LockFile { path: self.lock_path.clone(), source })?;
+        Ok(Store { conn, path: self.path.clone(), lock_path: self.lock_path.clone(), read_only: true, _lock: lock })
     }
 
     /// The database file.

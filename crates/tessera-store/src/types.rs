@@ -234,6 +234,9 @@ pub struct JobRecord {
     pub shim_pid: Option<u32>,
     /// How many times it was started (`queued → placing`); above 1 it was requeued.
     pub runs: u32,
+    /// Who asked for its cancellation, if anyone did (the first to ask).
+    #[serde(default)]
+    pub cancelled_by: Option<String>,
 }
 
 /// One stored state transition of a job.

@@ -371,3 +371,16 @@ fn queued_ids_lists_exactly_the_queued_jobs_with_their_submission_times() {
     store.transition(b, Placing, Queued, "requeued", 11).unwrap();
     assert_eq!(store.queued_ids().unwrap(), vec![(a, submitted(a)), (b, submitted(b))]);
 }
+
+#[test]
+fn who_cancelled_is_the_first_to_ask_and_survives_the_end() {
+    let (_dir, store) = temp_store();
+    let id = store.insert_job(&new_job(1)).unwrap();
+    assert_eq!(store.job(id).unwrap().unwrap().cancelled_by, None);
+    store.set_cancelled_by(id, "alice").unwrap();
+    store.set_cancelled_by(id, "root").unwrap();
+    let exit = ExitInfo { detail: "cancelled".into(), ..Default::default() };
+    store.finish(id, Queued, Cancelled, "cancelled", exit, 5).unwrap();
+    assert_eq!(store.job(id).unwrap().unwrap().cancelled_by.as_deref(), Some("alice"));
+    assert!(matches!(store.set_cancelled_by(999, "bob"), Err(StoreError::JobNotFound { id: 999 })));
+}

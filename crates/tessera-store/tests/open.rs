@@ -171,3 +171,45 @@ fn store_is_send() {
     send::<Store>();
     send::<StoreError>();
 }
+
+#[test]
+fn a_read_only_connection_reads_while_the_owner_writes_and_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reader = store.read_only().unwrap();
+    let id = store.insert_job(&common::new_job(1)).unwrap();
+    // Committed writes are visible to the reader at once.
+    assert!(reader.job(id).unwrap().is_some());
+    // A reader answers while the owner holds a write transaction open.
+    let conn = &raw(dir.path());
+    conn.execute_batch("BEGIN IMMEDIATE; UPDATE jobs SET priority = 7;").unwrap();
+    let started = std::time::Instant::now();
+    assert!(reader.job(id).unwrap().is_some());
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "the reader waited for the writer");
+    conn.execute_batch("ROLLBACK").unwrap();
+    // It cannot write.
+    assert!(reader.insert_job(&common::new_job(1)).is_err());
+    // It shares the owner's hold on the directory: another store is still locked out after
+    // the owner is gone and the reader remains.
+    drop(store);
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::Locked { .. })));
+    drop(reader);
+    Store::open(dir.path()).unwrap();
+}
+
+#[test]
+fn the_writer_leaves_one_whole_database_file_when_readers_outlive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reader = store.read_only().unwrap();
+    let id = store.insert_job(&common::new_job(1)).unwrap();
+    assert!(reader.job(id).unwrap().is_some());
+    drop(store);
+    drop(reader);
+    // The WAL was folded in: without it the database still has the job.
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    assert!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0, "the WAL was left behind");
+    let _ = std::fs::remove_file(&wal);
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.job(id).unwrap().is_some());
+}

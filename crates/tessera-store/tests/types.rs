@@ -78,6 +78,7 @@ fn every_type_round_trips_through_json() {
         job_dir: Some("/var/lib/tessera/jobs/42".into()),
         shim_pid: Some(4242),
         runs: 2,
+        cancelled_by: Some("alice".into()),
     };
     round_trip(&rec);
     let v = serde_json::to_value(&rec).unwrap();

@@ -10,8 +10,14 @@ use tessera_daemon::wire::{JobQuery, JobRequest, JobState, SubmitRequest};
 use tessera_sched::GpuRequest;
 
 fn start(dir: &std::path::Path) -> Child {
+    start_with(dir, "2xA100-40GB,numa=2")
+}
+
+fn start_with(dir: &std::path::Path, sim: &str) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--sim", "2xA100-40GB,numa=2", "--state-dir"])
+        .args(["serve", "--sim", sim, "--sim-state"])
+        .arg(dir.join("sim-node.json"))
+        .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--socket")
         .arg(dir.join("s.sock"))
@@ -125,7 +131,8 @@ fn main() {
     println!("idle_cpu_pct {:.1} (with {n} queued jobs, over 5 s)", 100.0 * used / t0.elapsed().as_secs_f64());
 
     // 4. Restart and reconcile with the queued jobs: kill -9, start, until the API answers.
-    let queued = c.jobs(&JobQuery { states: vec![JobState::Queued], all: true }).unwrap().jobs.len();
+    let queued =
+        c.jobs(&JobQuery { states: vec![JobState::Queued], all: true, ..JobQuery::default() }).unwrap().jobs.len();
     let _ = daemon.kill();
     let _ = daemon.wait();
     let t = Instant::now();
@@ -133,5 +140,59 @@ fn main() {
     c.health().unwrap();
     let restart = t.elapsed().as_secs_f64() * 1000.0;
     println!("restart_and_reconcile_ms {restart:.0} ({queued} queued jobs; kill -9, start, recover, first API answer)");
+    stop(daemon);
+
+    // 5. Reads while a MIG operation runs: every GPU-instance create takes 3 s on this node,
+    // and the round that makes one holds the engine. `jobs`, `job`, `gpus` and `health` are
+    // timed from a client while it runs.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_with(dir.path(), "1xA100-40GB,mig-op-ms=3000");
+    let c = Client::new(Endpoint::Unix(dir.path().join("s.sock")));
+    let mut reads = Vec::new();
+    let mut during = 0;
+    // A 3g.20gb made on the empty GPU, then a 7g.40gb that needs it destroyed and a new one
+    // made: three MIG operations.
+    for profile in ["3g.20gb", "7g.40gb"] {
+        let id = c.submit(&body(profile, &["sleep", "0.1"])).unwrap().id;
+        let t = Instant::now();
+        let mut k = 0u32;
+        loop {
+            let r = Instant::now();
+            let job = match k % 4 {
+                0 => {
+                    c.jobs(&JobQuery { all: true, history: true, ..JobQuery::default() }).unwrap();
+                    None
+                }
+                1 => Some(c.job(id).unwrap()),
+                2 => {
+                    c.gpus().unwrap();
+                    None
+                }
+                _ => {
+                    c.health().unwrap();
+                    None
+                }
+            };
+            reads.push(r.elapsed().as_secs_f64() * 1000.0);
+            k += 1;
+            if let Some(j) = job {
+                if j.state == JobState::Queued || j.state == JobState::Placing {
+                    during += 1;
+                }
+                if j.state.is_terminal() || t.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let p50 = tessera_sim::stats::percentile(&reads, 50.0);
+    let p99 = tessera_sim::stats::percentile(&reads, 99.0);
+    let max = reads.iter().copied().fold(0.0, f64::max);
+    println!(
+        "read_during_mig_op_ms p50={p50:.1} p99={p99:.1} max={max:.1} (n={}, {during} while the job waited for its \
+         instance; mig-op-ms=3000; jobs, job, gpus, health in turn)",
+        reads.len()
+    );
     stop(daemon);
 }

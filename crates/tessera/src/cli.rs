@@ -26,6 +26,7 @@ pub struct Cli {
 
 /// Options every command understands.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Node and connection options")]
 pub struct Global {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
@@ -36,12 +37,18 @@ pub struct Global {
     /// The NVML library to load [default: libnvidia-ml.so.1 from the loader's path].
     #[arg(long = "nvml-library", global = true, env = "TESSERA_NVML_LIBRARY", value_name = "PATH")]
     pub nvml_library: Option<PathBuf>,
-    /// Hardware of the simulated node, e.g. `8xH100-80GB,numa=2` (the default) or `2xA100-40GB+1xA30`.
+    /// Hardware of the simulated node, e.g. `8xH100-80GB,numa=2,cpus=224,mem=2TiB` (the
+    /// default, a DGX H100) or `2xA100-40GB+1xA30,mem=512GiB`.
     #[arg(long = "sim", global = true, env = "TESSERA_SIM", value_name = "SPEC")]
     pub sim: Option<String>,
-    /// File holding the simulated node's state [default: $XDG_STATE_HOME/tessera/sim-node.json].
+    /// File holding the simulated node's state, shared by `tessera mig` and `tessera serve`
+    /// [default: $XDG_STATE_HOME/tessera/sim-node.json where XDG_STATE_HOME is set, else
+    /// /var/lib/tessera/sim-node.json for root and ~/.local/state/tessera/sim-node.json for others].
     #[arg(long = "sim-state", global = true, env = "TESSERA_SIM_STATE", value_name = "PATH")]
     pub sim_state: Option<PathBuf>,
+    /// Say more on stderr: which GPUs a command drives (NVML, or the simulated node and why).
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -49,88 +56,239 @@ pub struct Global {
 /// How the job commands reach the daemon.
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
-    /// The daemon's Unix socket [default: $XDG_RUNTIME_DIR/tessera/tessera.sock, else /run/tessera/tessera.sock].
+    /// The daemon's Unix socket [default: your own daemon's, $XDG_RUNTIME_DIR/tessera/tessera.sock, when it
+    /// runs, else the system daemon's, /run/tessera/tessera.sock].
     #[arg(long, global = true, env = "TESSERA_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Reach the daemon over TCP instead, e.g. `10.0.0.5:7373` (needs a token).
+    /// Reach the daemon over TCP instead, e.g. `10.0.0.5:7373`, with a token from --token-file
+    /// or the environment variable TESSERA_TOKEN (never on the command line, where `ps` shows it).
     #[arg(long, global = true, env = "TESSERA_TCP", value_name = "ADDR")]
     pub tcp: Option<String>,
-    /// Bearer token for TCP.
-    #[arg(long, global = true, env = "TESSERA_TOKEN", value_name = "TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// File holding the bearer token for TCP.
+    /// File holding your bearer token for --tcp (readable by you alone: chmod 600).
     #[arg(long = "token-file", global = true, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// The bearer token for `--tcp`: the `--token-file`'s content, else `TESSERA_TOKEN`.
+    pub fn token(&self) -> anyhow::Result<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Some(path) = &self.token_file {
+            let shown = path.display();
+            let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("--token-file {shown}: {e}"))?;
+            let mode = meta.mode() & 0o777;
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "--token-file {shown} has mode {mode:04o}: others may read your token. Run `chmod 600 {shown}`"
+                );
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--token-file {shown}: {e}"))?;
+            let token = text.trim();
+            if token.is_empty() {
+                anyhow::bail!("--token-file {shown} is empty: put your token in it");
+            }
+            return Ok(token.to_string());
+        }
+        match std::env::var("TESSERA_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+            _ => anyhow::bail!("--tcp needs your token: --token-file FILE, or the environment variable TESSERA_TOKEN"),
+        }
+    }
+}
+
+/// `tessera serve`: the daemon. It listens on `--socket` (or the config's `server.socket`) and,
+/// with the config's `server.tcp` and `server.token_file`, on TCP; `--tcp` and `--token-file`
+/// are the clients' and are refused here.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where jobs, logs and the database live [default: /var/lib/tessera as root, else $XDG_STATE_HOME/tessera/daemon].
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Configuration file (TOML; reference: docs/config.md) [default: /etc/tessera/tessera.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Begin a new database where it is missing beside old job directories, or corrupt (the
+    /// corrupt one is moved aside). Without it the daemon refuses to start and says why.
+    #[arg(long)]
+    pub init: bool,
+    /// Check the configuration (and its token file), say what the daemon would do (`-o json`
+    /// for programs), and exit: 0 when it is valid, 2 with the error at FILE:LINE:COLUMN.
+    /// Starts nothing.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+    /// The log's form on stderr: `text` (one line per event; no colours unless stderr is a
+    /// terminal; under journald with syslog priorities and no time stamp) or `json` (one
+    /// object per line).
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+    /// The least severe events logged.
+    #[arg(long = "log-level", env = "TESSERA_LOG", value_enum, default_value_t = LogLevel::Info, value_name = "LEVEL")]
+    pub log_level: LogLevel,
+}
+
+/// `tessera serve --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people and journald.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `tessera serve --log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Failures only.
+    Error,
+    /// Failures and what an operator should look at.
+    Warn,
+    /// Start-up, every job's start and end, reconfigurations, health events, refused requests.
+    Info,
+    /// Also the daemon's routine.
+    Debug,
+    /// Everything.
+    Trace,
 }
 
 /// `tessera submit`: what a job needs.
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
-    /// GPU memory per rank, e.g. `10GiB`: the smallest profile with at least that much.
-    #[arg(long = "gpu-mem", value_name = "SIZE")]
+    /// GPU memory per rank: the smallest profile with at least that much. `GB` is decimal,
+    /// `GiB` binary: on an H100, `10GB` gives a 1g.10gb (its 9,984 MiB hold 10 GB), `10GiB`
+    /// (10,240 MiB) a 1g.20gb.
+    #[arg(long = "gpu-mem", value_name = "SIZE", help_heading = RESOURCES)]
     pub gpu_mem: Option<String>,
     /// An explicit MIG profile per rank, e.g. `3g.40gb`.
-    #[arg(long, value_name = "PROFILE")]
+    #[arg(long, value_name = "PROFILE", help_heading = RESOURCES)]
     pub profile: Option<String>,
     /// Whole GPUs per rank (the full-size profile), like Slurm's --gres=gpu:N: the rank's process
     /// sees all N; with --ranks, each rank gets its own N.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one, help_heading = RESOURCES)]
     pub gpus: Option<u32>,
     /// Compute slices per rank: the smallest profile with at least that many.
-    #[arg(long = "compute-slices", value_name = "N")]
+    #[arg(long = "compute-slices", value_name = "N", value_parser = at_least_one_u8, help_heading = RESOURCES)]
     pub compute_slices: Option<u8>,
     /// Share an instance through MPS with this active-thread percentage, e.g. `25%`.
-    #[arg(long, value_name = "PCT")]
+    #[arg(long, value_name = "PCT", help_heading = RESOURCES)]
     pub mps: Option<String>,
-    /// With --mps: the pinned device-memory limit, e.g. `8GiB`.
-    #[arg(long = "mps-mem", value_name = "SIZE", requires = "mps")]
+    /// With --mps: the pinned device-memory limit, e.g. `8GiB` or `8GB`.
+    #[arg(long = "mps-mem", value_name = "SIZE", requires = "mps", help_heading = RESOURCES)]
     pub mps_mem: Option<String>,
     /// Share an instance by time-slicing.
-    #[arg(long = "time-slice")]
+    #[arg(long = "time-slice", help_heading = RESOURCES)]
     pub time_slice: bool,
-    /// CPU cores, from the GPU's NUMA node.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// CPU cores per rank, from the GPU's NUMA node.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least_one, help_heading = RESOURCES)]
     pub cpus: u32,
-    /// Host memory, e.g. `16GiB` [default: 1GiB].
-    #[arg(long, value_name = "SIZE")]
+    /// Host memory per rank, e.g. `16GiB` or `16GB` [default: 1GiB].
+    #[arg(long, value_name = "SIZE", help_heading = RESOURCES)]
     pub mem: Option<String>,
     /// Do not bind CPUs and memory to the GPU's NUMA node.
-    #[arg(long = "no-numa")]
+    #[arg(long = "no-numa", help_heading = RESOURCES)]
     pub no_numa: bool,
-    /// Tenant to charge [default: the one your user maps to].
-    #[arg(long, value_name = "TENANT")]
-    pub tenant: Option<String>,
-    /// Higher runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i32,
-    /// Kill the job after this long, e.g. `1h`.
-    #[arg(long = "time-limit", value_name = "DURATION")]
-    pub time_limit: Option<String>,
-    /// How long the job is expected to run (lets it backfill), e.g. `20m`.
-    #[arg(long, value_name = "DURATION")]
-    pub estimate: Option<String>,
     /// Start N processes together, each with its own instance (RANK, WORLD_SIZE, LOCAL_RANK set).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = at_least_one, help_heading = RESOURCES)]
     pub ranks: u32,
     /// With --ranks 2: one rank per GPU-internal NUMA node of one GPU (NVIDIA's localisation).
-    #[arg(long = "gpu-numa-local")]
+    #[arg(long = "gpu-numa-local", help_heading = RESOURCES)]
     pub gpu_numa_local: bool,
-    /// Set NAME=VALUE in the job's environment.
-    #[arg(long = "env", value_name = "NAME=VALUE")]
+    /// Tenant to charge [default: the one your user maps to].
+    #[arg(long, value_name = "TENANT", help_heading = JOB)]
+    pub tenant: Option<String>,
+    /// Higher runs first (above the daemon's `jobs.max_priority`: admins only).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_name = "N", help_heading = JOB)]
+    pub priority: i32,
+    /// Kill the job after this long, e.g. `1h`.
+    #[arg(long = "time-limit", value_name = "DURATION", help_heading = JOB)]
+    pub time_limit: Option<String>,
+    /// How long the job is expected to run (lets it backfill), e.g. `20m`.
+    #[arg(long, value_name = "DURATION", help_heading = JOB)]
+    pub estimate: Option<String>,
+    /// Set NAME=VALUE in the job's environment (repeat it for several).
+    #[arg(long = "env", value_name = "NAME=VALUE", help_heading = JOB)]
     pub env: Vec<String>,
     /// Pass this shell's whole environment (default: PATH, HOME, USER, LANG only).
-    #[arg(long = "export-env")]
+    #[arg(long = "export-env", help_heading = JOB)]
     pub export_env: bool,
     /// Never preempt this job (and fail it, rather than queue it again, if its GPU fails).
-    #[arg(long = "no-requeue")]
+    #[arg(long = "no-requeue", help_heading = JOB)]
     pub no_requeue: bool,
     /// The signal the job gets when preempted, before SIGKILL, e.g. `SIGUSR1` [default: the
     /// daemon's, SIGTERM].
-    #[arg(long = "preempt-signal", value_name = "SIGNAL")]
+    #[arg(long = "preempt-signal", value_name = "SIGNAL", help_heading = JOB)]
     pub preempt_signal: Option<String>,
+    /// Queue nothing: show the profile, placement and CPUs the job would get now, or why it
+    /// would wait or be refused.
+    #[arg(long = "dry-run", help_heading = JOB)]
+    pub dry_run: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// A count that must be at least 1 (`--cpus`, `--ranks`, `--gpus`).
+fn at_least_one(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("give a whole number from 1 to {}", u32::MAX)),
+    }
+}
+
+/// A job id, as `tessera submit` printed it.
+fn job_id(text: &str) -> Result<u64, String> {
+    text.trim().parse::<u64>().map_err(|_| "a job id is a number, as `tessera submit` printed it".into())
+}
+
+/// [`at_least_one`] up to 255 (`--compute-slices`).
+fn at_least_one_u8(text: &str) -> Result<u8, String> {
+    at_least_one(text).and_then(|n| u8::try_from(n).map_err(|_| "give a whole number from 1 to 255".into()))
+}
+
+/// `submit --help`'s group of what a rank gets.
+const RESOURCES: &str = "Resources (per rank)";
+/// `submit --help`'s group of the job's other options.
+const JOB: &str = "Job options";
+
+/// `tessera jobs`: which jobs.
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    /// Ended jobs too (the history), not only those queued, placing or running.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// With history: only jobs still active or ended since then: `2h` (ago), `2026-12-01` or
+    /// `2026-12-01T14:00` (local time). Implies --all.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only jobs in these states, e.g. `queued,running` or `failed`.
+    #[arg(long, value_name = "STATES")]
+    pub state: Option<String>,
+    /// Only this user's jobs (another user's: admins only).
+    #[arg(short = 'u', long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Only jobs charged to this tenant (admins see every user's).
+    #[arg(short = 't', long, value_name = "NAME")]
+    pub tenant: Option<String>,
+    /// Every user's jobs (admins only); this was `--all` before it meant history.
+    #[arg(short = 'A', long = "all-users", conflicts_with = "user")]
+    pub all_users: bool,
+}
+
+/// `tessera cancel`: which jobs, as `scancel` picks them (ids, and every filter given).
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// The jobs to cancel; with filters, only those of them that match.
+    #[arg(value_name = "ID", value_parser = job_id)]
+    pub ids: Vec<u64>,
+    /// Every active job of this user (another user's: admins only).
+    #[arg(short = 'u', long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Every active job charged to this tenant (your own; an admin's: everyone's).
+    #[arg(short = 't', long, value_name = "NAME")]
+    pub tenant: Option<String>,
+    /// Only jobs in these states: `queued`, `placing`, `running` (comma-separated).
+    #[arg(long, value_name = "STATES")]
+    pub state: Option<String>,
 }
 
 /// `--backend`: [`tessera_gpu::open`]'s own choice, parsed by its `FromStr`, with a line of help
@@ -160,40 +318,31 @@ pub enum Command {
     /// MIG: GPUs, profiles, plans, layouts, and mig-parted-compatible apply/assert/export.
     #[command(subcommand)]
     Mig(MigCommand),
-    /// Submit a job; prints its id.
+    /// Submit a job; prints its id (with --dry-run: what it would get now).
     Submit(SubmitArgs),
-    /// Your jobs (all jobs with --all, for admins).
-    Jobs {
-        #[arg(long)]
-        all: bool,
-        /// Only jobs in these states, e.g. `queued,running`.
-        #[arg(long, value_name = "STATES")]
-        state: Option<String>,
-    },
-    /// One job: state, reason, placement, exit, history.
-    Job { id: u64 },
-    /// A job's output.
-    Logs {
+    /// Jobs: yours that are queued, placing or running (--all adds the ended ones).
+    Jobs(JobsArgs),
+    /// One job: times, state and reason history, placement, CPUs, exit status.
+    Job {
+        /// The job's id (as `tessera submit` printed it).
+        #[arg(value_parser = job_id)]
         id: u64,
-        #[arg(long, default_value_t = 0)]
-        rank: u32,
-        /// Standard error instead of standard output.
-        #[arg(long)]
-        stderr: bool,
-        /// Keep printing until the job ends.
-        #[arg(short = 'f', long)]
-        follow: bool,
     },
-    /// Cancel a job: SIGTERM, then SIGKILL after the grace period.
-    Cancel { id: u64 },
-    /// Wait for a job to end; exit 0 if it succeeded.
+    /// A job's output: both streams of every rank, in the order they were written.
+    Logs(crate::logs::LogsArgs),
+    /// Cancel jobs, by id or by filter as `scancel` does: SIGTERM, then SIGKILL after the grace
+    /// period.
+    Cancel(CancelArgs),
+    /// Wait for jobs to end; exit 0 only if every one succeeded.
     Wait {
-        id: u64,
+        /// The jobs to wait for.
+        #[arg(value_name = "ID", required = true, value_parser = job_id)]
+        ids: Vec<u64>,
         /// Give up after this long, e.g. `10m`.
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
     },
-    /// The live slice map: which job runs on which instance.
+    /// The live slice map: one line per instance, with the jobs and users on it.
     Gpus,
     /// Admins: drain GPUs and change their MIG layouts through the daemon.
     #[command(subcommand)]
@@ -202,17 +351,21 @@ pub enum Command {
     #[command(subcommand)]
     Sim(SimCommand),
     /// Run the daemon: owns the node's GPUs and runs submitted jobs (--sim / --backend pick the GPUs).
-    Serve {
-        /// Where jobs, logs and the database live [default: /var/lib/tessera as root, else $XDG_STATE_HOME/tessera/daemon].
-        #[arg(long = "state-dir", value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        /// Configuration file (TOML) [default: /etc/tessera/tessera.toml if it exists].
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Begin a new database where it is missing beside old job directories, or corrupt (the
-        /// corrupt one is moved aside). Without it the daemon refuses to start and says why.
-        #[arg(long)]
-        init: bool,
+    Serve(ServeArgs),
+    /// Print a shell completion script.
+    ///
+    /// For example `tessera completion bash > ~/.local/share/bash-completion/completions/tessera`.
+    /// The Debian package installs the bash, zsh and fish ones.
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Internal: write the man pages (one per subcommand) into DIR, for packaging.
+    #[command(name = "generate-man", hide = true)]
+    GenerateMan {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
     /// Internal: the per-job supervisor the daemon starts.
     #[command(hide = true)]
@@ -347,16 +500,21 @@ pub enum SimCommand {
 pub enum AdminCommand {
     /// Place no new work on a GPU (running jobs go on; kept across daemon restarts).
     Drain {
+        /// The GPU's index (as `tessera gpus` shows it).
         gpu: u32,
         /// Why, for others to read in `tessera gpus`.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Place work on a drained GPU again.
-    Undrain { gpu: u32 },
+    Undrain {
+        /// The GPU's index.
+        gpu: u32,
+    },
     /// Change a GPU's MIG layout; busy instances are never touched (the daemon names the ones in
     /// the way).
     Layout {
+        /// The GPU's index.
         gpu: u32,
         /// The instances the GPU should have: `3g.40gb,2g.20gb` (wherever they fit best, keeping
         /// matching ones) or `3g.40gb@0,2g.20gb@4` (at those placements). `none` removes every
@@ -377,7 +535,10 @@ pub enum AdminHealthCommand {
     /// Every GPU's health, its instances' and the last Xid events.
     Show,
     /// A GPU was reset or repaired: its faults clear at the next successful probe.
-    Clear { gpu: u32 },
+    Clear {
+        /// The GPU's index.
+        gpu: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]

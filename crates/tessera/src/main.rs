@@ -2,13 +2,22 @@
 //!
 //! Exit codes: 0 success; 1 a request that cannot be met (an infeasible plan, a failed assert,
 //! bad input, a refused change); 2 a command line clap cannot parse.
+//!
+//! Output that has nowhere to go ends a client command quietly, as `ls | head` ends `ls`: a
+//! closed pipe through `SIGPIPE`'s default action (`sys.rs`), any other write error on stdout
+//! or stderr (a terminal gone away, a full disk) through [`quiet_output_errors`], never a panic.
+//! `serve` and the supervisor (`shim`) keep `SIGPIPE` ignored and write errors their own.
 
 mod cli;
+mod generate;
 mod jobs;
+mod logs;
 mod mig;
 mod node;
 mod render;
+mod serve;
 mod sim;
+mod sys;
 mod units;
 
 use std::io::Write as _;
@@ -29,8 +38,41 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
+/// `println!`'s panic when stdout (or `eprintln!`'s when stderr) cannot be written becomes a
+/// quiet exit: nothing on a broken pipe, one line on stderr otherwise (while stderr works), exit
+/// 1. Every other panic is reported as before.
+fn quiet_output_errors() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if let Some(why) = ["failed printing to stdout: ", "failed printing to stderr: "]
+            .iter()
+            .find_map(|prefix| message.strip_prefix(prefix))
+        {
+            if !why.starts_with("Broken pipe") && message.contains("stdout") {
+                let _ = writeln!(std::io::stderr(), "tessera: cannot write the output: {why}");
+            }
+            std::process::exit(1);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    // From the first write (clap's `--help` included), a closed pipe ends the process quietly.
+    sys::default_sigpipe();
     let args = cli::Cli::parse();
+    match args.command {
+        // They must outlive a peer that closes a socket or pipe: `SIGPIPE` ignored, as Rust
+        // starts every program.
+        cli::Command::Serve(_) | cli::Command::Shim { .. } => sys::ignore_sigpipe(),
+        _ => quiet_output_errors(),
+    }
     let g = &args.global;
     if g.output == cli::Output::Csv && !matches!(args.command, cli::Command::Sim(_)) {
         eprintln!("error: -o csv is for `tessera sim`; use -o table or -o json here");
@@ -39,15 +81,17 @@ fn main() -> ExitCode {
     let result = match args.command {
         cli::Command::Mig(cmd) => mig::run(g, cmd),
         cli::Command::Submit(a) => jobs::submit(g.output, &g.daemon, &a),
-        cli::Command::Jobs { all, state } => jobs::jobs(g.output, &g.daemon, all, state.as_deref()),
+        cli::Command::Jobs(a) => jobs::jobs(g.output, &g.daemon, &a),
         cli::Command::Job { id } => jobs::job(g.output, &g.daemon, id),
-        cli::Command::Logs { id, rank, stderr, follow } => jobs::logs(&g.daemon, id, rank, stderr, follow),
-        cli::Command::Cancel { id } => jobs::cancel(g.output, &g.daemon, id),
-        cli::Command::Wait { id, timeout } => jobs::wait(g.output, &g.daemon, id, timeout.as_deref()),
+        cli::Command::Logs(a) => logs::logs(g.output, &g.daemon, &a),
+        cli::Command::Cancel(a) => jobs::cancel(g.output, &g.daemon, &a),
+        cli::Command::Wait { ids, timeout } => jobs::wait(g.output, &g.daemon, &ids, timeout.as_deref()),
         cli::Command::Gpus => jobs::gpus(g.output, &g.daemon),
         cli::Command::Admin(cmd) => jobs::admin(g.output, &g.daemon, cmd),
         cli::Command::Sim(cmd) => sim::run(g.output, cmd),
-        cli::Command::Serve { state_dir, config, init } => jobs::serve(g, state_dir, config, init),
+        cli::Command::Serve(a) => serve::serve(g, a),
+        cli::Command::Completion { shell } => generate::completion(shell),
+        cli::Command::GenerateMan { dir } => generate::man_pages(&dir).map(|_| ()),
         cli::Command::Shim { job_dir, standby } => {
             // The supervisor runs on this (main) thread, with no runtime or other threads.
             let code = match job_dir {

@@ -1,17 +1,21 @@
 //! Opening the node for the CLI: the command line's `--backend`, `--nvml-library`, `--sim` and
 //! `--sim-state` handed to [`tessera_gpu::open`], which makes the choice (the daemon uses the
-//! same function), and one line on stderr saying which backend is in use.
+//! same function), and when to say on stderr which backend is in use.
 //!
 //! `--backend auto` (the default) uses NVML when `libnvidia-ml.so.1` loads and finds GPUs and
 //! the simulated node otherwise. The simulated node is Tessera's embedded default on machines
-//! without GPUs; its state lives in a file, so GPU instances outlive the command that made them,
-//! as on real GPUs.
+//! without GPUs; its state lives in a file ([`default_state_path`], the same for `tessera mig`
+//! and `tessera serve`), so GPU instances outlive the command that made them, as on real GPUs.
+//!
+//! The line "using …" goes to stderr with `-v`, or when NVML was asked for and Tessera falls
+//! back to the simulated node: an `--nvml-library` that does not load, or an NVML that loads but
+//! finds no GPU. A machine without NVIDIA's driver is the ordinary case and says nothing.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
-use tessera_gpu::open::{self, OpenError, OpenOptions};
+use tessera_gpu::open::{self, Fallback, OpenError, OpenOptions};
 use tessera_gpu::{BackendChoice, MigBackend, SimBackend};
 
 use crate::cli::Global;
@@ -43,9 +47,16 @@ impl Node {
     }
 }
 
-/// `$TESSERA_SIM_STATE`, else `$XDG_STATE_HOME/tessera/sim-node.json`, else
-/// `~/.local/state/tessera/sim-node.json`.
+/// The simulated node's state file when neither `--sim-state` nor `$TESSERA_SIM_STATE` says:
+/// `$XDG_STATE_HOME/tessera/sim-node.json` where `XDG_STATE_HOME` is set, else
+/// `/var/lib/tessera/sim-node.json` for root (beside the daemon's state) and
+/// `~/.local/state/tessera/sim-node.json` for everyone else. `tessera mig` and `tessera serve`
+/// use the same file, so they drive one node.
 pub fn default_state_path() -> PathBuf {
+    let xdg = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty());
+    if xdg.is_none() && tessera_host::effective_uid() == 0 {
+        return PathBuf::from("/var/lib/tessera/sim-node.json");
+    }
     state_home().join("tessera").join("sim-node.json")
 }
 
@@ -73,6 +84,16 @@ fn announce(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "tessera: using {line}");
 }
 
+/// Whether to say which backend is in use (the rule in the module header).
+fn worth_announcing(opened: &open::Opened, global: &Global) -> bool {
+    global.verbose
+        || match &opened.fallback {
+            Some(Fallback::NoGpu) => true,
+            Some(Fallback::NoLibrary { .. }) => global.nvml_library.is_some(),
+            None => false,
+        }
+}
+
 /// An [`OpenError`] in the command line's terms.
 fn cli_error(e: OpenError, choice: BackendChoice) -> anyhow::Error {
     match e {
@@ -94,12 +115,8 @@ fn cli_error(e: OpenError, choice: BackendChoice) -> anyhow::Error {
 pub fn open(global: &Global) -> anyhow::Result<Node> {
     let opts = options(global);
     let opened = open::open(&opts).map_err(|e| cli_error(e, opts.choice))?;
-    match (&opened.node, &opened.fallback) {
-        (tessera_gpu::Node::Nvml(_), _) => announce(&opened.summary()),
-        // Auto fell back: say so, and why.
-        (tessera_gpu::Node::Sim(_), Some(_)) => announce(&opened.summary()),
-        // The simulated node was asked for: nothing to say.
-        (tessera_gpu::Node::Sim(_), None) => {}
+    if worth_announcing(&opened, global) {
+        announce(&opened.summary());
     }
     Ok(Node { node: opened.node, description: opened.description })
 }

@@ -1,10 +1,79 @@
-//! Human output: aligned tables and the text slice map, in the spirit of `nvidia-smi mig`.
+//! Human output: aligned tables, the text slice map, and the rules every view follows: text
+//! a user supplied (command lines, reasons, names) is printed with its control characters
+//! escaped ([`escape`]), and a table fits the terminal ([`terminal_width`], [`Table::fit`]).
 //!
 //! Only the binary knows how things look; the library crates hand over data.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// A plain aligned table: a header row and data rows, columns separated by two spaces.
+use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
+
+/// Whether a character could move the cursor, recolour, retitle or otherwise rewrite a
+/// terminal, or reorder what is shown: C0 and C1 controls, DEL, and Unicode's invisible
+/// formatting and bidirectional controls.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `text` with every control character written out (`\n`, `\t`, `\r`, `\x1b`, `\u{202e}`), so
+/// nothing a user submitted can rewrite the terminal of whoever reads it.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if needs_escape(c) && u32::from(c) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// How wide output may be: `COLUMNS` when set, else the terminal's width when standard output
+/// is one, else 80.
+pub fn terminal_width() -> usize {
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0) {
+        return n;
+    }
+    terminal_size::terminal_size_of(std::io::stdout()).map_or(80, |(w, _)| usize::from(w.0).max(1))
+}
+
+/// `text` cut to at most `width` columns, ending in `…` when cut.
+pub fn cut(text: &str, width: usize) -> Cow<'_, str> {
+    if text.width() <= width {
+        return Cow::Borrowed(text);
+    }
+    if width == 0 {
+        return Cow::Borrowed("");
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width - 1 {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    Cow::Owned(out)
+}
+
+/// A plain aligned table: a header row and data rows, columns separated by two spaces. Every
+/// cell is [`escape`]d.
 #[derive(Debug, Default)]
 pub struct Table {
     headers: Vec<String>,
@@ -17,28 +86,60 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(|c| escape(&c).into_owned()).collect());
     }
 
     /// Render with `indent` spaces before every line.
     pub fn render(&self, indent: usize) -> String {
+        self.render_widths(indent, &self.natural_widths(), usize::MAX)
+    }
+
+    /// Render within `width` columns: the columns in `flexible` (most often a reason or a
+    /// command line) give up room first, widest first, down to their header's width, their
+    /// cells cut with `…`; should the other columns alone be too wide, every line is cut.
+    pub fn fit(&self, indent: usize, width: usize, flexible: &[usize]) -> String {
+        let mut widths = self.natural_widths();
+        let cols = widths.len();
+        let total = |w: &[usize]| indent + w.iter().sum::<usize>() + 2 * cols.saturating_sub(1);
+        let floor = |i: usize| self.headers[i].width().max(3);
+        let mut over = total(&widths).saturating_sub(width);
+        while over > 0 {
+            let Some(i) =
+                flexible.iter().copied().filter(|&i| i < cols && widths[i] > floor(i)).max_by_key(|&i| widths[i])
+            else {
+                break;
+            };
+            widths[i] -= 1;
+            over -= 1;
+        }
+        self.render_widths(indent, &widths, width)
+    }
+
+    fn natural_widths(&self) -> Vec<usize> {
         let cols = self.headers.len();
         let mut width = vec![0usize; cols];
         for r in std::iter::once(&self.headers).chain(self.rows.iter()) {
             for (i, c) in r.iter().enumerate().take(cols) {
-                width[i] = width[i].max(c.chars().count());
+                width[i] = width[i].max(c.width());
             }
         }
+        width
+    }
+
+    fn render_widths(&self, indent: usize, widths: &[usize], line_width: usize) -> String {
+        let cols = self.headers.len();
         let mut out = String::new();
         for r in std::iter::once(&self.headers).chain(self.rows.iter()) {
             let mut line = " ".repeat(indent);
             for (i, c) in r.iter().enumerate().take(cols) {
-                line.push_str(c);
+                let c = cut(c, widths[i]);
+                line.push_str(&c);
                 if i + 1 < cols {
-                    line.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
+                    line.push_str(&" ".repeat(widths[i].saturating_sub(c.width()) + 2));
                 }
             }
-            out.push_str(line.trim_end());
+            let line = line.trim_end();
+            out.push_str(&cut(line, line_width));
             out.push('\n');
         }
         out
@@ -113,6 +214,41 @@ pub fn placements(starts: &[u8], size: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_written_out() {
+        let cases = [
+            ("plain text", "plain text"),
+            ("a\nb\tc\rd", "a\\nb\\tc\\rd"),
+            ("\x1b]0;owned\x07\x1b[2J", "\\x1b]0;owned\\x07\\x1b[2J"),
+            ("\u{9b}31m", "\\x9b31m"),
+            ("\x7f", "\\x7f"),
+            ("abc\u{202e}fdp.exe", "abc\\u{202e}fdp.exe"),
+            ("naïve ✓ 日本", "naïve ✓ 日本"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(escape(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn tables_fit_the_width() {
+        let mut t = Table::new(&["ID", "STATE", "REASON"]);
+        t.row(vec!["1".into(), "queued".into(), "capacity: no free 1g.10gb instance on any GPU".into()]);
+        t.row(vec!["22".into(), "running\x1b[31m".into(), "日本語の理由がとても長い".into()]);
+        let out = t.fit(0, 30, &[2]);
+        assert_eq!(
+            out,
+            "ID  STATE            REASON\n1   queued           capacity…\n22  running\\x1b[31m  日本語の…\n"
+        );
+        for line in out.lines() {
+            assert!(line.width() <= 30, "{line}");
+        }
+        // Too narrow even for the fixed columns: every line is cut.
+        for line in t.fit(0, 12, &[2]).lines() {
+            assert!(line.width() <= 12, "{line}");
+        }
+    }
 
     #[test]
     fn ranges_fold_runs() {

@@ -1,22 +1,50 @@
-//! Sizes and durations as people type them: `10GiB`, `512M`, `1.5T`; `90s`, `30m`, `1h30m`, `2d`.
+//! Sizes, durations and times as people type and read them: `10GB` (decimal) or `10GiB`
+//! (binary); `90s`, `30m`, `1h30m`, `2d`; `2h` ago or `2026-12-01` for `--since`; local times
+//! in tables.
 
-/// Mebibytes from `10GiB`, `10G`, `10GB` (binary units, as nvidia-smi and Slurm use), `512MiB`,
-/// `1TiB`, or a bare number of MiB.
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+/// The units a size takes, for messages.
+pub const SIZE_FORMS: &str =
+    "MB, GB, TB (decimal: 1GB is 10^9 bytes) or MiB, GiB, TiB (binary: 1GiB is 2^30 bytes), e.g. 10GB or 16GiB";
+
+/// Mebibytes (rounded up) from a size with its unit, in any case: decimal `KB`, `MB`, `GB`, `TB` (powers
+/// of 1000, as disks and `nvidia-smi`'s profile names count: a 1g.10gb holds 9,984 MiB, which is
+/// at least `10GB`) or binary `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024: `10GiB` is 10,240
+/// MiB). A bare number, or a one-letter unit (`10G`: Slurm means GiB, others GB), is refused
+/// with the forms accepted.
 pub fn parse_mib(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("'{text}' is not a size; write e.g. 10GiB, 512MiB or 1TiB"))?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "m" | "mb" | "mib" => 1.0,
-        "g" | "gb" | "gib" => 1024.0,
-        "t" | "tb" | "tib" => 1024.0 * 1024.0,
-        "k" | "kb" | "kib" => 1.0 / 1024.0,
-        other => return Err(format!("'{text}': unknown size unit '{other}'; use KiB, MiB, GiB or TiB")),
+    let value: f64 = num.parse().map_err(|_| format!("'{text}' is not a size; write {SIZE_FORMS}"))?;
+    // Any case: `10gb` is `10GB`, as MIG profile names write it.
+    let bytes_per_unit: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" => return Err(format!("'{text}' has no unit; write {SIZE_FORMS}")),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u @ ("k" | "m" | "g" | "t") => {
+            let up = u.to_ascii_uppercase();
+            return Err(format!(
+                "'{text}': '{}' could mean {up}B (decimal) or {up}iB (binary); write {num}{up}B or {num}{up}iB",
+                unit.trim()
+            ));
+        }
+        _ => return Err(format!("'{text}': unknown unit '{}'; write {SIZE_FORMS}", unit.trim())),
     };
-    let mib = (value * factor).ceil();
-    if !(mib.is_finite() && mib > 0.0 && mib < 1e15) {
+    let mib = (value * bytes_per_unit / (1024.0 * 1024.0)).ceil();
+    if !(mib.is_finite() && value > 0.0) {
         return Err(format!("'{text}' is not a positive size"));
+    }
+    if mib >= 1e15 {
+        return Err(format!("'{text}' is larger than any machine"));
     }
     Ok(mib as u64)
 }
@@ -74,6 +102,74 @@ pub fn format_duration_ms(ms: u64) -> String {
     out
 }
 
+/// A duration in at most two units, for table columns: `42s`, `5m30s`, `2h05m`, `3d04h`.
+pub fn short_duration_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400, (s % 86_400) / 3600, (s % 3600) / 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{sec:02}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+fn zoned(ms: u64, tz: &TimeZone) -> Option<jiff::Zoned> {
+    let ts = Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok()?;
+    Some(ts.to_zoned(tz.clone()))
+}
+
+/// A time for a table column, in the local time zone: `14:02:11` today, `Dec 01 14:02` this
+/// year, `2025-12-01` before.
+pub fn table_time(ms: u64, now_ms: u64) -> String {
+    let tz = TimeZone::system();
+    let (Some(t), Some(now)) = (zoned(ms, &tz), zoned(now_ms, &tz)) else { return "-".into() };
+    if t.date() == now.date() {
+        t.strftime("%H:%M:%S").to_string()
+    } else if t.year() == now.year() {
+        t.strftime("%b %d %H:%M").to_string()
+    } else {
+        t.strftime("%Y-%m-%d").to_string()
+    }
+}
+
+/// A time in full, in the local time zone: `2026-12-01 14:02:11.250 CET`.
+pub fn full_time(ms: u64) -> String {
+    match zoned(ms, &TimeZone::system()) {
+        Some(t) => t.strftime("%Y-%m-%d %H:%M:%S%.3f %Z").to_string(),
+        None => format!("{ms} ms after the epoch"),
+    }
+}
+
+/// `--since`: a duration back from now (`2h`, `30m`, `1d`), a local date (`2026-12-01`, from
+/// its midnight) or a local date and time (`2026-12-01T14:00`, `2026-12-01 14:00:30`). Returns
+/// milliseconds since the epoch.
+pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
+    let t = text.trim();
+    let forms = "write a duration back from now (2h, 30m, 1d) or a local date or time (2026-12-01, 2026-12-01T14:00)";
+    if t.starts_with(|c: char| c.is_ascii_digit()) && t.contains('-') {
+        let tz = TimeZone::system();
+        let civil = match t.parse::<jiff::civil::DateTime>() {
+            Ok(dt) => dt,
+            Err(_) => t
+                .parse::<jiff::civil::Date>()
+                .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+                .map_err(|e| format!("'{text}' is not a date or time ({e}); {forms}"))?,
+        };
+        let ms = civil
+            .to_zoned(tz)
+            .map_err(|e| format!("'{text}' is not a time in this time zone ({e})"))?
+            .timestamp()
+            .as_millisecond();
+        return u64::try_from(ms).map_err(|_| format!("'{text}' is before 1970"));
+    }
+    let back = parse_duration_ms(t).map_err(|_| format!("'{text}' is not a time; {forms}"))?;
+    Ok(now_ms.saturating_sub(back))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,16 +178,24 @@ mod tests {
     fn sizes() {
         let cases: &[(&str, Result<u64, &str>)] = &[
             ("10GiB", Ok(10240)),
-            ("10G", Ok(10240)),
-            ("10gb", Ok(10240)),
+            // 10^10 bytes is 9,536.7 MiB: a 1g.10gb (9,984 MiB) holds it.
+            ("10GB", Ok(9537)),
             ("512MiB", Ok(512)),
-            ("512", Ok(512)),
-            ("1.5T", Ok(1572864)),
-            ("1k", Ok(1)),
+            ("512MB", Ok(489)),
+            ("1.5TiB", Ok(1_572_864)),
+            ("2TB", Ok(1_907_349)),
+            ("1KiB", Ok(1)),
             ("10 GiB", Ok(10240)),
+            ("10", Err("'10' has no unit; write MB, GB, TB (decimal")),
+            ("10G", Err("'G' could mean GB (decimal) or GiB (binary); write 10GB or 10GiB")),
+            ("10gb", Ok(9537)),
+            ("4gib", Ok(4096)),
+            ("10g", Err("'g' could mean GB (decimal) or GiB (binary); write 10GB or 10GiB")),
             ("ten", Err("'ten' is not a size")),
-            ("10PB", Err("unknown size unit 'pb'")),
-            ("0G", Err("is not a positive size")),
+            ("10PB", Err("unknown unit 'PB'")),
+            ("0GiB", Err("is not a positive size")),
+            ("1.2.3GB", Err("is not a size")),
+            ("99999999999TiB", Err("larger than any machine")),
         ];
         for (t, want) in cases {
             match (parse_mib(t), want) {
@@ -100,6 +204,24 @@ mod tests {
                 (got, w) => panic!("{t}: got {got:?}, want {w:?}"),
             }
         }
+    }
+
+    #[test]
+    fn since_and_short_durations() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_since("2h", now), Ok(now - 7_200_000));
+        assert!(parse_since("2026-12-01", now).is_ok());
+        assert!(parse_since("2026-12-01T14:00", now).is_ok());
+        assert!(parse_since("2026-13-01", now).unwrap_err().contains("is not a date or time"));
+        assert_eq!(
+            parse_since("yesterday", now).unwrap_err(),
+            "'yesterday' is not a time; write a duration back from now (2h, 30m, 1d) or a local date or time \
+             (2026-12-01, 2026-12-01T14:00)"
+        );
+        assert_eq!(short_duration_ms(42_000), "42s");
+        assert_eq!(short_duration_ms(330_000), "5m30s");
+        assert_eq!(short_duration_ms(7_500_000), "2h05m");
+        assert_eq!(short_duration_ms(273_600_000), "3d04h");
     }
 
     #[test]

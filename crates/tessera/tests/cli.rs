@@ -314,3 +314,129 @@ fn default_node_is_a_dgx_h100() {
     let numa: Vec<u64> = gpus.iter().map(|g| g["numa_node"].as_u64().unwrap()).collect();
     assert_eq!(numa, [0, 0, 0, 0, 1, 1, 1, 1]);
 }
+
+/// Three 1-slice compute instances in GPU 0's 3g.40gb (mig-parted cannot express it), one
+/// 1-slice compute instance in its own 3g.40gb on GPU 1 (mig-parted's `1c.3g.40gb`), and
+/// layouts that leave capacity free in each of the ways a GPU can.
+const SPLITS: &str = "\
+version: v1
+mig-configs:
+  splits:
+    - devices: [0]
+      mig-enabled: true
+      mig-devices:
+        \"3g.40gb\": 1
+        \"2g.20gb\": 1
+    - devices: [1]
+      mig-enabled: true
+      mig-devices:
+        \"1c.3g.40gb\": 1
+    - devices: [2]
+      mig-enabled: true
+      mig-devices:
+        \"1g.10gb\": 7
+    - devices: [3]
+      mig-enabled: true
+      mig-devices:
+        \"3g.40gb\": 2
+    - devices: [4]
+      mig-enabled: true
+      mig-devices: {}
+";
+
+#[test]
+fn gpus_show_compute_splits_as_export_spells_them_and_what_is_free_one_way() {
+    use tessera_gpu::MigBackend as _;
+    let n = Node::with_sim("5xH100-80GB,numa=1");
+    let cfg = n.file("mig.yaml", SPLITS);
+    n.ok(&["mig", "apply", "-f", cfg.to_str().unwrap(), "-c", "splits"]);
+    {
+        // GPU 0's 3g.40gb split into three 1-slice compute instances, as `nvidia-smi mig -cci`
+        // would: replace its full-size compute instance.
+        let sim = tessera_gpu::SimBackend::open(&n.state(), None).unwrap();
+        let gi = sim.gpu_instances(0).unwrap().into_iter().find(|g| g.placement.size == 4).unwrap();
+        let model = tessera_mig::catalog().model("H100-80GB").unwrap();
+        let one = model.compute_instance_profiles(3).iter().find(|c| c.compute_slices == 1).unwrap().id;
+        for ci in sim.compute_instances(0, gi.id).unwrap() {
+            sim.destroy_compute_instance(0, gi.id, ci.id).unwrap();
+        }
+        for _ in 0..3 {
+            sim.create_compute_instance(0, gi.id, one).unwrap();
+        }
+    }
+    let gpus = scrub(&n, &n.ok(&["mig", "gpus"]));
+    insta::assert_snapshot!("gpus_splits_and_free", gpus);
+    let export = n.ok(&["mig", "export"]);
+    insta::assert_snapshot!("export_splits", export);
+    // One spelling for both: the split GPU instance, and the single 1-slice one.
+    for name in ["1c.3g.40gb ×3", "1c.3g.40gb"] {
+        assert!(gpus.contains(&format!("[{name} GI")), "mig gpus lacks {name}:\n{gpus}");
+        assert!(export.contains(&format!("\"{name}\": 1")), "mig export lacks {name}:\n{export}");
+    }
+    let j = json(&n.ok(&["mig", "gpus", "-o", "json"]));
+    assert_eq!(j["gpus"][0]["instances"][1]["device_type"], "1c.3g.40gb ×3", "{j}");
+    // Leftover capacity in one vocabulary whatever the layout: a line per GPU, never the units
+    // against slices of old.
+    let free: Vec<&str> = gpus.lines().map(str::trim).filter(|l| l.starts_with("free:")).collect();
+    assert_eq!(free.len(), 5, "{gpus}");
+    assert!(!gpus.contains("free units") && !gpus.contains("still fits"), "{gpus}");
+    assert_eq!(free[2], "free: none; unit 7 is empty but no profile can use it");
+    assert_eq!(free[3], "free: 1 compute slice, but no profile fits where it is");
+    assert!(
+        free[4].starts_with("free: 7 compute slices (room for 1× 7g.80gb or 1× 4g.40gb or 2× 3g.40gb"),
+        "{}",
+        free[4]
+    );
+    assert_eq!(j["gpus"][3]["free"], free[3]);
+}
+
+#[test]
+fn the_backend_line_only_when_asked_or_when_nvml_was_asked_for() {
+    let n = Node::new();
+    // The simulated node on a machine without NVIDIA's driver: the ordinary case, nothing said.
+    let quiet = n.run(&["mig", "gpus"]);
+    assert_eq!((quiet.code, quiet.stderr.as_str()), (0, ""), "{}", quiet.stderr);
+    // -v says it.
+    let v = n.run(&["-v", "mig", "gpus"]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(v.stderr.starts_with("tessera: using simulated node 8xH100-80GB,numa=2"), "{}", v.stderr);
+    assert_eq!(v.stderr.lines().count(), 1, "{}", v.stderr);
+    // An NVML library asked for that does not load: said, with why.
+    let missing = n.run(&["--nvml-library", "/nonexistent/libnvidia-ml.so.1", "mig", "gpus"]);
+    assert_eq!(missing.code, 0, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("using simulated node")
+            && missing.stderr.contains("no NVML: /nonexistent/libnvidia-ml.so.1 cannot be loaded"),
+        "{}",
+        missing.stderr
+    );
+    // --backend nvml never falls back: an error naming it.
+    let nvml = n.run(&["--backend", "nvml", "--nvml-library", "/nonexistent/libnvidia-ml.so.1", "mig", "gpus"]);
+    assert_eq!(nvml.code, 1, "{}", nvml.stderr);
+    assert!(nvml.stderr.contains("--backend nvml"), "{}", nvml.stderr);
+}
+
+#[test]
+fn the_simulated_host_is_the_specs_never_this_machines() {
+    let n = Node::new();
+    let j = json(&n.ok(&["mig", "gpus", "-o", "json"]));
+    assert_eq!(j["host"], serde_json::json!({"cpus": 224, "memory_mib": 2u64 << 20, "numa_nodes": 2}));
+    assert_eq!(j["gpus"][0]["local_cpus"], "0-111");
+    assert_eq!(j["gpus"][7]["local_cpus"], "112-223");
+    let table = n.ok(&["mig", "gpus"]);
+    assert!(table.contains("host: 224 CPUs and 2TiB of memory on 2 NUMA nodes (simulated"), "{table}");
+    let other = Node::new();
+    let j = json(&other.ok(&["--sim", "2xA30,numa=2,cpus=64,mem=512GiB", "mig", "gpus", "-o", "json"]));
+    assert_eq!(j["host"], serde_json::json!({"cpus": 64, "memory_mib": 512u64 << 10, "numa_nodes": 2}));
+    // Errors name the part of the spec.
+    for (spec, needles) in [
+        ("8xH100-80GB,mem=abc", &["--sim '8xH100-80GB,mem=abc'", "'mem=abc'", "'abc' is not a size"][..]),
+        ("8xH100-80GB,cpus=0", &["'cpus=0'"][..]),
+        ("8xH100-80GB,numa=2,cpus=7", &["cpus=7", "numa=2", "multiple of 2"][..]),
+    ] {
+        let e = Node::new().fails(&["--sim", spec, "mig", "gpus"]);
+        for needle in needles {
+            assert!(e.contains(needle), "{spec}: {e} lacks {needle}");
+        }
+    }
+}

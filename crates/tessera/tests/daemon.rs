@@ -113,7 +113,7 @@ fn ranks_gang_up_cancel_and_time_limits_work() {
     // More host memory than the node has: refused at once, naming the limit.
     let (code, _, err) = d.cli(&["submit", "--compute-slices", "1", "--mem", "64TiB", "--", "true"]);
     assert_eq!(code, 1);
-    assert!(err.contains("resources.mem_mib") && err.contains("65536 GiB") && err.contains("HTTP 422"), "{err}");
+    assert!(err.contains("--mem: ") && err.contains("65536 GiB") && err.contains("HTTP 422"), "{err}");
     let (code, _, err) = d.cli(&["job", "999999"]);
     assert_eq!(code, 1);
     assert!(err.contains("no job 999999"), "{err}");
@@ -349,4 +349,29 @@ fn three_hundred_mixed_jobs_all_finish_without_sharing_exclusive_slices() {
             }
         }
     }
+}
+
+/// A round that creates a GPU instance holds the engine for the driver's time (here 8 s per
+/// create): reads are answered meanwhile, from the store and what the engine published.
+#[test]
+fn reads_answer_while_a_mig_operation_runs() {
+    let d = Daemon::start("1xA100-40GB,mig-op-ms=8000");
+    let id = d.submit(&["--profile", "3g.20gb", "--", "true"]);
+    // The instance exists on the node once the create is made; the daemon is then inside the
+    // create's driver time, in the middle of its round.
+    let t0 = Instant::now();
+    while !d.sim(&["gpus", "-o", "json"]).contains("3g.20gb") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the instance was never created\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each read returns before the round ends: the job has not started when it does.
+    let not_started = |j: &Value| j["state"] == "queued" || j["state"] == "placing";
+    let j = d.job(id);
+    assert!(not_started(&j), "the read waited for the MIG operation: {j}");
+    assert!(d.ok(&["jobs"]).contains(&id.to_string()));
+    d.ok(&["gpus"]);
+    d.ok(&["admin", "health", "show"]);
+    let j = d.job(id);
+    assert!(not_started(&j), "a read waited for the MIG operation: {j}");
+    assert_eq!(d.wait(id)["state"], "succeeded");
 }

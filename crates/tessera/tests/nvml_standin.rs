@@ -116,9 +116,11 @@ mig-configs:
 fn the_cli_drives_nvml_end_to_end() {
     let g = Gpus::new("2xA100-40GB,numa=2");
     let cfg = g.file("mig.yaml", CONFIG);
-    let r = g.nvml(&[], &["mig", "gpus"]);
+    let r = g.nvml(&[], &["-v", "mig", "gpus"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("tessera: using NVML"), "one line says which backend: {}", r.stderr);
+    assert!(r.stderr.contains("tessera: using NVML"), "with -v, one line says which backend: {}", r.stderr);
+    let quiet = g.nvml(&[], &["mig", "gpus"]);
+    assert_eq!(quiet.stderr, "", "without -v, NVML that works is used without a word");
     assert!(r.stdout.contains("NVIDIA A100-SXM4-40GB"), "{}", r.stdout);
     let plan = g.ok(&["mig", "apply", "-f", &cfg, "-c", "small", "--dry-run"]);
     assert!(plan.contains("create  7× 1g.5gb"), "{plan}");

@@ -66,19 +66,18 @@ fn tcp_callers_act_as_their_token_user() {
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    let token = dir.path().join("tokens");
+    std::fs::write(&token, "nobody s3cret-s3cret-s3cret\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let d = Daemon::with_config(
         "1xA100-40GB,numa=1",
-        &format!(
-            "[server]\ntcp = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\ntoken_user = \"nobody\"\n",
-            token.display()
-        ),
+        &format!("[server]\ntcp = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n", token.display()),
     );
     let out = shared_dir(d.path(), "out");
     let tcp = |args: &[&str]| {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["--tcp", &format!("127.0.0.1:{port}"), "--token", "s3cret"])
+            .args(["--tcp", &format!("127.0.0.1:{port}")])
+            .env("TESSERA_TOKEN", "s3cret-s3cret-s3cret")
             .args(args)
             .current_dir("/tmp")
             .output()
@@ -184,7 +183,7 @@ fn requests_that_cannot_run_are_refused_naming_the_field() {
         (job("", r#"{"gpu":{"profile":{"name":"3g.40gb"}}}"#), 422, "unknown MIG profile '3g.40gb'"),
         (job("", r#"{"gpu":{"compute_slices":{"slices":1}},"priority":5}"#), 201, ""),
         (job("", r#"{"gpu":{"compute_slices":{"slices":1}},"tenant":"nope"}"#), 400, "no tenant 'nope' is configured"),
-        (job("", r#"{"gpu":{"compute_slices":{"slices":1}},"ranks":0}"#), 400, "resources.ranks"),
+        (job("", r#"{"gpu":{"compute_slices":{"slices":1}},"ranks":0}"#), 400, "resources.ranks: must be at least 1"),
     ];
     for (body, status, words) in cases {
         let (s, v) = d.post("/v1/jobs", &body);

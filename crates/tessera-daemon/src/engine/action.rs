@@ -7,8 +7,8 @@
 use tessera_store::{ExitInfo, Work};
 
 use crate::wire::{
-    CancelReply, DrainReply, DrainRequest, GpuList, HealthClearReply, HealthReply, JobList, JobQuery, JobRequest,
-    JobView, LayoutReply, LayoutRequest, LogChunk, Stream, SubmitReply, SubmitRequest,
+    CancelReply, DrainReply, DrainRequest, DryRunReply, GpuList, HealthClearReply, HealthReply, JobList, JobQuery,
+    JobRequest, JobView, LayoutReply, LayoutRequest, LogChunk, LogQuery, SubmitReply, SubmitRequest,
 };
 
 /// Which front door a caller came through.
@@ -41,6 +41,9 @@ pub struct Caller {
 pub enum Action {
     /// Queue processes for the caller (the API's submission).
     Submit(SubmitRequest),
+    /// What a submission would get now, queueing nothing (admission, then one scheduling
+    /// decision on a copy of the scheduler); anyone may ask.
+    DryRun(SubmitRequest),
     /// Queue work for the caller from any front door (processes or external work).
     SubmitWork { request: JobRequest, work: Work },
     /// The caller's jobs (every job for admins, with `all`).
@@ -51,8 +54,8 @@ pub enum Action {
     Cancel { id: u64 },
     /// External work ended (the front door that submitted it says how).
     Release { id: u64, exit: ExitInfo, succeeded: bool },
-    /// Bytes of a job's log from an offset.
-    Logs { id: u64, rank: u32, stream: Stream, offset: u64 },
+    /// A job's output, in the order it was written, from a cursor.
+    Logs { id: u64, query: LogQuery },
     /// The job as it is now; the async side repeats it until the job ends or time runs out.
     Wait { id: u64, timeout_ms: u64 },
     /// The node's GPUs, instances and which job runs where.
@@ -68,6 +71,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether the action only reads: answered by the [`super::Reader`], never waiting for the
+    /// engine (a round reconfiguring MIG holds it for seconds).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Action::ListJobs(_)
+                | Action::GetJob { .. }
+                | Action::Wait { .. }
+                | Action::Logs { .. }
+                | Action::Gpus
+                | Action::Health
+        )
+    }
+
     /// Whether the action may change what a scheduling round decides.
     pub fn wakes_rounds(&self) -> bool {
         matches!(
@@ -88,6 +105,7 @@ impl Action {
 #[serde(untagged)]
 pub enum Reply {
     Submitted(SubmitReply),
+    DryRun(DryRunReply),
     Jobs(JobList),
     Job(Box<JobView>),
     Cancel(CancelReply),

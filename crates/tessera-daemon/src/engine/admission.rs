@@ -253,10 +253,40 @@ impl Engine {
     pub fn submit_checked(
         &mut self,
         caller: &Caller,
-        mut request: JobRequest,
+        request: JobRequest,
         work: Work,
         checked: WorkCheck,
     ) -> Result<SubmitReply, EngineError> {
+        let (request, work) = self.admitted(caller, request, work, checked)?;
+        let job = NewJob {
+            user_uid: caller.uid,
+            user_name: caller.user.clone(),
+            request,
+            work,
+            submitted_ms: tessera_host::now_ms(),
+        };
+        let id = self.store.insert_job(&job)?;
+        Ok(SubmitReply { id })
+    }
+
+    /// Every check of [`Engine::submit_checked`], queueing nothing: the request as it would be
+    /// queued (its tenant filled in), or the refusal a submission would get. A dry run
+    /// (`submit --dry-run`) stops here.
+    pub(crate) fn admitted(
+        &mut self,
+        caller: &Caller,
+        mut request: JobRequest,
+        work: Work,
+        checked: WorkCheck,
+    ) -> Result<(JobRequest, Work), EngineError> {
+        // A tenant that is not configured is refused first, naming those that are, whoever asks.
+        let configured = self.config.tenant_names();
+        if !request.tenant.is_empty() && !configured.contains(&request.tenant.as_str()) {
+            return Err(EngineError::invalid(
+                "tenant",
+                format!("no tenant '{}' is configured (tenants: {})", request.tenant, configured.join(", ")),
+            ));
+        }
         if request.tenant.is_empty() || (request.tenant == "default" && caller.tenant != "default") {
             request.tenant = caller.tenant.clone();
         } else if request.tenant != caller.tenant && !caller.admin {
@@ -265,21 +295,20 @@ impl Engine {
                 caller.user, caller.tenant, request.tenant
             )));
         }
-        if request.tenant != "default" && !self.config.tenants.iter().any(|t| t.name == request.tenant) {
-            let mut known: Vec<&str> = self.config.tenants.iter().map(|t| t.name.as_str()).collect();
-            known.push("default");
-            return Err(EngineError::invalid(
-                "tenant",
-                format!("no tenant '{}' is configured (tenants: {})", request.tenant, known.join(", ")),
-            ));
-        }
         if request.priority > self.config.jobs.max_priority && !caller.admin {
             return Err(EngineError::Forbidden(format!(
                 "priority {} is above {}, the highest a non-admin may ask for (jobs.max_priority)",
                 request.priority, self.config.jobs.max_priority
             )));
         }
-        request.validate().map_err(|e| EngineError::invalid(format!("resources.{}", e.field()), e.to_string()))?;
+        request.validate().map_err(|e| {
+            // The field leads the message once: `resources.ranks: must be at least 1`.
+            let message = match &e {
+                tessera_sched::RequestError::Invalid { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
+            EngineError::invalid(format!("resources.{}", e.field()), message)
+        })?;
         checked.0?;
         if let Work::External(_) = &work {
             // Another system runs it: Tessera cannot stop and restart it elsewhere.
@@ -307,15 +336,7 @@ impl Engine {
         }
         tessera_sched::admit(&request, &capacity, self.scheduler.config())
             .map_err(|e| EngineError::cannot_run(format!("resources.{}", e.field), e.detail))?;
-        let job = NewJob {
-            user_uid: caller.uid,
-            user_name: caller.user.clone(),
-            request,
-            work,
-            submitted_ms: tessera_host::now_ms(),
-        };
-        let id = self.store.insert_job(&job)?;
-        Ok(SubmitReply { id })
+        Ok((request, work))
     }
 
     /// The MIG mode the driver reports on each GPU (as the last round saw it, unless something

@@ -51,9 +51,27 @@ impl Engine {
             self.detach_sim(&rec);
             match ending {
                 Ending::Finish(to, reason, exit) => {
+                    tracing::info!(
+                        job = rec.id,
+                        user = %rec.user_name,
+                        tenant = %rec.tenant,
+                        state = %to,
+                        code = exit.code,
+                        signal = exit.signal,
+                        "job {} ended {to}: {reason}",
+                        rec.id,
+                    );
                     self.store.finish(rec.id, JobState::Running, to, &reason, exit, now)?
                 }
                 Ending::Requeue(reason) => {
+                    tracing::info!(
+                        job = rec.id,
+                        user = %rec.user_name,
+                        tenant = %rec.tenant,
+                        state = "queued",
+                        "job {} requeued: {reason}",
+                        rec.id,
+                    );
                     self.store.transition(rec.id, JobState::Running, JobState::Queued, &reason, now)?;
                 }
             }

@@ -10,7 +10,7 @@ use tessera_gpu::health::{Observation, XidEvent};
 use tessera_mig::ReconfigurePlan;
 use tessera_store::JobState;
 
-use super::{Caller, Engine, EngineError};
+use super::{Caller, Engine, EngineError, Reader};
 use crate::wire::{DrainView, GpuHealthView, HealthClearReply, HealthReply};
 
 impl Engine {
@@ -19,7 +19,14 @@ impl Engine {
         for e in events {
             self.health.record(e, now);
             let class = tessera_gpu::health::classify(e.xid);
-            eprintln!("tessera serve: {e}: {} ({}, {})", class.name, class.severity, class.action);
+            tracing::warn!(
+                gpu = e.gpu,
+                xid = e.xid,
+                "health: {e}: {} ({}, {})",
+                class.name,
+                class.severity,
+                class.action
+            );
             let gpu_down = self.health.gpu_health(e.gpu).is_unhealthy();
             let instance_down = e.gpu_instance_id.filter(|gi| self.health.instance_health(e.gpu, *gi).is_unhealthy());
             if gpu_down || instance_down.is_some() {
@@ -44,6 +51,9 @@ impl Engine {
         self.health.observe_all(observations, now);
         for (gpu, was) in before {
             let is = self.health.gpu_health(gpu).is_unhealthy();
+            if is != was {
+                tracing::warn!(gpu, "health: GPU {gpu} is now {}", self.health.gpu_health(gpu));
+            }
             if is && !was {
                 let h = self.health.gpu_health(gpu);
                 self.stop_jobs_on(gpu, None, &format!("GPU {gpu}: {h}"));
@@ -74,7 +84,7 @@ impl Engine {
                 detail: why.to_owned(),
             };
             if let Err(e) = tessera_exec::stop(std::path::Path::new(dir), &request) {
-                eprintln!("tessera serve: stopping job {id} ({why}): {e}");
+                tracing::error!(job = id, "health: stopping job {id} ({why}): {e}");
             }
         }
     }
@@ -103,36 +113,8 @@ impl Engine {
         if text != self.health_saved && self.store.set_meta("health", &text).is_ok() {
             self.health_saved = text;
         }
-    }
-
-    /// `GET /v1/health`.
-    pub(crate) fn health_reply(&self) -> Result<HealthReply, EngineError> {
-        let counts = self.store.count_by_state()?;
-        let report = self.health.report();
-        let gpus = self
-            .facts
-            .gpus
-            .iter()
-            .map(|g| {
-                let r = report.gpus.iter().find(|r| r.gpu == g.index);
-                GpuHealthView {
-                    index: g.index,
-                    uuid: Some(g.uuid.clone()),
-                    health: self.health.gpu_health(g.index),
-                    instances: r.map(|r| r.instances.clone()).unwrap_or_default(),
-                    events: r.map(|r| r.events.clone()).unwrap_or_default(),
-                    last_cleared: r.and_then(|r| r.last_cleared.clone()),
-                    drained: self.drains.get(&g.uuid).map(DrainView::from),
-                }
-            })
-            .collect();
-        Ok(HealthReply {
-            backend: self.backend().kind().to_string(),
-            jobs: counts.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
-            last_round_ms: self.last_round_ms,
-            gpus,
-            isolation: self.cgroups.to_string(),
-        })
+        // Reads see the health as it is now, without waiting for the engine.
+        self.publish();
     }
 
     /// `tessera admin health clear GPU`: an admin says the GPU was reset or repaired.
@@ -145,10 +127,44 @@ impl Engine {
         }
         let now = tessera_host::now_ms();
         self.health.clear(gpu, &caller.user, now);
+        tracing::info!(gpu, user = %caller.user, "health: GPU {gpu} cleared by {}", caller.user);
         // The clear counts once a probe succeeds: probe now rather than wait for the watcher.
         let obs = Observation::from_result(self.backend().observe(gpu));
         self.health.observe(gpu, &obs, now);
         self.save_health();
         Ok(HealthClearReply { gpu, health: self.health.gpu_health(gpu) })
+    }
+}
+
+impl Reader {
+    /// `GET /v1/health`.
+    pub(crate) fn health_reply(&self) -> Result<HealthReply, EngineError> {
+        let published = self.published();
+        let counts = self.store.count_by_state()?;
+        let report = published.health.report();
+        let gpus = self
+            .facts
+            .gpus
+            .iter()
+            .map(|g| {
+                let r = report.gpus.iter().find(|r| r.gpu == g.index);
+                GpuHealthView {
+                    index: g.index,
+                    uuid: Some(g.uuid.clone()),
+                    health: published.health.gpu_health(g.index),
+                    instances: r.map(|r| r.instances.clone()).unwrap_or_default(),
+                    events: r.map(|r| r.events.clone()).unwrap_or_default(),
+                    last_cleared: r.and_then(|r| r.last_cleared.clone()),
+                    drained: published.drains.get(&g.uuid).map(DrainView::from),
+                }
+            })
+            .collect();
+        Ok(HealthReply {
+            backend: self.backend().kind().to_string(),
+            jobs: counts.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+            last_round_ms: published.last_round_ms,
+            gpus,
+            isolation: self.isolation.clone(),
+        })
     }
 }

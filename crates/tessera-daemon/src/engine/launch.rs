@@ -188,6 +188,18 @@ impl Engine {
         let process = match &rec.work {
             Work::External(ext) => {
                 let reason = format!("allocated {} to {} {}", placed.join(", "), ext.door, ext.key);
+                tracing::info!(
+                    job = id,
+                    user = %rec.user_name,
+                    tenant = %rec.tenant,
+                    slices = %placed.join(", "),
+                    "job {id} started (external, {} {}): user {}, tenant {}, on {}",
+                    ext.door,
+                    ext.key,
+                    rec.user_name,
+                    rec.tenant,
+                    placed.join(", "),
+                );
                 self.store
                     .transition(id, JobState::Placing, JobState::Running, &reason, tessera_host::now_ms())
                     .map_err(|e| LaunchError::Fail(e.to_string()))?;
@@ -230,11 +242,20 @@ impl Engine {
                 }
                 _ => None,
             };
+            // The scheduler's CPUs and NUMA node, on this machine (`HostBinding`: the simulated
+            // node's are folded onto it, and the job is told the simulated ones).
+            let (host_cpus, numa) = (r.cpus(), r.numa_node());
+            let mut env = rank_env(id, r.rank, world, &devices, mps.as_ref());
+            env.extend(self.facts.binding.env(&host_cpus, numa));
             rank_specs.push(RankSpec {
                 rank: r.rank,
-                env: rank_env(id, r.rank, world, &devices, mps.as_ref()),
-                cpus: r.cpus(),
-                mem_node: if matches!(request.numa, NumaPolicy::Local) { r.numa_node() } else { None },
+                env,
+                cpus: self.facts.binding.cpus(&host_cpus),
+                mem_node: if matches!(request.numa, NumaPolicy::Local) {
+                    numa.and_then(|n| self.facts.binding.mem_node(n))
+                } else {
+                    None
+                },
             });
             for s in ss {
                 all_nodes.extend(s.nodes.iter().cloned());
@@ -288,6 +309,18 @@ impl Engine {
                 };
             }
         }
+        tracing::info!(
+            job = id,
+            run,
+            user = %rec.user_name,
+            tenant = %rec.tenant,
+            slices = %placed.join(", "),
+            pid,
+            "job {id} started (run {run}): user {}, tenant {}, on {}",
+            rec.user_name,
+            rec.tenant,
+            placed.join(", "),
+        );
         self.store
             .transition(id, JobState::Placing, JobState::Running, &format!("running on {}", placed.join(", ")), now)
             .map_err(|e| LaunchError::Fail(e.to_string()))
@@ -307,9 +340,13 @@ impl Engine {
         if mode == IsolationMode::Off {
             return Ok(None);
         }
-        let cpus: BTreeSet<u32> = ranks.iter().flat_map(RankStart::cpus).collect();
-        let mems: BTreeSet<u32> =
-            ranks.iter().flat_map(|r| r.slices.iter()).flat_map(|s| s.host.iter().map(|h| h.node)).collect();
+        let binding = &self.facts.binding;
+        let cpus: BTreeSet<u32> = ranks.iter().flat_map(|r| binding.cpus(&r.cpus())).collect();
+        let mems: BTreeSet<u32> = ranks
+            .iter()
+            .flat_map(|r| r.slices.iter())
+            .flat_map(|s| s.host.iter().filter_map(|h| binding.mem_node(h.node)))
+            .collect();
         let mem_mib: u64 = ranks.iter().map(RankStart::mem_mib).sum();
         let mut allow: Vec<DeviceNumber> = Vec::new();
         let dev = &self.paths.dev_root;

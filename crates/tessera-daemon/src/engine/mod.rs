@@ -17,7 +17,10 @@
 //!   jobs on a failed GPU.
 //! * `layout`: an admin's layout change, planned without the lock.
 //! * `mps`: MPS control daemons per instance and user.
-//! * `queries`: the typed views of jobs, GPUs and health.
+//! * `queries`: the typed views of jobs, GPUs and health; cancels (who asked is kept).
+//! * `dry_run`: what a submission would get now, acting on nothing.
+//! * [`reader`]: those views answered without the engine's lock, from a read-only store
+//!   connection and what the engine publishes after each change.
 //!
 //! Everything here blocks (SQLite, NVML, fork/exec); the async side (`daemon.rs`) calls it on
 //! blocking threads, one at a time under a lock, except the pure decision of a round and the
@@ -26,23 +29,26 @@
 pub mod action;
 mod admission;
 mod collect;
+mod dry_run;
 mod error;
 mod health;
 mod launch;
 pub mod layout;
 mod mps;
 mod queries;
+mod reader;
 pub mod recover;
 pub mod round;
 mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use action::{Action, Caller, Door, Reply};
 pub use admission::{WorkCheck, check_work, process_work};
 pub use error::EngineError;
+pub use reader::{Published, Reader};
 use tessera_exec::{CgroupSupport, MpsControl};
 use tessera_gpu::health::HealthTracker;
 use tessera_gpu::open::Node;
@@ -148,6 +154,9 @@ pub struct Engine {
     /// This state directory's own tag (kept in the store), in names that must not clash with
     /// another daemon's on the same machine (job cgroups).
     pub(crate) tag: String,
+    /// The engine's own reader (its read-only connection), for the views it answers with, and
+    /// what it publishes to every reader.
+    pub(crate) reader: Reader,
 }
 
 impl std::fmt::Debug for Engine {
@@ -198,7 +207,7 @@ impl Engine {
                     let reason = format!(
                         "the saved GPU health is unreadable ({e}); check the GPUs, then `tessera admin undrain`"
                     );
-                    eprintln!("tessera serve: {reason}; every GPU is drained");
+                    tracing::error!("{reason}; every GPU is drained");
                     for g in &facts.gpus {
                         store.set_drain(&Drain {
                             gpu_uuid: g.uuid.clone(),
@@ -214,7 +223,7 @@ impl Engine {
         };
         health.set_clear_command("tessera admin health clear");
         health.reconcile_ids(&facts.ids());
-        let drains = store.drains()?.into_iter().map(|d| (d.gpu_uuid.clone(), d)).collect();
+        let drains: BTreeMap<String, Drain> = store.drains()?.into_iter().map(|d| (d.gpu_uuid.clone(), d)).collect();
         let launcher = tessera_exec::Launcher::new(shim.exe, shim.args, true);
         let tag = match store.get_meta("tag")? {
             Some(t) => t,
@@ -227,6 +236,18 @@ impl Engine {
         };
         let preempt_signal = crate::signals::parse_signal(&config.jobs.preempt_signal)
             .map_err(|e| EngineError::Internal(format!("jobs.preempt_signal: {e}")))?;
+        let cgroups = tessera_exec::cgroup_support();
+        let shared =
+            Arc::new(RwLock::new(Published { health: health.clone(), drains: drains.clone(), last_round_ms: 0 }));
+        let reader = Reader {
+            store: store.read_only()?,
+            node: node.clone(),
+            facts: facts.clone(),
+            paths: paths.clone(),
+            isolation: cgroups.to_string(),
+            tenants: config.tenant_names().into_iter().map(str::to_owned).collect(),
+            shared,
+        };
         Ok(Engine {
             store,
             node,
@@ -239,7 +260,7 @@ impl Engine {
             health,
             health_saved,
             drains,
-            cgroups: tessera_exec::cgroup_support(),
+            cgroups,
             saved_usage,
             saved_usage_ms: 0,
             pending: BTreeMap::new(),
@@ -250,6 +271,29 @@ impl Engine {
             seen: None,
             preempt_signal,
             tag,
+            reader,
+        })
+    }
+
+    /// Publishes what readers show beside the store (health, drains, the last round's time).
+    /// Called after every change to them; cheap (a few GPUs' worth of state).
+    pub fn publish(&self) {
+        let published =
+            Published { health: self.health.clone(), drains: self.drains.clone(), last_round_ms: self.last_round_ms };
+        *self.reader.shared.write().unwrap_or_else(std::sync::PoisonError::into_inner) = published;
+    }
+
+    /// A reader of its own for another thread: a new read-only connection to the store, sharing
+    /// what this engine publishes.
+    pub fn reader(&self) -> Result<Reader, EngineError> {
+        Ok(Reader {
+            store: self.store.read_only()?,
+            node: self.node.clone(),
+            facts: self.facts.clone(),
+            paths: self.paths.clone(),
+            isolation: self.reader.isolation.clone(),
+            tenants: self.reader.tenants.clone(),
+            shared: self.reader.shared.clone(),
         })
     }
 
@@ -279,26 +323,31 @@ impl Engine {
     pub fn act(&mut self, caller: &Caller, action: Action) -> Result<Reply, EngineError> {
         match action {
             Action::Submit(body) => self.submit(caller, body).map(Reply::Submitted),
+            Action::DryRun(body) => {
+                let (request, work) = process_work(body)?;
+                let checked = check_work(&work, caller, self.config.jobs.max_exec_bytes);
+                self.dry_run_checked(caller, request, work, checked).map(Reply::DryRun)
+            }
             Action::SubmitWork { request, work } => self.submit_work(caller, request, work).map(Reply::Submitted),
-            Action::ListJobs(q) => self.list_jobs(caller, &q).map(Reply::Jobs),
-            Action::GetJob { id } | Action::Wait { id, .. } => {
-                let detail = matches!(action, Action::GetJob { .. });
-                let rec = self.owned(caller, id)?;
-                Ok(Reply::Job(Box::new(self.job_view(&rec, detail))))
+            read @ (Action::ListJobs(_)
+            | Action::GetJob { .. }
+            | Action::Wait { .. }
+            | Action::Logs { .. }
+            | Action::Gpus
+            | Action::Health) => {
+                self.publish();
+                self.reader.read(caller, read)
             }
             Action::Cancel { id } => self.cancel(caller, id).map(Reply::Cancel),
             Action::Release { id, exit, succeeded } => {
                 self.release(caller, id, exit, succeeded).map(|v| Reply::Job(Box::new(v)))
             }
-            Action::Logs { id, rank, stream, offset } => self.logs(caller, id, rank, stream, offset).map(Reply::Logs),
-            Action::Gpus => self.gpus().map(Reply::Gpus),
             Action::Drain { gpu, drain, request } => self.drain(caller, gpu, drain, &request).map(Reply::Drain),
             Action::Layout { gpu, request } => {
                 let input = self.layout_prepare(caller, gpu, request)?;
                 let plan = input.plan()?;
                 self.layout_apply(caller, plan).map(Reply::Layout)
             }
-            Action::Health => self.health_reply().map(|h| Reply::Health(Box::new(h))),
             Action::HealthClear { gpu } => self.health_clear(caller, gpu).map(Reply::HealthClear),
         }
     }

@@ -4,16 +4,45 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use tessera_exec::LogStream;
+use tessera_exec::{LogSelect, LogStream};
 use tessera_store::{Drain, ExitInfo, JobFilter, JobRecord, JobState, Work};
 
-use super::{Caller, Engine, EngineError};
+use super::{Caller, Engine, EngineError, Reader};
 use crate::wire::{
     CancelReply, CancelState, DrainReply, DrainRequest, DrainView, EventView, ExitView, GpuInfo, GpuList, InstanceInfo,
-    JobList, JobQuery, JobView, LogChunk, RankView, SliceView, Stream,
+    JobList, JobQuery, JobView, LogBytes, LogChunk, LogCursor, LogPiece, LogQuery, Occupant, RankView, SliceView,
+    Stream,
 };
 
-impl Engine {
+/// The most output one `logs` reply carries.
+const LOG_CHUNK_BYTES: usize = 1 << 20;
+
+fn wire_stream(s: LogStream) -> Stream {
+    match s {
+        LogStream::Stdout => Stream::Stdout,
+        LogStream::Stderr => Stream::Stderr,
+    }
+}
+
+fn exec_cursor(c: &LogCursor) -> tessera_exec::LogCursor {
+    let stream = |s: Stream| match s {
+        Stream::Stdout => LogStream::Stdout,
+        Stream::Stderr => LogStream::Stderr,
+    };
+    tessera_exec::LogCursor {
+        record: c.record,
+        done: c.done.iter().map(|&(rank, s, offset)| ((rank, stream(s)), offset)).collect(),
+    }
+}
+
+fn wire_cursor(c: &tessera_exec::LogCursor) -> LogCursor {
+    LogCursor {
+        record: c.record,
+        done: c.done.iter().map(|(&(rank, s), &offset)| (rank, wire_stream(s), offset)).collect(),
+    }
+}
+
+impl Reader {
     /// The job, if the caller may see it.
     pub(crate) fn owned(&self, caller: &Caller, id: u64) -> Result<JobRecord, EngineError> {
         let rec = self.store.job(id)?.ok_or_else(|| EngineError::NotFound(format!("no job {id}")))?;
@@ -23,14 +52,50 @@ impl Engine {
         Ok(rec)
     }
 
+    /// `GET /v1/jobs`: the caller's jobs, or, for admins, another user's (`user`), a tenant's
+    /// (`tenant`: every user's in it) or everyone's (`all`); the active ones unless `history`,
+    /// `since_ms` or `states` say otherwise.
     pub(crate) fn list_jobs(&self, caller: &Caller, q: &JobQuery) -> Result<JobList, EngineError> {
-        if q.all && !caller.admin {
-            return Err(EngineError::Forbidden("only admins list every user's jobs".into()));
+        let other = q.user.as_deref().filter(|u| *u != caller.user);
+        if !caller.admin {
+            if q.all {
+                return Err(EngineError::Forbidden("only admins see every user's jobs".into()));
+            }
+            if let Some(u) = other {
+                return Err(EngineError::Forbidden(format!(
+                    "only admins see another user's jobs ({} asked for {u}'s)",
+                    caller.user
+                )));
+            }
         }
+        let user_uid = match other {
+            Some(name) => match tessera_host::user_by_name(name) {
+                Ok(Some(u)) => Some(u.uid),
+                Ok(None) => return Err(EngineError::invalid("user", format!("no user '{name}' on this node"))),
+                Err(e) => return Err(EngineError::Internal(format!("looking up user '{name}': {e}"))),
+            },
+            None if q.user.is_some() => Some(caller.uid),
+            // An admin asking for a tenant, or for everyone, sees every user's jobs.
+            None if caller.admin && (q.all || q.tenant.is_some()) => None,
+            None => Some(caller.uid),
+        };
         let filter =
-            JobFilter { states: q.states.clone(), user_uid: (!q.all).then_some(caller.uid), ..JobFilter::default() };
+            JobFilter { states: q.effective_states(), user_uid, tenant: q.tenant.clone(), ..JobFilter::default() };
         let jobs = self.store.jobs(&filter)?;
-        Ok(JobList { jobs: jobs.iter().map(|j| self.job_view(j, false)).collect() })
+        let since = q.since_ms.unwrap_or(0);
+        let jobs: Vec<JobView> =
+            jobs.iter().filter(|j| j.ended_ms.is_none_or(|e| e >= since)).map(|j| self.job_view(j, false)).collect();
+        // A tenant no longer configured still shows its jobs; one never heard of is a mistake.
+        if let Some(t) = &q.tenant
+            && jobs.is_empty()
+            && !self.tenants.iter().any(|n| n == t)
+        {
+            return Err(EngineError::invalid(
+                "tenant",
+                format!("no tenant '{t}' is configured (tenants: {})", self.tenants.join(", ")),
+            ));
+        }
+        Ok(JobList { jobs })
     }
 
     /// A job as the API shows it: its ranks from its allocations (the live ones, or the last
@@ -61,6 +126,7 @@ impl Engine {
                     rank: a.rank,
                     devices: Vec::new(),
                     cpus: None,
+                    cpu_count: 0,
                     numa_node: al.numa_node,
                     mem_mib: 0,
                     slices: Vec::new(),
@@ -79,6 +145,7 @@ impl Engine {
             .into_values()
             .map(|(mut r, cpus)| {
                 r.cpus = (!cpus.is_empty()).then(|| tessera_host::format_cpulist(&cpus));
+                r.cpu_count = u32::try_from(cpus.len()).unwrap_or(u32::MAX);
                 r
             })
             .collect();
@@ -120,12 +187,20 @@ impl Engine {
                 detail: e.detail.clone(),
             }),
             events,
+            cancelled_by: rec.cancelled_by.clone(),
         }
     }
+}
 
+impl Engine {
     pub(crate) fn cancel(&mut self, caller: &Caller, id: u64) -> Result<CancelReply, EngineError> {
-        let rec = self.owned(caller, id)?;
+        let rec = self.reader.owned(caller, id)?;
         let now = tessera_host::now_ms();
+        if rec.state.is_terminal() {
+            return Err(EngineError::Conflict(format!("job {id} has already ended ({})", rec.state)));
+        }
+        // Who asked is kept with the job (the first to ask, should several), shown by `tessera job`.
+        self.store.set_cancelled_by(id, &caller.user)?;
         match rec.state {
             JobState::Queued => {
                 let exit = ExitInfo {
@@ -144,11 +219,25 @@ impl Engine {
                         now,
                     )
                     .map_err(|e| EngineError::Conflict(e.to_string()))?;
+                tracing::info!(
+                    job = id,
+                    user = %rec.user_name,
+                    tenant = %rec.tenant,
+                    state = "cancelled",
+                    "job {id} ended cancelled by {} before it started",
+                    caller.user,
+                );
                 Ok(CancelReply { id, state: CancelState::Cancelled })
             }
             JobState::Placing | JobState::Running => match (&rec.work, rec.job_dir.as_deref()) {
                 (Work::Process(_), Some(dir)) => {
-                    tessera_exec::cancel(std::path::Path::new(dir))
+                    let request = tessera_exec::StopRequest {
+                        reason: tessera_exec::StopReason::Cancel,
+                        signal: libc::SIGTERM,
+                        grace_ms: self.config.scheduler.kill_grace_ms,
+                        detail: format!("by {}", caller.user),
+                    };
+                    tessera_exec::stop(std::path::Path::new(dir), &request)
                         .map_err(|e| EngineError::Internal(format!("cancelling job {id}: {e}")))?;
                     Ok(CancelReply { id, state: CancelState::Cancelling })
                 }
@@ -172,7 +261,7 @@ impl Engine {
         exit: ExitInfo,
         succeeded: bool,
     ) -> Result<JobView, EngineError> {
-        let rec = self.owned(caller, id)?;
+        let rec = self.reader.owned(caller, id)?;
         if rec.work.process().is_some() {
             return Err(EngineError::Conflict(format!(
                 "job {id} runs processes Tessera supervises; cancel it instead"
@@ -186,36 +275,82 @@ impl Engine {
         self.store
             .finish(id, rec.state, to, &reason, exit, tessera_host::now_ms())
             .map_err(|e| EngineError::Conflict(e.to_string()))?;
-        let rec = self.owned(caller, id)?;
-        Ok(self.job_view(&rec, true))
+        tracing::info!(
+            job = id,
+            user = %rec.user_name,
+            tenant = %rec.tenant,
+            state = %to,
+            "job {id} ended {to} (released by {}): {reason}",
+            caller.user,
+        );
+        let rec = self.reader.owned(caller, id)?;
+        Ok(self.reader.job_view(&rec, true))
     }
+}
 
-    pub(crate) fn logs(
-        &self,
-        caller: &Caller,
-        id: u64,
-        rank: u32,
-        stream: Stream,
-        offset: u64,
-    ) -> Result<LogChunk, EngineError> {
+impl Reader {
+    /// A job's output in the order it was written ([`tessera_exec::read_output`]): at most
+    /// [`LOG_CHUNK_BYTES`] from the query's cursor, or from its last `tail` lines.
+    pub(crate) fn logs(&self, caller: &Caller, id: u64, q: &LogQuery) -> Result<LogChunk, EngineError> {
         let rec = self.owned(caller, id)?;
         let ended = rec.state.is_terminal();
-        let Some(dir) = rec.job_dir.clone() else {
-            return Ok(LogChunk { data: String::new(), next_offset: 0, job_ended: ended });
+        let ranks = rec.request.ranks;
+        if let Some(rank) = q.rank.filter(|&r| r >= ranks) {
+            let have =
+                if ranks == 1 { "its only rank is 0".to_owned() } else { format!("its ranks are 0 to {}", ranks - 1) };
+            return Err(EngineError::invalid("rank", format!("job {id} has no rank {rank}; {have}")));
+        }
+        let Some(dir) = rec.job_dir.as_deref().map(PathBuf::from) else {
+            let next = q.from.clone().unwrap_or_default();
+            return Ok(LogChunk { pieces: Vec::new(), next, more: false, job_ended: ended, ranks });
         };
-        let s = match stream {
-            Stream::Stdout => LogStream::Stdout,
-            Stream::Stderr => LogStream::Stderr,
+        let select = LogSelect {
+            rank: q.rank,
+            stdout: q.stream != Some(Stream::Stderr),
+            stderr: q.stream != Some(Stream::Stdout),
         };
-        let (bytes, next) = tessera_exec::tail_stream(&PathBuf::from(&dir), rank, s, offset)
-            .map_err(|e| EngineError::NotFound(format!("job {id} rank {rank}: {e}")))?;
-        Ok(LogChunk { data: String::from_utf8_lossy(&bytes).into_owned(), next_offset: next, job_ended: ended })
+        let failed = |e: tessera_exec::ExecError| EngineError::Internal(format!("reading job {id}'s output: {e}"));
+        let from = match (&q.from, q.tail) {
+            (Some(c), _) => exec_cursor(c),
+            (None, Some(lines)) => tessera_exec::tail_cursor(&dir, select, lines, ended).map_err(failed)?,
+            (None, None) => tessera_exec::LogCursor::default(),
+        };
+        let read = tessera_exec::read_output(&dir, select, &from, ended, LOG_CHUNK_BYTES).map_err(failed)?;
+        let pieces = read
+            .pieces
+            .into_iter()
+            .map(|p| LogPiece {
+                rank: p.rank,
+                stream: wire_stream(p.stream),
+                time_ms: p.time_ms,
+                data: LogBytes(p.data),
+            })
+            .collect();
+        Ok(LogChunk { pieces, next: wire_cursor(&read.next), more: read.more, job_ended: ended, ranks })
     }
 
     pub(crate) fn gpus(&self) -> Result<GpuList, EngineError> {
+        let published = self.published();
         let live =
             tessera_gpu::view::node_view_partial(self.backend()).map_err(|e| EngineError::Internal(e.to_string()))?;
         let allocs = self.store.live_allocations()?;
+        // Whose each job on a slice is.
+        let mut owners: BTreeMap<u64, (String, String)> = BTreeMap::new();
+        for a in &allocs {
+            if let std::collections::btree_map::Entry::Vacant(e) = owners.entry(a.job)
+                && let Some(rec) = self.store.job(a.job)?
+            {
+                e.insert((rec.user_name, rec.tenant));
+            }
+        }
+        let occupants_of = |jobs: &[u64]| -> Vec<Occupant> {
+            jobs.iter()
+                .map(|&job| {
+                    let (user, tenant) = owners.get(&job).cloned().unwrap_or_default();
+                    Occupant { job, user, tenant }
+                })
+                .collect()
+        };
         let mut gpus: Vec<GpuInfo> = live
             .gpus
             .iter()
@@ -244,8 +379,12 @@ impl Engine {
                             start: i.instance.start,
                             size: i.placement_size,
                             jobs: jobs_on(i.instance.profile_id, i.instance.start),
+                            occupants: Vec::new(),
                             mig_uuid: i.compute_instances.first().map(|c| c.uuid.clone()),
-                            healthy: !self.health.instance_health(g.device.index, i.gpu_instance_id).is_unhealthy(),
+                            healthy: !published
+                                .health
+                                .instance_health(g.device.index, i.gpu_instance_id)
+                                .is_unhealthy(),
                         })
                         .collect()
                 } else {
@@ -258,6 +397,7 @@ impl Engine {
                                 start: 0,
                                 size: p.placement_size,
                                 jobs: jobs_on(p.id, 0),
+                                occupants: Vec::new(),
                                 mig_uuid: None,
                                 healthy: true,
                             }]
@@ -271,8 +411,8 @@ impl Engine {
                     model: g.model.map(|m| m.name.clone()),
                     numa_node: g.device.numa_node,
                     mig: g.mig.current,
-                    drained: self.drains.get(&g.device.uuid).map(DrainView::from),
-                    health: self.health.gpu_health(g.device.index).to_string(),
+                    drained: published.drains.get(&g.device.uuid).map(DrainView::from),
+                    health: published.health.gpu_health(g.device.index).to_string(),
                     instances,
                 }
             })
@@ -286,15 +426,20 @@ impl Engine {
                 model: fact.catalog.then(|| fact.model.name.clone()),
                 numa_node: fact.numa_node,
                 mig: false,
-                drained: self.drains.get(&fact.uuid).map(DrainView::from),
+                drained: published.drains.get(&fact.uuid).map(DrainView::from),
                 health: format!("unhealthy: it does not answer: {}", f.error),
                 instances: Vec::new(),
             });
         }
         gpus.sort_by_key(|g| g.index);
+        for i in gpus.iter_mut().flat_map(|g| g.instances.iter_mut()) {
+            i.occupants = occupants_of(&i.jobs);
+        }
         Ok(GpuList { backend: self.backend().kind().to_string(), gpus })
     }
+}
 
+impl Engine {
     pub(crate) fn drain(
         &mut self,
         caller: &Caller,

@@ -157,16 +157,14 @@ impl Engine {
             }
             self.saved_usage_ms = now;
         }
-        if std::env::var_os("TESSERA_TRACE_ROUNDS").is_some() {
-            eprintln!(
-                "round: read {:?}, schedule {:?}, act {:?} ({} queued, {} running)",
-                t_read,
-                t_sched.saturating_sub(t_read),
-                t0.elapsed().saturating_sub(t_sched),
-                queue.len(),
-                running.len()
-            );
-        }
+        tracing::trace!(
+            "round: read {:?}, schedule {:?}, act {:?} ({} queued, {} running)",
+            t_read,
+            t_sched.saturating_sub(t_read),
+            t0.elapsed().saturating_sub(t_sched),
+            queue.len(),
+            running.len()
+        );
         changed
     }
 
@@ -184,7 +182,7 @@ impl Engine {
             detail: format!("preempted by job {for_job} (priority {for_priority})"),
         };
         if let Err(e) = tessera_exec::stop(std::path::Path::new(&dir), &request) {
-            eprintln!("tessera serve: preempting job {job} for job {for_job}: {e}");
+            tracing::error!(job, "preempting job {job} for job {for_job}: {e}");
         }
     }
 
@@ -206,12 +204,30 @@ impl Engine {
             .store
             .begin_reconfig(&uuid, gpu, &journal, for_job, tessera_host::now_ms())
             .map_err(|e| format!("cannot write the reconfiguration journal: {e}"))?;
+        tracing::info!(
+            gpu,
+            journal = id,
+            "reconfiguring GPU {gpu}: {} step(s){}{}{}",
+            plan.steps.len(),
+            for_job.map_or_else(String::new, |j| format!(" for job {j}")),
+            journal.by.as_deref().map_or_else(String::new, |b| format!(" by {b}")),
+            journal.mig_mode.map_or("", |on| if on { ", then MIG mode on" } else { ", then MIG mode off" })
+        );
         let result = self.run_journal(id, gpu, plan, mig_mode);
         let outcome = match &result {
             Ok(()) => ReconfigOutcome::Completed,
             Err((true, _)) => ReconfigOutcome::RolledBack,
             Err((false, detail)) => ReconfigOutcome::Abandoned { detail: detail.clone() },
         };
+        match &result {
+            Ok(()) => tracing::info!(gpu, journal = id, "reconfigured GPU {gpu}"),
+            Err((rolled_back, e)) => tracing::error!(
+                gpu,
+                journal = id,
+                "reconfiguring GPU {gpu} failed ({}): {e}",
+                if *rolled_back { "rolled back" } else { "abandoned" }
+            ),
+        }
         let _ = self.store.finish_reconfig(id, outcome, tessera_host::now_ms());
         result.map_err(|(_, e)| e)
     }
@@ -226,6 +242,7 @@ impl Engine {
     ) -> Result<(), (bool, String)> {
         let store = &self.store;
         let mut mark = |k: usize, line: &str| {
+            tracing::info!(gpu, journal = id, step = k, "GPU {gpu}: {line}");
             let _ = store.step_done(id, u32::try_from(k).unwrap_or(u32::MAX), line, tessera_host::now_ms());
         };
         if !plan.steps.is_empty() {
@@ -299,6 +316,7 @@ impl Engine {
     /// failed for good).
     pub(crate) fn fail_job(&mut self, id: u64, from: JobState, reason: &str) {
         let exit = ExitInfo { code: None, signal: None, failed_rank: None, detail: reason.to_owned() };
+        tracing::warn!(job = id, "job {id} ended failed: {reason}");
         let _ = self.store.finish(id, from, JobState::Failed, reason, exit, tessera_host::now_ms());
     }
 }

@@ -49,6 +49,74 @@ pub struct NodeFacts {
     pub host_mem_mib: BTreeMap<u32, u64>,
     /// MIG devices one process may use: 64 from driver R570 on, 1 before.
     pub mig_per_process: u32,
+    /// How the host CPUs and NUMA nodes above become this machine's when a job is bound.
+    pub binding: HostBinding,
+}
+
+/// How a job's host CPUs and NUMA node (the scheduler's, from [`NodeFacts`]) become this
+/// machine's when its ranks are bound.
+///
+/// On real GPUs they are this machine's own. On the simulated node the host is the spec's
+/// (`8xH100-80GB,numa=2` has 224 CPUs and 2 TiB whatever runs it), and jobs still run here, so
+/// the simulated ids are folded onto what the daemon itself may use: simulated CPU `c` runs on
+/// the `c mod n`-th of the daemon's `n` CPUs (its affinity at start), simulated NUMA node `k`
+/// binds memory to the `k mod m`-th of its `m` memory nodes. The memory limit is the job's
+/// `--mem` as asked. The job is told what it was given on the simulated node in
+/// `TESSERA_SIM_CPUS` (a cpulist) and `TESSERA_SIM_NUMA_NODE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostBinding {
+    /// This machine's own CPU ids and NUMA nodes.
+    Real,
+    /// The simulated node's, folded onto these CPUs and memory nodes of this machine (either
+    /// may be empty when this machine does not say: then nothing of that kind is bound).
+    Simulated { cpus: Vec<u32>, mems: Vec<u32> },
+}
+
+impl HostBinding {
+    /// The simulated node's host on the CPUs and memory nodes the daemon may use.
+    pub fn here() -> HostBinding {
+        let (allowed, notes) = tessera_exec::Allowed::here();
+        for note in notes {
+            tracing::info!("simulated node: {note}");
+        }
+        HostBinding::Simulated { cpus: allowed.cpus.into_iter().collect(), mems: allowed.mems.into_iter().collect() }
+    }
+
+    /// The CPUs of this machine that `cpus` (the scheduler's) run on.
+    pub fn cpus(&self, cpus: &[u32]) -> Vec<u32> {
+        match self {
+            HostBinding::Real => cpus.to_vec(),
+            HostBinding::Simulated { cpus: real, .. } if real.is_empty() => Vec::new(),
+            HostBinding::Simulated { cpus: real, .. } => {
+                let mut out: Vec<u32> = cpus.iter().map(|c| real[*c as usize % real.len()]).collect();
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        }
+    }
+
+    /// The memory node of this machine that NUMA node `node` (the scheduler's) binds to.
+    pub fn mem_node(&self, node: u32) -> Option<u32> {
+        match self {
+            HostBinding::Real => Some(node),
+            HostBinding::Simulated { mems, .. } => (!mems.is_empty()).then(|| mems[node as usize % mems.len()]),
+        }
+    }
+
+    /// What a rank is told of its host share on the simulated node (nothing on real GPUs).
+    pub fn env(&self, cpus: &[u32], node: Option<u32>) -> Vec<(String, String)> {
+        match self {
+            HostBinding::Real => Vec::new(),
+            HostBinding::Simulated { .. } => {
+                let mut env = vec![("TESSERA_SIM_CPUS".to_owned(), tessera_host::format_cpulist(cpus))];
+                if let Some(node) = node {
+                    env.push(("TESSERA_SIM_NUMA_NODE".to_owned(), node.to_string()));
+                }
+                env
+            }
+        }
+    }
 }
 
 /// MIG devices one process may use with this driver version (`mig-hardware.md`, "UUIDs and
@@ -78,7 +146,7 @@ impl NodeFacts {
                 Ok(d) => devices.push(d),
                 Err(f) => match f.device.or_else(|| known.iter().find(|k| k.index == f.gpu.index).cloned()) {
                     Some(d) => devices.push(d),
-                    None => eprintln!("tessera serve: {} does not answer and was never seen before: left out", f.gpu),
+                    None => tracing::warn!("{} does not answer and was never seen before: left out", f.gpu),
                 },
             }
         }
@@ -112,14 +180,22 @@ impl NodeFacts {
             e.sort_unstable();
             e.dedup();
         }
-        let nodes: Vec<u32> = host_cpus.keys().copied().collect();
-        let host_mem_mib = tessera_host::memory::numa_memory_mib(&nodes);
-        // The simulated node models a current driver.
-        let mig_per_process = match node {
-            Node::Nvml(n) => mig_per_process(n.driver_version()),
-            Node::Sim(_) => MIG_DEVICES_PER_PROCESS_R570,
+        let (host_mem_mib, mig_per_process, binding) = match node {
+            Node::Nvml(n) => {
+                let nodes: Vec<u32> = host_cpus.keys().copied().collect();
+                (tessera_host::memory::numa_memory_mib(&nodes), mig_per_process(n.driver_version()), HostBinding::Real)
+            }
+            // The simulated node's host is its spec's, never this machine's (its NUMA nodes
+            // without GPUs included), and it models a current driver.
+            Node::Sim(sim) => {
+                let spec = sim.spec();
+                host_cpus =
+                    spec.host_nodes().map(|n| (n, spec.cpus_of_node((spec.numa_nodes() > 0).then_some(n)))).collect();
+                let mem = spec.host_nodes().map(|n| (n, spec.memory_of_node(n))).collect();
+                (mem, MIG_DEVICES_PER_PROCESS_R570, HostBinding::here())
+            }
         };
-        Ok((NodeFacts { gpus, host_cpus, host_mem_mib, mig_per_process }, remember))
+        Ok((NodeFacts { gpus, host_cpus, host_mem_mib, mig_per_process, binding }, remember))
     }
 
     pub fn gpu(&self, index: u32) -> Option<&GpuFact> {
@@ -301,5 +377,33 @@ mod tests {
         {
             assert_eq!(mig_per_process(driver), want, "{driver}");
         }
+    }
+
+    #[test]
+    fn the_simulated_host_folds_onto_this_machine() {
+        // A 4-CPU machine with one memory node, under a 224-CPU simulated host on two nodes.
+        let sim = HostBinding::Simulated { cpus: vec![0, 1, 2, 3], mems: vec![0] };
+        let node1: Vec<u32> = (112..128).collect();
+        assert_eq!(sim.cpus(&node1), [0, 1, 2, 3]);
+        assert_eq!(sim.cpus(&[5, 6]), [1, 2]);
+        assert_eq!((sim.mem_node(0), sim.mem_node(1)), (Some(0), Some(0)));
+        let env = sim.env(&node1, Some(1));
+        assert_eq!(
+            env,
+            [
+                ("TESSERA_SIM_CPUS".to_owned(), "112-127".to_owned()),
+                ("TESSERA_SIM_NUMA_NODE".to_owned(), "1".to_owned())
+            ]
+        );
+        // Sparse real CPUs (a cpuset) and two memory nodes.
+        let sparse = HostBinding::Simulated { cpus: vec![2, 3, 8], mems: vec![0, 1] };
+        assert_eq!(sparse.cpus(&[0, 1, 2, 3]), [2, 3, 8]);
+        assert_eq!((sparse.mem_node(0), sparse.mem_node(1), sparse.mem_node(2)), (Some(0), Some(1), Some(0)));
+        // Nothing known of this machine: nothing bound.
+        let unknown = HostBinding::Simulated { cpus: vec![], mems: vec![] };
+        assert_eq!((unknown.cpus(&[0, 1]), unknown.mem_node(0)), (vec![], None));
+        // Real GPUs: the ids are this machine's, and the job is told nothing more.
+        assert_eq!((HostBinding::Real.cpus(&[7, 9]), HostBinding::Real.mem_node(1)), (vec![7, 9], Some(1)));
+        assert!(HostBinding::Real.env(&[7], Some(1)).is_empty());
     }
 }

@@ -97,7 +97,8 @@ fn spec_mismatch_is_refused() {
     let e = SimBackend::open(&path, Some(&spec("2xA100-40GB"))).unwrap_err();
     assert_eq!(e.kind(), "state");
     let msg = e.to_string();
-    for needle in ["node.json", "'2xA30-24GB,numa=1'", "'2xA100-40GB,numa=1'", "another state file"] {
+    for needle in ["node.json", "'2xA30-24GB,numa=1'", "'2xA100-40GB,numa=1'", "its own state file (--sim-state PATH)"]
+    {
         assert!(msg.contains(needle), "{msg} lacks {needle}");
     }
 }

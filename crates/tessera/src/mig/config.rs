@@ -298,15 +298,12 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
     Ok(())
 }
 
-/// Device types on a GPU as mig-parted counts them: `{"1g.10gb": 2, "3g.40gb": 1}`.
+/// Device types on a GPU as mig-parted counts them: `{"1g.10gb": 2, "3g.40gb": 1}`, each
+/// spelled as `tessera mig gpus` shows it ([`super::device_type`]).
 fn device_types(v: &GpuView) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
     for i in &v.instances {
-        let name = match v.model.and_then(|m| m.profile_by_id(i.instance.profile_id)) {
-            Some(p) => device_type_name(p, i.instance.compute),
-            None => i.profile_name.clone(),
-        };
-        *out.entry(name).or_insert(0) += 1;
+        *out.entry(super::device_type(v, i)).or_insert(0) += 1;
     }
     out
 }

@@ -1,10 +1,14 @@
 //! `tessera mig gpus`: the node's GPUs, their MIG mode, instances and a slice map.
+//!
+//! Every GPU instance goes by its device type as `tessera mig export` writes it (so a compute
+//! split shows: `1c.3g.40gb`, `1c.3g.40gb ×3`), each of its compute instances on its own row;
+//! what is left is said in one line ([`free_line`]) whatever the layout.
 
 use serde_json::json;
 use tessera_gpu::view::{GpuView, node_view_partial};
 use tessera_mig::planner_for;
 
-use super::{human, plan::fragmentation_lines, plan::layout_map, print_json};
+use super::{device_type, human, plan::free_line, plan::layout_map, print_json};
 use crate::Refusal;
 use crate::cli::Global;
 use crate::node;
@@ -19,11 +23,18 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
         print_json(&json!({
             "backend": node.backend().kind().to_string(),
             "node": node.description,
+            "host": node.node.sim().map(|s| {
+                let spec = s.spec();
+                json!({"cpus": spec.cpus(), "memory_mib": spec.memory_mib(), "numa_nodes": spec.numa_nodes()})
+            }),
             "gpus": views.iter().map(gpu_json).collect::<Vec<_>>(),
             "unreachable": view.failed,
         }));
     } else {
         println!("{}: {} GPU(s)", node.description, views.len() + view.failed.len());
+        if let Some(sim) = node.node.sim() {
+            println!("{}", sim_host_line(sim.spec()));
+        }
         for v in views {
             println!();
             print_gpu(v);
@@ -40,6 +51,20 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             Err(Refusal(format!("{n} GPU(s) do not answer: {}", why.join("; "))).into())
         }
     }
+}
+
+/// The simulated node's host, which is its spec's and never this machine's.
+fn sim_host_line(spec: &tessera_gpu::NodeSpec) -> String {
+    let nodes = match spec.numa_nodes() {
+        0 => "NUMA unknown".to_string(),
+        1 => "1 NUMA node".to_string(),
+        n => format!("{n} NUMA nodes"),
+    };
+    format!(
+        "host: {} CPUs and {} of memory on {nodes} (simulated, not this machine's)",
+        spec.cpus(),
+        tessera_host::format_mib(spec.memory_mib())
+    )
 }
 
 fn layout_of(v: &GpuView) -> Vec<tessera_mig::Instance> {
@@ -62,6 +87,7 @@ pub fn gpu_json(v: &GpuView) -> serde_json::Value {
         "instances": v.instances.iter().map(|i| json!({
             "gpu_instance_id": i.gpu_instance_id,
             "profile": i.profile_name,
+            "device_type": device_type(v, i),
             "profile_id": i.instance.profile_id,
             "start": i.instance.start,
             "size": i.placement_size,
@@ -74,7 +100,9 @@ pub fn gpu_json(v: &GpuView) -> serde_json::Value {
             "processes": i.processes.iter().map(|p| json!({"pid": p.pid, "name": p.name})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "free_units": frag.as_ref().map(|r| r.free_units.clone()),
+        "free_compute_slices": frag.as_ref().map(|r| r.free_compute_slices),
         "unusable_compute_slices": frag.as_ref().map(|r| r.unusable_compute_slices),
+        "free": v.model.zip(frag.as_ref()).map(|(m, r)| free_line(m, r)),
     })
 }
 
@@ -105,14 +133,16 @@ fn print_gpu(v: &GpuView) {
             |inst| {
                 let live = v.instances.iter().find(|l| l.instance == *inst);
                 match live {
-                    // Narrow slices show the profile alone; the table below has the ids.
+                    // Narrow slices show the device type alone; the table below has the ids.
                     Some(l)
                         if l.placement_size * 9 / m.profiles.iter().map(|p| p.placement_size).min().unwrap_or(1)
                             < 12 =>
                     {
-                        format!("{}{}", if l.busy { "●" } else { "" }, l.profile_name)
+                        format!("{}{}", if l.busy { "●" } else { "" }, device_type(v, l))
                     }
-                    Some(l) => format!("{} GI{}{}", l.profile_name, l.gpu_instance_id, if l.busy { " ●" } else { "" }),
+                    Some(l) => {
+                        format!("{} GI{}{}", device_type(v, l), l.gpu_instance_id, if l.busy { " ●" } else { "" })
+                    }
                     None => "?".into(),
                 }
             },
@@ -142,11 +172,18 @@ fn print_gpu(v: &GpuView) {
                     state.clone(),
                 ]);
             }
+            let gi_slices = m.profile_by_id(i.instance.profile_id).map(|p| p.compute_slices);
             for c in &i.compute_instances {
+                // Each compute instance's own share of the GPU instance.
+                let ci_type = if Some(c.placement.size) == gi_slices {
+                    i.profile_name.clone()
+                } else {
+                    format!("{}c.{}", c.placement.size, i.profile_name)
+                };
                 t.row(vec![
                     i.gpu_instance_id.to_string(),
                     c.id.to_string(),
-                    i.profile_name.clone(),
+                    ci_type,
                     format!("{}:{}", i.instance.start, i.placement_size),
                     numa.clone(),
                     c.uuid.clone(),
@@ -160,8 +197,6 @@ fn print_gpu(v: &GpuView) {
     }
     if let Some(r) = planner_for(m).and_then(|p| p.fragmentation(&layout).ok()) {
         println!();
-        for line in fragmentation_lines(&r).lines() {
-            println!("  {line}");
-        }
+        println!("  {}", free_line(m, &r));
     }
 }

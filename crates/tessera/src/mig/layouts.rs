@@ -4,7 +4,7 @@ use serde_json::json;
 use tessera_mig::layout::instance_label;
 use tessera_mig::{Planner, planner_for};
 
-use super::{human, model_arg, plan::layout_map, print_json, wanted_arg};
+use super::{human, model_arg, plan::free_line, plan::layout_map, print_json, wanted_arg};
 use crate::cli::Output;
 
 pub fn run(output: Output, gpu: &str, profiles: &[String]) -> anyhow::Result<()> {
@@ -36,14 +36,13 @@ pub fn run(output: Output, gpu: &str, profiles: &[String]) -> anyhow::Result<()>
     );
     for (n, l) in layouts.iter().enumerate() {
         let r = planner.fragmentation(l).ok();
-        let unusable = r.as_ref().map_or(0, |r| r.unusable_compute_slices);
+        // Said as `tessera mig gpus` and `plan` say it, where anything is left.
+        let left = r
+            .as_ref()
+            .filter(|r| r.free_compute_slices > 0 || !r.stranded_units.is_empty())
+            .map_or_else(String::new, |r| format!("   ({})", free_line(m, r)));
         let labels: Vec<String> = l.iter().map(|i| instance_label(m, i)).collect();
-        println!(
-            "\n#{:<3} {}{}",
-            n + 1,
-            labels.join(" "),
-            if unusable > 0 { format!("   ({unusable} compute slice(s) unusable)") } else { String::new() }
-        );
+        println!("\n#{:<3} {}{left}", n + 1, labels.join(" "));
         print!(
             "{}",
             layout_map(m, l, |i| m.profile_by_id(i.profile_id).map_or_else(|| "?".into(), |p| p.name.clone()), 5)

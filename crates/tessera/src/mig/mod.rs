@@ -8,8 +8,12 @@ mod plan;
 mod profiles;
 mod sim;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, bail};
-use tessera_mig::{GpuModel, Instance, WantedInstance, catalog};
+use tessera_gpu::view::{GpuView, LiveInstance};
+use tessera_mig::layout::device_type_name;
+use tessera_mig::{ComputeShape, GpuModel, Instance, WantedInstance, catalog};
 
 use crate::cli::{Global, HealthCommand, MigCommand, Output};
 
@@ -60,6 +64,42 @@ pub fn instance_arg(model: &GpuModel, text: &str) -> anyhow::Result<Instance> {
     let (wanted, start) = model.instance_spec(text).with_context(|| format!("--existing '{text}'"))?;
     let start = start.unwrap_or(0);
     Ok(Instance { profile_id: wanted.profile_id, start, compute: wanted.compute })
+}
+
+/// A GPU instance's device type, the one spelling `tessera mig gpus` and `tessera mig export`
+/// share: mig-parted's (`3g.40gb`; `1c.3g.40gb` for one smaller compute instance), and for what
+/// mig-parted cannot express, several compute instances in one GPU instance, each kind with its
+/// count (`1c.3g.40gb ×3`, `1c.3g.40gb ×2 + 2c.3g.40gb`), or none (`3g.40gb (no compute
+/// instance)`).
+pub fn device_type(v: &GpuView, i: &LiveInstance) -> String {
+    let profile = v.model.and_then(|m| m.profile_by_id(i.instance.profile_id));
+    match (i.instance.compute, profile) {
+        (ComputeShape::Other, _) => {
+            if i.compute_instances.is_empty() {
+                return format!("{} (no compute instance)", i.profile_name);
+            }
+            let whole = profile.map(|p| p.compute_slices);
+            let mut sizes: BTreeMap<u8, usize> = BTreeMap::new();
+            for c in &i.compute_instances {
+                *sizes.entry(c.placement.size).or_default() += 1;
+            }
+            sizes
+                .into_iter()
+                .map(|(size, n)| {
+                    let name = if Some(size) == whole {
+                        i.profile_name.clone()
+                    } else {
+                        format!("{size}c.{}", i.profile_name)
+                    };
+                    if n == 1 { name } else { format!("{name} ×{n}") }
+                })
+                .collect::<Vec<_>>()
+                .join(" + ")
+        }
+        (compute, Some(p)) => device_type_name(p, compute),
+        (ComputeShape::Slices(c), None) => format!("{c}c.{}", i.profile_name),
+        (ComputeShape::Full, None) => i.profile_name.clone(),
+    }
 }
 
 /// Print JSON (for `-o json`).

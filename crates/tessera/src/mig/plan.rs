@@ -87,6 +87,7 @@ fn plan_json(m: &GpuModel, placement: &Placement, r: &FragmentationReport) -> se
         "usable_compute_slices": r.usable_compute_slices,
         "unusable_compute_slices": r.unusable_compute_slices,
         "fits": r.fits.iter().filter(|f| f.count > 0).map(|f| json!({"profile": f.profile, "profile_id": f.profile_id, "count": f.count})).collect::<Vec<_>>(),
+        "free": free_line(m, r),
     })
 }
 
@@ -104,18 +105,44 @@ pub fn layout_map(m: &GpuModel, layout: &[Instance], label: impl Fn(&Instance) -
     slice_map(m.placement_units, smallest, &slices, indent)
 }
 
-pub fn fragmentation_lines(r: &FragmentationReport) -> String {
-    let fits: Vec<String> =
-        r.fits.iter().filter(|f| f.count > 0).map(|f| format!("{}×{}", f.count, f.profile)).collect();
-    format!(
-        "free units: {}   stranded: {}   compute slices: {} free, {} usable, {} unusable\nstill fits (each alone): {}\n",
-        if r.free_units.is_empty() { "none".into() } else { tessera_mig::layout::fmt_units(&r.free_units) },
-        if r.stranded_units.is_empty() { "none".into() } else { tessera_mig::layout::fmt_units(&r.stranded_units) },
-        r.free_compute_slices,
-        r.usable_compute_slices,
-        r.unusable_compute_slices,
-        if fits.is_empty() { "nothing".into() } else { fits.join(", ") }
-    )
+/// What a layout leaves free, in one line, said the same way whatever the layout: the free
+/// compute slices, how many of them a profile could still use, and what would fit, largest
+/// first, each alternative alone (`free: 3 compute slices (room for 1× 3g.40gb or 1× 2g.20gb
+/// or 3× 1g.10gb)`); empty placement units no profile can use are named, so a map showing them
+/// empty never contradicts it.
+pub fn free_line(m: &GpuModel, r: &FragmentationReport) -> String {
+    let n = r.free_compute_slices;
+    let slices = if n == 1 { "1 compute slice".to_string() } else { format!("{n} compute slices") };
+    let mut fits: Vec<((u8, u8), String)> = r
+        .fits
+        .iter()
+        .filter(|f| f.count > 0)
+        .map(|f| {
+            let size = m.profile_by_id(f.profile_id).map_or((0, 0), |p| (p.compute_slices, p.memory_slices));
+            (size, format!("{}× {}", f.count, f.profile))
+        })
+        .collect();
+    // Largest first (compute, then memory); the catalog's order among equals.
+    fits.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
+    let room = fits.into_iter().map(|(_, f)| f).collect::<Vec<_>>().join(" or ");
+    let mut line = match r.usable_compute_slices {
+        _ if n == 0 => "free: none".to_string(),
+        0 => format!("free: {slices}, but no profile fits where {}", if n == 1 { "it is" } else { "they are" }),
+        u if u == n => format!("free: {slices} (room for {room})"),
+        u => format!("free: {slices}, {u} of them usable (room for {room})"),
+    };
+    if let [units @ .., last] = r.stranded_units.as_slice() {
+        let (word, list) = match units {
+            [] => ("unit", last.to_string()),
+            _ => ("units", format!("{} and {last}", units.iter().map(u8::to_string).collect::<Vec<_>>().join(", "))),
+        };
+        line.push_str(&format!(
+            "; {word} {list} {} empty but no profile can use {}",
+            if units.is_empty() { "is" } else { "are" },
+            if units.is_empty() { "it" } else { "them" }
+        ));
+    }
+    line
 }
 
 fn print_human(m: &GpuModel, placement: &Placement, r: &FragmentationReport) {
@@ -145,5 +172,5 @@ fn print_human(m: &GpuModel, placement: &Placement, r: &FragmentationReport) {
         )
     );
     println!();
-    print!("{}", fragmentation_lines(r));
+    println!("{}", free_line(m, r));
 }

@@ -105,7 +105,7 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
         match &self.nvml_driver {
             None => {
-                cmd.args(["serve", "--sim", &self.spec]);
+                cmd.args(["serve", "--sim", &self.spec, "--sim-state"]).arg(self.sim_state());
             }
             Some(driver) => {
                 let library = tessera_nvml_standin::library_path()

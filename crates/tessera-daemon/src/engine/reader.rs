@@ -1,0 +1,77 @@
+//! Reads without the engine. Listing jobs, showing one, its logs, the GPUs and their health
+//! are answered from a read-only connection to the store and from what the engine last
+//! published (health, drains, the last round's time), so they never wait for the engine's lock:
+//! a round that reconfigures MIG holds it for seconds (a GPU-instance create is ~1 s per step on
+//! an H100), and an operator's `tessera jobs` must answer meanwhile.
+//!
+//! Invariant: everything a reader shows was committed to the store or published by the engine;
+//! a reader never writes and never calls anything that changes the GPUs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tessera_gpu::health::HealthTracker;
+use tessera_gpu::open::Node;
+use tessera_store::{Drain, Store};
+
+use super::{Action, Caller, EngineError, NodeFacts, Paths, Reply};
+
+/// What the engine publishes for readers after every change: the parts of its state that are
+/// not in the store.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub health: HealthTracker,
+    pub drains: BTreeMap<String, Drain>,
+    /// When the last scheduling round ran (ms since the epoch).
+    pub last_round_ms: u64,
+}
+
+/// Answers the read actions ([`Action::is_read`]); one thread at a time uses it (its store
+/// connection is `Send`, not `Sync`), alongside the engine.
+pub struct Reader {
+    pub(crate) store: Store,
+    pub(crate) node: Arc<Node>,
+    pub(crate) facts: NodeFacts,
+    #[allow(dead_code)]
+    pub(crate) paths: Paths,
+    /// How jobs are isolated (cgroups), as the engine found it at start.
+    pub(crate) isolation: String,
+    /// The configured tenants' names (`default` first).
+    pub(crate) tenants: Vec<String>,
+    pub(crate) shared: Arc<RwLock<Published>>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("store", &self.store.path()).finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// The backend, for reading the GPUs' layouts (reading them does not wait for a running
+    /// reconfiguration: the driver's work happens outside the backend's own locks).
+    pub(crate) fn backend(&self) -> &dyn tessera_gpu::MigBackend {
+        self.node.backend()
+    }
+
+    /// What the engine published last.
+    pub(crate) fn published(&self) -> Published {
+        self.shared.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Answers a read action; anything else is the engine's.
+    pub fn read(&self, caller: &Caller, action: Action) -> Result<Reply, EngineError> {
+        match action {
+            Action::ListJobs(q) => self.list_jobs(caller, &q).map(Reply::Jobs),
+            Action::GetJob { id } | Action::Wait { id, .. } => {
+                let detail = matches!(action, Action::GetJob { .. });
+                let rec = self.owned(caller, id)?;
+                Ok(Reply::Job(Box::new(self.job_view(&rec, detail))))
+            }
+            Action::Logs { id, query } => self.logs(caller, id, &query).map(Reply::Logs),
+            Action::Gpus => self.gpus().map(Reply::Gpus),
+            Action::Health => self.health_reply().map(|h| Reply::Health(Box::new(h))),
+            _ => Err(EngineError::Internal("the reader was given an action that is not a read".into())),
+        }
+    }
+}
