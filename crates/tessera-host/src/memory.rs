@@ -5,9 +5,11 @@
 //! there; otherwise (a kernel without NUMA support) an equal share of `/proc/meminfo`'s total.
 //! A simulated node never uses this machine's memory: its spec says its own (`mem=2TiB`).
 //!
-//! Sizes ([`parse_size_mib`]) take a unit, always: decimal `kB`/`KB`, `MB`, `GB`, `TB` (powers
-//! of 1000, as disks and NVIDIA's profile names count) or binary `KiB`, `MiB`, `GiB`, `TiB`
-//! (powers of 1024). A bare number, or a one-letter unit (`64G`: Slurm means GiB, others GB), is
+//! Sizes ([`parse_size_mib`]) take a unit, always, in any case (`10gb` as MIG profile names
+//! write it): decimal `kB`/`KB`, `MB`, `GB`, `TB` (powers of 1000, as disks and NVIDIA's profile
+//! names count: a 1g.10gb's 9,984 MiB is at least `10GB`) or binary `KiB`, `MiB`, `GiB`, `TiB`
+//! (powers of 1024: `10GiB` is 10,240 MiB). The CLI's `--mem`, `--gpu-mem` and `--mps-mem` and the
+//! simulated node's `mem=` read sizes here. A bare number, or a one-letter unit (`64G`: Slurm means GiB, others GB), is
 //! refused with the forms accepted. [`format_mib`] prints a size back in the largest binary
 //! unit that holds it exactly, so `parse_size_mib(&format_mib(n)) == Ok(n)`.
 
@@ -36,23 +38,24 @@ pub fn parse_size_mib(text: &str) -> Result<u64, SizeError> {
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num.parse().map_err(|_| bad(format!("is not a size; write {SIZE_FORMS}")))?;
-    let bytes_per_unit: f64 = match unit.trim() {
+    let bytes_per_unit: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" => return Err(bad(format!("has no unit; write {SIZE_FORMS}"))),
-        "kB" | "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        u @ ("K" | "M" | "G" | "T" | "k" | "m" | "g" | "t") => {
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "k" | "m" | "g" | "t" => {
+            let u = unit.trim();
             let up = u.to_ascii_uppercase();
             return Err(bad(format!(
                 "has the unit '{u}', which could mean {up}B (decimal) or {up}iB (binary); write {num}{up}B or {num}{up}iB"
             )));
         }
-        other => return Err(bad(format!("has an unknown unit '{other}'; write {SIZE_FORMS}"))),
+        _ => return Err(bad(format!("has an unknown unit '{}'; write {SIZE_FORMS}", unit.trim()))),
     };
     let mib = (value * bytes_per_unit / (1024.0 * 1024.0)).ceil();
     if !(mib.is_finite() && value > 0.0) {

@@ -5,48 +5,11 @@
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-/// The units a size takes, for messages.
-pub const SIZE_FORMS: &str =
-    "MB, GB, TB (decimal: 1GB is 10^9 bytes) or MiB, GiB, TiB (binary: 1GiB is 2^30 bytes), e.g. 10GB or 16GiB";
-
-/// Mebibytes (rounded up) from a size with its unit, in any case: decimal `KB`, `MB`, `GB`, `TB` (powers
-/// of 1000, as disks and `nvidia-smi`'s profile names count: a 1g.10gb holds 9,984 MiB, which is
-/// at least `10GB`) or binary `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024: `10GiB` is 10,240
-/// MiB). A bare number, or a one-letter unit (`10G`: Slurm means GiB, others GB), is refused
-/// with the forms accepted.
+/// Mebibytes (rounded up) from a size with its unit, in any case: decimal `GB` or binary `GiB`
+/// and their kin (`tessera_host::parse_size_mib`, the one reader of sizes). A bare number, or a
+/// one-letter unit (`10G`: Slurm means GiB, others GB), is refused with the forms accepted.
 pub fn parse_mib(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("'{text}' is not a size; write {SIZE_FORMS}"))?;
-    // Any case: `10gb` is `10GB`, as MIG profile names write it.
-    let bytes_per_unit: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" => return Err(format!("'{text}' has no unit; write {SIZE_FORMS}")),
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        u @ ("k" | "m" | "g" | "t") => {
-            let up = u.to_ascii_uppercase();
-            return Err(format!(
-                "'{text}': '{}' could mean {up}B (decimal) or {up}iB (binary); write {num}{up}B or {num}{up}iB",
-                unit.trim()
-            ));
-        }
-        _ => return Err(format!("'{text}': unknown unit '{}'; write {SIZE_FORMS}", unit.trim())),
-    };
-    let mib = (value * bytes_per_unit / (1024.0 * 1024.0)).ceil();
-    if !(mib.is_finite() && value > 0.0) {
-        return Err(format!("'{text}' is not a positive size"));
-    }
-    if mib >= 1e15 {
-        return Err(format!("'{text}' is larger than any machine"));
-    }
-    Ok(mib as u64)
+    tessera_host::parse_size_mib(text).map_err(|e| e.to_string())
 }
 
 /// Milliseconds from `90s`, `30m`, `1h30m`, `2d`, `1500ms`, or a bare number of seconds.
@@ -187,10 +150,10 @@ mod tests {
             ("1KiB", Ok(1)),
             ("10 GiB", Ok(10240)),
             ("10", Err("'10' has no unit; write MB, GB, TB (decimal")),
-            ("10G", Err("'G' could mean GB (decimal) or GiB (binary); write 10GB or 10GiB")),
+            ("10G", Err("'G', which could mean GB (decimal) or GiB (binary); write 10GB or 10GiB")),
             ("10gb", Ok(9537)),
             ("4gib", Ok(4096)),
-            ("10g", Err("'g' could mean GB (decimal) or GiB (binary); write 10GB or 10GiB")),
+            ("10g", Err("'g', which could mean GB (decimal) or GiB (binary); write 10GB or 10GiB")),
             ("ten", Err("'ten' is not a size")),
             ("10PB", Err("unknown unit 'PB'")),
             ("0GiB", Err("is not a positive size")),

@@ -75,14 +75,7 @@ impl Engine {
                         Some(m) => instance_label(m, i),
                         None => format!("profile {}@{}", i.profile_id, i.start),
                     };
-                    let steps = plan
-                        .steps
-                        .iter()
-                        .map(|s| match s {
-                            tessera_mig::Step::Destroy { instance, .. } => format!("destroy {}", label(instance)),
-                            tessera_mig::Step::Create { instance } => format!("create {}", label(instance)),
-                        })
-                        .collect();
+                    let steps = super::layout::step_lines(&plan, label);
                     reply.reconfigure.push(DryRunReconfigure { gpu, steps });
                 }
                 Decision::SetMigMode { gpu, enabled, .. } => {

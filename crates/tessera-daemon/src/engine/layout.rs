@@ -125,14 +125,7 @@ impl Engine {
         let LayoutPlan { input, plan } = p;
         let gpu = input.gpu;
         let label = |i: &Instance| instance_label(input.model, i);
-        let steps: Vec<String> = plan
-            .steps
-            .iter()
-            .map(|s| match s {
-                tessera_mig::Step::Destroy { instance, .. } => format!("destroy {}", label(instance)),
-                tessera_mig::Step::Create { instance } => format!("create {}", label(instance)),
-            })
-            .collect();
+        let steps = step_lines(&plan, label);
         let layout: Vec<String> = plan.target.iter().map(label).collect();
         if input.dry_run || plan.steps.is_empty() {
             return Ok(LayoutReply { gpu, dry_run: input.dry_run, steps, layout, changed: false });
@@ -149,4 +142,15 @@ impl Engine {
             Err(e) => Err(EngineError::Conflict(format!("GPU {gpu}: the layout change failed: {e}"))),
         }
     }
+}
+
+/// A plan's steps as people read them: `destroy 1g.10gb@6`, `create 3g.40gb@0`.
+pub(crate) fn step_lines(plan: &tessera_mig::ReconfigurePlan, label: impl Fn(&Instance) -> String) -> Vec<String> {
+    plan.steps
+        .iter()
+        .map(|s| match s {
+            tessera_mig::Step::Destroy { instance, .. } => format!("destroy {}", label(instance)),
+            tessera_mig::Step::Create { instance } => format!("create {}", label(instance)),
+        })
+        .collect()
 }

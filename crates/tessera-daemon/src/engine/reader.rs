@@ -14,7 +14,7 @@ use tessera_gpu::health::HealthTracker;
 use tessera_gpu::open::Node;
 use tessera_store::{Drain, Store};
 
-use super::{Action, Caller, EngineError, NodeFacts, Paths, Reply};
+use super::{Action, Caller, EngineError, NodeFacts, Reply};
 
 /// What the engine publishes for readers after every change: the parts of its state that are
 /// not in the store.
@@ -32,8 +32,6 @@ pub struct Reader {
     pub(crate) store: Store,
     pub(crate) node: Arc<Node>,
     pub(crate) facts: NodeFacts,
-    #[allow(dead_code)]
-    pub(crate) paths: Paths,
     /// How jobs are isolated (cgroups), as the engine found it at start.
     pub(crate) isolation: String,
     /// The configured tenants' names (`default` first).
