@@ -257,9 +257,15 @@ pub fn render_table(r: &PackReport) -> String {
     let last = r.max_demand_pct;
     let mut out = String::new();
     let model = r.gpu_model.as_deref().map(|m| format!(", every GPU: {m}")).unwrap_or_default();
+    // What is counted: GPUs in milli-GPU sharing, compute slices with MIG (as the charts say).
+    let measure = if r.mode == Mode::Mig {
+        "allocated compute slices (% of all) by arrived demand (% of all compute)"
+    } else {
+        "GPU allocation ratio (%) by arrived GPU demand (% of capacity)"
+    };
     let _ = writeln!(
         out,
-        "Packing ({} mode{model}): {} GPUs on {} nodes, seeds {}, GPU allocation ratio (%) by arrived GPU demand (% of capacity)",
+        "Packing ({} mode{model}): {} GPUs on {} nodes, seeds {}, {measure}",
         r.mode,
         r.total_gpus,
         r.nodes,
