@@ -262,6 +262,21 @@ impl Tokens {
         set.into_iter().collect()
     }
 
+    /// The tokens in a few words, for the log and `--check-config`:
+    /// `2 tokens for 2 users (alice, bob)`.
+    pub fn summary(&self) -> String {
+        let users = self.users();
+        let s = |n: usize| if n == 1 { "" } else { "s" };
+        format!(
+            "{} token{} for {} user{} ({})",
+            self.len(),
+            s(self.len()),
+            users.len(),
+            s(users.len()),
+            users.join(", ")
+        )
+    }
+
     /// The user whose token `given` is. Every token is compared, each in time that depends on
     /// its own length only, so how long this takes tells nothing about which token matched or
     /// how much of one did.
@@ -315,8 +330,11 @@ impl Unit {
                 .map_or_else(|| format!("{v} {fallback}"), |(size, name)| format!("{} {name}", v / size))
         };
         match self {
-            Unit::Ms => scaled(&[(86_400_000, "days"), (3_600_000, "h"), (60_000, "min"), (1000, "s")], "ms")
-                .replace("1 days", "1 day"),
+            Unit::Ms if v != 0 && v % DAY == 0 => {
+                let days = v / DAY;
+                format!("{days} day{}", if days == 1 { "" } else { "s" })
+            }
+            Unit::Ms => scaled(&[(HOUR, "h"), (60_000, "min"), (SECOND, "s")], "ms"),
             Unit::Mib => scaled(&[(MIB, "TiB"), (KIB, "GiB")], "MiB"),
             Unit::Bytes => scaled(&[(MIB, "MiB"), (KIB, "KiB")], "bytes"),
             Unit::Count => v.to_string(),
@@ -907,6 +925,8 @@ mod tests {
             (Unit::Ms, 1, "1 ms"),
             (Unit::Ms, 3_600_000, "1 h"),
             (Unit::Ms, 86_400_000, "1 day"),
+            (Unit::Ms, 11 * 86_400_000, "11 days"),
+            (Unit::Ms, 2 * 86_400_000, "2 days"),
             (Unit::Ms, 90_000, "90 s"),
             (Unit::Ms, 0, "0 ms"),
             (Unit::Mib, 1 << 20, "1 TiB"),
@@ -929,6 +949,9 @@ mod tests {
             assert!(t.user_for(wrong.as_bytes()).is_none(), "{wrong}");
         }
         assert!(!format!("{t:?}").contains("aaaa"), "Debug shows no token: {t:?}");
+        assert_eq!(t.summary(), "2 tokens for 2 users (alice, bob)");
+        let one = Tokens::new(vec![("c".repeat(20), u("carol"))]);
+        assert_eq!(one.summary(), "1 token for 1 user (carol)");
     }
 
     #[test]

@@ -18,7 +18,8 @@ use tessera_sched::JobRequest;
 use tessera_store::Work;
 
 use crate::engine::{
-    Action, Caller, Engine, EngineError, Paths, Reader, Reply, ShimCommand, check_work, highest_job_dir, process_work,
+    Action, Caller, Engine, EngineError, Paths, Reader, Reply, ShimCommand, WorkCheck, check_work, highest_job_dir,
+    process_work,
 };
 
 /// What `tessera serve` was asked to do.
@@ -80,29 +81,28 @@ impl EngineHandle {
         })
     }
 
-    /// A submission: its work checked on a blocking thread without the engine (the checks
-    /// touch paths the user chose), then queued under the engine.
-    async fn submit(&self, caller: Caller, request: JobRequest, work: Work) -> Result<Reply, EngineError> {
+    /// A submission's work checked on a blocking thread without the engine (the checks touch
+    /// paths the user chose).
+    async fn check(&self, caller: Caller, work: Work) -> Result<(Caller, Work, WorkCheck), EngineError> {
         let max = self.max_exec_bytes;
-        let (caller, work, checked) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let checked = check_work(&work, &caller, max);
             (caller, work, checked)
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("submission check task: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("submission check task: {e}")))
+    }
+
+    /// A submission: its work checked ([`EngineHandle::check`]), then queued under the engine.
+    async fn submit(&self, caller: Caller, request: JobRequest, work: Work) -> Result<Reply, EngineError> {
+        let (caller, work, checked) = self.check(caller, work).await?;
         self.blocking(move |core| core.submit_checked(&caller, request, work, checked).map(Reply::Submitted)).await?
     }
 
-    /// A dry run: the work checked as a submission's is (without the engine), then one
-    /// decision on a copy of the scheduler under the engine; nothing is queued.
+    /// A dry run: the work checked as a submission's is, then one decision on a copy of the
+    /// scheduler under the engine; nothing is queued.
     async fn dry_run(&self, caller: Caller, request: JobRequest, work: Work) -> Result<Reply, EngineError> {
-        let max = self.max_exec_bytes;
-        let (caller, work, checked) = tokio::task::spawn_blocking(move || {
-            let checked = check_work(&work, &caller, max);
-            (caller, work, checked)
-        })
-        .await
-        .map_err(|e| EngineError::Internal(format!("dry-run check task: {e}")))?;
+        let (caller, work, checked) = self.check(caller, work).await?;
         self.blocking(move |core| core.dry_run_checked(&caller, request, work, checked).map(Reply::DryRun)).await?
     }
 
@@ -331,19 +331,6 @@ pub fn open_store(state_dir: &Path, output_dir: &Path, init: bool) -> Result<(St
     Ok((store, notes))
 }
 
-/// The TCP listener's line for the log: where, and whose tokens it accepts.
-fn token_users(tokens: &Tokens) -> String {
-    let users = tokens.users();
-    format!(
-        "{} token{} for {} user{} ({})",
-        tokens.len(),
-        if tokens.len() == 1 { "" } else { "s" },
-        users.len(),
-        if users.len() == 1 { "" } else { "s" },
-        users.join(", ")
-    )
-}
-
 /// The GPUs in a few words: `8 GPUs (8× NVIDIA H100 80GB HBM3)`.
 fn gpu_summary(engine: &Engine) -> String {
     let mut by_name: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
@@ -495,7 +482,7 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
                 token_users = opts.tokens.users().len(),
                 "listening on {} and on TCP {addr}, {}",
                 opts.socket.display(),
-                token_users(&opts.tokens)
+                opts.tokens.summary()
             ),
             _ => tracing::info!(
                 socket = %opts.socket.display(),

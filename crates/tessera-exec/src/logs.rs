@@ -13,7 +13,8 @@
 //! index, or after the index failed) are shown where they are in their own log: before the next
 //! record of that log, and, once the job has ended (or when there is no index at all), at the end
 //! in rank and stream order. A damaged index (a foreign header, a record beyond its log) never
-//! fails a read: what the logs hold is shown, in their own order.
+//! fails a read: what the logs hold is shown, in their own order. A log or index that is a
+//! symlink does (the supervisor never makes one: it is not followed).
 //!
 //! [`tail_cursor`] finds the cursor from which the last N lines of the same view start.
 
@@ -330,7 +331,7 @@ impl Walk {
         }
         let Some(log) = self.logs.get_mut(&key) else { return Ok(false) };
         if log.file.is_none() {
-            log.file = Some(match File::open(&log.path) {
+            log.file = Some(match open_no_follow(&log.path) {
                 Ok(f) => Some(f),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(ExecError::io("opening", &log.path, e)),
@@ -366,10 +367,18 @@ impl Walk {
     }
 }
 
+/// Opens a log or the index for reading, never through a symlink (the supervisor writes them
+/// the same way, so one there was put by someone else: the read fails rather than show the
+/// daemon's view of another file).
+fn open_no_follow(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
 /// The index and how many whole records it holds; `None` when there is none or its header is
 /// not ours (then the logs are shown in their own order).
 fn open_index(path: &Path) -> Result<Option<(File, u64)>, ExecError> {
-    let file = match File::open(path) {
+    let file = match open_no_follow(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ExecError::io("opening", path, e)),
@@ -581,6 +590,21 @@ mod tests {
         }
         let e = tail_cursor(f.dir.path(), LogSelect { rank: Some(3), ..LogSelect::ALL }, 1, true).unwrap_err();
         assert!(e.to_string().starts_with("job 9 has no rank 3"), "{e}");
+    }
+
+    /// A log or index that is a symlink is refused, not followed.
+    #[test]
+    fn symlinks_are_not_followed() {
+        let mut f = Fake::new(1, false);
+        let secret = f.dir.path().join("secret");
+        std::fs::write(&secret, b"not the job's\n").unwrap();
+        std::os::unix::fs::symlink(&secret, log_path(f.dir.path(), 0, LogStream::Stdout)).unwrap();
+        let e = read_output(f.dir.path(), LogSelect::ALL, &LogCursor::default(), true, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("stdout.log"), "{e}");
+        f.write(0, LogStream::Stderr, b"err\n", false);
+        let only_err = LogSelect { stdout: false, ..LogSelect::ALL };
+        std::os::unix::fs::symlink(&secret, f.dir.path().join(INDEX_FILE)).unwrap();
+        assert!(read_output(f.dir.path(), only_err, &LogCursor::default(), true, 1 << 20).is_err());
     }
 
     #[test]

@@ -22,5 +22,4 @@ pub mod users;
 pub use clock::now_ms;
 pub use cpulist::{CpuListError, MAX_ID, format_cpulist, parse_cpulist};
 pub use memory::{SizeError, format_mib, parse_size_mib};
-pub use signals::without_sigpipe;
 pub use users::{User, UserError, effective_gid, effective_uid, user_by_name, user_by_uid};

@@ -4,18 +4,12 @@
 //! The CLI puts `SIGPIPE` back to its default so `tessera jobs | head` ends quietly, as `ls`
 //! does. But its writes to the daemon's socket must not kill it when the daemon has closed the
 //! connection (a refusal of an oversized request, a restart): those must fail with `EPIPE` and
-//! become an error that says what happened. Writes to a Unix socket are `write(2)`, which raises
-//! `SIGPIPE`; [`without_sigpipe`] blocks it on the calling thread for the duration (a signal
-//! raised by a write is sent to the thread that wrote) and discards one that was raised.
+//! become an error that says what happened. std's plain socket writes are `send(2)` with
+//! `MSG_NOSIGNAL`, but vectored ones (`writev(2)`, as hyper's client makes) raise `SIGPIPE`; a [`SigpipeBlocked`] guard blocks it on the calling thread while it lives (a signal
+//! raised by a write is sent to the thread that wrote) and discards one that was raised, so those
+//! writes return `EPIPE` instead of ending the process. Other threads are not affected.
 
 use std::ptr;
-
-/// Runs `f` with `SIGPIPE` blocked on this thread; a `SIGPIPE` its writes raised is discarded,
-/// so they return `EPIPE` instead of ending the process. Other threads are not affected.
-pub fn without_sigpipe<T>(f: impl FnOnce() -> T) -> T {
-    let _blocked = SigpipeBlocked::new();
-    f()
-}
 
 /// `SIGPIPE` blocked on this thread until dropped (also on a panic); one it raised meanwhile is
 /// discarded then. Keep it on the thread that made it (it is neither `Send` nor `Sync`).

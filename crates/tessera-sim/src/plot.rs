@@ -145,7 +145,7 @@ const TIME_UNITS: [(f64, &str); 4] = [(1.0, "seconds"), (60.0, "minutes"), (3600
 
 /// The unit for a linear axis of seconds spanning `span_s`: the largest in which the span is
 /// at least 3 units, so the ticks are whole numbers of a unit people count in.
-pub fn time_unit(span_s: f64) -> (f64, &'static str) {
+fn time_unit(span_s: f64) -> (f64, &'static str) {
     TIME_UNITS.iter().rev().find(|(s, _)| span_s >= 3.0 * s).copied().unwrap_or(TIME_UNITS[0])
 }
 
@@ -498,7 +498,7 @@ fn find_font(candidates: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), PlotError> {
     let mut tried = Vec::new();
     for path in candidates {
         match std::fs::read(path) {
-            Ok(bytes) if ab_glyph_ok(&bytes) => return Ok((path.clone(), bytes)),
+            Ok(bytes) if looks_like_a_font(&bytes) => return Ok((path.clone(), bytes)),
             Ok(_) => tried.push(format!("{} (not a TrueType/OpenType font)", path.display())),
             Err(e) => tried.push(format!("{} ({e})", path.display())),
         }
@@ -508,7 +508,7 @@ fn find_font(candidates: &[PathBuf]) -> Result<(PathBuf, Vec<u8>), PlotError> {
 
 /// Whether the bytes start like a TrueType/OpenType font (or collection). Full parsing happens in
 /// `register_font`, which needs `'static` bytes, so only the chosen file is handed to it.
-fn ab_glyph_ok(bytes: &[u8]) -> bool {
+fn looks_like_a_font(bytes: &[u8]) -> bool {
     matches!(bytes.get(..4), Some([0, 1, 0, 0] | b"OTTO" | b"true" | b"ttcf"))
 }
 
@@ -718,13 +718,18 @@ impl Format {
 pub fn write(chart: &LineChart, path: &Path, format: Format) -> Result<(), PlotError> {
     let p = prepare(chart)?;
     ensure_font()?;
+    write_prepared(chart, &p, path, format)
+}
+
+/// Draw an already prepared chart into `path` (the font is loaded).
+fn write_prepared(chart: &LineChart, p: &Prepared, path: &Path, format: Format) -> Result<(), PlotError> {
     let write_err = |reason: String| PlotError::Write { path: path.display().to_string(), reason };
     match format {
         Format::Svg => {
             let mut svg = String::new();
             {
                 let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
-                draw(&root, chart, &p).map_err(write_err)?;
+                draw(&root, chart, p).map_err(write_err)?;
             }
             std::fs::write(path, svg).map_err(|e| write_err(e.to_string()))
         }
@@ -732,7 +737,7 @@ pub fn write(chart: &LineChart, path: &Path, format: Format) -> Result<(), PlotE
             // Fail on an unwritable path before drawing (the backend reports it only at the end).
             std::fs::File::create(path).map_err(|e| write_err(e.to_string()))?;
             let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-            draw(&root, chart, &p).map_err(write_err)
+            draw(&root, chart, p).map_err(write_err)
         }
     }
 }
@@ -747,14 +752,16 @@ pub fn write_png(chart: &LineChart, path: &Path) -> Result<(), PlotError> {
     write(chart, path, Format::Png)
 }
 
-/// Write `chart` as `stem.svg` and `stem.png` (any extension of `stem` is replaced); returns the
-/// two paths, SVG first.
+/// Write `chart` as `stem.svg` and `stem.png` (any extension of `stem` is replaced), prepared
+/// once; returns the two paths, SVG first.
 pub fn write_both(chart: &LineChart, stem: &Path) -> Result<Vec<PathBuf>, PlotError> {
+    let p = prepare(chart)?;
+    ensure_font()?;
     [Format::Svg, Format::Png]
         .into_iter()
         .map(|f| {
             let path = stem.with_extension(f.extension());
-            write(chart, &path, f).map(|()| path)
+            write_prepared(chart, &p, &path, f).map(|()| path)
         })
         .collect()
 }

@@ -136,6 +136,10 @@ impl Store {
             conds.push("tenant = ?".to_owned());
             args.push(Value::Text(tenant.clone()));
         }
+        if let Some(since) = filter.ended_since_ms {
+            conds.push("(ended_ms IS NULL OR ended_ms >= ?)".to_owned());
+            args.push(Value::Integer(i64::try_from(since).unwrap_or(i64::MAX)));
+        }
         if !conds.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conds.join(" AND "));

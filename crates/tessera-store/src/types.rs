@@ -261,6 +261,8 @@ pub struct JobFilter {
     pub user_uid: Option<u32>,
     /// Only this tenant's jobs.
     pub tenant: Option<String>,
+    /// Only jobs that have not ended, or ended at or after this time (ms since the epoch).
+    pub ended_since_ms: Option<u64>,
     /// At most this many (the lowest ids).
     pub limit: Option<usize>,
 }

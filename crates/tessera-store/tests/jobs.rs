@@ -313,6 +313,10 @@ fn filters_and_counts() {
                     && filter.user_uid.is_none_or(|u| u == j.user_uid)
                     && filter.tenant.as_ref().is_none_or(|t| *t == j.request.tenant)
             })
+            .filter(|(id, _, _)| {
+                let ended = store.job(*id).unwrap().unwrap().ended_ms;
+                filter.ended_since_ms.is_none_or(|t| ended.is_none_or(|e| e >= t))
+            })
             .map(|(id, _, _)| *id)
             .collect();
         want.truncate(filter.limit.unwrap_or(usize::MAX));
@@ -330,8 +334,16 @@ fn filters_and_counts() {
         states: vec![Queued, Lost, Failed],
         user_uid: Some(1000),
         tenant: Some("even".into()),
+        ended_since_ms: None,
         limit: Some(2),
     });
+    // Jobs ended at 100 to 102 (their paths' lengths), and the active ones.
+    let ended: Vec<u64> = all.iter().filter_map(|(id, _, _)| store.job(*id).unwrap().unwrap().ended_ms).collect();
+    assert!(ended.contains(&100) && ended.contains(&102), "{ended:?}");
+    for since in [0, 101, 102, u64::MAX] {
+        check(JobFilter { ended_since_ms: Some(since), ..Default::default() });
+        check(JobFilter { ended_since_ms: Some(since), limit: Some(4), ..Default::default() });
+    }
     check(JobFilter { limit: Some(usize::MAX), ..Default::default() });
 
     let counts = store.count_by_state().unwrap();

@@ -90,6 +90,7 @@ fn every_type_round_trips_through_json() {
         states: vec![JobState::Queued, JobState::Lost],
         user_uid: Some(0),
         tenant: Some("t".into()),
+        ended_since_ms: Some(5),
         limit: Some(10),
     });
     let alloc = Allocation {

@@ -8,7 +8,8 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tessera_daemon::client::{Client, ClientError, Endpoint};
 use tessera_daemon::wire::{
-    DryRunReply, DryRunVerdict, GpuList, JobList, JobQuery, JobState, JobView, LayoutRequest, SubmitRequest,
+    CancelState, DryRunReply, DryRunVerdict, GpuList, JobList, JobQuery, JobState, JobView, LayoutRequest,
+    SubmitRequest,
 };
 use tessera_sched::{GpuRequest, JobRequest, NumaPolicy, Sharing};
 
@@ -495,8 +496,21 @@ fn asked(r: &JobRequest) -> String {
 struct CancelOutcome {
     id: u64,
     /// `cancelled`, `cancelling`, or absent when it failed.
-    state: Option<String>,
+    state: Option<CancelState>,
     error: Option<String>,
+}
+
+/// The jobs a cancel acts on, each once, in the order given: the ids named (narrowed to those in
+/// `matching` when filters were given), or every match when no id was named; and the named ids
+/// left alone because they do not match.
+fn cancel_targets(ids: &[u64], matching: Option<&[u64]>) -> (Vec<u64>, Vec<u64>) {
+    let mut seen = std::collections::BTreeSet::new();
+    let named: Vec<u64> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+    match matching {
+        None => (named, Vec::new()),
+        Some(m) if named.is_empty() => (m.to_vec(), Vec::new()),
+        Some(m) => named.into_iter().partition(|id| m.contains(id)),
+    }
 }
 
 /// `tessera cancel`: the jobs named, narrowed by every filter given (as `scancel`).
@@ -509,26 +523,17 @@ pub fn cancel(output: Output, d: &DaemonArgs, a: &CancelArgs) -> anyhow::Result<
         );
     }
     let c = client(d)?;
-    let mut skipped = Vec::new();
-    let targets: Vec<u64> = if filtered {
+    let matching: Option<Vec<u64>> = if filtered {
         let q = JobQuery { states, user: a.user.clone(), tenant: a.tenant.clone(), ..JobQuery::default() };
-        let matching: Vec<u64> = ok(c.jobs(&q))?.jobs.iter().map(|j| j.id).collect();
-        if a.ids.is_empty() {
-            matching
-        } else {
-            let (keep, left): (Vec<u64>, Vec<u64>) = a.ids.iter().partition(|id| matching.contains(id));
-            skipped = left;
-            keep
-        }
+        Some(ok(c.jobs(&q))?.jobs.iter().map(|j| j.id).collect())
     } else {
-        let mut ids = a.ids.clone();
-        ids.dedup();
-        ids
+        None
     };
+    let (targets, skipped) = cancel_targets(&a.ids, matching.as_deref());
     let mut outcomes = Vec::new();
     for id in targets {
         outcomes.push(match c.cancel(id) {
-            Ok(r) => CancelOutcome { id, state: Some(r.state.to_string()), error: None },
+            Ok(r) => CancelOutcome { id, state: Some(r.state), error: None },
             Err(ClientError::Api { message, .. }) => CancelOutcome { id, state: None, error: Some(message) },
             Err(e) => return Err(unreachable_daemon(e)),
         });
@@ -539,7 +544,7 @@ pub fn cancel(output: Output, d: &DaemonArgs, a: &CancelArgs) -> anyhow::Result<
     } else {
         for o in &outcomes {
             match (&o.state, &o.error) {
-                (Some(s), _) if s == "cancelling" => {
+                (Some(CancelState::Cancelling), _) => {
                     println!("job {}: cancelling (SIGTERM now, SIGKILL after the grace period)", o.id)
                 }
                 (Some(s), _) => println!("job {}: {s}", o.id),
@@ -572,7 +577,8 @@ pub fn wait(output: Output, d: &DaemonArgs, ids: &[u64], timeout: Option<&str>) 
     let mut problems = Vec::new();
     for &id in ids {
         let v = loop {
-            let left = limit.map(|l| l.saturating_sub(start.elapsed().as_millis() as u64));
+            let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let left = limit.map(|l| l.saturating_sub(elapsed));
             let step = left.unwrap_or(60_000).min(60_000);
             let v = ok(c.wait(id, step))?;
             if v.state.is_terminal() || left == Some(0) {
@@ -768,11 +774,20 @@ mod tests {
                 walk(sub, &format!("{path} {}", sub.get_name()), missing);
             }
         }
-        for name in ["submit", "jobs", "job", "cancel", "wait", "gpus", "admin"] {
+        for name in ["submit", "jobs", "job", "logs", "cancel", "wait", "gpus", "admin", "serve", "completion"] {
             let sub = cli.find_subcommand(name).unwrap_or_else(|| panic!("no `tessera {name}`"));
             walk(sub, name, &mut missing);
         }
         assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// Each job once, in the order given; filters narrow the ids named, or choose when none is.
+    #[test]
+    fn cancel_acts_on_each_job_once() {
+        assert_eq!(cancel_targets(&[6, 7, 6], None), (vec![6, 7], vec![]));
+        assert_eq!(cancel_targets(&[7, 6, 7], Some(&[6, 7, 8])), (vec![7, 6], vec![]));
+        assert_eq!(cancel_targets(&[9, 6, 9], Some(&[6])), (vec![6], vec![9]));
+        assert_eq!(cancel_targets(&[], Some(&[3, 4])), (vec![3, 4], vec![]));
     }
 
     /// One line per instance, a line more per further job sharing it; the drain's reason (an

@@ -77,12 +77,14 @@ pub fn logs(output: Output, d: &DaemonArgs, a: &LogsArgs) -> anyhow::Result<()> 
     let escape = stdout.is_terminal() && !a.raw;
     let mut printer = Printer::new(output, a.prefix, escape, std::io::BufWriter::new(stdout.lock()));
     let mut unreachable = false;
+    // `-f` waits out a daemon that restarts, once it answered; one that never did is an error.
+    let mut answered = false;
     loop {
         let chunk: LogChunk = match c.logs(a.id, &q) {
             Ok(chunk) => chunk,
-            Err(e) if a.follow && transient(&e) => {
+            Err(e) if a.follow && answered && transient(&e) => {
                 if !unreachable {
-                    eprintln!("tessera: {e}; still following job {}", a.id);
+                    eprintln!("warning: {e}; still following job {}", a.id);
                     unreachable = true;
                 }
                 std::thread::sleep(RECONNECT_PAUSE);
@@ -90,8 +92,9 @@ pub fn logs(output: Output, d: &DaemonArgs, a: &LogsArgs) -> anyhow::Result<()> 
             }
             Err(e) => return crate::jobs::ok(Err(e)),
         };
+        answered = true;
         if unreachable {
-            eprintln!("tessera: the daemon answers again; following job {}", a.id);
+            eprintln!("note: the daemon answers again; following job {}", a.id);
             unreachable = false;
         }
         printer.several_ranks = a.rank.is_none() && chunk.ranks > 1;

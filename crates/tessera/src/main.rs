@@ -108,9 +108,23 @@ fn main() -> ExitCode {
             if let Some(r) = e.downcast_ref::<Refusal>() {
                 let _ = writeln!(err, "{r}");
             } else {
-                let _ = writeln!(err, "error: {e:#}");
+                let _ = writeln!(err, "error: {}", said_once(&e));
             }
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes on one line, each said once: many errors put their cause in their
+/// own sentence as well as in the chain, and a user should not read "Is a directory" twice.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }

@@ -10,11 +10,14 @@ use std::fmt::Write as _;
 use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 
 /// Whether a character could move the cursor, recolour, retitle or otherwise rewrite a
-/// terminal, or reorder what is shown: C0 and C1 controls, DEL, and Unicode's invisible
-/// formatting and bidirectional controls.
+/// terminal, or reorder what is shown: C0 and C1 controls, DEL, Unicode's invisible
+/// formatting and bidirectional controls, and its line and paragraph separators.
 fn needs_escape(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
 }
 
 /// `text` with every control character written out (`\n`, `\t`, `\r`, `\x1b`, `\u{202e}`), so
@@ -224,6 +227,8 @@ mod tests {
             ("\u{9b}31m", "\\x9b31m"),
             ("\x7f", "\\x7f"),
             ("abc\u{202e}fdp.exe", "abc\\u{202e}fdp.exe"),
+            // The other bidirectional marks, and the line and paragraph separators.
+            ("a\u{61c}b\u{2067}c\u{2028}d\u{2029}", "a\\u{61c}b\\u{2067}c\\u{2028}d\\u{2029}"),
             ("naïve ✓ 日本", "naïve ✓ 日本"),
         ];
         for (text, want) in cases {

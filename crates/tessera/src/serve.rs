@@ -230,6 +230,9 @@ struct TcpPlan {
     token_file: Option<PathBuf>,
     tokens: usize,
     token_users: Vec<String>,
+    /// [`tessera_daemon::config::Tokens::summary`], for the text form.
+    #[serde(skip)]
+    summary: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -285,6 +288,7 @@ impl Plan {
                 token_file: c.server.token_file.clone(),
                 tokens: loaded.tokens.len(),
                 token_users: loaded.tokens.users().into_iter().map(str::to_string).collect(),
+                summary: loaded.tokens.summary(),
             }),
             backend: BackendPlan {
                 choice: backend.choice.to_string(),
@@ -325,12 +329,9 @@ impl Plan {
             "tcp",
             match &self.tcp {
                 Some(t) => format!(
-                    "{}, {} token{} for {} ({}) from {}",
+                    "{}, {} from {}",
                     t.listen,
-                    t.tokens,
-                    if t.tokens == 1 { "" } else { "s" },
-                    plural(t.token_users.len(), "user"),
-                    t.token_users.join(", "),
+                    t.summary,
                     t.token_file.as_deref().map_or_else(|| "-".into(), |p| p.display().to_string())
                 ),
                 None => "off (no server.tcp)".into(),
@@ -455,8 +456,4 @@ impl Plan {
         out.push_str("valid; nothing was started (--check-config)\n");
         out
     }
-}
-
-fn plural(n: usize, word: &str) -> String {
-    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }

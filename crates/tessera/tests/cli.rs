@@ -366,8 +366,18 @@ fn gpus_show_compute_splits_as_export_spells_them_and_what_is_free_one_way() {
     }
     let gpus = scrub(&n, &n.ok(&["mig", "gpus"]));
     insta::assert_snapshot!("gpus_splits_and_free", gpus);
-    let export = n.ok(&["mig", "export"]);
+    let exported = n.run(&["mig", "export"]);
+    assert_eq!(exported.code, 0, "{}", exported.stderr);
+    let export = exported.stdout;
     insta::assert_snapshot!("export_splits", export);
+    // What mig-parted cannot name is said, once, on stderr.
+    assert_eq!(
+        exported.stderr,
+        "tessera: GPU 0: '1c.3g.40gb ×3' has no mig-parted name; `tessera mig apply` of this export refuses it\n"
+    );
+    let refused = n.file("splits.yaml", &export);
+    let e = n.fails(&["mig", "apply", "-f", refused.to_str().unwrap(), "-c", "current", "--dry-run"]);
+    assert!(e.contains("1c.3g.40gb ×3"), "{e}");
     // One spelling for both: the split GPU instance, and the single 1-slice one.
     for name in ["1c.3g.40gb ×3", "1c.3g.40gb"] {
         assert!(gpus.contains(&format!("[{name} GI")), "mig gpus lacks {name}:\n{gpus}");
@@ -439,4 +449,13 @@ fn the_simulated_host_is_the_specs_never_this_machines() {
             assert!(e.contains(needle), "{spec}: {e} lacks {needle}");
         }
     }
+}
+
+/// An error whose sentence already holds its cause says the cause once.
+#[test]
+fn an_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_with_state(dir.path(), None, &["mig", "gpus"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("Is a directory").count(), 1, "{}", r.stderr);
 }

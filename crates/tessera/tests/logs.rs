@@ -123,6 +123,18 @@ fn follow_goes_on_through_a_daemon_restart() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("still following job"), "{err}");
     assert_eq!(d.job(id)["state"], "succeeded");
+    // A daemon that never answered is an error at once, not a wait.
+    let nowhere = d.dir.path().join("no-daemon.sock");
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--socket")
+        .arg(&nowhere)
+        .args(["logs", &id.to_string(), "-f"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"), "{out:?}");
 }
 
 /// To a terminal a job's control characters are written out (`--raw` keeps them), so its

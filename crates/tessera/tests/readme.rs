@@ -2,7 +2,8 @@
 //! for the test when the suite runs as root), with nothing but the binary on their `PATH` and
 //! their own `XDG_*` directories. The only line not run is the build (the test's binary stands in
 //! for `target/release`); after the `tessera serve &` line the test waits for the daemon's socket,
-//! as a person would glance at its start-up lines.
+//! as a person would glance at its start-up lines. Every other `tessera` command the README
+//! shows is checked to name only flags its subcommand accepts.
 
 mod common;
 
@@ -89,4 +90,73 @@ fn the_readmes_first_steps_work_as_written() {
     // The daemon said where it keeps state and where it listens, in the user's own places.
     assert!(stderr.contains(&state.join("tessera/daemon").display().to_string()), "{said}");
     assert!(stderr.contains(&run.join("tessera/tessera.sock").display().to_string()), "{said}");
+}
+
+/// Every `tessera …` command in the README's code blocks (a `$ ` or `sudo ` before it, `\`
+/// continuations and `; tessera …` chains included), as the shell would see it.
+fn readme_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let mut in_block = false;
+    let mut lines = Vec::new();
+    let mut pending = String::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        let line = line.strip_prefix("$ ").unwrap_or(line);
+        match line.strip_suffix('\\') {
+            Some(head) => pending.push_str(head),
+            None => {
+                pending.push_str(line);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    lines
+        .iter()
+        .flat_map(|l| {
+            l.split("; tessera ").enumerate().map(|(i, s)| if i == 0 { s.to_string() } else { format!("tessera {s}") })
+        })
+        .map(|c| c.trim().strip_prefix("sudo ").unwrap_or(c.trim()).to_string())
+        .filter(|c| c.starts_with("tessera "))
+        .collect()
+}
+
+#[test]
+fn every_command_the_readme_shows_names_flags_that_exist() {
+    let commands = readme_commands();
+    assert!(commands.len() >= 30, "the README's commands were not found: {commands:?}");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_tessera"));
+    let dir = tempfile::tempdir().unwrap();
+    // `tessera` asks for help just before the job's command (`--`): clap rejects an unknown flag
+    // or subcommand before it answers, and runs nothing.
+    let mut script = format!(
+        "tessera() {{ local a=(); while [ $# -gt 0 ] && [ \"$1\" != -- ]; do a+=(\"$1\"); shift; done; \
+         {bin:?} \"${{a[@]}}\" --help >/dev/null 2>\"$OUT\" || {{ echo \"$CMD\"; cat \"$OUT\"; }}; }}\n",
+    );
+    for c in &commands {
+        // Without its comment, its redirection (`> current.yaml`) and `&`: checked in the foreground.
+        let c = c.split(" #").next().unwrap_or(c);
+        let c = c.split(" > ").next().unwrap_or(c).trim_end();
+        let c = c.strip_suffix('&').unwrap_or(c);
+        let quoted = c.replace('\'', "'\\''");
+        script.push_str(&format!("CMD='{quoted}'\n{c}\n"));
+    }
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .env("OUT", dir.path().join("stderr"))
+        .env("S", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let refused = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && refused.is_empty(),
+        "README commands with flags tessera does not accept:\n{refused}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -7,6 +7,7 @@ use tessera_mig::layout::instance_label;
 use tessera_sched::{Decision, JobRequest, QueuedJob, RankStart};
 use tessera_store::Work;
 
+use super::round::{Sight, decide};
 use super::{Caller, Engine, EngineError, WorkCheck};
 use crate::wire::{DryRunRank, DryRunReconfigure, DryRunReply, DryRunSlice, DryRunVerdict};
 
@@ -21,23 +22,13 @@ impl Engine {
     ) -> Result<DryRunReply, EngineError> {
         let (request, _work) = self.admitted(caller, request, work, checked)?;
         let now = tessera_host::now_ms();
-        let live = tessera_gpu::view::node_view_partial(self.backend())
-            .map_err(|e| EngineError::Internal(format!("reading the GPUs: {e}")))?;
-        let running = self.running_jobs()?;
-        let cluster = self.cluster_view(&live, &running);
-        let mut queue = Vec::new();
-        for (id, submitted_ms) in self.store.queued_ids()? {
-            let Ok((request, user)) = self.request_of(id) else { continue };
-            queue.push(QueuedJob { id, request, submitted_ms, user });
-        }
+        let Sight { live, running, cluster, mut queue } = self.sight()?;
         // An id no job has, after every queued one.
         let probe = queue.iter().map(|q| q.id).chain(running.iter().map(|r| r.id)).max().unwrap_or(0) + 1;
         queue.push(QueuedJob { id: probe, request: request.clone(), submitted_ms: now, user: caller.uid });
         let mut scheduler = self.scheduler.clone();
-        let decisions = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            scheduler.schedule(now, &cluster, &queue, &running)
-        }))
-        .map_err(|_| EngineError::Internal("the scheduler failed on this request".into()))?;
+        let decisions = decide(&mut scheduler, now, &cluster, &queue, &running)
+            .ok_or_else(|| EngineError::Internal("the scheduler failed on this request".into()))?;
 
         let mut models: Vec<&'static tessera_mig::GpuModel> = Vec::new();
         for g in &self.facts.gpus {

@@ -79,12 +79,14 @@ impl Reader {
             None if caller.admin && (q.all || q.tenant.is_some()) => None,
             None => Some(caller.uid),
         };
-        let filter =
-            JobFilter { states: q.effective_states(), user_uid, tenant: q.tenant.clone(), ..JobFilter::default() };
-        let jobs = self.store.jobs(&filter)?;
-        let since = q.since_ms.unwrap_or(0);
-        let jobs: Vec<JobView> =
-            jobs.iter().filter(|j| j.ended_ms.is_none_or(|e| e >= since)).map(|j| self.job_view(j, false)).collect();
+        let filter = JobFilter {
+            states: q.effective_states(),
+            user_uid,
+            tenant: q.tenant.clone(),
+            ended_since_ms: q.since_ms,
+            ..JobFilter::default()
+        };
+        let jobs: Vec<JobView> = self.store.jobs(&filter)?.iter().map(|j| self.job_view(j, false)).collect();
         // A tenant no longer configured still shows its jobs; one never heard of is a mistake.
         if let Some(t) = &q.tenant
             && jobs.is_empty()

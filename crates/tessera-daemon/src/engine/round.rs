@@ -45,9 +45,29 @@ impl RoundInput {
     /// goes back to the engine.
     pub fn decide(&mut self) -> Vec<Decision> {
         let RoundInput { now, cluster, queue, running, scheduler, .. } = self;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.schedule(*now, cluster, queue, running)))
-            .unwrap_or_default()
+        decide(scheduler, *now, cluster, queue, running).unwrap_or_default()
     }
+}
+
+/// The scheduler's decisions, or `None` should it panic (a bug): a round then decides nothing,
+/// a dry run says it failed, and the daemon goes on.
+pub(crate) fn decide(
+    scheduler: &mut Scheduler,
+    now: u64,
+    cluster: &ClusterView,
+    queue: &[QueuedJob],
+    running: &[RunningJob],
+) -> Option<Vec<Decision>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.schedule(now, cluster, queue, running))).ok()
+}
+
+/// What the scheduler sees of the node now: the GPUs as they are, the running jobs, the
+/// cluster view made of both, and the queue in order.
+pub(crate) struct Sight {
+    pub(crate) live: NodeView,
+    pub(crate) running: Vec<RunningJob>,
+    pub(crate) cluster: ClusterView,
+    pub(crate) queue: Vec<QueuedJob>,
 }
 
 impl Engine {
@@ -65,16 +85,7 @@ impl Engine {
         let now = tessera_host::now_ms();
         let mut changed = self.collect_finished(now)? > 0;
         changed |= self.stop_idle_mps();
-        let live = tessera_gpu::view::node_view_partial(self.backend())
-            .map_err(|e| EngineError::Internal(format!("reading the GPUs: {e}")))?;
-        let running = self.running_jobs()?;
-        let cluster = self.cluster_view(&live, &running);
-        let queued = self.store.queued_ids()?;
-        let mut queue = Vec::with_capacity(queued.len());
-        for (id, submitted_ms) in queued {
-            let Ok((request, user)) = self.request_of(id) else { continue };
-            queue.push(QueuedJob { id, request, submitted_ms, user });
-        }
+        let Sight { live, running, cluster, queue } = self.sight()?;
         let keep: BTreeSet<u64> = queue.iter().map(|q| q.id).chain(running.iter().map(|r| r.id)).collect();
         self.requests.retain(|id, _| keep.contains(id));
         self.pending.retain(|id, _| keep.contains(id));
@@ -93,6 +104,22 @@ impl Engine {
             t0,
             t_read: t0.elapsed(),
         })
+    }
+
+    /// What the scheduler sees now ([`Sight`]), read from the GPUs and the store; a round and a
+    /// dry run decide on the same.
+    pub(crate) fn sight(&mut self) -> Result<Sight, EngineError> {
+        let live = tessera_gpu::view::node_view_partial(self.backend())
+            .map_err(|e| EngineError::Internal(format!("reading the GPUs: {e}")))?;
+        let running = self.running_jobs()?;
+        let cluster = self.cluster_view(&live, &running);
+        let queued = self.store.queued_ids()?;
+        let mut queue = Vec::with_capacity(queued.len() + 1);
+        for (id, submitted_ms) in queued {
+            let Ok((request, user)) = self.request_of(id) else { continue };
+            queue.push(QueuedJob { id, request, submitted_ms, user });
+        }
+        Ok(Sight { live, running, cluster, queue })
     }
 
     /// The second half of a round: take the scheduler back and carry out its decisions.

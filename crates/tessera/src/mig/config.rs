@@ -373,6 +373,17 @@ pub fn export(global: &Global, config_name: &str) -> anyhow::Result<()> {
             device_types: device_types(v).into_iter().collect(),
         })
         .collect();
+    // Several compute instances in one GPU instance (or none) have no mig-parted name: exported
+    // as `tessera mig gpus` shows them, which `mig apply` (and mig-parted) refuse. Said once.
+    for v in &views {
+        for i in v.instances.iter().filter(|i| i.instance.compute == tessera_mig::ComputeShape::Other) {
+            eprintln!(
+                "tessera: GPU {}: '{}' has no mig-parted name; `tessera mig apply` of this export refuses it",
+                v.device.index,
+                super::device_type(v, i)
+            );
+        }
+    }
     if human(global.output) {
         print!("{}", tessera_migparted::export(&devices, config_name));
     } else {

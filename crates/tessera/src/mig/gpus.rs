@@ -8,7 +8,7 @@ use serde_json::json;
 use tessera_gpu::view::{GpuView, node_view_partial};
 use tessera_mig::planner_for;
 
-use super::{device_type, human, plan::free_line, plan::layout_map, print_json};
+use super::{compute_instance_type, device_type, human, plan::free_line, plan::layout_map, print_json};
 use crate::Refusal;
 use crate::cli::Global;
 use crate::node;
@@ -175,11 +175,7 @@ fn print_gpu(v: &GpuView) {
             let gi_slices = m.profile_by_id(i.instance.profile_id).map(|p| p.compute_slices);
             for c in &i.compute_instances {
                 // Each compute instance's own share of the GPU instance.
-                let ci_type = if Some(c.placement.size) == gi_slices {
-                    i.profile_name.clone()
-                } else {
-                    format!("{}c.{}", c.placement.size, i.profile_name)
-                };
+                let ci_type = compute_instance_type(&i.profile_name, c.placement.size, gi_slices);
                 t.row(vec![
                     i.gpu_instance_id.to_string(),
                     c.id.to_string(),

@@ -86,11 +86,7 @@ pub fn device_type(v: &GpuView, i: &LiveInstance) -> String {
             sizes
                 .into_iter()
                 .map(|(size, n)| {
-                    let name = if Some(size) == whole {
-                        i.profile_name.clone()
-                    } else {
-                        format!("{size}c.{}", i.profile_name)
-                    };
+                    let name = compute_instance_type(&i.profile_name, size, whole);
                     if n == 1 { name } else { format!("{name} ×{n}") }
                 })
                 .collect::<Vec<_>>()
@@ -100,6 +96,12 @@ pub fn device_type(v: &GpuView, i: &LiveInstance) -> String {
         (ComputeShape::Slices(c), None) => format!("{c}c.{}", i.profile_name),
         (ComputeShape::Full, None) => i.profile_name.clone(),
     }
+}
+
+/// A compute instance's type: its GPU instance's profile when it takes all `whole` compute
+/// slices, else `{size}c.{profile}` (`1c.3g.40gb`).
+pub fn compute_instance_type(profile: &str, size: u8, whole: Option<u8>) -> String {
+    if Some(size) == whole { profile.to_string() } else { format!("{size}c.{profile}") }
 }
 
 /// Print JSON (for `-o json`).
