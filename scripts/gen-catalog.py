@@ -34,17 +34,55 @@ MODELS = {
     "B200-180GB": ("B200-180GB", ["B200"]),
     "GB200-186GB": ("GB200-186GB", ["GB200"]),
     "B300": ("B300-269GB", ["B300"]),
+    "GB300": ("GB300-278GB", ["GB300"]),
     "RTX-PRO-6000-Blackwell-96GB": ("RTX-PRO-6000", ["RTX-PRO-6000-Blackwell-96GB", "RTX-PRO-6000-Blackwell"]),
 }
 # Left out on purpose: no placement table or profile IDs exist for them in the reference.
 SKIPPED = {
-    "GB300": "only mig-parted config names; no profile IDs or placements",
     "RTX-PRO-5000-Blackwell-48GB": "doc table only; profile IDs and placements unknown",
     "RTX-PRO-4500-Blackwell-32GB": "doc table only; profile IDs and placements unknown",
 }
 
 ref = yaml.safe_load(open(SRC))
 by_name = {g["name"]: g for g in ref["gpus"]}
+
+# Models the reference knows only by the profile names in NVIDIA's mig-parted config-default.yaml
+# (migparted_cfg, device filter 0x31C210DE for GB300). Their profiles follow the B300 rows (the
+# 8-unit pattern of ids, placements and counts, every row inferred) under NVIDIA's names.
+NAMES_ONLY = {
+    "GB300": ("B300", {"1g.34gb": "1g.35gb", "1g.34gb+me": "1g.35gb+me", "1g.67gb": "1g.70gb",
+                       "2g.67gb": "2g.70gb", "3g.135gb": "3g.139gb", "4g.135gb": "4g.139gb",
+                       "7g.269gb": "7g.278gb"}),
+}
+
+
+def names_only_profiles(ref_name):
+    pattern, names = NAMES_ONLY[ref_name]
+    out = []
+    for p in by_name[pattern]["profiles"]:
+        q = dict(p, name=names[p["name"]], placements=list(p["placements"]), inferred=True)
+        q["note"] = f"name from migparted_cfg; id, placements and counts follow {pattern}'s 8-unit pattern"
+        out.append(q)
+    return out
+
+
+def memory_total(g, profiles):
+    """The whole GPU's MiB: the reference's total, else inferred from the full profile's name.
+
+    go-nvlib names a profile `<slices>g.<GB>gb` with GB = round(fraction * ceil(total GiB)), and the
+    full profile's fraction is 1, so its GB is the total rounded up to whole GiB: the total is taken
+    as that many GiB (the upper end of the range the name allows) and marked inferred."""
+    if g.get("memory_total_mib") is not None:
+        return g["memory_total_mib"], False
+    slices = g.get("memory_slices", 8)
+    full = [p for p in profiles if p["memory_slices"] == slices and "+" not in p["name"]]
+    if not full:
+        return None, False
+    gib = int(full[0]["name"].split(".", 1)[1].split("gb", 1)[0])
+    total = gib * 1024
+    known = max((p.get("memory_mib") or 0) for p in profiles)
+    assert total >= known, f"{g['name']}: {total} MiB inferred total below the {known} MiB profile"
+    return total, True
 
 
 def suffix_kind(name):
@@ -170,6 +208,8 @@ for ref_name, (canon, shorts) in MODELS.items():
     units = g.get("placement_units", 8)
     copied_from = None
     profiles = g.get("profiles") or []
+    if ref_name in NAMES_ONLY:
+        profiles = names_only_profiles(ref_name)
     if g.get("profiles_same_as"):
         copied_from = g["profiles_same_as"]
         profiles = by_name[copied_from]["profiles"]
@@ -177,6 +217,9 @@ for ref_name, (canon, shorts) in MODELS.items():
     ci_refs = src_ci.get("ref") or ["gi_compute_slices_1", "gi_compute_slices_2", "gi_compute_slices_3",
                                      "gi_compute_slices_4", "gi_compute_slices_7"]
     inferred_fields = list(g.get("inferred_fields", []))
+    memory_total_mib, total_inferred = memory_total(g, profiles)
+    if total_inferred:
+        inferred_fields.append("memory_total_mib")
     for k, dflt in (("placement_units", 8), ("memory_slices", 8), ("compute_slices", 7), ("max_gpu_instances", 7)):
         if k not in g:
             inferred_fields.append(k)
@@ -192,7 +235,7 @@ for ref_name, (canon, shorts) in MODELS.items():
         "memory_slices": g.get("memory_slices", 8),
         "compute_slices": g.get("compute_slices", 7),
         "max_gpu_instances": g.get("max_gpu_instances", 7),
-        "memory_total_mib": g.get("memory_total_mib"),
+        "memory_total_mib": memory_total_mib,
         "sm_count": g.get("sm_count"),
         "ofa_engines": 1,
         "min_driver": g.get("min_driver"),
@@ -209,6 +252,9 @@ for ref_name, (canon, shorts) in MODELS.items():
         "named_configs_inferred": not g.get("named_configs_mig_parted"),
     }
     notes = [g[k] for k in ("note", "alias_note", "naming_warning", "doc_note", "pci_ids_note") if g.get(k)]
+    if total_inferred:
+        notes.append(f"memory_total_mib inferred: the reference has no total; the full profile's name gives it "
+                     f"rounded up to whole GiB (go-nvlib's naming rule), taken as {memory_total_mib // 1024} GiB")
     if copied_from:
         notes.append(f"profiles copied from {copied_from} (profiles_same_as); SM counts unknown")
     if notes:

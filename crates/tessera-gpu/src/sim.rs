@@ -60,7 +60,7 @@ use crate::backend::{
 };
 use crate::health::{Recovery, XidEvent, classify};
 use crate::ids;
-use crate::spec::{NodeSpec, gb_from_name};
+use crate::spec::NodeSpec;
 use crate::statefile::{self, StateFileError};
 
 /// How often a wait for Xid events looks at the state file again.
@@ -325,10 +325,7 @@ fn profile_info(model: &GpuModel, p: &Profile) -> GpuInstanceProfileInfo {
     let share = |total: Option<u64>, part: u8, whole: u8| {
         total.map(|t| t * u64::from(part) / u64::from(whole.max(1))).unwrap_or(0)
     };
-    let memory_mib = p
-        .memory_mib
-        .or_else(|| gb_from_name(&p.name).map(|gb| gb * 1024))
-        .unwrap_or_else(|| share(model.memory_total_mib, p.memory_slices, model.memory_slices));
+    let memory_mib = model.profile_memory_mib(p);
     let sm_count = p.sm_count.unwrap_or_else(|| {
         u32::try_from(share(model.sm_count.map(u64::from), p.compute_slices, model.compute_slices)).unwrap_or(0)
     });

@@ -276,7 +276,7 @@ impl NodeSpec {
                     pci_device_id: model.pci_device_id_values().next().unwrap_or(0),
                     numa_node,
                     local_cpus: self.cpus_of_node(numa_node),
-                    memory_total_mib: model_memory_mib(model),
+                    memory_total_mib: model.total_memory_mib(),
                 }
             })
             .collect()
@@ -442,23 +442,6 @@ fn pci_bus_id(index: u32) -> String {
     format!("{:08X}:{bus:02X}:00.0", index / 8)
 }
 
-/// The GPU's memory: the catalog's total, else the largest profile's.
-fn model_memory_mib(model: &GpuModel) -> u64 {
-    model
-        .memory_total_mib
-        .or_else(|| model.profiles.iter().filter_map(|p| p.memory_mib).max())
-        .or_else(|| model.profiles.iter().filter_map(|p| gb_from_name(&p.name)).max().map(|gb| gb * 1024))
-        .unwrap_or(0)
-}
-
-/// `7g.269gb` → 269.
-pub(crate) fn gb_from_name(name: &str) -> Option<u64> {
-    let after_dot = name.split_once('.')?.1;
-    let digits: String = after_dot.chars().take_while(char::is_ascii_digit).collect();
-    let rest = &after_dot[digits.len()..];
-    if rest.starts_with("gb") { digits.parse().ok() } else { None }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -604,11 +587,8 @@ mod tests {
 
     #[test]
     fn memory_fallbacks() {
-        assert_eq!(gb_from_name("7g.269gb"), Some(269));
-        assert_eq!(gb_from_name("1g.5gb+me"), Some(5));
-        assert_eq!(gb_from_name("weird"), None);
         for m in &catalog().models {
-            assert!(model_memory_mib(m) > 0, "{}", m.name);
+            assert!(m.total_memory_mib() > 0, "{}", m.name);
         }
     }
 

@@ -128,6 +128,14 @@ impl Profile {
     pub fn is_no_media(&self) -> bool {
         self.kind == ProfileKind::NoMedia
     }
+
+    /// The gigabytes in the name: `7g.269gb` → 269, `1g.5gb+me` → 5; `None` for a name without.
+    pub fn name_gb(&self) -> Option<u64> {
+        let after_dot = self.name.split_once('.')?.1;
+        let digits: String = after_dot.chars().take_while(char::is_ascii_digit).collect();
+        let rest = &after_dot[digits.len()..];
+        if rest.starts_with("gb") { digits.parse().ok() } else { None }
+    }
 }
 
 /// Which GPU-internal NUMA node each placement unit belongs to (mig-hardware.md §10).
@@ -365,6 +373,38 @@ impl GpuModel {
     pub fn display_product_name(&self) -> &str {
         self.product_names.first().map_or(self.name.as_str(), String::as_str)
     }
+
+    /// The whole GPU's memory in MiB, as NVML reports it: the catalog's total (the reference's,
+    /// or, where it has none, inferred by the generator from the full profile's name and listed
+    /// in `inferred_fields`), else the most any profile reads or is named for.
+    pub fn total_memory_mib(&self) -> u64 {
+        self.memory_total_mib.unwrap_or_else(|| {
+            self.profiles
+                .iter()
+                .filter_map(|p| p.memory_mib.or_else(|| p.name_gb().map(|gb| gb * 1024)))
+                .max()
+                .unwrap_or(0)
+        })
+    }
+
+    /// A profile's memory in MiB: the catalog's figure where the reference read one; else the
+    /// most MiB per memory slice among this model's read profiles times the profile's slices; else
+    /// its memory-slice share of the total. An estimate never exceeds [`Self::total_memory_mib`]
+    /// (the name's gigabytes are rounded up, so they would overstate it).
+    pub fn profile_memory_mib(&self, p: &Profile) -> u64 {
+        if let Some(mib) = p.memory_mib {
+            return mib;
+        }
+        let total = self.total_memory_mib();
+        let slices = u64::from(p.memory_slices);
+        let per_slice =
+            self.profiles.iter().filter_map(|q| q.memory_mib.map(|m| m / u64::from(q.memory_slices.max(1)))).max();
+        let estimate = match per_slice {
+            Some(per_slice) => per_slice * slices,
+            None => total * slices / u64::from(self.memory_slices.max(1)),
+        };
+        estimate.min(total)
+    }
 }
 
 fn parse_hex_u16(s: &str) -> Option<u16> {
@@ -516,6 +556,14 @@ mod tests {
     fn closest_names() {
         assert_eq!(closest("3g.20g", &["1g.5gb", "3g.20gb", "4g.20gb"])[0], "3g.20gb");
         assert!(closest("zzzzzzzzzz", &["1g.5gb"]).is_empty());
+    }
+
+    #[test]
+    fn gigabytes_from_profile_names() {
+        let gb = |name: &str| Profile { name: name.into(), ..catalog().models[0].profiles[0].clone() }.name_gb();
+        assert_eq!(gb("7g.269gb"), Some(269));
+        assert_eq!(gb("1g.5gb+me"), Some(5));
+        assert_eq!((gb("weird"), gb("whole"), gb("1g.tb")), (None, None, None));
     }
 
     #[test]

@@ -311,3 +311,51 @@ fn catalog_agrees_with_the_reference_data() {
     }
     assert!(checked > 80, "only {checked} profiles checked");
 }
+
+/// Every model's whole-GPU memory: the reference's full-GPU total where it has one; where it has
+/// none, inferred (and marked so) as the full profile's name in GiB. Either way the full profile's
+/// name is the total rounded up to whole GiB (go-nvlib's naming rule), and no profile's memory,
+/// read or estimated, exceeds the total.
+#[test]
+fn every_model_total_memory_is_the_references_and_holds_every_profile() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/mig-profiles.yaml");
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("the reference data must sit beside the repository at {path} (as in CI): {e}"));
+    let reference: serde_json::Value = serde_saphyr::from_str(&text).expect("reference parses");
+    let gpus = reference["gpus"].as_array().unwrap();
+    for m in &catalog().models {
+        let g = gpus.iter().find(|g| g["name"] == m.reference_name.as_str()).unwrap();
+        let total = m.total_memory_mib();
+        let inferred = m.inferred_fields.iter().any(|f| f == "memory_total_mib");
+        match g["memory_total_mib"].as_u64() {
+            Some(want) => {
+                assert_eq!((total, m.memory_total_mib), (want, Some(want)), "{}: the reference's total", m.name);
+                assert!(!inferred, "{}: a read total is not marked inferred", m.name);
+            }
+            None => assert!(inferred && m.memory_total_mib.is_some(), "{}: no reference total, so inferred", m.name),
+        }
+        let full = m.profiles.iter().find(|p| p.memory_slices == m.memory_slices && p.name_gb().is_some()).unwrap();
+        assert_eq!(full.name_gb(), Some(total.div_ceil(1024)), "{}: {} against {total} MiB", m.name, full.name);
+        for p in &m.profiles {
+            let mib = m.profile_memory_mib(p);
+            assert!(mib > 0 && mib <= total, "{} {}: {mib} MiB against a {total} MiB GPU", m.name, p.name);
+        }
+    }
+}
+
+/// GB300 (in NVIDIA's default mig-parted config as device 0x31C2) is in the catalog, with the
+/// low confidence and inferred marks of a model known only by its profile names.
+#[test]
+fn gb300_is_known_by_name_and_pci_id_and_marked_inferred() {
+    for q in ["GB300", "gb300-278gb", "0x31C2", "0x31C210DE"] {
+        assert_eq!(catalog().model(q).unwrap().name, "GB300-278GB", "{q}");
+    }
+    let m = catalog().model("GB300").unwrap();
+    assert_eq!(m.confidence, catalog::Confidence::Low);
+    assert!(m.inferred && m.profiles.iter().all(|p| p.inferred));
+    assert!(m.inferred_fields.iter().any(|f| f == "memory_total_mib"));
+    let names: Vec<&str> = m.profiles.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["1g.35gb", "1g.35gb+me", "1g.70gb", "2g.70gb", "3g.139gb", "4g.139gb", "7g.278gb"]);
+    assert_eq!(m.total_memory_mib(), 278 * 1024);
+    assert!(!catalog().left_out.contains_key("GB300"));
+}

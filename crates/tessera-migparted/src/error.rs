@@ -110,6 +110,17 @@ pub enum ConfigErrorKind {
     /// `mig-devices` lists devices while `mig-enabled` is false.
     #[error("'mig-devices' lists MIG devices but 'mig-enabled' is false; remove them or set 'mig-enabled: true'")]
     MigDevicesWhileDisabled,
+    /// `mig-devices` lists device types but every count is 0 (mig-parted refuses it too).
+    #[error(
+        "every count in 'mig-devices' is 0; give at least one MIG device a count above 0, or write 'mig-devices: {{}}' for none"
+    )]
+    AllCountsZero,
+    /// A `mig-devices` key that is not written as mig-parted's device types are.
+    #[error(
+        "'{name}' is not a MIG device type as mig-parted writes them ('1g.10gb', '1c.3g.40gb', '1g.10gb+me'): {reason}{}",
+        did_you_mean(suggestions)
+    )]
+    BadDeviceTypeFormat { name: String, reason: String, suggestions: Vec<String> },
     /// A `mig-devices` count that is not a non-negative integer.
     #[error("the count of '{name}' in 'mig-devices' must be a non-negative integer, not {found}")]
     BadCount { name: String, found: String },
@@ -119,9 +130,6 @@ pub enum ConfigErrorKind {
     /// The config name is not in the file.
     #[error("unknown config '{name}'{}; the file defines: {}", did_you_mean(suggestions), known.join(", "))]
     UnknownConfig { name: String, known: Vec<String>, suggestions: Vec<String> },
-    /// `devices` selects a GPU index the node does not have.
-    #[error("'devices' selects GPU {index}, but this node has {} GPU(s){}", indices.len(), index_list(indices))]
-    NoSuchGpu { index: u32, indices: Vec<u32> },
     /// One GPU is selected by two entries of the config.
     #[error(
         "GPU {index} is matched by two entries of config '{config}': the entry at {first} and the entry at {second}"
@@ -162,14 +170,6 @@ fn subject(field: &str, place: &str) -> String {
         (false, true) => format!("'{field}'"),
         (false, false) => format!("'{field}' {place}"),
     }
-}
-
-fn index_list(indices: &[u32]) -> String {
-    if indices.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = indices.iter().map(u32::to_string).collect();
-    format!(": {}", parts.join(", "))
 }
 
 fn slice_list(offered: &[u8]) -> String {

@@ -20,7 +20,7 @@ mod spec;
 pub use builtin::{BUILTIN_ORIGIN, builtin_config, builtin_config_yaml};
 pub use error::{ConfigError, ConfigErrorKind, Pos};
 pub use export::{ExportDevice, export, export_config};
-pub use resolve::{DeviceSummary, DeviceTarget, device_type, resolve};
+pub use resolve::{DeviceSummary, DeviceTarget, Resolution, device_type, resolve, resolve_node};
 pub use spec::{
     DeviceConfig, DeviceSelector, MigConfigFile, NVIDIA_VENDOR_ID, NamedConfig, VERSION, device_filter_string, parse,
 };

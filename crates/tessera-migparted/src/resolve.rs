@@ -1,10 +1,13 @@
 //! Applying one named config to a node: which GPU gets which MIG devices.
 //!
 //! mig-parted's selection rules: an entry applies to a GPU when `devices` selects its index and,
-//! with a `device-filter`, its PCI device id is listed. GPUs no entry selects are left alone.
-//! Tessera is stricter where mig-parted would fail late or silently: an index the node does not
-//! have, a GPU two entries claim, a device type the GPU's model lacks, or MIG devices that
-//! cannot all be placed are errors here, at the line of the file that causes them.
+//! with a `device-filter`, its PCI device id is listed. An index the node does not have is
+//! skipped, as mig-parted does (one file serves 4- and 8-GPU nodes); [`Resolution::absent`]
+//! names them so the caller can say so. GPUs no entry selects are [`Resolution::unmatched`]:
+//! apply leaves them alone and assert fails on them, as mig-parted's do.
+//! Tessera is stricter where mig-parted would fail late or silently: a GPU two entries claim, a
+//! device type the GPU's model lacks, or MIG devices that cannot all be placed are errors here,
+//! at the line of the file that causes them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,12 +45,35 @@ pub struct DeviceTarget {
     pub entry: Pos,
 }
 
-/// The MIG state of each GPU of the node that the config `config_name` selects, by index.
+/// What one named config means on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The MIG state of each GPU the config selects, by index.
+    pub targets: Vec<DeviceTarget>,
+    /// GPU indices that entries name but the node lacks, ascending: skipped, as mig-parted does.
+    pub absent: Vec<u32>,
+    /// GPUs of the node that no entry selects, ascending: mig-parted's assert fails on them and
+    /// its apply leaves them as they are.
+    pub unmatched: Vec<u32>,
+}
+
+/// The MIG state of each GPU of the node that the config `config_name` selects, by index
+/// ([`resolve_node`] without the skipped and unmatched indices).
 pub fn resolve(
     file: &MigConfigFile,
     config_name: &str,
     devices: &[DeviceSummary],
 ) -> Result<Vec<DeviceTarget>, ConfigError> {
+    resolve_node(file, config_name, devices).map(|r| r.targets)
+}
+
+/// The config `config_name` on a node with these GPUs: the targets, the absent indices the
+/// config names and the GPUs it leaves unmatched.
+pub fn resolve_node(
+    file: &MigConfigFile,
+    config_name: &str,
+    devices: &[DeviceSummary],
+) -> Result<Resolution, ConfigError> {
     let err = |pos: Pos, kind: ConfigErrorKind| ConfigError::new(&file.origin, pos, kind);
     let Some(config) = file.configs.get(config_name) else {
         let names = file.config_names();
@@ -62,24 +88,26 @@ pub fn resolve(
     };
 
     let present: BTreeSet<u32> = devices.iter().map(|d| d.index).collect();
-    for entry in &config.entries {
-        if let DeviceSelector::Indices(list) = &entry.devices
-            && let Some(&index) = list.iter().find(|i| !present.contains(i))
-        {
-            return Err(err(
-                entry.devices_pos,
-                ConfigErrorKind::NoSuchGpu { index, indices: present.iter().copied().collect() },
-            ));
-        }
-    }
+    let absent: BTreeSet<u32> = config
+        .entries
+        .iter()
+        .flat_map(|entry| match &entry.devices {
+            DeviceSelector::Indices(list) => list.as_slice(),
+            DeviceSelector::All => &[],
+        })
+        .filter(|i| !present.contains(i))
+        .copied()
+        .collect();
 
     let mut sorted: Vec<&DeviceSummary> = devices.iter().collect();
     sorted.sort_by_key(|d| d.index);
     let mut planners: Planners = BTreeMap::new();
     let mut targets = Vec::new();
+    let mut unmatched = Vec::new();
     for gpu in sorted {
         let mut matching = config.entries.iter().filter(|e| e.applies_to(gpu.index, gpu.pci_device_id));
         let Some(entry) = matching.next() else {
+            unmatched.push(gpu.index);
             continue;
         };
         if let Some(second) = matching.next() {
@@ -95,7 +123,7 @@ pub fn resolve(
         }
         targets.push(target(file, gpu, entry, &mut planners)?);
     }
-    Ok(targets)
+    Ok(Resolution { targets, absent: absent.into_iter().collect(), unmatched })
 }
 
 /// One planner per model of the node (building one precomputes tables), by model name.

@@ -4,7 +4,8 @@
 //! `v1`; unknown fields are errors; `devices` is `all` or a list of GPU indices; `device-filter`
 //! is a string or a list of strings (`0x233010DE`: PCI device id then vendor `10DE`);
 //! `mig-enabled` is required; `mig-devices` is required (possibly `{}`) when MIG is enabled and
-//! must be absent or empty when it is not; counts are non-negative integers. Each config name
+//! must be absent or empty when it is not; counts are non-negative integers, not all 0; device
+//! types are written as mig-parted writes them (`1g.10gb`, no upper case, no spaces). Each config name
 //! maps to a non-empty list of entries. Every value keeps its location so that later checks
 //! (unknown profiles, infeasible layouts) can point at it too.
 
@@ -446,6 +447,9 @@ impl Parser<'_> {
                         ));
                     }
                 };
+                if !list.0.is_empty() && list.0.iter().all(|(_, count)| *count == 0) {
+                    return Err(self.err(key.pos, ConfigErrorKind::AllCountsZero));
+                }
                 if !mig_enabled && !list.0.is_empty() {
                     return Err(self.err(key.pos, ConfigErrorKind::MigDevicesWhileDisabled));
                 }
@@ -560,6 +564,13 @@ impl Parser<'_> {
                     },
                 ));
             }
+            if let Err(reason) = check_device_type_format(&key.text) {
+                let suggestions = repaired_device_type(&key.text).into_iter().collect();
+                return Err(self.err(
+                    key.pos,
+                    ConfigErrorKind::BadDeviceTypeFormat { name: key.text.clone(), reason, suggestions },
+                ));
+            }
             let count = match value.node {
                 Node::Int(i) => u32::try_from(i).ok(),
                 _ => None,
@@ -575,6 +586,81 @@ impl Parser<'_> {
         }
         Ok((list, positions))
     }
+}
+
+/// mig-parted's check of how a device type is written, before any GPU is looked at:
+/// `[<C>c.]<G>g.<GB>gb` with lower-case unit letters and no spaces, then optionally `+attr,...`
+/// or `-attr,...` (letters, digits and dots, not starting with a digit or a dot).
+fn check_device_type_format(name: &str) -> Result<(), String> {
+    let (base, attributes) = match (name.split_once('+'), name.split_once('-')) {
+        (Some(_), Some(_)) => return Err("it has both '+' and '-' attributes".to_string()),
+        (Some((base, attrs)), None) | (None, Some((base, attrs))) => (base, Some(attrs)),
+        (None, None) => (name, None),
+    };
+    let fields: Vec<&str> = base.splitn(3, '.').collect();
+    let units: &[&str] = match fields.len() {
+        3 => &["c", "g", "gb"],
+        2 => &["g", "gb"],
+        _ => return Err("it needs 2 or 3 fields separated by '.'".to_string()),
+    };
+    for (field, unit) in fields.iter().zip(units) {
+        if field.trim() != *field {
+            return Err(format!("'{field}' has leading or trailing spaces"));
+        }
+        let Some(digits) = field.strip_suffix(unit) else {
+            return Err(format!("'{field}' does not end in '{unit}' (lower case)"));
+        };
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("'{field}' does not start with a number"));
+        }
+    }
+    let Some(attributes) = attributes else { return Ok(()) };
+    let mut seen = Vec::new();
+    for a in attributes.split(',') {
+        let problem = if a.is_empty() {
+            Some("an attribute is empty")
+        } else if a.trim() != a {
+            Some("an attribute has leading or trailing spaces")
+        } else if a.starts_with(|c: char| c.is_ascii_digit()) {
+            Some("an attribute starts with a digit")
+        } else if a.starts_with('.') || a.ends_with('.') {
+            Some("an attribute starts or ends with '.'")
+        } else if !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+            Some("an attribute has a character other than a letter, a digit or '.'")
+        } else if seen.contains(&a) {
+            Some("an attribute is listed twice")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(format!("{p} ('{a}')"));
+        }
+        seen.push(a);
+    }
+    Ok(())
+}
+
+/// The spelling a malformed device type most likely meant: without spaces, in lower case, each
+/// field's unit completed (`3G.20g ` → `3g.20gb`); `None` when that is not well formed either.
+fn repaired_device_type(name: &str) -> Option<String> {
+    let flat: String = name.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    let (base, attributes) = match flat.find(['+', '-']) {
+        Some(i) => flat.split_at(i),
+        None => (flat.as_str(), ""),
+    };
+    let fields: Vec<&str> = base.splitn(3, '.').collect();
+    let units: &[&str] = if fields.len() == 3 { &["c", "g", "gb"] } else { &["g", "gb"] };
+    let mut parts = Vec::with_capacity(fields.len());
+    for (field, unit) in fields.iter().zip(units) {
+        let digits_end = field.find(|c: char| !c.is_ascii_digit()).unwrap_or(field.len());
+        let (digits, rest) = field.split_at(digits_end);
+        if digits.is_empty() || !unit.starts_with(rest) {
+            return None;
+        }
+        parts.push(format!("{digits}{unit}"));
+    }
+    let repaired = format!("{}{attributes}", parts.join("."));
+    (repaired != name && check_device_type_format(&repaired).is_ok()).then_some(repaired)
 }
 
 /// `0x233010DE` (or decimal, as Go's `strconv.ParseUint(s, 0, 32)` reads it) → device id `0x2330`.

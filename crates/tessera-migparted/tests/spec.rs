@@ -1,7 +1,7 @@
 //! Valid mig-parted files parse to what they say, and apply to a node as mig-parted would.
 
 use tessera_mig::{ComputeShape, WantedInstance, catalog};
-use tessera_migparted::{DeviceSelector, DeviceSummary, Pos, parse, resolve};
+use tessera_migparted::{DeviceSelector, DeviceSummary, Pos, parse, resolve, resolve_node};
 
 /// The example from mig-parted's README, with a filtered entry and a compute-instance device.
 const CUSTOM: &str = r#"version: v1
@@ -175,4 +175,80 @@ fn to_yaml_round_trips() {
             );
         }
     }
+}
+
+/// mig-parted skips GPU indices the node lacks (one file serves 4- and 8-GPU nodes) and counts
+/// the GPUs no entry selects, on which its assert fails: `(name, entries, targets, absent,
+/// unmatched)` on a 4-GPU H100 node.
+#[test]
+fn absent_indices_are_skipped_and_unmatched_gpus_are_named() {
+    type Case = (&'static str, &'static str, &'static [u32], &'static [u32], &'static [u32]);
+    const CASES: &[Case] = &[
+        ("all GPUs", "    - devices: all\n      mig-enabled: false\n", &[0, 1, 2, 3], &[], &[]),
+        (
+            "an 8-GPU file on a 4-GPU node",
+            "    - devices: [0, 1, 2, 3]\n      mig-enabled: false\n    - devices: [4, 5, 6, 7]\n      mig-enabled: true\n      mig-devices: {\"1g.10gb\": 7}\n",
+            &[0, 1, 2, 3],
+            &[4, 5, 6, 7],
+            &[],
+        ),
+        (
+            "some GPUs absent, some unmatched",
+            "    - devices: [1, 9]\n      mig-enabled: false\n    - devices: [3, 8, 9]\n      mig-enabled: false\n",
+            &[1, 3],
+            &[8, 9],
+            &[0, 2],
+        ),
+        ("no GPU selected", "    - devices: [5]\n      mig-enabled: false\n", &[], &[5], &[0, 1, 2, 3]),
+        (
+            "a filter for another model",
+            "    - devices: all\n      device-filter: \"0x20B010DE\"\n      mig-enabled: false\n",
+            &[],
+            &[],
+            &[0, 1, 2, 3],
+        ),
+    ];
+    let h100 = catalog().model("H100-80GB").unwrap();
+    let node: Vec<DeviceSummary> =
+        (0..4).map(|index| DeviceSummary { index, pci_device_id: 0x2330, model: Some(h100) }).collect();
+    let mut failures = Vec::new();
+    for &(name, entries, targets, absent, unmatched) in CASES {
+        let file = parse(&format!("version: v1\nmig-configs:\n  c:\n{entries}"), "x.yaml").unwrap();
+        match resolve_node(&file, "c", &node) {
+            Ok(r) => {
+                let got: Vec<u32> = r.targets.iter().map(|t| t.index).collect();
+                if (got.as_slice(), r.absent.as_slice(), r.unmatched.as_slice()) != (targets, absent, unmatched) {
+                    failures.push(format!(
+                        "{name}: targets {got:?} absent {:?} unmatched {:?}, expected {targets:?} {absent:?} {unmatched:?}",
+                        r.absent, r.unmatched
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Device types written as mig-parted writes them parse; a count of 0 beside a non-zero one is
+/// kept (only an all-zero `mig-devices` is refused).
+#[test]
+fn device_types_mig_parted_accepts_parse() {
+    for (key, count) in [
+        ("1g.10gb", 1),
+        ("1c.3g.40gb", 2),
+        ("1g.10gb+me", 1),
+        ("1g.10gb-me", 1),
+        ("1g.24gb+gfx,me", 1),
+        ("7g.80gb", 0),
+        ("4g.40gb", 1),
+    ] {
+        let yaml = format!(
+            "version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"{key}\": {count}\n        \"3g.40gb\": 1\n"
+        );
+        let file = parse(&yaml, "x.yaml").unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(file.configs["a"].entries[0].mig_devices[0], (key.to_string(), count));
+    }
+    let empty = "version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {}\n";
+    assert!(parse(empty, "x.yaml").unwrap().configs["a"].entries[0].mig_devices.is_empty());
 }

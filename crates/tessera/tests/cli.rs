@@ -281,7 +281,7 @@ fn bad_config_files_point_at_the_line() {
     assert!(e.contains(&format!("{}:5:", bad_yaml.display())), "{e}");
     let bad_profile = n.file(
         "profile.yaml",
-        "version: v1\nmig-configs:\n  x:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"3g.40g\": 1\n",
+        "version: v1\nmig-configs:\n  x:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"3g.41gb\": 1\n",
     );
     let e = n.fails(&["mig", "apply", "-f", bad_profile.to_str().unwrap(), "-c", "x"]);
     assert!(e.contains(&format!("{}:7:9", bad_profile.display())), "{e}");
@@ -458,4 +458,45 @@ fn an_error_says_its_cause_once() {
     let r = run_with_state(dir.path(), None, &["mig", "gpus"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(r.stderr.matches("Is a directory").count(), 1, "{}", r.stderr);
+}
+
+/// mig-parted's coverage rules, end to end on a 4-GPU node: indices the node lacks are skipped
+/// with a note (one file serves 4- and 8-GPU nodes); assert fails unless every GPU is matched by
+/// an entry; apply leaves unmatched GPUs as they are; an all-zero `mig-devices` and device types
+/// mig-parted rejects (`1G.10GB`, `1g.10gb `) are refused at parse time with file:line:column.
+#[test]
+fn mig_parted_coverage_and_parse_time_refusals() {
+    let n = Node::with_sim("4xH100-80GB");
+    let cfg = n.file(
+        "configs.yaml",
+        "version: v1\nmig-configs:\n  eight-gpu:\n    - devices: [0, 1, 2, 3]\n      mig-enabled: true\n      mig-devices:\n        \"3g.40gb\": 2\n    - devices: [4, 5, 6, 7]\n      mig-enabled: false\n  half:\n    - devices: [0, 1]\n      mig-enabled: true\n      mig-devices:\n        \"1g.10gb\": 7\n  absent-only:\n    - devices: [6]\n      mig-enabled: false\n",
+    );
+    let entry = "version: v1\nmig-configs:\n  x:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n";
+    let zero = n.file("zero.yaml", &format!("{entry}        \"1g.10gb\": 0\n"));
+    let upper = n.file("upper.yaml", &format!("{entry}        \"1G.10GB\": 1\n"));
+    let space = n.file("space.yaml", &format!("{entry}        \"1g.10gb \": 1\n"));
+    let (cfg, zero, upper, space) =
+        (cfg.to_str().unwrap(), zero.to_str().unwrap(), upper.to_str().unwrap(), space.to_str().unwrap());
+    // (arguments, exit code)
+    let steps: &[(&[&str], i32)] = &[
+        (&["mig", "apply", "-f", cfg, "-c", "eight-gpu"], 0),
+        (&["mig", "assert", "-f", cfg, "-c", "eight-gpu"], 0),
+        (&["mig", "assert", "-f", cfg, "-c", "half"], 1),
+        (&["mig", "apply", "-f", cfg, "-c", "half"], 0),
+        (&["mig", "assert", "-f", cfg, "-c", "half"], 1),
+        (&["mig", "assert", "-f", cfg, "-c", "absent-only"], 1),
+        (&["mig", "apply", "-f", zero, "-c", "x"], 1),
+        (&["mig", "assert", "-f", upper, "-c", "x"], 1),
+        (&["mig", "apply", "-f", space, "-c", "x"], 1),
+    ];
+    let mut transcript = String::new();
+    for (args, code) in steps {
+        let r = n.run(args);
+        assert_eq!(r.code, *code, "tessera {args:?}:\n{}\n{}", r.stdout, r.stderr);
+        transcript.push_str(&format!("$ tessera {}\n[exit {}]\n{}{}\n", args.join(" "), r.code, r.stdout, r.stderr));
+    }
+    insta::assert_snapshot!("mig_parted_coverage", scrub(&n, &transcript));
+    // GPUs 2 and 3, which `half` does not select, kept eight-gpu's layout.
+    let export = n.ok(&["mig", "export"]);
+    assert!(export.contains("devices: [2, 3]") || export.contains("devices: [2,3]"), "{export}");
 }

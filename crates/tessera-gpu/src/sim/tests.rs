@@ -241,10 +241,55 @@ fn profile_info_is_what_lgip_prints() {
         (three.name.as_str(), three.compute_slices, three.memory_mib, three.max_count, three.sm_count, three.ofas),
         ("3g.20gb", 3, 19968, 2, 42, 0)
     );
-    // B300's catalog entry lacks memory and SM counts: memory comes from the profile name.
+    // B300's catalog entry lacks memory and SM counts: memory is the 1g's slice of the 269 GiB
+    // total its 7g.269gb name gives (one of 8 memory slices).
     let p = b.gpu_instance_profiles(1).unwrap();
     let one = p.iter().find(|p| p.id == 19).unwrap();
-    assert_eq!(one.memory_mib, 34 * 1024);
+    assert_eq!(one.memory_mib, 269 * 1024 / 8);
+}
+
+/// Every catalog model, simulated: the whole GPU is at least its largest instance, and its total
+/// is the catalog's (the reference's full-GPU memory wherever the reference has one; the catalog
+/// test ties the two together). GH200-144GB, GB200 and B200 once failed this.
+#[test]
+fn every_simulated_model_is_at_least_its_largest_profile() {
+    let models = &tessera_mig::catalog().models;
+    let text: Vec<String> = models.iter().map(|m| format!("1x{}", m.name)).collect();
+    let b = SimBackend::in_memory(&spec(&text.join("+")));
+    let devices = b.devices().unwrap();
+    assert_eq!(devices.len(), models.len());
+    for (gpu, m) in models.iter().enumerate() {
+        let d = &devices[gpu];
+        assert_eq!(d.memory_total_mib, m.total_memory_mib(), "{}", m.name);
+        if let Some(read) = m.memory_total_mib.filter(|_| !m.inferred_fields.iter().any(|f| f == "memory_total_mib")) {
+            assert_eq!(d.memory_total_mib, read, "{}: the reference's total", m.name);
+        }
+        let profiles = b.gpu_instance_profiles(u32::try_from(gpu).unwrap()).unwrap();
+        let largest = profiles.iter().max_by_key(|p| p.memory_mib).unwrap();
+        assert!(
+            d.memory_total_mib >= largest.memory_mib,
+            "{}: {} MiB GPU, {} {} MiB",
+            m.name,
+            d.memory_total_mib,
+            largest.name,
+            largest.memory_mib
+        );
+        for p in &profiles {
+            assert!(p.memory_mib > 0, "{} {}", m.name, p.name);
+        }
+        // go-nvlib names the full profile by the total rounded up to whole GiB: a driver with
+        // this total would give it the catalog's name.
+        let full = profiles.iter().find(|p| p.memory_slices == m.memory_slices && p.name.contains("gb")).unwrap();
+        let named_gb = m.profile_by_id(full.id).and_then(tessera_mig::Profile::name_gb);
+        assert_eq!(
+            named_gb,
+            Some(d.memory_total_mib.div_ceil(1024)),
+            "{}: {} on a {} MiB GPU",
+            m.name,
+            full.name,
+            d.memory_total_mib
+        );
+    }
 }
 
 #[test]

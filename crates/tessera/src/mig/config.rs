@@ -4,7 +4,9 @@
 //! (NVIDIA/mig-parted#119). Here every selected GPU is planned first, with explicit placements
 //! and without touching busy instances; only if every GPU can be planned does anything change,
 //! and then only what differs. A failed step is rolled back on its GPU, and the report says
-//! exactly what changed.
+//! exactly what changed. Which GPUs a config covers follows mig-parted (`docs/mig-parted.md`):
+//! indices the node lacks are skipped with a note, assert fails on a GPU no entry selects, and
+//! apply leaves such a GPU as it is.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +16,7 @@ use tessera_gpu::executor::{ensure_mig_mode, execute_plan};
 use tessera_gpu::view::{GpuView, node_view};
 use tessera_mig::layout::{device_type_name, instance_label};
 use tessera_mig::{GpuModel, ReconfigurePlan, Step, Wanted, reconfigure};
-use tessera_migparted::{DeviceSummary, DeviceTarget, ExportDevice, MigConfigFile};
+use tessera_migparted::{DeviceSummary, DeviceTarget, ExportDevice, MigConfigFile, Resolution};
 
 use super::{human, print_json};
 use crate::Refusal;
@@ -46,6 +48,23 @@ fn load(args: &ConfigArgs) -> anyhow::Result<(MigConfigFile, String)> {
         }
         None => Ok((tessera_migparted::builtin_config(), "built-in configs".into())),
     }
+}
+
+/// Resolve the selected config on the node; GPU indices the config names but the node lacks are
+/// skipped as mig-parted skips them, with a note on stderr naming them.
+fn resolve(file: &MigConfigFile, name: &str, views: &[GpuView]) -> anyhow::Result<Resolution> {
+    let r = tessera_migparted::resolve_node(file, name, &summaries(views))?;
+    if !r.absent.is_empty() {
+        eprintln!(
+            "tessera: config '{name}' names GPU(s) {} that this node lacks; skipped, as mig-parted does",
+            index_list(&r.absent)
+        );
+    }
+    Ok(r)
+}
+
+fn index_list(indices: &[u32]) -> String {
+    indices.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn summaries(views: &[GpuView]) -> Vec<DeviceSummary> {
@@ -214,7 +233,16 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
     let node = node::open(global)?;
     let backend = node.backend();
     let views = node_view(backend)?;
-    let targets = tessera_migparted::resolve(&file, &args.name, &summaries(&views))?;
+    let Resolution { targets, unmatched, .. } = resolve(&file, &args.name, &views)?;
+    // mig-parted's apply walks only the GPUs an entry selects and leaves the others as they are;
+    // so does this one, saying so (its assert then fails on them).
+    if !unmatched.is_empty() {
+        eprintln!(
+            "tessera: no entry of '{}' selects GPU(s) {}; left as they are (`mig assert` fails on them)",
+            args.name,
+            index_list(&unmatched)
+        );
+    }
     let plans = match plan_all(&views, &targets) {
         Ok(p) => p,
         Err(errors) => {
@@ -312,16 +340,23 @@ pub fn assert(global: &Global, args: &ConfigArgs) -> anyhow::Result<()> {
     let (file, origin) = load(args)?;
     let node = node::open(global)?;
     let views = node_view(node.backend())?;
-    let targets = tessera_migparted::resolve(&file, &args.name, &summaries(&views))?;
-    let mut differences = Vec::new();
+    let Resolution { targets, unmatched, .. } = resolve(&file, &args.name, &views)?;
+    // mig-parted's assert requires every GPU of the node to be matched by an entry.
+    let mut differences: Vec<(u32, String)> = unmatched
+        .iter()
+        .map(|&i| (i, format!("GPU {i}: no entry of '{}' selects it (every GPU must be matched)", args.name)))
+        .collect();
     for t in &targets {
         let Some(v) = views.iter().find(|v| v.device.index == t.index) else { continue };
         if v.mig.current != t.mig_enabled {
-            differences.push(format!(
-                "GPU {}: MIG mode is {} but the config wants it {}",
+            differences.push((
                 t.index,
-                v.mig,
-                if t.mig_enabled { "enabled" } else { "disabled" }
+                format!(
+                    "GPU {}: MIG mode is {} but the config wants it {}",
+                    t.index,
+                    v.mig,
+                    if t.mig_enabled { "enabled" } else { "disabled" }
+                ),
             ));
             continue;
         }
@@ -345,9 +380,12 @@ pub fn assert(global: &Global, args: &ConfigArgs) -> anyhow::Result<()> {
                     m.iter().map(|(k, n)| format!("{n}×{k}")).collect::<Vec<_>>().join(", ")
                 }
             };
-            differences.push(format!("GPU {}: has {} but the config wants {}", t.index, fmt(&have), fmt(&want)));
+            differences
+                .push((t.index, format!("GPU {}: has {} but the config wants {}", t.index, fmt(&have), fmt(&want))));
         }
     }
+    differences.sort();
+    let differences: Vec<String> = differences.into_iter().map(|(_, d)| d).collect();
     if !human(global.output) {
         print_json(&json!({"config": args.name, "matches": differences.is_empty(), "differences": differences}));
     }
