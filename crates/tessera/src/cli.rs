@@ -590,6 +590,10 @@ pub enum MigCommand {
     Assert {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Only check that the file is valid and holds the selected config; the node is not
+        /// looked at (mig-parted's `--valid-config`).
+        #[arg(short = 'a', long = "valid-config", env = "MIG_PARTED_VALID_CONFIG", value_parser = clap::builder::BoolishValueParser::new())]
+        valid_config: bool,
     },
     /// Print the node's current MIG state as a mig-parted config.
     Export {
@@ -680,11 +684,15 @@ pub enum HealthCommand {
 /// mig-parted's `-f` / `-c`, with its environment variables.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// mig-parted config file (`version: v1`); without it, the built-in named configs
-    /// (`all-disabled`, `all-1g.10gb`, `all-balanced`, …) are used.
+    /// mig-parted config file (`version: v1`), `-` for standard input; without it, the built-in
+    /// named configs (`all-disabled`, `all-1g.10gb`, `all-balanced`, …) are used.
     #[arg(short = 'f', long = "config-file", env = "MIG_PARTED_CONFIG_FILE", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Name of the config in the file.
+    /// Name of the config in the file [default: the file's only config, when it has one].
     #[arg(short = 'c', long = "selected-config", env = "MIG_PARTED_SELECTED_CONFIG", value_name = "NAME")]
-    pub name: String,
+    pub name: Option<String>,
+    /// Only the MIG mode (enabled or disabled) of each selected GPU, not its MIG devices
+    /// (mig-parted's `--mode-only`).
+    #[arg(short = 'm', long = "mode-only", env = "MIG_PARTED_MODE_CHANGE_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub mode_only: bool,
 }

@@ -500,3 +500,111 @@ fn mig_parted_coverage_and_parse_time_refusals() {
     let export = n.ok(&["mig", "export"]);
     assert!(export.contains("devices: [2, 3]") || export.contains("devices: [2,3]"), "{export}");
 }
+
+/// `tessera ARGS` on `node` with `stdin` and extra environment variables, as mig-manager's
+/// scripts call mig-parted (`MIG_PARTED_*` set, the config piped in).
+fn run_mig_parted_style(node: &Node, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+    use std::io::Write as _;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args).env("TESSERA_SIM_STATE", node.state()).env_remove("TESSERA_SIM");
+    if let Some(spec) = node.spec {
+        cmd.env("TESSERA_SIM", spec);
+    }
+    for var in [
+        "MIG_PARTED_CONFIG_FILE",
+        "MIG_PARTED_SELECTED_CONFIG",
+        "MIG_PARTED_MODE_CHANGE_ONLY",
+        "MIG_PARTED_VALID_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // A command that does not read its input closes the pipe early; that is not a failure here.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// mig-parted's CLI contract: `-f -` reads the config from standard input; `-c` may be left out
+/// when the file holds exactly one config (and is required, naming the configs, when it holds
+/// several); `--mode-only` (`-m`, `MIG_PARTED_MODE_CHANGE_ONLY`) applies and asserts only the MIG
+/// mode; `--valid-config` (`-a`, `MIG_PARTED_VALID_CONFIG`) checks only the file and the
+/// selected config, without the node. Exit codes as mig-parted's: 0, or 1 with the reason.
+#[test]
+fn mig_parted_cli_contract() {
+    let n = Node::with_sim("2xA100-40GB");
+    let one = "version: v1\nmig-configs:\n  only:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"3g.20gb\": 2\n";
+    let two = "version: v1\nmig-configs:\n  a:\n    - devices: all\n      mig-enabled: false\n  b:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"1g.5gb\": 7\n";
+    let one_path = n.file("one.yaml", one);
+    let two_path = n.file("two.yaml", two);
+    let (one_path, two_path) = (one_path.to_str().unwrap(), two_path.to_str().unwrap());
+    let none: &[(&str, &str)] = &[];
+    // (arguments, standard input, environment, exit code, text that stdout+stderr must hold)
+    type Step<'a> = (&'a [&'a str], &'a str, &'a [(&'a str, &'a str)], i32, &'a str);
+    let steps: &[Step] = &[
+        // -f - : the config from standard input, named so in the output.
+        (&["mig", "apply", "-f", "-", "-c", "only", "--dry-run"], one, none, 0, "'only' from standard input"),
+        (&["mig", "apply", "-f", "-"], one, none, 0, "create  2× 3g.20gb"),
+        (&["mig", "assert", "-f", "-", "-c", "only"], one, none, 0, "matches 'only' from standard input"),
+        (&["mig", "assert"], one, &[("MIG_PARTED_CONFIG_FILE", "-")], 0, "matches 'only'"),
+        // The implicit -c of a one-config file, and its refusal for several.
+        (&["mig", "assert", "-f", one_path], "", none, 0, "matches 'only'"),
+        (
+            &["mig", "assert", "-f", two_path],
+            "",
+            none,
+            1,
+            "-c/--selected-config (or MIG_PARTED_SELECTED_CONFIG) is required",
+        ),
+        (&["mig", "assert", "-f", two_path], "", none, 1, "holds 2 configs (a, b)"),
+        // --mode-only: MIG is enabled on both GPUs, as 'b' wants, whatever the instances.
+        (&["mig", "assert", "-f", two_path, "-c", "b"], "", none, 1, "does not match 'b'"),
+        (&["mig", "assert", "-f", two_path, "-c", "b", "--mode-only"], "", none, 0, "matches 'b'"),
+        (&["mig", "assert", "-f", two_path, "-c", "b", "-m"], "", none, 0, "matches 'b'"),
+        (&["mig", "assert", "-f", two_path, "-c", "a", "-m"], "", none, 1, "MIG mode is"),
+        (
+            &["mig", "assert", "-f", two_path, "-c", "b"],
+            "",
+            &[("MIG_PARTED_MODE_CHANGE_ONLY", "true")],
+            0,
+            "matches 'b'",
+        ),
+        (&["mig", "apply", "-f", two_path, "-c", "b", "-m"], "", none, 0, "Nothing to change"),
+        // --valid-config: the node is not looked at.
+        (&["mig", "assert", "-f", two_path, "-c", "b", "--valid-config"], "", none, 0, "'b' in"),
+        (&["mig", "assert", "-f", two_path, "-c", "z", "-a"], "", none, 1, "unknown config 'z'"),
+        (&["mig", "assert", "-f", two_path, "-c", "a"], "", &[("MIG_PARTED_VALID_CONFIG", "1")], 0, "is valid"),
+        (
+            &["mig", "assert", "-f", two_path, "-c", "b"],
+            "",
+            &[("MIG_PARTED_VALID_CONFIG", "false")],
+            1,
+            "does not match 'b'",
+        ),
+        (
+            &["mig", "assert", "-f", "-", "-a"],
+            one,
+            &[("TESSERA_SIM", "bad-spec")],
+            0,
+            "'only' in standard input is valid",
+        ),
+    ];
+    for (args, stdin, env, code, needle) in steps {
+        let r = run_mig_parted_style(&n, args, stdin, env);
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert_eq!(r.code, *code, "tessera {args:?} {env:?}:\n{all}");
+        assert!(all.contains(needle), "tessera {args:?} {env:?}: lacks {needle:?}:\n{all}");
+    }
+    // apply --mode-only enables MIG and creates nothing.
+    let m = Node::with_sim("1xA100-40GB");
+    let r = run_mig_parted_style(&m, &["mig", "apply", "-f", "-", "--mode-only"], one, none);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let export = run_mig_parted_style(&m, &["mig", "export"], "", none).stdout;
+    assert!(export.contains("mig-enabled: true") && !export.contains("3g.20gb"), "{export}");
+}

@@ -6,7 +6,8 @@
 //! and then only what differs. A failed step is rolled back on its GPU, and the report says
 //! exactly what changed. Which GPUs a config covers follows mig-parted (`docs/mig-parted.md`):
 //! indices the node lacks are skipped with a note, assert fails on a GPU no entry selects, and
-//! apply leaves such a GPU as it is.
+//! apply leaves such a GPU as it is. So do its arguments: `-f -`, `-c` implied by a one-config
+//! file, `--mode-only`, `assert --valid-config`.
 
 use std::collections::BTreeMap;
 
@@ -39,15 +40,36 @@ impl GpuPlan {
     }
 }
 
-fn load(args: &ConfigArgs) -> anyhow::Result<(MigConfigFile, String)> {
-    match &args.file {
+/// The config file (`-f -`: standard input, as mig-parted reads it), where it came from, and
+/// the selected config's name: `-c`, else the file's only config, as mig-parted selects it.
+fn load(args: &ConfigArgs) -> anyhow::Result<(MigConfigFile, String, String)> {
+    let (file, origin) = match &args.file {
+        Some(path) if path.as_os_str() == "-" => {
+            let origin = "standard input".to_string();
+            let text = std::io::read_to_string(std::io::stdin()).context("reading the config from standard input")?;
+            (tessera_migparted::parse(&text, &origin)?, origin)
+        }
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let origin = path.display().to_string();
-            Ok((tessera_migparted::parse(&text, &origin)?, origin))
+            (tessera_migparted::parse(&text, &origin)?, origin)
         }
-        None => Ok((tessera_migparted::builtin_config(), "built-in configs".into())),
-    }
+        None => (tessera_migparted::builtin_config(), "built-in configs".into()),
+    };
+    let name = match (&args.name, file.configs.keys().collect::<Vec<_>>().as_slice()) {
+        (Some(name), _) => name.clone(),
+        (None, [only]) => (*only).clone(),
+        (None, names) => {
+            let shown: Vec<&str> = names.iter().take(6).map(|n| n.as_str()).collect();
+            let more = if names.len() > shown.len() { ", …" } else { "" };
+            anyhow::bail!(
+                "-c/--selected-config (or MIG_PARTED_SELECTED_CONFIG) is required: {origin} holds {} configs ({}{more})",
+                names.len(),
+                shown.join(", ")
+            )
+        }
+    };
+    Ok((file, origin, name))
 }
 
 /// Resolve the selected config on the node; GPU indices the config names but the node lacks are
@@ -93,7 +115,8 @@ fn step_line(m: &GpuModel, s: &Step) -> String {
 }
 
 /// Plan every targeted GPU; collect every failure rather than stopping at the first.
-fn plan_all(views: &[GpuView], targets: &[DeviceTarget]) -> Result<Vec<GpuPlan>, Vec<String>> {
+/// With `mode_only`, a GPU whose config enables MIG gets only the mode, not its MIG devices.
+fn plan_all(views: &[GpuView], targets: &[DeviceTarget], mode_only: bool) -> Result<Vec<GpuPlan>, Vec<String>> {
     let mut plans = Vec::new();
     let mut errors = Vec::new();
     for t in targets {
@@ -106,7 +129,16 @@ fn plan_all(views: &[GpuView], targets: &[DeviceTarget]) -> Result<Vec<GpuPlan>,
             continue;
         };
         let current = v.current();
-        if t.mig_enabled {
+        if t.mig_enabled && mode_only {
+            let enable = (!v.mig.current || !v.mig.pending).then_some(true);
+            plans.push(GpuPlan {
+                index: t.index,
+                model: Some(m),
+                enable_mig: enable,
+                plan: None,
+                disable_after: false,
+            });
+        } else if t.mig_enabled {
             let enable = (!v.mig.current || !v.mig.pending).then_some(true);
             match reconfigure(m, &current, &Wanted::Profiles(t.wanted.clone())) {
                 Ok(plan) => plans.push(GpuPlan {
@@ -229,44 +261,39 @@ fn print_plans(plans: &[GpuPlan]) {
 }
 
 pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Result<()> {
-    let (file, origin) = load(args)?;
+    let (file, origin, name) = load(args)?;
     let node = node::open(global)?;
     let backend = node.backend();
     let views = node_view(backend)?;
-    let Resolution { targets, unmatched, .. } = resolve(&file, &args.name, &views)?;
+    let Resolution { targets, unmatched, .. } = resolve(&file, &name, &views)?;
     // mig-parted's apply walks only the GPUs an entry selects and leaves the others as they are;
     // so does this one, saying so (its assert then fails on them).
     if !unmatched.is_empty() {
         eprintln!(
             "tessera: no entry of '{}' selects GPU(s) {}; left as they are (`mig assert` fails on them)",
-            args.name,
+            name,
             index_list(&unmatched)
         );
     }
-    let plans = match plan_all(&views, &targets) {
+    let plans = match plan_all(&views, &targets, args.mode_only) {
         Ok(p) => p,
         Err(errors) => {
             return Err(Refusal(format!(
                 "cannot apply '{}' from {origin}; nothing was changed:\n  {}",
-                args.name,
+                name,
                 errors.join("\n  ")
             ))
             .into());
         }
     };
     if human(global.output) {
-        println!(
-            "{} '{}' from {origin} on {}:",
-            if dry_run { "Plan for" } else { "Applying" },
-            args.name,
-            node.description
-        );
+        println!("{} '{}' from {origin} on {}:", if dry_run { "Plan for" } else { "Applying" }, name, node.description);
         print_plans(&plans);
     }
     if dry_run {
         if !human(global.output) {
             print_json(
-                &json!({"config": args.name, "dry_run": true, "gpus": plans.iter().map(plan_json).collect::<Vec<_>>()}),
+                &json!({"config": name, "dry_run": true, "gpus": plans.iter().map(plan_json).collect::<Vec<_>>()}),
             );
         }
         return Ok(());
@@ -302,13 +329,13 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
                 } else {
                     format!("Changes that remain on GPUs done before it:\n  {}", done.join("\n  "))
                 };
-                return Err(Refusal(format!("apply '{}' failed on GPU {}: {e:#}\n{before}", args.name, p.index)).into());
+                return Err(Refusal(format!("apply '{}' failed on GPU {}: {e:#}\n{before}", name, p.index)).into());
             }
         }
     }
     if human(global.output) {
         if done.is_empty() {
-            println!("Nothing to change: the node already matches '{}'.", args.name);
+            println!("Nothing to change: the node already matches '{}'.", name);
         } else {
             let created = done.iter().filter(|l| l.contains(": created ")).count();
             let destroyed = done.iter().filter(|l| l.contains(": destroyed ")).count();
@@ -320,7 +347,7 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
         }
     } else {
         print_json(
-            &json!({"config": args.name, "dry_run": false, "gpus": plans.iter().map(plan_json).collect::<Vec<_>>(), "done": done}),
+            &json!({"config": name, "dry_run": false, "gpus": plans.iter().map(plan_json).collect::<Vec<_>>(), "done": done}),
         );
     }
     Ok(())
@@ -336,16 +363,34 @@ fn device_types(v: &GpuView) -> BTreeMap<String, u32> {
     out
 }
 
-pub fn assert(global: &Global, args: &ConfigArgs) -> anyhow::Result<()> {
-    let (file, origin) = load(args)?;
+/// `valid_config`: only the file and the selected config's presence, as mig-parted's
+/// `--valid-config`. `args.mode_only`: only the MIG mode of the GPUs the config selects (mig-parted
+/// asks no coverage of the node then).
+pub fn assert(global: &Global, args: &ConfigArgs, valid_config: bool) -> anyhow::Result<()> {
+    let (file, origin, name) = load(args)?;
+    if valid_config {
+        // On a node of no GPUs, only the config's presence (and the file's form) is checked.
+        tessera_migparted::resolve_node(&file, &name, &[])?;
+        if human(global.output) {
+            println!("The selected config '{name}' in {origin} is valid.");
+        } else {
+            print_json(&json!({"config": name, "valid": true}));
+        }
+        return Ok(());
+    }
     let node = node::open(global)?;
     let views = node_view(node.backend())?;
-    let Resolution { targets, unmatched, .. } = resolve(&file, &args.name, &views)?;
-    // mig-parted's assert requires every GPU of the node to be matched by an entry.
-    let mut differences: Vec<(u32, String)> = unmatched
-        .iter()
-        .map(|&i| (i, format!("GPU {i}: no entry of '{}' selects it (every GPU must be matched)", args.name)))
-        .collect();
+    let Resolution { targets, unmatched, .. } = resolve(&file, &name, &views)?;
+    // mig-parted's assert requires every GPU of the node to be matched by an entry (not with
+    // --mode-only, which walks only the GPUs the config selects).
+    let mut differences: Vec<(u32, String)> = if args.mode_only {
+        Vec::new()
+    } else {
+        unmatched
+            .iter()
+            .map(|&i| (i, format!("GPU {i}: no entry of '{name}' selects it (every GPU must be matched)")))
+            .collect()
+    };
     for t in &targets {
         let Some(v) = views.iter().find(|v| v.device.index == t.index) else { continue };
         if v.mig.current != t.mig_enabled {
@@ -360,7 +405,7 @@ pub fn assert(global: &Global, args: &ConfigArgs) -> anyhow::Result<()> {
             ));
             continue;
         }
-        if !t.mig_enabled {
+        if !t.mig_enabled || args.mode_only {
             continue;
         }
         let mut want: BTreeMap<String, u32> = BTreeMap::new();
@@ -387,15 +432,15 @@ pub fn assert(global: &Global, args: &ConfigArgs) -> anyhow::Result<()> {
     differences.sort();
     let differences: Vec<String> = differences.into_iter().map(|(_, d)| d).collect();
     if !human(global.output) {
-        print_json(&json!({"config": args.name, "matches": differences.is_empty(), "differences": differences}));
+        print_json(&json!({"config": name, "matches": differences.is_empty(), "differences": differences}));
     }
     if differences.is_empty() {
         if human(global.output) {
-            println!("The node matches '{}' from {origin} ({} GPU(s) checked).", args.name, targets.len());
+            println!("The node matches '{}' from {origin} ({} GPU(s) checked).", name, targets.len());
         }
         Ok(())
     } else {
-        Err(Refusal(format!("The node does not match '{}' from {origin}:\n  {}", args.name, differences.join("\n  ")))
+        Err(Refusal(format!("The node does not match '{}' from {origin}:\n  {}", name, differences.join("\n  ")))
             .into())
     }
 }

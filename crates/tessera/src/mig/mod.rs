@@ -27,7 +27,7 @@ pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
         }
         MigCommand::Layouts { gpu, profiles } => layouts::run(global.output, &gpu, &profiles),
         MigCommand::Apply { config, dry_run } => config::apply(global, &config, dry_run),
-        MigCommand::Assert { config } => config::assert(global, &config),
+        MigCommand::Assert { config, valid_config } => config::assert(global, &config, valid_config),
         MigCommand::Export { config_name } => config::export(global, &config_name),
         MigCommand::Health { watch, recovery_quiet, health_state, command: None } => {
             health::run(global, watch, recovery_quiet, health_state)
