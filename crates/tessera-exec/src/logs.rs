@@ -396,7 +396,6 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
-    use crate::spec::RankSpec;
 
     /// A job directory with `ranks` ranks whose output is written through [`Fake::write`].
     struct Fake {
@@ -408,22 +407,7 @@ mod tests {
     impl Fake {
         fn new(ranks: u32, with_index: bool) -> Fake {
             let dir = tempfile::tempdir().unwrap();
-            let spec = JobSpec {
-                job_id: 9,
-                argv: vec!["true".into()],
-                env: vec![],
-                cwd: "/".into(),
-                uid: 0,
-                gid: 0,
-                groups: vec![],
-                ranks: (0..ranks).map(|rank| RankSpec { rank, env: vec![], cpus: vec![], mem_node: None }).collect(),
-                time_limit_ms: None,
-                kill_grace_ms: 100,
-                run: 1,
-                output_dir: None,
-                output_limit_bytes: None,
-                isolation: None,
-            };
+            let spec = JobSpec { job_id: 9, ..crate::spec::sample_spec(ranks) };
             crate::status::write_json(&dir.path().join(SPEC_FILE), "job spec", &spec).unwrap();
             let index = with_index.then(|| {
                 let mut f = File::create(dir.path().join(INDEX_FILE)).unwrap();

@@ -323,27 +323,34 @@ pub fn rank_env(
     env
 }
 
+/// A small spec for this crate's tests: `sh -c true` as root, `ranks` ranks on CPU 0 and memory
+/// node 0.
+#[cfg(test)]
+pub(crate) fn sample_spec(ranks: u32) -> JobSpec {
+    JobSpec {
+        job_id: 7,
+        argv: vec!["sh".into(), "-c".into(), "true".into()],
+        env: vec![("PATH".into(), "/bin".into())],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        groups: vec![0],
+        ranks: (0..ranks).map(|rank| RankSpec { rank, env: vec![], cpus: vec![0], mem_node: Some(0) }).collect(),
+        time_limit_ms: None,
+        kill_grace_ms: 100,
+        run: 1,
+        output_dir: None,
+        output_limit_bytes: None,
+        isolation: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec() -> JobSpec {
-        JobSpec {
-            job_id: 7,
-            argv: vec!["sh".into(), "-c".into(), "true".into()],
-            env: vec![("PATH".into(), "/bin".into())],
-            cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            groups: vec![0],
-            ranks: vec![RankSpec { rank: 0, env: vec![], cpus: vec![0], mem_node: Some(0) }],
-            time_limit_ms: None,
-            kill_grace_ms: 100,
-            run: 1,
-            output_dir: None,
-            output_limit_bytes: None,
-            isolation: None,
-        }
+        sample_spec(1)
     }
 
     fn isolation() -> Isolation {
