@@ -22,5 +22,12 @@ fi
 # The NVML backend's tests load the stand-in libnvidia-ml (a cdylib): build it first.
 cargo build --locked -p tessera-nvml-standin
 cargo test --workspace --locked "$@"
+# The mig-parted demo checks every step it shows (a node switching between NVIDIA's configs
+# while a job holds an instance); its output is shown only when a step fails.
+demo_log=$(mktemp)
+PROFILE=dev scripts/demo-mig-parted.sh >"$demo_log" 2>&1 ||
+    { cat "$demo_log" >&2; echo "test.sh: scripts/demo-mig-parted.sh failed" >&2; exit 1; }
+rm -f "$demo_log"
+echo "demo-mig-parted: ok"
 # The Debian package: built from the dev build above, installed into an empty root, its unit verified.
 scripts/package-test.sh

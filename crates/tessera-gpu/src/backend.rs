@@ -96,6 +96,11 @@ pub struct DeviceInfo {
     pub pci_bus_id: String,
     /// PCI device id, e.g. `0x2330`.
     pub pci_device_id: u16,
+    /// The board's PCI subsystem id, `(subsystem device << 16) | subsystem vendor`
+    /// (`nvmlPciInfo_t.pciSubSystemId`, e.g. `0x16C110DE`); 0 when unknown. mig-parted's
+    /// `device-filter` can name it to tell boards with one device id apart.
+    #[serde(default)]
+    pub pci_subsystem_id: u32,
     /// Host NUMA node, `None` where the platform does not say (sysfs `numa_node` = -1).
     pub numa_node: Option<u32>,
     /// Host CPUs local to the GPU.
@@ -424,8 +429,10 @@ pub trait MigBackend: Send + Sync + fmt::Debug {
     fn devices(&self) -> Result<Vec<DeviceInfo>, BackendError>;
     /// The GPU's MIG mode.
     fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError>;
-    /// Ask for MIG on or off. Takes effect at once on an idle GPU; otherwise the change stays
-    /// pending and `InUse` is returned.
+    /// Ask for MIG on or off. `Ok` with the mode after the call: the change took effect
+    /// (`current`), or it was accepted and waits for a GPU reset (`pending` differs from
+    /// `current`: Ampere, NVML's activation status `RESET_REQUIRED`; see [`Self::reset_gpu`]).
+    /// While processes use the GPU the change stays pending and `InUse` is returned, naming them.
     fn set_mig_mode(&self, gpu: u32, enabled: bool) -> Result<MigMode, BackendError>;
     /// The GPU-instance profiles, as the driver reports them.
     fn gpu_instance_profiles(&self, gpu: u32) -> Result<Vec<GpuInstanceProfileInfo>, BackendError>;
@@ -472,6 +479,11 @@ pub trait MigBackend: Send + Sync + fmt::Debug {
     /// boot id. An error (e.g. [`BackendError::GpuLost`]) means the GPU does not answer: a failed
     /// health probe.
     fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError>;
+    /// Reset the GPU, as `nvidia-smi --gpu-reset -i N` does: its instances are gone and a
+    /// pending MIG mode takes effect. Refused with `InUse` while processes use it, and with
+    /// `NotSupported` where the platform does not let it be reset (a passthrough VM: a reboot
+    /// of the VM is needed then). The one way anything in Tessera resets a GPU.
+    fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError>;
     /// Every GPU of the node, each read on its own, so one GPU that fails (lost, or refusing a
     /// call) does not hide the others. `Err` only when the node cannot be enumerated at all.
     /// The default reads [`Self::devices`], which is all or nothing.
@@ -521,6 +533,7 @@ mod tests {
             name: "NVIDIA A30".into(),
             pci_bus_id: "00000000:18:00.0".into(),
             pci_device_id: 0x2330,
+            pci_subsystem_id: 0,
             numa_node: None,
             local_cpus: vec![],
             memory_total_mib: 0,

@@ -248,17 +248,22 @@ fn mig_mode_get_and_set(h: &dyn Harness) -> Result<(), String> {
         let m = ok(b.mig_mode(d.index), "get MIG mode")?;
         ensure!(m == on, "GPU {} starts with MIG {m}, expected enabled", d.index);
     }
+    // Hopper and later change at once on an idle GPU.
+    let (h100, _) = gpu_of(h, "H100-80GB")?;
+    let got = ok(b.set_mig_mode(h100.index, false), "disable MIG on the H100")?;
+    ensure!(got == off, "disabling MIG on an idle H100 returned {got}");
+    ensure!(ok(b.set_mig_mode(h100.index, true), "enable MIG on the H100")? == on, "re-enabling the H100 failed");
     let (a30, m30) = gpu_of(h, "A30-24GB")?;
     let g = a30.index;
-    let got = ok(b.set_mig_mode(g, false), "disable MIG")?;
-    ensure!(got == off, "disabling MIG on an idle GPU returned {got}");
+    let got = set_mode_with_reset(h, g, false)?;
+    ensure!(got == off, "disabling MIG on an idle GPU gave {got}");
     ensure!(ok(b.mig_mode(g), "get MIG mode")? == off, "MIG mode does not read back as disabled");
     let me = profile_id(m30, "1g.6gb")?;
     let msg = expect_err(b.create_gpu_instance(g, me, Some(0)), "not_supported", "create with MIG disabled")?;
     ensure!(msg.contains("MIG") && msg.contains("disabled"), "the refusal does not say MIG is disabled: {msg}");
     expect_err(b.gpu_instances(g), "not_supported", "list GPU instances with MIG disabled")?;
     ensure!(ok(b.set_mig_mode(g, false), "disable MIG again")? == off, "disabling twice changed something");
-    ensure!(ok(b.set_mig_mode(g, true), "enable MIG")? == on, "enabling MIG on an idle GPU did not take effect");
+    ensure!(set_mode_with_reset(h, g, true)? == on, "enabling MIG on an idle GPU did not take effect");
     ensure!(ok(b.mig_mode(g), "get MIG mode")? == on, "MIG mode does not read back as enabled");
 
     // Disabling with GPU instances present is refused and changes nothing.
@@ -268,9 +273,24 @@ fn mig_mode_get_and_set(h: &dyn Harness) -> Result<(), String> {
     ensure!(msg.contains("3g.20gb"), "the refusal does not name the instance: {msg}");
     ensure!(ok(b.mig_mode(a100.index), "get MIG mode")? == on, "a refused disable changed the MIG mode");
     ok(b.destroy_gpu_instance(a100.index, gi.id), "destroy 3g.20gb@4")?;
-    ensure!(ok(b.set_mig_mode(a100.index, false), "disable MIG")? == off, "disable after destroy failed");
-    ensure!(ok(b.set_mig_mode(a100.index, true), "enable MIG")? == on, "re-enable failed");
+    ensure!(set_mode_with_reset(h, a100.index, false)? == off, "disable after destroy failed");
+    ensure!(set_mode_with_reset(h, a100.index, true)? == on, "re-enable failed");
     Ok(())
+}
+
+/// Set an idle Ampere GPU's MIG mode. nvml.h: the call may reset the GPU itself; where it does
+/// not, the change is pending (`pending` is the new mode, `current` the old) until a GPU reset.
+/// Either way the mode after a reset is the one asked for.
+fn set_mode_with_reset(h: &dyn Harness, gpu: u32, enabled: bool) -> Result<MigMode, String> {
+    let b = h.backend();
+    let got = ok(b.set_mig_mode(gpu, enabled), "set MIG mode")?;
+    if got.current == enabled {
+        return Ok(got);
+    }
+    ensure!(got.pending == enabled, "GPU {gpu}: setting MIG mode gave {got}, neither the change nor pending");
+    ensure!(ok(b.mig_mode(gpu), "get MIG mode")? == got, "a pending MIG mode does not read back as pending");
+    h.reset_gpu(gpu)?;
+    ok(b.mig_mode(gpu), "get MIG mode after the reset")
 }
 
 fn profiles_and_placements_match_catalog(h: &dyn Harness) -> Result<(), String> {

@@ -3,7 +3,8 @@
 //! A [`ReconfigurePlan`] from `tessera-mig` lists destroys and creates at explicit placements.
 //! [`execute_plan`] runs them in order: a destroy re-checks that the instance is still idle,
 //! removes its compute instances and then the GPU instance; a create makes the GPU instance at its
-//! placement (never the driver's default placement) and then its compute instance.
+//! placement (never the driver's default placement) and then its compute instances (one, or a
+//! split's several, largest first as mig-parted makes them).
 //!
 //! If a step fails, the steps already done are undone in reverse (created instances destroyed,
 //! destroyed ones recreated at the same placement with the same compute instances), and the error
@@ -12,6 +13,7 @@
 
 use std::fmt;
 
+use tessera_mig::layout::{ci_placements, device_type_name};
 use tessera_mig::{ComputeShape, GpuModel, Instance, Profile, ReconfigurePlan, Step, catalog::ComputeInstanceProfile};
 
 use crate::backend::{BackendError, GpuRef, MigBackend};
@@ -195,35 +197,24 @@ pub fn ensure_mig_mode(backend: &dyn MigBackend, gpu: u32, enabled: bool) -> Res
     Ok(true)
 }
 
-/// The compute-instance profile that gives `profile` the compute shape `shape`.
-fn ci_profile_for(
+/// The compute-instance profiles that give `profile` the compute shape `shape`, in the order
+/// they are created (largest first, as mig-parted creates them).
+fn ci_profiles_for(
     model: &'static GpuModel,
     profile: &Profile,
     shape: ComputeShape,
-) -> Result<&'static ComputeInstanceProfile, String> {
-    let offered = model.compute_instance_profiles(profile.compute_slices);
-    let slices = match shape {
-        ComputeShape::Full => profile.compute_slices,
-        ComputeShape::Slices(c) => c,
-        ComputeShape::Other => {
-            return Err(format!(
-                "{} asks for custom compute instances, which a plan cannot create; ask for the full GPU instance or \
-                 one compute instance of a given size",
-                profile.name
-            ));
-        }
+) -> Result<Vec<&'static ComputeInstanceProfile>, String> {
+    let Some(sizes) = shape.ci_sizes(profile.compute_slices) else {
+        return Err(format!(
+            "{} asks for custom compute instances, which a plan cannot create; ask for the full GPU instance, \
+             one compute instance of a given size, or a split into several",
+            profile.name
+        ));
     };
-    let mut fitting = offered.iter().filter(|c| c.compute_slices == slices);
-    let first = fitting.next();
-    let preferred = offered.iter().find(|c| c.compute_slices == slices && c.default);
-    preferred.or(first).ok_or_else(|| {
-        let sizes: Vec<String> = offered.iter().map(|c| format!("{}c", c.compute_slices)).collect();
-        format!(
-            "{} has no compute instance profile of {slices} slice(s); it offers {}",
-            profile.name,
-            if sizes.is_empty() { "none".to_string() } else { sizes.join(", ") }
-        )
-    })
+    match ci_placements(model, profile, &sizes) {
+        Ok(placed) => Ok(placed.into_iter().map(|(cp, _)| cp).collect()),
+        Err(problem) => Err(format!("{} cannot hold {}: {problem}", profile.name, device_type_name(profile, shape))),
+    }
 }
 
 impl<'a> Executor<'a> {
@@ -328,7 +319,7 @@ impl<'a> Executor<'a> {
     fn create(&self, instance: &Instance) -> Result<Done, Failure> {
         let label = self.label(instance);
         let profile = self.profile(instance.profile_id)?;
-        let ci_profile = ci_profile_for(self.model, profile, instance.compute)
+        let ci_profiles = ci_profiles_for(self.model, profile, instance.compute)
             .map_err(|what| BackendError::InvalidArgument { what: format!("{}: {what}", self.gref) })?;
         let gi = self.backend.create_gpu_instance(self.gpu, instance.profile_id, Some(instance.start))?;
         if gi.placement.start != instance.start {
@@ -340,23 +331,28 @@ impl<'a> Executor<'a> {
             };
             return Err(self.undo_partial_create(gi.id, &label, cause));
         }
-        match self.backend.create_compute_instance(self.gpu, gi.id, ci_profile.id) {
-            Ok(ci) => Ok(Done::Created {
-                gpu_instance_id: gi.id,
-                line: format!("created {label} (GPU instance {}, {})", gi.id, ci.uuid),
-            }),
-            Err(cause) => Err(self.undo_partial_create(gi.id, &label, cause)),
+        let mut uuids = Vec::with_capacity(ci_profiles.len());
+        for ci_profile in ci_profiles {
+            match self.backend.create_compute_instance(self.gpu, gi.id, ci_profile.id) {
+                Ok(ci) => uuids.push(ci.uuid),
+                Err(cause) => return Err(self.undo_partial_create(gi.id, &label, cause)),
+            }
         }
+        Ok(Done::Created {
+            gpu_instance_id: gi.id,
+            line: format!("created {label} (GPU instance {}, {})", gi.id, uuids.join(", ")),
+        })
     }
 
-    /// A create whose GPU instance exists but whose compute instance does not: remove it again.
+    /// A create whose GPU instance exists but not all its compute instances: remove it again.
     fn undo_partial_create(&self, gi_id: u32, label: &str, cause: BackendError) -> Failure {
         match self.remove_instance(gi_id) {
             Ok(()) => Failure { cause, leftovers: Vec::new() },
             Err(e) => Failure {
                 cause,
                 leftovers: vec![format!(
-                    "created {label} (GPU instance {gi_id}) without its compute instance and could not remove it: {e}"
+                    "created {label} (GPU instance {gi_id}) without all its compute instances and could not remove \
+                     it: {e}"
                 )],
             },
         }

@@ -22,8 +22,15 @@
 //!   creation (a per-node generation counter goes into it, so a recreated instance differs);
 //! * caps minors: GI = 3 + 135·minor + 9·gi, CI = GI + 1 + ci;
 //! * destroy order (compute instances first), and nothing busy is destroyed (`In use`);
-//! * MIG mode: changes at once on an idle GPU; with processes present the change stays pending
-//!   and `InUse` is returned; disabling with GPU instances present is refused.
+//! * MIG mode (`mig-hardware.md` §5, nvml.h's `nvmlDeviceSetMigMode`): with processes present
+//!   the change stays pending and `InUse` is returned (activation status `IN_USE`); disabling
+//!   with GPU instances present is refused. On an idle GPU, Hopper and later change at once;
+//!   Ampere (the catalog's `mig_enable_requires_gpu_reset`: A100, A30) keeps the change pending
+//!   until the GPU is reset (activation status `RESET_REQUIRED`): nvml.h says the call *may*
+//!   reset the GPU itself, and where it does not, the caller resets it, as mig-parted does
+//!   after setting every mode. The simulated node models the second case, so the caller's
+//!   reset is exercised. With the spec's `gpu-reset=off` (a passthrough VM) a reset is refused
+//!   (`NotSupported`) and only a reboot applies the change.
 //!
 //! Processes are simulated too (not part of the trait): [`SimBackend::attach_process`] marks a
 //! compute instance busy, [`SimBackend::attach_gpu_process`] holds a GPU whose MIG mode is off,
@@ -615,16 +622,29 @@ impl SimBackend {
     }
 
     /// Reset GPU `gpu`, as `nvidia-smi -r -i N` does: refused with `InUse` while processes use
-    /// it (and `GpuLost` for a GPU off the bus); otherwise its GPU and compute instances are
-    /// destroyed, a pending MIG mode takes effect, the reset is counted, the recovery action is
-    /// cleared, and its Xid events not read yet are dropped.
+    /// it, `NotSupported` on a node whose GPUs cannot be reset (the spec's `gpu-reset=off`) and
+    /// `GpuLost` for a GPU off the bus; otherwise its GPU and compute instances are destroyed, a
+    /// pending MIG mode takes effect, the reset is counted, the recovery action is cleared, and
+    /// its Xid events not read yet are dropped.
     pub fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
         let dev = self.device(gpu)?;
         let index = dev.index;
+        let resettable = self.spec.gpu_reset();
         self.modify(|state| {
             let g = state.gpus.get_mut(index as usize).ok_or_else(|| self.no_gpu(gpu))?;
             if g.lost {
                 return Err(BackendError::GpuLost { gpu: dev.gpu_ref() });
+            }
+            if !resettable {
+                // nvidia-smi's words in a passthrough VM (NVIDIA's MIG user guide).
+                return Err(BackendError::NotSupported {
+                    gpu: dev.gpu_ref(),
+                    what: format!(
+                        "Reset couldn't run: the GPU ({}) cannot be reset on this platform (a passthrough VM \
+                         whose hypervisor does not expose the reset); reboot the VM",
+                        dev.pci_bus_id
+                    ),
+                });
             }
             if !g.processes.is_empty() {
                 let procs: Vec<&ProcessInfo> = g.processes.iter().collect();
@@ -706,6 +726,10 @@ impl MigBackend for SimBackend {
         BackendKind::Simulated
     }
 
+    fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
+        SimBackend::reset_gpu(self, gpu)
+    }
+
     /// Every GPU; like NVML, `GpuLost` when one of them fell off the bus (use
     /// [`MigBackend::devices_partial`] to read the others).
     fn devices(&self) -> Result<Vec<DeviceInfo>, BackendError> {
@@ -763,12 +787,12 @@ impl MigBackend for SimBackend {
                     ),
                 });
             }
-            g.state.mig = MigMode { current: enabled, pending: enabled };
-            // Ampere (A100, A30) resets the GPU to change the mode; Hopper and later do not
-            // (`mig-hardware.md`, "MIG mode"). The reset is counted, as `nvidia-smi -r` is.
+            // Ampere (A100, A30) needs a GPU reset for the change; Hopper and later do not
+            // (`mig-hardware.md` §5 "MIG mode"). The change waits for `reset_gpu` (or a reboot).
             if g.model.mig_enable_requires_gpu_reset == Some(true) {
-                g.state.reset();
-                g.state.reset_count += 1;
+                g.state.mig.pending = enabled;
+            } else {
+                g.state.mig = MigMode { current: enabled, pending: enabled };
             }
             Ok(g.state.mig)
         })

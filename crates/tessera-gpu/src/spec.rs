@@ -1,7 +1,10 @@
 //! Node specs: the one-line description of a simulated GPU node, such as `8xH100-80GB,numa=2`.
 //!
 //! A spec names the GPUs (`<count>x<model>` groups joined by `+`, models as the catalog knows
-//! them) and the host around them as `key=value` options:
+//! them) and the host around them as `key=value` options. A group may name its boards' PCI
+//! subsystem id after a `:` (`2xH100-80GB:0x16C110DE`: subsystem device `16C1`, subsystem vendor
+//! `10DE`, what mig-parted's `device-filter` can match on); without one, a GPU reports its model's
+//! device id as subsystem device with NVIDIA's vendor id (`0x233010DE` for an H100-80GB).
 //!
 //! * `numa=N`: host NUMA nodes (default 1); GPUs are spread evenly over them in index order.
 //!   `numa=0` means "the platform does not say" (sysfs `numa_node` = -1).
@@ -14,6 +17,10 @@
 //! * `mig-op-ms=N`: how long each GPU-instance create or destroy takes, in milliseconds
 //!   (default 0). Real drivers take a fraction of a second; tests use it to catch the daemon
 //!   in the middle of a reconfiguration.
+//! * `gpu-reset=on|off`: whether a GPU can be reset (default on). `off` is a passthrough VM
+//!   whose hypervisor does not expose the reset (NVIDIA's MIG guide): `nvidia-smi -r` is refused
+//!   (`Not Supported`), and a MIG-mode change that needs a reset (A100, A30) stays pending until
+//!   a reboot (`tessera mig reboot`), its activation status `NVML_ERROR_RESET_REQUIRED`.
 //!
 //! The host is the spec's, never the machine's that runs it: `8xH100-80GB,numa=2` (the default
 //! node) is a DGX H100 with 224 CPUs and 2 TiB on two NUMA nodes wherever it runs. Everything a
@@ -46,7 +53,7 @@ pub const MAX_CPUS: u32 = 8192;
 pub const DEFAULT_SPEC: &str = "8xH100-80GB,numa=2";
 const EXAMPLE: &str = "8xH100-80GB,numa=2,cpus=224,mem=2TiB or 2xA100-40GB+1xA30,numa=1,mig=off";
 /// The options, for messages.
-const OPTIONS: &str = "numa=N, cpus=N, mem=SIZE, mig=on|off and mig-op-ms=N";
+const OPTIONS: &str = "numa=N, cpus=N, mem=SIZE, mig=on|off, mig-op-ms=N and gpu-reset=on|off";
 
 /// PCI buses of the eight GPUs of a DGX H100.
 const DGX_H100_BUSES: [u8; 8] = [0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb];
@@ -56,11 +63,32 @@ const DGX_H100_BUSES: [u8; 8] = [0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb]
 pub struct GpuGroup {
     pub count: u32,
     pub model: &'static GpuModel,
+    /// The boards' PCI subsystem id as the spec gives it (`:0x16C110DE`); `None`: the model's
+    /// default ([`default_subsystem_id`]).
+    pub subsystem: Option<u32>,
+}
+
+impl GpuGroup {
+    /// The PCI subsystem id each GPU of the group reports.
+    pub fn subsystem_id(&self) -> u32 {
+        self.subsystem.unwrap_or_else(|| default_subsystem_id(self.model))
+    }
+
+    fn same_boards(&self, other: &GpuGroup) -> bool {
+        self.model.name == other.model.name && self.subsystem == other.subsystem
+    }
+}
+
+/// The PCI subsystem id a simulated GPU reports when the spec names none: an NVIDIA-built board
+/// whose subsystem device is the model's device id (`0x233010DE` for an H100-80GB).
+pub fn default_subsystem_id(model: &GpuModel) -> u32 {
+    let device = model.pci_device_id_values().next().unwrap_or(0);
+    (u32::from(device) << 16) | 0x10DE
 }
 
 impl PartialEq for GpuGroup {
     fn eq(&self, other: &Self) -> bool {
-        self.count == other.count && self.model.name == other.model.name
+        self.count == other.count && self.same_boards(other)
     }
 }
 
@@ -76,6 +104,7 @@ pub struct NodeSpec {
     mem_mib: u64,
     mig: bool,
     mig_op_ms: u32,
+    gpu_reset: bool,
 }
 
 /// What is wrong with a node spec; every message names the offending part.
@@ -135,7 +164,7 @@ impl NodeSpec {
         for part in gpus.split('+') {
             let g = parse_group(part)?;
             match groups.last_mut() {
-                Some(last) if last.model.name == g.model.name => last.count += g.count,
+                Some(last) if last.same_boards(&g) => last.count += g.count,
                 _ => groups.push(g),
             }
         }
@@ -143,7 +172,7 @@ impl NodeSpec {
         if total > u64::from(MAX_GPUS) {
             return Err(SpecError::TooManyGpus { count: total });
         }
-        let (mut numa, mut cpus, mut mem, mut mig, mut op_ms) = (None, None, None, None, None);
+        let (mut numa, mut cpus, mut mem, mut mig, mut op_ms, mut reset) = (None, None, None, None, None, None);
         for part in parts {
             let part = part.trim();
             let Some((key, value)) = part.split_once('=') else {
@@ -159,10 +188,11 @@ impl NodeSpec {
                 "mem" => mem.replace(parse_mem(part, value)?).is_some(),
                 "mig" => mig.replace(parse_switch(part, value)?).is_some(),
                 "mig-op-ms" => op_ms.replace(parse_number(part, value, 0, 60_000)?).is_some(),
+                "gpu-reset" => reset.replace(parse_switch(part, value)?).is_some(),
                 _ => {
                     return Err(SpecError::UnknownOption {
                         part: part.to_string(),
-                        suggestions: closest(&key, &["numa", "cpus", "mem", "mig", "mig-op-ms"]),
+                        suggestions: closest(&key, &["numa", "cpus", "mem", "mig", "mig-op-ms", "gpu-reset"]),
                         key,
                     });
                 }
@@ -180,7 +210,15 @@ impl NodeSpec {
         if mem_mib < u64::from(numa_nodes) {
             return Err(SpecError::TooLittleMemory { mem: tessera_host::format_mib(mem_mib), numa: numa_nodes });
         }
-        Ok(NodeSpec { groups, numa_nodes, cpus, mem_mib, mig: mig.unwrap_or(true), mig_op_ms: op_ms.unwrap_or(0) })
+        Ok(NodeSpec {
+            groups,
+            numa_nodes,
+            cpus,
+            mem_mib,
+            mig: mig.unwrap_or(true),
+            mig_op_ms: op_ms.unwrap_or(0),
+            gpu_reset: reset.unwrap_or(true),
+        })
     }
 
     /// The GPU groups, in index order.
@@ -230,6 +268,11 @@ impl NodeSpec {
         self.mig_op_ms
     }
 
+    /// Whether a GPU can be reset (`gpu-reset=off`: a passthrough VM's, which cannot).
+    pub fn gpu_reset(&self) -> bool {
+        self.gpu_reset
+    }
+
     /// Number of GPUs.
     pub fn gpu_count(&self) -> u32 {
         self.groups.iter().map(|g| g.count).sum()
@@ -262,10 +305,12 @@ impl NodeSpec {
     /// Every GPU as the driver would describe it.
     pub fn devices(&self) -> Vec<DeviceInfo> {
         let canonical = self.to_string();
-        self.models()
-            .into_iter()
+        self.groups
+            .iter()
+            .flat_map(|g| std::iter::repeat_n(g, g.count as usize))
             .zip(0u32..)
-            .map(|(model, index)| {
+            .map(|(group, index)| {
+                let model = group.model;
                 let numa_node = self.numa_node_of(index);
                 DeviceInfo {
                     index,
@@ -274,6 +319,7 @@ impl NodeSpec {
                     name: model.display_product_name().to_string(),
                     pci_bus_id: pci_bus_id(index),
                     pci_device_id: model.pci_device_id_values().next().unwrap_or(0),
+                    pci_subsystem_id: group.subsystem_id(),
                     numa_node,
                     local_cpus: self.cpus_of_node(numa_node),
                     memory_total_mib: model.total_memory_mib(),
@@ -294,7 +340,14 @@ impl Default for NodeSpec {
 
 impl fmt::Display for NodeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let groups: Vec<String> = self.groups.iter().map(|g| format!("{}x{}", g.count, g.model.name)).collect();
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .map(|g| match g.subsystem {
+                Some(s) => format!("{}x{}:0x{s:08X}", g.count, g.model.name),
+                None => format!("{}x{}", g.count, g.model.name),
+            })
+            .collect();
         write!(f, "{},numa={}", groups.join("+"), self.numa_nodes)?;
         if self.cpus != DEFAULT_CPUS {
             write!(f, ",cpus={}", self.cpus)?;
@@ -307,6 +360,9 @@ impl fmt::Display for NodeSpec {
         }
         if self.mig_op_ms != 0 {
             write!(f, ",mig-op-ms={}", self.mig_op_ms)?;
+        }
+        if !self.gpu_reset {
+            f.write_str(",gpu-reset=off")?;
         }
         Ok(())
     }
@@ -365,12 +421,16 @@ fn parse_group(part: &str) -> Result<GpuGroup, SpecError> {
         }
         (count, model_text.trim())
     };
+    let (model_text, subsystem) = match model_text.split_once(':') {
+        None => (model_text, None),
+        Some((model_text, sub)) => (model_text.trim(), Some(parse_subsystem(trimmed, sub.trim())?)),
+    };
     if model_text.is_empty() {
         return Err(SpecError::BadGroup { part: trimmed.to_string(), reason: "no GPU model after the count".into() });
     }
     let cat = catalog();
     match cat.model(model_text) {
-        Ok(model) => Ok(GpuGroup { count, model }),
+        Ok(model) => Ok(GpuGroup { count, model, subsystem }),
         Err(_) => {
             let mut names: Vec<&str> = Vec::new();
             for m in &cat.models {
@@ -383,6 +443,20 @@ fn parse_group(part: &str) -> Result<GpuGroup, SpecError> {
                 suggestions: suggest_models(model_text, &names),
             })
         }
+    }
+}
+
+/// `0x16C110DE` after a group's `:`: the subsystem device id, then the subsystem vendor id.
+fn parse_subsystem(part: &str, text: &str) -> Result<u32, SpecError> {
+    let hex = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or_default();
+    match u32::from_str_radix(hex, 16) {
+        Ok(id) if !hex.is_empty() && hex.len() <= 8 && hex.chars().all(|c| c.is_ascii_hexdigit()) => Ok(id),
+        _ => Err(SpecError::BadGroup {
+            part: part.to_string(),
+            reason: format!(
+                "the PCI subsystem id after ':' must be hex such as 0x16C110DE (subsystem device 16C1, subsystem vendor 10DE), got '{text}'"
+            ),
+        }),
     }
 }
 
@@ -486,6 +560,18 @@ mod tests {
     }
 
     #[test]
+    fn subsystem_ids_by_group() {
+        let s = NodeSpec::parse("1xH100-80GB:0x16C110DE+1xH100-80GB+1xA30").unwrap();
+        let ids: Vec<(u16, u32)> = s.devices().iter().map(|d| (d.pci_device_id, d.pci_subsystem_id)).collect();
+        assert_eq!(ids, [(0x2330, 0x16C1_10DE), (0x2330, 0x2330_10DE), (0x20B7, 0x20B7_10DE)]);
+        // The UUIDs of a spec without subsystem ids do not change.
+        assert_eq!(
+            NodeSpec::parse("2xH100-80GB").unwrap().devices()[1].uuid,
+            NodeSpec::parse("1xH100-80GB+1xH100-80GB").unwrap().devices()[1].uuid
+        );
+    }
+
+    #[test]
     fn good_specs_and_their_canonical_form() {
         let table: &[(&str, &str)] = &[
             ("8xH100-80GB,numa=2", "8xH100-80GB,numa=2"),
@@ -497,6 +583,7 @@ mod tests {
             ),
             ("1xA100-40GB+1xA100-40GB", "2xA100-40GB,numa=1"),
             ("1xA30,mig-op-ms=250", "1xA30-24GB,numa=1,mig-op-ms=250"),
+            ("1xA100-40GB,gpu-reset=off,mig=off", "1xA100-40GB,numa=1,mig=off,gpu-reset=off"),
             ("4xRTX-PRO-6000,mig=on,cpus=224", "4xRTX-PRO-6000,numa=1"),
             ("4xRTX-PRO-6000,cpus=112,mem=2048GiB", "4xRTX-PRO-6000,numa=1,cpus=112"),
             ("8xH100-80GB,numa=2,mem=1.5TiB,cpus=224", "8xH100-80GB,numa=2,mem=1536GiB"),
@@ -504,6 +591,8 @@ mod tests {
             ("1xA30,mem=64GB", "1xA30-24GB,numa=1,mem=61036MiB"),
             ("1xNVIDIA A100-SXM4-40GB", "1xA100-40GB,numa=1"),
             ("2x0x2330,numa=0", "2xH100-80GB,numa=0"),
+            ("1xH100-80GB:0x16c110de+1xH100", "1xH100-80GB:0x16C110DE+1xH100-80GB,numa=1"),
+            ("1xH100-80GB : 0x16C110DE+1xH100-80GB:0x16C110DE", "2xH100-80GB:0x16C110DE,numa=1"),
             (
                 "1xA100-40GB+1xH100-80GB+1xA30-24GB+1xRTX-PRO-6000,numa=2,mig=on",
                 "1xA100-40GB+1xH100-80GB+1xA30-24GB+1xRTX-PRO-6000,numa=2",
@@ -525,6 +614,9 @@ mod tests {
             ("8xRTX6000", &["unknown GPU model 'RTX6000'", "RTX-PRO-6000"]),
             ("0xA30", &["'0xA30'", "between 1 and 32"]),
             ("8H100", &["'8H100'", "<count>x<model>"]),
+            ("2xH100-80GB:16C110DE", &["'2xH100-80GB:16C110DE'", "subsystem id", "0x16C110DE", "got '16C110DE'"]),
+            ("2xH100-80GB:0x116C110DE", &["subsystem id", "got '0x116C110DE'"]),
+            ("2xH100-80GB:", &["subsystem id", "got ''"]),
             ("33xA30", &["33 GPUs", "at most 32"]),
             ("8xH100-80GB,numa=two", &["'numa=two'", "whole number"]),
             ("8xH100-80GB,numa", &["'numa'", "key=value"]),

@@ -128,4 +128,7 @@ impl MigBackend for Wrapped {
     fn observe(&self, gpu: u32) -> Result<GpuObservation, BackendError> {
         self.inner.observe(gpu)
     }
+    fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
+        self.inner.reset_gpu(gpu)
+    }
 }

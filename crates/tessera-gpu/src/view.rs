@@ -6,7 +6,8 @@
 //! driver's GPU-instance ids attached (the live key).
 
 use serde::Serialize;
-use tessera_mig::{ComputeShape, CurrentInstance, GpuModel, Instance};
+use tessera_mig::layout::{ci_placements, shape_type_name};
+use tessera_mig::{ComputeShape, CurrentInstance, GpuModel, Instance, Profile};
 
 use crate::backend::{BackendError, ComputeInstanceInfo, DeviceInfo, FailedGpu, MigBackend, MigMode, ProcessInfo};
 
@@ -33,7 +34,8 @@ fn model_name<S: serde::Serializer>(m: &Option<&'static GpuModel>, s: S) -> Resu
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LiveInstance {
     /// Its spec key. `compute` is `Full` when exactly one compute instance spans the GPU
-    /// instance, `Slices(c)` when exactly one smaller one exists, and `Other` otherwise.
+    /// instance, `Slices(c)` when exactly one smaller one exists, `Split` for several that the
+    /// catalog's rules can make, and `Other` otherwise (none, or an inexpressible set).
     pub instance: Instance,
     pub gpu_instance_id: u32,
     /// `3g.20gb`: from the catalog, else from the driver, else `profile#<id>`.
@@ -48,11 +50,13 @@ pub struct LiveInstance {
 }
 
 impl LiveInstance {
-    /// `3g.20gb@4`, or `1c.3g.20gb@4` for a smaller compute instance.
+    /// `3g.20gb@4`, or `1c.3g.20gb@4` for a smaller compute instance, `(1c.3g.20gb ×3)@4` for a
+    /// split (as `tessera_mig::layout::instance_label` writes them).
     pub fn label(&self) -> String {
+        let name = shape_type_name(&self.profile_name, 0, self.instance.compute);
         match self.instance.compute {
-            ComputeShape::Full => format!("{}@{}", self.profile_name, self.instance.start),
-            ComputeShape::Slices(c) => format!("{c}c.{}@{}", self.profile_name, self.instance.start),
+            ComputeShape::Full | ComputeShape::Slices(_) => format!("{name}@{}", self.instance.start),
+            ComputeShape::Split(_) => format!("({name})@{}", self.instance.start),
             ComputeShape::Other => format!("{}@{} (custom compute instances)", self.profile_name, self.instance.start),
         }
     }
@@ -130,6 +134,28 @@ pub fn node_view_partial(backend: &dyn MigBackend) -> Result<NodeView, BackendEr
     Ok(out)
 }
 
+/// The compute shape of a GPU instance holding `cis`: one compute instance is `Full` or
+/// `Slices`, several are the `Split` of their sizes when the catalog's rules can make that split
+/// (created largest first, each at its lowest free placement), and anything else (none, or a
+/// split the catalog cannot make) is `Other`. Without a catalog profile, several compute
+/// instances are taken as the split of their sizes.
+fn shape_of(
+    profile: Option<(&Profile, &GpuModel)>,
+    gi_slices: Option<u8>,
+    cis: &[ComputeInstanceInfo],
+) -> ComputeShape {
+    let sizes: Vec<u8> = cis.iter().map(|c| c.placement.size).collect();
+    let Some(shape) = ComputeShape::from_sizes(gi_slices.unwrap_or(0), &sizes) else {
+        return ComputeShape::Other;
+    };
+    match (shape, profile) {
+        (ComputeShape::Split(split), Some((p, m))) if ci_placements(m, p, split.as_slice()).is_err() => {
+            ComputeShape::Other
+        }
+        _ => shape,
+    }
+}
+
 fn view_of(backend: &dyn MigBackend, device: DeviceInfo) -> Result<GpuView, BackendError> {
     let gpu = device.index;
     // A GPU without MIG at all (NVML: NOT_SUPPORTED) is shown with MIG off, so a node that
@@ -154,11 +180,7 @@ fn view_of(backend: &dyn MigBackend, device: DeviceInfo) -> Result<GpuView, Back
                 driver_profile.map(|p| p.compute_slices).or_else(|| catalog_profile.map(|p| p.compute_slices));
             let mut cis = backend.compute_instances(gpu, gi.id)?;
             cis.sort_by_key(|c| c.id);
-            let compute = match (cis.as_slice(), gi_slices) {
-                ([one], Some(slices)) if one.placement.size == slices => ComputeShape::Full,
-                ([one], _) => ComputeShape::Slices(one.placement.size),
-                _ => ComputeShape::Other,
-            };
+            let compute = shape_of(catalog_profile.zip(model), gi_slices, &cis);
             let procs: Vec<ProcessInfo> =
                 processes.iter().filter(|p| p.gpu_instance_id == Some(gi.id)).cloned().collect();
             instances.push(LiveInstance {
@@ -231,6 +253,29 @@ mod tests {
     }
 
     #[test]
+    fn several_compute_instances_read_as_their_split_or_other() {
+        let b = SimBackend::in_memory(&NodeSpec::parse("2xH100-80GB,mig=on").unwrap());
+        let m = tessera_mig::catalog().model("H100-80GB").unwrap();
+        let ci = |size: u8| m.compute_instance_profiles(7).iter().find(|c| c.compute_slices == size).unwrap().id;
+        // GPU 0: 1c, 1c and 2c made in any order read as the split [2, 1, 1].
+        let g = b.create_gpu_instance(0, 0, Some(0)).unwrap();
+        for size in [1, 1, 2] {
+            b.create_compute_instance(0, g.id, ci(size)).unwrap();
+        }
+        // GPU 1: 2c@0, 2c@2, 3c@4, which made largest first cannot be placed: `Other`.
+        let g = b.create_gpu_instance(1, 0, Some(0)).unwrap();
+        for size in [2, 2, 3] {
+            b.create_compute_instance(1, g.id, ci(size)).unwrap();
+        }
+        let split = tessera_mig::layout::CiSizes::new(&[2, 1, 1]).unwrap();
+        let v = gpu_view(&b, 0).unwrap();
+        assert_eq!(v.instances[0].instance.compute, ComputeShape::Split(split));
+        assert_eq!(v.instances[0].label(), "(2c.7g.80gb + 1c.7g.80gb ×2)@0");
+        let v = gpu_view(&b, 1).unwrap();
+        assert_eq!(v.instances[0].instance.compute, ComputeShape::Other);
+    }
+
+    #[test]
     fn gpus_unknown_to_the_catalog_are_still_listed() {
         let w = crate::testing::Wrapped {
             disguise: Some(|d| {
@@ -287,6 +332,7 @@ mod tests {
     fn node_view_covers_mig_off_gpus_and_unknown_index() {
         let b = a100();
         b.set_mig_mode(1, false).unwrap();
+        b.reset_gpu(1).unwrap();
         let all = node_view(&b).unwrap();
         assert_eq!(all.len(), 2);
         assert!(!all[1].mig.current);

@@ -123,7 +123,62 @@ pub struct Profile {
     pub note: Option<String>,
 }
 
+/// nvml.h's `NVML_GPU_INSTANCE_PROFILE_*` indices: what `nvmlDeviceGetGpuInstanceProfileInfo`
+/// takes and mig-parted's checkpoint records (not the profile *id* `nvidia-smi` prints).
+pub mod nvml_gi_index {
+    pub const SLICE_1: u32 = 0;
+    pub const SLICE_2: u32 = 1;
+    pub const SLICE_3: u32 = 2;
+    pub const SLICE_4: u32 = 3;
+    pub const SLICE_7: u32 = 4;
+    pub const SLICE_8: u32 = 5;
+    pub const SLICE_6: u32 = 6;
+    pub const SLICE_1_REV1: u32 = 7;
+    pub const SLICE_2_REV1: u32 = 8;
+    pub const SLICE_1_REV2: u32 = 9;
+    pub const SLICE_1_GFX: u32 = 10;
+    pub const SLICE_2_GFX: u32 = 11;
+    pub const SLICE_4_GFX: u32 = 12;
+    pub const SLICE_1_NO_ME: u32 = 13;
+    pub const SLICE_2_NO_ME: u32 = 14;
+    pub const SLICE_1_ALL_ME: u32 = 15;
+    pub const SLICE_2_ALL_ME: u32 = 16;
+}
+
 impl Profile {
+    /// The `NVML_GPU_INSTANCE_PROFILE_*` index: the catalog's `nvml_index`, else the one the
+    /// profile's kind and shape imply ([`Profile::derived_nvml_index`]). `None` for a shape
+    /// nvml.h has no constant for.
+    pub fn nvml_profile_index(&self) -> Option<u32> {
+        self.nvml_index.or_else(|| self.derived_nvml_index())
+    }
+
+    /// The index nvml.h's constants give a profile of this kind and shape: the one rule, for
+    /// the models whose reference data lacks the index (GH200, B300, GB300, …).
+    pub fn derived_nvml_index(&self) -> Option<u32> {
+        use nvml_gi_index::*;
+        Some(match (self.kind, self.compute_slices) {
+            (ProfileKind::Standard, 1) if self.memory_slices >= 2 => SLICE_1_REV2,
+            (ProfileKind::Standard, 1) => SLICE_1,
+            (ProfileKind::Standard, 2) => SLICE_2,
+            (ProfileKind::Standard, 3) => SLICE_3,
+            (ProfileKind::Standard, 4) => SLICE_4,
+            (ProfileKind::Standard, 6) => SLICE_6,
+            (ProfileKind::Standard, 7) => SLICE_7,
+            (ProfileKind::Standard, 8) => SLICE_8,
+            (ProfileKind::Media, 1) => SLICE_1_REV1,
+            (ProfileKind::Media, 2) => SLICE_2_REV1,
+            (ProfileKind::Graphics, 1) => SLICE_1_GFX,
+            (ProfileKind::Graphics, 2) => SLICE_2_GFX,
+            (ProfileKind::Graphics, 4) => SLICE_4_GFX,
+            (ProfileKind::NoMedia, 1) => SLICE_1_NO_ME,
+            (ProfileKind::NoMedia, 2) => SLICE_2_NO_ME,
+            (ProfileKind::MediaAll, 1) => SLICE_1_ALL_ME,
+            (ProfileKind::MediaAll, 2) => SLICE_2_ALL_ME,
+            _ => return None,
+        })
+    }
+
     /// Whether this profile owns no media engines (`-me`).
     pub fn is_no_media(&self) -> bool {
         self.kind == ProfileKind::NoMedia
@@ -282,6 +337,11 @@ impl GpuModel {
     /// The profile with this id.
     pub fn profile_by_id(&self, id: u32) -> Option<&Profile> {
         self.profiles.iter().find(|p| p.id == id)
+    }
+
+    /// The profile at an `NVML_GPU_INSTANCE_PROFILE_*` index ([`Profile::nvml_profile_index`]).
+    pub fn profile_by_nvml_index(&self, index: u32) -> Option<&Profile> {
+        self.profiles.iter().find(|p| p.nvml_profile_index() == Some(index))
     }
 
     /// Index of the profile with this id in `profiles`.
@@ -550,6 +610,34 @@ mod tests {
     fn embedded_catalog_parses() {
         let c: Catalog = serde_saphyr::from_str(CATALOG_YAML).unwrap();
         assert!(c.models.len() >= 11);
+    }
+
+    #[test]
+    fn every_profile_has_a_distinct_nvml_index_and_recorded_ones_follow_the_rule() {
+        for m in &catalog().models {
+            let mut seen = std::collections::BTreeMap::new();
+            for p in &m.profiles {
+                let i = p.nvml_profile_index().unwrap_or_else(|| panic!("{} {} has no NVML index", m.name, p.name));
+                if let Some(recorded) = p.nvml_index {
+                    assert_eq!(p.derived_nvml_index(), Some(recorded), "{} {}", m.name, p.name);
+                }
+                assert!(seen.insert(i, &p.name).is_none(), "{}: two profiles at index {i}", m.name);
+                assert_eq!(m.profile_by_nvml_index(i).map(|q| q.id), Some(p.id), "{} {}", m.name, p.name);
+            }
+        }
+        // The models whose reference data lacks the index: (model, index, profile).
+        let cases = [
+            ("GH200-144GB", nvml_gi_index::SLICE_1, "1g.18gb"),
+            ("GH200-144GB", nvml_gi_index::SLICE_1_REV1, "1g.18gb+me"),
+            ("GH200-144GB", nvml_gi_index::SLICE_1_REV2, "1g.36gb"),
+            ("B300-269GB", nvml_gi_index::SLICE_3, "3g.135gb"),
+            ("GB300-278GB", nvml_gi_index::SLICE_7, "7g.278gb"),
+            ("GB300-278GB", nvml_gi_index::SLICE_2, "2g.70gb"),
+        ];
+        for (model, index, name) in cases {
+            let m = catalog().model(model).unwrap();
+            assert_eq!(m.profile_by_nvml_index(index).map(|p| p.name.as_str()), Some(name), "{model} {index}");
+        }
     }
 
     #[test]

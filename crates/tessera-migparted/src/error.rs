@@ -127,6 +127,9 @@ pub enum ConfigErrorKind {
     /// A `device-filter` entry that is not a PCI device id.
     #[error("device filter '{value}' {reason}")]
     BadDeviceFilter { value: String, reason: String },
+    /// A hooks file's event that mig-parted does not have.
+    #[error("unknown hook event '{name}'{}; the events are: {}", did_you_mean(suggestions), known.join(", "))]
+    UnknownHookEvent { name: String, known: Vec<String>, suggestions: Vec<String> },
     /// The config name is not in the file.
     #[error("unknown config '{name}'{}; the file defines: {}", did_you_mean(suggestions), known.join(", "))]
     UnknownConfig { name: String, known: Vec<String>, suggestions: Vec<String> },

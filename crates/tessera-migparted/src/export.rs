@@ -3,11 +3,50 @@
 //! GPUs with identical state share one entry (`devices: [..]`, or `all` when every GPU is in
 //! it), so the output reads like a hand-written config. It parses back with [`crate::parse`] and
 //! resolves with [`crate::resolve`] to the same state; the crate's tests check that round trip.
+//!
+//! Device types are counted as mig-parted's `GetMigConfig` counts them: every compute instance
+//! of every GPU instance by its own type ([`compute_instance_types`]), so a 3g.20gb GPU
+//! instance with three 1-slice compute instances is `"1c.3g.20gb": 3`. Where mig-parted's
+//! grouping would read the counts back as other GPU instances, [`regrouped`] says which.
 
 use std::collections::BTreeMap;
 
+use tessera_mig::layout::ci_type_name;
+use tessera_mig::{ComputeShape, GpuModel, Profile, WantedInstance};
+
 use crate::error::Pos;
+use crate::resolve::group_compute_instances;
 use crate::spec::{DeviceConfig, DeviceSelector, MigConfigFile, NamedConfig, VERSION};
+
+/// The mig-parted device type of each compute instance of a `profile` GPU instance of shape
+/// `compute`, largest first: `["3g.20gb"]`, `["1c.3g.20gb"; 3]`; none for `Other`.
+pub fn compute_instance_types(profile: &Profile, compute: ComputeShape) -> Vec<String> {
+    compute.ci_sizes(profile.compute_slices).unwrap_or_default().into_iter().map(|c| ci_type_name(profile, c)).collect()
+}
+
+/// The GPU instances mig-parted's grouping makes of the compute instances of `instances` (each
+/// GPU instance's profile and its compute instances' sizes; those without any are left out, as
+/// their export leaves them out), when they are not `instances` again (in any order): applying
+/// the export would then change the GPU. `None` when the export reads back as it is.
+pub fn regrouped(model: &GpuModel, instances: &[(&Profile, Vec<u8>)]) -> Option<Vec<WantedInstance>> {
+    let mut have: Vec<WantedInstance> = Vec::new();
+    let mut cis: Vec<(&Profile, u8)> = Vec::new();
+    for (p, sizes) in instances.iter().filter(|(_, sizes)| !sizes.is_empty()) {
+        let compute = ComputeShape::from_sizes(p.compute_slices, sizes).unwrap_or(ComputeShape::Other);
+        let compute = match compute {
+            ComputeShape::Split(s) if tessera_mig::layout::ci_placements(model, p, s.as_slice()).is_err() => {
+                ComputeShape::Other
+            }
+            c => c,
+        };
+        have.push(WantedInstance { profile_id: p.id, compute });
+        cis.extend(sizes.iter().map(|&c| (*p, c)));
+    }
+    let mut made = group_compute_instances(model, &cis);
+    have.sort();
+    made.sort();
+    (made != have).then_some(made)
+}
 
 /// One GPU's current MIG state.
 #[derive(Debug, Clone, PartialEq, Eq)]

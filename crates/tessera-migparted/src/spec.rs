@@ -2,7 +2,8 @@
 //!
 //! The rules are those of mig-parted's own loader (`api/spec/v1/spec.go`): `version` must be
 //! `v1`; unknown fields are errors; `devices` is `all` or a list of GPU indices; `device-filter`
-//! is a string or a list of strings (`0x233010DE`: PCI device id then vendor `10DE`);
+//! is a string or a list of strings (`0x233010DE`: PCI device id then vendor `10DE`), each
+//! optionally a board's subsystem id after a `:` (`0x233010DE:0x16C110DE`, mig-parted PR #435);
 //! `mig-enabled` is required; `mig-devices` is required (possibly `{}`) when MIG is enabled and
 //! must be absent or empty when it is not; counts are non-negative integers, not all 0; device
 //! types are written as mig-parted writes them (`1g.10gb`, no upper case, no spaces). Each config name
@@ -74,8 +75,8 @@ pub struct DeviceConfig {
     pub devices: DeviceSelector,
     /// The value of `devices`.
     pub devices_pos: Pos,
-    /// PCI device ids the entry is limited to; empty: no filter.
-    pub device_filter: Vec<u16>,
+    /// The PCI ids the entry is limited to; empty: no filter.
+    pub device_filter: Vec<DeviceFilter>,
     /// Location of each `device_filter` value (same length).
     pub device_filter_pos: Vec<Pos>,
     pub mig_enabled: bool,
@@ -111,15 +112,60 @@ impl DeviceConfig {
         }
     }
 
-    /// Whether the entry applies to a GPU: its index is selected and, with a filter, its PCI
-    /// device id is listed.
-    pub fn applies_to(&self, index: u32, pci_device_id: u16) -> bool {
-        self.devices.selects(index) && (self.device_filter.is_empty() || self.device_filter.contains(&pci_device_id))
+    /// Whether the entry applies to a GPU: its index is selected and, with a filter, one of the
+    /// filter's values matches its PCI device id (and subsystem id, where the value has one).
+    pub fn applies_to(&self, index: u32, pci_device_id: u16, pci_subsystem_id: u32) -> bool {
+        self.devices.selects(index)
+            && (self.device_filter.is_empty()
+                || self.device_filter.iter().any(|f| f.matches(pci_device_id, pci_subsystem_id)))
     }
 
     /// Location of the `i`-th `mig-devices` key (the entry's, when unknown).
     pub fn mig_device_pos(&self, i: usize) -> Pos {
         self.mig_devices_pos.get(i).copied().unwrap_or(self.pos)
+    }
+}
+
+/// One `device-filter` value: `0x233010DE` (a PCI device id with NVIDIA's vendor id) or
+/// `0x233010DE:0x16C110DE` (the same, on one board: subsystem device `16C1`, subsystem vendor
+/// `10DE`), as mig-parted's `types.DeviceID` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceFilter {
+    /// The PCI device id (`0x2330`).
+    pub device: u16,
+    /// The board's subsystem id, `(subsystem device << 16) | subsystem vendor` as NVML's
+    /// `pciSubSystemId` gives it; `None`: any board.
+    pub subsystem: Option<u32>,
+}
+
+impl DeviceFilter {
+    /// A filter on the PCI device id alone.
+    pub fn device(device: u16) -> Self {
+        DeviceFilter { device, subsystem: None }
+    }
+
+    /// Whether a GPU with this device id and subsystem id (0 when unknown) matches: the device id
+    /// always, and with a subsystem in the filter, both of its halves too (mig-parted's
+    /// `DeviceID.Matches`).
+    pub fn matches(&self, pci_device_id: u16, pci_subsystem_id: u32) -> bool {
+        self.device == pci_device_id && self.subsystem.is_none_or(|s| s == pci_subsystem_id)
+    }
+}
+
+impl From<u16> for DeviceFilter {
+    fn from(device: u16) -> Self {
+        DeviceFilter::device(device)
+    }
+}
+
+impl std::fmt::Display for DeviceFilter {
+    /// `0x233010DE` or `0x233010DE:0x16C110DE`, as mig-parted writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&device_filter_string(self.device))?;
+        match self.subsystem {
+            Some(s) => write!(f, ":0x{s:08X}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -160,8 +206,7 @@ pub(crate) fn write_config(out: &mut String, name: &str, entries: &[DeviceConfig
         }
         let mut lead = "    - ";
         if !e.device_filter.is_empty() {
-            let ids: Vec<String> =
-                e.device_filter.iter().map(|d| format!("\"{}\"", device_filter_string(*d))).collect();
+            let ids: Vec<String> = e.device_filter.iter().map(|d| format!("\"{d}\"")).collect();
             let _ = writeln!(out, "{lead}device-filter: [{}]", ids.join(", "));
             lead = "      ";
         }
@@ -513,7 +558,7 @@ impl Parser<'_> {
         }
     }
 
-    fn device_filter(&self, value: &Located, place: &str) -> Result<(Vec<u16>, Vec<Pos>), ConfigError> {
+    fn device_filter(&self, value: &Located, place: &str) -> Result<(Vec<DeviceFilter>, Vec<Pos>), ConfigError> {
         const EXPECTED: &str = "a quoted PCI id such as \"0x233010DE\" or a list of them";
         let items: Vec<&Located> = match &value.node {
             Node::Str(s) if s.is_empty() => return Ok((Vec::new(), Vec::new())),
@@ -663,20 +708,50 @@ fn repaired_device_type(name: &str) -> Option<String> {
     (repaired != name && check_device_type_format(&repaired).is_ok()).then_some(repaired)
 }
 
-/// `0x233010DE` (or decimal, as Go's `strconv.ParseUint(s, 0, 32)` reads it) → device id `0x2330`.
-fn parse_device_filter(s: &str) -> Result<u16, String> {
-    if s.contains(':') {
-        return Err("has a subsystem id after ':'; Tessera matches on the PCI device id only, so write just the part before ':'".to_string());
-    }
+/// `0x233010DE` → device id `0x2330`; `0x233010DE:0x16C110DE` → the same on subsystem
+/// `0x16C110DE`. Each half is read as Go's `strconv.ParseUint(s, 0, 32)` reads it (hex after
+/// `0x`, or decimal). mig-parted's matcher treats a malformed value as matching nothing; it is
+/// refused here, where it is written.
+fn parse_device_filter(s: &str) -> Result<DeviceFilter, String> {
+    let (primary, subsystem) = match s.split(':').collect::<Vec<_>>()[..] {
+        [primary] => (primary, None),
+        [primary, subsystem] => (primary, Some(subsystem)),
+        _ => {
+            return Err(format!(
+                "has {} ':'; write the PCI id, optionally followed by one ':' and the board's subsystem id, such as \"0x233010DE:0x16C110DE\"",
+                s.matches(':').count()
+            ));
+        }
+    };
+    let device = parse_primary(primary)?;
+    let subsystem = match subsystem {
+        None => None,
+        Some(sub) => Some(parse_u32(sub).ok_or_else(|| {
+            format!(
+                "has subsystem id '{sub}' after ':', which is not a 32-bit number; write the subsystem device id followed by the subsystem vendor id, such as \"{}:0x16C110DE\"",
+                device_filter_string(device)
+            )
+        })?),
+    };
+    Ok(DeviceFilter { device, subsystem })
+}
+
+/// A 32-bit number as Go's `strconv.ParseUint(s, 0, 32)` reads the forms mig-parted's files use:
+/// hex after `0x`, or decimal.
+fn parse_u32(s: &str) -> Option<u32> {
     let t = s.trim();
-    let value = if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        u32::from_str_radix(hex, 16).ok()
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16).ok().filter(|_| !hex.starts_with(['+', '-']))
     } else if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
         t.parse::<u32>().ok()
     } else {
         None
-    };
-    let Some(value) = value else {
+    }
+}
+
+/// The part before any `:`: the device id, with NVIDIA's vendor id.
+fn parse_primary(s: &str) -> Result<u16, String> {
+    let Some(value) = parse_u32(s) else {
         return Err("is not a PCI id; write the device id followed by NVIDIA's vendor id 10DE, such as \"0x233010DE\""
             .to_string());
     };
@@ -697,12 +772,35 @@ mod tests {
 
     #[test]
     fn device_filter_forms() {
-        assert_eq!(parse_device_filter("0x233010DE"), Ok(0x2330));
-        assert_eq!(parse_device_filter("0x20b010de"), Ok(0x20B0));
-        assert_eq!(parse_device_filter(&0x2330_10DEu32.to_string()), Ok(0x2330));
+        let dev = |d| Ok(DeviceFilter::device(d));
+        assert_eq!(parse_device_filter("0x233010DE"), dev(0x2330));
+        assert_eq!(parse_device_filter("0x20b010de"), dev(0x20B0));
+        assert_eq!(parse_device_filter(&0x2330_10DEu32.to_string()), dev(0x2330));
         assert!(parse_device_filter("0x2330").unwrap_err().contains("vendor id 0x2330"));
-        assert!(parse_device_filter("0x233010DE:0x16C110DE").unwrap_err().contains("subsystem"));
         assert!(parse_device_filter("H100").unwrap_err().contains("not a PCI id"));
+        let with_sub = DeviceFilter { device: 0x2330, subsystem: Some(0x16C1_10DE) };
+        assert_eq!(parse_device_filter("0x233010DE:0x16C110DE"), Ok(with_sub));
+        assert_eq!(with_sub.to_string(), "0x233010DE:0x16C110DE");
+        // Another vendor may build the board: the subsystem vendor is not NVIDIA's (Dell, 0x1028).
+        assert_eq!(parse_device_filter("0x233010DE:0x0BAD1028").map(|f| f.subsystem), Ok(Some(0x0BAD_1028)));
+        assert!(parse_device_filter("0x233010DE:0x16C110DE:1").unwrap_err().contains("has 2 ':'"));
+        assert!(parse_device_filter("0x233010DE:16C1").unwrap_err().contains("subsystem id '16C1'"));
+        assert!(parse_device_filter("0x233010DE:").unwrap_err().contains("subsystem id ''"));
+        assert!(parse_device_filter("0x233010DE:0x1_0000_0000").is_err());
+        assert!(parse_device_filter(":0x16C110DE").unwrap_err().contains("not a PCI id"));
+    }
+
+    #[test]
+    fn subsystem_filters_match_all_four_parts() {
+        let any_board = DeviceFilter::device(0x2330);
+        let one_board = DeviceFilter { device: 0x2330, subsystem: Some(0x16C1_10DE) };
+        assert!(any_board.matches(0x2330, 0x16C0_10DE) && any_board.matches(0x2330, 0));
+        assert!(one_board.matches(0x2330, 0x16C1_10DE));
+        assert!(!one_board.matches(0x2330, 0x16C0_10DE), "sibling subsystem device");
+        assert!(!one_board.matches(0x2330, 0x16C1_1028), "another subsystem vendor");
+        assert!(!one_board.matches(0x2330, 0), "unknown subsystem");
+        assert!(!one_board.matches(0x2324, 0x16C1_10DE), "another device");
+        assert!(DeviceFilter { device: 0x2330, subsystem: Some(0) }.matches(0x2330, 0));
     }
 
     #[test]

@@ -271,11 +271,18 @@ const PARSE_ERRORS: &[(&str, &str, u32, u32, &str)] = &[
         "device filter 'H100' is not a PCI id; write the device id followed by NVIDIA's vendor id 10DE, such as \"0x233010DE\"",
     ),
     (
-        "device filter with a subsystem id",
-        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      device-filter: \"0x233010DE:0x16C110DE\"\n      mig-enabled: false\n",
+        "device filter with two ':'",
+        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      device-filter: \"0x233010DE:0x16C110DE:0x1\"\n      mig-enabled: false\n",
         5,
         22,
-        "device filter '0x233010DE:0x16C110DE' has a subsystem id after ':'; Tessera matches on the PCI device id only, so write just the part before ':'",
+        "device filter '0x233010DE:0x16C110DE:0x1' has 2 ':'; write the PCI id, optionally followed by one ':' and the board's subsystem id, such as \"0x233010DE:0x16C110DE\"",
+    ),
+    (
+        "device filter with a subsystem id that is not hex (mig-parted: matches no GPU)",
+        "version: v1\nmig-configs:\n  a:\n    - devices: all\n      device-filter: [\"0x20B010DE\", \"0x233010DE:16C1\"]\n      mig-enabled: false\n",
+        5,
+        37,
+        "device filter '0x233010DE:16C1' has subsystem id '16C1' after ':', which is not a 32-bit number; write the subsystem device id followed by the subsystem vendor id, such as \"0x233010DE:0x16C110DE\"",
     ),
     (
         "every count 0 (mig-parted: all counts for all MigProfiles are 0)",
@@ -416,11 +423,11 @@ fn model(name: &str) -> &'static GpuModel {
 /// GPUs 0-1: A100-40GB; 2-3: H100-80GB; 4: a GPU Tessera does not know.
 fn node() -> Vec<DeviceSummary> {
     vec![
-        DeviceSummary { index: 0, pci_device_id: 0x20B0, model: Some(model("A100-40GB")) },
-        DeviceSummary { index: 1, pci_device_id: 0x20B0, model: Some(model("A100-40GB")) },
-        DeviceSummary { index: 2, pci_device_id: 0x2330, model: Some(model("H100-80GB")) },
-        DeviceSummary { index: 3, pci_device_id: 0x2330, model: Some(model("H100-80GB")) },
-        DeviceSummary { index: 4, pci_device_id: 0x1EB8, model: None },
+        DeviceSummary { index: 0, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(model("A100-40GB")) },
+        DeviceSummary { index: 1, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(model("A100-40GB")) },
+        DeviceSummary { index: 2, pci_device_id: 0x2330, pci_subsystem_id: 0, model: Some(model("H100-80GB")) },
+        DeviceSummary { index: 3, pci_device_id: 0x2330, pci_subsystem_id: 0, model: Some(model("H100-80GB")) },
+        DeviceSummary { index: 4, pci_device_id: 0x1EB8, pci_subsystem_id: 0, model: None },
     ]
 }
 
@@ -488,7 +495,18 @@ fn resolve_errors_name_file_line_column_and_problem() {
             "a",
             4,
             7,
-            Expect::Exact("GPU 0 (A100-40GB): 4000000000 MIG devices asked but one A100-40GB holds at most 7 GPU instances"),
+            Expect::Exact("GPU 0 (A100-40GB): 4000000000 MIG devices asked but one A100-40GB holds at most 7 (each is a compute instance of at least one of its 7 compute slices)"),
+        ),
+        (
+            "compute instances that make more GPU instances than fit",
+            one_entry("[0]", "        \"1c.3g.20gb\": 7\n"),
+            "a",
+            4,
+            7,
+            Expect::PrefixSuffix(
+                "GPU 0 (A100-40GB): ",
+                "; as mig-parted groups them, the 7 compute instances make 3 GPU instances: 1c.3g.20gb ×3; 1c.3g.20gb ×3; 1c.3g.20gb",
+            ),
         ),
         (
             "unknown config name",

@@ -25,11 +25,11 @@ fn node() -> Vec<DeviceSummary> {
     let a100 = catalog().model("A100-40GB").unwrap();
     let h100 = catalog().model("H100-80GB").unwrap();
     vec![
-        DeviceSummary { index: 0, pci_device_id: 0x20B0, model: Some(a100) },
-        DeviceSummary { index: 1, pci_device_id: 0x20B0, model: Some(a100) },
-        DeviceSummary { index: 2, pci_device_id: 0x2330, model: Some(h100) },
-        DeviceSummary { index: 3, pci_device_id: 0x20B0, model: Some(a100) },
-        DeviceSummary { index: 4, pci_device_id: 0x1234, model: None },
+        DeviceSummary { index: 0, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 1, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 2, pci_device_id: 0x2330, pci_subsystem_id: 0, model: Some(h100) },
+        DeviceSummary { index: 3, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 4, pci_device_id: 0x1234, pci_subsystem_id: 0, model: None },
     ]
 }
 

@@ -4,29 +4,39 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use tessera_mig::layout::device_type_name;
+use tessera_mig::layout::ci_placements;
 use tessera_mig::{ComputeShape, GpuModel, Planner, WantedInstance, catalog};
-use tessera_migparted::{DeviceSummary, DeviceTarget, ExportDevice, export, parse, resolve};
+use tessera_migparted::{
+    DeviceSummary, DeviceTarget, ExportDevice, compute_instance_types, export, parse, regrouped, resolve,
+};
 
 fn planners() -> &'static [Planner<'static>] {
     static PLANNERS: OnceLock<Vec<Planner<'static>>> = OnceLock::new();
     PLANNERS.get_or_init(|| catalog().models.iter().map(Planner::new).collect())
 }
 
-/// A feasible set of MIG devices on `model`, chosen by `picks`: each pick names a profile (and
-/// a compute split); it is kept when the GPU can still hold everything kept so far.
+/// A feasible set of GPU instances on `model`, chosen by `picks`: each pick names a profile and
+/// a compute shape (one compute instance of some size, or a split into several); it is kept
+/// when the GPU can still hold everything kept so far.
 fn feasible_wanted(planner: &Planner<'static>, picks: &[(usize, usize)]) -> Vec<WantedInstance> {
     let model = planner.model();
     let mut kept: Vec<WantedInstance> = Vec::new();
     for &(p, c) in picks {
         let profile = &model.profiles[p % model.profiles.len()];
-        let mut slices: Vec<u8> =
-            model.compute_instance_profiles(profile.compute_slices).iter().map(|ci| ci.compute_slices).collect();
-        slices.push(profile.compute_slices);
-        slices.sort_unstable();
-        slices.dedup();
-        let chosen = slices[c % slices.len()];
-        let compute = if chosen == profile.compute_slices { ComputeShape::Full } else { ComputeShape::Slices(chosen) };
+        let mut shapes: Vec<ComputeShape> = vec![ComputeShape::Full];
+        let offered = model.compute_instance_profiles(profile.compute_slices);
+        for ci in offered.iter().filter(|ci| ci.compute_slices < profile.compute_slices) {
+            shapes.push(ComputeShape::Slices(ci.compute_slices));
+            // As many of this size as fit, and this size with one 1-slice instance beside it.
+            for sizes in [vec![ci.compute_slices; usize::from(ci.max_count)], vec![ci.compute_slices, 1]] {
+                if let Some(shape @ ComputeShape::Split(s)) = ComputeShape::from_sizes(profile.compute_slices, &sizes)
+                    && ci_placements(model, profile, s.as_slice()).is_ok()
+                {
+                    shapes.push(shape);
+                }
+            }
+        }
+        let compute = shapes[c % shapes.len()];
         let mut next = kept.clone();
         next.push(WantedInstance { profile_id: profile.id, compute });
         if planner.place(&next, &[]).is_ok() {
@@ -37,15 +47,27 @@ fn feasible_wanted(planner: &Planner<'static>, picks: &[(usize, usize)]) -> Vec<
     kept
 }
 
+/// What `tessera mig export` hands `export`: one (name, 1) per compute instance, as mig-parted
+/// counts them (`export` must add repeated names up).
 fn device_types(model: &GpuModel, wanted: &[WantedInstance]) -> Vec<(String, u32)> {
-    // One (name, 1) per instance: `export` must add repeated names up.
     wanted
+        .iter()
+        .flat_map(|w| compute_instance_types(model.profile_by_id(w.profile_id).unwrap(), w.compute))
+        .map(|name| (name, 1))
+        .collect()
+}
+
+/// What the export reads back as: the same GPU instances, unless mig-parted's grouping makes
+/// others of the counts (then `regrouped` says which, and the CLI warns).
+fn read_back(model: &GpuModel, wanted: &[WantedInstance]) -> Vec<WantedInstance> {
+    let gis: Vec<(&tessera_mig::Profile, Vec<u8>)> = wanted
         .iter()
         .map(|w| {
             let p = model.profile_by_id(w.profile_id).unwrap();
-            (device_type_name(p, w.compute), 1)
+            (p, w.compute.ci_sizes(p.compute_slices).unwrap())
         })
-        .collect()
+        .collect();
+    regrouped(model, &gis).unwrap_or_else(|| wanted.to_vec())
 }
 
 #[derive(Debug, Clone)]
@@ -116,8 +138,15 @@ fn check_round_trip(gpus: &[Gpu], name: &str) -> Result<(), TestCaseError> {
             device_types: device_types(model, &wanted),
         });
         let pci = model.pci_device_id_values().next().unwrap_or(0xFFFF);
-        summaries.push(DeviceSummary { index: g.index, pci_device_id: pci, model: Some(model) });
-        expected.push((g.index, Some(model.name.clone()), g.enabled, wanted));
+        summaries.push(DeviceSummary { index: g.index, pci_device_id: pci, pci_subsystem_id: 0, model: Some(model) });
+        let back = read_back(model, &wanted);
+        // One GPU instance per profile always reads back as it is: its compute instances are
+        // already in mig-parted's order, and each prefix of a split fits.
+        let ids: BTreeSet<u32> = wanted.iter().map(|w| w.profile_id).collect();
+        if ids.len() == wanted.len() {
+            prop_assert_eq!(&back, &wanted);
+        }
+        expected.push((g.index, Some(model.name.clone()), g.enabled, back));
     }
     let yaml = export(&export_devices, name);
     let file = parse(&yaml, "export.yaml").map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
@@ -152,8 +181,9 @@ fn every_gpu_in_one_state_exports_as_all() {
         "version: v1\nmig-configs:\n  current:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"1c.4g.20gb\": 1\n        \"3g.20gb\": 1\n"
     );
     let file = parse(&yaml, "x").unwrap();
-    let summaries: Vec<DeviceSummary> =
-        (0..4).map(|index| DeviceSummary { index, pci_device_id: 0x20B0, model: Some(a100) }).collect();
+    let summaries: Vec<DeviceSummary> = (0..4)
+        .map(|index| DeviceSummary { index, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(a100) })
+        .collect();
     let targets = resolve(&file, "current", &summaries).unwrap();
     assert_eq!(targets.len(), 4);
     let four_g = a100.profile("4g.20gb").unwrap().id;
@@ -171,4 +201,43 @@ fn no_gpus_exports_a_config_that_selects_nothing() {
     let yaml = export(&[], "current");
     let file = parse(&yaml, "x").unwrap();
     assert_eq!(resolve(&file, "current", &[]).unwrap(), Vec::new());
+}
+
+/// The examples, exported as mig-parted counts them, read back as the same GPU
+/// instances; and a state mig-parted's grouping cannot give back, named by `regrouped`.
+#[test]
+fn split_gpu_instances_export_as_compute_instance_counts() {
+    let a100 = catalog().model("A100-40GB").unwrap();
+    let h100 = catalog().model("H100-80GB").unwrap();
+    let split = |sizes: &[u8]| ComputeShape::Split(tessera_mig::layout::CiSizes::new(sizes).unwrap());
+    let gi = |m: &GpuModel, name: &str, compute| WantedInstance { profile_id: m.profile(name).unwrap().id, compute };
+    let cases: Vec<(&GpuModel, Vec<WantedInstance>, &str, bool)> = vec![
+        (a100, vec![gi(a100, "3g.20gb", split(&[1, 1, 1]))], "\"1c.3g.20gb\": 3\n", true),
+        (h100, vec![gi(h100, "7g.80gb", split(&[1; 7]))], "\"1c.7g.80gb\": 7\n", true),
+        (a100, vec![gi(a100, "3g.20gb", split(&[2, 1]))], "\"1c.3g.20gb\": 1\n        \"2c.3g.20gb\": 1\n", true),
+        (a100, vec![gi(a100, "3g.20gb", ComputeShape::Full); 2], "\"3g.20gb\": 2\n", true),
+        // 1c in one 3g and 1c ×2 in another: three 1c, which mig-parted puts in one 3g.
+        (
+            a100,
+            vec![gi(a100, "3g.20gb", ComputeShape::Slices(1)), gi(a100, "3g.20gb", split(&[1, 1]))],
+            "\"1c.3g.20gb\": 3\n",
+            false,
+        ),
+    ];
+    for (model, wanted, counts, same) in cases {
+        let devices = [ExportDevice { index: 0, mig_enabled: true, device_types: device_types(model, &wanted) }];
+        let yaml = export(&devices, "current");
+        assert!(yaml.ends_with(&format!("mig-devices:\n        {counts}")), "{yaml}");
+        let summary = DeviceSummary {
+            index: 0,
+            pci_device_id: model.pci_device_id_values().next().unwrap(),
+            pci_subsystem_id: 0,
+            model: Some(model),
+        };
+        let targets = resolve(&parse(&yaml, "x").unwrap(), "current", &[summary]).unwrap();
+        let mut sorted = wanted.clone();
+        sorted.sort();
+        assert_eq!(targets[0].wanted == sorted, same, "{yaml}");
+        assert_eq!(read_back(model, &wanted), targets[0].wanted, "{yaml}");
+    }
 }

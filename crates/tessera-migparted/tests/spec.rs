@@ -1,7 +1,7 @@
 //! Valid mig-parted files parse to what they say, and apply to a node as mig-parted would.
 
 use tessera_mig::{ComputeShape, WantedInstance, catalog};
-use tessera_migparted::{DeviceSelector, DeviceSummary, Pos, parse, resolve, resolve_node};
+use tessera_migparted::{DeviceFilter, DeviceSelector, DeviceSummary, Pos, parse, resolve, resolve_node};
 
 /// The example from mig-parted's README, with a filtered entry and a compute-instance device.
 const CUSTOM: &str = r#"version: v1
@@ -47,7 +47,7 @@ fn parses_the_mig_parted_example() {
         vec![("1g.10gb".to_string(), 2), ("2g.20gb".to_string(), 1), ("3g.40gb".to_string(), 1)]
     );
     assert_eq!(mixed.mig_devices_pos, vec![Pos::new(13, 9), Pos::new(14, 9), Pos::new(15, 9)]);
-    assert_eq!(filtered.device_filter, vec![0x2330, 0x2324]);
+    assert_eq!(filtered.device_filter, vec![DeviceFilter::device(0x2330), DeviceFilter::device(0x2324)]);
     assert_eq!(filtered.device_filter_pos, vec![Pos::new(17, 23), Pos::new(17, 37)]);
     assert_eq!(filtered.mig_devices, vec![("1c.3g.40gb".to_string(), 2), ("7g.80gb".to_string(), 0)]);
 }
@@ -56,8 +56,9 @@ fn parses_the_mig_parted_example() {
 fn resolves_the_example_on_an_h100_node() {
     let file = parse(CUSTOM, "custom.yaml").unwrap();
     let h100 = catalog().model("H100-80GB").unwrap();
-    let node: Vec<DeviceSummary> =
-        (0..8).map(|index| DeviceSummary { index, pci_device_id: 0x2330, model: Some(h100) }).collect();
+    let node: Vec<DeviceSummary> = (0..8)
+        .map(|index| DeviceSummary { index, pci_device_id: 0x2330, pci_subsystem_id: 0, model: Some(h100) })
+        .collect();
     let targets = resolve(&file, "custom-config", &node).unwrap();
     assert_eq!(targets.iter().map(|t| t.index).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
     assert!(targets[..4].iter().all(|t| !t.mig_enabled && t.wanted.is_empty() && t.entry == Pos::new(8, 7)));
@@ -71,8 +72,9 @@ fn resolves_the_example_on_an_h100_node() {
     mixed.sort();
     assert_eq!(targets[4].wanted, mixed);
     assert_eq!(targets[4].entry, Pos::new(10, 7));
-    let ci = WantedInstance { profile_id: id("3g.40gb"), compute: ComputeShape::Slices(1) };
-    assert_eq!(targets[7].wanted, vec![ci, ci]);
+    // `"1c.3g.40gb": 2` is two compute instances in one 3g.40gb, as mig-parted groups them.
+    let split = ComputeShape::Split(tessera_mig::layout::CiSizes::new(&[1, 1]).unwrap());
+    assert_eq!(targets[7].wanted, vec![WantedInstance { profile_id: id("3g.40gb"), compute: split }]);
     assert_eq!(targets[7].model.map(|m| m.name.as_str()), Some("H100-80GB"));
 }
 
@@ -82,14 +84,14 @@ fn filtered_entries_leave_other_models_alone() {
     let a100 = catalog().model("A100-80GB").unwrap();
     let h100 = catalog().model("H100-80GB").unwrap();
     let node = vec![
-        DeviceSummary { index: 0, pci_device_id: 0x20B2, model: Some(a100) },
-        DeviceSummary { index: 1, pci_device_id: 0x20B2, model: Some(a100) },
-        DeviceSummary { index: 2, pci_device_id: 0x20B2, model: Some(a100) },
-        DeviceSummary { index: 3, pci_device_id: 0x20B2, model: Some(a100) },
-        DeviceSummary { index: 4, pci_device_id: 0x20B2, model: Some(a100) },
-        DeviceSummary { index: 5, pci_device_id: 0x20B2, model: Some(a100) },
-        DeviceSummary { index: 6, pci_device_id: 0x20B2, model: Some(a100) },
-        DeviceSummary { index: 7, pci_device_id: 0x2324, model: Some(h100) },
+        DeviceSummary { index: 0, pci_device_id: 0x20B2, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 1, pci_device_id: 0x20B2, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 2, pci_device_id: 0x20B2, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 3, pci_device_id: 0x20B2, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 4, pci_device_id: 0x20B2, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 5, pci_device_id: 0x20B2, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 6, pci_device_id: 0x20B2, pci_subsystem_id: 0, model: Some(a100) },
+        DeviceSummary { index: 7, pci_device_id: 0x2324, pci_subsystem_id: 0, model: Some(h100) },
     ];
     let targets = resolve(&file, "custom-config", &node).unwrap();
     // GPU 6 is an A100: the H100-only entry does not apply, so it is left alone.
@@ -101,7 +103,7 @@ fn one_c_in_a_4g_is_valid_on_a100() {
     let text = "version: v1\nmig-configs:\n  ci:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"1c.4g.20gb\": 1\n        \"2c.3g.20gb\": 1\n";
     let file = parse(text, "ci.yaml").unwrap();
     let a100 = catalog().model("A100-40GB").unwrap();
-    let node = [DeviceSummary { index: 0, pci_device_id: 0x20B0, model: Some(a100) }];
+    let node = [DeviceSummary { index: 0, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(a100) }];
     let targets = resolve(&file, "ci", &node).unwrap();
     let mut want = vec![
         WantedInstance { profile_id: a100.profile("4g.20gb").unwrap().id, compute: ComputeShape::Slices(1) },
@@ -137,15 +139,15 @@ mig-configs:
 "#;
     let file = parse(text, "lenient.yaml").unwrap();
     assert_eq!(file.config_names(), vec!["123", "base", "copy", "off", "off-null"]);
-    assert_eq!(file.configs["base"].entries[0].device_filter, vec![0x20B0]);
+    assert_eq!(file.configs["base"].entries[0].device_filter, vec![DeviceFilter::device(0x20B0)]);
     assert!(file.configs["base"].entries[0].mig_enabled);
-    assert_eq!(file.configs["copy"].entries[0].device_filter, vec![0x20B0]);
+    assert_eq!(file.configs["copy"].entries[0].device_filter, vec![DeviceFilter::device(0x20B0)]);
     // The copy's entry is where the alias is; its values are where they are written.
     assert_eq!(file.configs["copy"].entries[0].pos, Pos::new(16, 9));
     assert_eq!(file.configs["copy"].entries[0].devices_pos, Pos::new(4, 16));
     assert_eq!(file.configs["off-null"].entries[0].devices, DeviceSelector::Indices(vec![]));
     let a100 = catalog().model("A100-40GB").unwrap();
-    let node = [DeviceSummary { index: 0, pci_device_id: 0x20B0, model: Some(a100) }];
+    let node = [DeviceSummary { index: 0, pci_device_id: 0x20B0, pci_subsystem_id: 0, model: Some(a100) }];
     let t = resolve(&file, "copy", &node).unwrap();
     assert!(t[0].mig_enabled && t[0].wanted.is_empty());
     assert!(resolve(&file, "off-null", &node).unwrap().is_empty());
@@ -154,7 +156,7 @@ mig-configs:
 #[test]
 fn mig_disabled_on_an_unknown_gpu_is_fine() {
     let file = parse("version: v1\nmig-configs:\n  off:\n    - devices: all\n      mig-enabled: false\n", "x").unwrap();
-    let node = [DeviceSummary { index: 0, pci_device_id: 0x1EB8, model: None }];
+    let node = [DeviceSummary { index: 0, pci_device_id: 0x1EB8, pci_subsystem_id: 0, model: None }];
     let t = resolve(&file, "off", &node).unwrap();
     assert_eq!(t.len(), 1);
     assert!(!t[0].mig_enabled && t[0].model.is_none());
@@ -209,8 +211,9 @@ fn absent_indices_are_skipped_and_unmatched_gpus_are_named() {
         ),
     ];
     let h100 = catalog().model("H100-80GB").unwrap();
-    let node: Vec<DeviceSummary> =
-        (0..4).map(|index| DeviceSummary { index, pci_device_id: 0x2330, model: Some(h100) }).collect();
+    let node: Vec<DeviceSummary> = (0..4)
+        .map(|index| DeviceSummary { index, pci_device_id: 0x2330, pci_subsystem_id: 0, model: Some(h100) })
+        .collect();
     let mut failures = Vec::new();
     for &(name, entries, targets, absent, unmatched) in CASES {
         let file = parse(&format!("version: v1\nmig-configs:\n  c:\n{entries}"), "x.yaml").unwrap();

@@ -562,7 +562,7 @@ impl Node {
             bus,
             device,
             pci_device_id: id,
-            pci_subsystem_id: id,
+            pci_subsystem_id: dev.pci_subsystem_id,
         })
     }
 
@@ -635,8 +635,9 @@ impl Node {
         Ok((u32::from(m.current), u32::from(m.pending)))
     }
 
-    /// Ask for a MIG mode; the activation status (`IN_USE` while the GPU is busy: the change
-    /// stays pending).
+    /// Ask for a MIG mode; the activation status, as nvml.h documents it: `IN_USE` while the
+    /// GPU is busy, `RESET_REQUIRED` when the change waits for a GPU reset (Ampere; a reboot on a
+    /// node spec'd `gpu-reset=off`, a passthrough VM). Either way the change stays pending.
     pub fn set_mig_mode(&self, h: Handle, mode: u32) -> NvmlResult<Ret> {
         let gpu = self.mig_gpu(h)?;
         self.may_change()?;
@@ -646,6 +647,7 @@ impl Node {
             _ => return Err(INVALID_ARGUMENT),
         };
         match self.sim.set_mig_mode(gpu, enabled) {
+            Ok(m) if m.current != enabled => Ok(RESET_REQUIRED),
             Ok(_) => Ok(SUCCESS),
             Err(BackendError::InUse { .. }) => Ok(IN_USE),
             Err(e) => self.backend(Err(e)),

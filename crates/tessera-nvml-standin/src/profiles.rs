@@ -6,45 +6,20 @@
 //! records the index where the reference did; otherwise it follows from the profile's kind and
 //! shape, the way nvml.h defines the constants.
 
-use nvml_wrapper_sys::bindings::*;
 use tessera_mig::catalog::ComputeInstanceProfile;
 use tessera_mig::layout::unit_mask;
-use tessera_mig::{GpuModel, Instance, Profile, ProfileKind, validate};
+use tessera_mig::{GpuModel, Instance, Profile, validate};
 
 /// The `NVML_GPU_INSTANCE_PROFILE_*` index of a profile: the catalog's `nvml_index`, else the one
-/// its kind and shape imply. `None` for a shape nvml.h has no constant for.
+/// its kind and shape imply (`tessera_mig`'s one rule, [`Profile::nvml_profile_index`]). `None`
+/// for a shape nvml.h has no constant for.
 pub fn nvml_index(p: &Profile) -> Option<u32> {
-    p.nvml_index.or_else(|| derived_index(p))
-}
-
-/// The index nvml.h's constants give a profile of this kind and shape.
-pub fn derived_index(p: &Profile) -> Option<u32> {
-    let c = p.compute_slices;
-    Some(match (p.kind, c) {
-        (ProfileKind::Standard, 1) if p.memory_slices >= 2 => NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2,
-        (ProfileKind::Standard, 1) => NVML_GPU_INSTANCE_PROFILE_1_SLICE,
-        (ProfileKind::Standard, 2) => NVML_GPU_INSTANCE_PROFILE_2_SLICE,
-        (ProfileKind::Standard, 3) => NVML_GPU_INSTANCE_PROFILE_3_SLICE,
-        (ProfileKind::Standard, 4) => NVML_GPU_INSTANCE_PROFILE_4_SLICE,
-        (ProfileKind::Standard, 6) => NVML_GPU_INSTANCE_PROFILE_6_SLICE,
-        (ProfileKind::Standard, 7) => NVML_GPU_INSTANCE_PROFILE_7_SLICE,
-        (ProfileKind::Standard, 8) => NVML_GPU_INSTANCE_PROFILE_8_SLICE,
-        (ProfileKind::Media, 1) => NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1,
-        (ProfileKind::Media, 2) => NVML_GPU_INSTANCE_PROFILE_2_SLICE_REV1,
-        (ProfileKind::Graphics, 1) => NVML_GPU_INSTANCE_PROFILE_1_SLICE_GFX,
-        (ProfileKind::Graphics, 2) => NVML_GPU_INSTANCE_PROFILE_2_SLICE_GFX,
-        (ProfileKind::Graphics, 4) => NVML_GPU_INSTANCE_PROFILE_4_SLICE_GFX,
-        (ProfileKind::NoMedia, 1) => NVML_GPU_INSTANCE_PROFILE_1_SLICE_NO_ME,
-        (ProfileKind::NoMedia, 2) => NVML_GPU_INSTANCE_PROFILE_2_SLICE_NO_ME,
-        (ProfileKind::MediaAll, 1) => NVML_GPU_INSTANCE_PROFILE_1_SLICE_ALL_ME,
-        (ProfileKind::MediaAll, 2) => NVML_GPU_INSTANCE_PROFILE_2_SLICE_ALL_ME,
-        _ => return None,
-    })
+    p.nvml_profile_index()
 }
 
 /// The profile of `model` at an `NVML_GPU_INSTANCE_PROFILE_*` index.
 pub fn profile_by_index(model: &GpuModel, index: u32) -> Option<&Profile> {
-    model.profiles.iter().find(|p| nvml_index(p) == Some(index))
+    model.profile_by_nvml_index(index)
 }
 
 /// `MIG 1g.10gb`: the `name` of `nvmlGpuInstanceProfileInfo_v2_t`.
@@ -180,6 +155,8 @@ pub fn ci_remaining_capacity(gi_slices: u8, existing: &[CiSlot], cp: &ComputeIns
 
 #[cfg(test)]
 mod tests {
+    use nvml_wrapper_sys::bindings::*;
+
     use super::*;
     use tessera_mig::catalog;
 
@@ -199,13 +176,29 @@ mod tests {
     }
 
     #[test]
-    fn catalog_indices_agree_with_the_shape_rule() {
-        for m in &catalog().models {
-            for p in &m.profiles {
-                if let Some(i) = p.nvml_index {
-                    assert_eq!(derived_index(p), Some(i), "{} {}", m.name, p.name);
-                }
-            }
+    fn tessera_mig_indices_are_nvml_h_constants() {
+        use tessera_mig::catalog::nvml_gi_index as t;
+        let pairs = [
+            (t::SLICE_1, NVML_GPU_INSTANCE_PROFILE_1_SLICE),
+            (t::SLICE_2, NVML_GPU_INSTANCE_PROFILE_2_SLICE),
+            (t::SLICE_3, NVML_GPU_INSTANCE_PROFILE_3_SLICE),
+            (t::SLICE_4, NVML_GPU_INSTANCE_PROFILE_4_SLICE),
+            (t::SLICE_7, NVML_GPU_INSTANCE_PROFILE_7_SLICE),
+            (t::SLICE_8, NVML_GPU_INSTANCE_PROFILE_8_SLICE),
+            (t::SLICE_6, NVML_GPU_INSTANCE_PROFILE_6_SLICE),
+            (t::SLICE_1_REV1, NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1),
+            (t::SLICE_2_REV1, NVML_GPU_INSTANCE_PROFILE_2_SLICE_REV1),
+            (t::SLICE_1_REV2, NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2),
+            (t::SLICE_1_GFX, NVML_GPU_INSTANCE_PROFILE_1_SLICE_GFX),
+            (t::SLICE_2_GFX, NVML_GPU_INSTANCE_PROFILE_2_SLICE_GFX),
+            (t::SLICE_4_GFX, NVML_GPU_INSTANCE_PROFILE_4_SLICE_GFX),
+            (t::SLICE_1_NO_ME, NVML_GPU_INSTANCE_PROFILE_1_SLICE_NO_ME),
+            (t::SLICE_2_NO_ME, NVML_GPU_INSTANCE_PROFILE_2_SLICE_NO_ME),
+            (t::SLICE_1_ALL_ME, NVML_GPU_INSTANCE_PROFILE_1_SLICE_ALL_ME),
+            (t::SLICE_2_ALL_ME, NVML_GPU_INSTANCE_PROFILE_2_SLICE_ALL_ME),
+        ];
+        for (ours, nvml) in pairs {
+            assert_eq!(ours, nvml);
         }
     }
 

@@ -26,7 +26,7 @@ fn nvml_wrapper_drives_the_stand_in() {
     let state = dir.path().join("node.json");
     let xids = dir.path().join("xids");
     for (name, value) in [
-        (ENV_SPEC, "2xH100-80GB,numa=2,cpus=64"),
+        (ENV_SPEC, "1xH100-80GB+1xH100-80GB:0x16C110DE,numa=2,cpus=64"),
         (ENV_STATE, state.to_str().unwrap()),
         (ENV_XIDS, xids.to_str().unwrap()),
     ] {
@@ -46,6 +46,9 @@ fn nvml_wrapper_drives_the_stand_in() {
     assert_eq!(d.name().unwrap(), "NVIDIA H100 80GB HBM3");
     let pci = d.pci_info().unwrap();
     assert_eq!((pci.bus_id.as_str(), pci.bus, pci.pci_device_id), ("00000000:2A:00.0", 0x2a, 0x2330_10DE));
+    // The board's subsystem id, as the spec names it (GPU 0 has the model's default).
+    assert_eq!(pci.pci_sub_system_id, Some(0x16C1_10DE));
+    assert_eq!(nvml.device_by_index(0).unwrap().pci_info().unwrap().pci_sub_system_id, Some(0x2330_10DE));
     assert_eq!(d.minor_number().unwrap(), 1);
     let mem = d.memory_info().unwrap();
     assert!(mem.total > 79 << 30 && mem.free == mem.total, "{mem:?}");

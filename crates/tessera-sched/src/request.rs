@@ -234,12 +234,43 @@ pub fn profile_memory_mib(model: &GpuModel, profile: &Profile) -> u64 {
         .map_or(0, |gb| gb.saturating_mul(1000))
 }
 
-/// The compute slices an instance offers: its compute instance's, when split.
+/// The compute slices an instance offers a job: its one compute instance's. A GPU instance split
+/// into several compute instances (or holding none) offers nothing: a job is given one CUDA
+/// device, the first compute instance of its GPU instance (`tessera-daemon`'s launch), so the
+/// others would sit unseen beside it; such instances are left to whoever made them.
 pub(crate) fn effective_compute(profile: &Profile, shape: ComputeShape) -> u8 {
     match shape {
         ComputeShape::Full => profile.compute_slices,
         ComputeShape::Slices(c) => c.min(profile.compute_slices),
-        ComputeShape::Other => 0,
+        ComputeShape::Split(_) | ComputeShape::Other => 0,
+    }
+}
+
+#[cfg(test)]
+mod effective_compute_tests {
+    use tessera_mig::layout::CiSizes;
+
+    use super::*;
+
+    #[test]
+    fn only_one_compute_instance_serves_a_job() {
+        let m = tessera_mig::catalog().model("A100-40GB").unwrap();
+        let p = m.profile("3g.20gb").unwrap();
+        let split = ComputeShape::Split(CiSizes::new(&[1, 1, 1]).unwrap());
+        let cases = [(ComputeShape::Full, 3), (ComputeShape::Slices(1), 1), (split, 0), (ComputeShape::Other, 0)];
+        for (shape, want) in cases {
+            assert_eq!(effective_compute(p, shape), want, "{shape:?}");
+        }
+        let need = Need {
+            kind: NeedKind::AtLeastCompute(1),
+            pinned_mib: None,
+            min_profile: p.id,
+            min_compute: 1,
+            min_memory_slices: 1,
+            mig_only: true,
+        };
+        assert!(need.accepts(m, p, ComputeShape::Slices(1)));
+        assert!(!need.accepts(m, p, split));
     }
 }
 

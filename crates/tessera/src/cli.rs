@@ -579,9 +579,14 @@ pub enum MigCommand {
         profiles: Vec<String>,
     },
     /// Apply a mig-parted config to the node: only what differs changes, at explicit placements.
+    ///
+    /// Every selected GPU is planned first; nothing changes unless every plan succeeds. Then, as
+    /// mig-parted does: the `apply-start` hook; the MIG mode phase (its `pre-apply-mode` hook
+    /// only when a mode differs); the MIG device phase (`pre-apply-config` only when devices
+    /// differ; skipped with --mode-only); the `apply-exit` hook.
     Apply {
         #[command(flatten)]
-        config: ConfigArgs,
+        apply: ApplyArgs,
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -595,11 +600,36 @@ pub enum MigCommand {
         #[arg(short = 'a', long = "valid-config", env = "MIG_PARTED_VALID_CONFIG", value_parser = clap::builder::BoolishValueParser::new())]
         valid_config: bool,
     },
-    /// Print the node's current MIG state as a mig-parted config.
+    /// Print the node's current MIG state as a mig-parted config (YAML; `-o json`: mig-parted's
+    /// JSON).
     Export {
-        /// Name of the config in the output.
-        #[arg(short = 'c', long = "config-name", default_value = "current")]
-        config_name: String,
+        #[command(flatten)]
+        export: ExportArgs,
+    },
+    /// Write the mig-parted configs the node's GPUs support (`all-disabled`, `all-enabled`,
+    /// `all-balanced`, `all-<profile>`), as mig-parted's `generate-config` does.
+    GenerateConfig {
+        /// Write to this file instead of standard output (mig-parted's `-f/--output-file`).
+        #[arg(short = 'f', long = "output-file", env = "MIG_PARTED_OUTPUT_FILE", value_name = "FILE")]
+        output_file: Option<PathBuf>,
+        /// yaml or json [default: json with `-o json`, else yaml].
+        #[arg(long = "output-format", env = "MIG_PARTED_OUTPUT_FORMAT", value_enum, value_name = "FORMAT")]
+        output_format: Option<ExportFormat>,
+    },
+    /// Write the node's MIG state (each MIG-capable GPU's mode, GPU and compute instances) to a
+    /// checkpoint file in mig-parted's format, replacing it atomically.
+    Checkpoint {
+        #[command(flatten)]
+        checkpoint: CheckpointArgs,
+    },
+    /// Restore the MIG state a checkpoint file holds: GPUs matched by UUID, the MIG mode first,
+    /// then the exact placements of GPU and compute instances.
+    ///
+    /// Every GPU is planned before anything changes; only what differs changes; a busy instance
+    /// in the way is refused, naming its processes. Hooks run as for `apply`.
+    Restore {
+        #[command(flatten)]
+        restore: RestoreArgs,
     },
     /// Health of the GPUs and their instances from NVML Xid events, classified after NVIDIA's
     /// Xid catalog, and probes of every GPU.
@@ -681,6 +711,67 @@ pub enum HealthCommand {
     },
 }
 
+/// `mig apply`'s flags beyond the config's: mig-parted's `-k` and `-s`, with their variables.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// mig-parted hooks file (`version: v1`, `hooks:` apply-start, pre-apply-mode,
+    /// pre-apply-config, apply-exit): commands run around the change.
+    #[arg(short = 'k', long = "hooks-file", env = "MIG_PARTED_HOOKS_FILE", value_name = "FILE")]
+    pub hooks_file: Option<PathBuf>,
+    /// Do not reset GPUs whose MIG mode change is left pending (mig-parted's `--skip-reset`).
+    #[arg(short = 's', long = "skip-reset", env = "MIG_PARTED_SKIP_RESET", value_parser = clap::builder::BoolishValueParser::new())]
+    pub skip_reset: bool,
+}
+
+/// mig-parted's `-f/--checkpoint-file`, which `checkpoint` and `restore` require.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The checkpoint file (mig-parted's JSON).
+    #[arg(short = 'f', long = "checkpoint-file", env = "MIG_PARTED_CHECKPOINT_FILE", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// `restore`'s flags: mig-parted's, with their variables.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
+    /// mig-parted hooks file: commands run around the change, as for `apply`.
+    #[arg(short = 'k', long = "hooks-file", env = "MIG_PARTED_HOOKS_FILE", value_name = "FILE")]
+    pub hooks_file: Option<PathBuf>,
+    /// Only the MIG mode from the checkpoint file, not its MIG devices.
+    #[arg(short = 'm', long = "mode-only", env = "MIG_PARTED_MODE_CHANGE_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub mode_only: bool,
+}
+
+/// `mig export`'s flags: mig-parted's, with their variables (`-o` is the global output format).
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Name of the config in the output (mig-parted's `-l/--config-label`).
+    #[arg(
+        short = 'l',
+        long = "config-label",
+        visible_alias = "config-name",
+        short_alias = 'c',
+        env = "MIG_PARTED_CONFIG_LABEL",
+        default_value = "current",
+        value_name = "NAME"
+    )]
+    pub config_label: String,
+    /// yaml or json [default: json with `-o json`, else yaml].
+    #[arg(long = "output-format", env = "MIG_PARTED_OUTPUT_FORMAT", value_enum, value_name = "FORMAT")]
+    pub output_format: Option<ExportFormat>,
+}
+
+/// The formats of mig-parted's `export` and `generate-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Yaml,
+    Json,
+}
+
 /// mig-parted's `-f` / `-c`, with its environment variables.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
@@ -695,4 +786,102 @@ pub struct ConfigArgs {
     /// (mig-parted's `--mode-only`).
     #[arg(short = 'm', long = "mode-only", env = "MIG_PARTED_MODE_CHANGE_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
     pub mode_only: bool,
+}
+
+/// The command line of NVIDIA's `nvidia-mig-parted`, which Tessera parses when it is invoked
+/// under that name (a symlink): the verbs, flags, short forms, defaults and `MIG_PARTED_*`
+/// variables of mig-parted's `cmd/nvidia-mig-parted`, running the same code as `tessera mig`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nvidia-mig-parted",
+    version,
+    about = "Manage MIG partitions across the full set of NVIDIA GPUs on a node (Tessera, called as nvidia-mig-parted).",
+    long_about = None,
+    after_help = "The node is chosen as for `tessera mig`: TESSERA_BACKEND, TESSERA_SIM, TESSERA_SIM_STATE, \
+                  TESSERA_NVML_LIBRARY. Every failure exits 1, as mig-parted's do."
+)]
+pub struct MigPartedCli {
+    /// Debug output on stderr, and each hook's own output.
+    #[arg(short = 'd', long, global = true, env = "MIG_PARTED_DEBUG", value_parser = clap::builder::BoolishValueParser::new())]
+    pub debug: bool,
+    /// The verb; without one, the help is printed (as mig-parted does).
+    #[command(subcommand)]
+    pub command: Option<MigPartedCommand>,
+}
+
+/// The verbs of `nvidia-mig-parted`.
+#[derive(Debug, Subcommand)]
+pub enum MigPartedCommand {
+    /// Apply a MIG configuration from a config file, changing only what differs.
+    Apply(ApplyArgs),
+    /// Assert that a MIG configuration from a config file is applied to the node.
+    Assert {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only check that the config file is valid and holds the selected config.
+        #[arg(short = 'a', long = "valid-config", env = "MIG_PARTED_VALID_CONFIG", value_parser = clap::builder::BoolishValueParser::new())]
+        valid_config: bool,
+    },
+    /// Export the MIG configuration of every GPU as a config file.
+    Export(MigPartedExportArgs),
+    /// Checkpoint MIG state to a checkpoint file.
+    Checkpoint(CheckpointArgs),
+    /// Restore MIG state from a checkpoint file.
+    Restore(RestoreArgs),
+    /// Generate the MIG configs the node's GPUs support.
+    GenerateConfig {
+        /// Write to this file instead of standard output.
+        #[arg(short = 'f', long = "output-file", env = "MIG_PARTED_OUTPUT_FILE", value_name = "FILE")]
+        output_file: Option<PathBuf>,
+        /// Format of the output.
+        #[arg(
+            short = 'o',
+            long = "output-format",
+            env = "MIG_PARTED_OUTPUT_FORMAT",
+            value_enum,
+            default_value = "yaml",
+            value_name = "FORMAT"
+        )]
+        output_format: ExportFormat,
+    },
+}
+
+/// `nvidia-mig-parted export`'s flags.
+#[derive(Debug, Args)]
+pub struct MigPartedExportArgs {
+    /// Format of the output.
+    #[arg(
+        short = 'o',
+        long = "output-format",
+        env = "MIG_PARTED_OUTPUT_FORMAT",
+        value_enum,
+        default_value = "yaml",
+        value_name = "FORMAT"
+    )]
+    pub output_format: ExportFormat,
+    /// Name of the config in the output.
+    #[arg(
+        short = 'l',
+        long = "config-label",
+        env = "MIG_PARTED_CONFIG_LABEL",
+        default_value = "current",
+        value_name = "NAME"
+    )]
+    pub config_label: String,
+}
+
+/// The node options of [`Global`] from the environment alone (`TESSERA_*`), for the
+/// `nvidia-mig-parted` name, whose command line has no place for them.
+#[derive(Debug, Parser)]
+#[command(name = "nvidia-mig-parted")]
+struct EnvOnly {
+    #[command(flatten)]
+    global: Global,
+}
+
+impl Global {
+    /// [`Global`] from the environment (`TESSERA_BACKEND`, `TESSERA_SIM`, …), table output.
+    pub fn from_env() -> Result<Global, clap::Error> {
+        EnvOnly::try_parse_from(["nvidia-mig-parted"]).map(|e| e.global)
+    }
 }

@@ -1,7 +1,9 @@
 //! `tessera`: the one user-facing binary. Each subcommand is thin and calls into the crates.
 //!
 //! Exit codes: 0 success; 1 a request that cannot be met (an infeasible plan, a failed assert,
-//! bad input, a refused change); 2 a command line clap cannot parse.
+//! bad input, a refused change); 2 a command line clap cannot parse. Invoked as
+//! `nvidia-mig-parted` (a symlink), it speaks mig-parted's command line instead, where every
+//! failure exits 1 ([`mig_parted_main`]).
 //!
 //! Output that has nowhere to go ends a client command quietly, as `ls | head` ends `ls`: a
 //! closed pipe through `SIGPIPE`'s default action (`sys.rs`), any other write error on stdout
@@ -66,6 +68,9 @@ fn quiet_output_errors() {
 fn main() -> ExitCode {
     // From the first write (clap's `--help` included), a closed pipe ends the process quietly.
     sys::default_sigpipe();
+    if invoked_as_mig_parted() {
+        return mig_parted_main();
+    }
     let args = cli::Cli::parse();
     match args.command {
         // They must outlive a peer that closes a socket or pipe: `SIGPIPE` ignored, as Rust
@@ -101,6 +106,40 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
     };
+    exit_code(result)
+}
+
+/// Whether the binary was invoked as `nvidia-mig-parted` (argv[0]'s file name: a symlink).
+fn invoked_as_mig_parted() -> bool {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|arg0| std::path::Path::new(arg0).file_name())
+        .is_some_and(|name| name == "nvidia-mig-parted")
+}
+
+/// `nvidia-mig-parted …`: mig-parted's command line. Every failure exits 1, a command line clap
+/// cannot parse included, as mig-parted's (urfave/cli, then `log.Fatal`) do; `--help`,
+/// `--version` and no verb at all print and exit 0.
+fn mig_parted_main() -> ExitCode {
+    use clap::CommandFactory as _;
+    quiet_output_errors();
+    let args = match cli::MigPartedCli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    if args.command.is_none() {
+        let _ = cli::MigPartedCli::command().print_help();
+        return ExitCode::SUCCESS;
+    }
+    exit_code(mig::run_mig_parted(args))
+}
+
+/// A command's exit code, its error (if any) said on stderr.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -304,6 +304,27 @@ fn a_state_file_for_another_node_is_refused() {
     assert!(e.contains("sim-node.json"), "{e}");
 }
 
+/// A `device-filter` with a board's subsystem id (mig-parted PR #435) selects only that board;
+/// the simulated node's spec names the boards and `mig gpus -o json` shows them.
+#[test]
+fn a_subsystem_device_filter_selects_one_board() {
+    let n = Node::with_sim("1xH100-80GB:0x16C110DE+1xH100-80GB,numa=1");
+    let j = json(&n.ok(&["mig", "gpus", "-o", "json"]));
+    let boards: Vec<&str> =
+        j["gpus"].as_array().unwrap().iter().map(|g| g["pci_subsystem_id"].as_str().unwrap()).collect();
+    assert_eq!(boards, ["0x16C110DE", "0x233010DE"]);
+    let file = n.file(
+        "boards.yaml",
+        "version: v1\nmig-configs:\n  one-board:\n    - device-filter: \"0x233010DE:0x16C110DE\"\n      \
+         devices: all\n      mig-enabled: true\n      mig-devices:\n        \"1g.10gb\": 7\n",
+    );
+    n.ok(&["mig", "apply", "-f", file.to_str().unwrap(), "-c", "one-board"]);
+    let j = json(&n.ok(&["mig", "gpus", "-o", "json"]));
+    let instances: Vec<usize> =
+        j["gpus"].as_array().unwrap().iter().map(|g| g["instances"].as_array().unwrap().len()).collect();
+    assert_eq!(instances, [7, 0]);
+}
+
 #[test]
 fn default_node_is_a_dgx_h100() {
     let n = Node::new();
@@ -315,7 +336,140 @@ fn default_node_is_a_dgx_h100() {
     assert_eq!(numa, [0, 0, 0, 0, 1, 1, 1, 1]);
 }
 
-/// Three 1-slice compute instances in GPU 0's 3g.40gb (mig-parted cannot express it), one
+/// mig-parted's compute-instance semantics: the counts are compute instances, grouped into GPU
+/// instances as mig-parted groups them (the issue's four examples, and one that cannot fit).
+const CI_CONFIG: &str = "\
+version: v1
+mig-configs:
+  ci:
+    - devices: [0]
+      mig-enabled: true
+      mig-devices:
+        \"1c.3g.20gb\": 3
+        \"3g.20gb\": 1
+    - devices: [1]
+      mig-enabled: true
+      mig-devices:
+        \"2c.3g.20gb\": 1
+        \"1c.3g.20gb\": 1
+        \"1g.5gb\": 1
+    - devices: [2]
+      mig-enabled: true
+      mig-devices:
+        \"1c.7g.80gb\": 7
+  too-many:
+    - devices: [0]
+      mig-enabled: true
+      mig-devices:
+        \"1c.3g.20gb\": 7
+    - devices: [1, 2]
+      mig-enabled: false
+";
+
+/// The GPU instances of every GPU as `mig gpus -o json` names them, by GPU.
+fn device_types_by_gpu(n: &Node) -> Vec<Vec<String>> {
+    let j = json(&n.ok(&["mig", "gpus", "-o", "json"]));
+    j["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let mut v: Vec<String> = g["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["device_type"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn compute_instances_apply_assert_export_and_apply_back_as_mig_parted_counts_them() {
+    use tessera_gpu::MigBackend as _;
+    let n = Node::with_sim("2xA100-40GB+1xH100-80GB,numa=1");
+    let cfg = n.file("ci.yaml", CI_CONFIG);
+    let cfg = cfg.to_str().unwrap();
+    let applied = n.ok(&["mig", "apply", "-f", cfg, "-c", "ci"]);
+    assert!(applied.contains("create  1c.3g.20gb ×3 at 4:4"), "{applied}");
+    assert!(applied.contains("create  1c.7g.80gb ×7 at 0:8"), "{applied}");
+    let want = [vec!["1c.3g.20gb ×3", "3g.20gb"], vec!["1g.5gb", "2c.3g.20gb + 1c.3g.20gb"], vec!["1c.7g.80gb ×7"]];
+    assert_eq!(device_types_by_gpu(&n), want);
+    let j = json(&n.ok(&["mig", "gpus", "-o", "json"]));
+    assert_eq!(j["gpus"][2]["instances"][0]["compute_instances"].as_array().unwrap().len(), 7, "{j}");
+    n.ok(&["mig", "assert", "-f", cfg, "-c", "ci"]);
+
+    let exported = n.run(&["mig", "export"]);
+    assert_eq!((exported.code, exported.stderr.as_str()), (0, ""));
+    for line in ["\"1c.3g.20gb\": 3", "\"3g.20gb\": 1", "\"2c.3g.20gb\": 1", "\"1c.3g.20gb\": 1", "\"1c.7g.80gb\": 7"] {
+        assert!(exported.stdout.contains(line), "{line}:\n{}", exported.stdout);
+    }
+    let back = n.file("export.yaml", &exported.stdout);
+    let back = back.to_str().unwrap();
+    let again = n.ok(&["mig", "apply", "-f", back]);
+    assert!(again.contains("Nothing to change"), "{again}");
+    n.ok(&["mig", "assert", "-f", back]);
+    assert_eq!(device_types_by_gpu(&n), want);
+
+    // A GPU instance without a compute instance: left out of the counts, with a warning.
+    {
+        let sim = tessera_gpu::SimBackend::open(&n.state(), None).unwrap();
+        sim.create_gpu_instance(1, 19, Some(1)).unwrap();
+    }
+    let exported = n.run(&["mig", "export"]);
+    assert_eq!(exported.code, 0);
+    assert_eq!(
+        exported.stderr,
+        "tessera: GPU 1: 1g.5gb@1 (GPU instance 8) has no compute instance, which \
+         mig-parted's format cannot express; left out of the export\n"
+    );
+    assert!(exported.stdout.contains("\"1g.5gb\": 1\n"), "{}", exported.stdout);
+
+    // Seven 1-slice compute instances make three 3g.20gb, but an A100 holds two: refused at
+    // the entry's line, saying how they were grouped.
+    let e = n.fails(&["mig", "apply", "-f", cfg, "-c", "too-many", "--dry-run"]);
+    assert!(e.contains("ci.yaml:20:7: GPU 0 (A100-40GB): 3 × 3g.20gb asked but at most 2 fit"), "{e}");
+    assert!(
+        e.contains("as mig-parted groups them, the 7 compute instances make 3 GPU instances: 1c.3g.20gb ×3; 1c.3g.20gb ×3; 1c.3g.20gb"),
+        "{e}"
+    );
+}
+
+/// Compute instances spread so that mig-parted's grouping of their counts makes other GPU
+/// instances: the export says so.
+#[test]
+fn an_export_that_mig_parted_would_regroup_says_so() {
+    use tessera_gpu::MigBackend as _;
+    let n = Node::with_sim("1xA100-40GB");
+    let cfg = n.file("two.yaml", "version: v1\nmig-configs:\n  two:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"1c.3g.20gb\": 1\n        \"3g.20gb\": 1\n");
+    n.ok(&["mig", "apply", "-f", cfg.to_str().unwrap()]);
+    {
+        // The full 3g.20gb becomes two 1-slice compute instances: three 1c in all.
+        let sim = tessera_gpu::SimBackend::open(&n.state(), None).unwrap();
+        let one = tessera_mig::catalog().model("A100-40GB").unwrap().compute_instance_profiles(3)[0].id;
+        for gi in sim.gpu_instances(0).unwrap() {
+            let cis = sim.compute_instances(0, gi.id).unwrap();
+            if cis.len() == 1 && cis[0].placement.size == 3 {
+                sim.destroy_compute_instance(0, gi.id, cis[0].id).unwrap();
+                sim.create_compute_instance(0, gi.id, one).unwrap();
+                sim.create_compute_instance(0, gi.id, one).unwrap();
+            }
+        }
+    }
+    let exported = n.run(&["mig", "export"]);
+    assert_eq!(exported.code, 0);
+    assert!(exported.stdout.contains("\"1c.3g.20gb\": 3\n"), "{}", exported.stdout);
+    assert_eq!(
+        exported.stderr,
+        "tessera: GPU 0: its GPU instances (1c.3g.20gb ×2; 1c.3g.20gb) export as compute-instance counts that \
+         mig-parted (and `tessera mig apply`) group into other GPU instances (1c.3g.20gb ×3); applying this \
+         export changes the GPU\n"
+    );
+}
+
+/// Three 1-slice compute instances in GPU 0's 3g.40gb (mig-parted's `"1c.3g.40gb": 3`), one
 /// 1-slice compute instance in its own 3g.40gb on GPU 1 (mig-parted's `1c.3g.40gb`), and
 /// layouts that leave capacity free in each of the ways a GPU can.
 const SPLITS: &str = "\
@@ -370,18 +524,18 @@ fn gpus_show_compute_splits_as_export_spells_them_and_what_is_free_one_way() {
     assert_eq!(exported.code, 0, "{}", exported.stderr);
     let export = exported.stdout;
     insta::assert_snapshot!("export_splits", export);
-    // What mig-parted cannot name is said, once, on stderr.
-    assert_eq!(
-        exported.stderr,
-        "tessera: GPU 0: '1c.3g.40gb ×3' has no mig-parted name; `tessera mig apply` of this export refuses it\n"
-    );
-    let refused = n.file("splits.yaml", &export);
-    let e = n.fails(&["mig", "apply", "-f", refused.to_str().unwrap(), "-c", "current", "--dry-run"]);
-    assert!(e.contains("1c.3g.40gb ×3"), "{e}");
-    // One spelling for both: the split GPU instance, and the single 1-slice one.
-    for name in ["1c.3g.40gb ×3", "1c.3g.40gb"] {
+    // mig-parted counts compute instances: the split exports as `"1c.3g.40gb": 3`, which mig-parted
+    // (and `mig apply`) group back into one 3g.40gb, so the export applies and asserts as it is.
+    assert_eq!(exported.stderr, "");
+    let again = n.file("splits.yaml", &export);
+    let plan = n.ok(&["mig", "apply", "-f", again.to_str().unwrap(), "-c", "current", "--dry-run"]);
+    assert!(plan.contains("GPUs 0-4 (H100-80GB): already as configured"), "{plan}");
+    n.ok(&["mig", "assert", "-f", again.to_str().unwrap(), "-c", "current"]);
+    // One spelling in `mig gpus`: the split GPU instance, and the single 1-slice one; the
+    // export's counts of each.
+    for (name, count) in [("1c.3g.40gb ×3", "\"1c.3g.40gb\": 3"), ("1c.3g.40gb", "\"1c.3g.40gb\": 1")] {
         assert!(gpus.contains(&format!("[{name} GI")), "mig gpus lacks {name}:\n{gpus}");
-        assert!(export.contains(&format!("\"{name}\": 1")), "mig export lacks {name}:\n{export}");
+        assert!(export.contains(count), "mig export lacks {count}:\n{export}");
     }
     let j = json(&n.ok(&["mig", "gpus", "-o", "json"]));
     assert_eq!(j["gpus"][0]["instances"][1]["device_type"], "1c.3g.40gb ×3", "{j}");

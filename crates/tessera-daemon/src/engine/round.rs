@@ -317,26 +317,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Resets an idle GPU: the simulated node's reset, or `nvidia-smi --gpu-reset -i N`.
+    /// Resets an idle GPU through the backend ([`tessera_gpu::MigBackend::reset_gpu`]: the
+    /// simulated node's reset, or `nvidia-smi --gpu-reset -i N` on real GPUs).
     pub(crate) fn reset_gpu(&self, gpu: u32) -> Result<(), String> {
-        match self.node.sim() {
-            Some(sim) => sim.reset_gpu(gpu).map(drop).map_err(|e| e.to_string()),
-            None => {
-                let out = std::process::Command::new("nvidia-smi")
-                    .args(["--gpu-reset", "-i", &gpu.to_string()])
-                    .output()
-                    .map_err(|e| format!("running nvidia-smi --gpu-reset: {e}"))?;
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "nvidia-smi --gpu-reset -i {gpu}: {}",
-                        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-                            + String::from_utf8_lossy(&out.stderr).trim()
-                    ))
-                }
-            }
-        }
+        self.node.backend().reset_gpu(gpu).map_err(|e| e.to_string())
     }
 
     /// Ends a job that can no longer run as decided (its instance vanished, its launch

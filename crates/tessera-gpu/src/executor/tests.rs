@@ -15,7 +15,7 @@ fn make(b: &dyn MigBackend, gpu: u32, profile_id: u32, start: u8) -> (u32, Strin
     let model = b.devices().unwrap()[gpu as usize].model().unwrap();
     let p = model.profile_by_id(profile_id).unwrap();
     let gi = b.create_gpu_instance(gpu, profile_id, Some(start)).unwrap();
-    let ci_id = ci_profile_for(model, p, ComputeShape::Full).unwrap().id;
+    let ci_id = ci_profiles_for(model, p, ComputeShape::Full).unwrap()[0].id;
     let ci = b.create_compute_instance(gpu, gi.id, ci_id).unwrap();
     (gi.id, ci.uuid)
 }
@@ -232,4 +232,128 @@ fn ensure_mig_mode_changes_only_what_is_needed() {
     // Asking for the mode in force withdraws the pending change.
     assert!(!ensure_mig_mode(&b, 0, false).unwrap());
     assert!(!b.mig_mode(0).unwrap().pending);
+}
+
+fn split(sizes: &[u8]) -> ComputeShape {
+    ComputeShape::Split(tessera_mig::layout::CiSizes::new(sizes).unwrap())
+}
+
+#[test]
+fn a_split_gpu_instance_gets_every_compute_instance_largest_first() {
+    let b = sim("1xH100-80GB");
+    let seven = Instance { profile_id: 0, start: 0, compute: split(&[1, 2, 4]) };
+    let plan = ReconfigurePlan { steps: vec![Step::Create { instance: seven }], target: vec![], unchanged: vec![] };
+    let report = execute_plan(&b, 0, &plan).unwrap();
+    assert!(report.steps_done[0].starts_with("created (4c.7g.80gb + 2c.7g.80gb + 1c.7g.80gb)@0 (GPU instance"));
+    assert_eq!(report.steps_done[0].matches("MIG-").count(), 3, "{report:?}");
+    let v = gpu_view(&b, 0).unwrap();
+    let placed: Vec<(u8, u8)> =
+        v.instances[0].compute_instances.iter().map(|c| (c.placement.start, c.placement.size)).collect();
+    assert_eq!(placed, [(0, 4), (4, 2), (6, 1)]);
+    assert_eq!(v.layout(), [seven]);
+    assert_eq!(v.instances[0].label(), "(4c.7g.80gb + 2c.7g.80gb + 1c.7g.80gb)@0");
+    // A split the GPU instance cannot hold fails before anything is created, saying why.
+    let b = sim("1xH100-80GB");
+    let bad = Instance { profile_id: 0, start: 0, compute: split(&[3, 2, 2]) };
+    let plan = ReconfigurePlan { steps: vec![Step::Create { instance: bad }], target: vec![], unchanged: vec![] };
+    let e = execute_plan(&b, 0, &plan).unwrap_err();
+    assert_eq!(e.cause.kind(), "invalid_argument", "{e}");
+    assert!(e.to_string().contains("7g.80gb cannot hold 3c.7g.80gb + 2c.7g.80gb ×2: no free placement"), "{e}");
+    assert!(b.gpu_instances(0).unwrap().is_empty());
+}
+
+#[test]
+fn a_split_that_fails_part_way_is_removed_and_a_destroyed_one_recreated() {
+    let w = Wrapped::new(sim("1xA100-40GB"));
+    let three = Instance { profile_id: 9, start: 4, compute: split(&[1, 1, 1]) };
+    let plan = ReconfigurePlan { steps: vec![Step::Create { instance: three }], target: vec![], unchanged: vec![] };
+    // The third compute instance fails: the GPU instance and its two others go again.
+    w.fail_ci_creates_after(2);
+    let e = execute_plan(&w, 0, &plan).unwrap_err();
+    assert_eq!(e.failed_step, "step 1 of 1: create (1c.3g.20gb ×3)@4");
+    assert!(e.rolled_back, "{e}");
+    assert!(w.gpu_instances(0).unwrap().is_empty());
+
+    // Destroyed, then a later step fails: recreated with its three compute instances.
+    let b = sim("1xA100-40GB");
+    execute_plan(&b, 0, &plan).unwrap();
+    let gi = gpu_view(&b, 0).unwrap().instances[0].gpu_instance_id;
+    let undo = ReconfigurePlan {
+        steps: vec![
+            Step::Destroy { instance: three, gpu_instance_id: Some(gi) },
+            Step::Create { instance: Instance::new(19, 7) },
+            Step::Create { instance: Instance::new(19, 7) },
+        ],
+        target: vec![],
+        unchanged: vec![],
+    };
+    let e = execute_plan(&b, 0, &undo).unwrap_err();
+    assert!(e.rolled_back, "{e}");
+    assert_eq!(layout(&b, 0), [three]);
+}
+
+mod props {
+    use proptest::prelude::*;
+    use tessera_mig::layout::{CiSizes, ci_placements};
+    use tessera_mig::{ComputeShape, Planner, Wanted, WantedInstance, catalog};
+
+    use crate::{NodeSpec, SimBackend, execute_plan, gpu_view};
+
+    /// Every compute shape a GPU instance of `profile` can hold: full, one smaller compute
+    /// instance, or a split of up to seven that the catalog's placements allow.
+    fn shapes(model: &tessera_mig::GpuModel, profile: &tessera_mig::Profile) -> Vec<ComputeShape> {
+        let sizes: Vec<u8> = model
+            .compute_instance_profiles(profile.compute_slices)
+            .iter()
+            .map(|c| c.compute_slices)
+            .filter(|&c| c < profile.compute_slices)
+            .collect();
+        let mut out = vec![ComputeShape::Full];
+        out.extend(sizes.iter().map(|&c| ComputeShape::Slices(c)));
+        // Multisets of the smaller sizes, largest first, by depth-first extension.
+        let mut stack: Vec<Vec<u8>> = sizes.iter().map(|&c| vec![c]).collect();
+        while let Some(split) = stack.pop() {
+            for &c in sizes.iter().filter(|&&c| c <= *split.last().unwrap_or(&u8::MAX)) {
+                let mut next = split.clone();
+                next.push(c);
+                if ci_placements(model, profile, &next).is_ok() {
+                    out.push(ComputeShape::Split(CiSizes::new(&next).unwrap()));
+                    stack.push(next);
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Any valid layout with splits, executed on the simulated node, reads back unchanged.
+        #[test]
+        fn split_layouts_survive_executor_and_view(
+            model_idx in 0usize..64,
+            picks in prop::collection::vec((0usize..64, 0usize..64), 1..8),
+        ) {
+            let models = &catalog().models;
+            let model = &models[model_idx % models.len()];
+            let planner = Planner::new(model);
+            let mut wanted: Vec<WantedInstance> = Vec::new();
+            for (p, s) in picks {
+                let profile = &model.profiles[p % model.profiles.len()];
+                let options = shapes(model, profile);
+                let mut next = wanted.clone();
+                next.push(WantedInstance { profile_id: profile.id, compute: options[s % options.len()] });
+                if planner.place(&next, &[]).is_ok() {
+                    wanted = next;
+                }
+            }
+            let sim = SimBackend::in_memory(&NodeSpec::parse(&format!("1x{},mig=on", model.name)).unwrap());
+            let plan = planner.reconfigure(&[], &Wanted::Profiles(wanted)).unwrap();
+            prop_assert!(tessera_mig::validate(model, &plan.target).is_empty());
+            execute_plan(&sim, 0, &plan).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let v = gpu_view(&sim, 0).unwrap();
+            prop_assert_eq!(v.layout(), plan.target.clone());
+            prop_assert!(v.instances.iter().all(|i| i.instance.compute != ComputeShape::Other));
+        }
+    }
 }

@@ -528,6 +528,7 @@ fn the_report_keeps_events_uuids_and_what_cleared() {
         name: "NVIDIA H100 80GB HBM3".into(),
         pci_bus_id: String::new(),
         pci_device_id: 0x2330,
+        pci_subsystem_id: 0,
         numa_node: None,
         local_cpus: vec![],
         memory_total_mib: 0,

@@ -27,6 +27,7 @@
 
 mod ffi;
 mod host;
+mod reset;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -49,6 +50,8 @@ use crate::backend::{
 };
 use crate::drift::{self, bare_profile_name, driver_older_than};
 use crate::health::XidEvent;
+
+pub use self::reset::ENV_NVIDIA_SMI;
 
 /// NVML return codes under names usable in patterns.
 mod rc {
@@ -152,6 +155,8 @@ pub struct NvmlBackend {
     mig_minors_path: PathBuf,
     mig_minors: OnceLock<Option<MigMinors>>,
     boot_id_path: PathBuf,
+    /// The `nvidia-smi` that resets GPUs ([`ENV_NVIDIA_SMI`], else `nvidia-smi`).
+    nvidia_smi: std::ffi::OsString,
     /// How many GPUs NVML sees (fixed from `nvmlInit` to `nvmlShutdown`).
     device_count: OnceLock<u32>,
     /// UUID and minor number by GPU index, read once.
@@ -171,6 +176,7 @@ impl fmt::Debug for NvmlBackend {
             .field("sysfs_root", &self.sysfs_root)
             .field("mig_minors_path", &self.mig_minors_path)
             .field("boot_id_path", &self.boot_id_path)
+            .field("nvidia_smi", &self.nvidia_smi)
             .finish_non_exhaustive()
     }
 }
@@ -310,6 +316,7 @@ impl NvmlBackend {
             mig_minors_path: PathBuf::from(DEFAULT_MIG_MINORS),
             mig_minors: OnceLock::new(),
             boot_id_path: PathBuf::from(DEFAULT_BOOT_ID),
+            nvidia_smi: reset::nvidia_smi_program(),
             device_count: OnceLock::new(),
             statics: Mutex::new(BTreeMap::new()),
             profiles: Mutex::new(BTreeMap::new()),
@@ -597,6 +604,7 @@ impl NvmlBackend {
             uuid,
             name,
             pci_device_id: u16::try_from(pci.pci_device_id >> 16).unwrap_or(0),
+            pci_subsystem_id: pci.pci_sub_system_id.unwrap_or(0),
             numa_node: self.numa_node(g, &pci.bus_id),
             local_cpus: self.local_cpus(g, &pci.bus_id),
             pci_bus_id: pci.bus_id,
@@ -1240,6 +1248,13 @@ impl MigBackend for NvmlBackend {
         Ok(GpuObservation { reset_count: None, recovery_action, boot_id: host::boot_id(&self.boot_id_path) })
     }
 
+    /// `nvidia-smi --gpu-reset -i N` (NVML has no public reset call); its refusals as `InUse`
+    /// or `NotSupported` with nvidia-smi's words.
+    fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
+        let g = self.gpu(gpu)?;
+        reset::reset_with_nvidia_smi(&self.nvidia_smi, &g.gref)
+    }
+
     fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError> {
         let g = self.gpu(gpu)?;
         self.mode_of(&g)
@@ -1274,8 +1289,10 @@ impl MigBackend for NvmlBackend {
         };
         let after = self.mode_of(&g)?;
         match status {
-            rc::SUCCESS => Ok(after),
-            rc::IN_USE | rc::RESET_REQUIRED => Err(self.mode_change_refused(&g, enabled, Some(status))),
+            // RESET_REQUIRED: the change is recorded and waits for a GPU reset (the caller's
+            // `reset_gpu`), or a reboot where the platform cannot reset (nvml.h).
+            rc::SUCCESS | rc::RESET_REQUIRED => Ok(after),
+            rc::IN_USE => Err(self.mode_change_refused(&g, enabled, Some(status))),
             other => Err(BackendError::Driver {
                 context: format!("{}: MIG mode {word} did not take effect (now {after})", g.gref),
                 function: "nvmlDeviceSetMigMode (activation status)".into(),

@@ -428,6 +428,7 @@ fn a_reset_is_nvidia_smi_r() {
     b.detach_process(0, 77).unwrap();
     // A pending MIG-mode change takes effect at the reset.
     b.set_mig_mode(1, false).unwrap();
+    b.reset_gpu(1).unwrap();
     b.attach_gpu_process(1, 5, "x").unwrap();
     assert!(b.set_mig_mode(1, true).is_err());
     assert_eq!(b.mig_mode(1).unwrap(), MigMode { current: false, pending: true });
@@ -439,6 +440,7 @@ fn a_reset_is_nvidia_smi_r() {
     assert!(b.mig_mode(0).unwrap().current, "and keeps MIG on");
     let obs = b.observe(0).unwrap();
     assert_eq!((obs.reset_count, obs.recovery_action), (Some(1), Some(RecoveryAction::None)));
+    assert_eq!(b.observe(1).unwrap().reset_count, Some(2));
     assert!(b.wait_xid_events(0).unwrap().is_empty(), "unread events of a reset GPU are dropped");
     // The state persists; defaults are not written, so older builds' files still read.
     let reopened = SimBackend::open(&path, None).unwrap();
@@ -451,19 +453,51 @@ fn a_reset_is_nvidia_smi_r() {
     }
 }
 
-/// Ampere resets the GPU to change its MIG mode (the reset is counted); Hopper does not.
+/// Ampere keeps a MIG-mode change pending until the GPU is reset (counted); Hopper changes at
+/// once without a reset. A process keeps either pending, and the change can be withdrawn.
 #[test]
-fn a_mig_mode_change_resets_an_a100_but_not_an_h100() {
+fn an_a100_mode_change_waits_for_a_reset_an_h100_does_not() {
     let b = SimBackend::in_memory(&spec("1xA100-40GB+1xH100-80GB"));
-    for (gpu, resets) in [(0u32, 1u64), (1, 0)] {
-        let before = b.observe(gpu).unwrap().reset_count.unwrap();
-        let mode = b.set_mig_mode(gpu, false).unwrap();
-        assert!(!mode.current && !mode.pending, "GPU {gpu}: {mode:?}");
-        let after = b.observe(gpu).unwrap().reset_count.unwrap();
-        assert_eq!(after - before, resets, "GPU {gpu}");
-        b.set_mig_mode(gpu, true).unwrap();
-        assert_eq!(b.observe(gpu).unwrap().reset_count.unwrap() - after, resets, "GPU {gpu}");
+    let off = MigMode { current: false, pending: false };
+    let on = MigMode { current: true, pending: true };
+    // H100: at once, no reset.
+    assert_eq!(b.set_mig_mode(1, false).unwrap(), off);
+    assert_eq!(b.set_mig_mode(1, true).unwrap(), on);
+    assert_eq!(b.observe(1).unwrap().reset_count, Some(0));
+    // A100: pending until the reset, which applies it.
+    assert_eq!(b.set_mig_mode(0, false).unwrap(), MigMode { current: true, pending: false });
+    assert_eq!(b.mig_mode(0).unwrap(), MigMode { current: true, pending: false });
+    assert_eq!(b.observe(0).unwrap().reset_count, Some(0));
+    b.reset_gpu(0).unwrap();
+    assert_eq!(b.mig_mode(0).unwrap(), off);
+    assert_eq!(b.observe(0).unwrap().reset_count, Some(1));
+    // Asking for the current mode withdraws a pending change.
+    b.set_mig_mode(0, true).unwrap();
+    assert_eq!(b.set_mig_mode(0, false).unwrap(), off);
+    // A process keeps the change pending on either model, naming it.
+    for gpu in [0, 1] {
+        b.set_mig_mode(gpu, false).unwrap();
+        b.reset_gpu(gpu).unwrap();
+        b.attach_gpu_process(gpu, 40 + gpu, "train").unwrap();
+        let e = b.set_mig_mode(gpu, true).unwrap_err();
+        assert_eq!(e.kind(), "in_use");
+        assert!(e.to_string().contains(&format!("pid {}", 40 + gpu)), "{e}");
+        assert_eq!(b.mig_mode(gpu).unwrap(), MigMode { current: false, pending: true });
     }
+}
+
+/// `gpu-reset=off` (a passthrough VM): a reset is refused, so an A100's change stays pending
+/// until a reboot.
+#[test]
+fn a_passthrough_gpu_refuses_a_reset_and_waits_for_a_reboot() {
+    let b = SimBackend::in_memory(&spec("1xA100-40GB,gpu-reset=off"));
+    assert_eq!(b.set_mig_mode(0, false).unwrap(), MigMode { current: true, pending: false });
+    let e = b.reset_gpu(0).unwrap_err();
+    assert_eq!(e.kind(), "not_supported");
+    assert!(e.to_string().contains("Reset couldn't run") && e.to_string().contains("reboot"), "{e}");
+    assert_eq!(b.mig_mode(0).unwrap(), MigMode { current: true, pending: false });
+    b.reboot().unwrap();
+    assert_eq!(b.mig_mode(0).unwrap(), MigMode { current: false, pending: false });
 }
 
 #[test]

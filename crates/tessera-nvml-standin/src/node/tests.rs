@@ -286,3 +286,16 @@ fn bad_configuration_fails_to_open() {
     let n = Node::new(Config { state: Some(state), ..Config::default() }).unwrap();
     assert_eq!(n.name(gpu0()).unwrap(), "NVIDIA A30");
 }
+
+/// nvml.h's activation statuses: an A100's change waits for a reset (`RESET_REQUIRED`, pending),
+/// an H100's takes effect (`SUCCESS`).
+#[test]
+fn an_a100_mode_change_reports_reset_required() {
+    let n = node("1xA100-40GB+1xH100-80GB,mig=off");
+    assert_eq!(n.set_mig_mode(gpu0(), NVML_DEVICE_MIG_ENABLE), Ok(RESET_REQUIRED));
+    assert_eq!(n.mig_mode(gpu0()), Ok((0, 1)), "pending until the reset");
+    n.sim.reset_gpu(0).unwrap();
+    assert_eq!(n.mig_mode(gpu0()), Ok((1, 1)));
+    assert_eq!(n.set_mig_mode(Node::gpu_handle(1), NVML_DEVICE_MIG_ENABLE), Ok(SUCCESS));
+    assert_eq!(n.mig_mode(Node::gpu_handle(1)), Ok((1, 1)));
+}

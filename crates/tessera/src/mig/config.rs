@@ -1,4 +1,4 @@
-//! `tessera mig apply|assert|export`: mig-parted's config workflow, made incremental.
+//! `tessera mig apply|assert`: mig-parted's config workflow, made incremental.
 //!
 //! mig-parted wipes every instance on a GPU whose layout differs and retries creation orders
 //! (NVIDIA/mig-parted#119). Here every selected GPU is planned first, with explicit placements
@@ -13,15 +13,17 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use serde_json::json;
-use tessera_gpu::executor::{ensure_mig_mode, execute_plan};
+use tessera_gpu::MigBackend;
+use tessera_gpu::executor::execute_plan;
 use tessera_gpu::view::{GpuView, node_view};
 use tessera_mig::layout::{device_type_name, instance_label};
 use tessera_mig::{GpuModel, ReconfigurePlan, Step, Wanted, reconfigure};
-use tessera_migparted::{DeviceSummary, DeviceTarget, ExportDevice, MigConfigFile, Resolution};
+use tessera_migparted::{DeviceSummary, DeviceTarget, MigConfigFile, Resolution};
 
+use super::hooks::{Applier, Hooks, apply_with_hooks};
 use super::{human, print_json};
 use crate::Refusal;
-use crate::cli::{ConfigArgs, Global};
+use crate::cli::{ApplyArgs, ConfigArgs, Global};
 use crate::node;
 
 /// What one GPU needs.
@@ -89,10 +91,15 @@ fn index_list(indices: &[u32]) -> String {
     indices.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
-fn summaries(views: &[GpuView]) -> Vec<DeviceSummary> {
+pub(super) fn summaries(views: &[GpuView]) -> Vec<DeviceSummary> {
     views
         .iter()
-        .map(|v| DeviceSummary { index: v.device.index, pci_device_id: v.device.pci_device_id, model: v.model })
+        .map(|v| DeviceSummary {
+            index: v.device.index,
+            pci_device_id: v.device.pci_device_id,
+            pci_subsystem_id: v.device.pci_subsystem_id,
+            model: v.model,
+        })
         .collect()
 }
 
@@ -114,10 +121,29 @@ fn step_line(m: &GpuModel, s: &Step) -> String {
     }
 }
 
+/// Why a GPU cannot be planned: the planner's reason, and for busy instances in the way, the
+/// processes that use them ([`super::mode::busy_instance_words`]).
+fn reconfigure_refusal(backend: &dyn MigBackend, v: &GpuView, e: &tessera_mig::ReconfigureError) -> String {
+    let tessera_mig::ReconfigureError::BusyInstancesBlock { blockers, .. } = e else { return e.to_string() };
+    let users: Vec<String> = blockers
+        .iter()
+        .filter_map(|b| v.instances.iter().find(|i| Some(i.gpu_instance_id) == b.gpu_instance_id && i.busy))
+        .map(|i| super::mode::busy_instance_words(backend, i))
+        .collect();
+    if users.is_empty() { e.to_string() } else { format!("{e}; {}", users.join("; ")) }
+}
+
 /// Plan every targeted GPU; collect every failure rather than stopping at the first.
 /// With `mode_only`, a GPU whose config enables MIG gets only the mode, not its MIG devices.
-fn plan_all(views: &[GpuView], targets: &[DeviceTarget], mode_only: bool) -> Result<Vec<GpuPlan>, Vec<String>> {
-    let mut plans = Vec::new();
+/// A GPU whose MIG mode must change while processes use it is refused here, naming them, so
+/// nothing (not even a hook) runs ([`super::mode::busy_gpu`], the check `apply_modes` makes).
+fn plan_all(
+    backend: &dyn MigBackend,
+    views: &[GpuView],
+    targets: &[DeviceTarget],
+    mode_only: bool,
+) -> Result<Vec<GpuPlan>, Vec<String>> {
+    let mut plans: Vec<GpuPlan> = Vec::new();
     let mut errors = Vec::new();
     for t in targets {
         let Some(v) = views.iter().find(|v| v.device.index == t.index) else {
@@ -148,7 +174,7 @@ fn plan_all(views: &[GpuView], targets: &[DeviceTarget], mode_only: bool) -> Res
                     plan: Some(plan),
                     disable_after: false,
                 }),
-                Err(e) => errors.push(format!("GPU {} ({}): {e}", t.index, m.name)),
+                Err(e) => errors.push(format!("GPU {} ({}): {}", t.index, m.name, reconfigure_refusal(backend, v, &e))),
             }
         } else if v.mig.current || v.mig.pending {
             match reconfigure(m, &current, &Wanted::Layout(Vec::new())) {
@@ -159,10 +185,22 @@ fn plan_all(views: &[GpuView], targets: &[DeviceTarget], mode_only: bool) -> Res
                     plan: Some(plan),
                     disable_after: true,
                 }),
-                Err(e) => errors.push(format!("GPU {} ({}): cannot disable MIG: {e}", t.index, m.name)),
+                Err(e) => errors.push(format!(
+                    "GPU {} ({}): cannot disable MIG: {}",
+                    t.index,
+                    m.name,
+                    reconfigure_refusal(backend, v, &e)
+                )),
             }
         } else {
             plans.push(GpuPlan { index: t.index, model: Some(m), enable_mig: None, plan: None, disable_after: false });
+        }
+        if let Some(p) = plans.last().filter(|p| p.index == t.index && mode_changes(p)) {
+            match super::mode::busy_gpu(backend, v.device.gpu_ref()) {
+                Ok(None) => {}
+                Ok(Some(busy)) => errors.push(format!("GPU {}: cannot change its MIG mode: {busy}", p.index)),
+                Err(e) => errors.push(format!("GPU {}: cannot list its processes: {e}", p.index)),
+            }
         }
     }
     if errors.is_empty() { Ok(plans) } else { Err(errors) }
@@ -229,7 +267,7 @@ fn plan_lines(p: &GpuPlan) -> Vec<String> {
 }
 
 /// Print every GPU's plan; neighbouring GPUs with the same model and plan share one heading.
-fn print_plans(plans: &[GpuPlan]) {
+fn print_plans(plans: &[GpuPlan], out: &mut dyn std::io::Write) {
     let mut i = 0;
     while i < plans.len() {
         let lines = plan_lines(&plans[i]);
@@ -249,19 +287,147 @@ fn print_plans(plans: &[GpuPlan]) {
         };
         let model = model.unwrap_or("?");
         if let [one] = lines.as_slice() {
-            println!("{gpus} ({model}): {one}");
+            let _ = writeln!(out, "{gpus} ({model}): {one}");
         } else {
-            println!("{gpus} ({model}):");
+            let _ = writeln!(out, "{gpus} ({model}):");
             for l in &lines {
-                println!("  {l}");
+                let _ = writeln!(out, "  {l}");
             }
         }
         i = j + 1;
     }
 }
 
-pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Result<()> {
-    let (file, origin, name) = load(args)?;
+/// Whose words a command speaks: Tessera's own (`tessera mig …`), or mig-parted's
+/// (`nvidia-mig-parted …`: its success lines on stdout, the rest on stderr only with `debug`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Voice {
+    Tessera,
+    MigParted { debug: bool },
+}
+
+impl Voice {
+    /// Whether hooks' output and progress are shown: `-v` for Tessera, `-d` for mig-parted.
+    pub(super) fn debug(self, global: &Global) -> bool {
+        match self {
+            Voice::Tessera => global.verbose,
+            Voice::MigParted { debug } => debug,
+        }
+    }
+}
+
+/// The `MIG_PARTED_*` variable of each of `apply`'s flags with its value, as mig-parted gives
+/// them to hooks (its `GetHooksEnvsMap`: every flag with a variable, `%v`-formatted; the selected
+/// config is the one in effect, also when the file's only config implies it).
+fn apply_flags_env(args: &ApplyArgs, name: &str) -> BTreeMap<String, String> {
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map_or_else(String::new, |p| p.display().to_string());
+    [
+        ("MIG_PARTED_CONFIG_FILE", path(&args.config.file)),
+        ("MIG_PARTED_SELECTED_CONFIG", name.to_string()),
+        ("MIG_PARTED_HOOKS_FILE", path(&args.hooks_file)),
+        ("MIG_PARTED_SKIP_RESET", args.skip_reset.to_string()),
+        ("MIG_PARTED_MODE_CHANGE_ONLY", args.config.mode_only.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The two phases of an apply over plans made before either starts.
+struct PlannedApply<'a> {
+    backend: &'a dyn MigBackend,
+    name: &'a str,
+    plans: &'a [GpuPlan],
+    /// What changed so far, `GPU n: …`, for the report and for a failure's message.
+    done: Vec<String>,
+    /// Leave a MIG-mode change that needs a GPU reset pending (`--skip-reset`).
+    skip_reset: bool,
+}
+
+impl PlannedApply<'_> {
+    /// Run `step` on each GPU of `gpus`; a failure names the GPU and what changed before it.
+    fn each(
+        &mut self,
+        gpus: impl Fn(&GpuPlan) -> bool,
+        step: impl Fn(&dyn MigBackend, &GpuPlan) -> anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<()> {
+        for p in self.plans.iter().filter(|p| gpus(p)) {
+            match step(self.backend, p) {
+                Ok(lines) => self.done.extend(lines.into_iter().map(|l| format!("GPU {}: {l}", p.index))),
+                Err(e) => {
+                    let before = if self.done.is_empty() {
+                        "No other GPU was changed.".to_string()
+                    } else {
+                        format!("Changes that remain on GPUs done before it:\n  {}", self.done.join("\n  "))
+                    };
+                    return Err(
+                        Refusal(format!("apply '{}' failed on GPU {}: {e:#}\n{before}", self.name, p.index)).into()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A GPU whose MIG mode changes: MIG enabled, or its instances destroyed and MIG disabled.
+fn mode_changes(p: &GpuPlan) -> bool {
+    p.enable_mig.is_some() || p.disable_after
+}
+
+/// A GPU whose MIG devices change (one being disabled is the mode phase's).
+fn config_changes(p: &GpuPlan) -> bool {
+    !p.disable_after && p.plan.as_ref().is_some_and(|plan| !plan.is_empty())
+}
+
+impl Applier for PlannedApply<'_> {
+    fn mode_applied(&mut self) -> anyhow::Result<bool> {
+        Ok(!self.plans.iter().any(mode_changes))
+    }
+
+    /// The mode phase is [`super::mode::apply_modes`]: busy GPUs refused before any change,
+    /// instances cleared before MIG is turned off, pending changes reset after every mode is set.
+    fn apply_mode(&mut self) -> anyhow::Result<()> {
+        let changes: Vec<(u32, bool)> =
+            self.plans.iter().filter(|p| mode_changes(p)).map(|p| (p.index, !p.disable_after)).collect();
+        match super::mode::apply_modes(self.backend, &changes, self.skip_reset) {
+            Ok(report) => {
+                if report.pending() {
+                    for line in report.lines().iter().filter(|l| l.contains(" is pending: ")) {
+                        eprintln!("tessera: {line}");
+                    }
+                }
+                self.done.extend(report.lines());
+                Ok(())
+            }
+            Err(e) => {
+                let lines = e.report().map(super::mode::ModeReport::lines).unwrap_or_default();
+                self.done.extend(lines.iter().cloned());
+                let what = if lines.is_empty() { String::new() } else { format!("\n  {}", lines.join("\n  ")) };
+                Err(Refusal(format!("apply '{}': {e}{what}", self.name)).into())
+            }
+        }
+    }
+
+    fn config_applied(&mut self) -> anyhow::Result<bool> {
+        Ok(!self.plans.iter().any(config_changes))
+    }
+
+    fn apply_config(&mut self) -> anyhow::Result<()> {
+        self.each(config_changes, |backend, p| match &p.plan {
+            Some(plan) => Ok(execute_plan(backend, p.index, plan)?.steps_done),
+            None => Ok(Vec::new()),
+        })
+    }
+}
+
+/// `mig apply` (and `nvidia-mig-parted apply`): plan every selected GPU of both phases, refuse
+/// before anything runs if one cannot be planned, then run the phases between the hooks.
+pub fn apply(global: &Global, args: &ApplyArgs, dry_run: bool, voice: Voice) -> anyhow::Result<()> {
+    let (file, origin, name) = load(&args.config)?;
+    let debug = voice.debug(global);
+    // Read (and so checked) on a dry run too, where no hook runs.
+    let hooks = Hooks::load(args.hooks_file.as_deref(), apply_flags_env(args, &name), debug)?;
     let node = node::open(global)?;
     let backend = node.backend();
     let views = node_view(backend)?;
@@ -275,7 +441,7 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
             index_list(&unmatched)
         );
     }
-    let plans = match plan_all(&views, &targets, args.mode_only) {
+    let plans = match plan_all(backend, &views, &targets, args.config.mode_only) {
         Ok(p) => p,
         Err(errors) => {
             return Err(Refusal(format!(
@@ -286,9 +452,18 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
             .into());
         }
     };
-    if human(global.output) {
-        println!("{} '{}' from {origin} on {}:", if dry_run { "Plan for" } else { "Applying" }, name, node.description);
-        print_plans(&plans);
+    let heading =
+        format!("{} '{}' from {origin} on {}:", if dry_run { "Plan for" } else { "Applying" }, name, node.description);
+    match voice {
+        Voice::Tessera if human(global.output) => {
+            println!("{heading}");
+            print_plans(&plans, &mut std::io::stdout().lock());
+        }
+        Voice::MigParted { debug: true } => {
+            eprintln!("{heading}");
+            print_plans(&plans, &mut std::io::stderr().lock());
+        }
+        _ => {}
     }
     if dry_run {
         if !human(global.output) {
@@ -298,57 +473,28 @@ pub fn apply(global: &Global, args: &ConfigArgs, dry_run: bool) -> anyhow::Resul
         }
         return Ok(());
     }
-    let mut done: Vec<String> = Vec::new();
-    for p in &plans {
-        if p.is_noop() {
-            continue;
-        }
-        let result: anyhow::Result<Vec<String>> = (|| {
-            let mut lines = Vec::new();
-            if let Some(enable) = p.enable_mig
-                && ensure_mig_mode(backend, p.index, enable)?
-            {
-                lines.push("enabled MIG mode".to_string());
-            }
-            if let Some(plan) = &p.plan
-                && !plan.is_empty()
-            {
-                let report = execute_plan(backend, p.index, plan)?;
-                lines.extend(report.steps_done);
-            }
-            if p.disable_after && ensure_mig_mode(backend, p.index, false)? {
-                lines.push("disabled MIG mode".to_string());
-            }
-            Ok(lines)
-        })();
-        match result {
-            Ok(lines) => done.extend(lines.into_iter().map(|l| format!("GPU {}: {l}", p.index))),
-            Err(e) => {
-                let before = if done.is_empty() {
-                    "No other GPU was changed.".to_string()
-                } else {
-                    format!("Changes that remain on GPUs done before it:\n  {}", done.join("\n  "))
-                };
-                return Err(Refusal(format!("apply '{}' failed on GPU {}: {e:#}\n{before}", name, p.index)).into());
+    let mut applier =
+        PlannedApply { backend, name: &name, plans: &plans, done: Vec::new(), skip_reset: args.skip_reset };
+    apply_with_hooks(&hooks, args.config.mode_only, &mut applier)?;
+    let done = applier.done;
+    match voice {
+        Voice::MigParted { .. } => println!("MIG configuration applied successfully"),
+        Voice::Tessera if human(global.output) => {
+            if done.is_empty() {
+                println!("Nothing to change: the node already matches '{}'.", name);
+            } else {
+                let created = done.iter().filter(|l| l.contains(": created ")).count();
+                let destroyed = done.iter().filter(|l| l.contains(": destroyed ")).count();
+                println!(
+                    "Applied: {created} GPU instance(s) created, {destroyed} destroyed, on {} GPU(s). \
+                     `tessera mig gpus` shows the result.",
+                    plans.iter().filter(|p| !p.is_noop()).count()
+                );
             }
         }
-    }
-    if human(global.output) {
-        if done.is_empty() {
-            println!("Nothing to change: the node already matches '{}'.", name);
-        } else {
-            let created = done.iter().filter(|l| l.contains(": created ")).count();
-            let destroyed = done.iter().filter(|l| l.contains(": destroyed ")).count();
-            println!(
-                "Applied: {created} GPU instance(s) created, {destroyed} destroyed, on {} GPU(s). \
-                 `tessera mig gpus` shows the result.",
-                plans.iter().filter(|p| !p.is_noop()).count()
-            );
-        }
-    } else {
-        print_json(
+        Voice::Tessera => print_json(
             &json!({"config": name, "dry_run": false, "gpus": plans.iter().map(plan_json).collect::<Vec<_>>(), "done": done}),
-        );
+        ),
     }
     Ok(())
 }
@@ -366,12 +512,14 @@ fn device_types(v: &GpuView) -> BTreeMap<String, u32> {
 /// `valid_config`: only the file and the selected config's presence, as mig-parted's
 /// `--valid-config`. `args.mode_only`: only the MIG mode of the GPUs the config selects (mig-parted
 /// asks no coverage of the node then).
-pub fn assert(global: &Global, args: &ConfigArgs, valid_config: bool) -> anyhow::Result<()> {
+pub fn assert(global: &Global, args: &ConfigArgs, valid_config: bool, voice: Voice) -> anyhow::Result<()> {
     let (file, origin, name) = load(args)?;
     if valid_config {
         // On a node of no GPUs, only the config's presence (and the file's form) is checked.
         tessera_migparted::resolve_node(&file, &name, &[])?;
-        if human(global.output) {
+        if let Voice::MigParted { .. } = voice {
+            println!("Selected MIG configuration is valid");
+        } else if human(global.output) {
             println!("The selected config '{name}' in {origin} is valid.");
         } else {
             print_json(&json!({"config": name, "valid": true}));
@@ -431,6 +579,22 @@ pub fn assert(global: &Global, args: &ConfigArgs, valid_config: bool) -> anyhow:
     }
     differences.sort();
     let differences: Vec<String> = differences.into_iter().map(|(_, d)| d).collect();
+    if let Voice::MigParted { .. } = voice {
+        // mig-parted's lines (`cmd/nvidia-mig-parted/assert/assert.go`); the differences before.
+        if differences.is_empty() {
+            println!(
+                "{}",
+                if args.mode_only {
+                    "Selected MIG mode settings from configuration currently applied"
+                } else {
+                    "Selected MIG configuration currently applied"
+                }
+            );
+            return Ok(());
+        }
+        eprintln!("The node does not match '{}' from {origin}:\n  {}", name, differences.join("\n  "));
+        return Err(Refusal("Assertion failure: selected configuration not currently applied".to_string()).into());
+    }
     if !human(global.output) {
         print_json(&json!({"config": name, "matches": differences.is_empty(), "differences": differences}));
     }
@@ -443,37 +607,4 @@ pub fn assert(global: &Global, args: &ConfigArgs, valid_config: bool) -> anyhow:
         Err(Refusal(format!("The node does not match '{}' from {origin}:\n  {}", name, differences.join("\n  ")))
             .into())
     }
-}
-
-pub fn export(global: &Global, config_name: &str) -> anyhow::Result<()> {
-    let node = node::open(global)?;
-    let views = node_view(node.backend())?;
-    let devices: Vec<ExportDevice> = views
-        .iter()
-        .map(|v| ExportDevice {
-            index: v.device.index,
-            mig_enabled: v.mig.current,
-            device_types: device_types(v).into_iter().collect(),
-        })
-        .collect();
-    // Several compute instances in one GPU instance (or none) have no mig-parted name: exported
-    // as `tessera mig gpus` shows them, which `mig apply` (and mig-parted) refuse. Said once.
-    for v in &views {
-        for i in v.instances.iter().filter(|i| i.instance.compute == tessera_mig::ComputeShape::Other) {
-            eprintln!(
-                "tessera: GPU {}: '{}' has no mig-parted name; `tessera mig apply` of this export refuses it",
-                v.device.index,
-                super::device_type(v, i)
-            );
-        }
-    }
-    if human(global.output) {
-        print!("{}", tessera_migparted::export(&devices, config_name));
-    } else {
-        print_json(&json!({
-            "config": config_name,
-            "gpus": devices.iter().map(|d| json!({"index": d.index, "mig-enabled": d.mig_enabled, "mig-devices": d.device_types.iter().cloned().collect::<BTreeMap<_, _>>()})).collect::<Vec<_>>(),
-        }));
-    }
-    Ok(())
 }

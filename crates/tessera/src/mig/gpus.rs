@@ -80,6 +80,7 @@ pub fn gpu_json(v: &GpuView) -> serde_json::Value {
         "model": v.model.map(|m| m.name.clone()),
         "pci_bus_id": v.device.pci_bus_id,
         "pci_device_id": format!("0x{:04X}", v.device.pci_device_id),
+        "pci_subsystem_id": format!("0x{:08X}", v.device.pci_subsystem_id),
         "numa_node": v.device.numa_node,
         "local_cpus": ranges(&v.device.local_cpus),
         "memory_total_mib": v.device.memory_total_mib,

@@ -1,18 +1,23 @@
 //! `tessera mig …`: the MIG commands. Each file is one command or a family of them.
 
+mod checkpoint;
 mod config;
+mod export;
 mod gpus;
 mod health;
+pub mod hooks;
 mod layouts;
+pub mod mode;
+mod parted;
 mod plan;
 mod profiles;
 mod sim;
 
-use std::collections::BTreeMap;
+pub use parted::run_mig_parted;
 
 use anyhow::{Context as _, bail};
 use tessera_gpu::view::{GpuView, LiveInstance};
-use tessera_mig::layout::device_type_name;
+use tessera_mig::layout::{CiSizes, shape_type_name};
 use tessera_mig::{ComputeShape, GpuModel, Instance, WantedInstance, catalog};
 
 use crate::cli::{Global, HealthCommand, MigCommand, Output};
@@ -26,9 +31,16 @@ pub fn run(global: &Global, cmd: MigCommand) -> anyhow::Result<()> {
             plan::run(global.output, &gpu, &existing, per_gpu_numa, &profiles)
         }
         MigCommand::Layouts { gpu, profiles } => layouts::run(global.output, &gpu, &profiles),
-        MigCommand::Apply { config, dry_run } => config::apply(global, &config, dry_run),
-        MigCommand::Assert { config, valid_config } => config::assert(global, &config, valid_config),
-        MigCommand::Export { config_name } => config::export(global, &config_name),
+        MigCommand::Apply { apply, dry_run } => config::apply(global, &apply, dry_run, config::Voice::Tessera),
+        MigCommand::Assert { config, valid_config } => {
+            config::assert(global, &config, valid_config, config::Voice::Tessera)
+        }
+        MigCommand::Export { export } => export::export(global, &export),
+        MigCommand::Checkpoint { checkpoint } => checkpoint::checkpoint(global, &checkpoint, config::Voice::Tessera),
+        MigCommand::Restore { restore } => checkpoint::restore(global, &restore, config::Voice::Tessera),
+        MigCommand::GenerateConfig { output_file, output_format } => {
+            export::generate_config(global, output_file.as_deref(), output_format)
+        }
         MigCommand::Health { watch, recovery_quiet, health_state, command: None } => {
             health::run(global, watch, recovery_quiet, health_state)
         }
@@ -66,42 +78,35 @@ pub fn instance_arg(model: &GpuModel, text: &str) -> anyhow::Result<Instance> {
     Ok(Instance { profile_id: wanted.profile_id, start, compute: wanted.compute })
 }
 
-/// A GPU instance's device type, the one spelling `tessera mig gpus` and `tessera mig export`
-/// share: mig-parted's (`3g.40gb`; `1c.3g.40gb` for one smaller compute instance), and for what
-/// mig-parted cannot express, several compute instances in one GPU instance, each kind with its
-/// count (`1c.3g.40gb ×3`, `1c.3g.40gb ×2 + 2c.3g.40gb`), or none (`3g.40gb (no compute
-/// instance)`).
+/// A GPU instance's device type, the one spelling `tessera mig gpus` and `tessera mig assert`
+/// share: mig-parted's (`3g.40gb`; `1c.3g.40gb` for one smaller compute instance), and for
+/// several compute instances in one GPU instance each kind with its count, largest first
+/// (`1c.3g.40gb ×3`, `2c.3g.40gb + 1c.3g.40gb`: `tessera_mig::layout::device_type_name`), or
+/// none (`3g.40gb (no compute instance)`).
 pub fn device_type(v: &GpuView, i: &LiveInstance) -> String {
     let profile = v.model.and_then(|m| m.profile_by_id(i.instance.profile_id));
-    match (i.instance.compute, profile) {
-        (ComputeShape::Other, _) => {
-            if i.compute_instances.is_empty() {
-                return format!("{} (no compute instance)", i.profile_name);
-            }
-            let whole = profile.map(|p| p.compute_slices);
-            let mut sizes: BTreeMap<u8, usize> = BTreeMap::new();
-            for c in &i.compute_instances {
-                *sizes.entry(c.placement.size).or_default() += 1;
-            }
-            sizes
-                .into_iter()
-                .map(|(size, n)| {
-                    let name = compute_instance_type(&i.profile_name, size, whole);
-                    if n == 1 { name } else { format!("{name} ×{n}") }
-                })
-                .collect::<Vec<_>>()
-                .join(" + ")
+    let gi_slices = profile.map_or(0, |p| p.compute_slices);
+    match i.instance.compute {
+        ComputeShape::Other if i.compute_instances.is_empty() => {
+            format!("{} (no compute instance)", i.profile_name)
         }
-        (compute, Some(p)) => device_type_name(p, compute),
-        (ComputeShape::Slices(c), None) => format!("{c}c.{}", i.profile_name),
-        (ComputeShape::Full, None) => i.profile_name.clone(),
+        ComputeShape::Other => {
+            // Several compute instances that no split describes: their sizes all the same.
+            let mut sizes: Vec<u8> = i.compute_instances.iter().map(|c| c.placement.size).collect();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            match CiSizes::new(&sizes) {
+                Ok(split) => shape_type_name(&i.profile_name, gi_slices, ComputeShape::Split(split)),
+                Err(_) => format!("{} (custom compute instances)", i.profile_name),
+            }
+        }
+        compute => shape_type_name(&i.profile_name, gi_slices, compute),
     }
 }
 
 /// A compute instance's type: its GPU instance's profile when it takes all `whole` compute
 /// slices, else `{size}c.{profile}` (`1c.3g.40gb`).
 pub fn compute_instance_type(profile: &str, size: u8, whole: Option<u8>) -> String {
-    if Some(size) == whole { profile.to_string() } else { format!("{size}c.{profile}") }
+    shape_type_name(profile, whole.unwrap_or(0), ComputeShape::Slices(size))
 }
 
 /// Print JSON (for `-o json`).
