@@ -65,11 +65,9 @@ impl fmt::Display for ExecutionError {
     }
 }
 
-impl std::error::Error for ExecutionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.cause)
-    }
-}
+/// The cause is part of the message (with where the plan stopped and what was undone), so it is
+/// not also a `source`: a report that prints the chain would say it twice.
+impl std::error::Error for ExecutionError {}
 
 /// A step that has been done, with what it takes to undo it.
 #[derive(Debug)]

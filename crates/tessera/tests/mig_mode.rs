@@ -107,6 +107,24 @@ fn skip_reset_leaves_the_a100_pending_and_the_next_apply_resets_it() {
 }
 
 #[test]
+fn skip_reset_without_mode_only_stops_before_the_mig_devices_with_a_clear_reason() {
+    let n = Node::new("1xA100-40GB,mig=off");
+    let cfg = n.config(
+        "version: v1\nmig-configs:\n  half:\n    - devices: all\n      mig-enabled: true\n      mig-devices:\n        \"3g.20gb\": 2\n",
+    );
+    let r = n.run(&["mig", "apply", "-f", &cfg, "--skip-reset"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("MIG is not enabled yet on GPU(s) 0"), "{}", r.stderr);
+    assert!(r.stderr.contains("without --skip-reset"), "{}", r.stderr);
+    // The cause is said once, not once per error in the chain.
+    assert_eq!(r.stderr.matches("MIG is not enabled yet").count(), 1, "{}", r.stderr);
+    assert_eq!(n.mode(0), (false, true), "the mode change waits, nothing else happened");
+    // Without --skip-reset the same apply resets the GPU and makes the MIG devices.
+    n.ok(&["mig", "apply", "-f", &cfg]);
+    n.ok(&["mig", "assert", "-f", &cfg]);
+}
+
+#[test]
 fn a_process_on_a_gpu_refuses_the_change_before_any_gpu_changes() {
     let n = Node::new("2xH100-80GB");
     n.ok(&["mig", "apply", "-f", &n.config(ONE_EACH), "-c", "one-each"]);

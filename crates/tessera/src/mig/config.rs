@@ -414,6 +414,25 @@ impl Applier for PlannedApply<'_> {
     }
 
     fn apply_config(&mut self) -> anyhow::Result<()> {
+        // A MIG-mode change left pending (`--skip-reset`, or a refused reset) means no MIG
+        // device can be made yet; mig-parted fails there too ("error asserting MIG enabled").
+        let waiting: Vec<u32> = self
+            .plans
+            .iter()
+            .filter(|p| config_changes(p))
+            .filter(|p| self.backend.mig_mode(p.index).is_ok_and(|m| !m.current))
+            .map(|p| p.index)
+            .collect();
+        if !waiting.is_empty() {
+            return Err(Refusal(format!(
+                "apply '{}': MIG is not enabled yet on GPU(s) {} (the mode change waits for a GPU reset), so \
+                 their MIG devices cannot be made; apply again without --skip-reset, or reset the GPU(s) or \
+                 reboot, then apply",
+                self.name,
+                index_list(&waiting)
+            ))
+            .into());
+        }
         self.each(config_changes, |backend, p| match &p.plan {
             Some(plan) => Ok(execute_plan(backend, p.index, plan)?.steps_done),
             None => Ok(Vec::new()),
