@@ -22,6 +22,8 @@ fi
 # The NVML backend's tests load the stand-in libnvidia-ml (a cdylib): build it first.
 cargo build --locked -p tessera-nvml-standin
 cargo test --workspace --locked "$@"
+# The Kubernetes manifests against the 1.34-1.37 schemas, and their ConfigMaps with Tessera's parsers.
+scripts/kube-validate.sh
 # The mig-parted demo checks every step it shows (a node switching between NVIDIA's configs
 # while a job holds an instance); its output is shown only when a step fails.
 demo_log=$(mktemp)

@@ -38,6 +38,9 @@ pub struct LiveInstance {
     /// catalog's rules can make, and `Other` otherwise (none, or an inexpressible set).
     pub instance: Instance,
     pub gpu_instance_id: u32,
+    /// Minor of the GPU instance's `/dev/nvidia-caps/nvidia-cap<minor>` (`None` where the driver
+    /// does not publish `mig-minors`); each compute instance carries its own.
+    pub caps_minor: Option<u32>,
     /// `3g.20gb`: from the catalog, else from the driver, else `profile#<id>`.
     pub profile_name: String,
     /// Width in placement units.
@@ -186,6 +189,7 @@ fn view_of(backend: &dyn MigBackend, device: DeviceInfo) -> Result<GpuView, Back
             instances.push(LiveInstance {
                 instance: Instance { profile_id: gi.profile_id, start: gi.placement.start, compute },
                 gpu_instance_id: gi.id,
+                caps_minor: gi.caps_minor,
                 profile_name,
                 placement_size: gi.placement.size,
                 compute_instances: cis,

@@ -20,7 +20,7 @@ mod export;
 mod generate;
 mod hooks;
 mod json;
-mod node;
+pub mod node;
 mod resolve;
 mod spec;
 

@@ -14,7 +14,7 @@ use crate::error::Pos;
 
 /// One YAML value.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Node {
+pub enum Node {
     Null,
     Bool(bool),
     Int(i128),
@@ -28,7 +28,7 @@ pub(crate) enum Node {
 /// A node with its location. For a value reached through an alias, `pos` is where the anchored
 /// value is written (what to edit) and `used` is where the alias is.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Located {
+pub struct Located {
     pub node: Node,
     pub pos: Pos,
     pub used: Pos,
@@ -36,7 +36,7 @@ pub(crate) struct Located {
 
 /// A mapping key: always read as text (mig-parted's keys are strings; `123:` is "123").
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Key {
+pub struct Key {
     pub text: String,
     pub pos: Pos,
 }
@@ -167,13 +167,13 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
 /// Why the text is not a YAML document, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct YamlProblem {
+pub struct YamlProblem {
     pub pos: Pos,
     pub detail: String,
 }
 
 /// Parse the text into a tree.
-pub(crate) fn load(text: &str) -> Result<Located, YamlProblem> {
+pub fn load(text: &str) -> Result<Located, YamlProblem> {
     let mut options = Options::default();
     options.with_snippet = false;
     // Duplicates reach the tree and are reported with both locations.

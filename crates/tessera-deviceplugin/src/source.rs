@@ -1,0 +1,150 @@
+//! What feeds the plugin: a `watch` channel of [`NodeSnapshot`]s (the seam), and
+//! [`BackendSource`], which fills it by reading a [`MigBackend`] node at an interval.
+//!
+//! The daemon will feed the same channel from its engine; the plugin does not care which.
+//! `BackendSource` tracks health as the CLI's `tessera mig health` does: Xid events from the
+//! backend and one observation of each GPU per poll into a [`HealthTracker`], so an Xid makes a
+//! device `Unhealthy` and its recovery (a quiet period, a reset, a reboot) makes it `Healthy`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_gpu::health::{DEFAULT_RECOVERY_QUIET_MS, HealthTracker};
+use tessera_gpu::{GpuView, MigBackend, Observation, node_view_partial};
+use tessera_kube_core::{Inventory, NodeInput, PluginConfig, build_inventory};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::PluginError;
+
+/// The node as the plugin advertises it: every resource's devices, and the GPUs they come from
+/// (`GetPreferredAllocation` weighs the layouts).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSnapshot {
+    pub inventory: Inventory,
+    pub gpus: Vec<GpuView>,
+}
+
+/// How [`BackendSource`] reads the node.
+#[derive(Debug, Clone)]
+pub struct BackendSourceOptions {
+    /// Strategy and sharing, as NVIDIA's plugin config says.
+    pub config: PluginConfig,
+    /// How often the node is read.
+    pub interval: Duration,
+    /// How long a GPU must stay quiet before a quiet fault (e.g. Xid 94) clears.
+    pub recovery_quiet_ms: u64,
+}
+
+impl BackendSourceOptions {
+    /// The node read every second; quiet faults clear after the health tracker's default period.
+    pub fn new(config: PluginConfig) -> Self {
+        BackendSourceOptions { config, interval: Duration::from_secs(1), recovery_quiet_ms: DEFAULT_RECOVERY_QUIET_MS }
+    }
+}
+
+/// Reads a node through its backend at an interval and publishes a [`NodeSnapshot`] whenever it
+/// changes. Stops when dropped.
+#[derive(Debug)]
+pub struct BackendSource {
+    rx: watch::Receiver<Arc<NodeSnapshot>>,
+    task: JoinHandle<()>,
+}
+
+impl BackendSource {
+    /// Reads the node once (an error if it cannot be read or advertised), then keeps reading it.
+    pub async fn start(
+        backend: Arc<dyn MigBackend>,
+        options: BackendSourceOptions,
+    ) -> Result<BackendSource, PluginError> {
+        let mut poller =
+            Poller { backend, tracker: HealthTracker::new(options.recovery_quiet_ms), config: options.config };
+        let (first, mut poller) = tokio::task::spawn_blocking(move || (poller.poll(), poller))
+            .await
+            .map_err(|_| PluginError::SourceStopped)?;
+        let (tx, rx) = watch::channel(Arc::new(first?));
+        let interval = options.interval;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                let Ok((read, p)) = tokio::task::spawn_blocking(move || (poller.poll(), poller)).await else {
+                    return;
+                };
+                poller = p;
+                match read {
+                    Ok(snapshot) => {
+                        tx.send_if_modified(|current| {
+                            let changed = **current != snapshot;
+                            if changed {
+                                *current = Arc::new(snapshot);
+                            }
+                            changed
+                        });
+                    }
+                    // The last snapshot stays: a node that cannot be read now is not a node
+                    // without devices.
+                    Err(e) => tracing::warn!("device plugin: {e}"),
+                }
+            }
+        });
+        Ok(BackendSource { rx, task })
+    }
+
+    /// A receiver of the snapshots (the plugin's input).
+    pub fn receiver(&self) -> watch::Receiver<Arc<NodeSnapshot>> {
+        self.rx.clone()
+    }
+}
+
+impl Drop for BackendSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The blocking part: one read of the node.
+struct Poller {
+    backend: Arc<dyn MigBackend>,
+    tracker: HealthTracker,
+    config: PluginConfig,
+}
+
+impl Poller {
+    fn poll(&mut self) -> Result<NodeSnapshot, PluginError> {
+        let backend = self.backend.as_ref();
+        let node = node_view_partial(backend)?;
+        let ids: Vec<(u32, String)> = node
+            .gpus
+            .iter()
+            .map(|g| (g.device.index, g.device.uuid.clone()))
+            .chain(node.failed.iter().filter_map(|f| f.gpu.uuid.clone().map(|u| (f.gpu.index, u))))
+            .collect();
+        self.tracker.reconcile_ids(&ids);
+        let probed_ms = tessera_host::now_ms();
+        let observations: Vec<(u32, Observation)> =
+            ids.iter().map(|(gpu, _)| (*gpu, Observation::from_result(backend.observe(*gpu)))).collect();
+        let events = backend.wait_xid_events(0)?;
+        let now_ms = tessera_host::now_ms();
+        self.tracker.observe_all(&observations, probed_ms);
+        for e in &events {
+            self.tracker.record(e, now_ms);
+        }
+        let health = self.tracker.report();
+        let (reconfiguring, reconfiguring_gpus) = (BTreeSet::new(), BTreeSet::new());
+        let input = NodeInput {
+            gpus: &node.gpus,
+            health: &health,
+            reconfiguring: &reconfiguring,
+            reconfiguring_gpus: &reconfiguring_gpus,
+        };
+        let inventory = build_inventory(&self.config, &input)?;
+        Ok(NodeSnapshot { inventory, gpus: node.gpus })
+    }
+}
