@@ -5,7 +5,7 @@
 #     kubernetes-validate from PyPI, installed once into a virtualenv under
 #     ${XDG_CACHE_HOME:-~/.cache}/tessera/ and reused from there (also offline);
 #  2. what the ConfigMaps carry, with Tessera's own parsers: the node agent's tessera.toml with
-#     `tessera serve --check-config`, and every named config of the mig-parted ConfigMap planned
+#     `tessera kube node-agent --check-config`, and every named config of the mig-parted ConfigMap planned
 #     (`tessera mig apply --dry-run`) on simulated nodes of the models it is written for.
 # Run by scripts/test.sh after the cargo tests; alone: `scripts/kube-validate.sh`. Needs python3
 # (with its venv module) and, for step 2, the `tessera` binary (TESSERA_BIN, else target/debug/tessera,
@@ -86,9 +86,9 @@ EOF
 }
 
 configmap_value tessera-node-config tessera.toml >"$tmp/tessera.toml"
-"$tessera" serve --check-config --config "$tmp/tessera.toml" >"$tmp/check.out" 2>&1 ||
+"$tessera" kube node-agent --check-config --config "$tmp/tessera.toml" >"$tmp/check.out" 2>&1 ||
     { cat "$tmp/check.out" >&2; die "ConfigMap tessera-node-config, key tessera.toml, is refused (above; line numbers count from the key's first line)"; }
-echo "kube-validate: ConfigMap tessera-node-config's tessera.toml is valid (tessera serve --check-config)"
+echo "kube-validate: ConfigMap tessera-node-config's tessera.toml is valid (tessera kube node-agent --check-config)"
 
 configmap_value tessera-mig-parted-config config.yaml >"$tmp/config.yaml"
 names=$("$venv/bin/python" -c 'import sys, yaml; print(" ".join(yaml.safe_load(open(sys.argv[1]))["mig-configs"]))' "$tmp/config.yaml")

@@ -160,6 +160,7 @@ fn describe(action: &Action) -> String {
         Action::GetJob { id } => format!("show job {id}"),
         Action::Cancel { id } => format!("cancel job {id}"),
         Action::Release { id, .. } => format!("release job {id}"),
+        Action::NameWork { id, .. } => format!("name job {id}'s work"),
         Action::Logs { id, .. } => format!("logs of job {id}"),
         Action::Wait { id, .. } => format!("wait for job {id}"),
         Action::Gpus => "list GPUs".into(),

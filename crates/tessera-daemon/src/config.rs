@@ -52,7 +52,49 @@ pub struct Config {
     /// Users allowed to change MIG layouts and drain GPUs (root always is).
     #[serde(default)]
     pub admins: Vec<String>,
+    /// The Kubernetes node agent (`tessera kube node-agent`); `tessera serve` ignores it.
+    #[serde(default)]
+    pub kubernetes: KubernetesSection,
 }
+
+/// `tessera kube node-agent`: where the kubelet's sockets are, how devices are advertised, and
+/// whose pods' holds are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSection {
+    /// The kubelet's device-plugins directory (`kubelet.sock` and the plugin's sockets).
+    pub device_plugin_dir: PathBuf,
+    /// The kubelet's PodResources socket: which pod holds which device.
+    pub pod_resources_socket: PathBuf,
+    /// How often PodResources is read (holds named, released, adopted).
+    pub pod_resources_interval_ms: u64,
+    /// Where the CDI specification of the devices is written.
+    pub cdi_dir: PathBuf,
+    /// NVIDIA's device-plugin configuration file (`migStrategy`, sharing, device list
+    /// strategy); none: NVIDIA's defaults.
+    pub plugin_config: Option<PathBuf>,
+    /// `none`, `single` or `mixed`: overrides the plugin configuration's `migStrategy`.
+    pub mig_strategy: Option<String>,
+    /// The tenant pods' holds are charged to.
+    pub tenant: String,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        KubernetesSection {
+            device_plugin_dir: PathBuf::from("/var/lib/kubelet/device-plugins"),
+            pod_resources_socket: PathBuf::from("/var/lib/kubelet/pod-resources/kubelet.sock"),
+            pod_resources_interval_ms: 2_000,
+            cdi_dir: PathBuf::from("/var/run/cdi"),
+            plugin_config: None,
+            mig_strategy: None,
+            tenant: "default".to_string(),
+        }
+    }
+}
+
+/// The values `kubernetes.mig_strategy` may take (NVIDIA's `migStrategy`).
+pub const MIG_STRATEGIES: [&str; 3] = ["none", "single", "mixed"];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -525,6 +567,11 @@ impl Config {
             (key("health.recovery_quiet_ms"), big(self.health.recovery_quiet_ms), n(0, DAY, Unit::Ms)),
             (key("health.probe_interval_ms"), big(self.health.probe_interval_ms), n(10, HOUR, Unit::Ms)),
             (key("health.stop_grace_ms"), big(self.health.stop_grace_ms), n(0, HOUR, Unit::Ms)),
+            (
+                key("kubernetes.pod_resources_interval_ms"),
+                big(self.kubernetes.pod_resources_interval_ms),
+                n(10, 60 * SECOND, Unit::Ms),
+            ),
         ];
         for (i, t) in self.tenants.iter().enumerate() {
             if let Some(q) = t.quota {
@@ -606,7 +653,22 @@ impl Config {
         {
             return Err(Problem::value(key("node.sim"), format!("node.sim = '{spec}': {e}")));
         }
+        if let Some(m) = &self.kubernetes.mig_strategy
+            && !MIG_STRATEGIES.contains(&m.as_str())
+        {
+            return Err(Problem::value(
+                key("kubernetes.mig_strategy"),
+                format!("kubernetes.mig_strategy = '{m}': use {}", MIG_STRATEGIES.join(", ")),
+            ));
+        }
         self.check_tenants()?;
+        let k = &self.kubernetes.tenant;
+        if !self.tenant_names().contains(&k.as_str()) {
+            return Err(Problem::value(
+                key("kubernetes.tenant"),
+                format!("kubernetes.tenant = '{k}': no such tenant ({})", self.tenant_names().join(", ")),
+            ));
+        }
         self.check_users()?;
         // What the scheduler itself requires of its configuration (the checks above cover it;
         // this keeps the scheduler's own rules authoritative).
@@ -621,11 +683,17 @@ impl Config {
             ("node.dev_root", &self.node.dev_root),
             ("node.runtime_dir", &self.node.runtime_dir),
             ("jobs.output_dir", &self.jobs.output_dir),
+            ("kubernetes.plugin_config", &self.kubernetes.plugin_config),
         ];
-        for (name, p) in paths {
-            if let Some(p) = p
-                && !p.is_absolute()
-            {
+        let k = &self.kubernetes;
+        let kube = [
+            ("kubernetes.device_plugin_dir", &k.device_plugin_dir),
+            ("kubernetes.pod_resources_socket", &k.pod_resources_socket),
+            ("kubernetes.cdi_dir", &k.cdi_dir),
+        ];
+        let given = paths.into_iter().filter_map(|(name, p)| p.as_ref().map(|p| (name, p)));
+        for (name, p) in given.chain(kube) {
+            if !p.is_absolute() {
                 return Err(Problem::value(key(name), format!("{name} = '{}': give an absolute path", p.display())));
             }
         }

@@ -18,8 +18,8 @@ use tessera_sched::JobRequest;
 use tessera_store::Work;
 
 use crate::engine::{
-    Action, Caller, Engine, EngineError, Paths, Reader, Reply, ShimCommand, WorkCheck, check_work, highest_job_dir,
-    process_work,
+    Action, Caller, Engine, EngineError, NodeState, Paths, Reader, Reply, ShimCommand, WorkCheck, check_work,
+    highest_job_dir, process_work,
 };
 
 /// What `tessera serve` was asked to do.
@@ -119,6 +119,29 @@ impl EngineHandle {
         })
         .await
         .map_err(|e| EngineError::Internal(format!("engine task: {e}")))
+    }
+
+    /// Notices of change: the number moves when a round changed something or an action may
+    /// have (a submission, a cancel, a release, a layout).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The node as a front door advertises it, read without the engine's lock.
+    pub async fn node_state(&self) -> Result<NodeState, EngineError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.node_state()
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("reader task: {e}")))?
+    }
+
+    /// Starts scheduling rounds on the current runtime (what `run` does), for front doors
+    /// driven without the daemon's API (their tests).
+    pub fn spawn_rounds(self: &Arc<Self>, tick: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.clone().run_rounds(tick))
     }
 
     /// A read, on a blocking thread under the reader's lock, never the engine's.
@@ -386,8 +409,27 @@ fn watch_health(
     }
 }
 
+/// A front door that runs beside the API, in the daemon's runtime (the Kubernetes node agent's
+/// device plugin): given the engine, it runs until the receiver turns `true` (the daemon is
+/// stopping). Its error stops the daemon.
+pub type FrontDoor = Box<
+    dyn FnOnce(
+            Arc<EngineHandle>,
+            tokio::sync::watch::Receiver<bool>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send,
+>;
+
+/// How long a front door has to stop once the daemon stops.
+const DOOR_STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
+    run_with(opts, None)
+}
+
+/// [`run`], with a front door beside the API (see [`FrontDoor`]).
+pub fn run_with(opts: ServeOptions, door: Option<FrontDoor>) -> Result<(), DaemonError> {
     private_state_dir(&opts.state_dir)?;
     let output_dir = opts.config.jobs.output_dir.clone().unwrap_or_else(|| opts.state_dir.join("output"));
     match &opts.config_file {
@@ -500,14 +542,46 @@ pub fn run(opts: ServeOptions) -> Result<(), DaemonError> {
                 .map_err(|e| DaemonError::Setup(format!("starting the health watcher: {e}")))?
         };
         tokio::spawn(handle.clone().run_rounds(tick));
+        // The front door, if any; its failure stops the daemon as a signal would.
+        let (door_stop, door_stopped) = tokio::sync::watch::channel(false);
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let door_task = door.map(|d| {
+            let running = d(handle.clone(), door_stopped);
+            tokio::spawn(async move {
+                if let Err(e) = running.await {
+                    let _ = failed_tx.send(e);
+                }
+            })
+        });
+        let door_failure = Arc::new(Mutex::new(None::<String>));
+        let shutdown = {
+            let door_failure = door_failure.clone();
+            async move {
+                tokio::select! {
+                    () = crate::server::shutdown_signal() => {}
+                    Ok(e) = failed_rx => {
+                        tracing::error!("the front door stopped: {e}");
+                        *door_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    }
+                }
+            }
+        };
         let service: Arc<dyn Service> = handle;
         let app = crate::api::router(service, identity);
-        let served =
-            crate::server::serve(app, unix, tcp, opts.config.server.limits.clone(), crate::server::shutdown_signal())
-                .await;
+        let served = crate::server::serve(app, unix, tcp, opts.config.server.limits.clone(), shutdown).await;
+        let _ = door_stop.send(true);
+        if let Some(task) = door_task
+            && tokio::time::timeout(DOOR_STOP_GRACE, task).await.is_err()
+        {
+            tracing::warn!("the front door did not stop within {} s", DOOR_STOP_GRACE.as_secs());
+        }
         stop.store(true, Ordering::Relaxed);
         let _ = watcher.join();
         let _ = std::fs::remove_file(&opts.socket);
-        served.map_err(DaemonError::from)
+        served.map_err(DaemonError::from)?;
+        match door_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            Some(e) => Err(DaemonError::Setup(format!("the front door stopped: {e}"))),
+            None => Ok(()),
+        }
     })
 }

@@ -530,6 +530,10 @@ pub struct Occupant {
     pub job: u64,
     pub user: String,
     pub tenant: String,
+    /// For work another system runs, which front door and whose (a pod: `kubernetes`,
+    /// `<namespace>/<pod>/<container>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<tessera_store::ExternalWork>,
 }
 
 /// A drain.

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use tessera_daemon::config::Config;
 use tessera_daemon::engine::{Action, Caller, Door, Engine, EngineError, Paths, Reply, ShimCommand};
-use tessera_daemon::wire::{DrainRequest, JobQuery, JobView};
+use tessera_daemon::wire::{DrainRequest, JobQuery, JobView, LayoutRequest};
 use tessera_exec::RecordingMps;
 use tessera_gpu::open::Node;
 use tessera_gpu::sim::SimBackend;
-use tessera_sched::{GpuRequest, JobRequest};
+use tessera_sched::{GpuRequest, JobRequest, PinnedInstance};
 use tessera_store::{ExitInfo, ExternalWork, JobState, Store, Work};
 
 fn caller(uid: u32, name: &str, admin: bool) -> Caller {
@@ -376,4 +376,57 @@ fn a_cancel_records_who_asked() {
     // A second cancel of an ended job is refused and changes nothing.
     assert!(matches!(e.act(&root(), Action::Cancel { id: placed }), Err(EngineError::Conflict(_))));
     assert_eq!(job(&mut e, &alice(), placed).cancelled_by.as_deref(), Some("alice"));
+}
+
+/// A front door's request pinned to one existing instance (the kubelet gave it to a pod).
+fn pinned(profile_name: &str, gpu: u32, profile_id: u32, start: u8) -> JobRequest {
+    let mut r = profile(profile_name);
+    r.pin = vec![PinnedInstance { gpu, profile_id, start }];
+    r
+}
+
+fn layout(e: &mut Engine, instances: &[&str]) -> Result<Reply, EngineError> {
+    let request = LayoutRequest { instances: instances.iter().map(|s| s.to_string()).collect(), dry_run: false };
+    e.act(&root(), Action::Layout { gpu: 0, request })
+}
+
+#[test]
+fn pinned_work_holds_exactly_its_instance_named_after_its_pod_and_blocks_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path(), "1xH100-80GB,numa=1,cpus=16", Config::default());
+    layout(&mut e, &["1g.10gb@0", "1g.10gb@1"]).unwrap();
+    let Reply::Gpus(gpus) = e.act(&root(), Action::Gpus).unwrap() else { panic!() };
+    let at0 = gpus.gpus[0].instances.iter().find(|i| i.start == 0).unwrap().clone();
+    // The daemon's own job, queued first, would take the best fit at 0; the pod's pin wins it.
+    let own = submit(&mut e, &alice(), profile("1g.10gb"), "own").unwrap();
+    let pod = submit(&mut e, &root(), pinned("1g.10gb", 0, at0.profile_id, 0), "allocated:x").unwrap();
+    settle(&mut e);
+    let p = job(&mut e, &root(), pod);
+    assert_eq!(p.state, JobState::Running, "{p:?}");
+    assert_eq!(p.ranks[0].devices, [at0.mig_uuid.clone().unwrap()]);
+    assert_eq!(job(&mut e, &alice(), own).ranks[0].slices[0].start, 1);
+
+    // Named after its pod: the GPU list says who holds the instance.
+    e.act(&root(), Action::NameWork { id: pod, key: "ns/pod-a/main".into() }).unwrap();
+    let Reply::Gpus(gpus) = e.act(&root(), Action::Gpus).unwrap() else { panic!() };
+    let held = gpus.gpus[0].instances.iter().find(|i| i.start == 0).unwrap();
+    let external = held.occupants[0].external.as_ref().expect("external work");
+    assert_eq!((external.door.as_str(), external.key.as_str()), ("test", "ns/pod-a/main"));
+    // An unknown job cannot be named.
+    assert!(matches!(e.act(&root(), Action::NameWork { id: 999, key: "x".into() }), Err(EngineError::NotFound(_))));
+
+    // A second pin to it is refused, naming the holder.
+    let again = submit(&mut e, &root(), pinned("1g.10gb", 0, at0.profile_id, 0), "allocated:y").unwrap_err();
+    assert!(again.to_string().contains(&format!("held by job {pod}")), "{again}");
+    assert!(again.to_string().starts_with("resources.pin"), "{again}");
+
+    // An admin's layout that would destroy it is refused naming the pod.
+    let refused = layout(&mut e, &["7g.80gb"]).unwrap_err();
+    assert!(matches!(refused, EngineError::Conflict(_)), "{refused:?}");
+    assert!(refused.to_string().contains("ns/pod-a/main"), "{refused}");
+
+    // Released: the instance is free again.
+    e.act(&root(), Action::Release { id: pod, exit: ok_exit("the pod ended"), succeeded: true }).unwrap();
+    let Reply::Gpus(gpus) = e.act(&root(), Action::Gpus).unwrap() else { panic!() };
+    assert!(gpus.gpus[0].instances.iter().find(|i| i.start == 0).unwrap().jobs.is_empty());
 }

@@ -15,6 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api;
+use crate::door::HoldError;
+use crate::plugin::Holder;
 use crate::source::NodeSnapshot;
 
 /// The kubelet's name for a healthy device.
@@ -36,6 +38,8 @@ pub struct ResourceService {
     options: Arc<AllocateOptions>,
     /// Flips to `true` when the endpoint stops: open `ListAndWatch` streams end then.
     stop: watch::Receiver<bool>,
+    /// Inside the daemon: the engine holds what `Allocate` gives.
+    holder: Option<Holder>,
 }
 
 impl ResourceService {
@@ -45,7 +49,13 @@ impl ResourceService {
         options: Arc<AllocateOptions>,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        ResourceService { resource, snapshots, options, stop }
+        ResourceService { resource, snapshots, options, stop, holder: None }
+    }
+
+    /// `Allocate` holds the devices through `holder` (the engine's front door) before it answers.
+    pub fn holding_through(mut self, holder: Option<Holder>) -> Self {
+        self.holder = holder;
+        self
     }
 
     /// The resource's devices in `snapshot`, as the kubelet gets them (none when the resource
@@ -71,6 +81,34 @@ impl ResourceService {
             }
         }
         Ok(())
+    }
+}
+
+impl ResourceService {
+    /// One container: NVIDIA's answer, and (inside the daemon) the engine's holds on its
+    /// devices, made before the kubelet hears of them.
+    async fn allocate_one(
+        &self,
+        snapshot: &NodeSnapshot,
+        ids: &[String],
+    ) -> Result<(ContainerAllocation, Vec<u64>), Status> {
+        self.check_ours(snapshot, ids)?;
+        let a = allocate(ids, &snapshot.inventory, &self.options).map_err(|e| to_status(&e))?;
+        let held = match &self.holder {
+            Some(h) => h.door.hold(ids, &snapshot.gpus, None).await.map_err(|e| hold_status(&e))?,
+            None => Vec::new(),
+        };
+        Ok((a, held))
+    }
+}
+
+/// A device this node does not have is the kubelet's mistake (`InvalidArgument`); one the
+/// engine cannot hold now (another job holds it, the GPU failed) is `FailedPrecondition`,
+/// naming why.
+fn hold_status(e: &HoldError) -> Status {
+    match e {
+        HoldError::UnknownDevice(_) => Status::invalid_argument(e.to_string()),
+        HoldError::Engine(_) | HoldError::NotHeld { .. } => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -199,10 +237,32 @@ impl api::device_plugin_server::DevicePlugin for ResourceService {
     ) -> Result<Response<api::AllocateResponse>, Status> {
         let snapshot = self.snapshots.borrow().clone();
         let mut container_responses = Vec::new();
+        let mut held = Vec::new();
         for c in request.into_inner().container_requests {
-            self.check_ours(&snapshot, &c.devices_ids)?;
-            let a = allocate(&c.devices_ids, &snapshot.inventory, &self.options).map_err(|e| to_status(&e))?;
-            container_responses.push(to_api_allocation(a));
+            let answered = self.allocate_one(&snapshot, &c.devices_ids).await;
+            match answered {
+                Ok((a, ids)) => {
+                    held.extend(ids);
+                    container_responses.push(to_api_allocation(a));
+                }
+                Err(status) => {
+                    // All or nothing: what this request held for earlier containers goes back.
+                    if let Some(h) = &self.holder {
+                        for id in held {
+                            h.door.release(id, "the kubelet's Allocate failed for another container").await;
+                        }
+                    }
+                    return Err(status);
+                }
+            }
+        }
+        if let Some(h) = &self.holder {
+            // The kubelet lists the pod once this answer is in: read PodResources soon after.
+            let nudge = h.nudge.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                nudge.notify_one();
+            });
         }
         Ok(Response::new(api::AllocateResponse { container_responses }))
     }

@@ -40,6 +40,12 @@ pub enum PluginError {
     /// The CDI specification could not be written.
     #[error("writing the CDI specification: {0}")]
     Cdi(#[from] StateFileError),
+    /// The kubelet's PodResources API did not answer as it should.
+    #[error("the kubelet's pod resources at {}: {message}", .path.display())]
+    PodResources { path: PathBuf, message: String },
+    /// The engine (the node agent's daemon) refused or failed a read.
+    #[error("the engine: {0}")]
+    Engine(#[from] tessera_daemon::engine::EngineError),
     /// What feeds the plugin its inventory stopped.
     #[error("the inventory source stopped")]
     SourceStopped,

@@ -9,6 +9,10 @@
 //! - [`endpoint`]: the `DevicePlugin` service of one resource.
 //! - [`uds`]: gRPC over Unix sockets, for the plugin and for whoever talks to it (the kubelet
 //!   stand-in in the tests).
+//! - [`door`]: the Kubernetes front door into the engine: `Allocate` makes the engine hold the
+//!   devices for the pod, PodResources ([`podresources`]) names, releases and adopts the holds.
+//! - [`agent`]: [`run_agent`], the plugin inside the daemon (`tessera kube node-agent`), fed by
+//!   [`EngineSource`] from the engine's published state.
 //!
 //! The gRPC and HTTP/2 dependencies live in this crate only.
 
@@ -19,16 +23,28 @@ pub mod api {
     tonic::include_proto!("v1beta1");
 }
 
+/// The kubelet's PodResources API (v1), generated at build time from
+/// `proto/podresources/v1/api.proto`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod podresources_api {
+    tonic::include_proto!("v1");
+}
+
+pub mod agent;
 pub mod cdi_file;
+pub mod door;
 pub mod endpoint;
 mod error;
 pub mod plugin;
+pub mod podresources;
 pub mod registration;
 pub mod source;
 pub mod uds;
 
+pub use agent::{AgentOptions, DEFAULT_POD_RESOURCES_SOCKET, run_agent};
 pub use cdi_file::{CdiFile, DEFAULT_CDI_DIR, cdi_file_name};
+pub use door::KubeDoor;
 pub use error::PluginError;
 pub use plugin::{DEFAULT_DEVICE_PLUGIN_DIR, PluginOptions, endpoint_file_name, run};
 pub use registration::{API_VERSION, KUBELET_SOCKET, register};
-pub use source::{BackendSource, BackendSourceOptions, NodeSnapshot};
+pub use source::{BackendSource, BackendSourceOptions, EngineSource, NodeSnapshot};

@@ -43,6 +43,16 @@ pub struct PluginOptions {
     pub config: PluginConfig,
     /// How often the kubelet's socket and ours are checked.
     pub watch_interval: Duration,
+    /// Inside the daemon: `Allocate` makes the engine hold the devices for the pod.
+    pub door: Option<Holder>,
+}
+
+/// The front door `Allocate` holds devices through, and the PodResources loop to wake after an
+/// allocation (the kubelet lists the pod once `Allocate` returned).
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub door: Arc<crate::door::KubeDoor>,
+    pub nudge: Arc<tokio::sync::Notify>,
 }
 
 impl PluginOptions {
@@ -53,6 +63,7 @@ impl PluginOptions {
             cdi_dir: PathBuf::from(DEFAULT_CDI_DIR),
             config,
             watch_interval: Duration::from_secs(1),
+            door: None,
         }
     }
 }
@@ -196,7 +207,8 @@ impl Plugin {
         let socket_id = file_id(&socket);
         let (stop, stopped) = watch::channel(false);
         let service =
-            ResourceService::new(resource.clone(), self.snapshots.clone(), self.alloc.clone(), stopped.clone());
+            ResourceService::new(resource.clone(), self.snapshots.clone(), self.alloc.clone(), stopped.clone())
+                .holding_through(self.options.door.clone());
         let mut stopped = stopped;
         let server = tokio::spawn({
             let resource = resource.clone();

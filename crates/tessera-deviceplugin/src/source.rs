@@ -1,7 +1,12 @@
-//! What feeds the plugin: a `watch` channel of [`NodeSnapshot`]s (the seam), and
-//! [`BackendSource`], which fills it by reading a [`MigBackend`] node at an interval.
+//! What feeds the plugin: a `watch` channel of [`NodeSnapshot`]s (the seam), filled either by
+//! [`EngineSource`], from the daemon's engine (the node agent), or by [`BackendSource`], which
+//! reads a [`MigBackend`] node at an interval (the plugin alone). The plugin does not care which.
 //!
-//! The daemon will feed the same channel from its engine; the plugin does not care which.
+//! `EngineSource` advertises what a pod may take: every instance except those the daemon's own
+//! jobs (or another front door's) hold; GPUs that are drained or being reconfigured as
+//! draining (never preferred nor allocated); health as the engine tracks it. It reads the engine's
+//! state at every change notice and at an interval (health changes send none), so every change
+//! the engine makes reaches `ListAndWatch` without a restart.
 //! `BackendSource` tracks health as the CLI's `tessera mig health` does: Xid events from the
 //! backend and one observation of each GPU per poll into a [`HealthTracker`], so an Xid makes a
 //! device `Unhealthy` and its recovery (a quiet period, a reset, a reboot) makes it `Healthy`.
@@ -10,6 +15,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_daemon::daemon::EngineHandle;
+use tessera_daemon::engine::{HeldSlice, NodeState};
 use tessera_gpu::health::{DEFAULT_RECOVERY_QUIET_MS, HealthTracker};
 use tessera_gpu::{GpuView, MigBackend, Observation, node_view_partial};
 use tessera_kube_core::{Inventory, NodeInput, PluginConfig, build_inventory};
@@ -147,4 +154,92 @@ impl Poller {
         let inventory = build_inventory(&self.config, &input)?;
         Ok(NodeSnapshot { inventory, gpus: node.gpus })
     }
+}
+
+/// Fills the snapshot channel from the daemon's engine (see the module header). Stops when
+/// dropped.
+#[derive(Debug)]
+pub struct EngineSource {
+    rx: watch::Receiver<Arc<NodeSnapshot>>,
+    task: JoinHandle<()>,
+}
+
+impl EngineSource {
+    /// Reads the engine's state once (an error if it cannot be advertised), then at every change
+    /// notice and every `interval`.
+    pub async fn start(
+        engine: Arc<EngineHandle>,
+        config: PluginConfig,
+        interval: Duration,
+    ) -> Result<EngineSource, PluginError> {
+        let first = engine_snapshot(&engine.node_state().await?, &config)?;
+        let (tx, rx) = watch::channel(Arc::new(first));
+        let mut changes = engine.changes();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(interval) => {}
+                }
+                let read = match engine.node_state().await {
+                    Ok(state) => engine_snapshot(&state, &config),
+                    Err(e) => Err(e.into()),
+                };
+                match read {
+                    Ok(snapshot) => {
+                        tx.send_if_modified(|current| {
+                            let changed = **current != snapshot;
+                            if changed {
+                                *current = Arc::new(snapshot);
+                            }
+                            changed
+                        });
+                    }
+                    // The last snapshot stays: a node that cannot be read now is not a node
+                    // without devices.
+                    Err(e) => tracing::warn!("device plugin: {e}"),
+                }
+            }
+        });
+        Ok(EngineSource { rx, task })
+    }
+
+    /// A receiver of the snapshots (the plugin's input).
+    pub fn receiver(&self) -> watch::Receiver<Arc<NodeSnapshot>> {
+        self.rx.clone()
+    }
+}
+
+impl Drop for EngineSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the engine's state advertises (see the module header). The snapshot's `gpus` stay
+/// whole: `GetPreferredAllocation` weighs the layouts as they are, and `Allocate` finds a pod's
+/// instances in them.
+pub fn engine_snapshot(state: &NodeState, config: &PluginConfig) -> Result<NodeSnapshot, PluginError> {
+    let ours = |h: &HeldSlice| h.external.as_ref().is_some_and(|x| x.door == crate::door::DOOR);
+    let mut offered = state.gpus.clone();
+    // A GPU with MIG off that another job holds offers nothing; with MIG on, its held instances.
+    offered.retain(|g| g.mig.current || !state.held.iter().any(|h| h.gpu == g.device.index && !ours(h)));
+    for g in &mut offered {
+        let gpu = g.device.index;
+        g.instances.retain(|i| {
+            !state.held.iter().any(|h| {
+                h.gpu == gpu && h.profile_id == i.instance.profile_id && h.start == i.instance.start && !ours(h)
+            })
+        });
+    }
+    let reconfiguring_gpus: BTreeSet<u32> = state.drained.union(&state.reconfiguring).copied().collect();
+    let input = NodeInput {
+        gpus: &offered,
+        health: &state.health,
+        reconfiguring: &BTreeSet::new(),
+        reconfiguring_gpus: &reconfiguring_gpus,
+    };
+    let inventory = build_inventory(config, &input)?;
+    Ok(NodeSnapshot { inventory, gpus: state.gpus.clone() })
 }

@@ -10,8 +10,10 @@
 //! too (the same `min_charge` the scheduler's quota check uses): no amount of waiting lets it
 //! start.
 
-use crate::cluster::ClusterView;
-use crate::placement::{Block, Ctx, Failure, HostNode, Planners, WGpu, WState, attempt, min_charge, needs_per_gpu};
+use crate::cluster::{ClusterView, JobId};
+use crate::placement::{
+    Block, Ctx, Failure, HostNode, Planners, WGpu, WState, attempt, min_charge, needs_per_gpu, pin_conflict,
+};
 use crate::request::{JobRequest, Need, NumaPolicy, fmt_mib, profile_name};
 use crate::scheduler::{SchedulerConfig, fmt_slices};
 
@@ -52,9 +54,68 @@ fn idle_view(capacity: &ClusterView, repartition: bool) -> ClusterView {
     v
 }
 
+/// A pinned request on the node as it is now.
+fn admit_pinned(req: &JobRequest, now: &ClusterView, config: &SchedulerConfig) -> Result<(), Unsatisfiable> {
+    let st = WState::from_view(now);
+    if let Some((_, why)) = pin_conflict(req, &st, None) {
+        return Err(no("pin", why));
+    }
+    let (needs, first_err) = needs_per_gpu(req, &st.gpus);
+    let gpu = req.pin.first().map_or(0, |p| p.gpu);
+    let pinned: Vec<String> = req
+        .pin
+        .iter()
+        .filter_map(|p| {
+            let g = &st.gpus[st.pos_of(p.gpu)?];
+            Some(format!("GPU {} {}", p.gpu, g.label(&tessera_mig::Instance::new(p.profile_id, p.start))))
+        })
+        .collect();
+    let Some(pos) = st.pos_of(gpu).filter(|&g| needs.get(g).is_some_and(Option::is_some)) else {
+        let e = first_err.map_or_else(|| "nothing this node offers fits it".to_string(), |e| e.to_string());
+        return Err(no("pin", format!("it is pinned to {}, which cannot serve it: {e}", pinned.join(", "))));
+    };
+    let replicas = config.time_slice_replicas.max(1);
+    let label = needs[pos]
+        .as_ref()
+        .map(|n| n.iter().map(|x| profile_name(st.gpus[pos].model, x.min_profile)).collect::<Vec<_>>().join(" + "))
+        .unwrap_or_default();
+    quota_limit(req, config, min_charge(req, &st.gpus, &needs, replicas), &label)?;
+    let planners = Planners::new(&st);
+    let planner_refs = planners.refs();
+    let zeros = vec![0u32; st.gpus.len()];
+    let ctx = Ctx {
+        id: JobId::MAX,
+        user: 0,
+        req,
+        needs: &needs,
+        planners: &planner_refs,
+        replicas,
+        repartition: false,
+        blocked: &zeros,
+        budget: None,
+        ignore_host: false,
+    };
+    attempt(&ctx, &st).map(|_| ()).map_err(|_| {
+        no(
+            "pin",
+            format!(
+                "it is pinned to {}, which does not fit what it asks ({label}, with its CPUs and memory)",
+                pinned.join(", ")
+            ),
+        )
+    })
+}
+
 /// Whether `req` could ever start on the node `capacity` describes (see the module header).
+///
+/// A pinned request ([`JobRequest::pin`]) is measured against `capacity` as it is, occupants
+/// included (the caller gives the node's current view): its instances must be there and free
+/// (another job's hold is refused, naming the job), and must fit what it asks.
 pub fn admit(req: &JobRequest, capacity: &ClusterView, config: &SchedulerConfig) -> Result<(), Unsatisfiable> {
     req.validate().map_err(|e| no(e.field(), e.to_string()))?;
+    if !req.pin.is_empty() {
+        return admit_pinned(req, capacity, config);
+    }
     let view = idle_view(capacity, config.repartition);
     if view.gpus.is_empty() {
         return Err(no("gpu", "this node has no GPUs"));

@@ -23,6 +23,9 @@
 //!   GPU that is unhealthy or already being reconfigured.
 //! - **Starts are real.** Every instance in a `Start` exists in the cluster view, is on a
 //!   healthy GPU that is not being reconfigured, and fits the job's request.
+//! - **Pins are exact.** A pinned request (a front door's, for instances the kubelet already
+//!   gave a pod) starts on exactly its instances or waits naming who holds them; it is decided
+//!   first in its round and never reshapes, reserves or preempts.
 //! - **Gangs are all or nothing.** A job with several ranks starts all of them or none.
 //! - **Quotas hold.** A start never takes a tenant past its quota of compute or memory slices.
 //! - **Admission is honest.** [`admit`] refuses exactly the requests no idle state of the node
@@ -44,7 +47,7 @@ pub use cluster::{
 };
 pub use job::{Decision, HostShare, PendingReason, QueuedJob, RankStart, RunningJob, SlicePlacement};
 pub use request::{
-    GpuRequest, JobRequest, MAX_INSTANCES_PER_RANK, MAX_RANKS, NumaPolicy, RequestError, Sharing, fmt_mib,
-    full_profile, profile_memory_mib,
+    GpuRequest, JobRequest, MAX_INSTANCES_PER_RANK, MAX_RANKS, NumaPolicy, PinnedInstance, RequestError, Sharing,
+    fmt_mib, full_profile, profile_memory_mib,
 };
 pub use scheduler::{ConfigError, Holding, ReservationView, Scheduler, SchedulerConfig, holdings};

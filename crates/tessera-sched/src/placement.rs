@@ -26,7 +26,7 @@ use tessera_mig::{
 };
 
 use crate::cluster::{ClusterView, InstanceView, JobId, Occupant, give_back_host_share, take_host_share};
-use crate::job::{HostShare, RankStart, SlicePlacement};
+use crate::job::{HostShare, PendingReason, RankStart, SlicePlacement};
 use crate::request::{JobRequest, Need, NumaPolicy, RequestError, Sharing, effective_compute, profile_memory_mib};
 
 /// Up to this many idle instances on one GPU, every subset is tried when choosing which to
@@ -816,7 +816,12 @@ fn eval_gpu(
     let away = u8::from(so_far.first_numa.is_some_and(|first| first != gpu.numa_node));
     let model = gpu.model;
     let blocked = ctx.blocked.get(g).copied().unwrap_or(0);
-    let uses: Vec<Option<Use>> = gpu.insts.iter().map(|w| use_kind(ctx, model, w, blocked)).collect();
+    // A pinned request may use its own instances only.
+    let uses: Vec<Option<Use>> = gpu
+        .insts
+        .iter()
+        .map(|w| if ctx.req.may_use(gpu.gpu, &w.inst) { use_kind(ctx, model, w, blocked) } else { None })
+        .collect();
     let mem_of = |p: &Profile| profile_memory_mib(model, p);
 
     // Free instances, best fit per slot, the largest needs choosing first; should that leave a
@@ -934,7 +939,7 @@ fn eval_gpu(
         options.push((picks, Vec::new(), class));
     }
     let needs_create = numa_pair || chosen.iter().any(|c| !matches!(c, Some((_, 0))));
-    if ctx.repartition && gpu.mig && gpu.valid_layout && needs_create {
+    if ctx.repartition && ctx.req.pin.is_empty() && gpu.mig && gpu.valid_layout && needs_create {
         // Keep exact picks (never for a NUMA pair: both are created by the NUMA search).
         let keep: Vec<Option<usize>> = if numa_pair {
             vec![None; slots.len()]
@@ -1109,6 +1114,53 @@ fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance
 }
 
 /// Place a whole job (all ranks or nothing) on a copy of `st`.
+/// Why a pinned request cannot take its instances in `st` (`None`: nothing there stops it):
+/// a GPU or instance that is not there, unhealthy, drained or being reconfigured, or an
+/// instance another job holds, named. `job`: the request's own job, once it has one. The one
+/// account of a pin's conflicts, for the scheduler's pending reason and admission's refusal.
+pub(crate) fn pin_conflict(req: &JobRequest, st: &WState, job: Option<JobId>) -> Option<(PendingReason, String)> {
+    use PendingReason as R;
+    for p in &req.pin {
+        let Some(g) = st.pos_of(p.gpu) else {
+            return Some((
+                R::Capacity,
+                format!("it is pinned to GPU {}, and there is no GPU {} on this node", p.gpu, p.gpu),
+            ));
+        };
+        let gpu = &st.gpus[g];
+        let label = gpu.label(&Instance::new(p.profile_id, p.start));
+        let Some(w) = gpu.insts.iter().find(|w| p.is(gpu.gpu, &w.inst)) else {
+            return Some((R::Capacity, format!("GPU {} has no {label}", gpu.gpu)));
+        };
+        let name = format!("GPU {} {label}", gpu.gpu);
+        if !gpu.healthy {
+            return Some((R::Health, format!("{name} is on an unhealthy GPU: {}", gpu.health_label())));
+        }
+        if !w.healthy {
+            return Some((R::Health, format!("{name} is unhealthy")));
+        }
+        if gpu.reconfiguring || w.planned {
+            return Some((R::Reconfiguring, format!("{name}: GPU {} is being reconfigured", gpu.gpu)));
+        }
+        if gpu.drained {
+            return Some((R::Capacity, format!("{name}: GPU {} is drained", gpu.gpu)));
+        }
+        let holders: Vec<String> = w
+            .occupants
+            .iter()
+            .filter(|o| Some(o.job) != job)
+            .map(|o| if o.job == 0 { "a process Tessera did not start".to_string() } else { format!("job {}", o.job) })
+            .collect();
+        if !holders.is_empty() {
+            return Some((R::Capacity, format!("{name} is held by {}", holders.join(", "))));
+        }
+        if let Some(h) = w.held_for.filter(|h| Some(*h) != job) {
+            return Some((R::Capacity, format!("{name} is held for job {h}")));
+        }
+    }
+    None
+}
+
 pub(crate) fn attempt(ctx: &Ctx<'_>, st: &WState) -> Result<(WState, Placed), Failure> {
     let mut s = st.clone();
     let mut budget = ctx.budget;

@@ -142,6 +142,29 @@ pub struct JobRequest {
     /// never preempted, and a GPU failure ends it.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub requeue: bool,
+    /// Exactly these existing instances, for its one rank: a front door's pin on instances
+    /// another system already gave away (the kubelet allocated them to a pod). The job takes
+    /// them and nothing else; nothing is created, destroyed, reserved or preempted for it, and
+    /// it is decided before any other job of its round. Empty: placed by the scheduler.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pin: Vec<PinnedInstance>,
+}
+
+/// One existing instance a pinned request takes: its GPU and its spec key (profile id and
+/// first placement unit; MIG off, the model's full profile at 0 is the whole GPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedInstance {
+    pub gpu: u32,
+    pub profile_id: u32,
+    pub start: u8,
+}
+
+impl PinnedInstance {
+    /// Whether it is `instance` on GPU `gpu`.
+    pub fn is(&self, gpu: u32, instance: &Instance) -> bool {
+        self.gpu == gpu && self.profile_id == instance.profile_id && self.start == instance.start
+    }
 }
 
 fn yes() -> bool {
@@ -348,7 +371,13 @@ impl JobRequest {
             runtime_estimate_ms: None,
             time_limit_ms: None,
             requeue: true,
+            pin: Vec::new(),
         }
+    }
+
+    /// Whether the request is pinned to `instance` on GPU `gpu` (always, for an unpinned one).
+    pub(crate) fn may_use(&self, gpu: u32, instance: &Instance) -> bool {
+        self.pin.is_empty() || self.pin.iter().any(|p| p.is(gpu, instance))
     }
 
     /// Check the request on its own (no GPU model involved); the error names the field.
@@ -425,6 +454,43 @@ impl JobRequest {
         }
         if self.time_limit_ms == Some(0) {
             return Err(invalid("time_limit_ms", "must be above 0 when given"));
+        }
+        self.validate_pin()
+    }
+
+    /// A pin names the instances of one rank on one GPU, each once, exactly as many as `gpu`
+    /// asks for, held exclusively.
+    fn validate_pin(&self) -> Result<(), RequestError> {
+        let Some(first) = self.pin.first() else { return Ok(()) };
+        if self.ranks != 1 || self.gpus_per_rank != 1 || self.gpu_numa_local {
+            return Err(invalid(
+                "pin",
+                "pins the instances of one rank: ranks and gpus_per_rank must be 1, without gpu_numa_local",
+            ));
+        }
+        if !matches!(self.sharing, Sharing::Exclusive) {
+            return Err(invalid("pin", "pinned instances are held exclusively: sharing must be exclusive"));
+        }
+        let wanted = self.instances_per_rank();
+        if self.pin.len() != wanted {
+            return Err(invalid("pin", format!("names {} instances but `gpu` asks for {wanted}", self.pin.len())));
+        }
+        if let Some(other) = self.pin.iter().find(|p| p.gpu != first.gpu) {
+            return Err(invalid(
+                "pin",
+                format!(
+                    "names instances on GPU {} and GPU {}; one rank's instances are on one GPU",
+                    first.gpu, other.gpu
+                ),
+            ));
+        }
+        for (i, p) in self.pin.iter().enumerate() {
+            if self.pin[..i].contains(p) {
+                return Err(invalid(
+                    "pin",
+                    format!("names GPU {}'s instance of profile {} at {} twice", p.gpu, p.profile_id, p.start),
+                ));
+            }
         }
         Ok(())
     }

@@ -85,7 +85,9 @@ mod reserve;
 use crate::cluster::{ClusterView, JobId, SliceQuota, Tenant};
 use crate::fairshare::Ledger;
 use crate::job::{Decision, PendingReason, QueuedJob, RunningJob};
-use crate::placement::{Ctx, Failure, Placed, Planners, WState, attempt, charge_milli, min_charge, needs_per_gpu};
+use crate::placement::{
+    Ctx, Failure, Placed, Planners, WState, attempt, charge_milli, min_charge, needs_per_gpu, pin_conflict,
+};
 use crate::request::{GpuRequest, JobRequest, Need, NumaPolicy, Sharing, profile_name};
 
 /// How the scheduler behaves.
@@ -512,6 +514,13 @@ impl<'a> Round<'a> {
 
     fn run(&mut self, queue: &'a [QueuedJob]) {
         let mut seen = BTreeSet::new();
+        // Pinned jobs first: their instances were given away before Tessera was asked (the
+        // kubelet allocated them to a pod), so no other job may take them this round.
+        for q in queue.iter().filter(|q| !q.request.pin.is_empty()) {
+            if seen.insert(q.id) {
+                self.decide(q);
+            }
+        }
         let mut levels: BTreeMap<Reverse<i32>, BTreeMap<&'a str, Vec<&'a QueuedJob>>> = BTreeMap::new();
         for q in queue {
             if seen.insert(q.id) {
@@ -752,7 +761,9 @@ impl<'a> Round<'a> {
             }
         }
 
-        let blocked = self.blocked_for(job);
+        let pinned = !req.pin.is_empty();
+        // A pin is not held back by reservations: its instances are already its pod's.
+        let blocked = if pinned { vec![0; self.st.gpus.len()] } else { self.blocked_for(job) };
         let planners = self.planners;
         let ctx = Ctx {
             id: job.id,
@@ -766,7 +777,8 @@ impl<'a> Round<'a> {
             budget,
             ignore_host: false,
         };
-        let cacheable = hold.is_none();
+        // Attempts are cached by shape, and a pin's answer is its own.
+        let cacheable = hold.is_none() && !pinned;
         self.had_hold = hold.is_some();
         match self.try_place(&ctx, cacheable) {
             Ok((s, placed)) => {
@@ -778,6 +790,15 @@ impl<'a> Round<'a> {
             }
             Err(fail) => {
                 self.release_hold(job.id);
+                if pinned {
+                    // Never preempts, switches modes or reserves: it waits for its instances.
+                    let (reason, why) = pin_conflict(req, &self.st, Some(job.id)).unwrap_or_else(|| {
+                        let why = "they do not fit what it asks (the profile, or the host's CPUs and memory)";
+                        (PendingReason::Capacity, why.to_string())
+                    });
+                    self.pending(job.id, reason, format!("needs {label} on its pinned instances; {why}"));
+                    return;
+                }
                 if self.cfg.preemption && self.try_preempt(job, &ctx, &label) {
                     return;
                 }

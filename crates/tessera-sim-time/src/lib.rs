@@ -8,11 +8,15 @@
 //! out of use for the reconfiguration cost. Policies: [`PolicySpec`]. The method, the speed
 //! model and measured results are in `docs/evaluation/time-driven.md`.
 //!
+//! Kubernetes: [`run_kube`] replays pods waiting for MIG devices under mig-manager's fixed layouts,
+//! NVIDIA's DRA first fit and Tessera's `decide` (`docs/evaluation/kubernetes.md`).
+//!
 //! Start with [`RunConfig`] and [`run`]. Everything is pure: no clock, no sleeping, no I/O; the
 //! same jobs, configuration and seeds give the same report.
 
 mod buckets;
 mod error;
+mod kube;
 mod report;
 mod sim;
 mod spec;
@@ -22,6 +26,10 @@ use tessera_sim::rng::Rng;
 use tessera_sim::trace::Job;
 
 pub use error::TimeError;
+pub use kube::{
+    KubeConfig, KubeError, KubePod, KubePolicy, KubePolicyReport, KubeReport, KubeSeedMetrics, KubeWorkload,
+    MigBenchSpec, StaticSearch, migbench_pods, pods_from_jobs, render_kube_table, run_kube,
+};
 pub use report::{
     LayoutScore, PolicyReport, RunReport, SeedMetrics, Window, charts, render_table, to_csv, window_range,
 };

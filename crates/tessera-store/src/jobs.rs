@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::error::StoreError;
 use crate::row::{RowReader, id_from_rowid, id_key, to_sql_int};
 use crate::store::Store;
-use crate::types::{ExitInfo, JobEvent, JobFilter, JobRecord, JobState, NewJob};
+use crate::types::{ExitInfo, ExternalWork, JobEvent, JobFilter, JobRecord, JobState, NewJob, Work};
 
 /// The columns [`decode_job`] reads, in order.
 const JOB_COLUMNS: &str = "id, user_uid, user_name, tenant, priority, request, work, \
@@ -295,6 +295,28 @@ impl Store {
             if actual != JobState::Queued {
                 return Err(StoreError::StaleState { id, expected: JobState::Queued, actual });
             }
+        }
+        Ok(())
+    }
+
+    /// Names a live job's external work anew (`door` and `key`): a front door that learned whom
+    /// it holds slices for (the kubelet lists a pod only after its devices were allocated).
+    /// [`StoreError::StaleState`] (expected `running`) when the job ended or runs processes.
+    pub fn set_external_key(&self, id: u64, door: &str, key: &str) -> Result<(), StoreError> {
+        let Some(row) = id_key(id) else { return Err(StoreError::JobNotFound { id }) };
+        let work = Work::External(ExternalWork { door: door.to_string(), key: key.to_string() });
+        let text = json_text(|| format!("job {id}'s work"), &work)?;
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET work = ?1 WHERE id = ?2 AND state IN ('queued', 'placing', 'running')
+                 AND json_extract(work, '$.external') IS NOT NULL",
+            )
+            .and_then(|mut st| st.execute(params![text, row]))
+            .map_err(self.db_err("jobs", || format!("name job {id}'s work")))?;
+        if changed == 0 {
+            let actual = self.state_of(&self.conn, id)?;
+            return Err(StoreError::StaleState { id, expected: JobState::Running, actual });
         }
         Ok(())
     }

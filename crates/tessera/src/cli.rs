@@ -352,6 +352,9 @@ pub enum Command {
     Sim(SimCommand),
     /// Run the daemon: owns the node's GPUs and runs submitted jobs (--sim / --backend pick the GPUs).
     Serve(ServeArgs),
+    /// Kubernetes: the node agent (the daemon with the kubelet device plugin).
+    #[command(subcommand)]
+    Kube(KubeCommand),
     /// Print a shell completion script.
     ///
     /// For example `tessera completion bash > ~/.local/share/bash-completion/completions/tessera`.
@@ -376,6 +379,39 @@ pub enum Command {
         #[arg(long, conflicts_with = "job_dir")]
         standby: bool,
     },
+}
+
+/// `tessera kube`.
+#[derive(Debug, Subcommand)]
+pub enum KubeCommand {
+    /// The node agent: `tessera serve` (same flags, same configuration file) with the kubelet
+    /// device plugin in one process. Devices the kubelet allocates are held by the daemon for
+    /// their pods (never reconfigured, never given to the daemon's own jobs) until the kubelet's
+    /// PodResources no longer lists them; the config's `[kubernetes]` section says where the
+    /// kubelet's sockets are and how devices are advertised (docs/kubernetes.md).
+    #[command(name = "node-agent")]
+    NodeAgent(ServeArgs),
+    /// The controller: GPUs repartitioned for pods pending for lack of `nvidia.com/gpu` or
+    /// `nvidia.com/mig-*` devices, one active replica through the Lease `tessera-controller`.
+    /// Reads `POD_NAMESPACE` and `POD_NAME` (the manifest sets them) and
+    /// `TESSERA_ON_DEMAND_CONFIGS` (mig-parted configs whose labelled nodes may be repartitioned);
+    /// talks to the API server as its pod's service account, or else as kubectl does.
+    Controller(KubeControllerArgs),
+}
+
+/// `tessera kube controller`.
+#[derive(Debug, Args)]
+pub struct KubeControllerArgs {
+    /// The API server, instead of the pod's service account or the kubeconfig (for example
+    /// `http://127.0.0.1:8001` behind `kubectl proxy`).
+    #[arg(long = "kube-api-url", env = "TESSERA_KUBE_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// The log's form on stderr (as `tessera serve`).
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+    /// The least severe events logged.
+    #[arg(long = "log-level", value_enum, default_value_t = LogLevel::Info, value_name = "LEVEL")]
+    pub log_level: LogLevel,
 }
 
 /// The format of a trace for `tessera sim run`.
@@ -460,6 +496,39 @@ pub enum SimCommand {
         /// Write plots (SVG and PNG) into this directory.
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
+    },
+    /// Kubernetes: pods wait for MIG devices from mig-manager's best static configuration (searched
+    /// on a tuning split), NVIDIA's DRA first fit, or Tessera's repartitioning controller; each
+    /// on the same held-out arrivals: pod wait, utilisation, stranded capacity, MIG operations.
+    Kube {
+        /// `openb` (needs --trace) or `migbench` (MIGBench-style traces drawn per seed).
+        #[arg(long, default_value = "openb")]
+        workload: String,
+        /// openb: the pod list; its first half by arrival tunes mig-manager, the second is measured.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
+        /// openb: replay only the pods created in the trace's last this many days [default: 30].
+        #[arg(long = "last-days", value_name = "DAYS")]
+        last_days: Option<f64>,
+        /// One GPU model: `8x8xA100-40GB`, `load=0.9:A100-40GB` (openb) [default: load=0.9:A100-40GB
+        /// for openb, 2x4xH100-80GB for migbench].
+        #[arg(long, value_name = "SPEC")]
+        cluster: Option<String>,
+        /// Policies: mig-manager, mig-manager:<layout>, dra, tessera.
+        #[arg(long, value_delimiter = ',', default_value = "mig-manager,dra,tessera")]
+        policy: Vec<String>,
+        /// Seeds: `5` (1 to 5), `42-51` or a list.
+        #[arg(long, default_value = "5")]
+        seeds: String,
+        /// How long one MIG operation takes (a layout change, or one DRA instance's creation).
+        #[arg(long = "reconfig-cost", default_value = "30s")]
+        reconfig_cost: String,
+        /// How often Tessera's controller decides, in virtual time.
+        #[arg(long = "batch-window", default_value = "2s")]
+        batch_window: String,
+        /// Fraction of pods (by arrival) left out of the metrics at each end of the held-out split.
+        #[arg(long, default_value_t = 0.1)]
+        warmup: f64,
     },
     /// Write a synthetic workload (Poisson arrivals, a size mix, log-normal durations) in the
     /// native CSV format.

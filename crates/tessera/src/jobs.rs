@@ -169,6 +169,7 @@ pub fn job_request(a: &SubmitArgs) -> anyhow::Result<JobRequest> {
         runtime_estimate_ms: a.estimate.as_deref().map(|t| duration_flag("--estimate", t)).transpose()?,
         time_limit_ms: a.time_limit.as_deref().map(|t| duration_flag("--time-limit", t)).transpose()?,
         requeue: !a.no_requeue,
+        pin: Vec::new(),
     })
 }
 
@@ -804,7 +805,7 @@ mod tests {
             jobs: jobs.iter().map(|j| j.0).collect(),
             occupants: jobs
                 .iter()
-                .map(|&(job, user)| Occupant { job, user: user.into(), tenant: "t".into() })
+                .map(|&(job, user)| Occupant { job, user: user.into(), tenant: "t".into(), external: None })
                 .collect(),
             mig_uuid: None,
             healthy: true,

@@ -13,6 +13,7 @@
 mod cli;
 mod generate;
 mod jobs;
+mod kube;
 mod logs;
 mod mig;
 mod node;
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
     match args.command {
         // They must outlive a peer that closes a socket or pipe: `SIGPIPE` ignored, as Rust
         // starts every program.
-        cli::Command::Serve(_) | cli::Command::Shim { .. } => sys::ignore_sigpipe(),
+        cli::Command::Serve(_) | cli::Command::Kube(_) | cli::Command::Shim { .. } => sys::ignore_sigpipe(),
         _ => quiet_output_errors(),
     }
     let g = &args.global;
@@ -95,6 +96,8 @@ fn main() -> ExitCode {
         cli::Command::Admin(cmd) => jobs::admin(g.output, &g.daemon, cmd),
         cli::Command::Sim(cmd) => sim::run(g.output, cmd),
         cli::Command::Serve(a) => serve::serve(g, a),
+        cli::Command::Kube(cli::KubeCommand::NodeAgent(a)) => kube::node_agent(g, a),
+        cli::Command::Kube(cli::KubeCommand::Controller(a)) => kube::controller(&a),
         cli::Command::Completion { shell } => generate::completion(shell),
         cli::Command::GenerateMan { dir } => generate::man_pages(&dir).map(|_| ()),
         cli::Command::Shim { job_dir, standby } => {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tessera_daemon::config::{Config, ConfigError, Loaded};
+use tessera_daemon::daemon::FrontDoor;
 use tessera_gpu::BackendChoice;
 use tessera_gpu::open::OpenOptions;
 
@@ -22,6 +23,17 @@ pub const SYSTEM_CONFIG: &str = "/etc/tessera/tessera.toml";
 
 /// `tessera serve`.
 pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
+    serve_with(g, a, |_| Ok(None))
+}
+
+/// `tessera serve` with a front door beside the API (`tessera kube node-agent`'s), made from
+/// the configuration by `door`; its error is a configuration error (exit 2), checked by
+/// `--check-config` too.
+pub fn serve_with(
+    g: &Global,
+    a: ServeArgs,
+    door: impl FnOnce(&Config) -> anyhow::Result<Option<FrontDoor>>,
+) -> anyhow::Result<()> {
     // A flag the daemon cannot use, or a configuration it cannot use: exit 2, like a command
     // line clap refuses (and the same whether checking or starting).
     let usage = |e: &dyn std::fmt::Display| -> ! {
@@ -44,6 +56,10 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     });
     let backend = backend_options(g, &loaded.config);
     let socket = g.daemon.socket.clone().or_else(|| loaded.config.server.socket.clone()).unwrap_or_else(serve_socket);
+    let door = match door(&loaded.config) {
+        Ok(d) => d,
+        Err(e) => usage(&format!("{e:#}")),
+    };
     if a.check_config {
         let plan = Plan::new(config_file.as_deref(), &loaded, &state_dir, &socket, &backend);
         return match g.output {
@@ -60,7 +76,7 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     init_log(a.log_format, a.log_level)?;
     let exe = std::env::current_exe().context("locating the tessera binary for the job supervisor")?;
     let Loaded { config, tokens } = loaded;
-    let ran = tessera_daemon::daemon::run(tessera_daemon::daemon::ServeOptions {
+    let options = tessera_daemon::daemon::ServeOptions {
         state_dir,
         socket,
         config,
@@ -69,7 +85,8 @@ pub fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         backend,
         shim: tessera_daemon::engine::ShimCommand { exe, args: vec!["shim".into()] },
         init: a.init,
-    });
+    };
+    let ran = tessera_daemon::daemon::run_with(options, door);
     if let Err(e) = ran {
         // Said in the log's own form (a JSON line with --log-format json), then exit 1.
         tracing::error!("tessera serve stopped: {e}");
@@ -131,7 +148,7 @@ fn backend_options(g: &Global, cfg: &Config) -> OpenOptions {
 
 /// The log on stderr: text (no colours unless stderr is a terminal; under journald each line
 /// starts with its syslog priority and has no time stamp, which journald adds) or JSON lines.
-fn init_log(format: LogFormat, level: LogLevel) -> anyhow::Result<()> {
+pub(crate) fn init_log(format: LogFormat, level: LogLevel) -> anyhow::Result<()> {
     use tracing_subscriber::fmt;
     let level = match level {
         LogLevel::Error => tracing::Level::ERROR,

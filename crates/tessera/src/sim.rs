@@ -1,6 +1,7 @@
 //! `tessera sim`: the trace-driven simulator. `pack` runs FGD's packing protocol
 //! (`tessera-sim-pack`), `run` replays a trace in virtual time through the daemon's scheduler
-//! core (`tessera-sim-time`), `gen` writes a synthetic workload in the native CSV format. This
+//! core (`tessera-sim-time`), `kube` replays pods waiting for MIG devices under mig-manager, NVIDIA's
+//! DRA first fit and Tessera's controller (`tessera-sim-time`'s `kube` module), `gen` writes a synthetic workload in the native CSV format. This
 //! module reads the files, draws the progress bar, and writes tables, JSON, CSV and plots; the
 //! simulation itself is in those crates and does no I/O.
 
@@ -12,7 +13,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tessera_sim::plot::{LineChart, write_both};
 use tessera_sim::synth::{SynthConfig, generate, interarrival_for_load, parse_mix};
 use tessera_sim::trace::{Job, jobs_from_openb, read_jobs_csv, read_openb_nodes, read_openb_pods, write_jobs_csv};
-use tessera_sim_time::{ClusterSpec, PolicySpec, RunConfig, parse_duration_s};
+use tessera_sim_time::{
+    ClusterSpec, KubeConfig, KubePolicy, KubeWorkload, MigBenchSpec, PolicySpec, RunConfig, parse_duration_s,
+    pods_from_jobs, render_kube_table, run_kube,
+};
 
 use crate::cli::{Output, SimCommand, TraceFormat};
 
@@ -89,6 +93,58 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
             }
             if let Some(dir) = plots {
                 write_plots(&dir, tessera_sim_time::charts(&report))?;
+            }
+            Ok(())
+        }
+        SimCommand::Kube {
+            workload,
+            trace,
+            last_days,
+            cluster,
+            policy,
+            seeds,
+            reconfig_cost,
+            batch_window,
+            warmup,
+        } => {
+            let policies = policy
+                .iter()
+                .map(|p| p.parse::<KubePolicy>().map_err(|e| anyhow::anyhow!("--policy: {e}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (cluster, workload) = match workload.trim() {
+                "openb" => {
+                    let Some(trace) = trace else { bail!("--workload openb needs --trace (an openb pod list)") };
+                    let jobs = read_trace(&trace, Some(TraceFormat::Openb), last_days)?;
+                    let cluster = cluster_arg(cluster.as_deref().unwrap_or("load=0.9:A100-40GB"), &jobs)?;
+                    let model = cluster.first_model().context("--cluster: no GPUs")?;
+                    let (pods, _) =
+                        pods_from_jobs(&jobs, model).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
+                    (cluster, KubeWorkload::Trace { name: "openb".into(), pods })
+                }
+                "migbench" => {
+                    if trace.is_some() || last_days.is_some() {
+                        bail!("--workload migbench draws its traces per seed; --trace and --last-days are for openb");
+                    }
+                    let spec = cluster.as_deref().unwrap_or("2x4xH100-80GB");
+                    if spec.trim().starts_with("load=") {
+                        bail!("--cluster {spec}: migbench's load is its own (1.40); give the GPUs, e.g. 2x4xH100-80GB");
+                    }
+                    let cluster = cluster_arg(spec, &[])?;
+                    (cluster, KubeWorkload::MigBench(MigBenchSpec::default()))
+                }
+                other => bail!("--workload '{other}': valid workloads are openb and migbench"),
+            };
+            let mut cfg = KubeConfig::new(cluster, policies);
+            cfg.seeds = seeds_arg(&seeds)?;
+            cfg.reconfig_cost_s =
+                parse_duration_s(&reconfig_cost).map_err(|e| anyhow::anyhow!("--reconfig-cost: {e}"))?;
+            cfg.batch_window_s = parse_duration_s(&batch_window).map_err(|e| anyhow::anyhow!("--batch-window: {e}"))?;
+            cfg.warmup_fraction = warmup;
+            let report = run_kube(&cfg, &workload)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Csv => bail!("-o csv: `sim kube` writes table or json"),
+                Output::Table => print_text(&render_kube_table(&report)),
             }
             Ok(())
         }

@@ -199,3 +199,43 @@ fn report_tables_are_stable() {
         );
     }
 }
+
+#[test]
+fn kube_compares_the_device_providers_and_refuses_what_it_cannot_run() {
+    let v: Value = serde_json::from_str(&ok(&[
+        "sim",
+        "kube",
+        "--workload",
+        "migbench",
+        "--cluster",
+        "1x2xH100-80GB",
+        "--policy",
+        "mig-manager:3g+2g+2g,dra",
+        "--seeds",
+        "2",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(v["held_out_pods"], 500);
+    let policies = v["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2);
+    assert_eq!(policies[0]["config"], "2×3g+2g+2g");
+    assert_eq!(policies[1]["per_seed"].as_array().unwrap().len(), 2);
+    assert!(policies[1]["wait_mean_s"]["mean"].as_f64().unwrap() > 0.0);
+    let table =
+        ok(&["sim", "kube", "--workload", "migbench", "--cluster", "1x1xH100-80GB", "--policy", "dra", "--seeds", "1"]);
+    assert!(table.contains("workload migbench on 1x1xH100-80GB") && table.contains("\ndra "), "{table}");
+    for (args, want) in [
+        (vec!["--workload", "openb"], "--workload openb needs --trace"),
+        (vec!["--workload", "k8s"], "valid workloads are openb and migbench"),
+        (vec!["--workload", "migbench", "--policy", "fifo"], "policy 'fifo': unknown policy"),
+        (vec!["--workload", "migbench", "--cluster", "load=0.9:H100-80GB"], "give the GPUs"),
+    ] {
+        let mut all = vec!["sim", "kube"];
+        all.extend(args);
+        let (code, _, err) = tessera(&all);
+        assert_eq!(code, 1, "{all:?}: {err}");
+        assert!(err.contains(want), "{all:?}: {err}");
+    }
+}

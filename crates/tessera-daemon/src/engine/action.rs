@@ -54,6 +54,9 @@ pub enum Action {
     Cancel { id: u64 },
     /// External work ended (the front door that submitted it says how).
     Release { id: u64, exit: ExitInfo, succeeded: bool },
+    /// A front door learned whom its live external work is for and names it so (`key`; the
+    /// door stays): the kubelet lists the pod only after `Allocate` returned.
+    NameWork { id: u64, key: String },
     /// A job's output, in the order it was written, from a cursor.
     Logs { id: u64, query: LogQuery },
     /// The job as it is now; the async side repeats it until the job ends or time runs out.

@@ -314,8 +314,21 @@ impl Engine {
             // Another system runs it: Tessera cannot stop and restart it elsewhere.
             request.requeue = false;
         }
+        if !request.pin.is_empty() && !matches!(work, Work::External(_)) {
+            return Err(EngineError::invalid(
+                "resources.pin",
+                "only a front door's external work may pin instances (the kubelet's pods); ask by profile or size",
+            ));
+        }
         let mut capacity = self.facts.capacity(&self.mig_modes());
-        if !self.config.scheduler.repartition {
+        if !request.pin.is_empty() {
+            // A pin names instances as they are now: measured against the node as it is, with
+            // the jobs that hold instances (`admit` names the holder of a pinned one).
+            let live = tessera_gpu::view::node_view_partial(self.backend())
+                .map_err(|e| EngineError::Internal(format!("reading the GPUs: {e}")))?;
+            let running = self.running_jobs()?;
+            capacity = self.cluster_view(&live, &running);
+        } else if !self.config.scheduler.repartition {
             // Without repartitioning only the instances there are count.
             let read;
             let live = match &self.seen {

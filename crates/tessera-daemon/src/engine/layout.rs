@@ -23,6 +23,8 @@ pub struct LayoutInput {
     dry_run: bool,
     epoch: u64,
     by: String,
+    /// Who holds the GPU's instances (`1g.10gb@0: job 3, pod ns/p/c`), for a refusal.
+    holders: Vec<String>,
 }
 
 /// A plan made from a [`LayoutInput`].
@@ -37,6 +39,9 @@ impl LayoutInput {
     pub fn plan(self) -> Result<LayoutPlan, EngineError> {
         let gpu = self.gpu;
         let plan = reconfigure(self.model, &self.current, &self.wanted).map_err(|e| match e {
+            tessera_mig::ReconfigureError::BusyInstancesBlock { .. } if !self.holders.is_empty() => {
+                EngineError::Conflict(format!("GPU {gpu}: {e} (held: {})", self.holders.join("; ")))
+            }
             tessera_mig::ReconfigureError::BusyInstancesBlock { .. } => {
                 EngineError::Conflict(format!("GPU {gpu}: {e}"))
             }
@@ -97,14 +102,21 @@ impl Engine {
                 "give a start (PROFILE@START) for every instance or for none",
             ));
         };
-        // Busy: a process uses it, or a job holds it (it may not have started its processes yet).
-        let held: BTreeSet<(u32, u8)> = self
-            .store
-            .live_allocations()?
-            .into_iter()
-            .filter(|a| a.allocation.gpu_index == gpu)
-            .map(|a| (a.allocation.profile_id, a.allocation.start))
-            .collect();
+        // Busy: a process uses it, or a job holds it (it may not have started its processes yet;
+        // a pod's hold has none of Tessera's).
+        let allocations: Vec<_> =
+            self.store.live_allocations()?.into_iter().filter(|a| a.allocation.gpu_index == gpu).collect();
+        let held: BTreeSet<(u32, u8)> =
+            allocations.iter().map(|a| (a.allocation.profile_id, a.allocation.start)).collect();
+        let mut holders = Vec::new();
+        for a in &allocations {
+            let at = instance_label(model, &Instance::new(a.allocation.profile_id, a.allocation.start));
+            let whose = match self.store.job(a.job)?.map(|r| r.work) {
+                Some(tessera_store::Work::External(x)) => format!("job {} ({} {})", a.job, x.door, x.key),
+                _ => format!("job {}", a.job),
+            };
+            holders.push(format!("{at} by {whose}"));
+        }
         let mut current = view.current();
         for c in &mut current {
             c.busy |= held.contains(&(c.instance.profile_id, c.instance.start));
@@ -117,6 +129,7 @@ impl Engine {
             dry_run: req.dry_run,
             epoch: self.layout_epoch,
             by: caller.user.clone(),
+            holders,
         })
     }
 

@@ -20,7 +20,8 @@
 //! * `queries`: the typed views of jobs, GPUs and health; cancels (who asked is kept).
 //! * `dry_run`: what a submission would get now, acting on nothing.
 //! * [`reader`]: those views answered without the engine's lock, from a read-only store
-//!   connection and what the engine publishes after each change.
+//!   connection and what the engine publishes after each change; and the node as a front door
+//!   advertises it (`NodeState`: GPUs, health, drains, reconfigurations, who holds what).
 //!
 //! Everything here blocks (SQLite, NVML, fork/exec); the async side (`daemon.rs`) calls it on
 //! blocking threads, one at a time under a lock, except the pure decision of a round and the
@@ -48,7 +49,7 @@ use std::sync::{Arc, RwLock};
 pub use action::{Action, Caller, Door, Reply};
 pub use admission::{WorkCheck, check_work, process_work};
 pub use error::EngineError;
-pub use reader::{Published, Reader};
+pub use reader::{HeldSlice, NodeState, Published, Reader};
 use tessera_exec::{CgroupSupport, MpsControl};
 use tessera_gpu::health::HealthTracker;
 use tessera_gpu::open::Node;
@@ -340,6 +341,7 @@ impl Engine {
             Action::Release { id, exit, succeeded } => {
                 self.release(caller, id, exit, succeeded).map(|v| Reply::Job(Box::new(v)))
             }
+            Action::NameWork { id, key } => self.name_work(caller, id, key).map(|v| Reply::Job(Box::new(v))),
             Action::Drain { gpu, drain, request } => self.drain(caller, gpu, drain, &request).map(Reply::Drain),
             Action::Layout { gpu, request } => {
                 let input = self.layout_prepare(caller, gpu, request)?;

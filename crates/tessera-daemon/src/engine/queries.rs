@@ -288,6 +288,26 @@ impl Engine {
         let rec = self.reader.owned(caller, id)?;
         Ok(self.reader.job_view(&rec, true))
     }
+
+    /// Names live external work (the front door that submitted it learned whom it is for).
+    pub(crate) fn name_work(&mut self, caller: &Caller, id: u64, key: String) -> Result<JobView, EngineError> {
+        let rec = self.reader.owned(caller, id)?;
+        let Work::External(ext) = &rec.work else {
+            return Err(EngineError::Conflict(format!(
+                "job {id} runs processes Tessera supervises; it has no external name"
+            )));
+        };
+        if key.trim().is_empty() || key.len() > 512 || key.chars().any(char::is_control) {
+            return Err(EngineError::invalid("key", "give 1 to 512 characters, none of them control characters"));
+        }
+        if !rec.state.is_active() {
+            return Err(EngineError::Conflict(format!("job {id} is {}; only live work is named", rec.state)));
+        }
+        self.store.set_external_key(id, &ext.door, &key).map_err(|e| EngineError::Conflict(e.to_string()))?;
+        tracing::info!(job = id, "job {id} ({} {}) is now {} {key}", ext.door, ext.key, ext.door);
+        let rec = self.reader.owned(caller, id)?;
+        Ok(self.reader.job_view(&rec, true))
+    }
 }
 
 impl Reader {
@@ -337,19 +357,23 @@ impl Reader {
             tessera_gpu::view::node_view_partial(self.backend()).map_err(|e| EngineError::Internal(e.to_string()))?;
         let allocs = self.store.live_allocations()?;
         // Whose each job on a slice is.
-        let mut owners: BTreeMap<u64, (String, String)> = BTreeMap::new();
+        let mut owners: BTreeMap<u64, (String, String, Option<tessera_store::ExternalWork>)> = BTreeMap::new();
         for a in &allocs {
             if let std::collections::btree_map::Entry::Vacant(e) = owners.entry(a.job)
                 && let Some(rec) = self.store.job(a.job)?
             {
-                e.insert((rec.user_name, rec.tenant));
+                let external = match rec.work {
+                    Work::External(x) => Some(x),
+                    Work::Process(_) => None,
+                };
+                e.insert((rec.user_name, rec.tenant, external));
             }
         }
         let occupants_of = |jobs: &[u64]| -> Vec<Occupant> {
             jobs.iter()
                 .map(|&job| {
-                    let (user, tenant) = owners.get(&job).cloned().unwrap_or_default();
-                    Occupant { job, user, tenant }
+                    let (user, tenant, external) = owners.get(&job).cloned().unwrap_or_default();
+                    Occupant { job, user, tenant, external }
                 })
                 .collect()
         };

@@ -7,12 +7,12 @@
 //! Invariant: everything a reader shows was committed to the store or published by the engine;
 //! a reader never writes and never calls anything that changes the GPUs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use tessera_gpu::health::HealthTracker;
 use tessera_gpu::open::Node;
-use tessera_store::{Drain, Store};
+use tessera_store::{Drain, ExternalWork, Store, Work};
 
 use super::{Action, Caller, EngineError, NodeFacts, Reply};
 
@@ -39,6 +39,33 @@ pub struct Reader {
     pub(crate) shared: Arc<RwLock<Published>>,
 }
 
+/// The node as a front door advertises it (the Kubernetes device plugin): the GPUs as they are,
+/// the health the engine tracks, what no new work may take (drained GPUs, GPUs with a
+/// reconfiguration under way), and which job holds each instance, so a door offers only what
+/// its own work may take.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub gpus: Vec<tessera_gpu::GpuView>,
+    pub health: tessera_gpu::health::HealthReport,
+    /// Drained GPUs, by index.
+    pub drained: BTreeSet<u32>,
+    /// GPUs with a reconfiguration under way (the journal's open entries), by index.
+    pub reconfiguring: BTreeSet<u32>,
+    /// Every live allocation.
+    pub held: Vec<HeldSlice>,
+}
+
+/// An instance (or, MIG off, a whole GPU) a job holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldSlice {
+    pub gpu: u32,
+    pub profile_id: u32,
+    pub start: u8,
+    pub job: u64,
+    /// The front door and key of external work; `None` for Tessera's own processes.
+    pub external: Option<ExternalWork>,
+}
+
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader").field("store", &self.store.path()).finish_non_exhaustive()
@@ -55,6 +82,40 @@ impl Reader {
     /// What the engine published last.
     pub(crate) fn published(&self) -> Published {
         self.shared.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The node as a front door advertises it ([`NodeState`]), from the GPUs, the store and
+    /// what the engine published.
+    pub fn node_state(&self) -> Result<NodeState, EngineError> {
+        let published = self.published();
+        let live = tessera_gpu::view::node_view_partial(self.backend())
+            .map_err(|e| EngineError::Internal(format!("reading the GPUs: {e}")))?;
+        let mut works: BTreeMap<u64, Option<ExternalWork>> = BTreeMap::new();
+        let mut held = Vec::new();
+        for a in self.store.live_allocations()? {
+            let external = match works.get(&a.job) {
+                Some(w) => w.clone(),
+                None => {
+                    let w = match self.store.job(a.job)?.map(|r| r.work) {
+                        Some(Work::External(x)) => Some(x),
+                        _ => None,
+                    };
+                    works.insert(a.job, w.clone());
+                    w
+                }
+            };
+            held.push(HeldSlice {
+                gpu: a.allocation.gpu_index,
+                profile_id: a.allocation.profile_id,
+                start: a.allocation.start,
+                job: a.job,
+                external,
+            });
+        }
+        let reconfiguring = self.store.open_reconfigs()?.into_iter().map(|r| r.gpu_index).collect();
+        let drained =
+            self.facts.gpus.iter().filter(|g| published.drains.contains_key(&g.uuid)).map(|g| g.index).collect();
+        Ok(NodeState { gpus: live.gpus, health: published.health.report(), drained, reconfiguring, held })
     }
 
     /// Answers a read action; anything else is the engine's.

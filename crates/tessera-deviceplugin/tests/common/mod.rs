@@ -2,6 +2,7 @@
 //! `BackendSource` over it, and the kubelet stand-in, all in one temporary directory.
 
 pub mod kubelet;
+pub mod podresources;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ impl Node {
             cdi_dir: self.cdi_dir(),
             config: mixed(),
             watch_interval: POLL,
+            door: None,
         };
         let (tx, rx) = oneshot::channel();
         let plugin = tokio::spawn(tessera_deviceplugin::run(options, source.receiver(), async move {

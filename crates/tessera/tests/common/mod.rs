@@ -22,6 +22,8 @@ pub struct Daemon {
     /// `Some(driver version)`: the GPUs are "real", through NVML and the stand-in library
     /// (`crates/tessera-nvml-standin`) reporting that driver; `None`: the simulated node.
     pub nvml_driver: Option<String>,
+    /// The daemon's subcommand: `serve`, or `kube node-agent`.
+    pub subcommand: Vec<String>,
 }
 
 /// Whether the tests run as root (switching users, cgroups and device nodes need it).
@@ -51,16 +53,36 @@ impl Daemon {
         Daemon::build(spec, None, scheduler_extra, extra)
     }
 
+    /// `tessera kube node-agent` (the daemon with the kubelet device plugin), with the default
+    /// test config followed by `extra` (its `[kubernetes]` section).
+    pub fn node_agent(spec: &str, extra: &str) -> Daemon {
+        let mut d = Daemon::unstarted(spec, None, "", extra);
+        d.subcommand = vec!["kube".into(), "node-agent".into()];
+        d.spawn();
+        d
+    }
+
     fn build(spec: &str, nvml_driver: Option<String>, scheduler_extra: &str, extra: &str) -> Daemon {
+        let mut d = Daemon::unstarted(spec, nvml_driver, scheduler_extra, extra);
+        d.spawn();
+        d
+    }
+
+    fn unstarted(spec: &str, nvml_driver: Option<String>, scheduler_extra: &str, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         // Job users must reach the directory (its files are the tests' own).
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = format!("[scheduler]\ntick_ms = 50\nkill_grace_ms = 500\n{scheduler_extra}\n{extra}\n");
         std::fs::write(dir.path().join("tessera.toml"), config).unwrap();
-        let mut d = Daemon { dir, spec: spec.to_string(), child: None, next_args: Vec::new(), nvml_driver };
-        d.spawn();
-        d
+        Daemon {
+            dir,
+            spec: spec.to_string(),
+            child: None,
+            next_args: Vec::new(),
+            nvml_driver,
+            subcommand: vec!["serve".into()],
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -105,12 +127,12 @@ impl Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
         match &self.nvml_driver {
             None => {
-                cmd.args(["serve", "--sim", &self.spec, "--sim-state"]).arg(self.sim_state());
+                cmd.args(&self.subcommand).args(["--sim", &self.spec, "--sim-state"]).arg(self.sim_state());
             }
             Some(driver) => {
                 let library = tessera_nvml_standin::library_path()
                     .expect("the stand-in libnvidia-ml is not built: run ./scripts/test.sh");
-                cmd.args(["--backend", "nvml", "--nvml-library"]).arg(library).arg("serve");
+                cmd.args(["--backend", "nvml", "--nvml-library"]).arg(library).args(&self.subcommand);
                 cmd.env("TESSERA_STANDIN_SPEC", &self.spec)
                     .env("TESSERA_STANDIN_STATE", self.dir.path().join("standin-node.json"))
                     .env("TESSERA_STANDIN_DRIVER_VERSION", driver);

@@ -1,0 +1,25 @@
+//! Tessera's Kubernetes API side, the one crate with a Kubernetes client (`kube`, `k8s-openapi`).
+//!
+//! - [`node_agent`]: the node label workflow (`nvidia.com/mig.config` → `nvidia.com/mig.config.state`,
+//!   the GPU operator's convention, applied incrementally), the controller's desired layouts, and
+//!   the node's published report; the node's side is the [`LayoutApplier`] trait.
+//! - [`controller`]: pending pods repartition GPUs, through the pure
+//!   [`tessera_kube_core::decide`], with one leader ([`lease`]).
+//! - [`annotations`]: every label and annotation key, and Tessera's typed, versioned values.
+//! - [`client`]: connecting to the API server.
+
+pub mod annotations;
+pub mod client;
+pub mod controller;
+mod error;
+pub mod lease;
+pub mod node_agent;
+
+pub use annotations::{
+    DesiredGpu, DesiredLayout, DesiredStatus, NodeReport, ReportedGpu, ReportedInstance, ReportedLayout,
+};
+pub use client::connect;
+pub use controller::{ControllerSettings, pending_pod, run_controller};
+pub use error::KubeError;
+pub use lease::{LeaderElector, LeaseSettings};
+pub use node_agent::{AgentSettings, Applied, ApplyError, LayoutApplier, run_node_agent};

@@ -1,0 +1,61 @@
+//! The Kubernetes replay (`docs/evaluation/kubernetes.md`) without the binary: mig-manager's
+//! best static configuration, NVIDIA's DRA first fit and Tessera's `decide`, on openb's last 30
+//! days or MIGBench-style traces, and prints the table (and the JSON report with `--json FILE`).
+//!
+//! `cargo run -p tessera-sim-time --example kube -- openb [LOAD] [SEEDS] [POLICIES] [--json FILE]`
+//! `cargo run -p tessera-sim-time --example kube -- migbench [CLUSTER] [SEEDS] [POLICIES] [--json FILE]`
+
+use std::path::Path;
+
+use tessera_sim::trace::{jobs_from_openb, read_openb_pods};
+use tessera_sim_time::{
+    ClusterSpec, KubeConfig, KubePolicy, KubeWorkload, MigBenchSpec, pods_from_jobs, render_kube_table, run_kube,
+};
+
+/// `$OPENB_PODS`, else `shared/traces/alibaba-gpu-v2023/openb_pod_list_default.csv` in the
+/// checkout or next to it.
+fn openb_default() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("OPENB_PODS") {
+        return p.into();
+    }
+    let rel = "shared/traces/alibaba-gpu-v2023/openb_pod_list_default.csv";
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let near = here.join("../..").join(rel);
+    if near.exists() { near } else { here.join("../../..").join(rel) }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let pos: Vec<&String> = args.iter().take_while(|a| *a != "--json").collect();
+    let workload = pos.first().map_or("openb", |s| s.as_str());
+    let seeds: u64 = pos.get(2).map_or(Ok(5), |s| s.parse())?;
+    let policies = pos.get(3).map_or("mig-manager,dra,tessera", |s| s.as_str());
+    let policies = policies.split(',').map(str::parse).collect::<Result<Vec<KubePolicy>, _>>()?;
+    let (cluster, workload) = match workload {
+        "migbench" => {
+            let spec = pos.get(1).map_or("2x4xH100-80GB", |s| s.as_str());
+            (spec.parse::<ClusterSpec>()?, KubeWorkload::MigBench(MigBenchSpec::default()))
+        }
+        _ => {
+            let load: f64 = pos.get(1).map_or(Ok(0.9), |s| s.parse())?;
+            let jobs = jobs_from_openb(&read_openb_pods(&openb_default())?, Some(30.0));
+            let spec = std::env::var("CLUSTER").unwrap_or_else(|_| format!("load={load}:A100-40GB"));
+            let cluster = ClusterSpec::resolve(&spec, &jobs)?;
+            let model = cluster.first_model().ok_or("no GPUs")?;
+            let (pods, _) = pods_from_jobs(&jobs, model)?;
+            (cluster, KubeWorkload::Trace { name: "openb".into(), pods })
+        }
+    };
+    let mut cfg = KubeConfig::new(cluster, policies);
+    cfg.seeds = (1..=seeds).collect();
+    if let Some(x) = std::env::var("RECONFIG").ok().and_then(|v| v.parse().ok()) {
+        cfg.reconfig_cost_s = x;
+    }
+    let report = run_kube(&cfg, &workload)?;
+    print!("{}", render_kube_table(&report));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
