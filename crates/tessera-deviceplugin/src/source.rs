@@ -85,20 +85,7 @@ impl BackendSource {
                     return;
                 };
                 poller = p;
-                match read {
-                    Ok(snapshot) => {
-                        tx.send_if_modified(|current| {
-                            let changed = **current != snapshot;
-                            if changed {
-                                *current = Arc::new(snapshot);
-                            }
-                            changed
-                        });
-                    }
-                    // The last snapshot stays: a node that cannot be read now is not a node
-                    // without devices.
-                    Err(e) => tracing::warn!("device plugin: {e}"),
-                }
+                publish(&tx, read);
             }
         });
         Ok(BackendSource { rx, task })
@@ -107,6 +94,23 @@ impl BackendSource {
     /// A receiver of the snapshots (the plugin's input).
     pub fn receiver(&self) -> watch::Receiver<Arc<NodeSnapshot>> {
         self.rx.clone()
+    }
+}
+
+/// Hand a fresh read to the plugin when it differs from the last one. A failed read keeps the
+/// last snapshot: a node that cannot be read now is not a node without devices.
+fn publish<E: std::fmt::Display>(tx: &watch::Sender<Arc<NodeSnapshot>>, read: Result<NodeSnapshot, E>) {
+    match read {
+        Ok(snapshot) => {
+            tx.send_if_modified(|current| {
+                let changed = **current != snapshot;
+                if changed {
+                    *current = Arc::new(snapshot);
+                }
+                changed
+            });
+        }
+        Err(e) => tracing::warn!("device plugin: {e}"),
     }
 }
 
@@ -186,20 +190,7 @@ impl EngineSource {
                     Ok(state) => engine_snapshot(&state, &config),
                     Err(e) => Err(e.into()),
                 };
-                match read {
-                    Ok(snapshot) => {
-                        tx.send_if_modified(|current| {
-                            let changed = **current != snapshot;
-                            if changed {
-                                *current = Arc::new(snapshot);
-                            }
-                            changed
-                        });
-                    }
-                    // The last snapshot stays: a node that cannot be read now is not a node
-                    // without devices.
-                    Err(e) => tracing::warn!("device plugin: {e}"),
-                }
+                publish(&tx, read);
             }
         });
         Ok(EngineSource { rx, task })
