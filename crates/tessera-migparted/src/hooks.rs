@@ -23,7 +23,7 @@ use tessera_mig::catalog::closest;
 
 use crate::error::{ConfigError, ConfigErrorKind, Pos};
 use crate::node::{self, Key, Located, Node};
-use crate::spec::VERSION;
+use crate::spec::{Parser, VERSION};
 
 const TOP_FIELDS: &[&str] = &["version", "hooks"];
 const HOOK_FIELDS: &[&str] = &["command", "args", "envs", "workdir"];
@@ -111,69 +111,27 @@ pub fn hook_env(hook: &HookSpec, flags: &BTreeMap<String, String>) -> BTreeMap<S
 pub fn parse_hooks(text: &str, origin: &str) -> Result<HooksFile, ConfigError> {
     let root =
         node::load(text).map_err(|p| ConfigError::new(origin, p.pos, ConfigErrorKind::Yaml { detail: p.detail }))?;
-    HooksParser { origin }.file(&root)
+    HooksParser(Parser { origin }).file(&root)
 }
 
-struct HooksParser<'a> {
-    origin: &'a str,
+/// The config reader's checks ([`Parser`]) with the hooks file's shape on top.
+struct HooksParser<'a>(Parser<'a>);
+
+impl<'a> std::ops::Deref for HooksParser<'a> {
+    type Target = Parser<'a>;
+    fn deref(&self) -> &Parser<'a> {
+        &self.0
+    }
 }
 
 impl HooksParser<'_> {
-    fn err(&self, pos: Pos, kind: ConfigErrorKind) -> ConfigError {
-        ConfigError::new(self.origin, pos, kind)
-    }
-
-    fn wrong_type(&self, at: &Located, field: &str, place: &str, expected: &str) -> ConfigError {
-        self.err(
-            at.pos,
-            ConfigErrorKind::WrongType {
-                field: field.to_string(),
-                place: place.to_string(),
-                expected: expected.to_string(),
-                found: at.node.describe(),
-            },
-        )
-    }
-
-    /// The entries of a mapping by key, each key once; with `allowed`, only those keys.
-    fn fields<'n>(
-        &self,
-        entries: &'n [(Key, Located)],
-        allowed: Option<&[&str]>,
-        place: &str,
-    ) -> Result<BTreeMap<&'n str, (&'n Key, &'n Located)>, ConfigError> {
-        let mut seen: BTreeMap<&str, (&Key, &Located)> = BTreeMap::new();
-        for (key, value) in entries {
-            if let Some((first, _)) = seen.get(key.text.as_str()) {
-                return Err(
-                    self.err(key.pos, ConfigErrorKind::DuplicateKey { key: key.text.clone(), first: first.pos })
-                );
-            }
-            if let Some(allowed) = allowed
-                && !allowed.contains(&key.text.as_str())
-            {
-                return Err(self.err(
-                    key.pos,
-                    ConfigErrorKind::UnknownField {
-                        field: key.text.clone(),
-                        place: place.to_string(),
-                        allowed: allowed.iter().map(ToString::to_string).collect(),
-                        suggestions: closest(&key.text, allowed).into_iter().take(1).collect(),
-                    },
-                ));
-            }
-            seen.insert(&key.text, (key, value));
-        }
-        Ok(seen)
-    }
-
     fn file(&self, root: &Located) -> Result<HooksFile, ConfigError> {
         const EXPECTED: &str = "a mapping with 'version: v1' and 'hooks:'";
         let entries = match &root.node {
             Node::Map(entries) if !entries.is_empty() => entries,
             _ => return Err(self.wrong_type(root, "", "the hooks file", EXPECTED)),
         };
-        let fields = self.fields(entries, Some(TOP_FIELDS), "at the top level of the hooks file")?;
+        let fields = self.fields(entries, TOP_FIELDS, "at the top level of the hooks file")?;
         let Some((_, version)) = fields.get("version") else {
             return Err(self.err(root.pos, ConfigErrorKind::MissingVersion));
         };
@@ -194,7 +152,7 @@ impl HooksParser<'_> {
             }
         };
         let names: Vec<&str> = HookEvent::ALL.iter().map(|e| e.name()).collect();
-        for (name, (key, value)) in self.fields(event_entries, None, "in 'hooks'")? {
+        for (name, (key, value)) in self.unique(event_entries)? {
             let Some(event) = HookEvent::from_name(name) else {
                 return Err(self.err(
                     key.pos,
@@ -234,7 +192,7 @@ impl HooksParser<'_> {
                 "a mapping with 'command' (and 'args', 'envs', 'workdir')",
             ));
         };
-        let fields = self.fields(entries, Some(HOOK_FIELDS), &place)?;
+        let fields = self.fields(entries, HOOK_FIELDS, &place)?;
         let Some((_, command)) = fields.get("command") else {
             return Err(self.err(
                 item.used,

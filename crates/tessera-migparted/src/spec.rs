@@ -286,16 +286,18 @@ pub fn parse(text: &str, origin: &str) -> Result<MigConfigFile, ConfigError> {
 /// `mig-devices` as parsed: the devices with counts, and the location of each key.
 type MigDevices = (Vec<(String, u32)>, Vec<Pos>);
 
-struct Parser<'a> {
-    origin: &'a str,
+/// The checks every strict reader of the crate shares (configs here, hooks in `hooks.rs`): errors
+/// at their place in `origin`, a value of the wrong type, unknown and repeated keys.
+pub(crate) struct Parser<'a> {
+    pub(crate) origin: &'a str,
 }
 
 impl Parser<'_> {
-    fn err(&self, pos: Pos, kind: ConfigErrorKind) -> ConfigError {
+    pub(crate) fn err(&self, pos: Pos, kind: ConfigErrorKind) -> ConfigError {
         ConfigError::new(self.origin, pos, kind)
     }
 
-    fn wrong_type(&self, at: &Located, field: &str, place: &str, expected: &str) -> ConfigError {
+    pub(crate) fn wrong_type(&self, at: &Located, field: &str, place: &str, expected: &str) -> ConfigError {
         self.err(
             at.pos,
             ConfigErrorKind::WrongType {
@@ -309,7 +311,7 @@ impl Parser<'_> {
 
     /// The entries of a mapping with known fields: rejects unknown and duplicate keys, in file
     /// order.
-    fn fields<'n>(
+    pub(crate) fn fields<'n>(
         &self,
         entries: &'n [(Key, Located)],
         allowed: &[&str],
@@ -333,7 +335,7 @@ impl Parser<'_> {
     }
 
     /// The entries of a mapping by key; a repeated key is an error naming both places.
-    fn unique<'n>(
+    pub(crate) fn unique<'n>(
         &self,
         entries: &'n [(Key, Located)],
     ) -> Result<BTreeMap<&'n str, (&'n Key, &'n Located)>, ConfigError> {

@@ -290,7 +290,9 @@ fn two_tcp_tokens_act_as_two_users() {
     d.wait_state(mine, "running", 30);
     // Each job runs as its token's user, charged to that user's tenant.
     let t0 = Instant::now();
-    while !(marks.join("alice").exists() && marks.join("nobody").exists()) && t0.elapsed() < Duration::from_secs(20) {
+    // The shell creates a mark before it writes the uid into it: wait for the whole line.
+    let written = |who: &str| std::fs::read_to_string(marks.join(who)).is_ok_and(|s| s.ends_with('\n'));
+    while !(written("alice") && written("nobody")) && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(common::read(&marks.join("nobody")).trim(), NOBODY.to_string());
