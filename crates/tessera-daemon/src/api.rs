@@ -166,7 +166,7 @@ fn describe(action: &Action) -> String {
         Action::Gpus => "list GPUs".into(),
         Action::Drain { gpu, drain: true, .. } => format!("drain GPU {gpu}"),
         Action::Drain { gpu, drain: false, .. } => format!("undrain GPU {gpu}"),
-        Action::Layout { gpu, .. } => format!("change GPU {gpu}'s layout"),
+        Action::Layout { gpu, .. } | Action::Reach { gpu, .. } => format!("change GPU {gpu}'s layout"),
         Action::Health => "show health".into(),
         Action::HealthClear { gpu } => format!("clear GPU {gpu}'s health"),
     }

@@ -77,6 +77,18 @@ pub struct KubernetesSection {
     pub mig_strategy: Option<String>,
     /// The tenant pods' holds are charged to.
     pub tenant: String,
+    /// Run the node label workflow: apply `nvidia.com/mig.config` and the controller's desired
+    /// layouts, and publish the node report, through the API server. `false`: the device plugin
+    /// alone, with no API access.
+    pub node_labels: bool,
+    /// The API server's URL; none: the pod's service account in a cluster (as kubectl does
+    /// elsewhere).
+    pub api_server: Option<String>,
+    /// The ConfigMap (in the agent's namespace) holding the mig-parted config file the label names
+    /// a config of.
+    pub mig_config_map: String,
+    /// Its key.
+    pub mig_config_key: String,
 }
 
 impl Default for KubernetesSection {
@@ -89,6 +101,10 @@ impl Default for KubernetesSection {
             plugin_config: None,
             mig_strategy: None,
             tenant: "default".to_string(),
+            node_labels: true,
+            api_server: None,
+            mig_config_map: "tessera-mig-parted-config".to_string(),
+            mig_config_key: "config.yaml".to_string(),
         }
     }
 }
@@ -660,6 +676,22 @@ impl Config {
                 key("kubernetes.mig_strategy"),
                 format!("kubernetes.mig_strategy = '{m}': use {}", MIG_STRATEGIES.join(", ")),
             ));
+        }
+        if let Some(url) = &self.kubernetes.api_server
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(Problem::value(
+                key("kubernetes.api_server"),
+                format!("kubernetes.api_server = '{url}': give a URL, https://HOST:PORT"),
+            ));
+        }
+        for (name, v) in [
+            ("kubernetes.mig_config_map", &self.kubernetes.mig_config_map),
+            ("kubernetes.mig_config_key", &self.kubernetes.mig_config_key),
+        ] {
+            if v.trim().is_empty() {
+                return Err(Problem::value(key(name), format!("{name} is empty: name the ConfigMap and its key")));
+            }
         }
         self.check_tenants()?;
         let k = &self.kubernetes.tenant;

@@ -216,15 +216,13 @@ impl EngineHandle {
         }
     }
 
-    /// An admin's layout: checked under the lock, planned without it, applied under it.
+    /// An admin's layout: checked under the lock (`prepare`), planned without it, applied under it.
     async fn layout(
         &self,
         caller: Caller,
-        gpu: u32,
-        request: crate::wire::LayoutRequest,
+        prepare: impl FnOnce(&mut Engine) -> Result<crate::engine::LayoutInput, EngineError> + Send + 'static,
     ) -> Result<Reply, EngineError> {
-        let c = caller.clone();
-        let input = self.blocking(move |core| core.layout_prepare(&c, gpu, request)).await??;
+        let input = self.blocking(prepare).await??;
         let plan = tokio::task::spawn_blocking(move || input.plan())
             .await
             .map_err(|e| EngineError::Internal(format!("planner task: {e}")))??;
@@ -252,7 +250,12 @@ impl Service for EngineHandle {
                     Err(e) => Err(e),
                 },
                 Action::Wait { id, timeout_ms } => self.wait(caller, id, timeout_ms).await,
-                Action::Layout { gpu, request } => self.layout(caller, gpu, request).await,
+                Action::Layout { gpu, request } => {
+                    self.layout(caller.clone(), move |core| core.layout_prepare(&caller, gpu, request)).await
+                }
+                Action::Reach { gpu, wanted } => {
+                    self.layout(caller.clone(), move |core| core.layout_prepare_wanted(&caller, gpu, wanted)).await
+                }
                 read if read.is_read() => self.read(caller, read).await,
                 other => self.blocking(move |core| core.act(&caller, other)).await?,
             };

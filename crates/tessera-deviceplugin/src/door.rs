@@ -10,16 +10,26 @@
 //! (the pod ended), and holds what the kubelet lists that the engine does not hold (adopted: the
 //! engine lost them, e.g. a new state directory). A pod's instances are thereby busy to the
 //! engine: never reconfigured, never given to the daemon's own jobs.
+//!
+//! Shared replicas (`<id>::<n>`, NVIDIA's `sharing.timeSlicing` / `sharing.mps`) are held too:
+//! each device a container has replicas of is one hold of its instance (or whole GPU), shared
+//! time-sliced, or under MPS with the share NVIDIA's plugin gives a replica (100/replicas
+//! percent of the threads, 1/replicas of the memory pinned). Several pods' holds share the
+//! instance; the kubelet bounds how many. A provisional hold is matched to its container by the
+//! exact replica IDs its `Allocate` gave, so two pods on one instance are never confused.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tessera_daemon::api::Service;
 use tessera_daemon::engine::{Action, Caller, EngineError, Reply};
 use tessera_daemon::wire::{JobQuery, JobView};
 use tessera_gpu::GpuView;
-use tessera_sched::{GpuRequest, JobRequest, PinnedInstance, full_profile};
+use tessera_gpu::health::HealthTracker;
+use tessera_kube_core::inventory::base_id;
+use tessera_kube_core::{NodeInput, PluginConfig, SharingStrategy, build_inventory};
+use tessera_sched::{GpuRequest, JobRequest, PinnedInstance, Sharing, full_profile};
 use tessera_store::{ExitInfo, ExternalWork, JobState, Work};
 
 /// The door's name in the engine (`Work::External { door, .. }`).
@@ -31,8 +41,16 @@ pub const PROVISIONAL: &str = "allocated:";
 /// device IDs.
 pub type Listed = BTreeMap<String, BTreeSet<String>>;
 
-/// Per GPU, the instances a hold pins there, each with what a request for it asks.
-pub type PinsByGpu = BTreeMap<u32, Vec<(PinnedInstance, GpuRequest)>>;
+/// One hold a container's devices make: instances of one GPU, each with what a request for it
+/// asks, and how they are shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedHold {
+    pub pins: Vec<(PinnedInstance, GpuRequest)>,
+    /// Exclusive for plain devices; a replica's sharing for a shared device.
+    pub sharing: Sharing,
+    /// The device IDs it stands for, as the kubelet gave them (a replica's with its `::<n>`).
+    pub ids: BTreeSet<String>,
+}
 
 /// Why devices could not be held.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +84,9 @@ pub struct KubeDoor {
     /// How long a provisional hold waits for the kubelet to list its pod before it is released
     /// (the container was never created).
     pub provisional_grace: Duration,
+    /// NVIDIA's plugin configuration, whose sharing says how replicas are held; handed over by
+    /// the plugin when it starts ([`KubeDoor::set_plugin_config`]).
+    plugin_config: RwLock<Option<PluginConfig>>,
 }
 
 impl std::fmt::Debug for KubeDoor {
@@ -81,19 +102,65 @@ pub fn provisional_key(ids: &[String]) -> String {
     format!("{PROVISIONAL}{}", sorted.join(","))
 }
 
-/// The instances behind device IDs (MIG device UUIDs, or GPU UUIDs with MIG off), grouped by
-/// GPU, each with what a request for it asks: one hold per GPU. `None` when a device is a
-/// replica (`<id>::<n>`): shared devices are not held per pod.
-pub fn pins_for(ids: &[String], gpus: &[GpuView]) -> Result<Option<PinsByGpu>, HoldError> {
-    let mut by_gpu = PinsByGpu::new();
+/// The holds behind device IDs (MIG device UUIDs, or GPU UUIDs with MIG off, or replicas
+/// `<id>::<n>` of either): the plain devices of one GPU are one exclusive hold; the replicas of
+/// one device are one shared hold of it, shared as `config` says ([`replica_sharing`]). Plain
+/// holds first, then shared ones, each by GPU and instance.
+pub fn pins_for(ids: &[String], gpus: &[GpuView], config: &PluginConfig) -> Result<Vec<PlannedHold>, HoldError> {
+    let mut exclusive: BTreeMap<u32, PlannedHold> = BTreeMap::new();
+    let mut shared: BTreeMap<(u32, PinnedInstance), PlannedHold> = BTreeMap::new();
     for id in ids {
-        if id.contains("::") {
-            return Ok(None);
+        let base = base_id(id);
+        let (gpu, pin, request) = instance_of(base, gpus).ok_or_else(|| HoldError::UnknownDevice(id.clone()))?;
+        if base == id {
+            let hold = exclusive.entry(gpu).or_insert_with(|| PlannedHold {
+                pins: Vec::new(),
+                sharing: Sharing::Exclusive,
+                ids: BTreeSet::new(),
+            });
+            hold.pins.push((pin, request));
+            hold.ids.insert(id.clone());
+        } else {
+            let sharing = replica_sharing(id, gpus, config);
+            let hold = shared.entry((gpu, pin)).or_insert_with(|| PlannedHold {
+                pins: vec![(pin, request)],
+                sharing,
+                ids: BTreeSet::new(),
+            });
+            hold.ids.insert(id.clone());
         }
-        let (gpu, pin, request) = instance_of(id, gpus).ok_or_else(|| HoldError::UnknownDevice(id.clone()))?;
-        by_gpu.entry(gpu).or_default().push((pin, request));
     }
-    Ok(Some(by_gpu))
+    Ok(exclusive.into_values().chain(shared.into_values()).collect())
+}
+
+/// How a replica is shared: under MPS (the config's strategy) with the share NVIDIA's plugin
+/// gives each replica of its device (`tessera_kube_core::allocate`: 100/replicas percent of
+/// the threads, the device's memory/replicas pinned), otherwise time-sliced. A replica the
+/// configuration does not advertise (an older configuration's) is held time-sliced: its
+/// instance stays busy while the pod runs.
+pub fn replica_sharing(id: &str, gpus: &[GpuView], config: &PluginConfig) -> Sharing {
+    if config.sharing.strategy() != SharingStrategy::Mps {
+        return Sharing::TimeSlice;
+    }
+    let health = HealthTracker::default().report();
+    let input =
+        NodeInput { gpus, health: &health, reconfiguring: &BTreeSet::new(), reconfiguring_gpus: &BTreeSet::new() };
+    let inventory = match build_inventory(config, &input) {
+        Ok(inventory) => inventory,
+        Err(e) => {
+            tracing::warn!("kubernetes: {id} is held time-sliced: the node's devices cannot be listed: {e}");
+            return Sharing::TimeSlice;
+        }
+    };
+    match inventory.device(id) {
+        Some((_, d)) if d.replicas > 1 => {
+            let replicas = d.replicas;
+            let pct = u8::try_from((100 / replicas).clamp(1, 100)).unwrap_or(100);
+            let pinned_mem_mib = d.memory_mib.map(|m| m / u64::from(replicas)).filter(|m| *m > 0);
+            Sharing::Mps { active_thread_pct: pct, pinned_mem_mib }
+        }
+        _ => Sharing::TimeSlice,
+    }
 }
 
 /// Whether a device ID (a replica's too) names a device of this node.
@@ -134,7 +201,19 @@ impl KubeDoor {
             tenant,
             hold_timeout: Duration::from_secs(10),
             provisional_grace: Duration::from_secs(60),
+            plugin_config: RwLock::new(None),
         }
+    }
+
+    /// Says how replicas are shared (NVIDIA's plugin configuration, as the plugin advertises
+    /// them). Until then [`KubeDoor::reconcile`] adopts no replica, and [`KubeDoor::hold`]
+    /// holds one time-sliced.
+    pub fn set_plugin_config(&self, config: &PluginConfig) {
+        *self.plugin_config.write().unwrap_or_else(PoisonError::into_inner) = Some(config.clone());
+    }
+
+    fn plugin_config(&self) -> Option<PluginConfig> {
+        self.plugin_config.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     async fn act(&self, action: Action) -> Result<Reply, EngineError> {
@@ -149,13 +228,15 @@ impl KubeDoor {
     }
 
     /// Holds the devices of one container (`key`: its name when known, else provisional), one
-    /// hold per GPU, all or none; returns the holds' job ids (none for shared devices). Answers
-    /// once the engine holds them, or with why it cannot.
+    /// hold per GPU for plain devices and one per device for shared replicas ([`pins_for`]),
+    /// all or none; returns the holds' job ids. Answers once the engine holds them, or with why
+    /// it cannot.
     pub async fn hold(&self, ids: &[String], gpus: &[GpuView], key: Option<&str>) -> Result<Vec<u64>, HoldError> {
-        let Some(groups) = pins_for(ids, gpus)? else { return Ok(Vec::new()) };
+        let config = self.plugin_config().unwrap_or_default();
+        let groups = pins_for(ids, gpus, &config)?;
         let key = key.map_or_else(|| provisional_key(ids), str::to_string);
         let mut held = Vec::new();
-        for group in groups.into_values() {
+        for group in groups {
             match self.hold_one(self.request(group), &key).await {
                 Ok(id) => held.push(id),
                 Err(e) => {
@@ -169,15 +250,16 @@ impl KubeDoor {
         Ok(held)
     }
 
-    /// The request pinned to one GPU's instances.
-    fn request(&self, group: Vec<(PinnedInstance, GpuRequest)>) -> JobRequest {
-        let (pin, mut wants): (Vec<PinnedInstance>, Vec<GpuRequest>) = group.into_iter().unzip();
+    /// The request pinned to one hold's instances.
+    fn request(&self, hold: PlannedHold) -> JobRequest {
+        let (pin, mut wants): (Vec<PinnedInstance>, Vec<GpuRequest>) = hold.pins.into_iter().unzip();
         let gpu = match wants.len() {
             1 => wants.remove(0),
             _ => GpuRequest::Instances(wants),
         };
         let mut r = JobRequest::new(gpu);
         r.pin = pin;
+        r.sharing = hold.sharing;
         r.tenant.clone_from(&self.tenant);
         r.requeue = false;
         r
@@ -231,18 +313,22 @@ impl KubeDoor {
     /// ms since the epoch.
     pub async fn reconcile(&self, listed: &Listed, gpus: &[GpuView], now_ms: u64) -> Result<Reconciled, EngineError> {
         let mut done = Reconciled::default();
+        let known_sharing = self.plugin_config().is_some();
+        // The listed device IDs (replicas with their `::<n>`) some hold stands for.
         let mut covered: BTreeSet<String> = BTreeSet::new();
         for job in self.holds().await? {
             let Some(ext) = &job.external else { continue };
             let devices = held_devices(&job);
-            if ext.key.starts_with(PROVISIONAL) {
-                let owner = listed.iter().find(|(_, ds)| !devices.is_empty() && devices.is_subset(ds));
+            if let Some(given) = ext.key.strip_prefix(PROVISIONAL) {
+                // The IDs its `Allocate` gave on its instances: the container listing them owns it.
+                let mine = on_devices(given.split(','), &devices);
+                let owner = listed.iter().find(|(_, ds)| !mine.is_empty() && mine.is_subset(ds));
                 if let Some((key, _)) = owner {
                     match self.act(Action::NameWork { id: job.id, key: key.clone() }).await {
                         Ok(_) => done.named.push((job.id, key.clone())),
                         Err(e) => tracing::warn!("kubernetes: naming job {} after {key}: {e}", job.id),
                     }
-                    covered.extend(devices);
+                    covered.extend(mine);
                 } else if now_ms.saturating_sub(job.started_ms.unwrap_or(job.submitted_ms))
                     > u64::try_from(self.provisional_grace.as_millis()).unwrap_or(u64::MAX)
                 {
@@ -254,12 +340,14 @@ impl KubeDoor {
                     self.release(job.id, &why).await;
                     done.released.push((job.id, ext.key.clone()));
                 } else {
-                    covered.extend(devices);
+                    covered.extend(mine);
                 }
                 continue;
             }
             match listed.get(&ext.key) {
-                Some(ds) if !devices.is_empty() && devices.is_subset(ds) => covered.extend(devices),
+                Some(ds) if !devices.is_empty() && devices.iter().all(|d| ds.iter().any(|x| base_id(x) == d)) => {
+                    covered.extend(on_devices(ds.iter().map(String::as_str), &devices));
+                }
                 _ => {
                     let why = format!("the kubelet no longer lists {} with {}", ext.key, join(&devices));
                     tracing::info!("kubernetes: job {} ends: {why}", job.id);
@@ -269,7 +357,12 @@ impl KubeDoor {
             }
         }
         for (key, ds) in listed {
-            let missing: Vec<String> = ds.iter().filter(|d| !covered.contains(*d)).cloned().collect();
+            // A replica waits until the plugin said how replicas are shared.
+            let missing: Vec<String> = ds
+                .iter()
+                .filter(|d| !covered.contains(*d) && (known_sharing || base_id(d) == d.as_str()))
+                .cloned()
+                .collect();
             if missing.is_empty() {
                 continue;
             }
@@ -289,12 +382,27 @@ impl KubeDoor {
     }
 }
 
+/// Of `ids` (as the kubelet gives them), those on `devices` (a hold's MIG devices or GPUs).
+fn on_devices<'a>(ids: impl IntoIterator<Item = &'a str>, devices: &BTreeSet<String>) -> BTreeSet<String> {
+    ids.into_iter().filter(|id| devices.contains(base_id(id))).map(str::to_string).collect()
+}
+
 fn join(ids: &BTreeSet<String>) -> String {
     ids.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
-/// `GPU 0 1g.10gb@3` for the log and errors (`whole GPU 0` with MIG off).
+/// `GPU 0 1g.10gb@3` for the log and errors (`whole GPU 0` with MIG off), with its sharing
+/// when shared (`, time-sliced`, `, MPS 25%`).
 fn describe(request: &JobRequest) -> String {
+    let sharing = match request.sharing {
+        Sharing::Exclusive => String::new(),
+        Sharing::TimeSlice => ", time-sliced".to_string(),
+        Sharing::Mps { active_thread_pct, .. } => format!(", MPS {active_thread_pct}%"),
+    };
+    format!("{}{sharing}", describe_instances(request))
+}
+
+fn describe_instances(request: &JobRequest) -> String {
     let names: Vec<Option<&str>> = match &request.gpu {
         GpuRequest::Instances(list) => list.iter().map(profile_of).collect(),
         one => vec![profile_of(one)],

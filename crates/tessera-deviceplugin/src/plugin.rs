@@ -43,7 +43,8 @@ pub struct PluginOptions {
     pub config: PluginConfig,
     /// How often the kubelet's socket and ours are checked.
     pub watch_interval: Duration,
-    /// Inside the daemon: `Allocate` makes the engine hold the devices for the pod.
+    /// Inside the daemon: `Allocate` makes the engine hold the devices for the pod (shared
+    /// replicas as `config`'s sharing says, which [`run`] hands the door).
     pub door: Option<Holder>,
 }
 
@@ -79,12 +80,16 @@ pub fn endpoint_file_name(resource: &ResourceName) -> String {
 
 /// Runs the plugin until `shutdown` completes (then every endpoint stops and the CDI spec is
 /// removed) or the snapshot channel closes ([`PluginError::SourceStopped`]). An error to start
-/// with: the CDI spec cannot be written.
+/// with: the CDI spec cannot be written. Inside the daemon it first tells the door how replicas
+/// are shared (`options.config`).
 pub async fn run(
     options: PluginOptions,
     mut snapshots: watch::Receiver<Arc<NodeSnapshot>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PluginError> {
+    if let Some(holder) = &options.door {
+        holder.door.set_plugin_config(&options.config);
+    }
     let current = snapshots.borrow_and_update().clone();
     let mut plugin = Plugin {
         kubelet: options.device_plugin_dir.join(KUBELET_SOCKET),

@@ -82,6 +82,10 @@ pub enum ReportedLayout {
         /// The running pod holding the GPU.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         holder: Option<PodRef>,
+        /// Held by something that is not a known pod (a Tessera job, a hold whose pod the
+        /// kubelet has not listed yet).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        busy: bool,
     },
 }
 
@@ -93,6 +97,10 @@ pub struct ReportedInstance {
     pub gpu_instance_id: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<PodRef>,
+    /// Held by something that is not a known pod (a Tessera job, a hold whose pod the kubelet
+    /// has not listed yet): busy as if a pod held it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
 }
 
 /// How the node agent handled a desired layout.
@@ -205,13 +213,13 @@ impl NodeReport {
                     unhealthy: g.unhealthy,
                     draining: g.draining,
                     mode: match &g.layout {
-                        ReportedLayout::Whole { holder } => GpuMode::Whole { busy: holder.is_some() },
+                        ReportedLayout::Whole { holder, busy } => GpuMode::Whole { busy: *busy || holder.is_some() },
                         ReportedLayout::Mig { instances } => GpuMode::Mig {
                             instances: instances
                                 .iter()
                                 .map(|i| CurrentInstance {
                                     instance: i.instance,
-                                    busy: i.holder.is_some(),
+                                    busy: i.busy || i.holder.is_some(),
                                     gpu_instance_id: i.gpu_instance_id,
                                 })
                                 .collect(),

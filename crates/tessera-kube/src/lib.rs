@@ -5,12 +5,14 @@
 //!   the node's published report; the node's side is the [`LayoutApplier`] trait.
 //! - [`controller`]: pending pods repartition GPUs, through the pure
 //!   [`tessera_kube_core::decide`], with one leader ([`lease`]).
+//! - [`engine`]: the [`LayoutApplier`] on a real node, the daemon's engine in the same process.
 //! - [`annotations`]: every label and annotation key, and Tessera's typed, versioned values.
 //! - [`client`]: connecting to the API server.
 
 pub mod annotations;
 pub mod client;
 pub mod controller;
+pub mod engine;
 mod error;
 pub mod lease;
 pub mod node_agent;
@@ -20,6 +22,7 @@ pub use annotations::{
 };
 pub use client::connect;
 pub use controller::{ControllerSettings, pending_pod, run_controller};
+pub use engine::EngineApplier;
 pub use error::KubeError;
 pub use lease::{LeaderElector, LeaseSettings};
 pub use node_agent::{AgentSettings, Applied, ApplyError, LayoutApplier, run_node_agent};

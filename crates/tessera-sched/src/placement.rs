@@ -495,6 +495,12 @@ fn use_kind(ctx: &Ctx<'_>, model: &GpuModel, w: &WInst, blocked: u32) -> Option<
     {
         return None;
     }
+    // A pinned share (a replica another system handed out, such as the kubelet's) was bounded
+    // there: it joins compatible occupants whatever `time_slice_replicas` says, and its MPS
+    // share is that system's to size and serve (Tessera runs no control daemon for it).
+    if !ctx.req.pin.is_empty() {
+        return Some(Use::Join(u32::try_from(w.occupants.len()).unwrap_or(u32::MAX)));
+    }
     // An MPS control daemon serves one user: another user's jobs wait for another share.
     if matches!(sharing, Sharing::Mps { .. }) && w.occupants.iter().any(|o| o.user != ctx.user) {
         return None;
@@ -1116,8 +1122,10 @@ fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance
 /// Place a whole job (all ranks or nothing) on a copy of `st`.
 /// Why a pinned request cannot take its instances in `st` (`None`: nothing there stops it):
 /// a GPU or instance that is not there, unhealthy, drained or being reconfigured, or an
-/// instance another job holds, named. `job`: the request's own job, once it has one. The one
-/// account of a pin's conflicts, for the scheduler's pending reason and admission's refusal.
+/// instance another job holds, named (a shared request joins jobs of compatible sharing, so
+/// only the others are named, with their sharing). `job`: the request's own job, once it has
+/// one. The one account of a pin's conflicts, for the scheduler's pending reason and
+/// admission's refusal.
 pub(crate) fn pin_conflict(req: &JobRequest, st: &WState, job: Option<JobId>) -> Option<(PendingReason, String)> {
     use PendingReason as R;
     for p in &req.pin {
@@ -1145,11 +1153,16 @@ pub(crate) fn pin_conflict(req: &JobRequest, st: &WState, job: Option<JobId>) ->
         if gpu.drained {
             return Some((R::Capacity, format!("{name}: GPU {} is drained", gpu.gpu)));
         }
+        let shared = req.sharing.is_shared();
         let holders: Vec<String> = w
             .occupants
             .iter()
-            .filter(|o| Some(o.job) != job)
-            .map(|o| if o.job == 0 { "a process Tessera did not start".to_string() } else { format!("job {}", o.job) })
+            .filter(|o| Some(o.job) != job && !(o.job != 0 && shared && req.sharing.compatible_with(&o.sharing)))
+            .map(|o| match o.job {
+                0 => "a process Tessera did not start".to_string(),
+                j if shared => format!("job {j} ({})", sharing_label(&o.sharing)),
+                j => format!("job {j}"),
+            })
             .collect();
         if !holders.is_empty() {
             return Some((R::Capacity, format!("{name} is held by {}", holders.join(", "))));
@@ -1159,6 +1172,15 @@ pub(crate) fn pin_conflict(req: &JobRequest, st: &WState, job: Option<JobId>) ->
         }
     }
     None
+}
+
+/// `exclusive`, `time-sliced`, `MPS 25%` (a holder's sharing, when a shared pin cannot join it).
+fn sharing_label(sharing: &Sharing) -> String {
+    match sharing {
+        Sharing::Exclusive => "exclusive".to_string(),
+        Sharing::TimeSlice => "time-sliced".to_string(),
+        Sharing::Mps { active_thread_pct, .. } => format!("MPS {active_thread_pct}%"),
+    }
 }
 
 pub(crate) fn attempt(ctx: &Ctx<'_>, st: &WState) -> Result<(WState, Placed), Failure> {

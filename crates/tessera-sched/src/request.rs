@@ -145,7 +145,10 @@ pub struct JobRequest {
     /// Exactly these existing instances, for its one rank: a front door's pin on instances
     /// another system already gave away (the kubelet allocated them to a pod). The job takes
     /// them and nothing else; nothing is created, destroyed, reserved or preempted for it, and
-    /// it is decided before any other job of its round. Empty: placed by the scheduler.
+    /// it is decided before any other job of its round. Exclusive, it needs them free; shared
+    /// (time-sliced or MPS: a replica the other system hands out), it joins whatever compatible
+    /// jobs share them, however many (that system bounds its replicas, not
+    /// `time_slice_replicas`, and MPS shares are its to size). Empty: placed by the scheduler.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pin: Vec<PinnedInstance>,
 }
@@ -459,7 +462,7 @@ impl JobRequest {
     }
 
     /// A pin names the instances of one rank on one GPU, each once, exactly as many as `gpu`
-    /// asks for, held exclusively.
+    /// asks for, held exclusively or shared (time-sliced, MPS).
     fn validate_pin(&self) -> Result<(), RequestError> {
         let Some(first) = self.pin.first() else { return Ok(()) };
         if self.ranks != 1 || self.gpus_per_rank != 1 || self.gpu_numa_local {
@@ -467,9 +470,6 @@ impl JobRequest {
                 "pin",
                 "pins the instances of one rank: ranks and gpus_per_rank must be 1, without gpu_numa_local",
             ));
-        }
-        if !matches!(self.sharing, Sharing::Exclusive) {
-            return Err(invalid("pin", "pinned instances are held exclusively: sharing must be exclusive"));
         }
         let wanted = self.instances_per_rank();
         if self.pin.len() != wanted {

@@ -1,11 +1,15 @@
 //! Pinned requests: a front door's hold on instances another system already gave away (the
 //! kubelet allocated them to a pod). They take exactly those instances or wait naming who holds
 //! them; admission refuses a pin to an instance that is not there or that another job holds.
+//! A shared pin (a time-sliced or MPS replica) joins holders of compatible sharing, as many as
+//! the other system handed out, and an exclusive job never gets an instance such a pin holds.
 
 mod common;
 
 use common::*;
-use tessera_sched::{GpuRequest, JobRequest, PendingReason, PinnedInstance, Scheduler, SchedulerConfig, admit};
+use tessera_sched::{
+    GpuRequest, JobRequest, Occupant, PendingReason, PinnedInstance, Scheduler, SchedulerConfig, Sharing, admit,
+};
 
 fn pin(model_name: &str, gpu: u32, profile_name: &str, start: u8) -> PinnedInstance {
     PinnedInstance { gpu, profile_id: pid(model(model_name), profile_name), start }
@@ -111,4 +115,123 @@ fn pins_are_checked_with_the_request() {
         assert_eq!(e.field(), "pin", "{name}: {e}");
         assert!(e.to_string().contains(word), "{name}: '{word}' missing from: {e}");
     }
+}
+
+/// A view of GPU 0 of `m` with one instance, occupied by `(job, sharing)`s.
+fn shared_view(m: &str, profile_name: &str, occupants: &[(u64, Sharing)]) -> tessera_sched::ClusterView {
+    let mut g = gpu(0, m, None, &[(profile_name, 0, None)]);
+    g.instances[0].occupants = occupants.iter().map(|&(job, sharing)| Occupant { job, sharing, user: 1000 }).collect();
+    cluster(vec![g])
+}
+
+fn shared_pin(m: &str, profile_name: &str, sharing: Sharing) -> JobRequest {
+    let mut r = pinned(profile_name, vec![pin(m, 0, profile_name, 0)]);
+    r.sharing = sharing;
+    r.requeue = false;
+    r
+}
+
+const MPS_QUARTER: Sharing = Sharing::Mps { active_thread_pct: 25, pinned_mem_mib: Some(81_559 / 4) };
+
+#[test]
+fn shared_pins_join_compatible_holders_however_many_the_scheduler_would_allow() {
+    let m = "H100-80GB";
+    // The scheduler allows one time-sliced job per instance; the kubelet handed out five
+    // replicas: every pinned share starts on the one instance, in one round and beside a
+    // running one. MPS shares of NVIDIA's size (a quarter of the GPU's memory each, more than
+    // the instance's memory together) join too: the kubelet bounds them.
+    let cfg = SchedulerConfig { time_slice_replicas: 1, ..SchedulerConfig::default() };
+    type Case = (&'static str, &'static str, Sharing, Vec<(u64, Sharing)>, Vec<u64>);
+    let cases: Vec<Case> = vec![
+        ("time-sliced, fresh", "1g.10gb", Sharing::TimeSlice, vec![], vec![1, 2, 3]),
+        (
+            "time-sliced, beside two",
+            "1g.10gb",
+            Sharing::TimeSlice,
+            vec![(8, Sharing::TimeSlice), (9, Sharing::TimeSlice)],
+            vec![1, 2, 3],
+        ),
+        ("MPS, fresh", "7g.80gb", MPS_QUARTER, vec![], vec![1, 2, 3, 4]),
+        ("MPS, beside one", "7g.80gb", MPS_QUARTER, vec![(9, MPS_QUARTER)], vec![1, 2, 3]),
+    ];
+    for (name, p, sharing, occupants, jobs) in cases {
+        let view = shared_view(m, p, &occupants);
+        let queue: Vec<_> = jobs.iter().map(|&j| queued(j, shared_pin(m, p, sharing))).collect();
+        let mut s = Scheduler::new(cfg.clone());
+        let d = s.schedule(10, &view, &queue, &[]);
+        let st = starts(&d);
+        for j in &jobs {
+            let at: Vec<(u32, u8)> =
+                st.get(j).map(|v| v.iter().map(|x| (x.gpu, x.instance.start)).collect()).unwrap_or_default();
+            assert_eq!(at, [(0, 0)], "{name}: job {j}: {d:?}");
+        }
+        admit(&shared_pin(m, p, sharing), &view, &cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn a_shared_pin_is_refused_naming_a_holder_it_cannot_share_with() {
+    let m = "H100-80GB";
+    let cfg = SchedulerConfig::default();
+    let cases: Vec<(&str, Sharing, (u64, Sharing), &str)> = vec![
+        ("exclusive holder", Sharing::TimeSlice, (7, Sharing::Exclusive), "held by job 7 (exclusive)"),
+        (
+            "MPS holder",
+            Sharing::TimeSlice,
+            (8, Sharing::Mps { active_thread_pct: 50, pinned_mem_mib: None }),
+            "held by job 8 (MPS 50%)",
+        ),
+        ("time-sliced holder", MPS_QUARTER, (9, Sharing::TimeSlice), "held by job 9 (time-sliced)"),
+    ];
+    for (name, sharing, holder, words) in cases {
+        let view = shared_view(m, "7g.80gb", &[holder]);
+        let r = shared_pin(m, "7g.80gb", sharing);
+        let e = admit(&r, &view, &cfg).expect_err(name);
+        assert_eq!(e.field, "pin", "{name}: {e}");
+        assert!(e.detail.contains("GPU 0 7g.80gb@0") && e.detail.contains(words), "{name}: {}", e.detail);
+        let mut s = Scheduler::new(cfg.clone());
+        let d = s.schedule(10, &view, &[queued(2, r)], &[]);
+        assert!(starts(&d).is_empty(), "{name}: {d:?}");
+        let (reason, detail) = pending(&d, 2).expect("pending");
+        assert_eq!(reason, PendingReason::Capacity, "{name}");
+        assert!(detail.contains(words), "{name}: {detail}");
+    }
+}
+
+#[test]
+fn an_exclusive_job_never_gets_an_instance_a_shared_pin_holds() {
+    let m = "H100-80GB";
+    // The whole GPU is one 7g.80gb, time-sliced by two pods' holds that may not be requeued: an
+    // exclusive job of the daemon's waits, with repartitioning and preemption on, and at a
+    // higher priority; in the same round as the pods' holds too.
+    let cfg = SchedulerConfig { preemption: true, ..SchedulerConfig::default() };
+    let hold = shared_pin(m, "7g.80gb", Sharing::TimeSlice);
+    let at = [(0, inst(model(m), "7g.80gb", 0))];
+    let running = vec![running(5, hold.clone(), 0, &at), running(6, hold.clone(), 0, &at)];
+    let view = shared_view(m, "7g.80gb", &[(5, Sharing::TimeSlice), (6, Sharing::TimeSlice)]);
+    for wants in [profile("1g.10gb"), profile("7g.80gb"), GpuRequest::WholeGpu] {
+        let mut r = req(wants.clone());
+        r.priority = 100;
+        let mut s = Scheduler::new(cfg.clone());
+        let d = s.schedule(10, &view, &[queued(3, r.clone())], &running);
+        assert!(starts(&d).is_empty() && reconfigures(&d).is_empty() && preempts(&d).is_empty(), "{wants:?}: {d:?}");
+        let fresh = shared_view(m, "7g.80gb", &[]);
+        let mut s = Scheduler::new(cfg.clone());
+        let d = s.schedule(20, &fresh, &[queued(1, hold.clone()), queued(2, hold.clone()), queued(3, r)], &[]);
+        let st = starts(&d);
+        assert!(st.contains_key(&1) && st.contains_key(&2) && !st.contains_key(&3), "{wants:?}: {d:?}");
+    }
+}
+
+#[test]
+fn shared_pins_are_valid_requests() {
+    let m = "H100-80GB";
+    for sharing in [Sharing::TimeSlice, MPS_QUARTER] {
+        shared_pin(m, "1g.10gb", sharing).validate().unwrap_or_else(|e| panic!("{sharing:?}: {e}"));
+    }
+    // MPS still shares one instance: not a list of them.
+    let mut r = shared_pin(m, "1g.10gb", MPS_QUARTER);
+    r.pin.push(pin(m, 0, "1g.10gb", 1));
+    r.gpu = GpuRequest::Instances(vec![profile("1g.10gb"), profile("1g.10gb")]);
+    assert_eq!(r.validate().expect_err("MPS over a list").field(), "sharing");
 }

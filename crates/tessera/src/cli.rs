@@ -406,6 +406,16 @@ pub struct KubeControllerArgs {
     /// `http://127.0.0.1:8001` behind `kubectl proxy`).
     #[arg(long = "kube-api-url", env = "TESSERA_KUBE_API_URL", value_name = "URL")]
     pub api_url: Option<String>,
+    /// How long the controller waits after a change before deciding, so that pods created
+    /// together (a Job's, a Deployment's) are decided together; 0 to 60000 ms.
+    #[arg(
+        long = "batch-window-ms",
+        env = "TESSERA_BATCH_WINDOW_MS",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(u64).range(0..=60_000),
+        value_name = "MS"
+    )]
+    pub batch_window_ms: u64,
     /// The log's form on stderr (as `tessera serve`).
     #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,

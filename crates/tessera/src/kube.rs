@@ -3,14 +3,19 @@
 //! engine, `Allocate` holding devices for their pods, PodResources read to name, release and
 //! adopt the holds. The configuration file's `[kubernetes]` section says where the kubelet's
 //! sockets are and how devices are advertised; NVIDIA's plugin configuration file, when named,
-//! is read here, so a mistake in it stops the start (exit 2) at its file, line and column.
+//! is read here, so a mistake in it stops the start (exit 2) at its file, line and column. With
+//! `node_labels` (the default) the label workflow runs beside them (`tessera_kube::run_node_agent`
+//! with the engine as its [`EngineApplier`]): `nvidia.com/mig.config`, the controller's desired
+//! layouts and the node report, through the API server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tessera_daemon::config::{Config, KubernetesSection};
 use tessera_daemon::daemon::FrontDoor;
 use tessera_deviceplugin::{AgentOptions, PluginOptions, run_agent};
+use tessera_kube::{AgentSettings, EngineApplier, run_node_agent};
 use tessera_kube_core::{MigStrategy, PluginConfig};
 
 use crate::cli::{Global, KubeControllerArgs, ServeArgs};
@@ -22,7 +27,8 @@ const KUBELET_WATCH: Duration = Duration::from_secs(1);
 
 /// `tessera kube node-agent`.
 pub fn node_agent(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
-    crate::serve::serve_with(g, a, |config| door(config).map(Some))
+    let checking = a.check_config;
+    crate::serve::serve_with(g, a, |config| door(config, checking).map(Some))
 }
 
 /// NVIDIA's plugin configuration as `[kubernetes]` says: its file (or NVIDIA's defaults), then
@@ -48,8 +54,10 @@ pub fn plugin_config(k: &KubernetesSection) -> anyhow::Result<(PluginConfig, Vec
     Ok((config, warnings))
 }
 
-/// The front door the daemon runs: the agent with the `[kubernetes]` settings.
-fn door(config: &Config) -> anyhow::Result<FrontDoor> {
+/// The front door the daemon runs: the agent with the `[kubernetes]` settings, and with
+/// `node_labels` the label workflow (the engine applying layouts) beside it.
+/// `checking` (`--check-config`): the files only, not the environment a pod gets at run time.
+fn door(config: &Config, checking: bool) -> anyhow::Result<FrontDoor> {
     let k = &config.kubernetes;
     let (plugin, warnings) = plugin_config(k)?;
     let mut options = PluginOptions::new(plugin);
@@ -61,6 +69,16 @@ fn door(config: &Config) -> anyhow::Result<FrontDoor> {
         pod_resources: k.pod_resources_socket.clone(),
         interval: Duration::from_millis(k.pod_resources_interval_ms),
         tenant: k.tenant.clone(),
+    };
+    // Checked before the daemon starts: a DaemonSet without the downward API fails at once.
+    let labels = if k.node_labels && !checking {
+        let mut settings = AgentSettings::from_env(|v| std::env::var(v).ok())
+            .context("kubernetes.node_labels is on (set it to false to run the device plugin alone)")?;
+        settings.config_map.clone_from(&k.mig_config_map);
+        settings.config_key.clone_from(&k.mig_config_key);
+        Some((settings, k.api_server.clone()))
+    } else {
+        None
     };
     Ok(Box::new(move |engine, stop| {
         Box::pin(async move {
@@ -75,7 +93,34 @@ fn door(config: &Config) -> anyhow::Result<FrontDoor> {
                 agent.plugin.device_plugin_dir.display(),
                 agent.pod_resources.display()
             );
-            run_agent(engine, agent, stop).await.map_err(|e| e.to_string())
+            let node_labels = async {
+                let Some((settings, url)) = labels else { return Ok(()) };
+                let client = tessera_kube::connect(url.as_deref()).await.map_err(|e| e.to_string())?;
+                tracing::info!(
+                    "kubernetes: node {} applies nvidia.com/mig.config from ConfigMap {}/{} (key {}) and the controller's desired layouts",
+                    settings.node_name,
+                    settings.namespace,
+                    settings.config_map,
+                    settings.config_key
+                );
+                let mut stop = stop.clone();
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                run_node_agent(client, settings, Arc::new(EngineApplier::new(engine.clone())), shutdown).await;
+                Ok::<(), String>(())
+            };
+            let plugin = async { run_agent(engine.clone(), agent, stop.clone()).await.map_err(|e| e.to_string()) };
+            let mut plugin = std::pin::pin!(plugin);
+            // The label workflow ends only with the daemon (or when it cannot start): then the
+            // plugin still runs until the daemon stops.
+            tokio::select! {
+                ran = &mut plugin => ran,
+                labels = node_labels => match labels {
+                    Ok(()) => plugin.await,
+                    Err(e) => Err(format!("the node label workflow: {e}")),
+                },
+            }
         })
     }))
 }
@@ -83,7 +128,8 @@ fn door(config: &Config) -> anyhow::Result<FrontDoor> {
 /// `tessera kube controller`: runs until SIGTERM or SIGINT, then gives the Lease up.
 pub fn controller(a: &KubeControllerArgs) -> anyhow::Result<()> {
     crate::serve::init_log(a.log_format, a.log_level)?;
-    let settings = tessera_kube::ControllerSettings::from_env(|k| std::env::var(k).ok())?;
+    let mut settings = tessera_kube::ControllerSettings::from_env(|k| std::env::var(k).ok())?;
+    settings.batch_window = Duration::from_millis(a.batch_window_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -24,7 +24,7 @@ const RESOURCE: &str = "nvidia.com/mig-1g.10gb";
 fn kubernetes(dir: &Path) -> String {
     format!(
         "[kubernetes]\ndevice_plugin_dir = \"{0}/device-plugins\"\npod_resources_socket = \"{0}/pod-resources.sock\"\n\
-         pod_resources_interval_ms = 100\ncdi_dir = \"{0}/cdi\"\nmig_strategy = \"mixed\"\n",
+         pod_resources_interval_ms = 100\ncdi_dir = \"{0}/cdi\"\nmig_strategy = \"mixed\"\nnode_labels = false\n",
         dir.display()
     )
 }

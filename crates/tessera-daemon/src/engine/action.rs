@@ -4,6 +4,7 @@
 //! [`Action::SubmitWork`] with [`Work::External`] (the pod or Slurm job runs the processes;
 //! Tessera allocates and releases the slices) and end it with [`Action::Release`].
 
+use tessera_mig::Wanted;
 use tessera_store::{ExitInfo, Work};
 
 use crate::wire::{
@@ -67,6 +68,9 @@ pub enum Action {
     Drain { gpu: u32, drain: bool, request: DrainRequest },
     /// Admins: change a GPU's MIG layout; busy instances are never touched.
     Layout { gpu: u32, request: LayoutRequest },
+    /// Admins: change a GPU's MIG layout to one a front door holds typed (the Kubernetes node
+    /// agent's `nvidia.com/mig.config` and the controller's desired layouts); as [`Action::Layout`].
+    Reach { gpu: u32, wanted: Wanted },
     /// Node health.
     Health,
     /// Admins: a GPU was reset or repaired; its faults clear at the next successful probe.
@@ -98,6 +102,7 @@ impl Action {
                 | Action::Release { .. }
                 | Action::Drain { .. }
                 | Action::Layout { .. }
+                | Action::Reach { .. }
                 | Action::HealthClear { .. }
         )
     }

@@ -59,14 +59,30 @@ impl Engine {
         gpu: u32,
         req: LayoutRequest,
     ) -> Result<LayoutInput, EngineError> {
+        let dry_run = req.dry_run;
+        self.layout_prepare_with(caller, gpu, dry_run, |model| wanted_of(model, &req.instances))
+    }
+
+    /// [`Engine::layout_prepare`] for a front door that already holds the layout typed (the
+    /// Kubernetes node agent's `nvidia.com/mig.config` and desired layouts).
+    pub fn layout_prepare_wanted(
+        &mut self,
+        caller: &Caller,
+        gpu: u32,
+        wanted: Wanted,
+    ) -> Result<LayoutInput, EngineError> {
+        self.layout_prepare_with(caller, gpu, false, |_| Ok(wanted))
+    }
+
+    fn layout_prepare_with(
+        &mut self,
+        caller: &Caller,
+        gpu: u32,
+        dry_run: bool,
+        wanted: impl FnOnce(&'static GpuModel) -> Result<Wanted, EngineError>,
+    ) -> Result<LayoutInput, EngineError> {
         if !caller.admin {
             return Err(EngineError::Forbidden("only admins change MIG layouts".into()));
-        }
-        if req.instances.len() > MAX_LAYOUT_ENTRIES {
-            return Err(EngineError::invalid(
-                "instances",
-                format!("lists {} instances; a GPU has at most {MAX_LAYOUT_ENTRIES}", req.instances.len()),
-            ));
         }
         let view = tessera_gpu::gpu_view(self.backend(), gpu).map_err(|e| EngineError::NotFound(e.to_string()))?;
         let Some(model) = view.model else {
@@ -75,33 +91,7 @@ impl Engine {
         if !view.mig.current {
             return Err(EngineError::Conflict(format!("GPU {gpu} has MIG off: turn it on first (tessera mig apply)")));
         }
-        let mut specs = Vec::new();
-        for (i, text) in req.instances.iter().enumerate() {
-            let spec = model
-                .instance_spec(text)
-                .map_err(|e| EngineError::invalid(format!("instances[{i}]"), e.to_string()))?;
-            specs.push(spec);
-        }
-        let placed = specs.iter().filter(|(_, start)| start.is_some()).count();
-        let wanted = if placed == 0 {
-            Wanted::Profiles(specs.iter().map(|(w, _)| *w).collect())
-        } else if placed == specs.len() {
-            Wanted::Layout(
-                specs
-                    .iter()
-                    .map(|(w, start)| Instance {
-                        profile_id: w.profile_id,
-                        start: start.unwrap_or(0),
-                        compute: w.compute,
-                    })
-                    .collect(),
-            )
-        } else {
-            return Err(EngineError::invalid(
-                "instances",
-                "give a start (PROFILE@START) for every instance or for none",
-            ));
-        };
+        let wanted = wanted(model)?;
         // Busy: a process uses it, or a job holds it (it may not have started its processes yet;
         // a pod's hold has none of Tessera's).
         let allocations: Vec<_> =
@@ -126,7 +116,7 @@ impl Engine {
             model,
             current,
             wanted,
-            dry_run: req.dry_run,
+            dry_run,
             epoch: self.layout_epoch,
             by: caller.user.clone(),
             holders,
@@ -166,4 +156,33 @@ pub(crate) fn step_lines(plan: &tessera_mig::ReconfigurePlan, label: impl Fn(&In
             tessera_mig::Step::Create { instance } => format!("create {}", label(instance)),
         })
         .collect()
+}
+
+/// The layout a request's text asks for: every entry placed (`3g.40gb@4`) or none.
+fn wanted_of(model: &GpuModel, instances: &[String]) -> Result<Wanted, EngineError> {
+    if instances.len() > MAX_LAYOUT_ENTRIES {
+        return Err(EngineError::invalid(
+            "instances",
+            format!("lists {} instances; a GPU has at most {MAX_LAYOUT_ENTRIES}", instances.len()),
+        ));
+    }
+    let mut specs = Vec::new();
+    for (i, text) in instances.iter().enumerate() {
+        let spec =
+            model.instance_spec(text).map_err(|e| EngineError::invalid(format!("instances[{i}]"), e.to_string()))?;
+        specs.push(spec);
+    }
+    let placed = specs.iter().filter(|(_, start)| start.is_some()).count();
+    if placed == 0 {
+        Ok(Wanted::Profiles(specs.iter().map(|(w, _)| *w).collect()))
+    } else if placed == specs.len() {
+        Ok(Wanted::Layout(
+            specs
+                .iter()
+                .map(|(w, start)| Instance { profile_id: w.profile_id, start: start.unwrap_or(0), compute: w.compute })
+                .collect(),
+        ))
+    } else {
+        Err(EngineError::invalid("instances", "give a start (PROFILE@START) for every instance or for none"))
+    }
 }

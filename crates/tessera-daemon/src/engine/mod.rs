@@ -49,6 +49,7 @@ use std::sync::{Arc, RwLock};
 pub use action::{Action, Caller, Door, Reply};
 pub use admission::{WorkCheck, check_work, process_work};
 pub use error::EngineError;
+pub use layout::LayoutInput;
 pub use reader::{HeldSlice, NodeState, Published, Reader};
 use tessera_exec::{CgroupSupport, MpsControl};
 use tessera_gpu::health::HealthTracker;
@@ -345,6 +346,11 @@ impl Engine {
             Action::Drain { gpu, drain, request } => self.drain(caller, gpu, drain, &request).map(Reply::Drain),
             Action::Layout { gpu, request } => {
                 let input = self.layout_prepare(caller, gpu, request)?;
+                let plan = input.plan()?;
+                self.layout_apply(caller, plan).map(Reply::Layout)
+            }
+            Action::Reach { gpu, wanted } => {
+                let input = self.layout_prepare_wanted(caller, gpu, wanted)?;
                 let plan = input.plan()?;
                 self.layout_apply(caller, plan).map(Reply::Layout)
             }

@@ -162,7 +162,12 @@ impl LayoutApplier for SimNode {
                 let mut instances: Vec<ReportedInstance> = g
                     .instances
                     .iter()
-                    .map(|(i, h)| ReportedInstance { instance: *i, gpu_instance_id: None, holder: h.clone() })
+                    .map(|(i, h)| ReportedInstance {
+                        instance: *i,
+                        gpu_instance_id: None,
+                        holder: h.clone(),
+                        busy: false,
+                    })
                     .collect();
                 instances.sort_by_key(|i| i.instance.start);
                 ReportedGpu {

@@ -24,6 +24,8 @@ pub struct Daemon {
     pub nvml_driver: Option<String>,
     /// The daemon's subcommand: `serve`, or `kube node-agent`.
     pub subcommand: Vec<String>,
+    /// Environment variables of every spawn (the downward API's `NODE_NAME`, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// Whether the tests run as root (switching users, cgroups and device nodes need it).
@@ -56,8 +58,7 @@ impl Daemon {
     /// `tessera kube node-agent` (the daemon with the kubelet device plugin), with the default
     /// test config followed by `extra` (its `[kubernetes]` section).
     pub fn node_agent(spec: &str, extra: &str) -> Daemon {
-        let mut d = Daemon::unstarted(spec, None, "", extra);
-        d.subcommand = vec!["kube".into(), "node-agent".into()];
+        let mut d = Daemon::unstarted_node_agent(spec, extra);
         d.spawn();
         d
     }
@@ -65,6 +66,13 @@ impl Daemon {
     fn build(spec: &str, nvml_driver: Option<String>, scheduler_extra: &str, extra: &str) -> Daemon {
         let mut d = Daemon::unstarted(spec, nvml_driver, scheduler_extra, extra);
         d.spawn();
+        d
+    }
+
+    /// [`Daemon::node_agent`], not started yet (set [`Daemon::env`] first).
+    pub fn unstarted_node_agent(spec: &str, extra: &str) -> Daemon {
+        let mut d = Daemon::unstarted(spec, None, "", extra);
+        d.subcommand = vec!["kube".into(), "node-agent".into()];
         d
     }
 
@@ -82,6 +90,7 @@ impl Daemon {
             next_args: Vec::new(),
             nvml_driver,
             subcommand: vec!["serve".into()],
+            env: Vec::new(),
         }
     }
 
@@ -148,6 +157,9 @@ impl Daemon {
             .args(&args)
             .env_remove("TESSERA_SIM")
             .env_remove("TESSERA_SIM_STATE")
+            .env_remove("NODE_NAME")
+            .env_remove("POD_NAMESPACE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(self.log_file())
             .spawn()
