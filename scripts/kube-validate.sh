@@ -108,8 +108,14 @@ echo "kube-validate: ConfigMap tessera-mig-parted-config: $(wc -w <<<"$names") c
 # a registry, which this machine may not reach, so buildah assembles the same layout from scratch
 # instead (the binary just built and the libraries `ldd` names, Debian 12's as in the
 # Containerfile's run stage), in a storage of its own under $tmp, and runs `tessera --version` in
-# it (chroot isolation: no container runtime or cgroups needed). Skipped, and said so, without
-# buildah (Debian: apt-get install buildah).
+# it (chroot isolation: no container runtime or cgroups needed). buildah is installed from
+# Debian when it is missing and we may (root, apt-get); otherwise the step is skipped, and says so.
+if ! command -v buildah >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "kube-validate: installing buildah (Debian)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah >/dev/null 2>&1 \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah >/dev/null 2>&1; } \
+        || echo "kube-validate: buildah could not be installed"
+fi
 if command -v buildah >/dev/null && [ "$(id -u)" = 0 ]; then
     b() { buildah --root "$tmp/storage" --runroot "$tmp/run" --storage-driver vfs "$@"; }
     ctr=$(b from scratch 2>"$tmp/buildah.err") || { cat "$tmp/buildah.err" >&2; die "buildah from scratch failed (above)"; }
