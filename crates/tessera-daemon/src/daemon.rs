@@ -64,6 +64,18 @@ pub struct EngineHandle {
     changed: tokio::sync::watch::Sender<u64>,
     /// `jobs.max_exec_bytes`, for checking submissions without the engine.
     max_exec_bytes: usize,
+    /// The engine's MPS control (the real program, or the simulated node's recording).
+    mps: SharedMps,
+}
+
+/// The engine's MPS control, shared with front doors.
+#[derive(Clone)]
+struct SharedMps(Arc<dyn tessera_exec::MpsControl>);
+
+impl std::fmt::Debug for SharedMps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MpsControl")
+    }
 }
 
 impl EngineHandle {
@@ -71,6 +83,7 @@ impl EngineHandle {
         let (changed, _) = tokio::sync::watch::channel(0);
         let max_exec_bytes = engine.config.jobs.max_exec_bytes;
         let reader = engine.reader()?;
+        let mps = engine.mps.clone();
         engine.publish();
         Ok(EngineHandle {
             core: Arc::new(Mutex::new(engine)),
@@ -78,7 +91,15 @@ impl EngineHandle {
             wake: Arc::new(tokio::sync::Notify::new()),
             changed,
             max_exec_bytes,
+            mps: SharedMps(mps),
         })
+    }
+
+    /// The engine's MPS control, for a front door that runs MPS control daemons of its own (the
+    /// Kubernetes plugin's, for pods' MPS replicas): the same program, or on the simulated node
+    /// the same recording.
+    pub fn mps(&self) -> Arc<dyn tessera_exec::MpsControl> {
+        self.mps.0.clone()
     }
 
     /// A submission's work checked on a blocking thread without the engine (the checks touch

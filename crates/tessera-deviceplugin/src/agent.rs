@@ -46,7 +46,7 @@ pub async fn run_agent(
         admin: true,
         door: Door::Internal,
     };
-    let door = Arc::new(KubeDoor::new(engine, caller, options.tenant.clone()));
+    let door = Arc::new(KubeDoor::new(engine, caller, options.tenant.clone(), options.plugin.config.clone()));
     let nudge = Arc::new(Notify::new());
     let mut plugin_options = options.plugin.clone();
     plugin_options.door = Some(crate::plugin::Holder { door: door.clone(), nudge: nudge.clone() });

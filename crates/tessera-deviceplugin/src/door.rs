@@ -19,7 +19,7 @@
 //! exact replica IDs its `Allocate` gave, so two pods on one instance are never confused.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_daemon::api::Service;
@@ -84,9 +84,9 @@ pub struct KubeDoor {
     /// How long a provisional hold waits for the kubelet to list its pod before it is released
     /// (the container was never created).
     pub provisional_grace: Duration,
-    /// NVIDIA's plugin configuration, whose sharing says how replicas are held; handed over by
-    /// the plugin when it starts ([`KubeDoor::set_plugin_config`]).
-    plugin_config: RwLock<Option<PluginConfig>>,
+    /// NVIDIA's plugin configuration, the one the plugin advertises with: its sharing says how
+    /// replicas are held.
+    plugin_config: PluginConfig,
 }
 
 impl std::fmt::Debug for KubeDoor {
@@ -193,27 +193,17 @@ fn held_devices(job: &JobView) -> BTreeSet<String> {
 
 impl KubeDoor {
     /// A door acting as `caller` (an admin: it sees and releases every hold), charging holds to
-    /// `tenant`.
-    pub fn new(service: Arc<dyn Service>, caller: Caller, tenant: String) -> KubeDoor {
+    /// `tenant`, holding replicas as `plugin_config` (NVIDIA's plugin configuration, the one the
+    /// plugin advertises with) shares them.
+    pub fn new(service: Arc<dyn Service>, caller: Caller, tenant: String, plugin_config: PluginConfig) -> KubeDoor {
         KubeDoor {
             service,
             caller,
             tenant,
             hold_timeout: Duration::from_secs(10),
             provisional_grace: Duration::from_secs(60),
-            plugin_config: RwLock::new(None),
+            plugin_config,
         }
-    }
-
-    /// Says how replicas are shared (NVIDIA's plugin configuration, as the plugin advertises
-    /// them). Until then [`KubeDoor::reconcile`] adopts no replica, and [`KubeDoor::hold`]
-    /// holds one time-sliced.
-    pub fn set_plugin_config(&self, config: &PluginConfig) {
-        *self.plugin_config.write().unwrap_or_else(PoisonError::into_inner) = Some(config.clone());
-    }
-
-    fn plugin_config(&self) -> Option<PluginConfig> {
-        self.plugin_config.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     async fn act(&self, action: Action) -> Result<Reply, EngineError> {
@@ -232,8 +222,7 @@ impl KubeDoor {
     /// all or none; returns the holds' job ids. Answers once the engine holds them, or with why
     /// it cannot.
     pub async fn hold(&self, ids: &[String], gpus: &[GpuView], key: Option<&str>) -> Result<Vec<u64>, HoldError> {
-        let config = self.plugin_config().unwrap_or_default();
-        let groups = pins_for(ids, gpus, &config)?;
+        let groups = pins_for(ids, gpus, &self.plugin_config)?;
         let key = key.map_or_else(|| provisional_key(ids), str::to_string);
         let mut held = Vec::new();
         for group in groups {
@@ -313,7 +302,6 @@ impl KubeDoor {
     /// ms since the epoch.
     pub async fn reconcile(&self, listed: &Listed, gpus: &[GpuView], now_ms: u64) -> Result<Reconciled, EngineError> {
         let mut done = Reconciled::default();
-        let known_sharing = self.plugin_config().is_some();
         // The listed device IDs (replicas with their `::<n>`) some hold stands for.
         let mut covered: BTreeSet<String> = BTreeSet::new();
         for job in self.holds().await? {
@@ -357,12 +345,7 @@ impl KubeDoor {
             }
         }
         for (key, ds) in listed {
-            // A replica waits until the plugin said how replicas are shared.
-            let missing: Vec<String> = ds
-                .iter()
-                .filter(|d| !covered.contains(*d) && (known_sharing || base_id(d) == d.as_str()))
-                .cloned()
-                .collect();
+            let missing: Vec<String> = ds.iter().filter(|d| !covered.contains(*d)).cloned().collect();
             if missing.is_empty() {
                 continue;
             }

@@ -44,7 +44,7 @@ pub struct PluginOptions {
     /// How often the kubelet's socket and ours are checked.
     pub watch_interval: Duration,
     /// Inside the daemon: `Allocate` makes the engine hold the devices for the pod (shared
-    /// replicas as `config`'s sharing says, which [`run`] hands the door).
+    /// replicas as the door's plugin config, the same as `config`, says).
     pub door: Option<Holder>,
 }
 
@@ -80,16 +80,12 @@ pub fn endpoint_file_name(resource: &ResourceName) -> String {
 
 /// Runs the plugin until `shutdown` completes (then every endpoint stops and the CDI spec is
 /// removed) or the snapshot channel closes ([`PluginError::SourceStopped`]). An error to start
-/// with: the CDI spec cannot be written. Inside the daemon it first tells the door how replicas
-/// are shared (`options.config`).
+/// with: the CDI spec cannot be written.
 pub async fn run(
     options: PluginOptions,
     mut snapshots: watch::Receiver<Arc<NodeSnapshot>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PluginError> {
-    if let Some(holder) = &options.door {
-        holder.door.set_plugin_config(&options.config);
-    }
     let current = snapshots.borrow_and_update().clone();
     let mut plugin = Plugin {
         kubelet: options.device_plugin_dir.join(KUBELET_SOCKET),

@@ -20,7 +20,7 @@ use tessera_daemon::config::Config;
 use tessera_daemon::daemon::EngineHandle;
 use tessera_daemon::engine::{Action, Caller, Door, Engine, Paths, Reply, ShimCommand};
 use tessera_daemon::wire::{GpuList, JobView, LayoutRequest};
-use tessera_deviceplugin::{AgentOptions, PluginOptions, run_agent};
+use tessera_deviceplugin::{AgentOptions, KubeDoor, PluginOptions, run_agent};
 use tessera_exec::RecordingMps;
 use tessera_gpu::open::Node;
 use tessera_gpu::sim::SimBackend;
@@ -350,6 +350,68 @@ async fn time_sliced_replicas_are_held_per_pod_and_keep_their_instance_busy() {
         (holders(&a.engine, Some(&d0)).await == [(second, "own-2".to_string())]).then_some(())
     })
     .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_time_sliced_job_never_joins_the_pods_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tessera_kube_core::parse_config(TIME_SLICED, "config.yaml").expect("config");
+    // The engine time-slices its own jobs four ways (the default) and may not repartition: a
+    // time-sliced job would join the pods' instance (two holds, fewer than four) before it took
+    // a fresh one.
+    let mut fixed = Config::default();
+    fixed.scheduler.repartition = false;
+    assert!(fixed.scheduler.time_slice_replicas > 2);
+    let engine = engine_on(dir.path(), "1xH100-80GB,numa=1,cpus=16", Some(&["1g.10gb@0", "1g.10gb@1"]), fixed);
+    let a = Agent::start(dir.path(), engine, config.clone());
+    let (ids, bases) = replicas(&a.kubelet, RESOURCE, 12).await;
+    let (d0, d1) = (bases[0].clone(), bases[1].clone());
+    let of = |d: &str| -> Vec<String> { ids.iter().filter(|i| i.starts_with(&format!("{d}::"))).cloned().collect() };
+    let (r0, r1) = (of(&d0), of(&d1));
+
+    // Two pods share d0.
+    for r in &r0[..2] {
+        a.kubelet.allocate(RESOURCE, &[r]).await.expect("allocate a replica");
+    }
+    let pods = holders(&a.engine, Some(&d0)).await;
+    assert_eq!(pods.len(), 2, "{pods:?}");
+
+    // Two time-sliced jobs of the daemon's own (as `tessera submit --share time-slice` makes
+    // them): both on d1, never on the pods' instance, whose six replicas stay advertised.
+    let submit = |key: &str| {
+        let mut request = JobRequest::new(GpuRequest::Profile { name: "1g.10gb".into() });
+        request.sharing = Sharing::TimeSlice;
+        let work = Work::External(ExternalWork { door: "test".into(), key: key.into() });
+        Action::SubmitWork { request, work }
+    };
+    for key in ["own-1", "own-2"] {
+        a.engine.act(root(), submit(key)).await.expect("submit");
+    }
+    let own = eventually("both of the daemon's jobs on d1", || async {
+        let h = holders(&a.engine, Some(&d1)).await;
+        (h.len() == 2).then_some(h)
+    })
+    .await;
+    assert_eq!(own.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(), ["own-1", "own-2"]);
+    assert_eq!(holders(&a.engine, Some(&d0)).await, pods, "the pods' instance is theirs alone");
+    a.kubelet
+        .wait_for("the pods' replicas advertised, d1's not", WAIT, |s| {
+            let ds: BTreeSet<String> = s.resources.get(RESOURCE)?.devices()?.iter().map(|d| d.id.clone()).collect();
+            (ds == r0.iter().cloned().collect::<BTreeSet<_>>()).then_some(())
+        })
+        .await;
+
+    // A pod's replica of d1 (one the kubelet lists from before, say) is not held: a pod's share
+    // never joins a job the scheduler placed. The plugin refuses it unadvertised; the door
+    // itself, asked to adopt it, is refused naming the jobs.
+    let door = KubeDoor::new(a.engine.clone(), root(), "default".into(), config);
+    let gpus = a.engine.node_state().await.expect("node state").gpus;
+    let refused = door.hold(&r1[..1], &gpus, Some("ns/pod-c/main")).await.expect_err("d1 is the daemon's");
+    for (id, _) in &own {
+        assert!(refused.to_string().contains(&format!("job {id} (time-sliced, not pinned)")), "{refused}");
+    }
+    assert_eq!(holders(&a.engine, Some(&d1)).await, own);
     a.stop().await;
 }
 

@@ -44,7 +44,7 @@ fn setup() -> (ClusterView, Vec<QueuedJob>, Vec<RunningJob>) {
                     let mut r = JobRequest::new(GpuRequest::Profile { name: (*p).to_string() });
                     r.tenant = format!("t{}", next % 4);
                     r.runtime_estimate_ms = Some(600_000 * (next % 5 + 1));
-                    iv.occupants.push(Occupant { job: next, sharing: Sharing::Exclusive, user: 0 });
+                    iv.occupants.push(Occupant { job: next, sharing: Sharing::Exclusive, user: 0, pinned: false });
                     running.push(RunningJob {
                         id: next,
                         request: r,

@@ -4,7 +4,8 @@
 //!
 //! An instance with occupants is *busy*: it is never destroyed or moved, and only jobs with a
 //! compatible sharing mode (MPS with MPS of the same user, time-slicing with time-slicing) may
-//! join it.
+//! join it, pinned holds only pinned ones and the scheduler's own jobs only its own
+//! ([`Occupant::pinned`]).
 //!
 //! A GPU with MIG off is shown as one instance of its model's full profile at placement 0: the
 //! whole GPU. It is never repartitioned, serves whole-GPU and memory/compute-sized requests
@@ -252,6 +253,12 @@ pub struct Occupant {
     /// The uid the job runs as (an MPS share serves one user at a time).
     #[serde(default)]
     pub user: u32,
+    /// A pinned hold ([`crate::JobRequest::pin`]: a front door's, on instances another system
+    /// gave away). Pinned and unpinned jobs never share an instance: the other system counts
+    /// and advertises the instance's shares, so a job the scheduler placed there would take one
+    /// it does not know of, and a pinned share would join a job it does not bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// A tenant: a weight for fair share and an optional quota.

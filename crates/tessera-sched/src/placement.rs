@@ -489,16 +489,19 @@ fn use_kind(ctx: &Ctx<'_>, model: &GpuModel, w: &WInst, blocked: u32) -> Option<
         return Some(Use::Fresh);
     }
     let sharing = ctx.req.sharing;
+    let pinned = !ctx.req.pin.is_empty();
+    // Pinned holds share only with pinned holds (`Occupant::pinned`): the other system counts
+    // and advertises the shares of an instance its holds occupy.
     if !sharing.is_shared()
-        || w.occupants.iter().any(|o| o.job == ctx.id || !sharing.compatible_with(&o.sharing))
+        || w.occupants.iter().any(|o| o.job == ctx.id || !sharing.compatible_with(&o.sharing) || o.pinned != pinned)
         || w.held_for.is_some()
     {
         return None;
     }
     // A pinned share (a replica another system handed out, such as the kubelet's) was bounded
-    // there: it joins compatible occupants whatever `time_slice_replicas` says, and its MPS
+    // there: it joins compatible pinned holds whatever `time_slice_replicas` says, and its MPS
     // share is that system's to size and serve (Tessera runs no control daemon for it).
-    if !ctx.req.pin.is_empty() {
+    if pinned {
         return Some(Use::Join(u32::try_from(w.occupants.len()).unwrap_or(u32::MAX)));
     }
     // An MPS control daemon serves one user: another user's jobs wait for another share.
@@ -1076,7 +1079,7 @@ fn eval_gpu(
 
 /// Apply a chosen option to the state; returns (slot, instance) for every pick.
 fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance)> {
-    let occupant = Occupant { job: ctx.id, sharing: ctx.req.sharing, user: ctx.user };
+    let occupant = Occupant { job: ctx.id, sharing: ctx.req.sharing, user: ctx.user, pinned: !ctx.req.pin.is_empty() };
     let gpu = &mut st.gpus[o.g];
     let mut out = Vec::new();
     for (slot, pick) in &o.picks {
@@ -1119,13 +1122,12 @@ fn apply(ctx: &Ctx<'_>, st: &mut WState, o: &GroupOption) -> Vec<(Slot, Instance
     out
 }
 
-/// Place a whole job (all ranks or nothing) on a copy of `st`.
 /// Why a pinned request cannot take its instances in `st` (`None`: nothing there stops it):
 /// a GPU or instance that is not there, unhealthy, drained or being reconfigured, or an
-/// instance another job holds, named (a shared request joins jobs of compatible sharing, so
-/// only the others are named, with their sharing). `job`: the request's own job, once it has
-/// one. The one account of a pin's conflicts, for the scheduler's pending reason and
-/// admission's refusal.
+/// instance another job holds, named (a shared request joins pinned holds of compatible
+/// sharing, so only the others are named, with their sharing, and `not pinned` for a job the
+/// scheduler placed). `job`: the request's own job, once it has one. The one account of a
+/// pin's conflicts, for the scheduler's pending reason and admission's refusal.
 pub(crate) fn pin_conflict(req: &JobRequest, st: &WState, job: Option<JobId>) -> Option<(PendingReason, String)> {
     use PendingReason as R;
     for p in &req.pin {
@@ -1157,9 +1159,12 @@ pub(crate) fn pin_conflict(req: &JobRequest, st: &WState, job: Option<JobId>) ->
         let holders: Vec<String> = w
             .occupants
             .iter()
-            .filter(|o| Some(o.job) != job && !(o.job != 0 && shared && req.sharing.compatible_with(&o.sharing)))
+            .filter(|o| {
+                Some(o.job) != job && !(o.job != 0 && o.pinned && shared && req.sharing.compatible_with(&o.sharing))
+            })
             .map(|o| match o.job {
                 0 => "a process Tessera did not start".to_string(),
+                j if shared && !o.pinned => format!("job {j} ({}, not pinned)", sharing_label(&o.sharing)),
                 j if shared => format!("job {j} ({})", sharing_label(&o.sharing)),
                 j => format!("job {j}"),
             })
@@ -1183,6 +1188,7 @@ fn sharing_label(sharing: &Sharing) -> String {
     }
 }
 
+/// Place a whole job (all ranks or nothing) on a copy of `st`.
 pub(crate) fn attempt(ctx: &Ctx<'_>, st: &WState) -> Result<(WState, Placed), Failure> {
     let mut s = st.clone();
     let mut budget = ctx.budget;

@@ -118,7 +118,7 @@ fn an_mps_share_serves_one_user_at_a_time() {
     let m = model("H100-80GB");
     let mps = Sharing::Mps { active_thread_pct: 20, pinned_mem_mib: None };
     let mut c = cluster(vec![gpu(0, "H100-80GB", None, &[("3g.40gb", 0, None), ("3g.40gb", 4, None)])]);
-    c.gpus[0].instances[0].occupants = vec![Occupant { job: 900, sharing: mps, user: 1000 }];
+    c.gpus[0].instances[0].occupants = vec![Occupant { job: 900, sharing: mps, user: 1000, pinned: false }];
     let mut mine = req(profile("3g.40gb"));
     mine.sharing = mps;
     for (user, want) in [(1000, inst(m, "3g.40gb", 0)), (1001, inst(m, "3g.40gb", 4))] {
@@ -166,8 +166,10 @@ fn mig_modes_switch_only_when_switching_is_on_and_nothing_else_could_ever_serve(
     assert_eq!(pending(&d, 1).unwrap().0, PendingReason::Reconfiguring);
     // A busy GPU is never switched; a job that will fit once work ends waits instead.
     let mut busy = c.clone();
-    busy.gpus[0].instances[0].occupants = vec![Occupant { job: 900, sharing: Sharing::Exclusive, user: 0 }];
-    busy.gpus[1].instances[0].occupants = vec![Occupant { job: 901, sharing: Sharing::Exclusive, user: 0 }];
+    busy.gpus[0].instances[0].occupants =
+        vec![Occupant { job: 900, sharing: Sharing::Exclusive, user: 0, pinned: false }];
+    busy.gpus[1].instances[0].occupants =
+        vec![Occupant { job: 901, sharing: Sharing::Exclusive, user: 0, pinned: false }];
     let d = round(&mut switching(), &busy, vec![req(profile("1g.10gb"))]);
     assert!(!d.iter().any(|x| matches!(x, Decision::SetMigMode { .. })), "{d:?}");
     let d = round(&mut switching(), &busy, vec![req(GpuRequest::WholeGpu)]);

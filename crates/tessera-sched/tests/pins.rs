@@ -1,8 +1,9 @@
 //! Pinned requests: a front door's hold on instances another system already gave away (the
 //! kubelet allocated them to a pod). They take exactly those instances or wait naming who holds
 //! them; admission refuses a pin to an instance that is not there or that another job holds.
-//! A shared pin (a time-sliced or MPS replica) joins holders of compatible sharing, as many as
-//! the other system handed out, and an exclusive job never gets an instance such a pin holds.
+//! A shared pin (a time-sliced or MPS replica) joins pinned holders of compatible sharing, as
+//! many as the other system handed out; a job the scheduler places (exclusive or shared) never
+//! gets an instance such a pin holds, and a shared pin never joins such a job.
 
 mod common;
 
@@ -117,10 +118,11 @@ fn pins_are_checked_with_the_request() {
     }
 }
 
-/// A view of GPU 0 of `m` with one instance, occupied by `(job, sharing)`s.
+/// A view of GPU 0 of `m` with one instance, occupied by pinned holds `(job, sharing)`.
 fn shared_view(m: &str, profile_name: &str, occupants: &[(u64, Sharing)]) -> tessera_sched::ClusterView {
     let mut g = gpu(0, m, None, &[(profile_name, 0, None)]);
-    g.instances[0].occupants = occupants.iter().map(|&(job, sharing)| Occupant { job, sharing, user: 1000 }).collect();
+    g.instances[0].occupants =
+        occupants.iter().map(|&(job, sharing)| Occupant { job, sharing, user: 1000, pinned: true }).collect();
     cluster(vec![g])
 }
 
@@ -234,4 +236,73 @@ fn shared_pins_are_valid_requests() {
     r.pin.push(pin(m, 0, "1g.10gb", 1));
     r.gpu = GpuRequest::Instances(vec![profile("1g.10gb"), profile("1g.10gb")]);
     assert_eq!(r.validate().expect_err("MPS over a list").field(), "sharing");
+}
+
+/// Where `job` started: `(gpu, start)` of its slices (none: it did not start).
+fn started_at(d: &[tessera_sched::Decision], job: u64) -> Vec<(u32, u8)> {
+    starts(d).get(&job).map(|v| v.iter().map(|x| (x.gpu, x.instance.start)).collect()).unwrap_or_default()
+}
+
+#[test]
+fn a_job_the_scheduler_places_never_joins_pinned_holds() {
+    let m = "H100-80GB";
+    // GPU 0: a 3g.40gb at 0 shared by two pods' pinned holds, a free 3g.40gb at 4. The
+    // scheduler's own shared jobs (a `tessera submit` time-sliced job; an MPS job of the holds'
+    // own user) would join the shared one first (joining ranks best); they take the free one,
+    // or, when there is none, wait. Room for more replicas than the holds: 4.
+    let cfg = SchedulerConfig { time_slice_replicas: 4, ..SchedulerConfig::default() };
+    let quarter = Sharing::Mps { active_thread_pct: 25, pinned_mem_mib: None };
+    for (name, sharing) in [("time-sliced", Sharing::TimeSlice), ("MPS", quarter)] {
+        let holds = [(5, sharing), (6, sharing)];
+        let hold = shared_pin(m, "3g.40gb", sharing);
+        let at = [(0, inst(model(m), "3g.40gb", 0))];
+        let running = vec![running(5, hold.clone(), 0, &at), running(6, hold.clone(), 0, &at)];
+        let mut job = req(profile("3g.40gb"));
+        job.sharing = sharing;
+        let mine = tessera_sched::QueuedJob { id: 3, request: job, submitted_ms: 3, user: 1000 };
+        for (room, want) in [(true, vec![(0, 4)]), (false, vec![])] {
+            let mut view = shared_view(m, "3g.40gb", &holds);
+            if room {
+                view.gpus[0].instances.push(tessera_sched::InstanceView::idle(inst(model(m), "3g.40gb", 4)));
+            }
+            let mut s = Scheduler::new(cfg.clone());
+            let d = s.schedule(10, &view, std::slice::from_ref(&mine), &running);
+            assert_eq!(started_at(&d, 3), want, "{name}, room {room}: {d:?}");
+            // Queued in the same round as the pods' holds, which are decided first.
+            let mut fresh = shared_view(m, "3g.40gb", &[]);
+            if room {
+                fresh.gpus[0].instances.push(tessera_sched::InstanceView::idle(inst(model(m), "3g.40gb", 4)));
+            }
+            let queue = vec![mine.clone(), queued(1, hold.clone()), queued(2, hold.clone())];
+            let mut s = Scheduler::new(cfg.clone());
+            let d = s.schedule(20, &fresh, &queue, &[]);
+            assert_eq!(started_at(&d, 1), [(0, 0)], "{name}, room {room}: {d:?}");
+            assert_eq!(started_at(&d, 2), [(0, 0)], "{name}, room {room}: {d:?}");
+            assert_eq!(started_at(&d, 3), want, "{name}, room {room}, one round: {d:?}");
+        }
+    }
+}
+
+#[test]
+fn a_shared_pin_never_joins_a_job_the_scheduler_placed() {
+    let m = "H100-80GB";
+    // Job 7, time-sliced (or MPS, the same user), placed by the scheduler, holds the instance a
+    // pod's replica is pinned to: admission refuses the pin naming it, and the scheduler keeps
+    // it waiting.
+    let cfg = SchedulerConfig { time_slice_replicas: 4, ..SchedulerConfig::default() };
+    for sharing in [Sharing::TimeSlice, MPS_QUARTER] {
+        let mut view = shared_view(m, "7g.80gb", &[(7, sharing)]);
+        view.gpus[0].instances[0].occupants[0].pinned = false;
+        let r = shared_pin(m, "7g.80gb", sharing);
+        let e = admit(&r, &view, &cfg).expect_err("joins an unpinned job");
+        assert_eq!(e.field, "pin", "{sharing:?}: {e}");
+        assert!(e.detail.contains("held by job 7") && e.detail.contains("not pinned"), "{sharing:?}: {}", e.detail);
+        let mut s = Scheduler::new(cfg.clone());
+        let d =
+            s.schedule(10, &view, &[tessera_sched::QueuedJob { id: 2, request: r, submitted_ms: 2, user: 1000 }], &[]);
+        assert!(starts(&d).is_empty(), "{sharing:?}: {d:?}");
+        let (reason, detail) = pending(&d, 2).expect("pending");
+        assert_eq!(reason, PendingReason::Capacity, "{sharing:?}");
+        assert!(detail.contains("held by job 7") && detail.contains("not pinned"), "{sharing:?}: {detail}");
+    }
 }

@@ -12,9 +12,9 @@ use common::Sim;
 use proptest::prelude::*;
 use tessera_mig::{Instance, Planner, Step, catalog};
 use tessera_sched::{
-    ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, NumaPolicy, Occupant, QueuedJob,
-    RankStart, RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement, SliceQuota, Tenant, admit, holdings,
-    profile_memory_mib,
+    ClusterView, Decision, GpuRequest, GpuView, HostNuma, InstanceView, JobRequest, NumaPolicy, Occupant,
+    PinnedInstance, QueuedJob, RankStart, RunningJob, Scheduler, SchedulerConfig, Sharing, SlicePlacement, SliceQuota,
+    Tenant, admit, holdings, profile_memory_mib,
 };
 
 const MODELS: &[&str] = &["A30-24GB", "A100-40GB", "H100-80GB", "H200-141GB", "B200-180GB", "RTX-PRO-6000"];
@@ -185,16 +185,23 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         3 => Some((Sharing::Exclusive, 1)),
                         4 => Some((Sharing::Mps { active_thread_pct: 30, pinned_mem_mib: Some(1000) }, 1)),
                         5 => Some((Sharing::Mps { active_thread_pct: 40, pinned_mem_mib: None }, 2)),
-                        6 => Some((Sharing::TimeSlice, 1 + (k % 3))),
+                        6 | 7 => Some((Sharing::TimeSlice, 1 + (k % 3))),
                         _ => None,
                     };
+                    // 7: a front door's pinned holds (time-sliced replicas a pod was given).
+                    let pinned = code == 7;
                     if let Some((sharing, n)) = sharing {
                         for _ in 0..n {
                             let id = next_running;
                             next_running += 1;
-                            iv.occupants.push(Occupant { job: id, sharing, user: (id % 2) as u32 });
+                            iv.occupants.push(Occupant { job: id, sharing, user: (id % 2) as u32, pinned });
                             let mut r = JobRequest::new(GpuRequest::ComputeSlices { slices: 1 });
                             r.sharing = sharing;
+                            if pinned {
+                                r.pin =
+                                    vec![PinnedInstance { gpu: v.gpu, profile_id: inst.profile_id, start: inst.start }];
+                                r.requeue = false;
+                            }
                             r.tenant = TENANTS[(id as usize) % TENANTS.len()].to_string();
                             r.priority = prios[(id as usize) % prios.len()];
                             r.runtime_estimate_ms = (!id.is_multiple_of(3)).then_some(60_000 * (id % 7 + 1));
@@ -313,6 +320,7 @@ fn check(s: &Scenario, now: u64, d: &[Decision]) -> Result<(), String> {
                 job: *job,
                 sharing: r.sharing,
                 user: q.user,
+                pinned: !r.pin.is_empty(),
             });
             new_on.insert((p.gpu, p.instance));
             for c in &p.cpus() {
@@ -379,6 +387,9 @@ fn check(s: &Scenario, now: u64, d: &[Decision]) -> Result<(), String> {
         };
         if !ok {
             return Err(format!("instance {key:?} over-shared: {occ:?}"));
+        }
+        if occ.iter().any(|o| o.pinned != occ[0].pinned) {
+            return Err(format!("instance {key:?} shared by pinned and unpinned jobs: {occ:?}"));
         }
     }
     // 4. Reconfigurations touch only idle instances, one plan per GPU, valid targets.

@@ -133,7 +133,7 @@ fn mps(pct: u8, pinned: Option<u64>) -> tessera_sched::Sharing {
 #[test]
 fn mps_shares_within_limits_and_refuses_beyond() {
     let m = model("H100-80GB");
-    let occ = vec![Occupant { job: 900, sharing: mps(60, Some(4000)), user: 0 }];
+    let occ = vec![Occupant { job: 900, sharing: mps(60, Some(4000)), user: 0, pinned: false }];
     // (pct, pinned, starts?)
     let cases: Vec<(u8, Option<u64>, bool)> = vec![
         (40, Some(4000), true),  // 100 %, 8,000 of 9,984 MiB
@@ -172,7 +172,12 @@ fn mps_shares_within_limits_and_refuses_beyond() {
 fn time_slice_replicas() {
     let ts = |n: usize| {
         (0..n)
-            .map(|i| Occupant { job: 800 + i as u64, sharing: tessera_sched::Sharing::TimeSlice, user: 0 })
+            .map(|i| Occupant {
+                job: 800 + i as u64,
+                sharing: tessera_sched::Sharing::TimeSlice,
+                user: 0,
+                pinned: false,
+            })
             .collect::<Vec<_>>()
     };
     let ts_req = || {
@@ -216,7 +221,7 @@ fn cpus_come_from_the_gpus_numa_node() {
     // Node 0 has only 2 CPUs left: a local job cannot use GPU 0, one with numa: any can.
     let mut c = two_gpu_two_nodes();
     c.host[0].free_cpus = vec![0, 1];
-    c.gpus[1].instances[1].occupants = vec![Occupant { job: 902, sharing: Default::default(), user: 0 }];
+    c.gpus[1].instances[1].occupants = vec![Occupant { job: 902, sharing: Default::default(), user: 0, pinned: false }];
     let d = one_round(&mut sched(), &c, vec![r.clone()]);
     let (reason, detail) = pending(&d, 1).unwrap();
     assert_eq!(reason, PendingReason::HostCpus);

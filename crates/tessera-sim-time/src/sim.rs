@@ -1084,7 +1084,7 @@ impl Sim<'_> {
             if !inst.occupants.is_empty() && exclusive_conflict {
                 self.violations.push(format!("job {j}: instance {:?} on GPU {} double-booked", r.instance, r.gpu));
             }
-            inst.occupants.push(Occupant { job: u64::from(j), sharing, user: 0 });
+            inst.occupants.push(Occupant { job: u64::from(j), sharing, user: 0, pinned: false });
             self.mark(n, g);
             let c = model.profile_by_id(r.instance.profile_id).map_or(0.0, |p| f64::from(p.compute_slices));
             alloc += c * pct.map_or(1.0, |p| f64::from(p) / 100.0);

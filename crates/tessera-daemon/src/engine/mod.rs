@@ -129,7 +129,7 @@ pub struct Engine {
     pub(crate) config: Config,
     pub(crate) paths: Paths,
     pub(crate) launcher: tessera_exec::Launcher,
-    pub(crate) mps: Box<dyn MpsControl>,
+    pub(crate) mps: Arc<dyn MpsControl>,
     pub(crate) health: HealthTracker,
     /// The health tracker as last saved in the store.
     pub(crate) health_saved: String,
@@ -257,7 +257,7 @@ impl Engine {
             config,
             paths,
             launcher,
-            mps,
+            mps: Arc::from(mps),
             health,
             health_saved,
             drains,

@@ -282,7 +282,8 @@ impl Engine {
     }
 
     /// The scheduler's view of the node: every GPU with its health, drain, MIG mode and
-    /// instances (occupied by running jobs, or busy with processes Tessera did not start), and
+    /// instances (occupied by running jobs, pinned holds marked, or busy with processes Tessera
+    /// did not start), and
     /// the host CPUs and memory running jobs leave free.
     pub(crate) fn cluster_view(&self, live: &NodeView, running: &[RunningJob]) -> ClusterView {
         let mut occupants: BTreeMap<(u32, u32, u8), Vec<Occupant>> = BTreeMap::new();
@@ -292,10 +293,11 @@ impl Engine {
                     job: j.id,
                     sharing: j.request.sharing,
                     user: j.user,
+                    pinned: !j.request.pin.is_empty(),
                 });
             }
         }
-        let foreign = Occupant { job: 0, sharing: Sharing::Exclusive, user: u32::MAX };
+        let foreign = Occupant { job: 0, sharing: Sharing::Exclusive, user: u32::MAX, pinned: false };
         let mut gpus = Vec::new();
         for g in &live.gpus {
             let Some(fact) = self.facts.gpu(g.device.index) else { continue };

@@ -32,7 +32,9 @@ pub fn gpu(index: u32, model_name: &str, numa: Option<u32>, instances: &[(&str, 
         .iter()
         .map(|(p, s, occ)| InstanceView {
             instance: inst(m, p, *s),
-            occupants: occ.map(|job| vec![Occupant { job, sharing: Sharing::Exclusive, user: 0 }]).unwrap_or_default(),
+            occupants: occ
+                .map(|job| vec![Occupant { job, sharing: Sharing::Exclusive, user: 0, pinned: false }])
+                .unwrap_or_default(),
             healthy: true,
         })
         .collect();
@@ -214,7 +216,12 @@ impl Sim {
                     for r in ranks.iter().flat_map(|r| r.slices.iter()) {
                         let g = self.cluster.gpus.iter_mut().find(|g| g.gpu == r.gpu).unwrap();
                         let i = g.instances.iter_mut().find(|i| i.instance == r.instance).unwrap();
-                        i.occupants.push(Occupant { job: *job, sharing: q.request.sharing, user: q.user });
+                        i.occupants.push(Occupant {
+                            job: *job,
+                            sharing: q.request.sharing,
+                            user: q.user,
+                            pinned: !q.request.pin.is_empty(),
+                        });
                         for share in &r.host {
                             if let Some(h) = self.cluster.host.iter_mut().find(|h| h.node == share.node) {
                                 h.free_cpus.retain(|c| !share.cpus.contains(c));
