@@ -13,6 +13,9 @@
 //!   devices for the pod, PodResources ([`podresources`]) names, releases and adopts the holds.
 //! - [`agent`]: [`run_agent`], the plugin inside the daemon (`tessera kube node-agent`), fed by
 //!   [`EngineSource`] from the engine's published state.
+//! - [`mps`]: with `sharing.mps`, one MPS control daemon per MPS-shared resource
+//!   ([`MpsDaemons`]), kept in step with the advertised inventory, as NVIDIA's
+//!   `mps-control-daemon` runs them.
 //!
 //! The gRPC and HTTP/2 dependencies live in this crate only.
 
@@ -35,6 +38,7 @@ pub mod cdi_file;
 pub mod door;
 pub mod endpoint;
 mod error;
+pub mod mps;
 pub mod plugin;
 pub mod podresources;
 pub mod registration;
@@ -45,6 +49,7 @@ pub use agent::{AgentOptions, DEFAULT_POD_RESOURCES_SOCKET, run_agent};
 pub use cdi_file::{CdiFile, DEFAULT_CDI_DIR, cdi_file_name};
 pub use door::KubeDoor;
 pub use error::PluginError;
+pub use mps::{DaemonSpec, MpsDaemons, daemon_specs};
 pub use plugin::{DEFAULT_DEVICE_PLUGIN_DIR, PluginOptions, endpoint_file_name, run};
 pub use registration::{API_VERSION, KUBELET_SOCKET, register};
 pub use source::{BackendSource, BackendSourceOptions, EngineSource, NodeSnapshot};

@@ -26,7 +26,7 @@ use tessera_gpu::open::Node;
 use tessera_gpu::sim::SimBackend;
 use tessera_kube_core::{DeviceListStrategy, MigStrategy, PluginConfig};
 use tessera_sched::{GpuRequest, JobRequest, Sharing};
-use tessera_store::{ExternalWork, JobState, Store, Work};
+use tessera_store::{ExitInfo, ExternalWork, JobState, Store, Work};
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -418,10 +418,18 @@ async fn a_daemon_time_sliced_job_never_joins_the_pods_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mps_replicas_are_held_with_nvidias_share() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tessera_kube_core::parse_config(MPS, "config.yaml").expect("config");
+    let mut config = tessera_kube_core::parse_config(MPS, "config.yaml").expect("config");
+    config.mps_root = dir.path().join("mps").display().to_string();
     let engine = engine_on(dir.path(), "1xH100-80GB,numa=1,cpus=16,mig=off", None, Config::default());
     let a = Agent::start(dir.path(), engine, config);
     let (ids, _) = replicas(&a.kubelet, MPS_RESOURCE, 4).await;
+    // The renamed resource's control daemon serves the pipe directory its pods are given.
+    let started = mps_commands(dir.path());
+    assert_eq!(started[0].0, "start");
+    assert_eq!(
+        started[0].2["CUDA_MPS_PIPE_DIRECTORY"],
+        serde_json::json!(dir.path().join("mps/nvidia.com/gpu.shared/pipe"))
+    );
     let memory = a.engine.node_state().await.expect("node state").gpus[0].device.memory_total_mib;
     let share = Sharing::Mps { active_thread_pct: 25, pinned_mem_mib: Some(memory / 4) };
 
@@ -473,4 +481,144 @@ async fn mps_replicas_are_held_with_nvidias_share() {
     })
     .await;
     a.stop().await;
+}
+
+/// NVIDIA's plugin config: whole GPUs under MPS four ways, under their own name.
+const MPS_GPU: &str = "version: v1
+flags:
+  migStrategy: none
+sharing:
+  mps:
+    resources:
+    - name: nvidia.com/gpu
+      replicas: 4
+";
+
+/// The simulated node's recorded MPS commands: (op, the command or start's devices, the
+/// environment), in order.
+fn mps_commands(dir: &Path) -> Vec<(String, String, serde_json::Value)> {
+    std::fs::read_to_string(dir.join("state/mps.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            let op = v["op"].as_str().expect("op").to_string();
+            let what = if op == "start" { v["mig_uuid"].as_str() } else { v["stdin"].as_str() };
+            (op, what.expect("a command").to_string(), v["env"].clone())
+        })
+        .collect()
+}
+
+/// With `sharing.mps`, the node agent runs one MPS control daemon for the shared resource, as
+/// NVIDIA's plugin does: over both GPUs, at the pipe directory `Allocate` gives the pods, with a
+/// quarter of the threads and of each GPU's memory; kept while a GPU fewer is advertised, quit
+/// when the resource goes, started again when it comes back, left running when the agent stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mps_control_daemon_serves_the_shared_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tessera_kube_core::parse_config(MPS_GPU, "config.yaml").expect("config");
+    let root = dir.path().join("mps");
+    config.mps_root = root.display().to_string();
+    let engine = engine_on(dir.path(), "2xH100-80GB,numa=1,cpus=16,mig=off", None, Config::default());
+    let a = Agent::start(dir.path(), engine, config);
+    let (ids, _) = replicas(&a.kubelet, "nvidia.com/gpu", 8).await;
+    let mut gpus = a.engine.node_state().await.expect("node state").gpus;
+    gpus.sort_by_key(|g| g.device.index);
+    let (u0, u1) = (gpus[0].device.uuid.clone(), gpus[1].device.uuid.clone());
+    let quarter = |i: usize| gpus[i].device.memory_total_mib / 4;
+    let pipe = root.join("nvidia.com/gpu/pipe");
+    let env = |devices: &str| {
+        serde_json::json!({
+            "CUDA_VISIBLE_DEVICES": devices,
+            "CUDA_MPS_PIPE_DIRECTORY": pipe,
+            "CUDA_MPS_LOG_DIRECTORY": root.join("nvidia.com/gpu/log"),
+        })
+    };
+    let both = format!("{u0},{u1}");
+    let line = |op: &str, what: String, devices: &str| (op.to_string(), what, env(devices));
+
+    // Started before the plugin registered: one control daemon over both GPUs, with NVIDIA's
+    // defaults.
+    let started = vec![
+        line("start", both.clone(), &both),
+        line("command", format!("set_default_device_pinned_mem_limit {u0} {}M", quarter(0)), &both),
+        line("command", format!("set_default_device_pinned_mem_limit {u1} {}M", quarter(1)), &both),
+        line("command", "set_default_active_thread_percentage 25".into(), &both),
+    ];
+    assert_eq!(mps_commands(dir.path()), started);
+    assert!(quarter(0) > 0);
+
+    // A pod's replica is given that pipe directory.
+    let given = a.kubelet.allocate("nvidia.com/gpu", &[&ids[0]]).await.expect("allocate a replica");
+    assert_eq!(given.envs["CUDA_MPS_PIPE_DIRECTORY"], "/mps/nvidia.com/gpu/pipe");
+    assert!(given.mounts.iter().any(|m| Path::new(&m.host_path) == pipe), "{:?}", given.mounts);
+    a.pods.set(vec![Held::new("ns/pod-a/main", "nvidia.com/gpu", &[&ids[0]])]);
+    eventually("the pod's hold named", || async {
+        holders_of(&a.engine).await.iter().any(|k| k == "ns/pod-a/main").then_some(())
+    })
+    .await;
+    a.pods.set(Vec::new());
+    eventually("the pod's hold released", || async { holders_of(&a.engine).await.is_empty().then_some(()) }).await;
+
+    // One of Tessera's own jobs takes a GPU whole: a GPU fewer is advertised, the control daemon
+    // stays (the pods on the other GPU keep their MPS server).
+    let submit = |key: &str| {
+        let request = JobRequest::new(GpuRequest::WholeGpu);
+        let work = Work::External(ExternalWork { door: "test".into(), key: key.into() });
+        Action::SubmitWork { request, work }
+    };
+    let first = match a.engine.act(root_caller(), submit("own-1")).await.expect("submit") {
+        Reply::Submitted(s) => s.id,
+        other => panic!("unexpected reply {other:?}"),
+    };
+    replicas(&a.kubelet, "nvidia.com/gpu", 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mps_commands(dir.path()), started, "kept with a GPU fewer");
+
+    // Another takes the other GPU: nothing is advertised, the control daemon is quit.
+    a.engine.act(root_caller(), submit("own-2")).await.expect("submit");
+    let quit = eventually("the control daemon quit", || async {
+        let c = mps_commands(dir.path());
+        (c.len() == 5).then_some(c)
+    })
+    .await;
+    assert_eq!(quit[4], line("command", "quit".into(), &both));
+
+    // The first job ends: its GPU is shared again, under a control daemon of its own.
+    let ended = ExitInfo { code: Some(0), signal: None, failed_rank: None, detail: "done".into() };
+    a.engine.act(root_caller(), Action::Release { id: first, exit: ended, succeeded: true }).await.expect("release");
+    let again = eventually("the control daemon started again", || async {
+        let c = mps_commands(dir.path());
+        (c.len() == 8).then_some(c)
+    })
+    .await;
+    let (i, freed) = if again[5].1 == u0 { (0, u0.clone()) } else { (1, u1.clone()) };
+    assert_eq!(
+        again[5..],
+        [
+            line("start", freed.clone(), &freed),
+            line("command", format!("set_default_device_pinned_mem_limit {freed} {}M", quarter(i)), &freed),
+            line("command", "set_default_active_thread_percentage 25".into(), &freed),
+        ]
+    );
+
+    // The agent stops: the control daemon stays up for the pods, recorded for the next agent.
+    a.stop().await;
+    assert_eq!(mps_commands(dir.path()).len(), 8, "not quit on shutdown");
+    assert!(root.join("nvidia.com/gpu").join(tessera_deviceplugin::mps::RECORD_FILE).is_file());
+}
+
+fn root_caller() -> Caller {
+    root()
+}
+
+/// The external keys of every hold on the node.
+async fn holders_of(engine: &EngineHandle) -> Vec<String> {
+    let g = gpus(engine).await;
+    g.gpus
+        .iter()
+        .flat_map(|gpu| &gpu.instances)
+        .flat_map(|i| &i.occupants)
+        .map(|o| o.external.as_ref().map(|x| x.key.clone()).unwrap_or_default())
+        .collect()
 }

@@ -1,8 +1,10 @@
-//! MPS control: one `nvidia-cuda-mps-control -d` per shared MIG instance, behind the
+//! MPS control: one `nvidia-cuda-mps-control -d` per shared MIG instance (the daemon's jobs) or
+//! per MPS-shared Kubernetes resource (the device plugin's, over several whole GPUs), behind the
 //! [`MpsControl`] trait.
 //!
 //! * [`NvidiaMps`] runs the real control program. `start` creates the pipe and log directories
-//!   and starts the control daemon with `CUDA_VISIBLE_DEVICES=<MIG UUID>`,
+//!   and starts the control daemon with `CUDA_VISIBLE_DEVICES=<devices>` (one MIG or GPU UUID,
+//!   or several comma-separated),
 //!   `CUDA_MPS_PIPE_DIRECTORY` and `CUDA_MPS_LOG_DIRECTORY`; every later command is one line
 //!   piped to `nvidia-cuda-mps-control` (no `-d`) with the same three variables.
 //! * [`RecordingMps`], the simulated node's stand-in, appends each command and the environment
@@ -22,7 +24,7 @@
 //! daemon is already up (for [`NvidiaMps`]: the record is there and `get_server_list` answers),
 //! so it adopts it instead of starting a second one.
 //!
-//! Both implementations keep `tessera-mps.json` (the instance's MIG UUID and log directory) in
+//! Both implementations keep `tessera-mps.json` (the control daemon's devices and log directory) in
 //! the pipe directory, so later commands, even from a restarted daemon, use the same
 //! environment; a command for a pipe directory with no such file (never started, or after
 //! `quit`) fails, as it would with no control daemon behind it.
@@ -30,8 +32,8 @@
 //! **Checking a command.** It must exit 0 within [`COMMAND_TIMEOUT`], and its output must not
 //! contain `error`, `invalid`, `cannot`, `can't`, `fail`, `unknown command` or `unrecognized`
 //! (case-insensitive): the control program prints its complaints on stdout and may still exit 0.
-//! UUIDs are checked to be `[A-Za-z0-9-]+`, so nothing can smuggle a second command into the
-//! line.
+//! UUIDs are checked to be `[A-Za-z0-9-]+` (each one of a comma-separated device list, none
+//! empty, none twice), so nothing can smuggle a second command into the line.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -73,10 +75,14 @@ impl From<&tessera_host::User> for RunAs {
     }
 }
 
-/// Drives one MPS control daemon per shared MIG instance, named by its pipe directory.
+/// Drives MPS control daemons (one per shared MIG instance, or per MPS-shared resource), each
+/// named by its pipe directory.
 pub trait MpsControl: Send + Sync {
-    /// Starts the control daemon for `mig_uuid`, running as `user`.
-    fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError>;
+    /// Starts the control daemon for `devices`, running as `user`. `devices` is its
+    /// `CUDA_VISIBLE_DEVICES`: one MIG or GPU UUID, or several comma-separated
+    /// (`GPU-a,GPU-b`: one control daemon serving every GPU of a resource, as NVIDIA's device
+    /// plugin runs it); each must be `[A-Za-z0-9-]+`, none empty or given twice.
+    fn start(&self, devices: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError>;
     /// Whether a control daemon started for `pipe_dir` is up (so a restarted daemon adopts it
     /// rather than starting another).
     fn is_running(&self, pipe_dir: &Path) -> bool;
@@ -91,6 +97,8 @@ pub trait MpsControl: Send + Sync {
 /// What `start` recorded in the pipe directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct MpsInstance {
+    /// The control daemon's `CUDA_VISIBLE_DEVICES` (one UUID or a comma-separated list; the
+    /// field keeps its first name, so records of earlier versions still read).
     mig_uuid: String,
     log_dir: PathBuf,
 }
@@ -102,6 +110,22 @@ fn mps_err(command: &str, pipe_dir: &Path, detail: impl Into<String>) -> ExecErr
 fn check_uuid(uuid: &str, command: &str, pipe_dir: &Path) -> Result<(), ExecError> {
     if uuid.is_empty() || !uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(mps_err(command, pipe_dir, format!("{uuid:?} is not a device UUID")));
+    }
+    Ok(())
+}
+
+/// Checks a `start`'s device list: one UUID, or several comma-separated, each
+/// [`check_uuid`]'s, none empty or twice.
+fn check_devices(devices: &str, command: &str, pipe_dir: &Path) -> Result<(), ExecError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for uuid in devices.split(',') {
+        check_uuid(uuid, command, pipe_dir).map_err(|_| {
+            mps_err(command, pipe_dir, format!("{devices:?} is not a comma-separated list of device UUIDs"))
+        })?;
+        if seen.contains(&uuid) {
+            return Err(mps_err(command, pipe_dir, format!("{uuid} is listed twice in {devices:?}")));
+        }
+        seen.push(uuid);
     }
     Ok(())
 }
@@ -156,18 +180,18 @@ fn prepare_dirs(pipe_dir: &Path, log_dir: &Path, owner: Option<(u32, u32)>) -> R
 /// How errors name a control daemon's start.
 const START_COMMAND: &str = "nvidia-cuda-mps-control -d";
 
-/// What every start does first: check the UUID, decide whom the control daemon runs as, make
-/// its pipe and log directories theirs, and record which instance the pipe directory serves.
+/// What every start does first: check the devices, decide whom the control daemon runs as, make
+/// its pipe and log directories theirs, and record which devices the pipe directory serves.
 fn prepare_start(
-    mig_uuid: &str,
+    devices: &str,
     pipe_dir: &Path,
     log_dir: &Path,
     user: &RunAs,
 ) -> Result<(Option<Credentials>, MpsInstance), ExecError> {
-    check_uuid(mig_uuid, START_COMMAND, pipe_dir)?;
+    check_devices(devices, START_COMMAND, pipe_dir)?;
     let as_user = switch_for(user, START_COMMAND, pipe_dir)?;
     prepare_dirs(pipe_dir, log_dir, as_user.as_ref().map(|c| (c.uid, c.gid)))?;
-    let inst = MpsInstance { mig_uuid: mig_uuid.to_owned(), log_dir: log_dir.to_path_buf() };
+    let inst = MpsInstance { mig_uuid: devices.to_owned(), log_dir: log_dir.to_path_buf() };
     write_json(&pipe_dir.join(MPS_STATE_FILE), "MPS instance record", &inst)?;
     Ok((as_user, inst))
 }
@@ -286,8 +310,8 @@ impl NvidiaMps {
 }
 
 impl MpsControl for NvidiaMps {
-    fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
-        let (as_user, inst) = prepare_start(mig_uuid, pipe_dir, log_dir, user)?;
+    fn start(&self, devices: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
+        let (as_user, inst) = prepare_start(devices, pipe_dir, log_dir, user)?;
         let mut cmd = self.command(&control_env(pipe_dir, &inst), as_user);
         cmd.arg("-d");
         let (status, output) = run_control(&mut cmd, None, COMMAND_TIMEOUT)
@@ -330,6 +354,7 @@ impl MpsControl for NvidiaMps {
 /// {"op":"command","stdin":"set_default_active_thread_percentage 50","uid":1000,"gid":1000,"pipe_dir":"…","env":{…}}
 /// ```
 ///
+/// (`mig_uuid` is the device list `start` was given, one UUID or several comma-separated.)
 /// It creates the directories (owned by the user, when root) and the instance record like
 /// `NvidiaMps`, and refuses another user when not root, so commands out of order or for the
 /// wrong user fail the same way; it runs nothing. It is running ([`MpsControl::is_running`])
@@ -371,12 +396,12 @@ impl RecordingMps {
 }
 
 impl MpsControl for RecordingMps {
-    fn start(&self, mig_uuid: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
-        let (_, inst) = prepare_start(mig_uuid, pipe_dir, log_dir, user)?;
+    fn start(&self, devices: &str, pipe_dir: &Path, log_dir: &Path, user: &RunAs) -> Result<(), ExecError> {
+        let (_, inst) = prepare_start(devices, pipe_dir, log_dir, user)?;
         self.append(&serde_json::json!({
             "op": "start",
             "argv": ["-d"],
-            "mig_uuid": mig_uuid,
+            "mig_uuid": devices,
             "uid": user.uid,
             "gid": user.gid,
             "groups": Credentials::for_user(user.uid, user.gid, &user.groups).groups,
@@ -446,6 +471,35 @@ mod tests {
         let seen = fs::read_to_string(pipe.join("fds")).unwrap();
         assert_eq!(seen.matches("---").count(), 2, "{seen}");
         assert!(!seen.lines().any(|l| l == number), "fd {number} leaked into the control program: {seen}");
+    }
+
+    /// `start`'s device list: one UUID or several comma-separated, each checked, none empty or
+    /// twice (a second command cannot ride in on it).
+    #[test]
+    fn device_lists_are_validated() {
+        let p = Path::new("/p");
+        let cases: [(&str, Option<&str>); 12] = [
+            ("MIG-1234-ab", None),
+            ("GPU-aaaa", None),
+            ("GPU-aaaa,GPU-bbbb", None),
+            ("GPU-a,GPU-b,GPU-c,GPU-d", None),
+            ("", Some("not a comma-separated list")),
+            ("GPU-a,", Some("not a comma-separated list")),
+            (",GPU-a", Some("not a comma-separated list")),
+            ("GPU-a,,GPU-b", Some("not a comma-separated list")),
+            ("GPU-a, GPU-b", Some("not a comma-separated list")),
+            ("GPU-a,GPU-b\nquit", Some("not a comma-separated list")),
+            ("GPU-a;GPU-b", Some("not a comma-separated list")),
+            ("GPU-a,GPU-b,GPU-a", Some("GPU-a is listed twice")),
+        ];
+        for (devices, want) in cases {
+            let got = check_devices(devices, START_COMMAND, p);
+            match (want, got) {
+                (None, Ok(())) => {}
+                (Some(text), Err(e)) => assert!(e.to_string().contains(text), "{devices:?}: {e}"),
+                (want, got) => panic!("{devices:?}: wanted {want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -236,3 +236,62 @@ fn recording_mps_keeps_the_user_rules() {
     assert_eq!((lines[0]["uid"].as_u64(), lines[0]["groups"].clone()), (Some(65534), serde_json::json!([65534])));
     assert_eq!((lines[1]["uid"].as_u64(), lines[1]["gid"].as_u64()), (Some(65534), Some(65534)));
 }
+
+/// One control daemon over several devices (the device plugin's, one per MPS-shared resource):
+/// `start` is given the UUIDs comma-separated, which become its `CUDA_VISIBLE_DEVICES` and that of
+/// every later command; each device gets its own pinned-memory limit; a bad list runs nothing.
+#[test]
+fn one_control_daemon_serves_several_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (user, groups) = me();
+    let devices = "GPU-aaaa-1111,GPU-bbbb-2222";
+
+    let mps = NvidiaMps::new(fake_control(tmp.path()));
+    let (pipe, log) = (tmp.path().join("n/pipe"), tmp.path().join("n/log"));
+    mps.start(devices, &pipe, &log, &user).unwrap();
+    mps.set_default_device_pinned_mem_limit(&pipe, "GPU-aaaa-1111", 20480).unwrap();
+    mps.set_default_device_pinned_mem_limit(&pipe, "GPU-bbbb-2222", 10240).unwrap();
+    assert!(mps.is_running(&pipe));
+    let env = format!(
+        "uid={}|gid={}|groups={groups}|CVD={devices}|PIPE={}|LOG={}",
+        user.uid,
+        user.gid,
+        pipe.display(),
+        log.display()
+    );
+    assert_eq!(
+        calls(&pipe),
+        vec![
+            format!("argv=-d|{env}|stdin="),
+            format!("argv=|{env}|stdin=set_default_device_pinned_mem_limit GPU-aaaa-1111 20480M"),
+            format!("argv=|{env}|stdin=set_default_device_pinned_mem_limit GPU-bbbb-2222 10240M"),
+            format!("argv=|{env}|stdin=get_server_list"),
+        ]
+    );
+
+    let log_file = tmp.path().join("mps.jsonl");
+    let recording = RecordingMps::new(&log_file);
+    let (rpipe, rlog) = (tmp.path().join("r/pipe"), tmp.path().join("r/log"));
+    recording.start(devices, &rpipe, &rlog, &user).unwrap();
+    recording.set_default_active_thread_percentage(&rpipe, 25).unwrap();
+    let lines: Vec<serde_json::Value> =
+        fs::read_to_string(&log_file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["mig_uuid"], devices);
+    for line in &lines {
+        assert_eq!(line["env"]["CUDA_VISIBLE_DEVICES"], devices, "{line}");
+    }
+
+    // A list that is not one: refused before anything runs or is recorded.
+    for bad in ["GPU-a,,GPU-b", "GPU-a,GPU-a", "GPU-a,GPU-b\nquit", "GPU-a GPU-b"] {
+        let p = tmp.path().join("bad/pipe");
+        let err = mps.start(bad, &p, &tmp.path().join("bad/log"), &user).unwrap_err();
+        assert!(
+            matches!(&err, ExecError::Mps { command, .. } if command == "nvidia-cuda-mps-control -d"),
+            "{bad:?}: {err}"
+        );
+        assert!(calls(&p).is_empty() && !mps.is_running(&p), "{bad:?}");
+        assert!(recording.start(bad, &p, &tmp.path().join("bad/log"), &user).is_err(), "{bad:?}");
+    }
+    assert_eq!(fs::read_to_string(&log_file).unwrap().lines().count(), 2);
+}
