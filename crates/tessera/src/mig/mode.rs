@@ -265,7 +265,7 @@ pub fn apply_modes(
                 let todo = match e {
                     BackendError::NotSupported { .. } => "this platform cannot reset the GPU; reboot the node (or VM)",
                     BackendError::InUse { .. } => {
-                        "stop what uses the GPU and run `tessera mig apply --mode-only` again"
+                        "stop what uses the GPU and apply again (`--mode-only` changes the mode alone)"
                     }
                     _ => "reset the GPU (`nvidia-smi -r`) or reboot the node",
                 };
@@ -280,8 +280,8 @@ pub fn apply_modes(
 fn pending_hint(gpu: u32, skip_reset: bool) -> String {
     if skip_reset {
         format!(
-            "it takes effect at a GPU reset, skipped as asked (--skip-reset); run `tessera mig apply --mode-only` \
-             again without it to reset GPU {gpu}, or reboot"
+            "it takes effect at a GPU reset, skipped as asked (--skip-reset); apply again without \
+             --skip-reset (`--mode-only` changes the mode alone) to reset GPU {gpu}, or reboot"
         )
     } else {
         "it takes effect at a GPU reset".to_string()
