@@ -2,8 +2,12 @@
 //! best static configuration, NVIDIA's DRA first fit and Tessera's `decide`, on openb's last 30
 //! days or MIGBench-style traces, and prints the table (and the JSON report with `--json FILE`).
 //!
-//! `cargo run -p tessera-sim-time --example kube -- openb [LOAD] [SEEDS] [POLICIES] [--json FILE]`
-//! `cargo run -p tessera-sim-time --example kube -- migbench [CLUSTER] [SEEDS] [POLICIES] [--json FILE]`
+//! `cargo run -p tessera-sim-time --example kube -- openb [LOAD] [SEEDS] [POLICIES] [--first-seed N] [--json FILE]`
+//! `cargo run -p tessera-sim-time --example kube -- migbench [CLUSTER] [SEEDS] [POLICIES] [--first-seed N] [--json FILE]`
+//!
+//! `SEEDS` seeds are run, from `--first-seed` (default 1): `20 --first-seed 11` is seeds 11–30, a
+//! set disjoint from seeds 1–10. On MIGBench-style traces the mig-manager search's tuning trace is
+//! drawn from seed 1000 + the first seed.
 
 use std::path::Path;
 
@@ -26,8 +30,10 @@ fn openb_default() -> std::path::PathBuf {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
-    let pos: Vec<&String> = args.iter().take_while(|a| *a != "--json").collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let json = flag("--json");
+    let first_seed: u64 = flag("--first-seed").map_or(Ok(1), |s| s.parse())?;
+    let pos: Vec<&String> = args.iter().take_while(|a| !a.starts_with("--")).collect();
     let workload = pos.first().map_or("openb", |s| s.as_str());
     let seeds: u64 = pos.get(2).map_or(Ok(5), |s| s.parse())?;
     let policies = pos.get(3).map_or("mig-manager,dra,tessera", |s| s.as_str());
@@ -48,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let mut cfg = KubeConfig::new(cluster, policies);
-    cfg.seeds = (1..=seeds).collect();
+    cfg.seeds = (first_seed..first_seed + seeds).collect();
     if let Some(x) = std::env::var("RECONFIG").ok().and_then(|v| v.parse().ok()) {
         cfg.reconfig_cost_s = x;
     }

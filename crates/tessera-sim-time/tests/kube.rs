@@ -1,6 +1,7 @@
 //! The Kubernetes replay is honest: a tiny trace with waits computed by hand for each policy, a
-//! trace where a static layout is provably best (and the search finds it), determinism and the
-//! invariants over MIGBench-style traces, and errors that name what is wrong.
+//! stream of pods that keeps a layout as it is (why `decide`'s order cannot help a small pod on a
+//! saturated GPU), a trace where a static layout is provably best (and the search finds it),
+//! determinism and the invariants over MIGBench-style traces, and errors that name what is wrong.
 
 use tessera_sim_time::{
     ClusterSpec, KubeConfig, KubePod, KubePolicy, KubeReport, KubeWorkload, MigBenchSpec, run_kube,
@@ -54,6 +55,40 @@ fn a_tiny_trace_gives_the_waits_computed_by_hand() {
     // (1 of 7 slices).
     assert_eq!((dra.utilization, tessera.utilization), (0.0, 0.0));
     assert!((fixed.utilization - 1.0 / 7.0).abs() < 1e-9, "{}", fixed.utilization);
+}
+
+/// Why `decide`'s order cannot help a small pod on a saturated GPU: the default scheduler hands a
+/// device that its pod has released to the next pending pod of that profile before the controller
+/// decides again, so the layout stays as it is while every profile has pods waiting.
+///
+/// One H100. Held out: a 4g.40gb pod at 10,000 s that runs all along, a 3g.40gb pod at 10,001 s,
+/// a 1g.10gb pod at 10,002 s, then sixteen 3g.40gb pods, one every 1,000 s from 10,500 s; every
+/// 3g runs 1,000 s, so the next one is waiting when one ends. The first half of the pods, all
+/// before, is the tuning split. MIG operations take 30 s.
+/// - Tessera: at 10,002 s `decide` makes the 4g at 0 and the 3g at 4, and the 1g finds no room;
+///   from 11,032 s each 3g instance is taken by the next 3g the moment it is free. The 1g's wait
+///   passes the aging bound (four hours) at 24,402 s, but no decision ever sees an idle instance
+///   until the last 3g ends at 11,032 + 16 × 1,000 = 27,032 s; the next window (27,034 s) destroys
+///   the idle 3g for the 1g, done at 27,064 s. Wait 17,062 s.
+/// - DRA: the driver destroys the first 3g's instance when it ends (11,060 s), the 1g is the
+///   oldest pending pod and takes placement 4, created by 11,090 s. Wait 1,088 s.
+#[test]
+fn a_small_pod_behind_a_stream_of_larger_ones_waits_for_the_stream_under_tessera() {
+    let mut held = vec![
+        pod("hold", 10_000.0, 1.0e6, "4g.40gb"),
+        pod("big-0", 10_001.0, 1_000.0, "3g.40gb"),
+        pod("small", 10_002.0, 100.0, "1g.10gb"),
+    ];
+    for k in 1..=16 {
+        held.push(pod(&format!("big-{k}"), 10_500.0 + f64::from(k - 1) * 1_000.0, 1_000.0, "3g.40gb"));
+    }
+    let mut pods: Vec<KubePod> = (0..held.len()).map(|i| pod(&format!("t{i}"), i as f64, 1.0, "1g.10gb")).collect();
+    pods.extend(held);
+    let cfg = config("1x1xH100-80GB", &["dra", "tessera"]);
+    let r = run_kube(&cfg, &KubeWorkload::Trace { name: "stream".into(), pods }).unwrap();
+    let small_wait = |name: &str| policy(&r, name).per_seed[0].wait_mean_by_request_s["1g.10gb"];
+    assert_eq!(small_wait("tessera"), 17_062.0);
+    assert_eq!(small_wait("dra"), 1_088.0);
 }
 
 /// Every pod asks for a 1g.10gb: seven of them on every GPU from the start is best (nothing
