@@ -194,6 +194,24 @@ fn replicas_taken(
     not_available + chosen.iter().filter(|x| base_id(&x.id) == base).count()
 }
 
+/// The room `layout` leaves on a GPU of `model`, by the planner's fragmentation measure: the
+/// compute slices instances could still use, then the compute slices of the largest profile that
+/// still fits; `(0, 0)` where the planner cannot say. The one measure behind preferred
+/// allocations and the order of published DRA devices.
+pub(crate) fn room_left(model: &tessera_mig::GpuModel, layout: &[tessera_mig::Instance]) -> (u32, u32) {
+    let Some(planner) = planner_for(model) else { return (0, 0) };
+    let Ok(report) = planner.fragmentation(layout) else { return (0, 0) };
+    let largest = report
+        .fits
+        .iter()
+        .filter(|f| f.count > 0)
+        .filter_map(|f| model.profile_by_id(f.profile_id))
+        .map(|p| u32::from(p.compute_slices))
+        .max()
+        .unwrap_or(0);
+    (u32::from(report.usable_compute_slices), largest)
+}
+
 /// The usable MIG room of the node's GPUs, by the planner's fragmentation measure.
 struct Room<'a> {
     gpus: BTreeMap<u32, &'a GpuView>,
@@ -233,19 +251,9 @@ impl<'a> Room<'a> {
     fn usable(&self, gpu: u32, taken: &BTreeSet<(u32, u32)>) -> (u32, u32) {
         let Some(g) = self.gpus.get(&gpu) else { return (0, 0) };
         let Some(model) = g.model else { return (0, 0) };
-        let Some(planner) = planner_for(model) else { return (0, 0) };
         let layout: Vec<_> =
             g.instances.iter().filter(|i| taken.contains(&(gpu, i.gpu_instance_id))).map(|i| i.instance).collect();
-        let Ok(report) = planner.fragmentation(&layout) else { return (0, 0) };
-        let largest = report
-            .fits
-            .iter()
-            .filter(|f| f.count > 0)
-            .filter_map(|f| model.profile_by_id(f.profile_id))
-            .map(|p| u32::from(p.compute_slices))
-            .max()
-            .unwrap_or(0);
-        (u32::from(report.usable_compute_slices), largest)
+        room_left(model, &layout)
     }
 
     /// What taking `d` costs its GPU: usable compute slices lost, then largest-profile slices lost.

@@ -9,12 +9,14 @@
 //! - [`inventory`]: from the node's GPUs and their health to what each resource advertises.
 //! - [`allocation`]: `GetPreferredAllocation` and `Allocate` as decisions.
 //! - [`cdi`]: the CDI specification for the advertised devices.
+//! - [`dra`]: the ResourceSlices a DRA driver publishes for partitionable MIG devices.
 //! - [`holds`]: the keys under which the node's engine holds pods' devices.
 //! - [`repartition`]: which GPUs to repartition for pending pods, as one pure decision.
 
 pub mod allocation;
 pub mod cdi;
 mod config;
+pub mod dra;
 pub mod holds;
 pub mod inventory;
 pub mod naming;

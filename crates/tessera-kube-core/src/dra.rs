@@ -1,0 +1,517 @@
+//! Dynamic Resource Allocation (KEP-4815, partitionable devices): the ResourceSlices one node's
+//! driver publishes for its MIG-capable GPUs, as plain values.
+//!
+//! Per GPU one counter set `gpu-<i>-counters` holds the GPU's shared capacity, and every legal
+//! MIG placement (each profile at each legal start unit) is a device that consumes its share.
+//! The counters enforce the driver's placement rules, so the scheduler's first-fit allocator can
+//! only pick sets of devices that form a valid layout ([`tessera_mig::validate`]):
+//!
+//! - `memory-slice-<k>` (value 1) per placement unit: two devices overlapping in a unit never
+//!   both fit;
+//! - `compute-slices` (the catalog has compute slices for every profile; SM counts are not in
+//!   it for every model, so they are published as capacity only where known, never as a counter);
+//! - `memory` (MiB), `gpu-instances` (the model's most GPU instances), `ofa` (optical-flow
+//!   engines, which `+me` profiles own), `profile-<id>` where a profile's most instances is
+//!   below its number of legal starts, and `media` where a `+me.all` profile exists (it takes
+//!   all of it; every other profile that owns media takes one).
+//!
+//! The whole GPU is one more device that consumes every counter in full.
+//!
+//! **Order.** The allocator visits devices in slice and device order and takes the first that
+//! fits. Within a profile, devices are sorted so the first fit on the GPU's current layout is
+//! the placement Tessera's planner prefers: the one that leaves the most usable room by
+//! [`tessera_mig::Planner::fragmentation`] (usable compute slices, then the largest profile that
+//! still fits), then by start unit.
+//!
+//! **Shapes.** [`SliceShape::V1_34`] keeps each GPU's counter set in the slice with its devices
+//! (at most 32 counters across the sets of a slice); [`SliceShape::V1_35`] publishes counters-only
+//! slices first, then device slices. Every API limit is checked; one that cannot be met is a
+//! [`DraError`] naming the GPU and the limit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tessera_mig::{GpuModel, Instance, ProfileKind};
+
+/// Most devices in one slice when any device consumes counters.
+pub const MAX_DEVICES_WITH_COUNTERS: usize = 64;
+/// Most counters consumed by the devices of one slice, summed.
+pub const MAX_CONSUMED_COUNTERS_PER_SLICE: usize = 2048;
+/// Most counter sets in one slice.
+pub const MAX_COUNTER_SETS_PER_SLICE: usize = 8;
+/// Most counters in one counter set (and in one device's consumption of a set).
+pub const MAX_COUNTERS_PER_SET: usize = 32;
+/// Most counters across all sets of one slice in the 1.34 shape.
+pub const MAX_COUNTERS_PER_SLICE_V1_34: usize = 32;
+/// Most attributes plus capacities of one device.
+pub const MAX_ATTRIBUTES_AND_CAPACITY: usize = 32;
+/// Longest DNS label (device and counter-set names).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Attribute key of the GPU's host NUMA node.
+pub const NUMA_NODE_ATTRIBUTE: &str = "resource.kubernetes.io/numaNode";
+
+/// Which Kubernetes release's slice layout to publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceShape {
+    /// Counter sets in the same slice as the devices that consume them.
+    V1_34,
+    /// Counters-only slices first, then device slices.
+    V1_35,
+}
+
+/// An instance that exists on the GPU now, with its MIG UUID where known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraInstance {
+    /// The GPU instance's profile and placement.
+    pub instance: Instance,
+    /// `MIG-...` UUID, when the backend reported it.
+    pub mig_uuid: Option<String>,
+}
+
+/// One GPU of the node, as the driver sees it.
+#[derive(Debug, Clone)]
+pub struct DraGpu {
+    /// The GPU's index on the node.
+    pub index: u32,
+    /// `GPU-...` UUID.
+    pub uuid: String,
+    /// Its catalog model.
+    pub model: &'static GpuModel,
+    /// Host NUMA node, when known.
+    pub numa_node: Option<u32>,
+    /// Instances that exist now (the current layout).
+    pub instances: Vec<DraInstance>,
+}
+
+/// The pool's identity: one pool per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraPool {
+    /// `spec.driver`, e.g. `gpu.nvidia.com`.
+    pub driver: String,
+    /// The node's name; also the pool's name.
+    pub node_name: String,
+    /// The pool's generation (bump on every change).
+    pub generation: i64,
+    /// Which release's slice layout.
+    pub shape: SliceShape,
+}
+
+/// Why the slices could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DraError {
+    /// A GPU's counters or devices break an API limit that splitting cannot meet.
+    #[error("GPU {gpu} ({model}): {what} is {count}, above the limit of {limit}")]
+    Limit { gpu: u32, model: String, what: &'static str, count: usize, limit: usize },
+    /// Two devices or counter sets would get the same name.
+    #[error("GPU {gpu}: the name '{name}' is not unique in the pool")]
+    DuplicateName { gpu: u32, name: String },
+    /// A name is not a DNS label.
+    #[error("GPU {gpu}: '{name}' is not a DNS label (lowercase alphanumerics and '-', at most 63)")]
+    BadName { gpu: u32, name: String },
+}
+
+/// A counter's value: a Kubernetes quantity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Counter {
+    /// The quantity, e.g. `81559Mi` or `7`.
+    pub value: String,
+}
+
+/// A capacity's value: a Kubernetes quantity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// The quantity.
+    pub value: String,
+}
+
+/// A device attribute value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attribute {
+    /// `{string: ...}`.
+    String(String),
+    /// `{int: ...}`.
+    Int(i64),
+}
+
+/// `sharedCounters[]`: one GPU's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterSet {
+    /// DNS label, unique in the pool.
+    pub name: String,
+    /// Counter name to its total.
+    pub counters: BTreeMap<String, Counter>,
+}
+
+/// `consumesCounters[]`: what a device takes from one counter set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCounterConsumption {
+    /// The counter set's name.
+    pub counter_set: String,
+    /// Counter name to the amount taken.
+    pub counters: BTreeMap<String, Counter>,
+}
+
+/// `devices[]`: one allocatable device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// DNS label, unique in the pool.
+    pub name: String,
+    /// Attributes by (possibly qualified) name.
+    pub attributes: BTreeMap<String, Attribute>,
+    /// Capacities by name.
+    pub capacity: BTreeMap<String, Capacity>,
+    /// Counters the device consumes.
+    pub consumes_counters: Vec<DeviceCounterConsumption>,
+}
+
+/// `spec.pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcePool {
+    /// The pool's name (the node's).
+    pub name: String,
+    /// The pool's generation.
+    pub generation: i64,
+    /// How many slices the pool has.
+    pub resource_slice_count: i64,
+}
+
+/// `spec` of one ResourceSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceSliceSpec {
+    /// The driver's name.
+    pub driver: String,
+    /// The node the devices are on.
+    pub node_name: String,
+    /// The pool this slice belongs to.
+    pub pool: ResourcePool,
+    /// Counter sets (empty in a 1.35 device slice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_counters: Vec<CounterSet>,
+    /// Devices (empty in a 1.35 counters-only slice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+}
+
+/// One ResourceSlice (only its spec; the shell adds metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSlice {
+    /// The slice's spec.
+    pub spec: ResourceSliceSpec,
+}
+
+/// Counters consumed by the devices of a slice, summed.
+pub fn consumed_counters(devices: &[Device]) -> usize {
+    devices.iter().flat_map(|d| &d.consumes_counters).map(|c| c.counters.len()).sum()
+}
+
+/// Counter-set name of GPU `index`.
+pub fn counter_set_name(index: u32) -> String {
+    format!("gpu-{index}-counters")
+}
+
+/// A profile name as part of a DNS label: `1g.10gb+me` → `1g-10gb-with-me`, `1g.5gb-me` → `1g-5gb-me`.
+pub fn profile_label(profile: &str) -> String {
+    let s = profile.to_ascii_lowercase().replace('+', "-with-");
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = if c.is_ascii_alphanumeric() { c } else { '-' };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
+        }
+        out.push(c);
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn qty(n: u64) -> Counter {
+    Counter { value: n.to_string() }
+}
+
+fn mib(n: u64) -> Counter {
+    Counter { value: format!("{n}Mi") }
+}
+
+/// A GPU's devices and its counter set, before they are split into slices.
+struct GpuDevices {
+    set: CounterSet,
+    devices: Vec<Device>,
+}
+
+/// Devices (in published order) and the counter set of one GPU.
+fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
+    let model = gpu.model;
+    let limit = |what: &'static str, count: usize, limit: usize| DraError::Limit {
+        gpu: gpu.index,
+        model: model.name.clone(),
+        what,
+        count,
+        limit,
+    };
+    let set_name = counter_set_name(gpu.index);
+    let units = model.placement_units;
+    let media_all = model.profiles.iter().any(|p| p.kind == ProfileKind::MediaAll);
+    let media_total = u64::from(model.max_gpu_instances);
+
+    // The counter set: the GPU's totals.
+    let mut counters = BTreeMap::new();
+    counters.insert("memory".to_string(), mib(model.total_memory_mib()));
+    counters.insert("compute-slices".to_string(), qty(u64::from(model.compute_slices)));
+    counters.insert("gpu-instances".to_string(), qty(u64::from(model.max_gpu_instances)));
+    counters.insert("ofa".to_string(), qty(u64::from(model.ofa_engines)));
+    if media_all {
+        counters.insert("media".to_string(), qty(media_total));
+    }
+    for k in 0..units {
+        counters.insert(format!("memory-slice-{k}"), qty(1));
+    }
+    for p in &model.profiles {
+        if usize::from(p.max_count) < p.placements.len() {
+            counters.insert(format!("profile-{}", p.id), qty(u64::from(p.max_count)));
+        }
+    }
+    if counters.len() > MAX_COUNTERS_PER_SET {
+        return Err(limit("counters in its counter set", counters.len(), MAX_COUNTERS_PER_SET));
+    }
+    let set = CounterSet { name: set_name.clone(), counters };
+
+    let base_attributes = |kind: &str| {
+        let mut a = BTreeMap::new();
+        a.insert("type".to_string(), Attribute::String(kind.to_string()));
+        a.insert("parentUUID".to_string(), Attribute::String(gpu.uuid.clone()));
+        a.insert("model".to_string(), Attribute::String(model.name.clone()));
+        a.insert("index".to_string(), Attribute::Int(i64::from(gpu.index)));
+        if let Some(n) = gpu.numa_node {
+            a.insert(NUMA_NODE_ATTRIBUTE.to_string(), Attribute::Int(i64::from(n)));
+        }
+        a
+    };
+
+    let mut devices = Vec::new();
+    // The whole GPU: every counter in full.
+    {
+        let mut attributes = base_attributes("gpu");
+        attributes.insert("uuid".to_string(), Attribute::String(gpu.uuid.clone()));
+        let mut capacity = BTreeMap::new();
+        capacity.insert("memory".to_string(), Capacity { value: format!("{}Mi", model.total_memory_mib()) });
+        if let Some(sm) = model.sm_count {
+            capacity.insert("multiprocessors".to_string(), Capacity { value: sm.to_string() });
+        }
+        devices.push(Device {
+            name: format!("gpu-{}", gpu.index),
+            attributes,
+            capacity,
+            consumes_counters: vec![DeviceCounterConsumption {
+                counter_set: set_name.clone(),
+                counters: set.counters.clone(),
+            }],
+        });
+    }
+
+    // Where the planner's measure is available, rank each placement by the room it leaves.
+    let current: Vec<Instance> = gpu.instances.iter().map(|i| i.instance).collect();
+    let room = |inst: Instance| -> (u32, u32) {
+        let mut layout = current.clone();
+        if !layout.iter().any(|i| i.profile_id == inst.profile_id && i.start == inst.start) {
+            layout.push(inst);
+        }
+        crate::allocation::room_left(model, &layout)
+    };
+
+    for p in &model.profiles {
+        let label = profile_label(&p.name);
+        let memory = model.profile_memory_mib(p);
+        let mut starts: Vec<(std::cmp::Reverse<(u32, u32)>, u8)> =
+            p.placements.iter().map(|&s| (std::cmp::Reverse(room(Instance::new(p.id, s))), s)).collect();
+        starts.sort();
+        for (_, start) in starts {
+            let mut attributes = base_attributes("mig");
+            attributes.insert("profile".to_string(), Attribute::String(p.name.clone()));
+            attributes.insert("placementStart".to_string(), Attribute::Int(i64::from(start)));
+            attributes.insert("placementSize".to_string(), Attribute::Int(i64::from(p.placement_size)));
+            if let Some(uuid) = gpu
+                .instances
+                .iter()
+                .find(|i| i.instance.profile_id == p.id && i.instance.start == start)
+                .and_then(|i| i.mig_uuid.clone())
+            {
+                attributes.insert("uuid".to_string(), Attribute::String(uuid));
+            }
+            let mut capacity = BTreeMap::new();
+            capacity.insert("memory".to_string(), Capacity { value: format!("{memory}Mi") });
+            capacity.insert("compute-slices".to_string(), Capacity { value: p.compute_slices.to_string() });
+            if let Some(sm) = p.sm_count {
+                capacity.insert("multiprocessors".to_string(), Capacity { value: sm.to_string() });
+            }
+            let mut take = BTreeMap::new();
+            take.insert("memory".to_string(), mib(memory));
+            take.insert("compute-slices".to_string(), qty(u64::from(p.compute_slices)));
+            take.insert("gpu-instances".to_string(), qty(1));
+            if p.ofa_engines > 0 {
+                take.insert("ofa".to_string(), qty(u64::from(p.ofa_engines)));
+            }
+            if media_all && !p.is_no_media() {
+                let n = if p.kind == ProfileKind::MediaAll { media_total } else { 1 };
+                take.insert("media".to_string(), qty(n));
+            }
+            for k in start..start.saturating_add(p.placement_size).min(units) {
+                take.insert(format!("memory-slice-{k}"), qty(1));
+            }
+            if set.counters.contains_key(&format!("profile-{}", p.id)) {
+                take.insert(format!("profile-{}", p.id), qty(1));
+            }
+            if take.len() > MAX_COUNTERS_PER_SET {
+                return Err(limit("counters one device consumes", take.len(), MAX_COUNTERS_PER_SET));
+            }
+            devices.push(Device {
+                name: format!("gpu-{}-{label}-p{start}", gpu.index),
+                attributes,
+                capacity,
+                consumes_counters: vec![DeviceCounterConsumption { counter_set: set_name.clone(), counters: take }],
+            });
+        }
+    }
+    for d in &devices {
+        let n = d.attributes.len() + d.capacity.len();
+        if n > MAX_ATTRIBUTES_AND_CAPACITY {
+            return Err(limit("attributes plus capacities of one device", n, MAX_ATTRIBUTES_AND_CAPACITY));
+        }
+        if !is_dns_label(&d.name) {
+            return Err(DraError::BadName { gpu: gpu.index, name: d.name.clone() });
+        }
+        if consumed_counters(std::slice::from_ref(d)) > MAX_CONSUMED_COUNTERS_PER_SLICE {
+            return Err(limit(
+                "counters one device consumes",
+                consumed_counters(std::slice::from_ref(d)),
+                MAX_CONSUMED_COUNTERS_PER_SLICE,
+            ));
+        }
+    }
+    if !is_dns_label(&set.name) {
+        return Err(DraError::BadName { gpu: gpu.index, name: set.name.clone() });
+    }
+    Ok(GpuDevices { set, devices })
+}
+
+/// A slice being filled.
+#[derive(Default)]
+struct Draft {
+    sets: Vec<CounterSet>,
+    devices: Vec<Device>,
+}
+
+impl Draft {
+    fn counters(&self) -> usize {
+        self.sets.iter().map(|s| s.counters.len()).sum()
+    }
+}
+
+/// The node's ResourceSlices, in the order the allocator should visit them.
+///
+/// Pure: the same GPUs give the same slices. Errors name the GPU and the limit it breaks.
+pub fn resource_slices(pool: &DraPool, gpus: &[DraGpu]) -> Result<Vec<ResourceSlice>, DraError> {
+    let mut per_gpu = Vec::new();
+    let mut names = BTreeSet::new();
+    for gpu in gpus {
+        let g = gpu_devices(gpu)?;
+        for name in std::iter::once(&g.set.name).chain(g.devices.iter().map(|d| &d.name)) {
+            if !names.insert(name.clone()) {
+                return Err(DraError::DuplicateName { gpu: gpu.index, name: name.clone() });
+            }
+        }
+        per_gpu.push((gpu, g));
+    }
+
+    let mut drafts: Vec<Draft> = Vec::new();
+    match pool.shape {
+        SliceShape::V1_34 => {
+            // Each GPU's set travels with its devices; pack whole GPUs while every limit holds.
+            let mut cur = Draft::default();
+            for (gpu, g) in per_gpu {
+                let lim = |what, count, limit| DraError::Limit {
+                    gpu: gpu.index,
+                    model: gpu.model.name.clone(),
+                    what,
+                    count,
+                    limit,
+                };
+                let alone = [
+                    ("counters in one 1.34 slice", g.set.counters.len(), MAX_COUNTERS_PER_SLICE_V1_34),
+                    ("devices in one slice", g.devices.len(), MAX_DEVICES_WITH_COUNTERS),
+                    ("counters consumed in one slice", consumed_counters(&g.devices), MAX_CONSUMED_COUNTERS_PER_SLICE),
+                ];
+                if let Some((what, count, limit)) = alone.into_iter().find(|(_, c, l)| c > l) {
+                    return Err(lim(what, count, limit));
+                }
+                let fits = cur.sets.len() < MAX_COUNTER_SETS_PER_SLICE
+                    && cur.counters() + g.set.counters.len() <= MAX_COUNTERS_PER_SLICE_V1_34
+                    && cur.devices.len() + g.devices.len() <= MAX_DEVICES_WITH_COUNTERS
+                    && consumed_counters(&cur.devices) + consumed_counters(&g.devices)
+                        <= MAX_CONSUMED_COUNTERS_PER_SLICE;
+                if !fits {
+                    drafts.push(std::mem::take(&mut cur));
+                }
+                cur.sets.push(g.set);
+                cur.devices.extend(g.devices);
+            }
+            if !cur.sets.is_empty() {
+                drafts.push(cur);
+            }
+        }
+        SliceShape::V1_35 => {
+            let mut sets = Vec::new();
+            let mut devices = Vec::new();
+            for (_, g) in per_gpu {
+                sets.push(g.set);
+                devices.extend(g.devices);
+            }
+            for chunk in sets.chunks(MAX_COUNTER_SETS_PER_SLICE) {
+                drafts.push(Draft { sets: chunk.to_vec(), devices: Vec::new() });
+            }
+            let mut cur = Draft::default();
+            for d in devices {
+                let n = consumed_counters(std::slice::from_ref(&d));
+                if cur.devices.len() + 1 > MAX_DEVICES_WITH_COUNTERS
+                    || consumed_counters(&cur.devices) + n > MAX_CONSUMED_COUNTERS_PER_SLICE
+                {
+                    drafts.push(std::mem::take(&mut cur));
+                }
+                cur.devices.push(d);
+            }
+            if !cur.devices.is_empty() {
+                drafts.push(cur);
+            }
+        }
+    }
+
+    let count = i64::try_from(drafts.len()).unwrap_or(i64::MAX);
+    Ok(drafts
+        .into_iter()
+        .map(|d| ResourceSlice {
+            spec: ResourceSliceSpec {
+                driver: pool.driver.clone(),
+                node_name: pool.node_name.clone(),
+                pool: ResourcePool {
+                    name: pool.node_name.clone(),
+                    generation: pool.generation,
+                    resource_slice_count: count,
+                },
+                shared_counters: d.sets,
+                devices: d.devices,
+            },
+        })
+        .collect())
+}

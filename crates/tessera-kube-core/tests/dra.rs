@@ -1,0 +1,252 @@
+//! The DRA ResourceSlice model: device counts, unique names, API limits, and a first-fit
+//! allocator over the published order that must only ever pick valid MIG layouts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use tessera_kube_core::dra::{
+    Attribute, Device, DraError, DraGpu, DraInstance, DraPool, MAX_ATTRIBUTES_AND_CAPACITY,
+    MAX_CONSUMED_COUNTERS_PER_SLICE, MAX_COUNTER_SETS_PER_SLICE, MAX_COUNTERS_PER_SET, MAX_COUNTERS_PER_SLICE_V1_34,
+    MAX_DEVICES_WITH_COUNTERS, ResourceSlice, SliceShape, consumed_counters, resource_slices,
+};
+use tessera_mig::{GpuModel, Instance, catalog, validate};
+
+fn model(name: &str) -> &'static GpuModel {
+    catalog().model(name).expect("catalog model")
+}
+
+fn gpu(index: u32, model: &'static GpuModel, instances: Vec<DraInstance>) -> DraGpu {
+    DraGpu { index, uuid: format!("GPU-{index:04}"), model, numa_node: Some(index % 2), instances }
+}
+
+fn pool(shape: SliceShape) -> DraPool {
+    DraPool { driver: "gpu.nvidia.com".into(), node_name: "node-a".into(), generation: 7, shape }
+}
+
+fn devices(slices: &[ResourceSlice]) -> Vec<&Device> {
+    slices.iter().flat_map(|s| &s.spec.devices).collect()
+}
+
+fn check_limits(slices: &[ResourceSlice], shape: SliceShape) {
+    for s in slices {
+        assert_eq!(s.spec.pool.resource_slice_count, slices.len() as i64);
+        assert_eq!(s.spec.pool.generation, 7);
+        assert!(s.spec.devices.len() <= MAX_DEVICES_WITH_COUNTERS);
+        assert!(consumed_counters(&s.spec.devices) <= MAX_CONSUMED_COUNTERS_PER_SLICE);
+        assert!(s.spec.shared_counters.len() <= MAX_COUNTER_SETS_PER_SLICE);
+        for set in &s.spec.shared_counters {
+            assert!(set.counters.len() <= MAX_COUNTERS_PER_SET);
+        }
+        for d in &s.spec.devices {
+            assert!(d.attributes.len() + d.capacity.len() <= MAX_ATTRIBUTES_AND_CAPACITY);
+            assert!(d.consumes_counters.len() <= 2);
+            assert!(d.name.len() <= 63);
+        }
+        match shape {
+            SliceShape::V1_34 => {
+                let n: usize = s.spec.shared_counters.iter().map(|c| c.counters.len()).sum();
+                assert!(n <= MAX_COUNTERS_PER_SLICE_V1_34);
+                // Every consumed set lives in the same slice.
+                let here: BTreeSet<&str> = s.spec.shared_counters.iter().map(|c| c.name.as_str()).collect();
+                for d in &s.spec.devices {
+                    for c in &d.consumes_counters {
+                        assert!(here.contains(c.counter_set.as_str()), "{} refers to a set elsewhere", d.name);
+                    }
+                }
+            }
+            SliceShape::V1_35 => {
+                assert!(s.spec.shared_counters.is_empty() || s.spec.devices.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn device_counts_names_and_limits() {
+    // (model, GPUs on the node)
+    let table = [("H100-80GB", 1), ("H100-80GB", 8), ("A100-40GB", 1), ("A100-40GB", 4)];
+    for (name, n) in table {
+        let m = model(name);
+        let per_gpu: usize = m.profiles.iter().map(|p| p.placements.len()).sum::<usize>() + 1;
+        for shape in [SliceShape::V1_34, SliceShape::V1_35] {
+            let gpus: Vec<DraGpu> = (0..n).map(|i| gpu(i, m, vec![])).collect();
+            let slices = resource_slices(&pool(shape), &gpus).expect("slices");
+            let ds = devices(&slices);
+            assert_eq!(ds.len(), per_gpu * n as usize, "{name} x{n} {shape:?}");
+            let names: BTreeSet<&str> = ds.iter().map(|d| d.name.as_str()).collect();
+            assert_eq!(names.len(), ds.len(), "names unique");
+            check_limits(&slices, shape);
+        }
+    }
+}
+
+#[test]
+fn names_and_attributes() {
+    let m = model("H100-80GB");
+    let p = m.profile("1g.10gb").unwrap();
+    let inst = DraInstance { instance: Instance::new(p.id, 6), mig_uuid: Some("MIG-abc".into()) };
+    let slices = resource_slices(&pool(SliceShape::V1_35), &[gpu(0, m, vec![inst])]).unwrap();
+    let ds = devices(&slices);
+    let d = ds.iter().find(|d| d.name == "gpu-0-1g-10gb-p6").expect("named device");
+    assert_eq!(d.attributes.get("uuid"), Some(&Attribute::String("MIG-abc".into())));
+    assert_eq!(d.attributes.get("resource.kubernetes.io/numaNode"), Some(&Attribute::Int(0)));
+    assert_eq!(d.attributes.get("type"), Some(&Attribute::String("mig".into())));
+    assert!(ds.iter().any(|d| d.name == "gpu-0"));
+    let json = serde_json::to_value(&slices[0]).unwrap();
+    assert!(json["spec"]["sharedCounters"][0]["counters"]["memory-slice-0"]["value"] == "1");
+    let json = serde_json::to_value(&slices[1]).unwrap();
+    assert!(json["spec"]["devices"][0]["consumesCounters"][0]["counterSet"] == "gpu-0-counters");
+}
+
+#[test]
+fn first_fit_follows_the_planners_preference() {
+    // With a 4g at 0, the first-fit 1g.10gb should not break the free 3g at 4 more than needed:
+    // the preferred placement is the first 1g device of the profile.
+    let m = model("H100-80GB");
+    let four = m.profile("4g.40gb").unwrap();
+    let one = m.profile("1g.10gb").unwrap();
+    let planner = tessera_mig::planner_for(m).unwrap();
+    let existing = vec![Instance::new(four.id, 0)];
+    let slices = resource_slices(
+        &pool(SliceShape::V1_35),
+        &[gpu(0, m, vec![DraInstance { instance: existing[0], mig_uuid: None }])],
+    )
+    .unwrap();
+    let first = devices(&slices).into_iter().find(|d| d.name.starts_with("gpu-0-1g-10gb-p")).unwrap();
+    let Some(Attribute::Int(start)) = first.attributes.get("placementStart") else { panic!("start") };
+    let usable = |s: u8| {
+        let mut l = existing.clone();
+        l.push(Instance::new(one.id, s));
+        planner.fragmentation(&l).map_or(0, |f| f.usable_compute_slices)
+    };
+    let best = one.placements.iter().map(|&s| usable(s)).max().unwrap();
+    assert_eq!(usable(*start as u8), best);
+    assert!(*start >= 4, "the 1g lands beside the 4g, not on it");
+}
+
+#[test]
+fn too_many_gpus_for_one_slice_is_an_error_not_a_panic() {
+    // In 1.34 every GPU's set travels with its devices; many GPUs just make more slices.
+    let m = model("H100-80GB");
+    let gpus: Vec<DraGpu> = (0..20).map(|i| gpu(i, m, vec![])).collect();
+    let slices = resource_slices(&pool(SliceShape::V1_34), &gpus).unwrap();
+    check_limits(&slices, SliceShape::V1_34);
+    // Duplicate indexes make duplicate names: an error naming the GPU.
+    let dup = [gpu(3, m, vec![]), gpu(3, m, vec![])];
+    let err = resource_slices(&pool(SliceShape::V1_35), &dup).unwrap_err();
+    assert!(matches!(err, DraError::DuplicateName { gpu: 3, .. }), "{err}");
+}
+
+fn amount(v: &str) -> u64 {
+    v.trim_end_matches("Mi").parse().expect("quantity")
+}
+
+/// The scheduler's allocator: visit devices in slice and device order, take the first that
+/// matches the profile and fits the remaining counters.
+struct FirstFit<'a> {
+    order: Vec<&'a Device>,
+    left: BTreeMap<(String, String), u64>,
+    taken: BTreeSet<&'a str>,
+}
+
+impl<'a> FirstFit<'a> {
+    fn new(slices: &'a [ResourceSlice]) -> Self {
+        let mut left = BTreeMap::new();
+        for s in slices {
+            for set in &s.spec.shared_counters {
+                for (k, c) in &set.counters {
+                    left.insert((set.name.clone(), k.clone()), amount(&c.value));
+                }
+            }
+        }
+        FirstFit { order: devices(slices), left, taken: BTreeSet::new() }
+    }
+
+    fn request(&mut self, profile: Option<&str>) -> Option<&'a Device> {
+        for &d in &self.order {
+            if self.taken.contains(d.name.as_str()) {
+                continue;
+            }
+            let matches = match profile {
+                None => d.attributes.get("type") == Some(&Attribute::String("gpu".into())),
+                Some(p) => d.attributes.get("profile") == Some(&Attribute::String(p.into())),
+            };
+            if !matches {
+                continue;
+            }
+            let fits = d.consumes_counters.iter().all(|c| {
+                c.counters.iter().all(|(k, v)| {
+                    self.left.get(&(c.counter_set.clone(), k.clone())).is_some_and(|l| *l >= amount(&v.value))
+                })
+            });
+            if fits {
+                for c in &d.consumes_counters {
+                    for (k, v) in &c.counters {
+                        *self.left.get_mut(&(c.counter_set.clone(), k.clone())).unwrap() -= amount(&v.value);
+                    }
+                }
+                self.taken.insert(&d.name);
+                return Some(d);
+            }
+        }
+        None
+    }
+}
+
+fn models() -> Vec<&'static str> {
+    vec!["H100-80GB", "A100-40GB", "A100-80GB", "A30-24GB"]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn first_fit_only_picks_valid_layouts(
+        which in 0usize..4,
+        shape in prop_oneof![Just(SliceShape::V1_34), Just(SliceShape::V1_35)],
+        requests in proptest::collection::vec(0usize..64, 1..24),
+    ) {
+        let m = model(models()[which]);
+        let gpus = [gpu(0, m, vec![]), gpu(1, m, vec![])];
+        let slices = resource_slices(&pool(shape), &gpus).unwrap();
+        let mut ff = FirstFit::new(&slices);
+        let choices = m.profiles.len() + 1;
+        for r in requests {
+            let k = r % choices;
+            let profile = m.profiles.get(k).map(|p| p.name.as_str());
+            ff.request(profile);
+        }
+        for g in 0..2u32 {
+            let uuid = format!("GPU-{g:04}");
+            let mine: Vec<&Device> = ff.order.iter().copied()
+                .filter(|d| ff.taken.contains(d.name.as_str()))
+                .filter(|d| d.attributes.get("parentUUID") == Some(&Attribute::String(uuid.clone())))
+                .collect();
+            let whole = mine.iter().any(|d| d.attributes.get("type") == Some(&Attribute::String("gpu".into())));
+            if whole {
+                prop_assert_eq!(mine.len(), 1, "whole GPU {} shared with MIG devices", g);
+                continue;
+            }
+            let layout: Vec<Instance> = mine.iter().map(|d| {
+                let Some(Attribute::String(p)) = d.attributes.get("profile") else { unreachable!() };
+                let Some(Attribute::Int(s)) = d.attributes.get("placementStart") else { unreachable!() };
+                Instance::new(m.profile(p).unwrap().id, *s as u8)
+            }).collect();
+            let v = validate(m, &layout);
+            prop_assert!(v.is_empty(), "{}: {:?} -> {:?}", m.name, layout, v);
+        }
+    }
+}
+
+#[test]
+fn a_limit_that_cannot_be_met_names_the_gpu_and_the_limit() {
+    // A made-up model with 30 placement units needs more than 32 counters in its set.
+    let mut wide = model("H100-80GB").clone();
+    wide.placement_units = 30;
+    let wide: &'static GpuModel = Box::leak(Box::new(wide));
+    for shape in [SliceShape::V1_34, SliceShape::V1_35] {
+        let err = resource_slices(&pool(shape), &[gpu(5, wide, vec![])]).unwrap_err();
+        let DraError::Limit { gpu, limit, .. } = &err else { panic!("{err}") };
+        assert_eq!((*gpu, *limit), (5, MAX_COUNTERS_PER_SET));
+        assert!(err.to_string().contains("GPU 5"), "{err}");
+    }
+}
