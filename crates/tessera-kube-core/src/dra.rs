@@ -321,23 +321,12 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
         });
     }
 
-    // Where the planner's measure is available, rank each placement by the room it leaves.
     let current: Vec<Instance> = gpu.instances.iter().map(|i| i.instance).collect();
-    let room = |inst: Instance| -> (u32, u32) {
-        let mut layout = current.clone();
-        if !layout.iter().any(|i| i.profile_id == inst.profile_id && i.start == inst.start) {
-            layout.push(inst);
-        }
-        crate::allocation::room_left(model, &layout)
-    };
 
     for p in &model.profiles {
         let label = profile_label(&p.name);
         let memory = model.profile_memory_mib(p);
-        let mut starts: Vec<(std::cmp::Reverse<(u32, u32)>, u8)> =
-            p.placements.iter().map(|&s| (std::cmp::Reverse(room(Instance::new(p.id, s))), s)).collect();
-        starts.sort();
-        for (_, start) in starts {
+        for start in placement_order(model, &current, p) {
             let mut attributes = base_attributes("mig");
             attributes.insert("profile".to_string(), Attribute::String(p.name.clone()));
             attributes.insert("placementStart".to_string(), Attribute::Int(i64::from(start)));
@@ -514,4 +503,23 @@ pub fn resource_slices(pool: &DraPool, gpus: &[DraGpu]) -> Result<Vec<ResourceSl
             },
         })
         .collect())
+}
+
+/// The order in which a profile's legal starts are published on a GPU whose layout is
+/// `current`: the start that leaves the most room first (the planner's measure,
+/// [`crate::allocation::room_left`]: usable compute slices, then the largest profile that still
+/// fits), then by start unit. The scheduler's first fit then lands where Tessera's planner would
+/// place the instance.
+pub fn placement_order(model: &GpuModel, current: &[Instance], profile: &tessera_mig::Profile) -> Vec<u8> {
+    let room = |inst: Instance| -> (u32, u32) {
+        let mut layout = current.to_vec();
+        if !layout.iter().any(|i| i.profile_id == inst.profile_id && i.start == inst.start) {
+            layout.push(inst);
+        }
+        crate::allocation::room_left(model, &layout)
+    };
+    let mut starts: Vec<(std::cmp::Reverse<(u32, u32)>, u8)> =
+        profile.placements.iter().map(|&s| (std::cmp::Reverse(room(Instance::new(profile.id, s))), s)).collect();
+    starts.sort();
+    starts.into_iter().map(|(_, s)| s).collect()
 }

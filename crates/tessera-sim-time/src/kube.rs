@@ -13,6 +13,9 @@
 //!   is a device, sorted by name (`gpu-<minor>-mig-<profile>-<id>-<start>`); the scheduler takes,
 //!   on the node it picks, the first device whose placement is still free. The driver creates the
 //!   instance when the pod is prepared (the MIG operation time) and destroys it when the pod ends.
+//! - [`KubePolicy::DraTessera`]: the same first fit over the devices in the order Tessera's DRA
+//!   driver publishes them (`tessera_kube_core::dra::placement_order`: within a profile, the
+//!   placement that leaves the most room first), republished at every change.
 //! - [`KubePolicy::Tessera`]: Tessera's controller (`tessera-kube`'s). Every batch window,
 //!   [`tessera_kube_core::decide`] runs on the pending pods no change is already under way for and
 //!   on the nodes no change is under way on; each change keeps its GPU out of use for the MIG
@@ -44,7 +47,7 @@ use crate::spec::{ClusterSpec, compute_slices_for, resolve_layout, static_candid
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum KubeError {
     #[error(
-        "policy '{spec}': {reason}; valid policies: mig-manager, mig-manager:<layout> (e.g. mig-manager:3g+2g+2g), dra, tessera"
+        "policy '{spec}': {reason}; valid policies: mig-manager, mig-manager:<layout> (e.g. mig-manager:3g+2g+2g), dra, dra-tessera, tessera"
     )]
     Policy { spec: String, reason: String },
     #[error("workload '{spec}': {reason}; valid workloads: openb, migbench")]
@@ -65,6 +68,8 @@ pub enum KubePolicy {
     MigManager { layout: Option<Vec<String>> },
     /// NVIDIA's DRA driver (DynamicMIG): first fit over profile × placement sorted by name.
     DraFirstFit,
+    /// The same first fit over Tessera's DRA publication order (issue 13).
+    DraTessera,
     /// Tessera's controller: `decide` every batch window.
     Tessera,
 }
@@ -75,6 +80,7 @@ impl fmt::Display for KubePolicy {
             KubePolicy::MigManager { layout: None } => f.write_str("mig-manager"),
             KubePolicy::MigManager { layout: Some(l) } => write!(f, "mig-manager:{}", l.join("+")),
             KubePolicy::DraFirstFit => f.write_str("dra"),
+            KubePolicy::DraTessera => f.write_str("dra-tessera"),
             KubePolicy::Tessera => f.write_str("tessera"),
         }
     }
@@ -88,6 +94,7 @@ impl FromStr for KubePolicy {
         match t.as_str() {
             "mig-manager" => Ok(KubePolicy::MigManager { layout: None }),
             "dra" => Ok(KubePolicy::DraFirstFit),
+            "dra-tessera" => Ok(KubePolicy::DraTessera),
             "tessera" => Ok(KubePolicy::Tessera),
             _ => {
                 let Some(l) = t.strip_prefix("mig-manager:") else {
@@ -368,7 +375,8 @@ type Picks = Vec<(usize, Instance)>;
 enum Mode {
     /// Fixed layouts, one per GPU in cluster order.
     Static(Vec<Vec<Instance>>),
-    Dra,
+    /// DRA first fit; `true`: over Tessera's publication order, `false`: by name.
+    Dra(bool),
     Tessera,
 }
 
@@ -423,6 +431,8 @@ struct Loop<'a> {
     out: Out,
     /// DRA: instances exist only while a pod holds them.
     dra: bool,
+    /// DRA: first fit over Tessera's publication order rather than by name.
+    tessera_order: bool,
     last: f64,
     running_slices: f64,
     unusable_total: f64,
@@ -553,7 +563,12 @@ impl Loop<'_> {
                 let mut picks = Vec::new();
                 'device: for _ in 0..pod.count {
                     for (k, &g) in self.nodes[n].iter().enumerate() {
-                        for &start in &prof.placements {
+                        let starts = if self.tessera_order {
+                            tessera_kube_core::dra::placement_order(self.model, &layouts[k], prof)
+                        } else {
+                            prof.placements.clone()
+                        };
+                        for start in starts {
                             let inst = Instance::new(prof.id, start);
                             layouts[k].push(inst);
                             if validate(self.model, &layouts[k]).is_empty() {
@@ -750,7 +765,8 @@ fn simulate(
         }
     }
     let tessera = matches!(mode, Mode::Tessera);
-    let dra = matches!(mode, Mode::Dra);
+    let dra = matches!(mode, Mode::Dra(_));
+    let tessera_order = matches!(mode, Mode::Dra(true));
     let mut lp = Loop {
         model,
         pods,
@@ -765,6 +781,7 @@ fn simulate(
         events: BinaryHeap::new(),
         out: Out { starts: vec![None; pods.len()], ..Out::default() },
         dra,
+        tessera_order,
         last: 0.0,
         running_slices: 0.0,
         unusable_total: 0.0,
@@ -1088,7 +1105,8 @@ pub fn run_kube(cfg: &KubeConfig, workload: &KubeWorkload) -> Result<KubeReport,
                 let l = resolve_layout(model, names)?;
                 (Mode::Static(vec![l; gpus as usize]), Some(format!("{gpus}×{}", names.join("+"))))
             }
-            KubePolicy::DraFirstFit => (Mode::Dra, None),
+            KubePolicy::DraFirstFit => (Mode::Dra(false), None),
+            KubePolicy::DraTessera => (Mode::Dra(true), None),
             KubePolicy::Tessera => (Mode::Tessera, None),
         };
         let mut per_seed = Vec::new();

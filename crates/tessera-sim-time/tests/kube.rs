@@ -57,6 +57,26 @@ fn a_tiny_trace_gives_the_waits_computed_by_hand() {
     assert!((fixed.utilization - 1.0 / 7.0).abs() < 1e-9, "{}", fixed.utilization);
 }
 
+/// The same trace with DRA's first fit over Tessera's publication order (issue 13): on the empty
+/// H100 the 1g.10gb's first device is the placement that leaves the most room, 4 (the 4g.40gb's
+/// only placement, 0, stays free), created by 10,030; the 4g then fits at once at 0, created
+/// after the 1g's operation, by 10,060. Waits 30 and 59, against 30 and 1,059 by name.
+#[test]
+fn dra_over_tesseras_order_leaves_room_for_the_4g() {
+    let pods = vec![
+        pod("t0", 0.0, 10.0, "1g.10gb"),
+        pod("t1", 1.0, 10.0, "4g.40gb"),
+        pod("a", 10_000.0, 1_000.0, "1g.10gb"),
+        pod("b", 10_001.0, 100.0, "4g.40gb"),
+    ];
+    let cfg = config("1x1xH100-80GB", &["dra", "dra-tessera"]);
+    let r = run_kube(&cfg, &KubeWorkload::Trace { name: "tiny".into(), pods }).unwrap();
+    let by_name = &policy(&r, "dra").per_seed[0];
+    let ours = &policy(&r, "dra-tessera").per_seed[0];
+    assert_eq!((by_name.wait_mean_s, by_name.mig_operations), ((30.0 + 1_059.0) / 2.0, 2));
+    assert_eq!((ours.wait_mean_s, ours.mig_operations), ((30.0 + 59.0) / 2.0, 2));
+}
+
 /// Why `decide`'s order cannot help a small pod on a saturated GPU: the default scheduler hands a
 /// device that its pod has released to the next pending pod of that profile before the controller
 /// decides again, so the layout stays as it is while every profile has pods waiting.

@@ -524,7 +524,8 @@ pub enum SimCommand {
         /// for openb, 2x4xH100-80GB for migbench].
         #[arg(long, value_name = "SPEC")]
         cluster: Option<String>,
-        /// Policies: mig-manager, mig-manager:<layout>, dra, tessera.
+        /// Policies: mig-manager, mig-manager:<layout>, dra (NVIDIA's driver: first fit by name),
+        /// dra-tessera (first fit over Tessera's DRA publication order), tessera.
         #[arg(long, value_delimiter = ',', default_value = "mig-manager,dra,tessera")]
         policy: Vec<String>,
         /// Seeds: `5` (1 to 5), `42-51` or a list.
