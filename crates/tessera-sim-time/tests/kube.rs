@@ -24,6 +24,16 @@ fn policy<'a>(r: &'a KubeReport, name: &str) -> &'a tessera_sim_time::KubePolicy
     r.policies.iter().find(|p| p.policy == name).unwrap()
 }
 
+/// The tiny trace of the two tests below: two tuning pods, then a 1g.10gb and a 4g.40gb.
+fn tiny_trace() -> Vec<KubePod> {
+    vec![
+        pod("t0", 0.0, 10.0, "1g.10gb"),
+        pod("t1", 1.0, 10.0, "4g.40gb"),
+        pod("a", 10_000.0, 1_000.0, "1g.10gb"),
+        pod("b", 10_001.0, 100.0, "4g.40gb"),
+    ]
+}
+
 /// One H100. Held out: a 1g.10gb pod at 10,000 s for 1,000 s, then a 4g.40gb pod at 10,001 s for
 /// 100 s (the first two pods are the tuning split). MIG operations take 30 s.
 /// - DRA: the 1g takes the first device by name, placement 0, created by 10,030. The only 4g
@@ -35,12 +45,7 @@ fn policy<'a>(r: &'a KubeReport, name: &str) -> &'a tessera_sim_time::KubePolicy
 /// - mig-manager with 4g+2g+1g on the GPU: both start at once.
 #[test]
 fn a_tiny_trace_gives_the_waits_computed_by_hand() {
-    let pods = vec![
-        pod("t0", 0.0, 10.0, "1g.10gb"),
-        pod("t1", 1.0, 10.0, "4g.40gb"),
-        pod("a", 10_000.0, 1_000.0, "1g.10gb"),
-        pod("b", 10_001.0, 100.0, "4g.40gb"),
-    ];
+    let pods = tiny_trace();
     let cfg = config("1x1xH100-80GB", &["dra", "tessera", "mig-manager:4g.40gb+2g.20gb+1g.10gb"]);
     let r = run_kube(&cfg, &KubeWorkload::Trace { name: "tiny".into(), pods }).unwrap();
     assert_eq!(r.held_out_pods, 2);
@@ -63,12 +68,7 @@ fn a_tiny_trace_gives_the_waits_computed_by_hand() {
 /// after the 1g's operation, by 10,060. Waits 30 and 59, against 30 and 1,059 by name.
 #[test]
 fn dra_over_tesseras_order_leaves_room_for_the_4g() {
-    let pods = vec![
-        pod("t0", 0.0, 10.0, "1g.10gb"),
-        pod("t1", 1.0, 10.0, "4g.40gb"),
-        pod("a", 10_000.0, 1_000.0, "1g.10gb"),
-        pod("b", 10_001.0, 100.0, "4g.40gb"),
-    ];
+    let pods = tiny_trace();
     let cfg = config("1x1xH100-80GB", &["dra", "dra-tessera"]);
     let r = run_kube(&cfg, &KubeWorkload::Trace { name: "tiny".into(), pods }).unwrap();
     let by_name = &policy(&r, "dra").per_seed[0];
