@@ -40,6 +40,7 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         EngineError::Invalid { .. } => StatusCode::BAD_REQUEST,
         EngineError::CannotRun { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        EngineError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -139,7 +139,7 @@ impl EngineHandle {
             out
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("engine task: {e}")))
+        .map_err(|e| task_failed("engine", &e))
     }
 
     /// Notices of change: the number moves when a round changed something or an action may
@@ -156,7 +156,7 @@ impl EngineHandle {
             guard.node_state()
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("reader task: {e}")))?
+        .map_err(|e| task_failed("reader", &e))?
     }
 
     /// Starts scheduling rounds on the current runtime (what `run` does), for front doors
@@ -173,7 +173,7 @@ impl EngineHandle {
             guard.read(&caller, action)
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("reader task: {e}")))?
+        .map_err(|e| task_failed("reader", &e))?
     }
 
     /// Scheduling rounds: on every wake-up, and every `tick` otherwise.
@@ -185,6 +185,8 @@ impl EngineHandle {
                     waiting = queued;
                     changed
                 }
+                // The runtime is stopping: nothing failed, and no round is due.
+                Err(EngineError::ShuttingDown(_)) => return,
                 Err(e) => {
                     tracing::error!("scheduling round failed: {e}");
                     false
@@ -217,7 +219,7 @@ impl EngineHandle {
             (input, d)
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("scheduler task: {e}")))?;
+        .map_err(|e| task_failed("scheduler", &e))?;
         self.blocking(move |core| (core.finish_round(input, decisions), core.queued_after_round())).await
     }
 
@@ -244,9 +246,8 @@ impl EngineHandle {
         prepare: impl FnOnce(&mut Engine) -> Result<crate::engine::LayoutInput, EngineError> + Send + 'static,
     ) -> Result<Reply, EngineError> {
         let input = self.blocking(prepare).await??;
-        let plan = tokio::task::spawn_blocking(move || input.plan())
-            .await
-            .map_err(|e| EngineError::Internal(format!("planner task: {e}")))??;
+        let plan =
+            tokio::task::spawn_blocking(move || input.plan()).await.map_err(|e| task_failed("planner", &e))??;
         let reply = self.blocking(move |core| core.layout_apply(&caller, plan)).await??;
         Ok(Reply::Layout(reply))
     }
@@ -287,6 +288,16 @@ impl Service for EngineHandle {
             }
             reply
         })
+    }
+}
+
+/// An engine task that did not finish: cancelled when the runtime stops (the daemon shutting
+/// down), otherwise a panic inside the engine.
+fn task_failed(what: &str, e: &tokio::task::JoinError) -> EngineError {
+    if e.is_cancelled() {
+        EngineError::ShuttingDown(format!("{what} task cancelled"))
+    } else {
+        EngineError::Internal(format!("{what} task: {e}"))
     }
 }
 

@@ -63,6 +63,8 @@ fn config_errors_name_file_line_and_column() {
         ("kubernetes: relative path", "[kubernetes]\ndevice_plugin_dir = \"kubelet/device-plugins\"\n".into()),
         ("kubernetes: unknown tenant", "[kubernetes]\ntenant = \"ml\"\n".into()),
         ("kubernetes: interval", "[kubernetes]\npod_resources_interval_ms = 0\n".into()),
+        ("kubernetes: api server not a URL", "[kubernetes]\napi_server = \"10.0.0.1:6443\"\n".into()),
+        ("kubernetes: empty ConfigMap name", "[kubernetes]\nmig_config_map = \" \"\n".into()),
         ("token file: group and others read", tcp(&open)),
         ("token file: group writes", tcp(&writable)),
         ("token file: missing", tcp(&d.join("missing-tokens"))),

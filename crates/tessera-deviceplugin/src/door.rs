@@ -32,10 +32,9 @@ use tessera_kube_core::{NodeInput, PluginConfig, SharingStrategy, build_inventor
 use tessera_sched::{GpuRequest, JobRequest, PinnedInstance, Sharing, full_profile};
 use tessera_store::{ExitInfo, ExternalWork, JobState, Work};
 
-/// The door's name in the engine (`Work::External { door, .. }`).
-pub const DOOR: &str = "kubernetes";
-/// How the key of a hold whose pod the kubelet has not listed yet begins.
-pub const PROVISIONAL: &str = "allocated:";
+/// The door's name in the engine, and how a provisional hold's key begins: one format with the
+/// node agent that reads the keys back (`tessera_kube_core::holds`).
+pub use tessera_kube_core::holds::{DOOR, PROVISIONAL};
 
 /// The containers the kubelet lists with this node's devices: `<namespace>/<pod>/<container>` →
 /// device IDs.

@@ -36,7 +36,7 @@ pub fn listed_devices(reply: &ListPodResourcesResponse, gpus: &[GpuView]) -> Lis
             let ids: Vec<&String> =
                 c.devices.iter().flat_map(|d| &d.device_ids).filter(|id| is_device_of(id, gpus)).collect();
             if !ids.is_empty() {
-                let key = format!("{}/{}/{}", pod.namespace, pod.name, c.name);
+                let key = tessera_kube_core::holds::container_key(&pod.namespace, &pod.name, &c.name);
                 out.entry(key).or_default().extend(ids.into_iter().cloned());
             }
         }

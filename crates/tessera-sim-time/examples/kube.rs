@@ -9,24 +9,14 @@
 //! set disjoint from seeds 1–10. On MIGBench-style traces the mig-manager search's tuning trace is
 //! drawn from seed 1000 + the first seed.
 
-use std::path::Path;
-
 use tessera_sim::trace::{jobs_from_openb, read_openb_pods};
 use tessera_sim_time::{
     ClusterSpec, KubeConfig, KubePolicy, KubeWorkload, MigBenchSpec, pods_from_jobs, render_kube_table, run_kube,
 };
 
-/// `$OPENB_PODS`, else `shared/traces/alibaba-gpu-v2023/openb_pod_list_default.csv` in the
-/// checkout or next to it.
-fn openb_default() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("OPENB_PODS") {
-        return p.into();
-    }
-    let rel = "shared/traces/alibaba-gpu-v2023/openb_pod_list_default.csv";
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let near = here.join("../..").join(rel);
-    if near.exists() { near } else { here.join("../../..").join(rel) }
-}
+mod common;
+
+use common::openb_default;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -3,22 +3,12 @@
 //!
 //! `cargo run --release -p tessera-sim-time --example openb -- [LOAD] [SEEDS] [RECONFIG_S] [POLICIES] [--json FILE]`
 
-use std::path::Path;
-
 use tessera_sim::trace::{jobs_from_openb, read_openb_pods};
 use tessera_sim_time::{ClusterSpec, PolicySpec, RunConfig, render_table, run};
 
-/// `$OPENB_PODS`, else `shared/traces/alibaba-gpu-v2023/openb_pod_list_default.csv` in the
-/// checkout or next to it.
-fn openb_default() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("OPENB_PODS") {
-        return p.into();
-    }
-    let rel = "shared/traces/alibaba-gpu-v2023/openb_pod_list_default.csv";
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let near = here.join("../..").join(rel);
-    if near.exists() { near } else { here.join("../../..").join(rel) }
-}
+mod common;
+
+use common::openb_default;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

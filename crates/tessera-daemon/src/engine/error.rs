@@ -23,6 +23,9 @@ pub enum EngineError {
     /// Something in the daemon failed (the database, the GPUs).
     #[error("{0}")]
     Internal(String),
+    /// The daemon is stopping: the engine's work for this action was cancelled with it.
+    #[error("the daemon is shutting down ({0})")]
+    ShuttingDown(String),
 }
 
 impl EngineError {

@@ -346,13 +346,11 @@ impl Engine {
             Action::Drain { gpu, drain, request } => self.drain(caller, gpu, drain, &request).map(Reply::Drain),
             Action::Layout { gpu, request } => {
                 let input = self.layout_prepare(caller, gpu, request)?;
-                let plan = input.plan()?;
-                self.layout_apply(caller, plan).map(Reply::Layout)
+                self.layout_apply(caller, input.plan()?).map(Reply::Layout)
             }
             Action::Reach { gpu, wanted } => {
                 let input = self.layout_prepare_wanted(caller, gpu, wanted)?;
-                let plan = input.plan()?;
-                self.layout_apply(caller, plan).map(Reply::Layout)
+                self.layout_apply(caller, input.plan()?).map(Reply::Layout)
             }
             Action::HealthClear { gpu } => self.health_clear(caller, gpu).map(Reply::HealthClear),
         }
