@@ -156,6 +156,8 @@ async fn dispatch(state: &AppState, peer: Peer, headers: &HeaderMap, action: Res
 fn describe(action: &Action) -> String {
     match action {
         Action::Submit(_) | Action::SubmitWork { .. } => "submit".into(),
+        Action::SubmitMaking { .. } => "submit, making its pinned instances".into(),
+        Action::DestroyIdle { gpu, .. } => format!("destroy an idle instance of GPU {gpu}"),
         Action::DryRun(_) => "dry-run submit".into(),
         Action::ListJobs(_) => "list jobs".into(),
         Action::GetJob { id } => format!("show job {id}"),

@@ -430,3 +430,60 @@ fn pinned_work_holds_exactly_its_instance_named_after_its_pod_and_blocks_layouts
     let Reply::Gpus(gpus) = e.act(&root(), Action::Gpus).unwrap() else { panic!() };
     assert!(gpus.gpus[0].instances.iter().find(|i| i.start == 0).unwrap().jobs.is_empty());
 }
+
+fn layout_of(e: &mut Engine) -> Vec<(u32, u8)> {
+    let Reply::Gpus(gpus) = e.act(&root(), Action::Gpus).unwrap() else { panic!() };
+    gpus.gpus[0].instances.iter().map(|i| (i.profile_id, i.start)).collect()
+}
+
+#[test]
+fn pinned_work_makes_its_missing_instance_and_the_instance_is_destroyed_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path(), "1xH100-80GB,numa=1,cpus=16", Config::default());
+    layout(&mut e, &["3g.40gb@4"]).unwrap();
+    let making = |e: &mut Engine, who: &Caller, r: JobRequest, key: &str| {
+        e.act(who, Action::SubmitMaking { request: r, work: external(key) })
+    };
+
+    // Not an admin: refused, nothing made.
+    let refused = making(&mut e, &alice(), pinned("1g.10gb", 0, 19, 0), "claim-a").unwrap_err();
+    assert!(matches!(refused, EngineError::Forbidden(_)), "{refused:?}");
+    assert_eq!(layout_of(&mut e), [(9, 4)]);
+
+    // 1g.10gb@0 is made, nothing else moves, and the pinned job runs on it.
+    let Reply::Submitted(s) = making(&mut e, &root(), pinned("1g.10gb", 0, 19, 0), "claim-a").unwrap() else {
+        panic!()
+    };
+    let mut made = layout_of(&mut e);
+    made.sort_unstable();
+    assert_eq!(made, [(9, 4), (19, 0)]);
+    settle(&mut e);
+    let j = job(&mut e, &root(), s.id);
+    assert_eq!(j.state, JobState::Running, "{j:?}");
+    assert_eq!((j.ranks[0].slices[0].profile.as_deref(), j.ranks[0].slices[0].start), (Some("1g.10gb"), 0));
+
+    // A placement over an existing instance is refused, and nothing changes.
+    let overlap = making(&mut e, &root(), pinned("2g.20gb", 0, 14, 4), "claim-b").unwrap_err();
+    assert!(overlap.to_string().contains("GPU 0"), "{overlap}");
+    let mut after = layout_of(&mut e);
+    after.sort_unstable();
+    assert_eq!(after, made);
+
+    // Held: it cannot be destroyed; released, it can, once; then it is already gone.
+    let busy = e.act(&root(), Action::DestroyIdle { gpu: 0, instance: tessera_mig::Instance::new(19, 0) });
+    assert!(matches!(busy, Err(EngineError::Conflict(_))), "{busy:?}");
+    e.act(&root(), Action::Release { id: s.id, exit: ok_exit("claim unprepared"), succeeded: true }).unwrap();
+    let Reply::Layout(gone) =
+        e.act(&root(), Action::DestroyIdle { gpu: 0, instance: tessera_mig::Instance::new(19, 0) }).unwrap()
+    else {
+        panic!()
+    };
+    assert!(gone.changed, "{gone:?}");
+    assert_eq!(layout_of(&mut e), [(9, 4)]);
+    let Reply::Layout(again) =
+        e.act(&root(), Action::DestroyIdle { gpu: 0, instance: tessera_mig::Instance::new(19, 0) }).unwrap()
+    else {
+        panic!()
+    };
+    assert!(!again.changed);
+}

@@ -50,6 +50,8 @@ pub const MAX_NAME_LEN: usize = 63;
 
 /// Attribute key of the GPU's host NUMA node.
 pub const NUMA_NODE_ATTRIBUTE: &str = "resource.kubernetes.io/numaNode";
+/// Attribute key of the GPU-internal NUMA node a placement lies in (GPUs that have them).
+pub const GPU_NUMA_NODE_ATTRIBUTE: &str = "gpuNumaNode";
 
 /// Which Kubernetes release's slice layout to publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,22 @@ pub struct DraInstance {
     pub instance: Instance,
     /// `MIG-...` UUID, when the backend reported it.
     pub mig_uuid: Option<String>,
+    /// Who uses it.
+    pub held_by: InstanceUse,
+}
+
+/// Who uses an instance that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceUse {
+    /// Nobody: made by an admin, mig-parted or an earlier job. Adopted: its own device is
+    /// published (a claim allocated it takes it as it is), every device overlapping it is not,
+    /// and it is never destroyed.
+    Idle,
+    /// A DRA claim this driver prepared: the allocator counts it against the counters itself.
+    Claim,
+    /// Something else holds it (the daemon's own job, a device-plugin pod): no device that
+    /// overlaps it is published, and what it takes is taken off the GPU's counters.
+    Other,
 }
 
 /// One GPU of the node, as the driver sees it.
@@ -80,6 +98,9 @@ pub struct DraGpu {
     pub model: &'static GpuModel,
     /// Host NUMA node, when known.
     pub numa_node: Option<u32>,
+    /// Whether MIG mode is on; with it off only the whole GPU is published (the driver does
+    /// not change MIG modes).
+    pub mig_enabled: bool,
     /// Instances that exist now (the current layout).
     pub instances: Vec<DraInstance>,
 }
@@ -286,6 +307,17 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
     if counters.len() > MAX_COUNTERS_PER_SET {
         return Err(limit("counters in its counter set", counters.len(), MAX_COUNTERS_PER_SET));
     }
+    let full_counters = counters.clone();
+    // What instances held by others take is not the allocator's to give.
+    for i in gpu.instances.iter().filter(|i| i.held_by == InstanceUse::Other) {
+        if let Some(p) = model.profile_by_id(i.instance.profile_id) {
+            for (name, take) in profile_take(model, p, i.instance.start, &full_counters) {
+                if let Some(c) = counters.get_mut(&name) {
+                    c.value = sub_quantity(&c.value, &take.value);
+                }
+            }
+        }
+    }
     let set = CounterSet { name: set_name.clone(), counters };
 
     let base_attributes = |kind: &str| {
@@ -301,8 +333,21 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
     };
 
     let mut devices = Vec::new();
-    // The whole GPU: every counter in full.
-    {
+    // Instances not prepared for a claim: their placements are not the allocator's.
+    let foreign: Vec<&DraInstance> = gpu.instances.iter().filter(|i| i.held_by != InstanceUse::Claim).collect();
+    let overlaps_foreign = |profile: &tessera_mig::Profile, start: u8| {
+        foreign.iter().any(|f| {
+            let own =
+                f.held_by == InstanceUse::Idle && f.instance.profile_id == profile.id && f.instance.start == start;
+            !own && model.profile_by_id(f.instance.profile_id).is_some_and(|fp| {
+                let (a0, a1) = (start, start.saturating_add(profile.placement_size));
+                let (b0, b1) = (f.instance.start, f.instance.start.saturating_add(fp.placement_size));
+                a0 < b1 && b0 < a1
+            })
+        })
+    };
+    // The whole GPU: every counter in full (on a MIG GPU, its full-size instance).
+    if foreign.is_empty() {
         let mut attributes = base_attributes("gpu");
         attributes.insert("uuid".to_string(), Attribute::String(gpu.uuid.clone()));
         let mut capacity = BTreeMap::new();
@@ -320,6 +365,9 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
             }],
         });
     }
+    if !gpu.mig_enabled {
+        return finish(gpu, set, devices);
+    }
 
     let current: Vec<Instance> = gpu.instances.iter().map(|i| i.instance).collect();
 
@@ -327,10 +375,16 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
         let label = profile_label(&p.name);
         let memory = model.profile_memory_mib(p);
         for start in placement_order(model, &current, p) {
+            if overlaps_foreign(p, start) {
+                continue;
+            }
             let mut attributes = base_attributes("mig");
             attributes.insert("profile".to_string(), Attribute::String(p.name.clone()));
             attributes.insert("placementStart".to_string(), Attribute::Int(i64::from(start)));
             attributes.insert("placementSize".to_string(), Attribute::Int(i64::from(p.placement_size)));
+            if let Some(n) = model.gpu_numa_node(start, p.placement_size) {
+                attributes.insert(GPU_NUMA_NODE_ATTRIBUTE.to_string(), Attribute::Int(i64::from(n)));
+            }
             if let Some(uuid) = gpu
                 .instances
                 .iter()
@@ -345,23 +399,7 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
             if let Some(sm) = p.sm_count {
                 capacity.insert("multiprocessors".to_string(), Capacity { value: sm.to_string() });
             }
-            let mut take = BTreeMap::new();
-            take.insert("memory".to_string(), mib(memory));
-            take.insert("compute-slices".to_string(), qty(u64::from(p.compute_slices)));
-            take.insert("gpu-instances".to_string(), qty(1));
-            if p.ofa_engines > 0 {
-                take.insert("ofa".to_string(), qty(u64::from(p.ofa_engines)));
-            }
-            if media_all && !p.is_no_media() {
-                let n = if p.kind == ProfileKind::MediaAll { media_total } else { 1 };
-                take.insert("media".to_string(), qty(n));
-            }
-            for k in start..start.saturating_add(p.placement_size).min(units) {
-                take.insert(format!("memory-slice-{k}"), qty(1));
-            }
-            if set.counters.contains_key(&format!("profile-{}", p.id)) {
-                take.insert(format!("profile-{}", p.id), qty(1));
-            }
+            let take = profile_take(model, p, start, &full_counters);
             if take.len() > MAX_COUNTERS_PER_SET {
                 return Err(limit("counters one device consumes", take.len(), MAX_COUNTERS_PER_SET));
             }
@@ -373,6 +411,57 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
             });
         }
     }
+    finish(gpu, set, devices)
+}
+
+/// What one instance of `p` at `start` takes from its GPU's counters (`counters`: the GPU's set,
+/// to know which per-profile counters it has).
+fn profile_take(
+    model: &GpuModel,
+    p: &tessera_mig::Profile,
+    start: u8,
+    counters: &BTreeMap<String, Counter>,
+) -> BTreeMap<String, Counter> {
+    let media_all = model.profiles.iter().any(|p| p.kind == ProfileKind::MediaAll);
+    let mut take = BTreeMap::new();
+    take.insert("memory".to_string(), mib(model.profile_memory_mib(p)));
+    take.insert("compute-slices".to_string(), qty(u64::from(p.compute_slices)));
+    take.insert("gpu-instances".to_string(), qty(1));
+    if p.ofa_engines > 0 {
+        take.insert("ofa".to_string(), qty(u64::from(p.ofa_engines)));
+    }
+    if media_all && !p.is_no_media() {
+        let n = if p.kind == ProfileKind::MediaAll { u64::from(model.max_gpu_instances) } else { 1 };
+        take.insert("media".to_string(), qty(n));
+    }
+    for k in start..start.saturating_add(p.placement_size).min(model.placement_units) {
+        take.insert(format!("memory-slice-{k}"), qty(1));
+    }
+    if counters.contains_key(&format!("profile-{}", p.id)) {
+        take.insert(format!("profile-{}", p.id), qty(1));
+    }
+    take
+}
+
+/// `a - b` for two quantities of one unit as [`mib`] and [`qty`] write them, never below 0.
+fn sub_quantity(a: &str, b: &str) -> String {
+    let split = |q: &str| {
+        let d = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+        (q[..d].parse::<u64>().unwrap_or(0), q[d..].to_string())
+    };
+    let ((x, unit), (y, _)) = (split(a), split(b));
+    format!("{}{unit}", x.saturating_sub(y))
+}
+
+/// The limits every device of a GPU must meet, checked once its devices are chosen.
+fn finish(gpu: &DraGpu, set: CounterSet, devices: Vec<Device>) -> Result<GpuDevices, DraError> {
+    let limit = |what: &'static str, count: usize, limit: usize| DraError::Limit {
+        gpu: gpu.index,
+        model: gpu.model.name.clone(),
+        what,
+        count,
+        limit,
+    };
     for d in &devices {
         let n = d.attributes.len() + d.capacity.len();
         if n > MAX_ATTRIBUTES_AND_CAPACITY {

@@ -10,6 +10,7 @@
 //! - [`allocation`]: `GetPreferredAllocation` and `Allocate` as decisions.
 //! - [`cdi`]: the CDI specification for the advertised devices.
 //! - [`dra`]: the ResourceSlices a DRA driver publishes for partitionable MIG devices.
+//! - [`dra_claim`]: what a DRA claim asks of the node: its devices and their sharing.
 //! - [`holds`]: the keys under which the node's engine holds pods' devices.
 //! - [`repartition`]: which GPUs to repartition for pending pods, as one pure decision.
 
@@ -17,6 +18,7 @@ pub mod allocation;
 pub mod cdi;
 mod config;
 pub mod dra;
+pub mod dra_claim;
 pub mod holds;
 pub mod inventory;
 pub mod naming;

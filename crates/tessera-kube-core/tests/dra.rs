@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use tessera_kube_core::dra::{
-    Attribute, Device, DraError, DraGpu, DraInstance, DraPool, MAX_ATTRIBUTES_AND_CAPACITY,
+    Attribute, Device, DraError, DraGpu, DraInstance, DraPool, InstanceUse, MAX_ATTRIBUTES_AND_CAPACITY,
     MAX_CONSUMED_COUNTERS_PER_SLICE, MAX_COUNTER_SETS_PER_SLICE, MAX_COUNTERS_PER_SET, MAX_COUNTERS_PER_SLICE_V1_34,
     MAX_DEVICES_WITH_COUNTERS, ResourceSlice, SliceShape, consumed_counters, resource_slices,
 };
@@ -16,7 +16,7 @@ fn model(name: &str) -> &'static GpuModel {
 }
 
 fn gpu(index: u32, model: &'static GpuModel, instances: Vec<DraInstance>) -> DraGpu {
-    DraGpu { index, uuid: format!("GPU-{index:04}"), model, numa_node: Some(index % 2), instances }
+    DraGpu { index, uuid: format!("GPU-{index:04}"), model, numa_node: Some(index % 2), mig_enabled: true, instances }
 }
 
 fn pool(shape: SliceShape) -> DraPool {
@@ -84,7 +84,8 @@ fn device_counts_names_and_limits() {
 fn names_and_attributes() {
     let m = model("H100-80GB");
     let p = m.profile("1g.10gb").unwrap();
-    let inst = DraInstance { instance: Instance::new(p.id, 6), mig_uuid: Some("MIG-abc".into()) };
+    let inst =
+        DraInstance { instance: Instance::new(p.id, 6), mig_uuid: Some("MIG-abc".into()), held_by: InstanceUse::Claim };
     let slices = resource_slices(&pool(SliceShape::V1_35), &[gpu(0, m, vec![inst])]).unwrap();
     let ds = devices(&slices);
     let d = ds.iter().find(|d| d.name == "gpu-0-1g-10gb-p6").expect("named device");
@@ -109,7 +110,7 @@ fn first_fit_follows_the_planners_preference() {
     let existing = vec![Instance::new(four.id, 0)];
     let slices = resource_slices(
         &pool(SliceShape::V1_35),
-        &[gpu(0, m, vec![DraInstance { instance: existing[0], mig_uuid: None }])],
+        &[gpu(0, m, vec![DraInstance { instance: existing[0], mig_uuid: None, held_by: InstanceUse::Claim }])],
     )
     .unwrap();
     let first = devices(&slices).into_iter().find(|d| d.name.starts_with("gpu-0-1g-10gb-p")).unwrap();
@@ -248,5 +249,83 @@ fn a_limit_that_cannot_be_met_names_the_gpu_and_the_limit() {
         let DraError::Limit { gpu, limit, .. } = &err else { panic!("{err}") };
         assert_eq!((*gpu, *limit), (5, MAX_COUNTERS_PER_SET));
         assert!(err.to_string().contains("GPU 5"), "{err}");
+    }
+}
+
+fn names(slices: &[ResourceSlice]) -> BTreeSet<String> {
+    devices(slices).iter().map(|d| d.name.clone()).collect()
+}
+
+fn counter(slices: &[ResourceSlice], name: &str) -> String {
+    let set = slices.iter().flat_map(|s| &s.spec.shared_counters).next().expect("a counter set");
+    set.counters[name].value.clone()
+}
+
+#[test]
+fn an_idle_instance_is_adopted_as_its_own_device_and_nothing_overlapping_it_is_published() {
+    let m = model("H100-80GB");
+    let three = m.profile("3g.40gb").unwrap();
+    let idle = DraInstance {
+        instance: Instance::new(three.id, 4),
+        mig_uuid: Some("MIG-a".into()),
+        held_by: InstanceUse::Idle,
+    };
+    let slices = resource_slices(&pool(SliceShape::V1_35), &[gpu(0, m, vec![idle])]).unwrap();
+    let ds = names(&slices);
+    assert!(ds.contains("gpu-0-3g-40gb-p4"), "its own device");
+    assert!(!ds.contains("gpu-0"), "the whole GPU would destroy it");
+    assert!(!ds.contains("gpu-0-1g-10gb-p4") && !ds.contains("gpu-0-2g-20gb-p4"), "overlapping devices");
+    assert!(ds.contains("gpu-0-1g-10gb-p0") && ds.contains("gpu-0-4g-40gb-p0"), "the free half");
+    let own = devices(&slices).into_iter().find(|d| d.name == "gpu-0-3g-40gb-p4").unwrap();
+    assert_eq!(own.attributes.get("uuid"), Some(&Attribute::String("MIG-a".into())));
+    // Adopted, not taken: the counters stay whole, so a claim can allocate it.
+    assert_eq!(counter(&slices, "gpu-instances"), "7");
+}
+
+#[test]
+fn an_instance_another_holds_is_taken_off_the_counters() {
+    let m = model("H100-80GB");
+    let one = m.profile("1g.10gb").unwrap();
+    let held = DraInstance { instance: Instance::new(one.id, 0), mig_uuid: None, held_by: InstanceUse::Other };
+    let slices = resource_slices(&pool(SliceShape::V1_35), &[gpu(0, m, vec![held])]).unwrap();
+    let ds = names(&slices);
+    assert!(!ds.contains("gpu-0-1g-10gb-p0") && !ds.contains("gpu-0-7g-80gb-p0") && !ds.contains("gpu-0"));
+    assert!(ds.contains("gpu-0-1g-10gb-p1"));
+    assert_eq!(counter(&slices, "gpu-instances"), "6");
+    assert_eq!(counter(&slices, "compute-slices"), "6");
+    assert_eq!(counter(&slices, "memory-slice-0"), "0");
+}
+
+#[test]
+fn a_gpu_with_mig_off_is_one_whole_device() {
+    let m = model("H100-80GB");
+    let mut g = gpu(0, m, Vec::new());
+    g.mig_enabled = false;
+    let slices = resource_slices(&pool(SliceShape::V1_35), &[g]).unwrap();
+    assert_eq!(names(&slices), BTreeSet::from(["gpu-0".to_string()]));
+}
+
+#[test]
+fn every_published_device_name_maps_back_to_its_placement() {
+    use tessera_kube_core::dra_claim::{DeviceTarget, device_target};
+    for name in models() {
+        let m = model(name);
+        let gpus = [gpu(0, m, Vec::new()), gpu(3, m, Vec::new())];
+        let slices = resource_slices(&pool(SliceShape::V1_35), &gpus).unwrap();
+        for d in devices(&slices) {
+            let target = device_target(&d.name, &gpus).unwrap_or_else(|e| panic!("{name}: {e}"));
+            match target {
+                DeviceTarget::WholeGpu { gpu } => assert_eq!(d.name, format!("gpu-{gpu}")),
+                DeviceTarget::Mig { gpu, profile_id, start } => {
+                    let p = m.profile_by_id(profile_id).unwrap();
+                    assert_eq!(d.attributes.get("profile"), Some(&Attribute::String(p.name.clone())));
+                    assert_eq!(d.attributes.get("placementStart"), Some(&Attribute::Int(i64::from(start))));
+                    assert_eq!(d.attributes.get("index"), Some(&Attribute::Int(i64::from(gpu))));
+                }
+            }
+        }
+        for bad in ["gpu-9", "gpu-0-1g-10gb-p99", "gpu-0-9g-1gb-p0", "cpu-0", "gpu-x", "gpu-0-p0"] {
+            assert!(device_target(bad, &gpus).is_err(), "{bad}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! [`Action::SubmitWork`] with [`Work::External`] (the pod or Slurm job runs the processes;
 //! Tessera allocates and releases the slices) and end it with [`Action::Release`].
 
-use tessera_mig::Wanted;
+use tessera_mig::{Instance, Wanted};
 use tessera_store::{ExitInfo, Work};
 
 use crate::wire::{
@@ -53,6 +53,16 @@ pub enum Action {
     GetJob { id: u64 },
     /// Cancel a job the caller owns.
     Cancel { id: u64 },
+    /// Admins: queue pinned external work for the caller, first making each pinned instance
+    /// that does not exist at its placement (the Kubernetes scheduler chose it from the DRA
+    /// devices), through the reconfiguration journal, in the same step: no round runs between
+    /// the instance made and the job queued, and a round decides pinned jobs first. A pinned
+    /// instance that exists is taken as it is (a retry finds what an earlier try made).
+    SubmitMaking { request: JobRequest, work: Work },
+    /// Admins: destroy one idle instance through the reconfiguration journal (a front door
+    /// giving back what it made); one that is not there is already gone, and a busy one is
+    /// refused, naming who holds it.
+    DestroyIdle { gpu: u32, instance: Instance },
     /// External work ended (the front door that submitted it says how).
     Release { id: u64, exit: ExitInfo, succeeded: bool },
     /// A front door learned whom its live external work is for and names it so (`key`; the
@@ -98,6 +108,8 @@ impl Action {
             self,
             Action::Submit(_)
                 | Action::SubmitWork { .. }
+                | Action::SubmitMaking { .. }
+                | Action::DestroyIdle { .. }
                 | Action::Cancel { .. }
                 | Action::Release { .. }
                 | Action::Drain { .. }

@@ -147,6 +147,85 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// [`Action::SubmitMaking`](super::Action::SubmitMaking): every pinned instance missing on a
+    /// MIG GPU is made at its placement first (nothing else on the GPU moves: the target is the
+    /// current layout plus it, and an overlap is refused by the planner, naming it); then the
+    /// job is queued. When the submission is refused, what was made for it is destroyed again.
+    pub(crate) fn submit_making(
+        &mut self,
+        caller: &Caller,
+        request: tessera_sched::JobRequest,
+        work: tessera_store::Work,
+    ) -> Result<crate::wire::SubmitReply, EngineError> {
+        if !caller.admin {
+            return Err(EngineError::Forbidden("only admins make MIG instances for pinned work".into()));
+        }
+        let mut made: Vec<(u32, Instance)> = Vec::new();
+        for pin in &request.pin {
+            let view =
+                tessera_gpu::gpu_view(self.backend(), pin.gpu).map_err(|e| EngineError::NotFound(e.to_string()))?;
+            if !view.mig.current || view.instances.iter().any(|i| pin.is(pin.gpu, &i.instance)) {
+                continue;
+            }
+            let mut layout = view.layout();
+            let instance = Instance::new(pin.profile_id, pin.start);
+            layout.push(instance);
+            let made_one = self
+                .layout_prepare_wanted(caller, pin.gpu, Wanted::Layout(layout))
+                .and_then(LayoutInput::plan)
+                .and_then(|plan| self.layout_apply(caller, plan));
+            match made_one {
+                Ok(_) => made.push((pin.gpu, instance)),
+                Err(e) => {
+                    self.undo_made(caller, &made);
+                    return Err(e);
+                }
+            }
+        }
+        let submitted = self.submit_work(caller, request, work);
+        if submitted.is_err() {
+            self.undo_made(caller, &made);
+        }
+        submitted
+    }
+
+    fn undo_made(&mut self, caller: &Caller, made: &[(u32, Instance)]) {
+        for (gpu, instance) in made {
+            if let Err(e) = self.destroy_idle(caller, *gpu, *instance) {
+                tracing::warn!("GPU {gpu}: an instance made for a refused submission stays: {e}");
+            }
+        }
+    }
+
+    /// [`Action::DestroyIdle`](super::Action::DestroyIdle): the GPU's layout less `instance`,
+    /// through the layout path (busy instances refused, naming who holds them).
+    pub(crate) fn destroy_idle(
+        &mut self,
+        caller: &Caller,
+        gpu: u32,
+        instance: Instance,
+    ) -> Result<LayoutReply, EngineError> {
+        if !caller.admin {
+            return Err(EngineError::Forbidden("only admins change MIG layouts".into()));
+        }
+        let view = tessera_gpu::gpu_view(self.backend(), gpu).map_err(|e| EngineError::NotFound(e.to_string()))?;
+        let same = |i: &Instance| i.profile_id == instance.profile_id && i.start == instance.start;
+        let layout = view.layout();
+        if !view.mig.current || !layout.iter().any(same) {
+            let labels = view.layout().iter().map(|i| instance_label_of(&view, i)).collect();
+            return Ok(LayoutReply { gpu, dry_run: false, steps: Vec::new(), layout: labels, changed: false });
+        }
+        let target: Vec<Instance> = layout.into_iter().filter(|i| !same(i)).collect();
+        let plan = self.layout_prepare_wanted(caller, gpu, Wanted::Layout(target))?.plan()?;
+        self.layout_apply(caller, plan)
+    }
+}
+
+fn instance_label_of(view: &tessera_gpu::GpuView, i: &Instance) -> String {
+    view.model.map_or_else(|| format!("{}@{}", i.profile_id, i.start), |m| instance_label(m, i))
+}
+
 /// A plan's steps as people read them: `destroy 1g.10gb@6`, `create 3g.40gb@0`.
 pub(crate) fn step_lines(plan: &tessera_mig::ReconfigurePlan, label: impl Fn(&Instance) -> String) -> Vec<String> {
     plan.steps

@@ -329,6 +329,8 @@ impl Engine {
                 self.dry_run_checked(caller, request, work, checked).map(Reply::DryRun)
             }
             Action::SubmitWork { request, work } => self.submit_work(caller, request, work).map(Reply::Submitted),
+            Action::SubmitMaking { request, work } => self.submit_making(caller, request, work).map(Reply::Submitted),
+            Action::DestroyIdle { gpu, instance } => self.destroy_idle(caller, gpu, instance).map(Reply::Layout),
             read @ (Action::ListJobs(_)
             | Action::GetJob { .. }
             | Action::Wait { .. }
