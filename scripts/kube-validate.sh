@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 # is taken by changing this line (the cache keeps one virtualenv per version).
 KV_VERSION=1.37.0
 K8S_VERSIONS=(1.34 1.35 1.36 1.37)
-manifests=(deploy/kubernetes/*.yaml)
+manifests=(deploy/kubernetes/*.yaml deploy/kubernetes/dra-examples/*.yaml)
 
 die() { echo "kube-validate: $*" >&2; exit 1; }
 

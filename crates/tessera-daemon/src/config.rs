@@ -89,6 +89,59 @@ pub struct KubernetesSection {
     pub mig_config_map: String,
     /// Its key.
     pub mig_config_key: String,
+    /// Serve the kubelet device plugin (`nvidia.com/…` resources). `false` with `dra.enabled`:
+    /// the node's GPUs are given out through DRA alone.
+    pub device_plugin: bool,
+    /// The DRA driver (`[kubernetes.dra]`).
+    pub dra: DraSection,
+}
+
+/// `[kubernetes.dra]`: the Dynamic Resource Allocation driver (docs/kubernetes-dra.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DraSection {
+    /// Publish the node's GPUs as ResourceSlices and serve the kubelet's DRA plugin API.
+    pub enabled: bool,
+    /// The driver's name (a DNS subdomain): `spec.driver` of its slices and DeviceClasses.
+    pub driver: String,
+    /// The plugin's own directory (its `dra.sock` and checkpoint); none:
+    /// `/var/lib/kubelet/plugins/<driver>`.
+    pub plugin_dir: Option<PathBuf>,
+    /// The kubelet's plugin-watcher directory, where the registration socket goes.
+    pub registry_dir: PathBuf,
+    /// The shortest time between two publications of the node's slices; changes meanwhile
+    /// are published together at its end.
+    pub republish_interval_ms: u64,
+}
+
+impl Default for DraSection {
+    fn default() -> Self {
+        DraSection {
+            enabled: false,
+            driver: "gpu.tessera.dev".to_string(),
+            plugin_dir: None,
+            registry_dir: PathBuf::from("/var/lib/kubelet/plugins_registry"),
+            republish_interval_ms: 1_000,
+        }
+    }
+}
+
+impl DraSection {
+    /// The plugin's directory, given or derived from the driver's name.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.plugin_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/kubelet/plugins").join(&self.driver))
+    }
+}
+
+/// Whether `name` is a DNS subdomain (RFC 1123): what Kubernetes takes as a DRA driver's name.
+fn is_dns_subdomain(name: &str) -> bool {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (1..=253).contains(&name.len()) && name.split('.').all(label)
 }
 
 impl Default for KubernetesSection {
@@ -105,6 +158,8 @@ impl Default for KubernetesSection {
             api_server: None,
             mig_config_map: "tessera-mig-parted-config".to_string(),
             mig_config_key: "config.yaml".to_string(),
+            device_plugin: true,
+            dra: DraSection::default(),
         }
     }
 }
@@ -693,6 +748,31 @@ impl Config {
                 return Err(Problem::value(key(name), format!("{name} is empty: name the ConfigMap and its key")));
             }
         }
+        let dra = &self.kubernetes.dra;
+        if !is_dns_subdomain(&dra.driver) {
+            return Err(Problem::value(
+                key("kubernetes.dra.driver"),
+                format!(
+                    "kubernetes.dra.driver = '{}': give a DNS subdomain (lowercase letters, digits, '-' and '.'), \
+                     such as gpu.tessera.dev",
+                    dra.driver
+                ),
+            ));
+        }
+        if !self.kubernetes.device_plugin && !dra.enabled {
+            return Err(Problem::value(
+                key("kubernetes.device_plugin"),
+                "kubernetes.device_plugin = false and kubernetes.dra.enabled = false: the node agent would give \
+                 out no GPU; turn one on"
+                    .to_string(),
+            ));
+        }
+        if dra.republish_interval_ms == 0 || dra.republish_interval_ms > 600_000 {
+            return Err(Problem::value(
+                key("kubernetes.dra.republish_interval_ms"),
+                format!("kubernetes.dra.republish_interval_ms = {}: give 1 to 600000 ms", dra.republish_interval_ms),
+            ));
+        }
         self.check_tenants()?;
         let k = &self.kubernetes.tenant;
         if !self.tenant_names().contains(&k.as_str()) {
@@ -716,12 +796,14 @@ impl Config {
             ("node.runtime_dir", &self.node.runtime_dir),
             ("jobs.output_dir", &self.jobs.output_dir),
             ("kubernetes.plugin_config", &self.kubernetes.plugin_config),
+            ("kubernetes.dra.plugin_dir", &self.kubernetes.dra.plugin_dir),
         ];
         let k = &self.kubernetes;
         let kube = [
             ("kubernetes.device_plugin_dir", &k.device_plugin_dir),
             ("kubernetes.pod_resources_socket", &k.pod_resources_socket),
             ("kubernetes.cdi_dir", &k.cdi_dir),
+            ("kubernetes.dra.registry_dir", &k.dra.registry_dir),
         ];
         let given = paths.into_iter().filter_map(|(name, p)| p.as_ref().map(|p| (name, p)));
         for (name, p) in given.chain(kube) {

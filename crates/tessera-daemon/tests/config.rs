@@ -65,6 +65,13 @@ fn config_errors_name_file_line_and_column() {
         ("kubernetes: interval", "[kubernetes]\npod_resources_interval_ms = 0\n".into()),
         ("kubernetes: api server not a URL", "[kubernetes]\napi_server = \"10.0.0.1:6443\"\n".into()),
         ("kubernetes: empty ConfigMap name", "[kubernetes]\nmig_config_map = \" \"\n".into()),
+        (
+            "kubernetes: DRA driver not a DNS name",
+            "[kubernetes.dra]\nenabled = true\ndriver = \"GPU_Tessera\"\n".into(),
+        ),
+        ("kubernetes: nothing given out", "[kubernetes]\ndevice_plugin = false\n".into()),
+        ("kubernetes: DRA republish interval", "[kubernetes.dra]\nrepublish_interval_ms = 0\n".into()),
+        ("kubernetes: DRA unknown key", "[kubernetes.dra]\nenable = true\n".into()),
         ("token file: group and others read", tcp(&open)),
         ("token file: group writes", tcp(&writable)),
         ("token file: missing", tcp(&d.join("missing-tokens"))),
