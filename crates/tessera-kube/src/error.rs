@@ -25,6 +25,23 @@ pub enum KubeError {
     /// A setting (flag or environment variable) is missing or wrong; the message names it.
     #[error("{0}")]
     Setting(String),
+    /// The ResourceClaim of that name is another claim than the kubelet named: deleted and
+    /// re-created under the same name.
+    #[error("ResourceClaim {claim}: the API server's claim of that name has uid '{found}' (deleted and re-created)")]
+    ClaimReplaced { claim: String, found: String },
+    /// The claim has no `status.allocation`: the scheduler has not allocated it (or deallocated it).
+    #[error("ResourceClaim {claim} is not allocated (no status.allocation)")]
+    ClaimNotAllocated { claim: String },
+    /// The claim's allocation cannot be read; `problem` says where.
+    #[error("ResourceClaim {claim}: {problem}")]
+    ClaimMalformed { claim: String, problem: String },
+    /// A value Tessera built does not read as the official type (a bug, named).
+    #[error("{what}: {source}")]
+    Convert {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl KubeError {

@@ -6,12 +6,15 @@
 //! - [`controller`]: pending pods repartition GPUs, through the pure
 //!   [`tessera_kube_core::decide`], with one leader ([`lease`]).
 //! - [`engine`]: the [`LayoutApplier`] on a real node, the daemon's engine in the same process.
+//! - [`dra`]: the DRA driver's API-server side: the node's ResourceSlices
+//!   ([`run_slice_publisher`]) and the claims the kubelet prepares ([`claim_allocation`]).
 //! - [`annotations`]: every label and annotation key, and Tessera's typed, versioned values.
 //! - [`client`]: connecting to the API server.
 
 pub mod annotations;
 pub mod client;
 pub mod controller;
+pub mod dra;
 pub mod engine;
 mod error;
 pub mod lease;
@@ -22,6 +25,7 @@ pub use annotations::{
 };
 pub use client::connect;
 pub use controller::{ControllerSettings, pending_pod, run_controller};
+pub use dra::{PublishSettings, claim_allocation, run_slice_publisher};
 pub use engine::EngineApplier;
 pub use error::KubeError;
 pub use lease::{LeaderElector, LeaseSettings};

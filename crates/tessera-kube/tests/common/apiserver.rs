@@ -6,13 +6,17 @@
 //! on `metadata.name`, `metadata.namespace`, `spec.nodeName` and `status.phase`; Leases
 //! get/create/replace with optimistic concurrency (`409 Conflict` on a stale
 //! `resourceVersion`, `409 AlreadyExists` on a second create); ConfigMaps get; `events.k8s.io/v1`
-//! Events create. One `resourceVersion` counter for everything; a watch from a version replays
+//! Events create; pods get; `resource.k8s.io/v1` ResourceSlices (cluster-scoped) list/watch (field
+//! selectors on `metadata.name`, `spec.driver`, `spec.nodeName`), get, create, replace and delete,
+//! and ResourceClaims (namespaced) list, get and create (the status is the scheduler's: a create
+//! drops it, tests set it with [`ApiServer::put`]); `/version`, with a settable major and minor.
+//! One `resourceVersion` counter for everything; a watch from a version replays
 //! every change after it (the history is kept whole), then streams `ADDED`/`MODIFIED`/`DELETED`.
 //! Every object is stored as the official `k8s-openapi` type reads it, and every object a client
 //! writes must read back as that type unchanged (an unknown field or a wrong type is refused with
 //! `422`), so what Tessera writes is checked against the official schema.
 //!
-//! Not modelled: authentication and RBAC, label selectors, admission and defaulting, strategic
+//! Not modelled: authentication and RBAC, label selectors, status subresources, admission and defaulting, strategic
 //! merge and JSON patches, server-side apply, `generateName`, finalizers and graceful deletion,
 //! watch bookmarks and timeouts, compaction (`410 Gone`), the scheduler and the kubelet (the
 //! tests bind pods themselves).
@@ -30,6 +34,7 @@ use axum::routing::get;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,6 +51,8 @@ pub enum Kind {
     Lease,
     ConfigMap,
     Event,
+    ResourceSlice,
+    ResourceClaim,
 }
 
 impl Kind {
@@ -53,6 +60,7 @@ impl Kind {
         match self {
             Kind::Lease => "coordination.k8s.io/v1",
             Kind::Event => "events.k8s.io/v1",
+            Kind::ResourceSlice | Kind::ResourceClaim => "resource.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -64,7 +72,14 @@ impl Kind {
             Kind::Lease => "Lease",
             Kind::ConfigMap => "ConfigMap",
             Kind::Event => "Event",
+            Kind::ResourceSlice => "ResourceSlice",
+            Kind::ResourceClaim => "ResourceClaim",
         }
+    }
+
+    /// Whether objects of the kind live in a namespace.
+    fn namespaced(self) -> bool {
+        !matches!(self, Kind::Node | Kind::ResourceSlice)
     }
 
     /// Reads `value` as the official type and back: the canonical JSON, or why it is refused.
@@ -85,12 +100,15 @@ impl Kind {
             Kind::Lease => round::<Lease>(value),
             Kind::ConfigMap => round::<ConfigMap>(value),
             Kind::Event => round::<Event>(value),
+            Kind::ResourceSlice => round::<ResourceSlice>(value),
+            Kind::ResourceClaim => round::<ResourceClaim>(value),
         }
     }
 
     fn fields(self) -> &'static [&'static str] {
         match self {
             Kind::Pod => &["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"],
+            Kind::ResourceSlice => &["metadata.name", "spec.driver", "spec.nodeName"],
             _ => &["metadata.name", "metadata.namespace"],
         }
     }
@@ -160,6 +178,8 @@ struct Store {
     history: Vec<(u64, Kind, String, &'static str, Value)>,
     watchers: Vec<Watcher>,
     requests: Vec<Seen>,
+    /// `/version`'s major and minor; `None`: 1.34.
+    server_version: Option<(String, String)>,
 }
 
 impl Store {
@@ -389,7 +409,22 @@ fn write_one(s: &Shared, kind: Kind, ns: &str, name: Option<&str>, body: &Bytes)
         }
         (None, None) => {}
     }
-    value["metadata"]["namespace"] = Value::String(ns.to_string());
+    if kind.namespaced() {
+        value["metadata"]["namespace"] = Value::String(ns.to_string());
+    } else if let Some(m) = value["metadata"].as_object_mut() {
+        m.remove("namespace");
+    }
+    if kind == Kind::ResourceClaim {
+        // The status is a subresource: a create or replace keeps what was there.
+        match existing.as_ref().map(|old| old["status"].clone()).filter(|s| !s.is_null()) {
+            Some(status) => value["status"] = status,
+            None => {
+                if let Some(m) = value.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
     if let Some(old) = &existing {
         value["metadata"]["uid"] = old["metadata"]["uid"].clone();
     } else {
@@ -401,6 +436,38 @@ fn write_one(s: &Shared, kind: Kind, ns: &str, name: Option<&str>, body: &Bytes)
     };
     let stored = store.write(kind, ns, &obj_name, value, if existing.is_some() { "MODIFIED" } else { "ADDED" });
     (if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED }, axum::Json(stored)).into_response()
+}
+
+/// Deletes at once (no finalizers): the object as it was, or `404`.
+fn delete_one(s: &Shared, kind: Kind, ns: &str, name: &str) -> Response {
+    let mut store = lock(s);
+    let Some(value) = store.objects.get(&(kind, ns.to_string(), name.to_string())).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{}s \"{name}\" not found", kind.name().to_lowercase()),
+        );
+    };
+    ok(store.write(kind, ns, name, value, "DELETED"))
+}
+
+/// `/version`, as the real server answers it.
+fn version(s: &Shared) -> Response {
+    let (major, minor) = lock(s).server_version.clone().unwrap_or_else(|| ("1".into(), "34".into()));
+    let digits: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    let info = k8s_openapi::apimachinery::pkg::version::Info {
+        git_version: format!("v{major}.{digits}.0"),
+        major,
+        minor,
+        git_commit: "0000000000000000000000000000000000000000".into(),
+        git_tree_state: "clean".into(),
+        build_date: "2026-01-01T00:00:00Z".into(),
+        go_version: "go1.25.0".into(),
+        compiler: "gc".into(),
+        platform: "linux/amd64".into(),
+        ..Default::default()
+    };
+    ok(serde_json::to_value(&info).unwrap_or_default())
 }
 
 fn patch_node(s: &Shared, name: &str, headers: &HeaderMap, body: &Bytes) -> Response {
@@ -432,65 +499,122 @@ fn patch_node(s: &Shared, name: &str, headers: &HeaderMap, body: &Bytes) -> Resp
 type Q = Query<BTreeMap<String, String>>;
 
 impl ApiServer {
-    /// Starts the stand-in on a free port of 127.0.0.1.
+    /// Starts the stand-in on a free port of 127.0.0.1, as Kubernetes `major.minor`.
+    pub async fn start_with_version(major: &str, minor: &str) -> ApiServer {
+        let api = ApiServer::start().await;
+        api.set_version(major, minor);
+        api
+    }
+
+    /// Starts the stand-in on a free port of 127.0.0.1 (as Kubernetes 1.34).
     pub async fn start() -> ApiServer {
         let store: Shared = Arc::default();
-        let app = Router::new()
-            .route(
-                "/api/v1/nodes",
-                get(|State(s): State<Shared>, Query(q): Q| async move { list_or_watch(&s, Kind::Node, None, &q) }),
-            )
-            .route(
-                "/api/v1/nodes/{name}",
-                get(|State(s): State<Shared>, Path(n): Path<String>| async move { get_one(&s, Kind::Node, "", &n) })
-                    .patch(|State(s): State<Shared>, Path(n): Path<String>, h: HeaderMap, b: Bytes| async move {
-                        patch_node(&s, &n, &h, &b)
+        let app =
+            Router::new()
+                .route("/version", get(|State(s): State<Shared>| async move { version(&s) }))
+                .route(
+                    "/api/v1/namespaces/{ns}/pods/{name}",
+                    get(|State(s): State<Shared>, Path((ns, n)): Path<(String, String)>| async move {
+                        get_one(&s, Kind::Pod, &ns, &n)
                     }),
-            )
-            .route(
-                "/api/v1/pods",
-                get(|State(s): State<Shared>, Query(q): Q| async move { list_or_watch(&s, Kind::Pod, None, &q) }),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/pods",
-                get(|State(s): State<Shared>, Path(ns): Path<String>, Query(q): Q| async move {
-                    list_or_watch(&s, Kind::Pod, Some(ns), &q)
-                }),
-            )
-            .route(
-                "/api/v1/namespaces/{ns}/configmaps/{name}",
-                get(|State(s): State<Shared>, Path((ns, n)): Path<(String, String)>| async move {
-                    get_one(&s, Kind::ConfigMap, &ns, &n)
-                }),
-            )
-            .route(
-                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
-                axum::routing::post(|State(s): State<Shared>, Path(ns): Path<String>, b: Bytes| async move {
-                    write_one(&s, Kind::Lease, &ns, None, &b)
-                }),
-            )
-            .route(
-                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
-                get(|State(s): State<Shared>, Path((ns, n)): Path<(String, String)>| async move {
-                    get_one(&s, Kind::Lease, &ns, &n)
+                )
+                .route(
+                    "/apis/resource.k8s.io/v1/resourceslices",
+                    get(|State(s): State<Shared>, Query(q): Q| async move {
+                        list_or_watch(&s, Kind::ResourceSlice, None, &q)
+                    })
+                    .post(|State(s): State<Shared>, b: Bytes| async move {
+                        write_one(&s, Kind::ResourceSlice, "", None, &b)
+                    }),
+                )
+                .route(
+                    "/apis/resource.k8s.io/v1/resourceslices/{name}",
+                    get(|State(s): State<Shared>, Path(n): Path<String>| async move {
+                        get_one(&s, Kind::ResourceSlice, "", &n)
+                    })
+                    .put(|State(s): State<Shared>, Path(n): Path<String>, b: Bytes| async move {
+                        write_one(&s, Kind::ResourceSlice, "", Some(&n), &b)
+                    })
+                    .delete(|State(s): State<Shared>, Path(n): Path<String>| async move {
+                        delete_one(&s, Kind::ResourceSlice, "", &n)
+                    }),
+                )
+                .route(
+                    "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims",
+                    get(|State(s): State<Shared>, Path(ns): Path<String>, Query(q): Q| async move {
+                        list_or_watch(&s, Kind::ResourceClaim, Some(ns), &q)
+                    })
+                    .post(
+                        |State(s): State<Shared>, Path(ns): Path<String>, b: Bytes| async move {
+                            write_one(&s, Kind::ResourceClaim, &ns, None, &b)
+                        },
+                    ),
+                )
+                .route(
+                    "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims/{name}",
+                    get(|State(s): State<Shared>, Path((ns, n)): Path<(String, String)>| async move {
+                        get_one(&s, Kind::ResourceClaim, &ns, &n)
+                    }),
+                )
+                .route(
+                    "/api/v1/nodes",
+                    get(|State(s): State<Shared>, Query(q): Q| async move { list_or_watch(&s, Kind::Node, None, &q) }),
+                )
+                .route(
+                    "/api/v1/nodes/{name}",
+                    get(
+                        |State(s): State<Shared>, Path(n): Path<String>| async move { get_one(&s, Kind::Node, "", &n) },
+                    )
+                    .patch(
+                        |State(s): State<Shared>, Path(n): Path<String>, h: HeaderMap, b: Bytes| async move {
+                            patch_node(&s, &n, &h, &b)
+                        },
+                    ),
+                )
+                .route(
+                    "/api/v1/pods",
+                    get(|State(s): State<Shared>, Query(q): Q| async move { list_or_watch(&s, Kind::Pod, None, &q) }),
+                )
+                .route(
+                    "/api/v1/namespaces/{ns}/pods",
+                    get(|State(s): State<Shared>, Path(ns): Path<String>, Query(q): Q| async move {
+                        list_or_watch(&s, Kind::Pod, Some(ns), &q)
+                    }),
+                )
+                .route(
+                    "/api/v1/namespaces/{ns}/configmaps/{name}",
+                    get(|State(s): State<Shared>, Path((ns, n)): Path<(String, String)>| async move {
+                        get_one(&s, Kind::ConfigMap, &ns, &n)
+                    }),
+                )
+                .route(
+                    "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                    axum::routing::post(|State(s): State<Shared>, Path(ns): Path<String>, b: Bytes| async move {
+                        write_one(&s, Kind::Lease, &ns, None, &b)
+                    }),
+                )
+                .route(
+                    "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                    get(|State(s): State<Shared>, Path((ns, n)): Path<(String, String)>| async move {
+                        get_one(&s, Kind::Lease, &ns, &n)
+                    })
+                    .put(
+                        |State(s): State<Shared>, Path((ns, n)): Path<(String, String)>, b: Bytes| async move {
+                            write_one(&s, Kind::Lease, &ns, Some(&n), &b)
+                        },
+                    ),
+                )
+                .route(
+                    "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+                    axum::routing::post(|State(s): State<Shared>, Path(ns): Path<String>, b: Bytes| async move {
+                        write_one(&s, Kind::Event, &ns, None, &b)
+                    }),
+                )
+                .fallback(|m: Method, u: Uri| async move {
+                    status(StatusCode::NOT_FOUND, "NotFound", format!("the stand-in does not serve {m} {u}"))
                 })
-                .put(
-                    |State(s): State<Shared>, Path((ns, n)): Path<(String, String)>, b: Bytes| async move {
-                        write_one(&s, Kind::Lease, &ns, Some(&n), &b)
-                    },
-                ),
-            )
-            .route(
-                "/apis/events.k8s.io/v1/namespaces/{ns}/events",
-                axum::routing::post(|State(s): State<Shared>, Path(ns): Path<String>, b: Bytes| async move {
-                    write_one(&s, Kind::Event, &ns, None, &b)
-                }),
-            )
-            .fallback(|m: Method, u: Uri| async move {
-                status(StatusCode::NOT_FOUND, "NotFound", format!("the stand-in does not serve {m} {u}"))
-            })
-            .layer(axum::middleware::from_fn_with_state(store.clone(), record))
-            .with_state(store.clone());
+                .layer(axum::middleware::from_fn_with_state(store.clone(), record))
+                .with_state(store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let url = format!("http://{}", listener.local_addr().expect("local address"));
         let task = tokio::spawn(async move {
@@ -516,13 +640,15 @@ impl ApiServer {
             "Pod" => Kind::Pod,
             "Lease" => Kind::Lease,
             "ConfigMap" => Kind::ConfigMap,
+            "ResourceSlice" => Kind::ResourceSlice,
+            "ResourceClaim" => Kind::ResourceClaim,
             other => panic!("the stand-in does not store {other}"),
         };
         let mut value = serde_json::to_value(object).expect("object JSON");
         value["apiVersion"] = K::API_VERSION.into();
         value["kind"] = K::KIND.into();
         let name = value["metadata"]["name"].as_str().expect("metadata.name").to_string();
-        let ns = if kind == Kind::Node {
+        let ns = if !kind.namespaced() {
             String::new()
         } else {
             value["metadata"]["namespace"].as_str().unwrap_or("default").to_string()
@@ -536,7 +662,7 @@ impl ApiServer {
                 .as_str()
                 .map_or_else(|| Value::String(format!("uid-{name}")), |u| Value::String(u.to_string())),
         };
-        if kind != Kind::Node {
+        if kind.namespaced() {
             value["metadata"]["namespace"] = Value::String(ns.clone());
         }
         let value = kind.canonical(&value).expect("a test object of the official type");
@@ -584,6 +710,32 @@ impl ApiServer {
 
     pub fn events(&self) -> Vec<Event> {
         self.all(Kind::Event)
+    }
+
+    /// Every ResourceSlice, by name.
+    pub fn resource_slices(&self) -> Vec<ResourceSlice> {
+        self.all(Kind::ResourceSlice)
+    }
+
+    pub fn resource_claim(&self, ns: &str, name: &str) -> Option<ResourceClaim> {
+        self.typed(Kind::ResourceClaim, ns, name)
+    }
+
+    /// Sets what `/version` answers (`minor` as the real server spells it, e.g. `"35+"`).
+    pub fn set_version(&self, major: &str, minor: &str) {
+        lock(&self.store).server_version = Some((major.to_string(), minor.to_string()));
+    }
+
+    /// Every change to objects of `kind`, in order: `ADDED`, `MODIFIED` or `DELETED`, and the
+    /// object as it was written.
+    pub fn changes<K: DeserializeOwned>(&self, kind: Kind) -> Vec<(&'static str, K)> {
+        let store = lock(&self.store);
+        store
+            .history
+            .iter()
+            .filter(|(_, k, _, _, _)| *k == kind)
+            .map(|(_, _, _, t, v)| (*t, serde_json::from_value(v.clone()).expect("a stored object reads as its type")))
+            .collect()
     }
 
     /// The values a node's label had, change by change (repeats folded), `None` when absent.
