@@ -1,8 +1,17 @@
-//! Generates the kubelet's device plugin API (v1beta1) and PodResources API (v1) from `proto/`
-//! with protox, a protobuf compiler in Rust, so building needs no `protoc`.
+//! Generates the kubelet's device plugin API (v1beta1), PodResources API (v1), DRA plugin API
+//! (v1 and v1beta1), DRA resource health API (v1alpha1) and plugin watcher registration API
+//! (pluginregistration v1) from `proto/` with protox, a protobuf compiler in Rust, so building
+//! needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/deviceplugin/v1beta1/api.proto", "proto/podresources/v1/api.proto"];
+    let protos = [
+        "proto/deviceplugin/v1beta1/api.proto",
+        "proto/podresources/v1/api.proto",
+        "proto/dra/v1/api.proto",
+        "proto/dra/v1beta1/api.proto",
+        "proto/dra-health/v1alpha1/api.proto",
+        "proto/pluginregistration/v1/api.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

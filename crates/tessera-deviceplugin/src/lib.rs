@@ -1,4 +1,5 @@
-//! The kubelet device plugin (API v1beta1) over gRPC: the shell around `tessera-kube-core`.
+//! The kubelet device plugin (API v1beta1) and the DRA kubelet plugin (DRA API v1 and v1beta1)
+//! over gRPC: the shell around `tessera-kube-core`.
 //!
 //! - [`api`]: the kubelet's messages and services, generated at build time from
 //!   `proto/deviceplugin/v1beta1/api.proto` by protox and tonic (no `protoc`).
@@ -16,6 +17,11 @@
 //! - [`mps`]: with `sharing.mps`, one MPS control daemon per MPS-shared resource
 //!   ([`MpsDaemons`]), kept in step with the advertised inventory, as NVIDIA's
 //!   `mps-control-daemon` runs them.
+//! - [`dra`]: the DRA kubelet plugin ([`dra::DraDriver`]): registration with the plugin
+//!   watcher, `NodePrepareResources`/`NodeUnprepareResources` holding each allocated device
+//!   through the engine (making a missing MIG instance at its placement, destroying it again on
+//!   unprepare), a crash-safe checkpoint, per-claim CDI specs and MPS control daemons, device
+//!   health streamed to the kubelet, and the GPUs to publish as ResourceSlices.
 //!
 //! The gRPC and HTTP/2 dependencies live in this crate only.
 
@@ -36,6 +42,7 @@ pub mod podresources_api {
 pub mod agent;
 pub mod cdi_file;
 pub mod door;
+pub mod dra;
 pub mod endpoint;
 mod error;
 pub mod mps;
