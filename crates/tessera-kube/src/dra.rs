@@ -15,6 +15,19 @@ pub use slices::{PublishSettings, run_slice_publisher, slice_name};
 
 use tessera_kube_core::dra::SliceShape;
 
+/// The `metadata.uid` of Node `name`, for the slices' owner reference: `None` (logged) when it
+/// cannot be read, and the slices are then published without an owner.
+pub async fn node_uid(client: &kube::Client, name: &str) -> Option<String> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    match nodes.get(name).await {
+        Ok(node) => node.metadata.uid,
+        Err(e) => {
+            tracing::warn!("kubernetes: reading Node {name}: {e}; its ResourceSlices are published without an owner");
+            None
+        }
+    }
+}
+
 /// Why the API server's version takes no slice shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {

@@ -28,5 +28,7 @@ pub use controller::{ControllerSettings, pending_pod, run_controller};
 pub use dra::{PublishSettings, claim_allocation, run_slice_publisher};
 pub use engine::EngineApplier;
 pub use error::KubeError;
+/// The client [`connect`] gives, for callers that hold one without depending on `kube`.
+pub use kube::Client;
 pub use lease::{LeaderElector, LeaseSettings};
 pub use node_agent::{AgentSettings, Applied, ApplyError, LayoutApplier, run_node_agent};

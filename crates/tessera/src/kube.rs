@@ -6,7 +6,9 @@
 //! is read here, so a mistake in it stops the start (exit 2) at its file, line and column. With
 //! `node_labels` (the default) the label workflow runs beside them (`tessera_kube::run_node_agent`
 //! with the engine as its [`EngineApplier`]): `nvidia.com/mig.config`, the controller's desired
-//! layouts and the node report, through the API server.
+//! layouts and the node report, through the API server. With `[kubernetes.dra] enabled` the DRA
+//! driver runs beside them too (`crate::kube_dra`), and `device_plugin = false` leaves the device
+//! plugin out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,19 +82,18 @@ fn door(config: &Config, checking: bool) -> anyhow::Result<FrontDoor> {
     } else {
         None
     };
+    let dra =
+        if k.dra.enabled && !checking { Some(crate::kube_dra::settings(k, |v| std::env::var(v).ok())?) } else { None };
+    let device_plugin = k.device_plugin;
     Ok(Box::new(move |engine, stop| {
         Box::pin(async move {
             for w in &warnings {
                 tracing::warn!("kubernetes.plugin_config: {w}");
             }
             let node = std::env::var(NODE_NAME).unwrap_or_else(|_| "this node".to_string());
-            tracing::info!(
-                device_plugins = %agent.plugin.device_plugin_dir.display(),
-                pod_resources = %agent.pod_resources.display(),
-                "kubernetes: the device plugin for {node} registers in {} and reads pod resources from {}",
-                agent.plugin.device_plugin_dir.display(),
-                agent.pod_resources.display()
-            );
+            let until_stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
             let node_labels = async {
                 let Some((settings, url)) = labels else { return Ok(()) };
                 let client = tessera_kube::connect(url.as_deref()).await.map_err(|e| e.to_string())?;
@@ -103,21 +104,48 @@ fn door(config: &Config, checking: bool) -> anyhow::Result<FrontDoor> {
                     settings.config_map,
                     settings.config_key
                 );
-                let mut stop = stop.clone();
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                run_node_agent(client, settings, Arc::new(EngineApplier::new(engine.clone())), shutdown).await;
+                run_node_agent(
+                    client,
+                    settings,
+                    Arc::new(EngineApplier::new(engine.clone())),
+                    until_stopped(stop.clone()),
+                )
+                .await;
                 Ok::<(), String>(())
             };
-            let plugin = async { run_agent(engine.clone(), agent, stop.clone()).await.map_err(|e| e.to_string()) };
-            let mut plugin = std::pin::pin!(plugin);
-            // The label workflow ends only with the daemon (or when it cannot start): then the
-            // plugin still runs until the daemon stops.
+            let plugin = async {
+                if !device_plugin {
+                    tracing::info!("kubernetes: the device plugin is off (kubernetes.device_plugin = false)");
+                    until_stopped(stop.clone()).await;
+                    return Ok(());
+                }
+                tracing::info!(
+                    device_plugins = %agent.plugin.device_plugin_dir.display(),
+                    pod_resources = %agent.pod_resources.display(),
+                    "kubernetes: the device plugin for {node} registers in {} and reads pod resources from {}",
+                    agent.plugin.device_plugin_dir.display(),
+                    agent.pod_resources.display()
+                );
+                run_agent(engine.clone(), agent, stop.clone()).await.map_err(|e| e.to_string())
+            };
+            let dra = async {
+                match dra {
+                    Some(settings) => crate::kube_dra::run(engine.clone(), settings, stop.clone()).await,
+                    None => {
+                        until_stopped(stop.clone()).await;
+                        Ok(())
+                    }
+                }
+            };
+            // The device plugin and the DRA driver run until the daemon stops; either failing
+            // stops the agent. The label workflow ends only with the daemon (or when it cannot
+            // start): then the others still run until the daemon stops.
+            let doors = async { tokio::try_join!(plugin, dra).map(|_| ()) };
+            let mut doors = std::pin::pin!(doors);
             tokio::select! {
-                ran = &mut plugin => ran,
+                ran = &mut doors => ran,
                 labels = node_labels => match labels {
-                    Ok(()) => plugin.await,
+                    Ok(()) => doors.await,
                     Err(e) => Err(format!("the node label workflow: {e}")),
                 },
             }

@@ -14,6 +14,7 @@ mod cli;
 mod generate;
 mod jobs;
 mod kube;
+mod kube_dra;
 mod logs;
 mod mig;
 mod node;
