@@ -270,8 +270,30 @@ fn a_fenced_gpu_is_streamed_as_unhealthy() {
         let status = |m: &tessera_deviceplugin::dra::api::health::NodeWatchResourcesResponse| {
             m.devices.iter().map(|d| (d.device.clone().unwrap().device_name, d.health)).collect::<Vec<_>>()
         };
-        let first = stream.next().await.unwrap().unwrap();
+        // The complete list; the first may come before the watcher has read the prepared claim.
+        let first = tokio::time::timeout(WAIT, async {
+            loop {
+                let m = stream.next().await.unwrap().unwrap();
+                if !m.devices.is_empty() {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("the prepared device streamed");
         assert_eq!(status(&first), [("gpu-0-1g-10gb-p6".to_string(), HealthStatus::Healthy as i32)]);
+        // Kubernetes 1.37's v1 service streams the same.
+        use tessera_deviceplugin::dra::api::health_v1;
+        let channel =
+            tessera_deviceplugin::uds::unix_channel(std::path::Path::new(&kubelet.info.endpoint)).await.unwrap();
+        let mut v1_stream = health_v1::dra_resource_health_client::DraResourceHealthClient::new(channel)
+            .node_watch_resources(health_v1::NodeWatchResourcesRequest {})
+            .await
+            .expect("v1 NodeWatchResources")
+            .into_inner();
+        let v1_first = v1_stream.next().await.unwrap().unwrap();
+        assert_eq!(v1_first.devices[0].device.clone().unwrap().device_name, "gpu-0-1g-10gb-p6");
+        assert_eq!(v1_first.devices[0].health, health_v1::HealthStatus::Healthy as i32);
 
         // A double-bit ECC error: the engine fences the GPU, and the kubelet hears it.
         ctx.sim.raise_xid(0, 48, None, None).unwrap();
@@ -287,6 +309,17 @@ fn a_fenced_gpu_is_streamed_as_unhealthy() {
         .expect("the device streamed as unhealthy");
         assert!(unhealthy.devices[0].message.contains("48"), "{:?}", unhealthy.devices[0]);
         assert!(unhealthy.devices[0].last_updated_time > 0);
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let m = v1_stream.next().await.unwrap().unwrap();
+                if m.devices.iter().any(|d| d.health == health_v1::HealthStatus::Unhealthy as i32) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the device streamed as unhealthy on v1 too");
+        drop(v1_stream);
         drop(stream);
         plugin.stop().await;
     });

@@ -182,3 +182,32 @@ impl api::dra_resource_health_server::DraResourceHealth for HealthService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+/// `v1.DRAResourceHealth` (Kubernetes 1.37): the v1alpha1 stream, each message carried over
+/// unchanged (the two packages' messages have the same fields and tags).
+#[tonic::async_trait]
+impl super::api::health_v1::dra_resource_health_server::DraResourceHealth for HealthService {
+    type NodeWatchResourcesStream =
+        Pin<Box<dyn Stream<Item = Result<super::api::health_v1::NodeWatchResourcesResponse, Status>> + Send>>;
+
+    async fn node_watch_resources(
+        &self,
+        _: Request<super::api::health_v1::NodeWatchResourcesRequest>,
+    ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
+        use prost::Message as _;
+        use tokio_stream::StreamExt as _;
+        let alpha = api::dra_resource_health_server::DraResourceHealth::node_watch_resources(
+            self,
+            Request::new(NodeWatchResourcesRequest {}),
+        )
+        .await?
+        .into_inner();
+        let v1 = alpha.map(|m| {
+            m.and_then(|m| {
+                super::api::health_v1::NodeWatchResourcesResponse::decode(m.encode_to_vec().as_slice())
+                    .map_err(|e| Status::internal(format!("health message: {e}")))
+            })
+        });
+        Ok(Response::new(Box::pin(v1)))
+    }
+}

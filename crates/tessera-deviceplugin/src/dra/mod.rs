@@ -10,7 +10,7 @@
 //! **Protocols** ([`api`], generated from `proto/` at build time): the plugin watcher's
 //! `pluginregistration.Registration` on `<registry_dir>/<driver>-reg.sock` (type `DRAPlugin`,
 //! the driver's name, the endpoint, the services served: `v1.DRAPlugin`, `v1beta1.DRAPlugin`,
-//! `v1alpha1.DRAResourceHealth`), and on the endpoint `<plugin_dir>/dra.sock` the DRA node
+//! `v1alpha1.DRAResourceHealth`, `v1.DRAResourceHealth`), and on the endpoint `<plugin_dir>/dra.sock` the DRA node
 //! service in both versions and the resource health stream ([`service`], [`health`]).
 //!
 //! **Crash safety** ([`checkpoint`]). A claim is written `Preparing` (its devices, their
@@ -41,6 +41,11 @@ pub mod api {
     /// `v1alpha1`: the DRA resource health stream (Kubernetes 1.34 to 1.36).
     pub mod health {
         tonic::include_proto!("v1alpha1");
+    }
+    /// `v1`: the DRA resource health stream (Kubernetes 1.37), the same messages as
+    /// [`health`] under package `v1` (generated apart from PodResources v1).
+    pub mod health_v1 {
+        include!(concat!(env!("OUT_DIR"), "/dra_health_v1/v1.rs"));
     }
     /// `pluginregistration`: the plugin watcher's registration service.
     pub mod registration {
@@ -88,7 +93,8 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 /// The plugin type the plugin watcher dispatches on.
 pub const PLUGIN_TYPE: &str = "DRAPlugin";
 /// The services this plugin serves, as registration lists them.
-pub const SUPPORTED_VERSIONS: [&str; 3] = ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"];
+pub const SUPPORTED_VERSIONS: [&str; 4] =
+    ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth", "v1.DRAResourceHealth"];
 /// The front door's name in the engine: a claim's holds are external work of door `dra`, keyed
 /// by the claim's UID.
 pub const DRA_DOOR: &str = "dra";

@@ -111,7 +111,8 @@ impl DraDriver {
             tonic::transport::Server::builder()
                 .add_service(v1::dra_plugin_server::DraPluginServer::new(node.clone()))
                 .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(node))
-                .add_service(DraResourceHealthServer::new(health))
+                .add_service(DraResourceHealthServer::new(health.clone()))
+                .add_service(super::api::health_v1::dra_resource_health_server::DraResourceHealthServer::new(health))
                 .serve_with_incoming_shutdown(incoming, until)
         });
         let dra = match dra {

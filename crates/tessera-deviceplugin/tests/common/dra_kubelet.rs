@@ -216,7 +216,7 @@ impl Kubelet {
         let info = reg.get_info(InfoRequest {}).await.expect("GetInfo").into_inner();
         assert_eq!(info.r#type, "DRAPlugin");
         assert_eq!(info.name, DRIVER);
-        for v in ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"] {
+        for v in ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth", "v1.DRAResourceHealth"] {
             assert!(info.supported_versions.iter().any(|s| s == v), "{v} in {:?}", info.supported_versions);
         }
         let channel = unix_channel(Path::new(&info.endpoint)).await.expect("connecting to the endpoint");
