@@ -16,6 +16,11 @@
 //! - [`KubePolicy::DraTessera`]: the same first fit over the devices in the order Tessera's DRA
 //!   driver publishes them (`tessera_kube_core::dra::placement_order`: within a profile, the
 //!   placement that leaves the most room first), republished at every change.
+//! - [`KubePolicy::DraAlloc`] and [`KubePolicy::DraAllocTessera`]: the same driver modelled through
+//!   its published ResourceSlices (`tessera_kube_core::dra::resource_slices` for the node's claimed
+//!   instances) and kube-scheduler's structured allocator ([`crate::dra_alloc::first_fit`]: slice
+//!   and device order, the first device whose counters fit), over NVIDIA's name order or over
+//!   Tessera's published order.
 //! - [`KubePolicy::Tessera`]: Tessera's controller (`tessera-kube`'s). Every batch window,
 //!   [`tessera_kube_core::decide`] runs on the pending pods no change is already under way for and
 //!   on the nodes no change is under way on; each change keeps its GPU out of use for the MIG
@@ -31,15 +36,20 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt;
+use std::rc::Rc;
 use std::str::FromStr;
 
 use serde::Serialize;
+use tessera_kube_core::dra::{DraGpu, DraInstance, DraPool, InstanceUse, SliceShape, resource_slices};
+use tessera_kube_core::dra_claim::{DeviceTarget, device_target};
 use tessera_kube_core::{GpuMode, NodeGpu, NodeState, PendingPod, Policy, ResourceName, decide};
 use tessera_mig::{ComputeShape, CurrentInstance, GpuModel, Instance, ProfileKind, planner_for, validate};
 use tessera_sim::rng::Rng;
 use tessera_sim::stats::{Estimate, mean, percentile_sorted};
 use tessera_sim::trace::Job;
 
+use crate::dra_alloc::{Pool, Want, nvidia_order};
+use crate::migbench::{MigBenchTraceSpec, migbench_trace_pods};
 use crate::report::window_range;
 use crate::spec::{ClusterSpec, compute_slices_for, resolve_layout, static_candidates};
 
@@ -47,7 +57,7 @@ use crate::spec::{ClusterSpec, compute_slices_for, resolve_layout, static_candid
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum KubeError {
     #[error(
-        "policy '{spec}': {reason}; valid policies: mig-manager, mig-manager:<layout> (e.g. mig-manager:3g+2g+2g), dra, dra-tessera, tessera"
+        "policy '{spec}': {reason}; valid policies: mig-manager, mig-manager:<layout> (e.g. mig-manager:3g+2g+2g), dra, dra-tessera, dra-alloc, dra-alloc-tessera, tessera"
     )]
     Policy { spec: String, reason: String },
     #[error("workload '{spec}': {reason}; valid workloads: openb, migbench")]
@@ -70,6 +80,11 @@ pub enum KubePolicy {
     DraFirstFit,
     /// The same first fit over Tessera's DRA publication order (issue 13).
     DraTessera,
+    /// kube-scheduler's structured allocator over the node's published slices, devices in
+    /// NVIDIA's name order (issue 13).
+    DraAlloc,
+    /// The same allocator over the slices in the order Tessera's DRA driver publishes them.
+    DraAllocTessera,
     /// Tessera's controller: `decide` every batch window.
     Tessera,
 }
@@ -81,6 +96,8 @@ impl fmt::Display for KubePolicy {
             KubePolicy::MigManager { layout: Some(l) } => write!(f, "mig-manager:{}", l.join("+")),
             KubePolicy::DraFirstFit => f.write_str("dra"),
             KubePolicy::DraTessera => f.write_str("dra-tessera"),
+            KubePolicy::DraAlloc => f.write_str("dra-alloc"),
+            KubePolicy::DraAllocTessera => f.write_str("dra-alloc-tessera"),
             KubePolicy::Tessera => f.write_str("tessera"),
         }
     }
@@ -95,6 +112,8 @@ impl FromStr for KubePolicy {
             "mig-manager" => Ok(KubePolicy::MigManager { layout: None }),
             "dra" => Ok(KubePolicy::DraFirstFit),
             "dra-tessera" => Ok(KubePolicy::DraTessera),
+            "dra-alloc" => Ok(KubePolicy::DraAlloc),
+            "dra-alloc-tessera" => Ok(KubePolicy::DraAllocTessera),
             "tessera" => Ok(KubePolicy::Tessera),
             _ => {
                 let Some(l) = t.strip_prefix("mig-manager:") else {
@@ -227,6 +246,10 @@ pub enum KubeWorkload {
     /// MIGBench-style traces: seed `s` draws the held-out trace, seed `1000 + s` of the first
     /// seed the tuning trace.
     MigBench(MigBenchSpec),
+    /// MIGBench's own generator ([`crate::migbench`]): seed `s` draws the held-out trace as
+    /// MIGBench's generator draws seed `s` (its published run is seed 20260914), seed `1000 + s`
+    /// of the first seed the tuning trace.
+    MigBenchTrace(MigBenchTraceSpec),
 }
 
 /// How a run is set up.
@@ -300,6 +323,8 @@ pub struct KubeSeedMetrics {
     pub wait_p95_s: f64,
     /// Compute slices of running pods ÷ all, time-weighted.
     pub utilization: f64,
+    /// The same while some pod is pending (unbound), time-weighted over that time only.
+    pub utilization_backlogged: f64,
     /// Free compute slices no profile can use next to the held instances ÷ all, time-weighted.
     pub stranded: f64,
     /// MIG operations over the whole replay: layout changes (Tessera) or instance creations (DRA).
@@ -319,6 +344,7 @@ pub struct KubePolicyReport {
     pub wait_mean_s: Estimate,
     pub wait_p95_s: Estimate,
     pub utilization: Estimate,
+    pub utilization_backlogged: Estimate,
     pub stranded: Estimate,
     pub mig_operations: Estimate,
     pub unstarted: u64,
@@ -377,6 +403,9 @@ enum Mode {
     Static(Vec<Vec<Instance>>),
     /// DRA first fit; `true`: over Tessera's publication order, `false`: by name.
     Dra(bool),
+    /// The structured allocator over the published slices; `true`: Tessera's order, `false`:
+    /// NVIDIA's.
+    DraAlloc(bool),
     Tessera,
 }
 
@@ -410,6 +439,7 @@ enum Ev {
 struct Out {
     starts: Vec<Option<f64>>,
     utilization: f64,
+    utilization_backlogged: f64,
     stranded: f64,
     mig_operations: u64,
     violations: Vec<String>,
@@ -433,11 +463,26 @@ struct Loop<'a> {
     dra: bool,
     /// DRA: first fit over Tessera's publication order rather than by name.
     tessera_order: bool,
+    /// The structured allocator over the published slices, when that is the model.
+    alloc: Option<AllocModel>,
     last: f64,
     running_slices: f64,
     unusable_total: f64,
     util_int: f64,
     unusable_int: f64,
+    /// Time with some pod pending, and the running slices integrated over it.
+    backlog_time: f64,
+    backlog_util_int: f64,
+}
+
+/// The allocator model's state: per node, its published pool (`None`: to be republished) and the
+/// devices of its allocated claims; per pod, the node and devices its claim holds.
+struct AllocModel {
+    tessera_order: bool,
+    pools: Vec<Option<Rc<Pool>>>,
+    allocated: Vec<Vec<String>>,
+    held: Vec<(usize, Vec<String>)>,
+    generation: i64,
 }
 
 fn slices_of(model: &GpuModel, i: &Instance) -> u8 {
@@ -466,6 +511,10 @@ impl Loop<'_> {
         if b > a {
             self.util_int += self.running_slices * (b - a);
             self.unusable_int += self.unusable_total * (b - a);
+            if !self.pending.is_empty() {
+                self.backlog_time += b - a;
+                self.backlog_util_int += self.running_slices * (b - a);
+            }
         }
         self.last = t;
     }
@@ -610,6 +659,139 @@ impl Loop<'_> {
         }
     }
 
+    /// Node `n`'s GPUs as its DRA driver sees them: every instance is a prepared claim's.
+    fn dra_gpus(&self, n: usize) -> Vec<DraGpu> {
+        self.nodes[n]
+            .iter()
+            .map(|&g| DraGpu {
+                index: self.gpus[g].index,
+                uuid: format!("GPU-sim-{n}-{}", self.gpus[g].index),
+                model: self.model,
+                numa_node: None,
+                mig_enabled: true,
+                instances: self.gpus[g]
+                    .slots
+                    .iter()
+                    .map(|s| DraInstance { instance: s.inst, mig_uuid: None, held_by: InstanceUse::Claim })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Node `n`'s pool as published now: Tessera's slices for its claimed instances, in Tessera's
+    /// order or NVIDIA's; republished after every change on the node.
+    fn node_pool(&mut self, n: usize) -> Result<Rc<Pool>, String> {
+        let Some(a) = self.alloc.as_ref() else { return Err("no allocator model".into()) };
+        if let Some(p) = &a.pools[n] {
+            return Ok(Rc::clone(p));
+        }
+        let (tessera_order, generation) = (a.tessera_order, a.generation);
+        let pool = DraPool {
+            driver: "gpu.tessera.dev".into(),
+            node_name: self.names[n].clone(),
+            generation,
+            shape: SliceShape::V1_35,
+        };
+        let mut slices = resource_slices(&pool, &self.dra_gpus(n)).map_err(|e| format!("{}: {e}", self.names[n]))?;
+        if !tessera_order {
+            slices = nvidia_order(&slices).map_err(|e| format!("{}: {e}", self.names[n]))?;
+        }
+        let pool = Rc::new(Pool::new(&slices).map_err(|e| format!("{}: {e}", self.names[n]))?);
+        if let Some(a) = self.alloc.as_mut() {
+            a.generation += 1;
+            a.pools[n] = Some(Rc::clone(&pool));
+        }
+        Ok(pool)
+    }
+
+    /// The structured allocator: pods oldest first; on every node, the claim's devices one by one
+    /// by [`Pool::first_fit`] against the devices of the node's allocated claims; the least
+    /// allocated node that holds the whole claim wins. The driver creates each instance when the
+    /// pod is prepared (one MIG operation, queued on its GPU) and destroys it when the pod ends.
+    fn bind_alloc(&mut self, t: f64) {
+        let mut failed = BTreeSet::new();
+        let pending: Vec<u32> = self.pending.iter().copied().collect();
+        for p in pending {
+            let pod = &self.pods[p as usize];
+            if failed.contains(&pod.shape) {
+                continue;
+            }
+            let Some(prof) = self.model.profile_by_id(pod.profile_id) else { continue };
+            let (count, shape, want) = (pod.count as usize, pod.shape, prof.name.clone());
+            let mut best: Option<(u32, usize, Vec<String>)> = None;
+            for n in 0..self.nodes.len() {
+                let pool = match self.node_pool(n) {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        self.out.violations.push(e);
+                        continue;
+                    }
+                };
+                let mut allocated = self.alloc.as_ref().map(|a| a.allocated[n].clone()).unwrap_or_default();
+                let mut picks = Vec::new();
+                while picks.len() < count {
+                    match pool.first_fit(&allocated, Want::Profile(&want)) {
+                        Ok(Some(d)) => {
+                            allocated.push(d.to_string());
+                            picks.push(d.to_string());
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.out.violations.push(format!("{}: {e}", self.names[n]));
+                            break;
+                        }
+                    }
+                }
+                if picks.len() == count {
+                    let key = self.node_alloc(n);
+                    if best.as_ref().is_none_or(|(k, ..)| key < *k) {
+                        best = Some((key, n, picks));
+                    }
+                }
+            }
+            let Some((_, n, names)) = best else {
+                failed.insert(shape);
+                continue;
+            };
+            let gpus = self.dra_gpus(n);
+            let mut picks: Picks = Vec::new();
+            for d in &names {
+                let target = device_target(d, &gpus);
+                let Ok(DeviceTarget::Mig { gpu, profile_id, start }) = target else {
+                    self.out.violations.push(format!("device {d} is not a MIG placement: {target:?}"));
+                    continue;
+                };
+                let Some(&g) = self.nodes[n].iter().find(|&&g| self.gpus[g].index == gpu) else { continue };
+                picks.push((g, Instance::new(profile_id, start)));
+            }
+            let mut ready = t;
+            for &(g, inst) in &picks {
+                let gpu = &mut self.gpus[g];
+                gpu.slots.push(Slot { inst, pod: Some(p) });
+                let layout: Vec<Instance> = gpu.slots.iter().map(|s| s.inst).collect();
+                if let Some(v) = validate(self.model, &layout).first() {
+                    self.out.violations.push(format!("the allocator made GPU {} invalid: {v}", gpu.index));
+                }
+                gpu.op_until = gpu.op_until.max(t) + self.cost;
+                ready = ready.max(gpu.op_until);
+                self.out.mig_operations += 1;
+                self.refresh_unusable(g);
+            }
+            if let Some(a) = self.alloc.as_mut() {
+                a.allocated[n].extend(names.iter().cloned());
+                a.pools[n] = None;
+                a.held[p as usize] = (n, names);
+            }
+            self.devices[p as usize] = picks;
+            self.pending.remove(&p);
+            if ready > t {
+                self.at(ready, Ev::Start(p));
+            } else {
+                self.start(p, t);
+            }
+        }
+    }
+
     /// Tessera's controller: `decide` on the pending pods no change is under way for.
     fn control(&mut self, t: f64) {
         let pending: Vec<PendingPod> = self
@@ -700,6 +882,13 @@ impl Loop<'_> {
             }
             self.refresh_unusable(g);
         }
+        if let Some(a) = self.alloc.as_mut() {
+            let (n, names) = std::mem::take(&mut a.held[p as usize]);
+            if !names.is_empty() {
+                a.allocated[n].retain(|d| !names.contains(d));
+                a.pools[n] = None;
+            }
+        }
     }
 
     fn change_done(&mut self, g: usize) {
@@ -767,6 +956,17 @@ fn simulate(
     let tessera = matches!(mode, Mode::Tessera);
     let dra = matches!(mode, Mode::Dra(_));
     let tessera_order = matches!(mode, Mode::Dra(true));
+    let alloc = match mode {
+        Mode::DraAlloc(order) => Some(AllocModel {
+            tessera_order: *order,
+            pools: vec![None; nodes.len()],
+            allocated: vec![Vec::new(); nodes.len()],
+            held: vec![(0, Vec::new()); pods.len()],
+            generation: 0,
+        }),
+        _ => None,
+    };
+    let dra = dra || alloc.is_some();
     let mut lp = Loop {
         model,
         pods,
@@ -782,11 +982,14 @@ fn simulate(
         out: Out { starts: vec![None; pods.len()], ..Out::default() },
         dra,
         tessera_order,
+        alloc,
         last: 0.0,
         running_slices: 0.0,
         unusable_total: 0.0,
         util_int: 0.0,
         unusable_int: 0.0,
+        backlog_time: 0.0,
+        backlog_util_int: 0.0,
     };
     let mut next = 0usize;
     let mut tick: Option<f64> = None;
@@ -825,7 +1028,9 @@ fn simulate(
             next += 1;
             dirty = true;
         }
-        if dra {
+        if lp.alloc.is_some() {
+            lp.bind_alloc(t);
+        } else if dra {
             lp.bind_dra(t);
         } else {
             lp.bind_free(t);
@@ -845,6 +1050,8 @@ fn simulate(
     let capacity: f64 = lp.gpus.len() as f64 * f64::from(model.compute_slices);
     lp.out.utilization = lp.util_int / (capacity * span);
     lp.out.stranded = lp.unusable_int / (capacity * span);
+    lp.out.utilization_backlogged =
+        if lp.backlog_time > 0.0 { lp.backlog_util_int / (capacity * lp.backlog_time) } else { 0.0 };
     lp.out
 }
 
@@ -925,6 +1132,7 @@ fn metrics(seed: u64, pods: &[SPod], out: &Out, range: (usize, usize)) -> KubeSe
         wait_mean_s: if waits.is_empty() { 0.0 } else { mean(&waits) },
         wait_p95_s: if waits.is_empty() { 0.0 } else { percentile_sorted(&waits, 95.0) },
         utilization: out.utilization,
+        utilization_backlogged: out.utilization_backlogged,
         stranded: out.stranded,
         mig_operations: out.mig_operations,
         unstarted,
@@ -1075,6 +1283,11 @@ pub fn run_kube(cfg: &KubeConfig, workload: &KubeWorkload) -> Result<KubeReport,
             let held = cfg.seeds.iter().map(|&s| migbench_pods(spec, model, gpus, s)).collect::<Result<Vec<_>, _>>()?;
             ("migbench".to_string(), migbench_pods(spec, model, gpus, 1000 + first_seed)?, held)
         }
+        KubeWorkload::MigBenchTrace(spec) => {
+            let held =
+                cfg.seeds.iter().map(|&s| migbench_trace_pods(spec, model, gpus, s)).collect::<Result<Vec<_>, _>>()?;
+            ("migbench-gen".to_string(), migbench_trace_pods(spec, model, gpus, 1000 + first_seed)?, held)
+        }
     };
     let tuning = ready(&tuning, model)?;
     let held: Vec<Vec<SPod>> = held.iter().map(|p| ready(p, model)).collect::<Result<_, _>>()?;
@@ -1107,6 +1320,8 @@ pub fn run_kube(cfg: &KubeConfig, workload: &KubeWorkload) -> Result<KubeReport,
             }
             KubePolicy::DraFirstFit => (Mode::Dra(false), None),
             KubePolicy::DraTessera => (Mode::Dra(true), None),
+            KubePolicy::DraAlloc => (Mode::DraAlloc(false), None),
+            KubePolicy::DraAllocTessera => (Mode::DraAlloc(true), None),
             KubePolicy::Tessera => (Mode::Tessera, None),
         };
         let mut per_seed = Vec::new();
@@ -1125,6 +1340,7 @@ pub fn run_kube(cfg: &KubeConfig, workload: &KubeWorkload) -> Result<KubeReport,
             wait_mean_s: est(|m| m.wait_mean_s),
             wait_p95_s: est(|m| m.wait_p95_s),
             utilization: est(|m| m.utilization),
+            utilization_backlogged: est(|m| m.utilization_backlogged),
             stranded: est(|m| m.stranded),
             mig_operations: est(|m| m.mig_operations as f64),
             unstarted: per_seed.iter().map(|m| m.unstarted).sum(),
@@ -1159,10 +1375,10 @@ pub fn render_kube_table(r: &KubeReport) -> String {
             x.replays, x.start, x.start_wait_mean_s, x.best, x.best_wait_mean_s, x.best_unstarted
         ));
     }
-    s.push_str("policy         wait mean (s)        wait p95 (s)          util            stranded       MIG ops    unstarted\n");
+    s.push_str("policy            wait mean (s)        wait p95 (s)          util            stranded       MIG ops    unstarted\n");
     for p in &r.policies {
         s.push_str(&format!(
-            "{:<14} {:>9.0} ±{:<9.0} {:>9.0} ±{:<9.0} {:>6.1}% ±{:<5.1} {:>6.2}% ±{:<5.2} {:>8.0} {:>9}\n",
+            "{:<17} {:>9.0} ±{:<9.0} {:>9.0} ±{:<9.0} {:>6.1}% ±{:<5.1} {:>6.2}% ±{:<5.2} {:>8.0} {:>9}\n",
             p.policy,
             p.wait_mean_s.mean,
             p.wait_mean_s.ci95,

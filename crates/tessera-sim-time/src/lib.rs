@@ -9,14 +9,18 @@
 //! model and measured results are in `docs/evaluation/time-driven.md`.
 //!
 //! Kubernetes: [`run_kube`] replays pods waiting for MIG devices under mig-manager's fixed layouts,
-//! NVIDIA's DRA first fit and Tessera's `decide` (`docs/evaluation/kubernetes.md`).
+//! NVIDIA's DRA first fit and Tessera's `decide` (`docs/evaluation/kubernetes.md`); [`dra_alloc`]
+//! models kube-scheduler's structured allocator over published ResourceSlices, [`migbench`]
+//! regenerates MIGBench's traces from its published generator.
 //!
 //! Start with [`RunConfig`] and [`run`]. Everything is pure: no clock, no sleeping, no I/O; the
 //! same jobs, configuration and seeds give the same report.
 
 mod buckets;
+pub mod dra_alloc;
 mod error;
 mod kube;
+pub mod migbench;
 mod report;
 mod sim;
 mod spec;
@@ -30,6 +34,7 @@ pub use kube::{
     KubeConfig, KubeError, KubePod, KubePolicy, KubePolicyReport, KubeReport, KubeSeedMetrics, KubeWorkload,
     MigBenchSpec, StaticSearch, migbench_pods, pods_from_jobs, render_kube_table, run_kube,
 };
+pub use migbench::{MigBenchTraceSpec, migbench_trace_pods, trace_stats};
 pub use report::{
     LayoutScore, PolicyReport, RunReport, SeedMetrics, Window, charts, render_table, to_csv, window_range,
 };

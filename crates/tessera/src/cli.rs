@@ -511,7 +511,8 @@ pub enum SimCommand {
     /// on a tuning split), NVIDIA's DRA first fit, or Tessera's repartitioning controller; each
     /// on the same held-out arrivals: pod wait, utilisation, stranded capacity, MIG operations.
     Kube {
-        /// `openb` (needs --trace) or `migbench` (MIGBench-style traces drawn per seed).
+        /// `openb` (needs --trace), `migbench` (MIGBench-style traces drawn per seed) or
+        /// `migbench-gen` (MIGBench's own generator, regenerated: seed 20260914 is their trace).
         #[arg(long, default_value = "openb")]
         workload: String,
         /// openb: the pod list; its first half by arrival tunes mig-manager, the second is measured.
@@ -525,7 +526,9 @@ pub enum SimCommand {
         #[arg(long, value_name = "SPEC")]
         cluster: Option<String>,
         /// Policies: mig-manager, mig-manager:<layout>, dra (NVIDIA's driver: first fit by name),
-        /// dra-tessera (first fit over Tessera's DRA publication order), tessera.
+        /// dra-tessera (first fit over Tessera's DRA publication order), dra-alloc and
+        /// dra-alloc-tessera (the structured allocator over the published slices and counters, in
+        /// NVIDIA's and Tessera's order), tessera.
         #[arg(long, value_delimiter = ',', default_value = "mig-manager,dra,tessera")]
         policy: Vec<String>,
         /// Seeds: `5` (1 to 5), `42-51` or a list.

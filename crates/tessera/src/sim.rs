@@ -121,18 +121,23 @@ pub fn run(output: Output, cmd: SimCommand) -> anyhow::Result<()> {
                         pods_from_jobs(&jobs, model).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
                     (cluster, KubeWorkload::Trace { name: "openb".into(), pods })
                 }
-                "migbench" => {
+                w @ ("migbench" | "migbench-gen") => {
                     if trace.is_some() || last_days.is_some() {
-                        bail!("--workload migbench draws its traces per seed; --trace and --last-days are for openb");
+                        bail!("--workload {w} draws its traces per seed; --trace and --last-days are for openb");
                     }
                     let spec = cluster.as_deref().unwrap_or("2x4xH100-80GB");
                     if spec.trim().starts_with("load=") {
-                        bail!("--cluster {spec}: migbench's load is its own (1.40); give the GPUs, e.g. 2x4xH100-80GB");
+                        bail!("--cluster {spec}: {w}'s load is its own (1.40); give the GPUs, e.g. 2x4xH100-80GB");
                     }
                     let cluster = cluster_arg(spec, &[])?;
-                    (cluster, KubeWorkload::MigBench(MigBenchSpec::default()))
+                    let workload = if w == "migbench" {
+                        KubeWorkload::MigBench(MigBenchSpec::default())
+                    } else {
+                        KubeWorkload::MigBenchTrace(tessera_sim_time::migbench::MigBenchTraceSpec::default())
+                    };
+                    (cluster, workload)
                 }
-                other => bail!("--workload '{other}': valid workloads are openb and migbench"),
+                other => bail!("--workload '{other}': valid workloads are openb, migbench and migbench-gen"),
             };
             let mut cfg = KubeConfig::new(cluster, policies);
             cfg.seeds = seeds_arg(&seeds)?;

@@ -226,9 +226,14 @@ fn kube_compares_the_device_providers_and_refuses_what_it_cannot_run() {
     let table =
         ok(&["sim", "kube", "--workload", "migbench", "--cluster", "1x1xH100-80GB", "--policy", "dra", "--seeds", "1"]);
     assert!(table.contains("workload migbench on 1x1xH100-80GB") && table.contains("\ndra "), "{table}");
+    // MIGBench's own generator, with the structured allocator over the published slices.
+    let generated =
+        ok(&["sim", "kube", "--workload", "migbench-gen", "--policy", "dra-alloc,dra-alloc-tessera", "--seeds", "1"]);
+    assert!(generated.contains("workload migbench-gen on 2x4xH100-80GB"), "{generated}");
+    assert!(generated.contains("\ndra-alloc ") && generated.contains("\ndra-alloc-tessera "), "{generated}");
     for (args, want) in [
         (vec!["--workload", "openb"], "--workload openb needs --trace"),
-        (vec!["--workload", "k8s"], "valid workloads are openb and migbench"),
+        (vec!["--workload", "k8s"], "valid workloads are openb, migbench and migbench-gen"),
         (vec!["--workload", "migbench", "--policy", "fifo"], "policy 'fifo': unknown policy"),
         (vec!["--workload", "migbench", "--cluster", "load=0.9:H100-80GB"], "give the GPUs"),
     ] {
