@@ -174,50 +174,32 @@ impl v1::dra_plugin_server::DraPlugin for NodeService {
     }
 }
 
+/// A message of one version as the same message of another: v1beta1's messages are v1's less
+/// `Device.share_id` (field 5), with the same fields and tags, so v1beta1 is served by the v1
+/// implementation through the wire format (a v1 `share_id` is dropped as an unknown field).
+fn same_message<A: prost::Message, B: prost::Message + Default>(a: &A) -> Result<B, Status> {
+    B::decode(a.encode_to_vec().as_slice()).map_err(|e| Status::internal(format!("DRA message: {e}")))
+}
+
 #[tonic::async_trait]
 impl v1beta1::dra_plugin_server::DraPlugin for NodeService {
     async fn node_prepare_resources(
         &self,
         request: Request<v1beta1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
-        let claims = request.into_inner().claims.into_iter().map(|c| claim_ref(c.namespace, c.name, c.uid)).collect();
-        let claims = self
-            .prepare(claims)
-            .await
-            .into_iter()
-            .map(|(uid, result)| {
-                let answer = match result {
-                    Ok(devices) => v1beta1::NodePrepareResourceResponse {
-                        devices: devices
-                            .into_iter()
-                            .map(|d| v1beta1::Device {
-                                request_names: vec![d.request],
-                                pool_name: d.pool,
-                                device_name: d.device,
-                                cdi_device_ids: d.cdi_id.into_iter().collect(),
-                            })
-                            .collect(),
-                        error: String::new(),
-                    },
-                    Err(error) => v1beta1::NodePrepareResourceResponse { devices: Vec::new(), error },
-                };
-                (uid, answer)
-            })
-            .collect();
-        Ok(Response::new(v1beta1::NodePrepareResourcesResponse { claims }))
+        let request: v1::NodePrepareResourcesRequest = same_message(request.get_ref())?;
+        let answer =
+            v1::dra_plugin_server::DraPlugin::node_prepare_resources(self, Request::new(request)).await?.into_inner();
+        Ok(Response::new(same_message(&answer)?))
     }
 
     async fn node_unprepare_resources(
         &self,
         request: Request<v1beta1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        let claims = request.into_inner().claims.into_iter().map(|c| claim_ref(c.namespace, c.name, c.uid)).collect();
-        let claims = self
-            .unprepare(claims)
-            .await
-            .into_iter()
-            .map(|(uid, error)| (uid, v1beta1::NodeUnprepareResourceResponse { error }))
-            .collect();
-        Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse { claims }))
+        let request: v1::NodeUnprepareResourcesRequest = same_message(request.get_ref())?;
+        let answer =
+            v1::dra_plugin_server::DraPlugin::node_unprepare_resources(self, Request::new(request)).await?.into_inner();
+        Ok(Response::new(same_message(&answer)?))
     }
 }
