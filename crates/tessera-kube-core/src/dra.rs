@@ -17,11 +17,16 @@
 //!
 //! The whole GPU is one more device that consumes every counter in full.
 //!
-//! **Order.** The allocator visits devices in slice and device order and takes the first that
-//! fits. Within a profile, devices are sorted so the first fit on the GPU's current layout is
-//! the placement Tessera's planner prefers: the one that leaves the most usable room by
-//! [`tessera_mig::Planner::fragmentation`] (usable compute slices, then the largest profile that
-//! still fits), then by start unit.
+//! **Order** ([`DraOrder::BestFitFromStart`], issue 13). The allocator visits devices in slice
+//! and device order and takes the first that fits. Within a profile, devices are sorted across
+//! the node's GPUs (1.35 device slices may hold any GPU's devices) so that the first fit is the
+//! placement that strands the fewest compute slices by [`tessera_mig::Planner::fragmentation`]
+//! (usable compute slices lost beyond the instance's own), then the one on the fullest GPU (least
+//! usable room), then by GPU index and start unit. On an H100 this puts a `3g.40gb` at 4 on any
+//! GPU before it puts one at 0 (which always strands a slice), and packs GPUs before it opens
+//! empty ones. In the 1.34 shape a GPU's devices stay with its counter set, so GPUs are published
+//! fullest first and best fit applies within each. Orders measured against it, and why this
+//! one: `docs/evaluation/kubernetes.md` ("DRA: choosing the published order").
 //!
 //! **Shapes.** [`SliceShape::V1_34`] keeps each GPU's counter set in the slice with its devices
 //! (at most 32 counters across the sets of a slice); [`SliceShape::V1_35`] publishes counters-only
@@ -273,7 +278,7 @@ struct GpuDevices {
 }
 
 /// Devices (in published order) and the counter set of one GPU.
-fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
+fn gpu_devices(gpu: &DraGpu, order: DraOrder) -> Result<GpuDevices, DraError> {
     let model = gpu.model;
     let limit = |what: &'static str, count: usize, limit: usize| DraError::Limit {
         gpu: gpu.index,
@@ -374,7 +379,7 @@ fn gpu_devices(gpu: &DraGpu) -> Result<GpuDevices, DraError> {
     for p in &model.profiles {
         let label = profile_label(&p.name);
         let memory = model.profile_memory_mib(p);
-        for start in placement_order(model, &current, p) {
+        for start in placement_order_in(model, &current, p, order) {
             if overlaps_foreign(p, start) {
                 continue;
             }
@@ -497,14 +502,30 @@ impl Draft {
     }
 }
 
-/// The node's ResourceSlices, in the order the allocator should visit them.
+/// The node's ResourceSlices, in the order the allocator should visit them ([`DraOrder::default`]).
 ///
 /// Pure: the same GPUs give the same slices. Errors name the GPU and the limit it breaks.
 pub fn resource_slices(pool: &DraPool, gpus: &[DraGpu]) -> Result<Vec<ResourceSlice>, DraError> {
+    resource_slices_in_order(pool, gpus, DraOrder::default())
+}
+
+/// [`resource_slices`] with the devices in `order` (to compare orders; the published one is
+/// [`DraOrder::default`]).
+pub fn resource_slices_in_order(
+    pool: &DraPool,
+    gpus: &[DraGpu],
+    order: DraOrder,
+) -> Result<Vec<ResourceSlice>, DraError> {
     let mut per_gpu = Vec::new();
     let mut names = BTreeSet::new();
+    // GPUs in the order their devices are visited: by index, or the fullest first.
+    let mut gpus: Vec<&DraGpu> = gpus.iter().collect();
+    let best_fit = matches!(order, DraOrder::BestFit | DraOrder::BestFitFromStart);
+    if best_fit || order == DraOrder::FullestGpuFirst {
+        gpus.sort_by_key(|g| (std::cmp::Reverse(used_compute(g)), g.index));
+    }
     for gpu in gpus {
-        let g = gpu_devices(gpu)?;
+        let g = gpu_devices(gpu, order)?;
         for name in std::iter::once(&g.set.name).chain(g.devices.iter().map(|d| &d.name)) {
             if !names.insert(name.clone()) {
                 return Err(DraError::DuplicateName { gpu: gpu.index, name: name.clone() });
@@ -543,7 +564,12 @@ pub fn resource_slices(pool: &DraPool, gpus: &[DraGpu]) -> Result<Vec<ResourceSl
                     drafts.push(std::mem::take(&mut cur));
                 }
                 cur.sets.push(g.set);
-                cur.devices.extend(g.devices);
+                let mut devices = g.devices;
+                if best_fit {
+                    // The GPU's counter set travels with its devices: best fit within the GPU.
+                    devices.sort_by_cached_key(|d| best_fit_key(gpu, d, order));
+                }
+                cur.devices.extend(devices);
             }
             if !cur.sets.is_empty() {
                 drafts.push(cur);
@@ -552,9 +578,20 @@ pub fn resource_slices(pool: &DraPool, gpus: &[DraGpu]) -> Result<Vec<ResourceSl
         SliceShape::V1_35 => {
             let mut sets = Vec::new();
             let mut devices = Vec::new();
-            for (_, g) in per_gpu {
+            let mut keys = Vec::new();
+            for (gpu, g) in per_gpu {
+                if best_fit {
+                    keys.extend(g.devices.iter().map(|d| best_fit_key(gpu, d, order)));
+                }
                 sets.push(g.set);
                 devices.extend(g.devices);
+            }
+            if best_fit {
+                // Profile by profile across the node's GPUs (a 1.35 device slice may hold any
+                // GPU's devices): the placement that strands least first, then the fullest GPU.
+                let mut keyed: Vec<_> = keys.into_iter().zip(devices).collect();
+                keyed.sort_by(|a, b| a.0.cmp(&b.0));
+                devices = keyed.into_iter().map(|(_, d)| d).collect();
             }
             for chunk in sets.chunks(MAX_COUNTER_SETS_PER_SLICE) {
                 drafts.push(Draft { sets: chunk.to_vec(), devices: Vec::new() });
@@ -594,11 +631,151 @@ pub fn resource_slices(pool: &DraPool, gpus: &[DraGpu]) -> Result<Vec<ResourceSl
         .collect())
 }
 
-/// The order in which a profile's legal starts are published on a GPU whose layout is
-/// `current`: the start that leaves the most room first (the planner's measure,
-/// [`crate::allocation::room_left`]: usable compute slices, then the largest profile that still
-/// fits), then by start unit. The scheduler's first fit then lands where Tessera's planner would
-/// place the instance.
+/// How the devices of a profile are ordered for the allocator's first fit (issue 13: which
+/// order makes kube-scheduler's first fit pack best). Within a GPU every order ranks a
+/// profile's starts by a room measure of the layout the placement leaves (larger first), then
+/// by start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DraOrder {
+    /// The planner's room ([`crate::allocation::room_left`]: usable compute slices, then the
+    /// largest profile that still fits), ties to the lowest start; GPUs by index.
+    Room,
+    /// The planner's room, ties to the highest start; GPUs by index.
+    RoomFromEnd,
+    /// The planner's `fits` report: for every profile, how many instances of it alone still
+    /// fit, weighted by its compute slices and summed; GPUs by index.
+    Fits,
+    /// The `fits` report compared profile by profile, from the largest profile down (most
+    /// compute slices, then most memory slices); GPUs by index.
+    FitsLargestFirst,
+    /// The planner's room within a GPU; GPUs the fullest first (most compute slices taken),
+    /// then by index.
+    FullestGpuFirst,
+    /// Across the node's GPUs, profile by profile: the placement that strands the fewest
+    /// compute slices (usable room lost beyond its own), then on the GPU with the least usable
+    /// room left, then the planner's room after it, then GPU index and start. The 1.34 shape
+    /// keeps a GPU's devices with its counter set, so there GPUs go the fullest first.
+    BestFit,
+    /// The published order: [`DraOrder::BestFit`] without the room measure. Across the node's
+    /// GPUs, profile by profile: the placement that strands the fewest compute slices, then on
+    /// the GPU with the least usable room left, then GPU index and start (the lowest start, as
+    /// NVIDIA's names order them within a GPU).
+    #[default]
+    BestFitFromStart,
+}
+
+/// Compute slices the instances on `gpu` take.
+fn used_compute(gpu: &DraGpu) -> u32 {
+    gpu.instances
+        .iter()
+        .filter_map(|i| gpu.model.profile_by_id(i.instance.profile_id))
+        .map(|p| u32::from(p.compute_slices))
+        .sum()
+}
+
+/// Where a device goes in [`DraOrder::BestFit`]: the whole GPUs first, then by profile, the
+/// compute slices its placement strands, the usable room of its GPU before, the room after
+/// (larger first), GPU index and start. A device whose placement is not legal now goes last of
+/// its profile (the allocator's counters skip it anyway).
+type BestFitKey = (String, bool, u32, u32, std::cmp::Reverse<(u32, u32)>, u32, i64);
+
+fn best_fit_key(gpu: &DraGpu, d: &Device, order: DraOrder) -> BestFitKey {
+    let int = |k: &str| match d.attributes.get(k) {
+        Some(Attribute::Int(v)) => *v,
+        _ => 0,
+    };
+    let profile = match (d.attributes.get("type"), d.attributes.get("profile")) {
+        (Some(Attribute::String(t)), Some(Attribute::String(p))) if t == "mig" => p.clone(),
+        _ => return (String::new(), false, 0, 0, std::cmp::Reverse((0, 0)), gpu.index, 0),
+    };
+    let start = int("placementStart");
+    let model = gpu.model;
+    let current: Vec<Instance> = gpu.instances.iter().map(|i| i.instance).collect();
+    let before = crate::allocation::room_left(model, &current);
+    let Some((p, s)) = model.profile(&profile).ok().zip(u8::try_from(start).ok()) else {
+        return (profile, true, 0, 0, std::cmp::Reverse((0, 0)), gpu.index, start);
+    };
+    let mut after = current.clone();
+    if !after.iter().any(|i| i.profile_id == p.id && i.start == s) {
+        after.push(Instance::new(p.id, s));
+    }
+    let legal = tessera_mig::validate(model, &after).is_empty();
+    let mut room = crate::allocation::room_left(model, &after);
+    let stranded = before.0.saturating_sub(room.0).saturating_sub(u32::from(p.compute_slices));
+    if order == DraOrder::BestFitFromStart {
+        room = (0, 0);
+    }
+    (profile, !legal, stranded, before.0, std::cmp::Reverse(room), gpu.index, start)
+}
+
+/// The room measure `order` ranks a layout by (larger is more room).
+fn room_measure(model: &GpuModel, layout: &[Instance], order: DraOrder) -> Vec<u32> {
+    match order {
+        DraOrder::Room
+        | DraOrder::RoomFromEnd
+        | DraOrder::FullestGpuFirst
+        | DraOrder::BestFit
+        | DraOrder::BestFitFromStart => {
+            let (usable, largest) = crate::allocation::room_left(model, layout);
+            vec![usable, largest]
+        }
+        DraOrder::Fits | DraOrder::FitsLargestFirst => {
+            let Some(report) = tessera_mig::planner_for(model).and_then(|p| p.fragmentation(layout).ok()) else {
+                return Vec::new();
+            };
+            let mut fits: Vec<(u8, u8, u32)> = report
+                .fits
+                .iter()
+                .filter_map(|f| model.profile_by_id(f.profile_id).map(|p| (p, f.count)))
+                .map(|(p, n)| (p.compute_slices, p.memory_slices, u32::from(n)))
+                .collect();
+            if order == DraOrder::Fits {
+                vec![fits.iter().map(|&(c, _, n)| u32::from(c) * n).sum()]
+            } else {
+                fits.sort_by_key(|&(c, m, _)| std::cmp::Reverse((c, m)));
+                fits.into_iter().map(|(_, _, n)| n).collect()
+            }
+        }
+    }
+}
+
+/// The order in which `profile`'s legal starts are published on a GPU whose layout is
+/// `current`, under `order`'s room measure (see [`DraOrder`]); [`placement_order`] is the
+/// published one.
+pub fn placement_order_in(
+    model: &GpuModel,
+    current: &[Instance],
+    profile: &tessera_mig::Profile,
+    order: DraOrder,
+) -> Vec<u8> {
+    let room = |inst: Instance| -> Vec<u32> {
+        let mut layout = current.to_vec();
+        if !layout.iter().any(|i| i.profile_id == inst.profile_id && i.start == inst.start) {
+            layout.push(inst);
+        }
+        room_measure(model, &layout, order)
+    };
+    let from_end = order == DraOrder::RoomFromEnd;
+    let mut starts: Vec<(std::cmp::Reverse<Vec<u32>>, i16, u8)> = profile
+        .placements
+        .iter()
+        .map(|&s| {
+            (
+                std::cmp::Reverse(room(Instance::new(profile.id, s))),
+                if from_end { -i16::from(s) } else { i16::from(s) },
+                s,
+            )
+        })
+        .collect();
+    starts.sort();
+    starts.into_iter().map(|(_, _, s)| s).collect()
+}
+
+/// The planner's preference among a profile's legal starts on a GPU whose layout is `current`:
+/// the start that leaves the most room first ([`crate::allocation::room_left`]: usable compute
+/// slices, then the largest profile that still fits), then by start unit. This was the published
+/// order before issue 13's comparison ([`DraOrder::Room`]); the placement-level simulator model
+/// `dra-tessera` still uses it.
 pub fn placement_order(model: &GpuModel, current: &[Instance], profile: &tessera_mig::Profile) -> Vec<u8> {
     let room = |inst: Instance| -> (u32, u32) {
         let mut layout = current.to_vec();

@@ -99,30 +99,48 @@ fn names_and_attributes() {
     assert!(json["spec"]["devices"][0]["consumesCounters"][0]["counterSet"] == "gpu-0-counters");
 }
 
+/// The published order is best fit across the node's GPUs. GPU 0 has a 3g.40gb at 4, GPU 1 a
+/// 2g.20gb at 0, GPU 2 nothing. A 3g.40gb at 0 on an H100 always strands a compute slice, so the
+/// first 3g.40gb that fits is GPU 1's at 4 (it strands nothing, and GPU 1 is fuller than GPU 2),
+/// not GPU 0's at 0, which the old order (GPU by GPU) took. On that layout the next 1g.10gb goes
+/// to the fullest GPU, GPU 1, at the lowest start that strands nothing (2). In the 1.34 shape a
+/// GPU's devices stay with its counter set: the GPUs are published fullest first.
 #[test]
-fn first_fit_follows_the_planners_preference() {
-    // With a 4g at 0, the first-fit 1g.10gb should not break the free 3g at 4 more than needed:
-    // the preferred placement is the first 1g device of the profile.
+fn first_fit_strands_least_on_the_fullest_gpu() {
     let m = model("H100-80GB");
-    let four = m.profile("4g.40gb").unwrap();
-    let one = m.profile("1g.10gb").unwrap();
-    let planner = tessera_mig::planner_for(m).unwrap();
-    let existing = vec![Instance::new(four.id, 0)];
-    let slices = resource_slices(
-        &pool(SliceShape::V1_35),
-        &[gpu(0, m, vec![DraInstance { instance: existing[0], mig_uuid: None, held_by: InstanceUse::Claim }])],
-    )
-    .unwrap();
-    let first = devices(&slices).into_iter().find(|d| d.name.starts_with("gpu-0-1g-10gb-p")).unwrap();
-    let Some(Attribute::Int(start)) = first.attributes.get("placementStart") else { panic!("start") };
-    let usable = |s: u8| {
-        let mut l = existing.clone();
-        l.push(Instance::new(one.id, s));
-        planner.fragmentation(&l).map_or(0, |f| f.usable_compute_slices)
+    let claim = |p: &str, s: u8| DraInstance {
+        instance: Instance::new(m.profile(p).unwrap().id, s),
+        mig_uuid: None,
+        held_by: InstanceUse::Claim,
     };
-    let best = one.placements.iter().map(|&s| usable(s)).max().unwrap();
-    assert_eq!(usable(*start as u8), best);
-    assert!(*start >= 4, "the 1g lands beside the 4g, not on it");
+    let first = |gpus: &[DraGpu], allocated: &[&str], want: &str| {
+        let slices = resource_slices(&pool(SliceShape::V1_35), gpus).unwrap();
+        let mut ff = FirstFit::new(&slices);
+        for name in allocated {
+            ff.allocated(name);
+        }
+        ff.request(Some(want)).map(|d| d.name.clone())
+    };
+    let gpus = [gpu(0, m, vec![claim("3g.40gb", 4)]), gpu(1, m, vec![claim("2g.20gb", 0)]), gpu(2, m, vec![])];
+    let allocated = ["gpu-0-3g-40gb-p4", "gpu-1-2g-20gb-p0"];
+    assert_eq!(first(&gpus, &allocated, "3g.40gb").as_deref(), Some("gpu-1-3g-40gb-p4"));
+    let gpus = [
+        gpu(0, m, vec![claim("3g.40gb", 4)]),
+        gpu(1, m, vec![claim("2g.20gb", 0), claim("3g.40gb", 4)]),
+        gpu(2, m, vec![]),
+    ];
+    let allocated = ["gpu-0-3g-40gb-p4", "gpu-1-2g-20gb-p0", "gpu-1-3g-40gb-p4"];
+    assert_eq!(first(&gpus, &allocated, "1g.10gb").as_deref(), Some("gpu-1-1g-10gb-p2"));
+    assert_eq!(first(&gpus, &allocated, "3g.40gb").as_deref(), Some("gpu-2-3g-40gb-p4"));
+    // On empty GPUs nothing strands: the lowest start of the first GPU, as NVIDIA's names order it.
+    let empty = [gpu(0, m, vec![]), gpu(1, m, vec![])];
+    assert_eq!(first(&empty, &[], "1g.10gb").as_deref(), Some("gpu-0-1g-10gb-p0"));
+    assert_eq!(first(&empty, &[], "3g.40gb").as_deref(), Some("gpu-0-3g-40gb-p4"));
+    // 1.34: the fullest GPU's slice first, best fit within it.
+    let gpus = [gpu(0, m, vec![]), gpu(1, m, vec![claim("2g.20gb", 0)]), gpu(2, m, vec![claim("4g.40gb", 0)])];
+    let slices = resource_slices(&pool(SliceShape::V1_34), &gpus).unwrap();
+    let order: Vec<&str> = slices.iter().flat_map(|s| &s.spec.shared_counters).map(|c| c.name.as_str()).collect();
+    assert_eq!(order, ["gpu-2-counters", "gpu-1-counters", "gpu-0-counters"]);
 }
 
 #[test]
@@ -161,6 +179,17 @@ impl<'a> FirstFit<'a> {
             }
         }
         FirstFit { order: devices(slices), left, taken: BTreeSet::new() }
+    }
+
+    /// A device an allocated claim already holds: taken, and its counters taken off.
+    fn allocated(&mut self, name: &str) {
+        let d = *self.order.iter().find(|d| d.name == name).expect("a published device");
+        for c in &d.consumes_counters {
+            for (k, v) in &c.counters {
+                *self.left.get_mut(&(c.counter_set.clone(), k.clone())).unwrap() -= amount(&v.value);
+            }
+        }
+        self.taken.insert(&d.name);
     }
 
     fn request(&mut self, profile: Option<&str>) -> Option<&'a Device> {

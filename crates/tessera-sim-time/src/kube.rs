@@ -13,14 +13,18 @@
 //!   is a device, sorted by name (`gpu-<minor>-mig-<profile>-<id>-<start>`); the scheduler takes,
 //!   on the node it picks, the first device whose placement is still free. The driver creates the
 //!   instance when the pod is prepared (the MIG operation time) and destroys it when the pod ends.
-//! - [`KubePolicy::DraTessera`]: the same first fit over the devices in the order Tessera's DRA
-//!   driver publishes them (`tessera_kube_core::dra::placement_order`: within a profile, the
-//!   placement that leaves the most room first), republished at every change.
+//! - [`KubePolicy::DraTessera`]: the same first fit over the devices in the planner's preference
+//!   (`tessera_kube_core::dra::placement_order`: within a profile, the placement that leaves the
+//!   most room first; Tessera's published order before issue 13's comparison), recomputed at
+//!   every change.
 //! - [`KubePolicy::DraAlloc`] and [`KubePolicy::DraAllocTessera`]: the same driver modelled through
 //!   its published ResourceSlices (`tessera_kube_core::dra::resource_slices` for the node's claimed
 //!   instances) and kube-scheduler's structured allocator ([`crate::dra_alloc::first_fit`]: slice
 //!   and device order, the first device whose counters fit), over NVIDIA's name order or over
-//!   Tessera's published order.
+//!   Tessera's published order (`tessera_kube_core::dra::DraOrder::default`).
+//! - [`KubePolicy::DraAllocOrder`]: the allocator over Tessera's slices in another
+//!   `tessera_kube_core::dra::DraOrder` (`room`, `room-from-end`, `fits`,
+//!   `fits-largest-first`, `fullest-gpu-first`, `best-fit`, `best-fit-from-start`), to compare orders.
 //! - [`KubePolicy::Tessera`]: Tessera's controller (`tessera-kube`'s). Every batch window,
 //!   [`tessera_kube_core::decide`] runs on the pending pods no change is already under way for and
 //!   on the nodes no change is under way on; each change keeps its GPU out of use for the MIG
@@ -40,7 +44,9 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use serde::Serialize;
-use tessera_kube_core::dra::{DraGpu, DraInstance, DraPool, InstanceUse, SliceShape, resource_slices};
+use tessera_kube_core::dra::{
+    DraGpu, DraInstance, DraOrder, DraPool, InstanceUse, SliceShape, resource_slices_in_order,
+};
 use tessera_kube_core::dra_claim::{DeviceTarget, device_target};
 use tessera_kube_core::{GpuMode, NodeGpu, NodeState, PendingPod, Policy, ResourceName, decide};
 use tessera_mig::{ComputeShape, CurrentInstance, GpuModel, Instance, ProfileKind, planner_for, validate};
@@ -57,7 +63,7 @@ use crate::spec::{ClusterSpec, compute_slices_for, resolve_layout, static_candid
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum KubeError {
     #[error(
-        "policy '{spec}': {reason}; valid policies: mig-manager, mig-manager:<layout> (e.g. mig-manager:3g+2g+2g), dra, dra-tessera, dra-alloc, dra-alloc-tessera, tessera"
+        "policy '{spec}': {reason}; valid policies: mig-manager, mig-manager:<layout> (e.g. mig-manager:3g+2g+2g), dra, dra-tessera, dra-alloc, dra-alloc-tessera, dra-alloc-order:<order> (e.g. dra-alloc-order:best-fit), tessera"
     )]
     Policy { spec: String, reason: String },
     #[error("workload '{spec}': {reason}; valid workloads: openb, migbench")]
@@ -68,6 +74,21 @@ pub enum KubeError {
     Pod { pod: String, reason: String },
     #[error(transparent)]
     Layout(#[from] crate::TimeError),
+}
+
+/// The device orders `dra-alloc-order:<name>` compares, by name.
+const DRA_ORDERS: [(&str, DraOrder); 7] = [
+    ("room", DraOrder::Room),
+    ("room-from-end", DraOrder::RoomFromEnd),
+    ("fits", DraOrder::Fits),
+    ("fits-largest-first", DraOrder::FitsLargestFirst),
+    ("fullest-gpu-first", DraOrder::FullestGpuFirst),
+    ("best-fit", DraOrder::BestFit),
+    ("best-fit-from-start", DraOrder::BestFitFromStart),
+];
+
+fn dra_order_name(o: DraOrder) -> &'static str {
+    DRA_ORDERS.iter().find(|(_, x)| *x == o).map_or("?", |(n, _)| n)
 }
 
 /// How the MIG devices come to exist.
@@ -85,6 +106,9 @@ pub enum KubePolicy {
     DraAlloc,
     /// The same allocator over the slices in the order Tessera's DRA driver publishes them.
     DraAllocTessera,
+    /// The same allocator over Tessera's slices in another device order, to compare orders
+    /// (`dra-alloc-order:<order>`, e.g. `dra-alloc-order:best-fit`; valid orders in the parse error).
+    DraAllocOrder(DraOrder),
     /// Tessera's controller: `decide` every batch window.
     Tessera,
 }
@@ -98,6 +122,7 @@ impl fmt::Display for KubePolicy {
             KubePolicy::DraTessera => f.write_str("dra-tessera"),
             KubePolicy::DraAlloc => f.write_str("dra-alloc"),
             KubePolicy::DraAllocTessera => f.write_str("dra-alloc-tessera"),
+            KubePolicy::DraAllocOrder(o) => write!(f, "dra-alloc-order:{}", dra_order_name(*o)),
             KubePolicy::Tessera => f.write_str("tessera"),
         }
     }
@@ -116,6 +141,19 @@ impl FromStr for KubePolicy {
             "dra-alloc-tessera" => Ok(KubePolicy::DraAllocTessera),
             "tessera" => Ok(KubePolicy::Tessera),
             _ => {
+                if let Some(o) = t.strip_prefix("dra-alloc-order:") {
+                    return DRA_ORDERS
+                        .iter()
+                        .find(|(n, _)| *n == o)
+                        .map(|&(_, o)| KubePolicy::DraAllocOrder(o))
+                        .ok_or_else(|| KubeError::Policy {
+                            spec: s.to_string(),
+                            reason: format!(
+                                "unknown device order; valid orders: {}",
+                                DRA_ORDERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                            ),
+                        });
+                }
                 let Some(l) = t.strip_prefix("mig-manager:") else {
                     return Err(KubeError::Policy { spec: s.to_string(), reason: "unknown policy".into() });
                 };
@@ -403,9 +441,9 @@ enum Mode {
     Static(Vec<Vec<Instance>>),
     /// DRA first fit; `true`: over Tessera's publication order, `false`: by name.
     Dra(bool),
-    /// The structured allocator over the published slices; `true`: Tessera's order, `false`:
-    /// NVIDIA's.
-    DraAlloc(bool),
+    /// The structured allocator over the published slices; `Some(order)`: Tessera's slices in
+    /// that order, `None`: NVIDIA's order.
+    DraAlloc(Option<DraOrder>),
     Tessera,
 }
 
@@ -478,7 +516,7 @@ struct Loop<'a> {
 /// The allocator model's state: per node, its published pool (`None`: to be republished) and the
 /// devices of its allocated claims; per pod, the node and devices its claim holds.
 struct AllocModel {
-    tessera_order: bool,
+    tessera_order: Option<DraOrder>,
     pools: Vec<Option<Rc<Pool>>>,
     allocated: Vec<Vec<String>>,
     held: Vec<(usize, Vec<String>)>,
@@ -692,8 +730,9 @@ impl Loop<'_> {
             generation,
             shape: SliceShape::V1_35,
         };
-        let mut slices = resource_slices(&pool, &self.dra_gpus(n)).map_err(|e| format!("{}: {e}", self.names[n]))?;
-        if !tessera_order {
+        let mut slices = resource_slices_in_order(&pool, &self.dra_gpus(n), tessera_order.unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", self.names[n]))?;
+        if tessera_order.is_none() {
             slices = nvidia_order(&slices).map_err(|e| format!("{}: {e}", self.names[n]))?;
         }
         let pool = Rc::new(Pool::new(&slices).map_err(|e| format!("{}: {e}", self.names[n]))?);
@@ -1320,8 +1359,9 @@ pub fn run_kube(cfg: &KubeConfig, workload: &KubeWorkload) -> Result<KubeReport,
             }
             KubePolicy::DraFirstFit => (Mode::Dra(false), None),
             KubePolicy::DraTessera => (Mode::Dra(true), None),
-            KubePolicy::DraAlloc => (Mode::DraAlloc(false), None),
-            KubePolicy::DraAllocTessera => (Mode::DraAlloc(true), None),
+            KubePolicy::DraAlloc => (Mode::DraAlloc(None), None),
+            KubePolicy::DraAllocTessera => (Mode::DraAlloc(Some(DraOrder::default())), None),
+            KubePolicy::DraAllocOrder(o) => (Mode::DraAlloc(Some(*o)), None),
             KubePolicy::Tessera => (Mode::Tessera, None),
         };
         let mut per_seed = Vec::new();

@@ -1,5 +1,5 @@
 //! The structured-allocator model over Tessera's published ResourceSlices: quantities, first fit
-//! by hand on one H100, NVIDIA's order over the same devices, errors that name the device, and a
+//! by hand on one H100 (Tessera's best fit against NVIDIA's name order), NVIDIA's order over the same devices, errors that name the device, and a
 //! property over random arrivals and departures on H100-80GB, A100-40GB and A30-24GB nodes:
 //! whatever the allocator picks is a legal layout that a simulated node makes, and it finds room
 //! whenever a legal placement exists.
@@ -63,20 +63,24 @@ fn quantities_are_read_exactly() {
     }
 }
 
-/// One H100, by hand. Tessera's order puts a 1g.10gb where it leaves the most room (the planner's
-/// choice), NVIDIA's at the lowest start; a 7g.80gb takes every counter, so nothing else fits, and
-/// any MIG device keeps the whole GPU out (it consumes every counter in full).
+/// One H100, by hand. Tessera's order puts a 3g.40gb where it strands no compute slice (at 4: one
+/// at 0 always strands one), NVIDIA's at the lowest start; a 1g.10gb strands nothing anywhere on
+/// an empty GPU, so both put it at 0. A 7g.80gb takes every counter, so nothing else fits, and any
+/// MIG device keeps the whole GPU out (it consumes every counter in full).
 #[test]
 fn first_fit_on_one_h100_by_hand() {
     let h100 = model("H100-80GB");
-    let one_g = h100.profile("1g.10gb").unwrap();
     let empty = gpus(h100, 1, &[]);
-    let best = placement_order(h100, &[], one_g)[0];
-    assert_ne!(best, 0, "the planner leaves room for the 4g/7g at 0");
-    let ours = first_fit(&slices(&empty, false), &[], Want::Profile("1g.10gb")).unwrap();
-    assert_eq!(ours.as_deref(), Some(format!("gpu-0-1g-10gb-p{best}").as_str()));
-    let theirs = first_fit(&slices(&empty, true), &[], Want::Profile("1g.10gb")).unwrap();
-    assert_eq!(theirs.as_deref(), Some("gpu-0-1g-10gb-p0"));
+    let ours = first_fit(&slices(&empty, false), &[], Want::Profile("3g.40gb")).unwrap();
+    assert_eq!(ours.as_deref(), Some("gpu-0-3g-40gb-p4"));
+    let theirs = first_fit(&slices(&empty, true), &[], Want::Profile("3g.40gb")).unwrap();
+    assert_eq!(theirs.as_deref(), Some("gpu-0-3g-40gb-p0"));
+    for nvidia in [false, true] {
+        let one = first_fit(&slices(&empty, nvidia), &[], Want::Profile("1g.10gb")).unwrap();
+        assert_eq!(one.as_deref(), Some("gpu-0-1g-10gb-p0"), "nvidia order: {nvidia}");
+    }
+    // The planner's preference (the order published before) keeps the 4g.40gb's only start free.
+    assert_ne!(placement_order(h100, &[], h100.profile("1g.10gb").unwrap())[0], 0);
 
     let s = slices(&empty, false);
     assert_eq!(first_fit(&s, &[], Want::WholeGpu).unwrap().as_deref(), Some("gpu-0"));
