@@ -263,12 +263,19 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn qty(n: u64) -> Counter {
-    Counter { value: n.to_string() }
-}
+/// Counters in their native units (memory in MiB, everything else a count), written as
+/// quantities only when published ([`quantities`]).
+type Amounts = BTreeMap<String, u64>;
 
-fn mib(n: u64) -> Counter {
-    Counter { value: format!("{n}Mi") }
+/// `amounts` as the API's quantities: `memory` in `Mi`, the rest plain numbers.
+fn quantities(amounts: &Amounts) -> BTreeMap<String, Counter> {
+    amounts
+        .iter()
+        .map(|(name, n)| {
+            let value = if name == "memory" { format!("{n}Mi") } else { n.to_string() };
+            (name.clone(), Counter { value })
+        })
+        .collect()
 }
 
 /// A GPU's devices and its counter set, before they are split into slices.
@@ -293,36 +300,37 @@ fn gpu_devices(gpu: &DraGpu, order: DraOrder) -> Result<GpuDevices, DraError> {
     let media_total = u64::from(model.max_gpu_instances);
 
     // The counter set: the GPU's totals.
-    let mut counters = BTreeMap::new();
-    counters.insert("memory".to_string(), mib(model.total_memory_mib()));
-    counters.insert("compute-slices".to_string(), qty(u64::from(model.compute_slices)));
-    counters.insert("gpu-instances".to_string(), qty(u64::from(model.max_gpu_instances)));
-    counters.insert("ofa".to_string(), qty(u64::from(model.ofa_engines)));
+    let mut totals: Amounts = BTreeMap::new();
+    totals.insert("memory".to_string(), model.total_memory_mib());
+    totals.insert("compute-slices".to_string(), u64::from(model.compute_slices));
+    totals.insert("gpu-instances".to_string(), u64::from(model.max_gpu_instances));
+    totals.insert("ofa".to_string(), u64::from(model.ofa_engines));
     if media_all {
-        counters.insert("media".to_string(), qty(media_total));
+        totals.insert("media".to_string(), media_total);
     }
     for k in 0..units {
-        counters.insert(format!("memory-slice-{k}"), qty(1));
+        totals.insert(format!("memory-slice-{k}"), 1);
     }
     for p in &model.profiles {
         if usize::from(p.max_count) < p.placements.len() {
-            counters.insert(format!("profile-{}", p.id), qty(u64::from(p.max_count)));
+            totals.insert(format!("profile-{}", p.id), u64::from(p.max_count));
         }
     }
-    if counters.len() > MAX_COUNTERS_PER_SET {
-        return Err(limit("counters in its counter set", counters.len(), MAX_COUNTERS_PER_SET));
+    if totals.len() > MAX_COUNTERS_PER_SET {
+        return Err(limit("counters in its counter set", totals.len(), MAX_COUNTERS_PER_SET));
     }
-    let full_counters = counters.clone();
     // What instances held by others take is not the allocator's to give.
+    let mut left = totals.clone();
     for i in gpu.instances.iter().filter(|i| i.held_by == InstanceUse::Other) {
         if let Some(p) = model.profile_by_id(i.instance.profile_id) {
-            for (name, take) in profile_take(model, p, i.instance.start, &full_counters) {
-                if let Some(c) = counters.get_mut(&name) {
-                    c.value = sub_quantity(&c.value, &take.value);
+            for (name, take) in profile_take(model, p, i.instance.start, &totals) {
+                if let Some(n) = left.get_mut(&name) {
+                    *n = n.saturating_sub(take);
                 }
             }
         }
     }
+    let counters = quantities(&left);
     let set = CounterSet { name: set_name.clone(), counters };
 
     let base_attributes = |kind: &str| {
@@ -404,7 +412,7 @@ fn gpu_devices(gpu: &DraGpu, order: DraOrder) -> Result<GpuDevices, DraError> {
             if let Some(sm) = p.sm_count {
                 capacity.insert("multiprocessors".to_string(), Capacity { value: sm.to_string() });
             }
-            let take = profile_take(model, p, start, &full_counters);
+            let take = quantities(&profile_take(model, p, start, &totals));
             if take.len() > MAX_COUNTERS_PER_SET {
                 return Err(limit("counters one device consumes", take.len(), MAX_COUNTERS_PER_SET));
             }
@@ -419,43 +427,28 @@ fn gpu_devices(gpu: &DraGpu, order: DraOrder) -> Result<GpuDevices, DraError> {
     finish(gpu, set, devices)
 }
 
-/// What one instance of `p` at `start` takes from its GPU's counters (`counters`: the GPU's set,
+/// What one instance of `p` at `start` takes from its GPU's counters (`totals`: the GPU's set,
 /// to know which per-profile counters it has).
-fn profile_take(
-    model: &GpuModel,
-    p: &tessera_mig::Profile,
-    start: u8,
-    counters: &BTreeMap<String, Counter>,
-) -> BTreeMap<String, Counter> {
+fn profile_take(model: &GpuModel, p: &tessera_mig::Profile, start: u8, totals: &Amounts) -> Amounts {
     let media_all = model.profiles.iter().any(|p| p.kind == ProfileKind::MediaAll);
     let mut take = BTreeMap::new();
-    take.insert("memory".to_string(), mib(model.profile_memory_mib(p)));
-    take.insert("compute-slices".to_string(), qty(u64::from(p.compute_slices)));
-    take.insert("gpu-instances".to_string(), qty(1));
+    take.insert("memory".to_string(), model.profile_memory_mib(p));
+    take.insert("compute-slices".to_string(), u64::from(p.compute_slices));
+    take.insert("gpu-instances".to_string(), 1);
     if p.ofa_engines > 0 {
-        take.insert("ofa".to_string(), qty(u64::from(p.ofa_engines)));
+        take.insert("ofa".to_string(), u64::from(p.ofa_engines));
     }
     if media_all && !p.is_no_media() {
         let n = if p.kind == ProfileKind::MediaAll { u64::from(model.max_gpu_instances) } else { 1 };
-        take.insert("media".to_string(), qty(n));
+        take.insert("media".to_string(), n);
     }
     for k in start..start.saturating_add(p.placement_size).min(model.placement_units) {
-        take.insert(format!("memory-slice-{k}"), qty(1));
+        take.insert(format!("memory-slice-{k}"), 1);
     }
-    if counters.contains_key(&format!("profile-{}", p.id)) {
-        take.insert(format!("profile-{}", p.id), qty(1));
+    if totals.contains_key(&format!("profile-{}", p.id)) {
+        take.insert(format!("profile-{}", p.id), 1);
     }
     take
-}
-
-/// `a - b` for two quantities of one unit as [`mib`] and [`qty`] write them, never below 0.
-fn sub_quantity(a: &str, b: &str) -> String {
-    let split = |q: &str| {
-        let d = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
-        (q[..d].parse::<u64>().unwrap_or(0), q[d..].to_string())
-    };
-    let ((x, unit), (y, _)) = (split(a), split(b));
-    format!("{}{unit}", x.saturating_sub(y))
 }
 
 /// The limits every device of a GPU must meet, checked once its devices are chosen.

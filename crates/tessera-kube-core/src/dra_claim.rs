@@ -251,29 +251,18 @@ pub fn parse_sharing(parameters: &serde_json::Value) -> Result<ClaimSharing, Str
     }
 }
 
-/// A Kubernetes memory quantity (`10Gi`, `512Mi`, `1G`, `1500M`, bytes) in whole MiB, above 0.
+/// A Kubernetes memory quantity (`10Gi`, `512Mi`, `1G`, `1500M`, bytes) in whole MiB, above 0
+/// ([`crate::quantity::parse_quantity`] reads it).
 fn quantity_mib(q: &str) -> Result<u64, String> {
-    let q = q.trim();
-    let digits = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
-    let (n, unit) = q.split_at(digits);
-    let n: u64 = n.parse().map_err(|_| "is not a whole quantity such as 10Gi or 512Mi".to_string())?;
-    let bytes_per: u64 = match unit {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return Err(format!("has the unknown unit '{unit}' (use Ki, Mi, Gi, Ti, k, M, G or T)")),
-    };
-    let mib = n.checked_mul(bytes_per).ok_or_else(|| "is too large".to_string())? >> 20;
+    let nano = crate::quantity::parse_quantity(q).map_err(|e| format!("is not a quantity: {}", e.reason))?;
+    let mib = nano / 1_000_000_000 / (1 << 20);
+    if nano < 0 {
+        return Err("is negative".to_string());
+    }
     if mib == 0 {
         return Err("is below 1 MiB".to_string());
     }
-    Ok(mib)
+    u64::try_from(mib).map_err(|_| "is too large".to_string())
 }
 
 #[cfg(test)]

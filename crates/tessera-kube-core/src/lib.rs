@@ -11,6 +11,7 @@
 //! - [`cdi`]: the CDI specification for the advertised devices.
 //! - [`dra`]: the ResourceSlices a DRA driver publishes for partitionable MIG devices.
 //! - [`dra_claim`]: what a DRA claim asks of the node: its devices and their sharing.
+//! - [`quantity`]: Kubernetes quantities, read exactly.
 //! - [`holds`]: the keys under which the node's engine holds pods' devices.
 //! - [`repartition`]: which GPUs to repartition for pending pods, as one pure decision.
 
@@ -22,6 +23,7 @@ pub mod dra_claim;
 pub mod holds;
 pub mod inventory;
 pub mod naming;
+pub mod quantity;
 pub mod repartition;
 
 pub use allocation::{AllocError, AllocateOptions, ContainerAllocation, Mount, allocate, preferred_allocation};

@@ -9,6 +9,9 @@
 mod common;
 #[path = "../../tessera-kube/tests/common/mod.rs"]
 mod kube_common;
+#[allow(dead_code)]
+#[path = "../../tessera-deviceplugin/tests/common/kubelet.rs"]
+mod kubelet;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,6 +33,7 @@ const DRIVER: &str = "gpu.tessera.dev";
 fn kubernetes(dir: &Path, url: &str) -> String {
     format!(
         "[kubernetes]\ncdi_dir = \"{0}/cdi\"\nnode_labels = false\ndevice_plugin = false\napi_server = \"{url}\"\n\
+         device_plugin_dir = \"{0}/device-plugins\"\n\
          [kubernetes.dra]\nenabled = true\nplugin_dir = \"{0}/plugins/{DRIVER}\"\nregistry_dir = \"{0}/registry\"\n\
          republish_interval_ms = 100\n",
         dir.display()
@@ -96,6 +100,9 @@ fn instances(d: &Daemon) -> Vec<Value> {
 async fn a_claim_is_prepared_at_the_published_first_fit_and_given_back() {
     let base = tempfile::tempdir().unwrap();
     std::fs::create_dir(base.path().join("cdi")).unwrap();
+    // A device-plugin kubelet too: with `device_plugin = false` nothing registers there.
+    std::fs::create_dir(base.path().join("device-plugins")).unwrap();
+    let device_plugins = kubelet::Kubelet::start(&base.path().join("device-plugins"));
     let api = ApiServer::start_with_version("1", "35").await;
     api.put(&node(NODE, &[("nvidia.com/gpu.present", "true")]));
     let mut daemon = Daemon::unstarted_node_agent("1xH100-80GB,numa=1,cpus=16", &kubernetes(base.path(), api.url()));
@@ -184,4 +191,7 @@ async fn a_claim_is_prepared_at_the_published_first_fit_and_given_back() {
         attr(&d, "uuid").is_null().then_some(())
     })
     .await;
+    // DRA alone: the device plugin never registered a resource with the kubelet.
+    let registered = device_plugins.seen(|s| s.registrations.len());
+    assert_eq!(registered, 0, "the device plugin ran with kubernetes.device_plugin = false");
 }
