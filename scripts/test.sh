@@ -31,5 +31,11 @@ PROFILE=dev scripts/demo-mig-parted.sh >"$demo_log" 2>&1 ||
     { cat "$demo_log" >&2; echo "test.sh: scripts/demo-mig-parted.sh failed" >&2; exit 1; }
 rm -f "$demo_log"
 echo "demo-mig-parted: ok"
+# Under a real Slurm (installed and started by the script; needs root, skipped otherwise).
+slurm_log=$(mktemp)
+scripts/slurm-test.sh >"$slurm_log" 2>&1 ||
+    { cat "$slurm_log" >&2; echo "test.sh: scripts/slurm-test.sh failed" >&2; exit 1; }
+grep -E "SKIPPED|all scenarios passed" "$slurm_log" || true
+rm -f "$slurm_log"
 # The Debian package: built from the dev build above, installed into an empty root, its unit verified.
 scripts/package-test.sh

@@ -19,7 +19,10 @@ pub use crate::config::TokenUser;
 use crate::config::{Config, Tokens};
 pub use crate::engine::{Action, Caller, Door, EngineError, Reply};
 use crate::http::{PeerInfo, code_for_status, json_error};
-use crate::wire::{DrainRequest, JobQuery, JobState, LayoutRequest, LogCursor, LogQuery, Stream, SubmitRequest};
+use crate::wire::{
+    DrainRequest, JobQuery, JobState, LayoutRequest, LogCursor, LogQuery, MAX_DOOR_BYTES, MAX_KEY_BYTES,
+    MAX_RELEASE_DETAIL_BYTES, RESERVED_DOORS, ReleaseRequest, Stream, SubmitRequest, WorkRequest,
+};
 
 /// The front-door seam: what answers actions — the daemon's engine, or a fake in tests. Every
 /// front door (this HTTP API, and the Kubernetes and Slurm ones) calls it the same way.
@@ -139,8 +142,12 @@ async fn dispatch(state: &AppState, peer: Peer, headers: &HeaderMap, action: Res
             return error_response(&e);
         }
     };
-    let created = matches!(action, Action::Submit(_));
     let what = describe(&action);
+    if let Err(e) = api_rules(&caller, &action) {
+        log_refusal(&caller, &what, &e);
+        return error_response(&e);
+    }
+    let created = matches!(action, Action::Submit(_) | Action::SubmitWork { .. });
     match state.service.act(caller.clone(), action).await {
         Ok(v) if created => (StatusCode::CREATED, axum::Json(v)).into_response(),
         Ok(v) => axum::Json(v).into_response(),
@@ -149,6 +156,64 @@ async fn dispatch(state: &AppState, peer: Peer, headers: &HeaderMap, action: Res
             error_response(&e)
         }
     }
+}
+
+/// What the API allows beyond the engine's own rules. External work (`POST /v1/work`) holds
+/// slices while nothing Tessera runs uses them, so only admins may submit it over the API (the
+/// Slurm front door runs as root); the engine lets in-process doors submit it as they choose.
+fn api_rules(caller: &Caller, action: &Action) -> Result<(), EngineError> {
+    match action {
+        Action::SubmitWork { .. } if !caller.admin => Err(EngineError::Forbidden(format!(
+            "only admins submit external work (POST /v1/work): it holds slices without running anything; {} is \
+             not an admin (admins: root and the configuration's `admins`)",
+            caller.user
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /v1/work`'s body as an action: the door and key checked (each refusal names its field).
+fn external_work(body: WorkRequest) -> Result<Action, EngineError> {
+    let WorkRequest { request, door, key } = body;
+    let door_ok = |d: &str| {
+        (1..=MAX_DOOR_BYTES).contains(&d.len())
+            && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if !door_ok(&door) {
+        return Err(EngineError::invalid(
+            "door",
+            format!("'{}': give 1 to {MAX_DOOR_BYTES} of a-z, 0-9 and '-' (e.g. slurm)", door.escape_debug()),
+        ));
+    }
+    if RESERVED_DOORS.contains(&door.as_str()) {
+        return Err(EngineError::invalid(
+            "door",
+            format!(
+                "'{door}' is a front door inside the daemon (reserved: {}); name your own",
+                RESERVED_DOORS.join(", ")
+            ),
+        ));
+    }
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+        return Err(EngineError::invalid(
+            "key",
+            format!("give 1 to {MAX_KEY_BYTES} bytes, none of them control characters"),
+        ));
+    }
+    Ok(Action::SubmitWork { request, work: tessera_store::Work::External(tessera_store::ExternalWork { door, key }) })
+}
+
+/// `POST /v1/jobs/{id}/release`'s body as an action.
+fn release(id: u64, body: ReleaseRequest) -> Result<Action, EngineError> {
+    let ReleaseRequest { succeeded, code, signal, detail } = body;
+    if detail.len() > MAX_RELEASE_DETAIL_BYTES || detail.chars().any(char::is_control) {
+        return Err(EngineError::invalid(
+            "detail",
+            format!("give at most {MAX_RELEASE_DETAIL_BYTES} bytes, none of them control characters"),
+        ));
+    }
+    let exit = tessera_store::ExitInfo { code, signal, failed_rank: None, detail };
+    Ok(Action::Release { id, exit, succeeded })
 }
 
 /// An action in a few words for the log (never its body: a submission's environment may hold
@@ -290,6 +355,19 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
             "/v1/jobs/{id}/cancel",
             post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>| async move {
                 dispatch(&s, p, &h, parse_id(&id).map(|id| Action::Cancel { id })).await
+            }),
+        )
+        .route(
+            "/v1/jobs/{id}/release",
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>, body: Bytes| async move {
+                let action = parse_id(&id).and_then(|id| release(id, parse_body::<ReleaseRequest>(&body)?));
+                dispatch(&s, p, &h, action).await
+            }),
+        )
+        .route(
+            "/v1/work",
+            post(|State(s): State<AppState>, p: Peer, h: HeaderMap, body: Bytes| async move {
+                dispatch(&s, p, &h, parse_body::<WorkRequest>(&body).and_then(external_work)).await
             }),
         )
         .route(

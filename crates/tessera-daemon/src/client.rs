@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 
 use crate::wire::{
     CancelReply, DrainReply, DrainRequest, DryRunReply, ErrorBody, GpuList, HealthClearReply, HealthReply, JobList,
-    JobQuery, JobView, LayoutReply, LayoutRequest, LogChunk, LogQuery, SubmitReply, SubmitRequest,
+    JobQuery, JobView, LayoutReply, LayoutRequest, LogChunk, LogQuery, ReleaseRequest, SubmitReply, SubmitRequest,
+    WorkRequest,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +359,17 @@ impl Client {
     /// What a submission would get now, queueing nothing.
     pub fn dry_run(&self, req: &SubmitRequest) -> Result<DryRunReply, ClientError> {
         self.post("/v1/jobs/dry-run", Some(req))
+    }
+
+    /// Admins: queue work another system runs (`POST /v1/work`); Tessera holds its slices once
+    /// it runs (poll [`Client::job`]) until [`Client::release`].
+    pub fn submit_work(&self, req: &WorkRequest) -> Result<SubmitReply, ClientError> {
+        self.post("/v1/work", Some(req))
+    }
+
+    /// External work ended (`POST /v1/jobs/{id}/release`): the job after it, its slices free.
+    pub fn release(&self, id: u64, req: &ReleaseRequest) -> Result<JobView, ClientError> {
+        self.post(&format!("/v1/jobs/{id}/release"), Some(req))
     }
 
     pub fn jobs(&self, q: &JobQuery) -> Result<JobList, ClientError> {

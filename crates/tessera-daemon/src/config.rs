@@ -55,6 +55,68 @@ pub struct Config {
     /// The Kubernetes node agent (`tessera kube node-agent`); `tessera serve` ignores it.
     #[serde(default)]
     pub kubernetes: KubernetesSection,
+    /// The Slurm front door (`tessera slurm …`); `tessera serve` ignores it.
+    #[serde(default)]
+    pub slurm: SlurmSection,
+}
+
+/// `tessera slurm`: where the node's GRES files go, how Slurm is made to take them up, and where
+/// the prolog keeps what a job holds (docs/slurm.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmSection {
+    /// This node's name in Slurm; empty: the host name up to its first dot, as slurmd's default.
+    pub node_name: String,
+    /// The gres.conf lines of this node's slices, rewritten whole by `tessera slurm sync`
+    /// (gres.conf includes it: `Include /etc/slurm/tessera-gres.conf`).
+    pub gres_file: PathBuf,
+    /// The slurm.conf `NodeName=` line of this node (slurm.conf includes it); none: Tessera does
+    /// not write it and the node's `Gres=` is kept in step by hand (`tessera slurm gres --format node`).
+    pub node_file: Option<PathBuf>,
+    /// The rest of this node's `NodeName=` line (`CPUs=224 RealMemory=2000000 …`), written before
+    /// `Gres=`.
+    pub node_params: String,
+    /// The GRES index map (which instance each Slurm GPU index is), kept across reboots.
+    pub state_dir: PathBuf,
+    /// Per-job files and MPS pipe directories.
+    pub runtime_dir: PathBuf,
+    /// Where the device files gres.conf names live (`/` on a real node; a test directory of
+    /// `mknod`ed nodes otherwise).
+    pub dev_root: PathBuf,
+    /// `auto` (one `File=` per slice before Slurm 23.02, whose `MultipleFiles=` breaks steps with
+    /// gres/mps; `MultipleFiles=` as Slurm's autodetect writes from 23.02), `single` or `multiple`.
+    pub files: String,
+    /// Commands run, in order, after the files change, so Slurm takes them up (Slurm 22.05 needs
+    /// slurmctld and slurmd restarted: `scontrol reconfigure` keeps a node's old GRES).
+    pub restart: Vec<Vec<String>>,
+    /// How often `tessera slurm agent` reads the queue.
+    pub agent_interval_ms: u64,
+    /// The tenant Slurm jobs' holds count against.
+    pub tenant: String,
+    /// `nvidia-cuda-mps-control` for `--gres=mps` jobs on real GPUs.
+    pub mps_control: PathBuf,
+}
+
+impl Default for SlurmSection {
+    fn default() -> Self {
+        SlurmSection {
+            node_name: String::new(),
+            gres_file: PathBuf::from("/etc/slurm/tessera-gres.conf"),
+            node_file: None,
+            node_params: String::new(),
+            state_dir: PathBuf::from("/var/lib/tessera/slurm"),
+            runtime_dir: PathBuf::from("/run/tessera/slurm"),
+            dev_root: PathBuf::from("/"),
+            files: "auto".to_string(),
+            restart: vec![
+                vec!["systemctl".to_string(), "restart".to_string(), "slurmctld".to_string()],
+                vec!["systemctl".to_string(), "restart".to_string(), "slurmd".to_string()],
+            ],
+            agent_interval_ms: 5_000,
+            tenant: "default".to_string(),
+            mps_control: PathBuf::from("nvidia-cuda-mps-control"),
+        }
+    }
 }
 
 /// `tessera kube node-agent`: where the kubelet's sockets are, how devices are advertised, and
@@ -774,6 +836,47 @@ impl Config {
             ));
         }
         self.check_tenants()?;
+        let sl = &self.slurm;
+        if !["auto", "single", "multiple"].contains(&sl.files.as_str()) {
+            return Err(Problem::value(
+                key("slurm.files"),
+                format!("slurm.files = '{}': use auto, single or multiple", sl.files),
+            ));
+        }
+        if sl.agent_interval_ms < 100 || sl.agent_interval_ms > 3_600_000 {
+            return Err(Problem::value(
+                key("slurm.agent_interval_ms"),
+                format!("slurm.agent_interval_ms = {}: give 100 to 3600000 ms", sl.agent_interval_ms),
+            ));
+        }
+        if let Some(i) = sl.restart.iter().position(Vec::is_empty) {
+            return Err(Problem::value(
+                vec![Seg::Key("slurm".into()), Seg::Key("restart".into()), Seg::Index(i)],
+                "slurm.restart: an empty command; give the program and its arguments, e.g. [\"systemctl\", \"restart\", \"slurmd\"]"
+                    .to_string(),
+            ));
+        }
+        if !sl.node_name.is_empty()
+            && !sl.node_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(Problem::value(
+                key("slurm.node_name"),
+                format!("slurm.node_name = '{}': a Slurm node name (letters, digits, - _ .)", sl.node_name),
+            ));
+        }
+        if sl.node_params.contains('\n') || sl.node_params.to_ascii_lowercase().contains("gres=") {
+            return Err(Problem::value(
+                key("slurm.node_params"),
+                "slurm.node_params: one line, without Gres= (Tessera writes the node's Gres= itself)".to_string(),
+            ));
+        }
+        let t = &self.slurm.tenant;
+        if !self.tenant_names().contains(&t.as_str()) {
+            return Err(Problem::value(
+                key("slurm.tenant"),
+                format!("slurm.tenant = '{t}': no such tenant ({})", self.tenant_names().join(", ")),
+            ));
+        }
         let k = &self.kubernetes.tenant;
         if !self.tenant_names().contains(&k.as_str()) {
             return Err(Problem::value(
@@ -797,6 +900,7 @@ impl Config {
             ("jobs.output_dir", &self.jobs.output_dir),
             ("kubernetes.plugin_config", &self.kubernetes.plugin_config),
             ("kubernetes.dra.plugin_dir", &self.kubernetes.dra.plugin_dir),
+            ("slurm.node_file", &self.slurm.node_file),
         ];
         let k = &self.kubernetes;
         let kube = [
@@ -804,6 +908,10 @@ impl Config {
             ("kubernetes.pod_resources_socket", &k.pod_resources_socket),
             ("kubernetes.cdi_dir", &k.cdi_dir),
             ("kubernetes.dra.registry_dir", &k.dra.registry_dir),
+            ("slurm.gres_file", &self.slurm.gres_file),
+            ("slurm.state_dir", &self.slurm.state_dir),
+            ("slurm.runtime_dir", &self.slurm.runtime_dir),
+            ("slurm.dev_root", &self.slurm.dev_root),
         ];
         let given = paths.into_iter().filter_map(|(name, p)| p.as_ref().map(|p| (name, p)));
         for (name, p) in given.chain(kube) {

@@ -37,8 +37,10 @@ pub const PATHS: &[&str] = &[
     "/v1/jobs/dry-run",
     "/v1/jobs/{id}",
     "/v1/jobs/{id}/cancel",
+    "/v1/jobs/{id}/release",
     "/v1/jobs/{id}/logs",
     "/v1/jobs/{id}/wait",
+    "/v1/work",
     "/v1/gpus",
     "/v1/gpus/{gpu}/drain",
     "/v1/gpus/{gpu}/undrain",
@@ -50,6 +52,13 @@ pub const PATHS: &[&str] = &[
 pub fn document() -> Value {
     let mut submit = op("Submit a job; returns its id", json!([]), Some("SubmitRequest"), "Created");
     submit["responses"]["201"] = json!({"description": "Queued", "content": {"application/json": {"schema": {"type": "object", "properties": {"id": {"type": "integer"}}}}}});
+    let mut work = op(
+        "Admins: queue work another system runs (a Slurm job): Tessera decides and holds its slices, starting nothing; read them back with GET /v1/jobs/{id} once it runs, end it with POST /v1/jobs/{id}/release. 403 for non-admins (it holds slices without running anything); 400 names a bad door or key",
+        json!([]),
+        Some("WorkRequest"),
+        "Created",
+    );
+    work["responses"]["201"] = submit["responses"]["201"].clone();
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Tessera", "version": env!("CARGO_PKG_VERSION"),
@@ -69,6 +78,8 @@ pub fn document() -> Value {
             "/v1/jobs/dry-run": {"post": op("What a submission would get now (the profile, each rank's instance and CPUs, the reconfiguration or preemption it needs, or why it would wait), queueing nothing; refused as a submission would be", json!([]), Some("SubmitRequest"), "The verdict")},
             "/v1/jobs/{id}": {"get": op("One job, with its state, reason and placement", json!([id_param()]), None, "The job")},
             "/v1/jobs/{id}/cancel": {"post": op("Cancel a job (SIGTERM, then SIGKILL after the grace period)", json!([id_param()]), None, "Cancelling")},
+            "/v1/jobs/{id}/release": {"post": op("External work ended (its owner or an admin): the job ends succeeded or failed and its slices are free; 409 for a job Tessera runs (cancel it) or one that has ended", json!([id_param()]), Some("ReleaseRequest"), "The job after the release")},
+            "/v1/work": {"post": work},
             "/v1/jobs/{id}/logs": {"get": op("A job's output, both streams of every rank in the order they were written (up to 1 MiB a reply)", json!([id_param(),
                 {"name": "rank", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "only this rank (default: every rank)"},
                 {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["stdout", "stderr"]}, "description": "only this stream (default: both)"},
@@ -88,6 +99,17 @@ pub fn document() -> Value {
             "LayoutRequest": {"type": "object", "additionalProperties": false, "required": ["instances"], "properties": {
                 "instances": {"type": "array", "items": {"type": "string"}, "description": "PROFILE (wherever it fits best) or PROFILE@START for every entry; 1c.3g.40gb for a compute split; [] removes every idle instance"},
                 "dry_run": {"type": "boolean"}
+            }},
+            "WorkRequest": {"type": "object", "additionalProperties": false, "required": ["request", "door", "key"], "properties": {
+                "request": {"type": "object", "description": "The scheduler's job request, as SubmitRequest's resources; pin (a list of {gpu, profile_id, start}) holds exactly those instances"},
+                "door": {"type": "string", "pattern": "^[a-z0-9-]{1,32}$", "description": "which system runs the work (slurm); not a front door inside the daemon (kubernetes)"},
+                "key": {"type": "string", "minLength": 1, "maxLength": 256, "description": "whose work it is in that system (a Slurm job id); no control characters"}
+            }},
+            "ReleaseRequest": {"type": "object", "additionalProperties": false, "required": ["succeeded"], "properties": {
+                "succeeded": {"type": "boolean", "description": "the job ends succeeded, else failed"},
+                "code": {"type": "integer", "description": "the work's exit code"},
+                "signal": {"type": "integer", "description": "the signal that killed it"},
+                "detail": {"type": "string", "maxLength": 1024, "description": "why it ended (the job's reason; default: released by the caller)"}
             }},
             "SubmitRequest": {"type": "object", "additionalProperties": false, "required": ["command", "cwd", "resources"], "properties": {
                 "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},

@@ -30,6 +30,53 @@ pub struct SubmitRequest {
     pub preempt_signal: Option<String>,
 }
 
+/// `POST /v1/work`, admins only: work another system runs (a Slurm job, through
+/// `tessera slurm`), for which Tessera decides and holds slices but starts nothing. The door
+/// names that system, the key its work (a Slurm job id); the job's slices, CPUs and NUMA node
+/// are read back with `GET /v1/jobs/{id}` once it runs, and `POST /v1/jobs/{id}/release` ends it.
+/// A request that pins instances (`request.pin`) holds exactly those.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkRequest {
+    /// What the work needs, as a submission's `resources`.
+    pub request: JobRequest,
+    /// Which system runs it: 1 to [`MAX_DOOR_BYTES`] of `a-z`, `0-9` and `-`, not one of
+    /// [`RESERVED_DOORS`].
+    pub door: String,
+    /// Whose work it is in that system: 1 to [`MAX_KEY_BYTES`] bytes, no control characters.
+    pub key: String,
+}
+
+/// The longest door name of a [`WorkRequest`].
+pub const MAX_DOOR_BYTES: usize = 32;
+/// The longest key of a [`WorkRequest`].
+pub const MAX_KEY_BYTES: usize = 256;
+/// Doors the API refuses in a [`WorkRequest`]: those of front doors inside the daemon. The
+/// Kubernetes door (`kubernetes`) releases every hold of its door that the kubelet does not
+/// list, so work submitted under its name through the API would be taken back.
+pub const RESERVED_DOORS: &[&str] = &["kubernetes"];
+/// The longest `detail` of a [`ReleaseRequest`].
+pub const MAX_RELEASE_DETAIL_BYTES: usize = 1024;
+
+/// `POST /v1/jobs/{id}/release`: external work ended (its owner or an admin says how). The job
+/// ends `succeeded` or `failed` and its slices are free again; the reply is the job after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// Whether the work succeeded: the job ends `succeeded`, else `failed`.
+    pub succeeded: bool,
+    /// The work's exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal that killed it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why it ended, in words (the job's reason): at most [`MAX_RELEASE_DETAIL_BYTES`], no
+    /// control characters; empty: `released by <caller>`.
+    #[serde(default)]
+    pub detail: String,
+}
+
 /// The reply to a submission (201).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmitReply {
@@ -499,6 +546,15 @@ pub struct GpuInfo {
     /// The catalog model, when known.
     pub model: Option<String>,
     pub numa_node: Option<u32>,
+    /// Its device node's number, `/dev/nvidia<minor>` (the driver's minor number, as the
+    /// backend reads it; `None` from a server before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u32>,
+    /// The CPUs of its NUMA node, in the kernel's list format, as CPUs **of this machine**: on
+    /// the simulated node the simulated NUMA node's CPUs folded onto the CPUs the daemon may
+    /// use, as a job's are when it is bound. `None` when none are known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_cpus: Option<String>,
     /// MIG mode in force.
     pub mig: bool,
     /// Why no new work goes to it, when an admin drained it.
@@ -522,6 +578,13 @@ pub struct InstanceInfo {
     pub occupants: Vec<Occupant>,
     pub mig_uuid: Option<String>,
     pub healthy: bool,
+    /// The minor of the GPU instance's `/dev/nvidia-caps/nvidia-cap<N>` (`None`: MIG off, the
+    /// driver does not publish `mig-minors`, or a server before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gi_caps_minor: Option<u32>,
+    /// The minor of its (first) compute instance's `/dev/nvidia-caps/nvidia-cap<N>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_caps_minor: Option<u32>,
 }
 
 /// A job on an instance, and whose it is.

@@ -355,6 +355,9 @@ pub enum Command {
     /// Kubernetes: the node agent (the daemon with the kubelet device plugin).
     #[command(subcommand)]
     Kube(KubeCommand),
+    /// Slurm: GRES kept in step with the MIG layout, the job prolog and epilog, dynamic MIG.
+    #[command(subcommand)]
+    Slurm(SlurmCommand),
     /// Print a shell completion script.
     ///
     /// For example `tessera completion bash > ~/.local/share/bash-completion/completions/tessera`.
@@ -397,6 +400,71 @@ pub enum KubeCommand {
     /// `TESSERA_ON_DEMAND_CONFIGS` (mig-parted configs whose labelled nodes may be repartitioned);
     /// talks to the API server as its pod's service account, or else as kubectl does.
     Controller(KubeControllerArgs),
+}
+
+/// `tessera slurm`: the Slurm front door (docs/slurm.md). Every command reads the configuration
+/// file's `[slurm]` section and talks to the node's daemon (`tessera serve`), which owns the GPUs.
+#[derive(Debug, Subcommand)]
+pub enum SlurmCommand {
+    /// Print this node's gres.conf lines for its current layout (one per MIG instance, its device
+    /// files and NUMA-local cores), or with `--format node` the slurm.conf `Gres=` value, or with
+    /// `--format future` a `State=FUTURE` node line that lets Slurm queue jobs for any profile.
+    Gres(SlurmGresArgs),
+    /// Rewrite this node's GRES files atomically and make Slurm take them up; refused when a
+    /// running job's GRES index could not be kept.
+    Sync(SlurmConfigArg),
+    /// Slurm's `Prolog=` (as root): hold the job's slices in the daemon, start MPS for
+    /// `--gres=mps` jobs, write what the job's tasks need.
+    Prolog(SlurmConfigArg),
+    /// Slurm's `Epilog=` (as root): stop the job's MPS daemons, release its slices, remove its files.
+    Epilog(SlurmConfigArg),
+    /// Slurm's `TaskProlog=` (as the job's user): MIG UUIDs in `CUDA_VISIBLE_DEVICES`, MPS
+    /// directories, the task bound to its GPU's NUMA-local CPUs.
+    #[command(name = "task-prolog")]
+    TaskProlog(SlurmConfigArg),
+    /// Dynamic MIG: repartition this node's idle capacity for pending jobs whose profile no
+    /// idle node offers, draining the node only for the change.
+    Agent(SlurmAgentArgs),
+}
+
+/// The configuration file the Slurm commands read.
+#[derive(Debug, Args)]
+pub struct SlurmConfigArg {
+    /// Configuration file (its `[slurm]` section) [default: /etc/tessera/tessera.toml if it exists].
+    #[arg(long, env = "TESSERA_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// `tessera slurm gres`.
+#[derive(Debug, Args)]
+pub struct SlurmGresArgs {
+    #[command(flatten)]
+    pub config: SlurmConfigArg,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = SlurmGresFormat::Gres)]
+    pub format: SlurmGresFormat,
+}
+
+/// What `tessera slurm gres` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlurmGresFormat {
+    /// gres.conf lines.
+    Gres,
+    /// The slurm.conf `NodeName=… Gres=` line of this node.
+    Node,
+    /// A `State=FUTURE` node offering every profile of this node's GPUs, so Slurm queues jobs
+    /// for profiles no node has yet.
+    Future,
+}
+
+/// `tessera slurm agent`.
+#[derive(Debug, Args)]
+pub struct SlurmAgentArgs {
+    #[command(flatten)]
+    pub config: SlurmConfigArg,
+    /// One pass, then exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// `tessera kube controller`.

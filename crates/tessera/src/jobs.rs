@@ -809,6 +809,8 @@ mod tests {
                 .collect(),
             mig_uuid: None,
             healthy: true,
+            gi_caps_minor: None,
+            ci_caps_minor: None,
         };
         let gpu = |index: u32, instances: Vec<InstanceInfo>, drained: Option<&str>| GpuInfo {
             index,
@@ -816,6 +818,8 @@ mod tests {
             uuid: format!("GPU-{index}"),
             model: Some("H100-80GB".into()),
             numa_node: Some(index),
+            minor: None,
+            local_cpus: None,
             mig: true,
             drained: drained.map(|r| DrainView { by: "root".into(), reason: r.into(), at_ms: 0 }),
             health: "healthy".into(),

@@ -21,6 +21,7 @@ mod node;
 mod render;
 mod serve;
 mod sim;
+mod slurm;
 mod sys;
 mod units;
 
@@ -73,7 +74,10 @@ fn main() -> ExitCode {
     if invoked_as_mig_parted() {
         return mig_parted_main();
     }
-    let args = cli::Cli::parse();
+    let args = match slurm::invoked_as() {
+        Some(sub) => cli::Cli::parse_from(["tessera", "slurm", sub]),
+        None => cli::Cli::parse(),
+    };
     match args.command {
         // They must outlive a peer that closes a socket or pipe: `SIGPIPE` ignored, as Rust
         // starts every program.
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         cli::Command::Serve(a) => serve::serve(g, a),
         cli::Command::Kube(cli::KubeCommand::NodeAgent(a)) => kube::node_agent(g, a),
         cli::Command::Kube(cli::KubeCommand::Controller(a)) => kube::controller(&a),
+        cli::Command::Slurm(cmd) => slurm::run(g, cmd),
         cli::Command::Completion { shell } => generate::completion(shell),
         cli::Command::GenerateMan { dir } => generate::man_pages(&dir).map(|_| ()),
         cli::Command::Shim { job_dir, standby } => {

@@ -255,12 +255,13 @@ impl Engine {
         }
     }
 
-    /// External work ended: its slices are free again.
+    /// External work ended: its slices are free again. Its reason is the exit's detail, or
+    /// `released by <caller>` without one.
     pub(crate) fn release(
         &mut self,
         caller: &Caller,
         id: u64,
-        exit: ExitInfo,
+        mut exit: ExitInfo,
         succeeded: bool,
     ) -> Result<JobView, EngineError> {
         let rec = self.reader.owned(caller, id)?;
@@ -273,6 +274,9 @@ impl Engine {
             return Err(EngineError::Conflict(format!("job {id} is {}, not running", rec.state)));
         }
         let to = if succeeded { JobState::Succeeded } else { JobState::Failed };
+        if exit.detail.is_empty() {
+            exit.detail = format!("released by {}", caller.user);
+        }
         let reason = exit.detail.clone();
         self.store
             .finish(id, rec.state, to, &reason, exit, tessera_host::now_ms())
@@ -411,6 +415,8 @@ impl Reader {
                                 .health
                                 .instance_health(g.device.index, i.gpu_instance_id)
                                 .is_unhealthy(),
+                            gi_caps_minor: i.caps_minor,
+                            ci_caps_minor: i.compute_instances.first().and_then(|c| c.caps_minor),
                         })
                         .collect()
                 } else {
@@ -426,6 +432,8 @@ impl Reader {
                                 occupants: Vec::new(),
                                 mig_uuid: None,
                                 healthy: true,
+                                gi_caps_minor: None,
+                                ci_caps_minor: None,
                             }]
                         })
                         .unwrap_or_default()
@@ -436,6 +444,8 @@ impl Reader {
                     uuid: g.device.uuid.clone(),
                     model: g.model.map(|m| m.name.clone()),
                     numa_node: g.device.numa_node,
+                    minor: Some(g.device.minor_number),
+                    local_cpus: self.local_cpus(g.device.numa_node),
                     mig: g.mig.current,
                     drained: published.drains.get(&g.device.uuid).map(DrainView::from),
                     health: published.health.gpu_health(g.device.index).to_string(),
@@ -451,6 +461,8 @@ impl Reader {
                 uuid: fact.uuid.clone(),
                 model: fact.catalog.then(|| fact.model.name.clone()),
                 numa_node: fact.numa_node,
+                minor: Some(fact.minor),
+                local_cpus: self.local_cpus(fact.numa_node),
                 mig: false,
                 drained: published.drains.get(&fact.uuid).map(DrainView::from),
                 health: format!("unhealthy: it does not answer: {}", f.error),
@@ -462,6 +474,15 @@ impl Reader {
             i.occupants = occupants_of(&i.jobs);
         }
         Ok(GpuList { backend: self.backend().kind().to_string(), gpus })
+    }
+
+    /// The CPUs of this machine for a GPU's NUMA node (`None`: the platform does not say, as the
+    /// node's facts file such a GPU's CPUs under node 0), as a cpulist: the host facts' CPUs of
+    /// that node, folded onto this machine's on the simulated node ([`super::view::HostBinding`]).
+    fn local_cpus(&self, numa_node: Option<u32>) -> Option<String> {
+        let node_cpus = self.facts.host_cpus.get(&numa_node.unwrap_or(0))?;
+        let here = self.facts.binding.cpus(node_cpus);
+        (!here.is_empty()).then(|| tessera_host::format_cpulist(&here))
     }
 }
 
