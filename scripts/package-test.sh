@@ -55,10 +55,15 @@ dpkg-deb --contents "$deb" >"$work/contents"
 for path in ./usr/bin/tessera ./usr/lib/systemd/system/tessera.service ./etc/tessera/tessera.toml \
     ./usr/share/man/man1/tessera.1.gz ./usr/share/man/man1/tessera-submit.1.gz ./usr/share/man/man1/tessera-mig-apply.1.gz \
     ./usr/share/bash-completion/completions/tessera ./usr/share/zsh/vendor-completions/_tessera \
-    ./usr/share/fish/vendor_completions.d/tessera.fish ./usr/share/doc/tessera/copyright ./usr/share/doc/tessera/operations.md; do
+    ./usr/share/fish/vendor_completions.d/tessera.fish ./usr/share/doc/tessera/copyright ./usr/share/doc/tessera/operations.md \
+    ./usr/lib/systemd/system/tessera-slurm-agent.service ./usr/share/doc/tessera/slurm.md; do
     grep -q " $path\$" "$work/contents" || fail "$path is not in the package"
 done
 grep -q 'tessera-shim\.1' "$work/contents" && fail "the hidden supervisor command has a man page"
+for s in prolog epilog task-prolog; do
+    grep -q " ./usr/lib/tessera/tessera-slurm-$s -> ../../bin/tessera\$" "$work/contents" ||
+        fail "no /usr/lib/tessera/tessera-slurm-$s link to the binary"
+done
 owners=$(awk '{print $2}' "$work/contents" | sort -u)
 [ "$owners" = root/root ] || fail "files not owned by root/root: $owners"
 grep -q '^-rwxr-xr-x .* ./usr/bin/tessera$' "$work/contents" || fail "/usr/bin/tessera is not mode 0755"
@@ -93,7 +98,7 @@ if command -v man >/dev/null; then
     if grep -v '^$' "$work/man.err" | grep -q .; then cat "$work/man.err" >&2; fail "man -l $page warns"; fi
 fi
 
-step "systemd-analyze verify on the installed unit"
+step "systemd-analyze verify on the installed units"
 # systemd-analyze --root resolves the unit's dependencies inside the root: give it this machine's
 # targets. Documentation=man: pages are looked up in the root's man pages.
 mkdir -p "$root/usr/lib/systemd/system"
@@ -101,9 +106,11 @@ for t in /usr/lib/systemd/system/*.target /lib/systemd/system/*.target; do
     [ -f "$t" ] && [ ! -e "$root/usr/lib/systemd/system/${t##*/}" ] && cp "$t" "$root/usr/lib/systemd/system/"
 done
 # Any message (an unknown key, a bad value, a missing binary or page) fails the test.
-MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" /usr/lib/systemd/system/tessera.service >"$work/verify.log" 2>&1 \
-    || { cat "$work/verify.log" >&2; fail "systemd-analyze verify"; }
-if [ -s "$work/verify.log" ]; then cat "$work/verify.log" >&2; fail "systemd-analyze verify printed diagnostics"; fi
+for unit in tessera.service tessera-slurm-agent.service; do
+    MANPATH=$root/usr/share/man systemd-analyze verify --root="$root" "/usr/lib/systemd/system/$unit" >"$work/verify.log" 2>&1 \
+        || { cat "$work/verify.log" >&2; fail "systemd-analyze verify $unit"; }
+    if [ -s "$work/verify.log" ]; then cat "$work/verify.log" >&2; fail "systemd-analyze verify $unit printed diagnostics"; fi
+done
 if systemd-analyze security --offline=true --root="$root" /usr/lib/systemd/system/tessera.service >"$work/security.log" 2>&1; then
     step "$(tail -n 1 "$work/security.log" | sed 's/^→ //')"
 fi

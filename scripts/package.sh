@@ -63,7 +63,12 @@ doc=$root/usr/share/doc/tessera
 install -D -m 0755 "$bin" "$root/usr/bin/tessera"
 strip --strip-unneeded "$root/usr/bin/tessera"
 install -D -m 0644 deploy/systemd/tessera.service "$root/usr/lib/systemd/system/tessera.service"
+install -D -m 0644 deploy/systemd/tessera-slurm-agent.service "$root/usr/lib/systemd/system/tessera-slurm-agent.service"
 install -D -m 0644 examples/tessera.toml "$root/etc/tessera/tessera.toml"
+# Slurm's Prolog=, Epilog= and TaskProlog= take a program without arguments: the binary picks
+# the command from these names (docs/slurm.md).
+mkdir -p "$root/usr/lib/tessera"
+for s in prolog epilog task-prolog; do ln -s ../../bin/tessera "$root/usr/lib/tessera/tessera-slurm-$s"; done
 
 # Man pages and completions from the binary being packaged, so they match its --help.
 mkdir -p "$root/usr/share/man/man1"
@@ -75,6 +80,7 @@ gzip -9n "$root"/usr/share/man/man1/*.1
 
 install -D -m 0644 README.md "$doc/README.md"
 install -D -m 0644 docs/operations.md "$doc/operations.md"
+install -D -m 0644 docs/slurm.md "$doc/slurm.md"
 if [ -f docs/config.md ]; then install -D -m 0644 docs/config.md "$doc/config.md"; fi
 
 # Machine-readable copyright (DEP-5): Tessera itself, and every crate linked into the binary.
