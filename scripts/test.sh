@@ -37,5 +37,11 @@ scripts/slurm-test.sh >"$slurm_log" 2>&1 ||
     { cat "$slurm_log" >&2; echo "test.sh: scripts/slurm-test.sh failed" >&2; exit 1; }
 grep -E "SKIPPED|all scenarios passed" "$slurm_log" || true
 rm -f "$slurm_log"
+# GET /metrics scraped by a real Prometheus (installed by the script; skipped where it cannot be).
+prom_log=$(mktemp)
+scripts/prometheus-test.sh >"$prom_log" 2>&1 ||
+    { cat "$prom_log" >&2; echo "test.sh: scripts/prometheus-test.sh failed" >&2; exit 1; }
+grep -E "SKIPPED|all checks passed" "$prom_log" || true
+rm -f "$prom_log"
 # The Debian package: built from the dev build above, installed into an empty root, its unit verified.
 scripts/package-test.sh

@@ -130,6 +130,52 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     }
 }
 
+/// The metrics port's router: `GET /metrics` and nothing else, without a token (what a
+/// Prometheus server scrapes; the slice map it shows is what every local user may see).
+pub fn metrics_router(service: Arc<dyn Service>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let service = service.clone();
+            async move {
+                let caller = Caller {
+                    uid: 65534,
+                    gid: 65534,
+                    user: "metrics".into(),
+                    tenant: "default".into(),
+                    admin: false,
+                    door: Door::Tcp,
+                };
+                metrics_reply(&*service, caller).await
+            }
+        }),
+    )
+}
+
+/// `GET /metrics`: the OpenMetrics text of [`crate::metrics::render`], for any caller that may
+/// see `GET /v1/gpus`.
+async fn metrics(state: &AppState, peer: Peer, headers: &HeaderMap) -> Response {
+    let caller = match state.identity.caller(peer.0.as_ref(), headers).await {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    metrics_reply(&*state.service, caller).await
+}
+
+async fn metrics_reply(service: &dyn Service, caller: Caller) -> Response {
+    match service.act(caller.clone(), Action::Metrics).await {
+        Ok(Reply::Metrics(data)) => {
+            ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&data))
+                .into_response()
+        }
+        Ok(_) => error_response(&EngineError::Internal("the engine did not answer for metrics".into())),
+        Err(e) => {
+            log_refusal(&caller, "metrics", &e);
+            error_response(&e)
+        }
+    }
+}
+
 async fn dispatch(state: &AppState, peer: Peer, headers: &HeaderMap, action: Result<Action, EngineError>) -> Response {
     let caller = match state.identity.caller(peer.0.as_ref(), headers).await {
         Ok(c) => c,
@@ -236,6 +282,7 @@ fn describe(action: &Action) -> String {
         Action::Drain { gpu, drain: false, .. } => format!("undrain GPU {gpu}"),
         Action::Layout { gpu, .. } | Action::Reach { gpu, .. } => format!("change GPU {gpu}'s layout"),
         Action::Health => "show health".into(),
+        Action::Metrics => "metrics".into(),
         Action::HealthClear { gpu } => format!("clear GPU {gpu}'s health"),
     }
 }
@@ -407,6 +454,10 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
             get(|State(s): State<AppState>, p: Peer, h: HeaderMap| async move {
                 dispatch(&s, p, &h, Ok(Action::Gpus)).await
             }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>, p: Peer, h: HeaderMap| async move { metrics(&s, p, &h).await }),
         )
         .route(
             "/v1/gpus/{gpu}/drain",

@@ -237,6 +237,8 @@ pub struct ServerConfig {
     pub socket: Option<PathBuf>,
     /// Also listen on TCP here, `IP:PORT`, e.g. `127.0.0.1:7373`; requires `token_file`.
     pub tcp: Option<String>,
+    /// Serve `GET /metrics` alone, without a token, on this TCP `IP:PORT` (for Prometheus).
+    pub metrics_tcp: Option<String>,
     /// The TCP tokens: one `USER TOKEN` per line; a caller sending a token acts as its user.
     /// Owned by the daemon's user and private (mode 0600 or stricter).
     pub token_file: Option<PathBuf>,
@@ -749,6 +751,14 @@ impl Config {
             }
         }
         self.check_paths()?;
+        if let Some(m) = &self.server.metrics_tcp
+            && m.parse::<SocketAddr>().is_err()
+        {
+            return Err(Problem::value(
+                key("server.metrics_tcp"),
+                format!("server.metrics_tcp = '{m}': give IP:PORT, e.g. 127.0.0.1:9400"),
+            ));
+        }
         if let Some(tcp) = &self.server.tcp {
             if tcp.parse::<SocketAddr>().is_err() {
                 return Err(Problem::value(

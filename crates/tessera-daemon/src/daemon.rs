@@ -602,8 +602,20 @@ pub fn run_with(opts: ServeOptions, door: Option<FrontDoor>) -> Result<(), Daemo
             }
         };
         let service: Arc<dyn Service> = handle;
+        let metrics = match &opts.config.server.metrics_tcp {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| crate::server::ServeError::Listen { what: addr.clone(), source })?;
+                tracing::info!(metrics_tcp = %addr, "serving GET /metrics on TCP {addr} (no token)");
+                Some((listener, crate::api::metrics_router(service.clone())))
+            }
+            None => None,
+        };
         let app = crate::api::router(service, identity);
-        let served = crate::server::serve(app, unix, tcp, opts.config.server.limits.clone(), shutdown).await;
+        let served =
+            crate::server::serve_with_metrics(app, unix, tcp, metrics, opts.config.server.limits.clone(), shutdown)
+                .await;
         let _ = door_stop.send(true);
         if let Some(task) = door_task
             && tokio::time::timeout(DOOR_STOP_GRACE, task).await.is_err()

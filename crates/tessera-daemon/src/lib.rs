@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod server;
 pub mod signals;

@@ -47,6 +47,7 @@ pub const PATHS: &[&str] = &[
     "/v1/gpus/{gpu}/layout",
     "/v1/gpus/{gpu}/health/clear",
     "/v1/health",
+    "/metrics",
 ];
 
 pub fn document() -> Value {
@@ -92,7 +93,11 @@ pub fn document() -> Value {
             "/v1/gpus/{gpu}/health/clear": {"post": op("Admins: the GPU was reset or repaired; its faults clear at the next successful probe", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "The GPU's health")},
             "/v1/gpus/{gpu}/undrain": {"post": op("Admins: place work on a GPU again", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Open")},
             "/v1/gpus/{gpu}/layout": {"post": op("Admins: change a GPU's MIG layout (busy instances are never touched; 409 names the ones in the way)", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), Some("LayoutRequest"), "The steps and the resulting layout")},
-            "/v1/health": {"get": op("Node health: jobs by state, per-GPU and per-instance health with the last Xid events, drains, isolation", json!([]), None, "Health")}
+            "/v1/health": {"get": op("Node health: jobs by state, per-GPU and per-instance health with the last Xid events, drains, isolation", json!([]), None, "Health")},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (OpenMetrics text): GPUs and instances with dcgm-exporter's labels, slices by state, holders, live jobs by state and tenant",
+                "responses": {"200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}
+            }}
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},

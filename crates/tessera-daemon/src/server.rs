@@ -62,9 +62,26 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_metrics(app, unix, tcp, None, limits, shutdown).await
+}
+
+/// [`serve`], and `metrics`' router (`GET /metrics` alone, no token: `server.metrics_tcp`) on
+/// its own TCP listener, under the same limits and shutdown.
+pub async fn serve_with_metrics(
+    app: axum::Router,
+    unix: UnixListener,
+    tcp: Option<TcpListener>,
+    metrics: Option<(TcpListener, axum::Router)>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     limits.validate()?;
     let grace = limits.shutdown_grace();
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (metrics_tcp, metrics_shared) = match metrics {
+        Some((listener, router)) => (Some(listener), Some(Shared::new(router, limits.clone(), stopping.clone()))),
+        None => (None, None),
+    };
     let shared = Shared::new(app, limits, stopping);
     let mut connections = JoinSet::new();
     let mut pauses = Pauses::default();
@@ -102,9 +119,20 @@ pub async fn serve(
                 }
                 Err(e) => pauses.after(e, "TCP").await,
             },
+            accepted = accept_tcp(metrics_tcp.as_ref()) => match accepted {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    if let Some(m) = &metrics_shared
+                        && let Some(connection) = admit(stream, Ok(PeerInfo::Tcp { addr }), m)
+                    {
+                        connections.spawn(connection);
+                    }
+                }
+                Err(e) => pauses.after(e, "the metrics TCP port").await,
+            },
         }
     }
-    drop((unix, tcp));
+    drop((unix, tcp, metrics_tcp));
     stop.send_replace(true);
     let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {

@@ -625,6 +625,39 @@ pub struct DrainReply {
 /// The most instances one layout request may list (no GPU has more than 16 placement units).
 pub const MAX_LAYOUT_ENTRIES: usize = 32;
 
+/// What `GET /metrics` is rendered from: the node's GPUs as `GET /v1/gpus` shows them, and the
+/// live jobs counted by state and tenant, at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsData {
+    /// The node's host name (dcgm-exporter's `Hostname` label).
+    pub hostname: String,
+    pub gpus: GpuList,
+    /// Live jobs (queued, placing, running) by state and tenant.
+    pub jobs: Vec<JobCount>,
+    /// Every job that has started: its tenant and its wait in ms (submission to start).
+    pub waits: Vec<(String, u64)>,
+    /// Every finished reconfiguration.
+    pub reconfigurations: Vec<ReconfigDone>,
+}
+
+/// A finished reconfiguration, as the metrics count it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconfigDone {
+    pub gpu: u32,
+    pub gpu_uuid: String,
+    /// `completed`, `rolled_back` or `abandoned`.
+    pub outcome: String,
+    pub duration_ms: u64,
+}
+
+/// How many live jobs of one tenant are in one state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCount {
+    pub state: JobState,
+    pub tenant: String,
+    pub count: u64,
+}
+
 /// `POST /v1/gpus/{gpu}/layout`: a MIG layout change, for admins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -286,3 +286,77 @@ fn the_slice_map_gives_device_minors_and_this_machines_cpus_of_each_gpu() {
     assert_eq!(read.gpus[0].minor, None);
     assert_eq!(read.gpus[0].instances[0].gi_caps_minor, None);
 }
+
+/// The value of the first series of `name` whose line holds every one of `has`.
+fn series(text: &str, name: &str, has: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| has.iter().all(|h| l.contains(h)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_say_what_the_slice_map_says() {
+    let s = serve();
+    let layout = LayoutRequest { instances: vec!["1g.10gb@0".into(), "3g.40gb@4".into()], dry_run: false };
+    s.root().layout(0, &layout).unwrap();
+    let before = s.root().gpus().unwrap();
+    let id = s.root().submit_work(&slurm_work(&instance_at(&before, 0), "job/5/alice")).unwrap().id;
+    until_running(&s.root(), id);
+    let gpus = s.root().gpus().unwrap();
+    // Anyone who may see the slice map may scrape (no token needed beyond the caller's own).
+    let reply = s.nobody().request::<()>("GET", "/metrics", None).unwrap();
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(reply.body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for g in &gpus.gpus {
+        let uuid = format!("UUID=\"{}\"", g.uuid);
+        let model = format!("modelName=\"{}\"", g.name);
+        assert_eq!(series(&text, "tessera_gpu_info", &[&uuid, &model, "mig=\"on\""]), Some(1.0), "{text}");
+        assert_eq!(series(&text, "tessera_gpu_health", &[&uuid, "state=\"healthy\""]), Some(1.0));
+        for i in &g.instances {
+            let mig = format!("mig_uuid=\"{}\"", i.mig_uuid.clone().unwrap());
+            let profile = format!("GPU_I_PROFILE=\"{}\"", i.profile);
+            let gi = format!("GPU_I_ID=\"{}\"", i.gpu_instance_id.unwrap());
+            assert_eq!(series(&text, "tessera_instance_info", &[&uuid, &mig, &profile, &gi]), Some(1.0), "{text}");
+        }
+    }
+    let uuid0 = format!("UUID=\"{}\"", gpus.gpus[0].uuid);
+    // The held 1g.10gb and who holds it, with the door's key.
+    let job = format!("tessera_job=\"{id}\"");
+    assert_eq!(
+        series(
+            &text,
+            "tessera_instance_holder",
+            &[&uuid0, "GPU_I_PROFILE=\"1g.10gb\"", &job, "door=\"slurm\"", "key=\"job/5/alice\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // GPU 0: the 1g.10gb is held (1 slice), the 3g.40gb idle (3); units 1-3 still take three 1g.
+    let slices = |state: &str| series(&text, "tessera_gpu_compute_slices", &[&uuid0, &format!("state=\"{state}\"")]);
+    assert_eq!(
+        (slices("allocated"), slices("idle"), slices("usable"), slices("unusable")),
+        (Some(1.0), Some(3.0), Some(3.0), Some(0.0))
+    );
+    let uuid1 = format!("UUID=\"{}\"", gpus.gpus[1].uuid);
+    assert_eq!(series(&text, "tessera_gpu_compute_slices", &[&uuid1, "state=\"usable\""]), Some(7.0));
+    assert_eq!(series(&text, "tessera_instances", &[&uuid0, "GPU_I_PROFILE=\"3g.40gb\"", "state=\"idle\""]), Some(1.0));
+    assert_eq!(series(&text, "tessera_jobs", &["state=\"running\"", "tenant=\"default\""]), Some(1.0));
+    // The layout change is one completed reconfiguration of GPU 0; the hold, one start.
+    assert_eq!(
+        series(&text, "tessera_reconfigurations_total", &[&uuid0, "outcome=\"completed\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(series(&text, "tessera_reconfiguration_duration_seconds_count", &["outcome=\"completed\""]), Some(1.0));
+    assert_eq!(series(&text, "tessera_queue_wait_seconds_count", &["tenant=\"default\""]), Some(1.0), "{text}");
+    assert_eq!(series(&text, "tessera_queue_wait_seconds_bucket", &["tenant=\"default\"", "le=\"+Inf\""]), Some(1.0));
+    // Released: nobody holds it any more, and no job runs.
+    s.root().release(id, &failed(0)).unwrap();
+    let text = String::from_utf8(s.root().request::<()>("GET", "/metrics", None).unwrap().body).unwrap();
+    assert_eq!(series(&text, "tessera_instance_holder", &[&job]), None, "{text}");
+    assert_eq!(series(&text, "tessera_gpu_compute_slices", &[&uuid0, "state=\"allocated\""]), Some(0.0));
+    assert_eq!(series(&text, "tessera_jobs", &["state=\"running\""]), None);
+}

@@ -72,6 +72,7 @@ fn config_errors_name_file_line_and_column() {
         ("kubernetes: nothing given out", "[kubernetes]\ndevice_plugin = false\n".into()),
         ("kubernetes: DRA republish interval", "[kubernetes.dra]\nrepublish_interval_ms = 0\n".into()),
         ("kubernetes: DRA unknown key", "[kubernetes.dra]\nenable = true\n".into()),
+        ("metrics port not IP:PORT", "[server]\nmetrics_tcp = \"localhost:9400\"\n".into()),
         ("slurm: file style", "[slurm]\nfiles = \"many\"\n".into()),
         ("slurm: empty restart command", "[slurm]\nrestart = [[\"systemctl\", \"restart\", \"slurmd\"], []]\n".into()),
         ("slurm: agent interval", "[slurm]\nagent_interval_ms = 10\n".into()),

@@ -116,6 +116,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Every job that has started: its tenant and how long it waited, from submission to the
+    /// first time it ran (its first transition to `running`), in ms. What the metrics'
+    /// queue-wait histogram counts; a job requeued later is counted once.
+    pub fn waits(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let ctx = || "list waits".to_owned();
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT j.id, j.tenant, j.submitted_ms, MIN(e.at_ms) FROM jobs j \
+                 JOIN job_events e ON e.job_id = j.id AND e.to_state = 'running' GROUP BY j.id ORDER BY j.id",
+            )
+            .map_err(self.db_err("jobs", ctx))?;
+        let mut rows = st.query([]).map_err(self.db_err("jobs", ctx))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(self.db_err("jobs", ctx))? {
+            let row_id: i64 = row.get(0).map_err(self.db_err("jobs", ctx))?;
+            let r = RowReader { row, path: &self.path, table: "jobs", row_id };
+            let (submitted, started): (u64, u64) = (r.int(2, "submitted_ms")?, r.int(3, "first start")?);
+            out.push((r.text(1, "tenant")?, started.saturating_sub(submitted)));
+        }
+        Ok(out)
+    }
+
     /// Jobs matching `filter`, by increasing id.
     pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");

@@ -191,6 +191,11 @@ impl Store {
         self.read_reconfigs("state = 'open'", &[], &|| "list open reconfigurations".to_owned())
     }
 
+    /// Every finished reconfiguration, oldest first (what the metrics count by outcome).
+    pub fn finished_reconfigs(&self) -> Result<Vec<ReconfigRecord>, StoreError> {
+        self.read_reconfigs("state = 'finished'", &[], &|| "list finished reconfigurations".to_owned())
+    }
+
     /// One journal entry, open or finished; `None` if there is no such id.
     pub fn reconfig(&self, id: u64) -> Result<Option<ReconfigRecord>, StoreError> {
         let Some(key) = id_key(id) else { return Ok(None) };

@@ -9,7 +9,7 @@ use tessera_store::{ExitInfo, Work};
 
 use crate::wire::{
     CancelReply, DrainReply, DrainRequest, DryRunReply, GpuList, HealthClearReply, HealthReply, JobList, JobQuery,
-    JobRequest, JobView, LayoutReply, LayoutRequest, LogChunk, LogQuery, SubmitReply, SubmitRequest,
+    JobRequest, JobView, LayoutReply, LayoutRequest, LogChunk, LogQuery, MetricsData, SubmitReply, SubmitRequest,
 };
 
 /// Which front door a caller came through.
@@ -83,6 +83,8 @@ pub enum Action {
     Reach { gpu: u32, wanted: Wanted },
     /// Node health.
     Health,
+    /// What `GET /metrics` shows (anyone: the same as `Gpus`, and job counts).
+    Metrics,
     /// Admins: a GPU was reset or repaired; its faults clear at the next successful probe.
     HealthClear { gpu: u32 },
 }
@@ -99,6 +101,7 @@ impl Action {
                 | Action::Logs { .. }
                 | Action::Gpus
                 | Action::Health
+                | Action::Metrics
         )
     }
 
@@ -135,4 +138,5 @@ pub enum Reply {
     Layout(LayoutReply),
     Health(Box<HealthReply>),
     HealthClear(HealthClearReply),
+    Metrics(Box<MetricsData>),
 }

@@ -336,7 +336,8 @@ impl Engine {
             | Action::Wait { .. }
             | Action::Logs { .. }
             | Action::Gpus
-            | Action::Health) => {
+            | Action::Health
+            | Action::Metrics) => {
                 self.publish();
                 self.reader.read(caller, read)
             }

@@ -118,6 +118,49 @@ impl Reader {
         Ok(NodeState { gpus: live.gpus, health: published.health.report(), drained, reconfiguring, held })
     }
 
+    /// What `GET /metrics` is rendered from.
+    fn metrics(&self) -> Result<crate::wire::MetricsData, EngineError> {
+        let gpus = self.gpus()?;
+        let filter = tessera_store::JobFilter {
+            states: vec![
+                tessera_store::JobState::Queued,
+                tessera_store::JobState::Placing,
+                tessera_store::JobState::Running,
+            ],
+            ..tessera_store::JobFilter::default()
+        };
+        let mut counts: std::collections::BTreeMap<(String, String), (tessera_store::JobState, u64)> =
+            std::collections::BTreeMap::new();
+        for j in self.store.jobs(&filter)? {
+            let e = counts.entry((j.state.to_string(), j.tenant.clone())).or_insert((j.state, 0));
+            e.1 += 1;
+        }
+        let jobs = counts
+            .into_iter()
+            .map(|((_, tenant), (state, count))| crate::wire::JobCount { state, tenant, count })
+            .collect();
+        let hostname =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        let waits = self.store.waits()?;
+        let reconfigurations = self
+            .store
+            .finished_reconfigs()?
+            .into_iter()
+            .map(|r| crate::wire::ReconfigDone {
+                gpu: r.gpu_index,
+                gpu_uuid: r.gpu_uuid,
+                outcome: match r.outcome {
+                    Some(tessera_store::ReconfigOutcome::Completed) => "completed",
+                    Some(tessera_store::ReconfigOutcome::RolledBack) => "rolled_back",
+                    _ => "abandoned",
+                }
+                .to_owned(),
+                duration_ms: r.finished_ms.unwrap_or(r.created_ms).saturating_sub(r.created_ms),
+            })
+            .collect();
+        Ok(crate::wire::MetricsData { hostname, gpus, jobs, waits, reconfigurations })
+    }
+
     /// Answers a read action; anything else is the engine's.
     pub fn read(&self, caller: &Caller, action: Action) -> Result<Reply, EngineError> {
         match action {
@@ -130,6 +173,7 @@ impl Reader {
             Action::Logs { id, query } => self.logs(caller, id, &query).map(Reply::Logs),
             Action::Gpus => self.gpus().map(Reply::Gpus),
             Action::Health => self.health_reply().map(|h| Reply::Health(Box::new(h))),
+            Action::Metrics => self.metrics().map(|m| Reply::Metrics(Box::new(m))),
             _ => Err(EngineError::Internal("the reader was given an action that is not a read".into())),
         }
     }

@@ -1,0 +1,213 @@
+//! `GET /metrics`: the node's slices and jobs in the OpenMetrics text format, for Prometheus.
+//!
+//! Rendered at each scrape from one [`MetricsData`] (the reader's view: `GET /v1/gpus` and the
+//! live jobs), so every series agrees with what `tessera gpus` and `tessera jobs` say at that
+//! moment. Per-GPU and per-instance series carry dcgm-exporter's label names (`gpu`, `UUID`,
+//! `device`, `modelName`, `Hostname`, `GPU_I_PROFILE`, `GPU_I_ID`), so dashboards and alerts
+//! written for it join on them. A holder adds `tessera_job` (not `job`: Prometheus gives that
+//! label the scrape job's name), `user`, `tenant` and, for another system's work, `door` and
+//! `key` (a pod's `<namespace>/<pod>/<container>`, a Slurm job's `job/<id>/<user>`).
+//! prometheus-client's label derive cannot name labels `UUID`, so labels are `(name, value)`
+//! lists.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tessera_mig::{Instance, catalog, planner_for};
+
+use crate::wire::{GpuInfo, MetricsData};
+
+/// The content type of the text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+
+/// Queue-wait buckets, in seconds: a second to a day.
+const WAIT_BUCKETS: [f64; 10] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86_400.0];
+/// Reconfiguration-duration buckets, in seconds: a MIG change takes tens of ms to seconds.
+const RECONFIG_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0];
+
+fn wait_histogram() -> Histogram {
+    Histogram::new(WAIT_BUCKETS)
+}
+
+fn reconfig_histogram() -> Histogram {
+    Histogram::new(RECONFIG_BUCKETS)
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// The labels dcgm-exporter gives a GPU.
+fn gpu_labels(host: &str, g: &GpuInfo) -> Labels {
+    let index = g.index.to_string();
+    let device = format!("nvidia{}", g.minor.unwrap_or(g.index));
+    labels(&[("gpu", &index), ("UUID", &g.uuid), ("device", &device), ("modelName", &g.name), ("Hostname", host)])
+}
+
+/// The state word of `GpuInfo::health` (`healthy`, `degraded: …`, `unhealthy: …`).
+fn health_word(health: &str) -> &str {
+    health.split(':').next().unwrap_or(health).trim()
+}
+
+/// The node as OpenMetrics text.
+pub fn render(data: &MetricsData) -> String {
+    let mut r = Registry::default();
+    let host = data.hostname.as_str();
+    let gpu_info = gauge_family(&mut r, "tessera_gpu_info", "A GPU of the node (1), with its MIG mode");
+    let gpu_health = gauge_family(
+        &mut r,
+        "tessera_gpu_health",
+        "1 for the GPU's health state (healthy, degraded, unhealthy), as the daemon fences it",
+    );
+    let gpu_drained = gauge_family(&mut r, "tessera_gpu_drained", "1 while an admin has drained the GPU");
+    let compute = gauge_family(
+        &mut r,
+        "tessera_gpu_compute_slices",
+        "Compute slices by state: allocated (instances held by jobs), idle (instances no job holds), \
+         usable (not in an instance, still usable by some profile), unusable (not in an instance, \
+         usable by none: stranded)",
+    );
+    let memory =
+        gauge_family(&mut r, "tessera_gpu_memory_slices", "Memory slices by state: allocated, idle, unpartitioned");
+    let inst_info = gauge_family(&mut r, "tessera_instance_info", "A MIG instance (1)");
+    let inst_health = gauge_family(&mut r, "tessera_instance_healthy", "1 when the instance is healthy, else 0");
+    let held = gauge_family(&mut r, "tessera_instance_holder", "1 for each job on the instance (several when shared)");
+    let instances = gauge_family(&mut r, "tessera_instances", "Instances by profile and state (allocated, idle)");
+    let jobs = gauge_family(&mut r, "tessera_jobs", "Live jobs by state and tenant");
+
+    for g in &data.gpus.gpus {
+        let base = gpu_labels(host, g);
+        let mut l = base.clone();
+        l.push(("mig".into(), if g.mig { "on" } else { "off" }.into()));
+        gpu_info.get_or_create(&l).set(1);
+        for state in ["healthy", "degraded", "unhealthy"] {
+            let mut l = base.clone();
+            l.push(("state".into(), state.into()));
+            gpu_health.get_or_create(&l).set(i64::from(health_word(&g.health) == state));
+        }
+        gpu_drained.get_or_create(&base).set(i64::from(g.drained.is_some()));
+        let model = g.model.as_deref().and_then(|m| catalog().model(m).ok());
+        let (mut alloc_c, mut idle_c, mut alloc_m, mut idle_m) = (0i64, 0i64, 0i64, 0i64);
+        let mut by_profile: std::collections::BTreeMap<(String, &str), i64> = std::collections::BTreeMap::new();
+        for i in &g.instances {
+            let profile = model.and_then(|m| m.profile_by_id(i.profile_id));
+            let (c, m) = profile.map_or((0, 0), |p| (i64::from(p.compute_slices), i64::from(p.memory_slices)));
+            let busy = !i.jobs.is_empty();
+            if busy {
+                alloc_c += c;
+                alloc_m += m;
+            } else {
+                idle_c += c;
+                idle_m += m;
+            }
+            let name = profile.map_or_else(|| i.profile.clone(), |p| p.name.clone());
+            *by_profile.entry((name.clone(), if busy { "allocated" } else { "idle" })).or_default() += 1;
+            if !g.mig {
+                continue;
+            }
+            let gi = i.gpu_instance_id.map(|v| v.to_string()).unwrap_or_default();
+            let mut il = base.clone();
+            il.push(("GPU_I_PROFILE".into(), name.clone()));
+            il.push(("GPU_I_ID".into(), gi.clone()));
+            let mut info = il.clone();
+            info.push(("mig_uuid".into(), i.mig_uuid.clone().unwrap_or_default()));
+            info.push(("placement_start".into(), i.start.to_string()));
+            info.push(("placement_size".into(), i.size.to_string()));
+            inst_info.get_or_create(&info).set(1);
+            inst_health.get_or_create(&il).set(i64::from(i.healthy));
+            for o in &i.occupants {
+                let mut hl = il.clone();
+                hl.push(("tessera_job".into(), o.job.to_string()));
+                hl.push(("user".into(), o.user.clone()));
+                hl.push(("tenant".into(), o.tenant.clone()));
+                let (door, key) = o.external.as_ref().map_or(("", ""), |x| (x.door.as_str(), x.key.as_str()));
+                hl.push(("door".into(), door.into()));
+                hl.push(("key".into(), key.into()));
+                held.get_or_create(&hl).set(1);
+            }
+        }
+        for ((profile, state), n) in by_profile {
+            let mut l = base.clone();
+            l.push(("GPU_I_PROFILE".into(), profile));
+            l.push(("state".into(), state.into()));
+            instances.get_or_create(&l).set(n);
+        }
+        if let Some(m) = model {
+            let total_c = i64::from(m.compute_slices);
+            let total_m = i64::from(m.memory_slices);
+            // With MIG off the whole GPU is one allocation or none.
+            let (usable, unusable) = if g.mig {
+                let layout: Vec<Instance> = g.instances.iter().map(|i| Instance::new(i.profile_id, i.start)).collect();
+                planner_for(m)
+                    .and_then(|p| p.fragmentation(&layout).ok())
+                    .map_or((total_c - alloc_c - idle_c, 0), |f| {
+                        (i64::from(f.usable_compute_slices), i64::from(f.unusable_compute_slices))
+                    })
+            } else {
+                (0, 0)
+            };
+            for (state, v) in [("allocated", alloc_c), ("idle", idle_c), ("usable", usable), ("unusable", unusable)] {
+                let mut l = base.clone();
+                l.push(("state".into(), state.into()));
+                compute.get_or_create(&l).set(v);
+            }
+            let unpartitioned = (total_m - alloc_m - idle_m).max(0);
+            for (state, v) in [("allocated", alloc_m), ("idle", idle_m), ("unpartitioned", unpartitioned)] {
+                let mut l = base.clone();
+                l.push(("state".into(), state.into()));
+                memory.get_or_create(&l).set(v);
+            }
+        }
+    }
+    let waits = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(wait_histogram);
+    r.register(
+        "tessera_queue_wait_seconds",
+        "How long each job that started waited, from submission to its start, by tenant",
+        waits.clone(),
+    );
+    for (tenant, ms) in &data.waits {
+        waits.get_or_create(&labels(&[("tenant", tenant), ("Hostname", host)])).observe(*ms as f64 / 1000.0);
+    }
+    let reconfigs = Family::<Labels, Counter>::default();
+    r.register("tessera_reconfigurations", "Finished MIG reconfigurations by GPU and outcome", reconfigs.clone());
+    let reconfig_time = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(reconfig_histogram);
+    r.register(
+        "tessera_reconfiguration_duration_seconds",
+        "How long each finished MIG reconfiguration took, by outcome",
+        reconfig_time.clone(),
+    );
+    for rc in &data.reconfigurations {
+        let gpu = rc.gpu.to_string();
+        reconfigs
+            .get_or_create(&labels(&[
+                ("gpu", &gpu),
+                ("UUID", &rc.gpu_uuid),
+                ("Hostname", host),
+                ("outcome", &rc.outcome),
+            ]))
+            .inc();
+        reconfig_time
+            .get_or_create(&labels(&[("outcome", &rc.outcome), ("Hostname", host)]))
+            .observe(rc.duration_ms as f64 / 1000.0);
+    }
+    for c in &data.jobs {
+        let state = c.state.to_string();
+        jobs.get_or_create(&labels(&[("state", &state), ("tenant", &c.tenant), ("Hostname", host)]))
+            .set(i64::try_from(c.count).unwrap_or(i64::MAX));
+    }
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
