@@ -85,6 +85,12 @@ pub fn render(data: &MetricsData) -> String {
     let held = gauge_family(&mut r, "tessera_instance_holder", "1 for each job on the instance (several when shared)");
     let instances = gauge_family(&mut r, "tessera_instances", "Instances by profile and state (allocated, idle)");
     let jobs = gauge_family(&mut r, "tessera_jobs", "Live jobs by state and tenant");
+    let pending = gauge_family(
+        &mut r,
+        "tessera_jobs_pending",
+        "Queued jobs by why they wait (capacity, quota, fragmentation, reconfiguring, reserved, \
+         priority, health, host_cpus, host_memory; undecided before the first round) and tenant",
+    );
 
     for g in &data.gpus.gpus {
         let base = gpu_labels(host, g);
@@ -205,6 +211,11 @@ pub fn render(data: &MetricsData) -> String {
         let state = c.state.to_string();
         jobs.get_or_create(&labels(&[("state", &state), ("tenant", &c.tenant), ("Hostname", host)]))
             .set(i64::try_from(c.count).unwrap_or(i64::MAX));
+    }
+    for p in &data.pending {
+        pending
+            .get_or_create(&labels(&[("reason", &p.reason), ("tenant", &p.tenant), ("Hostname", host)]))
+            .set(i64::try_from(p.count).unwrap_or(i64::MAX));
     }
     let mut out = String::new();
     // Writing to a String cannot fail.

@@ -634,10 +634,22 @@ pub struct MetricsData {
     pub gpus: GpuList,
     /// Live jobs (queued, placing, running) by state and tenant.
     pub jobs: Vec<JobCount>,
+    /// Queued jobs by why they wait (the scheduler's reason code, `undecided` before the first
+    /// round) and tenant.
+    pub pending: Vec<PendingCount>,
     /// Every job that has started: its tenant and its wait in ms (submission to start).
     pub waits: Vec<(String, u64)>,
     /// Every finished reconfiguration.
     pub reconfigurations: Vec<ReconfigDone>,
+}
+
+/// How many queued jobs of one tenant wait for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCount {
+    /// A `tessera_sched::PendingReason` code (`capacity`, `fragmentation`, …) or `undecided`.
+    pub reason: String,
+    pub tenant: String,
+    pub count: u64,
 }
 
 /// A finished reconfiguration, as the metrics count it.

@@ -353,6 +353,35 @@ fn metrics_say_what_the_slice_map_says() {
     assert_eq!(series(&text, "tessera_reconfiguration_duration_seconds_count", &["outcome=\"completed\""]), Some(1.0));
     assert_eq!(series(&text, "tessera_queue_wait_seconds_count", &["tenant=\"default\""]), Some(1.0), "{text}");
     assert_eq!(series(&text, "tessera_queue_wait_seconds_bucket", &["tenant=\"default\"", "le=\"+Inf\""]), Some(1.0));
+    // A second hold of the same instance waits; the metric's reason is the job's reason code.
+    // Two ranks of a 3g.40gb and a 4g.40gb each need both GPUs whole, and GPU 0 holds the
+    // 1g.10gb: the job waits (admission takes it: the idle node could run it).
+    let two = GpuRequest::Instances(vec![
+        GpuRequest::Profile { name: "3g.40gb".into() },
+        GpuRequest::Profile { name: "4g.40gb".into() },
+    ]);
+    let mut request = JobRequest::new(two);
+    request.ranks = 2;
+    request.requeue = false;
+    let work = WorkRequest { request, door: "slurm".into(), key: "job/6/bob".into() };
+    let waiting = s.root().submit_work(&work).unwrap().id;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        let j = s.root().job(waiting).unwrap();
+        if let Some((code, _)) = j.reason.split_once(':') {
+            break code.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "job {waiting} got no pending reason: {j:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = String::from_utf8(s.root().request::<()>("GET", "/metrics", None).unwrap().body).unwrap();
+    assert_eq!(
+        series(&text, "tessera_jobs_pending", &[&format!("reason=\"{reason}\""), "tenant=\"default\""]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(series(&text, "tessera_jobs", &["state=\"queued\""]), Some(1.0));
+    s.root().cancel(waiting).unwrap();
     // Released: nobody holds it any more, and no job runs.
     s.root().release(id, &failed(0)).unwrap();
     let text = String::from_utf8(s.root().request::<()>("GET", "/metrics", None).unwrap().body).unwrap();

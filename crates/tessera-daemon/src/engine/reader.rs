@@ -131,10 +131,25 @@ impl Reader {
         };
         let mut counts: std::collections::BTreeMap<(String, String), (tessera_store::JobState, u64)> =
             std::collections::BTreeMap::new();
+        let mut pending: std::collections::BTreeMap<(String, String), u64> = std::collections::BTreeMap::new();
         for j in self.store.jobs(&filter)? {
             let e = counts.entry((j.state.to_string(), j.tenant.clone())).or_insert((j.state, 0));
             e.1 += 1;
+            if j.state == tessera_store::JobState::Queued {
+                // The round writes `<code>: <detail>`; anything else is a job no round has decided.
+                let code = j.reason.split(':').next().unwrap_or_default().trim();
+                let code = tessera_sched::PendingReason::ALL
+                    .iter()
+                    .map(tessera_sched::PendingReason::as_str)
+                    .find(|c| *c == code)
+                    .unwrap_or("undecided");
+                *pending.entry((code.to_owned(), j.tenant.clone())).or_default() += 1;
+            }
         }
+        let pending = pending
+            .into_iter()
+            .map(|((reason, tenant), count)| crate::wire::PendingCount { reason, tenant, count })
+            .collect();
         let jobs = counts
             .into_iter()
             .map(|((_, tenant), (state, count))| crate::wire::JobCount { state, tenant, count })
@@ -158,7 +173,7 @@ impl Reader {
                 duration_ms: r.finished_ms.unwrap_or(r.created_ms).saturating_sub(r.created_ms),
             })
             .collect();
-        Ok(crate::wire::MetricsData { hostname, gpus, jobs, waits, reconfigurations })
+        Ok(crate::wire::MetricsData { hostname, gpus, jobs, pending, waits, reconfigurations })
     }
 
     /// Answers a read action; anything else is the engine's.
