@@ -212,6 +212,36 @@ pub fn render(data: &MetricsData) -> String {
         jobs.get_or_create(&labels(&[("state", &state), ("tenant", &c.tenant), ("Hostname", host)]))
             .set(i64::try_from(c.count).unwrap_or(i64::MAX));
     }
+    // Slices held per tenant (each tenant counted once per instance it is on), and its usage.
+    let held_by = gauge_family(
+        &mut r,
+        "tessera_tenant_slices",
+        "Compute and memory slices of the instances each tenant's jobs hold now (what its quota counts)",
+    );
+    let mut held_slices: std::collections::BTreeMap<(String, &str), i64> = std::collections::BTreeMap::new();
+    for g in &data.gpus.gpus {
+        let model = g.model.as_deref().and_then(|m| catalog().model(m).ok());
+        for i in &g.instances {
+            let Some(p) = model.and_then(|m| m.profile_by_id(i.profile_id)) else { continue };
+            let tenants: std::collections::BTreeSet<&str> = i.occupants.iter().map(|o| o.tenant.as_str()).collect();
+            for t in tenants {
+                *held_slices.entry((t.to_owned(), "compute")).or_default() += i64::from(p.compute_slices);
+                *held_slices.entry((t.to_owned(), "memory")).or_default() += i64::from(p.memory_slices);
+            }
+        }
+    }
+    for ((tenant, kind), n) in &held_slices {
+        held_by.get_or_create(&labels(&[("tenant", tenant), ("kind", kind), ("Hostname", host)])).set(*n);
+    }
+    let usage = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    r.register(
+        "tessera_fair_share_usage_slice_seconds",
+        "Each tenant's decayed fair-share usage (slices times seconds), as the scheduler ranks tenants by it",
+        usage.clone(),
+    );
+    for (tenant, slice_ms) in &data.fair_share {
+        usage.get_or_create(&labels(&[("tenant", tenant), ("Hostname", host)])).set(slice_ms / 1000.0);
+    }
     for p in &data.pending {
         pending
             .get_or_create(&labels(&[("reason", &p.reason), ("tenant", &p.tenant), ("Hostname", host)]))

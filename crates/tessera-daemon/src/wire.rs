@@ -641,6 +641,9 @@ pub struct MetricsData {
     pub waits: Vec<(String, u64)>,
     /// Every finished reconfiguration.
     pub reconfigurations: Vec<ReconfigDone>,
+    /// Each tenant's decayed fair-share usage in slice-milliseconds, as the engine last saved
+    /// it (every few seconds).
+    pub fair_share: BTreeMap<String, f64>,
 }
 
 /// How many queued jobs of one tenant wait for one reason.

@@ -344,6 +344,18 @@ fn metrics_say_what_the_slice_map_says() {
     assert_eq!(series(&text, "tessera_gpu_compute_slices", &[&uuid1, "state=\"usable\""]), Some(7.0));
     assert_eq!(series(&text, "tessera_instances", &[&uuid0, "GPU_I_PROFILE=\"3g.40gb\"", "state=\"idle\""]), Some(1.0));
     assert_eq!(series(&text, "tessera_jobs", &["state=\"running\"", "tenant=\"default\""]), Some(1.0));
+    // What the tenant holds now (its quota's measure), and its usage once the ledger is saved.
+    assert_eq!(series(&text, "tessera_tenant_slices", &["tenant=\"default\"", "kind=\"compute\""]), Some(1.0));
+    assert_eq!(series(&text, "tessera_tenant_slices", &["tenant=\"default\"", "kind=\"memory\""]), Some(1.0));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = String::from_utf8(s.root().request::<()>("GET", "/metrics", None).unwrap().body).unwrap();
+        if series(&t, "tessera_fair_share_usage_slice_seconds", &["tenant=\"default\""]).is_some_and(|v| v > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fair-share usage for the running hold: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The layout change is one completed reconfiguration of GPU 0; the hold, one start.
     assert_eq!(
         series(&text, "tessera_reconfigurations_total", &[&uuid0, "outcome=\"completed\""]),

@@ -173,7 +173,9 @@ impl Reader {
                 duration_ms: r.finished_ms.unwrap_or(r.created_ms).saturating_sub(r.created_ms),
             })
             .collect();
-        Ok(crate::wire::MetricsData { hostname, gpus, jobs, pending, waits, reconfigurations })
+        let fair_share =
+            self.store.get_meta("fair_share_usage")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        Ok(crate::wire::MetricsData { hostname, gpus, jobs, pending, waits, reconfigurations, fair_share })
     }
 
     /// Answers a read action; anything else is the engine's.
