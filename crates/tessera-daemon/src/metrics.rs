@@ -233,6 +233,16 @@ pub fn render(data: &MetricsData) -> String {
     for ((tenant, kind), n) in &held_slices {
         held_by.get_or_create(&labels(&[("tenant", tenant), ("kind", kind), ("Hostname", host)])).set(*n);
     }
+    let quota = gauge_family(
+        &mut r,
+        "tessera_tenant_quota_slices",
+        "Each tenant's configured quota in compute and memory slices (tenants without one have no series)",
+    );
+    for (tenant, (c, m)) in &data.quotas {
+        for (kind, v) in [("compute", c), ("memory", m)] {
+            quota.get_or_create(&labels(&[("tenant", tenant), ("kind", kind), ("Hostname", host)])).set(i64::from(*v));
+        }
+    }
     let usage = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     r.register(
         "tessera_fair_share_usage_slice_seconds",
@@ -251,4 +261,37 @@ pub fn render(data: &MetricsData) -> String {
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::wire::GpuList;
+
+    #[test]
+    fn tenants_quotas_and_usage_are_series_of_their_own() {
+        let data = MetricsData {
+            hostname: "gpu01".into(),
+            gpus: GpuList { backend: "sim".into(), gpus: Vec::new() },
+            jobs: Vec::new(),
+            pending: Vec::new(),
+            waits: vec![("ml".into(), 90_000)],
+            reconfigurations: Vec::new(),
+            fair_share: BTreeMap::from([("ml".to_owned(), 42_000.0)]),
+            quotas: BTreeMap::from([("ml".to_owned(), (14, 16))]),
+        };
+        let text = render(&data);
+        for line in [
+            "tessera_tenant_quota_slices{tenant=\"ml\",kind=\"compute\",Hostname=\"gpu01\"} 14",
+            "tessera_tenant_quota_slices{tenant=\"ml\",kind=\"memory\",Hostname=\"gpu01\"} 16",
+            "tessera_fair_share_usage_slice_seconds{tenant=\"ml\",Hostname=\"gpu01\"} 42.0",
+            "tessera_queue_wait_seconds_bucket{le=\"60.0\",tenant=\"ml\",Hostname=\"gpu01\"} 0",
+            "tessera_queue_wait_seconds_bucket{le=\"300.0\",tenant=\"ml\",Hostname=\"gpu01\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
 }

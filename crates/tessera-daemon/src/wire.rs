@@ -644,6 +644,8 @@ pub struct MetricsData {
     /// Each tenant's decayed fair-share usage in slice-milliseconds, as the engine last saved
     /// it (every few seconds).
     pub fair_share: BTreeMap<String, f64>,
+    /// The configured quotas: tenant → (compute slices, memory slices).
+    pub quotas: BTreeMap<String, (u32, u32)>,
 }
 
 /// How many queued jobs of one tenant wait for one reason.

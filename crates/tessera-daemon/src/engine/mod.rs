@@ -247,6 +247,11 @@ impl Engine {
             facts: facts.clone(),
             isolation: cgroups.to_string(),
             tenants: config.tenant_names().into_iter().map(str::to_owned).collect(),
+            quotas: config
+                .tenants
+                .iter()
+                .filter_map(|t| t.quota.map(|q| (t.name.clone(), (q.compute_slices, q.memory_slices))))
+                .collect(),
             shared,
         };
         Ok(Engine {
@@ -293,6 +298,7 @@ impl Engine {
             facts: self.facts.clone(),
             isolation: self.reader.isolation.clone(),
             tenants: self.reader.tenants.clone(),
+            quotas: self.reader.quotas.clone(),
             shared: self.reader.shared.clone(),
         })
     }

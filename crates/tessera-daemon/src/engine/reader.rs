@@ -36,6 +36,8 @@ pub struct Reader {
     pub(crate) isolation: String,
     /// The configured tenants' names (`default` first).
     pub(crate) tenants: Vec<String>,
+    /// The configured quotas, tenant → (compute slices, memory slices).
+    pub(crate) quotas: BTreeMap<String, (u32, u32)>,
     pub(crate) shared: Arc<RwLock<Published>>,
 }
 
@@ -175,7 +177,16 @@ impl Reader {
             .collect();
         let fair_share =
             self.store.get_meta("fair_share_usage")?.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Ok(crate::wire::MetricsData { hostname, gpus, jobs, pending, waits, reconfigurations, fair_share })
+        Ok(crate::wire::MetricsData {
+            hostname,
+            gpus,
+            jobs,
+            pending,
+            waits,
+            reconfigurations,
+            fair_share,
+            quotas: self.quotas.clone(),
+        })
     }
 
     /// Answers a read action; anything else is the engine's.
