@@ -40,16 +40,9 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-fail() { echo "prometheus-test: FAIL: $*" >&2; exit 1; }
-step() { echo "prometheus-test: $*"; }
-wait_for() {
-    local t=$1; shift
-    local end=$((SECONDS + t))
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.3
-    done
-}
+check_name=prometheus-test
+# shellcheck source=scripts/lib/check.sh
+source "$repo/scripts/lib/check.sh"
 # A free TCP port on localhost.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -83,10 +76,15 @@ prometheus --config.file="$W/prometheus.yml" --storage.tsdb.path="$W/data" --web
 pids+=($!)
 # The value of a PromQL query, or "none" when it has no result (one series expected).
 q() {
-    curl -sf --get "http://127.0.0.1:$pport/api/v1/query" --data-urlencode "query=$1" | python3 -c '
-import json, sys
-r = json.load(sys.stdin)["data"]["result"]
-print("none" if not r else r[0]["value"][1] if len(r) == 1 else "many:%d" % len(r))'
+    python3 -c '
+import json, sys, urllib.parse, urllib.request
+url = "http://127.0.0.1:%s/api/v1/query?query=%s" % (sys.argv[1], urllib.parse.quote(sys.argv[2]))
+try:
+    r = json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"]
+except OSError as e:  # Prometheus not up (yet)
+    print("unreachable: %s" % e)
+    sys.exit(0)
+print("none" if not r else r[0]["value"][1] if len(r) == 1 else "many:%d" % len(r))' "$pport" "$1"
 }
 is() { [ "$(q "$1")" = "$2" ]; }
 wait_for 60 is 'up{job="tessera"}' 1 || fail "Prometheus does not scrape the metrics port: $(q 'up')"

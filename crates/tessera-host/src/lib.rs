@@ -15,11 +15,13 @@
 pub mod clock;
 pub mod cpulist;
 pub mod files;
+pub mod hostname;
 pub mod memory;
 pub mod signals;
 pub mod users;
 
 pub use clock::now_ms;
 pub use cpulist::{CpuListError, MAX_ID, format_cpulist, parse_cpulist};
+pub use hostname::hostname;
 pub use memory::{SizeError, format_mib, parse_size_mib};
 pub use users::{User, UserError, effective_gid, effective_uid, user_by_name, user_by_uid};

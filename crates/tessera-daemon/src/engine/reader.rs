@@ -156,8 +156,7 @@ impl Reader {
             .into_iter()
             .map(|((_, tenant), (state, count))| crate::wire::JobCount { state, tenant, count })
             .collect();
-        let hostname =
-            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        let hostname = tessera_host::hostname().unwrap_or_default();
         let waits = self.store.waits()?;
         let reconfigurations = self
             .store

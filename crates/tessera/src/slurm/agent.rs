@@ -31,7 +31,7 @@ use super::Ctx;
 use super::cores::CoreTopology;
 use super::ctl::Slurm;
 use super::records::slice_records;
-use super::sync::{Drain, read_map, sync};
+use super::sync::{Drain, held_records, sync};
 
 /// `tessera slurm agent`.
 pub fn run(ctx: &Ctx, once: bool) -> anyhow::Result<()> {
@@ -194,8 +194,7 @@ fn keeps_indices(
             }));
         }
     }
-    let map = read_map(ctx).map_err(|e| e.to_string())?;
-    let held = map.map(|m| m.held(me.used_indices())).unwrap_or_default();
+    let held = held_records(ctx, me).map_err(|e| e.to_string())?;
     if !held.is_empty() && records.len() != current.len() {
         return Err(count_changes(current.len(), records.len()));
     }
@@ -229,26 +228,16 @@ fn submit_ms(text: &str) -> Option<u64> {
 /// This node as the decision sees it: instances the daemon's jobs hold, unhealthy ones, ones
 /// that are not one CUDA device, and those whose GRES index Slurm gave a job are busy.
 fn node_state(ctx: &Ctx, gpus: &GpuList, me: &SlurmNode) -> anyhow::Result<NodeState> {
-    let held_indices: Vec<u32> =
-        me.gres_used.iter().filter(|g| g.name == "gpu").flat_map(|g| g.indices.clone().unwrap_or_default()).collect();
-    let map = read_map(ctx)?;
     let mut held_devices: BTreeSet<String> = BTreeSet::new();
     let mut held_whole: BTreeSet<u32> = BTreeSet::new();
-    for i in held_indices {
-        match map.as_ref().and_then(|m| m.records.get(i as usize)) {
-            Some(r) => match &r.mig_uuid {
-                Some(u) => {
-                    held_devices.insert(u.clone());
-                }
-                None => {
-                    held_whole.insert(r.gpu);
-                }
-            },
-            // An index the map does not know: hold the whole node still.
-            None => anyhow::bail!(
-                "Slurm gave GPU index {i} of node {} to a job, but the GRES map does not have it",
-                ctx.node
-            ),
+    for r in held_records(ctx, me)?.into_values() {
+        match r.mig_uuid {
+            Some(u) => {
+                held_devices.insert(u);
+            }
+            None => {
+                held_whole.insert(r.gpu);
+            }
         }
     }
     let mut out = Vec::new();

@@ -45,12 +45,12 @@ impl Slurm {
     /// The GRES types the cluster has: `GresTypes` of `scontrol show config`, or of slurm.conf
     /// itself (`SLURM_CONF`, else `/etc/slurm/slurm.conf`) while the controller is down.
     pub fn gres_types(&self) -> anyhow::Result<Vec<String>> {
-        let (text, sep) = match self.scontrol(&["show", "config"]) {
-            Ok(t) => (t, '='),
+        let text = match self.scontrol(&["show", "config"]) {
+            Ok(t) => t,
             Err(e) => {
                 let path = std::env::var("SLURM_CONF").unwrap_or_else(|_| "/etc/slurm/slurm.conf".to_owned());
                 match std::fs::read_to_string(&path) {
-                    Ok(t) => (t, '='),
+                    Ok(t) => t,
                     Err(read) => {
                         eprintln!("tessera slurm: no GresTypes ({e}; {path}: {read}): writing no MPS records");
                         return Ok(Vec::new());
@@ -58,10 +58,11 @@ impl Slurm {
                 }
             }
         };
+        // `GresTypes = gpu,mps` (scontrol) and `GresTypes=gpu,mps` (slurm.conf) alike.
         Ok(text
             .lines()
             .find_map(|l| {
-                let (k, v) = l.split_once(sep)?;
+                let (k, v) = l.split_once('=')?;
                 k.trim().eq_ignore_ascii_case("GresTypes").then(|| v.trim().to_owned())
             })
             .filter(|v| v != "(null)")

@@ -77,8 +77,8 @@ impl Ctx {
 
 /// The host name up to its first dot (slurmd's default node name).
 fn short_hostname() -> anyhow::Result<String> {
-    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name")?;
-    let name = text.trim().split('.').next().unwrap_or_default().to_owned();
+    let full = tessera_host::hostname().context("reading the host name")?;
+    let name = full.split('.').next().unwrap_or_default().to_owned();
     anyhow::ensure!(!name.is_empty(), "the host name is empty: set slurm.node_name");
     Ok(name)
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tessera_host::files::{WriteOptions, write_atomic};
+use tessera_slurm::jobs::SlurmNode;
 use tessera_slurm::layout::{
     FileStyle, GresMap, SliceRecord, node_gres, order_records, placeholder_node_line, render_gres_conf,
 };
@@ -135,9 +136,16 @@ pub fn read_map(ctx: &Ctx) -> anyhow::Result<Option<GresMap>> {
 
 /// The records at the GRES indices Slurm has given to jobs on this node, from the last map.
 fn held(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<BTreeMap<u32, SliceRecord>> {
-    let Some(node) = slurm.node(&ctx.node)? else { return Ok(BTreeMap::new()) };
-    let indices: Vec<u32> =
-        node.gres_used.iter().filter(|g| g.name == "gpu").flat_map(|g| g.indices.clone().unwrap_or_default()).collect();
+    match slurm.node(&ctx.node)? {
+        Some(node) => held_records(ctx, &node),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// The records at the GPU indices `node`'s `GresUsed` says jobs hold, from the last map; an
+/// error when the map cannot say which instances they are (none, or a stale one).
+pub fn held_records(ctx: &Ctx, node: &SlurmNode) -> anyhow::Result<BTreeMap<u32, SliceRecord>> {
+    let indices = node.used_indices();
     if indices.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -149,19 +157,16 @@ fn held(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<BTreeMap<u32, SliceRecord>> 
             ctx.map_path().display()
         );
     };
-    let mut out = BTreeMap::new();
-    for i in indices {
-        let Some(r) = map.records.get(i as usize) else {
-            bail!(
-                "Slurm has given GPU index {i} of node {} to a job, but the GRES map has {} records: the map is not \
-                 the one Slurm runs with; wait until the node's jobs end, then sync",
-                ctx.node,
-                map.records.len()
-            );
-        };
-        out.insert(i, r.clone());
+    let held = map.held(indices.iter().copied());
+    if let Some(i) = indices.iter().find(|i| !held.contains_key(i)) {
+        bail!(
+            "Slurm has given GPU index {i} of node {} to a job, but the GRES map has {} records: the map is not \
+             the one Slurm runs with; wait until the node's jobs end, then sync",
+            ctx.node,
+            map.records.len()
+        );
     }
-    Ok(out)
+    Ok(held)
 }
 
 fn current(path: &std::path::Path) -> Option<String> {
@@ -305,12 +310,10 @@ fn write_and_restart(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<SyncOutcome> {
     let want = tessera_slurm::gres::parse_gres_list(&p.node_gres)?;
     // GPU records only: Slurm shows MPS shares per type (`mps:1g.10gb:300`), written as one count.
     let gpu = |g: &&tessera_slurm::gres::GresCount| g.name == "gpu";
-    let have: Vec<_> = node.gres.iter().filter(gpu).map(|g| (g.name.clone(), g.kind.clone(), g.count)).collect();
-    let wanted: Vec<_> = want.iter().filter(gpu).map(|g| (g.name.clone(), g.kind.clone(), g.count)).collect();
-    let (mut have_sorted, mut want_sorted) = (have.clone(), wanted.clone());
-    have_sorted.sort();
-    want_sorted.sort();
-    if have_sorted != want_sorted {
+    let counts = |list: &[tessera_slurm::gres::GresCount]| -> BTreeMap<Option<String>, u64> {
+        list.iter().filter(gpu).map(|g| (g.kind.clone(), g.count)).collect()
+    };
+    if counts(&node.gres) != counts(&want) {
         bail!(
             "after the restart Slurm says node {} has Gres={} but {} says {}: is slurm.conf's NodeName line for it \
              the one in slurm.node_file, and did slurm.restart restart slurmctld?",
