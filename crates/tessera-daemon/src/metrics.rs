@@ -207,6 +207,39 @@ pub fn render(data: &MetricsData) -> String {
             .get_or_create(&labels(&[("outcome", &rc.outcome), ("Hostname", host)]))
             .observe(rc.duration_ms as f64 / 1000.0);
     }
+    // Xid events and MIG operations: counters kept by the daemon (the health tracker, the journal).
+    let gpu_base = |gpu: u32| match data.gpus.gpus.iter().find(|g| g.index == gpu) {
+        Some(g) => gpu_labels(host, g),
+        None => labels(&[("gpu", &gpu.to_string()), ("Hostname", host)]),
+    };
+    let xids = Family::<Labels, Counter>::default();
+    r.register(
+        "tessera_gpu_xid_events",
+        "Xid events by GPU and code (dcgm-exporter's DCGM_FI_DEV_XID_ERRORS is only the last code), \
+         with the class the daemon fences by: severity application, informational, instance, \
+         gpu-fatal or unknown",
+        xids.clone(),
+    );
+    for x in &data.xids {
+        let class = tessera_gpu::health::classify(x.xid);
+        let mut l = gpu_base(x.gpu);
+        l.push(("xid".into(), x.xid.to_string()));
+        l.push(("severity".into(), class.severity.to_string()));
+        xids.get_or_create(&l).inc_by(x.count);
+    }
+    let ops = Family::<Labels, Counter>::default();
+    r.register(
+        "tessera_mig_operations",
+        "MIG operations the reconfiguration journal records, by GPU, operation (create_gpu_instance \
+         and destroy_gpu_instance, each with its compute instances; set_mig_mode) and outcome (ok, failed)",
+        ops.clone(),
+    );
+    for o in &data.mig_operations {
+        let mut l = gpu_base(o.gpu);
+        l.push(("operation".into(), o.operation.clone()));
+        l.push(("outcome".into(), o.outcome.clone()));
+        ops.get_or_create(&l).inc_by(o.count);
+    }
     for c in &data.jobs {
         let state = c.state.to_string();
         jobs.get_or_create(&labels(&[("state", &state), ("tenant", &c.tenant), ("Hostname", host)]))
@@ -281,6 +314,13 @@ mod tests {
             reconfigurations: Vec::new(),
             fair_share: BTreeMap::from([("ml".to_owned(), 42_000.0)]),
             quotas: BTreeMap::from([("ml".to_owned(), (14, 16))]),
+            xids: vec![crate::wire::XidCount { gpu: 0, xid: 79, count: 2 }],
+            mig_operations: vec![crate::wire::MigOperationCount {
+                gpu: 0,
+                operation: "create_gpu_instance".into(),
+                outcome: "failed".into(),
+                count: 3,
+            }],
         };
         let text = render(&data);
         for line in [
@@ -289,6 +329,8 @@ mod tests {
             "tessera_fair_share_usage_slice_seconds{tenant=\"ml\",Hostname=\"gpu01\"} 42.0",
             "tessera_queue_wait_seconds_bucket{le=\"60.0\",tenant=\"ml\",Hostname=\"gpu01\"} 0",
             "tessera_queue_wait_seconds_bucket{le=\"300.0\",tenant=\"ml\",Hostname=\"gpu01\"} 1",
+            "tessera_gpu_xid_events_total{gpu=\"0\",Hostname=\"gpu01\",xid=\"79\",severity=\"gpu-fatal\"} 2",
+            "tessera_mig_operations_total{gpu=\"0\",Hostname=\"gpu01\",operation=\"create_gpu_instance\",outcome=\"failed\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
         }

@@ -646,6 +646,29 @@ pub struct MetricsData {
     pub fair_share: BTreeMap<String, f64>,
     /// The configured quotas: tenant → (compute slices, memory slices).
     pub quotas: BTreeMap<String, (u32, u32)>,
+    /// Xid events seen per GPU and code, since the health tracker first saw the GPU.
+    pub xids: Vec<XidCount>,
+    /// MIG operations the reconfiguration journal records, per GPU, operation and outcome.
+    pub mig_operations: Vec<MigOperationCount>,
+}
+
+/// How many Xid events of one code a GPU has had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XidCount {
+    pub gpu: u32,
+    pub xid: u64,
+    pub count: u64,
+}
+
+/// How many MIG operations of one kind ended one way on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigOperationCount {
+    pub gpu: u32,
+    /// `create_gpu_instance`, `destroy_gpu_instance` or `set_mig_mode`.
+    pub operation: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    pub count: u64,
 }
 
 /// How many queued jobs of one tenant wait for one reason.

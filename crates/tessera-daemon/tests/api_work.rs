@@ -363,6 +363,13 @@ fn metrics_say_what_the_slice_map_says() {
         "{text}"
     );
     assert_eq!(series(&text, "tessera_reconfiguration_duration_seconds_count", &["outcome=\"completed\""]), Some(1.0));
+    // Its two creates (GPU 0 had no instances), each a MIG operation that succeeded.
+    assert_eq!(
+        series(&text, "tessera_mig_operations_total", &[&uuid0, "operation=\"create_gpu_instance\"", "outcome=\"ok\""]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(series(&text, "tessera_mig_operations_total", &[&uuid0, "outcome=\"failed\""]), None);
     assert_eq!(series(&text, "tessera_queue_wait_seconds_count", &["tenant=\"default\""]), Some(1.0), "{text}");
     assert_eq!(series(&text, "tessera_queue_wait_seconds_bucket", &["tenant=\"default\"", "le=\"+Inf\""]), Some(1.0));
     // A second hold of the same instance waits; the metric's reason is the job's reason code.

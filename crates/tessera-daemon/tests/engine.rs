@@ -207,6 +207,9 @@ fn a_failed_gpu_gets_no_work_until_cleared_and_drains_survive_restarts() {
     let Reply::Health(h) = e.act(&alice(), Action::Health).unwrap() else { panic!() };
     let text = serde_json::to_string(&h).unwrap();
     assert!(text.contains("48"), "{text}");
+    // The metrics count the Xid, by GPU and code, across the restart.
+    let Reply::Metrics(m) = e.act(&alice(), Action::Metrics).unwrap() else { panic!() };
+    assert_eq!(m.xids, vec![tessera_daemon::wire::XidCount { gpu: 0, xid: 48, count: 1 }]);
 
     // Undrain GPU 1: the job runs there, whole (MIG off), never on the failed GPU 0.
     e.act(&root(), Action::Drain { gpu: 1, drain: false, request: DrainRequest { reason: String::new() } }).unwrap();

@@ -490,6 +490,26 @@ struct GpuState {
     seen: Seen,
     #[serde(default)]
     last_cleared: Option<Cleared>,
+    /// Xid events seen, by Xid code, since the tracker first saw this GPU (a counter: never
+    /// decreases while the GPU is the same one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "xid_counts")]
+    xid_counts: BTreeMap<u64, u64>,
+}
+
+/// `xid_counts` as a list of `[xid, count]` (the GPU's state is flattened into its stored entry,
+/// where a map with number keys does not read back).
+mod xid_counts {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u64, u64>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<(u64, u64)>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, u64>, D::Error> {
+        Ok(Vec::<(u64, u64)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// `instances` as a list of `{"gpu_instance_id": …, "fault": …}`.
@@ -667,6 +687,9 @@ pub struct GpuHealthReport {
     pub last_cleared: Option<Cleared>,
     /// What was last observed.
     pub seen: Seen,
+    /// Xid events seen, by Xid code (every event, not only the last few kept in `events`).
+    #[serde(default)]
+    pub xid_counts: BTreeMap<u64, u64>,
 }
 
 /// One GPU instance in a [`GpuHealthReport`].
@@ -734,6 +757,7 @@ impl HealthTracker {
         let boot = self.boot_id.clone();
         let boot = boot.as_ref();
         let state = self.gpu_mut(event.gpu);
+        *state.xid_counts.entry(event.xid).or_default() += 1;
         state.push_event(RecordedEvent {
             at_ms: now_ms,
             event: *event,
@@ -992,6 +1016,7 @@ impl HealthTracker {
                     events: s.events.iter().cloned().collect(),
                     last_cleared: s.last_cleared.clone(),
                     seen: s.seen.clone(),
+                    xid_counts: s.xid_counts.clone(),
                 })
                 .collect(),
         }

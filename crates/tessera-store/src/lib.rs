@@ -52,7 +52,8 @@ pub use node::{Drain, MpsServer};
 pub use store::{DB_FILE, LOCK_FILE, Store};
 pub use types::{
     Allocation, AllocationRecord, ExitInfo, ExternalWork, JobEvent, JobFilter, JobRecord, JobState, JournalPlan,
-    LiveAllocation, NewJob, ProcessWork, ReconfigOutcome, ReconfigRecord, SliceAllocation, UnknownJobState, Work,
+    LiveAllocation, MigOperation, NewJob, ProcessWork, ReconfigOutcome, ReconfigRecord, SliceAllocation,
+    UnknownJobState, Work,
 };
 
 /// Version 1's schema, exactly as the first Tessera created it: for tests that build a file to

@@ -396,3 +396,120 @@ pub struct ReconfigRecord {
     /// How it finished; `None` while open.
     pub outcome: Option<ReconfigOutcome>,
 }
+
+/// A MIG operation a journal entry records: a plan step (destroying a GPU instance with its
+/// compute instances, or creating one with its compute instance) or a MIG mode switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MigOperation {
+    CreateGpuInstance,
+    DestroyGpuInstance,
+    SetMigMode,
+}
+
+impl MigOperation {
+    /// The name metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigOperation::CreateGpuInstance => "create_gpu_instance",
+            MigOperation::DestroyGpuInstance => "destroy_gpu_instance",
+            MigOperation::SetMigMode => "set_mig_mode",
+        }
+    }
+}
+
+impl ReconfigRecord {
+    /// The MIG operations this entry shows, each with whether it succeeded: every step marked
+    /// done succeeded; in an entry that finished without completing, the first step not done
+    /// failed (or, with every step done, the MIG mode switch). A completed entry's mode switch
+    /// succeeded. Steps undone by a rollback are not journalled, so not counted; an open entry
+    /// shows only its done steps.
+    pub fn operations(&self) -> Vec<(MigOperation, bool)> {
+        let op = |k: usize| match self.plan.steps.get(k) {
+            Some(Step::Create { .. }) => MigOperation::CreateGpuInstance,
+            Some(Step::Destroy { .. }) => MigOperation::DestroyGpuInstance,
+            None => MigOperation::SetMigMode,
+        };
+        let done: std::collections::BTreeSet<usize> =
+            self.steps_done.iter().filter_map(|(k, _)| usize::try_from(*k).ok()).collect();
+        let mut ops: Vec<(MigOperation, bool)> = done.iter().map(|&k| (op(k), true)).collect();
+        match &self.outcome {
+            Some(ReconfigOutcome::Completed) if self.plan.mig_mode.is_some() => {
+                ops.push((MigOperation::SetMigMode, true));
+            }
+            Some(ReconfigOutcome::RolledBack | ReconfigOutcome::Abandoned { .. }) => {
+                match (0..self.plan.steps.len()).find(|k| !done.contains(k)) {
+                    Some(k) => ops.push((op(k), false)),
+                    None if self.plan.mig_mode.is_some() => ops.push((MigOperation::SetMigMode, false)),
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+        ops
+    }
+}
+
+#[cfg(test)]
+mod operation_tests {
+    use super::*;
+
+    fn record(
+        steps: &[bool],
+        done: &[u32],
+        outcome: Option<ReconfigOutcome>,
+        mig_mode: Option<bool>,
+    ) -> ReconfigRecord {
+        let i = Instance::new(19, 0);
+        let steps = steps
+            .iter()
+            .map(|create| {
+                if *create {
+                    Step::Create { instance: i }
+                } else {
+                    Step::Destroy { instance: i, gpu_instance_id: Some(1) }
+                }
+            })
+            .collect();
+        ReconfigRecord {
+            id: 1,
+            gpu_uuid: "GPU-x".into(),
+            gpu_index: 0,
+            plan: JournalPlan { steps, target: vec![], by: None, mig_mode },
+            for_job: None,
+            steps_done: done.iter().map(|k| (*k, String::new())).collect(),
+            created_ms: 0,
+            finished_ms: outcome.as_ref().map(|_| 1),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_journal_entry_says_which_mig_operations_ran_and_which_failed() {
+        use MigOperation::*;
+        let abandoned = || Some(ReconfigOutcome::Abandoned { detail: "gone".into() });
+        let cases: Vec<(ReconfigRecord, Vec<(MigOperation, bool)>)> = vec![
+            // destroy, create, create: all done.
+            (
+                record(&[false, true, true], &[0, 1, 2], Some(ReconfigOutcome::Completed), None),
+                vec![(DestroyGpuInstance, true), (CreateGpuInstance, true), (CreateGpuInstance, true)],
+            ),
+            // The second create failed and was rolled back.
+            (
+                record(&[false, true, true], &[0, 1], Some(ReconfigOutcome::RolledBack), None),
+                vec![(DestroyGpuInstance, true), (CreateGpuInstance, true), (CreateGpuInstance, false)],
+            ),
+            // Open: only what is done so far.
+            (record(&[false, true], &[0], None, None), vec![(DestroyGpuInstance, true)]),
+            // A mode switch after the destroys: completed, then failed.
+            (
+                record(&[false], &[0], Some(ReconfigOutcome::Completed), Some(false)),
+                vec![(DestroyGpuInstance, true), (SetMigMode, true)],
+            ),
+            (record(&[false], &[0], abandoned(), Some(false)), vec![(DestroyGpuInstance, true), (SetMigMode, false)]),
+            (record(&[], &[], abandoned(), Some(true)), vec![(SetMigMode, false)]),
+        ];
+        for (k, (r, want)) in cases.into_iter().enumerate() {
+            assert_eq!(r.operations(), want, "case {k}");
+        }
+    }
+}

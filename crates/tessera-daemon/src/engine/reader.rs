@@ -158,9 +158,34 @@ impl Reader {
             .collect();
         let hostname = tessera_host::hostname().unwrap_or_default();
         let waits = self.store.waits()?;
-        let reconfigurations = self
-            .store
-            .finished_reconfigs()?
+        let finished = self.store.finished_reconfigs()?;
+        let mut operations: std::collections::BTreeMap<(u32, &'static str, &'static str), u64> =
+            std::collections::BTreeMap::new();
+        for r in finished.iter().chain(self.store.open_reconfigs()?.iter()) {
+            for (op, ok) in r.operations() {
+                *operations.entry((r.gpu_index, op.as_str(), if ok { "ok" } else { "failed" })).or_default() += 1;
+            }
+        }
+        let mig_operations = operations
+            .into_iter()
+            .map(|((gpu, operation, outcome), count)| crate::wire::MigOperationCount {
+                gpu,
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+                count,
+            })
+            .collect();
+        let xids = self
+            .published()
+            .health
+            .report()
+            .gpus
+            .iter()
+            .flat_map(|g| {
+                g.xid_counts.iter().map(|(xid, count)| crate::wire::XidCount { gpu: g.gpu, xid: *xid, count: *count })
+            })
+            .collect();
+        let reconfigurations = finished
             .into_iter()
             .map(|r| crate::wire::ReconfigDone {
                 gpu: r.gpu_index,
@@ -185,6 +210,8 @@ impl Reader {
             reconfigurations,
             fair_share,
             quotas: self.quotas.clone(),
+            xids,
+            mig_operations,
         })
     }
 

@@ -959,3 +959,23 @@ proptest! {
         prop_assert_eq!(back.report(), t.report());
     }
 }
+
+#[test]
+fn xid_counts_count_every_event_by_code_and_are_kept() {
+    let mut t = HealthTracker::new(1000);
+    // More events than the report keeps: the counts still see every one.
+    for i in 0..(EVENTS_KEPT as u64 + 5) {
+        t.record(&ev(0, 13, Some(1)), i);
+    }
+    t.record(&ev(0, 48, None), 100);
+    t.record(&ev(1, 94, Some(2)), 101);
+    let back = HealthTracker::restore(&serde_json::to_string(&t).unwrap(), 1000).unwrap();
+    for tracker in [&t, &back] {
+        let r = tracker.report();
+        let counts: Vec<_> = r.gpus.iter().map(|g| (g.gpu, g.xid_counts.clone())).collect();
+        assert_eq!(
+            counts,
+            vec![(0, BTreeMap::from([(13, EVENTS_KEPT as u64 + 5), (48, 1)])), (1, BTreeMap::from([(94, 1)])),]
+        );
+    }
+}
