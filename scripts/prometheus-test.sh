@@ -49,6 +49,9 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 promtool check rules deploy/prometheus/tessera-rules.yml >"$W/promtool.log" 2>&1 ||
     fail "promtool check rules: $(cat "$W/promtool.log")"
 step "alert rules: $(grep -o 'SUCCESS.*' "$W/promtool.log")"
+promtool test rules deploy/prometheus/tessera-rules.test.yml >"$W/promtool-test.log" 2>&1 ||
+    fail "promtool test rules: $(cat "$W/promtool-test.log")"
+step "alert rule unit tests: SUCCESS"
 
 mport=$(port)
 pport=$(port)
@@ -144,6 +147,37 @@ wait_for 10 is "sum(tessera_queue_wait_seconds_count)" 1 || fail "the queue-wait
 is "sum(tessera_reconfigurations_total{UUID=\"$g0\",outcome=\"completed\"})" 2 ||
     fail "GPU 0's completed reconfigurations are $(q "sum(tessera_reconfigurations_total{UUID=\"$g0\"})"), not 2"
 step "   holder, running count and allocated slices came and went with job $id; one wait, two reconfigurations"
+
+step "3. every dashboard query and alert expression runs in Prometheus"
+# The dashboard's variables as Grafana would substitute them: every node, a one-minute window.
+python3 - "$pport" deploy/grafana/tessera-dashboard.json deploy/prometheus/tessera-rules.yml <<'PY' || fail "a query does not run"
+import json, re, sys, urllib.parse, urllib.request
+port, dashboard, rules = sys.argv[1:]
+exprs = []
+for p in json.load(open(dashboard))["panels"]:
+    for t in p.get("targets", []):
+        exprs.append(("panel '%s'" % p["title"], t["expr"].replace("$host", ".*").replace("$__rate_interval", "1m")))
+for line in open(rules):
+    m = re.match(r"\s+expr: (.*)$", line)
+    if m:
+        exprs.append(("alert rule", m.group(1)))
+empty = []
+for where, e in exprs:
+    u = "http://127.0.0.1:%s/api/v1/query?query=%s" % (port, urllib.parse.quote(e))
+    try:
+        r = json.load(urllib.request.urlopen(u, timeout=5))
+    except urllib.error.HTTPError as err:
+        sys.exit("%s: %s: %s" % (where, e, err.read().decode()))
+    if r["status"] != "success":
+        sys.exit("%s: %s: %s" % (where, e, r))
+    if not r["data"]["result"]:
+        empty.append(where)
+print("prometheus-test:    %d queries ran; without data on this node (no such event yet): %s" % (len(exprs), ", ".join(sorted(set(empty))) or "none"))
+# The views the dashboard exists for have data here.
+for must in ["panel 'Compute slices per GPU'", "panel 'Instances by profile'", "panel 'Memory slices'", "panel 'Slices in use'"]:
+    if must in empty:
+        sys.exit("%s shows nothing" % must)
+PY
 
 failed=0
 step "all checks passed"

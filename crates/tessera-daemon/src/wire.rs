@@ -530,7 +530,7 @@ pub struct LogChunk {
 }
 
 /// The node's GPUs (`GET /v1/gpus`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuList {
     /// `nvml` or `sim`.
     pub backend: String,
@@ -627,7 +627,7 @@ pub const MAX_LAYOUT_ENTRIES: usize = 32;
 
 /// What `GET /metrics` is rendered from: the node's GPUs as `GET /v1/gpus` shows them, and the
 /// live jobs counted by state and tenant, at one moment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricsData {
     /// The node's host name (dcgm-exporter's `Hostname` label).
     pub hostname: String,
