@@ -56,7 +56,9 @@ for path in ./usr/bin/tessera ./usr/lib/systemd/system/tessera.service ./etc/tes
     ./usr/share/man/man1/tessera.1.gz ./usr/share/man/man1/tessera-submit.1.gz ./usr/share/man/man1/tessera-mig-apply.1.gz \
     ./usr/share/bash-completion/completions/tessera ./usr/share/zsh/vendor-completions/_tessera \
     ./usr/share/fish/vendor_completions.d/tessera.fish ./usr/share/doc/tessera/copyright ./usr/share/doc/tessera/operations.md \
-    ./usr/lib/systemd/system/tessera-slurm-agent.service ./usr/share/doc/tessera/slurm.md; do
+    ./usr/lib/systemd/system/tessera-slurm-agent.service ./usr/share/doc/tessera/slurm.md \
+    ./usr/share/doc/tessera/observe.md ./usr/share/tessera/prometheus/tessera-rules.yml \
+    ./usr/share/tessera/grafana/tessera-dashboard.json; do
     grep -q " $path\$" "$work/contents" || fail "$path is not in the package"
 done
 grep -q 'tessera-shim\.1' "$work/contents" && fail "the hidden supervisor command has a man page"

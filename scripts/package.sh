@@ -81,6 +81,10 @@ gzip -9n "$root"/usr/share/man/man1/*.1
 install -D -m 0644 README.md "$doc/README.md"
 install -D -m 0644 docs/operations.md "$doc/operations.md"
 install -D -m 0644 docs/slurm.md "$doc/slurm.md"
+install -D -m 0644 docs/observe.md "$doc/observe.md"
+# Alert rules and the Grafana dashboard, for the operator's Prometheus and Grafana to load.
+install -D -m 0644 deploy/prometheus/tessera-rules.yml "$root/usr/share/tessera/prometheus/tessera-rules.yml"
+install -D -m 0644 deploy/grafana/tessera-dashboard.json "$root/usr/share/tessera/grafana/tessera-dashboard.json"
 if [ -f docs/config.md ]; then install -D -m 0644 docs/config.md "$doc/config.md"; fi
 
 # Machine-readable copyright (DEP-5): Tessera itself, and every crate linked into the binary.

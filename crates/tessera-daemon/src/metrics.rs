@@ -92,6 +92,17 @@ pub fn render(data: &MetricsData) -> String {
          priority, health, host_cpus, host_memory; undecided before the first round) and tenant",
     );
 
+    let node_compute = gauge_family(
+        &mut r,
+        "tessera_node_compute_slices",
+        "The node's compute slices by state (the sum of tessera_gpu_compute_slices over its GPUs)",
+    );
+    let node_memory = gauge_family(
+        &mut r,
+        "tessera_node_memory_slices",
+        "The node's memory slices by state (the sum of tessera_gpu_memory_slices over its GPUs)",
+    );
+    let mut node_totals: std::collections::BTreeMap<(bool, &str), i64> = std::collections::BTreeMap::new();
     for g in &data.gpus.gpus {
         let base = gpu_labels(host, g);
         let mut l = base.clone();
@@ -167,14 +178,20 @@ pub fn render(data: &MetricsData) -> String {
                 let mut l = base.clone();
                 l.push(("state".into(), state.into()));
                 compute.get_or_create(&l).set(v);
+                *node_totals.entry((true, state)).or_default() += v;
             }
             let unpartitioned = (total_m - alloc_m - idle_m).max(0);
             for (state, v) in [("allocated", alloc_m), ("idle", idle_m), ("unpartitioned", unpartitioned)] {
                 let mut l = base.clone();
                 l.push(("state".into(), state.into()));
                 memory.get_or_create(&l).set(v);
+                *node_totals.entry((false, state)).or_default() += v;
             }
         }
+    }
+    for ((is_compute, state), v) in node_totals {
+        let family = if is_compute { &node_compute } else { &node_memory };
+        family.get_or_create(&labels(&[("state", state), ("Hostname", host)])).set(v);
     }
     let waits = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(wait_histogram);
     r.register(

@@ -342,6 +342,14 @@ fn metrics_say_what_the_slice_map_says() {
     );
     let uuid1 = format!("UUID=\"{}\"", gpus.gpus[1].uuid);
     assert_eq!(series(&text, "tessera_gpu_compute_slices", &[&uuid1, "state=\"usable\""]), Some(7.0));
+    // The node: both GPUs summed (GPU 1 has no instance).
+    let node = |state: &str| series(&text, "tessera_node_compute_slices", &[&format!("state=\"{state}\"")]);
+    assert_eq!(
+        (node("allocated"), node("idle"), node("usable"), node("unusable")),
+        (Some(1.0), Some(3.0), Some(10.0), Some(0.0))
+    );
+    // Memory: 3 of GPU 0's 8 (a 1g.10gb takes 1, a 3g.40gb 4) and all 8 of GPU 1.
+    assert_eq!(series(&text, "tessera_node_memory_slices", &["state=\"unpartitioned\""]), Some(11.0));
     assert_eq!(series(&text, "tessera_instances", &[&uuid0, "GPU_I_PROFILE=\"3g.40gb\"", "state=\"idle\""]), Some(1.0));
     assert_eq!(series(&text, "tessera_jobs", &["state=\"running\"", "tenant=\"default\""]), Some(1.0));
     // What the tenant holds now (its quota's measure), and its usage once the ledger is saved.
