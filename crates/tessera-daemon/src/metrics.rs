@@ -6,7 +6,8 @@
 //! `device`, `modelName`, `Hostname`, `GPU_I_PROFILE`, `GPU_I_ID`), so dashboards and alerts
 //! written for it join on them. A holder adds `tessera_job` (not `job`: Prometheus gives that
 //! label the scrape job's name), `user`, `tenant` and, for another system's work, `door` and
-//! `key` (a pod's `<namespace>/<pod>/<container>`, a Slurm job's `job/<id>/<user>`).
+//! `key` (a pod's `<namespace>/<pod>/<container>`, a Slurm job's `job/<id>/<user>`); a pod's
+//! hold also has dcgm-exporter's `namespace`, `pod` and `container`.
 //! prometheus-client's label derive cannot name labels `UUID`, so labels are `(name, value)`
 //! lists.
 
@@ -151,6 +152,15 @@ pub fn render(data: &MetricsData) -> String {
                 let (door, key) = o.external.as_ref().map_or(("", ""), |x| (x.door.as_str(), x.key.as_str()));
                 hl.push(("door".into(), door.into()));
                 hl.push(("key".into(), key.into()));
+                // dcgm-exporter's pod labels, for a container's hold through the device plugin.
+                let (namespace, pod, container) = match door {
+                    tessera_kube_core::holds::DOOR => tessera_kube_core::holds::container_of_key(key),
+                    _ => None,
+                }
+                .unwrap_or_default();
+                hl.push(("namespace".into(), namespace.into()));
+                hl.push(("pod".into(), pod.into()));
+                hl.push(("container".into(), container.into()));
                 held.get_or_create(&hl).set(1);
             }
         }
@@ -319,6 +329,65 @@ mod tests {
 
     use super::*;
     use crate::wire::GpuList;
+
+    /// GPU 0, an H100 with a 3g.40gb at 4 held by job 9 of `door` with `key`.
+    fn held_gpu(door: &str, key: &str) -> GpuList {
+        let occupant = crate::wire::Occupant {
+            job: 9,
+            user: "alice".into(),
+            tenant: "ml".into(),
+            external: Some(tessera_store::ExternalWork { door: door.into(), key: key.into() }),
+        };
+        let instance = crate::wire::InstanceInfo {
+            gpu_instance_id: Some(2),
+            profile: "3g.40gb".into(),
+            profile_id: 9,
+            start: 4,
+            size: 4,
+            jobs: vec![9],
+            occupants: vec![occupant],
+            mig_uuid: Some("MIG-a".into()),
+            healthy: true,
+            gi_caps_minor: None,
+            ci_caps_minor: None,
+        };
+        let gpu = GpuInfo {
+            index: 0,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            uuid: "GPU-0".into(),
+            model: Some("H100-SXM5-80GB".into()),
+            numa_node: Some(0),
+            minor: Some(0),
+            local_cpus: None,
+            mig: true,
+            drained: None,
+            health: "healthy".into(),
+            instances: vec![instance],
+        };
+        GpuList { backend: "sim".into(), gpus: vec![gpu] }
+    }
+
+    #[test]
+    fn a_pods_hold_has_dcgm_exporters_pod_labels_and_others_none() {
+        let cases = [
+            ("kubernetes", "ml/train-0/main", ("ml", "train-0", "main")),
+            // Not yet listed by the kubelet: no pod known.
+            ("kubernetes", "allocated:MIG-a", ("", "", "")),
+            // Another door's key is not a pod's, whatever its shape.
+            ("slurm", "job/5/alice", ("", "", "")),
+        ];
+        for (door, key, (namespace, pod, container)) in cases {
+            let data = MetricsData { hostname: "n".into(), gpus: held_gpu(door, key), ..MetricsData::default() };
+            let text = render(&data);
+            let want = format!(
+                "door=\"{door}\",key=\"{key}\",namespace=\"{namespace}\",pod=\"{pod}\",container=\"{container}\"}} 1"
+            );
+            assert!(
+                text.lines().any(|l| l.starts_with("tessera_instance_holder{") && l.ends_with(&want)),
+                "{door} {key}: no holder line ending {want} in:\n{text}"
+            );
+        }
+    }
 
     #[test]
     fn tenants_quotas_and_usage_are_series_of_their_own() {

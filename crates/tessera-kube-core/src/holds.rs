@@ -15,9 +15,9 @@ pub fn container_key(namespace: &str, pod: &str, container: &str) -> String {
     format!("{namespace}/{pod}/{container}")
 }
 
-/// The pod a hold's key names; `None` for a provisional key or anything else. PodResources
-/// gives no pod UID, so the UID is empty (matching any pod of that name).
-pub fn pod_of_key(key: &str) -> Option<PodRef> {
+/// The namespace, pod and container a hold's key names; `None` for a provisional key or
+/// anything else.
+pub fn container_of_key(key: &str) -> Option<(&str, &str, &str)> {
     if key.starts_with(PROVISIONAL) {
         return None;
     }
@@ -26,6 +26,13 @@ pub fn pod_of_key(key: &str) -> Option<PodRef> {
     if namespace.is_empty() || name.is_empty() || container.is_empty() {
         return None;
     }
+    Some((namespace, name, container))
+}
+
+/// The pod a hold's key names; `None` for a provisional key or anything else. PodResources
+/// gives no pod UID, so the UID is empty (matching any pod of that name).
+pub fn pod_of_key(key: &str) -> Option<PodRef> {
+    let (namespace, name, _) = container_of_key(key)?;
     Some(PodRef { namespace: namespace.to_string(), name: name.to_string(), uid: String::new() })
 }
 
