@@ -43,5 +43,14 @@ scripts/prometheus-test.sh >"$prom_log" 2>&1 ||
     { cat "$prom_log" >&2; echo "test.sh: scripts/prometheus-test.sh failed" >&2; exit 1; }
 grep -E "SKIPPED|all checks passed" "$prom_log" || true
 rm -f "$prom_log"
+# The web view in headless Chromium, and `tessera top` under tmux (each installed by its script when
+# missing; skipped where they cannot be).
+for check in web-test top-test; do
+    check_log=$(mktemp)
+    "scripts/$check.sh" >"$check_log" 2>&1 ||
+        { cat "$check_log" >&2; echo "test.sh: scripts/$check.sh failed" >&2; exit 1; }
+    grep -E "SKIPPED|all checks passed" "$check_log" || true
+    rm -f "$check_log"
+done
 # The Debian package: built from the dev build above, installed into an empty root, its unit verified.
 scripts/package-test.sh

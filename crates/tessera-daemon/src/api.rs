@@ -20,7 +20,7 @@ use crate::config::{Config, Tokens};
 pub use crate::engine::{Action, Caller, Door, EngineError, Reply};
 use crate::http::{PeerInfo, code_for_status, json_error};
 use crate::wire::{
-    DrainRequest, JobQuery, JobState, LayoutRequest, LogCursor, LogQuery, MAX_DOOR_BYTES, MAX_KEY_BYTES,
+    DrainRequest, EventQuery, JobQuery, JobState, LayoutRequest, LogCursor, LogQuery, MAX_DOOR_BYTES, MAX_KEY_BYTES,
     MAX_RELEASE_DETAIL_BYTES, RESERVED_DOORS, ReleaseRequest, Stream, SubmitRequest, WorkRequest,
 };
 
@@ -66,7 +66,21 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Who calls the JSON API: the socket peer, or the user of a TCP caller's bearer token.
     async fn caller(&self, peer: Option<&PeerInfo>, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
+        self.caller_with(peer, headers, None).await
+    }
+
+    /// Who calls: the one place that decides it. On the Unix socket the peer (its credentials);
+    /// on TCP the user of the bearer token sent, or else — for the web view alone, which passes
+    /// `session` — the user a login session (`crate::web`) was opened for with a token. The JSON
+    /// API passes `None`, so a session cookie never counts there.
+    pub(crate) async fn caller_with(
+        &self,
+        peer: Option<&PeerInfo>,
+        headers: &HeaderMap,
+        session: Option<&TokenUser>,
+    ) -> Result<Caller, Box<Response>> {
         match peer {
             Some(PeerInfo::Unix { uid, gid, .. }) => {
                 // NSS may be slow (LDAP): not on the async workers.
@@ -91,24 +105,35 @@ impl Identity {
                 if self.tokens.is_empty() {
                     return Err(refuse("TCP access is not configured (server.token_file)"));
                 }
-                let given = headers
-                    .get("authorization")
+                let authorization = headers.get("authorization");
+                if authorization.is_none()
+                    && let Some(who) = session
+                {
+                    return Ok(self.token_caller(who));
+                }
+                let given = authorization
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .ok_or_else(|| refuse("send `Authorization: Bearer <token>`"))?;
                 let Some(who) = self.tokens.user_for(given.trim().as_bytes()) else {
                     return Err(refuse("the bearer token is not valid"));
                 };
-                Ok(Caller {
-                    uid: who.uid,
-                    gid: who.gid,
-                    tenant: self.config.tenant_of(&who.name),
-                    admin: self.config.is_admin(who.uid, &who.name),
-                    user: who.name.clone(),
-                    door: Door::Tcp,
-                })
+                Ok(self.token_caller(who))
             }
             None => Err(Box::new(unauthorized("the caller could not be identified"))),
+        }
+    }
+
+    /// A TCP caller acting as `who`, a token's user: their tenant and whether they are an admin
+    /// as the configuration says.
+    fn token_caller(&self, who: &TokenUser) -> Caller {
+        Caller {
+            uid: who.uid,
+            gid: who.gid,
+            tenant: self.config.tenant_of(&who.name),
+            admin: self.config.is_admin(who.uid, &who.name),
+            user: who.name.clone(),
+            door: Door::Tcp,
         }
     }
 }
@@ -283,6 +308,7 @@ fn describe(action: &Action) -> String {
         Action::Layout { gpu, .. } | Action::Reach { gpu, .. } => format!("change GPU {gpu}'s layout"),
         Action::Health => "show health".into(),
         Action::Metrics => "metrics".into(),
+        Action::Events(_) => "list events".into(),
         Action::HealthClear { gpu } => format!("clear GPU {gpu}'s health"),
     }
 }
@@ -349,14 +375,23 @@ struct LogParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct EventParams {
+    since_ms: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WaitQuery {
     timeout_ms: Option<u64>,
 }
 
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
-/// The API router. The connection layer (`server.rs`) tells it who calls ([`PeerInfo`]).
+/// The API router, with the web view (`/ui`, [`crate::web`]) beside it. The connection layer
+/// (`server.rs`) tells it who calls ([`PeerInfo`]).
 pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
+    let web = crate::web::router(service.clone(), identity.clone());
     let state = AppState { service, identity };
     Router::new()
         .route("/openapi.json", get(|| async { axum::Json(crate::openapi::document()) }))
@@ -460,6 +495,13 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
             get(|State(s): State<AppState>, p: Peer, h: HeaderMap| async move { metrics(&s, p, &h).await }),
         )
         .route(
+            "/v1/events",
+            get(|State(s): State<AppState>, p: Peer, h: HeaderMap, q: Q<EventParams>| async move {
+                let action = query(q).map(|q| Action::Events(EventQuery { since_ms: q.since_ms, limit: q.limit }));
+                dispatch(&s, p, &h, action).await
+            }),
+        )
+        .route(
             "/v1/gpus/{gpu}/drain",
             post(|State(s): State<AppState>, p: Peer, h: HeaderMap, Path(gpu): Path<String>, body: Bytes| async move {
                 let action = parse_gpu(&gpu).and_then(|gpu| {
@@ -498,6 +540,7 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
         )
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json") })
         .with_state(state)
+        .merge(web)
 }
 
 #[cfg(test)]

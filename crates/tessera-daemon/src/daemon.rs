@@ -401,12 +401,14 @@ fn gpu_summary(engine: &Engine) -> String {
 }
 
 /// Watches GPU health until `stop`: Xid events as they come, every GPU probed every
-/// `probe_interval`. The backend calls run without the engine lock.
+/// `probe_interval`, and GPM utilisation sampled by `utilisation` at its own interval. The
+/// backend calls run without the engine lock.
 fn watch_health(
     core: Arc<Mutex<Engine>>,
     node: Arc<Node>,
     wake: Arc<tokio::sync::Notify>,
     probe: Duration,
+    mut utilisation: crate::utilisation::Sampler,
     stop: Arc<AtomicBool>,
 ) {
     let mut last_probe: Option<Instant> = None;
@@ -441,6 +443,47 @@ fn watch_health(
             wake.notify_one();
             last_probe = Some(Instant::now());
         }
+        if utilisation.due() {
+            utilisation.sample(node.backend(), &gpus, tessera_host::now_ms());
+        }
+    }
+}
+
+/// The health watcher's thread ([`EngineHandle::watch_health`]), stopped and joined when
+/// dropped.
+#[derive(Debug)]
+pub struct HealthWatcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HealthWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Starts the health watcher on a thread of its own (what `run` does): Xid events as they
+    /// come, every GPU probed every `probe`, and GPM utilisation sampled at the same interval
+    /// (no faster than [`crate::utilisation::MIN_INTERVAL`]) for `GET /metrics`. It runs until
+    /// the returned watcher is dropped.
+    pub fn watch_health(&self, probe: Duration) -> Result<HealthWatcher, DaemonError> {
+        let (node, utilisation) = {
+            let core = self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (core.node(), core.utilisation())
+        };
+        let sampler = crate::utilisation::Sampler::new(utilisation, probe);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (core, wake, flag) = (self.core.clone(), self.wake.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("tessera-health".into())
+            .spawn(move || watch_health(core, node, wake, probe, sampler, flag))
+            .map_err(|e| DaemonError::Setup(format!("starting the health watcher: {e}")))?;
+        Ok(HealthWatcher { stop, thread: Some(thread) })
     }
 }
 
@@ -520,7 +563,7 @@ pub fn run_with(opts: ServeOptions, door: Option<FrontDoor>) -> Result<(), Daemo
         runtime_dir,
         dev_root: opts.config.node.dev_root.clone().unwrap_or_else(|| PathBuf::from("/dev")),
     };
-    let mut engine = Engine::new(store, node.clone(), opts.config.clone(), paths, opts.shim.clone(), mps)?;
+    let mut engine = Engine::new(store, node, opts.config.clone(), paths, opts.shim.clone(), mps)?;
     tracing::info!(
         backend = %backend_summary,
         gpus = engine.facts.gpus.len(),
@@ -568,14 +611,7 @@ pub fn run_with(opts: ServeOptions, door: Option<FrontDoor>) -> Result<(), Daemo
             ),
         }
         let handle = Arc::new(EngineHandle::new(engine)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let (core, wake, stop) = (handle.core.clone(), handle.wake.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("tessera-health".into())
-                .spawn(move || watch_health(core, node, wake, probe, stop))
-                .map_err(|e| DaemonError::Setup(format!("starting the health watcher: {e}")))?
-        };
+        let watcher = handle.watch_health(probe)?;
         tokio::spawn(handle.clone().run_rounds(tick));
         // The front door, if any; its failure stops the daemon as a signal would.
         let (door_stop, door_stopped) = tokio::sync::watch::channel(false);
@@ -622,8 +658,7 @@ pub fn run_with(opts: ServeOptions, door: Option<FrontDoor>) -> Result<(), Daemo
         {
             tracing::warn!("the front door did not stop within {} s", DOOR_STOP_GRACE.as_secs());
         }
-        stop.store(true, Ordering::Relaxed);
-        let _ = watcher.join();
+        drop(watcher);
         let _ = std::fs::remove_file(&opts.socket);
         served.map_err(DaemonError::from)?;
         match door_failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {

@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tessera_gpu::GpmMetric;
 use tessera_mig::{Instance, catalog, planner_for};
 
 use crate::wire::{GpuInfo, MetricsData};
@@ -317,10 +318,74 @@ pub fn render(data: &MetricsData) -> String {
             .get_or_create(&labels(&[("reason", &p.reason), ("tenant", &p.tenant), ("Hostname", host)]))
             .set(i64::try_from(p.count).unwrap_or(i64::MAX));
     }
+    render_utilisation(&mut r, data);
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+/// A gauge of a ratio 0..1.
+type RatioGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// GPM utilisation (Hopper and newer): one gauge family per metric, `tessera_instance_<metric>`,
+/// a ratio 0..1 over the daemon's last sample interval, with dcgm-exporter's labels: per MIG
+/// instance the GPU's and `GPU_I_PROFILE`, `GPU_I_ID`; per GPU with MIG off the GPU's alone (as
+/// dcgm-exporter labels a GPU without MIG). Readings of instances or GPUs `data.gpus` does not
+/// show (gone since the sample) are left out; a metric the driver did not give has no series.
+fn render_utilisation(r: &mut Registry, data: &MetricsData) {
+    let host = data.hostname.as_str();
+    let families: Vec<(GpmMetric, Family<Labels, RatioGauge>)> = GpmMetric::ALL
+        .iter()
+        .map(|&m| {
+            let f = Family::<Labels, RatioGauge>::default();
+            let help = format!(
+                "{} of the MIG instance (of the GPU, MIG off) over the last sample interval, a ratio 0..1, from \
+                 NVML's GPU performance monitoring (Hopper and newer); dcgm-exporter's {}",
+                utilisation_words(m),
+                m.dcgm_field()
+            );
+            r.register(format!("tessera_instance_{}", m.name()), help, f.clone());
+            (m, f)
+        })
+        .collect();
+    for reading in &data.utilisation {
+        let Some(g) = data.gpus.gpus.iter().find(|g| g.index == reading.gpu) else { continue };
+        let mut l = gpu_labels(host, g);
+        match reading.gpu_instance_id {
+            Some(id) => {
+                let Some(i) = g.instances.iter().find(|i| i.gpu_instance_id == Some(id)) else { continue };
+                let model = g.model.as_deref().and_then(|m| catalog().model(m).ok());
+                let profile = model
+                    .and_then(|m| m.profile_by_id(i.profile_id))
+                    .map_or_else(|| i.profile.clone(), |p| p.name.clone());
+                l.push(("GPU_I_PROFILE".into(), profile));
+                l.push(("GPU_I_ID".into(), id.to_string()));
+            }
+            None if g.mig => continue,
+            None => {}
+        }
+        for (m, family) in &families {
+            if let Some(v) = reading.metrics.get(*m) {
+                family.get_or_create(&l).set(v);
+            }
+        }
+    }
+}
+
+/// What a GPM metric measures, for its HELP text (nvml.h's words for the `NVML_GPM_METRIC_*`).
+fn utilisation_words(m: GpmMetric) -> &'static str {
+    match m {
+        GpmMetric::SmActive => "Share of SMs that were busy (NVML_GPM_METRIC_SM_UTIL)",
+        GpmMetric::SmOccupancy => "Warps active over the theoretical maximum (NVML_GPM_METRIC_SM_OCCUPANCY)",
+        GpmMetric::TensorActive => {
+            "Share of time the SMs were doing any tensor operations (NVML_GPM_METRIC_ANY_TENSOR_UTIL)"
+        }
+        GpmMetric::DramActive => "DRAM bandwidth used over the theoretical maximum (NVML_GPM_METRIC_DRAM_BW_UTIL)",
+        GpmMetric::Fp64Active => "Share of time the SMs were doing non-tensor FP64 math (NVML_GPM_METRIC_FP64_UTIL)",
+        GpmMetric::Fp32Active => "Share of time the SMs were doing non-tensor FP32 math (NVML_GPM_METRIC_FP32_UTIL)",
+        GpmMetric::Fp16Active => "Share of time the SMs were doing non-tensor FP16 math (NVML_GPM_METRIC_FP16_UTIL)",
+    }
 }
 
 #[cfg(test)]
@@ -407,8 +472,15 @@ mod tests {
                 outcome: "failed".into(),
                 count: 3,
             }],
+            // A reading of a GPU `gpus` does not show (gone since the sample) is left out.
+            utilisation: vec![crate::wire::UtilisationReading {
+                gpu: 0,
+                gpu_instance_id: Some(2),
+                metrics: tessera_gpu::GpmMetrics { interval_ms: 5000, sm_active: Some(0.5), ..Default::default() },
+            }],
         };
         let text = render(&data);
+        assert!(!text.contains("tessera_instance_sm_active{"), "{text}");
         for line in [
             "tessera_tenant_quota_slices{tenant=\"ml\",kind=\"compute\",Hostname=\"gpu01\"} 14",
             "tessera_tenant_quota_slices{tenant=\"ml\",kind=\"memory\",Hostname=\"gpu01\"} 16",
@@ -421,5 +493,55 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn utilisation_per_instance_and_per_gpu_without_mig() {
+        let metrics = tessera_gpu::GpmMetrics {
+            interval_ms: 5000,
+            sm_active: Some(0.625),
+            sm_occupancy: Some(0.25),
+            tensor_active: Some(0.5),
+            dram_active: Some(0.75),
+            fp64_active: None,
+            fp32_active: Some(0.125),
+            fp16_active: Some(0.0),
+        };
+        let reading = |gpu, gpu_instance_id| crate::wire::UtilisationReading { gpu, gpu_instance_id, metrics };
+        let mut gpus = held_gpu("slurm", "job/5/alice");
+        let mut whole = gpus.gpus[0].clone();
+        (whole.index, whole.uuid, whole.minor, whole.mig, whole.instances) =
+            (1, "GPU-1".into(), Some(1), false, vec![]);
+        gpus.gpus.push(whole);
+        let data = MetricsData {
+            hostname: "n".into(),
+            gpus,
+            // The 3g.40gb (GPU instance 2), GPU 1 without MIG, an instance that is gone, and GPU
+            // 0 as a whole (MIG is on: its instances speak for it).
+            utilisation: vec![reading(0, Some(2)), reading(1, None), reading(0, Some(9)), reading(0, None)],
+            ..MetricsData::default()
+        };
+        let text = render(&data);
+        let gpu0 = "gpu=\"0\",UUID=\"GPU-0\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n\"";
+        let gpu1 = "gpu=\"1\",UUID=\"GPU-1\",device=\"nvidia1\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n\"";
+        for line in [
+            format!("tessera_instance_sm_active{{{gpu0},GPU_I_PROFILE=\"3g.40gb\",GPU_I_ID=\"2\"}} 0.625"),
+            format!("tessera_instance_sm_occupancy{{{gpu0},GPU_I_PROFILE=\"3g.40gb\",GPU_I_ID=\"2\"}} 0.25"),
+            format!("tessera_instance_tensor_active{{{gpu0},GPU_I_PROFILE=\"3g.40gb\",GPU_I_ID=\"2\"}} 0.5"),
+            format!("tessera_instance_dram_active{{{gpu0},GPU_I_PROFILE=\"3g.40gb\",GPU_I_ID=\"2\"}} 0.75"),
+            format!("tessera_instance_fp32_active{{{gpu0},GPU_I_PROFILE=\"3g.40gb\",GPU_I_ID=\"2\"}} 0.125"),
+            format!("tessera_instance_sm_active{{{gpu1}}} 0.625"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
+        }
+        // One series per metric for each of the two: nothing for the gone instance or GPU 0 as a
+        // whole, and no FP64 series where the driver gave none.
+        assert_eq!(text.lines().filter(|l| l.starts_with("tessera_instance_sm_active{")).count(), 2, "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("tessera_instance_fp64_active{")), "{text}");
+        for m in tessera_gpu::GpmMetric::ALL.into_iter().filter(|m| metrics.get(*m).is_some()) {
+            let help = format!("# HELP tessera_instance_{} ", m.name());
+            let line = text.lines().find(|l| l.starts_with(&help)).unwrap_or_else(|| panic!("no {help} in {text}"));
+            assert!(line.contains(m.dcgm_field()) && line.contains("ratio 0..1"), "{line}");
+        }
     }
 }

@@ -47,6 +47,7 @@ pub const PATHS: &[&str] = &[
     "/v1/gpus/{gpu}/layout",
     "/v1/gpus/{gpu}/health/clear",
     "/v1/health",
+    "/v1/events",
     "/metrics",
 ];
 
@@ -93,6 +94,9 @@ pub fn document() -> Value {
             "/v1/gpus/{gpu}/health/clear": {"post": op("Admins: the GPU was reset or repaired; its faults clear at the next successful probe", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "The GPU's health")},
             "/v1/gpus/{gpu}/undrain": {"post": op("Admins: place work on a GPU again", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), None, "Open")},
             "/v1/gpus/{gpu}/layout": {"post": op("Admins: change a GPU's MIG layout (busy instances are never touched; 409 names the ones in the way)", json!([{"name": "gpu", "in": "path", "required": true, "schema": {"type": "integer"}}]), Some("LayoutRequest"), "The steps and the resulting layout")},
+            "/v1/events": {"get": op("What happened lately, newest first: jobs submitted, started and ended (the caller's own; an admin's: every user's), layout changes, Xid events, health clears and drains (every GPU's)", json!([
+                {"name": "since_ms", "in": "query", "schema": {"type": "integer"}, "description": "only events at or after this time (ms since the epoch; default: the last hour)"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 500}, "description": "at most this many, the newest (default 50, at most 500)"}]), None, "NodeEventList: `events`, each with at_ms, kind (job_submitted, job_started, job_ended, layout, xid, health_cleared, drained), gpu, job and text")},
             "/v1/health": {"get": op("Node health: jobs by state, per-GPU and per-instance health with the last Xid events, drains, isolation", json!([]), None, "Health")},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics (OpenMetrics text): GPUs and instances with dcgm-exporter's labels, slices by state, holders, live jobs by state and tenant",

@@ -650,6 +650,21 @@ pub struct MetricsData {
     pub xids: Vec<XidCount>,
     /// MIG operations the reconfiguration journal records, per GPU, operation and outcome.
     pub mig_operations: Vec<MigOperationCount>,
+    /// GPM utilisation of the last sample interval, per GPU instance (per GPU with MIG off), on
+    /// GPUs that have GPM (Hopper and newer); none elsewhere.
+    #[serde(default)]
+    pub utilisation: Vec<UtilisationReading>,
+}
+
+/// The GPU performance monitoring (GPM) metrics of one GPU instance, or of a GPU with MIG off,
+/// over the daemon's last sample interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UtilisationReading {
+    pub gpu: u32,
+    /// The GPU instance; `None`: the whole GPU (MIG off).
+    pub gpu_instance_id: Option<u32>,
+    /// Each metric as a ratio 0..1 (`None` where the driver gave none), and the interval's length.
+    pub metrics: tessera_gpu::GpmMetrics,
 }
 
 /// How many Xid events of one code a GPU has had.
@@ -757,6 +772,64 @@ pub struct HealthClearReply {
     pub gpu: u32,
     /// The GPU's health after the clear (a fault clears at the next successful probe).
     pub health: tessera_gpu::health::Health,
+}
+
+/// `GET /v1/events`: what happened on the node lately. Jobs submitted, started and ended are
+/// the caller's own (an admin's: every user's); layout changes, Xid events, health clears and
+/// drains are every caller's, as `GET /v1/gpus` shows every GPU to everyone.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only events at or after this time (ms since the Unix epoch); default: the last hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// At most this many, the newest ([`EventQuery::DEFAULT_LIMIT`] by default; at most
+    /// [`EventQuery::MAX_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl EventQuery {
+    /// How far back a query without `since_ms` looks.
+    pub const DEFAULT_WINDOW_MS: u64 = 3_600_000;
+    /// How many events a query without `limit` gets.
+    pub const DEFAULT_LIMIT: u32 = 50;
+    /// The most events one reply holds.
+    pub const MAX_LIMIT: u32 = 500;
+}
+
+/// The reply to `GET /v1/events`: newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEventList {
+    pub events: Vec<NodeEvent>,
+}
+
+/// One thing that happened on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub kind: NodeEventKind,
+    /// The GPU it happened on, when one.
+    pub gpu: Option<u32>,
+    /// The job it is about (a job's event, or the job a reconfiguration made room for).
+    pub job: Option<u64>,
+    /// What happened, in words (`job 7 (alice) started on GPU 0 3g.40gb@4`).
+    pub text: String,
+}
+
+/// What kind of thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeEventKind {
+    JobSubmitted,
+    JobStarted,
+    JobEnded,
+    /// A reconfiguration of a GPU's MIG layout finished (or is under way).
+    Layout,
+    Xid,
+    HealthCleared,
+    Drained,
 }
 
 #[cfg(test)]

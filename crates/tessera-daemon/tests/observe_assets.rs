@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tessera_daemon::metrics::render;
 use tessera_daemon::wire::{
     GpuInfo, GpuList, InstanceInfo, JobCount, JobState, MetricsData, MigOperationCount, Occupant, PendingCount,
-    ReconfigDone, XidCount,
+    ReconfigDone, UtilisationReading, XidCount,
 };
 
 fn repo_file(path: &str) -> String {
@@ -144,6 +144,20 @@ fn served_metrics() -> BTreeSet<String> {
             operation: "create_gpu_instance".into(),
             outcome: "ok".into(),
             count: 1,
+        }],
+        utilisation: vec![UtilisationReading {
+            gpu: 0,
+            gpu_instance_id: Some(1),
+            metrics: tessera_gpu::GpmMetrics {
+                interval_ms: 5000,
+                sm_active: Some(0.6),
+                sm_occupancy: Some(0.3),
+                tensor_active: Some(0.4),
+                dram_active: Some(0.5),
+                fp64_active: Some(0.0),
+                fp32_active: Some(0.2),
+                fp16_active: Some(0.1),
+            },
         }],
     };
     let mut names = BTreeSet::new();

@@ -405,6 +405,138 @@ pub struct GpuObservation {
     pub boot_id: Option<String>,
 }
 
+/// A GPU performance monitoring (GPM) metric Tessera reads: Hopper and newer GPUs give them per
+/// GPU and per MIG GPU instance (`nvmlGpmMetricsGet`), where DCGM's profiling fields need DCGM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpmMetric {
+    /// Share of SMs that were busy (`NVML_GPM_METRIC_SM_UTIL`).
+    SmActive,
+    /// Warps active over the theoretical maximum (`NVML_GPM_METRIC_SM_OCCUPANCY`).
+    SmOccupancy,
+    /// Share of time the SMs were doing any tensor operations (`NVML_GPM_METRIC_ANY_TENSOR_UTIL`).
+    TensorActive,
+    /// DRAM bandwidth used over the theoretical maximum (`NVML_GPM_METRIC_DRAM_BW_UTIL`).
+    DramActive,
+    /// Share of time the SMs were doing non-tensor FP64 math (`NVML_GPM_METRIC_FP64_UTIL`).
+    Fp64Active,
+    /// Share of time the SMs were doing non-tensor FP32 math (`NVML_GPM_METRIC_FP32_UTIL`).
+    Fp32Active,
+    /// Share of time the SMs were doing non-tensor FP16 math (`NVML_GPM_METRIC_FP16_UTIL`).
+    Fp16Active,
+}
+
+impl GpmMetric {
+    /// Every metric, in a fixed order (its [`Self::index`]).
+    pub const ALL: [GpmMetric; 7] = [
+        GpmMetric::SmActive,
+        GpmMetric::SmOccupancy,
+        GpmMetric::TensorActive,
+        GpmMetric::DramActive,
+        GpmMetric::Fp64Active,
+        GpmMetric::Fp32Active,
+        GpmMetric::Fp16Active,
+    ];
+
+    /// Its position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// NVML's `nvmlGpmMetricId_t` (nvml.h: `NVML_GPM_METRIC_SM_UTIL` = 2, `_SM_OCCUPANCY` = 3,
+    /// `_ANY_TENSOR_UTIL` = 5, `_DRAM_BW_UTIL` = 10, `_FP64_UTIL` = 11, `_FP32_UTIL` = 12,
+    /// `_FP16_UTIL` = 13).
+    pub fn nvml_id(self) -> u32 {
+        match self {
+            GpmMetric::SmActive => 2,
+            GpmMetric::SmOccupancy => 3,
+            GpmMetric::TensorActive => 5,
+            GpmMetric::DramActive => 10,
+            GpmMetric::Fp64Active => 11,
+            GpmMetric::Fp32Active => 12,
+            GpmMetric::Fp16Active => 13,
+        }
+    }
+
+    /// The metric of an NVML id, if it is one of these.
+    pub fn from_nvml_id(id: u32) -> Option<GpmMetric> {
+        GpmMetric::ALL.into_iter().find(|m| m.nvml_id() == id)
+    }
+
+    /// `sm_active`, `sm_occupancy`, `tensor_active`, `dram_active`, `fp64_active`, … (the
+    /// metric names' stem).
+    pub fn name(self) -> &'static str {
+        match self {
+            GpmMetric::SmActive => "sm_active",
+            GpmMetric::SmOccupancy => "sm_occupancy",
+            GpmMetric::TensorActive => "tensor_active",
+            GpmMetric::DramActive => "dram_active",
+            GpmMetric::Fp64Active => "fp64_active",
+            GpmMetric::Fp32Active => "fp32_active",
+            GpmMetric::Fp16Active => "fp16_active",
+        }
+    }
+
+    /// The DCGM profiling field dcgm-exporter shows for the same quantity (a ratio 0..1 there too).
+    pub fn dcgm_field(self) -> &'static str {
+        match self {
+            GpmMetric::SmActive => "DCGM_FI_PROF_SM_ACTIVE",
+            GpmMetric::SmOccupancy => "DCGM_FI_PROF_SM_OCCUPANCY",
+            GpmMetric::TensorActive => "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+            GpmMetric::DramActive => "DCGM_FI_PROF_DRAM_ACTIVE",
+            GpmMetric::Fp64Active => "DCGM_FI_PROF_PIPE_FP64_ACTIVE",
+            GpmMetric::Fp32Active => "DCGM_FI_PROF_PIPE_FP32_ACTIVE",
+            GpmMetric::Fp16Active => "DCGM_FI_PROF_PIPE_FP16_ACTIVE",
+        }
+    }
+}
+
+/// The GPM metrics of a GPU or one of its GPU instances over the interval between two samples
+/// (`nvmlGpmMetricsGet`). Each value is a ratio from 0 to 1 (NVML reports percent; this is that
+/// divided by 100, as DCGM's profiling fields are), `None` where the driver did not give that
+/// metric (its own `nvmlReturn` was not `NVML_SUCCESS`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct GpmMetrics {
+    /// How long the interval between the two samples was, in milliseconds.
+    pub interval_ms: u64,
+    pub sm_active: Option<f64>,
+    pub sm_occupancy: Option<f64>,
+    pub tensor_active: Option<f64>,
+    pub dram_active: Option<f64>,
+    pub fp64_active: Option<f64>,
+    pub fp32_active: Option<f64>,
+    pub fp16_active: Option<f64>,
+}
+
+impl GpmMetrics {
+    /// The value of one metric.
+    pub fn get(&self, metric: GpmMetric) -> Option<f64> {
+        match metric {
+            GpmMetric::SmActive => self.sm_active,
+            GpmMetric::SmOccupancy => self.sm_occupancy,
+            GpmMetric::TensorActive => self.tensor_active,
+            GpmMetric::DramActive => self.dram_active,
+            GpmMetric::Fp64Active => self.fp64_active,
+            GpmMetric::Fp32Active => self.fp32_active,
+            GpmMetric::Fp16Active => self.fp16_active,
+        }
+    }
+
+    /// Set the value of one metric.
+    pub fn set(&mut self, metric: GpmMetric, value: Option<f64>) {
+        let slot = match metric {
+            GpmMetric::SmActive => &mut self.sm_active,
+            GpmMetric::SmOccupancy => &mut self.sm_occupancy,
+            GpmMetric::TensorActive => &mut self.tensor_active,
+            GpmMetric::DramActive => &mut self.dram_active,
+            GpmMetric::Fp64Active => &mut self.fp64_active,
+            GpmMetric::Fp32Active => &mut self.fp32_active,
+            GpmMetric::Fp16Active => &mut self.fp16_active,
+        };
+        *slot = value;
+    }
+}
+
 /// A GPU that could not be read, and why.
 #[derive(Debug, Serialize)]
 pub struct FailedGpu {
@@ -489,6 +621,29 @@ pub trait MigBackend: Send + Sync + fmt::Debug {
     /// The default reads [`Self::devices`], which is all or nothing.
     fn devices_partial(&self) -> Result<Vec<Result<DeviceInfo, FailedGpu>>, BackendError> {
         Ok(self.devices()?.into_iter().map(Ok).collect())
+    }
+    /// Whether the GPU has GPU performance monitoring (GPM: Hopper and newer,
+    /// `nvmlGpmQueryDeviceSupport`). The default, for a backend without GPM: no.
+    fn gpm_supported(&self, gpu: u32) -> Result<bool, BackendError> {
+        let _ = gpu;
+        Ok(false)
+    }
+    /// Take a GPM sample of GPU `gpu`, of its GPU instance `gpu_instance_id` when given
+    /// (`nvmlGpmMigSampleGet`) or else of the whole GPU (`nvmlGpmSampleGet`), and return the
+    /// metrics over the interval since this backend's previous sample of the same GPU or
+    /// instance (`nvmlGpmMetricsGet`: the arithmetic is the driver's). `Ok(None)` for the first
+    /// sample (there is no interval yet). The backend keeps the last sample of each; a failed
+    /// sample forgets it. Callers space samples by more than 100 ms (NVML's own refresh).
+    ///
+    /// Errors: `NotSupported` on a GPU without GPM (Ampere: A100, A30), or for a GPU instance
+    /// while MIG is off; `NotFound` for a GPU instance that does not exist. The default, for a
+    /// backend without GPM: `NotSupported`.
+    fn gpm_sample(&self, gpu: u32, gpu_instance_id: Option<u32>) -> Result<Option<GpmMetrics>, BackendError> {
+        let _ = gpu_instance_id;
+        Err(BackendError::NotSupported {
+            gpu: GpuRef::index(gpu),
+            what: format!("GPU performance monitoring (GPM) is not available through the {} backend", self.kind()),
+        })
     }
 }
 

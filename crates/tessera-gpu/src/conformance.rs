@@ -13,10 +13,14 @@ use std::time::{Duration, Instant};
 
 use tessera_mig::{GpuModel, Instance, Planner, catalog};
 
-use crate::backend::{BackendError, DeviceInfo, GpuObservation, MigBackend, MigMode, PlacementRange, RecoveryAction};
+use crate::backend::{
+    BackendError, DeviceInfo, GpmMetric, GpmMetrics, GpuObservation, MigBackend, MigMode, PlacementRange,
+    RecoveryAction,
+};
 use crate::health::{HealthTracker, Observation, Recovery, XidEvent};
 use crate::ids::{ci_caps_minor, gi_caps_minor, is_uuid_with_prefix};
 use crate::sim::SimBackend;
+use crate::sim::activity::{Activity, gpm_supported_by};
 use crate::spec::NodeSpec;
 
 /// The node every harness must present, fresh, to every case.
@@ -36,6 +40,9 @@ pub trait Harness {
     fn reset_gpu(&self, gpu: u32) -> Result<(), String>;
     /// Reboot the node.
     fn reboot(&self) -> Result<(), String>;
+    /// Make GPU `gpu` (its GPU instance `gi`, when given) do `activity` from now on, for GPM;
+    /// every GPU and instance this harness was not told about is idle.
+    fn set_activity(&self, gpu: u32, gi: Option<u32>, activity: &Activity) -> Result<(), String>;
 }
 
 /// One check.
@@ -83,6 +90,10 @@ impl Harness for SimBackend {
     fn reboot(&self) -> Result<(), String> {
         SimBackend::reboot(self).map_err(|e| e.to_string())
     }
+
+    fn set_activity(&self, gpu: u32, gi: Option<u32>, activity: &Activity) -> Result<(), String> {
+        SimBackend::set_activity(self, gpu, gi, activity).map_err(|e| e.to_string())
+    }
 }
 
 /// Every case, in a stable order.
@@ -104,6 +115,9 @@ pub fn cases() -> Vec<Case> {
         Case { name: "xid_health_follows_the_events", run: xid_health_follows_the_events },
         Case { name: "observe_after_a_fatal_xid_and_a_reset", run: observe_after_a_fatal_xid_and_a_reset },
         Case { name: "a_gpu_off_the_bus_is_lost_until_a_reboot", run: a_gpu_off_the_bus_is_lost_until_a_reboot },
+        Case { name: "gpm_support_follows_the_architecture", run: gpm_support_follows_the_architecture },
+        Case { name: "gpm_metrics_follow_the_activity", run: gpm_metrics_follow_the_activity },
+        Case { name: "gpm_samples_of_what_is_not_there", run: gpm_samples_of_what_is_not_there },
     ]
 }
 
@@ -805,6 +819,123 @@ fn a_gpu_off_the_bus_is_lost_until_a_reboot(h: &dyn Harness) -> Result<(), Strin
     ensure!(listed(h, other)?.is_empty(), "GPU instances survived the reboot: {:?}", listed(h, other)?);
     t.observe(g, &Observation::answered(&after), 30);
     ensure!(t.gpu_health(g).is_healthy(), "the reboot did not recover GPU {g}: {}", t.gpu_health(g));
+    Ok(())
+}
+
+/// How long apart the GPM cases take their samples (NVML asks for more than 100 ms).
+const GPM_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How far a GPM metric may be from the declared activity (the samples' own clocks decide the
+/// interval, so the arithmetic is exact up to rounding).
+const GPM_TOLERANCE: f64 = 0.02;
+
+/// Every metric of `got` within [`GPM_TOLERANCE`] of `want`, and an interval near `GPM_INTERVAL`.
+fn gpm_near(got: &GpmMetrics, want: &Activity, what: &str) -> Result<(), String> {
+    for m in GpmMetric::ALL {
+        let Some(v) = got.get(m) else {
+            return Err(format!("{what}: no {} in {got:?}", m.name()));
+        };
+        let off = (v - want.get(m)).abs();
+        ensure!(
+            off.is_finite() && off <= GPM_TOLERANCE,
+            "{what}: {} is {v}, declared {} ({got:?})",
+            m.name(),
+            want.get(m)
+        );
+    }
+    let ms = GPM_INTERVAL.as_millis() as u64;
+    ensure!(
+        got.interval_ms >= ms - 10 && got.interval_ms < ms * 20,
+        "{what}: an interval of {} ms for samples {ms} ms apart",
+        got.interval_ms
+    );
+    Ok(())
+}
+
+/// A second sample, [`GPM_INTERVAL`] after the previous one, which must give metrics.
+fn gpm_second(b: &dyn MigBackend, gpu: u32, gi: Option<u32>, what: &str) -> Result<GpmMetrics, String> {
+    ok(b.gpm_sample(gpu, gi), what)?.ok_or_else(|| format!("{what}: no metrics from a second sample"))
+}
+
+fn gpm_support_follows_the_architecture(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    for d in ok(b.devices(), "devices")? {
+        let model = d.model().ok_or_else(|| format!("GPU {}: no catalog model", d.index))?;
+        let has = ok(b.gpm_supported(d.index), "ask for GPM support")?;
+        ensure!(
+            has == gpm_supported_by(model),
+            "GPU {} ({}, {}): GPM support {has}",
+            d.index,
+            model.name,
+            model.architecture
+        );
+        if has {
+            continue;
+        }
+        // No GPM: neither the GPU nor an instance can be sampled, and nothing else breaks.
+        expect_err(b.gpm_sample(d.index, None), "not_supported", "sample a GPU without GPM")?;
+        let one = model.profiles.iter().find(|p| p.compute_slices == 1).ok_or("no 1-slice profile")?;
+        let gi = ok(b.create_gpu_instance(d.index, one.id, Some(0)), "create a 1-slice instance")?;
+        expect_err(b.gpm_sample(d.index, Some(gi.id)), "not_supported", "sample an instance of a GPU without GPM")?;
+        ok(b.gpu_instances(d.index), "list GPU instances after the refused samples")?;
+    }
+    for model in ["A100-40GB", "A30-24GB"] {
+        let (d, _) = gpu_of(h, model)?;
+        ensure!(!ok(b.gpm_supported(d.index), "ask for GPM support")?, "{model} claims GPM");
+    }
+    let (d, _) = gpu_of(h, "H100-80GB")?;
+    ensure!(ok(b.gpm_supported(d.index), "ask for GPM support")?, "H100 has no GPM");
+    Ok(())
+}
+
+fn gpm_metrics_follow_the_activity(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let (d, m) = gpu_of(h, "H100-80GB")?;
+    let g = d.index;
+    let busy = ok(b.create_gpu_instance(g, profile_id(m, "3g.40gb")?, Some(4)), "create 3g.40gb@4")?;
+    let idle = ok(b.create_gpu_instance(g, profile_id(m, "1g.10gb")?, Some(0)), "create 1g.10gb@0")?;
+    let work = Activity::new(0.6, 0.3, 0.25, 0.5).with(GpmMetric::Fp32Active, 0.4);
+    let whole = Activity::new(0.9, 0.45, 0.1, 0.2).with(GpmMetric::Fp64Active, 0.05);
+    h.set_activity(g, Some(busy.id), &work)?;
+    h.set_activity(g, None, &whole)?;
+    // The first sample of each has nothing to compare with.
+    for gi in [Some(busy.id), Some(idle.id), None] {
+        let first = ok(b.gpm_sample(g, gi), "first sample")?;
+        ensure!(first.is_none(), "the first sample of {gi:?} gave metrics: {first:?}");
+    }
+    std::thread::sleep(GPM_INTERVAL);
+    gpm_near(&gpm_second(b, g, Some(busy.id), "sample the busy instance")?, &work, "busy instance")?;
+    gpm_near(&gpm_second(b, g, Some(idle.id), "sample the idle instance")?, &Activity::IDLE, "idle instance")?;
+    gpm_near(&gpm_second(b, g, None, "sample the whole GPU")?, &whole, "whole GPU")?;
+    // The next interval is the time since the last sample, not since the first: the work stopped.
+    h.set_activity(g, Some(busy.id), &Activity::IDLE)?;
+    std::thread::sleep(GPM_INTERVAL);
+    gpm_near(&gpm_second(b, g, Some(busy.id), "sample after the work stopped")?, &Activity::IDLE, "stopped")?;
+    Ok(())
+}
+
+fn gpm_samples_of_what_is_not_there(h: &dyn Harness) -> Result<(), String> {
+    let b = h.backend();
+    let (d, m) = gpu_of(h, "H100-80GB")?;
+    let g = d.index;
+    expect_err(b.gpm_sample(g, Some(3)), "not_found", "sample a GPU instance that does not exist")?;
+    let one = profile_id(m, "1g.10gb")?;
+    let gi = ok(b.create_gpu_instance(g, one, Some(0)), "create 1g.10gb@0")?;
+    h.set_activity(g, Some(gi.id), &Activity::new(1.0, 1.0, 1.0, 1.0))?;
+    ensure!(ok(b.gpm_sample(g, Some(gi.id)), "first sample")?.is_none(), "metrics from a first sample");
+    // The instance goes: its sample fails, and the failure forgets the earlier sample.
+    ok(b.destroy_gpu_instance(g, gi.id), "destroy it")?;
+    expect_err(b.gpm_sample(g, Some(gi.id)), "not_found", "sample a destroyed GPU instance")?;
+    let again = ok(b.create_gpu_instance(g, one, Some(0)), "create it again")?;
+    ensure!(again.id == gi.id, "the same placement got GPU instance id {}, not {}", again.id, gi.id);
+    let first = ok(b.gpm_sample(g, Some(again.id)), "first sample of the new instance")?;
+    ensure!(first.is_none(), "a sample spanning a destroyed instance gave metrics: {first:?}");
+    // MIG off: the whole GPU can be sampled, an instance cannot.
+    ok(b.destroy_gpu_instance(g, again.id), "destroy it again")?;
+    let mode = set_mode_with_reset(h, g, false)?;
+    ensure!(!mode.current, "MIG still on: {mode:?}");
+    expect_err(b.gpm_sample(g, Some(0)), "not_supported", "sample a GPU instance with MIG off")?;
+    ok(b.gpm_sample(g, None), "sample the whole GPU with MIG off")?;
     Ok(())
 }
 

@@ -25,8 +25,9 @@ pub mod view;
 mod testing;
 
 pub use backend::{
-    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpuInstanceInfo, GpuInstanceProfileInfo,
-    GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction, device_by_index,
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpmMetric, GpmMetrics, GpuInstanceInfo,
+    GpuInstanceProfileInfo, GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction,
+    device_by_index,
 };
 pub use executor::{ExecutionError, ExecutionReport, ensure_mig_mode, execute_plan, execute_plan_observed};
 pub use health::{Health, HealthReport, HealthTracker, Observation, Recovery, Severity, XidClass, XidEvent, classify};

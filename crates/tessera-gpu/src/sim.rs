@@ -48,9 +48,17 @@
 //! GPUs back, recovery actions cleared, a new boot id). Both drop the Xid events of the GPUs
 //! they reset that were not read yet, as the driver's event queue does not outlive a reset.
 //! [`MigBackend::observe`] reports the reset count, the recovery action and the boot id.
+//!
+//! GPU performance monitoring (GPM) is simulated too ([`activity`]): Hopper and newer have it,
+//! Ampere does not. [`SimBackend::set_activity`] and [`SimBackend::replace_activity`] declare what
+//! a GPU or GPU instance does (kept in the state, integrated into cumulative counters),
+//! [`SimBackend::gpm_counters`] is a sample, and [`MigBackend::gpm_sample`] the metrics between
+//! two samples, with the arithmetic the stand-in NVML library uses too.
 
+pub mod activity;
 pub mod default_placement;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::ErrorKind;
@@ -61,9 +69,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 use tessera_mig::{GpuModel, Instance, Profile, catalog::ComputeInstanceProfile, validate};
 
+use self::activity::{Activity, ActivityLine, GpmCounters, Track, gpm_supported_by};
 use crate::backend::{
-    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpuInstanceInfo, GpuInstanceProfileInfo,
-    GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction,
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpmMetrics, GpuInstanceInfo,
+    GpuInstanceProfileInfo, GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction,
 };
 use crate::health::{Recovery, XidEvent, classify};
 use crate::ids;
@@ -114,6 +123,10 @@ struct SimGpu {
     /// Fell off the bus (Xid 79): answers nothing until a reboot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     lost: bool,
+    /// What the GPU and its GPU instances do, for GPM ([`activity`]), by GPU-instance id (the
+    /// whole GPU first); none: idle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    activity: Vec<Track>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -160,6 +173,7 @@ impl SimState {
                     reset_count: 0,
                     recovery_action: RecoveryAction::None,
                     lost: false,
+                    activity: Vec::new(),
                 })
                 .collect(),
             pending_xids: Vec::new(),
@@ -215,6 +229,9 @@ pub struct SimBackend {
     spec: NodeSpec,
     devices: Vec<DeviceInfo>,
     models: Vec<&'static GpuModel>,
+    /// The last GPM sample of each (GPU, GPU instance) taken through [`MigBackend::gpm_sample`]
+    /// (this process's, as NVML's sample buffers are).
+    gpm_samples: Mutex<BTreeMap<(u32, Option<u32>), GpmCounters>>,
 }
 
 /// One GPU inside an operation: what it is, and its state (`&mut SimGpu` in an operation that
@@ -228,6 +245,19 @@ struct Gpu<'a, S = &'a mut SimGpu> {
 impl<S: Deref<Target = SimGpu>> Gpu<'_, S> {
     fn gref(&self) -> GpuRef {
         self.dev.gpu_ref()
+    }
+
+    fn require_gpm(&self) -> Result<(), BackendError> {
+        if gpm_supported_by(self.model) {
+            return Ok(());
+        }
+        Err(BackendError::NotSupported {
+            gpu: self.gref(),
+            what: format!(
+                "GPU performance monitoring (GPM) needs Hopper or newer; this {} is {}",
+                self.model.name, self.model.architecture
+            ),
+        })
     }
 
     fn require_mig(&self, doing: &str) -> Result<(), BackendError> {
@@ -403,7 +433,13 @@ impl SimBackend {
     }
 
     fn with_store(spec: &NodeSpec, store: Store) -> SimBackend {
-        SimBackend { store, spec: spec.clone(), devices: spec.devices(), models: spec.models() }
+        SimBackend {
+            store,
+            spec: spec.clone(),
+            devices: spec.devices(),
+            models: spec.models(),
+            gpm_samples: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The node this simulates.
@@ -695,6 +731,118 @@ impl SimBackend {
                 .filter(|(_, g)| g.lost)
                 .filter_map(|(i, _)| u32::try_from(i).ok())
                 .collect())
+        })
+    }
+
+    /// Declare what GPU `gpu` (its GPU instance `gpu_instance_id`, when given) does from now on,
+    /// for GPM: the counters integrate what was declared before up to now, then this. The
+    /// instance need not exist (a declaration is by id). `InvalidArgument` for a fraction outside
+    /// 0..=1 or an id the driver never gives, `NotFound` for a GPU the node lacks.
+    pub fn set_activity(
+        &self,
+        gpu: u32,
+        gpu_instance_id: Option<u32>,
+        activity: &Activity,
+    ) -> Result<(), BackendError> {
+        self.declare_activity(Some(gpu), &[ActivityLine { gpu, gpu_instance_id, activity: *activity }], now_us())
+    }
+
+    /// Declare the whole node's activity as of `declared_at` (an activity file's modification
+    /// time; never later than now, never earlier than a GPU's or instance's last change), as an
+    /// activity file does: each line's GPU or GPU instance does what the line says (the last
+    /// line wins where two name the same), every other one is idle. Nothing changes when a line
+    /// is refused (see [`Self::set_activity`]); a declaration that changes nothing does not
+    /// write the state.
+    pub fn replace_activity(
+        &self,
+        lines: &[ActivityLine],
+        declared_at: std::time::SystemTime,
+    ) -> Result<(), BackendError> {
+        let at = declared_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.declare_activity(None, lines, at.min(now_us()))
+    }
+
+    /// Set the activity `lines` declare as of `now` (µs since the epoch); with `only` `None`,
+    /// every track no line names goes idle.
+    fn declare_activity(&self, only: Option<u32>, lines: &[ActivityLine], now: u64) -> Result<(), BackendError> {
+        for l in lines {
+            let dev = self.device(l.gpu)?;
+            l.activity
+                .check()
+                .map_err(|e| BackendError::InvalidArgument { what: format!("{}: {e}", dev.gpu_ref()) })?;
+            if let Some(gi) = l.gpu_instance_id.filter(|&gi| gi >= MAX_GI_IDS) {
+                return Err(BackendError::InvalidArgument {
+                    what: format!(
+                        "{}: there is no GPU instance id {gi} (the driver gives 0 to {})",
+                        dev.gpu_ref(),
+                        MAX_GI_IDS - 1
+                    ),
+                });
+            }
+        }
+        self.modify(|state| {
+            for (index, g) in (0u32..).zip(state.gpus.iter_mut()) {
+                if only.is_some_and(|o| o != index) {
+                    continue;
+                }
+                let mine: Vec<&ActivityLine> = lines.iter().filter(|l| l.gpu == index).collect();
+                if only.is_none() {
+                    for t in &mut g.activity {
+                        if !mine.iter().any(|l| l.gpu_instance_id == t.gpu_instance_id)
+                            && t.activity() != Activity::IDLE
+                        {
+                            t.set(Activity::IDLE, now);
+                        }
+                    }
+                }
+                for l in mine {
+                    match g.activity.iter_mut().find(|t| t.gpu_instance_id == l.gpu_instance_id) {
+                        Some(t) if t.activity() == l.activity => {}
+                        Some(t) => t.set(l.activity, now),
+                        // Nothing declared yet is idle: an idle declaration changes nothing.
+                        None if l.activity == Activity::IDLE => {}
+                        None => {
+                            let mut t = Track::new(l.gpu_instance_id, now);
+                            t.set(l.activity, now);
+                            g.activity.push(t);
+                            g.activity.sort_by_key(|t| t.gpu_instance_id);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// What GPU `gpu` (its GPU instance `gpu_instance_id`) was last declared to do; idle when
+    /// nothing was.
+    pub fn activity(&self, gpu: u32, gpu_instance_id: Option<u32>) -> Result<Activity, BackendError> {
+        let dev = self.device(gpu)?;
+        self.read(|state| {
+            let g = state.gpus.get(dev.index as usize).ok_or_else(|| self.no_gpu(gpu))?;
+            Ok(g.activity.iter().find(|t| t.gpu_instance_id == gpu_instance_id).map_or(Activity::IDLE, Track::activity))
+        })
+    }
+
+    /// A GPM sample of GPU `gpu`, or of its GPU instance `gpu_instance_id`: the time and the
+    /// cumulative counters ([`activity`]). `NotSupported` for a GPU without GPM (before Hopper)
+    /// or a GPU instance while MIG is off, `NotFound` for a GPU instance that does not exist,
+    /// `GpuLost` for a GPU off the bus.
+    pub fn gpm_counters(&self, gpu: u32, gpu_instance_id: Option<u32>) -> Result<GpmCounters, BackendError> {
+        self.read_gpu(gpu, |g| {
+            g.require_gpm()?;
+            if let Some(gi) = gpu_instance_id {
+                g.require_mig("sample a GPU instance")?;
+                g.gi_index(gi)?;
+            }
+            let now = now_us();
+            Ok(g.state
+                .activity
+                .iter()
+                .find(|t| t.gpu_instance_id == gpu_instance_id)
+                .map_or(GpmCounters::idle(now), |t| t.counters_at(now)))
         })
     }
 
@@ -1050,6 +1198,40 @@ impl MigBackend for SimBackend {
             })
         })
     }
+
+    fn gpm_supported(&self, gpu: u32) -> Result<bool, BackendError> {
+        self.read_gpu(gpu, |g| Ok(gpm_supported_by(g.model)))
+    }
+
+    /// [`SimBackend::gpm_counters`], and the metrics since this backend's previous sample of the
+    /// same GPU or instance ([`GpmCounters::metrics_since`], the stand-in NVML's arithmetic too).
+    fn gpm_sample(&self, gpu: u32, gpu_instance_id: Option<u32>) -> Result<Option<GpmMetrics>, BackendError> {
+        let key = (gpu, gpu_instance_id);
+        let now = match self.gpm_counters(gpu, gpu_instance_id) {
+            Ok(c) => c,
+            Err(e) => {
+                guard(&self.gpm_samples).remove(&key);
+                return Err(e);
+            }
+        };
+        let mut samples = guard(&self.gpm_samples);
+        let Some(before) = samples.get(&key).copied() else {
+            samples.insert(key, now);
+            return Ok(None);
+        };
+        // Two samples within a microsecond: no interval yet; the earlier one stays.
+        let Some(metrics) = now.metrics_since(&before) else { return Ok(None) };
+        samples.insert(key, now);
+        Ok(Some(metrics))
+    }
+}
+
+/// Microseconds since the epoch: the GPM samples' clock (the state, and so the activity
+/// declarations, are shared between processes).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// The driver's reaction to Xid `xid` on GPU `gpu` (see [`SimBackend::apply_xid`]).
@@ -1131,6 +1313,9 @@ fn check_state(state: &SimState) -> Result<(), String> {
         }
         if !gpu.mig.current && !gpu.gpu_instances.is_empty() {
             return Err(format!("corrupt: GPU {i} has GPU instances but MIG disabled"));
+        }
+        if let Some(t) = gpu.activity.iter().find(|t| !t.is_valid()) {
+            return Err(format!("corrupt: an activity of GPU {i} is more than 1: {:?}", t.activity()));
         }
     }
     if let Some(x) = state.pending_xids.iter().find(|x| x.gpu >= state.spec.gpu_count()) {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::backend::{
-    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpuInstanceInfo, GpuInstanceProfileInfo,
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, GpmMetrics, GpuInstanceInfo, GpuInstanceProfileInfo,
     GpuObservation, MigBackend, MigMode, PlacementRange, ProcessInfo,
 };
 use crate::health::XidEvent;
@@ -130,5 +130,11 @@ impl MigBackend for Wrapped {
     }
     fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
         self.inner.reset_gpu(gpu)
+    }
+    fn gpm_supported(&self, gpu: u32) -> Result<bool, BackendError> {
+        self.inner.gpm_supported(gpu)
+    }
+    fn gpm_sample(&self, gpu: u32, gpu_instance_id: Option<u32>) -> Result<Option<GpmMetrics>, BackendError> {
+        self.inner.gpm_sample(gpu, gpu_instance_id)
     }
 }

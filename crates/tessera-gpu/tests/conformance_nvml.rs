@@ -10,23 +10,26 @@
 // Only `std::env::set_var`/`remove_var` (unsafe since Rust 2024), in `configure` below.
 #![allow(unsafe_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use tempfile::TempDir;
 use tessera_gpu::conformance::{self, Harness, SPEC};
 use tessera_gpu::ids::mig_minors_text;
-use tessera_gpu::{BackendError, MigBackend, NodeSpec, NvmlBackend, SimBackend, execute_plan, gpu_view};
+use tessera_gpu::sim::activity::Activity;
+use tessera_gpu::{BackendError, GpmMetric, MigBackend, NodeSpec, NvmlBackend, SimBackend, execute_plan, gpu_view};
 use tessera_mig::{GpuModel, Instance, Step, Wanted, catalog};
 
-const STANDIN_VARS: [&str; 8] = [
+const STANDIN_VARS: [&str; 9] = [
     "TESSERA_STANDIN_SPEC",
     "TESSERA_STANDIN_STATE",
     "TESSERA_STANDIN_FAULTS",
     "TESSERA_STANDIN_XIDS",
+    "TESSERA_STANDIN_ACTIVITY",
     "TESSERA_STANDIN_DRIVER_VERSION",
     "TESSERA_STANDIN_NO_MIG",
     "TESSERA_STANDIN_LOST",
@@ -75,6 +78,11 @@ impl Node {
         self.dir.path().join("xids")
     }
 
+    /// The stand-in's activity file (GPM).
+    fn activity(&self) -> PathBuf {
+        self.dir.path().join("activity")
+    }
+
     /// The fake `/proc/sys/kernel/random/boot_id` the backend reads.
     fn boot_id(&self) -> PathBuf {
         self.dir.path().join("boot_id")
@@ -93,6 +101,7 @@ impl Node {
             ("TESSERA_STANDIN_SPEC", self.spec.clone()),
             ("TESSERA_STANDIN_STATE", self.state().display().to_string()),
             ("TESSERA_STANDIN_XIDS", self.xids().display().to_string()),
+            ("TESSERA_STANDIN_ACTIVITY", self.activity().display().to_string()),
         ];
         vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         configure(&vars);
@@ -115,6 +124,8 @@ struct NvmlHarness {
     nvml: NvmlBackend,
     sim: SimBackend,
     node: Node,
+    /// What the activity file declares, by (GPU, GPU instance).
+    activity: Mutex<BTreeMap<(u32, Option<u32>), Activity>>,
 }
 
 impl NvmlHarness {
@@ -122,7 +133,7 @@ impl NvmlHarness {
         let node = Node::new(spec);
         let sim = node.sim()?;
         let nvml = node.open(&[])?;
-        Ok(NvmlHarness { nvml, sim, node })
+        Ok(NvmlHarness { nvml, sim, node, activity: Mutex::new(BTreeMap::new()) })
     }
 }
 
@@ -156,6 +167,21 @@ impl Harness for NvmlHarness {
 
     fn reboot(&self) -> Result<(), String> {
         self.node.reboot()
+    }
+
+    /// The whole declaration, rewritten into the stand-in's activity file (its lines in the
+    /// 8- or 9-field form, every metric given).
+    fn set_activity(&self, gpu: u32, gi: Option<u32>, activity: &Activity) -> Result<(), String> {
+        let mut declared = self.activity.lock().map_err(|e| e.to_string())?;
+        declared.insert((gpu, gi), *activity);
+        let mut text = String::from("# GPU [GI] sm_active sm_occupancy tensor_active dram_active fp64 fp32 fp16\n");
+        for ((gpu, gi), a) in declared.iter() {
+            let values: Vec<String> = GpmMetric::ALL.iter().map(|m| a.get(*m).to_string()).collect();
+            let target = gi.map_or(gpu.to_string(), |gi| format!("{gpu} {gi}"));
+            text.push_str(&format!("{target} {}\n", values.join(" ")));
+        }
+        let path = self.node.activity();
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -358,6 +384,31 @@ fn driver_faults() -> Check {
     let b = node.open(&[("TESSERA_STANDIN_FAULTS", "nvmlDeviceGetMigMode:1+=GPU_IS_LOST")])?;
     let msg = err_of(b.mig_mode(0), "gpu_lost", "MIG mode with GPU_IS_LOST")?;
     ensure!(msg.contains("fell off the bus"), "{msg}");
+    Ok(())
+}
+
+/// GPM calls the driver fails: a failed sample forgets the one before (the next sample starts
+/// over), a failed metrics call keeps the new sample (the next one compares with it); the
+/// errors name the NVML function.
+fn gpm_faults() -> Check {
+    let node = Node::new("1xH100-80GB,mig=off");
+    let b = node.open(&[(
+        "TESSERA_STANDIN_FAULTS",
+        "nvmlGpmSampleGet:2=UNKNOWN,nvmlGpmMetricsGet:1=UNKNOWN,nvmlGpmQueryDeviceSupport:1=UNKNOWN",
+    )])?;
+    let msg = err_of(b.gpm_supported(0), "driver", "GPM support with NVML_ERROR_UNKNOWN")?;
+    ensure!(msg.contains("nvmlGpmQueryDeviceSupport"), "{msg}");
+    ensure!(ok(b.gpm_supported(0), "GPM support")?, "an H100 has GPM");
+    ensure!(ok(b.gpm_sample(0, None), "first sample")?.is_none(), "metrics from a first sample");
+    let msg = err_of(b.gpm_sample(0, None), "driver", "a sample with NVML_ERROR_UNKNOWN")?;
+    ensure!(msg.contains("nvmlGpmSampleGet") && msg.contains("NVML_ERROR_UNKNOWN"), "{msg}");
+    ensure!(ok(b.gpm_sample(0, None), "a sample after a failed one")?.is_none(), "the failed sample was not forgotten");
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let msg = err_of(b.gpm_sample(0, None), "driver", "metrics with NVML_ERROR_UNKNOWN")?;
+    ensure!(msg.contains("nvmlGpmMetricsGet"), "{msg}");
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let m = ok(b.gpm_sample(0, None), "a sample after failed metrics")?;
+    ensure!(m.is_some_and(|m| m.sm_active == Some(0.0)), "after failed metrics, an idle GPU gave {m:?}");
     Ok(())
 }
 
@@ -570,7 +621,7 @@ fn nvml_backend_over_the_standin() {
     assert_eq!(n, conformance::cases().len());
     failures.extend(suite.iter().map(|f| format!("conformance {f}")));
 
-    let checks: [(&str, Scenario); 7] = [
+    let checks: [(&str, Scenario); 8] = [
         ("open", open_policy),
         ("NO_PERMISSION", no_permission),
         ("no MIG", no_mig),
@@ -578,6 +629,7 @@ fn nvml_backend_over_the_standin() {
         ("old driver", old_driver),
         ("in use", in_use),
         ("driver faults", driver_faults),
+        ("GPM faults", gpm_faults),
     ];
     for (name, check) in checks {
         run(name, &mut failures, check);

@@ -6,6 +6,7 @@
 //! | `TESSERA_STANDIN_STATE` | simulated-node state file shared with other processes; unset: in memory |
 //! | `TESSERA_STANDIN_FAULTS` | fault plan, see [`crate::faults`] |
 //! | `TESSERA_STANDIN_XIDS` | Xid injection file, see [`crate::xid`] |
+//! | `TESSERA_STANDIN_ACTIVITY` | what the GPUs and GPU instances do, for GPM, see [`crate::activity`] |
 //! | `TESSERA_STANDIN_DRIVER_VERSION` | driver version (default `580.65.06`); gates profiles by `min_driver` |
 //! | `TESSERA_STANDIN_NO_MIG` | `I[,J]`: GPUs that are not MIG-capable |
 //! | `TESSERA_STANDIN_LOST` | `I[,J]`: GPUs that fell off the bus |
@@ -25,14 +26,24 @@ pub const ENV_SPEC: &str = "TESSERA_STANDIN_SPEC";
 pub const ENV_STATE: &str = "TESSERA_STANDIN_STATE";
 pub const ENV_FAULTS: &str = "TESSERA_STANDIN_FAULTS";
 pub const ENV_XIDS: &str = "TESSERA_STANDIN_XIDS";
+pub const ENV_ACTIVITY: &str = "TESSERA_STANDIN_ACTIVITY";
 pub const ENV_DRIVER_VERSION: &str = "TESSERA_STANDIN_DRIVER_VERSION";
 pub const ENV_NO_MIG: &str = "TESSERA_STANDIN_NO_MIG";
 pub const ENV_LOST: &str = "TESSERA_STANDIN_LOST";
 pub const ENV_NO_PERMISSION: &str = "TESSERA_STANDIN_NO_PERMISSION";
 
 /// Every variable the stand-in reads.
-pub const ENV_VARS: &[&str] =
-    &[ENV_SPEC, ENV_STATE, ENV_FAULTS, ENV_XIDS, ENV_DRIVER_VERSION, ENV_NO_MIG, ENV_LOST, ENV_NO_PERMISSION];
+pub const ENV_VARS: &[&str] = &[
+    ENV_SPEC,
+    ENV_STATE,
+    ENV_FAULTS,
+    ENV_XIDS,
+    ENV_ACTIVITY,
+    ENV_DRIVER_VERSION,
+    ENV_NO_MIG,
+    ENV_LOST,
+    ENV_NO_PERMISSION,
+];
 
 /// The driver version when `TESSERA_STANDIN_DRIVER_VERSION` is unset.
 pub const DEFAULT_DRIVER_VERSION: &str = "580.65.06";
@@ -68,6 +79,7 @@ pub struct Config {
     pub state: Option<PathBuf>,
     pub faults: FaultPlan,
     pub xids: Option<PathBuf>,
+    pub activity: Option<PathBuf>,
     pub driver: DriverVersion,
     pub no_mig: BTreeSet<u32>,
     pub lost: BTreeSet<u32>,
@@ -119,6 +131,7 @@ impl Config {
             state: var(ENV_STATE)?.map(PathBuf::from),
             faults,
             xids: var(ENV_XIDS)?.map(PathBuf::from),
+            activity: var(ENV_ACTIVITY)?.map(PathBuf::from),
             driver,
             no_mig: gpu_list(ENV_NO_MIG, var(ENV_NO_MIG)?)?,
             lost: gpu_list(ENV_LOST, var(ENV_LOST)?)?,
@@ -163,7 +176,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = config(&[]).unwrap();
-        assert!(c.spec.is_none() && c.state.is_none() && c.xids.is_none());
+        assert!(c.spec.is_none() && c.state.is_none() && c.xids.is_none() && c.activity.is_none());
         assert_eq!(c.driver, DriverVersion { text: "580.65.06".into(), major: 580 });
         assert!(c.no_mig.is_empty() && c.lost.is_empty() && !c.no_permission);
         assert!(c.faults.rules().is_empty());
@@ -178,6 +191,7 @@ mod tests {
             (ENV_STATE, "/tmp/node.json"),
             (ENV_FAULTS, "nvmlShutdown:1=UNKNOWN"),
             (ENV_XIDS, "/tmp/xids"),
+            (ENV_ACTIVITY, "/tmp/activity"),
             (ENV_DRIVER_VERSION, "470.82.01"),
             (ENV_NO_MIG, "1"),
             (ENV_LOST, "0, 1"),
@@ -187,6 +201,7 @@ mod tests {
         assert_eq!(c.spec.unwrap().to_string(), "2xA100-40GB,numa=1");
         assert_eq!(c.state, Some(PathBuf::from("/tmp/node.json")));
         assert_eq!(c.faults.rules().len(), 1);
+        assert_eq!(c.activity, Some(PathBuf::from("/tmp/activity")));
         assert_eq!(c.driver.major, 470);
         assert_eq!(c.no_mig.into_iter().collect::<Vec<_>>(), [1]);
         assert_eq!(c.lost.iter().copied().collect::<Vec<_>>(), [0, 1]);

@@ -1,5 +1,5 @@
 //! The opaque handles the library gives out (`nvmlDevice_t`, `nvmlGpuInstance_t`,
-//! `nvmlComputeInstance_t`, `nvmlEventSet_t`), without ever dereferencing one.
+//! `nvmlComputeInstance_t`, `nvmlEventSet_t`, `nvmlGpmSample_t`), without ever dereferencing one.
 //!
 //! A handle is the address of a small heap box holding its [`HandleKey`], owned by a process-wide
 //! table. A pointer that comes back from the caller is looked up by address; only an address the
@@ -12,8 +12,9 @@
 //! number of distinct identities (GPUs × instance shapes, plus one per compute instance ever
 //! created). Because boxes are never freed, an address is never reused for another identity,
 //! so a stale handle can only ever name the instance it was made for; whether that instance still
-//! exists is checked against the simulated node on every call. Event sets are the exception:
-//! `nvmlEventSetFree` (or the last `nvmlShutdown`) drops them.
+//! exists is checked against the simulated node on every call. Event sets and GPM sample buffers
+//! are the exception: `nvmlEventSetFree` and `nvmlGpmSampleFree` (or the last `nvmlShutdown`)
+//! drop them.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
@@ -33,6 +34,8 @@ pub enum HandleKey {
     MigDevice { gpu: u32, gi: u32, ci: u32, uuid: String },
     /// An event set.
     EventSet { serial: u64 },
+    /// A GPM sample buffer (`nvmlGpmSampleAlloc`).
+    GpmSample { serial: u64 },
 }
 
 /// A handle as a number: the address of its box.
@@ -70,27 +73,47 @@ pub fn resolve(addr: Handle) -> Option<HandleKey> {
     table().by_addr.get(&addr).map(|b| (**b).clone())
 }
 
-/// A new event set's handle.
-pub fn new_event_set() -> Handle {
+/// A new handle of a kind that is freed, made with the next serial number.
+fn new_serial(make: fn(u64) -> HandleKey) -> Handle {
     let serial = {
         let mut t = table();
         t.next_serial += 1;
         t.next_serial
     };
-    intern(HandleKey::EventSet { serial })
+    intern(make(serial))
 }
 
-/// Drop an event set's handle; false if it is not one.
-pub fn free_event_set(addr: Handle) -> bool {
+/// Drop the handle at `addr` if `is_kind` says it is of the kind to free; false otherwise.
+fn free_if(addr: Handle, is_kind: fn(&HandleKey) -> bool) -> bool {
     let mut t = table();
     match t.by_addr.get(&addr).map(|b| (**b).clone()) {
-        Some(key @ HandleKey::EventSet { .. }) => {
+        Some(key) if is_kind(&key) => {
             t.by_key.remove(&key);
             t.by_addr.remove(&addr);
             true
         }
         _ => false,
     }
+}
+
+/// A new event set's handle.
+pub fn new_event_set() -> Handle {
+    new_serial(|serial| HandleKey::EventSet { serial })
+}
+
+/// Drop an event set's handle; false if it is not one.
+pub fn free_event_set(addr: Handle) -> bool {
+    free_if(addr, |k| matches!(k, HandleKey::EventSet { .. }))
+}
+
+/// A new GPM sample buffer's handle.
+pub fn new_gpm_sample() -> Handle {
+    new_serial(|serial| HandleKey::GpmSample { serial })
+}
+
+/// Drop a GPM sample buffer's handle; false if it is not one.
+pub fn free_gpm_sample(addr: Handle) -> bool {
+    free_if(addr, |k| matches!(k, HandleKey::GpmSample { .. }))
 }
 
 #[cfg(test)]
@@ -136,5 +159,18 @@ mod tests {
         assert!(!free_event_set(dev), "only event sets can be freed");
         assert!(resolve(dev).is_some());
         assert!(free_event_set(b));
+    }
+
+    #[test]
+    fn gpm_samples_are_freed_and_are_not_event_sets() {
+        let s = new_gpm_sample();
+        let e = new_event_set();
+        assert!(matches!(resolve(s), Some(HandleKey::GpmSample { .. })));
+        assert!(!free_event_set(s), "a sample is not an event set");
+        assert!(!free_gpm_sample(e), "an event set is not a sample");
+        assert!(free_gpm_sample(s));
+        assert_eq!(resolve(s), None);
+        assert!(!free_gpm_sample(s));
+        assert!(free_event_set(e));
     }
 }

@@ -11,10 +11,12 @@
 //! * [`node`]: NVML's semantics over the simulated node (global state, handle checks, errors).
 //! * [`handles`]: stable opaque handles, validated by table look-up, never dereferenced.
 //! * [`config`]: the `TESSERA_STANDIN_*` environment, read at `nvmlInit_v2`.
-//! * [`faults`], [`xid`]: fault injection and Xid event injection.
+//! * [`faults`], [`xid`], [`activity`]: fault injection, Xid event injection, and what the GPUs
+//!   do for GPM (`nvmlGpm*`: samples of a GPU or GPU instance, metrics between two samples).
 //! * [`profiles`]: `NVML_GPU_INSTANCE_PROFILE_*` indices, names, driver gating, capacity.
 //! * [`codes`]: return codes and `nvmlErrorString`'s texts.
 
+pub mod activity;
 pub mod codes;
 pub mod config;
 pub mod faults;

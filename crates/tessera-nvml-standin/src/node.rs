@@ -30,6 +30,10 @@ use crate::handles::{self, Handle, HandleKey};
 use crate::profiles::{self, CiSlot};
 use crate::xid::XidFeed;
 
+mod gpm;
+
+pub use gpm::{GPM_METRIC_MAX, GPM_METRICS_GET_VERSION, GPM_SUPPORT_VERSION, GpmValues};
+
 /// `gpuInstanceId` / `computeInstanceId` when a process or an event has none.
 pub const NO_INSTANCE: u32 = 0xFFFF_FFFF;
 /// The event types a GPU supports.
@@ -137,6 +141,9 @@ pub fn shutdown(function: &str) -> Ret {
         {
             for set in node.event_sets.keys() {
                 handles::free_event_set(*set);
+            }
+            for sample in node.gpm_samples.keys() {
+                handles::free_gpm_sample(*sample);
             }
         }
         Ok(())
@@ -296,6 +303,9 @@ pub struct Node {
     models: Vec<&'static GpuModel>,
     xids: Option<XidFeed>,
     event_sets: BTreeMap<Handle, EventSet>,
+    activity: Option<crate::activity::ActivityFeed>,
+    /// GPM sample buffers by handle; `None` until a sample is read into one.
+    gpm_samples: BTreeMap<Handle, Option<gpm::Sample>>,
 }
 
 impl Node {
@@ -313,7 +323,17 @@ impl Node {
         let models = sim.spec().models();
         config.check_gpus(u32::try_from(devices.len()).unwrap_or(u32::MAX))?;
         let xids = config.xids.as_deref().map(XidFeed::new);
-        Ok(Node { config, sim, devices, models, xids, event_sets: BTreeMap::new() })
+        let activity = config.activity.as_deref().map(crate::activity::ActivityFeed::new);
+        Ok(Node {
+            config,
+            sim,
+            devices,
+            models,
+            xids,
+            event_sets: BTreeMap::new(),
+            activity,
+            gpm_samples: BTreeMap::new(),
+        })
     }
 
     /// The configured driver version.

@@ -274,6 +274,32 @@ pub struct JobsArgs {
     pub all_users: bool,
 }
 
+/// `tessera top`: how often, and whether to draw on the terminal or print frames as text.
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// How often to ask the daemon again, e.g. `2s`, `500ms` or `1` (seconds).
+    #[arg(short = 'd', long, default_value = "2s", value_name = "DURATION", value_parser = top_interval)]
+    pub interval: std::time::Duration,
+    /// Print one frame as plain text and exit (the same as `-n 1`).
+    #[arg(long, conflicts_with = "iterations")]
+    pub once: bool,
+    /// Print N frames as plain text, `--interval` apart, and exit (for scripts and logs).
+    #[arg(short = 'n', long, value_name = "N", value_parser = at_least_one)]
+    pub iterations: Option<u32>,
+    /// With --once or -n: the frame's width in columns [default: COLUMNS, else the terminal's, else 80].
+    #[arg(long, value_name = "COLUMNS", value_parser = clap::value_parser!(u16).range(20..))]
+    pub width: Option<u16>,
+}
+
+/// `top --interval`: a duration of at least 100 ms.
+fn top_interval(text: &str) -> Result<std::time::Duration, String> {
+    let ms = crate::units::parse_duration_ms(text)?;
+    if ms < 100 {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 /// `tessera cancel`: which jobs, as `scancel` picks them (ids, and every filter given).
 #[derive(Debug, Clone, Args)]
 pub struct CancelArgs {
@@ -344,6 +370,9 @@ pub enum Command {
     },
     /// The live slice map: one line per instance, with the jobs and users on it.
     Gpus,
+    /// A live view of the node, refreshing: each GPU's slice map with who holds each instance,
+    /// the running jobs and the queue with why each job waits (q quits).
+    Top(TopArgs),
     /// Admins: drain GPUs and change their MIG layouts through the daemon.
     #[command(subcommand)]
     Admin(AdminCommand),

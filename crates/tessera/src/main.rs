@@ -23,6 +23,7 @@ mod serve;
 mod sim;
 mod slurm;
 mod sys;
+mod top;
 mod units;
 
 use std::io::Write as _;
@@ -98,6 +99,7 @@ fn main() -> ExitCode {
         cli::Command::Cancel(a) => jobs::cancel(g.output, &g.daemon, &a),
         cli::Command::Wait { ids, timeout } => jobs::wait(g.output, &g.daemon, &ids, timeout.as_deref()),
         cli::Command::Gpus => jobs::gpus(g.output, &g.daemon),
+        cli::Command::Top(a) => top::top(g.output, &g.daemon, &a),
         cli::Command::Admin(cmd) => jobs::admin(g.output, &g.daemon, cmd),
         cli::Command::Sim(cmd) => sim::run(g.output, cmd),
         cli::Command::Serve(a) => serve::serve(g, a),

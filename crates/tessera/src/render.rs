@@ -157,33 +157,84 @@ pub struct Slice {
     pub label: String,
 }
 
-/// A two-line map of the placement grid: unit numbers, then `[label]` per instance and `·` for
-/// free units. Every unit gets the same width, chosen so the smallest profile's label fits.
-pub fn slice_map(units: u8, smallest_size: u8, slices: &[Slice], indent: usize) -> String {
-    let cell = usize::from(9u8.div_ceil(smallest_size.max(1))).max(2);
-    let pad = " ".repeat(indent);
-    let mut head = format!("{pad}unit  ");
-    for u in 0..units {
-        let _ = write!(head, "{:<cell$}", u);
-    }
-    let mut body = format!("{pad}      ");
+/// How many columns one placement unit gets in a slice map by default: enough that the smallest
+/// profile's block holds a 7-column label (`1g.10gb`) between its brackets.
+pub fn map_cell_width(smallest_size: u8) -> usize {
+    usize::from(9u8.div_ceil(smallest_size.max(1))).max(2)
+}
+
+/// One stretch of a slice map's line: an instance's block, or one free unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapBlock {
+    /// Its first placement unit.
+    pub start: u8,
+    /// How many placement units it covers.
+    pub size: u8,
+    /// Its first column, counted from where the map's units begin.
+    pub col: usize,
+    /// How many columns it takes.
+    pub width: usize,
+    /// The instance drawn there (its index in the slices given); `None`: a free unit.
+    pub slice: Option<usize>,
+}
+
+/// The geometry every slice map follows (`tessera mig gpus`, `tessera top`): unit `u` begins at
+/// column `u × cell`; an instance is one block over `[start, start + size)`, a free unit a block
+/// of its own, left to right.
+pub fn map_blocks(units: u8, cell: usize, slices: &[Slice]) -> Vec<MapBlock> {
+    let mut blocks = Vec::new();
     let mut u = 0u8;
     while u < units {
-        match slices.iter().find(|s| s.start == u) {
-            Some(s) if s.size > 0 => {
-                let inner = cell * usize::from(s.size) - 2;
-                let mut label: String = s.label.chars().take(inner).collect();
-                if s.label.chars().count() > inner && inner > 1 {
-                    label = s.label.chars().take(inner - 1).collect::<String>() + "…";
-                }
-                let _ = write!(body, "[{label:<inner$}]");
-                u = u.saturating_add(s.size);
-            }
-            _ => {
-                let dots = "·".repeat(cell.saturating_sub(2).max(1));
-                let _ = write!(body, " {dots:<w$} ", w = cell.saturating_sub(2));
-                u += 1;
-            }
+        let (size, slice) = match slices.iter().position(|s| s.start == u && s.size > 0) {
+            Some(i) => (slices[i].size, Some(i)),
+            None => (1, None),
+        };
+        blocks.push(MapBlock { start: u, size, col: usize::from(u) * cell, width: cell * usize::from(size), slice });
+        u = u.saturating_add(size);
+    }
+    blocks
+}
+
+/// An instance's block `width` columns wide: `[label]`, the label cut with `…` or padded.
+pub fn map_block_text(label: &str, width: usize) -> String {
+    let inner = width.saturating_sub(2);
+    let label = cut(label, inner);
+    format!("[{label}{}]", " ".repeat(inner.saturating_sub(label.width())))
+}
+
+/// A free unit `width` columns wide: ` ··· `.
+pub fn map_free_text(width: usize) -> String {
+    match width {
+        0..=2 => format!("{:<width$}", "·"),
+        _ => format!(" {} ", "·".repeat(width - 2)),
+    }
+}
+
+/// The unit numbers over a map whose units are `cell` columns wide; a number that would run
+/// into the one before it is left out.
+pub fn map_units_text(units: u8, cell: usize) -> String {
+    let mut head = String::new();
+    for u in 0..units {
+        let col = usize::from(u) * cell;
+        if u == 0 || head.len() < col {
+            head.push_str(&" ".repeat(col - head.len()));
+            let _ = write!(head, "{u}");
+        }
+    }
+    head
+}
+
+/// A two-line map of the placement grid: unit numbers, then `[label]` per instance and `·` for
+/// free units. Every unit gets the same width ([`map_cell_width`]), laid out by [`map_blocks`].
+pub fn slice_map(units: u8, smallest_size: u8, slices: &[Slice], indent: usize) -> String {
+    let cell = map_cell_width(smallest_size);
+    let pad = " ".repeat(indent);
+    let head = format!("{pad}unit  {}", map_units_text(units, cell));
+    let mut body = format!("{pad}      ");
+    for b in map_blocks(units, cell, slices) {
+        match b.slice {
+            Some(i) => body.push_str(&map_block_text(&slices[i].label, b.width)),
+            None => body.push_str(&map_free_text(b.width)),
         }
     }
     format!("{}\n{}\n", head.trim_end(), body.trim_end())

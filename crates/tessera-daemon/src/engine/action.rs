@@ -8,8 +8,9 @@ use tessera_mig::{Instance, Wanted};
 use tessera_store::{ExitInfo, Work};
 
 use crate::wire::{
-    CancelReply, DrainReply, DrainRequest, DryRunReply, GpuList, HealthClearReply, HealthReply, JobList, JobQuery,
-    JobRequest, JobView, LayoutReply, LayoutRequest, LogChunk, LogQuery, MetricsData, SubmitReply, SubmitRequest,
+    CancelReply, DrainReply, DrainRequest, DryRunReply, EventQuery, GpuList, HealthClearReply, HealthReply, JobList,
+    JobQuery, JobRequest, JobView, LayoutReply, LayoutRequest, LogChunk, LogQuery, MetricsData, NodeEventList,
+    SubmitReply, SubmitRequest,
 };
 
 /// Which front door a caller came through.
@@ -85,6 +86,9 @@ pub enum Action {
     Health,
     /// What `GET /metrics` shows (anyone: the same as `Gpus`, and job counts).
     Metrics,
+    /// What happened lately, newest first: the caller's jobs (an admin's: every job) as
+    /// `ListJobs` would show them, and every GPU's layout changes, Xid events and drains.
+    Events(EventQuery),
     /// Admins: a GPU was reset or repaired; its faults clear at the next successful probe.
     HealthClear { gpu: u32 },
 }
@@ -102,6 +106,7 @@ impl Action {
                 | Action::Gpus
                 | Action::Health
                 | Action::Metrics
+                | Action::Events(_)
         )
     }
 
@@ -139,4 +144,5 @@ pub enum Reply {
     Health(Box<HealthReply>),
     HealthClear(HealthClearReply),
     Metrics(Box<MetricsData>),
+    Events(NodeEventList),
 }

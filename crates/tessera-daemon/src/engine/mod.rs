@@ -32,6 +32,7 @@ mod admission;
 mod collect;
 mod dry_run;
 mod error;
+mod events;
 mod health;
 mod launch;
 pub mod layout;
@@ -253,6 +254,7 @@ impl Engine {
                 .filter_map(|t| t.quota.map(|q| (t.name.clone(), (q.compute_slices, q.memory_slices))))
                 .collect(),
             shared,
+            utilisation: crate::utilisation::Utilisation::default(),
         };
         Ok(Engine {
             store,
@@ -300,6 +302,7 @@ impl Engine {
             tenants: self.reader.tenants.clone(),
             quotas: self.reader.quotas.clone(),
             shared: self.reader.shared.clone(),
+            utilisation: self.reader.utilisation.clone(),
         })
     }
 
@@ -311,6 +314,11 @@ impl Engine {
     /// A shared handle on the node, for the health watcher.
     pub fn node(&self) -> Arc<Node> {
         self.node.clone()
+    }
+
+    /// Where GPM utilisation readings go for every reader (the health watcher's sampler fills it).
+    pub fn utilisation(&self) -> crate::utilisation::Utilisation {
+        self.reader.utilisation.clone()
     }
 
     /// Jobs left waiting after the last round.
@@ -343,7 +351,8 @@ impl Engine {
             | Action::Logs { .. }
             | Action::Gpus
             | Action::Health
-            | Action::Metrics) => {
+            | Action::Metrics
+            | Action::Events(_)) => {
                 self.publish();
                 self.reader.read(caller, read)
             }

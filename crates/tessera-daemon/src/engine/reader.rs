@@ -39,6 +39,8 @@ pub struct Reader {
     /// The configured quotas, tenant → (compute slices, memory slices).
     pub(crate) quotas: BTreeMap<String, (u32, u32)>,
     pub(crate) shared: Arc<RwLock<Published>>,
+    /// GPM utilisation, as the health watcher's sampler last took it.
+    pub(crate) utilisation: crate::utilisation::Utilisation,
 }
 
 /// The node as a front door advertises it (the Kubernetes device plugin): the GPUs as they are,
@@ -212,6 +214,7 @@ impl Reader {
             quotas: self.quotas.clone(),
             xids,
             mig_operations,
+            utilisation: self.utilisation.current(tessera_host::now_ms()),
         })
     }
 
@@ -228,6 +231,7 @@ impl Reader {
             Action::Gpus => self.gpus().map(Reply::Gpus),
             Action::Health => self.health_reply().map(|h| Reply::Health(Box::new(h))),
             Action::Metrics => self.metrics().map(|m| Reply::Metrics(Box::new(m))),
+            Action::Events(q) => self.events(caller, &q).map(Reply::Events),
             _ => Err(EngineError::Internal("the reader was given an action that is not a read".into())),
         }
     }

@@ -4,8 +4,12 @@
 //! one after another (pipelined ones wait their turn), in the connection's own task.
 //!
 //! Every reply written here is JSON, and so is every 4xx/5xx the router leaves without a JSON
-//! body. An error that leaves unread request bytes behind closes the connection after a short
-//! linger, so the client reads the reply instead of a reset.
+//! body, except the web view's HTML pages (`text/html`: its login form answers 401 with the form).
+//! An error that leaves unread request bytes behind closes the connection after a short linger,
+//! so the client reads the reply instead of a reset. A server-sent event stream
+//! (`text/event-stream`, the web view's `/ui/live`) is written as the router produces it, each
+//! piece under the write timeout, until it ends, the client goes or the server stops; its end
+//! closes the connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -487,6 +491,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         let no_body_status =
             status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let head_only = to.method == Method::HEAD;
+        if status == StatusCode::OK && !head_only && is_event_stream(&parts.headers) {
+            return self.stream_events(&parts, body).await;
+        }
         let mut bytes = Bytes::new();
         if !no_body_status && !head_only {
             match axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await {
@@ -503,7 +510,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
                     );
                 }
             }
-            if parts.status.as_u16() >= 400 && (bytes.is_empty() || !is_json(&parts.headers)) {
+            if parts.status.as_u16() >= 400
+                && (bytes.is_empty() || !(is_json(&parts.headers) || is_html(&parts.headers)))
+            {
                 let message = describe(&parts, &bytes, to);
                 let status = parts.status;
                 bytes = into_json_error(&mut parts, status, &code_for_status(status), message);
@@ -547,6 +556,49 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             Ok(Ok(())) if keep_alive => Next::KeepAlive,
             Ok(Ok(())) => Next::Close,
             _ => Next::Gone,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
+    /// Write a server-sent event stream: the head without a length (the connection's close ends
+    /// the body), then each piece of the body as it comes, every write under the write timeout,
+    /// until the body ends or fails, the client goes, or the server stops.
+    async fn stream_events(&mut self, parts: &Parts, mut body: Body) -> Next {
+        use http_body_util::BodyExt as _;
+        self.out.clear();
+        self.out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        for (name, value) in &parts.headers {
+            let ours = name == header::CONNECTION
+                || name == header::TRANSFER_ENCODING
+                || name == header::CONTENT_LENGTH
+                || name.as_str() == "keep-alive";
+            if !ours {
+                self.out.extend_from_slice(name.as_str().as_bytes());
+                self.out.extend_from_slice(b": ");
+                self.out.extend_from_slice(value.as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+            }
+        }
+        self.out.extend_from_slice(b"connection: close\r\n\r\n");
+        let write_timeout = self.shared.limits.write_timeout();
+        if !matches!(timeout_at(after(Instant::now(), write_timeout), self.io.write_all(&self.out)).await, Ok(Ok(()))) {
+            return Next::Gone;
+        }
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                _ = self.stopping.wait_for(|stopping| *stopping) => return Next::Close,
+            };
+            let Some(Ok(frame)) = frame else { return Next::Close };
+            let Ok(data) = frame.into_data() else { continue };
+            let write = async {
+                self.io.write_all(&data).await?;
+                self.io.flush().await
+            };
+            if !matches!(timeout_at(after(Instant::now(), write_timeout), write).await, Ok(Ok(()))) {
+                return Next::Gone;
+            }
         }
     }
 }
@@ -799,6 +851,23 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
         .get_all(header::CONNECTION)
         .iter()
         .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes())))
+}
+
+/// The essence of a `Content-Type` header (`text/html` of `text/html; charset=utf-8`).
+fn media_type(headers: &HeaderMap) -> &[u8] {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map_or(&[][..], |v| trim(v.as_bytes().split(|&b| b == b';').next().unwrap_or_default()))
+}
+
+/// A web view page (kept as it is, errors included).
+fn is_html(headers: &HeaderMap) -> bool {
+    media_type(headers).eq_ignore_ascii_case(b"text/html")
+}
+
+/// A server-sent event stream.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    media_type(headers).eq_ignore_ascii_case(b"text/event-stream")
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

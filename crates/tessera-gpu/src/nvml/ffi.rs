@@ -3,7 +3,10 @@
 //! place: GPU- and compute-instance create/destroy/list/info, profile info (v1 and v2), possible
 //! placements (`_v2`; the wrapper's `Device::possible_placements` always returns an empty list
 //! in 0.13), remaining capacity, MIG device handles, memory info (v1: the wrapper calls `_v2`),
-//! UUIDs of MIG handles, the Xid event set and the GPU recovery action (field values).
+//! UUIDs of MIG handles, the Xid event set, the GPU recovery action (field values) and GPU
+//! performance monitoring (GPM: support, sample buffers, samples of a GPU or a GPU instance, the
+//! metrics between two samples; `nvml-wrapper`'s safe GPM samples borrow the `Nvml`, which a
+//! backend that owns its `Nvml` cannot keep).
 //!
 //! Rules kept here:
 //! * Every symbol is looked up with `.as_ref()` on `NvmlLib`'s field before the call, so a symbol
@@ -12,7 +15,8 @@
 //! * Handles are wrapped in types that only this module creates from NVML's answers, and that
 //!   borrow the library (`'a`), so safe code cannot hand NVML a made-up pointer or use a handle
 //!   after `nvmlShutdown`. [`EventSet`] is the exception (it lives next to the `Nvml` it came
-//!   from inside `NvmlBackend`, which frees it before shutting NVML down).
+//!   from inside `NvmlBackend`, which frees it before shutting NVML down), and so is
+//!   [`GpmSample`] (the same: owned by the backend, freed before shutdown).
 //! * Out-buffers are Rust-owned, initialised and sized as nvml.h asks; strings are read up to
 //!   their NUL within the buffer.
 
@@ -23,10 +27,12 @@ use std::ptr;
 use nvml_wrapper::Device;
 use nvml_wrapper_sys::bindings::field_id::NVML_FI_DEV_GET_GPU_RECOVERY_ACTION;
 use nvml_wrapper_sys::bindings::{
-    NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, NVML_DEVICE_UUID_V2_BUFFER_SIZE, NvmlLib, nvmlComputeInstance_t,
-    nvmlComputeInstanceInfo_t, nvmlComputeInstancePlacement_t, nvmlComputeInstanceProfileInfo_t,
-    nvmlComputeInstanceProfileInfo_v2_t, nvmlDevice_t, nvmlEventData_t, nvmlEventSet_t, nvmlEventTypeXidCriticalError,
-    nvmlFieldValue_t, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t,
+    NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED, NVML_DEVICE_UUID_V2_BUFFER_SIZE, NVML_GPM_METRICS_GET_VERSION,
+    NVML_GPM_SUPPORT_VERSION, NvmlLib, nvmlComputeInstance_t, nvmlComputeInstanceInfo_t,
+    nvmlComputeInstancePlacement_t, nvmlComputeInstanceProfileInfo_t, nvmlComputeInstanceProfileInfo_v2_t,
+    nvmlDevice_t, nvmlEventData_t, nvmlEventSet_t, nvmlEventTypeXidCriticalError, nvmlFieldValue_t, nvmlGpmMetric_t,
+    nvmlGpmMetric_t__bindgen_ty_1, nvmlGpmMetricId_t_NVML_GPM_METRIC_MAX, nvmlGpmMetricsGet_t, nvmlGpmSample_t,
+    nvmlGpmSupport_t, nvmlGpuInstance_t, nvmlGpuInstanceInfo_t, nvmlGpuInstancePlacement_t,
     nvmlGpuInstanceProfileInfo_t, nvmlGpuInstanceProfileInfo_v2_t, nvmlMemory_t,
     nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH, nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND,
     nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE, nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT,
@@ -702,6 +708,108 @@ pub(crate) fn event_set_free(lib: &NvmlLib, set: EventSet) -> Raw<()> {
     let f = sym!(lib, nvmlEventSetFree);
     // SAFETY: `set` is a live event set, consumed here.
     check("nvmlEventSetFree", unsafe { f(set.raw) })
+}
+
+/// Whether the GPU supports GPM (`nvmlGpmQueryDeviceSupport`, `nvmlGpmSupport_t` version
+/// `NVML_GPM_SUPPORT_VERSION`).
+pub(crate) fn gpm_query_support(lib: &NvmlLib, dev: DeviceHandle<'_>) -> Raw<bool> {
+    let f = sym!(lib, nvmlGpmQueryDeviceSupport);
+    let mut support = nvmlGpmSupport_t { version: NVML_GPM_SUPPORT_VERSION, isSupportedDevice: 0 };
+    // SAFETY: `dev` is a live handle; `support` is a valid out-pointer whose version is set, as
+    // nvml.h asks.
+    check("nvmlGpmQueryDeviceSupport", unsafe { f(dev.raw, &mut support) })?;
+    Ok(support.isSupportedDevice != 0)
+}
+
+/// A GPM sample buffer (`nvmlGpmSample_t`), allocated by [`gpm_sample_alloc`] and freed by
+/// [`gpm_sample_free`], which its owner calls before `nvmlShutdown`.
+#[derive(Debug)]
+pub(crate) struct GpmSample {
+    raw: nvmlGpmSample_t,
+}
+
+// SAFETY: NVML is thread-safe (nvml.h); the buffer is a plain handle, used by one thread at a time
+// behind its owner's `Mutex`.
+unsafe impl Send for GpmSample {}
+
+pub(crate) fn gpm_sample_alloc(lib: &NvmlLib) -> Raw<GpmSample> {
+    let f = sym!(lib, nvmlGpmSampleAlloc);
+    let mut raw: nvmlGpmSample_t = ptr::null_mut();
+    // SAFETY: `raw` is a valid out-pointer.
+    check("nvmlGpmSampleAlloc", unsafe { f(&mut raw) })?;
+    Ok(GpmSample { raw })
+}
+
+/// Free a sample buffer.
+pub(crate) fn gpm_sample_free(lib: &NvmlLib, sample: GpmSample) -> Raw<()> {
+    let f = sym!(lib, nvmlGpmSampleFree);
+    // SAFETY: `sample` is a live buffer, consumed here.
+    check("nvmlGpmSampleFree", unsafe { f(sample.raw) })
+}
+
+/// Read a sample of the whole GPU (`nvmlGpmSampleGet`), or of its GPU instance `gpu_instance_id`
+/// (`nvmlGpmMigSampleGet`), into `sample`.
+pub(crate) fn gpm_sample_get(
+    lib: &NvmlLib,
+    dev: DeviceHandle<'_>,
+    gpu_instance_id: Option<u32>,
+    sample: &GpmSample,
+) -> Raw<()> {
+    match gpu_instance_id {
+        None => {
+            let f = sym!(lib, nvmlGpmSampleGet);
+            // SAFETY: `dev` is a live handle and `sample` a live buffer.
+            check("nvmlGpmSampleGet", unsafe { f(dev.raw, sample.raw) })
+        }
+        Some(gi) => {
+            let f = sym!(lib, nvmlGpmMigSampleGet);
+            // SAFETY: `dev` is a live handle (the GPU, not a MIG device) and `sample` a live buffer.
+            check("nvmlGpmMigSampleGet", unsafe { f(dev.raw, gi, sample.raw) })
+        }
+    }
+}
+
+/// The metrics `ids` between two samples of one GPU or GPU instance (`nvmlGpmMetricsGet`): for
+/// each id, its value (NVML's unit: percent for the utilisations) or its own return code.
+pub(crate) fn gpm_metrics_get(
+    lib: &NvmlLib,
+    earlier: &GpmSample,
+    later: &GpmSample,
+    ids: &[u32],
+) -> Raw<Vec<Result<f64, nvmlReturn_t>>> {
+    const NAME: &str = "nvmlGpmMetricsGet";
+    let f = sym!(lib, nvmlGpmMetricsGet);
+    let blank = nvmlGpmMetric_t {
+        metricId: 0,
+        nvmlReturn: nvmlReturn_enum_NVML_SUCCESS,
+        value: 0.0,
+        metricInfo: nvmlGpmMetric_t__bindgen_ty_1 {
+            shortName: ptr::null_mut(),
+            longName: ptr::null_mut(),
+            unit: ptr::null_mut(),
+        },
+    };
+    // The struct has room for NVML_GPM_METRIC_MAX metrics (210 in nvml-wrapper-sys 0.10's nvml.h;
+    // 98 in CUDA 12.2's, 333 in later ones: the library fills only `numMetrics` of them).
+    let mut get = nvmlGpmMetricsGet_t {
+        version: NVML_GPM_METRICS_GET_VERSION,
+        numMetrics: 0,
+        sample1: earlier.raw,
+        sample2: later.raw,
+        metrics: [blank; nvmlGpmMetricId_t_NVML_GPM_METRIC_MAX as usize],
+    };
+    let n = ids.len().min(get.metrics.len());
+    for (slot, id) in get.metrics.iter_mut().zip(&ids[..n]) {
+        slot.metricId = *id;
+    }
+    get.numMetrics = c_uint::try_from(n).unwrap_or(0);
+    // SAFETY: `get` is a valid, initialised `nvmlGpmMetricsGet_t` with its version set, naming two
+    // live sample buffers and `numMetrics` entries within its array; it outlives the call.
+    check(NAME, unsafe { f(&mut get) })?;
+    Ok(get.metrics[..n]
+        .iter()
+        .map(|m| if m.nvmlReturn == nvmlReturn_enum_NVML_SUCCESS { Ok(m.value) } else { Err(m.nvmlReturn) })
+        .collect())
 }
 
 #[cfg(test)]

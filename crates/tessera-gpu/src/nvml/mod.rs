@@ -24,6 +24,11 @@
 //! second on real GPUs and [`MigBackend::wait_xid_events`] waits by design. Async callers (the
 //! daemon) must run them under `tokio::task::spawn_blocking`. `NvmlBackend` is `Send + Sync`
 //! (NVML is thread-safe; the Xid event set sits behind a `Mutex`).
+//!
+//! **GPM.** [`MigBackend::gpm_sample`] keeps, per GPU and GPU instance, the last sample buffer
+//! (`nvmlGpmSampleAlloc`) and a spare, so each call is one `nvmlGpmSampleGet` /
+//! `nvmlGpmMigSampleGet` and one `nvmlGpmMetricsGet` against the previous sample; the buffers are
+//! freed before NVML shuts down, like the event set.
 
 mod ffi;
 mod host;
@@ -34,6 +39,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
 
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
@@ -45,8 +51,8 @@ use tessera_mig::{GpuModel, catalog};
 use self::ffi::Fail;
 use self::host::MigMinors;
 use crate::backend::{
-    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpuInstanceInfo, GpuInstanceProfileInfo,
-    GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction,
+    BackendError, BackendKind, ComputeInstanceInfo, DeviceInfo, FailedGpu, GpmMetric, GpmMetrics, GpuInstanceInfo,
+    GpuInstanceProfileInfo, GpuObservation, GpuRef, MigBackend, MigMode, PlacementRange, ProcessInfo, RecoveryAction,
 };
 use crate::drift::{self, bare_profile_name, driver_older_than};
 use crate::health::XidEvent;
@@ -145,6 +151,20 @@ struct XidListener {
     registered: Vec<(usize, u32)>,
 }
 
+/// The GPM sample buffers of one GPU or GPU instance: the last sample taken (and when), and a
+/// spare buffer for the next.
+#[derive(Debug, Default)]
+struct GpmSlot {
+    last: Option<(ffi::GpmSample, Instant)>,
+    spare: Option<ffi::GpmSample>,
+}
+
+impl GpmSlot {
+    fn buffers(self) -> impl Iterator<Item = ffi::GpmSample> {
+        self.last.map(|(s, _)| s).into_iter().chain(self.spare)
+    }
+}
+
 /// NVIDIA's NVML, as a [`MigBackend`]. See the module header.
 pub struct NvmlBackend {
     nvml: Nvml,
@@ -166,6 +186,8 @@ pub struct NvmlBackend {
     /// Compute-instance profiles by (GPU index, GPU-instance profile id).
     ci_profiles: Mutex<BTreeMap<(u32, u32), CiProfiles>>,
     events: Mutex<Option<XidListener>>,
+    /// GPM sample buffers by (GPU index, GPU instance id; `None`: the whole GPU).
+    gpm: Mutex<BTreeMap<(u32, Option<u32>), GpmSlot>>,
 }
 
 impl fmt::Debug for NvmlBackend {
@@ -188,6 +210,11 @@ impl Drop for NvmlBackend {
         if let Some(l) = listener {
             // Nothing to do about a failure while dropping; NVML frees it at shutdown anyway.
             let _ = ffi::event_set_free(self.nvml.lib(), l.set);
+        }
+        // So must the GPM sample buffers.
+        let slots = std::mem::take(self.gpm.get_mut().unwrap_or_else(PoisonError::into_inner));
+        for buffer in slots.into_values().flat_map(GpmSlot::buffers) {
+            let _ = ffi::gpm_sample_free(self.nvml.lib(), buffer);
         }
     }
 }
@@ -322,6 +349,7 @@ impl NvmlBackend {
             profiles: Mutex::new(BTreeMap::new()),
             ci_profiles: Mutex::new(BTreeMap::new()),
             events: Mutex::new(None),
+            gpm: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -1557,6 +1585,59 @@ impl MigBackend for NvmlBackend {
             });
         }
         Ok(out)
+    }
+
+    /// `nvmlGpmQueryDeviceSupport`; no where the library lacks GPM (a driver before R520).
+    fn gpm_supported(&self, gpu: u32) -> Result<bool, BackendError> {
+        let g = self.gpu(gpu)?;
+        match ffi::gpm_query_support(self.lib(), g.raw) {
+            Ok(supported) => Ok(supported),
+            Err(Fail::Missing(_) | Fail::Code(_, rc::NOT_SUPPORTED | rc::FUNCTION_NOT_FOUND)) => Ok(false),
+            Err(f) => Err(self.error(f, &g.gref, "ask whether it has GPU performance monitoring (GPM)")),
+        }
+    }
+
+    /// A sample into this GPU's (instance's) spare buffer, then `nvmlGpmMetricsGet` against the
+    /// previous sample; the new sample becomes the previous one, the old buffer the spare. A
+    /// failed sample forgets the previous one (its buffer is freed).
+    fn gpm_sample(&self, gpu: u32, gpu_instance_id: Option<u32>) -> Result<Option<GpmMetrics>, BackendError> {
+        let g = self.gpu(gpu)?;
+        let doing = match gpu_instance_id {
+            Some(gi) => format!("sample GPU instance {gi}'s performance counters (GPM)"),
+            None => "sample its performance counters (GPM)".to_string(),
+        };
+        let lib = self.lib();
+        let mut slots = self.gpm.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.entry((gpu, gpu_instance_id)).or_default();
+        let buffer = match slot.spare.take() {
+            Some(b) => b,
+            None => ffi::gpm_sample_alloc(lib).map_err(|f| self.error(f, &g.gref, &doing))?,
+        };
+        let taken = Instant::now();
+        if let Err(f) = ffi::gpm_sample_get(lib, g.raw, gpu_instance_id, &buffer) {
+            slot.spare = Some(buffer);
+            if let Some((old, _)) = slot.last.take() {
+                let _ = ffi::gpm_sample_free(lib, old);
+            }
+            return Err(self.error(f, &g.gref, &doing));
+        }
+        let Some((earlier, at)) = slot.last.replace((buffer, taken)) else {
+            return Ok(None);
+        };
+        let ids: Vec<u32> = GpmMetric::ALL.iter().map(|m| m.nvml_id()).collect();
+        let got = slot.last.as_ref().map(|(later, _)| ffi::gpm_metrics_get(lib, &earlier, later, &ids));
+        slot.spare = Some(earlier);
+        let values = match got {
+            Some(r) => r.map_err(|f| self.error(f, &g.gref, &doing))?,
+            None => return Ok(None),
+        };
+        let interval_ms = u64::try_from(taken.duration_since(at).as_millis()).unwrap_or(u64::MAX);
+        let mut metrics = GpmMetrics { interval_ms, ..GpmMetrics::default() };
+        for (m, v) in GpmMetric::ALL.iter().zip(values) {
+            // NVML gives percent; a ratio, as DCGM's profiling fields are.
+            metrics.set(*m, v.ok().filter(|v| v.is_finite()).map(|v| v / 100.0));
+        }
+        Ok(Some(metrics))
     }
 }
 

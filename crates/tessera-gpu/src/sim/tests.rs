@@ -536,3 +536,64 @@ fn an_unchanged_state_file_is_neither_parsed_nor_written_again() {
     assert!(a.destroy_gpu_instance(0, 99).is_err());
     assert_eq!((inode(&path), std::fs::read(&path).unwrap()), before);
 }
+
+#[test]
+fn activity_is_shared_through_the_state_file_and_replaced_whole() {
+    use activity::{Activity, ActivityLine};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let s = spec("1xH100-80GB+1xA100-40GB");
+    let a = SimBackend::open(&path, Some(&s)).unwrap();
+    let b = SimBackend::open(&path, Some(&s)).unwrap();
+    let busy = Activity::new(0.5, 0.25, 0.0, 1.0);
+    a.set_activity(0, Some(3), &busy).unwrap();
+    a.set_activity(0, None, &Activity::new(0.1, 0.1, 0.1, 0.1)).unwrap();
+    // Another handle (another process) sees the declaration.
+    assert_eq!(b.activity(0, Some(3)).unwrap(), busy);
+    assert_eq!(b.activity(0, Some(4)).unwrap(), Activity::IDLE);
+    // Counters only grow, and a sample only reads the state (the file is not rewritten).
+    let before = std::fs::read(&path).unwrap();
+    let gi = a.create_gpu_instance(0, 19, Some(0)).unwrap();
+    let g = gi.id;
+    let with_instance = std::fs::read(&path).unwrap();
+    let c1 = b.gpm_counters(0, None).unwrap();
+    let c2 = b.gpm_counters(0, None).unwrap();
+    assert!(c2.at_us >= c1.at_us && c2.busy_ns.iter().zip(c1.busy_ns).all(|(x, y)| *x >= y));
+    assert_eq!(std::fs::read(&path).unwrap(), with_instance);
+    assert_ne!(before, with_instance);
+    // A whole-node declaration: what it does not name goes idle; one bad line changes nothing.
+    let line = |gpu, gi, activity| ActivityLine { gpu, gpu_instance_id: gi, activity };
+    let bad = [line(0, Some(g), busy), line(0, Some(15), busy)];
+    assert_eq!(b.replace_activity(&bad, std::time::SystemTime::now()).unwrap_err().kind(), "invalid_argument");
+    let no_gpu = [line(2, None, busy)];
+    assert_eq!(b.replace_activity(&no_gpu, std::time::SystemTime::now()).unwrap_err().kind(), "not_found");
+    let too_much = [line(0, None, Activity::new(1.5, 0.0, 0.0, 0.0))];
+    assert_eq!(b.replace_activity(&too_much, std::time::SystemTime::now()).unwrap_err().kind(), "invalid_argument");
+    assert_eq!(a.activity(0, Some(3)).unwrap(), busy);
+    b.replace_activity(&[line(0, Some(g), busy)], std::time::SystemTime::now()).unwrap();
+    assert_eq!(a.activity(0, Some(g)).unwrap(), busy);
+    assert_eq!(a.activity(0, Some(3)).unwrap(), Activity::IDLE);
+    assert_eq!(a.activity(0, None).unwrap(), Activity::IDLE);
+    // The same declaration again changes nothing, so the file is not written.
+    let now = std::fs::read(&path).unwrap();
+    b.replace_activity(&[line(0, Some(g), busy)], std::time::SystemTime::now()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), now);
+    // Samples: an A100 has no GPM; an instance that is not there is not found.
+    assert_eq!(a.gpm_counters(1, None).unwrap_err().kind(), "not_supported");
+    assert_eq!(a.gpm_counters(0, Some(3)).unwrap_err().kind(), "not_found");
+    assert!(a.gpm_counters(0, Some(g)).is_ok());
+}
+
+#[test]
+fn an_activity_above_one_in_the_file_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.json");
+    let s = spec("1xH100-80GB");
+    let a = SimBackend::open(&path, Some(&s)).unwrap();
+    a.set_activity(0, None, &activity::Activity::new(1.0, 0.0, 0.0, 0.0)).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("1000000"), "{text}");
+    std::fs::write(&path, text.replacen("1000000", "1000001", 1)).unwrap();
+    let e = a.gpm_counters(0, None).unwrap_err();
+    assert!(e.to_string().contains("more than 1"), "{e}");
+}

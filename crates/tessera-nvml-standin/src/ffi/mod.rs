@@ -19,6 +19,7 @@
 
 mod device;
 mod events;
+mod gpm;
 mod mig;
 mod system;
 
@@ -28,6 +29,7 @@ use nvml_wrapper_sys::bindings::NvmlLib;
 
 pub use device::*;
 pub use events::*;
+pub use gpm::*;
 pub use mig::*;
 pub use system::*;
 
@@ -106,6 +108,12 @@ exports! {
     nvmlDeviceGetSupportedEventTypes,
     nvmlEventSetWait_v2,
     nvmlEventSetFree,
+    nvmlGpmQueryDeviceSupport,
+    nvmlGpmSampleAlloc,
+    nvmlGpmSampleFree,
+    nvmlGpmSampleGet,
+    nvmlGpmMigSampleGet,
+    nvmlGpmMetricsGet,
 }
 
 /// The number a handle pointer stands for (its address; never dereferenced).
@@ -216,8 +224,13 @@ mod tests {
 
     #[test]
     fn every_exported_function_is_listed_once() {
-        let sources =
-            [include_str!("system.rs"), include_str!("device.rs"), include_str!("mig.rs"), include_str!("events.rs")];
+        let sources = [
+            include_str!("system.rs"),
+            include_str!("device.rs"),
+            include_str!("mig.rs"),
+            include_str!("events.rs"),
+            include_str!("gpm.rs"),
+        ];
         let mut found: Vec<String> = Vec::new();
         for src in sources {
             let mut rest = src;

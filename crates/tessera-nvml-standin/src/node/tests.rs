@@ -299,3 +299,92 @@ fn an_a100_mode_change_reports_reset_required() {
     assert_eq!(n.set_mig_mode(Node::gpu_handle(1), NVML_DEVICE_MIG_ENABLE), Ok(SUCCESS));
     assert_eq!(n.mig_mode(Node::gpu_handle(1)), Ok((1, 1)));
 }
+
+#[test]
+fn gpm_samples_and_their_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let activity = dir.path().join("activity");
+    let mut n = node_with("1xH100-80GB+1xA100-40GB+1xH100-80GB", |c| {
+        c.activity = Some(activity.clone());
+        c.no_mig = [2].into();
+    });
+    let (h100, a100, no_mig) = (gpu0(), Node::gpu_handle(1), Node::gpu_handle(2));
+    assert_eq!(n.gpm_query_support(h100, GPM_SUPPORT_VERSION), Ok(true));
+    assert_eq!(n.gpm_query_support(a100, GPM_SUPPORT_VERSION), Ok(false));
+    assert_eq!(n.gpm_query_support(h100, 2), Err(ARGUMENT_VERSION_MISMATCH));
+    let gi = n.create_gpu_instance(h100, 9, Some((4, 4))).unwrap();
+    let gi_id = n.gpu_instance_info(gi).unwrap().1.id;
+    let (a, b, c) = (n.gpm_sample_alloc(), n.gpm_sample_alloc(), n.gpm_sample_alloc());
+    // What cannot be sampled.
+    assert_eq!(n.gpm_sample_get(a100, None, a), Err(NOT_SUPPORTED), "no GPM on Ampere");
+    assert_eq!(n.gpm_sample_get(h100, Some(3), a), Err(NOT_FOUND), "no GPU instance 3");
+    assert_eq!(n.gpm_sample_get(no_mig, Some(0), a), Err(NOT_SUPPORTED), "a GPU without MIG has no instances");
+    assert_eq!(n.gpm_sample_get(h100, None, gpu0()), Err(INVALID_ARGUMENT), "not a sample buffer");
+    let ci = n.create_compute_instance(gi, 0).unwrap();
+    let mig = n.mig_device_by_index(h100, 0).unwrap();
+    assert_eq!(n.gpm_sample_get(mig, None, a), Err(INVALID_ARGUMENT), "a MIG device is sampled through its GPU");
+    assert_eq!(n.gpm_query_support(mig, GPM_SUPPORT_VERSION), Ok(true), "a MIG device answers for its GPU");
+    // The activity file, as of when it was written.
+    std::fs::write(&activity, format!("0 {gi_id} 0.5 0.25 0.75 1\n0 0.1 0.1 0.1 0.1 0.2 0.3 0.4\n")).unwrap();
+    n.gpm_sample_get(h100, Some(gi_id), a).unwrap();
+    assert_eq!(n.gpm_metrics(GPM_METRICS_GET_VERSION, 1, a, b), Err(INVALID_ARGUMENT), "b holds no sample");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    n.gpm_sample_get(h100, Some(gi_id), b).unwrap();
+    n.gpm_sample_get(h100, None, c).unwrap();
+    let v = n.gpm_metrics(GPM_METRICS_GET_VERSION, 7, a, b).unwrap();
+    for (id, want) in [(2, 50.0), (3, 25.0), (5, 75.0), (10, 100.0), (11, 0.0)] {
+        let got = v.value(id).unwrap();
+        assert!((got - want).abs() < 1.0, "metric {id}: {got}, declared {want}");
+    }
+    assert_eq!(v.value(1), Err(NOT_SUPPORTED), "graphics activity is not modelled");
+    // The stand-in's codes for a misused nvmlGpmMetricsGet.
+    assert_eq!(n.gpm_metrics(2, 1, a, b), Err(ARGUMENT_VERSION_MISMATCH));
+    assert_eq!(n.gpm_metrics(GPM_METRICS_GET_VERSION, GPM_METRIC_MAX + 1, a, b), Err(INVALID_ARGUMENT));
+    assert_eq!(n.gpm_metrics(GPM_METRICS_GET_VERSION, 1, a, a), Err(INVALID_ARGUMENT), "the same sample twice");
+    assert_eq!(n.gpm_metrics(GPM_METRICS_GET_VERSION, 1, b, a), Err(INVALID_ARGUMENT), "the second is older");
+    assert_eq!(n.gpm_metrics(GPM_METRICS_GET_VERSION, 1, a, c), Err(INVALID_ARGUMENT), "the GPU, not the instance");
+    assert_eq!(n.gpm_metrics(GPM_METRICS_GET_VERSION, 1, gpu0(), b), Err(INVALID_ARGUMENT), "not a buffer");
+    // A GPU instance destroyed and made again as another profile under the same id is another one.
+    n.destroy_compute_instance(ci).unwrap();
+    n.destroy_gpu_instance(gi).unwrap();
+    let two = n.create_gpu_instance(h100, 14, Some((4, 2))).unwrap();
+    let id = n.gpu_instance_info(two).unwrap().1.id;
+    n.gpm_sample_get(h100, Some(id), a).unwrap();
+    n.destroy_gpu_instance(two).unwrap();
+    let one = n.create_gpu_instance(h100, 15, Some((4, 2))).unwrap();
+    assert_eq!(n.gpu_instance_info(one).unwrap().1.id, id, "1g.20gb@4 gets 2g.20gb@4's id");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    n.gpm_sample_get(h100, Some(id), c).unwrap();
+    assert_eq!(n.gpm_metrics(GPM_METRICS_GET_VERSION, 1, a, c), Err(INVALID_ARGUMENT), "another instance");
+    n.destroy_gpu_instance(one).unwrap();
+    // MIG off: the GPU still samples, an instance cannot.
+    assert_eq!(n.set_mig_mode(h100, NVML_DEVICE_MIG_DISABLE), Ok(SUCCESS));
+    assert_eq!(n.gpm_sample_get(h100, Some(gi_id), a), Err(NOT_SUPPORTED));
+    n.gpm_sample_get(h100, None, a).unwrap();
+    // Buffers are freed once.
+    n.gpm_sample_free(a).unwrap();
+    assert_eq!(n.gpm_sample_free(a), Err(INVALID_ARGUMENT));
+    assert_eq!(n.gpm_sample_get(h100, None, a), Err(INVALID_ARGUMENT), "a freed buffer");
+    assert_eq!(n.gpm_sample_free(gpu0()), Err(INVALID_ARGUMENT));
+}
+
+#[test]
+fn an_activity_file_counts_from_when_it_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let activity = dir.path().join("activity");
+    let mut n = node_with("1xH100-80GB,mig=off", |c| c.activity = Some(activity.clone()));
+    let (a, b) = (n.gpm_sample_alloc(), n.gpm_sample_alloc());
+    n.gpm_sample_get(gpu0(), None, a).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Written half-way: the second half of the interval is busy, whenever a sample notices.
+    std::fs::write(&activity, "0 1 1 1 1\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    n.gpm_sample_get(gpu0(), None, b).unwrap();
+    let sm = n.gpm_metrics(GPM_METRICS_GET_VERSION, 1, a, b).unwrap().value(2).unwrap();
+    assert!((35.0..65.0).contains(&sm), "SM activity {sm}% for a GPU busy half the interval");
+    // Removed: everything idle from then on.
+    std::fs::remove_file(&activity).unwrap();
+    assert_eq!(n.sim.activity(0, None).unwrap(), tessera_gpu::sim::activity::Activity::new(1.0, 1.0, 1.0, 1.0));
+    n.gpm_sample_get(gpu0(), None, a).unwrap();
+    assert_eq!(n.sim.activity(0, None).unwrap(), tessera_gpu::sim::activity::Activity::IDLE);
+}
