@@ -9,21 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "prometheus-test: installing prometheus"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
-            { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
-    else
-        echo "prometheus-test: SKIPPED (prometheus is not installed and cannot be: not root, or no apt-get)" >&2
-        exit 0
-    fi
-fi
-if [ -z "${TESSERA:-}" ]; then
-    cargo build --locked -q -p tessera
-    TESSERA=$repo/target/debug/tessera
-fi
+check_name=prometheus-test
+# shellcheck source=scripts/lib/check.sh
+source "$repo/scripts/lib/check.sh"
+need_packages 'command -v prometheus >/dev/null && command -v promtool >/dev/null' prometheus
+tessera_binary
 
 W=$(mktemp -d /tmp/tessera-prometheus.XXXXXX)
 pids=()
@@ -40,9 +30,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-check_name=prometheus-test
-# shellcheck source=scripts/lib/check.sh
-source "$repo/scripts/lib/check.sh"
 # A free TCP port on localhost.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

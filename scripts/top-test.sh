@@ -11,21 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-if ! command -v tmux >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "top-test: installing tmux"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -qq --no-install-recommends tmux >/dev/null 2>&1 ||
-            { apt-get update -qq && apt-get install -y -qq --no-install-recommends tmux >/dev/null; }
-    else
-        echo "top-test: SKIPPED (tmux is not installed and cannot be: not root, or no apt-get)" >&2
-        exit 0
-    fi
-fi
-if [ -z "${TESSERA:-}" ]; then
-    cargo build --locked -q -p tessera
-    TESSERA=$repo/target/debug/tessera
-fi
+check_name=top-test
+# shellcheck source=scripts/lib/check.sh
+source "$repo/scripts/lib/check.sh"
+need_packages 'command -v tmux >/dev/null' tmux
+tessera_binary
 
 W=$(mktemp -d /tmp/tessera-top.XXXXXX)
 OUT=${TOP_TEST_OUT:-$(mktemp -d /tmp/tessera-top-screens.XXXXXX)}
@@ -56,9 +46,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-check_name=top-test
-# shellcheck source=scripts/lib/check.sh
-source "$repo/scripts/lib/check.sh"
 
 cat >"$W/tessera.toml" <<TOML
 [server]

@@ -14,24 +14,12 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 PY=/usr/bin/python3 # Debian's python, where python3-websockets installs
 
-have_tools() {
-    command -v chromium >/dev/null && [ -x "$PY" ] && "$PY" -c 'import websockets' 2>/dev/null
-}
-if ! have_tools; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "web-test: installing chromium and python3-websockets"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -qq --no-install-recommends chromium python3-websockets >/dev/null 2>&1 ||
-            { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium python3-websockets >/dev/null; }
-    else
-        echo "web-test: SKIPPED (chromium or python3-websockets is not installed and cannot be: not root, or no apt-get)" >&2
-        exit 0
-    fi
-fi
-if [ -z "${TESSERA:-}" ]; then
-    cargo build --locked -q -p tessera
-    TESSERA=$repo/target/debug/tessera
-fi
+check_name=web-test
+# shellcheck source=scripts/lib/check.sh
+source "$repo/scripts/lib/check.sh"
+need_packages 'command -v chromium >/dev/null && [ -x "$PY" ] && "$PY" -c "import websockets" 2>/dev/null' \
+    chromium python3-websockets
+tessera_binary
 
 W=$(mktemp -d /tmp/tessera-web.XXXXXX)
 OUT=${WEB_TEST_OUT:-$(mktemp -d /tmp/tessera-web-shots.XXXXXX)}
@@ -62,9 +50,6 @@ jobs_gone() {
 }
 other=nobody
 trap cleanup EXIT
-check_name=web-test
-# shellcheck source=scripts/lib/check.sh
-source "$repo/scripts/lib/check.sh"
 # A free TCP port on localhost.
 port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -14,3 +14,25 @@ wait_for() {
         sleep 0.3
     done
 }
+# Installs Debian packages $2… unless the test `$1` (a command line, evaluated) already passes;
+# where they cannot be installed (not root, no apt-get), says SKIPPED and exits 0.
+need_packages() {
+    local have=$1; shift
+    eval "$have" && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing $*"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 ||
+            { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+    else
+        echo "$check_name: SKIPPED ($* not installed and cannot be: not root, or no apt-get)" >&2
+        exit 0
+    fi
+}
+# Sets TESSERA to the binary under test: $TESSERA when given, else a dev build of this checkout.
+tessera_binary() {
+    if [ -z "${TESSERA:-}" ]; then
+        cargo build --locked -q -p tessera
+        TESSERA=$repo/target/debug/tessera
+    fi
+}
