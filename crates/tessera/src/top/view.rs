@@ -231,23 +231,30 @@ fn interval_text(d: Duration) -> String {
     if ms.is_multiple_of(1000) { format!("{} s", ms / 1000) } else { format!("{ms} ms") }
 }
 
-/// Items on as few lines as fit `width`, ` · ` between them; an item wider than a line is cut.
+/// Items on as few lines as fit `width`, ` · ` between them, lines after the first indented
+/// by two columns; an item wider than a line is cut.
 fn wrap_items(items: Vec<Span<'static>>, width: usize) -> Vec<Line<'static>> {
     const SEP: &str = " · ";
+    const INDENT: &str = "  ";
     let mut lines: Vec<Line<'static>> = Vec::new();
     let mut line: Vec<Span<'static>> = Vec::new();
     let mut used = 0usize;
+    // Whether `line` holds an item yet (a continued line starts with its indent alone).
+    let mut has_item = false;
     for item in items {
         let w = item.content.width();
-        if !line.is_empty() && used + SEP.width() + w > width {
+        if has_item && used + SEP.width() + w > width {
             lines.push(Line::from(std::mem::take(&mut line)));
-            used = 0;
+            line.push(Span::raw(INDENT));
+            used = INDENT.width();
+            has_item = false;
         }
-        if !line.is_empty() {
+        if has_item {
             line.push(Span::styled(SEP, dim()));
             used += SEP.width();
         }
-        let content = cut(&item.content, width).into_owned();
+        has_item = true;
+        let content = cut(&item.content, width.saturating_sub(used).max(1)).into_owned();
         used += content.width();
         line.push(Span::styled(content, item.style));
     }
