@@ -43,6 +43,13 @@ scripts/prometheus-test.sh >"$prom_log" 2>&1 ||
     { cat "$prom_log" >&2; echo "test.sh: scripts/prometheus-test.sh failed" >&2; exit 1; }
 grep -E "SKIPPED|all checks passed" "$prom_log" || true
 rm -f "$prom_log"
+# The daemon killed with SIGKILL at random moments while jobs and reconfigurations run: the short
+# form (10 kills; `scripts/crash-loop.sh 100` is the full run, docs/reliability.md).
+crash_log=$(mktemp)
+scripts/crash-loop.sh 10 >"$crash_log" 2>&1 ||
+    { cat "$crash_log" >&2; echo "test.sh: scripts/crash-loop.sh failed" >&2; exit 1; }
+grep -E "jobs submitted|all checks passed" "$crash_log" || true
+rm -f "$crash_log"
 # The web view in headless Chromium, and `tessera top` under tmux (each installed by its script when
 # missing; skipped where they cannot be).
 for check in web-test top-test; do
