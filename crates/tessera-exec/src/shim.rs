@@ -12,7 +12,7 @@
 //!
 //! **Starting a rank.** `std::process::Command` with the user's environment plus the rank's
 //! (nothing of the shim's own), stdin `/dev/null`, stdout/stderr pipes read by the shim
-//! (`output`: logs in the output directory, appended to, created `0640` and owned by
+//! (`output`: logs in the output directory, appended to, created `0600` and owned by
 //! the job's user when the shim switches users, capped per run), and a `pre_exec` hook running
 //! [`crate::syscalls::apply_child_setup`]: `setsid`, into the job's cgroups, CPU affinity,
 //! `MPOL_BIND`, `setgroups`/`setgid`/`setuid` (only when the spec's uid/gid differ from the

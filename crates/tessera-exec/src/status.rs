@@ -226,8 +226,10 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &'static str) ->
     }
 }
 
-/// Opens a log for appending without following a symlink, creating it `0640` and, when
-/// `owner` is given, owned by that uid/gid.
+/// Opens a log for appending without following a symlink, creating it `0600` and, when
+/// `owner` is given, owned by that uid/gid: the job's user's alone, never its group's (users
+/// often share a primary group, and the output directory may sit outside the private state
+/// directory, reachable by every user).
 pub(crate) fn open_log(path: &Path, owner: Option<(u32, u32)>) -> io::Result<File> {
     open_appending(path, owner, false)
 }
@@ -240,17 +242,20 @@ pub(crate) fn open_index(path: &Path, owner: Option<(u32, u32)>) -> io::Result<F
 fn open_appending(path: &Path, owner: Option<(u32, u32)>, read: bool) -> io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut create = OpenOptions::new();
-    create.read(read).append(true).create_new(true).mode(0o640).custom_flags(libc::O_NOFOLLOW);
+    create.read(read).append(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW);
     match create.open(path) {
         Ok(file) => {
-            file.set_permissions(fs::Permissions::from_mode(0o640))?;
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
             }
             Ok(file)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            OpenOptions::new().read(read).append(true).custom_flags(libc::O_NOFOLLOW).open(path)
+            // A later run's, or one an older version made group-readable: private again.
+            let file = OpenOptions::new().read(read).append(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            Ok(file)
         }
         Err(e) => Err(e),
     }
@@ -376,15 +381,17 @@ mod tests {
     }
 
     #[test]
-    fn logs_are_0640_and_refuse_symlinks() {
+    fn logs_are_0600_and_refuse_symlinks() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("stdout.log");
         let mut f = open_log(&p, None).unwrap();
         f.write_all(b"a").unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
         let mut f = open_log(&p, None).unwrap();
         f.write_all(b"b").unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "made private again");
         assert_eq!(fs::read(&p).unwrap(), b"ab");
         let link = dir.path().join("stderr.log");
         std::os::unix::fs::symlink(&p, &link).unwrap();

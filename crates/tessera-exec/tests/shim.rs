@@ -397,7 +397,7 @@ fn runs_as_another_user_when_root() {
     assert_eq!(lines[3], "pwd=/");
     for name in ["stdout.log", "stderr.log"] {
         let meta = fs::metadata(dir.join(name)).unwrap();
-        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (65534, 65534, 0o640), "{name}");
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (65534, 65534, 0o600), "{name}");
     }
 
     // The working directory is entered as the user: a root-only directory is refused.

@@ -107,7 +107,7 @@ fn in_cli_words(message: &str, submit: Option<&SubmitArgs>) -> String {
 }
 
 fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    println!("{}", crate::render::escape_json(&serde_json::to_string_pretty(v)?));
     Ok(())
 }
 

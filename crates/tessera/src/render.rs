@@ -44,6 +44,30 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// JSON text (as `serde_json` writes it) with every character [`escape`] would write out
+/// given as a `\uXXXX` escape: `serde_json` escapes C0 controls only, so DEL, C1 controls
+/// (`\u{9b}` is a CSI to many terminals) and Unicode's invisible and bidirectional controls
+/// in a user's command line would otherwise reach the terminal of whoever reads `-o json`.
+/// Outside strings JSON has only spaces and newlines, which are kept: the text parses to the
+/// same value.
+pub fn escape_json(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(|c| c != '\n' && needs_escape(c)) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c != '\n' && needs_escape(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{:04x}", u);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// How wide output may be: `COLUMNS` when set, else the terminal's width when standard output
 /// is one, else 80.
 pub fn terminal_width() -> usize {
@@ -268,6 +292,18 @@ pub fn placements(starts: &[u8], size: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_keeps_its_value_and_loses_its_terminal_controls() {
+        let command = vec!["sh".to_string(), "x\u{1b}[2J\u{9b}31m\u{7f}\u{202e}\t\u{1F600}é".to_string()];
+        let json = serde_json::to_string_pretty(&command).unwrap();
+        let out = escape_json(&json);
+        assert!(!out.chars().any(|c| c != '\n' && needs_escape(c)), "{out}");
+        assert!(out.contains("\\u009b") && out.contains("\\u007f") && out.contains("\\u202e"), "{out}");
+        assert_eq!(serde_json::from_str::<Vec<String>>(&out).unwrap(), command);
+        let plain = serde_json::to_string_pretty(&["a", "é"]).unwrap();
+        assert!(matches!(escape_json(&plain), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn control_characters_are_written_out() {

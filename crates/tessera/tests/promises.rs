@@ -130,7 +130,7 @@ fn the_state_directory_and_job_files_are_private() {
     assert!(read(&spec).contains("hunter2"));
     assert_eq!(mode(&spec), 0o600);
     let log = d.state().join(format!("output/{id}/stdout.log"));
-    assert_eq!(mode(&log), 0o640);
+    assert_eq!(mode(&log), 0o600);
     if root() {
         assert_eq!(std::fs::metadata(&log).unwrap().uid(), NOBODY, "a job's own files are its user's");
         // And another user cannot read them.
