@@ -50,6 +50,13 @@ scripts/crash-loop.sh 10 >"$crash_log" 2>&1 ||
     { cat "$crash_log" >&2; echo "test.sh: scripts/crash-loop.sh failed" >&2; exit 1; }
 grep -E "jobs submitted|all checks passed" "$crash_log" || true
 rm -f "$crash_log"
+# The API fuzzed from its OpenAPI document by schemathesis (PyPI, in a cached venv), as an admin and
+# as a user; 25 examples per operation here (API_FUZZ_EXAMPLES=100 for the full run).
+api_log=$(mktemp)
+API_FUZZ_EXAMPLES=${API_FUZZ_EXAMPLES:-25} scripts/api-fuzz-test.sh >"$api_log" 2>&1 ||
+    { cat "$api_log" >&2; echo "test.sh: scripts/api-fuzz-test.sh failed" >&2; exit 1; }
+grep -E "SKIPPED|all checks passed" "$api_log" || true
+rm -f "$api_log"
 # The web view in headless Chromium, and `tessera top` under tmux (each installed by its script when
 # missing; skipped where they cannot be).
 for check in web-test top-test; do

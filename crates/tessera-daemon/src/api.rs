@@ -20,8 +20,8 @@ use crate::config::{Config, Tokens};
 pub use crate::engine::{Action, Caller, Door, EngineError, Reply};
 use crate::http::{PeerInfo, code_for_status, json_error};
 use crate::wire::{
-    DrainRequest, EventQuery, JobQuery, JobState, LayoutRequest, LogCursor, LogQuery, MAX_DOOR_BYTES, MAX_KEY_BYTES,
-    MAX_RELEASE_DETAIL_BYTES, RESERVED_DOORS, ReleaseRequest, Stream, SubmitRequest, WorkRequest,
+    DrainRequest, EventQuery, JobQuery, JobState, LayoutRequest, LogCursor, LogQuery, MAX_DOOR_BYTES, MAX_KEY_CHARS,
+    MAX_RELEASE_DETAIL_CHARS, RESERVED_DOORS, ReleaseRequest, Stream, SubmitRequest, WorkRequest,
 };
 
 /// The front-door seam: what answers actions — the daemon's engine, or a fake in tests. Every
@@ -265,22 +265,34 @@ fn external_work(body: WorkRequest) -> Result<Action, EngineError> {
             ),
         ));
     }
-    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS || key.chars().any(char::is_control) {
         return Err(EngineError::invalid(
             "key",
-            format!("give 1 to {MAX_KEY_BYTES} bytes, none of them control characters"),
+            format!("give 1 to {MAX_KEY_CHARS} characters, none of them control characters"),
         ));
     }
     Ok(Action::SubmitWork { request, work: tessera_store::Work::External(tessera_store::ExternalWork { door, key }) })
 }
 
+/// `GET /v1/events`'s query: a `limit` above [`EventQuery::MAX_LIMIT`] is refused, as the
+/// document says, rather than quietly cut.
+fn events_query(q: EventParams) -> Result<Action, EngineError> {
+    if let Some(limit) = q.limit.filter(|&l| l > EventQuery::MAX_LIMIT) {
+        return Err(EngineError::invalid(
+            "limit",
+            format!("{limit} is more than {}: ask for at most that many events", EventQuery::MAX_LIMIT),
+        ));
+    }
+    Ok(Action::Events(EventQuery { since_ms: q.since_ms, limit: q.limit }))
+}
+
 /// `POST /v1/jobs/{id}/release`'s body as an action.
 fn release(id: u64, body: ReleaseRequest) -> Result<Action, EngineError> {
     let ReleaseRequest { succeeded, code, signal, detail } = body;
-    if detail.len() > MAX_RELEASE_DETAIL_BYTES || detail.chars().any(char::is_control) {
+    if detail.chars().count() > MAX_RELEASE_DETAIL_CHARS || detail.chars().any(char::is_control) {
         return Err(EngineError::invalid(
             "detail",
-            format!("give at most {MAX_RELEASE_DETAIL_BYTES} bytes, none of them control characters"),
+            format!("give at most {MAX_RELEASE_DETAIL_CHARS} characters, none of them control characters"),
         ));
     }
     let exit = tessera_store::ExitInfo { code, signal, failed_rank: None, detail };
@@ -332,7 +344,42 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, EngineE
     if body.is_empty() {
         return Err(EngineError::invalid("body", "the request has no JSON body"));
     }
-    serde_json::from_slice(body).map_err(|e| EngineError::invalid("body", format!("invalid JSON: {e}")))
+    serde_json::from_slice(body).or_else(|e| {
+        // JSON Schema counts `3.0` as an integer, as the OpenAPI document promises; serde does
+        // not. Only a body that fails is read again, with such numbers made integers.
+        let retry = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|mut v| integral_floats_as_integers(&mut v).then_some(v))
+            .and_then(|v| serde_json::from_value(v).ok());
+        retry.ok_or_else(|| EngineError::invalid("body", format!("invalid JSON: {e}")))
+    })
+}
+
+/// Turns every number with no fractional part that fits an `i64` or a `u64` (`3.0`, `-1e3`)
+/// into that integer; whether it changed any.
+fn integral_floats_as_integers(v: &mut serde_json::Value) -> bool {
+    use serde_json::{Number, Value};
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // The bounds are exact powers of two: `f < 2^63` and `f < 2^64` hold for every f64
+            // that fits, and no other.
+            let two_63 = 2f64.powi(63);
+            let int = if f.fract() != 0.0 || !f.is_finite() {
+                None
+            } else if (-two_63..two_63).contains(&f) {
+                Some(Number::from(f as i64))
+            } else if (0.0..2f64.powi(64)).contains(&f) {
+                Some(Number::from(f as u64))
+            } else {
+                None
+            };
+            int.map(|i| *n = i).is_some()
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |changed, x| integral_floats_as_integers(x) | changed),
+        Value::Object(map) => map.values_mut().fold(false, |changed, x| integral_floats_as_integers(x) | changed),
+        _ => false,
+    }
 }
 
 fn parse_optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, EngineError> {
@@ -388,6 +435,45 @@ struct WaitQuery {
 
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
+/// `GET /v1/jobs`'s query: the listing's filters, every `state` checked.
+fn job_query(q: ListQuery) -> Result<JobQuery, EngineError> {
+    let states = match q.state {
+        Some(list) => list
+            .split(',')
+            .map(|x| x.parse::<JobState>().map_err(|e| EngineError::invalid("state", e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(JobQuery { states, history: q.history, since_ms: q.since_ms, user: q.user, tenant: q.tenant, all: q.all })
+}
+
+/// `GET /v1/jobs/{id}/logs`'s query: the stream and cursor parsed.
+fn log_query(q: LogParams) -> Result<LogQuery, EngineError> {
+    let stream = q.stream.map(|s| s.parse::<Stream>().map_err(|e| EngineError::invalid("stream", e))).transpose()?;
+    let from = q.from.map(|c| c.parse::<LogCursor>().map_err(|e| EngineError::invalid("from", e))).transpose()?;
+    Ok(LogQuery { rank: q.rank, stream, from, tail: q.tail })
+}
+
+/// Every parser a request meets before the engine, as the routes call them: `body` as each
+/// route's JSON body and `raw_query` as each route's query string (with `id` and `gpu` path
+/// segments). Only for `crates/tessera-fuzz`, which must find no panic here; no engine, no I/O.
+#[doc(hidden)]
+pub fn parse_request_parts(body: &[u8], raw_query: &str) {
+    let body = Bytes::copy_from_slice(body);
+    let _ = parse_body::<SubmitRequest>(&body);
+    let _ = parse_body::<ReleaseRequest>(&body).and_then(|r| release(1, r));
+    let _ = parse_body::<WorkRequest>(&body).and_then(external_work);
+    let _ = parse_optional_body::<DrainRequest>(&body);
+    let _ = parse_body::<LayoutRequest>(&body);
+    let _ = parse_id(raw_query);
+    let _ = parse_gpu(raw_query);
+    let Ok(uri) = axum::http::Uri::try_from(format!("/v1?{raw_query}")) else { return };
+    let _ = query(Query::<ListQuery>::try_from_uri(&uri)).and_then(job_query);
+    let _ = query(Query::<LogParams>::try_from_uri(&uri)).and_then(log_query);
+    let _ = query(Query::<EventParams>::try_from_uri(&uri));
+    let _ = query(Query::<WaitQuery>::try_from_uri(&uri)).map(|q| q.timeout_ms.unwrap_or(30_000).min(300_000));
+}
+
 /// The API router, with the web view (`/ui`, [`crate::web`]) beside it. The connection layer
 /// (`server.rs`) tells it who calls ([`PeerInfo`]).
 pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
@@ -401,23 +487,7 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
                 dispatch(&s, p, &h, parse_body::<SubmitRequest>(&body).map(Action::Submit)).await
             })
             .get(|State(s): State<AppState>, p: Peer, h: HeaderMap, q: Q<ListQuery>| async move {
-                let action = query(q).and_then(|q| {
-                    let states = match q.state {
-                        Some(list) => list
-                            .split(',')
-                            .map(|x| x.parse::<JobState>().map_err(|e| EngineError::invalid("state", e.to_string())))
-                            .collect::<Result<Vec<_>, _>>()?,
-                        None => Vec::new(),
-                    };
-                    Ok(Action::ListJobs(JobQuery {
-                        states,
-                        history: q.history,
-                        since_ms: q.since_ms,
-                        user: q.user,
-                        tenant: q.tenant,
-                        all: q.all,
-                    }))
-                });
+                let action = query(q).and_then(job_query).map(Action::ListJobs);
                 dispatch(&s, p, &h, action).await
             }),
         )
@@ -456,18 +526,7 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
             "/v1/jobs/{id}/logs",
             get(
                 |State(s): State<AppState>, p: Peer, h: HeaderMap, Path(id): Path<String>, q: Q<LogParams>| async move {
-                    let action = parse_id(&id).and_then(|id| {
-                        let q = query(q)?;
-                        let stream = q
-                            .stream
-                            .map(|s| s.parse::<Stream>().map_err(|e| EngineError::invalid("stream", e)))
-                            .transpose()?;
-                        let from = q
-                            .from
-                            .map(|c| c.parse::<LogCursor>().map_err(|e| EngineError::invalid("from", e)))
-                            .transpose()?;
-                        Ok(Action::Logs { id, query: LogQuery { rank: q.rank, stream, from, tail: q.tail } })
-                    });
+                    let action = parse_id(&id).and_then(|id| Ok(Action::Logs { id, query: log_query(query(q)?)? }));
                     dispatch(&s, p, &h, action).await
                 },
             ),
@@ -497,7 +556,7 @@ pub fn router(service: Arc<dyn Service>, identity: Arc<Identity>) -> Router {
         .route(
             "/v1/events",
             get(|State(s): State<AppState>, p: Peer, h: HeaderMap, q: Q<EventParams>| async move {
-                let action = query(q).map(|q| Action::Events(EventQuery { since_ms: q.since_ms, limit: q.limit }));
+                let action = query(q).and_then(events_query);
                 dispatch(&s, p, &h, action).await
             }),
         )

@@ -43,20 +43,21 @@ pub struct WorkRequest {
     /// Which system runs it: 1 to [`MAX_DOOR_BYTES`] of `a-z`, `0-9` and `-`, not one of
     /// [`RESERVED_DOORS`].
     pub door: String,
-    /// Whose work it is in that system: 1 to [`MAX_KEY_BYTES`] bytes, no control characters.
+    /// Whose work it is in that system: 1 to [`MAX_KEY_CHARS`] characters (as the OpenAPI document's
+    /// `maxLength` counts them), no control characters.
     pub key: String,
 }
 
 /// The longest door name of a [`WorkRequest`].
 pub const MAX_DOOR_BYTES: usize = 32;
-/// The longest key of a [`WorkRequest`].
-pub const MAX_KEY_BYTES: usize = 256;
+/// The longest key of a [`WorkRequest`], in characters.
+pub const MAX_KEY_CHARS: usize = 256;
 /// Doors the API refuses in a [`WorkRequest`]: those of front doors inside the daemon. The
 /// Kubernetes door (`kubernetes`) releases every hold of its door that the kubelet does not
 /// list, so work submitted under its name through the API would be taken back.
 pub const RESERVED_DOORS: &[&str] = &["kubernetes"];
-/// The longest `detail` of a [`ReleaseRequest`].
-pub const MAX_RELEASE_DETAIL_BYTES: usize = 1024;
+/// The longest `detail` of a [`ReleaseRequest`], in characters.
+pub const MAX_RELEASE_DETAIL_CHARS: usize = 1024;
 
 /// `POST /v1/jobs/{id}/release`: external work ended (its owner or an admin says how). The job
 /// ends `succeeded` or `failed` and its slices are free again; the reply is the job after it.
@@ -71,7 +72,7 @@ pub struct ReleaseRequest {
     /// The signal that killed it, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
-    /// Why it ended, in words (the job's reason): at most [`MAX_RELEASE_DETAIL_BYTES`], no
+    /// Why it ended, in words (the job's reason): at most [`MAX_RELEASE_DETAIL_CHARS`] characters, no
     /// control characters; empty: `released by <caller>`.
     #[serde(default)]
     pub detail: String,

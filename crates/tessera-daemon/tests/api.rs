@@ -9,7 +9,7 @@ use tessera_daemon::api::{Action, Caller, Door, EngineError, Identity, Reply, Se
 use tessera_daemon::client::{Client, ClientError, Endpoint};
 use tessera_daemon::config::Config;
 use tessera_daemon::config::Tokens;
-use tessera_daemon::wire::{DrainReply, GpuList, SubmitReply};
+use tessera_daemon::wire::{DrainReply, GpuList, NodeEventList, SubmitReply};
 
 #[derive(Default)]
 struct Fake {
@@ -36,6 +36,12 @@ impl Service for Fake {
                 Action::Drain { .. } => Err(EngineError::Forbidden("only admins drain GPUs".into())),
                 // The caller's name as the backend string, so tests can see who called.
                 Action::Gpus => Ok(Reply::Gpus(GpuList { backend: caller.user.clone(), gpus: Vec::new() })),
+                Action::Events(q) if q.limit == Some(500) => Ok(Reply::Events(NodeEventList { events: Vec::new() })),
+                Action::SubmitWork { .. } => Ok(Reply::Submitted(SubmitReply { id: 8 })),
+                // What the front door made of the body, for the tests to read.
+                Action::Release { id, exit, .. } => {
+                    Err(EngineError::Conflict(format!("release {id}: code {:?}, detail {:?}", exit.code, exit.detail)))
+                }
                 other => Err(EngineError::Internal(format!("unexpected {other:?}"))),
             }
         })
@@ -222,4 +228,73 @@ fn every_route_is_in_the_openapi_document() {
     assert_eq!(routed, documented, "routes and the OpenAPI document differ");
     let listed: std::collections::BTreeSet<&str> = tessera_daemon::openapi::PATHS.iter().copied().collect();
     assert_eq!(routed, listed, "routes and openapi::PATHS differ");
+}
+
+/// What schemathesis found where the server and the OpenAPI document disagreed, each request as
+/// it sent it: `limit=501` was accepted (the document says at most 500), `"code": 116.0` was
+/// refused (JSON Schema counts it an integer), and a `detail` or `key` of 1024 or 256
+/// characters, within the document's `maxLength` (characters), was refused when its UTF-8 was
+/// longer than that many bytes.
+#[test]
+fn the_server_takes_what_the_document_allows_and_refuses_what_it_does_not() {
+    let r = start();
+    let sock = match &r.unix.endpoint {
+        Endpoint::Unix(p) => p.clone(),
+        Endpoint::Tcp { .. } => unreachable!(),
+    };
+    let get = |path: &str| raw(&sock, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    let post = |path: &str, body: &str| {
+        raw(
+            &sock,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let message = |b: &Value| b["error"]["message"].as_str().unwrap_or_default().to_string();
+
+    let (s, b) = get("/v1/events?limit=501");
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(message(&b), "limit: 501 is more than 500: ask for at most that many events");
+    assert_eq!(get("/v1/events?limit=500").0, 200);
+
+    let (s, b) = post("/v1/jobs/1/release", r#"{"signal": 2019, "succeeded": false, "code": 116.0}"#);
+    assert_eq!((s, message(&b)), (409, r#"release 1: code Some(116), detail """#.to_string()), "{b}");
+    // Still refused: a fraction, a number out of range, a wrong type.
+    for body in
+        [r#"{"succeeded": false, "code": 1.5}"#, r#"{"succeeded": false, "code": 3e9}"#, r#"{"succeeded": 1.0}"#]
+    {
+        let (s, b) = post("/v1/jobs/1/release", body);
+        assert_eq!(s, 400, "{body}: {b}");
+        assert!(message(&b).starts_with("body: invalid JSON: "), "{body}: {b}");
+    }
+
+    let detail = "é".repeat(1024);
+    let (s, b) = post("/v1/jobs/1/release", &format!(r#"{{"succeeded": true, "detail": "{detail}"}}"#));
+    assert_eq!(s, 409, "1024 characters, 2048 bytes: {b}");
+    let (s, b) = post("/v1/jobs/1/release", &format!(r#"{{"succeeded": true, "detail": "{detail}é"}}"#));
+    assert_eq!((s, message(&b)), (400, "detail: give at most 1024 characters, none of them control characters".into()));
+
+    // External work is for admins: as root, by token over TCP, whoever runs the test.
+    let work = |key: &str| {
+        use std::io::{Read, Write};
+        let body = format!(r#"{{"door": "x", "key": "{key}", "request": {{"gpu": "whole_gpu"}}}}"#);
+        let mut s = std::net::TcpStream::connect(&r.tcp_addr).unwrap();
+        write!(
+            s,
+            "POST /v1/work HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer r00t-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str::<Value>(out.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null))
+    };
+    let key = "é".repeat(256);
+    let (s, b) = work(&key);
+    assert_eq!(s, 201, "256 characters, 512 bytes: {b}");
+    let (s, b) = work(&format!("{key}é"));
+    assert_eq!((s, message(&b)), (400, "key: give 1 to 256 characters, none of them control characters".into()));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tessera_daemon::config::Config;
 use tessera_daemon::engine::{Action, Caller, Door, Engine, EngineError, Paths, Reply, ShimCommand};
-use tessera_daemon::wire::{DrainRequest, JobQuery, JobView, LayoutRequest};
+use tessera_daemon::wire::{DrainRequest, JobQuery, JobView, LayoutRequest, LogQuery};
 use tessera_exec::RecordingMps;
 use tessera_gpu::open::Node;
 use tessera_gpu::sim::SimBackend;
@@ -282,11 +282,11 @@ fn job_lists_are_active_by_default_and_filtered_by_state_time_user_and_tenant() 
     assert_eq!(list(&mut e, &alice(), JobQuery { since_ms: Some(later), ..q() }).unwrap(), [a2], "ended before");
     assert_eq!(list(&mut e, &alice(), JobQuery { since_ms: Some(0), ..q() }).unwrap(), [a1, a2]);
     assert_eq!(list(&mut e, &alice(), JobQuery { tenant: Some("default".into()), ..q() }).unwrap(), [a2]);
-    // A tenant never configured is a mistake, named.
+    // A tenant never configured is a mistake, named: 404, as no such job (the OpenAPI
+    // document cannot know the tenants, so the schema-valid request must not be a 400).
     match list(&mut e, &alice(), JobQuery { tenant: Some("other".into()), ..q() }) {
-        Err(EngineError::Invalid { field, message }) => {
-            assert_eq!(field, "tenant");
-            assert!(message.contains("no tenant 'other' is configured (tenants: default)"), "{message}");
+        Err(EngineError::NotFound(message)) => {
+            assert!(message.contains("tenant: no tenant 'other' is configured (tenants: default)"), "{message}");
         }
         other => panic!("{other:?}"),
     }
@@ -302,8 +302,41 @@ fn job_lists_are_active_by_default_and_filtered_by_state_time_user_and_tenant() 
     assert_eq!(list(&mut e, &root(), JobQuery { tenant: Some("default".into()), ..q() }).unwrap(), [a2, b1, r1]);
     assert_eq!(list(&mut e, &root(), JobQuery { user: Some("root".into()), ..q() }).unwrap(), [r1]);
     match list(&mut e, &root(), JobQuery { user: Some("no-such-user-here".into()), ..q() }) {
-        Err(EngineError::Invalid { field, message }) => {
-            assert_eq!((field.as_str(), message.as_str()), ("user", "no user 'no-such-user-here' on this node"))
+        Err(EngineError::NotFound(message)) => assert_eq!(message, "user: no user 'no-such-user-here' on this node"),
+        other => panic!("{other:?}"),
+    }
+    // A name NSS cannot be asked about (schemathesis: `GET /v1/jobs?user=%006` was a 500).
+    match list(&mut e, &root(), JobQuery { user: Some("a\0b".into()), ..q() }) {
+        Err(EngineError::NotFound(message)) => assert_eq!(message, "user: no user 'a\\0b' on this node"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What schemathesis found sending schema-valid requests the server refused with 400 (the
+/// document cannot know a GPU model's profiles or a job's ranks): a layout naming a profile the
+/// model lacks can never be made here (422, as a submission's unknown profile), and a rank the
+/// job does not have is not found (404, as a job id).
+#[test]
+fn schema_valid_requests_the_node_cannot_satisfy_are_422_or_404_not_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = engine(dir.path(), "1xH100-80GB", Config::default());
+    for bad in ["0g.0gb", "9g.99gb@0"] {
+        match layout(&mut e, &[bad]) {
+            Err(EngineError::CannotRun { field, message }) => {
+                assert_eq!(field, "instances[0]");
+                assert!(message.contains(&format!("'{}'", bad.split('@').next().unwrap())), "{message}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // Mixing placed and unplaced entries stays a 400: the document's schema says it too.
+    assert!(matches!(layout(&mut e, &["3g.40gb@0", "1g.10gb"]), Err(EngineError::Invalid { .. })));
+
+    let id = submit(&mut e, &alice(), profile("1g.10gb"), "k1").unwrap();
+    let query = LogQuery { rank: Some(1_147_153_954), ..LogQuery::default() };
+    match e.act(&alice(), Action::Logs { id, query }) {
+        Err(EngineError::NotFound(message)) => {
+            assert_eq!(message, format!("rank: job {id} has no rank 1147153954; its only rank is 0"))
         }
         other => panic!("{other:?}"),
     }

@@ -247,8 +247,10 @@ fn wanted_of(model: &GpuModel, instances: &[String]) -> Result<Wanted, EngineErr
     }
     let mut specs = Vec::new();
     for (i, text) in instances.iter().enumerate() {
+        // A name this model lacks (or a start it has not) can never be made here: 422, as a
+        // submission's unknown profile is.
         let spec =
-            model.instance_spec(text).map_err(|e| EngineError::invalid(format!("instances[{i}]"), e.to_string()))?;
+            model.instance_spec(text).map_err(|e| EngineError::cannot_run(format!("instances[{i}]"), e.to_string()))?;
         specs.push(spec);
     }
     let placed = specs.iter().filter(|(_, start)| start.is_some()).count();

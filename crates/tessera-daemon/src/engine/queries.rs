@@ -71,7 +71,13 @@ impl Reader {
         let user_uid = match other {
             Some(name) => match tessera_host::user_by_name(name) {
                 Ok(Some(u)) => Some(u.uid),
-                Ok(None) => return Err(EngineError::invalid("user", format!("no user '{name}' on this node"))),
+                // A filter naming nobody names no jobs: 404, as for a job id (the OpenAPI document's
+                // schema cannot know the node's users).
+                // A name NSS cannot even be asked about (a NUL byte) names nobody either, and is
+                // the caller's mistake, not the daemon's failure.
+                Ok(None) | Err(tessera_host::UserError::BadName(_)) => {
+                    return Err(EngineError::NotFound(format!("user: no user '{}' on this node", name.escape_debug())));
+                }
                 Err(e) => return Err(EngineError::Internal(format!("looking up user '{name}': {e}"))),
             },
             None if q.user.is_some() => Some(caller.uid),
@@ -87,15 +93,16 @@ impl Reader {
             ..JobFilter::default()
         };
         let jobs: Vec<JobView> = self.store.jobs(&filter)?.iter().map(|j| self.job_view(j, false)).collect();
-        // A tenant no longer configured still shows its jobs; one never heard of is a mistake.
+        // A tenant no longer configured still shows its jobs; one never heard of is a mistake,
+        // named: 404, as for a user (the document's schema cannot know the configured tenants).
         if let Some(t) = &q.tenant
             && jobs.is_empty()
             && !self.tenants.iter().any(|n| n == t)
         {
-            return Err(EngineError::invalid(
-                "tenant",
-                format!("no tenant '{t}' is configured (tenants: {})", self.tenants.join(", ")),
-            ));
+            return Err(EngineError::NotFound(format!(
+                "tenant: no tenant '{t}' is configured (tenants: {})",
+                self.tenants.join(", ")
+            )));
         }
         Ok(JobList { jobs })
     }
@@ -324,7 +331,8 @@ impl Reader {
         if let Some(rank) = q.rank.filter(|&r| r >= ranks) {
             let have =
                 if ranks == 1 { "its only rank is 0".to_owned() } else { format!("its ranks are 0 to {}", ranks - 1) };
-            return Err(EngineError::invalid("rank", format!("job {id} has no rank {rank}; {have}")));
+            // No such rank, as no such job: 404 (a schema cannot know a job's ranks).
+            return Err(EngineError::NotFound(format!("rank: job {id} has no rank {rank}; {have}")));
         }
         let Some(dir) = rec.job_dir.as_deref().map(PathBuf::from) else {
             let next = q.from.clone().unwrap_or_default();
