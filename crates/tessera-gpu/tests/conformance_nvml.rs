@@ -24,10 +24,11 @@ use tessera_gpu::sim::activity::Activity;
 use tessera_gpu::{BackendError, GpmMetric, MigBackend, NodeSpec, NvmlBackend, SimBackend, execute_plan, gpu_view};
 use tessera_mig::{GpuModel, Instance, Step, Wanted, catalog};
 
-const STANDIN_VARS: [&str; 9] = [
+const STANDIN_VARS: [&str; 10] = [
     "TESSERA_STANDIN_SPEC",
     "TESSERA_STANDIN_STATE",
     "TESSERA_STANDIN_FAULTS",
+    "TESSERA_STANDIN_CALLS",
     "TESSERA_STANDIN_XIDS",
     "TESSERA_STANDIN_ACTIVITY",
     "TESSERA_STANDIN_DRIVER_VERSION",

@@ -5,6 +5,7 @@
 //! | `TESSERA_STANDIN_SPEC` | node spec (`NodeSpec::parse`); unset: the state file's node, else `NodeSpec::default()` |
 //! | `TESSERA_STANDIN_STATE` | simulated-node state file shared with other processes; unset: in memory |
 //! | `TESSERA_STANDIN_FAULTS` | fault plan, see [`crate::faults`] |
+//! | `TESSERA_STANDIN_CALLS` | a file each counted call's function name is appended to (a census for fault tests), see [`crate::faults`] |
 //! | `TESSERA_STANDIN_XIDS` | Xid injection file, see [`crate::xid`] |
 //! | `TESSERA_STANDIN_ACTIVITY` | what the GPUs and GPU instances do, for GPM, see [`crate::activity`] |
 //! | `TESSERA_STANDIN_DRIVER_VERSION` | driver version (default `580.65.06`); gates profiles by `min_driver` |
@@ -25,6 +26,7 @@ use crate::profiles::driver_major;
 pub const ENV_SPEC: &str = "TESSERA_STANDIN_SPEC";
 pub const ENV_STATE: &str = "TESSERA_STANDIN_STATE";
 pub const ENV_FAULTS: &str = "TESSERA_STANDIN_FAULTS";
+pub const ENV_CALLS: &str = "TESSERA_STANDIN_CALLS";
 pub const ENV_XIDS: &str = "TESSERA_STANDIN_XIDS";
 pub const ENV_ACTIVITY: &str = "TESSERA_STANDIN_ACTIVITY";
 pub const ENV_DRIVER_VERSION: &str = "TESSERA_STANDIN_DRIVER_VERSION";
@@ -37,6 +39,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_SPEC,
     ENV_STATE,
     ENV_FAULTS,
+    ENV_CALLS,
     ENV_XIDS,
     ENV_ACTIVITY,
     ENV_DRIVER_VERSION,
@@ -113,6 +116,10 @@ impl Config {
         let faults = match var(ENV_FAULTS)? {
             Some(text) => FaultPlan::parse(&text, functions).map_err(|e| format!("{ENV_FAULTS}: {e}"))?,
             None => FaultPlan::default(),
+        };
+        let faults = match var(ENV_CALLS)? {
+            Some(path) => faults.with_census(PathBuf::from(path)),
+            None => faults,
         };
         let driver = match var(ENV_DRIVER_VERSION)? {
             Some(text) => DriverVersion::parse(&text)?,

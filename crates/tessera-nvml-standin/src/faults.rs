@@ -6,6 +6,10 @@
 //! `nvmlShutdown` starts again at 1). `ERROR` is an NVML return code without its prefix
 //! (`INSUFFICIENT_RESOURCES`, `IN_USE`, `GPU_IS_LOST`, …; `NVML_ERROR_…` is accepted too).
 //! A faulted call returns the error before doing anything else, so it has no effect.
+//!
+//! A census (`TESSERA_STANDIN_CALLS=FILE`) appends each counted call's function name to a file,
+//! one per line, counted as the rules count: so a test can list the calls a command makes, then
+//! fail each of them in turn.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +47,8 @@ impl fmt::Display for FaultRule {
 pub struct FaultPlan {
     rules: Vec<FaultRule>,
     calls: BTreeMap<String, u64>,
+    /// Where every counted call is written, when a census is taken.
+    census: Option<std::path::PathBuf>,
 }
 
 impl FaultPlan {
@@ -86,7 +92,13 @@ impl FaultPlan {
             };
             rules.push(FaultRule { function: function.to_string(), nth, and_later, error });
         }
-        Ok(FaultPlan { rules, calls: BTreeMap::new() })
+        Ok(FaultPlan { rules, calls: BTreeMap::new(), census: None })
+    }
+
+    /// Take a census of the calls into `path` (see the module header).
+    pub fn with_census(mut self, path: std::path::PathBuf) -> FaultPlan {
+        self.census = Some(path);
+        self
     }
 
     /// The rules, in the order given.
@@ -96,7 +108,18 @@ impl FaultPlan {
 
     /// Count a call of `function`; the error it must return when a rule says so.
     pub fn on_call(&mut self, function: &str) -> Option<Ret> {
-        if self.rules.is_empty() {
+        if let Some(path) = &self.census {
+            use std::io::Write as _;
+            // A census that cannot be written is a broken test setup: say so, keep going.
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{function}"));
+            if let Err(e) = written {
+                eprintln!("tessera-nvml-standin: cannot write the call census {}: {e}", path.display());
+            }
+        } else if self.rules.is_empty() {
             return None;
         }
         let n = self.calls.entry(function.to_string()).or_insert(0);

@@ -43,9 +43,14 @@ impl Gpus {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
         cmd.arg("--backend").arg("nvml").arg("--nvml-library").arg(library()).args(args);
         cmd.env("TESSERA_STANDIN_SPEC", self.spec).env("TESSERA_STANDIN_STATE", self.state());
-        for k in
-            ["TESSERA_SIM", "TESSERA_SIM_STATE", "TESSERA_BACKEND", "TESSERA_STANDIN_FAULTS", "TESSERA_STANDIN_XIDS"]
-        {
+        for k in [
+            "TESSERA_SIM",
+            "TESSERA_SIM_STATE",
+            "TESSERA_BACKEND",
+            "TESSERA_STANDIN_FAULTS",
+            "TESSERA_STANDIN_XIDS",
+            "TESSERA_STANDIN_CALLS",
+        ] {
             cmd.env_remove(k);
         }
         for (k, v) in env {
@@ -191,6 +196,93 @@ fn an_apply_interrupted_at_any_step_is_reported_and_a_rerun_completes_it() {
             g.ok(&["mig", "assert", "-f", &cfg, "-c", target]);
         }
     }
+}
+
+/// The NVML calls `tessera ARGS` makes on a node prepared by `before`, from the stand-in's
+/// census: each function with how many times it is called.
+fn census(spec: &'static str, before: Option<&str>, args: &[&str]) -> Vec<(String, u64)> {
+    let g = Gpus::new(spec);
+    let cfg = g.file("mig.yaml", CONFIG);
+    if let Some(first) = before {
+        g.ok(&["mig", "apply", "-f", &cfg, "-c", first]);
+    }
+    let calls = g.dir.path().join("calls");
+    let args: Vec<&str> = args.iter().map(|a| if *a == "CFG" { cfg.as_str() } else { a }).collect();
+    let r = g.nvml(&[("TESSERA_STANDIN_CALLS", calls.to_str().unwrap())], &args);
+    assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+    let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for f in std::fs::read_to_string(&calls).unwrap().lines() {
+        *counts.entry(f.to_owned()).or_default() += 1;
+    }
+    counts.into_iter().collect()
+}
+
+/// The NVML return codes a call may plausibly give (nvml.h's documented returns for that
+/// family of calls): every call may find the driver gone or fail unknowably; creating takes
+/// resources and privileges; destroying finds instances in use; queries may be unsupported.
+fn plausible_codes(function: &str) -> Vec<&'static str> {
+    let mut codes = vec!["UNKNOWN", "GPU_IS_LOST"];
+    if function.contains("Create") {
+        codes.extend(["INSUFFICIENT_RESOURCES", "NO_PERMISSION", "INVALID_ARGUMENT"]);
+    } else if function.contains("Destroy") {
+        codes.extend(["IN_USE", "NO_PERMISSION"]);
+    } else if function.contains("SetMigMode") {
+        codes.extend(["IN_USE", "NO_PERMISSION", "NOT_SUPPORTED"]);
+    } else if function.contains("Get") {
+        codes.extend(["NOT_SUPPORTED", "INVALID_ARGUMENT"]);
+    }
+    codes
+}
+
+/// Every NVML function a whole `tessera mig apply` calls (from the stand-in's census), failed at
+/// its first and its last call with each plausible code: the command never crashes, the layout left is
+/// valid and reported as the driver has it, and a rerun completes the work.
+#[test]
+fn every_nvml_function_of_an_apply_failed_with_each_code_leaves_a_known_layout() {
+    let mut runs = 0;
+    for (before, target) in [(None, "small"), (Some("small"), "grow")] {
+        let apply = ["mig", "apply", "-f", "CFG", "-c", target];
+        for (function, count) in census("1xA100-40GB", before, &apply) {
+            // The first and the last call of each function: every call site an apply has is one
+            // of them for some function, and a full sweep of every call costs minutes.
+            let mut calls = vec![1, count];
+            calls.dedup();
+            for nth in calls {
+                for code in plausible_codes(&function) {
+                    runs += 1;
+                    let fault = format!("{function}:{nth}={code}");
+                    let g = Gpus::new("1xA100-40GB");
+                    let cfg = g.file("mig.yaml", CONFIG);
+                    if let Some(first) = before {
+                        g.ok(&["mig", "apply", "-f", &cfg, "-c", first]);
+                    }
+                    let r = g.nvml(&[("TESSERA_STANDIN_FAULTS", &fault)], &["mig", "apply", "-f", &cfg, "-c", target]);
+                    assert!(
+                        (r.code == 0 || r.code == 1) && !r.stderr.contains("panicked"),
+                        "{fault}: exit {}:\n{}",
+                        r.code,
+                        r.stderr
+                    );
+                    assert!(r.code == 0 || !r.stderr.trim().is_empty(), "{fault}: failed without a word");
+                    // Reported as the driver has it: the NVML view equals the node's own state.
+                    let seen = layout(&json(&g.ok(&["mig", "gpus", "-o", "json"])), 0);
+                    let truth = layout(&json(&g.sim(&["mig", "gpus", "-o", "json"])), 0);
+                    assert_eq!(seen, truth, "{fault}: NVML reports another layout than the node has");
+                    let existing: Vec<String> = seen.iter().map(|(p, s)| format!("{p}@{s}")).collect();
+                    if !existing.is_empty() {
+                        let r = g.nvml(
+                            &[],
+                            &["mig", "plan", "--gpu", "A100-40GB", "--existing", &existing.join(","), "1g.5gb"],
+                        );
+                        assert!(!r.stderr.contains("not valid"), "{fault}: invalid layout left: {existing:?}");
+                    }
+                    g.ok(&["mig", "apply", "-f", &cfg, "-c", target]);
+                    g.ok(&["mig", "assert", "-f", &cfg, "-c", target]);
+                }
+            }
+        }
+    }
+    assert!(runs > 40, "only {runs} faults tried: the census found too few calls");
 }
 
 #[test]
