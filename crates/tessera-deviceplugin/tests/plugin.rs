@@ -130,7 +130,16 @@ async fn a_layout_change_registers_new_names_drops_vanished_ones_and_resends() {
     remove_instance(&node.sim, 0, gi3.id);
     add_instance(&node.sim, 0, "2g.20gb");
     add_instance(&node.sim, 0, "1g.10gb");
-    let after = wait_resources(&node, &[MIG_1G, MIG_2G]).await;
+    // The three changes are separate driver calls: the plugin may send the list between them, so
+    // wait for the one with both 1g.10gb devices.
+    let after = node
+        .kubelet
+        .wait_for("both 1g.10gb devices and the 2g.20gb streaming", WAIT, |s| {
+            let got = streaming(s);
+            let names = got.keys().cloned().collect::<Vec<_>>();
+            (names == [MIG_1G, MIG_2G] && got[MIG_1G].len() == 2).then_some(got)
+        })
+        .await;
     let expected = mig_devices(&node);
     assert_eq!(
         after[MIG_1G].iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
