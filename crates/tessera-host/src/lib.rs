@@ -18,6 +18,7 @@ pub mod files;
 pub mod hostname;
 pub mod memory;
 pub mod signals;
+pub mod text;
 pub mod users;
 
 pub use clock::now_ms;

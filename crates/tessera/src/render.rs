@@ -7,18 +7,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use tessera_host::text::needs_escape;
 use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
-
-/// Whether a character could move the cursor, recolour, retitle or otherwise rewrite a
-/// terminal, or reorder what is shown: C0 and C1 controls, DEL, Unicode's invisible
-/// formatting and bidirectional controls, and its line and paragraph separators.
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
-        )
-}
 
 /// `text` with every control character written out (`\n`, `\t`, `\r`, `\x1b`, `\u{202e}`), so
 /// nothing a user submitted can rewrite the terminal of whoever reads it.

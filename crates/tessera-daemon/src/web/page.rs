@@ -56,9 +56,10 @@ const DOWN_RULER: u32 = 28;
 const FONT: u32 = 20;
 const LINE: u32 = 24;
 
-/// `text` safe in HTML text and in double-quoted attributes: `& < > " '` as entities, control
-/// characters and bidirectional marks written out (`\u{1b}`), so text cannot turn into markup
-/// nor reorder what is around it.
+/// `text` safe in HTML text and in double-quoted attributes: `& < > " '` as entities, and what
+/// the CLI writes out for a terminal written out here too (`\u{1b}`:
+/// [`tessera_host::text::needs_escape`]), so text cannot turn into markup nor hide or reorder
+/// what is around it.
 pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -68,11 +69,7 @@ pub fn esc(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control()
-                || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
-                || ('\u{202a}'..='\u{202e}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c) =>
-            {
+            c if tessera_host::text::needs_escape(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
             }
             c => out.push(c),
