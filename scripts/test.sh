@@ -37,6 +37,13 @@ scripts/slurm-test.sh >"$slurm_log" 2>&1 ||
     { cat "$slurm_log" >&2; echo "test.sh: scripts/slurm-test.sh failed" >&2; exit 1; }
 grep -E "SKIPPED|all scenarios passed" "$slurm_log" || true
 rm -f "$slurm_log"
+# The Slurm agent killed with SIGKILL at random while it changes layouts for pending jobs: the
+# short form (5 kills; `scripts/slurm-crash-loop.sh` runs 100, docs/reliability.md).
+slurm_crash_log=$(mktemp)
+scripts/slurm-crash-loop.sh 5 >"$slurm_crash_log" 2>&1 ||
+    { cat "$slurm_crash_log" >&2; echo "test.sh: scripts/slurm-crash-loop.sh failed" >&2; exit 1; }
+grep -E "SKIPPED|all checks passed" "$slurm_crash_log" || true
+rm -f "$slurm_crash_log"
 # GET /metrics scraped by a real Prometheus (installed by the script; skipped where it cannot be).
 prom_log=$(mktemp)
 scripts/prometheus-test.sh >"$prom_log" 2>&1 ||

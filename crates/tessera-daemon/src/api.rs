@@ -409,6 +409,8 @@ struct ListQuery {
     tenant: Option<String>,
     #[serde(default)]
     all: bool,
+    limit: Option<u32>,
+    after: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -435,8 +437,19 @@ struct WaitQuery {
 
 type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
-/// `GET /v1/jobs`'s query: the listing's filters, every `state` checked.
+/// `GET /v1/jobs`'s query: the listing's filters, every `state` checked; a page of
+/// [`JobQuery::DEFAULT_LIMIT`] unless `limit` says (1 to [`JobQuery::MAX_LIMIT`]).
 fn job_query(q: ListQuery) -> Result<JobQuery, EngineError> {
+    let limit = match q.limit {
+        None => JobQuery::DEFAULT_LIMIT,
+        Some(n) if (1..=JobQuery::MAX_LIMIT).contains(&n) => n,
+        Some(n) => {
+            return Err(EngineError::invalid(
+                "limit",
+                format!("{n} is not from 1 to {}: follow `next` for more", JobQuery::MAX_LIMIT),
+            ));
+        }
+    };
     let states = match q.state {
         Some(list) => list
             .split(',')
@@ -444,7 +457,16 @@ fn job_query(q: ListQuery) -> Result<JobQuery, EngineError> {
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
-    Ok(JobQuery { states, history: q.history, since_ms: q.since_ms, user: q.user, tenant: q.tenant, all: q.all })
+    Ok(JobQuery {
+        states,
+        history: q.history,
+        since_ms: q.since_ms,
+        user: q.user,
+        tenant: q.tenant,
+        all: q.all,
+        limit: Some(limit),
+        after: q.after,
+    })
 }
 
 /// `GET /v1/jobs/{id}/logs`'s query: the stream and cursor parsed.

@@ -327,7 +327,11 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let r = self.request(method, path, body)?;
+        self.typed(self.request(method, path, body)?)
+    }
+
+    /// A reply as its typed body, or the daemon's refusal as [`ClientError::Api`].
+    fn typed<T: DeserializeOwned>(&self, r: Response) -> Result<T, ClientError> {
         if (200..300).contains(&r.status) {
             return serde_json::from_slice(&r.body).map_err(|e| ClientError::Protocol {
                 target: self.target(),
@@ -356,6 +360,57 @@ impl Client {
         self.post("/v1/jobs", Some(req))
     }
 
+    /// Submits every request (a job array), at most `parallel` at a time, each on a connection
+    /// of its own, all from one runtime: the cost of a process and a runtime is paid once, not
+    /// per job. The answers are in the requests' order; one refused does not stop the others.
+    pub fn submit_many(&self, reqs: &[SubmitRequest], parallel: usize) -> Vec<Result<SubmitReply, ClientError>> {
+        let built: Vec<Result<http::Request<Full<Bytes>>, ClientError>> = reqs
+            .iter()
+            .map(|r| {
+                let payload = serde_json::to_vec(r).map_err(|e| self.unsendable(format!("encoding its body: {e}")))?;
+                self.build("POST", "/v1/jobs", Some(payload))
+            })
+            .collect();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let run = async {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut out: Vec<Option<Result<SubmitReply, ClientError>>> = (0..built.len()).map(|_| None).collect();
+            for (i, request) in built.into_iter().enumerate() {
+                let request = match request {
+                    Ok(r) => r,
+                    Err(e) => {
+                        out[i] = Some(Err(e));
+                        continue;
+                    }
+                };
+                let (client, gate) = (self.clone(), gate.clone());
+                tasks.spawn(async move {
+                    let _permit = gate.acquire_owned().await;
+                    let reply = client.exchange(request, MAX_REPLY_BYTES).await.and_then(|r| client.typed(r));
+                    (i, reply)
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                match done {
+                    Ok((i, reply)) => out[i] = Some(reply),
+                    Err(e) => return Err(self.protocol(format!("a submission's task failed: {e}"))),
+                }
+            }
+            Ok(out)
+        };
+        match self.block_on(run) {
+            Ok(out) => out
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(self.protocol("a submission was never sent".into()))))
+                .collect(),
+            // No runtime, or a task that panicked: every submission not known to be made says so.
+            Err(e) => {
+                let detail = e.to_string();
+                reqs.iter().map(|_| Err(self.unsendable(detail.clone()))).collect()
+            }
+        }
+    }
+
     /// What a submission would get now, queueing nothing.
     pub fn dry_run(&self, req: &SubmitRequest) -> Result<DryRunReply, ClientError> {
         self.post("/v1/jobs/dry-run", Some(req))
@@ -372,7 +427,27 @@ impl Client {
         self.post(&format!("/v1/jobs/{id}/release"), Some(req))
     }
 
+    /// Every job `q` matches (`q.limit` and `q.after` ignored): the pages of
+    /// [`JobQuery::MAX_LIMIT`] followed to the end, in one list by increasing id.
     pub fn jobs(&self, q: &JobQuery) -> Result<JobList, ClientError> {
+        let mut page = JobQuery { limit: Some(JobQuery::MAX_LIMIT), after: None, ..q.clone() };
+        let mut all = self.jobs_page(&page)?;
+        while let Some(after) = all.next {
+            // Cursors only move forward; one that does not would loop for ever.
+            if page.after.is_some_and(|before| after <= before) {
+                return Err(self.protocol(format!("the listing's cursor went back to {after}")));
+            }
+            page.after = Some(after);
+            let more = self.jobs_page(&page)?;
+            all.jobs.extend(more.jobs);
+            all.next = more.next;
+        }
+        Ok(all)
+    }
+
+    /// One page (`GET /v1/jobs`): at most `q.limit` jobs (the daemon's default page when none)
+    /// after `q.after`; its `next` says where the next page starts.
+    pub fn jobs_page(&self, q: &JobQuery) -> Result<JobList, ClientError> {
         self.get(&format!("/v1/jobs?{}", q.query_string()))
     }
 

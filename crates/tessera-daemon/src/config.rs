@@ -43,6 +43,8 @@ pub struct Config {
     pub jobs: JobsSection,
     #[serde(default)]
     pub health: HealthSection,
+    #[serde(default)]
+    pub store: StoreSection,
     /// Tenants with weights and quotas; users not mapped to one get `default`.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -281,6 +283,14 @@ pub struct SchedulerSection {
     /// Switch idle GPUs' MIG mode when a job could never start on the modes they have.
     #[serde(default)]
     pub mig_mode_switching: bool,
+    /// How many queued jobs of each tenant a round decides on: its first ones by priority, then
+    /// age (Slurm's `default_queue_depth`); the rest wait behind them, unexamined, so a round
+    /// costs the same with 10,000 queued as with a few hundred.
+    #[serde(default = "queue_depth")]
+    pub queue_depth: u32,
+}
+fn queue_depth() -> u32 {
+    200
 }
 fn yes() -> bool {
     true
@@ -289,7 +299,7 @@ fn four() -> u32 {
     4
 }
 fn tick() -> u64 {
-    200
+    50
 }
 fn grace() -> u64 {
     5_000
@@ -305,6 +315,7 @@ impl Default for SchedulerSection {
             tick_ms: tick(),
             kill_grace_ms: grace(),
             mig_mode_switching: false,
+            queue_depth: queue_depth(),
         }
     }
 }
@@ -356,6 +367,27 @@ impl Default for JobsSection {
             cgroup_parent: "tessera".into(),
             max_exec_bytes: 1 << 20,
         }
+    }
+}
+
+/// How long the database keeps finished jobs (docs/config.md `[store]`): the daemon prunes
+/// finished jobs, their events and allocations, and finished reconfigurations older than
+/// `keep_finished_ms`, and finished jobs beyond the newest `max_finished_jobs`, every
+/// `prune_interval_ms`. Queued, placing and running jobs are never pruned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Finished jobs (and their output directories) older than this go, in ms; 0: no age limit.
+    pub keep_finished_ms: u64,
+    /// At most this many finished jobs are kept, the newest; 0: no count limit.
+    pub max_finished_jobs: u64,
+    /// How often the daemon prunes, in ms.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { keep_finished_ms: 30 * 86_400_000, max_finished_jobs: 100_000, prune_interval_ms: 300_000 }
     }
 }
 
@@ -694,6 +726,7 @@ impl Config {
                 n(1, 64, Unit::Count),
             ),
             (key("scheduler.tick_ms"), big(self.scheduler.tick_ms), n(1, HOUR, Unit::Ms)),
+            (key("scheduler.queue_depth"), i128::from(self.scheduler.queue_depth), n(1, 1_000_000, Unit::Count)),
             (key("scheduler.kill_grace_ms"), big(self.scheduler.kill_grace_ms), n(0, HOUR, Unit::Ms)),
             (key("jobs.output_limit_mib"), big(self.jobs.output_limit_mib), n(1, 1 << 20, Unit::Mib)),
             (key("jobs.max_priority"), i128::from(self.jobs.max_priority), n(-1_000_000, 1_000_000, Unit::Count)),
@@ -702,6 +735,9 @@ impl Config {
             (key("health.recovery_quiet_ms"), big(self.health.recovery_quiet_ms), n(0, DAY, Unit::Ms)),
             (key("health.probe_interval_ms"), big(self.health.probe_interval_ms), n(10, HOUR, Unit::Ms)),
             (key("health.stop_grace_ms"), big(self.health.stop_grace_ms), n(0, HOUR, Unit::Ms)),
+            (key("store.keep_finished_ms"), big(self.store.keep_finished_ms), n(0, 3_650 * DAY, Unit::Ms)),
+            (key("store.max_finished_jobs"), big(self.store.max_finished_jobs), n(0, 100_000_000, Unit::Count)),
+            (key("store.prune_interval_ms"), big(self.store.prune_interval_ms), n(100, DAY, Unit::Ms)),
             (
                 key("kubernetes.pod_resources_interval_ms"),
                 big(self.kubernetes.pod_resources_interval_ms),

@@ -54,12 +54,70 @@ pub enum DaemonError {
     Setup(String),
 }
 
+/// How many reads are answered at once, each on its own read-only connection to the store.
+const READERS: usize = 4;
+
+/// Readers that answer reads side by side, so that one user's long listing (ten thousand jobs,
+/// in a loop) holds one of them and everyone else's `tessera jobs` is answered by another. Each
+/// read takes a free reader and hands it back when done; with none free it waits for the first
+/// handed back. A reader's own state is its store connection; what the engine publishes, the
+/// node and the utilisation readings are shared (`Arc`s), the configuration copied.
+#[derive(Debug)]
+struct ReaderPool {
+    free: Mutex<Vec<Reader>>,
+    handed_back: std::sync::Condvar,
+}
+
+/// A reader taken from the pool; handed back when dropped (also when a read panics).
+struct PooledReader {
+    pool: Arc<ReaderPool>,
+    reader: Option<Reader>,
+}
+
+impl ReaderPool {
+    /// `n` readers of `engine` (at least one).
+    fn new(engine: &Engine, n: usize) -> Result<ReaderPool, EngineError> {
+        let free = (0..n.max(1)).map(|_| engine.reader()).collect::<Result<Vec<_>, _>>()?;
+        Ok(ReaderPool { free: Mutex::new(free), handed_back: std::sync::Condvar::new() })
+    }
+
+    /// A free reader, waiting (blocking) for one if all are busy.
+    fn take(self: &Arc<Self>) -> PooledReader {
+        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(reader) = free.pop() {
+                return PooledReader { pool: self.clone(), reader: Some(reader) };
+            }
+            free = self.handed_back.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+impl std::ops::Deref for PooledReader {
+    type Target = Reader;
+
+    fn deref(&self) -> &Reader {
+        // Present from `take` until `drop`.
+        self.reader.as_ref().unwrap_or_else(|| unreachable!("a pooled reader is present until dropped"))
+    }
+}
+
+impl Drop for PooledReader {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            self.pool.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(reader);
+            self.pool.handed_back.notify_one();
+        }
+    }
+}
+
 /// The async face of the engine: actions run on a blocking thread under the engine's lock;
-/// reads on another, under the reader's, so they never wait for a round.
+/// reads on others, each with a reader of the pool, so they never wait for a round nor for
+/// one another.
 #[derive(Debug)]
 pub struct EngineHandle {
     core: Arc<Mutex<Engine>>,
-    reader: Arc<Mutex<Reader>>,
+    readers: Arc<ReaderPool>,
     wake: Arc<tokio::sync::Notify>,
     changed: tokio::sync::watch::Sender<u64>,
     /// `jobs.max_exec_bytes`, for checking submissions without the engine.
@@ -82,12 +140,12 @@ impl EngineHandle {
     pub fn new(engine: Engine) -> Result<EngineHandle, EngineError> {
         let (changed, _) = tokio::sync::watch::channel(0);
         let max_exec_bytes = engine.config.jobs.max_exec_bytes;
-        let reader = engine.reader()?;
+        let readers = Arc::new(ReaderPool::new(&engine, READERS)?);
         let mps = engine.mps.clone();
         engine.publish();
         Ok(EngineHandle {
             core: Arc::new(Mutex::new(engine)),
-            reader: Arc::new(Mutex::new(reader)),
+            readers,
             wake: Arc::new(tokio::sync::Notify::new()),
             changed,
             max_exec_bytes,
@@ -150,13 +208,8 @@ impl EngineHandle {
 
     /// The node as a front door advertises it, read without the engine's lock.
     pub async fn node_state(&self) -> Result<NodeState, EngineError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let guard = reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            guard.node_state()
-        })
-        .await
-        .map_err(|e| task_failed("reader", &e))?
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.take().node_state()).await.map_err(|e| task_failed("reader", &e))?
     }
 
     /// Starts scheduling rounds on the current runtime (what `run` does), for front doors
@@ -165,15 +218,13 @@ impl EngineHandle {
         tokio::spawn(self.clone().run_rounds(tick))
     }
 
-    /// A read, on a blocking thread under the reader's lock, never the engine's.
+    /// A read, on a blocking thread with a free reader of the pool, never under the engine's
+    /// lock.
     async fn read(&self, caller: Caller, action: Action) -> Result<Reply, EngineError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let guard = reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            guard.read(&caller, action)
-        })
-        .await
-        .map_err(|e| task_failed("reader", &e))?
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.take().read(&caller, action))
+            .await
+            .map_err(|e| task_failed("reader", &e))?
     }
 
     /// Scheduling rounds: on every wake-up, and every `tick` otherwise.
@@ -666,4 +717,69 @@ pub fn run_with(opts: ServeOptions, door: Option<FrontDoor>) -> Result<(), Daemo
             None => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Door;
+    use crate::wire::JobQuery;
+
+    /// An engine over a simulated H100 with its state in `dir`.
+    fn engine(dir: &Path) -> Engine {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let spec: tessera_gpu::NodeSpec = "1xH100-80GB,numa=1,cpus=16".parse().unwrap();
+        let sim = tessera_gpu::sim::SimBackend::open(&state.join("sim-node.json"), Some(&spec)).unwrap();
+        let store = Store::open(&state).unwrap();
+        let paths = Paths {
+            state_dir: state.clone(),
+            output_dir: dir.join("output"),
+            runtime_dir: dir.join("run"),
+            dev_root: dir.join("dev"),
+        };
+        let shim = ShimCommand { exe: "/nonexistent/tessera".into(), args: vec!["shim".into()] };
+        let mps = Box::new(RecordingMps::new(state.join("mps.jsonl")));
+        let mut e =
+            Engine::new(store, Arc::new(Node::Sim(Box::new(sim))), Config::default(), paths, shim, mps).unwrap();
+        e.recover().unwrap();
+        e
+    }
+
+    fn alice() -> Caller {
+        Caller {
+            uid: 1001,
+            gid: 1001,
+            user: "alice".into(),
+            tenant: "default".into(),
+            admin: false,
+            door: Door::Internal,
+        }
+    }
+
+    /// Far longer than any read here takes: reaching it means the read was never answered.
+    const STUCK: Duration = Duration::from_secs(60);
+
+    /// A listing while one reader is held (as by another user's long listing) is answered by
+    /// another reader; with every reader held, a read waits for the first handed back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_reader_does_not_hold_up_other_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = Arc::new(EngineHandle::new(engine(dir.path())).unwrap());
+        let list = || Action::ListJobs(JobQuery::default());
+        let held = handle.readers.take();
+        let reply = tokio::time::timeout(STUCK, handle.act(alice(), list())).await;
+        assert!(matches!(reply, Ok(Ok(Reply::Jobs(_)))), "{reply:?}");
+
+        let rest: Vec<PooledReader> = (1..READERS).map(|_| handle.readers.take()).collect();
+        let waiting = {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.act(alice(), Action::Gpus).await })
+        };
+        drop(held);
+        let reply = tokio::time::timeout(STUCK, waiting).await;
+        assert!(matches!(reply, Ok(Ok(Ok(Reply::Gpus(_))))), "{reply:?}");
+        drop(rest);
+        assert_eq!(handle.readers.free.lock().unwrap().len(), READERS, "every reader handed back");
+    }
 }

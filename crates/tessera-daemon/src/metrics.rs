@@ -11,14 +11,18 @@
 //! prometheus-client's label derive cannot name labels `UUID`, so labels are `(name, value)`
 //! lists.
 
+use std::collections::BTreeMap;
+
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tessera_gpu::GpmMetric;
 use tessera_mig::{Instance, catalog, planner_for};
+use tessera_store::{HistogramBounds, HistogramTotal};
 
 use crate::wire::{GpuInfo, MetricsData};
 
@@ -27,17 +31,72 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(String, String)>;
 
-/// Queue-wait buckets, in seconds: a second to a day.
-const WAIT_BUCKETS: [f64; 10] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86_400.0];
-/// Reconfiguration-duration buckets, in seconds: a MIG change takes tens of ms to seconds.
-const RECONFIG_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0];
+/// Queue-wait buckets' upper bounds, in ms: a second to a day.
+const WAIT_BUCKETS_MS: [u64; 10] =
+    [1_000, 5_000, 15_000, 60_000, 300_000, 900_000, 3_600_000, 4 * 3_600_000, 12 * 3_600_000, 86_400_000];
+/// Reconfiguration-duration buckets' upper bounds, in ms: a MIG change takes tens of ms to seconds.
+const RECONFIG_BUCKETS_MS: [u64; 9] = [10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 30_000];
 
-fn wait_histogram() -> Histogram {
-    Histogram::new(WAIT_BUCKETS)
+/// The histograms' buckets, the one definition: the store folds pruned history into the same
+/// ones (`tessera_store::Store::prune`).
+pub const HISTOGRAM_BOUNDS: HistogramBounds =
+    HistogramBounds { queue_wait_ms: &WAIT_BUCKETS_MS, reconfig_ms: &RECONFIG_BUCKETS_MS };
+
+/// A histogram family built at the scrape from whole-millisecond observations (the store's
+/// totals of pruned history plus the remaining rows), rendered in seconds. prometheus-client's
+/// `Histogram` cannot start from totals, and summing integer ms keeps `_sum` exact whichever
+/// rows were folded.
+#[derive(Debug)]
+struct MsHistograms {
+    bounds: &'static [u64],
+    series: BTreeMap<Labels, HistogramTotal>,
 }
 
-fn reconfig_histogram() -> Histogram {
-    Histogram::new(RECONFIG_BUCKETS)
+impl MsHistograms {
+    fn new(bounds: &'static [u64]) -> MsHistograms {
+        MsHistograms { bounds, series: BTreeMap::new() }
+    }
+
+    fn entry(&mut self, labels: Labels) -> &mut HistogramTotal {
+        self.series.entry(labels).or_default()
+    }
+
+    fn observe(&mut self, labels: Labels, ms: u64) {
+        let bounds = self.bounds;
+        self.entry(labels).observe(bounds, ms);
+    }
+
+    /// Each bucket's upper bound in seconds with its (not cumulative) count, `+Inf` last. A
+    /// stored bound these buckets do not have counts in the next one up.
+    fn buckets(&self, h: &HistogramTotal) -> Vec<(f64, u64)> {
+        let mut out: Vec<(f64, u64)> = self.bounds.iter().map(|b| (*b as f64 / 1000.0, 0)).collect();
+        out.push((f64::INFINITY, 0));
+        for (le, n) in &h.buckets {
+            let i = self.bounds.iter().position(|b| le <= b).unwrap_or(self.bounds.len());
+            if let Some(slot) = out.get_mut(i) {
+                slot.1 += n;
+            }
+        }
+        out
+    }
+}
+
+impl EncodeMetric for MsHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.series {
+            let mut e = encoder.encode_family(labels)?;
+            e.encode_histogram::<NoLabelSet>(h.sum_ms as f64 / 1000.0, h.count, &self.buckets(h), None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+
+    fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
 }
 
 fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
@@ -104,7 +163,7 @@ pub fn render(data: &MetricsData) -> String {
         "tessera_node_memory_slices",
         "The node's memory slices by state (the sum of tessera_gpu_memory_slices over its GPUs)",
     );
-    let mut node_totals: std::collections::BTreeMap<(bool, &str), i64> = std::collections::BTreeMap::new();
+    let mut node_totals: BTreeMap<(bool, &str), i64> = std::collections::BTreeMap::new();
     for g in &data.gpus.gpus {
         let base = gpu_labels(host, g);
         let mut l = base.clone();
@@ -118,7 +177,7 @@ pub fn render(data: &MetricsData) -> String {
         gpu_drained.get_or_create(&base).set(i64::from(g.drained.is_some()));
         let model = g.model.as_deref().and_then(|m| catalog().model(m).ok());
         let (mut alloc_c, mut idle_c, mut alloc_m, mut idle_m) = (0i64, 0i64, 0i64, 0i64);
-        let mut by_profile: std::collections::BTreeMap<(String, &str), i64> = std::collections::BTreeMap::new();
+        let mut by_profile: BTreeMap<(String, &str), i64> = std::collections::BTreeMap::new();
         for i in &g.instances {
             let profile = model.and_then(|m| m.profile_by_id(i.profile_id));
             let (c, m) = profile.map_or((0, 0), |p| (i64::from(p.compute_slices), i64::from(p.memory_slices)));
@@ -204,37 +263,40 @@ pub fn render(data: &MetricsData) -> String {
         let family = if is_compute { &node_compute } else { &node_memory };
         family.get_or_create(&labels(&[("state", state), ("Hostname", host)])).set(v);
     }
-    let waits = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(wait_histogram);
+    // Counted from history: what pruned rows counted (the store's totals) plus the rows left.
+    let mut waits = MsHistograms::new(HISTOGRAM_BOUNDS.queue_wait_ms);
+    for (tenant, h) in &data.pruned.queue_wait {
+        waits.entry(labels(&[("tenant", tenant), ("Hostname", host)])).add(h);
+    }
+    for (tenant, ms) in &data.waits {
+        waits.observe(labels(&[("tenant", tenant), ("Hostname", host)]), *ms);
+    }
     r.register(
         "tessera_queue_wait_seconds",
         "How long each job that started waited, from submission to its start, by tenant",
-        waits.clone(),
+        waits,
     );
-    for (tenant, ms) in &data.waits {
-        waits.get_or_create(&labels(&[("tenant", tenant), ("Hostname", host)])).observe(*ms as f64 / 1000.0);
-    }
     let reconfigs = Family::<Labels, Counter>::default();
     r.register("tessera_reconfigurations", "Finished MIG reconfigurations by GPU and outcome", reconfigs.clone());
-    let reconfig_time = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(reconfig_histogram);
+    let mut reconfig_time = MsHistograms::new(HISTOGRAM_BOUNDS.reconfig_ms);
+    let reconfig_labels = |gpu: u32, uuid: &str, outcome: &str| {
+        labels(&[("gpu", &gpu.to_string()), ("UUID", uuid), ("Hostname", host), ("outcome", outcome)])
+    };
+    for (k, n) in &data.pruned.reconfigurations {
+        reconfigs.get_or_create(&reconfig_labels(k.gpu_index, &k.gpu_uuid, &k.outcome)).inc_by(*n);
+    }
+    for (outcome, h) in &data.pruned.reconfig_duration {
+        reconfig_time.entry(labels(&[("outcome", outcome), ("Hostname", host)])).add(h);
+    }
+    for rc in &data.reconfigurations {
+        reconfigs.get_or_create(&reconfig_labels(rc.gpu, &rc.gpu_uuid, &rc.outcome)).inc();
+        reconfig_time.observe(labels(&[("outcome", &rc.outcome), ("Hostname", host)]), rc.duration_ms);
+    }
     r.register(
         "tessera_reconfiguration_duration_seconds",
         "How long each finished MIG reconfiguration took, by outcome",
-        reconfig_time.clone(),
+        reconfig_time,
     );
-    for rc in &data.reconfigurations {
-        let gpu = rc.gpu.to_string();
-        reconfigs
-            .get_or_create(&labels(&[
-                ("gpu", &gpu),
-                ("UUID", &rc.gpu_uuid),
-                ("Hostname", host),
-                ("outcome", &rc.outcome),
-            ]))
-            .inc();
-        reconfig_time
-            .get_or_create(&labels(&[("outcome", &rc.outcome), ("Hostname", host)]))
-            .observe(rc.duration_ms as f64 / 1000.0);
-    }
     // Xid events and MIG operations: counters kept by the daemon (the health tracker, the journal).
     let gpu_base = |gpu: u32| match data.gpus.gpus.iter().find(|g| g.index == gpu) {
         Some(g) => gpu_labels(host, g),
@@ -262,11 +324,14 @@ pub fn render(data: &MetricsData) -> String {
          and destroy_gpu_instance, each with its compute instances; set_mig_mode) and outcome (ok, failed)",
         ops.clone(),
     );
-    for o in &data.mig_operations {
-        let mut l = gpu_base(o.gpu);
-        l.push(("operation".into(), o.operation.clone()));
-        l.push(("outcome".into(), o.outcome.clone()));
-        ops.get_or_create(&l).inc_by(o.count);
+    let pruned_ops = data.pruned.mig_operations.iter().map(|(k, n)| (k.gpu_index, &k.operation, &k.outcome, *n));
+    for (gpu, operation, outcome, count) in
+        data.mig_operations.iter().map(|o| (o.gpu, &o.operation, &o.outcome, o.count)).chain(pruned_ops)
+    {
+        let mut l = gpu_base(gpu);
+        l.push(("operation".into(), operation.clone()));
+        l.push(("outcome".into(), outcome.clone()));
+        ops.get_or_create(&l).inc_by(count);
     }
     for c in &data.jobs {
         let state = c.state.to_string();
@@ -279,7 +344,7 @@ pub fn render(data: &MetricsData) -> String {
         "tessera_tenant_slices",
         "Compute and memory slices of the instances each tenant's jobs hold now (what its quota counts)",
     );
-    let mut held_slices: std::collections::BTreeMap<(String, &str), i64> = std::collections::BTreeMap::new();
+    let mut held_slices: BTreeMap<(String, &str), i64> = std::collections::BTreeMap::new();
     for g in &data.gpus.gpus {
         let model = g.model.as_deref().and_then(|m| catalog().model(m).ok());
         for i in &g.instances {
@@ -478,6 +543,18 @@ mod tests {
                 gpu_instance_id: Some(2),
                 metrics: tessera_gpu::GpmMetrics { interval_ms: 5000, sm_active: Some(0.5), ..Default::default() },
             }],
+            // Pruned history: added to what the rows left give.
+            pruned: {
+                let mut t = tessera_store::MetricTotals::default();
+                t.queue_wait.entry("ml".into()).or_default().observe(HISTOGRAM_BOUNDS.queue_wait_ms, 500_000);
+                let op = tessera_store::MigOperationKey {
+                    gpu_index: 0,
+                    operation: "create_gpu_instance".into(),
+                    outcome: "failed".into(),
+                };
+                t.mig_operations.insert(op, 2);
+                t
+            },
         };
         let text = render(&data);
         assert!(!text.contains("tessera_instance_sm_active{"), "{text}");
@@ -487,8 +564,12 @@ mod tests {
             "tessera_fair_share_usage_slice_seconds{tenant=\"ml\",Hostname=\"gpu01\"} 42.0",
             "tessera_queue_wait_seconds_bucket{le=\"60.0\",tenant=\"ml\",Hostname=\"gpu01\"} 0",
             "tessera_queue_wait_seconds_bucket{le=\"300.0\",tenant=\"ml\",Hostname=\"gpu01\"} 1",
+            "tessera_queue_wait_seconds_bucket{le=\"900.0\",tenant=\"ml\",Hostname=\"gpu01\"} 2",
+            "tessera_queue_wait_seconds_bucket{le=\"+Inf\",tenant=\"ml\",Hostname=\"gpu01\"} 2",
+            "tessera_queue_wait_seconds_sum{tenant=\"ml\",Hostname=\"gpu01\"} 590.0",
+            "tessera_queue_wait_seconds_count{tenant=\"ml\",Hostname=\"gpu01\"} 2",
             "tessera_gpu_xid_events_total{gpu=\"0\",Hostname=\"gpu01\",xid=\"79\",severity=\"gpu-fatal\"} 2",
-            "tessera_mig_operations_total{gpu=\"0\",Hostname=\"gpu01\",operation=\"create_gpu_instance\",outcome=\"failed\"} 3",
+            "tessera_mig_operations_total{gpu=\"0\",Hostname=\"gpu01\",operation=\"create_gpu_instance\",outcome=\"failed\"} 5",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
         }

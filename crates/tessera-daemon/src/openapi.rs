@@ -126,13 +126,15 @@ pub fn document() -> Value {
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/v1/jobs": {
                 "post": submit,
-                "get": op("The caller's active jobs (queued, placing, running); every filter narrows the list", json!([
+                "get": op("The caller's active jobs (queued, placing, running), one page by increasing id; every filter narrows the list; `next` (when not null) is the `after` of the next page", json!([
                     {"name": "state", "in": "query", "schema": {"type": "string", "pattern": states_pattern()}, "description": "comma-separated states (default: the active ones, or every state with history or since_ms)"},
                     {"name": "history", "in": "query", "schema": {"type": "boolean"}, "description": "ended jobs too"},
                     {"name": "since_ms", "in": "query", "schema": millis(), "description": "only jobs still active or ended at or after this time (ms since the epoch)"},
                     {"name": "user", "in": "query", "schema": {"type": "string"}, "description": "only this user's jobs (another user's: admins only)"},
                     {"name": "tenant", "in": "query", "schema": {"type": "string"}, "description": "only jobs charged to this tenant (admins: every user's)"},
-                    {"name": "all", "in": "query", "schema": {"type": "boolean"}, "description": "every user's jobs (admins only)"}]), None, "Jobs")
+                    {"name": "all", "in": "query", "schema": {"type": "boolean"}, "description": "every user's jobs (admins only)"},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": crate::wire::JobQuery::MAX_LIMIT}, "description": "at most this many jobs (default 500, at most 1000)"},
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "only jobs with a higher id: the previous page's `next`"}]), None, "JobList: `jobs` (one page) and `next` (the cursor of the next page, or null)")
             },
             "/v1/jobs/dry-run": {"post": op("What a submission would get now (the profile, each rank's instance and CPUs, the reconfiguration or preemption it needs, or why it would wait), queueing nothing; refused as a submission would be", json!([]), Some("SubmitRequest"), "The verdict")},
             "/v1/jobs/{id}": {"get": op("One job, with its state, reason and placement", json!([id_param()]), None, "The job")},

@@ -107,11 +107,24 @@ pub struct JobQuery {
     /// Every user's jobs (admins only).
     #[serde(default)]
     pub all: bool,
+    /// At most this many jobs in the reply (a page, by increasing id); over HTTP, none means
+    /// [`JobQuery::DEFAULT_LIMIT`] and more than [`JobQuery::MAX_LIMIT`] is refused. In the
+    /// daemon's own process (front doors), none means every match.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Only jobs after this id: the previous page's [`JobList::next`].
+    #[serde(default)]
+    pub after: Option<u64>,
 }
 
 impl JobQuery {
     /// The states of a job that has not ended.
     pub const ACTIVE: [JobState; 3] = [JobState::Queued, JobState::Placing, JobState::Running];
+    /// A page's size when `GET /v1/jobs` names none.
+    pub const DEFAULT_LIMIT: u32 = 500;
+    /// The largest page `GET /v1/jobs` gives: small enough that one page holds the daemon's
+    /// reader briefly, so other users' listings go on between one big listing's pages.
+    pub const MAX_LIMIT: u32 = 1_000;
 
     /// The states the query lists: the ones named, else the active ones, or every state with
     /// `history` or `since_ms`.
@@ -145,6 +158,12 @@ impl JobQuery {
         if let Some(t) = &self.tenant {
             parts.push(format!("tenant={}", percent_encode(t)));
         }
+        if let Some(n) = self.limit {
+            parts.push(format!("limit={n}"));
+        }
+        if let Some(id) = self.after {
+            parts.push(format!("after={id}"));
+        }
         parts.join("&")
     }
 }
@@ -162,10 +181,14 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// A list of jobs.
+/// A list of jobs: one page, by increasing id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
+    /// More jobs match after this page: ask again with `after` set to this (the page's last
+    /// id). `None`: this page is the last.
+    #[serde(default)]
+    pub next: Option<u64>,
 }
 
 /// One job as the API shows it.
@@ -655,6 +678,11 @@ pub struct MetricsData {
     /// GPUs that have GPM (Hopper and newer); none elsewhere.
     #[serde(default)]
     pub utilisation: Vec<UtilisationReading>,
+    /// What pruned history counted (queue waits, reconfigurations, MIG operations), added to
+    /// what the remaining rows above give so that counters never go down. Not sent: read in the
+    /// daemon and rendered there.
+    #[serde(skip)]
+    pub pruned: tessera_store::MetricTotals,
 }
 
 /// The GPU performance monitoring (GPM) metrics of one GPU instance, or of a GPU with MIG off,
@@ -747,6 +775,9 @@ pub struct HealthReply {
     /// Jobs by state.
     pub jobs: BTreeMap<String, u64>,
     pub last_round_ms: u64,
+    /// How long the last scheduling round took, in µs (read, decide, act).
+    #[serde(default)]
+    pub last_round_us: u64,
     /// Per GPU: health, its instances' health, the last Xid events, drains.
     pub gpus: Vec<GpuHealthView>,
     /// What isolation this machine gives jobs (cgroup v1/v2 and its controllers).
@@ -846,10 +877,12 @@ mod tests {
             user: Some("a b&c=d".into()),
             tenant: Some("ml/é".into()),
             all: false,
+            limit: Some(20),
+            after: Some(7),
         };
         assert_eq!(
             q.query_string(),
-            "all=false&state=queued,failed&history=true&since_ms=5&user=a%20b%26c%3Dd&tenant=ml%2F%C3%A9"
+            "all=false&state=queued,failed&history=true&since_ms=5&user=a%20b%26c%3Dd&tenant=ml%2F%C3%A9&limit=20&after=7"
         );
         assert_eq!(JobQuery::default().effective_states(), JobQuery::ACTIVE);
         assert_eq!(JobQuery { since_ms: Some(1), ..JobQuery::default() }.effective_states(), JobState::ALL);

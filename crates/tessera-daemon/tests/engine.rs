@@ -523,3 +523,63 @@ fn pinned_work_makes_its_missing_instance_and_the_instance_is_destroyed_when_idl
     };
     assert!(!again.changed);
 }
+
+/// The series of `/metrics` that only ever count up (`_total`, `_count`, `_sum`, `_bucket`), by
+/// their name and labels.
+fn counted_series(e: &mut Engine) -> std::collections::BTreeMap<String, f64> {
+    let Reply::Metrics(m) = e.act(&root(), Action::Metrics).unwrap() else { panic!() };
+    tessera_daemon::metrics::render(&m)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            ["_total", "_count", "_sum", "_bucket"]
+                .iter()
+                .any(|s| name.ends_with(s))
+                .then(|| (series.to_owned(), value.parse().expect("a number")))
+        })
+        .collect()
+}
+
+/// Pruning deletes the rows the queue-wait and reconfiguration histograms and the
+/// reconfiguration and MIG-operation counters are counted from: every such series keeps its
+/// value across a prune (Prometheus reads a drop as a restart), and still counts up after.
+#[test]
+fn counters_never_go_down_when_history_is_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.store.keep_finished_ms = 1;
+    config.store.max_finished_jobs = 1;
+    // Pruned here by hand only.
+    config.store.prune_interval_ms = u64::MAX / 4;
+    let mut e = engine(dir.path(), "1xH100-80GB,numa=1,cpus=16", config);
+    let run = |e: &mut Engine, n: usize| {
+        let (who, p) = if n.is_multiple_of(2) { (alice(), "1g.10gb") } else { (bob(), "3g.40gb") };
+        let id = submit(e, &who, profile(p), &format!("w{n}")).unwrap();
+        settle(e);
+        assert_eq!(job(e, &who, id).state, JobState::Running);
+        e.act(&who, Action::Release { id, exit: ok_exit("done"), succeeded: true }).unwrap();
+    };
+    for n in 0..6 {
+        run(&mut e, n);
+    }
+    let before = counted_series(&mut e);
+    for name in ["tessera_queue_wait_seconds_count", "tessera_reconfigurations_total", "tessera_mig_operations_total"] {
+        assert!(before.keys().any(|s| s.starts_with(name)), "no {name} in {before:#?}");
+    }
+    let report = e.prune(tessera_host::now_ms() + 60_000).unwrap();
+    assert!(report.jobs.len() >= 5 && report.reconfigs > 0, "{report:?}");
+    let after = counted_series(&mut e);
+    for (series, v) in &before {
+        assert_eq!(after.get(series), Some(v), "{series} after pruning {report:?}");
+    }
+    assert_eq!(after.len(), before.len(), "{after:#?}");
+    // New history counts on top.
+    run(&mut e, 6);
+    let later = counted_series(&mut e);
+    for (series, v) in &after {
+        assert!(later.get(series).is_some_and(|l| l >= v), "{series} went from {v} to {:?}", later.get(series));
+    }
+    assert!(later.iter().any(|(s, v)| after.get(s) != Some(v)), "the new job counted nowhere");
+}

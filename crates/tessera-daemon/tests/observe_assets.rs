@@ -159,6 +159,7 @@ fn served_metrics() -> BTreeSet<String> {
                 fp16_active: Some(0.1),
             },
         }],
+        ..MetricsData::default()
     };
     let mut names = BTreeSet::new();
     for line in render(&data).lines() {

@@ -57,7 +57,7 @@ impl Service for Fake {
                         }],
                     }],
                 })),
-                Action::ListJobs(_) => Ok(Reply::Jobs(JobList { jobs: Vec::new() })),
+                Action::ListJobs(_) => Ok(Reply::Jobs(JobList { jobs: Vec::new(), next: None })),
                 Action::Events(_) => Ok(Reply::Events(NodeEventList::default())),
                 other => Err(EngineError::Internal(format!("unexpected {other:?}"))),
             }

@@ -12,9 +12,12 @@
 
 use std::str::FromStr;
 
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use tessera_gpu::NodeSpec;
+use tessera_kube::annotations::{DESIRED_LAYOUT, DesiredLayout, NODE_REPORT, NodeReport, read_annotation};
 use tessera_kube_core::dra::DraGpu;
-use tessera_kube_core::dra_claim::{ClaimAllocation, claim_sharing, device_target, parse_sharing};
+use tessera_kube_core::dra_claim::{ClaimAllocation, ClaimRef, claim_sharing, device_target, parse_sharing};
 use tessera_migparted::DeviceSummary;
 
 /// A fuzz target: arbitrary bytes in, nothing out, no panic.
@@ -130,16 +133,39 @@ pub fn sim_trace(data: &[u8]) {
     }
 }
 
-/// The Kubernetes objects Tessera reads: NVIDIA's device-plugin config (YAML), a DRA claim's
+/// The Kubernetes objects Tessera reads: ResourceClaims, pending pods and node annotations as
+/// the API server sends them (through k8s-openapi), NVIDIA's device-plugin config (YAML), a DRA claim's
 /// allocation (its devices named back to GPUs and placements, its opaque configuration for each
 /// request), quantities, resource names and the pod-hold keys.
 pub fn kube_objects(data: &[u8]) {
     if let Ok(allocation) = serde_json::from_slice::<ClaimAllocation>(data) {
-        let gpus = fuzz_gpus();
-        for device in &allocation.devices {
-            let _ = device_target(&device.device, &gpus);
-            let _ = claim_sharing(&allocation.config, &device.driver, &device.request);
+        claim_devices(&allocation);
+    }
+    // The API server's objects as k8s-openapi reads them, then as Tessera reads those: a
+    // ResourceClaim's allocation (the DRA driver's prepare), a pod the controller may repartition
+    // a node for, and a node's annotations (the controller reads the agent's report and its own
+    // desired layout back).
+    if let Ok(claim) = serde_json::from_slice::<ResourceClaim>(data) {
+        let meta = &claim.metadata;
+        let claim_ref = ClaimRef {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+        };
+        if let Ok(allocation) = tessera_kube::dra::allocation_of(&claim_ref, &claim) {
+            claim_devices(&allocation);
         }
+    }
+    if let Ok(pod) = serde_json::from_slice::<Pod>(data) {
+        let _ = tessera_kube::pending_pod(&pod);
+    }
+    if let Ok(node) = serde_json::from_slice::<Node>(data) {
+        let name = node.metadata.name.as_deref().unwrap_or("fuzz");
+        let annotations = node.metadata.annotations.as_ref();
+        if let Ok(Some(report)) = read_annotation::<NodeReport>(name, annotations, NODE_REPORT) {
+            let _ = report.node_state(name, None);
+        }
+        let _ = read_annotation::<DesiredLayout>(name, annotations, DESIRED_LAYOUT);
     }
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = parse_sharing(&value);
@@ -150,6 +176,16 @@ pub fn kube_objects(data: &[u8]) {
     let _ = tessera_kube_core::ResourceName::parse(text);
     let _ = tessera_kube_core::holds::container_of_key(text);
     let _ = tessera_kube_core::holds::pod_of_key(text);
+}
+
+/// What the driver does next with a claim's allocation: each device named back to a GPU and
+/// placement, and its sharing read from the opaque configuration for its request.
+fn claim_devices(allocation: &ClaimAllocation) {
+    let gpus = fuzz_gpus();
+    for device in &allocation.devices {
+        let _ = device_target(&device.device, &gpus);
+        let _ = claim_sharing(&allocation.config, &device.driver, &device.request);
+    }
 }
 
 /// The GPUs a claim's device names are read against: the fuzz node, MIG on, empty.

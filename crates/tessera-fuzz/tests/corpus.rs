@@ -73,3 +73,35 @@ fn every_target_has_a_cargo_fuzz_binary() {
         assert!(fuzz_dir().join("fuzz_targets").join(format!("{name}.rs")).is_file(), "no fuzz_targets/{name}.rs");
     }
 }
+
+/// The seeds for the API server's objects get past k8s-openapi into Tessera's own readers (a
+/// seed the API types refused would fuzz only serde): the claim has an allocation with a device,
+/// the pod is one the controller acts for, and the node's report and desired layout are read.
+#[test]
+fn kubernetes_object_seeds_reach_tesseras_readers() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use k8s_openapi::api::resource::v1::ResourceClaim;
+    use tessera_kube::annotations::{DESIRED_LAYOUT, DesiredLayout, NODE_REPORT, NodeReport, read_annotation};
+    use tessera_kube_core::dra_claim::ClaimRef;
+
+    let seed = |name: &str| fs::read(fuzz_dir().join("corpus/kube_objects").join(name)).expect(name);
+    let claim: ResourceClaim = serde_json::from_slice(&seed("resource-claim.json")).expect("a ResourceClaim");
+    let claim_ref = ClaimRef {
+        namespace: claim.metadata.namespace.clone().unwrap_or_default(),
+        name: claim.metadata.name.clone().unwrap_or_default(),
+        uid: claim.metadata.uid.clone().unwrap_or_default(),
+    };
+    let allocation = tessera_kube::dra::allocation_of(&claim_ref, &claim).expect("an allocated claim");
+    assert_eq!(allocation.devices.len(), 1);
+    assert_eq!(allocation.config.len(), 1);
+
+    let pod: Pod = serde_json::from_slice(&seed("pending-pod.json")).expect("a Pod");
+    assert!(tessera_kube::pending_pod(&pod).is_some(), "the seed pod is not one the controller acts for");
+
+    let node: Node = serde_json::from_slice(&seed("node-annotations.json")).expect("a Node");
+    let annotations = node.metadata.annotations.as_ref();
+    let report: NodeReport = read_annotation("node-a", annotations, NODE_REPORT).unwrap().expect("a report");
+    assert_eq!(report.node_state("node-a", None).gpus.len(), 2);
+    let desired: DesiredLayout = read_annotation("node-a", annotations, DESIRED_LAYOUT).unwrap().expect("a layout");
+    assert_eq!(desired.gpus.len(), 1);
+}

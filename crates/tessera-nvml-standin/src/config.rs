@@ -12,6 +12,9 @@
 //! | `TESSERA_STANDIN_NO_MIG` | `I[,J]`: GPUs that are not MIG-capable |
 //! | `TESSERA_STANDIN_LOST` | `I[,J]`: GPUs that fell off the bus |
 //! | `TESSERA_STANDIN_NO_PERMISSION` | `1`: every mutating call fails with `NO_PERMISSION` |
+//! | `TESSERA_STANDIN_NON_ROOT` | `1`: the caller is not root: `nvmlDeviceSetMigMode` and the aggregate process list of a GPU in MIG mode fail with `NO_PERMISSION` (nvml.h), a MIG device's own list still answers |
+//! | `TESSERA_STANDIN_MIG_UUID` | `fail`: `nvmlDeviceGetUUID` on a MIG device fails with `UNKNOWN`; unset: `MIG-<uuid>`, or the pre-R470 `MIG-GPU-<uuid>/<gi>/<ci>` on a driver older than R470 |
+//! | `TESSERA_STANDIN_REBIND` | `1`: a MIG mode change that takes effect rebinds the GPU: its minor number moves (nvml.h: "attributes … such as minor number, might change") |
 //!
 //! An empty value counts as unset. A malformed value makes `nvmlInit_v2` fail.
 
@@ -33,6 +36,9 @@ pub const ENV_DRIVER_VERSION: &str = "TESSERA_STANDIN_DRIVER_VERSION";
 pub const ENV_NO_MIG: &str = "TESSERA_STANDIN_NO_MIG";
 pub const ENV_LOST: &str = "TESSERA_STANDIN_LOST";
 pub const ENV_NO_PERMISSION: &str = "TESSERA_STANDIN_NO_PERMISSION";
+pub const ENV_NON_ROOT: &str = "TESSERA_STANDIN_NON_ROOT";
+pub const ENV_MIG_UUID: &str = "TESSERA_STANDIN_MIG_UUID";
+pub const ENV_REBIND: &str = "TESSERA_STANDIN_REBIND";
 
 /// Every variable the stand-in reads.
 pub const ENV_VARS: &[&str] = &[
@@ -46,6 +52,9 @@ pub const ENV_VARS: &[&str] = &[
     ENV_NO_MIG,
     ENV_LOST,
     ENV_NO_PERMISSION,
+    ENV_NON_ROOT,
+    ENV_MIG_UUID,
+    ENV_REBIND,
 ];
 
 /// The driver version when `TESSERA_STANDIN_DRIVER_VERSION` is unset.
@@ -87,6 +96,12 @@ pub struct Config {
     pub no_mig: BTreeSet<u32>,
     pub lost: BTreeSet<u32>,
     pub no_permission: bool,
+    /// The caller is not root (`TESSERA_STANDIN_NON_ROOT`).
+    pub non_root: bool,
+    /// `nvmlDeviceGetUUID` fails on MIG devices (`TESSERA_STANDIN_MIG_UUID=fail`).
+    pub mig_uuid_fails: bool,
+    /// A MIG mode change moves the GPU's minor number (`TESSERA_STANDIN_REBIND`).
+    pub rebind: bool,
 }
 
 impl Config {
@@ -125,13 +140,13 @@ impl Config {
             Some(text) => DriverVersion::parse(&text)?,
             None => DriverVersion::default(),
         };
-        let no_permission = match var(ENV_NO_PERMISSION)? {
+        let no_permission = flag(ENV_NO_PERMISSION, var(ENV_NO_PERMISSION)?)?;
+        let non_root = flag(ENV_NON_ROOT, var(ENV_NON_ROOT)?)?;
+        let rebind = flag(ENV_REBIND, var(ENV_REBIND)?)?;
+        let mig_uuid_fails = match var(ENV_MIG_UUID)? {
             None => false,
-            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                other => return Err(format!("{ENV_NO_PERMISSION}='{other}': expected 1 or 0")),
-            },
+            Some(v) if v.trim().eq_ignore_ascii_case("fail") => true,
+            Some(v) => return Err(format!("{ENV_MIG_UUID}='{}': expected fail", v.trim())),
         };
         Ok(Config {
             spec,
@@ -143,6 +158,9 @@ impl Config {
             no_mig: gpu_list(ENV_NO_MIG, var(ENV_NO_MIG)?)?,
             lost: gpu_list(ENV_LOST, var(ENV_LOST)?)?,
             no_permission,
+            non_root,
+            mig_uuid_fails,
+            rebind,
         })
     }
 
@@ -154,6 +172,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A yes/no variable: `1`/`0` (or true/false, yes/no, on/off); unset is no.
+fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
+    let Some(v) = value else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{name}='{other}': expected 1 or 0")),
     }
 }
 
@@ -213,6 +243,8 @@ mod tests {
         assert_eq!(c.no_mig.into_iter().collect::<Vec<_>>(), [1]);
         assert_eq!(c.lost.iter().copied().collect::<Vec<_>>(), [0, 1]);
         assert!(c.no_permission);
+        let c = config(&[(ENV_NON_ROOT, "1"), (ENV_MIG_UUID, "FAIL"), (ENV_REBIND, "yes")]).unwrap();
+        assert!(c.non_root && c.mig_uuid_fails && c.rebind);
     }
 
     #[test]
@@ -224,6 +256,9 @@ mod tests {
             (ENV_NO_MIG, "0,x", "TESSERA_STANDIN_NO_MIG='0,x': 'x'"),
             (ENV_LOST, "-1", "TESSERA_STANDIN_LOST"),
             (ENV_NO_PERMISSION, "maybe", "TESSERA_STANDIN_NO_PERMISSION='maybe'"),
+            (ENV_NON_ROOT, "maybe", "TESSERA_STANDIN_NON_ROOT='maybe'"),
+            (ENV_REBIND, "2", "TESSERA_STANDIN_REBIND='2'"),
+            (ENV_MIG_UUID, "legacy", "TESSERA_STANDIN_MIG_UUID='legacy'"),
         ];
         for (name, value, needle) in table {
             let e = config(&[(name, value)]).expect_err(value);

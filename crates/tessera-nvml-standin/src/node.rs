@@ -10,6 +10,11 @@
 //! simulated node after an Xid 79), a GPU without MIG (`NOT_SUPPORTED` for MIG calls), then
 //! `NO_PERMISSION` for mutating calls, then the operation itself on the simulated node, whose
 //! errors map by [`tessera_gpu::BackendError::kind`].
+//!
+//! Three behaviours of real drivers are modelled on request (see [`crate::config`]): a caller that
+//! is not root (no aggregate process list of a GPU in MIG mode, no MIG mode change), MIG device
+//! UUIDs that cannot be read (and the pre-R470 `MIG-GPU-<uuid>/<gi>/<ci>` names of an old
+//! driver, always), and a GPU rebound by a MIG mode change (its minor number moves).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -306,7 +311,19 @@ pub struct Node {
     activity: Option<crate::activity::ActivityFeed>,
     /// GPM sample buffers by handle; `None` until a sample is read into one.
     gpm_samples: BTreeMap<Handle, Option<gpm::Sample>>,
+    /// Per GPU, the MIG mode last seen and how often it changed since (`TESSERA_STANDIN_REBIND`:
+    /// each change rebinds the GPU and moves its minor number).
+    rebinds: std::cell::RefCell<BTreeMap<u32, (bool, u32)>>,
 }
+
+/// The pre-R470 name of a MIG device (`MIG-GPU-<uuid>/<gi>/<ci>`), which that driver's
+/// `nvmlDeviceGetUUID` returns (MIG user guide, "MIG Device Names").
+pub fn legacy_mig_uuid(gpu_uuid: &str, gi: u32, ci: u32) -> String {
+    format!("MIG-{gpu_uuid}/{gi}/{ci}")
+}
+
+/// The first driver branch whose MIG devices have `MIG-<uuid>` names.
+pub const MIG_UUID_DRIVER: u32 = 470;
 
 impl Node {
     /// Open the node the configuration describes.
@@ -333,6 +350,7 @@ impl Node {
             event_sets: BTreeMap::new(),
             activity,
             gpm_samples: BTreeMap::new(),
+            rebinds: std::cell::RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -517,7 +535,7 @@ impl Node {
                 if self.not_lost(gpu).is_err() || self.mig_capable(gpu).is_err() {
                     continue;
                 }
-                if let Some(m) = self.mig_devices(gpu)?.into_iter().find(|m| m.ci.uuid == uuid) {
+                if let Some(m) = self.mig_devices(gpu)?.into_iter().find(|m| self.mig_uuid(m) == uuid) {
                     return Ok(Self::mig_handle(gpu, &m.ci));
                 }
             }
@@ -537,11 +555,23 @@ impl Node {
         }
     }
 
+    /// A GPU's UUID; a MIG device's (`TESSERA_STANDIN_MIG_UUID=fail`: `UNKNOWN`; a driver older
+    /// than R470: the legacy `MIG-GPU-<uuid>/<gi>/<ci>` form).
     pub fn uuid(&self, h: Handle) -> NvmlResult<String> {
         Ok(match self.device(h)? {
             DeviceRef::Gpu(gpu) => self.dev(gpu).uuid.clone(),
-            DeviceRef::Mig(m) => m.ci.uuid,
+            DeviceRef::Mig(_) if self.config.mig_uuid_fails => return Err(UNKNOWN),
+            DeviceRef::Mig(m) => self.mig_uuid(&m),
         })
+    }
+
+    /// The name the driver gives a MIG device.
+    fn mig_uuid(&self, m: &MigRef) -> String {
+        if self.config.driver.major < MIG_UUID_DRIVER {
+            legacy_mig_uuid(&self.dev(m.gpu).uuid, m.gi.id, m.ci.id)
+        } else {
+            m.ci.uuid.clone()
+        }
     }
 
     /// The product name; `<GPU name> MIG <profile>` for a MIG device.
@@ -588,9 +618,28 @@ impl Node {
 
     pub fn minor_number(&self, h: Handle) -> NvmlResult<u32> {
         match self.device(h)? {
-            DeviceRef::Gpu(gpu) => Ok(self.dev(gpu).minor_number),
+            DeviceRef::Gpu(gpu) => {
+                let moves = self.rebind_count(gpu)?;
+                Ok((self.dev(gpu).minor_number + moves * self.gpu_count()) % 256)
+            }
             DeviceRef::Mig(_) => Err(NOT_SUPPORTED),
         }
+    }
+
+    /// How often GPU `gpu` was rebound by a MIG mode change that took effect (always 0 unless
+    /// `TESSERA_STANDIN_REBIND`): each change seen moves the GPU's minor number on by the GPU
+    /// count, as a driver that unbinds and rebinds the device may.
+    fn rebind_count(&self, gpu: u32) -> NvmlResult<u32> {
+        if !self.config.rebind || self.mig_capable(gpu).is_err() {
+            return Ok(0);
+        }
+        let current = self.backend(self.sim.mig_mode(gpu))?.current;
+        let mut seen = self.rebinds.borrow_mut();
+        let entry = seen.entry(gpu).or_insert((current, 0));
+        if entry.0 != current {
+            *entry = (current, entry.1 + 1);
+        }
+        Ok(entry.1)
     }
 
     /// Total and used memory; a MIG device has its GPU instance's memory.
@@ -661,6 +710,12 @@ impl Node {
     pub fn set_mig_mode(&self, h: Handle, mode: u32) -> NvmlResult<Ret> {
         let gpu = self.mig_gpu(h)?;
         self.may_change()?;
+        // nvml.h: "Requires root user."
+        if self.config.non_root {
+            return Err(NO_PERMISSION);
+        }
+        // The mode before the change, so a change that takes effect counts as a rebind.
+        self.rebind_count(gpu)?;
         let enabled = match mode {
             NVML_DEVICE_MIG_DISABLE => false,
             NVML_DEVICE_MIG_ENABLE => true,
@@ -914,8 +969,20 @@ impl Node {
     // ----- processes -----
 
     /// Compute processes: all of the GPU's, or those of one MIG device.
+    ///
+    /// nvml.h: "In MIG mode, if device handle is provided, the API returns aggregate information,
+    /// only if the caller has appropriate privileges. Per-instance information can be queried by
+    /// using specific MIG device handles." So a caller that is not root
+    /// (`TESSERA_STANDIN_NON_ROOT`) gets `NO_PERMISSION` for a GPU in MIG mode.
     pub fn processes(&self, h: Handle) -> NvmlResult<Vec<ProcessInfo>> {
         match self.device(h)? {
+            DeviceRef::Gpu(gpu)
+                if self.config.non_root
+                    && self.mig_capable(gpu).is_ok()
+                    && self.backend(self.sim.mig_mode(gpu))?.current =>
+            {
+                Err(NO_PERMISSION)
+            }
             DeviceRef::Gpu(gpu) => self.backend(self.sim.processes(gpu)),
             DeviceRef::Mig(m) => Ok(self
                 .backend(self.sim.processes(m.gpu))?

@@ -279,7 +279,7 @@ fn init_shutdown_devices_and_strings() {
     ok(nv!(l, nvmlDeviceGetMemoryInfo_v2(d2, &mut mem2)));
     assert_eq!((mem2.total, mem2.reserved, mem2.version), (mem.total, 0, v2));
     mem2.version = (size_of::<nvmlMemory_v2_t>() as u32) | (1 << 24);
-    assert_eq!(nv!(l, nvmlDeviceGetMemoryInfo_v2(d2, &mut mem2)), VERSION_MISMATCH);
+    assert_eq!(nv!(l, nvmlDeviceGetMemoryInfo_v2(d2, &mut mem2)), INVALID_ARGUMENT);
 
     // Affinity: 128 cores on 2 NUMA nodes; GPUs 0 and 1 on node 0, GPU 2 on node 1.
     let mut cpus = [0 as c_ulong; 4];
@@ -428,9 +428,9 @@ fn gpu_instances_compute_instances_and_mig_devices() {
     assert_eq!((v3.id, text(&v3.name), v3.capabilities), (19, "MIG 1g.5gb".to_string(), 0));
     let mut bad = profile_info_v2(d, 0).unwrap();
     bad.version = (size_of::<nvmlGpuInstanceProfileInfo_v2_t>() as u32) | (1 << 24);
-    assert_eq!(nv!(l, nvmlDeviceGetGpuInstanceProfileInfoV(d, 0, &mut bad)), VERSION_MISMATCH);
+    assert_eq!(nv!(l, nvmlDeviceGetGpuInstanceProfileInfoV(d, 0, &mut bad)), INVALID_ARGUMENT);
     bad.version = size_of::<nvmlGpuInstanceProfileInfo_v2_t>() as u32;
-    assert_eq!(nv!(l, nvmlDeviceGetGpuInstanceProfileInfoV(d, 0, &mut bad)), VERSION_MISMATCH);
+    assert_eq!(nv!(l, nvmlDeviceGetGpuInstanceProfileInfoV(d, 0, &mut bad)), INVALID_ARGUMENT);
 
     // Possible placements: count first, then fill; too small a buffer says how many.
     let mut count: c_uint = 0;

@@ -26,6 +26,7 @@ pub use layout::{
     group_by_type, node_gres, order_records, placeholder_node_line, render_gres_conf,
 };
 pub use pending::{
-    CLAIM_PREFIX, JOB_NAMESPACE, WaitingJob, claim_reason, parse_claim, pending_requests, to_pending_pod,
+    CLAIM_PREFIX, JOB_NAMESPACE, WaitingJob, claim_reason, parse_claim, pending_requests, promised_slices,
+    to_pending_pod,
 };
 pub use record::{ParseError, Record, parse_records};

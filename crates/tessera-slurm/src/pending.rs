@@ -88,6 +88,46 @@ fn typed_wants(job: &SlurmJob, profiles: &dyn Fn(&str) -> bool) -> Option<BTreeM
     (!wants.is_empty()).then_some(wants)
 }
 
+/// The free slices of `this_node` that pending jobs Slurm can start there now are about to
+/// take: profile → count. Pending jobs are taken in `jobs`' order (the order `scontrol` lists
+/// them), each taking its typed GPUs from what the earlier ones left free, all or none. The agent
+/// counts these slices busy: a slice made for a waiting job is not destroyed for another job
+/// before Slurm has started the first (else two waiting jobs take one GPU's memory from each
+/// other, pass after pass, and neither runs).
+pub fn promised_slices(
+    jobs: &[SlurmJob],
+    nodes: &[SlurmNode],
+    this_node: &str,
+    profiles: &dyn Fn(&str) -> bool,
+) -> BTreeMap<String, u32> {
+    let mut promised: BTreeMap<String, u32> = BTreeMap::new();
+    // Drained or not: the agent's own drain lasts only while it changes the layout.
+    let Some(me) = nodes.iter().find(|n| n.name == this_node) else {
+        return promised;
+    };
+    for job in jobs {
+        if !job.is_pending() || job.num_nodes != 1 || waits_for_something_else(&job.reason) {
+            continue;
+        }
+        if !job.partitions.iter().any(|p| me.partitions.contains(p)) || may_run_on(job, this_node) != Some(true) {
+            continue;
+        }
+        let Some(wants) = typed_wants(job, profiles) else {
+            continue;
+        };
+        let fits = wants.iter().all(|(kind, &count)| {
+            let taken = u64::from(promised.get(kind).copied().unwrap_or(0));
+            me.free(kind) >= taken + u64::from(count)
+        });
+        if fits {
+            for (kind, count) in wants {
+                *promised.entry(kind).or_default() += count;
+            }
+        }
+    }
+    promised
+}
+
 /// The pending jobs that wait for slices `this_node` could make (see the module's rules).
 /// `profiles` says which Types are MIG profiles of this node's GPU models. Nothing waits when
 /// `this_node` is not among `nodes`.

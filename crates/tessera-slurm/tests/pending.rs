@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use tessera_kube_core::repartition::{GpuMode, NodeGpu, NodeState, Policy, decide};
 use tessera_slurm::{
-    SlurmJob, SlurmNode, WaitingJob, claim_reason, parse_claim, parse_records, pending_requests, to_pending_pod,
+    SlurmJob, SlurmNode, WaitingJob, claim_reason, parse_claim, parse_records, pending_requests, promised_slices,
+    to_pending_pod,
 };
 
 fn job(line: &str) -> SlurmJob {
@@ -216,4 +217,41 @@ fn claims_round_trip_through_scontrol() {
         claim_reason(&[0], &[12, 13])
     ));
     assert_eq!(n.reason.as_deref().and_then(parse_claim), Some(vec![12, 13]));
+}
+
+/// Found by scripts/slurm-crash-loop.sh: the agent made a 2g.20gb for job 20, then, before Slurm
+/// started job 20, destroyed it to make a 3g.40gb for job 18, then the other way round, pass
+/// after pass. The free slices pending jobs can start on now are promised to them.
+#[test]
+fn free_slices_pending_jobs_can_start_on_are_promised_to_them() {
+    let nodes = vec![node(
+        "NodeName=vm State=MIXED Partitions=p Gres=gpu:2g.20gb:2,gpu:1g.10gb:3,gpu:3g.40gb:1 \
+         GresUsed=gpu:2g.20gb:1(IDX:0),gpu:1g.10gb:0(IDX:N/A),gpu:3g.40gb:0(IDX:N/A)",
+    )];
+    let jobs = vec![
+        pending(20, "TresPerNode=gres:gpu:2g.20gb:1"),
+        pending(21, "TresPerNode=gres:gpu:2g.20gb:1"),
+        pending(22, "TresPerNode=gres:gpu:1g.10gb:2"),
+        pending(23, "TresPerNode=gres:gpu:1g.10gb:2"),
+        pending(24, "TresPerNode=gres:gpu:3g.40gb:2"),
+        pending(25, "TresPerNode=gres:gpu:3g.40gb:1,gres:gpu:1g.10gb:1"),
+        pending(26, "TresPerNode=gres:gpu:2"),
+        job(
+            "JobId=27 UserId=a JobState=PENDING Reason=JobHeldUser Partition=p NumNodes=1 TresPerNode=gres:gpu:3g.40gb:1",
+        ),
+        job(
+            "JobId=28 UserId=a JobState=PENDING Reason=Resources Partition=q NumNodes=1 TresPerNode=gres:gpu:3g.40gb:1",
+        ),
+    ];
+    let promised = promised_slices(&jobs, &nodes, "vm", &is_mig_profile);
+    // 20 takes the one free 2g (21 then finds none); 22 two of the three 1g (23 finds one);
+    // 24 asks for more 3g than exist; 25 the 3g and the last 1g; untyped, held and other-
+    // partition jobs promise nothing.
+    let want: BTreeMap<String, u32> =
+        [("2g.20gb".to_string(), 1), ("1g.10gb".to_string(), 3), ("3g.40gb".to_string(), 1)].into();
+    assert_eq!(promised, want);
+    // Only 24 waits for slices (21 and 23 each fit what is free, and run after 20 and 22): what
+    // the agent decides for it leaves the promised slices be.
+    assert_eq!(waiting_ids(&jobs, &nodes, "vm"), [24]);
+    assert!(promised_slices(&jobs, &nodes, "vm2", &is_mig_profile).is_empty(), "not a node of the cluster");
 }

@@ -53,6 +53,17 @@ pub(crate) fn json_text<T: serde::Serialize>(what: impl FnOnce() -> String, v: &
     serde_json::to_string(v).map_err(|source| StoreError::Encode { what: what(), source })
 }
 
+/// [`Store::active_summary`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActiveSummary {
+    /// How many jobs are queued, and their lowest and highest ids (0 when none).
+    pub queued: u64,
+    pub lowest_queued: u64,
+    pub highest_queued: u64,
+    /// The placing and running jobs' ids, increasing.
+    pub live: Vec<u64>,
+}
+
 impl Store {
     /// Stores a new job in state `queued` and returns its id (SQLite's `AUTOINCREMENT`:
     /// increasing, never reused, even after the newest row is gone).
@@ -116,6 +127,35 @@ impl Store {
         Ok(out)
     }
 
+    /// A cheap picture of the active jobs, read from the state index alone: the queued jobs'
+    /// count and lowest and highest ids, and the ids of the placing and running jobs. Equal
+    /// answers mean no job was queued, cancelled, started or ended in between (ids are never
+    /// reused): what a scheduling round needs to know to skip deciding again.
+    pub fn active_summary(&self) -> Result<ActiveSummary, StoreError> {
+        let ctx = || "summarise active jobs".to_owned();
+        let queued = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(min(id), 0), coalesce(max(id), 0) FROM jobs WHERE state = 'queued'",
+            )
+            .and_then(|mut st| {
+                st.query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+            })
+            .map(|(n, lo, hi)| (n.unsigned_abs(), lo.unsigned_abs(), hi.unsigned_abs()))
+            .map_err(self.db_err("jobs", ctx))?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM jobs WHERE state IN ('placing', 'running') ORDER BY id")
+            .map_err(self.db_err("jobs", ctx))?;
+        let live = st
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(self.db_err("jobs", ctx))?
+            .map(|r| r.map(i64::unsigned_abs))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(self.db_err("jobs", ctx))?;
+        Ok(ActiveSummary { queued: queued.0, lowest_queued: queued.1, highest_queued: queued.2, live })
+    }
+
     /// Every job that has started: its tenant and how long it waited, from submission to the
     /// first time it ran (its first transition to `running`), in ms. What the metrics'
     /// queue-wait histogram counts; a job requeued later is counted once.
@@ -139,7 +179,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Jobs matching `filter`, by increasing id.
+    /// Jobs matching `filter`, by increasing id. With `limit` (and `after_id`, the cursor) it
+    /// reads one page through an index (by user, tenant or state, each ordered by id) and decodes
+    /// only the rows it returns.
     pub fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs");
         let mut conds: Vec<String> = Vec::new();
@@ -162,6 +204,10 @@ impl Store {
         if let Some(since) = filter.ended_since_ms {
             conds.push("(ended_ms IS NULL OR ended_ms >= ?)".to_owned());
             args.push(Value::Integer(i64::try_from(since).unwrap_or(i64::MAX)));
+        }
+        if let Some(after) = filter.after_id {
+            conds.push("id > ?".to_owned());
+            args.push(Value::Integer(i64::try_from(after).unwrap_or(i64::MAX)));
         }
         if !conds.is_empty() {
             sql.push_str(" WHERE ");

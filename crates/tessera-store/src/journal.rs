@@ -121,17 +121,26 @@ impl Store {
         self.commit(tx, "reconfigs", ctx)
     }
 
-    fn read_reconfigs(
+    pub(crate) fn read_reconfigs(
         &self,
         where_clause: &str,
         args: &[&dyn rusqlite::ToSql],
         ctx: &dyn Fn() -> String,
     ) -> Result<Vec<ReconfigRecord>, StoreError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Deferred)
-            .map_err(self.db_err("reconfigs", ctx))?;
+        // One snapshot for the entries and their steps; inside a caller's transaction (a
+        // prune, [`Store::metric_history`]) that one.
+        let tx = if self.conn.is_autocommit() {
+            Some(
+                rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Deferred)
+                    .map_err(self.db_err("reconfigs", ctx))?,
+            )
+        } else {
+            None
+        };
+        let conn: &rusqlite::Connection = &self.conn;
         let mut out = Vec::new();
         {
-            let mut st = tx
+            let mut st = conn
                 .prepare_cached(&format!("SELECT {RECONFIG_COLUMNS} FROM reconfigs WHERE {where_clause} ORDER BY id"))
                 .map_err(self.db_err("reconfigs", ctx))?;
             let mut rows = st.query(args).map_err(self.db_err("reconfigs", ctx))?;
@@ -166,7 +175,7 @@ impl Store {
                     outcome,
                 });
             }
-            let mut st = tx
+            let mut st = conn
                 .prepare_cached(
                     "SELECT step_index, result FROM reconfig_steps WHERE reconfig_id = ?1
                      ORDER BY step_index",
@@ -181,7 +190,9 @@ impl Store {
                 }
             }
         }
-        tx.commit().map_err(self.db_err("reconfigs", ctx))?;
+        if let Some(tx) = tx {
+            tx.commit().map_err(self.db_err("reconfigs", ctx))?;
+        }
         Ok(out)
     }
 

@@ -42,14 +42,21 @@ mod error;
 mod jobs;
 mod journal;
 mod node;
+mod prune;
 mod row;
 mod schema;
 mod store;
+mod totals;
 mod types;
 
 pub use error::StoreError;
+pub use jobs::ActiveSummary;
 pub use node::{Drain, MpsServer};
+pub use prune::{PrunePolicy, PruneReport};
 pub use store::{DB_FILE, LOCK_FILE, Store};
+pub use totals::{
+    HistogramBounds, HistogramTotal, INF_BUCKET, MetricHistory, MetricTotals, MigOperationKey, ReconfigKey,
+};
 pub use types::{
     Allocation, AllocationRecord, ExitInfo, ExternalWork, JobEvent, JobFilter, JobRecord, JobState, JournalPlan,
     LiveAllocation, MigOperation, NewJob, ProcessWork, ReconfigOutcome, ReconfigRecord, SliceAllocation,

@@ -6,7 +6,7 @@
 //! SQLite itself.
 
 /// The schema version this code writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of a Tessera database ("TESS").
 pub(crate) const APPLICATION_ID: i64 = 0x5445_5353;
@@ -232,5 +232,21 @@ pub const V3: &str = r"
 ALTER TABLE jobs ADD COLUMN cancelled_by TEXT;
 ";
 
+/// Version 4: the metrics' totals of what pruning deleted (`totals.rs`), so that counters and
+/// histograms built from history never go down. One row per series: the metric, its label
+/// values (a JSON array), the number of observations (a counter's value), their sum in ms and,
+/// for a histogram, the observations per bucket (a JSON object: upper bound in ms → count, not
+/// cumulative; `18446744073709551615`, `u64::MAX`, is the `+Inf` bucket).
+pub const V4: &str = r"
+CREATE TABLE metric_totals (
+    metric  TEXT    NOT NULL,
+    labels  TEXT    NOT NULL,
+    count   INTEGER NOT NULL CHECK (count >= 0),
+    sum_ms  INTEGER NOT NULL CHECK (sum_ms >= 0),
+    buckets TEXT    NOT NULL,
+    PRIMARY KEY (metric, labels)
+) STRICT, WITHOUT ROWID;
+";
+
 /// `MIGRATIONS[i]` migrates version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3];
+pub(crate) const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1, V2, V3, V4];

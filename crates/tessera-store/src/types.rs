@@ -263,6 +263,9 @@ pub struct JobFilter {
     pub tenant: Option<String>,
     /// Only jobs that have not ended, or ended at or after this time (ms since the epoch).
     pub ended_since_ms: Option<u64>,
+    /// Only jobs with a higher id than this (a page's cursor: the last id of the page before).
+    #[serde(default)]
+    pub after_id: Option<u64>,
     /// At most this many (the lowest ids).
     pub limit: Option<usize>,
 }

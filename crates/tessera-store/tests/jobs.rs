@@ -316,6 +316,7 @@ fn filters_and_counts() {
             .filter(|(id, _, _)| {
                 let ended = store.job(*id).unwrap().unwrap().ended_ms;
                 filter.ended_since_ms.is_none_or(|t| ended.is_none_or(|e| e >= t))
+                    && filter.after_id.is_none_or(|a| *id > a)
             })
             .map(|(id, _, _)| *id)
             .collect();
@@ -330,11 +331,18 @@ fn filters_and_counts() {
     check(JobFilter { tenant: Some("nobody".into()), ..Default::default() });
     check(JobFilter { limit: Some(3), ..Default::default() });
     check(JobFilter { limit: Some(0), ..Default::default() });
+    // Pages: every cursor, with and without other filters.
+    for after in [0, 1, 7, 30, 44, 45, 1000] {
+        check(JobFilter { after_id: Some(after), limit: Some(5), ..Default::default() });
+        check(JobFilter { after_id: Some(after), user_uid: Some(1001), limit: Some(3), ..Default::default() });
+        check(JobFilter { after_id: Some(after), states: vec![Queued, Running], limit: Some(2), ..Default::default() });
+    }
     check(JobFilter {
         states: vec![Queued, Lost, Failed],
         user_uid: Some(1000),
         tenant: Some("even".into()),
         ended_since_ms: None,
+        after_id: None,
         limit: Some(2),
     });
     // Jobs ended at 100 to 102 (their paths' lengths), and the active ones.

@@ -91,6 +91,7 @@ fn every_type_round_trips_through_json() {
         user_uid: Some(0),
         tenant: Some("t".into()),
         ended_since_ms: Some(5),
+        after_id: Some(3),
         limit: Some(10),
     });
     let alloc = Allocation {

@@ -221,6 +221,11 @@ pub struct SubmitArgs {
     /// would wait or be refused.
     #[arg(long = "dry-run", help_heading = JOB)]
     pub dry_run: bool,
+    /// A job array, as Slurm's `--array`: one job per index, e.g. `0-999`, `1,3,5-9` or `0-20:5`
+    /// (at most 10000 jobs); each finds its index in TESSERA_ARRAY_TASK_ID (and the array's
+    /// bounds in TESSERA_ARRAY_TASK_MIN, _MAX, _COUNT). Prints the ids, one a line.
+    #[arg(long, value_name = "INDICES", conflicts_with = "dry_run", value_parser = crate::jobs::parse_array, help_heading = JOB)]
+    pub array: Option<crate::jobs::ArrayIndices>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -272,6 +277,27 @@ pub struct JobsArgs {
     /// Every user's jobs (admins only); this was `--all` before it meant history.
     #[arg(short = 'A', long = "all-users", conflicts_with = "user")]
     pub all_users: bool,
+    /// At most N jobs, the lowest ids first (1 to 1000), or `all` for every one (page after page)
+    /// [default: 100 in a table; all with -o json].
+    #[arg(long, value_name = "N|all", value_parser = list_limit)]
+    pub limit: Option<ListLimit>,
+    /// Only jobs after this id: where the last page ended (its footer names it).
+    #[arg(long, value_name = "ID", value_parser = job_id)]
+    pub after: Option<u64>,
+}
+
+/// `jobs --limit`: a page of N jobs, or `None` for all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListLimit(pub Option<u32>);
+
+fn list_limit(text: &str) -> Result<ListLimit, String> {
+    if text.trim().eq_ignore_ascii_case("all") {
+        return Ok(ListLimit(None));
+    }
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=1_000).contains(&n) => Ok(ListLimit(Some(n))),
+        _ => Err("give a number from 1 to 1000, or `all`".into()),
+    }
 }
 
 /// `tessera top`: how often, and whether to draw on the terminal or print frames as text.

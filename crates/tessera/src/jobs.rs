@@ -199,8 +199,108 @@ fn submit_request(a: &SubmitArgs) -> anyhow::Result<SubmitRequest> {
     })
 }
 
+/// `submit --array`'s indices, in the order given, each once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArrayIndices(pub Vec<u32>);
+
+/// The most jobs one `submit --array` makes.
+const MAX_ARRAY_JOBS: usize = 10_000;
+
+/// `--array`: comma-separated indices and ranges `A-B` with an optional step `A-B:S`, as Slurm
+/// writes them (Slurm's `%N`, a limit on how many run at once, is refused: Tessera has none).
+pub fn parse_array(text: &str) -> Result<ArrayIndices, String> {
+    if text.contains('%') {
+        return Err("a limit on how many run at once (`%N`) is not supported".into());
+    }
+    let num = |s: &str| s.trim().parse::<u32>().map_err(|_| format!("'{}' is not an index (0 or more)", s.trim()));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let (range, step) = match part.split_once(':') {
+            Some((r, s)) => (r, num(s)?),
+            None => (part, 1),
+        };
+        if step == 0 {
+            return Err(format!("'{part}': the step must be at least 1"));
+        }
+        let (lo, hi) = match range.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(range)?, num(range)?),
+        };
+        if lo > hi {
+            return Err(format!("'{part}': the range runs backwards"));
+        }
+        let mut i = lo;
+        loop {
+            if seen.insert(i) {
+                out.push(i);
+                if out.len() > MAX_ARRAY_JOBS {
+                    return Err(format!("more than {MAX_ARRAY_JOBS} jobs in one array"));
+                }
+            }
+            match i.checked_add(step) {
+                Some(n) if n <= hi => i = n,
+                _ => break,
+            }
+        }
+    }
+    Ok(ArrayIndices(out))
+}
+
+/// `submit --array`: one request per index, with the index in its environment, sent together.
+fn submit_array(
+    output: Output,
+    d: &DaemonArgs,
+    a: &SubmitArgs,
+    body: SubmitRequest,
+    indices: &[u32],
+) -> anyhow::Result<()> {
+    let (min, max) = (indices.iter().min().copied().unwrap_or(0), indices.iter().max().copied().unwrap_or(0));
+    let requests: Vec<SubmitRequest> = indices
+        .iter()
+        .map(|i| {
+            let mut r = body.clone();
+            r.env.insert("TESSERA_ARRAY_TASK_ID".into(), i.to_string());
+            r.env.insert("TESSERA_ARRAY_TASK_MIN".into(), min.to_string());
+            r.env.insert("TESSERA_ARRAY_TASK_MAX".into(), max.to_string());
+            r.env.insert("TESSERA_ARRAY_TASK_COUNT".into(), indices.len().to_string());
+            r
+        })
+        .collect();
+    let replies = client(d)?.submit_many(&requests, 8);
+    let mut ids = Vec::with_capacity(replies.len());
+    let mut refused = Vec::new();
+    for (i, r) in indices.iter().zip(replies) {
+        match r {
+            Ok(reply) => ids.push(reply.id),
+            Err(e) => refused.push((*i, e)),
+        }
+    }
+    match output {
+        Output::Json => print_json(&ids)?,
+        Output::Table | Output::Csv => {
+            let mut out = String::with_capacity(ids.len() * 8);
+            for id in &ids {
+                let _ = writeln!(out, "{id}");
+            }
+            print!("{out}");
+        }
+    }
+    match refused.into_iter().next() {
+        None => Ok(()),
+        Some((first, e)) => {
+            let n = indices.len() - ids.len();
+            let why = ok_for::<()>(Err(e), Some(a)).err().map(|e| e.to_string()).unwrap_or_default();
+            Err(Refusal(format!("{n} of {} array jobs were not submitted; index {first}: {why}", indices.len())).into())
+        }
+    }
+}
+
 pub fn submit(output: Output, d: &DaemonArgs, a: &SubmitArgs) -> anyhow::Result<()> {
     let body = submit_request(a)?;
+    if let Some(ArrayIndices(indices)) = &a.array {
+        return submit_array(output, d, a, body, indices);
+    }
     if a.dry_run {
         let reply = ok_for(client(d)?.dry_run(&body), Some(a))?;
         return match output {
@@ -330,19 +430,40 @@ fn parse_states(text: Option<&str>, allowed: &[JobState]) -> anyhow::Result<Vec<
         .collect()
 }
 
+/// How many jobs `tessera jobs` shows in a table unless `--limit` says.
+const DEFAULT_PAGE: u32 = 100;
+
 /// `tessera jobs`.
 pub fn jobs(output: Output, d: &DaemonArgs, a: &JobsArgs) -> anyhow::Result<()> {
     let states = parse_states(a.state.as_deref(), &JobState::ALL)?;
     let now = tessera_host::now_ms();
     let since_ms =
         a.since.as_deref().map(|s| parse_since(s, now)).transpose().map_err(|e| anyhow::anyhow!("--since {e}"))?;
-    let q =
-        JobQuery { states, history: a.all, since_ms, user: a.user.clone(), tenant: a.tenant.clone(), all: a.all_users };
-    let list = ok(client(d)?.jobs(&q))?;
+    let q = JobQuery {
+        states,
+        history: a.all,
+        since_ms,
+        user: a.user.clone(),
+        tenant: a.tenant.clone(),
+        all: a.all_users,
+        // People read a page; programs (`-o json`) get every job unless they ask for a page.
+        limit: match (a.limit, output) {
+            (Some(l), _) => l.0,
+            (None, Output::Json) => None,
+            (None, _) => Some(DEFAULT_PAGE),
+        },
+        after: a.after,
+    };
+    let c = client(d)?;
+    // `--limit all`: every page, followed here; otherwise one page.
+    let list = if q.limit.is_none() { ok(c.jobs(&q))? } else { ok(c.jobs_page(&q))? };
     if output == Output::Json {
         return print_json(&list);
     }
     print!("{}", jobs_table(&list.jobs, now, terminal_width()));
+    if let Some(next) = list.next {
+        eprintln!("(more jobs follow: `--after {next}` for the next page, `--limit all` for every one)");
+    }
     Ok(())
 }
 
@@ -602,7 +723,7 @@ pub fn wait(output: Output, d: &DaemonArgs, ids: &[u64], timeout: Option<&str>) 
         if views.len() == 1 {
             print_json(&views[0])?;
         } else {
-            print_json(&JobList { jobs: views })?;
+            print_json(&JobList { jobs: views, next: None })?;
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(Refusal(problems.join("; ")).into()) }

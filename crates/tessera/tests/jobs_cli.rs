@@ -278,3 +278,52 @@ fn jobs_job_cancel_wait_gpus_and_dry_runs_as_people_use_them() {
         assert!(d.ok(&["jobs", "--all", "--user", "root"]).contains("root"));
     }
 }
+
+/// `submit --array` makes one job per index, each with its index in its environment, and
+/// `jobs` shows a page (`--limit`, `--after`, the footer naming the next page on stderr), or
+/// every job with `--limit all`.
+#[test]
+fn job_arrays_and_paged_listings() {
+    let d = Daemon::start("1xH100-80GB,numa=1");
+    let s = d.socket();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let ids: Vec<u64> = d
+        .ok(&["submit", "--array", "0-4:2,7", "--profile", "1g.10gb", "--", "sh", "-c",
+              &format!("echo $TESSERA_ARRAY_TASK_ID $TESSERA_ARRAY_TASK_MIN $TESSERA_ARRAY_TASK_MAX $TESSERA_ARRAY_TASK_COUNT > {out}/$TESSERA_ARRAY_TASK_ID")])
+        .lines()
+        .map(|l| l.trim().parse().expect("one id a line"))
+        .collect();
+    assert_eq!(ids.len(), 4, "indices 0, 2, 4, 7");
+    for id in &ids {
+        assert_eq!(d.wait(*id)["state"], "succeeded");
+    }
+    for i in ["0", "2", "4", "7"] {
+        let text = std::fs::read_to_string(dir.path().join(i)).unwrap();
+        assert_eq!(text.trim(), format!("{i} 0 7 4"));
+    }
+    let (code, _, err) = tessera(&s, &[], &["submit", "--array", "5-1", "--", "true"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("backwards"), "{err}");
+
+    // Pages of two, by id, the footer naming where the next starts. An array is submitted over
+    // several connections at once, so its ids need not follow its indices.
+    let mut ids = ids;
+    ids.sort_unstable();
+    let (code, page, footer) = tessera(&s, &[], &["jobs", "--all", "--limit", "2"]);
+    assert_eq!(code, 0);
+    let shown = |table: &str| -> Vec<u64> {
+        table.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+    };
+    assert_eq!(shown(&page), ids[..2]);
+    assert!(footer.contains(&format!("--after {}", ids[1])), "{footer}");
+    let (_, rest, footer) = tessera(&s, &[], &["jobs", "--all", "--limit", "2", "--after", &ids[1].to_string()]);
+    assert_eq!(shown(&rest), ids[2..]);
+    assert!(footer.is_empty(), "the last page has no footer: {footer}");
+    let (_, json, _) = tessera(&s, &[], &["-o", "json", "jobs", "--all", "--limit", "all"]);
+    let list: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(4));
+    assert_eq!(list["next"], Value::Null);
+    let (code, _, err) = tessera(&s, &[], &["jobs", "--limit", "0"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -22,7 +22,7 @@ impl Engine {
     ) -> Result<DryRunReply, EngineError> {
         let (request, _work) = self.admitted(caller, request, work, checked)?;
         let now = tessera_host::now_ms();
-        let Sight { live, running, cluster, mut queue } = self.sight()?;
+        let Sight { live, running, cluster, mut queue, .. } = self.sight()?;
         // An id no job has, after every queued one.
         let probe = queue.iter().map(|q| q.id).chain(running.iter().map(|r| r.id)).max().unwrap_or(0) + 1;
         queue.push(QueuedJob { id: probe, request: request.clone(), submitted_ms: now, user: caller.uid });

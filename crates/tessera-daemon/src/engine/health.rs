@@ -163,6 +163,7 @@ impl Reader {
             backend: self.backend().kind().to_string(),
             jobs: counts.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
             last_round_ms: published.last_round_ms,
+            last_round_us: published.last_round_us,
             gpus,
             isolation: self.isolation.clone(),
         })

@@ -37,6 +37,7 @@ mod health;
 mod launch;
 pub mod layout;
 mod mps;
+mod prune;
 mod queries;
 mod reader;
 pub mod recover;
@@ -144,6 +145,15 @@ pub struct Engine {
     pending: BTreeMap<u64, String>,
     waiting: usize,
     last_round_ms: u64,
+    /// How long the last round took, in µs.
+    last_round_us: u64,
+    /// When the store was last pruned (ms since the epoch), and whether more was due then.
+    pub(crate) pruned_ms: u64,
+    pub(crate) prune_more: bool,
+    /// What the last round that decided saw, and when it ran: a round that would see the same
+    /// soon after decides nothing.
+    pub(crate) decided: Option<round::RoundKey>,
+    pub(crate) decided_ms: u64,
     /// The decoded request and user of each queued or running job (they never change).
     requests: BTreeMap<u64, (JobRequest, u32)>,
     /// Counts admin layout changes and mode switches: a round decided before one is not carried
@@ -240,8 +250,12 @@ impl Engine {
         let preempt_signal = crate::signals::parse_signal(&config.jobs.preempt_signal)
             .map_err(|e| EngineError::Internal(format!("jobs.preempt_signal: {e}")))?;
         let cgroups = tessera_exec::cgroup_support();
-        let shared =
-            Arc::new(RwLock::new(Published { health: health.clone(), drains: drains.clone(), last_round_ms: 0 }));
+        let shared = Arc::new(RwLock::new(Published {
+            health: health.clone(),
+            drains: drains.clone(),
+            last_round_ms: 0,
+            last_round_us: 0,
+        }));
         let reader = Reader {
             store: store.read_only()?,
             node: node.clone(),
@@ -274,6 +288,11 @@ impl Engine {
             pending: BTreeMap::new(),
             waiting: 0,
             last_round_ms: 0,
+            last_round_us: 0,
+            pruned_ms: 0,
+            prune_more: false,
+            decided: None,
+            decided_ms: 0,
             requests: BTreeMap::new(),
             layout_epoch: 0,
             seen: None,
@@ -286,8 +305,12 @@ impl Engine {
     /// Publishes what readers show beside the store (health, drains, the last round's time).
     /// Called after every change to them; cheap (a few GPUs' worth of state).
     pub fn publish(&self) {
-        let published =
-            Published { health: self.health.clone(), drains: self.drains.clone(), last_round_ms: self.last_round_ms };
+        let published = Published {
+            health: self.health.clone(),
+            drains: self.drains.clone(),
+            last_round_ms: self.last_round_ms,
+            last_round_us: self.last_round_us,
+        };
         *self.reader.shared.write().unwrap_or_else(std::sync::PoisonError::into_inner) = published;
     }
 

@@ -85,18 +85,29 @@ impl Reader {
             None if caller.admin && (q.all || q.tenant.is_some()) => None,
             None => Some(caller.uid),
         };
+        // One more than the page, to know whether more follow.
         let filter = JobFilter {
             states: q.effective_states(),
             user_uid,
             tenant: q.tenant.clone(),
             ended_since_ms: q.since_ms,
-            ..JobFilter::default()
+            after_id: q.after,
+            limit: q.limit.map(|n| n as usize + 1),
         };
-        let jobs: Vec<JobView> = self.store.jobs(&filter)?.iter().map(|j| self.job_view(j, false)).collect();
+        let mut records = self.store.jobs(&filter)?;
+        let next = match q.limit {
+            Some(n) if records.len() > n as usize => {
+                records.truncate(n as usize);
+                records.last().map(|j| j.id)
+            }
+            _ => None,
+        };
+        let jobs: Vec<JobView> = records.iter().map(|j| self.job_view(j, false)).collect();
         // A tenant no longer configured still shows its jobs; one never heard of is a mistake,
         // named: 404, as for a user (the document's schema cannot know the configured tenants).
         if let Some(t) = &q.tenant
             && jobs.is_empty()
+            && q.after.is_none()
             && !self.tenants.iter().any(|n| n == t)
         {
             return Err(EngineError::NotFound(format!(
@@ -104,7 +115,7 @@ impl Reader {
                 self.tenants.join(", ")
             )));
         }
-        Ok(JobList { jobs })
+        Ok(JobList { jobs, next })
     }
 
     /// A job as the API shows it: its ranks from its allocations (the live ones, or the last

@@ -24,6 +24,8 @@ pub struct Published {
     pub drains: BTreeMap<String, Drain>,
     /// When the last scheduling round ran (ms since the epoch).
     pub last_round_ms: u64,
+    /// How long it took, in µs (read, decide and act; 0 before the first round).
+    pub last_round_us: u64,
 }
 
 /// Answers the read actions ([`Action::is_read`]); one thread at a time uses it (its store
@@ -159,11 +161,12 @@ impl Reader {
             .map(|((_, tenant), (state, count))| crate::wire::JobCount { state, tenant, count })
             .collect();
         let hostname = tessera_host::hostname().unwrap_or_default();
-        let waits = self.store.waits()?;
-        let finished = self.store.finished_reconfigs()?;
+        // History and the totals of what pruning deleted from it, from one snapshot.
+        let tessera_store::MetricHistory { totals: pruned, waits, finished_reconfigs: finished, open_reconfigs } =
+            self.store.metric_history()?;
         let mut operations: std::collections::BTreeMap<(u32, &'static str, &'static str), u64> =
             std::collections::BTreeMap::new();
-        for r in finished.iter().chain(self.store.open_reconfigs()?.iter()) {
+        for r in finished.iter().chain(open_reconfigs.iter()) {
             for (op, ok) in r.operations() {
                 *operations.entry((r.gpu_index, op.as_str(), if ok { "ok" } else { "failed" })).or_default() += 1;
             }
@@ -215,6 +218,7 @@ impl Reader {
             xids,
             mig_operations,
             utilisation: self.utilisation.current(tessera_host::now_ms()),
+            pruned,
         })
     }
 

@@ -31,7 +31,26 @@ pub struct RoundInput {
     layout_epoch: u64,
     t0: Instant,
     t_read: Duration,
+    /// Queued jobs past `scheduler.queue_depth`, with why they wait: not decided on.
+    beyond: Vec<(u64, String)>,
+    /// Nothing the scheduler reads changed since the last round that decided: decide nothing.
+    skip: bool,
 }
+
+/// What a round's decisions depend on that can change between rounds, cheap to read: the
+/// active jobs (queued count and id range, placing and running ids), the layout epoch, the
+/// drains and the health. Equal keys, and a recent full round, let a round skip deciding.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RoundKey {
+    active: tessera_store::ActiveSummary,
+    layout_epoch: u64,
+    drains: Vec<String>,
+    health: tessera_gpu::health::HealthTracker,
+}
+
+/// The longest a round skips deciding while nothing changed: time alone (fair-share decay,
+/// backfill windows) is looked at again this often, as with the old 200 ms tick.
+const FULL_ROUND_MS: u64 = 200;
 
 impl std::fmt::Debug for RoundInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,6 +63,9 @@ impl RoundInput {
     /// bug), the round decides nothing and the scheduler, with its fair-share ledger, still
     /// goes back to the engine.
     pub fn decide(&mut self) -> Vec<Decision> {
+        if self.skip {
+            return Vec::new();
+        }
         let RoundInput { now, cluster, queue, running, scheduler, .. } = self;
         decide(scheduler, *now, cluster, queue, running).unwrap_or_default()
     }
@@ -68,29 +90,75 @@ pub(crate) struct Sight {
     pub(crate) running: Vec<RunningJob>,
     pub(crate) cluster: ClusterView,
     pub(crate) queue: Vec<QueuedJob>,
+    /// Queued jobs past `scheduler.queue_depth`, with why they wait.
+    pub(crate) beyond: Vec<(u64, String)>,
 }
 
 impl Engine {
     /// One whole round (tests and tools; the daemon splits it around the lock). Returns
     /// whether anything changed.
     pub fn round(&mut self) -> Result<bool, EngineError> {
-        let mut input = self.prepare_round()?;
+        let mut input = self.prepare(true)?;
         let decisions = input.decide();
         Ok(self.finish_round(input, decisions))
     }
 
     /// The first half of a round: collect finished jobs and read everything the scheduler needs.
+    /// When nothing the scheduler reads changed since the last round that decided (a job ended,
+    /// was queued, cancelled or started; a layout, drain or health change), and that round is
+    /// less than [`FULL_ROUND_MS`] old, the round decides nothing: a short `scheduler.tick_ms`
+    /// then notices jobs that ended soon without deciding over the whole queue each time.
     pub fn prepare_round(&mut self) -> Result<RoundInput, EngineError> {
+        self.prepare(false)
+    }
+
+    fn round_key(&self) -> Result<RoundKey, EngineError> {
+        Ok(RoundKey {
+            active: self.store.active_summary()?,
+            layout_epoch: self.layout_epoch,
+            drains: self.drains.keys().cloned().collect(),
+            health: self.health.clone(),
+        })
+    }
+
+    fn prepare(&mut self, force: bool) -> Result<RoundInput, EngineError> {
         let t0 = Instant::now();
         let now = tessera_host::now_ms();
         let mut changed = self.collect_finished(now)? > 0;
         changed |= self.stop_idle_mps();
-        let Sight { live, running, cluster, queue } = self.sight()?;
-        let keep: BTreeSet<u64> = queue.iter().map(|q| q.id).chain(running.iter().map(|r| r.id)).collect();
+        let key = self.round_key()?;
+        let placeholder = Scheduler::new(self.scheduler.config().clone());
+        if !force
+            && !changed
+            && self.decided.as_ref() == Some(&key)
+            && now.saturating_sub(self.decided_ms) < FULL_ROUND_MS
+            && let Some(live) = self.seen.take()
+        {
+            self.last_round_ms = now;
+            let scheduler = std::mem::replace(&mut self.scheduler, placeholder);
+            return Ok(RoundInput {
+                now,
+                changed: false,
+                live,
+                cluster: ClusterView::default(),
+                queue: Vec::new(),
+                running: Vec::new(),
+                scheduler,
+                layout_epoch: self.layout_epoch,
+                t0,
+                t_read: t0.elapsed(),
+                beyond: Vec::new(),
+                skip: true,
+            });
+        }
+        let Sight { live, running, cluster, queue, beyond } = self.sight()?;
+        let keep: BTreeSet<u64> =
+            queue.iter().map(|q| q.id).chain(beyond.iter().map(|b| b.0)).chain(running.iter().map(|r| r.id)).collect();
         self.requests.retain(|id, _| keep.contains(id));
         self.pending.retain(|id, _| keep.contains(id));
         self.last_round_ms = now;
-        let placeholder = Scheduler::new(self.scheduler.config().clone());
+        self.decided = Some(key);
+        self.decided_ms = now;
         let scheduler = std::mem::replace(&mut self.scheduler, placeholder);
         Ok(RoundInput {
             now,
@@ -103,6 +171,8 @@ impl Engine {
             layout_epoch: self.layout_epoch,
             t0,
             t_read: t0.elapsed(),
+            beyond,
+            skip: false,
         })
     }
 
@@ -114,18 +184,86 @@ impl Engine {
         let running = self.running_jobs()?;
         let cluster = self.cluster_view(&live, &running);
         let queued = self.store.queued_ids()?;
-        let mut queue = Vec::with_capacity(queued.len() + 1);
+        // Each tenant's first `queue_depth` jobs by priority, then age, are decided on.
+        let mut order: Vec<(&str, i32, u64, u64)> = Vec::with_capacity(queued.len());
+        for &(id, _) in &queued {
+            if !self.requests.contains_key(&id) && self.request_of(id).is_err() {
+                continue;
+            }
+        }
+        for &(id, submitted_ms) in &queued {
+            if let Some((r, _)) = self.requests.get(&id) {
+                order.push((r.tenant.as_str(), r.priority, submitted_ms, id));
+            }
+        }
+        order.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+        let depth = self.config.scheduler.queue_depth as usize;
+        let mut chosen: BTreeSet<u64> = BTreeSet::new();
+        let mut beyond = Vec::new();
+        let mut seen_in_tenant = 0usize;
+        let mut tenant: Option<&str> = None;
+        for &(t, _, _, id) in &order {
+            if tenant != Some(t) {
+                tenant = Some(t);
+                seen_in_tenant = 0;
+            }
+            seen_in_tenant += 1;
+            if seen_in_tenant <= depth {
+                chosen.insert(id);
+            } else {
+                let tenant = if t.is_empty() { "default" } else { t };
+                beyond.push((
+                    id,
+                    format!(
+                        "priority: behind the first {depth} queued jobs of tenant {tenant}, which rounds decide on first (scheduler.queue_depth)"
+                    ),
+                ));
+            }
+        }
+        drop(order);
+        let mut queue = Vec::with_capacity(chosen.len() + 1);
         for (id, submitted_ms) in queued {
-            let Ok((request, user)) = self.request_of(id) else { continue };
+            if !chosen.contains(&id) {
+                continue;
+            }
+            let Some((request, user)) = self.requests.get(&id).cloned() else { continue };
             queue.push(QueuedJob { id, request, submitted_ms, user });
         }
-        Ok(Sight { live, running, cluster, queue })
+        Ok(Sight { live, running, cluster, queue, beyond })
     }
 
     /// The second half of a round: take the scheduler back and carry out its decisions.
     pub fn finish_round(&mut self, input: RoundInput, decisions: Vec<Decision>) -> bool {
-        let RoundInput { now, mut changed, live, queue, running, scheduler, layout_epoch, t0, t_read, .. } = input;
+        let RoundInput {
+            now,
+            mut changed,
+            live,
+            queue,
+            running,
+            scheduler,
+            layout_epoch,
+            t0,
+            t_read,
+            beyond,
+            skip,
+            ..
+        } = input;
         self.scheduler = scheduler;
+        if skip {
+            // The GPUs as last read, lent to the skipped round, are still what they were.
+            if layout_epoch == self.layout_epoch {
+                self.seen = Some(live);
+            }
+            self.last_round_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.prune_if_due(now);
+            return changed;
+        }
+        for (job, text) in beyond {
+            if self.pending.get(&job) != Some(&text) {
+                let _ = self.store.set_pending_reason(job, &text);
+                self.pending.insert(job, text);
+            }
+        }
         if layout_epoch != self.layout_epoch {
             // A layout changed while this round decided: decide again on what is there.
             self.seen = None;
@@ -184,6 +322,8 @@ impl Engine {
             }
             self.saved_usage_ms = now;
         }
+        self.prune_if_due(now);
+        self.last_round_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::trace!(
             "round: read {:?}, schedule {:?}, act {:?} ({} queued, {} running)",
             t_read,

@@ -286,7 +286,10 @@ impl Kubelet {
                 devices_ids: ids.iter().map(|s| s.to_string()).collect(),
             }],
         };
-        let mut r = self.client(resource).allocate(request).await?.into_inner();
+        // Not connected (the plugin restarting): the kubelet fails the pod's admission.
+        let client = self.seen(|s| s.resources.get(resource).and_then(|r| r.client.clone()));
+        let mut client = client.ok_or_else(|| Status::unavailable(format!("{resource} is not registered")))?;
+        let mut r = client.allocate(request).await?.into_inner();
         assert_eq!(r.container_responses.len(), 1, "one response per container");
         Ok(r.container_responses.remove(0))
     }

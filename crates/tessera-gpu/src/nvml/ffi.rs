@@ -175,14 +175,23 @@ pub(crate) struct GiProfileRaw {
     pub name: Option<String>,
 }
 
+/// Whether a versioned (`…V`) profile call refused the struct rather than the profile, so the
+/// v1 call must be asked: nvml.h documents `INVALID_ARGUMENT` for a version it does not accept,
+/// drivers have been seen to answer `ARGUMENT_VERSION_MISMATCH` (NVIDIA/go-nvml#138) and
+/// `FUNCTION_NOT_FOUND` (NVIDIA/nvidia-settings#78, R510) for one. A profile the driver lacks
+/// gets the same `INVALID_ARGUMENT` or `NOT_SUPPORTED` from v1, so nothing is lost by asking.
+fn versioned_call_refused(code: nvmlReturn_t) -> bool {
+    code == nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND
+        || code == nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        || code == nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
+}
+
 /// The GPU-instance profile at NVML profile *index* `index` (`NVML_GPU_INSTANCE_PROFILE_*`):
 /// the v2 call (with the name) where the library has it, else v1.
 pub(crate) fn gi_profile_info(lib: &NvmlLib, dev: DeviceHandle<'_>, index: u32) -> Raw<GiProfileRaw> {
     match gi_profile_info_v2(lib, dev, index) {
         Err(Fail::Missing(_)) => {}
-        Err(Fail::Code(_, c))
-            if c == nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND
-                || c == nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH => {}
+        Err(Fail::Code(_, c)) if versioned_call_refused(c) => {}
         other => return other,
     }
     let f = sym!(lib, nvmlDeviceGetGpuInstanceProfileInfo);
@@ -381,9 +390,7 @@ pub(crate) struct CiProfileRaw {
 pub(crate) fn ci_profile_info(lib: &NvmlLib, gi: GiHandle<'_>, index: u32) -> Raw<CiProfileRaw> {
     match ci_profile_info_v2(lib, gi, index) {
         Err(Fail::Missing(_)) => {}
-        Err(Fail::Code(_, c))
-            if c == nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND
-                || c == nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH => {}
+        Err(Fail::Code(_, c)) if versioned_call_refused(c) => {}
         other => return other,
     }
     let f = sym!(lib, nvmlGpuInstanceGetComputeInstanceProfileInfo);

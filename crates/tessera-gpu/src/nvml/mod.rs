@@ -103,6 +103,17 @@ pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 pub const DEFAULT_SYSFS_ROOT: &str = "/sys";
 /// Where procfs is mounted.
 pub const DEFAULT_PROC_ROOT: &str = "/proc";
+/// The process name of a CUDA MPS server (`/proc/<pid>/comm`).
+pub const MPS_SERVER: &str = "nvidia-cuda-mps-server";
+
+/// The first driver branch whose MIG devices have `MIG-<uuid>` names; older ones name them
+/// `MIG-GPU-<GPU uuid>/<GI>/<CI>` (MIG user guide, "MIG Device Names").
+const MIG_UUID_DRIVER: &str = "470";
+
+/// Names another file than [`DEFAULT_MIG_MINORS`] for the caps minors (the daemon's tests over
+/// the stand-in library, on machines without the NVIDIA driver, point it at a generated table).
+pub const ENV_MIG_MINORS: &str = "TESSERA_MIG_MINORS";
+
 /// The driver's table of `/dev/nvidia-caps` minors.
 pub const DEFAULT_MIG_MINORS: &str = "/proc/driver/nvidia-caps/mig-minors";
 /// The kernel's id of the current boot (it changes at every reboot).
@@ -219,7 +230,16 @@ impl Drop for NvmlBackend {
     }
 }
 
-/// What does not change about a GPU while NVML is initialised.
+/// The MIG device UUIDs found for compute instances, by compute instance id, and the first
+/// failure met looking for them.
+#[derive(Default)]
+struct MigUuids {
+    found: BTreeMap<u32, String>,
+    failure: Option<Fail>,
+}
+
+/// What does not change about a GPU while NVML is initialised, nor across a MIG mode change
+/// (which may rebind the GPU and move its minor number: [`NvmlBackend::forget_gpu`]).
 #[derive(Debug, Clone)]
 struct GpuStatics {
     uuid: String,
@@ -340,7 +360,9 @@ impl NvmlBackend {
             driver_version,
             sysfs_root: PathBuf::from(DEFAULT_SYSFS_ROOT),
             proc_root: PathBuf::from(DEFAULT_PROC_ROOT),
-            mig_minors_path: PathBuf::from(DEFAULT_MIG_MINORS),
+            mig_minors_path: std::env::var_os(ENV_MIG_MINORS)
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| PathBuf::from(DEFAULT_MIG_MINORS), PathBuf::from),
             mig_minors: OnceLock::new(),
             boot_id_path: PathBuf::from(DEFAULT_BOOT_ID),
             nvidia_smi: reset::nvidia_smi_program(),
@@ -461,6 +483,33 @@ impl NvmlBackend {
 
     fn lib(&self) -> &nvml_wrapper_sys::bindings::NvmlLib {
         self.nvml.lib()
+    }
+
+    /// The error of a create whose instance was made but could not be read back, after `undo`
+    /// (its destroy): the read's error when the undo worked (nothing changed), else an error that
+    /// says the instance may remain.
+    fn undo_create(&self, g: &Gpu<'_>, doing: &str, read: BackendError, undo: Result<(), Fail>) -> BackendError {
+        match undo {
+            Ok(()) => read,
+            Err(f) => BackendError::Driver {
+                context: format!(
+                    "{}: {doing}: it was made but cannot be read back ({read}), and destroying it again failed too, so \
+                     it may remain: list the GPU's instances",
+                    g.gref
+                ),
+                function: f.function().to_string(),
+                code: f.code().map_or("missing", return_code_name).to_string(),
+                message: f.code().map_or_else(|| "the library lacks it".to_string(), |c| self.error_text(c)),
+            },
+        }
+    }
+
+    /// Drop everything read once about GPU `gpu` (UUID, minor number, profiles), after a MIG
+    /// mode change or a reset may have rebound it.
+    fn forget_gpu(&self, gpu: u32) {
+        self.statics.lock().unwrap_or_else(PoisonError::into_inner).remove(&gpu);
+        self.profiles.lock().unwrap_or_else(PoisonError::into_inner).remove(&gpu);
+        self.ci_profiles.lock().unwrap_or_else(PoisonError::into_inner).retain(|(g, _), _| *g != gpu);
     }
 
     fn mig_minors(&self) -> Option<&MigMinors> {
@@ -940,22 +989,22 @@ impl NvmlBackend {
 
     fn gi_in_use(&self, g: &Gpu<'_>, gi: &GpuInstanceInfo) -> BackendError {
         let label = self.gi_label(g, gi);
-        let procs: Vec<String> = self
-            .processes_of(g)
-            .unwrap_or_default()
-            .iter()
-            .filter(|p| p.gpu_instance_id == Some(gi.id))
-            .map(ToString::to_string)
-            .collect();
-        let what = if !procs.is_empty() {
-            format!("{label} is used by {}", procs.join(", "))
+        let holders = self.holders(g, |p| p.gpu_instance_id == Some(gi.id));
+        let what = if let Ok(Some(by)) = &holders {
+            format!("{label} is used by {by}")
         } else {
             let cis = self.list_cis(g, gi.id).unwrap_or_default();
-            if cis.is_empty() {
-                format!("{label} is in use by another client")
-            } else {
+            let unlisted = match &holders {
+                Err(why) => format!(" (and it may be used by {why})"),
+                Ok(_) => String::new(),
+            };
+            if !cis.is_empty() {
                 let ids: Vec<String> = cis.iter().map(|c| c.id.to_string()).collect();
-                format!("{label} still has compute instance(s) {}; destroy them first", ids.join(", "))
+                format!("{label} still has compute instance(s) {}; destroy them first{unlisted}", ids.join(", "))
+            } else if let Err(why) = &holders {
+                format!("{label} is in use, by {why}")
+            } else {
+                format!("{label} is in use by another client")
             }
         };
         BackendError::InUse { gpu: g.gref.clone(), what }
@@ -1007,8 +1056,8 @@ impl NvmlBackend {
 
     /// The MIG device UUIDs of compute instances `cis` of GPU instance `gi_id`, by compute
     /// instance id, from the GPU's MIG device handles (stopping once all are found).
-    fn mig_uuids(&self, g: &Gpu<'_>, gi_id: u32, cis: &[u32]) -> Result<BTreeMap<u32, String>, BackendError> {
-        let mut out = BTreeMap::new();
+    fn mig_uuids(&self, g: &Gpu<'_>, gi_id: u32, cis: &[u32]) -> Result<MigUuids, BackendError> {
+        let mut out = MigUuids::default();
         if cis.is_empty() {
             return Ok(out);
         }
@@ -1016,13 +1065,21 @@ impl NvmlBackend {
         let max = match ffi::max_mig_device_count(self.lib(), g.raw) {
             Ok(n) => n,
             Err(f) if lost(f) => return Err(BackendError::GpuLost { gpu: g.gref.clone() }),
-            Err(_) => return Ok(out),
+            Err(f) => {
+                out.failure = Some(f);
+                return Ok(out);
+            }
         };
         for i in 0..max {
             let h = match ffi::mig_device_by_index(self.lib(), g.raw, i) {
                 Ok(h) => h,
                 Err(f) if lost(f) => return Err(BackendError::GpuLost { gpu: g.gref.clone() }),
-                Err(_) => continue,
+                // An index with no MIG device behind it.
+                Err(f) if f.code() == Some(rc::NOT_FOUND) => continue,
+                Err(f) => {
+                    out.failure.get_or_insert(f);
+                    continue;
+                }
             };
             if ffi::mig_gpu_instance_id(self.lib(), h) != Ok(gi_id) {
                 continue;
@@ -1030,24 +1087,60 @@ impl NvmlBackend {
             let Ok(ci) = ffi::mig_compute_instance_id(self.lib(), h) else {
                 continue;
             };
-            if cis.contains(&ci)
-                && let Ok(uuid) = ffi::uuid(self.lib(), h)
-            {
-                out.insert(ci, uuid);
-                if out.len() == cis.len() {
-                    break;
+            if !cis.contains(&ci) {
+                continue;
+            }
+            match ffi::uuid(self.lib(), h) {
+                Ok(uuid) => {
+                    out.found.insert(ci, uuid);
+                    if out.found.len() == cis.len() {
+                        break;
+                    }
+                }
+                Err(f) if lost(f) => return Err(BackendError::GpuLost { gpu: g.gref.clone() }),
+                Err(f) => {
+                    out.failure.get_or_insert(f);
                 }
             }
         }
         Ok(out)
     }
 
-    /// A compute instance's MIG device UUID; the pre-R470 `MIG-<GPU UUID>/<GI>/<CI>` name (which
-    /// CUDA also accepts) if no MIG handle matches.
-    fn mig_uuid(&self, g: &Gpu<'_>, uuids: &BTreeMap<u32, String>, gi: u32, ci: u32) -> String {
-        uuids.get(&ci).cloned().unwrap_or_else(|| match &g.gref.uuid {
-            Some(u) => format!("MIG-{u}/{gi}/{ci}"),
-            None => format!("MIG-GPU-{}/{gi}/{ci}", g.index),
+    /// A compute instance's MIG device UUID, exactly as the driver names it. Only a driver older
+    /// than R470, whose MIG devices are named `MIG-GPU-<GPU uuid>/<GI>/<CI>`, gets that name
+    /// made up when it gives none. On any later driver a UUID that cannot be read is an error:
+    /// the old form is not the device's name there, and a job given a wrong name would run on
+    /// no device or the wrong one.
+    fn mig_uuid(&self, g: &Gpu<'_>, uuids: &MigUuids, gi: u32, ci: u32) -> Result<String, BackendError> {
+        if let Some(u) = uuids.found.get(&ci) {
+            return Ok(u.clone());
+        }
+        if driver_older_than(&self.driver_version, MIG_UUID_DRIVER) == Some(true)
+            && let Some(u) = &g.gref.uuid
+        {
+            return Ok(format!("MIG-{u}/{gi}/{ci}"));
+        }
+        let (function, code, message) = match uuids.failure {
+            Some(f) => (
+                f.function().to_string(),
+                f.code().map_or("missing", return_code_name).to_string(),
+                f.code().map_or_else(|| "the library lacks it".to_string(), |c| self.error_text(c)),
+            ),
+            None => (
+                "nvmlDeviceGetMigDeviceHandleByIndex".to_string(),
+                "no handle".to_string(),
+                "no MIG device handle names this compute instance".to_string(),
+            ),
+        };
+        Err(BackendError::Driver {
+            context: format!(
+                "{}: cannot read the MIG device UUID of GPU instance {gi}, compute instance {ci} (driver {}); no \
+                 name is made up for it",
+                g.gref, self.driver_version
+            ),
+            function,
+            code,
+            message,
         })
     }
 
@@ -1060,7 +1153,7 @@ impl NvmlBackend {
         g: &Gpu<'_>,
         gi_id: u32,
         raw: ffi::InstanceInfoRaw,
-        uuids: &BTreeMap<u32, String>,
+        uuids: &MigUuids,
     ) -> Result<ComputeInstanceInfo, BackendError> {
         let caps_minor = self.minor_of(g).and_then(|minor| self.mig_minors()?.compute_instance(minor, gi_id, raw.id));
         Ok(ComputeInstanceInfo {
@@ -1068,7 +1161,7 @@ impl NvmlBackend {
             gpu_instance_id: gi_id,
             profile_id: raw.profile_id,
             placement: PlacementRange { start: small(raw.start), size: small(raw.size) },
-            uuid: self.mig_uuid(g, uuids, gi_id, raw.id),
+            uuid: self.mig_uuid(g, uuids, gi_id, raw.id)?,
             caps_minor,
         })
     }
@@ -1100,25 +1193,112 @@ impl NvmlBackend {
         Ok(out)
     }
 
+    /// The compute processes of a GPU. nvml.h: "In MIG mode, if device handle is provided, the
+    /// API returns aggregate information, only if the caller has appropriate privileges.
+    /// Per-instance information can be queried by using specific MIG device handles." So a
+    /// caller that is not root gets `NO_PERMISSION` for the GPU and asks each MIG device instead;
+    /// if those refuse too, the answer is [`BackendError::NoPermission`], never "no processes".
     fn processes_of(&self, g: &Gpu<'_>) -> Result<Vec<ProcessInfo>, BackendError> {
-        let procs = g.dev.running_compute_processes().map_err(|e| {
-            self.error(safe_fail(e, "nvmlDeviceGetComputeRunningProcesses_v3"), &g.gref, "list its processes")
-        })?;
-        let mut out: Vec<ProcessInfo> = procs
-            .into_iter()
-            .map(|p| ProcessInfo {
-                pid: p.pid,
-                name: host::process_name(&self.proc_root, p.pid),
-                gpu_instance_id: p.gpu_instance_id.filter(|&id| id != NO_ID),
-                compute_instance_id: p.compute_instance_id.filter(|&id| id != NO_ID),
-                used_memory_mib: match p.used_gpu_memory {
-                    UsedGpuMemory::Used(bytes) => bytes / (1024 * 1024),
-                    UsedGpuMemory::Unavailable => 0,
-                },
-            })
-            .collect();
+        let mut out: Vec<ProcessInfo> = match g.dev.running_compute_processes() {
+            Ok(procs) => procs.into_iter().map(|p| self.process_info(p, None)).collect(),
+            Err(NvmlError::NoPermission) => self.processes_per_mig_device(g)?,
+            Err(e) => {
+                return Err(self.error(
+                    safe_fail(e, "nvmlDeviceGetComputeRunningProcesses_v3"),
+                    &g.gref,
+                    "list its processes",
+                ));
+            }
+        };
         out.sort_by_key(|p| (p.pid, p.gpu_instance_id, p.compute_instance_id));
         Ok(out)
+    }
+
+    fn process_info(
+        &self,
+        p: nvml_wrapper::struct_wrappers::device::ProcessInfo,
+        ids: Option<(u32, u32)>,
+    ) -> ProcessInfo {
+        let gi = p.gpu_instance_id.filter(|&id| id != NO_ID).or(ids.map(|i| i.0));
+        let ci = p.compute_instance_id.filter(|&id| id != NO_ID).or(ids.map(|i| i.1));
+        ProcessInfo {
+            pid: p.pid,
+            name: host::process_name(&self.proc_root, p.pid),
+            gpu_instance_id: gi,
+            compute_instance_id: ci,
+            used_memory_mib: match p.used_gpu_memory {
+                UsedGpuMemory::Used(bytes) => bytes / (1024 * 1024),
+                UsedGpuMemory::Unavailable => 0,
+            },
+        }
+    }
+
+    /// The processes of every MIG device of a GPU, each with its instance ids (see
+    /// [`Self::processes_of`]).
+    fn processes_per_mig_device(&self, g: &Gpu<'_>) -> Result<Vec<ProcessInfo>, BackendError> {
+        let denied = |why: &str| BackendError::NoPermission {
+            op: format!(
+                "list the processes on {} (NVML gives a GPU's process list in MIG mode to root only; {why}), so who \
+                 uses its instances is unknown",
+                g.gref
+            ),
+        };
+        match g.dev.mig_mode() {
+            Ok(m) if m.current == NVML_DEVICE_MIG_ENABLE => {}
+            _ => return Err(denied("MIG is not on, so there are no MIG devices to ask instead")),
+        }
+        let max = ffi::max_mig_device_count(self.lib(), g.raw)
+            .map_err(|f| self.error(f, &g.gref, "count its MIG devices to list their processes"))?;
+        let mut out = Vec::new();
+        for i in 0..max {
+            let dev = match g.dev.mig_device_by_index(i) {
+                Ok(d) => d,
+                Err(NvmlError::NotFound | NvmlError::InvalidArg) => continue,
+                Err(e) => {
+                    return Err(self.error(
+                        safe_fail(e, "nvmlDeviceGetMigDeviceHandleByIndex"),
+                        &g.gref,
+                        &format!("open MIG device {i} to list its processes"),
+                    ));
+                }
+            };
+            let raw = ffi::device_handle(&dev);
+            let ids = match (ffi::mig_gpu_instance_id(self.lib(), raw), ffi::mig_compute_instance_id(self.lib(), raw)) {
+                (Ok(gi), Ok(ci)) => Some((gi, ci)),
+                _ => None,
+            };
+            let procs = dev.running_compute_processes().map_err(|e| match e {
+                NvmlError::NoPermission => denied("its MIG devices refused their lists too"),
+                e => self.error(
+                    safe_fail(e, "nvmlDeviceGetComputeRunningProcesses_v3"),
+                    &g.gref,
+                    &format!("list the processes of MIG device {i}"),
+                ),
+            })?;
+            out.extend(procs.into_iter().map(|p| self.process_info(p, ids)));
+        }
+        Ok(out)
+    }
+
+    /// Who holds an instance, for an `IN_USE` message: the processes `keep` selects, an MPS
+    /// server named as such (a leftover `nvidia-cuda-mps-server` keeps its instance busy with no
+    /// client left); `Ok(None)` when the list is readable and empty; `Err` says why it cannot be
+    /// read (never taken for "no processes").
+    fn holders(&self, g: &Gpu<'_>, keep: impl Fn(&ProcessInfo) -> bool) -> Result<Option<String>, String> {
+        let procs = self.processes_of(g).map_err(|e| format!("processes that cannot be listed ({e})"))?;
+        let held: Vec<&ProcessInfo> = procs.iter().filter(|p| keep(p)).collect();
+        if held.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<String> = held.iter().map(ToString::to_string).collect();
+        let mut text = names.join(", ");
+        if held.iter().any(|p| p.name == MPS_SERVER) {
+            text.push_str(&format!(
+                " (an MPS server: stop it with `echo quit | nvidia-cuda-mps-control` as the user that started it, or \
+                 kill {MPS_SERVER})"
+            ));
+        }
+        Ok(Some(text))
     }
 
     /// Register every GPU that reports Xid events in a new event set.
@@ -1280,7 +1460,10 @@ impl MigBackend for NvmlBackend {
     /// or `NotSupported` with nvidia-smi's words.
     fn reset_gpu(&self, gpu: u32) -> Result<(), BackendError> {
         let g = self.gpu(gpu)?;
-        reset::reset_with_nvidia_smi(&self.nvidia_smi, &g.gref)
+        let reset = reset::reset_with_nvidia_smi(&self.nvidia_smi, &g.gref);
+        // Tried or done, a reset may have rebound the GPU: read everything again.
+        self.forget_gpu(gpu);
+        reset
     }
 
     fn mig_mode(&self, gpu: u32) -> Result<MigMode, BackendError> {
@@ -1292,7 +1475,13 @@ impl MigBackend for NvmlBackend {
         let g = self.gpu(gpu)?;
         let word = if enabled { "enabled" } else { "disabled" };
         let doing = format!("set MIG mode {word}");
-        let status = match g.dev.set_mig_mode(enabled) {
+        let status = g.dev.set_mig_mode(enabled);
+        // nvml.h: "This API may unbind or reset the device to activate the requested mode. Thus,
+        // the attributes associated with the device, such as minor number, might change. The
+        // caller of this API is expected to query such attributes again."
+        self.forget_gpu(gpu);
+        let g = self.gpu(gpu)?;
+        let status = match status {
             Ok(status) => status,
             Err(e) => {
                 let fail = safe_fail(e, "nvmlDeviceSetMigMode");
@@ -1387,7 +1576,9 @@ impl MigBackend for NvmlBackend {
             }
         };
         match ffi::create_gi(self.lib(), g.raw, profile_id, target) {
-            Ok(h) => self.gi_info(&g, h),
+            // The instance exists from here on: if it cannot be read back, it is destroyed again
+            // so that a failed create changes nothing, as callers (the executor's rollback) assume.
+            Ok(h) => self.gi_info(&g, h).map_err(|e| self.undo_create(&g, &doing, e, ffi::destroy_gi(self.lib(), h))),
             Err(f) if f.code() == Some(rc::INSUFFICIENT_RESOURCES) => {
                 Err(self.no_room_for_gi(&g, profile_id, label, placement, target.map(|(_, size)| small(size))))
             }
@@ -1406,9 +1597,14 @@ impl MigBackend for NvmlBackend {
         let gi = self.gi_by_id(&g, gpu_instance_id, "create a compute instance in it")?;
         let fail = match ffi::create_ci(self.lib(), gi, ci_profile_id) {
             Ok(ci) => {
-                let raw = self.ci_raw(&g, ci)?;
-                let uuids = self.mig_uuids(&g, gpu_instance_id, &[raw.id])?;
-                return self.ci_info(&g, gpu_instance_id, raw, &uuids);
+                let read = self
+                    .ci_raw(&g, ci)
+                    .and_then(|raw| Ok((raw, self.mig_uuids(&g, gpu_instance_id, &[raw.id])?)))
+                    .and_then(|(raw, uuids)| self.ci_info(&g, gpu_instance_id, raw, &uuids));
+                // As for GPU instances: one that cannot be read back is destroyed again.
+                let doing =
+                    format!("create a compute instance of profile {ci_profile_id} in GPU instance {gpu_instance_id}");
+                return read.map_err(|e| self.undo_create(&g, &doing, e, ffi::destroy_ci(self.lib(), ci)));
             }
             Err(f) => f,
         };
@@ -1491,18 +1687,18 @@ impl MigBackend for NvmlBackend {
         match ffi::destroy_ci(self.lib(), ci) {
             Ok(()) => Ok(()),
             Err(f) if f.code() == Some(rc::IN_USE) => {
-                let uuids = self.mig_uuids(&g, gpu_instance_id, &[compute_instance_id]).unwrap_or_default();
-                let uuid = self.mig_uuid(&g, &uuids, gpu_instance_id, compute_instance_id);
-                let procs: Vec<String> = self
-                    .processes_of(&g)
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|p| {
-                        p.gpu_instance_id == Some(gpu_instance_id) && p.compute_instance_id == Some(compute_instance_id)
-                    })
-                    .map(ToString::to_string)
-                    .collect();
-                let by = if procs.is_empty() { "another client".to_string() } else { procs.join(", ") };
+                let uuid = self
+                    .mig_uuids(&g, gpu_instance_id, &[compute_instance_id])
+                    .ok()
+                    .and_then(|u| u.found.get(&compute_instance_id).cloned())
+                    .unwrap_or_else(|| "UUID unreadable".to_string());
+                let by = match self.holders(&g, |p| {
+                    p.gpu_instance_id == Some(gpu_instance_id) && p.compute_instance_id == Some(compute_instance_id)
+                }) {
+                    Ok(Some(by)) => by,
+                    Ok(None) => "another client".to_string(),
+                    Err(why) => why,
+                };
                 Err(BackendError::InUse {
                     gpu: g.gref.clone(),
                     what: format!("compute instance {compute_instance_id} of {} ({uuid}) is used by {by}", label()),
@@ -1669,11 +1865,10 @@ impl NvmlBackend {
                 ),
             };
         }
-        let procs: Vec<String> = self.processes_of(g).unwrap_or_default().iter().map(ToString::to_string).collect();
-        let by = if procs.is_empty() {
-            "another client (nvidia-persistenced, dcgm, a monitoring agent, …)".to_string()
-        } else {
-            procs.join(", ")
+        let by = match self.holders(g, |_| true) {
+            Ok(Some(by)) => by,
+            Ok(None) => "another client (nvidia-persistenced, dcgm, a monitoring agent, …)".to_string(),
+            Err(why) => why,
         };
         BackendError::InUse {
             gpu: g.gref.clone(),

@@ -11,7 +11,7 @@ use std::os::raw::{c_char, c_int, c_uint, c_ulong};
 use nvml_wrapper_sys::bindings::*;
 
 use super::{c_array, handle, need, pointer, put, put_list, put_str, struct_version};
-use crate::codes::{ARGUMENT_VERSION_MISMATCH, INVALID_ARGUMENT, NOT_SUPPORTED, NvmlResult, SUCCESS};
+use crate::codes::{INVALID_ARGUMENT, NOT_SUPPORTED, NvmlResult, SUCCESS};
 use crate::node::{Memory, NO_INSTANCE, call, status};
 
 /// Bit masks of `c_ulong` words with the given bits set; bits past `words` are dropped, as NVML
@@ -170,8 +170,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         need(memory)?;
         // SAFETY: nvml.h: the caller set `version`, the struct's first field (non-null checked).
         let version = unsafe { memory.cast::<c_uint>().read() };
+        // nvml.h lists no ARGUMENT_VERSION_MISMATCH for this call: a wrong version is an
+        // invalid argument, the one documented code that fits.
         if version != struct_version::<nvmlMemory_v2_t>(2) {
-            return Err(ARGUMENT_VERSION_MISMATCH);
+            return Err(INVALID_ARGUMENT);
         }
         let Memory { total, used } = node.memory(handle(device))?;
         let info = nvmlMemory_v2_t { version, total, reserved: 0, free: total.saturating_sub(used), used };

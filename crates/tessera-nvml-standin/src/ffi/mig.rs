@@ -10,11 +10,12 @@ use std::os::raw::c_uint;
 use nvml_wrapper_sys::bindings::*;
 
 use super::{c_array, handle, need, pointer, put, put_list, struct_version};
-use crate::codes::{ARGUMENT_VERSION_MISMATCH, NvmlResult};
+use crate::codes::{INVALID_ARGUMENT, NvmlResult};
 use crate::node::{CiProfile, GiProfile, call, status};
 
 /// The `version` field a versioned output struct carries: v2 or v3 of `V2`/`V3`, else
-/// `ARGUMENT_VERSION_MISMATCH`.
+/// `INVALID_ARGUMENT`, the code nvml.h documents for the `…ProfileInfoV` calls ("if … `info->version`
+/// [is] invalid"; `ARGUMENT_VERSION_MISMATCH` is not among their documented codes).
 ///
 /// # Safety
 /// `info` is non-null and valid for a read of its first field, the `c_uint` version.
@@ -26,7 +27,7 @@ unsafe fn versioned<V2, V3>(info: *mut V2) -> NvmlResult<(c_uint, bool)> {
     } else if version == struct_version::<V3>(3) {
         Ok((version, true))
     } else {
-        Err(ARGUMENT_VERSION_MISMATCH)
+        Err(INVALID_ARGUMENT)
     }
 }
 

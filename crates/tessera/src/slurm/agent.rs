@@ -15,7 +15,7 @@
 //! name sorts first claimed one of the same jobs, reads again what is held under the drain,
 //! changes the layout through the daemon, syncs the GRES and resumes the node.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,7 +23,7 @@ use tessera_daemon::wire::{GpuList, LayoutRequest};
 use tessera_kube_core::repartition::{GpuMode, NodeGpu, NodeState, Policy, decide};
 use tessera_mig::{CurrentInstance, Instance};
 use tessera_slurm::jobs::SlurmNode;
-use tessera_slurm::pending::{claim_reason, parse_claim, pending_requests, to_pending_pod};
+use tessera_slurm::pending::{claim_reason, parse_claim, pending_requests, promised_slices, to_pending_pod};
 
 use tessera_slurm::layout::{SliceRecord, order_records};
 
@@ -31,7 +31,11 @@ use super::Ctx;
 use super::cores::CoreTopology;
 use super::ctl::Slurm;
 use super::records::slice_records;
-use super::sync::{Drain, held_records, sync};
+use super::sync::{Drain, Step, held_records, step, sync};
+
+/// The reason of the agent's drain around a sync of GRES found out of step with the layout
+/// (`tessera slurm sync`'s own drain says [`super::sync::SYNC_REASON`], which the agent leaves be).
+pub const RESYNC_REASON: &str = "tessera: syncing GRES with the MIG layout";
 
 /// `tessera slurm agent`.
 pub fn run(ctx: &Ctx, once: bool) -> anyhow::Result<()> {
@@ -67,15 +71,33 @@ fn pass(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<Option<String>> {
         .with_context(|| format!("node {} is not in Slurm (slurm.node_name)", ctx.node))?;
     if me.is_drained() {
         let reason = me.reason.clone().unwrap_or_default();
-        if parse_claim(&reason).is_none() {
+        if parse_claim(&reason).is_none() && !reason.starts_with(RESYNC_REASON) {
             // An admin's drain, a sync at work, or a change that failed (its reason says so, and
             // an admin looks before the node gets jobs again): not ours to end.
             return Ok(None);
         }
-        // A change an earlier agent began and did not finish: finish the sync, end the drain.
+        // A change or a resync an earlier agent began and did not finish (it was killed):
+        // finish the sync, end the drain.
         sync(ctx, slurm, Drain::Caller)?;
         slurm.resume(&ctx.node)?;
         return Ok(Some(format!("finished an interrupted change ({reason})")));
+    }
+    // The GRES out of step with the layout: a change whose sync ran while the daemon was still
+    // making it (its agent killed, the next one finishing the change), or a layout an admin
+    // changed. Synced under a drain of its own, unless jobs hold indices a sync must keep.
+    match step(ctx, slurm, me)? {
+        Step::Agrees => {}
+        Step::Out(why) => {
+            // Drained with the agent's own reason, so that the next agent finishes what a kill
+            // interrupts (a failure leaves it drained, as a failed change does, to be tried again).
+            slurm.drain(&ctx.node, RESYNC_REASON)?;
+            let outcome = sync(ctx, slurm, Drain::Caller)?;
+            slurm.resume(&ctx.node)?;
+            return Ok(Some(format!("GRES out of step with the layout ({why}): synced, Gres={}", outcome.gres)));
+        }
+        Step::Blocked(why) => {
+            return Ok(Some(format!("GRES out of step with the layout; synced when the node's GPU jobs end ({why})")));
+        }
     }
     let jobs = slurm.jobs()?;
     let gpus = crate::jobs::ok(ctx.client.gpus())?;
@@ -95,7 +117,9 @@ fn pass(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<Option<String>> {
     }
     let now = tessera_host::now_ms();
     let pods: Vec<_> = waiting.iter().map(|w| to_pending_pod(w, submit_ms(&w.job.submit).unwrap_or(now))).collect();
-    let state = node_state(ctx, &gpus, me)?;
+    // Slices pending jobs can start on now are theirs: not taken back for the jobs that wait.
+    let promised = promised_slices(&jobs, &nodes, &ctx.node, &|p: &str| profiles.contains(p));
+    let state = node_state(ctx, &gpus, me, &promised)?;
     let decision = decide(&pods, &[state], &Policy::default(), now);
     if decision.changes.is_empty() {
         return Ok(None);
@@ -129,7 +153,7 @@ fn pass(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<Option<String>> {
         slurm.resume(&ctx.node)?;
         return Ok(Some(format!("node {} is changing for the same jobs; left them to it", r.name)));
     }
-    let result = change(ctx, slurm, &pods);
+    let result = change(ctx, slurm, &pods, &promised);
     match result {
         Ok(summary) => {
             slurm.resume(&ctx.node)?;
@@ -144,10 +168,15 @@ fn pass(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<Option<String>> {
 }
 
 /// Under the drain: decide again on what is held now, change the layouts, sync the GRES.
-fn change(ctx: &Ctx, slurm: &Slurm, pods: &[tessera_kube_core::repartition::PendingPod]) -> anyhow::Result<String> {
+fn change(
+    ctx: &Ctx,
+    slurm: &Slurm,
+    pods: &[tessera_kube_core::repartition::PendingPod],
+    promised: &BTreeMap<String, u32>,
+) -> anyhow::Result<String> {
     let me = slurm.node(&ctx.node)?.with_context(|| format!("node {} left Slurm", ctx.node))?;
     let gpus = crate::jobs::ok(ctx.client.gpus())?;
-    let state = node_state(ctx, &gpus, &me)?;
+    let state = node_state(ctx, &gpus, &me, promised)?;
     let decision = decide(pods, &[state], &Policy::default(), tessera_host::now_ms());
     let mut done = Vec::new();
     for c in &decision.changes {
@@ -226,8 +255,15 @@ fn submit_ms(text: &str) -> Option<u64> {
 }
 
 /// This node as the decision sees it: instances the daemon's jobs hold, unhealthy ones, ones
-/// that are not one CUDA device, and those whose GRES index Slurm gave a job are busy.
-fn node_state(ctx: &Ctx, gpus: &GpuList, me: &SlurmNode) -> anyhow::Result<NodeState> {
+/// that are not one CUDA device, those whose GRES index Slurm gave a job, and as many free ones
+/// of each profile as `promised` (pending jobs Slurm can start on them) are busy.
+fn node_state(
+    ctx: &Ctx,
+    gpus: &GpuList,
+    me: &SlurmNode,
+    promised: &BTreeMap<String, u32>,
+) -> anyhow::Result<NodeState> {
+    let mut promised = promised.clone();
     let mut held_devices: BTreeSet<String> = BTreeSet::new();
     let mut held_whole: BTreeSet<u32> = BTreeSet::new();
     for r in held_records(ctx, me)?.into_values() {
@@ -247,12 +283,19 @@ fn node_state(ctx: &Ctx, gpus: &GpuList, me: &SlurmNode) -> anyhow::Result<NodeS
             let instances = g
                 .instances
                 .iter()
-                .map(|i| CurrentInstance {
-                    instance: Instance::new(i.profile_id, i.start),
-                    busy: !i.jobs.is_empty()
+                .map(|i| {
+                    let mut busy = !i.jobs.is_empty()
                         || !i.healthy
-                        || i.mig_uuid.as_ref().is_none_or(|u| held_devices.contains(u)),
-                    gpu_instance_id: i.gpu_instance_id,
+                        || i.mig_uuid.as_ref().is_none_or(|u| held_devices.contains(u));
+                    if !busy && let Some(n) = promised.get_mut(&i.profile).filter(|n| **n > 0) {
+                        *n -= 1;
+                        busy = true;
+                    }
+                    CurrentInstance {
+                        instance: Instance::new(i.profile_id, i.start),
+                        busy,
+                        gpu_instance_id: i.gpu_instance_id,
+                    }
                 })
                 .collect();
             GpuMode::Mig { instances }

@@ -73,6 +73,12 @@ impl Ctx {
     fn map_path(&self) -> PathBuf {
         self.cfg.state_dir.join("gres-map.json")
     }
+
+    /// The marker of a sync that wrote the files and has not yet seen Slurm take them up
+    /// (present from before the first file is written until the restart is confirmed).
+    fn restart_pending_path(&self) -> PathBuf {
+        self.cfg.state_dir.join("restart-pending")
+    }
 }
 
 /// The host name up to its first dot (slurmd's default node name).

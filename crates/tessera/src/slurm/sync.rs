@@ -235,16 +235,57 @@ fn future_line(ctx: &Ctx) -> anyhow::Result<String> {
 }
 
 /// `tessera slurm sync` (and the agent's sync after a change).
-pub fn sync(ctx: &Ctx, slurm: &Slurm, drain: Drain) -> anyhow::Result<SyncOutcome> {
-    // Nothing to do when the files already say what the layout is.
-    let before = held(ctx, slurm)?;
-    let p = plan(ctx, slurm, &before)?;
-    let map_same = read_map(ctx)?.is_some_and(|m| m.records == p.ordered && m.node == ctx.node);
+/// Whether Slurm runs with the GRES of the daemon's layout now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The files and the map say what the layout is, and Slurm took them up.
+    Agrees,
+    /// They do not (why); a sync may bring them in step now.
+    Out(String),
+    /// They do not, and a sync would be refused while jobs hold GPU indices (why).
+    Blocked(String),
+}
+
+/// Where the GRES stand against the daemon's layout, given what jobs hold (`held`), with what
+/// sync would write.
+fn step_with(ctx: &Ctx, slurm: &Slurm, held: &BTreeMap<u32, SliceRecord>) -> anyhow::Result<(Step, Planned)> {
+    let p = plan(ctx, slurm, held)?;
+    let map = read_map(ctx)?;
+    let map_same = map.as_ref().is_some_and(|m| m.records == p.ordered && m.node == ctx.node);
     let node_same = match (&ctx.cfg.node_file, &p.node_line) {
         (Some(f), Some(line)) => current(f).as_deref() == Some(line.as_str()),
         _ => true,
     };
-    if map_same && node_same && current(&ctx.cfg.gres_file).as_deref() == Some(p.gres_text.as_str()) {
+    let gres_same = current(&ctx.cfg.gres_file).as_deref() == Some(p.gres_text.as_str());
+    // A sync killed between writing the files and Slurm taking them up left them "in step" with
+    // a Slurm still running the old ones: its marker says the restart is still owed.
+    let step = if ctx.restart_pending_path().exists() {
+        Step::Out(format!("a restart of Slurm is owed ({} exists)", ctx.restart_pending_path().display()))
+    } else if map_same && node_same && gres_same {
+        Step::Agrees
+    } else if let Some(old) = map.filter(|m| !held.is_empty() && m.records.len() != p.ordered.len()) {
+        Step::Blocked(super::agent::count_changes(old.records.len(), p.ordered.len()))
+    } else {
+        Step::Out(format!(
+            "the layout's {} GPU records are not the ones {} and the GRES map say",
+            p.ordered.len(),
+            ctx.cfg.gres_file.display()
+        ))
+    };
+    Ok((step, p))
+}
+
+/// Where the GRES stand against the daemon's layout now (`me`: this node as Slurm sees it).
+pub fn step(ctx: &Ctx, slurm: &Slurm, me: &SlurmNode) -> anyhow::Result<Step> {
+    let held = held_records(ctx, me)?;
+    Ok(step_with(ctx, slurm, &held)?.0)
+}
+
+pub fn sync(ctx: &Ctx, slurm: &Slurm, drain: Drain) -> anyhow::Result<SyncOutcome> {
+    // Nothing to do when the files already say what the layout is.
+    let before = held(ctx, slurm)?;
+    let (step, p) = step_with(ctx, slurm, &before)?;
+    if step == Step::Agrees {
         return Ok(SyncOutcome {
             node: ctx.node.clone(),
             changed: false,
@@ -296,6 +337,11 @@ fn write_and_restart(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<SyncOutcome> {
     let map = GresMap { version: 1, node: ctx.node.clone(), generation, style: p.style, records: p.ordered.clone() };
     let shared = WriteOptions { mode: 0o644, sync: true };
     std::fs::create_dir_all(&ctx.cfg.state_dir).with_context(|| format!("creating {}", ctx.cfg.state_dir.display()))?;
+    // Before the first file: from here until Slurm is seen with the new GRES, a sync that is
+    // killed leaves the restart owed to the next one (which writes the same files again).
+    let marker = ctx.restart_pending_path();
+    write_atomic(&marker, format!("{generation}\n").as_bytes(), shared)
+        .with_context(|| format!("writing {}", marker.display()))?;
     write_atomic(&ctx.cfg.gres_file, p.gres_text.as_bytes(), shared)
         .with_context(|| format!("writing {}", ctx.cfg.gres_file.display()))?;
     if let (Some(f), Some(line)) = (&ctx.cfg.node_file, &p.node_line) {
@@ -326,6 +372,12 @@ fn write_and_restart(ctx: &Ctx, slurm: &Slurm) -> anyhow::Result<SyncOutcome> {
             ctx.cfg.gres_file.display(),
             p.node_gres
         );
+    }
+    match std::fs::remove_file(&marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", marker.display()));
+        }
+        _ => {}
     }
     Ok(SyncOutcome {
         node: ctx.node.clone(),
