@@ -42,7 +42,11 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     [ -f "$W/d.pid" ] && kill "$(cat "$W/d.pid")" 2>/dev/null
     [ -f "$W/ctld.pid" ] && kill "$(cat "$W/ctld.pid")" 2>/dev/null
-    [ -n "$started_munge" ] && pkill -x munged
+    # munged stops asynchronously: wait it out, so a next run does not take a dying one for live.
+    if [ -n "$started_munge" ]; then
+        pkill -x munged
+        for _ in $(seq 50); do pgrep -x munged >/dev/null || break; sleep 0.1; done
+    fi
     sleep 0.5
     if [ "$failed" = 1 ]; then
         for f in "$W"/log/*.log; do echo "----- $f (last 40 lines)"; tail -40 "$f"; done >&2
@@ -76,6 +80,11 @@ step "scratch directory $W, node $H"
 id tslurm >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin tslurm
 tuid=$(id -u tslurm)
 
+# A munged without its socket is stopping (another run's cleanup): wait until it is gone.
+for _ in $(seq 50); do
+    pgrep -x munged >/dev/null && [ ! -S /run/munge/munge.socket.2 ] || break
+    sleep 0.1
+done
 if ! pgrep -x munged >/dev/null; then
     munged --force 2>/dev/null || munged
     started_munge=1
