@@ -134,6 +134,44 @@ impl FaultPlan {
     }
 }
 
+/// The return codes a fault sweep tries on `function`: the codes nvml.h documents for its family
+/// of calls that a real driver may plausibly give. Every call may fail unknowably or find the GPU
+/// gone; creating takes resources and privileges; destroying finds instances in use; a MIG mode
+/// change may be refused; queries may be unsupported or refuse an argument.
+pub fn plausible_codes(function: &str) -> Vec<&'static str> {
+    let mut codes = vec!["UNKNOWN", "GPU_IS_LOST"];
+    if function.contains("Create") {
+        codes.extend(["INSUFFICIENT_RESOURCES", "NO_PERMISSION", "INVALID_ARGUMENT"]);
+    } else if function.contains("Destroy") {
+        codes.extend(["IN_USE", "NO_PERMISSION"]);
+    } else if function.contains("SetMigMode") {
+        codes.extend(["IN_USE", "NO_PERMISSION", "NOT_SUPPORTED"]);
+    } else if function.contains("Get") {
+        codes.extend(["NOT_SUPPORTED", "INVALID_ARGUMENT"]);
+    }
+    codes
+}
+
+/// Whether `function` changes the GPU (creates, destroys, switches MIG mode).
+pub fn changes_the_gpu(function: &str) -> bool {
+    ["Create", "Destroy", "SetMigMode"].iter().any(|w| function.contains(w))
+}
+
+/// The codes a bounded sweep tries: every plausible code on the calls that change the GPU, and
+/// `UNKNOWN` and `GPU_IS_LOST` on the queries unless `full` (then every plausible code there too).
+pub fn sweep_codes(function: &str, full: bool) -> Vec<&'static str> {
+    if full || changes_the_gpu(function) { plausible_codes(function) } else { vec!["UNKNOWN", "GPU_IS_LOST"] }
+}
+
+/// A census file (`TESSERA_STANDIN_CALLS`) read back: how many times each function was called.
+pub fn census_counts(text: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for function in text.lines().filter(|l| !l.is_empty()) {
+        *counts.entry(function.to_owned()).or_default() += 1;
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ use tessera_deviceplugin::dra::api::registration::registration_client::Registrat
 use tessera_deviceplugin::dra::api::registration::{InfoRequest, RegistrationStatus};
 use tessera_deviceplugin::dra::api::v1;
 use tessera_deviceplugin::uds::unix_channel;
+use tessera_nvml_standin::faults::sweep_codes;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NODE: &str = "gpu-1";
@@ -296,20 +297,6 @@ fn clear(d: &Daemon, what: &str) -> Result<(), String> {
 /// How many faults needed an admin's clear before the retry could prepare.
 static QUARANTINED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn plausible_codes(function: &str) -> Vec<&'static str> {
-    let mut codes = vec!["UNKNOWN", "GPU_IS_LOST"];
-    if function.contains("Create") {
-        codes.extend(["INSUFFICIENT_RESOURCES", "NO_PERMISSION", "INVALID_ARGUMENT"]);
-    } else if function.contains("Destroy") {
-        codes.extend(["IN_USE", "NO_PERMISSION"]);
-    } else if function.contains("SetMigMode") {
-        codes.extend(["IN_USE", "NO_PERMISSION", "NOT_SUPPORTED"]);
-    } else if function.contains("Get") {
-        codes.extend(["NOT_SUPPORTED", "INVALID_ARGUMENT"]);
-    }
-    codes
-}
-
 /// A runtime of its own per worker, with a second thread to serve the API server while the
 /// test blocks on the CLI.
 fn runtime() -> tokio::runtime::Runtime {
@@ -336,8 +323,7 @@ fn every_nvml_call_of_a_dra_prepare_failed_with_each_code() {
         functions += 1;
         let mut calls = vec![before + 1, after];
         calls.dedup();
-        let changes = ["Create", "Destroy", "SetMigMode"].iter().any(|w| function.contains(w));
-        let codes = if full || changes { plausible_codes(function) } else { vec!["UNKNOWN", "GPU_IS_LOST"] };
+        let codes = sweep_codes(function, full);
         for nth in calls {
             for code in &codes {
                 faults.push(format!("{function}:{nth}={code}"));

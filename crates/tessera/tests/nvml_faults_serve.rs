@@ -3,7 +3,7 @@
 //! GPU to be repartitioned (3g, 4g, 7g, then 1g on an A100). The stand-in's census lists the NVML
 //! functions such a run calls; each is then failed once, at its first and at its last call of the
 //! census, with each return code nvml.h documents as plausible for it (see
-//! [`plausible_codes`]). After every fault:
+//! `tessera_nvml_standin::faults::plausible_codes`). After every fault:
 //! * the daemon is still up and answering;
 //! * the layout it reports is exactly what the node has (the stand-in's simulated node), and the
 //!   planner accepts that layout as valid;
@@ -18,13 +18,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 use serde_json::Value;
+use tessera_nvml_standin::faults::{census_counts, sweep_codes};
 
 const SPEC: &str = "1xA100-40GB,numa=1";
 const DRIVER: &str = "580.65.06";
@@ -135,32 +135,7 @@ fn census() -> Vec<(String, u64)> {
     }
     valid(&reported_as_it_is(&d, "census"), "census");
     drop(d);
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for f in std::fs::read_to_string(&calls).unwrap().lines() {
-        *counts.entry(f.to_owned()).or_default() += 1;
-    }
-    counts.into_iter().collect()
-}
-
-/// The return codes nvml.h documents for a function that a fault may plausibly give: every call
-/// may fail unknowably or find the GPU gone; creating takes resources and privileges; destroying
-/// finds instances in use; MIG mode may be refused; queries may be unsupported.
-fn plausible_codes(function: &str) -> Vec<&'static str> {
-    let mut codes = vec!["UNKNOWN", "GPU_IS_LOST"];
-    if function.contains("Create") {
-        codes.extend(["INSUFFICIENT_RESOURCES", "NO_PERMISSION", "INVALID_ARGUMENT"]);
-    } else if function.contains("Destroy") {
-        codes.extend(["IN_USE", "NO_PERMISSION"]);
-    } else if function.contains("SetMigMode") {
-        codes.extend(["IN_USE", "NO_PERMISSION", "NOT_SUPPORTED"]);
-    } else if function.contains("Get") {
-        codes.extend(["NOT_SUPPORTED", "INVALID_ARGUMENT"]);
-    }
-    codes
-}
-
-fn changes_the_gpu(function: &str) -> bool {
-    ["Create", "Destroy", "SetMigMode"].iter().any(|w| function.contains(w))
+    census_counts(&std::fs::read_to_string(&calls).unwrap()).into_iter().collect()
 }
 
 /// One fault: the run under it, then the checks, then the rerun without it.
@@ -217,8 +192,7 @@ fn every_nvml_function_of_a_scheduling_run_failed_with_each_code() {
     for (function, count) in &census {
         let mut calls = vec![1, *count];
         calls.dedup();
-        let codes: Vec<&str> =
-            if full || changes_the_gpu(function) { plausible_codes(function) } else { vec!["UNKNOWN", "GPU_IS_LOST"] };
+        let codes: Vec<&str> = sweep_codes(function, full);
         for nth in calls {
             for code in &codes {
                 faults.push(format!("{function}:{nth}={code}"));

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use tessera_nvml_standin::faults::{census_counts, plausible_codes};
+
 struct Run {
     code: i32,
     stdout: String,
@@ -210,28 +212,7 @@ fn census(spec: &'static str, before: Option<&str>, args: &[&str]) -> Vec<(Strin
     let args: Vec<&str> = args.iter().map(|a| if *a == "CFG" { cfg.as_str() } else { a }).collect();
     let r = g.nvml(&[("TESSERA_STANDIN_CALLS", calls.to_str().unwrap())], &args);
     assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
-    let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for f in std::fs::read_to_string(&calls).unwrap().lines() {
-        *counts.entry(f.to_owned()).or_default() += 1;
-    }
-    counts.into_iter().collect()
-}
-
-/// The NVML return codes a call may plausibly give (nvml.h's documented returns for that
-/// family of calls): every call may find the driver gone or fail unknowably; creating takes
-/// resources and privileges; destroying finds instances in use; queries may be unsupported.
-fn plausible_codes(function: &str) -> Vec<&'static str> {
-    let mut codes = vec!["UNKNOWN", "GPU_IS_LOST"];
-    if function.contains("Create") {
-        codes.extend(["INSUFFICIENT_RESOURCES", "NO_PERMISSION", "INVALID_ARGUMENT"]);
-    } else if function.contains("Destroy") {
-        codes.extend(["IN_USE", "NO_PERMISSION"]);
-    } else if function.contains("SetMigMode") {
-        codes.extend(["IN_USE", "NO_PERMISSION", "NOT_SUPPORTED"]);
-    } else if function.contains("Get") {
-        codes.extend(["NOT_SUPPORTED", "INVALID_ARGUMENT"]);
-    }
-    codes
+    census_counts(&std::fs::read_to_string(&calls).unwrap()).into_iter().collect()
 }
 
 /// Every NVML function a whole `tessera mig apply` calls (from the stand-in's census), failed at
