@@ -31,7 +31,7 @@ use tessera_deviceplugin::dra::api::registration::registration_client::Registrat
 use tessera_deviceplugin::dra::api::registration::{InfoRequest, RegistrationStatus};
 use tessera_deviceplugin::dra::api::v1;
 use tessera_deviceplugin::uds::unix_channel;
-use tessera_nvml_standin::faults::sweep_codes;
+use tessera_nvml_standin::faults::{census_counts, sweep_codes};
 
 const WAIT: Duration = Duration::from_secs(30);
 const NODE: &str = "gpu-1";
@@ -99,32 +99,6 @@ fn claim(uid: &str, device: &str) -> ResourceClaim {
     .unwrap()
 }
 
-fn layout(j: &Value) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> = j["gpus"][0]["instances"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| (i["profile"].as_str().unwrap_or("?").to_string(), i["start"].as_u64().unwrap_or(99)))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_by_key(|x| x.1);
-    v
-}
-
-fn truth(d: &Daemon) -> Vec<(String, u64)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["--backend", "sim", "--sim-state"])
-        .arg(d.path().join("standin-node.json"))
-        .args(["mig", "gpus", "-o", "json"])
-        .env_remove("TESSERA_SIM")
-        .env_remove("TESSERA_SIM_STATE")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    layout(&serde_json::from_slice(&out.stdout).unwrap())
-}
-
 /// The daemon's report equals the node, and the planner accepts it.
 async fn reported_as_it_is(d: &Daemon, what: &str) -> Result<Vec<(String, u64)>, String> {
     let t0 = Instant::now();
@@ -133,8 +107,8 @@ async fn reported_as_it_is(d: &Daemon, what: &str) -> Result<Vec<(String, u64)>,
         if code != 0 {
             return Err(format!("{what}: the daemon does not answer: {err}\n{}", d.log()));
         }
-        let seen = layout(&serde_json::from_str(&out).unwrap());
-        let real = truth(d);
+        let seen = common::gpu0_layout(&serde_json::from_str(&out).unwrap());
+        let real = d.standin_gpu0_layout();
         if seen == real {
             if !real.is_empty() {
                 let existing: Vec<String> = real.iter().map(|(p, s)| format!("{p}@{s}")).collect();
@@ -156,15 +130,6 @@ async fn reported_as_it_is(d: &Daemon, what: &str) -> Result<Vec<(String, u64)>,
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Calls per function in a census file so far.
-fn counts(path: &Path) -> BTreeMap<String, u64> {
-    let mut c = BTreeMap::new();
-    for f in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        *c.entry(f.to_owned()).or_default() += 1;
-    }
-    c
 }
 
 /// What one run saw.
@@ -216,12 +181,12 @@ async fn run(env: &[(&str, &str)], census: Option<&Path>, what: &str) -> Result<
         .map_err(|e| format!("{what}: {e}"))?;
 
     let the_claim = v1::Claim { namespace: "default".into(), uid: "uid-train".into(), name: "train".into() };
-    let before = census.map(counts).unwrap_or_default();
+    let before = census.map(|p| census_counts(&std::fs::read_to_string(p).unwrap_or_default())).unwrap_or_default();
     let prepare = v1::NodePrepareResourcesRequest { claims: vec![the_claim.clone()] };
     let first_try = tokio::time::timeout(WAIT, kubelet.node_prepare_resources(prepare.clone()))
         .await
         .map_err(|_| format!("{what}: prepare hung\n{}", daemon.log()))?;
-    let after = census.map(counts).unwrap_or_default();
+    let after = census.map(|p| census_counts(&std::fs::read_to_string(p).unwrap_or_default())).unwrap_or_default();
     let ok_first = match &first_try {
         Ok(answer) => {
             let c = &answer.get_ref().claims["uid-train"];

@@ -62,42 +62,14 @@ fn outcome(d: &Daemon, ids: &[u64], secs: u64) -> Vec<(u64, Option<Value>)> {
         .collect()
 }
 
-/// `[(profile, start)]` of GPU 0 in a `gpus -o json` answer.
-fn layout(j: &Value) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> = j["gpus"][0]["instances"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|i| (i["profile"].as_str().unwrap_or("?").to_string(), i["start"].as_u64().unwrap_or(99)))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_by_key(|x| x.1);
-    v
-}
-
-/// What the node really has: the stand-in's simulated node, read directly.
-fn truth(d: &Daemon) -> Vec<(String, u64)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["--backend", "sim", "--sim-state"])
-        .arg(d.path().join("standin-node.json"))
-        .args(["mig", "gpus", "-o", "json"])
-        .env_remove("TESSERA_SIM")
-        .env_remove("TESSERA_SIM_STATE")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    layout(&serde_json::from_slice(&out.stdout).unwrap())
-}
-
 /// The daemon's report equals the node (it may take a round to notice a change).
 fn reported_as_it_is(d: &Daemon, what: &str) -> Vec<(String, u64)> {
     let t0 = Instant::now();
     loop {
         let (code, out, err) = d.cli(&["-o", "json", "gpus"]);
         assert_eq!(code, 0, "{what}: the daemon does not answer: {err}\n{}", d.log());
-        let seen = layout(&serde_json::from_str(&out).unwrap());
-        let real = truth(d);
+        let seen = common::gpu0_layout(&serde_json::from_str(&out).unwrap());
+        let real = d.standin_gpu0_layout();
         if seen == real {
             return real;
         }

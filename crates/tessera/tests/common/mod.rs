@@ -33,7 +33,36 @@ pub fn root() -> bool {
     tessera_host::effective_uid() == 0
 }
 
+/// `[(profile, start)]` of GPU 0 in a `gpus -o json` answer, by start.
+pub fn gpu0_layout(j: &Value) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = j["gpus"][0]["instances"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| (i["profile"].as_str().unwrap_or("?").to_string(), i["start"].as_u64().unwrap_or(99)))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|x| x.1);
+    v
+}
+
 impl Daemon {
+    /// GPU 0 as the node really has it, for a daemon over the stand-in NVML: the stand-in's
+    /// simulated node (`standin-node.json`), read directly.
+    pub fn standin_gpu0_layout(&self) -> Vec<(String, u64)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["--backend", "sim", "--sim-state"])
+            .arg(self.path().join("standin-node.json"))
+            .args(["mig", "gpus", "-o", "json"])
+            .env_remove("TESSERA_SIM")
+            .env_remove("TESSERA_SIM_STATE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        gpu0_layout(&serde_json::from_slice(&out.stdout).unwrap())
+    }
+
     /// A daemon with the default test config (fast ticks, short grace).
     pub fn start(spec: &str) -> Daemon {
         Daemon::with_config(spec, "")
